@@ -1,0 +1,76 @@
+//! `/v1/admin/collections`: rules and indexes (admins and the service key only).
+
+use super::error::ErrorBody;
+use super::extract::{Caller, JsonBody};
+use super::AppState;
+use crate::error::Error;
+use crate::model::{CollectionConfig, CollectionInfo};
+use actix_web::{get, put, web, HttpResponse};
+use serde::Serialize;
+
+/// Set a collection's access rules and indexes. Indexes are built before this returns.
+#[utoipa::path(
+    tag = "admin",
+    params(("collection" = String, Path, description = "Collection name")),
+    request_body = CollectionConfig,
+    responses(
+        (status = 200, description = "The stored config", body = CollectionInfo),
+        (status = 400, description = "A rule or index field does not parse", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[put("/v1/admin/collections/{collection}")]
+pub(super) async fn put_collection(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody<CollectionConfig>,
+) -> Result<HttpResponse, Error> {
+    let info = state.docs.configure(&caller.0, &path, body.0).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// A collection's stored config.
+#[utoipa::path(
+    tag = "admin",
+    params(("collection" = String, Path, description = "Collection name")),
+    responses(
+        (status = 200, description = "The config", body = CollectionInfo),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No config was set", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/collections/{collection}")]
+pub(super) async fn get_collection(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(state.docs.collection_config(&caller.0, &path)?))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionList {
+    items: Vec<CollectionInfo>,
+}
+
+/// Every collection that has a config.
+#[utoipa::path(
+    tag = "admin",
+    responses(
+        (status = 200, description = "The configs", body = CollectionList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/collections")]
+pub(super) async fn list_collections(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, Error> {
+    let items = state.docs.collections(&caller.0)?;
+    Ok(HttpResponse::Ok().json(CollectionList { items }))
+}

@@ -1,0 +1,273 @@
+//! `/v1/collections/{collection}/docs` and `/v1/batch`.
+
+use super::error::ErrorBody;
+use super::extract::{Caller, IfMatch, JsonBody};
+use super::AppState;
+use crate::docs::{BatchOp, ListParams, Page};
+use crate::error::Error;
+use crate::model::Document;
+use actix_web::http::header;
+use actix_web::{delete, get, patch, post, put, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn etag(version: u64) -> (header::HeaderName, String) {
+    (header::ETAG, format!("\"{version}\""))
+}
+
+fn document_response(mut builder: actix_web::HttpResponseBuilder, doc: &Document) -> HttpResponse {
+    builder.insert_header(etag(doc.version)).json(doc)
+}
+
+/// Create a document with a generated id.
+#[utoipa::path(
+    tag = "documents",
+    params(("collection" = String, Path, description = "Collection name, `[A-Za-z0-9_-]{1,64}`")),
+    request_body(content = Object, description = "The document's data: any JSON object"),
+    responses(
+        (status = 201, description = "Created", body = Document),
+        (status = 400, description = "Bad name or malformed JSON", body = ErrorBody),
+        (status = 403, description = "The create rule denies it", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[post("/v1/collections/{collection}/docs")]
+pub(super) async fn create_document(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody<Value>,
+) -> Result<HttpResponse, Error> {
+    let doc = state.docs.create(&caller.0, &path, body.0).await?;
+    Ok(document_response(HttpResponse::Created(), &doc))
+}
+
+/// Read a document. The `ETag` header is its version.
+#[utoipa::path(
+    tag = "documents",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Document id, `[A-Za-z0-9_-]{1,128}`"),
+    ),
+    responses(
+        (status = 200, description = "The document", body = Document,
+            headers(("ETag" = String, description = "The version as a strong entity tag"))),
+        (status = 400, description = "Bad name or id", body = ErrorBody),
+        (status = 403, description = "The read rule denies it", body = ErrorBody),
+        (status = 404, description = "No such document", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[get("/v1/collections/{collection}/docs/{id}")]
+pub(super) async fn get_document(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Error> {
+    let (collection, id) = path.into_inner();
+    let raw = state.docs.get_raw(&caller.0, &collection, &id)?;
+    Ok(HttpResponse::Ok()
+        .insert_header(etag(raw.version()))
+        .content_type("application/json")
+        .body(web::Bytes::copy_from_slice(raw.json())))
+}
+
+/// Create or replace a document.
+#[utoipa::path(
+    tag = "documents",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Document id"),
+        ("If-Match" = Option<String>, Header, description = "Write only if the stored version is this one"),
+    ),
+    request_body(content = Object, description = "The document's new data"),
+    responses(
+        (status = 200, description = "Replaced", body = Document),
+        (status = 201, description = "Created", body = Document),
+        (status = 400, description = "Bad name, id or JSON", body = ErrorBody),
+        (status = 403, description = "A rule denies it", body = ErrorBody),
+        (status = 412, description = "If-Match does not match", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[put("/v1/collections/{collection}/docs/{id}")]
+pub(super) async fn set_document(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    if_match: IfMatch,
+    body: JsonBody<Value>,
+) -> Result<HttpResponse, Error> {
+    let (collection, id) = path.into_inner();
+    let (doc, created) = state
+        .docs
+        .set(&caller.0, &collection, &id, body.0, if_match.0)
+        .await?;
+    let builder = if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(document_response(builder, &doc))
+}
+
+/// Update a document with a JSON merge patch (RFC 7386).
+#[utoipa::path(
+    tag = "documents",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Document id"),
+        ("If-Match" = Option<String>, Header, description = "Write only if the stored version is this one"),
+    ),
+    request_body(content = Object, description = "A merge patch: `null` removes a field",
+        content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Updated", body = Document),
+        (status = 403, description = "The update rule denies it", body = ErrorBody),
+        (status = 404, description = "No such document", body = ErrorBody),
+        (status = 412, description = "If-Match does not match", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[patch("/v1/collections/{collection}/docs/{id}")]
+pub(super) async fn update_document(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    if_match: IfMatch,
+    body: JsonBody<Value>,
+) -> Result<HttpResponse, Error> {
+    let (collection, id) = path.into_inner();
+    let doc = state
+        .docs
+        .update(&caller.0, &collection, &id, body.0, if_match.0)
+        .await?;
+    Ok(document_response(HttpResponse::Ok(), &doc))
+}
+
+/// Delete a document.
+#[utoipa::path(
+    tag = "documents",
+    params(
+        ("collection" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Document id"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the stored version is this one"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The delete rule denies it", body = ErrorBody),
+        (status = 404, description = "No such document", body = ErrorBody),
+        (status = 412, description = "If-Match does not match", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[delete("/v1/collections/{collection}/docs/{id}")]
+pub(super) async fn delete_document(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    if_match: IfMatch,
+) -> Result<HttpResponse, Error> {
+    let (collection, id) = path.into_inner();
+    state
+        .docs
+        .delete(&caller.0, &collection, &id, if_match.0)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// A filter expression, e.g. `data.n > 5 && owner == null`.
+    filter: Option<String>,
+    /// Comma list of paths, `-` for descending, e.g. `-data.n,created_at`. Default `id`.
+    sort: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List the documents of a collection that match a filter and that the caller may read.
+#[utoipa::path(
+    tag = "documents",
+    params(("collection" = String, Path, description = "Collection name"), ListQuery),
+    responses(
+        (status = 200, description = "One page", body = Page),
+        (status = 400, description = "Bad filter, sort, limit or cursor", body = ErrorBody),
+        (status = 403, description = "The read rule denies every document", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[get("/v1/collections/{collection}/docs")]
+pub(super) async fn list_documents(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, Error> {
+    let limit = match query.limit.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(
+            raw.parse::<usize>()
+                .map_err(|_| Error::bad_request("limit must be a whole number from 1 to 1000"))?,
+        ),
+    };
+    let docs = state.docs.clone();
+    let collection = path.into_inner();
+    let principal = caller.0;
+    let query = query.into_inner();
+    // A query may scan a whole collection: keep it off the async workers.
+    let page = web::block(move || {
+        let params = ListParams {
+            filter: query.filter.as_deref(),
+            sort: query.sort.as_deref(),
+            limit,
+            cursor: query.cursor.as_deref(),
+        };
+        docs.list(&principal, &collection, &params)
+    })
+    .await
+    .map_err(Error::internal)??;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// At most `limits.max_batch_ops` (default 500) ops.
+    ops: Vec<BatchOp>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchResponse {
+    /// One entry per op: the document written, or null for a delete.
+    results: Vec<Option<Document>>,
+}
+
+/// Apply several writes atomically: if one op fails, none is applied and `details.op` names it.
+#[utoipa::path(
+    tag = "documents",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "Every op applied", body = BatchResponse),
+        (status = 400, description = "A malformed op (`details.op`)", body = ErrorBody),
+        (status = 403, description = "A rule denies an op (`details.op`)", body = ErrorBody),
+        (status = 404, description = "An op's document does not exist (`details.op`)", body = ErrorBody),
+        (status = 409, description = "A create's id exists (`details.op`)", body = ErrorBody),
+        (status = 412, description = "An `if_version` does not match (`details.op`)", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[post("/v1/batch")]
+pub(super) async fn batch(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody<BatchRequest>,
+) -> Result<HttpResponse, Error> {
+    let results = state.docs.batch(&caller.0, body.0.ops).await?;
+    Ok(HttpResponse::Ok().json(BatchResponse { results }))
+}

@@ -1,0 +1,238 @@
+//! The HTTP layer: the only module that knows actix. Handlers extract the caller and the input,
+//! call one domain function, and map the result. Routes and the OpenAPI document come from the
+//! same `#[utoipa::path]` annotations, so they cannot drift apart.
+
+mod admin;
+mod documents;
+pub mod error;
+mod extract;
+mod middleware;
+mod system;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::docs::Documents;
+use crate::error::{Error, ErrorCode};
+use crate::metrics::Metrics;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method};
+use actix_web::{web, App, HttpRequest, HttpResponse, ResponseError};
+use std::sync::Arc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+/// Everything a handler can reach.
+pub struct AppState {
+    pub docs: Documents,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    pub openapi_json: web::Bytes,
+    openapi: utoipa::openapi::OpenApi,
+    routes: Arc<RouteTable>,
+}
+
+impl AppState {
+    pub fn new(
+        docs: Documents,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        config: Arc<Config>,
+    ) -> Self {
+        let api = openapi();
+        let openapi_json = api.to_pretty_json().unwrap_or_default();
+        AppState {
+            docs,
+            auth,
+            metrics,
+            config,
+            openapi_json: web::Bytes::from(openapi_json),
+            routes: Arc::new(RouteTable::from_openapi(&api)),
+            openapi: api,
+        }
+    }
+}
+
+/// A hook through which an embedding program adds routes of its own.
+pub type RouteHook = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An access token (JWT) or the service key, as `Authorization: Bearer <token>`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Emberbase",
+        description = "A Firebase-style backend in one binary. Every error is `{\"error\": {\"code\", \"message\", \"details\"}}`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "documents", description = "JSON documents in collections"),
+        (name = "admin", description = "Collection rules and indexes (admins only)"),
+        (name = "operations", description = "Health, metrics, the API document"),
+    )
+)]
+struct ApiDoc;
+
+/// Registers every documented route.
+fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(system::health)
+        .service(system::openapi_json)
+        .service(system::metrics)
+        .service(documents::create_document)
+        .service(documents::list_documents)
+        .service(documents::get_document)
+        .service(documents::set_document)
+        .service(documents::update_document)
+        .service(documents::delete_document)
+        .service(documents::batch)
+        .service(admin::list_collections)
+        .service(admin::get_collection)
+        .service(admin::put_collection);
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(register)
+        .split_for_parts();
+    api
+}
+
+/// The application: routes, middleware, and JSON errors for everything actix itself refuses.
+pub fn app(
+    state: web::Data<AppState>,
+    hook: Option<RouteHook>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let api_doc = state.openapi.clone();
+    let cors = cors(&state.config.http.cors_origins);
+    let mut app = App::new()
+        .app_data(state)
+        .app_data(
+            web::PathConfig::default().error_handler(|e, _| error::from_actix(&e.into()).into()),
+        )
+        .app_data(
+            web::QueryConfig::default().error_handler(|e, _| error::from_actix(&e.into()).into()),
+        )
+        .wrap(cors)
+        .wrap(actix_web::middleware::from_fn(middleware::observe))
+        .into_utoipa_app()
+        .configure(register)
+        .into_app()
+        .service(SwaggerUi::new("/docs/{_:.*}").url("/docs/openapi.json", api_doc));
+    if let Some(hook) = hook {
+        app = app.configure(|cfg| hook(cfg));
+    }
+    app.default_service(web::to(fallback))
+}
+
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let exposed = [
+        header::ETAG,
+        header::RETRY_AFTER,
+        header::CONTENT_RANGE,
+        header::ACCEPT_RANGES,
+        header::CONTENT_DISPOSITION,
+        middleware::REQUEST_ID,
+    ];
+    let cors = actix_cors::Cors::default()
+        .allow_any_method()
+        .allow_any_header()
+        .expose_headers(exposed)
+        .max_age(3600);
+    if origins.is_empty() {
+        cors.allow_any_origin()
+    } else {
+        origins.iter().fold(cors, |c, o| c.allowed_origin(o))
+    }
+}
+
+/// Route patterns and their methods, for telling a wrong method (`405`) from an unknown route
+/// (`404`). Built from the OpenAPI document, so it knows exactly the routes that exist.
+struct RouteTable(Vec<(ResourceDef, Vec<Method>)>);
+
+impl RouteTable {
+    fn from_openapi(api: &utoipa::openapi::OpenApi) -> Self {
+        let routes = api
+            .paths
+            .paths
+            .iter()
+            .map(|(pattern, item)| {
+                let methods = [
+                    (&item.get, Method::GET),
+                    (&item.put, Method::PUT),
+                    (&item.post, Method::POST),
+                    (&item.delete, Method::DELETE),
+                    (&item.patch, Method::PATCH),
+                    (&item.head, Method::HEAD),
+                ]
+                .into_iter()
+                .filter(|(op, _)| op.is_some())
+                .map(|(_, m)| m)
+                .collect();
+                (ResourceDef::new(pattern.as_str()), methods)
+            })
+            .collect();
+        RouteTable(routes)
+    }
+
+    fn allowed(&self, path: &str) -> Option<&[Method]> {
+        self.0
+            .iter()
+            .find(|(def, _)| def.is_match(path))
+            .map(|(_, methods)| methods.as_slice())
+    }
+}
+
+async fn fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    match state.routes.allowed(req.path()) {
+        Some(methods) => {
+            let allow = methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let err = Error::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not allowed here; use {allow}", req.method()),
+            );
+            let mut res = err.error_response();
+            if let Ok(value) = header::HeaderValue::from_str(&allow) {
+                res.headers_mut().insert(header::ALLOW, value);
+            }
+            res
+        }
+        None => Error::not_found(format!("no route for {} {}", req.method(), req.path()))
+            .error_response(),
+    }
+}

@@ -1,0 +1,135 @@
+//! Who is calling: the [`Principal`] of a request, and the service key.
+//!
+//! The service key is a secret that acts as an admin, for scripts and server-to-server use. It
+//! comes from `auth.service_key`, or is generated on first start into `<data_dir>/service_key`
+//! with owner-only permissions. It is compared in constant time.
+
+use crate::error::Error;
+use crate::model::Actor;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use subtle::ConstantTimeEq;
+
+/// The caller of an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials.
+    Anonymous,
+    /// The service key: an admin without a user.
+    Service,
+    /// A signed-in user.
+    User {
+        id: String,
+        email: String,
+        admin: bool,
+    },
+}
+
+impl Principal {
+    /// Admins bypass every rule.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            Principal::Service | Principal::User { admin: true, .. }
+        )
+    }
+
+    /// The value rules see as `auth`: `null`, or `{"id", "email", "role"}`.
+    pub fn auth_value(&self) -> Value {
+        match self {
+            Principal::Anonymous => Value::Null,
+            Principal::Service => json!({"id": null, "email": null, "role": "service"}),
+            Principal::User { id, email, admin } => json!({
+                "id": id, "email": email, "role": if *admin { "admin" } else { "user" }
+            }),
+        }
+    }
+
+    /// Who the change feed records as having made a write.
+    pub fn actor(&self) -> Option<Actor> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Service => Some(Actor::service()),
+            Principal::User { id, email, admin } => Some(Actor {
+                id: Some(id.clone()),
+                email: Some(email.clone()),
+                role: if *admin { "admin" } else { "user" }.into(),
+                function: None,
+            }),
+        }
+    }
+}
+
+/// Turns credentials into a principal.
+pub struct Authenticator {
+    service_key: String,
+}
+
+pub const SERVICE_KEY_FILE: &str = "service_key";
+
+impl Authenticator {
+    pub fn new(service_key: String) -> Self {
+        Authenticator { service_key }
+    }
+
+    /// Resolves a bearer token. `None` is an anonymous caller; a token that is not valid is
+    /// `401`, never anonymous.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Error> {
+        let Some(token) = bearer else {
+            return Ok(Principal::Anonymous);
+        };
+        if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) {
+            return Ok(Principal::Service);
+        }
+        Err(Error::unauthenticated("invalid or expired token"))
+    }
+
+    /// Whether `token` is the service key.
+    pub fn is_service_key(&self, token: &str) -> bool {
+        bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes()))
+    }
+}
+
+/// Loads the service key from `data_dir`, generating it on first start. Returns the key and the
+/// file it lives in.
+pub fn load_or_create_service_key(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
+    let path = data_dir.join(SERVICE_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if !existing.trim().is_empty() => {
+            return Ok((existing.trim().to_string(), path))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let key = generate_secret("ebsk_");
+    write_private(&path, key.as_bytes())?;
+    Ok((key, path))
+}
+
+/// A random secret: a prefix that says what it is, then 32 random bytes in URL-safe base64.
+pub fn generate_secret(prefix: &str) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Writes a file only its owner can read, durably.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}

@@ -1,0 +1,242 @@
+//! Configuration: one struct, layered as defaults < `config/emberbase.toml` (or `--config`) <
+//! `EMBERBASE_<SECTION>__<KEY>` environment variables < command-line flags. Every struct denies
+//! unknown fields, so a misspelt key is an error that names it instead of a silent default.
+
+use crate::model::Rules;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file loaded when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config/emberbase.toml";
+/// The prefix of environment variables; `__` separates a section from its key.
+pub const ENV_PREFIX: &str = "EMBERBASE_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub http: HttpConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
+    /// Access rules of collections that have no configuration of their own.
+    pub rules: Rules,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `HOST:PORT` to listen on; port 0 picks a free port.
+    pub bind: String,
+    /// Where the database, keys and files live.
+    pub data_dir: PathBuf,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Seconds that graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("./emberbase_data"),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Origins allowed by CORS; empty allows any origin.
+    pub cors_origins: Vec<String>,
+    /// The largest JSON request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The largest `data` of one document, as JSON bytes.
+    pub max_document_bytes: usize,
+    /// The deepest nesting of arrays and objects in a JSON body.
+    pub max_json_depth: usize,
+    /// The longest `filter` or `sort` parameter, in bytes.
+    pub max_filter_length: usize,
+    /// The most ops in one `POST /v1/batch`.
+    pub max_batch_ops: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_document_bytes: 1024 * 1024,
+            max_json_depth: 64,
+            max_filter_length: 4096,
+            max_batch_ops: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled's page cache, in MiB.
+    pub cache_mb: u64,
+    /// The most writes made durable by one flush.
+    pub group_commit_max: usize,
+    /// Change records kept for realtime replay and triggers: at most this many...
+    pub change_retention_count: usize,
+    /// ...and none older than this many hours.
+    pub change_retention_hours: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_mb: 64,
+            group_commit_max: 256,
+            change_retention_count: 10_000,
+            change_retention_hours: 24,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `emberbase=debug,actix_web=warn`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a token.
+    pub public: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The service key. When empty, one is generated on first start into
+    /// `<data_dir>/service_key`, readable only by its owner.
+    pub service_key: String,
+}
+
+/// Values given on the command line, applied over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the configuration from every layer. Returns it with the file it read, if any.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let file = match file {
+            Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_path_buf())),
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        if let Some(bind) = &overrides.bind {
+            figment = figment.merge(Serialized::default("server.bind", bind));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok((config, file))
+    }
+
+    /// Checks what serde cannot: values in range, rules that parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        if self.http.max_body_bytes == 0 {
+            return invalid("http.max_body_bytes", "must be positive");
+        }
+        if self.limits.max_document_bytes == 0 || self.limits.max_json_depth == 0 {
+            return invalid(
+                "limits",
+                "max_document_bytes and max_json_depth must be positive",
+            );
+        }
+        if self.limits.max_batch_ops == 0 {
+            return invalid("limits.max_batch_ops", "must be positive");
+        }
+        if self.store.group_commit_max == 0 {
+            return invalid("store.group_commit_max", "must be positive");
+        }
+        let key = &self.auth.service_key;
+        if !key.is_empty() && key.len() < 24 {
+            return invalid("auth.service_key", "must be at least 24 characters");
+        }
+        for (name, rule) in [
+            ("rules.read", &self.rules.read),
+            ("rules.create", &self.rules.create),
+            ("rules.update", &self.rules.update),
+            ("rules.delete", &self.rules.delete),
+        ] {
+            if let Some(rule) = rule.as_deref().filter(|r| !r.trim().is_empty()) {
+                if let Err(e) = crate::query::parse_expr(rule, crate::query::Dialect::Rule) {
+                    return invalid(name, &e.to_string());
+                }
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "not a valid level or filter");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,642 @@
+//! The document service: the API of `API.md`'s Documents section as plain Rust, used by the
+//! HTTP layer and by programs that embed Emberbase in-process. It validates names and bodies,
+//! enforces access rules (in the writer, against the exact stored state, for writes), and turns
+//! queries into store calls with opaque cursors.
+
+mod rules;
+
+pub use rules::{CompiledRules, Rule, RuleScope};
+
+use crate::auth::Principal;
+use crate::config::LimitsConfig;
+use crate::error::{Error, Result};
+use crate::model::{Change, CollectionConfig, CollectionInfo, Document, Rules};
+use crate::query::{self, plan::effective_sort, Dialect, SortKey};
+use crate::store::{
+    Access, BatchFailure, QuerySpec, RawDocument, Store, StoreError, WriteGuard, WriteOp,
+    WriteRequest,
+};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Names of collections (and buckets, and functions): `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_collection_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(is_name_byte)
+}
+
+/// Document ids: `[A-Za-z0-9_-]{1,128}`.
+pub fn valid_document_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(is_name_byte)
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+pub fn check_collection(name: &str) -> Result<()> {
+    if valid_collection_name(name) {
+        Ok(())
+    } else {
+        Err(Error::bad_request(format!(
+            "invalid collection name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
+pub fn check_id(id: &str) -> Result<()> {
+    if valid_document_id(id) {
+        Ok(())
+    } else {
+        Err(Error::bad_request(format!(
+            "invalid document id {id:?}: use 1 to 128 of A-Z a-z 0-9 _ -"
+        )))
+    }
+}
+
+/// The nesting depth of a JSON value: 0 for a scalar, 1 for a flat array or object.
+pub fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// One op of `POST /v1/batch`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOp {
+    pub op: BatchOpKind,
+    pub collection: String,
+    /// Required for `set`, `update` and `delete`; optional for `create`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The data (`create`, `set`) or merge patch (`update`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub if_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchOpKind {
+    Create,
+    Set,
+    Update,
+    Delete,
+}
+
+/// What to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams<'a> {
+    pub filter: Option<&'a str>,
+    pub sort: Option<&'a str>,
+    pub limit: Option<usize>,
+    pub cursor: Option<&'a str>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Page {
+    pub items: Vec<Document>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 1000;
+
+/// The opaque content of a cursor: the effective sort it belongs to and the position of the
+/// last item returned.
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    s: String,
+    k: Vec<Value>,
+}
+
+fn sort_signature(keys: &[SortKey]) -> String {
+    keys.iter()
+        .map(|k| format!("{}{}", if k.descending { "-" } else { "" }, k.path))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+struct Inner {
+    store: Store,
+    limits: LimitsConfig,
+    default_rules: Arc<CompiledRules>,
+    rules: RwLock<HashMap<String, Arc<CompiledRules>>>,
+}
+
+/// The document service. Cheap to clone.
+#[derive(Clone)]
+pub struct Documents {
+    inner: Arc<Inner>,
+}
+
+/// The writer's access check: evaluates the rules of each op's collection for one caller.
+struct RuleGuard {
+    docs: Documents,
+    auth: Value,
+}
+
+impl WriteGuard for RuleGuard {
+    fn check(
+        &self,
+        access: Access,
+        collection: &str,
+        before: Option<&Document>,
+        after: Option<&Document>,
+    ) -> std::result::Result<(), String> {
+        let rules = self.docs.rules_for(collection);
+        let (rule, verb) = match access {
+            Access::Create => (&rules.create, "create"),
+            Access::Update => (&rules.update, "update"),
+            Access::Delete => (&rules.delete, "delete"),
+        };
+        let scope = RuleScope {
+            auth: &self.auth,
+            doc: before,
+            request_data: after.map(|d| &d.data),
+        };
+        if rules::allows(rule, &scope) {
+            Ok(())
+        } else {
+            Err(format!("the {verb} rule of {collection} denies this"))
+        }
+    }
+}
+
+impl Documents {
+    pub fn new(store: Store, limits: LimitsConfig, default_rules: &Rules) -> Result<Documents> {
+        let compiled = CompiledRules::compile(default_rules)
+            .map_err(|(name, e)| Error::bad_request(format!("default {name} rule: {e}")))?;
+        Ok(Documents {
+            inner: Arc::new(Inner {
+                store,
+                limits,
+                default_rules: Arc::new(compiled),
+                rules: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The compiled rules of a collection: its own, or the defaults.
+    fn rules_for(&self, collection: &str) -> Arc<CompiledRules> {
+        if let Ok(cache) = self.inner.rules.read() {
+            if let Some(r) = cache.get(collection) {
+                return r.clone();
+            }
+        }
+        let compiled = self
+            .inner
+            .store
+            .collection(collection)
+            .and_then(|state| state.config.rules.clone())
+            .and_then(|rules| CompiledRules::compile(&rules).ok())
+            .map(Arc::new)
+            .unwrap_or_else(|| self.inner.default_rules.clone());
+        if let Ok(mut cache) = self.inner.rules.write() {
+            cache.insert(collection.to_string(), compiled.clone());
+        }
+        compiled
+    }
+
+    fn guard(&self, who: &Principal) -> Option<Arc<dyn WriteGuard>> {
+        if who.is_admin() {
+            None
+        } else {
+            Some(Arc::new(RuleGuard {
+                docs: self.clone(),
+                auth: who.auth_value(),
+            }))
+        }
+    }
+
+    /// Whether `who` may read `doc` (or, with `None`, a document that does not exist).
+    fn may_read(&self, who: &Principal, collection: &str, doc: Option<&Document>) -> bool {
+        if who.is_admin() {
+            return true;
+        }
+        let rules = self.rules_for(collection);
+        let auth = who.auth_value();
+        rules::allows(
+            &rules.read,
+            &RuleScope {
+                auth: &auth,
+                doc,
+                request_data: None,
+            },
+        )
+    }
+
+    /// Checks a body that must be a JSON object within the nesting limit.
+    fn check_data(&self, data: Value, field: &str) -> Result<Map<String, Value>> {
+        let depth = json_depth(&data);
+        let limit = self.inner.limits.max_json_depth;
+        if depth > limit {
+            return Err(Error::validation(
+                format!("{field} is nested {depth} levels deep, over the limit of {limit}"),
+                field,
+            ));
+        }
+        match data {
+            Value::Object(map) => Ok(map),
+            _ => Err(Error::validation(
+                format!("{field} must be a JSON object"),
+                field,
+            )),
+        }
+    }
+
+    async fn write(
+        &self,
+        who: &Principal,
+        ops: Vec<WriteOp>,
+    ) -> std::result::Result<Vec<Option<Document>>, BatchFailure> {
+        self.inner
+            .store
+            .write(WriteRequest {
+                ops,
+                actor: who.actor(),
+                depth: 0,
+                guard: self.guard(who),
+            })
+            .await
+    }
+
+    async fn write_one(&self, who: &Principal, op: WriteOp) -> Result<Option<Document>> {
+        match self.write(who, vec![op]).await {
+            Ok(mut results) => Ok(results.pop().flatten()),
+            Err(failure) => Err(failure.error.into()),
+        }
+    }
+
+    /// Creates a document with a generated id.
+    pub async fn create(&self, who: &Principal, collection: &str, data: Value) -> Result<Document> {
+        check_collection(collection)?;
+        let data = self.check_data(data, "data")?;
+        let op = WriteOp::Create {
+            collection: collection.into(),
+            id: None,
+            data,
+        };
+        self.write_one(who, op)
+            .await?
+            .ok_or_else(|| Error::internal("create returned no document"))
+    }
+
+    /// Creates or replaces a document. Returns it and whether it was created.
+    pub async fn set(
+        &self,
+        who: &Principal,
+        collection: &str,
+        id: &str,
+        data: Value,
+        if_version: Option<u64>,
+    ) -> Result<(Document, bool)> {
+        check_collection(collection)?;
+        check_id(id)?;
+        let data = self.check_data(data, "data")?;
+        let op = WriteOp::Set {
+            collection: collection.into(),
+            id: id.into(),
+            data,
+            if_version,
+        };
+        let doc = self
+            .write_one(who, op)
+            .await?
+            .ok_or_else(|| Error::internal("set returned no document"))?;
+        let created = doc.version == 1;
+        Ok((doc, created))
+    }
+
+    /// Applies a JSON merge patch to an existing document.
+    pub async fn update(
+        &self,
+        who: &Principal,
+        collection: &str,
+        id: &str,
+        patch: Value,
+        if_version: Option<u64>,
+    ) -> Result<Document> {
+        check_collection(collection)?;
+        check_id(id)?;
+        let patch = self.check_data(patch, "patch")?;
+        let op = WriteOp::Update {
+            collection: collection.into(),
+            id: id.into(),
+            patch,
+            if_version,
+        };
+        self.write_one(who, op)
+            .await?
+            .ok_or_else(|| Error::internal("update returned no document"))
+    }
+
+    pub async fn delete(
+        &self,
+        who: &Principal,
+        collection: &str,
+        id: &str,
+        if_version: Option<u64>,
+    ) -> Result<()> {
+        check_collection(collection)?;
+        check_id(id)?;
+        let op = WriteOp::Delete {
+            collection: collection.into(),
+            id: id.into(),
+            if_version,
+        };
+        self.write_one(who, op).await.map(|_| ())
+    }
+
+    fn denied(collection: &str) -> Error {
+        Error::forbidden(format!("the read rule of {collection} denies this"))
+    }
+
+    /// Reads a document.
+    pub fn get(&self, who: &Principal, collection: &str, id: &str) -> Result<Document> {
+        check_collection(collection)?;
+        check_id(id)?;
+        let doc = self.inner.store.get(collection, id)?;
+        if !self.may_read(who, collection, doc.as_ref()) {
+            return Err(Self::denied(collection));
+        }
+        doc.ok_or_else(|| Error::not_found(format!("document {collection}/{id} does not exist")))
+    }
+
+    /// Reads a document as stored bytes, parsing it only when a rule needs to look inside.
+    pub fn get_raw(&self, who: &Principal, collection: &str, id: &str) -> Result<RawDocument> {
+        check_collection(collection)?;
+        check_id(id)?;
+        let raw = self.inner.store.get_raw(collection, id)?;
+        let needs_doc = !who.is_admin()
+            && matches!(
+                &self.rules_for(collection).read,
+                Rule::Expr { uses_doc: true, .. }
+            );
+        let allowed = if needs_doc {
+            let doc = match &raw {
+                Some(r) => Some(
+                    serde_json::from_slice::<Document>(r.json())
+                        .map_err(|e| Error::from(StoreError::Corrupt(e.to_string())))?,
+                ),
+                None => None,
+            };
+            self.may_read(who, collection, doc.as_ref())
+        } else {
+            self.may_read(who, collection, None)
+        };
+        if !allowed {
+            return Err(Self::denied(collection));
+        }
+        raw.ok_or_else(|| Error::not_found(format!("document {collection}/{id} does not exist")))
+    }
+
+    /// Lists the documents of a collection that match `params` and that `who` may read.
+    pub fn list(&self, who: &Principal, collection: &str, params: &ListParams<'_>) -> Result<Page> {
+        check_collection(collection)?;
+        let max = self.inner.limits.max_filter_length;
+        for (name, value) in [("filter", params.filter), ("sort", params.sort)] {
+            if value.is_some_and(|v| v.len() > max) {
+                return Err(Error::bad_request(format!(
+                    "{name} is longer than {max} bytes"
+                )));
+            }
+        }
+        let filter = match params.filter.filter(|f| !f.trim().is_empty()) {
+            Some(src) => Some(query::parse_expr(src, Dialect::Document)?),
+            None => None,
+        };
+        let sort = match params.sort.filter(|s| !s.trim().is_empty()) {
+            Some(src) => query::parse_sort(src)?,
+            None => Vec::new(),
+        };
+        let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Error::bad_request(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        let effective = effective_sort(&sort);
+        let signature = sort_signature(&effective);
+        let after = match params.cursor.filter(|c| !c.is_empty()) {
+            Some(c) => Some(decode_cursor(c, &signature, effective.len())?),
+            None => None,
+        };
+
+        // A read rule that does not look at the document is decided once for the whole list.
+        let rules = self.rules_for(collection);
+        let per_doc = !who.is_admin() && matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
+        if !who.is_admin() && !per_doc && !self.may_read(who, collection, None) {
+            return Err(Self::denied(collection));
+        }
+        let auth = who.auth_value();
+        let visible = |doc: &Document| {
+            !per_doc
+                || rules::allows(
+                    &rules.read,
+                    &RuleScope {
+                        auth: &auth,
+                        doc: Some(doc),
+                        request_data: None,
+                    },
+                )
+        };
+        let result = self.inner.store.query(
+            collection,
+            &QuerySpec {
+                filter: filter.as_ref(),
+                sort: &sort,
+                limit,
+                after: after.as_deref(),
+                visible: &visible,
+            },
+        )?;
+        let next_cursor = match (result.has_more, result.items.last()) {
+            (true, Some(last)) => Some(encode_cursor(&Cursor {
+                s: signature,
+                k: query::plan::sort_values(last, &effective),
+            })),
+            _ => None,
+        };
+        Ok(Page {
+            items: result.items,
+            next_cursor,
+        })
+    }
+
+    /// Applies a batch of ops, all or nothing.
+    pub async fn batch(&self, who: &Principal, ops: Vec<BatchOp>) -> Result<Vec<Option<Document>>> {
+        let max = self.inner.limits.max_batch_ops;
+        if ops.is_empty() || ops.len() > max {
+            return Err(Error::validation(
+                format!("a batch holds 1 to {max} ops"),
+                "ops",
+            ));
+        }
+        let mut write_ops = Vec::with_capacity(ops.len());
+        for (i, op) in ops.into_iter().enumerate() {
+            let at = |mut e: Error| {
+                let mut details = match e.details.take() {
+                    Some(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                details.insert("op".into(), i.into());
+                e.details = Some(Value::Object(details));
+                e
+            };
+            write_ops.push(self.batch_op(op).map_err(at)?);
+        }
+        self.write(who, write_ops).await.map_err(Error::from)
+    }
+
+    fn batch_op(&self, op: BatchOp) -> Result<WriteOp> {
+        check_collection(&op.collection)?;
+        if let Some(id) = &op.id {
+            check_id(id)?;
+        }
+        let need_id = || {
+            op.id
+                .clone()
+                .ok_or_else(|| Error::validation("this op needs an id", "id"))
+        };
+        let need_data = |field: &str| match op.data.clone() {
+            Some(d) => self.check_data(d, field),
+            None => Err(Error::validation("this op needs data", "data")),
+        };
+        Ok(match op.op {
+            BatchOpKind::Create => WriteOp::Create {
+                collection: op.collection.clone(),
+                id: op.id.clone(),
+                data: need_data("data")?,
+            },
+            BatchOpKind::Set => WriteOp::Set {
+                collection: op.collection.clone(),
+                id: need_id()?,
+                data: need_data("data")?,
+                if_version: op.if_version,
+            },
+            BatchOpKind::Update => WriteOp::Update {
+                collection: op.collection.clone(),
+                id: need_id()?,
+                patch: need_data("data")?,
+                if_version: op.if_version,
+            },
+            BatchOpKind::Delete => {
+                if op.data.is_some() {
+                    return Err(Error::validation("a delete takes no data", "data"));
+                }
+                WriteOp::Delete {
+                    collection: op.collection.clone(),
+                    id: need_id()?,
+                    if_version: op.if_version,
+                }
+            }
+        })
+    }
+
+    /// Sets a collection's rules and indexes (admins only).
+    pub async fn configure(
+        &self,
+        who: &Principal,
+        collection: &str,
+        config: CollectionConfig,
+    ) -> Result<CollectionInfo> {
+        if !who.is_admin() {
+            return Err(Error::forbidden("only admins configure collections"));
+        }
+        check_collection(collection)?;
+        if let Some(rules) = &config.rules {
+            CompiledRules::compile(rules).map_err(|(name, e)| {
+                Error::bad_request(format!("rule {name}: {e}"))
+                    .with_details(serde_json::json!({ "rule": name, "column": e.column }))
+            })?;
+        }
+        if config.indexes.len() > 16 {
+            return Err(Error::validation(
+                "at most 16 indexes per collection",
+                "indexes",
+            ));
+        }
+        for fields in &config.indexes {
+            if fields.is_empty() || fields.len() > 8 {
+                return Err(Error::validation("an index has 1 to 8 fields", "indexes"));
+            }
+            for field in fields {
+                query::parse_path(field).map_err(|e| {
+                    Error::validation(format!("index field {field:?}: {}", e.message), "indexes")
+                })?;
+            }
+        }
+        self.inner
+            .store
+            .configure(collection, config.clone())
+            .await?;
+        if let Ok(mut cache) = self.inner.rules.write() {
+            cache.remove(collection);
+        }
+        Ok(CollectionInfo {
+            name: collection.to_string(),
+            config,
+        })
+    }
+
+    /// A collection's stored configuration (admins only).
+    pub fn collection_config(&self, who: &Principal, collection: &str) -> Result<CollectionInfo> {
+        if !who.is_admin() {
+            return Err(Error::forbidden("only admins read collection configs"));
+        }
+        check_collection(collection)?;
+        let state = self.inner.store.collection(collection).ok_or_else(|| {
+            Error::not_found(format!("collection {collection} has no configuration"))
+        })?;
+        Ok(CollectionInfo {
+            name: collection.to_string(),
+            config: state.config.clone(),
+        })
+    }
+
+    /// Every configured collection (admins only).
+    pub fn collections(&self, who: &Principal) -> Result<Vec<CollectionInfo>> {
+        if !who.is_admin() {
+            return Err(Error::forbidden("only admins read collection configs"));
+        }
+        Ok(self.inner.store.collections())
+    }
+
+    /// Every change committed from now on (see [`Store::subscribe`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
+        self.inner.store.subscribe()
+    }
+}
+
+fn encode_cursor(cursor: &Cursor) -> String {
+    let json = serde_json::to_vec(cursor).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_cursor(src: &str, signature: &str, keys: usize) -> Result<Vec<Value>> {
+    let bad = || Error::bad_request("invalid cursor");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(src)
+        .map_err(|_| bad())?;
+    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if cursor.s != signature || cursor.k.len() != keys {
+        return Err(Error::bad_request(
+            "the cursor belongs to a query with another sort",
+        ));
+    }
+    Ok(cursor.k)
+}

@@ -1,0 +1,105 @@
+//! Access rules: compiled from the filter language, evaluated with `auth`, `doc` and
+//! `request.data` bound.
+
+use crate::model::{Document, Rules};
+use crate::query::{self, ast::Path, eval::walk, Dialect, Expr, ParseError, Scope};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub enum Rule {
+    /// `null`: admins only.
+    AdminOnly,
+    /// `""`: everyone, signed in or not.
+    Everyone,
+    /// An expression; `uses_doc` says whether it reads `doc` at all, so a rule that does not
+    /// can be decided once for a whole list.
+    Expr { expr: Expr, uses_doc: bool },
+}
+
+impl Rule {
+    pub fn compile(src: Option<&str>) -> Result<Rule, ParseError> {
+        match src {
+            None => Ok(Rule::AdminOnly),
+            Some(s) if s.trim().is_empty() => Ok(Rule::Everyone),
+            Some(s) => {
+                let expr = query::parse_expr(s, Dialect::Rule)?;
+                let uses_doc = mentions_doc(&expr);
+                Ok(Rule::Expr { expr, uses_doc })
+            }
+        }
+    }
+}
+
+fn mentions_doc(e: &Expr) -> bool {
+    match e {
+        Expr::Path(p) => p.root() == "doc",
+        Expr::Literal(_) => false,
+        Expr::Not(a) => mentions_doc(a),
+        Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(a, _, b) => {
+            mentions_doc(a) || mentions_doc(b)
+        }
+    }
+}
+
+/// The four rules of a collection, compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledRules {
+    pub read: Rule,
+    pub create: Rule,
+    pub update: Rule,
+    pub delete: Rule,
+}
+
+impl CompiledRules {
+    /// Compiles every rule; the error names the rule that failed.
+    pub fn compile(rules: &Rules) -> Result<CompiledRules, (&'static str, ParseError)> {
+        let one = |name: &'static str, src: &Option<String>| {
+            Rule::compile(src.as_deref()).map_err(|e| (name, e))
+        };
+        Ok(CompiledRules {
+            read: one("read", &rules.read)?,
+            create: one("create", &rules.create)?,
+            update: one("update", &rules.update)?,
+            delete: one("delete", &rules.delete)?,
+        })
+    }
+}
+
+/// The names a rule can see.
+pub struct RuleScope<'a> {
+    pub auth: &'a Value,
+    pub doc: Option<&'a Document>,
+    pub request_data: Option<&'a Map<String, Value>>,
+}
+
+impl Scope for RuleScope<'_> {
+    fn lookup(&self, path: &Path) -> Option<Cow<'_, Value>> {
+        let segments = &path.segments;
+        match segments.first().map(String::as_str) {
+            Some("auth") => walk(self.auth, &segments[1..]).map(Cow::Borrowed),
+            Some("doc") => self.doc?.lookup_segments(&segments[1..]),
+            Some("request") => {
+                let data = self.request_data?;
+                match segments.get(1..) {
+                    Some([d]) if d == "data" => Some(Cow::Owned(Value::Object(data.clone()))),
+                    Some([d, first, rest @ ..]) if d == "data" => {
+                        walk(data.get(first)?, rest).map(Cow::Borrowed)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether `rule` allows the caller with `auth` (admins are decided before this is called).
+pub fn allows(rule: &Rule, scope: &RuleScope<'_>) -> bool {
+    match rule {
+        Rule::AdminOnly => false,
+        Rule::Everyone => true,
+        Rule::Expr { expr, .. } => query::matches(expr, scope),
+    }
+}

@@ -1,0 +1,46 @@
+//! Emberbase: a Firebase-style backend in one binary.
+//!
+//! # Layout
+//!
+//! - [`server`]: the composition root. [`Server::builder`] opens a data directory and serves;
+//!   [`Server::shutdown`] stops gracefully.
+//! - `api`: the HTTP layer, the only module that knows actix.
+//! - [`docs`]: the document service, the in-process API that HTTP handlers call.
+//! - [`store`]: the storage layer, the only module that knows sled.
+//! - [`query`]: the filter language: parser, evaluator, order, planner.
+//! - [`auth`]: principals and the service key.
+//! - [`config`], [`model`], [`metrics`], [`error`]: what every layer shares.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = emberbase::Server::builder()
+//!     .data_dir("./emberbase_data")
+//!     .bind("127.0.0.1:0")
+//!     .start()
+//!     .await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+pub mod auth;
+pub mod config;
+pub mod docs;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod query;
+pub mod server;
+pub mod store;
+
+pub use api::openapi;
+pub use auth::Principal;
+pub use config::Config;
+pub use docs::{Documents, ListParams, Page};
+pub use error::{Error, ErrorCode};
+pub use model::{Change, ChangeKind, Document};
+pub use server::{Server, ServerBuilder, StartError};

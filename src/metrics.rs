@@ -1,0 +1,83 @@
+//! Prometheus metrics. One registry per server, so several servers in one process (tests, an
+//! embedding program) keep separate counts.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub store_ops: IntCounterVec,
+    pub commit_group_size: HistogramVec,
+    pub flush_duration: HistogramVec,
+    pub change_seq: IntGauge,
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("emberbase".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route pattern, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let store_ops = IntCounterVec::new(
+            Opts::new("store_ops_total", "Store operations by kind"),
+            &["op"],
+        )?;
+        let commit_group_size = HistogramVec::new(
+            HistogramOpts::new(
+                "store_commit_group_size",
+                "Write jobs made durable by one flush (group commit)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            &[],
+        )?;
+        let flush_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "store_flush_duration_seconds",
+                "Time to flush one commit group",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &[],
+        )?;
+        let change_seq =
+            IntGauge::new("store_change_seq", "Sequence of the last committed change")?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(store_ops.clone()))?;
+        registry.register(Box::new(commit_group_size.clone()))?;
+        registry.register(Box::new(flush_duration.clone()))?;
+        registry.register(Box::new(change_seq.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            store_ops,
+            commit_group_size,
+            flush_duration,
+            change_seq,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,238 @@
+//! The data types every layer shares: the document envelope, change records, collection
+//! configuration and the actor that caused a write. Plain serde types, no behaviour that needs
+//! storage or HTTP.
+
+use crate::query::{ast::Path, eval::walk, Scope};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// A document as every endpoint returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Document {
+    /// Unique within the collection. Server-generated ids are ULIDs, increasing in creation order.
+    pub id: String,
+    pub collection: String,
+    /// The id of the user who created the document, or null (service, function, anonymous).
+    pub owner: Option<String>,
+    /// 1 on creation, +1 on every write.
+    pub version: u64,
+    /// RFC 3339 UTC with milliseconds.
+    pub created_at: String,
+    pub updated_at: String,
+    /// The client's data.
+    #[schema(value_type = Object)]
+    pub data: Map<String, Value>,
+}
+
+impl Document {
+    /// The value at an envelope path (`id`, `owner`, ..., `data.<field>...`), if present.
+    pub fn lookup_segments(&self, segments: &[String]) -> Option<Cow<'_, Value>> {
+        let owned = |v: Value| Some(Cow::Owned(v));
+        match segments {
+            [field] => match field.as_str() {
+                "id" => owned(Value::String(self.id.clone())),
+                "owner" => owned(self.owner.clone().map_or(Value::Null, Value::String)),
+                "version" => owned(Value::from(self.version)),
+                "created_at" => owned(Value::String(self.created_at.clone())),
+                "updated_at" => owned(Value::String(self.updated_at.clone())),
+                "collection" => owned(Value::String(self.collection.clone())),
+                _ => None,
+            },
+            [data, first, rest @ ..] if data == "data" => {
+                walk(self.data.get(first)?, rest).map(Cow::Borrowed)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Scope for Document {
+    fn lookup(&self, path: &Path) -> Option<Cow<'_, Value>> {
+        self.lookup_segments(&path.segments)
+    }
+}
+
+/// Who caused a write, as recorded in the change feed and shown to functions as `auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub id: Option<String>,
+    pub email: Option<String>,
+    /// `user`, `admin`, `service` or `function`.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+}
+
+impl Actor {
+    pub fn service() -> Self {
+        Actor {
+            id: None,
+            email: None,
+            role: "service".into(),
+            function: None,
+        }
+    }
+}
+
+/// What kind of change a write made to one document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Delete,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Create => "create",
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+        }
+    }
+}
+
+/// One committed change, in commit order. Written in the same atomic commit as the document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// Strictly increasing across the whole database.
+    pub seq: u64,
+    pub kind: ChangeKind,
+    pub collection: String,
+    pub id: String,
+    pub before: Option<Document>,
+    pub after: Option<Document>,
+    pub time: String,
+    pub actor: Option<Actor>,
+    /// 0 for client and service writes; d + 1 for writes made while handling an event of depth d.
+    pub depth: u32,
+}
+
+/// The four access rules of a collection, in the filter language. A missing (`null`) rule
+/// allows admins only; `""` allows everyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    #[serde(default)]
+    pub read: Option<String>,
+    #[serde(default)]
+    pub create: Option<String>,
+    #[serde(default)]
+    pub update: Option<String>,
+    #[serde(default)]
+    pub delete: Option<String>,
+}
+
+/// The rules shipped in `config/emberbase.toml`: signed-in users read and create, owners
+/// update and delete.
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            read: Some("auth != null".into()),
+            create: Some("auth != null".into()),
+            update: Some("doc.owner == auth.id".into()),
+            delete: Some("doc.owner == auth.id".into()),
+        }
+    }
+}
+
+/// The admin-set configuration of a collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// The access rules; when absent, the server's default rules (`[rules]` in the config).
+    #[serde(default)]
+    pub rules: Option<Rules>,
+    /// Each index is a list of field paths, e.g. `[["data.n"], ["data.tag", "data.n"]]`.
+    #[serde(default)]
+    pub indexes: Vec<Vec<String>>,
+}
+
+/// A stored collection configuration, with its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CollectionInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: CollectionConfig,
+}
+
+/// Now, as the RFC 3339 UTC string with milliseconds used everywhere in the API.
+pub fn now_rfc3339() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+/// Applies a JSON merge patch (RFC 7386) to `target`: objects merge recursively, `null`
+/// removes a member, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The examples of RFC 7386, appendix A.
+    #[test]
+    fn merge_patch_rfc_examples() {
+        let cases = [
+            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+            (json!({"a":"b"}), json!({"a":null}), json!({})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
+            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
+            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
+            (json!({"a":"foo"}), json!(null), json!(null)),
+            (json!({"a":"foo"}), json!("bar"), json!("bar")),
+            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
+            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
+        ];
+        for (mut target, patch, expected) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, expected, "patch {patch}");
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! A hand-written lexer and recursive-descent parser for the filter language of `API.md`.
+//!
+//! Precedence, tightest first: `!`, comparisons (`==` `!=` `<` `<=` `>` `>=` `in` `contains`),
+//! `&&`, `||`. Comparisons do not chain: `a == b == c` is an error. Every error carries the
+//! 1-based column (in characters) where it was found.
+
+use super::ast::{CmpOp, Expr, Path, SortKey};
+use serde_json::Value;
+
+/// Which names an expression may start a path with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// A filter over a document envelope: `id`, `owner`, `version`, `created_at`, `updated_at`,
+    /// `data.<field>...`.
+    Document,
+    /// An access rule: `auth`, `doc` (an envelope), `request.data`.
+    Rule,
+}
+
+/// The deepest nesting of parentheses, `!` and array literals accepted, so that hostile input
+/// cannot exhaust the stack.
+const MAX_DEPTH: usize = 64;
+
+const ENVELOPE_FIELDS: [&str; 5] = ["id", "owner", "version", "created_at", "updated_at"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} at column {column}")]
+pub struct ParseError {
+    pub column: usize,
+    pub message: String,
+}
+
+impl From<ParseError> for crate::Error {
+    fn from(e: ParseError) -> Self {
+        crate::Error::bad_request(e.to_string())
+            .with_details(serde_json::json!({ "column": e.column }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(String),
+    Op(&'static str),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+    Dot,
+    Eof,
+}
+
+struct Lexer<'a> {
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    src: &'a str,
+    /// After a `.`, a run of digits is a field name (an array index), not a number.
+    after_dot: bool,
+}
+
+/// Characters before `byte` plus one: the column a person would count.
+fn column_of(src: &str, byte: usize) -> usize {
+    src[..byte.min(src.len())].chars().count() + 1
+}
+
+impl<'a> Lexer<'a> {
+    fn new(src: &'a str) -> Self {
+        Lexer {
+            chars: src.char_indices().peekable(),
+            src,
+            after_dot: false,
+        }
+    }
+
+    fn err(&self, byte: usize, message: impl Into<String>) -> ParseError {
+        ParseError {
+            column: column_of(self.src, byte),
+            message: message.into(),
+        }
+    }
+
+    fn tokens(mut self) -> Result<Vec<(Tok, usize)>, ParseError> {
+        let mut out = Vec::new();
+        loop {
+            let (tok, at) = self.next_token()?;
+            self.after_dot = tok == Tok::Dot;
+            let end = tok == Tok::Eof;
+            out.push((tok, column_of(self.src, at)));
+            if end {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn next_token(&mut self) -> Result<(Tok, usize), ParseError> {
+        while let Some(&(_, c)) = self.chars.peek() {
+            if c.is_whitespace() {
+                self.chars.next();
+            } else {
+                break;
+            }
+        }
+        let Some((at, c)) = self.chars.next() else {
+            return Ok((Tok::Eof, self.src.len()));
+        };
+        let two =
+            |lexer: &mut Self, second: char, both: &'static str, one: Option<&'static str>| {
+                if lexer.chars.peek().map(|&(_, n)| n) == Some(second) {
+                    lexer.chars.next();
+                    Ok(Tok::Op(both))
+                } else {
+                    one.map(Tok::Op)
+                        .ok_or_else(|| lexer.err(at, format!("expected `{both}`")))
+                }
+            };
+        let tok = match c {
+            '(' => Tok::LParen,
+            ')' => Tok::RParen,
+            '[' => Tok::LBracket,
+            ']' => Tok::RBracket,
+            ',' => Tok::Comma,
+            '.' => Tok::Dot,
+            '=' => two(self, '=', "==", None)?,
+            '!' => two(self, '=', "!=", Some("!"))?,
+            '<' => two(self, '=', "<=", Some("<"))?,
+            '>' => two(self, '=', ">=", Some(">"))?,
+            '&' => two(self, '&', "&&", None)?,
+            '|' => two(self, '|', "||", None)?,
+            '"' => self.string(at)?,
+            '-' | '0'..='9' if !self.after_dot => self.number(at)?,
+            c if c.is_ascii_alphanumeric() || c == '_' => {
+                let mut end = at + c.len_utf8();
+                while let Some(&(i, n)) = self.chars.peek() {
+                    if n.is_ascii_alphanumeric() || n == '_' {
+                        end = i + n.len_utf8();
+                        self.chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                Tok::Ident(self.src[at..end].to_string())
+            }
+            other => return Err(self.err(at, format!("unexpected character `{other}`"))),
+        };
+        Ok((tok, at))
+    }
+
+    /// A JSON string literal, decoded with serde_json so escapes mean exactly what they mean in
+    /// JSON.
+    fn string(&mut self, start: usize) -> Result<Tok, ParseError> {
+        let mut escaped = false;
+        for (i, c) in self.chars.by_ref() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                let raw = &self.src[start..=i];
+                return serde_json::from_str::<String>(raw)
+                    .map(Tok::Str)
+                    .map_err(|e| ParseError {
+                        column: column_of(self.src, start),
+                        message: format!("invalid string literal: {e}"),
+                    });
+            }
+        }
+        Err(self.err(start, "unterminated string literal"))
+    }
+
+    /// A JSON number literal (an optional leading `-`).
+    fn number(&mut self, start: usize) -> Result<Tok, ParseError> {
+        let mut end = start + 1;
+        while let Some(&(i, c)) = self.chars.peek() {
+            if c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-') {
+                end = i + 1;
+                self.chars.next();
+            } else {
+                break;
+            }
+        }
+        let raw = &self.src[start..end];
+        match serde_json::from_str::<serde_json::Number>(raw) {
+            Ok(n) => match n.as_f64() {
+                Some(f) if f.is_finite() => Ok(Tok::Num(raw.to_string())),
+                _ => Err(self.err(start, format!("number out of range `{raw}`"))),
+            },
+            Err(_) => Err(self.err(start, format!("invalid number `{raw}`"))),
+        }
+    }
+}
+
+struct Parser {
+    toks: Vec<(Tok, usize)>,
+    pos: usize,
+    depth: usize,
+    dialect: Dialect,
+}
+
+impl Parser {
+    fn peek(&self) -> &Tok {
+        self.toks.get(self.pos).map(|(t, _)| t).unwrap_or(&Tok::Eof)
+    }
+
+    fn column(&self) -> usize {
+        self.toks
+            .get(self.pos)
+            .or(self.toks.last())
+            .map(|(_, c)| *c)
+            .unwrap_or(1)
+    }
+
+    fn bump(&mut self) -> Tok {
+        let t = self.peek().clone();
+        if self.pos < self.toks.len() {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn err<T>(&self, message: impl Into<String>) -> Result<T, ParseError> {
+        Err(ParseError {
+            column: self.column(),
+            message: message.into(),
+        })
+    }
+
+    fn describe(tok: &Tok) -> String {
+        match tok {
+            Tok::Ident(s) => format!("`{s}`"),
+            Tok::Str(s) => format!("string {s:?}"),
+            Tok::Num(raw) => format!("number `{raw}`"),
+            Tok::Op(op) => format!("`{op}`"),
+            Tok::LParen => "`(`".into(),
+            Tok::RParen => "`)`".into(),
+            Tok::LBracket => "`[`".into(),
+            Tok::RBracket => "`]`".into(),
+            Tok::Comma => "`,`".into(),
+            Tok::Dot => "`.`".into(),
+            Tok::Eof => "end of input".into(),
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.err(format!("expression nested deeper than {MAX_DEPTH}"));
+        }
+        Ok(())
+    }
+
+    fn or(&mut self) -> Result<Expr, ParseError> {
+        let mut left = self.and()?;
+        while self.peek() == &Tok::Op("||") {
+            self.bump();
+            let right = self.and()?;
+            left = Expr::Or(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, ParseError> {
+        let mut left = self.comparison()?;
+        while self.peek() == &Tok::Op("&&") {
+            self.bump();
+            let right = self.comparison()?;
+            left = Expr::And(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn comparison_op(&self) -> Option<CmpOp> {
+        Some(match self.peek() {
+            Tok::Op("==") => CmpOp::Eq,
+            Tok::Op("!=") => CmpOp::Ne,
+            Tok::Op("<") => CmpOp::Lt,
+            Tok::Op("<=") => CmpOp::Le,
+            Tok::Op(">") => CmpOp::Gt,
+            Tok::Op(">=") => CmpOp::Ge,
+            Tok::Ident(w) if w == "in" => CmpOp::In,
+            Tok::Ident(w) if w == "contains" => CmpOp::Contains,
+            _ => return None,
+        })
+    }
+
+    fn comparison(&mut self) -> Result<Expr, ParseError> {
+        let left = self.unary()?;
+        let Some(op) = self.comparison_op() else {
+            return Ok(left);
+        };
+        self.bump();
+        let right = self.unary()?;
+        if self.comparison_op().is_some() {
+            return self.err("comparisons do not chain; use parentheses and `&&`");
+        }
+        Ok(Expr::Compare(Box::new(left), op, Box::new(right)))
+    }
+
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        if self.peek() == &Tok::Op("!") {
+            self.bump();
+            self.enter()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Result<Expr, ParseError> {
+        let column = self.column();
+        match self.bump() {
+            Tok::LParen => {
+                self.enter()?;
+                let inner = self.or()?;
+                self.depth -= 1;
+                if self.bump() != Tok::RParen {
+                    self.pos -= 1;
+                    return self.err("expected `)`");
+                }
+                Ok(inner)
+            }
+            Tok::LBracket => {
+                self.pos -= 1;
+                self.array().map(Expr::Literal)
+            }
+            Tok::Str(s) => Ok(Expr::Literal(Value::String(s))),
+            Tok::Num(raw) => Ok(Expr::Literal(number_value(&raw))),
+            Tok::Ident(word) => match word.as_str() {
+                "true" => Ok(Expr::Literal(Value::Bool(true))),
+                "false" => Ok(Expr::Literal(Value::Bool(false))),
+                "null" => Ok(Expr::Literal(Value::Null)),
+                _ => {
+                    self.pos -= 1;
+                    let path = self.path()?;
+                    check_root(&path, self.dialect, column)?;
+                    Ok(Expr::Path(path))
+                }
+            },
+            other => {
+                self.pos -= 1;
+                self.err(format!(
+                    "expected a value or a name, found {}",
+                    Self::describe(&other)
+                ))
+            }
+        }
+    }
+
+    fn path(&mut self) -> Result<Path, ParseError> {
+        let mut segments = Vec::new();
+        loop {
+            match self.bump() {
+                Tok::Ident(s) => segments.push(s),
+                other => {
+                    self.pos -= 1;
+                    return self.err(format!(
+                        "expected a field name, found {}",
+                        Self::describe(&other)
+                    ));
+                }
+            }
+            if self.peek() != &Tok::Dot {
+                return Ok(Path { segments });
+            }
+            self.bump();
+        }
+    }
+
+    fn array(&mut self) -> Result<Value, ParseError> {
+        self.bump();
+        self.enter()?;
+        let mut items = Vec::new();
+        if self.peek() == &Tok::RBracket {
+            self.bump();
+            self.depth -= 1;
+            return Ok(Value::Array(items));
+        }
+        loop {
+            let item = match self.bump() {
+                Tok::Str(s) => Value::String(s),
+                Tok::Num(raw) => number_value(&raw),
+                Tok::Ident(w) if w == "true" => Value::Bool(true),
+                Tok::Ident(w) if w == "false" => Value::Bool(false),
+                Tok::Ident(w) if w == "null" => Value::Null,
+                Tok::LBracket => {
+                    self.pos -= 1;
+                    self.array()?
+                }
+                other => {
+                    self.pos -= 1;
+                    return self.err(format!(
+                        "array literals hold only literals, found {}",
+                        Self::describe(&other)
+                    ));
+                }
+            };
+            items.push(item);
+            match self.bump() {
+                Tok::Comma => continue,
+                Tok::RBracket => break,
+                other => {
+                    self.pos -= 1;
+                    return self.err(format!(
+                        "expected `,` or `]`, found {}",
+                        Self::describe(&other)
+                    ));
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(Value::Array(items))
+    }
+}
+
+fn number_value(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or(Value::Null)
+}
+
+/// Checks that a path names something the dialect binds.
+fn check_root(path: &Path, dialect: Dialect, column: usize) -> Result<(), ParseError> {
+    let err = |message: String| Err(ParseError { column, message });
+    match dialect {
+        Dialect::Document => check_envelope_path(&path.segments, column),
+        Dialect::Rule => match path.root() {
+            "auth" => Ok(()),
+            "doc" => check_envelope_path(&path.segments[1..], column),
+            "request" if path.segments.get(1).map(String::as_str) == Some("data") => Ok(()),
+            _ => err(format!(
+                "unknown name `{path}`; rules may use `auth`, `doc` and `request.data`"
+            )),
+        },
+    }
+}
+
+fn check_envelope_path(segments: &[String], column: usize) -> Result<(), ParseError> {
+    let ok = match segments {
+        [one] => ENVELOPE_FIELDS.contains(&one.as_str()),
+        [data, _, ..] => data == "data",
+        [] => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ParseError {
+            column,
+            message: format!(
+                "unknown field `{}`; use id, owner, version, created_at, updated_at or data.<field>",
+                segments.join(".")
+            ),
+        })
+    }
+}
+
+/// Parses a complete expression.
+pub fn parse_expr(src: &str, dialect: Dialect) -> Result<Expr, ParseError> {
+    let toks = Lexer::new(src).tokens()?;
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        dialect,
+    };
+    if p.peek() == &Tok::Eof {
+        return p.err("empty expression");
+    }
+    let expr = p.or()?;
+    if p.peek() != &Tok::Eof {
+        let found = Parser::describe(p.peek());
+        return p.err(format!("unexpected {found}"));
+    }
+    Ok(expr)
+}
+
+/// Parses a document path such as `data.n` or `created_at` (index fields).
+pub fn parse_path(src: &str) -> Result<Path, ParseError> {
+    match parse_expr(src, Dialect::Document)? {
+        Expr::Path(p) => Ok(p),
+        _ => Err(ParseError {
+            column: 1,
+            message: format!("`{src}` is not a field path"),
+        }),
+    }
+}
+
+/// Parses a sort specification: a comma list of paths, each optionally prefixed with `-`.
+pub fn parse_sort(src: &str) -> Result<Vec<SortKey>, ParseError> {
+    let mut keys = Vec::new();
+    let mut offset = 0;
+    for part in src.split(',') {
+        let trimmed = part.trim_start();
+        let lead = part.len() - trimmed.len();
+        let (descending, body) = match trimmed.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+        };
+        let path = parse_path(body.trim()).map_err(|e| ParseError {
+            column: column_of(src, offset + lead) + e.column - 1,
+            message: e.message,
+        })?;
+        keys.push(SortKey { path, descending });
+        offset += part.len() + 1;
+    }
+    Ok(keys)
+}

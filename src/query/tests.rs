@@ -1,0 +1,164 @@
+//! Table-driven tests of the parser and evaluator.
+
+use super::ast::Expr;
+use super::eval::matches;
+use super::parse::{parse_expr, parse_sort, Dialect};
+use serde_json::json;
+
+/// A compact s-expression of a tree, so expectations read like the grammar.
+fn sexp(e: &Expr) -> String {
+    match e {
+        Expr::Literal(v) => v.to_string(),
+        Expr::Path(p) => p.to_string(),
+        Expr::Not(a) => format!("(! {})", sexp(a)),
+        Expr::And(a, b) => format!("(&& {} {})", sexp(a), sexp(b)),
+        Expr::Or(a, b) => format!("(|| {} {})", sexp(a), sexp(b)),
+        Expr::Compare(a, op, b) => format!("({op:?} {} {})", sexp(a), sexp(b)),
+    }
+}
+
+fn check(input: &str, expected: &str) {
+    match parse_expr(input, Dialect::Document) {
+        Ok(e) => assert_eq!(sexp(&e), expected, "parse of {input:?}"),
+        Err(err) => assert_eq!(
+            format!("error at {}: {}", err.column, err.message),
+            expected,
+            "parse of {input:?}"
+        ),
+    }
+}
+
+#[test]
+fn parses() {
+    let cases = [
+        ("data.title == \"hi\"", "(Eq data.title \"hi\")"),
+        (
+            "data.title == \"hi\" && (data.n > 5 || owner == null)",
+            "(&& (Eq data.title \"hi\") (|| (Gt data.n 5) (Eq owner null)))",
+        ),
+        ("a_missing_root == 1", "error at 1: unknown field `a_missing_root`; use id, owner, version, created_at, updated_at or data.<field>"),
+        ("data.a || data.b && data.c", "(|| data.a (&& data.b data.c))"),
+        ("!data.a == true", "(Eq (! data.a) true)"),
+        ("!(data.a == true)", "(! (Eq data.a true))"),
+        ("data.n in [1, \"a\", null, [2]]", "(In data.n [1,\"a\",null,[2]])"),
+        ("data.tags contains \"x\"", "(Contains data.tags \"x\")"),
+        ("data.n >= -1.5e3", "(Ge data.n -1500.0)"),
+        ("data.items.0.name != \"x\"", "(Ne data.items.0.name \"x\")"),
+        ("5 < data.n", "(Lt 5 data.n)"),
+        ("data.s == \"a\\\"b\\u00e9\"", "(Eq data.s \"a\\\"bé\")"),
+        ("id == \"x\" && version <= 3", "(&& (Eq id \"x\") (Le version 3))"),
+        ("", "error at 1: empty expression"),
+        ("data.n ==", "error at 10: expected a value or a name, found end of input"),
+        ("data.n = 1", "error at 8: expected `==`"),
+        ("data.n == 1 == 2", "error at 13: comparisons do not chain; use parentheses and `&&`"),
+        ("(data.n == 1", "error at 13: expected `)`"),
+        ("data.n == 1)", "error at 12: unexpected `)`"),
+        ("data.n == \"abc", "error at 11: unterminated string literal"),
+        ("data.n == 01", "error at 11: invalid number `01`"),
+        ("data.n == 1e999", "error at 11: number out of range `1e999`"),
+        ("data.n == #", "error at 11: unexpected character `#`"),
+        ("data. == 1", "error at 7: expected a field name, found `==`"),
+        ("data == 1", "error at 1: unknown field `data`; use id, owner, version, created_at, updated_at or data.<field>"),
+        ("collection == \"x\"", "error at 1: unknown field `collection`; use id, owner, version, created_at, updated_at or data.<field>"),
+        ("data.n in [data.m]", "error at 12: array literals hold only literals, found `data`"),
+        ("data.é == 1", "error at 6: unexpected character `é`"),
+        ("é", "error at 1: unexpected character `é`"),
+    ];
+    for (input, expected) in cases {
+        check(input, expected);
+    }
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let deep = format!("{}data.n == 1{}", "(".repeat(10_000), ")".repeat(10_000));
+    let err = parse_expr(&deep, Dialect::Document).unwrap_err();
+    assert!(err.message.contains("nested deeper"), "{err}");
+    let nots = format!("{}data.n", "!".repeat(10_000));
+    assert!(parse_expr(&nots, Dialect::Document).is_err());
+    let arrays = format!("data.n in {}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(parse_expr(&arrays, Dialect::Document).is_err());
+}
+
+#[test]
+fn rule_dialect_names() {
+    let ok = [
+        "auth != null",
+        "doc.owner == auth.id",
+        "request.data.title != null && doc.data.n > 1",
+        "\"\" == \"\"",
+    ];
+    for rule in ok {
+        assert!(parse_expr(rule, Dialect::Rule).is_ok(), "{rule}");
+    }
+    let bad = [
+        "data.n == 1",
+        "request.body == 1",
+        "doc.nope == 1",
+        "owner == null",
+    ];
+    for rule in bad {
+        assert!(parse_expr(rule, Dialect::Rule).is_err(), "{rule}");
+    }
+}
+
+#[test]
+fn sorts() {
+    let keys = parse_sort("-data.n, created_at,+id").unwrap();
+    let shown: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}{}", if k.descending { "-" } else { "+" }, k.path))
+        .collect();
+    assert_eq!(shown, ["-data.n", "+created_at", "+id"]);
+    let err = parse_sort("data.n,-nope").unwrap_err();
+    assert_eq!(err.column, 9, "{err}");
+    assert!(parse_sort("").is_err());
+    assert!(parse_sort("data.n,").is_err());
+}
+
+#[test]
+fn evaluates() {
+    let doc = json!({
+        "id": "01A", "owner": null, "version": 3,
+        "data": {"title": "hi", "n": 7, "f": 7.0, "tags": ["a", "b"], "nested": {"x": [1, {"y": true}]}, "nil": null}
+    });
+    let cases = [
+        ("data.title == \"hi\"", true),
+        ("data.n == 7.0", true),
+        ("data.n == data.f", true),
+        ("data.n == \"7\"", false),
+        ("data.n != \"7\"", true),
+        ("data.missing == null", true),
+        ("data.nil == null", true),
+        ("data.missing != null", false),
+        ("data.n > 5 && data.n < 8", true),
+        ("data.n > \"5\"", false),
+        ("data.n <= \"5\"", false),
+        ("data.title < \"hj\"", true),
+        ("data.title >= \"hi\"", true),
+        ("null < 1", false),
+        ("true > false", false),
+        ("data.n in [1, 7]", true),
+        ("data.n in [\"7\"]", false),
+        ("data.n in 7", false),
+        ("data.tags contains \"a\"", true),
+        ("data.tags contains \"c\"", false),
+        ("data.title contains \"i\"", true),
+        ("data.title contains 1", false),
+        ("data.n contains 7", false),
+        ("data.nested.x.1.y == true", true),
+        ("data.nested.x.9 == null", true),
+        ("data.tags == [\"a\", \"b\"]", true),
+        ("!data.nested.x.1.y", false),
+        ("!data.title", true),
+        ("data.title", false),
+        ("owner == null || data.n == 0", true),
+        ("version == 3", true),
+        ("id == \"01A\"", true),
+        ("!(data.n == 7) || data.title == \"no\"", false),
+    ];
+    for (input, expected) in cases {
+        let expr = parse_expr(input, Dialect::Document).unwrap();
+        assert_eq!(matches(&expr, &doc), expected, "{input}");
+    }
+}

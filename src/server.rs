@@ -1,0 +1,217 @@
+//! Starting and stopping a server: the composition root that opens the store, builds the
+//! services and runs the HTTP layer on a listener it is given or binds.
+
+use crate::api::{self, AppState, RouteHook};
+use crate::auth::{self, Authenticator};
+use crate::config::Config;
+use crate::docs::Documents;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreOptions};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {source} (is another emberbase using it?)")]
+    Store {
+        path: PathBuf,
+        source: crate::store::StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Configures a server before it starts.
+pub struct ServerBuilder {
+    config: Config,
+    listener: Option<TcpListener>,
+    routes: Option<RouteHook>,
+}
+
+impl ServerBuilder {
+    pub fn new(config: Config) -> Self {
+        ServerBuilder {
+            config,
+            listener: None,
+            routes: None,
+        }
+    }
+
+    /// Where the database, keys and files live.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.server.data_dir = dir.into();
+        self
+    }
+
+    /// `HOST:PORT` to listen on (port 0 picks a free one).
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.config.server.bind = addr.into();
+        self
+    }
+
+    /// Serve on a listener the caller already bound.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Adds routes of the embedding program's own, served beside the API.
+    pub fn routes(
+        mut self,
+        hook: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.routes = Some(Arc::new(hook));
+        self
+    }
+
+    /// Opens the data directory and starts serving. Must be called inside a tokio runtime.
+    pub async fn start(self) -> Result<Server, StartError> {
+        let config = self.config;
+        config.validate()?;
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+        let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
+        let db_path = data_dir.join("db");
+        let store = Store::open(
+            StoreOptions {
+                path: db_path.clone(),
+                cache_bytes: config.store.cache_mb * 1024 * 1024,
+                max_document_bytes: config.limits.max_document_bytes,
+                group_commit_max: config.store.group_commit_max,
+                retention_count: config.store.change_retention_count,
+                retention_age: Duration::from_secs(config.store.change_retention_hours * 3600),
+            },
+            metrics.clone(),
+        )
+        .map_err(|source| StartError::Store {
+            path: db_path,
+            source,
+        })?;
+
+        let (service_key, key_source) = if config.auth.service_key.is_empty() {
+            let (key, path) = auth::load_or_create_service_key(&data_dir).map_err(|source| {
+                StartError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                }
+            })?;
+            (key, Some(path))
+        } else {
+            (config.auth.service_key.clone(), None)
+        };
+        let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
+            .map_err(|e| StartError::Other(e.message))?;
+
+        let listener = match self.listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?,
+        };
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.bind.clone(),
+            source,
+        })?;
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let shutdown_timeout = config.server.shutdown_timeout_secs;
+        let config = Arc::new(config);
+        let state = actix_web::web::Data::new(AppState::new(
+            docs.clone(),
+            Arc::new(Authenticator::new(service_key)),
+            metrics,
+            config.clone(),
+        ));
+        let hook = self.routes;
+        let http = actix_web::HttpServer::new(move || api::app(state.clone(), hook.clone()))
+            .workers(workers)
+            .shutdown_timeout(shutdown_timeout)
+            .disable_signals()
+            .listen(listener)
+            .map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?
+            .run();
+        let handle = http.handle();
+        let task = tokio::spawn(http);
+
+        tracing::info!(address = %addr, "listening on http://{addr}");
+        tracing::info!(path = %data_dir.display(), "data directory");
+        match &key_source {
+            Some(path) => tracing::info!(path = %path.display(), "service key file (owner-only)"),
+            None => tracing::info!("service key from the configuration"),
+        }
+        Ok(Server {
+            addr,
+            data_dir,
+            http: handle,
+            task,
+            store,
+            docs,
+        })
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    http: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    store: Store,
+    docs: Documents,
+}
+
+impl Server {
+    /// A builder with the default configuration.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new(Config::default())
+    }
+
+    /// The address it listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The in-process document API: the same semantics, rules and change events as HTTP,
+    /// without HTTP.
+    pub fn documents(&self) -> &Documents {
+        &self.docs
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to the shutdown
+    /// timeout), then commits every queued write and closes the database.
+    pub async fn shutdown(self) {
+        self.http.stop(true).await;
+        let _ = self.task.await;
+        let store = self.store;
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!("stopped");
+    }
+}

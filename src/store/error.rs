@@ -1,0 +1,67 @@
+//! Errors of the store, and their explicit mapping to the public error codes.
+
+use crate::error::{Error, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("document {collection}/{id} does not exist")]
+    NotFound { collection: String, id: String },
+    #[error("document {collection}/{id} already exists")]
+    Conflict { collection: String, id: String },
+    #[error("document {collection}/{id} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        collection: String,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{0}")]
+    Denied(String),
+    #[error("{message}")]
+    Invalid { message: String, field: String },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("storage failure: {0}")]
+    Io(#[from] sled::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::NotFound { .. } => Error::new(ErrorCode::NotFound, message),
+            StoreError::Conflict { .. } => Error::new(ErrorCode::Conflict, message),
+            StoreError::VersionMismatch { actual, .. } => {
+                Error::new(ErrorCode::PreconditionFailed, message)
+                    .with_details(serde_json::json!({ "version": actual }))
+            }
+            StoreError::Denied(_) => Error::new(ErrorCode::Forbidden, message),
+            StoreError::Invalid { field, .. } => Error::validation(message, &field),
+            StoreError::Closed => Error::new(ErrorCode::Unavailable, message),
+            StoreError::Io(_) | StoreError::Corrupt(_) => Error::internal(message),
+        }
+    }
+}
+
+/// A failed batch: which op failed, and why. Nothing of the batch was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("op {op}: {error}")]
+pub struct BatchFailure {
+    pub op: usize,
+    pub error: StoreError,
+}
+
+impl From<BatchFailure> for Error {
+    fn from(f: BatchFailure) -> Self {
+        let mut err = Error::from(f.error);
+        let mut details = match err.details.take() {
+            Some(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        details.insert("op".into(), f.op.into());
+        err.details = Some(serde_json::Value::Object(details));
+        err
+    }
+}

@@ -1,0 +1,321 @@
+//! The storage layer: the only module that knows sled.
+//!
+//! Reads go straight to sled from the caller's thread. Writes go through the single writer
+//! thread (see [`writer`]), which commits each write atomically with its index entries and
+//! change records, and acknowledges it only after a flush shared by every write of its group.
+
+mod error;
+mod keys;
+mod scan;
+mod writer;
+
+pub use error::{BatchFailure, StoreError};
+pub use scan::{QueryResult, QuerySpec};
+pub use writer::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult};
+
+use crate::metrics::Metrics;
+use crate::model::{Change, CollectionConfig, CollectionInfo, Document};
+use crate::query::{self, ast::Path};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, oneshot};
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The sled database directory.
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    pub max_document_bytes: usize,
+    /// The most write jobs made durable by one flush.
+    pub group_commit_max: usize,
+    /// Change records kept: at most this many...
+    pub retention_count: usize,
+    /// ...and none older than this.
+    pub retention_age: Duration,
+}
+
+/// One declared index, ready to use.
+#[derive(Debug, Clone)]
+pub struct IndexDef {
+    pub fields: Vec<Path>,
+    pub prefix: Vec<u8>,
+}
+
+/// A collection's configuration with its indexes parsed.
+#[derive(Debug, Clone)]
+pub struct CollectionState {
+    pub config: CollectionConfig,
+    pub indexes: Vec<IndexDef>,
+}
+
+impl CollectionState {
+    fn new(name: &str, config: CollectionConfig) -> Result<Self, StoreError> {
+        let mut indexes = Vec::with_capacity(config.indexes.len());
+        for fields in &config.indexes {
+            let paths = fields
+                .iter()
+                .map(|f| query::parse_path(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Invalid {
+                    message: format!("invalid index field: {e}"),
+                    field: "indexes".into(),
+                })?;
+            let prefix = keys::index_prefix(name, &keys::index_signature(&paths));
+            indexes.push(IndexDef {
+                fields: paths,
+                prefix,
+            });
+        }
+        Ok(CollectionState { config, indexes })
+    }
+}
+
+/// State shared by the writer thread and readers.
+pub(crate) struct Shared {
+    options: StoreOptions,
+    configs: RwLock<Arc<HashMap<String, Arc<CollectionState>>>>,
+    changes: broadcast::Sender<Arc<Change>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn configs_snapshot(&self) -> Arc<HashMap<String, Arc<CollectionState>>> {
+        match self.configs.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_config(&self, name: &str, state: CollectionState) {
+        let mut guard = match self.configs.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = HashMap::clone(&guard);
+        next.insert(name.to_string(), Arc::new(state));
+        *guard = Arc::new(next);
+    }
+}
+
+/// The document store. Cheap to clone; every clone talks to the same database and writer.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Option<(mpsc::Sender<writer::Job>, std::thread::JoinHandle<()>)>>>,
+}
+
+fn encode_doc(doc: &Document) -> Vec<u8> {
+    let mut out = doc.version.to_be_bytes().to_vec();
+    // Serialising a Document (strings, integers and a JSON map) cannot fail.
+    let _ = serde_json::to_writer(&mut out, doc);
+    out
+}
+
+fn decode_doc(bytes: &[u8]) -> Result<Document, StoreError> {
+    let json = bytes
+        .get(8..)
+        .ok_or_else(|| StoreError::Corrupt("document record too short".into()))?;
+    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn seq_of_key(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(tail) = key.get(1..9) {
+        b.copy_from_slice(tail);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// A stored document as raw bytes: its version and its envelope JSON, served without parsing.
+pub struct RawDocument(sled::IVec);
+
+impl RawDocument {
+    pub fn version(&self) -> u64 {
+        let mut b = [0u8; 8];
+        if let Some(head) = self.0.get(..8) {
+            b.copy_from_slice(head);
+        }
+        u64::from_be_bytes(b)
+    }
+
+    pub fn json(&self) -> &[u8] {
+        self.0.get(8..).unwrap_or(&[])
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(options: StoreOptions, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let mut configs = HashMap::new();
+        for entry in db.scan_prefix(keys::config_prefix()) {
+            let (key, value) = entry?;
+            let name = String::from_utf8_lossy(&key[keys::config_prefix().len()..]).into_owned();
+            let config: CollectionConfig =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            configs.insert(name.clone(), Arc::new(CollectionState::new(&name, config)?));
+        }
+        let next_seq = match db.scan_prefix([keys::CHANGE]).next_back() {
+            Some(entry) => seq_of_key(&entry?.0) + 1,
+            None => 1,
+        };
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            options,
+            configs: RwLock::new(Arc::new(configs)),
+            changes,
+            metrics,
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = writer::Writer {
+            db: db.clone(),
+            shared: shared.clone(),
+            rx,
+            next_seq,
+            ids: ulid::Generator::new(),
+            last_prune: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("emberbase-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            db,
+            shared,
+            writer: Arc::new(Mutex::new(Some((tx, handle)))),
+        })
+    }
+
+    fn send(&self, job: writer::Job) -> Result<(), StoreError> {
+        let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
+        match guard.as_ref() {
+            Some((tx, _)) => tx.send(job).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Applies a write atomically and durably. Resolves once the write is on disk.
+    pub async fn write(&self, request: WriteRequest) -> WriteResult {
+        let (tx, rx) = oneshot::channel();
+        let closed = |error| BatchFailure { op: 0, error };
+        self.send(writer::Job::Write(request, tx)).map_err(closed)?;
+        rx.await.map_err(|_| closed(StoreError::Closed))?
+    }
+
+    /// Stores a collection's configuration and rebuilds its indexes, durably.
+    pub async fn configure(
+        &self,
+        collection: &str,
+        config: CollectionConfig,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Job::Configure(collection.to_string(), config, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        self.shared
+            .metrics
+            .store_ops
+            .with_label_values(&["get"])
+            .inc();
+        match self.db.get(keys::doc_key(collection, id))? {
+            Some(bytes) => decode_doc(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A document's stored bytes, for serving it without a parse.
+    pub fn get_raw(&self, collection: &str, id: &str) -> Result<Option<RawDocument>, StoreError> {
+        self.shared
+            .metrics
+            .store_ops
+            .with_label_values(&["get"])
+            .inc();
+        Ok(self.db.get(keys::doc_key(collection, id))?.map(RawDocument))
+    }
+
+    /// The configuration of a collection, if an admin has set one.
+    pub fn collection(&self, collection: &str) -> Option<Arc<CollectionState>> {
+        self.shared.configs_snapshot().get(collection).cloned()
+    }
+
+    /// Every configured collection, by name.
+    pub fn collections(&self) -> Vec<CollectionInfo> {
+        let snapshot = self.shared.configs_snapshot();
+        let mut out: Vec<CollectionInfo> = snapshot
+            .iter()
+            .map(|(name, state)| CollectionInfo {
+                name: name.clone(),
+                config: state.config.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Runs a query (see [`scan`]).
+    pub fn query(&self, collection: &str, spec: &QuerySpec<'_>) -> Result<QueryResult, StoreError> {
+        self.shared
+            .metrics
+            .store_ops
+            .with_label_values(&["query"])
+            .inc();
+        let state = self.collection(collection);
+        scan::run(&self.db, collection, state.as_deref(), spec)
+    }
+
+    /// Every change committed from now on, in commit order. A receiver that falls more than
+    /// 4096 changes behind is told it lagged and should catch up with [`Store::changes_after`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Retained changes with a sequence greater than `after`, oldest first, at most `limit`.
+    pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let start = keys::change_key(after.saturating_add(1));
+        let end = keys::prefix_end(&[keys::CHANGE]);
+        self.db
+            .range(start.to_vec()..end)
+            .take(limit)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The sequence of the oldest retained change, if any.
+    pub fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .db
+            .scan_prefix([keys::CHANGE])
+            .next()
+            .transpose()?
+            .map(|(k, _)| seq_of_key(&k)))
+    }
+
+    /// Stops the writer after it has committed every queued write, and flushes.
+    pub fn close(&self) {
+        let taken = match self.writer.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some((tx, handle)) = taken {
+            drop(tx);
+            if handle.join().is_err() {
+                tracing::error!("the writer thread panicked");
+            }
+        }
+    }
+}
