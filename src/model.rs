@@ -132,8 +132,8 @@ impl Default for Rules {
         Rules {
             read: Some("auth != null".into()),
             create: Some("auth != null".into()),
-            update: Some("doc.owner == auth.id".into()),
-            delete: Some("doc.owner == auth.id".into()),
+            update: Some("auth != null && doc.owner == auth.id".into()),
+            delete: Some("auth != null && doc.owner == auth.id".into()),
         }
     }
 }

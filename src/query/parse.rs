@@ -185,6 +185,9 @@ impl<'a> Lexer<'a> {
                 Some(f) if f.is_finite() => Ok(Tok::Num(raw.to_string())),
                 _ => Err(self.err(start, format!("number out of range `{raw}`"))),
             },
+            Err(e) if e.to_string().contains("out of range") => {
+                Err(self.err(start, format!("number out of range `{raw}`")))
+            }
             Err(_) => Err(self.err(start, format!("invalid number `{raw}`"))),
         }
     }
@@ -488,14 +491,19 @@ pub fn parse_sort(src: &str) -> Result<Vec<SortKey>, ParseError> {
     let mut keys = Vec::new();
     let mut offset = 0;
     for part in src.split(',') {
-        let trimmed = part.trim_start();
-        let lead = part.len() - trimmed.len();
-        let (descending, body) = match trimmed.strip_prefix('-') {
+        let (descending, body) = match part.trim_start().strip_prefix('-') {
             Some(rest) => (true, rest),
-            None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+            None => (
+                false,
+                part.trim_start()
+                    .strip_prefix('+')
+                    .unwrap_or(part.trim_start()),
+            ),
         };
-        let path = parse_path(body.trim()).map_err(|e| ParseError {
-            column: column_of(src, offset + lead) + e.column - 1,
+        let name = body.trim();
+        let name_at = offset + (part.len() - body.len()) + (body.len() - body.trim_start().len());
+        let path = parse_path(name).map_err(|e| ParseError {
+            column: column_of(src, name_at) + e.column - 1,
             message: e.message,
         })?;
         keys.push(SortKey { path, descending });

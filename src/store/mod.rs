@@ -102,12 +102,15 @@ impl Shared {
     }
 }
 
+/// The writer's queue and thread, taken out on close.
+type WriterHandle = (mpsc::Sender<writer::Job>, std::thread::JoinHandle<()>);
+
 /// The document store. Cheap to clone; every clone talks to the same database and writer.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     shared: Arc<Shared>,
-    writer: Arc<Mutex<Option<(mpsc::Sender<writer::Job>, std::thread::JoinHandle<()>)>>>,
+    writer: Arc<Mutex<Option<WriterHandle>>>,
 }
 
 fn encode_doc(doc: &Document) -> Vec<u8> {

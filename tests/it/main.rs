@@ -1,1 +1,9 @@
+//! The one integration test binary: every test drives a real server over HTTP (or, for the
+//! planner property test, through the in-process API of a real server).
 
+mod common;
+mod crash;
+mod documents;
+mod operations;
+mod planner;
+mod queries;

@@ -1,0 +1,211 @@
+//! The test harness: a real server on `127.0.0.1:0` with a temporary data directory, driven
+//! over HTTP.
+
+use emberbase::{Config, Server};
+use serde_json::Value;
+use std::time::Duration;
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub key: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<Server>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A response: status, headers and body (parsed as JSON when it is JSON).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub json: Value,
+    pub text: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// Asserts the status and, for errors, that the body has the shape of API.md.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        if status >= 400 {
+            assert!(
+                self.json["error"]["code"].is_string(),
+                "error shape: {}",
+                self.text
+            );
+            assert!(
+                self.json["error"]["message"].is_string(),
+                "error shape: {}",
+                self.text
+            );
+        }
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Self {
+        let resp = self.expect(status);
+        assert_eq!(resp.code(), code, "body: {}", resp.text);
+        resp
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// Sends a request and collects the response, whatever its status.
+pub fn send(req: ureq::Request, body: Option<&[u8]>) -> Resp {
+    let result = match body {
+        Some(bytes) => req.send_bytes(bytes),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| response.header(&n).map(|v| (n.clone(), v.to_string())))
+        .collect();
+    let text = response.into_string().unwrap_or_default();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        json,
+        text,
+        headers,
+    }
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.workers = 2;
+        config.server.shutdown_timeout_secs = 5;
+        configure(&mut config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = runtime
+            .block_on(
+                emberbase::ServerBuilder::new(config)
+                    .data_dir(dir.path())
+                    .bind("127.0.0.1:0")
+                    .start(),
+            )
+            .unwrap();
+        let key = std::fs::read_to_string(dir.path().join("service_key"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        TestServer {
+            addr: server.local_addr(),
+            key,
+            runtime: Some(runtime),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.as_ref().unwrap().block_on(f)
+    }
+
+    /// A request with no credentials.
+    pub fn anon(&self, method: &str, path: &str) -> ureq::Request {
+        agent().request(method, &self.url(path))
+    }
+
+    /// A request with the service key (an admin).
+    pub fn admin(&self, method: &str, path: &str) -> ureq::Request {
+        self.anon(method, path)
+            .set("Authorization", &format!("Bearer {}", self.key))
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        send(self.admin("GET", path), None)
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        send(self.admin("DELETE", path), None)
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let req = self
+            .admin(method, path)
+            .set("Content-Type", "application/json");
+        send(req, Some(body.to_string().as_bytes()))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.json("POST", path, body)
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Resp {
+        self.json("PUT", path, body)
+    }
+
+    pub fn patch(&self, path: &str, body: &Value) -> Resp {
+        self.json("PATCH", path, body)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let (Some(rt), Some(server)) = (self.runtime.take(), self.server.take()) {
+            rt.block_on(server.shutdown());
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// `application/x-www-form-urlencoded`-safe query encoding of one value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

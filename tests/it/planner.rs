@@ -1,0 +1,178 @@
+//! The query planner never changes an answer: random documents and random filters and sorts
+//! give the same pages with indexes, without them, and by naive evaluation.
+
+use crate::common::TestServer;
+use emberbase::query::plan::{compare_positions, effective_sort, sort_values};
+use emberbase::query::{matches, parse_expr, parse_sort, Dialect};
+use emberbase::{Document, ListParams, Principal};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{json, Value};
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-4i64..4).prop_map(Value::from),
+        (-8i64..8).prop_map(|h| json!(h as f64 / 2.0)),
+        prop::sample::select(vec!["", "a", "b", "ab", "B"]).prop_map(Value::from),
+    ]
+}
+
+fn doc_data() -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(scalar()),
+        prop::option::of(scalar()),
+        prop::option::of(prop::sample::select(vec!["x", "y", "z"])),
+        prop::collection::vec(prop::sample::select(vec!["p", "q"]), 0..3),
+    )
+        .prop_map(|(n, m, tag, list)| {
+            let mut data = serde_json::Map::new();
+            if let Some(n) = n {
+                data.insert("n".into(), n);
+            }
+            if let Some(m) = m {
+                data.insert("m".into(), m);
+            }
+            if let Some(tag) = tag {
+                data.insert("tag".into(), tag.into());
+            }
+            data.insert("list".into(), json!(list));
+            Value::Object(data)
+        })
+}
+
+fn leaf() -> impl Strategy<Value = String> {
+    let path = prop::sample::select(vec![
+        "data.n",
+        "data.m",
+        "data.tag",
+        "version",
+        "id",
+        "data.missing",
+    ]);
+    let op = prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]);
+    let id = (0..12u32).prop_map(|i| json!(format!("d{i:02}")));
+    let literal = prop_oneof![
+        scalar(),
+        prop::sample::select(vec!["x", "y"]).prop_map(Value::from),
+        id
+    ];
+    prop_oneof![
+        4 => (path.clone(), op, literal.clone()).prop_map(|(p, o, l)| format!("{p} {o} {l}")),
+        1 => (literal.clone(), path.clone()).prop_map(|(l, p)| format!("{l} < {p}")),
+        1 => (path, prop::collection::vec(literal, 0..3))
+            .prop_map(|(p, ls)| format!("{p} in {}", Value::Array(ls))),
+        1 => prop::sample::select(vec!["p", "q"]).prop_map(|v| format!("data.list contains \"{v}\"")),
+    ]
+}
+
+fn filter() -> impl Strategy<Value = String> {
+    leaf().prop_recursive(3, 12, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} || {b}")),
+            inner.prop_map(|a| format!("!({a})")),
+        ]
+    })
+}
+
+fn sort() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "",
+        "data.n",
+        "-data.n",
+        "data.tag,data.n",
+        "data.tag,-data.n",
+        "-data.tag,-data.n",
+        "data.m",
+        "-id",
+        "version,-data.n",
+        "data.n,data.m",
+    ])
+}
+
+/// Every page of a query, following cursors to the end.
+fn all_pages(
+    srv: &TestServer,
+    collection: &str,
+    filter: &str,
+    sort: &str,
+    limit: usize,
+) -> Vec<Document> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let params = ListParams {
+            filter: Some(filter),
+            sort: Some(sort),
+            limit: Some(limit),
+            cursor: cursor.as_deref(),
+        };
+        let page = srv
+            .server()
+            .documents()
+            .list(&Principal::Service, collection, &params)
+            .unwrap();
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn planner_agrees_with_naive_evaluation() {
+    let srv = TestServer::start();
+    let docs = srv.server().documents();
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let strategy = (
+        prop::collection::vec(doc_data(), 0..12),
+        prop::collection::vec((filter(), sort(), 1usize..5), 6),
+    );
+    runner
+        .run(&strategy, |(datas, queries)| {
+            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let plain = format!("plain{case}");
+            let indexed = format!("indexed{case}");
+            let config: emberbase::model::CollectionConfig = serde_json::from_value(json!({
+                "indexes": [["data.n"], ["data.tag", "data.n"], ["data.m"], ["data.tag"], ["version", "data.n"]]
+            }))
+            .unwrap();
+            srv.block_on(docs.configure(&Principal::Service, &indexed, config)).unwrap();
+            for (i, data) in datas.iter().enumerate() {
+                for collection in [&plain, &indexed] {
+                    srv.block_on(docs.set(&Principal::Service, collection, &format!("d{i:02}"), data.clone(), None))
+                        .unwrap();
+                }
+            }
+            // Some documents get a second version.
+            for i in (0..datas.len()).step_by(3) {
+                for collection in [&plain, &indexed] {
+                    srv.block_on(docs.update(&Principal::Service, collection, &format!("d{i:02}"), json!({"v2": true}), None))
+                        .unwrap();
+                }
+            }
+            let everything = all_pages(&srv, &plain, "", "", 1000);
+            for (filter, sort, limit) in &queries {
+                let expr = parse_expr(filter, Dialect::Document).unwrap();
+                let keys = effective_sort(&if sort.is_empty() { vec![] } else { parse_sort(sort).unwrap() });
+                let mut expected: Vec<&Document> = everything.iter().filter(|d| matches(&expr, *d)).collect();
+                expected.sort_by(|a, b| compare_positions(&sort_values(*a, &keys), &sort_values(*b, &keys), &keys));
+                let expected: Vec<&str> = expected.iter().map(|d| d.id.as_str()).collect();
+                for collection in [&plain, &indexed] {
+                    let got = all_pages(&srv, collection, filter, sort, *limit);
+                    let got: Vec<&str> = got.iter().map(|d| d.id.as_str()).collect();
+                    prop_assert_eq!(&got, &expected, "{} filter {:?} sort {:?} limit {}", collection, filter, sort, limit);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
