@@ -4,6 +4,7 @@
 mod common;
 mod crash;
 mod documents;
+mod embed;
 mod operations;
 mod planner;
 mod queries;
