@@ -90,3 +90,28 @@ fn host_routes_are_served_beside_the_api() {
     send(crate::common::agent().get(&format!("{base}/nope")), None).expect_error(404, "not_found");
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn the_change_feed_keeps_only_its_retention_window() {
+    let srv = TestServer::start_with(|c| c.store.change_retention_count = 5);
+    for i in 0..20 {
+        srv.post("/v1/collections/r/docs", &json!({"i": i}))
+            .expect(201);
+    }
+    let store = srv.server().documents().store().clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let first = store.first_retained_seq().unwrap().unwrap();
+        if first >= 16 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not pruned: first retained {first}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let kept = store.changes_after(0, 100).unwrap();
+    assert_eq!(kept.len(), 5);
+    assert_eq!(kept.last().unwrap().seq, 20);
+}
