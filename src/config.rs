@@ -23,6 +23,8 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
+    pub mail: MailConfig,
     /// Access rules of collections that have no configuration of their own.
     pub rules: Rules,
 }
@@ -58,6 +60,9 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// The largest JSON request body, in bytes.
     pub max_body_bytes: usize,
+    /// Proxies (IP addresses) whose `X-Forwarded-For` header names the client. Without them the
+    /// client address is the socket's peer.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for HttpConfig {
@@ -65,6 +70,7 @@ impl Default for HttpConfig {
         HttpConfig {
             cors_origins: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -148,12 +154,87 @@ pub struct MetricsConfig {
     pub public: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The service key. When empty, one is generated on first start into
     /// `<data_dir>/service_key`, readable only by its owner.
     pub service_key: String,
+    /// The HS256 secret for access tokens (at least 32 bytes). When empty, keys are generated
+    /// into `<data_dir>/jwt_keys.json` and can be rotated.
+    pub jwt_secret: String,
+    /// The `iss` and `aud` of access tokens.
+    pub issuer: String,
+    pub audience: String,
+    /// Lifetime of an access token, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Absolute lifetime of a login (its refresh tokens), in days.
+    pub refresh_token_ttl_days: u64,
+    /// argon2id cost: memory in KiB, iterations, lanes (OWASP minimum: 19456, 2, 1).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; 0 means one per CPU core.
+    pub hash_concurrency: usize,
+    /// Failed logins allowed per account, and per client IP, within the window.
+    pub max_failures_per_account: usize,
+    pub max_failures_per_ip: usize,
+    pub failure_window_secs: u64,
+    /// Lifetime of email verification and password reset tokens, in seconds.
+    pub verify_token_ttl_secs: u64,
+    pub reset_token_ttl_secs: u64,
+    /// The public base URL of this server, used in mails.
+    pub public_url: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            service_key: String::new(),
+            jwt_secret: String::new(),
+            issuer: "emberbase".into(),
+            audience: "emberbase".into(),
+            access_token_ttl_secs: 900,
+            refresh_token_ttl_days: 30,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            hash_concurrency: 0,
+            max_failures_per_account: 10,
+            max_failures_per_ip: 100,
+            failure_window_secs: 900,
+            verify_token_ttl_secs: 86_400,
+            reset_token_ttl_secs: 3_600,
+            public_url: "http://127.0.0.1:7070".into(),
+        }
+    }
+}
+
+/// An admin created on start if it does not exist (`EMBERBASE_ADMIN__EMAIL`,
+/// `EMBERBASE_ADMIN__PASSWORD`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `smtp://user:pass@host:port` of a relay; empty keeps mail in the outbox only.
+    pub smtp_url: String,
+    /// The sender of verification and reset mails.
+    pub from: String,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            smtp_url: String::new(),
+            from: "Emberbase <noreply@localhost>".into(),
+        }
+    }
 }
 
 /// Values given on the command line, applied over every other layer.
@@ -221,6 +302,18 @@ impl Config {
         let key = &self.auth.service_key;
         if !key.is_empty() && key.len() < 24 {
             return invalid("auth.service_key", "must be at least 24 characters");
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return invalid("auth.jwt_secret", "must be at least 32 bytes");
+        }
+        if self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_days == 0 {
+            return invalid("auth", "token lifetimes must be positive");
+        }
+        if self.auth.max_failures_per_account == 0 || self.auth.max_failures_per_ip == 0 {
+            return invalid("auth", "failure limits must be positive");
+        }
+        if self.admin.email.is_empty() != self.admin.password.is_empty() {
+            return invalid("admin", "set both email and password, or neither");
         }
         for (name, rule) in [
             ("rules.read", &self.rules.read),

@@ -2,7 +2,9 @@
 //! services and runs the HTTP layer on a listener it is given or binds.
 
 use crate::api::{self, AppState, RouteHook};
-use crate::auth::{self, Authenticator};
+use crate::auth::password::PasswordHasherPool;
+use crate::auth::tokens::TokenIssuer;
+use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
 use crate::config::Config;
 use crate::docs::Documents;
 use crate::metrics::Metrics;
@@ -90,21 +92,12 @@ impl ServerBuilder {
         let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
         let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
         let db_path = data_dir.join("db");
-        let store = Store::open(
-            StoreOptions {
-                path: db_path.clone(),
-                cache_bytes: config.store.cache_mb * 1024 * 1024,
-                max_document_bytes: config.limits.max_document_bytes,
-                group_commit_max: config.store.group_commit_max,
-                retention_count: config.store.change_retention_count,
-                retention_age: Duration::from_secs(config.store.change_retention_hours * 3600),
+        let store = Store::open(store_options(&config, db_path.clone()), metrics.clone()).map_err(
+            |source| StartError::Store {
+                path: db_path,
+                source,
             },
-            metrics.clone(),
-        )
-        .map_err(|source| StartError::Store {
-            path: db_path,
-            source,
-        })?;
+        )?;
 
         let (service_key, key_source) = if config.auth.service_key.is_empty() {
             let (key, path) = auth::load_or_create_service_key(&data_dir).map_err(|source| {
@@ -119,6 +112,10 @@ impl ServerBuilder {
         };
         let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
             .map_err(|e| StartError::Other(e.message))?;
+        let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
+        if !config.admin.email.is_empty() {
+            bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
+        }
 
         let listener = match self.listener {
             Some(l) => l,
@@ -139,7 +136,7 @@ impl ServerBuilder {
         let config = Arc::new(config);
         let state = actix_web::web::Data::new(AppState::new(
             docs.clone(),
-            Arc::new(Authenticator::new(service_key)),
+            Arc::new(Authenticator::new(service_key, accounts)),
             metrics,
             config.clone(),
         ));
@@ -171,6 +168,96 @@ impl ServerBuilder {
             store,
             docs,
         })
+    }
+}
+
+/// The account service over an open store.
+pub(crate) fn open_accounts(
+    store: &Store,
+    config: &Config,
+    data_dir: &Path,
+) -> Result<Accounts, StartError> {
+    let hasher = PasswordHasherPool::new(&config.auth).map_err(StartError::Other)?;
+    let tokens = TokenIssuer::load(
+        data_dir,
+        &config.auth.jwt_secret,
+        &config.auth.issuer,
+        &config.auth.audience,
+        config.auth.access_token_ttl_secs,
+    )
+    .map_err(|source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let mailer = Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?;
+    Ok(Accounts::new(
+        store.clone(),
+        hasher,
+        tokens,
+        config.auth.clone(),
+        mailer,
+    ))
+}
+
+/// Creates the configured admin unless a user with that email exists.
+async fn bootstrap_admin(
+    accounts: &Accounts,
+    email: &str,
+    password: &str,
+) -> Result<(), StartError> {
+    let exists = accounts
+        .email_exists(email)
+        .map_err(|e| StartError::Other(format!("admin.email: {}", e.message)))?;
+    if exists {
+        return Ok(());
+    }
+    let (user, _) = accounts
+        .upsert_admin(email, password.to_string())
+        .await
+        .map_err(|e| StartError::Other(format!("admin bootstrap: {}", e.message)))?;
+    tracing::info!(email = %user.email, "created the configured admin");
+    Ok(())
+}
+
+/// Creates an admin or promotes an existing user, on a data directory no server holds open
+/// (`emberbase admin create`).
+pub async fn create_admin(
+    config: Config,
+    email: &str,
+    password: String,
+) -> Result<(crate::auth::User, bool), StartError> {
+    config.validate()?;
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
+    let db_path = data_dir.join("db");
+    let store =
+        Store::open(store_options(&config, db_path.clone()), metrics).map_err(|source| {
+            StartError::Store {
+                path: db_path,
+                source,
+            }
+        })?;
+    let accounts = open_accounts(&store, &config, &data_dir)?;
+    let result = accounts
+        .upsert_admin(email, password)
+        .await
+        .map_err(|e| StartError::Other(e.message));
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    result
+}
+
+fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
+    StoreOptions {
+        path,
+        cache_bytes: config.store.cache_mb * 1024 * 1024,
+        max_document_bytes: config.limits.max_document_bytes,
+        group_commit_max: config.store.group_commit_max,
+        retention_count: config.store.change_retention_count,
+        retention_age: Duration::from_secs(config.store.change_retention_hours * 3600),
     }
 }
 

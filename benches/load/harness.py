@@ -148,7 +148,7 @@ def lua_script(tmp, name, method="GET", body=None, headers=None, ids=None, url_t
         path = re.sub(r"^http://[^/]+", "", url_template)
         lines.append("ids = {" + ",".join(json.dumps(i) for i in ids) + "}")
         lines.append("request = function() local id = ids[math.random(#ids)] "
-                     f"return wrk.format(nil, string.gsub({json.dumps(path)}, '{{id}}', id)) end")
+                     f"return wrk.format(nil, (string.gsub({json.dumps(path)}, '{{id}}', id))) end")
     path = os.path.join(tmp, name + ".lua")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -164,3 +164,26 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         }
     })
 }
+
+/// The client's IP address: the socket's peer, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not a trusted proxy.
+pub fn client_ip(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return "unknown".into();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    forwarded
+        .split(',')
+        .rev()
+        .filter_map(|part| part.trim().parse::<std::net::IpAddr>().ok())
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+        .to_string()
+}

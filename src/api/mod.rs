@@ -3,11 +3,13 @@
 //! same `#[utoipa::path]` annotations, so they cannot drift apart.
 
 mod admin;
+mod auth;
 mod documents;
 pub mod error;
 mod extract;
 mod middleware;
 mod system;
+mod users;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -88,7 +90,8 @@ impl utoipa::Modify for SecurityAddon {
     modifiers(&SecurityAddon),
     tags(
         (name = "documents", description = "JSON documents in collections"),
-        (name = "admin", description = "Collection rules and indexes (admins only)"),
+        (name = "auth", description = "Accounts, sessions, email verification, password reset"),
+        (name = "admin", description = "Users, collection rules and indexes, outbox (admins only)"),
         (name = "operations", description = "Health, metrics, the API document"),
     )
 )]
@@ -108,7 +111,25 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(documents::batch)
         .service(admin::list_collections)
         .service(admin::get_collection)
-        .service(admin::put_collection);
+        .service(admin::put_collection)
+        .service(auth::signup)
+        .service(auth::login)
+        .service(auth::refresh)
+        .service(auth::logout)
+        .service(auth::me)
+        .service(auth::verify_request)
+        .service(auth::verify_confirm)
+        .service(auth::reset_request)
+        .service(auth::reset_confirm)
+        .service(auth::password_change)
+        .service(users::list_users)
+        .service(users::get_user)
+        .service(users::disable_user)
+        .service(users::enable_user)
+        .service(users::set_role)
+        .service(users::delete_user)
+        .service(users::outbox)
+        .service(users::rotate_key);
 }
 
 /// The OpenAPI document of every route.

@@ -1,13 +1,23 @@
-//! Who is calling: the [`Principal`] of a request, and the service key.
+//! Who is calling: accounts and their tokens, the [`Principal`] of a request, and the service
+//! key.
 //!
 //! The service key is a secret that acts as an admin, for scripts and server-to-server use. It
 //! comes from `auth.service_key`, or is generated on first start into `<data_dir>/service_key`
 //! with owner-only permissions. It is compared in constant time.
 
+pub mod accounts;
+pub mod mail;
+pub mod password;
+pub mod throttle;
+pub mod tokens;
+
+pub use accounts::{Accounts, Session, User};
+
 use crate::error::Error;
 use crate::model::Actor;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The caller of an operation.
@@ -63,13 +73,21 @@ impl Principal {
 /// Turns credentials into a principal.
 pub struct Authenticator {
     service_key: String,
+    accounts: Arc<Accounts>,
 }
 
 pub const SERVICE_KEY_FILE: &str = "service_key";
 
 impl Authenticator {
-    pub fn new(service_key: String) -> Self {
-        Authenticator { service_key }
+    pub fn new(service_key: String, accounts: Arc<Accounts>) -> Self {
+        Authenticator {
+            service_key,
+            accounts,
+        }
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
     }
 
     /// Resolves a bearer token. `None` is an anonymous caller; a token that is not valid is
@@ -81,12 +99,7 @@ impl Authenticator {
         if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) {
             return Ok(Principal::Service);
         }
-        Err(Error::unauthenticated("invalid or expired token"))
-    }
-
-    /// Whether `token` is the service key.
-    pub fn is_service_key(&self, token: &str) -> bool {
-        bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes()))
+        self.accounts.authenticate(token)
     }
 }
 

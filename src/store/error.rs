@@ -17,6 +17,9 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Denied(String),
+    /// A compare-and-set check of a system write did not hold.
+    #[error("a concurrent change won")]
+    CasFailed,
     #[error("{message}")]
     Invalid { message: String, field: String },
     #[error("the store is shutting down")]
@@ -38,6 +41,7 @@ impl From<StoreError> for Error {
                     .with_details(serde_json::json!({ "version": actual }))
             }
             StoreError::Denied(_) => Error::new(ErrorCode::Forbidden, message),
+            StoreError::CasFailed => Error::new(ErrorCode::Conflict, message),
             StoreError::Invalid { field, .. } => Error::validation(message, &field),
             StoreError::Closed => Error::new(ErrorCode::Unavailable, message),
             StoreError::Io(_) | StoreError::Corrupt(_) => Error::internal(message),

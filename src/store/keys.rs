@@ -7,6 +7,7 @@
 //! | `I`    | collection `00` index signature `00` values… id  | id                          |
 //! | `C`    | seq (u64 BE)                                     | change record JSON          |
 //! | `M`    | `coll:` collection                               | collection config JSON      |
+//! | `S`    | space tag, key (see `kv::Space`)                 | system record               |
 //!
 //! Collection names and ids never contain `00`, so `collection 00` is an exact prefix.
 
@@ -18,6 +19,7 @@ pub const DOC: u8 = b'D';
 pub const INDEX: u8 = b'I';
 pub const CHANGE: u8 = b'C';
 pub const META: u8 = b'M';
+pub const SYSTEM: u8 = b'S';
 
 pub fn doc_prefix(collection: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 2);

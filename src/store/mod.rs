@@ -6,10 +6,15 @@
 
 mod error;
 mod keys;
+mod kv;
 mod scan;
 mod writer;
 
 pub use error::{BatchFailure, StoreError};
+pub use kv::{KvWrite, Space};
+
+/// A system record: key (without its space prefix) and value.
+pub type KvEntry = (Vec<u8>, Vec<u8>);
 pub use scan::{QueryResult, QuerySpec};
 pub use writer::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult};
 
@@ -224,6 +229,55 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.send(writer::Job::Configure(collection.to_string(), config, tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Applies a system write atomically and durably, if every check holds
+    /// (`StoreError::CasFailed` otherwise).
+    pub async fn kv_write(&self, write: KvWrite) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Job::Kv(write, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A system record.
+    pub fn kv_get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(space.key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// System records in key order, strictly after `after`, at most `limit`.
+    pub fn kv_scan(
+        &self,
+        space: Space,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        let prefix = space.prefix();
+        let start = match after {
+            Some(key) => keys::successor(&space.key(key)),
+            None => prefix.clone(),
+        };
+        self.db
+            .range(start..keys::prefix_end(&prefix))
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k[prefix.len()..].to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The last `limit` system records of a space, last key first.
+    pub fn kv_scan_last(&self, space: Space, limit: usize) -> Result<Vec<KvEntry>, StoreError> {
+        let prefix = space.prefix();
+        self.db
+            .scan_prefix(&prefix)
+            .rev()
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k[prefix.len()..].to_vec(), v.to_vec()))
+            })
+            .collect()
     }
 
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {

@@ -12,6 +12,7 @@
 
 use super::error::{BatchFailure, StoreError};
 use super::keys;
+use super::kv::KvWrite;
 use super::{CollectionState, Shared};
 use crate::model::{
     merge_patch, now_rfc3339, Actor, Change, ChangeKind, CollectionConfig, Document,
@@ -87,6 +88,7 @@ pub type WriteResult = Result<Vec<Option<Document>>, BatchFailure>;
 
 pub(super) enum Job {
     Write(WriteRequest, oneshot::Sender<WriteResult>),
+    Kv(KvWrite, oneshot::Sender<Result<(), StoreError>>),
     Configure(
         String,
         CollectionConfig,
@@ -155,6 +157,10 @@ impl Writer {
                 },
                 Job::Configure(name, config, reply) => {
                     let result = self.apply_configure(&name, config);
+                    Applied::Configure(reply, result)
+                }
+                Job::Kv(write, reply) => {
+                    let result = self.apply_kv(write);
                     Applied::Configure(reply, result)
                 }
             })
@@ -476,6 +482,25 @@ impl Writer {
         batch.insert(keys::config_key(name), json);
         self.db.apply_batch(batch)?;
         self.shared.set_config(name, state);
+        Ok(())
+    }
+
+    /// Applies a system write if every one of its checks holds.
+    fn apply_kv(&mut self, write: KvWrite) -> Result<(), StoreError> {
+        for (space, key, expected) in &write.checks {
+            let stored = self.db.get(space.key(key))?;
+            if stored.as_deref() != expected.as_deref() {
+                return Err(StoreError::CasFailed);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (space, key) in write.deletes {
+            batch.remove(space.key(&key));
+        }
+        for (space, key, value) in write.puts {
+            batch.insert(space.key(&key), value);
+        }
+        self.db.apply_batch(batch)?;
         Ok(())
     }
 

@@ -1,0 +1,233 @@
+//! `/v1/admin/users`, the outbox and signing keys (admins and the service key only).
+
+use super::error::ErrorBody;
+use super::extract::{Caller, JsonBody};
+use super::AppState;
+use crate::auth::mail::Mail;
+use crate::auth::{accounts::UserPage, User};
+use crate::error::Error;
+use actix_web::{delete, get, post, put, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Users in creation order.
+#[utoipa::path(
+    tag = "admin",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page", body = UserPage),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/users")]
+pub(super) async fn list_users(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Error> {
+    let page = state.auth.accounts().list_users(
+        &caller.0,
+        query.limit.unwrap_or(50),
+        query.cursor.as_deref(),
+    )?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// One user.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/users/{id}")]
+pub(super) async fn get_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(state.auth.accounts().get_user(&caller.0, &path)?))
+}
+
+/// Disable a user: they cannot sign in, and every token of theirs stops working.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Disabled", body = User),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/users/{id}/disable")]
+pub(super) async fn disable_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .auth
+            .accounts()
+            .set_disabled(&caller.0, &path, true)
+            .await?,
+    ))
+}
+
+/// Enable a disabled user.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Enabled", body = User),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/users/{id}/enable")]
+pub(super) async fn enable_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .auth
+            .accounts()
+            .set_disabled(&caller.0, &path, false)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    /// `user` or `admin`.
+    role: String,
+}
+
+/// Set a user's role.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    request_body = RoleRequest,
+    responses(
+        (status = 200, description = "Updated", body = User),
+        (status = 400, description = "Not a role", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[put("/v1/admin/users/{id}/role")]
+pub(super) async fn set_role(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody<RoleRequest>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .auth
+            .accounts()
+            .set_role(&caller.0, &path, &body.0.role)
+            .await?,
+    ))
+}
+
+/// Delete a user; every token of theirs stops working. Their documents stay.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/admin/users/{id}")]
+pub(super) async fn delete_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    state.auth.accounts().delete_user(&caller.0, &path).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MailList {
+    items: Vec<Mail>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LimitQuery {
+    /// At most this many, newest first (default 50).
+    limit: Option<usize>,
+}
+
+/// Mail sent by the server, newest first (the outbox works without SMTP).
+#[utoipa::path(
+    tag = "admin",
+    params(LimitQuery),
+    responses(
+        (status = 200, description = "The outbox", body = MailList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/outbox")]
+pub(super) async fn outbox(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<LimitQuery>,
+) -> Result<HttpResponse, Error> {
+    let items = state
+        .auth
+        .accounts()
+        .outbox(&caller.0, query.limit.unwrap_or(50))?;
+    Ok(HttpResponse::Ok().json(MailList { items }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RotatedKey {
+    /// The id (`kid`) of the new signing key.
+    kid: String,
+}
+
+/// Add a new access-token signing key. Tokens signed by earlier keys stay valid until they
+/// expire, so nobody is signed out.
+#[utoipa::path(
+    tag = "admin",
+    responses(
+        (status = 200, description = "Rotated", body = RotatedKey),
+        (status = 400, description = "The key comes from the configuration", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/auth/rotate-key")]
+pub(super) async fn rotate_key(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, Error> {
+    let kid = state.auth.accounts().rotate_signing_key(&caller.0)?;
+    Ok(HttpResponse::Ok().json(RotatedKey { kid }))
+}

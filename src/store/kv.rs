@@ -1,0 +1,78 @@
+//! A small key-value API for the store's system records (accounts, tokens, the mail outbox),
+//! with compare-and-set writes that go through the writer thread like documents do: durable on
+//! acknowledgement, and atomic with their checks.
+
+use super::keys;
+
+/// A namespace of system records. Each has its own key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// User id → user record.
+    Users,
+    /// Normalised email → user id.
+    Emails,
+    /// SHA-256 of a refresh token → refresh record.
+    RefreshTokens,
+    /// Login family id → family record.
+    Families,
+    /// SHA-256 of a one-time email token → token record.
+    EmailTokens,
+    /// Message id (a ULID) → outgoing mail.
+    Outbox,
+}
+
+impl Space {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Space::Users => b"user:",
+            Space::Emails => b"email:",
+            Space::RefreshTokens => b"refresh:",
+            Space::Families => b"family:",
+            Space::EmailTokens => b"etoken:",
+            Space::Outbox => b"outbox:",
+        }
+    }
+
+    pub(super) fn prefix(self) -> Vec<u8> {
+        let mut k = vec![keys::SYSTEM];
+        k.extend_from_slice(self.tag());
+        k
+    }
+
+    pub(super) fn key(self, key: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix();
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+/// An atomic write of system records: every check must hold, or nothing is written.
+#[derive(Debug, Default, Clone)]
+pub struct KvWrite {
+    /// `(space, key, expected)`: the stored value must equal `expected` (`None`: absent).
+    pub checks: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    pub puts: Vec<(Space, Vec<u8>, Vec<u8>)>,
+    pub deletes: Vec<(Space, Vec<u8>)>,
+}
+
+impl KvWrite {
+    pub fn check(
+        mut self,
+        space: Space,
+        key: impl Into<Vec<u8>>,
+        expected: Option<Vec<u8>>,
+    ) -> Self {
+        self.checks.push((space, key.into(), expected));
+        self
+    }
+
+    pub fn put(mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        self.puts.push((space, key.into(), value.into()));
+        self
+    }
+
+    pub fn delete(mut self, space: Space, key: impl Into<Vec<u8>>) -> Self {
+        self.deletes.push((space, key.into()));
+        self
+    }
+}
