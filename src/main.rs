@@ -5,12 +5,6 @@ use emberbase::config::{Config, LogFormat, Overrides, DEFAULT_CONFIG_FILE};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// sled copies tree nodes on every write; mimalloc handles that churn far better than glibc's
-/// allocator (+50% durable creates in the load harness). The library leaves the allocator to
-/// embedders.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Emberbase: auth, JSON documents, files and WebAssembly functions in one binary.
 ///
 /// Start a server with `emberbase serve`. Every setting lives in `config/emberbase.toml`

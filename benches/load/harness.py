@@ -24,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS = 10_000
+# Concurrent refresh chains: wrk threads with one connection each, so every thread's Lua state
+# carries its own token from one response to the next request.
+AUTH_CHAINS = 8
 EB_PORT, PB_PORT, BARE_PORT = 7181, 7182, 7183
 
 
@@ -95,8 +98,20 @@ def start_emberbase(tmp):
         ops = [{"op": "create", "collection": "posts", "data": d} for d in docs[start:start + 500]]
         results = request("POST", base + "/v1/batch", {"ops": ops}, auth)["results"]
         ids += [r["id"] for r in results]
+    # Auth loads: one user, and a collection readable only by each document's owner.
+    session = request("POST", base + "/v1/auth/signup", {"email": "bench@example.com", "password": "benchpassword1"})
+    user_auth = {"Authorization": "Bearer " + session["access_token"]}
+    request("PUT", base + "/v1/admin/collections/secure",
+            {"rules": {"read": "auth != null && doc.owner == auth.id", "create": "auth != null"}}, auth)
+    secure_ids = [request("POST", base + "/v1/collections/secure/docs", d, user_auth)["id"] for d in docs[:1000]]
+    refresh_tokens = [request("POST", base + "/v1/auth/login", {"email": "bench@example.com", "password": "benchpassword1"})
+                      ["refresh_token"] for _ in range(AUTH_CHAINS)]
     return proc, idle, {
         "auth": auth,
+        "user_auth": user_auth,
+        "rule_get": (base + "/v1/collections/secure/docs/{id}", secure_ids),
+        "login": (base + "/v1/auth/login", {"email": "bench@example.com", "password": "benchpassword1"}),
+        "refresh": (base + "/v1/auth/refresh", refresh_tokens, "emberbase"),
         "get": (base + "/v1/collections/posts/docs/{id}", ids),
         "create": base + "/v1/collections/posts/docs",
         "list": base + "/v1/collections/posts/docs?filter=" + urllib.parse.quote("data.n >= 5000 && data.n < 5100")
@@ -126,8 +141,31 @@ def start_pocketbase(tmp):
     docs = seed_documents()
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(lambda d: request("POST", base + "/api/collections/posts/records", d, auth)["id"], docs))
+    # Auth loads: one user of the built-in users collection, and a collection with the
+    # equivalent owner rule.
+    request("POST", base + "/api/collections/users/records",
+            {"email": "bench@example.com", "password": "benchpassword1", "passwordConfirm": "benchpassword1"}, auth)
+    login = request("POST", base + "/api/collections/users/auth-with-password",
+                    {"identity": "bench@example.com", "password": "benchpassword1"})
+    user_auth = {"Authorization": login["token"]}
+    request("POST", base + "/api/collections", {
+        "name": "secure", "type": "base",
+        "fields": [{"name": "title", "type": "text"}, {"name": "n", "type": "number"},
+                   {"name": "tag", "type": "text"}, {"name": "owner", "type": "text"}],
+        "viewRule": "@request.auth.id != '' && owner = @request.auth.id", "createRule": "",
+    }, auth)
+    owner = login["record"]["id"]
+    with ThreadPoolExecutor(16) as pool:
+        secure_ids = list(pool.map(lambda d: request("POST", base + "/api/collections/secure/records",
+                                                     dict(d, owner=owner), auth)["id"], docs[:1000]))
+    tokens = [request("POST", base + "/api/collections/users/auth-with-password",
+                      {"identity": "bench@example.com", "password": "benchpassword1"})["token"] for _ in range(AUTH_CHAINS)]
     return proc, idle, {
         "auth": {},
+        "user_auth": user_auth,
+        "rule_get": (base + "/api/collections/secure/records/{id}", secure_ids),
+        "login": (base + "/api/collections/users/auth-with-password", {"identity": "bench@example.com", "password": "benchpassword1"}),
+        "refresh": (base + "/api/collections/users/auth-refresh", tokens, "pocketbase"),
         "get": (base + "/api/collections/posts/records/{id}", ids),
         "create": base + "/api/collections/posts/records",
         "list": base + "/api/collections/posts/records?filter=" + urllib.parse.quote("(n >= 5000 && n < 5100)")
@@ -155,9 +193,37 @@ def lua_script(tmp, name, method="GET", body=None, headers=None, ids=None, url_t
     return path
 
 
-def wrk(url, script, args):
+def refresh_script(tmp, name, tokens, flavour):
+    """A wrk script that chains refreshes: each thread starts with its own token and uses the
+    token of every response for its next request (Emberbase rotates refresh tokens)."""
+    lines = [
+        "local tokens = {" + ",".join(json.dumps(t) for t in tokens) + "}",
+        "local counter = 0",
+        "function setup(thread) counter = counter + 1; thread:set('token', tokens[counter]) end",
+        'wrk.method = "POST"',
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    if flavour == "emberbase":
+        lines += [
+            "function request() return wrk.format(nil, nil, nil, '{\"refresh_token\":\"' .. token .. '\"}') end",
+            "function response(status, headers, body) local t = string.match(body, '\"refresh_token\":\"([^\"]+)\"'); if t then token = t end end",
+        ]
+    else:
+        lines += [
+            "function request() return wrk.format(nil, nil, {['Authorization'] = token, ['Content-Type'] = 'application/json'}, '{}') end",
+            "function response(status, headers, body) local t = string.match(body, '\"token\":\"([^\"]+)\"'); if t then token = t end end",
+        ]
+    path = os.path.join(tmp, name + ".lua")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def wrk(url, script, args, connections=None, threads=None):
+    connections = connections or args.connections
+    threads = threads or args.threads
     out = subprocess.run(
-        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", script, url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{args.duration}s", "--latency", "-s", script, url],
         check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -180,8 +246,18 @@ def run_loads(name, proc, targets, tmp, args):
                              lua_script(tmp, name + "_create", "POST", {"title": "load", "n": 1, "tag": "z"}, targets["auth"])),
         "indexed list": (targets["list"], lua_script(tmp, name + "_list", headers=targets["auth"])),
     }
-    for load, (url, script) in loads.items():
-        results[load] = wrk(url, script, args)
+    rule_url, rule_ids = targets["rule_get"]
+    login_url, credentials = targets["login"]
+    refresh_url, tokens, flavour = targets["refresh"]
+    loads["GET by id, owner rule"] = (rule_url.replace("{id}", rule_ids[0]),
+                                      lua_script(tmp, name + "_rule", headers=targets["user_auth"], ids=rule_ids,
+                                                 url_template=rule_url))
+    loads["login (password hash)"] = (login_url, lua_script(tmp, name + "_login", "POST", credentials))
+    loads["refresh"] = (refresh_url, refresh_script(tmp, name + "_refresh", tokens, flavour), AUTH_CHAINS)
+    for load, spec in loads.items():
+        url, script = spec[0], spec[1]
+        chains = spec[2] if len(spec) > 2 else None
+        results[load] = wrk(url, script, args, connections=chains, threads=chains)
         print(f"  {name:10} {load:18} {results[load]['rps']:>10.0f} req/s  p50 {results[load]['p50']:.2f} ms"
               f"  p99 {results[load]['p99']:.2f} ms  non-2xx {results[load]['errors']}", flush=True)
     results["peak_rss_mb"] = rss_kb(proc.pid, "VmHWM") / 1024
@@ -223,12 +299,15 @@ def main():
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {DOCS} documents, loopback")
         print(f"| load | Emberbase req/s | p50 / p99 ms | PocketBase req/s | p50 / p99 ms | ratio |")
         print(f"|---|---|---|---|---|---|")
-        for load in ["GET by id", "create (durable)", "indexed list"]:
+        for load in ["GET by id", "create (durable)", "indexed list", "GET by id, owner rule",
+                     "login (password hash)", "refresh"]:
             e, p = eb_r[load], pb_r[load]
             print(f"| {load} | {e['rps']:.0f} | {e['p50']:.2f} / {e['p99']:.2f} | {p['rps']:.0f} | "
                   f"{p['p50']:.2f} / {p['p99']:.2f} | {e['rps'] / p['rps']:.1f}x |")
         print(f"| bare actix ceiling | {ceiling['rps']:.0f} | {ceiling['p50']:.2f} / {ceiling['p99']:.2f} | | | "
               f"GET by id = {100 * eb_r['GET by id']['rps'] / ceiling['rps']:.0f}% of ceiling |")
+        rule_cost = 100 * (1 - eb_r["GET by id, owner rule"]["rps"] / eb_r["GET by id"]["rps"])
+        print(f"| rule cost on GET | {rule_cost:.0f}% | | | | |")
         print(f"| idle RSS MB | {eb_idle / 1024:.1f} | | {pb_idle / 1024:.1f} | | |")
         print(f"| peak RSS MB | {eb_r['peak_rss_mb']:.1f} | | {pb_r['peak_rss_mb']:.1f} | | bare actix "
               f"{rss_kb(bare.pid, 'VmHWM') / 1024:.1f} |")

@@ -33,7 +33,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub openapi_json: web::Bytes,
-    openapi: utoipa::openapi::OpenApi,
     routes: Arc<RouteTable>,
 }
 
@@ -53,7 +52,6 @@ impl AppState {
             config,
             openapi_json: web::Bytes::from(openapi_json),
             routes: Arc::new(RouteTable::from_openapi(&api)),
-            openapi: api,
         }
     }
 }
@@ -155,7 +153,6 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let api_doc = state.openapi.clone();
     let cors = cors(&state.config.http.cors_origins);
     let mut app = App::new()
         .app_data(state)
@@ -170,7 +167,11 @@ pub fn app(
         .into_utoipa_app()
         .configure(register)
         .into_app()
-        .service(SwaggerUi::new("/docs/{_:.*}").url("/docs/openapi.json", api_doc));
+        // Swagger UI reads the document served at /v1/openapi.json, so no worker keeps a copy.
+        .service(
+            SwaggerUi::new("/docs/{_:.*}")
+                .config(utoipa_swagger_ui::Config::from("/v1/openapi.json")),
+        );
     if let Some(hook) = hook {
         app = app.configure(|cfg| hook(cfg));
     }
