@@ -216,23 +216,26 @@ pub(super) async fn list_documents(
                 .map_err(|_| Error::bad_request("limit must be a whole number from 1 to 1000"))?,
         ),
     };
-    let docs = state.docs.clone();
-    let collection = path.into_inner();
+    let params = ListParams {
+        filter: query.filter.as_deref(),
+        sort: query.sort.as_deref(),
+        limit,
+        cursor: query.cursor.as_deref(),
+    };
+    let list = state.docs.prepare_list(&path, &params)?;
     let principal = caller.0;
-    let query = query.into_inner();
-    // A query may scan a whole collection: keep it off the async workers.
-    let page = web::block(move || {
-        let params = ListParams {
-            filter: query.filter.as_deref(),
-            sort: query.sort.as_deref(),
-            limit,
-            cursor: query.cursor.as_deref(),
-        };
-        docs.list(&principal, &collection, &params)
-    })
-    .await
-    .map_err(Error::internal)??;
-    Ok(HttpResponse::Ok().json(page))
+    let page = if state.docs.is_bounded(&list) {
+        state.docs.list_raw(&principal, &list)?
+    } else {
+        // A query that may scan the whole collection stays off the async workers.
+        let docs = state.docs.clone();
+        web::block(move || docs.list_raw(&principal, &list))
+            .await
+            .map_err(Error::internal)??
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(page.to_json()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

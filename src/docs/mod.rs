@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::model::{Change, CollectionConfig, CollectionInfo, Document, Rules};
 use crate::query::{self, plan::effective_sort, Dialect, SortKey};
 use crate::store::{
-    Access, BatchFailure, QuerySpec, RawDocument, Store, StoreError, WriteGuard, WriteOp,
-    WriteRequest,
+    Access, BatchFailure, QueryResult, QuerySpec, RawDocument, Store, StoreError, WriteGuard,
+    WriteOp, WriteRequest,
 };
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -110,6 +110,50 @@ pub struct Page {
 
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 1000;
+
+/// A list request, validated and parsed (see [`Documents::prepare_list`]).
+pub struct PreparedList {
+    collection: String,
+    filter: Option<query::Expr>,
+    sort: Vec<SortKey>,
+    effective: Vec<SortKey>,
+    signature: String,
+    limit: usize,
+    after: Option<Vec<Value>>,
+}
+
+/// A page of stored documents, serialised without parsing them again.
+pub struct RawPage {
+    pub items: Vec<RawDocument>,
+    pub next_cursor: Option<String>,
+}
+
+impl RawPage {
+    /// The page as `{"items": [...], "next_cursor": ...}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let size: usize = self.items.iter().map(|d| d.json().len() + 1).sum();
+        let mut out = Vec::with_capacity(size + 64);
+        out.extend_from_slice(b"{\"items\":[");
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item.json());
+        }
+        out.extend_from_slice(b"],\"next_cursor\":");
+        // A cursor is URL-safe base64, so its JSON form is itself in quotes.
+        match &self.next_cursor {
+            Some(c) => {
+                out.push(b'"');
+                out.extend_from_slice(c.as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        out
+    }
+}
 
 /// The opaque content of a cursor: the effective sort it belongs to and the position of the
 /// last item returned.
@@ -404,8 +448,8 @@ impl Documents {
         raw.ok_or_else(|| Error::not_found(format!("document {collection}/{id} does not exist")))
     }
 
-    /// Lists the documents of a collection that match `params` and that `who` may read.
-    pub fn list(&self, who: &Principal, collection: &str, params: &ListParams<'_>) -> Result<Page> {
+    /// Validates and parses a list request.
+    pub fn prepare_list(&self, collection: &str, params: &ListParams<'_>) -> Result<PreparedList> {
         check_collection(collection)?;
         let max = self.inner.limits.max_filter_length;
         for (name, value) in [("filter", params.filter), ("sort", params.sort)] {
@@ -435,7 +479,40 @@ impl Documents {
             Some(c) => Some(decode_cursor(c, &signature, effective.len())?),
             None => None,
         };
+        Ok(PreparedList {
+            collection: collection.to_string(),
+            filter,
+            sort,
+            effective,
+            signature,
+            limit,
+            after,
+        })
+    }
 
+    /// Whether a prepared list reads a bounded part of the collection: an ordered scan (it
+    /// stops after `limit` matches) with no filter, or within an index or id range. Such a list
+    /// is cheap enough to run on an async worker; others belong on a blocking thread.
+    pub fn is_bounded(&self, list: &PreparedList) -> bool {
+        let plan = self
+            .inner
+            .store
+            .plan(&list.collection, list.filter.as_ref(), &list.sort);
+        let narrowed = !matches!(
+            plan.access,
+            crate::query::plan::Access::Primary { range: None }
+        );
+        plan.ordered && (list.filter.is_none() || narrowed)
+    }
+
+    /// Runs a prepared list for `who`: the matching documents it may read, and the cursor of
+    /// the next page.
+    fn run_list(
+        &self,
+        who: &Principal,
+        list: &PreparedList,
+    ) -> Result<(QueryResult, Option<String>)> {
+        let collection = &list.collection;
         // A read rule that does not look at the document is decided once for the whole list.
         let rules = self.rules_for(collection);
         let per_doc = !who.is_admin() && matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
@@ -457,22 +534,38 @@ impl Documents {
         let result = self.inner.store.query(
             collection,
             &QuerySpec {
-                filter: filter.as_ref(),
-                sort: &sort,
-                limit,
-                after: after.as_deref(),
+                filter: list.filter.as_ref(),
+                sort: &list.sort,
+                limit: list.limit,
+                after: list.after.as_deref(),
                 visible: &visible,
             },
         )?;
         let next_cursor = match (result.has_more, result.items.last()) {
             (true, Some(last)) => Some(encode_cursor(&Cursor {
-                s: signature,
-                k: query::plan::sort_values(last, &effective),
+                s: list.signature.clone(),
+                k: query::plan::sort_values(last, &list.effective),
             })),
             _ => None,
         };
+        Ok((result, next_cursor))
+    }
+
+    /// Lists the documents of a collection that match `params` and that `who` may read.
+    pub fn list(&self, who: &Principal, collection: &str, params: &ListParams<'_>) -> Result<Page> {
+        let list = self.prepare_list(collection, params)?;
+        let (result, next_cursor) = self.run_list(who, &list)?;
         Ok(Page {
             items: result.items,
+            next_cursor,
+        })
+    }
+
+    /// Like [`Documents::list`], as the stored bytes of each document, for serving.
+    pub fn list_raw(&self, who: &Principal, list: &PreparedList) -> Result<RawPage> {
+        let (result, next_cursor) = self.run_list(who, list)?;
+        Ok(RawPage {
+            items: result.raw,
             next_cursor,
         })
     }

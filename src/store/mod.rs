@@ -141,6 +141,7 @@ fn seq_of_key(key: &[u8]) -> u64 {
 }
 
 /// A stored document as raw bytes: its version and its envelope JSON, served without parsing.
+#[derive(Clone)]
 pub struct RawDocument(sled::IVec);
 
 impl RawDocument {
@@ -319,6 +320,20 @@ impl Store {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// The plan a query would run with (see `query::plan`).
+    pub fn plan(
+        &self,
+        collection: &str,
+        filter: Option<&crate::query::Expr>,
+        sort: &[crate::query::SortKey],
+    ) -> crate::query::plan::Plan {
+        let indexes: Vec<Vec<Path>> = self
+            .collection(collection)
+            .map(|s| s.indexes.iter().map(|i| i.fields.clone()).collect())
+            .unwrap_or_default();
+        crate::query::plan::plan(filter, sort, &indexes)
     }
 
     /// Runs a query (see [`scan`]).

@@ -1,7 +1,7 @@
 //! Query execution: runs the plan that `query::plan` chooses against the key layout.
 
 use super::keys::{self, prefix_end, successor};
-use super::{decode_doc, CollectionState, StoreError};
+use super::{decode_doc, CollectionState, RawDocument, StoreError};
 use crate::model::Document;
 use crate::query::ast::{Expr, SortKey};
 use crate::query::matches;
@@ -25,6 +25,8 @@ pub struct QuerySpec<'a> {
 
 pub struct QueryResult {
     pub items: Vec<Document>,
+    /// The stored bytes of each item, in the same order, for serving without re-serialising.
+    pub raw: Vec<RawDocument>,
     /// Whether more matching documents follow the last item.
     pub has_more: bool,
     pub plan: Plan,
@@ -118,6 +120,7 @@ pub fn run(
     };
     let empty = || QueryResult {
         items: Vec::new(),
+        raw: Vec::new(),
         has_more: false,
         plan: plan.clone(),
     };
@@ -163,16 +166,17 @@ pub fn run(
     }
 
     let by_index = matches!(plan.access, Access::Index { .. });
-    let load = |value: &[u8]| -> Result<Option<Document>, StoreError> {
-        if by_index {
-            let id = String::from_utf8_lossy(value);
+    let load = |value: sled::IVec| -> Result<Option<(Document, RawDocument)>, StoreError> {
+        let bytes = if by_index {
+            let id = String::from_utf8_lossy(&value);
             match db.get(keys::doc_key(collection, &id))? {
-                Some(bytes) => decode_doc(&bytes).map(Some),
-                None => Ok(None),
+                Some(bytes) => bytes,
+                None => return Ok(None),
             }
         } else {
-            decode_doc(value).map(Some)
-        }
+            value
+        };
+        Ok(Some((decode_doc(&bytes)?, RawDocument(bytes))))
     };
     let accept =
         |doc: &Document| spec.filter.is_none_or(|f| matches(f, doc)) && (spec.visible)(doc);
@@ -186,45 +190,46 @@ pub fn run(
     };
 
     if plan.ordered {
-        let mut items = Vec::with_capacity(spec.limit.min(1024) + 1);
+        let mut found = Vec::with_capacity(spec.limit.min(1024) + 1);
         for entry in iter {
             let (_, value) = entry?;
-            if let Some(doc) = load(&value)? {
+            if let Some((doc, raw)) = load(value)? {
                 if accept(&doc) {
-                    items.push(doc);
-                    if items.len() > spec.limit {
+                    found.push((doc, raw));
+                    if found.len() > spec.limit {
                         break;
                     }
                 }
             }
         }
-        let has_more = items.len() > spec.limit;
-        items.truncate(spec.limit);
+        let has_more = found.len() > spec.limit;
+        found.truncate(spec.limit);
+        let (items, raw) = found.into_iter().unzip();
         return Ok(QueryResult {
             items,
+            raw,
             has_more,
             plan,
         });
     }
 
-    let mut matched: Vec<(Vec<Value>, Document)> = Vec::new();
+    type Match = (Vec<Value>, (Document, RawDocument));
+    let mut matched: Vec<Match> = Vec::new();
     for entry in iter {
         let (_, value) = entry?;
-        if let Some(doc) = load(&value)? {
+        if let Some((doc, raw)) = load(value)? {
             if accept(&doc) {
                 let position = sort_values(&doc, &effective);
                 let after_cursor = spec
                     .after
                     .is_none_or(|after| compare_positions(&position, after, &effective).is_gt());
                 if after_cursor {
-                    matched.push((position, doc));
+                    matched.push((position, (doc, raw)));
                 }
             }
         }
     }
-    let by_position = |a: &(Vec<Value>, Document), b: &(Vec<Value>, Document)| {
-        compare_positions(&a.0, &b.0, &effective)
-    };
+    let by_position = |a: &Match, b: &Match| compare_positions(&a.0, &b.0, &effective);
     if matched.len() > spec.limit + 1 {
         matched.select_nth_unstable_by(spec.limit, by_position);
         matched.truncate(spec.limit + 1);
@@ -232,8 +237,10 @@ pub fn run(
     matched.sort_by(by_position);
     let has_more = matched.len() > spec.limit;
     matched.truncate(spec.limit);
+    let (items, raw) = matched.into_iter().map(|(_, found)| found).unzip();
     Ok(QueryResult {
-        items: matched.into_iter().map(|(_, d)| d).collect(),
+        items,
+        raw,
         has_more,
         plan,
     })

@@ -951,3 +951,76 @@ fn admin_create_command_and_default_hashing() {
     assert!(session.json["user"]["created_at"].is_string());
     rt.block_on(server.shutdown());
 }
+
+/// A minimal SMTP server that accepts one message and hands back what it received.
+fn smtp_sink() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut say = |line: &str| writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        say("220 sink ESMTP");
+        let mut transcript = String::new();
+        let mut in_data = false;
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            transcript.push_str(&line);
+            let command = line.trim_end().to_ascii_uppercase();
+            if in_data {
+                if command == "." {
+                    in_data = false;
+                    say("250 queued");
+                }
+            } else if command.starts_with("EHLO") || command.starts_with("HELO") {
+                say("250 sink");
+            } else if command.starts_with("DATA") {
+                in_data = true;
+                say("354 go ahead");
+            } else if command.starts_with("QUIT") {
+                say("221 bye");
+                break;
+            } else {
+                say("250 ok");
+            }
+            line.clear();
+        }
+        let _ = tx.send(transcript);
+    });
+    (port, rx)
+}
+
+#[test]
+fn mail_is_delivered_over_smtp_when_configured() {
+    let (port, received) = smtp_sink();
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
+        c.mail.from = "Emberbase <noreply@example.com>".into();
+    });
+    signup(&srv, "smtp@example.com");
+    post_json(
+        &srv,
+        "/v1/auth/password/reset/request",
+        None,
+        &json!({"email": "smtp@example.com"}),
+    )
+    .expect(202);
+    let transcript = received
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        transcript.contains("RCPT TO:<smtp@example.com>"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("Subject: Reset your password"),
+        "{transcript}"
+    );
+    assert!(transcript.contains("ebet_"), "{transcript}");
+    let outbox = srv.get("/v1/admin/outbox").expect(200).json;
+    assert_eq!(outbox["items"][0]["delivery"], "sent", "{outbox}");
+}
