@@ -84,20 +84,7 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<Server, StartError> {
         let config = self.config;
         config.validate()?;
-        let data_dir = config.server.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
-        let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
-        let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
-        let db_path = data_dir.join("db");
-        let store = Store::open(store_options(&config, db_path.clone()), metrics.clone()).map_err(
-            |source| StartError::Store {
-                path: db_path,
-                source,
-            },
-        )?;
+        let (data_dir, store, metrics) = open_data_dir(&config)?;
 
         let (service_key, key_source) = if config.auth.service_key.is_empty() {
             let (key, path) = auth::load_or_create_service_key(&data_dir).map_err(|source| {
@@ -227,20 +214,7 @@ pub async fn create_admin(
     password: String,
 ) -> Result<(crate::auth::User, bool), StartError> {
     config.validate()?;
-    let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
-    let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
-    let db_path = data_dir.join("db");
-    let store =
-        Store::open(store_options(&config, db_path.clone()), metrics).map_err(|source| {
-            StartError::Store {
-                path: db_path,
-                source,
-            }
-        })?;
+    let (data_dir, store, _) = open_data_dir(&config)?;
     let accounts = open_accounts(&store, &config, &data_dir)?;
     let result = accounts
         .upsert_admin(email, password)
@@ -248,6 +222,26 @@ pub async fn create_admin(
         .map_err(|e| StartError::Other(e.message));
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     result
+}
+
+/// Creates the data directory if needed and opens its database (`<data_dir>/db`).
+fn open_data_dir(config: &Config) -> Result<(PathBuf, Store, Arc<Metrics>), StartError> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
+    let db_path = data_dir.join("db");
+    let store =
+        Store::open(store_options(config, db_path.clone()), metrics.clone()).map_err(|source| {
+            StartError::Store {
+                path: db_path,
+                source,
+            }
+        })?;
+    Ok((data_dir, store, metrics))
 }
 
 fn store_options(config: &Config, path: PathBuf) -> StoreOptions {

@@ -126,6 +126,30 @@ fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::from(StoreError::Corrupt(e.to_string())))
 }
 
+/// A new user record, and the write that creates it if (and only if) its email is still free.
+fn new_user(
+    email: &str,
+    role: &str,
+    password_hash: String,
+    email_verified: bool,
+) -> Result<(UserRecord, KvWrite)> {
+    let user = UserRecord {
+        id: ulid::Ulid::new().to_string(),
+        email: email.to_string(),
+        role: role.to_string(),
+        created_at: crate::model::now_rfc3339(),
+        email_verified,
+        password_hash,
+        token_version: 1,
+        disabled: false,
+    };
+    let write = KvWrite::default()
+        .check(Space::Emails, email.as_bytes(), None)
+        .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
+        .put(Space::Users, user.id.as_bytes(), to_json(&user)?);
+    Ok((user, write))
+}
+
 /// Trims an email and lower-cases its domain; refuses what cannot be an address.
 pub fn normalize_email(raw: &str) -> Result<String> {
     let email = raw.trim();
@@ -249,20 +273,8 @@ impl Accounts {
                 "this email is already registered",
             ));
         }
-        let user = UserRecord {
-            id: ulid::Ulid::new().to_string(),
-            email: email.clone(),
-            role: "user".into(),
-            created_at: crate::model::now_rfc3339(),
-            email_verified: false,
-            password_hash: self.hasher.hash(password).await?,
-            token_version: 1,
-            disabled: false,
-        };
-        let write = KvWrite::default()
-            .check(Space::Emails, email.as_bytes(), None)
-            .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
-            .put(Space::Users, user.id.as_bytes(), to_json(&user)?);
+        let hash = self.hasher.hash(password).await?;
+        let (user, write) = new_user(&email, "user", hash, false)?;
         let (session, write) = self.new_session(&user, write)?;
         match self.store.kv_write(write).await {
             Ok(()) => Ok(session),
@@ -741,20 +753,7 @@ impl Accounts {
                 .await?;
             return Ok((user.public(), false));
         }
-        let user = UserRecord {
-            id: ulid::Ulid::new().to_string(),
-            email: email.clone(),
-            role: "admin".into(),
-            created_at: crate::model::now_rfc3339(),
-            email_verified: true,
-            password_hash: hash,
-            token_version: 1,
-            disabled: false,
-        };
-        let write = KvWrite::default()
-            .check(Space::Emails, email.as_bytes(), None)
-            .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
-            .put(Space::Users, user.id.as_bytes(), to_json(&user)?);
+        let (user, write) = new_user(&email, "admin", hash, true)?;
         self.store.kv_write(write).await?;
         Ok((user.public(), true))
     }
