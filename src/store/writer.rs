@@ -480,6 +480,24 @@ impl Writer {
         let json =
             serde_json::to_vec(&state.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         batch.insert(keys::config_key(name), json);
+        // Queries must never plan with an index whose entries are going or not there yet: stop
+        // using dropped indexes before their entries are removed, and start using new ones
+        // only after their entries are written.
+        if let Some(old) = old {
+            let kept = old
+                .indexes
+                .iter()
+                .filter(|i| state.indexes.iter().any(|n| n.prefix == i.prefix))
+                .cloned()
+                .collect();
+            self.shared.set_config(
+                name,
+                CollectionState {
+                    config: old.config.clone(),
+                    indexes: kept,
+                },
+            );
+        }
         self.db.apply_batch(batch)?;
         self.shared.set_config(name, state);
         Ok(())
