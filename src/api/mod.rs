@@ -171,11 +171,19 @@ pub fn app(
         .service(
             SwaggerUi::new("/docs/{_:.*}")
                 .config(utoipa_swagger_ui::Config::from("/v1/openapi.json")),
-        );
+        )
+        .route("/docs", web::get().to(docs_redirect));
     if let Some(hook) = hook {
         app = app.configure(|cfg| hook(cfg));
     }
     app.default_service(web::to(fallback))
+}
+
+/// `/docs` is where people type it; Swagger UI lives under `/docs/`.
+async fn docs_redirect() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((header::LOCATION, "/docs/"))
+        .finish()
 }
 
 fn cors(origins: &[String]) -> actix_cors::Cors {

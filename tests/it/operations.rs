@@ -63,6 +63,9 @@ fn committed_openapi_is_current() {
     }
     assert!(served.json["components"]["securitySchemes"]["bearer"].is_object());
     send(srv.anon("GET", "/docs/"), None).expect(200);
+    // ureq follows the redirect from /docs to /docs/.
+    let ui = send(srv.anon("GET", "/docs"), None).expect(200);
+    assert!(ui.text.to_lowercase().contains("swagger"), "{}", ui.text);
 }
 
 #[test]
