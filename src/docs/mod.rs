@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::model::{Change, CollectionConfig, CollectionInfo, Document, Rules};
 use crate::query::{self, plan::effective_sort, Dialect, SortKey};
 use crate::store::{
-    Access, BatchFailure, QueryResult, QuerySpec, RawDocument, Store, StoreError, WriteGuard,
-    WriteOp, WriteRequest,
+    Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, StoreError,
+    WriteGuard, WriteOp, WriteRequest,
 };
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,22 @@ struct Inner {
     store: Store,
     limits: LimitsConfig,
     default_rules: Arc<CompiledRules>,
-    rules: RwLock<HashMap<String, Arc<CompiledRules>>>,
+    /// Compiled rules per collection, with the configuration snapshot they were compiled from.
+    rules: RwLock<HashMap<String, CachedRules>>,
+}
+
+/// Rules compiled from one configuration snapshot (`None`: the collection has no config).
+struct CachedRules {
+    source: Option<Arc<CollectionState>>,
+    rules: Arc<CompiledRules>,
+}
+
+fn same_snapshot(a: &Option<Arc<CollectionState>>, b: &Option<Arc<CollectionState>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// The document service. Cheap to clone.
@@ -236,21 +251,31 @@ impl Documents {
 
     /// The compiled rules of a collection: its own, or the defaults.
     fn rules_for(&self, collection: &str) -> Arc<CompiledRules> {
+        // The cache entry is valid only for the exact configuration snapshot it was compiled
+        // from, so a rule change takes effect on the next request, with no invalidation that a
+        // concurrent request could undo by caching the old rules after it.
+        let source = self.inner.store.collection(collection);
         if let Ok(cache) = self.inner.rules.read() {
-            if let Some(r) = cache.get(collection) {
-                return r.clone();
+            if let Some(cached) = cache.get(collection) {
+                if same_snapshot(&cached.source, &source) {
+                    return cached.rules.clone();
+                }
             }
         }
-        let compiled = self
-            .inner
-            .store
-            .collection(collection)
+        let compiled = source
+            .as_ref()
             .and_then(|state| state.config.rules.clone())
             .and_then(|rules| CompiledRules::compile(&rules).ok())
             .map(Arc::new)
             .unwrap_or_else(|| self.inner.default_rules.clone());
         if let Ok(mut cache) = self.inner.rules.write() {
-            cache.insert(collection.to_string(), compiled.clone());
+            cache.insert(
+                collection.to_string(),
+                CachedRules {
+                    source,
+                    rules: compiled.clone(),
+                },
+            );
         }
         compiled
     }
@@ -677,9 +702,6 @@ impl Documents {
             .store
             .configure(collection, config.clone())
             .await?;
-        if let Ok(mut cache) = self.inner.rules.write() {
-            cache.remove(collection);
-        }
         Ok(CollectionInfo {
             name: collection.to_string(),
             config,
