@@ -72,10 +72,11 @@ fn reads_and_queries(c: &mut Criterion) {
     rt.block_on(docs.configure(&Principal::Service, "indexed", config))
         .expect("configure");
     let mut last = String::new();
-    for chunk in 0..10 {
-        let ops = (0..1000)
+    // Batches hold at most 500 ops: 250 documents in each of the two collections.
+    for chunk in 0..40 {
+        let ops = (0..250)
             .flat_map(|i| {
-                let n = chunk * 1000 + i;
+                let n = chunk * 250 + i;
                 ["indexed", "plain"].map(|c| {
                     serde_json::from_value(json!({"op": "create", "collection": c, "data": {"n": n, "title": format!("t{n}")}}))
                         .expect("op")
