@@ -93,6 +93,17 @@ impl Error {
         self
     }
 
+    /// Adds one entry to `details` (which becomes an object if it was not one).
+    pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        let mut details = match self.details.take() {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        details.insert(key.to_string(), value.into());
+        self.details = Some(Value::Object(details));
+        self
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }

@@ -286,11 +286,12 @@ impl Accounts {
         }
     }
 
-    fn throttled(&self, account_key: &str, ip_key: &str) -> Option<Error> {
+    /// The 429 to answer if the account, or the client address when given, is throttled.
+    fn throttled(&self, account_key: &str, ip_key: Option<&str>) -> Option<Error> {
         let wait = self
             .account_failures
             .blocked_for(account_key)
-            .max(self.ip_failures.blocked_for(ip_key))?;
+            .max(ip_key.and_then(|ip| self.ip_failures.blocked_for(ip)))?;
         let mut err = Error::new(
             ErrorCode::RateLimited,
             "too many failed sign-in attempts; try again later",
@@ -303,7 +304,7 @@ impl Accounts {
     pub async fn login(&self, email: &str, password: String, client_ip: &str) -> Result<Session> {
         let account_key = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
         let ip_key = format!("ip:{client_ip}");
-        if let Some(err) = self.throttled(&account_key, &ip_key) {
+        if let Some(err) = self.throttled(&account_key, Some(&ip_key)) {
             return Err(err);
         }
         let found = self.user_by_email(&account_key)?;
@@ -482,7 +483,7 @@ impl Accounts {
         };
         check_password(&new, email)?;
         let account_key = email.clone();
-        if let Some(err) = self.throttled(&account_key, "") {
+        if let Some(err) = self.throttled(&account_key, None) {
             return Err(err);
         }
         let (user, _) = self

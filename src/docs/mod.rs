@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::model::{Change, CollectionConfig, CollectionInfo, Document, Rules};
 use crate::query::{self, plan::effective_sort, Dialect, SortKey};
 use crate::store::{
-    Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, StoreError,
-    WriteGuard, WriteOp, WriteRequest,
+    Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, WriteGuard,
+    WriteOp, WriteRequest,
 };
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -291,21 +291,23 @@ impl Documents {
         }
     }
 
-    /// Whether `who` may read `doc` (or, with `None`, a document that does not exist).
-    fn may_read(&self, who: &Principal, collection: &str, doc: Option<&Document>) -> bool {
-        if who.is_admin() {
-            return true;
-        }
-        let rules = self.rules_for(collection);
-        let auth = who.auth_value();
-        rules::allows(
-            &rules.read,
-            &RuleScope {
-                auth: &auth,
-                doc,
-                request_data: None,
-            },
-        )
+    /// Whether `who` (with `auth` its rule binding) may read `doc`, or, with `None`, a document
+    /// that does not exist, under `rules`.
+    fn may_read(
+        rules: &CompiledRules,
+        who: &Principal,
+        auth: &Value,
+        doc: Option<&Document>,
+    ) -> bool {
+        who.is_admin()
+            || rules::allows(
+                &rules.read,
+                &RuleScope {
+                    auth,
+                    doc,
+                    request_data: None,
+                },
+            )
     }
 
     /// Checks a body that must be a JSON object within the nesting limit.
@@ -439,7 +441,8 @@ impl Documents {
         check_collection(collection)?;
         check_id(id)?;
         let doc = self.inner.store.get(collection, id)?;
-        if !self.may_read(who, collection, doc.as_ref()) {
+        let rules = self.rules_for(collection);
+        if !Self::may_read(&rules, who, &who.auth_value(), doc.as_ref()) {
             return Err(Self::denied(collection));
         }
         doc.ok_or_else(|| Error::not_found(format!("document {collection}/{id} does not exist")))
@@ -450,25 +453,16 @@ impl Documents {
         check_collection(collection)?;
         check_id(id)?;
         let raw = self.inner.store.get_raw(collection, id)?;
-        let needs_doc = !who.is_admin()
-            && matches!(
-                &self.rules_for(collection).read,
-                Rule::Expr { uses_doc: true, .. }
-            );
-        let allowed = if needs_doc {
+        if !who.is_admin() {
+            let rules = self.rules_for(collection);
+            let needs_doc = matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
             let doc = match &raw {
-                Some(r) => Some(
-                    serde_json::from_slice::<Document>(r.json())
-                        .map_err(|e| Error::from(StoreError::Corrupt(e.to_string())))?,
-                ),
-                None => None,
+                Some(r) if needs_doc => Some(r.decode()?),
+                _ => None,
             };
-            self.may_read(who, collection, doc.as_ref())
-        } else {
-            self.may_read(who, collection, None)
-        };
-        if !allowed {
-            return Err(Self::denied(collection));
+            if !Self::may_read(&rules, who, &who.auth_value(), doc.as_ref()) {
+                return Err(Self::denied(collection));
+            }
         }
         raw.ok_or_else(|| Error::not_found(format!("document {collection}/{id} does not exist")))
     }
@@ -541,21 +535,11 @@ impl Documents {
         // A read rule that does not look at the document is decided once for the whole list.
         let rules = self.rules_for(collection);
         let per_doc = !who.is_admin() && matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
-        if !who.is_admin() && !per_doc && !self.may_read(who, collection, None) {
+        let auth = who.auth_value();
+        if !per_doc && !Self::may_read(&rules, who, &auth, None) {
             return Err(Self::denied(collection));
         }
-        let auth = who.auth_value();
-        let visible = |doc: &Document| {
-            !per_doc
-                || rules::allows(
-                    &rules.read,
-                    &RuleScope {
-                        auth: &auth,
-                        doc: Some(doc),
-                        request_data: None,
-                    },
-                )
-        };
+        let visible = |doc: &Document| !per_doc || Self::may_read(&rules, who, &auth, Some(doc));
         let result = self.inner.store.query(
             collection,
             &QuerySpec {
@@ -606,16 +590,7 @@ impl Documents {
         }
         let mut write_ops = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
-            let at = |mut e: Error| {
-                let mut details = match e.details.take() {
-                    Some(Value::Object(m)) => m,
-                    _ => Map::new(),
-                };
-                details.insert("op".into(), i.into());
-                e.details = Some(Value::Object(details));
-                e
-            };
-            write_ops.push(self.batch_op(op).map_err(at)?);
+            write_ops.push(self.batch_op(op).map_err(|e| e.with_detail("op", i))?);
         }
         self.write(who, write_ops).await.map_err(Error::from)
     }

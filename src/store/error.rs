@@ -59,13 +59,6 @@ pub struct BatchFailure {
 
 impl From<BatchFailure> for Error {
     fn from(f: BatchFailure) -> Self {
-        let mut err = Error::from(f.error);
-        let mut details = match err.details.take() {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        details.insert("op".into(), f.op.into());
-        err.details = Some(serde_json::Value::Object(details));
-        err
+        Error::from(f.error).with_detail("op", f.op)
     }
 }

@@ -132,6 +132,22 @@ fn decode_doc(bytes: &[u8]) -> Result<Document, StoreError> {
     serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The fields of each declared index of a collection, as the planner takes them.
+fn index_fields(state: Option<&CollectionState>) -> Vec<Vec<Path>> {
+    state
+        .map(|s| s.indexes.iter().map(|i| i.fields.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A system record with its space prefix removed from the key.
+fn strip_prefix(
+    len: usize,
+    entry: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<KvEntry, StoreError> {
+    let (k, v) = entry?;
+    Ok((k.get(len..).unwrap_or(&[]).to_vec(), v.to_vec()))
+}
+
 fn seq_of_key(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     if let Some(tail) = key.get(1..9) {
@@ -155,6 +171,11 @@ impl RawDocument {
 
     pub fn json(&self) -> &[u8] {
         self.0.get(8..).unwrap_or(&[])
+    }
+
+    /// The document, parsed.
+    pub fn decode(&self) -> Result<Document, StoreError> {
+        decode_doc(&self.0)
     }
 }
 
@@ -260,10 +281,7 @@ impl Store {
         self.db
             .range(start..keys::prefix_end(&prefix))
             .take(limit)
-            .map(|entry| {
-                let (k, v) = entry?;
-                Ok((k[prefix.len()..].to_vec(), v.to_vec()))
-            })
+            .map(|entry| strip_prefix(prefix.len(), entry))
             .collect()
     }
 
@@ -274,10 +292,7 @@ impl Store {
             .scan_prefix(&prefix)
             .rev()
             .take(limit)
-            .map(|entry| {
-                let (k, v) = entry?;
-                Ok((k[prefix.len()..].to_vec(), v.to_vec()))
-            })
+            .map(|entry| strip_prefix(prefix.len(), entry))
             .collect()
     }
 
@@ -322,18 +337,15 @@ impl Store {
         out
     }
 
-    /// The plan a query would run with (see `query::plan`).
+    /// The plan a query would run with (see `query::plan`); `query` plans the same way.
     pub fn plan(
         &self,
         collection: &str,
         filter: Option<&crate::query::Expr>,
         sort: &[crate::query::SortKey],
     ) -> crate::query::plan::Plan {
-        let indexes: Vec<Vec<Path>> = self
-            .collection(collection)
-            .map(|s| s.indexes.iter().map(|i| i.fields.clone()).collect())
-            .unwrap_or_default();
-        crate::query::plan::plan(filter, sort, &indexes)
+        let state = self.collection(collection);
+        crate::query::plan::plan(filter, sort, &index_fields(state.as_deref()))
     }
 
     /// Runs a query (see [`scan`]).

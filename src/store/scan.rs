@@ -86,10 +86,7 @@ pub fn run(
     state: Option<&CollectionState>,
     spec: &QuerySpec<'_>,
 ) -> Result<QueryResult, StoreError> {
-    let index_fields: Vec<_> = state
-        .map(|s| s.indexes.iter().map(|i| i.fields.clone()).collect())
-        .unwrap_or_default();
-    let plan = plan::plan(spec.filter, spec.sort, &index_fields);
+    let plan = plan::plan(spec.filter, spec.sort, &super::index_fields(state));
     let effective = effective_sort(spec.sort);
     let doc_base = keys::doc_prefix(collection);
 
