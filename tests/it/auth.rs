@@ -1024,3 +1024,32 @@ fn mail_is_delivered_over_smtp_when_configured() {
     let outbox = srv.get("/v1/admin/outbox").expect(200).json;
     assert_eq!(outbox["items"][0]["delivery"], "sent", "{outbox}");
 }
+
+#[test]
+fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.max_failures_per_ip = 2;
+    });
+    signup(&srv, "ok@example.com");
+    let attempt = |email: &str, password: &str, forwarded: &str| {
+        let req = srv
+            .anon("POST", "/v1/auth/login")
+            .set("Content-Type", "application/json")
+            .set("X-Forwarded-For", forwarded);
+        send(
+            req,
+            Some(
+                json!({"email": email, "password": password})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+    };
+    // Each attempt claims another address, but without a trusted proxy the socket's address
+    // (127.0.0.1) is the one counted.
+    attempt("x1@example.com", "wrong password!", "10.1.0.1").expect_error(401, "unauthenticated");
+    attempt("x2@example.com", "wrong password!", "10.1.0.2").expect_error(401, "unauthenticated");
+    attempt("ok@example.com", "correct horse battery", "10.1.0.3")
+        .expect_error(429, "rate_limited");
+}

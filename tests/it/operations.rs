@@ -250,3 +250,88 @@ fn environment_overrides_and_unknown_variables() {
         "{help}"
     );
 }
+
+/// Request logs in JSON format through the real binary: every line is JSON, each request is
+/// logged with its path, and neither the bearer token nor an `access_token` query parameter
+/// ever reaches the log.
+#[cfg(unix)]
+#[test]
+fn json_request_logs_never_contain_tokens() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("EMBERBASE_LOG__FORMAT", "json")
+        .env("EMBERBASE_LOG__LEVEL", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        let entry: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let message = entry["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        log.push(line);
+        if let Some(addr) = message.strip_prefix("listening on http://") {
+            break addr.to_string();
+        }
+    };
+    let key = std::fs::read_to_string(dir.path().join("service_key")).unwrap();
+    let key = key.trim();
+    send(
+        crate::common::agent().get(&format!(
+            "http://{addr}/v1/health?access_token=SECRETQUERYTOKEN"
+        )),
+        None,
+    )
+    .expect(200);
+    send(
+        crate::common::agent()
+            .get(&format!(
+                "http://{addr}/v1/collections/c/docs?access_token=SECRETQUERYTOKEN"
+            ))
+            .set("Authorization", &format!("Bearer {key}")),
+        None,
+    )
+    .expect(200);
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    log.extend(lines.map_while(Result::ok));
+    assert!(child.wait().unwrap().success());
+    for line in &log {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+        assert!(
+            !line.contains("SECRETQUERYTOKEN") && !line.contains(key),
+            "token in the log: {line}"
+        );
+    }
+    let requests: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("\"message\":\"request\""))
+        .collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("\"path\":\"/v1/health\"") && l.contains("\"status\":200")),
+        "{log:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("\"path\":\"/v1/collections/c/docs\"")),
+        "{log:#?}"
+    );
+}
