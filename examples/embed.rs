@@ -30,11 +30,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
             println!(
-                "change #{}: {} {}/{}",
+                "change #{}: {} {}",
                 change.seq,
                 change.kind.as_str(),
-                change.collection,
-                change.id
+                change.subject
             );
         }
     });

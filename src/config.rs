@@ -2,7 +2,7 @@
 //! `EMBERBASE_<SECTION>__<KEY>` environment variables < command-line flags. Every struct denies
 //! unknown fields, so a misspelt key is an error that names it instead of a silent default.
 
-use crate::model::Rules;
+use crate::model::{BucketRules, Rules};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,25 @@ pub struct Config {
     pub mail: MailConfig,
     /// Access rules of collections that have no configuration of their own.
     pub rules: Rules,
+    pub files: FilesConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// The largest upload, in bytes, for buckets that set no `max_size` of their own.
+    pub max_size: u64,
+    /// Access rules of buckets that have no configuration of their own.
+    pub rules: BucketRules,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            max_size: 100 * 1024 * 1024,
+            rules: BucketRules::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,11 +340,22 @@ impl Config {
             ("rules.update", &self.rules.update),
             ("rules.delete", &self.rules.delete),
         ] {
-            if let Some(rule) = rule.as_deref().filter(|r| !r.trim().is_empty()) {
-                if let Err(e) = crate::query::parse_expr(rule, crate::query::Dialect::Rule) {
-                    return invalid(name, &e.to_string());
-                }
+            if let Err(e) = crate::docs::Rule::compile(rule.as_deref()) {
+                return invalid(name, &e.to_string());
             }
+        }
+        for (name, rule) in [
+            ("files.rules.read", &self.files.rules.read),
+            ("files.rules.write", &self.files.rules.write),
+            ("files.rules.delete", &self.files.rules.delete),
+        ] {
+            let dialect = crate::query::Dialect::FileRule;
+            if let Err(e) = crate::docs::Rule::compile_in(rule.as_deref(), dialect) {
+                return invalid(name, &e.to_string());
+            }
+        }
+        if self.files.max_size == 0 {
+            return invalid("files.max_size", "must be positive");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "not a valid level or filter");

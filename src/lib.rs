@@ -7,6 +7,7 @@
 //! - `api`: the HTTP layer, the only module that knows actix.
 //! - [`docs`]: the document service, the in-process API that HTTP handlers call.
 //! - [`store`]: the storage layer, the only module that knows sled.
+//! - [`files`]: the file service: streamed uploads into blobs, rules, signed URLs.
 //! - [`query`]: the filter language: parser, evaluator, order, planner.
 //! - [`auth`]: principals and the service key.
 //! - [`config`], [`model`], [`metrics`], [`error`]: what every layer shares.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod docs;
 pub mod error;
+pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod query;
@@ -43,5 +45,5 @@ pub use auth::Principal;
 pub use config::Config;
 pub use docs::{Documents, ListParams, Page};
 pub use error::{Error, ErrorCode};
-pub use model::{Change, ChangeKind, Document};
+pub use model::{Change, ChangeKind, Document, FileInfo, Subject};
 pub use server::{Server, ServerBuilder, StartError};

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub store_ops: IntCounterVec,
+    pub file_bytes: IntCounterVec,
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
     pub change_seq: IntGauge,
@@ -33,6 +34,13 @@ impl Metrics {
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
+        )?;
+        let file_bytes = IntCounterVec::new(
+            Opts::new(
+                "file_bytes_total",
+                "File bytes uploaded (in) and served (out)",
+            ),
+            &["direction"],
         )?;
         let store_ops = IntCounterVec::new(
             Opts::new("store_ops_total", "Store operations by kind"),
@@ -59,6 +67,7 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(store_ops.clone()))?;
+        registry.register(Box::new(file_bytes.clone()))?;
         registry.register(Box::new(commit_group_size.clone()))?;
         registry.register(Box::new(flush_duration.clone()))?;
         registry.register(Box::new(change_seq.clone()))?;
@@ -67,6 +76,7 @@ impl Metrics {
             http_requests,
             http_duration,
             store_ops,
+            file_bytes,
             commit_group_size,
             flush_duration,
             change_seq,

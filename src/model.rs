@@ -94,20 +94,64 @@ impl ChangeKind {
     }
 }
 
-/// One committed change, in commit order. Written in the same atomic commit as the document.
+/// One committed change, in commit order. Written in the same atomic commit as the document
+/// or file it describes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// Strictly increasing across the whole database.
     pub seq: u64,
     pub kind: ChangeKind,
-    pub collection: String,
-    pub id: String,
-    pub before: Option<Document>,
-    pub after: Option<Document>,
+    /// What changed: a document or a file, as it was before and after.
+    pub subject: Subject,
     pub time: String,
     pub actor: Option<Actor>,
     /// 0 for client and service writes; d + 1 for writes made while handling an event of depth d.
     pub depth: u32,
+}
+
+/// The document or file a change is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subject {
+    Document {
+        collection: String,
+        id: String,
+        before: Option<Document>,
+        after: Option<Document>,
+    },
+    File {
+        bucket: String,
+        path: String,
+        before: Option<FileInfo>,
+        after: Option<FileInfo>,
+    },
+}
+
+/// `collection/id` for a document, `bucket:path` for a file.
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Document { collection, id, .. } => write!(f, "{collection}/{id}"),
+            Subject::File { bucket, path, .. } => write!(f, "{bucket}:{path}"),
+        }
+    }
+}
+
+/// A stored file's metadata, as every file endpoint returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileInfo {
+    pub bucket: String,
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The `Content-Type` it was uploaded with.
+    pub content_type: String,
+    /// SHA-256 of the bytes, lower-case hex. Also the file's `ETag`.
+    pub sha256: String,
+    /// The id of the user who first uploaded it, or null (service, function, anonymous).
+    pub owner: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// The four access rules of a collection, in the filter language. A missing (`null`) rule
@@ -156,6 +200,54 @@ pub struct CollectionInfo {
     pub name: String,
     #[serde(flatten)]
     pub config: CollectionConfig,
+}
+
+/// The three access rules of a bucket, in the filter language with `auth`, `file` and
+/// `request` bound. A missing (`null`) rule allows admins only; `""` allows everyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketRules {
+    #[serde(default)]
+    pub read: Option<String>,
+    #[serde(default)]
+    pub write: Option<String>,
+    #[serde(default)]
+    pub delete: Option<String>,
+}
+
+/// The bucket rules shipped in `config/emberbase.toml`: signed-in users read; the uploader
+/// alone replaces and deletes.
+impl Default for BucketRules {
+    fn default() -> Self {
+        BucketRules {
+            read: Some("auth != null".into()),
+            write: Some("auth != null && (file == null || file.owner == auth.id)".into()),
+            delete: Some("auth != null && file.owner == auth.id".into()),
+        }
+    }
+}
+
+/// The admin-set configuration of a bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// The access rules; when absent, the server's defaults (`[files.rules]` in the config).
+    #[serde(default)]
+    pub rules: Option<BucketRules>,
+    /// The largest file, in bytes; when absent, `files.max_size` of the config.
+    #[serde(default)]
+    pub max_size: Option<u64>,
+    /// Allowed `Content-Type`s (`image/png`, or `image/*`); when absent, any.
+    #[serde(default)]
+    pub content_types: Option<Vec<String>>,
+}
+
+/// A stored bucket configuration, with its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BucketInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: BucketConfig,
 }
 
 /// Now, as the RFC 3339 UTC string with milliseconds used everywhere in the API.

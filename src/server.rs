@@ -7,6 +7,7 @@ use crate::auth::tokens::TokenIssuer;
 use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
 use crate::config::Config;
 use crate::docs::Documents;
+use crate::files::Files;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 use std::net::{SocketAddr, TcpListener};
@@ -99,6 +100,15 @@ impl ServerBuilder {
         };
         let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
             .map_err(|e| StartError::Other(e.message))?;
+        let (files, swept) =
+            Files::start(&data_dir, store.clone(), &config.files).map_err(StartError::Other)?;
+        if swept.temp_files + swept.orphan_blobs > 0 {
+            tracing::info!(
+                temp_files = swept.temp_files,
+                orphan_blobs = swept.orphan_blobs,
+                "removed what an interrupted upload or delete left behind"
+            );
+        }
         let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
         if !config.admin.email.is_empty() {
             bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
@@ -123,6 +133,7 @@ impl ServerBuilder {
         let config = Arc::new(config);
         let state = actix_web::web::Data::new(AppState::new(
             docs.clone(),
+            files.clone(),
             Arc::new(Authenticator::new(service_key, accounts)),
             metrics,
             config.clone(),
@@ -154,6 +165,7 @@ impl ServerBuilder {
             task,
             store,
             docs,
+            files,
         })
     }
 }
@@ -263,6 +275,7 @@ pub struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     store: Store,
     docs: Documents,
+    files: Files,
 }
 
 impl Server {
@@ -284,6 +297,11 @@ impl Server {
     /// without HTTP.
     pub fn documents(&self) -> &Documents {
         &self.docs
+    }
+
+    /// The in-process file API (uploads, downloads, signed URLs), with the same rules as HTTP.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     /// Stops accepting connections, lets in-flight requests finish (up to the shutdown

@@ -33,14 +33,22 @@ impl ResponseError for Error {
         if let Some(secs) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
-        response.json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code.as_str().to_string(),
-                message: self.message.clone(),
-                details: self.details.clone(),
-            },
-        })
+        response
+            .content_type("application/json")
+            .body(body_json(self))
     }
+}
+
+/// The JSON of an error's body.
+pub fn body_json(err: &Error) -> actix_web::web::Bytes {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: err.code.as_str().to_string(),
+            message: err.message.clone(),
+            details: err.details.clone(),
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default().into()
 }
 
 /// Maps an error that actix raised itself (an extractor, a payload) to our shape.

@@ -7,6 +7,7 @@ mod auth;
 mod documents;
 pub mod error;
 mod extract;
+mod files;
 mod middleware;
 mod system;
 mod users;
@@ -15,6 +16,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::docs::Documents;
 use crate::error::{Error, ErrorCode};
+use crate::files::Files;
 use crate::metrics::Metrics;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -29,6 +31,7 @@ use utoipa_swagger_ui::SwaggerUi;
 /// Everything a handler can reach.
 pub struct AppState {
     pub docs: Documents,
+    pub files: Files,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
@@ -39,6 +42,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         docs: Documents,
+        files: Files,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
@@ -47,6 +51,7 @@ impl AppState {
         let openapi_json = api.to_pretty_json().unwrap_or_default();
         AppState {
             docs,
+            files,
             auth,
             metrics,
             config,
@@ -88,8 +93,9 @@ impl utoipa::Modify for SecurityAddon {
     modifiers(&SecurityAddon),
     tags(
         (name = "documents", description = "JSON documents in collections"),
+        (name = "files", description = "Files in buckets: uploads, downloads, signed URLs"),
         (name = "auth", description = "Accounts, sessions, email verification, password reset"),
-        (name = "admin", description = "Users, collection rules and indexes, outbox (admins only)"),
+        (name = "admin", description = "Users, collection and bucket rules, indexes, outbox (admins only)"),
         (name = "operations", description = "Health, metrics, the API document"),
     )
 )]
@@ -110,6 +116,15 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(admin::list_collections)
         .service(admin::get_collection)
         .service(admin::put_collection)
+        .service(files::upload)
+        .service(files::download)
+        .service(files::head_file)
+        .service(files::delete_file)
+        .service(files::list_files)
+        .service(files::sign)
+        .service(files::list_buckets)
+        .service(files::get_bucket)
+        .service(files::put_bucket)
         .service(auth::signup)
         .service(auth::login)
         .service(auth::refresh)
@@ -230,6 +245,8 @@ impl RouteTable {
                 .filter(|(op, _)| op.is_some())
                 .map(|(_, m)| m)
                 .collect();
+                // A file path spans segments; the document names it `{path}`.
+                let pattern = pattern.replace("{path}", "{path:.*}");
                 (ResourceDef::new(pattern.as_str()), methods)
             })
             .collect();

@@ -5,7 +5,7 @@
 
 mod rules;
 
-pub use rules::{CompiledRules, Rule, RuleScope};
+pub use rules::{allows, CompiledRules, Rule, RuleScope};
 
 use crate::auth::Principal;
 use crate::config::LimitsConfig;

@@ -13,32 +13,42 @@ pub enum Rule {
     AdminOnly,
     /// `""`: everyone, signed in or not.
     Everyone,
-    /// An expression; `uses_doc` says whether it reads `doc` at all, so a rule that does not
-    /// can be decided once for a whole list.
+    /// An expression; `uses_doc` says whether it reads the item it guards (`doc`, or `file` in
+    /// a bucket rule) at all, so a rule that does not can be decided once for a whole list.
     Expr { expr: Expr, uses_doc: bool },
 }
 
 impl Rule {
+    /// Compiles a collection rule.
     pub fn compile(src: Option<&str>) -> Result<Rule, ParseError> {
+        Self::compile_in(src, Dialect::Rule)
+    }
+
+    /// Compiles a rule of a dialect (`Dialect::Rule` or `Dialect::FileRule`).
+    pub fn compile_in(src: Option<&str>, dialect: Dialect) -> Result<Rule, ParseError> {
         match src {
             None => Ok(Rule::AdminOnly),
             Some(s) if s.trim().is_empty() => Ok(Rule::Everyone),
             Some(s) => {
-                let expr = query::parse_expr(s, Dialect::Rule)?;
-                let uses_doc = mentions_doc(&expr);
+                let expr = query::parse_expr(s, dialect)?;
+                let item = match dialect {
+                    Dialect::FileRule => "file",
+                    Dialect::Rule | Dialect::Document => "doc",
+                };
+                let uses_doc = mentions(&expr, item);
                 Ok(Rule::Expr { expr, uses_doc })
             }
         }
     }
 }
 
-fn mentions_doc(e: &Expr) -> bool {
+fn mentions(e: &Expr, root: &str) -> bool {
     match e {
-        Expr::Path(p) => p.root() == "doc",
+        Expr::Path(p) => p.root() == root,
         Expr::Literal(_) => false,
-        Expr::Not(a) => mentions_doc(a),
+        Expr::Not(a) => mentions(a, root),
         Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(a, _, b) => {
-            mentions_doc(a) || mentions_doc(b)
+            mentions(a, root) || mentions(b, root)
         }
     }
 }
@@ -96,7 +106,7 @@ impl Scope for RuleScope<'_> {
 }
 
 /// Whether `rule` allows the caller with `auth` (admins are decided before this is called).
-pub fn allows(rule: &Rule, scope: &RuleScope<'_>) -> bool {
+pub fn allows(rule: &Rule, scope: &dyn Scope) -> bool {
     match rule {
         Rule::AdminOnly => false,
         Rule::Everyone => true,

@@ -15,6 +15,9 @@ pub enum Dialect {
     Document,
     /// An access rule: `auth`, `doc` (an envelope), `request.data`.
     Rule,
+    /// A bucket's access rule: `auth`, `file` (stored metadata, or null), `request.size`,
+    /// `request.content_type`, `request.path`.
+    FileRule,
 }
 
 /// The deepest nesting of parentheses, `!` and array literals accepted, so that hostile input
@@ -22,6 +25,19 @@ pub enum Dialect {
 const MAX_DEPTH: usize = 64;
 
 const ENVELOPE_FIELDS: [&str; 5] = ["id", "owner", "version", "created_at", "updated_at"];
+
+const FILE_FIELDS: [&str; 8] = [
+    "bucket",
+    "path",
+    "size",
+    "content_type",
+    "sha256",
+    "owner",
+    "created_at",
+    "updated_at",
+];
+
+const FILE_REQUEST_FIELDS: [&str; 3] = ["size", "content_type", "path"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} at column {column}")]
@@ -433,6 +449,27 @@ fn check_root(path: &Path, dialect: Dialect, column: usize) -> Result<(), ParseE
                 "unknown name `{path}`; rules may use `auth`, `doc` and `request.data`"
             )),
         },
+        Dialect::FileRule => {
+            let field = |allowed: &[&str]| match &path.segments[1..] {
+                [one] => allowed.contains(&one.as_str()),
+                _ => false,
+            };
+            let ok = match path.root() {
+                "auth" => true,
+                "file" => path.segments.len() == 1 || field(&FILE_FIELDS),
+                "request" => field(&FILE_REQUEST_FIELDS),
+                _ => false,
+            };
+            if ok {
+                Ok(())
+            } else {
+                err(format!(
+                    "unknown name `{path}`; bucket rules may use `auth`, `file`, `file.<{}>` and `request.<{}>`",
+                    FILE_FIELDS.join("|"),
+                    FILE_REQUEST_FIELDS.join("|")
+                ))
+            }
+        }
     }
 }
 

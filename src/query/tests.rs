@@ -103,6 +103,28 @@ fn rule_dialect_names() {
 }
 
 #[test]
+fn file_rule_dialect_names() {
+    let ok = [
+        "auth != null && (file == null || file.owner == auth.id)",
+        "request.size < 1048576 && request.content_type == \"image/png\"",
+        "file.sha256 != null && request.path != null",
+    ];
+    for rule in ok {
+        assert!(parse_expr(rule, Dialect::FileRule).is_ok(), "{rule}");
+    }
+    let bad = [
+        "doc.owner == auth.id",
+        "request.data.x == 1",
+        "file.data.x == 1",
+        "file.nope == 1",
+        "request == null",
+    ];
+    for rule in bad {
+        assert!(parse_expr(rule, Dialect::FileRule).is_err(), "{rule}");
+    }
+}
+
+#[test]
 fn sorts() {
     let keys = parse_sort("-data.n, created_at,+id").unwrap();
     let shown: Vec<String> = keys

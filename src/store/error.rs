@@ -6,6 +6,8 @@ use crate::error::{Error, ErrorCode};
 pub enum StoreError {
     #[error("document {collection}/{id} does not exist")]
     NotFound { collection: String, id: String },
+    #[error("file {bucket}/{path} does not exist")]
+    FileNotFound { bucket: String, path: String },
     #[error("document {collection}/{id} already exists")]
     Conflict { collection: String, id: String },
     #[error("document {collection}/{id} is at version {actual}, not {expected}")]
@@ -34,7 +36,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::NotFound { .. } => Error::new(ErrorCode::NotFound, message),
+            StoreError::NotFound { .. } | StoreError::FileNotFound { .. } => {
+                Error::new(ErrorCode::NotFound, message)
+            }
             StoreError::Conflict { .. } => Error::new(ErrorCode::Conflict, message),
             StoreError::VersionMismatch { actual, .. } => {
                 Error::new(ErrorCode::PreconditionFailed, message)

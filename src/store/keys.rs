@@ -8,8 +8,10 @@
 //! | `C`    | seq (u64 BE)                                     | change record JSON          |
 //! | `M`    | `coll:` collection                               | collection config JSON      |
 //! | `S`    | space tag, key (see `kv::Space`)                 | system record               |
+//! | `F`    | bucket `00` path                                 | file record (see `files`)   |
 //!
-//! Collection names and ids never contain `00`, so `collection 00` is an exact prefix.
+//! Collection and bucket names, ids and file paths never contain `00`, so `collection 00` and
+//! `bucket 00` are exact prefixes.
 
 use crate::model::Document;
 use crate::query::{ast::Path, order, Scope};
@@ -20,6 +22,7 @@ pub const INDEX: u8 = b'I';
 pub const CHANGE: u8 = b'C';
 pub const META: u8 = b'M';
 pub const SYSTEM: u8 = b'S';
+pub const FILE: u8 = b'F';
 
 pub fn doc_prefix(collection: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 2);
@@ -32,6 +35,20 @@ pub fn doc_prefix(collection: &str) -> Vec<u8> {
 pub fn doc_key(collection: &str, id: &str) -> Vec<u8> {
     let mut k = doc_prefix(collection);
     k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub fn file_prefix(bucket: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(bucket.len() + 2);
+    k.push(FILE);
+    k.extend_from_slice(bucket.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn file_key(bucket: &str, path: &str) -> Vec<u8> {
+    let mut k = file_prefix(bucket);
+    k.extend_from_slice(path.as_bytes());
     k
 }
 

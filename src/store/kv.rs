@@ -19,6 +19,8 @@ pub enum Space {
     EmailTokens,
     /// Message id (a ULID) → outgoing mail.
     Outbox,
+    /// Bucket name → bucket configuration JSON.
+    Buckets,
 }
 
 impl Space {
@@ -30,6 +32,7 @@ impl Space {
             Space::Families => b"family:",
             Space::EmailTokens => b"etoken:",
             Space::Outbox => b"outbox:",
+            Space::Buckets => b"bucket:",
         }
     }
 

@@ -5,12 +5,14 @@
 //! change records, and acknowledges it only after a flush shared by every write of its group.
 
 mod error;
+mod files;
 mod keys;
 mod kv;
 mod scan;
 mod writer;
 
 pub use error::{BatchFailure, StoreError};
+pub use files::{FileGuard, FileOp, FileRecord, FileWrite, FileWritten};
 pub use kv::{KvWrite, Space};
 
 /// A system record: key (without its space prefix) and value.
@@ -179,6 +181,20 @@ impl RawDocument {
     }
 }
 
+/// A stored file record as raw bytes, so a listing can serve its JSON without a parse.
+pub struct StoredFile(sled::IVec);
+
+impl StoredFile {
+    /// The metadata JSON (a `FileInfo`).
+    pub fn info_json(&self) -> &[u8] {
+        FileRecord::info_json(&self.0)
+    }
+
+    pub fn decode(&self) -> Result<FileRecord, StoreError> {
+        FileRecord::decode(&self.0)
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(options: StoreOptions, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
@@ -251,6 +267,48 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.send(writer::Job::Configure(collection.to_string(), config, tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a file's record (and its change record) atomically and durably.
+    pub async fn file_write(&self, write: FileWrite) -> Result<FileWritten, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Job::File(write, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A file's record.
+    pub fn file_get(&self, bucket: &str, path: &str) -> Result<Option<FileRecord>, StoreError> {
+        match self.db.get(keys::file_key(bucket, path))? {
+            Some(bytes) => FileRecord::decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored records of a bucket whose path starts with `prefix`, in path order, starting
+    /// strictly after `after`.
+    pub fn file_scan(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<StoredFile, StoreError>> {
+        let start = keys::file_key(bucket, prefix);
+        let end = keys::prefix_end(&start);
+        let from = match after {
+            Some(path) => keys::successor(&keys::file_key(bucket, path)).max(start),
+            None => start,
+        };
+        self.db
+            .range(from..end)
+            .map(|entry| Ok(StoredFile(entry?.1)))
+    }
+
+    /// Every blob some file record points at.
+    pub fn file_blobs(&self) -> Result<std::collections::HashSet<ulid::Ulid>, StoreError> {
+        self.db
+            .scan_prefix([keys::FILE])
+            .map(|entry| Ok(FileRecord::decode(&entry?.1)?.blob))
+            .collect()
     }
 
     /// Applies a system write atomically and durably, if every check holds

@@ -11,11 +11,13 @@
 //! documents, versions, access rules) cannot change under it.
 
 use super::error::{BatchFailure, StoreError};
+use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::keys;
 use super::kv::KvWrite;
 use super::{CollectionState, Shared};
 use crate::model::{
-    merge_patch, now_rfc3339, Actor, Change, ChangeKind, CollectionConfig, Document,
+    merge_patch, now_rfc3339, Actor, Change, ChangeKind, CollectionConfig, Document, FileInfo,
+    Subject,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -89,6 +91,7 @@ pub type WriteResult = Result<Vec<Option<Document>>, BatchFailure>;
 pub(super) enum Job {
     Write(WriteRequest, oneshot::Sender<WriteResult>),
     Kv(KvWrite, oneshot::Sender<Result<(), StoreError>>),
+    File(FileWrite, oneshot::Sender<Result<FileWritten, StoreError>>),
     Configure(
         String,
         CollectionConfig,
@@ -114,6 +117,28 @@ enum Applied {
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
     ),
+    File(Box<AppliedFile>),
+}
+
+type AppliedFile = (
+    oneshot::Sender<Result<FileWritten, StoreError>>,
+    Result<FileWritten, StoreError>,
+    Option<Change>,
+);
+
+/// Adds a change record to a batch.
+fn record_change(batch: &mut sled::Batch, change: &Change) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    batch.insert(&keys::change_key(change.seq)[..], bytes);
+    Ok(())
+}
+
+/// The owner a new document or file gets: the signed-in user who makes the write, if any.
+fn owner_of(actor: &Option<Actor>) -> Option<String> {
+    actor.as_ref().and_then(|a| match a.role.as_str() {
+        "user" | "admin" => a.id.clone(),
+        _ => None,
+    })
 }
 
 impl Writer {
@@ -163,6 +188,10 @@ impl Writer {
                     let result = self.apply_kv(write);
                     Applied::Configure(reply, result)
                 }
+                Job::File(write, reply) => Applied::File(Box::new(match self.apply_file(&write) {
+                    Ok((written, change)) => (reply, Ok(written), Some(change)),
+                    Err(e) => (reply, Err(e), None),
+                })),
             })
             .collect();
         let started = Instant::now();
@@ -196,6 +225,18 @@ impl Writer {
                     };
                     let _ = reply.send(result);
                 }
+                Applied::File(applied) => {
+                    let (reply, result, change) = *applied;
+                    let result = match &flushed {
+                        Err(e) => Err(StoreError::Corrupt(format!("flush failed: {e}"))),
+                        Ok(_) => result,
+                    };
+                    let durable = result.is_ok();
+                    let _ = reply.send(result);
+                    if let (true, Some(change)) = (durable, change) {
+                        let _ = self.shared.changes.send(Arc::new(change));
+                    }
+                }
             }
         }
         metrics
@@ -216,10 +257,7 @@ impl Writer {
         req: &WriteRequest,
     ) -> Result<(Vec<Option<Document>>, Vec<Change>), BatchFailure> {
         let now = now_rfc3339();
-        let owner = req.actor.as_ref().and_then(|a| match a.role.as_str() {
-            "user" | "admin" => a.id.clone(),
-            _ => None,
-        });
+        let owner = owner_of(&req.actor);
         // The state of every document the batch has touched: first as stored, then as the
         // batch leaves it.
         let mut original: HashMap<DocKey, Option<Document>> = HashMap::new();
@@ -405,19 +443,17 @@ impl Writer {
             let change = Change {
                 seq,
                 kind,
-                collection,
-                id,
-                before,
-                after,
+                subject: Subject::Document {
+                    collection,
+                    id,
+                    before,
+                    after,
+                },
                 time: now.clone(),
                 actor: req.actor.clone(),
                 depth: req.depth,
             };
-            let bytes = serde_json::to_vec(&change).map_err(|e| BatchFailure {
-                op: 0,
-                error: StoreError::Corrupt(e.to_string()),
-            })?;
-            batch.insert(&keys::change_key(seq)[..], bytes);
+            record_change(&mut batch, &change).map_err(|error| BatchFailure { op: 0, error })?;
             changes.push(change);
             seq += 1;
         }
@@ -440,6 +476,91 @@ impl Writer {
                 .inc();
         }
         Ok((results, changes))
+    }
+
+    /// Applies one file write (its record and its change record) as one atomic batch.
+    fn apply_file(&mut self, write: &FileWrite) -> Result<(FileWritten, Change), StoreError> {
+        let key = keys::file_key(&write.bucket, &write.path);
+        let before = match self.db.get(&key)? {
+            Some(bytes) => Some(FileRecord::decode(&bytes)?),
+            None => None,
+        };
+        let prev = before.as_ref().map(|r| &r.info);
+        let check = |access: Access, after: Option<&FileInfo>| match &write.guard {
+            Some(guard) => guard.check(access, prev, after).map_err(StoreError::Denied),
+            None => Ok(()),
+        };
+        let now = now_rfc3339();
+        let mut batch = sled::Batch::default();
+        let (kind, after) = match &write.op {
+            FileOp::Put {
+                blob,
+                size,
+                sha256,
+                content_type,
+                markup,
+            } => {
+                let info = FileInfo {
+                    bucket: write.bucket.clone(),
+                    path: write.path.clone(),
+                    size: *size,
+                    content_type: content_type.clone(),
+                    sha256: sha256.clone(),
+                    owner: match prev {
+                        Some(p) => p.owner.clone(),
+                        None => owner_of(&write.actor),
+                    },
+                    created_at: prev.map_or_else(|| now.clone(), |p| p.created_at.clone()),
+                    updated_at: now.clone(),
+                };
+                let (access, kind) = match prev {
+                    Some(_) => (Access::Update, ChangeKind::Update),
+                    None => (Access::Create, ChangeKind::Create),
+                };
+                check(access, Some(&info))?;
+                let record = FileRecord {
+                    info,
+                    blob: *blob,
+                    markup: *markup,
+                };
+                batch.insert(key, record.encode());
+                (kind, Some(record.info))
+            }
+            FileOp::Delete => {
+                check(Access::Delete, None)?;
+                if prev.is_none() {
+                    return Err(StoreError::FileNotFound {
+                        bucket: write.bucket.clone(),
+                        path: write.path.clone(),
+                    });
+                }
+                batch.remove(key);
+                (ChangeKind::Delete, None)
+            }
+        };
+        let change = Change {
+            seq: self.next_seq,
+            kind,
+            subject: Subject::File {
+                bucket: write.bucket.clone(),
+                path: write.path.clone(),
+                before: prev.cloned(),
+                after: after.clone(),
+            },
+            time: now,
+            actor: write.actor.clone(),
+            depth: write.depth,
+        };
+        record_change(&mut batch, &change)?;
+        self.db.apply_batch(batch)?;
+        self.next_seq += 1;
+        let op = if after.is_some() {
+            "file_put"
+        } else {
+            "file_delete"
+        };
+        self.shared.metrics.store_ops.with_label_values(&[op]).inc();
+        Ok((FileWritten { before, after }, change))
     }
 
     /// Stores a collection's configuration and brings its indexes in line with it: entries of

@@ -1,14 +1,8 @@
 //! Identity and tokens, email flows, throttling, admins and access rules, over HTTP.
 
-use crate::common::{send, Resp, TestServer};
+use crate::common::{fast, send, signup, Resp, TestServer};
 use base64::Engine;
 use serde_json::{json, Value};
-
-/// Cheap password hashing, so that tests that sign up many users stay fast.
-fn fast(config: &mut emberbase::Config) {
-    config.auth.argon2_memory_kib = 1024;
-    config.auth.argon2_iterations = 1;
-}
 
 fn start() -> TestServer {
     TestServer::start_with(fast)
@@ -38,17 +32,6 @@ fn with_token(
         req = req.set("Content-Type", "application/json");
     }
     send(req, body.map(|b| b.to_string().into_bytes()).as_deref())
-}
-
-fn signup(srv: &TestServer, email: &str) -> Value {
-    post_json(
-        srv,
-        "/v1/auth/signup",
-        None,
-        &json!({"email": email, "password": "correct horse battery"}),
-    )
-    .expect(201)
-    .json
 }
 
 fn login(srv: &TestServer, email: &str, password: &str) -> Resp {

@@ -209,3 +209,40 @@ pub fn enc(s: &str) -> String {
     }
     out
 }
+
+/// Cheap password hashing, so that tests that sign up many users stay fast.
+pub fn fast(config: &mut Config) {
+    config.auth.argon2_memory_kib = 1024;
+    config.auth.argon2_iterations = 1;
+}
+
+/// Signs up a user with a fixed good password; returns the session.
+pub fn signup(srv: &TestServer, email: &str) -> Value {
+    let body = serde_json::json!({"email": email, "password": "correct horse battery"});
+    let req = srv
+        .anon("POST", "/v1/auth/signup")
+        .set("Content-Type", "application/json");
+    send(req, Some(body.to_string().as_bytes()))
+        .expect(201)
+        .json
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes it: for requests
+/// an HTTP client would normalise or refuse to send. Returns the status and the whole response.
+pub fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

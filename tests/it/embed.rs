@@ -1,7 +1,7 @@
 //! Embedding: the builder's extra routes, the in-process API and its change events.
 
 use crate::common::{send, TestServer};
-use emberbase::{ChangeKind, Config, Principal, ServerBuilder};
+use emberbase::{ChangeKind, Config, Principal, ServerBuilder, Subject};
 use serde_json::json;
 
 #[test]
@@ -27,11 +27,14 @@ fn in_process_writes_are_visible_over_http_and_in_the_change_feed() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         let change = srv.block_on(changes.recv()).unwrap();
+        let Subject::Document { before, after, .. } = &change.subject else {
+            panic!("a document change: {change:?}");
+        };
         seen.push((
             change.seq,
             change.kind,
-            change.before.as_ref().map(|d| d.version),
-            change.after.as_ref().map(|d| d.version),
+            before.as_ref().map(|d| d.version),
+            after.as_ref().map(|d| d.version),
         ));
     }
     assert_eq!(seen[0].1, ChangeKind::Create);

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod documents;
 mod embed;
+mod files;
 mod operations;
 mod planner;
 mod queries;

@@ -1,0 +1,100 @@
+//! File metadata records. The bytes of a file live in a blob on disk (see `crate::files`); the
+//! store keeps, per `bucket/path`, which blob holds them and the public metadata, and commits
+//! every change to that mapping through the writer with a change record, like documents.
+//!
+//! A record is `flags (1 byte) + blob id (16 bytes, a ULID) + FileInfo JSON`, so a listing can
+//! serve the JSON without parsing it.
+
+use super::error::StoreError;
+use super::writer::Access;
+use crate::model::{Actor, FileInfo};
+use std::sync::Arc;
+
+const MARKUP: u8 = 1;
+const HEADER: usize = 17;
+
+/// A stored file record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub info: FileInfo,
+    /// The blob that holds the bytes.
+    pub blob: ulid::Ulid,
+    /// The first bytes looked like HTML, SVG or XML, so the file is never served inline.
+    pub markup: bool,
+}
+
+impl FileRecord {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + 256);
+        out.push(if self.markup { MARKUP } else { 0 });
+        out.extend_from_slice(&self.blob.to_bytes());
+        // Serialising strings and integers cannot fail.
+        let _ = serde_json::to_writer(&mut out, &self.info);
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<FileRecord, StoreError> {
+        let corrupt = || StoreError::Corrupt("file record too short".into());
+        let flags = *bytes.first().ok_or_else(corrupt)?;
+        let blob: [u8; 16] = bytes
+            .get(1..HEADER)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let info = serde_json::from_slice(bytes.get(HEADER..).ok_or_else(corrupt)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(FileRecord {
+            info,
+            blob: ulid::Ulid::from_bytes(blob),
+            markup: flags & MARKUP != 0,
+        })
+    }
+
+    /// The metadata JSON of a stored record, without parsing it.
+    pub fn info_json(bytes: &[u8]) -> &[u8] {
+        bytes.get(HEADER..).unwrap_or(&[])
+    }
+}
+
+/// What a file write does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOp {
+    /// Point `bucket/path` at a blob already durable on disk, creating or replacing the file.
+    Put {
+        blob: ulid::Ulid,
+        size: u64,
+        sha256: String,
+        content_type: String,
+        markup: bool,
+    },
+    /// Remove the file's record.
+    Delete,
+}
+
+/// A bucket's access check, run by the writer against the stored record. `before` is the
+/// stored metadata, `after` what the write would store (none for a delete). An `Err` carries
+/// the message of a `403`.
+pub trait FileGuard: Send + Sync {
+    fn check(
+        &self,
+        access: Access,
+        before: Option<&FileInfo>,
+        after: Option<&FileInfo>,
+    ) -> Result<(), String>;
+}
+
+/// A write of one file's record.
+pub struct FileWrite {
+    pub bucket: String,
+    pub path: String,
+    pub op: FileOp,
+    pub actor: Option<Actor>,
+    pub depth: u32,
+    pub guard: Option<Arc<dyn FileGuard>>,
+}
+
+/// A committed file write: the record it replaced or removed, and the one it stored.
+#[derive(Debug)]
+pub struct FileWritten {
+    pub before: Option<FileRecord>,
+    pub after: Option<FileInfo>,
+}
