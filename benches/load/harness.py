@@ -3,10 +3,12 @@
 
 Starts each server on loopback with a fresh data directory, seeds Emberbase and PocketBase with
 the same 10,000 documents, runs the same wrk loads against each and prints req/s, p50, p99 and
-peak RSS, with ratios. Installs what it needs (wrk via apt, PocketBase via pip) and builds the
-release binaries. Every load is bounded in time and sent only to 127.0.0.1.
+peak RSS, with ratios. Then files: upload and download of 1 MiB and 50 MiB files with curl (one
+stream, MB/s, with the server's RSS sampled during the transfers) and GET of a small file with
+wrk, against PocketBase's file field. Installs what it needs (wrk via apt, PocketBase via pip)
+and builds the release binaries. Every load is bounded and sent only to 127.0.0.1.
 
-    python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
+    python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1] [--only files]
 """
 
 import argparse
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -267,12 +270,142 @@ def run_loads(name, proc, targets, tmp, args):
     return results
 
 
+MIB = 1024 * 1024
+FILE_SIZES = [(1, 40), (50, 4)]  # (MiB, repetitions)
+
+
+def make_file(tmp, mib):
+    path = os.path.join(tmp, f"blob-{mib}.bin")
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(os.urandom(mib * MIB))
+    return path
+
+
+class RssSampler:
+    """Samples a process's resident set every 5 ms while active; keeps the maximum."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.running = pid, 0, True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while self.running:
+            self.peak = max(self.peak, rss_kb(self.pid, "VmRSS"))
+            time.sleep(0.005)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return self.peak / 1024
+
+
+def curl(*args):
+    """Runs curl and returns (status, seconds)."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "Expect:", "-w", "%{http_code} %{time_total}", *args],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def emberbase_files(base, auth):
+    header = "Authorization: " + auth["Authorization"]
+
+    def upload(path, name):
+        status, secs = curl("-X", "PUT", "-T", path, "-H", header, "-H", "Content-Type: application/octet-stream",
+                            f"{base}/v1/files/bench/{name}")
+        assert status in (200, 201), status
+        return secs, f"{base}/v1/files/bench/{name}"
+
+    def download(url):
+        status, secs = curl("-H", header, url)
+        assert status == 200, status
+        return secs
+
+    return upload, download, auth
+
+
+def pocketbase_files(base, auth):
+    request("POST", base + "/api/collections", {
+        "name": "files", "type": "base",
+        "fields": [{"name": "file", "type": "file", "maxSelect": 1, "maxSize": 100 * MIB}],
+        "listRule": "", "viewRule": "", "createRule": "", "updateRule": "", "deleteRule": "",
+    }, auth)
+
+    def upload(path, name):
+        started = time.time()
+        out = subprocess.run(["curl", "-s", "-H", "Expect:", "-F", f"file=@{path};filename={name}",
+                              f"{base}/api/collections/files/records"], check=True, capture_output=True, text=True).stdout
+        secs = time.time() - started
+        record = json.loads(out)
+        return secs, f"{base}/api/files/files/{record['id']}/{record['file']}"
+
+    def download(url):
+        status, secs = curl(url)
+        assert status == 200, status
+        return secs
+
+    return upload, download, {}
+
+
+def run_file_loads(name, proc, files, tmp, args):
+    upload, download, headers = files
+    results = {}
+    results["rss before"] = rss_kb(proc.pid, "VmRSS") / 1024
+    for mib, reps in FILE_SIZES:
+        path = make_file(tmp, mib)
+        sampler = RssSampler(proc.pid)
+        ups, downs, url = [], [], None
+        for i in range(reps):
+            secs, url = upload(path, f"f{mib}-{i}.bin")
+            ups.append(secs)
+        for _ in range(reps):
+            downs.append(download(url))
+        rss = sampler.stop()
+        mbs = lambda times: mib * MIB / 1e6 / sorted(times)[len(times) // 2]
+        results[f"upload {mib} MiB"] = mbs(ups)
+        results[f"download {mib} MiB"] = mbs(downs)
+        results[f"rss {mib} MiB"] = rss
+        print(f"  {name:10} {mib:>3} MiB x{reps}: upload {mbs(ups):7.0f} MB/s  download {mbs(downs):7.0f} MB/s"
+              f"  peak RSS during {rss:.1f} MB", flush=True)
+    small = make_small(tmp)
+    _, url = upload(small, "small.txt")
+    results["small GET"] = wrk(url, lua_script(tmp, name + "_small", headers=headers), args)
+    print(f"  {name:10} small file GET      {results['small GET']['rps']:>10.0f} req/s"
+          f"  p50 {results['small GET']['p50']:.2f} ms  non-2xx {results['small GET']['errors']}", flush=True)
+    return results
+
+
+def make_small(tmp):
+    path = os.path.join(tmp, "small.txt")
+    with open(path, "w") as f:
+        f.write("x" * 1024)
+    return path
+
+
+def print_file_table(eb, pb):
+    print()
+    print("files: one curl stream per transfer (median MB/s), small-file GET with wrk")
+    print("| load | Emberbase | PocketBase | ratio |")
+    print("|---|---|---|---|")
+    for mib, _ in FILE_SIZES:
+        for kind in ("upload", "download"):
+            key = f"{kind} {mib} MiB"
+            print(f"| {key} MB/s | {eb[key]:.0f} | {pb[key]:.0f} | {eb[key] / pb[key]:.1f}x |")
+        key = f"rss {mib} MiB"
+        print(f"| peak RSS during {mib} MiB transfers, MB | {eb[key]:.1f} | {pb[key]:.1f} | |")
+    print(f"| RSS before the file loads, MB | {eb['rss before']:.1f} | {pb['rss before']:.1f} | |")
+    e, p = eb["small GET"], pb["small GET"]
+    print(f"| small file GET req/s | {e['rps']:.0f} | {p['rps']:.0f} | {e['rps'] / p['rps']:.1f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
+    parser.add_argument("--only", choices=["docs", "files"], help="run only the document or the file loads")
     args = parser.parse_args()
     if not args.skip_build:
         ensure_tools()
@@ -289,6 +422,15 @@ def main():
         pb, pb_idle, pb_t = start_pocketbase(tmp)
         procs.append(pb)
 
+        if args.only != "docs":
+            eb_f = run_file_loads("emberbase", eb, emberbase_files(f"http://127.0.0.1:{EB_PORT}", eb_t["auth"]), tmp, args)
+            pb_token = request("POST", f"http://127.0.0.1:{PB_PORT}/api/collections/_superusers/auth-with-password",
+                               {"identity": "bench@example.com", "password": "benchpassword1"})["token"]
+            pb_f = run_file_loads("pocketbase", pb, pocketbase_files(f"http://127.0.0.1:{PB_PORT}",
+                                                                     {"Authorization": pb_token}), tmp, args)
+            print_file_table(eb_f, pb_f)
+            if args.only == "files":
+                return
         print("ceiling (bare actix JSON) vs Emberbase /v1/health:", flush=True)
         bare_script = lua_script(tmp, "bare")
         ceiling = wrk(f"http://127.0.0.1:{BARE_PORT}/v1/health", bare_script, args)
