@@ -28,6 +28,50 @@ pub struct Config {
     /// Access rules of collections that have no configuration of their own.
     pub rules: Rules,
     pub files: FilesConfig,
+    pub functions: FunctionsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionsConfig {
+    /// Threads that run functions; 0 means one per CPU core.
+    pub workers: usize,
+    /// Invocations that may wait for a worker before new ones are refused (`503`).
+    pub queue: usize,
+    /// The largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// Defaults of a function's own config.
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub max_retries: u32,
+    /// Metering points per invocation (every operator costs at least 1).
+    pub fuel: u64,
+    /// Host calls (`call`) per invocation.
+    pub max_host_calls: u32,
+    /// Events caused by writes deeper than this in a chain of functions are dropped.
+    pub max_depth: u32,
+    /// The first retry's delay in milliseconds; each next one doubles, up to 60 s.
+    pub retry_base_ms: u64,
+    /// Invocation records kept per function.
+    pub invocations_kept: usize,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        FunctionsConfig {
+            workers: 0,
+            queue: 1024,
+            max_module_bytes: 8 * 1024 * 1024,
+            timeout_ms: 5_000,
+            memory_mb: 64,
+            max_retries: 3,
+            fuel: 1_000_000_000,
+            max_host_calls: 1_000,
+            max_depth: 4,
+            retry_base_ms: 1_000,
+            invocations_kept: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,6 +400,19 @@ impl Config {
         }
         if self.files.max_size == 0 {
             return invalid("files.max_size", "must be positive");
+        }
+        let f = &self.functions;
+        if f.queue == 0 || f.max_module_bytes == 0 || f.timeout_ms == 0 || f.memory_mb == 0 {
+            return invalid(
+                "functions",
+                "queue, max_module_bytes, timeout_ms and memory_mb must be positive",
+            );
+        }
+        if f.fuel == 0 || f.max_host_calls == 0 || f.invocations_kept == 0 {
+            return invalid(
+                "functions",
+                "fuel, max_host_calls and invocations_kept must be positive",
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "not a valid level or filter");

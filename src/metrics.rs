@@ -11,6 +11,8 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub store_ops: IntCounterVec,
     pub file_bytes: IntCounterVec,
+    pub function_invocations: IntCounterVec,
+    pub function_duration: HistogramVec,
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
     pub change_seq: IntGauge,
@@ -34,6 +36,18 @@ impl Metrics {
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
                 .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
+        )?;
+        let function_invocations = IntCounterVec::new(
+            Opts::new(
+                "function_invocations_total",
+                "Function invocations by function and status (ok, error, timeout)",
+            ),
+            &["function", "status"],
+        )?;
+        let function_duration = HistogramVec::new(
+            HistogramOpts::new("function_duration_seconds", "Function run time")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["function"],
         )?;
         let file_bytes = IntCounterVec::new(
             Opts::new(
@@ -68,6 +82,8 @@ impl Metrics {
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(store_ops.clone()))?;
         registry.register(Box::new(file_bytes.clone()))?;
+        registry.register(Box::new(function_invocations.clone()))?;
+        registry.register(Box::new(function_duration.clone()))?;
         registry.register(Box::new(commit_group_size.clone()))?;
         registry.register(Box::new(flush_duration.clone()))?;
         registry.register(Box::new(change_seq.clone()))?;
@@ -77,6 +93,8 @@ impl Metrics {
             http_duration,
             store_ops,
             file_bytes,
+            function_invocations,
+            function_duration,
             commit_group_size,
             flush_duration,
             change_seq,

@@ -8,6 +8,7 @@ use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
 use crate::config::Config;
 use crate::docs::Documents;
 use crate::files::Files;
+use crate::functions::Functions;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 use std::net::{SocketAddr, TcpListener};
@@ -109,6 +110,14 @@ impl ServerBuilder {
                 "removed what an interrupted upload or delete left behind"
             );
         }
+        let functions = Functions::start(
+            &data_dir,
+            store.clone(),
+            docs.clone(),
+            &config.functions,
+            metrics.clone(),
+        )
+        .map_err(StartError::Other)?;
         let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
         if !config.admin.email.is_empty() {
             bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
@@ -134,6 +143,7 @@ impl ServerBuilder {
         let state = actix_web::web::Data::new(AppState::new(
             docs.clone(),
             files.clone(),
+            functions.clone(),
             Arc::new(Authenticator::new(service_key, accounts)),
             metrics,
             config.clone(),
@@ -170,6 +180,7 @@ impl ServerBuilder {
             store,
             docs,
             files,
+            functions,
         })
     }
 }
@@ -280,6 +291,7 @@ pub struct Server {
     store: Store,
     docs: Documents,
     files: Files,
+    functions: Functions,
 }
 
 impl Server {
@@ -308,11 +320,18 @@ impl Server {
         &self.files
     }
 
+    /// The function service: upload, configure and call functions in-process.
+    pub fn functions(&self) -> &Functions {
+        &self.functions
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to the shutdown
     /// timeout), then commits every queued write and closes the database.
     pub async fn shutdown(self) {
         self.http.stop(true).await;
         let _ = self.task.await;
+        let functions = self.functions;
+        let _ = tokio::task::spawn_blocking(move || functions.stop()).await;
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         tracing::info!("stopped");

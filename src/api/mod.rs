@@ -8,6 +8,7 @@ mod documents;
 pub mod error;
 mod extract;
 mod files;
+mod functions;
 mod middleware;
 mod system;
 mod users;
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::docs::Documents;
 use crate::error::{Error, ErrorCode};
 use crate::files::Files;
+use crate::functions::Functions;
 use crate::metrics::Metrics;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -32,6 +34,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub struct AppState {
     pub docs: Documents,
     pub files: Files,
+    pub functions: Functions,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
@@ -43,6 +46,7 @@ impl AppState {
     pub fn new(
         docs: Documents,
         files: Files,
+        functions: Functions,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
@@ -52,6 +56,7 @@ impl AppState {
         AppState {
             docs,
             files,
+            functions,
             auth,
             metrics,
             config,
@@ -94,6 +99,7 @@ impl utoipa::Modify for SecurityAddon {
     tags(
         (name = "documents", description = "JSON documents in collections"),
         (name = "files", description = "Files in buckets: uploads, downloads, signed URLs"),
+        (name = "functions", description = "Wasm functions: upload, configure, call, invocation log"),
         (name = "auth", description = "Accounts, sessions, email verification, password reset"),
         (name = "admin", description = "Users, collection and bucket rules, indexes, outbox (admins only)"),
         (name = "operations", description = "Health, metrics, the API document"),
@@ -125,6 +131,13 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(files::list_buckets)
         .service(files::get_bucket)
         .service(files::put_bucket)
+        .service(functions::upload)
+        .service(functions::configure)
+        .service(functions::list)
+        .service(functions::get)
+        .service(functions::delete)
+        .service(functions::invocations)
+        .service(functions::call)
         .service(auth::signup)
         .service(auth::login)
         .service(auth::refresh)

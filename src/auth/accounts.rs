@@ -443,7 +443,9 @@ impl Accounts {
                 .load_user(id)?
                 .map(|(u, _)| u.public())
                 .ok_or_else(|| Error::unauthenticated("invalid or expired token")),
-            Principal::Service => Err(Error::bad_request("the service key is not a user")),
+            Principal::Service | Principal::Function { .. } => {
+                Err(Error::bad_request("the service key is not a user"))
+            }
             Principal::Anonymous => Err(Error::unauthenticated("sign in first")),
         }
     }

@@ -33,6 +33,9 @@ pub enum Principal {
         email: String,
         admin: bool,
     },
+    /// A function handling an event of depth `depth - 1` (or an HTTP call, depth 1): acts with
+    /// admin rights; its writes cause events of depth `depth`.
+    Function { name: String, depth: u32 },
 }
 
 impl Principal {
@@ -40,8 +43,16 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         matches!(
             self,
-            Principal::Service | Principal::User { admin: true, .. }
+            Principal::Service | Principal::Function { .. } | Principal::User { admin: true, .. }
         )
+    }
+
+    /// The depth of the events this caller's writes cause: 0 unless it is a function.
+    pub fn depth(&self) -> u32 {
+        match self {
+            Principal::Function { depth, .. } => *depth,
+            _ => 0,
+        }
     }
 
     /// The value rules see as `auth`: `null`, or `{"id", "email", "role"}`.
@@ -52,6 +63,9 @@ impl Principal {
             Principal::User { id, email, admin } => json!({
                 "id": id, "email": email, "role": if *admin { "admin" } else { "user" }
             }),
+            Principal::Function { name, .. } => {
+                json!({"id": null, "email": null, "role": "function", "function": name})
+            }
         }
     }
 
@@ -65,6 +79,12 @@ impl Principal {
                 email: Some(email.clone()),
                 role: if *admin { "admin" } else { "user" }.into(),
                 function: None,
+            }),
+            Principal::Function { name, .. } => Some(Actor {
+                id: None,
+                email: None,
+                role: "function".into(),
+                function: Some(name.clone()),
             }),
         }
     }

@@ -339,7 +339,7 @@ impl Documents {
             .write(WriteRequest {
                 ops,
                 actor: who.actor(),
-                depth: 0,
+                depth: who.depth(),
                 guard: self.guard(who),
             })
             .await

@@ -585,7 +585,7 @@ impl Files {
             path: path.to_string(),
             op: FileOp::Delete,
             actor: who.actor(),
-            depth: 0,
+            depth: who.depth(),
             guard: self.guard(who, bucket),
         };
         let files = self.clone();
@@ -789,7 +789,7 @@ impl Upload {
                 markup: looks_like_markup(&self.head),
             },
             actor: self.who.actor(),
-            depth: 0,
+            depth: self.who.depth(),
             guard: self.files.guard(&self.who, &self.bucket),
         };
         let files = self.files.clone();

@@ -21,6 +21,14 @@ pub enum Space {
     Outbox,
     /// Bucket name → bucket configuration JSON.
     Buckets,
+    /// Function name → function record.
+    Functions,
+    /// Function name `00` sequence → a pending trigger event (the functions' outbox).
+    Events,
+    /// Function name `00` invocation id (a ULID) → invocation record.
+    Invocations,
+    /// Function name → the last schedule tick fired.
+    Schedules,
 }
 
 impl Space {
@@ -33,6 +41,10 @@ impl Space {
             Space::EmailTokens => b"etoken:",
             Space::Outbox => b"outbox:",
             Space::Buckets => b"bucket:",
+            Space::Functions => b"function:",
+            Space::Events => b"event:",
+            Space::Invocations => b"invocation:",
+            Space::Schedules => b"schedule:",
         }
     }
 

@@ -82,15 +82,27 @@ impl CollectionState {
     }
 }
 
+/// Asked by the writer, for each change it commits, for system records to commit in the same
+/// atomic batch (the functions' outbox uses it, so no trigger event can be lost or appear for a
+/// write that did not happen).
+pub trait CommitHook: Send + Sync {
+    fn records(&self, change: &Change) -> Vec<(Space, Vec<u8>, Vec<u8>)>;
+}
+
 /// State shared by the writer thread and readers.
 pub(crate) struct Shared {
     options: StoreOptions,
+    hook: RwLock<Option<Arc<dyn CommitHook>>>,
     configs: RwLock<Arc<HashMap<String, Arc<CollectionState>>>>,
     changes: broadcast::Sender<Arc<Change>>,
     metrics: Arc<Metrics>,
 }
 
 impl Shared {
+    fn hook(&self) -> Option<Arc<dyn CommitHook>> {
+        self.hook.read().ok().and_then(|h| h.clone())
+    }
+
     fn configs_snapshot(&self) -> Arc<HashMap<String, Arc<CollectionState>>> {
         match self.configs.read() {
             Ok(guard) => guard.clone(),
@@ -218,6 +230,7 @@ impl Store {
         let (changes, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             options,
+            hook: RwLock::new(None),
             configs: RwLock::new(Arc::new(configs)),
             changes,
             metrics,
@@ -340,6 +353,44 @@ impl Store {
             .range(start..keys::prefix_end(&prefix))
             .take(limit)
             .map(|entry| strip_prefix(prefix.len(), entry))
+            .collect()
+    }
+
+    /// Sets the hook whose records are committed with every change.
+    pub fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        if let Ok(mut slot) = self.shared.hook.write() {
+            *slot = Some(hook);
+        }
+    }
+
+    /// System records whose key starts with `prefix`, in key order, at most `limit`.
+    pub fn kv_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        let len = space.prefix().len();
+        self.db
+            .scan_prefix(space.key(prefix))
+            .take(limit)
+            .map(|entry| strip_prefix(len, entry))
+            .collect()
+    }
+
+    /// System records whose key starts with `prefix`, last key first, at most `limit`.
+    pub fn kv_prefix_last(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        let len = space.prefix().len();
+        self.db
+            .scan_prefix(space.key(prefix))
+            .rev()
+            .take(limit)
+            .map(|entry| strip_prefix(len, entry))
             .collect()
     }
 

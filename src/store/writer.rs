@@ -14,7 +14,7 @@ use super::error::{BatchFailure, StoreError};
 use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::keys;
 use super::kv::KvWrite;
-use super::{CollectionState, Shared};
+use super::{CollectionState, CommitHook, Shared};
 use crate::model::{
     merge_patch, now_rfc3339, Actor, Change, ChangeKind, CollectionConfig, Document, FileInfo,
     Subject,
@@ -126,10 +126,19 @@ type AppliedFile = (
     Option<Change>,
 );
 
-/// Adds a change record to a batch.
-fn record_change(batch: &mut sled::Batch, change: &Change) -> Result<(), StoreError> {
+/// Adds a change record to a batch, with the records the commit hook wants beside it.
+fn record_change(
+    batch: &mut sled::Batch,
+    change: &Change,
+    hook: Option<&Arc<dyn CommitHook>>,
+) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     batch.insert(&keys::change_key(change.seq)[..], bytes);
+    if let Some(hook) = hook {
+        for (space, key, value) in hook.records(change) {
+            batch.insert(space.key(&key), value);
+        }
+    }
     Ok(())
 }
 
@@ -439,6 +448,7 @@ impl Writer {
         }
         let mut changes = Vec::with_capacity(pending.len());
         let mut seq = self.next_seq;
+        let hook = self.shared.hook();
         for (kind, before, after, (collection, id)) in pending {
             let change = Change {
                 seq,
@@ -453,7 +463,8 @@ impl Writer {
                 actor: req.actor.clone(),
                 depth: req.depth,
             };
-            record_change(&mut batch, &change).map_err(|error| BatchFailure { op: 0, error })?;
+            record_change(&mut batch, &change, hook.as_ref())
+                .map_err(|error| BatchFailure { op: 0, error })?;
             changes.push(change);
             seq += 1;
         }
@@ -551,7 +562,7 @@ impl Writer {
             actor: write.actor.clone(),
             depth: write.depth,
         };
-        record_change(&mut batch, &change)?;
+        record_change(&mut batch, &change, self.shared.hook().as_ref())?;
         self.db.apply_batch(batch)?;
         self.next_seq += 1;
         let op = if after.is_some() {

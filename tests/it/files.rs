@@ -295,6 +295,7 @@ fn hostile_paths_are_refused_before_touching_the_disk() {
         ![
             "db",
             "files",
+            "functions",
             "service_key",
             "jwt_keys.json",
             "url_signing_key",

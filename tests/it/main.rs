@@ -7,6 +7,7 @@ mod crash;
 mod documents;
 mod embed;
 mod files;
+mod functions;
 mod operations;
 mod planner;
 mod queries;

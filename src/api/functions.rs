@@ -1,0 +1,226 @@
+//! `/v1/admin/functions` (upload, config, list, get, delete, invocations) and
+//! `/v1/functions/{name}` (HTTP calls).
+
+use super::error::{from_actix, ErrorBody};
+use super::extract::{Caller, JsonBody};
+use super::files::Binary;
+use super::AppState;
+use crate::error::{Error, ErrorCode};
+use crate::functions::{FunctionConfig, FunctionInfo, Invocation};
+use actix_web::http::header;
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What an upload answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Uploaded {
+    name: String,
+    sha256: String,
+    size: u64,
+}
+
+/// Upload (or replace) a function's WebAssembly module (guest ABI v1, see FUNCTIONS.md). It is
+/// validated, checked against the ABI and compiled before this returns; in-flight invocations
+/// finish on the old module.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name, `[A-Za-z0-9_-]{1,64}`")),
+    request_body(content = Binary, content_type = "application/wasm", description = "The module"),
+    responses(
+        (status = 200, description = "Stored and compiled", body = Uploaded),
+        (status = 400, description = "Not a valid module, or it breaks the ABI; the message says how", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 413, description = "Over the module size limit", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[put("/v1/admin/functions/{name}")]
+pub(super) async fn upload(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let limit = state.config.functions.max_module_bytes;
+    let too_large = || {
+        Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the module is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut wasm = Vec::new();
+    while let Some(piece) = payload.next().await {
+        let piece = piece.map_err(|e| from_actix(&e.into()))?;
+        if wasm.len() + piece.len() > limit {
+            return Err(too_large());
+        }
+        wasm.extend_from_slice(&piece);
+    }
+    let info = state.functions.upload(&caller.0, &name, wasm).await?;
+    Ok(HttpResponse::Ok().json(Uploaded {
+        name: info.name,
+        sha256: info.sha256,
+        size: info.size,
+    }))
+}
+
+/// Set a function's triggers and limits.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    request_body = FunctionConfig,
+    responses(
+        (status = 200, description = "The function with its new config", body = FunctionInfo),
+        (status = 400, description = "An invalid trigger, cron, name or number", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[put("/v1/admin/functions/{name}/config")]
+pub(super) async fn configure(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: JsonBody<FunctionConfig>,
+) -> Result<HttpResponse, Error> {
+    let info = state.functions.configure(&caller.0, &name, body.0).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FunctionList {
+    items: Vec<FunctionInfo>,
+}
+
+/// Every function.
+#[utoipa::path(
+    tag = "functions",
+    responses(
+        (status = 200, description = "The functions", body = FunctionList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions")]
+pub(super) async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, Error> {
+    let items = state.functions.list(&caller.0)?;
+    Ok(HttpResponse::Ok().json(FunctionList { items }))
+}
+
+/// One function.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "The function", body = FunctionInfo),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}")]
+pub(super) async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(state.functions.get(&caller.0, &name)?))
+}
+
+/// Delete a function, its pending events and its invocation log.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/admin/functions/{name}")]
+pub(super) async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    state.functions.delete(&caller.0, &name).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct InvocationQuery {
+    /// How many, 1 to 1000 (default 50).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InvocationList {
+    items: Vec<Invocation>,
+}
+
+/// The latest invocations of a function, newest first.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name"), InvocationQuery),
+    responses(
+        (status = 200, description = "Invocations", body = InvocationList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}/invocations")]
+pub(super) async fn invocations(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    query: web::Query<InvocationQuery>,
+) -> Result<HttpResponse, Error> {
+    let items = state
+        .functions
+        .invocations(&caller.0, &name, query.limit.unwrap_or(50))?;
+    Ok(HttpResponse::Ok().json(InvocationList { items }))
+}
+
+/// Call a function that has an `http` trigger. The result `{"status", "body"}` is passed
+/// through as the function wrote it; a result without `status` is the body of a `200`.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = Object, description = "Any JSON; the function sees it as `body`"),
+    responses(
+        (status = 200, description = "The function's result (or the status it chose)", body = Object),
+        (status = 404, description = "No function with an http trigger by that name", body = ErrorBody),
+        (status = 502, description = "The function trapped, timed out, ran out of fuel or memory", body = ErrorBody),
+        (status = 503, description = "Every function worker is busy", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[post("/v1/functions/{name}")]
+pub(super) async fn call(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: JsonBody<Value>,
+) -> Result<HttpResponse, Error> {
+    let result = state.functions.call_http(&caller.0, &name, body.0).await?;
+    let status = actix_web::http::StatusCode::from_u16(result.status)
+        .unwrap_or(actix_web::http::StatusCode::OK);
+    Ok(HttpResponse::build(status).json(result.body))
+}

@@ -1,0 +1,604 @@
+//! The Wasm sandbox. Modules are compiled with Cranelift and the metering middleware (every
+//! operator costs at least 1 point), serialised as artifacts, and run on a bounded pool of
+//! worker threads, never on the async workers. Every invocation gets a fresh `Store` and
+//! `Instance`, so nothing leaks from one event to the next, with four limits: fuel (metering),
+//! linear memory (the engine's tunables), wall-clock time (a watchdog that interrupts the
+//! store) and host calls (counted by the host functions).
+
+use super::tunables::{with_memory_cap, CappedTunables};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use wasmer::sys::{CompilerConfig, Cranelift, EngineBuilder, NativeEngineExt};
+use wasmer::wasmparser::Operator;
+use wasmer::{
+    imports, Engine, ExternType, Function, FunctionEnv, FunctionEnvMut, Instance, Memory, Module,
+    RuntimeError, Store, Type,
+};
+use wasmer_middlewares::metering::{get_remaining_points, set_remaining_points, MeteringPoints};
+use wasmer_middlewares::Metering;
+
+/// Part of every artifact's key: the wasmer line, our version and the compile settings (bumped
+/// whenever the cost function or settings change), so old artifacts are recompiled.
+pub const COMPILE_VERSION: &str = concat!(
+    "wasmer-7.4/emberbase-",
+    env!("CARGO_PKG_VERSION"),
+    "/ebfn-1"
+);
+
+/// The cost of one operator: at least 1 for every operator, so even `loop br 0` runs out.
+fn cost(op: &Operator) -> u64 {
+    match op {
+        Operator::Call { .. } | Operator::CallIndirect { .. } => 10,
+        Operator::MemoryGrow { .. } | Operator::MemoryFill { .. } | Operator::MemoryCopy { .. } => {
+            100
+        }
+        _ => 1,
+    }
+}
+
+/// What one invocation may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub fuel: u64,
+    pub host_calls: u32,
+    pub max_io_bytes: usize,
+    pub max_log_lines: usize,
+    pub max_log_bytes: usize,
+}
+
+/// One line a function logged.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct LogLine {
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+    pub at: String,
+}
+
+/// How an invocation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A trap, a misuse of the ABI, or a result the host cannot read.
+    Trap(String),
+    /// The fuel ran out.
+    Fuel,
+    /// The wall-clock limit passed.
+    Timeout,
+    /// More host calls than allowed.
+    HostCalls,
+    /// The module needs more memory than allowed, or failed to instantiate.
+    Instantiate(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Trap(m) => write!(f, "trap: {m}"),
+            Failure::Fuel => write!(f, "out of fuel"),
+            Failure::Timeout => write!(f, "timed out"),
+            Failure::HostCalls => write!(f, "too many host calls"),
+            Failure::Instantiate(m) => write!(f, "instantiation failed: {m}"),
+        }
+    }
+}
+
+/// What an invocation produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The result JSON bytes (`None`: no result), or how it failed.
+    pub result: Result<Option<Vec<u8>>, Failure>,
+    pub logs: Vec<LogLine>,
+    pub duration: Duration,
+}
+
+/// The host side of `call`: answers one request (JSON) with a reply (JSON). Runs on the
+/// worker thread and may block.
+pub trait Host: Send + Sync {
+    fn call(&self, request: &serde_json::Value) -> Option<Vec<u8>>;
+    /// Where a log line goes besides the invocation record.
+    fn log(&self, level: &str, message: &str);
+}
+
+/// Compiles a module with metering, for the runtime engine. Returns the module (to inspect)
+/// and its serialised artifact. CPU-heavy: call it off the async workers.
+pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
+    // One metering middleware instance can compile only one module.
+    let metering = Arc::new(Metering::new(0, cost));
+    let mut compiler = Cranelift::default();
+    compiler.push_middleware(metering);
+    let engine: Engine = EngineBuilder::new(compiler).engine().into();
+    Module::validate(&engine, bytes).map_err(|e| format!("invalid module: {e}"))?;
+    let module = Module::new(&engine, bytes).map_err(|e| format!("cannot compile: {e}"))?;
+    let artifact = module
+        .serialize()
+        .map_err(|e| format!("cannot serialise: {e}"))?;
+    Ok((module, artifact.to_vec()))
+}
+
+/// Checks a compiled module against ABI v1: the exports it must have and the imports it may
+/// have, and a memory minimum within `memory_bytes`.
+pub fn check_abi(module: &Module, memory_bytes: u64) -> Result<(), String> {
+    use wasmer::FunctionType;
+    let func =
+        |params: &[Type], results: &[Type]| FunctionType::new(params.to_vec(), results.to_vec());
+    let mut memory = None;
+    let mut alloc = None;
+    let mut handle = None;
+    for export in module.exports() {
+        match (export.name(), export.ty()) {
+            ("memory", ExternType::Memory(m)) => memory = Some(*m),
+            ("alloc", ExternType::Function(f)) => alloc = Some(f.clone()),
+            ("handle", ExternType::Function(f)) => handle = Some(f.clone()),
+            _ => {}
+        }
+    }
+    let memory = memory.ok_or("the module must export its memory as `memory`")?;
+    match alloc {
+        Some(f) if f == func(&[Type::I32], &[Type::I32]) => {}
+        Some(f) => return Err(format!("`alloc` must be (i32) -> i32, not {f}")),
+        None => return Err("the module must export `alloc: (i32) -> i32`".into()),
+    }
+    match handle {
+        Some(f) if f == func(&[Type::I32, Type::I32], &[Type::I64]) => {}
+        Some(f) => return Err(format!("`handle` must be (i32, i32) -> i64, not {f}")),
+        None => return Err("the module must export `handle: (i32, i32) -> i64`".into()),
+    }
+    let allowed = [
+        ("log", func(&[Type::I32, Type::I32, Type::I32], &[])),
+        ("call", func(&[Type::I32, Type::I32], &[Type::I32])),
+        ("result_read", func(&[Type::I32], &[])),
+    ];
+    for import in module.imports() {
+        let ok = import.module() == "emberbase"
+            && allowed.iter().any(|(name, ty)| {
+                import.name() == *name && matches!(import.ty(), ExternType::Function(f) if f == ty)
+            });
+        if !ok {
+            return Err(format!(
+                "import `{}.{}` ({:?}) is not allowed; a module may import emberbase.log, emberbase.call and emberbase.result_read",
+                import.module(),
+                import.name(),
+                import.ty()
+            ));
+        }
+    }
+    let min_bytes = memory.minimum.bytes().0 as u64;
+    if min_bytes > memory_bytes {
+        return Err(format!(
+            "the module's memory starts at {} MiB, over the limit of {} MiB",
+            min_bytes / (1024 * 1024),
+            memory_bytes / (1024 * 1024)
+        ));
+    }
+    Ok(())
+}
+
+/// One invocation waiting for a worker.
+struct Job {
+    module: Module,
+    input: Vec<u8>,
+    limits: Limits,
+    host: Arc<dyn Host>,
+    reply: tokio::sync::oneshot::Sender<Outcome>,
+}
+
+/// The runtime: one engine for loading artifacts, a pool of worker threads and a watchdog.
+pub struct Runtime {
+    engine: Engine,
+    jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    watchdog: Arc<Watchdog>,
+}
+
+impl Runtime {
+    /// Starts `workers` worker threads, with room for `queue` waiting invocations.
+    pub fn start(workers: usize, queue: usize) -> Result<Arc<Runtime>, String> {
+        let mut engine = Engine::headless();
+        engine.set_tunables(CappedTunables::new());
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        let watchdog = Watchdog::start()?;
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers.max(1) {
+            let (rx, engine, watchdog) = (rx.clone(), engine.clone(), watchdog.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("emberbase-fn-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let outcome = run(&engine, &watchdog, &job);
+                    let _ = job.reply.send(outcome);
+                })
+                .map_err(|e| format!("cannot start a function worker: {e}"))?;
+            handles.push(handle);
+        }
+        Ok(Arc::new(Runtime {
+            engine,
+            jobs: Mutex::new(Some(tx)),
+            workers: Mutex::new(handles),
+            watchdog,
+        }))
+    }
+
+    /// Loads an artifact this server compiled (its hash checked by the caller).
+    pub fn load(&self, artifact: &[u8]) -> Result<Module, String> {
+        // SAFETY: `Module::deserialize` maps the artifact's machine code as executable. Only
+        // artifacts this server compiled and wrote are passed here, after their SHA-256 was
+        // checked against the hash recorded in the store when they were written.
+        #[allow(unsafe_code)]
+        let module = unsafe { Module::deserialize(&self.engine, artifact.to_vec()) };
+        module.map_err(|e| format!("cannot load the artifact: {e}"))
+    }
+
+    /// Runs `handle` of `module` with `input`; waits for a worker. Fails at once when the
+    /// queue is full.
+    pub async fn invoke(
+        &self,
+        module: Module,
+        input: Vec<u8>,
+        limits: Limits,
+        host: Arc<dyn Host>,
+    ) -> Result<Outcome, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            module,
+            input,
+            limits,
+            host,
+            reply,
+        };
+        {
+            let jobs = self.jobs.lock().map_err(|_| "the runtime is stopped")?;
+            let tx = jobs.as_ref().ok_or("the runtime is stopped")?;
+            tx.try_send(job).map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => {
+                    "every function worker is busy and the queue is full"
+                }
+                mpsc::TrySendError::Disconnected(_) => "the runtime is stopped",
+            })?;
+        }
+        rx.await
+            .map_err(|_| "the function worker stopped".to_string())
+    }
+
+    /// Stops the workers after the invocations already queued.
+    pub fn stop(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let handles = match self.workers.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => Vec::new(),
+        };
+        for handle in handles {
+            let _ = handle.join();
+        }
+        self.watchdog.stop();
+    }
+}
+
+/// The state host functions see.
+struct Env {
+    memory: Option<Memory>,
+    host: Arc<dyn Host>,
+    limits: Limits,
+    calls: u32,
+    reply: Vec<u8>,
+    logs: Vec<LogLine>,
+    failure: Option<Failure>,
+}
+
+#[derive(Debug)]
+struct Abort;
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "aborted by the host")
+    }
+}
+
+impl std::error::Error for Abort {}
+
+fn read_guest(env: &FunctionEnvMut<Env>, ptr: i32, len: i32) -> Option<Vec<u8>> {
+    let (ptr, len) = (u32::try_from(ptr).ok()?, u32::try_from(len).ok()?);
+    let memory = env.data().memory.as_ref()?;
+    let view = memory.view(env);
+    let mut buf = vec![0; len as usize];
+    view.read(ptr as u64, &mut buf).ok()?;
+    Some(buf)
+}
+
+fn host_log(
+    mut env: FunctionEnvMut<Env>,
+    level: i32,
+    ptr: i32,
+    len: i32,
+) -> Result<(), RuntimeError> {
+    let limits = env.data().limits;
+    let len = len.min(limits.max_log_bytes as i32);
+    let Some(bytes) = read_guest(&env, ptr, len) else {
+        env.data_mut().failure = Some(Failure::Trap(
+            "log: pointer or length outside memory".into(),
+        ));
+        return Err(RuntimeError::user(Box::new(Abort)));
+    };
+    let level = match level {
+        0 => "debug",
+        1 => "info",
+        2 => "warn",
+        _ => "error",
+    };
+    let message = String::from_utf8_lossy(&bytes).into_owned();
+    let data = env.data_mut();
+    data.host.log(level, &message);
+    if data.logs.len() < limits.max_log_lines {
+        data.logs.push(LogLine {
+            level: level.into(),
+            message,
+            at: crate::model::now_rfc3339(),
+        });
+    }
+    Ok(())
+}
+
+fn host_call(mut env: FunctionEnvMut<Env>, ptr: i32, len: i32) -> Result<i32, RuntimeError> {
+    let data = env.data_mut();
+    data.calls += 1;
+    if data.calls > data.limits.host_calls {
+        data.failure = Some(Failure::HostCalls);
+        return Err(RuntimeError::user(Box::new(Abort)));
+    }
+    let max = data.limits.max_io_bytes as i32;
+    if len > max {
+        return Ok(-2);
+    }
+    let Some(bytes) = read_guest(&env, ptr, len) else {
+        return Ok(-2);
+    };
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(-1);
+    };
+    let host = env.data().host.clone();
+    match host.call(&request) {
+        Some(reply) => {
+            let n = reply.len() as i32;
+            env.data_mut().reply = reply;
+            Ok(n)
+        }
+        None => Ok(-1),
+    }
+}
+
+fn host_result_read(env: FunctionEnvMut<Env>, dst: i32) -> Result<(), RuntimeError> {
+    let data = env.data();
+    let written = match (&data.memory, u32::try_from(dst)) {
+        (Some(memory), Ok(dst)) => memory.view(&env).write(dst as u64, &data.reply).is_ok(),
+        _ => false,
+    };
+    if written {
+        Ok(())
+    } else {
+        Err(RuntimeError::new("result_read: destination outside memory"))
+    }
+}
+
+/// Runs one invocation on the current (worker) thread.
+fn run(engine: &Engine, watchdog: &Watchdog, job: &Job) -> Outcome {
+    let started = Instant::now();
+    let mut store = Store::new(engine.clone());
+    let env = FunctionEnv::new(
+        &mut store,
+        Env {
+            memory: None,
+            host: job.host.clone(),
+            limits: job.limits,
+            calls: 0,
+            reply: Vec::new(),
+            logs: Vec::new(),
+            failure: None,
+        },
+    );
+    let imports = imports! {
+        "emberbase" => {
+            "log" => Function::new_typed_with_env(&mut store, &env, host_log),
+            "call" => Function::new_typed_with_env(&mut store, &env, host_call),
+            "result_read" => Function::new_typed_with_env(&mut store, &env, host_result_read),
+        }
+    };
+    let instance = with_memory_cap(job.limits.memory_bytes, || {
+        Instance::new(&mut store, &job.module, &imports).map_err(|e| e.to_string())
+    });
+    let result = match instance {
+        Err(e) => Err(Failure::Instantiate(e)),
+        Ok(instance) => {
+            set_remaining_points(&mut store, &instance, job.limits.fuel);
+            let armed = watchdog.arm(store.interrupter(), started + job.limits.timeout);
+            let called = call_handle(&mut store, &env, &instance, &job.input, job.limits);
+            let timed_out = watchdog.disarm(armed);
+            called.map_err(|trap| {
+                if let Some(failure) = env.as_mut(&mut store).failure.take() {
+                    failure
+                } else if timed_out {
+                    Failure::Timeout
+                } else if get_remaining_points(&mut store, &instance) == MeteringPoints::Exhausted {
+                    Failure::Fuel
+                } else {
+                    Failure::Trap(trap)
+                }
+            })
+        }
+    };
+    let logs = std::mem::take(&mut env.as_mut(&mut store).logs);
+    Outcome {
+        result,
+        logs,
+        duration: started.elapsed(),
+    }
+}
+
+/// Copies the event in through `alloc`, calls `handle`, and copies the result out.
+fn call_handle(
+    store: &mut Store,
+    env: &FunctionEnv<Env>,
+    instance: &Instance,
+    input: &[u8],
+    limits: Limits,
+) -> Result<Option<Vec<u8>>, String> {
+    let memory = instance
+        .exports
+        .get_memory("memory")
+        .map_err(|e| e.to_string())?
+        .clone();
+    env.as_mut(store).memory = Some(memory.clone());
+    let alloc = instance
+        .exports
+        .get_typed_function::<i32, i32>(store, "alloc")
+        .map_err(|e| e.to_string())?;
+    let handle = instance
+        .exports
+        .get_typed_function::<(i32, i32), i64>(store, "handle")
+        .map_err(|e| e.to_string())?;
+    let len = i32::try_from(input.len()).map_err(|_| "the event is too large")?;
+    let ptr = alloc.call(store, len).map_err(|e| e.message())?;
+    if ptr == 0 {
+        return Err("alloc returned 0 for the event".into());
+    }
+    memory
+        .view(store)
+        .write(ptr as u32 as u64, input)
+        .map_err(|_| "alloc returned memory outside the module's memory")?;
+    let packed = handle.call(store, ptr, len).map_err(|e| e.message())?;
+    if packed == 0 {
+        return Ok(None);
+    }
+    let (out_ptr, out_len) = ((packed as u64 >> 32) as u32, packed as u64 as u32);
+    if out_len as usize > limits.max_io_bytes {
+        return Err(format!(
+            "the result is {out_len} bytes, over the limit of {}",
+            limits.max_io_bytes
+        ));
+    }
+    let mut out = vec![0; out_len as usize];
+    memory
+        .view(store)
+        .read(out_ptr as u64, &mut out)
+        .map_err(|_| "the result is outside the module's memory")?;
+    Ok(Some(out))
+}
+
+/// Interrupts stores that run past their deadline. One thread for the whole runtime; it sleeps
+/// until the nearest deadline and keeps interrupting an overdue store until it is disarmed
+/// (an interrupt is not delivered while the guest is inside a host function).
+struct Watchdog {
+    state: Mutex<WatchState>,
+    wake: Condvar,
+    next_id: AtomicU64,
+}
+
+struct Armed {
+    deadline: Instant,
+    interrupter: wasmer::Interrupter,
+    fired: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    armed: HashMap<u64, Armed>,
+    stopped: bool,
+}
+
+/// A handle on an armed deadline.
+struct Ticket(u64, Arc<AtomicBool>);
+
+impl Watchdog {
+    fn start() -> Result<Arc<Watchdog>, String> {
+        let dog = Arc::new(Watchdog {
+            state: Mutex::new(WatchState::default()),
+            wake: Condvar::new(),
+            next_id: AtomicU64::new(1),
+        });
+        let worker = dog.clone();
+        std::thread::Builder::new()
+            .name("emberbase-fn-watchdog".into())
+            .spawn(move || worker.run())
+            .map_err(|e| format!("cannot start the watchdog: {e}"))?;
+        Ok(dog)
+    }
+
+    fn run(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        loop {
+            if state.stopped {
+                return;
+            }
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for armed in state.armed.values() {
+                if armed.deadline <= now {
+                    armed.fired.store(true, Ordering::SeqCst);
+                    armed.interrupter.interrupt();
+                    // Retry soon: the interrupt may have landed inside a host call.
+                    next = Some(next.map_or(now + Duration::from_millis(5), |n| {
+                        n.min(now + Duration::from_millis(5))
+                    }));
+                } else {
+                    next = Some(next.map_or(armed.deadline, |n| n.min(armed.deadline)));
+                }
+            }
+            state = match next {
+                Some(at) => match self
+                    .wake
+                    .wait_timeout(state, at.saturating_duration_since(now))
+                {
+                    Ok((s, _)) => s,
+                    Err(_) => return,
+                },
+                None => match self.wake.wait(state) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+            };
+        }
+    }
+
+    fn arm(&self, interrupter: wasmer::Interrupter, deadline: Instant) -> Ticket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fired = Arc::new(AtomicBool::new(false));
+        if let Ok(mut state) = self.state.lock() {
+            state.armed.insert(
+                id,
+                Armed {
+                    deadline,
+                    interrupter,
+                    fired: fired.clone(),
+                },
+            );
+        }
+        self.wake.notify_one();
+        Ticket(id, fired)
+    }
+
+    /// Disarms a deadline; whether it fired.
+    fn disarm(&self, ticket: Ticket) -> bool {
+        if let Ok(mut state) = self.state.lock() {
+            state.armed.remove(&ticket.0);
+        }
+        ticket.1.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.stopped = true;
+        }
+        self.wake.notify_one();
+    }
+}

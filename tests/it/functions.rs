@@ -1,0 +1,674 @@
+//! Wasm functions: upload checks, HTTP calls, triggers with depth, limits, retries, dead
+//! letters, schedules and a crash before dispatch. Guests are written in WAT (the `wat` crate).
+
+use crate::common::{agent, fast, send, signup, Resp, TestServer};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// WAT string literal for bytes.
+fn wat_str(s: &str) -> String {
+    s.bytes().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// A guest module: the ABI imports, a bump allocator, helpers, constant strings as data
+/// segments (`$s0`, `$s1`, ... as offset/length pairs in `$str_ptr`/`$str_len`), and `handle`.
+fn guest(strings: &[&str], locals: &str, body: &str) -> Vec<u8> {
+    let mut data = String::new();
+    let mut ptrs = Vec::new();
+    let mut at = 1024u32;
+    for s in strings {
+        data.push_str(&format!("(data (i32.const {at}) \"{}\")\n", wat_str(s)));
+        ptrs.push((at, s.len() as u32));
+        at += s.len() as u32 + 8;
+    }
+    let table = |pick: fn(&(u32, u32)) -> u32| {
+        ptrs.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "(if (i32.eq (local.get $i) (i32.const {i})) (then (return (i32.const {}))))",
+                    pick(p)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let src = format!(
+        r#"(module
+  (import "emberbase" "log" (func $log (param i32 i32 i32)))
+  (import "emberbase" "call" (func $call (param i32 i32) (result i32)))
+  (import "emberbase" "result_read" (func $result_read (param i32)))
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  {data}
+  (func $str_ptr (param $i i32) (result i32) {ptr_table} (i32.const 0))
+  (func $str_len (param $i i32) (result i32) {len_table} (i32.const 0))
+  (func $alloc (export "alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (if (i32.gt_u (i32.add (local.get $p) (local.get $n)) (i32.mul (memory.size) (i32.const 65536)))
+      (then (if (i32.eq (memory.grow (i32.add (i32.div_u (local.get $n) (i32.const 65536)) (i32.const 1))) (i32.const -1))
+        (then (return (i32.const 0))))))
+    (global.set $heap (i32.add (local.get $p) (local.get $n)))
+    (local.get $p))
+  (func $pack (param $p i32) (param $n i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) (i64.extend_i32_u (local.get $n))))
+  (func $str (param $i i32) (result i64) (call $pack (call $str_ptr (local.get $i)) (call $str_len (local.get $i))))
+  ;; string $a + input + string $b, in fresh memory
+  (func $wrap (param $a i32) (param $p i32) (param $n i32) (param $b i32) (result i32 i32)
+    (local $out i32) (local $total i32)
+    (local.set $total (i32.add (i32.add (call $str_len (local.get $a)) (local.get $n)) (call $str_len (local.get $b))))
+    (local.set $out (call $alloc (local.get $total)))
+    (memory.copy (local.get $out) (call $str_ptr (local.get $a)) (call $str_len (local.get $a)))
+    (memory.copy (i32.add (local.get $out) (call $str_len (local.get $a))) (local.get $p) (local.get $n))
+    (memory.copy (i32.add (i32.add (local.get $out) (call $str_len (local.get $a))) (local.get $n))
+      (call $str_ptr (local.get $b)) (call $str_len (local.get $b)))
+    (local.get $out) (local.get $total))
+  ;; whether string $s occurs in p..p+n
+  (func $contains (param $p i32) (param $n i32) (param $s i32) (result i32)
+    (local $i i32) (local $j i32) (local $m i32) (local $sp i32)
+    (local.set $m (call $str_len (local.get $s)))
+    (local.set $sp (call $str_ptr (local.get $s)))
+    (block $done
+      (loop $outer
+        (br_if $done (i32.gt_u (i32.add (local.get $i) (local.get $m)) (local.get $n)))
+        (local.set $j (i32.const 0))
+        (block $miss
+          (loop $inner
+            (if (i32.eq (local.get $j) (local.get $m)) (then (return (i32.const 1))))
+            (br_if $miss (i32.ne (i32.load8_u (i32.add (i32.add (local.get $p) (local.get $i)) (local.get $j)))
+                                 (i32.load8_u (i32.add (local.get $sp) (local.get $j)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $inner)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $outer)))
+    (i32.const 0))
+  (func $recurse (call $recurse))
+  (func (export "handle") (param $ptr i32) (param $len i32) (result i64)
+    (local $q i32) (local $qn i32) {locals}
+    {body})
+)"#,
+        data = data,
+        ptr_table = table(|p| p.0),
+        len_table = table(|p| p.1),
+        locals = locals,
+        body = body,
+    );
+    wat::parse_str(&src).unwrap_or_else(|e| panic!("{e}\n{src}"))
+}
+
+/// Answers with a constant JSON.
+fn respond(json: &str) -> Vec<u8> {
+    guest(&[json], "", "(call $str (i32.const 0))")
+}
+
+/// Answers with its own event.
+fn echo() -> Vec<u8> {
+    guest(&[], "", "(call $pack (local.get $ptr) (local.get $len))")
+}
+
+/// Creates a document `{"event": <the event>}` in `collection`, logs, and succeeds. With
+/// `succeed_on` set, fails (`ok: false`) unless the event contains that text.
+fn recorder(collection: &str, succeed_on: Option<&str>) -> Vec<u8> {
+    let prefix = format!(r#"{{"op":"create","collection":"{collection}","data":{{"event":"#);
+    let strings = [
+        prefix.as_str(),
+        "}}",
+        "recorded",
+        succeed_on.unwrap_or("\u{0}never"),
+        r#"{"ok":false,"error":"not yet"}"#,
+    ];
+    let check = if succeed_on.is_some() {
+        "(if (i32.eqz (call $contains (local.get $ptr) (local.get $len) (i32.const 3))) (then (return (call $str (i32.const 4)))))"
+    } else {
+        ""
+    };
+    let body = format!(
+        "(call $wrap (i32.const 0) (local.get $ptr) (local.get $len) (i32.const 1))
+         (local.set $qn) (local.set $q)
+         (drop (call $call (local.get $q) (local.get $qn)))
+         (call $log (i32.const 1) (call $str_ptr (i32.const 2)) (call $str_len (i32.const 2)))
+         {check}
+         (i64.const 0)"
+    );
+    guest(&strings, "", &body)
+}
+
+/// Creates an empty document in `collection` on every event.
+fn writer_to(collection: &str) -> Vec<u8> {
+    let request = format!(r#"{{"op":"create","collection":"{collection}","data":{{}}}}"#);
+    guest(
+        &[&request],
+        "",
+        "(drop (call $call (call $str_ptr (i32.const 0)) (call $str_len (i32.const 0)))) (i64.const 0)",
+    )
+}
+
+fn upload(srv: &TestServer, name: &str, wasm: &[u8]) -> Resp {
+    let req = srv
+        .admin("PUT", &format!("/v1/admin/functions/{name}"))
+        .set("Content-Type", "application/wasm");
+    send(req, Some(wasm))
+}
+
+fn configure(srv: &TestServer, name: &str, config: Value) -> Resp {
+    srv.put(&format!("/v1/admin/functions/{name}/config"), &config)
+}
+
+fn deploy(srv: &TestServer, name: &str, wasm: &[u8], config: Value) {
+    upload(srv, name, wasm).expect(200);
+    configure(srv, name, config).expect(200);
+}
+
+fn call(srv: &TestServer, name: &str, token: Option<&str>, body: &Value) -> Resp {
+    let mut req = srv
+        .anon("POST", &format!("/v1/functions/{name}"))
+        .set("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    send(req, Some(body.to_string().as_bytes()))
+}
+
+fn invocations(srv: &TestServer, name: &str) -> Vec<Value> {
+    srv.get(&format!("/v1/admin/functions/{name}/invocations?limit=100"))
+        .expect(200)
+        .json["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn docs(srv: &TestServer, collection: &str) -> Vec<Value> {
+    srv.get(&format!("/v1/collections/{collection}/docs?limit=1000"))
+        .expect(200)
+        .json["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Polls until `check` holds (or panics after 20 s with `what`).
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start() -> TestServer {
+    TestServer::start_with(|c| {
+        fast(c);
+        c.functions.retry_base_ms = 50;
+        c.functions.workers = 2;
+    })
+}
+
+#[test]
+fn uploads_are_checked_against_the_abi() {
+    let srv = TestServer::start_with(|c| c.functions.max_module_bytes = 64 * 1024);
+    let ok = upload(&srv, "hello", &respond(r#"{"hi":1}"#)).expect(200);
+    assert_eq!(ok.json["name"], "hello");
+    assert_eq!(ok.json["sha256"].as_str().unwrap().len(), 64);
+    let listed = srv.get("/v1/admin/functions").expect(200);
+    assert_eq!(listed.json["items"][0]["name"], "hello");
+    assert_eq!(
+        srv.get("/v1/admin/functions/hello").expect(200).json["config"]["triggers"],
+        json!([])
+    );
+
+    let bad = |wasm: &[u8], needle: &str| {
+        let resp = upload(&srv, "bad", wasm).expect_error(400, "bad_request");
+        assert!(
+            resp.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{}",
+            resp.text
+        );
+    };
+    bad(b"not wasm at all", "invalid module");
+    let no_handle = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    bad(&no_handle, "handle");
+    let wasi = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+           (memory (export "memory") 1)
+           (func (export "alloc") (param i32) (result i32) (i32.const 0))
+           (func (export "handle") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    bad(&wasi, "wasi_snapshot_preview1.fd_write");
+    let huge_memory = wat::parse_str(
+        r#"(module (memory (export "memory") 2000)
+           (func (export "alloc") (param i32) (result i32) (i32.const 0))
+           (func (export "handle") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    bad(&huge_memory, "over the limit");
+    let wrong_type = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+           (func (export "alloc") (param i32) (result i32) (i32.const 0))
+           (func (export "handle") (param i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    bad(&wrong_type, "(i32, i32) -> i64");
+    let oversized = vec![0u8; 65 * 1024];
+    upload(&srv, "big", &oversized).expect_error(413, "payload_too_large");
+    srv.get("/v1/admin/functions/bad")
+        .expect_error(404, "not_found");
+
+    // Config is validated, and needs an existing function.
+    configure(&srv, "nope", json!({"triggers": []})).expect_error(404, "not_found");
+    for bad in [
+        json!({"triggers": [{"on": "explode"}]}),
+        json!({"triggers": [{"on": "create"}]}),
+        json!({"triggers": [{"on": "create", "collection": "bad name"}]}),
+        json!({"triggers": [{"on": "schedule", "cron": "not cron"}]}),
+        json!({"triggers": [], "timeout_ms": 0}),
+        json!({"triggers": [], "memory_mb": -1}),
+    ] {
+        let resp = configure(&srv, "hello", bad.clone());
+        assert_eq!(resp.status, 400, "{bad}: {}", resp.text);
+    }
+    // Not for users.
+    send(srv.anon("GET", "/v1/admin/functions"), None).expect_error(403, "forbidden");
+    srv.delete("/v1/admin/functions/hello").expect(204);
+    srv.get("/v1/admin/functions/hello")
+        .expect_error(404, "not_found");
+}
+
+#[test]
+fn http_functions_answer_with_and_without_auth() {
+    let srv = start();
+    deploy(&srv, "echo", &echo(), json!({"triggers": [{"on": "http"}]}));
+    let anon = call(&srv, "echo", None, &json!({"q": 1})).expect(200);
+    assert_eq!(anon.json["trigger"], "http");
+    assert_eq!(anon.json["body"], json!({"q": 1}));
+    assert!(anon.json["auth"].is_null());
+    let session = signup(&srv, "caller@example.com");
+    let token = session["access_token"].as_str().unwrap();
+    let authed = call(&srv, "echo", Some(token), &json!([1, 2])).expect(200);
+    assert_eq!(authed.json["auth"]["email"], "caller@example.com");
+    assert_eq!(authed.json["auth"]["role"], "user");
+    call(&srv, "echo", Some("garbage"), &json!({})).expect_error(401, "unauthenticated");
+
+    // A result with a status is passed through as the function wrote it.
+    deploy(
+        &srv,
+        "teapot",
+        &respond(r#"{"status":418,"body":{"short":"and stout"}}"#),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    let resp = call(&srv, "teapot", None, &json!({}));
+    assert_eq!(resp.status, 418);
+    assert_eq!(resp.json, json!({"short": "and stout"}));
+    // No http trigger: not callable.
+    deploy(&srv, "private", &echo(), json!({"triggers": []}));
+    call(&srv, "private", None, &json!({})).expect_error(404, "not_found");
+    let logged = eventually("two invocation records", || {
+        let logged = invocations(&srv, "echo");
+        (logged.len() == 2).then_some(logged)
+    });
+    assert_eq!(logged[0]["trigger"], "http");
+    assert_eq!(logged[0]["status"], "ok");
+}
+
+#[test]
+fn triggers_fire_with_before_after_and_auth_up_to_the_depth_limit() {
+    let srv = start();
+    deploy(
+        &srv,
+        "rec",
+        &recorder("seen", None),
+        json!({"triggers": [{"on": "write", "collection": "posts"}]}),
+    );
+    let session = signup(&srv, "writer@example.com");
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let user_id = session["user"]["id"].clone();
+    let with_token = |method: &str, path: &str, body: Option<Value>| {
+        let mut req = srv
+            .anon(method, path)
+            .set("Authorization", &format!("Bearer {token}"));
+        if body.is_some() {
+            req = req.set("Content-Type", "application/json");
+        }
+        send(req, body.map(|b| b.to_string().into_bytes()).as_deref())
+    };
+    let post = with_token(
+        "POST",
+        "/v1/collections/posts/docs",
+        Some(json!({"title": "a"})),
+    )
+    .expect(201);
+    let id = post.json["id"].as_str().unwrap().to_string();
+    with_token(
+        "PATCH",
+        &format!("/v1/collections/posts/docs/{id}"),
+        Some(json!({"title": "b"})),
+    )
+    .expect(200);
+    with_token("DELETE", &format!("/v1/collections/posts/docs/{id}"), None).expect(204);
+
+    let seen = eventually("three events", || {
+        let seen = docs(&srv, "seen");
+        (seen.len() == 3).then_some(seen)
+    });
+    let events: Vec<&Value> = seen.iter().map(|d| &d["data"]["event"]).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["create", "update", "delete"]);
+    assert!(events[0]["before"].is_null());
+    assert_eq!(events[0]["after"]["data"]["title"], "a");
+    assert_eq!(
+        (
+            events[1]["before"]["version"].as_u64(),
+            events[1]["after"]["version"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(events[2]["before"]["data"]["title"], "b");
+    assert!(events[2]["after"].is_null());
+    for e in &events {
+        assert_eq!(e["auth"]["id"], user_id);
+        assert_eq!(e["auth"]["role"], "user");
+        assert_eq!(e["depth"], 0);
+        assert_eq!(e["attempt"], 1);
+        assert_eq!(e["collection"], "posts");
+        assert_eq!(e["event_id"].as_str().unwrap().len(), 26);
+    }
+    // The function's own write carries its identity and the next depth.
+    assert_eq!(seen[0]["owner"], Value::Null);
+    let logs = eventually("three invocation records", || {
+        let logs = invocations(&srv, "rec");
+        (logs.len() == 3).then_some(logs)
+    });
+    assert_eq!(logs[0]["logs"][0]["message"], "recorded");
+    assert_eq!(logs[0]["logs"][0]["level"], "info");
+
+    // A function that writes to its own trigger collection stops at the depth limit.
+    deploy(
+        &srv,
+        "looper",
+        &writer_to("loop"),
+        json!({"triggers": [{"on": "create", "collection": "loop"}]}),
+    );
+    srv.post("/v1/collections/loop/docs", &json!({}))
+        .expect(201);
+    let dropped = eventually("a dropped event", || {
+        let records = invocations(&srv, "looper");
+        records.iter().find(|r| r["status"] == "dropped").cloned()
+    });
+    assert!(
+        dropped["error"].as_str().unwrap().contains("depth 5"),
+        "{dropped}"
+    );
+    assert_eq!(
+        docs(&srv, "loop").len(),
+        6,
+        "the client's write and five function writes"
+    );
+
+    // File uploads fire bucket triggers.
+    deploy(
+        &srv,
+        "onfile",
+        &recorder("seen_files", None),
+        json!({"triggers": [{"on": "create", "bucket": "uploads"}]}),
+    );
+    let req = srv
+        .admin("PUT", "/v1/files/uploads/a.txt")
+        .set("Content-Type", "text/plain");
+    send(req, Some(b"hello")).expect(201);
+    let file_event = eventually("a file event", || docs(&srv, "seen_files").first().cloned());
+    assert_eq!(file_event["data"]["event"]["bucket"], "uploads");
+    assert_eq!(file_event["data"]["event"]["path"], "a.txt");
+    assert_eq!(file_event["data"]["event"]["after"]["size"], 5);
+}
+
+#[test]
+fn runaway_functions_are_stopped_and_the_server_keeps_serving() {
+    let srv = start();
+    let spin = guest(&[], "", "(loop $l (br $l)) (i64.const 0)");
+    deploy(
+        &srv,
+        "fuel",
+        &spin,
+        json!({"triggers": [{"on": "http"}], "fuel": 20_000_000}),
+    );
+    deploy(
+        &srv,
+        "clock",
+        &spin,
+        json!({"triggers": [{"on": "http"}], "fuel": 10_000_000_000_000u64, "timeout_ms": 300}),
+    );
+    let host_loop = guest(&["x"], "", "(loop $l (drop (call $call (call $str_ptr (i32.const 0)) (i32.const 1))) (br $l)) (i64.const 0)");
+    deploy(
+        &srv,
+        "chatty",
+        &host_loop,
+        json!({"triggers": [{"on": "http"}], "max_host_calls": 50}),
+    );
+    let grow = guest(&[], "", "(if (i32.eq (memory.grow (i32.const 2000)) (i32.const -1)) (then unreachable)) (i64.const 0)");
+    deploy(
+        &srv,
+        "grow",
+        &grow,
+        json!({"triggers": [{"on": "http"}], "memory_mb": 16}),
+    );
+    let deep = guest(&[], "", "(call $recurse) (i64.const 0)");
+    deploy(&srv, "deep", &deep, json!({"triggers": [{"on": "http"}]}));
+
+    for (name, failure) in [
+        ("fuel", "fuel"),
+        ("clock", "timeout"),
+        ("chatty", "host_calls"),
+        ("grow", "trap"),
+        ("deep", "trap"),
+    ] {
+        let resp = call(&srv, name, None, &json!({})).expect_error(502, "function_failed");
+        let record = eventually("an invocation record", || {
+            invocations(&srv, name).first().cloned()
+        });
+        assert_eq!(
+            record["failure"], failure,
+            "{name}: {} / {record}",
+            resp.text
+        );
+        let expected_status = if failure == "timeout" {
+            "timeout"
+        } else {
+            "error"
+        };
+        assert_eq!(record["status"], expected_status, "{name}");
+    }
+
+    // Two runaways at once: health still answers while both run.
+    deploy(
+        &srv,
+        "slow",
+        &spin,
+        json!({"triggers": [{"on": "http"}], "fuel": 10_000_000_000_000u64, "timeout_ms": 3000}),
+    );
+    let runners: Vec<_> = (0..2)
+        .map(|_| {
+            let url = srv.url("/v1/functions/slow");
+            std::thread::spawn(move || {
+                agent()
+                    .post(&url)
+                    .set("Content-Type", "application/json")
+                    .send_string("{}")
+                    .err()
+                    .map(|e| match e {
+                        ureq::Error::Status(code, _) => code,
+                        _ => 0,
+                    })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        srv.get("/v1/health").expect(200);
+    }
+    assert!(
+        runners.iter().all(|r| !r.is_finished()),
+        "the runaways stopped before health was checked"
+    );
+    for r in runners {
+        assert_eq!(r.join().unwrap(), Some(502));
+    }
+}
+
+#[test]
+fn failed_events_are_retried_with_one_event_id_then_dead_lettered() {
+    let srv = start();
+    deploy(
+        &srv,
+        "flaky",
+        &recorder("attempts", Some("\"attempt\":3")),
+        json!({"triggers": [{"on": "create", "collection": "jobs"}], "max_retries": 5}),
+    );
+    srv.post("/v1/collections/jobs/docs", &json!({"n": 1}))
+        .expect(201);
+    let attempts = eventually("three attempts", || {
+        let records = invocations(&srv, "flaky");
+        (records.len() == 3 && records[0]["status"] == "ok").then_some(records)
+    });
+    let statuses: Vec<&str> = attempts
+        .iter()
+        .rev()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["error", "error", "ok"]);
+    let ids: std::collections::HashSet<&str> = attempts
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "one event id across retries");
+    let seen = docs(&srv, "attempts");
+    let numbers: Vec<u64> = seen
+        .iter()
+        .map(|d| d["data"]["event"]["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3]);
+
+    deploy(
+        &srv,
+        "doomed",
+        &respond(r#"{"ok":false,"error":"always"}"#),
+        json!({"triggers": [{"on": "create", "collection": "tasks"}], "max_retries": 2}),
+    );
+    srv.post("/v1/collections/tasks/docs", &json!({}))
+        .expect(201);
+    let records = eventually("a dead letter", || {
+        let records = invocations(&srv, "doomed");
+        (records.first().map(|r| r["status"] == "dead") == Some(true)).then_some(records)
+    });
+    assert_eq!(records.len(), 3, "one attempt and two retries");
+    assert_eq!(records[0]["attempt"], 3);
+    assert_eq!(records[0]["error"], "always");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        invocations(&srv, "doomed").len(),
+        3,
+        "no attempt after the dead letter"
+    );
+}
+
+#[test]
+fn schedules_fire_on_time() {
+    let srv = start();
+    deploy(
+        &srv,
+        "tick",
+        &recorder("ticks", None),
+        json!({"triggers": [{"on": "schedule", "cron": "* * * * * *"}]}),
+    );
+    let ticks = eventually("two ticks", || {
+        let ticks = docs(&srv, "ticks");
+        (ticks.len() >= 2).then_some(ticks)
+    });
+    let event = &ticks[0]["data"]["event"];
+    assert_eq!(event["trigger"], "schedule");
+    assert_eq!(event["cron"], "* * * * * *");
+    assert!(event["scheduled_for"].as_str().unwrap().ends_with('Z'));
+}
+
+#[cfg(unix)]
+#[test]
+fn events_committed_before_a_kill_9_are_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = crate::crash::spawn(dir.path());
+    let key = std::fs::read_to_string(dir.path().join("service_key")).unwrap();
+    let auth = format!("Bearer {}", key.trim());
+    let put = |path: &str, body: &[u8], ct: &str| {
+        let req = agent()
+            .put(&format!("http://{addr}{path}"))
+            .set("Authorization", &auth)
+            .set("Content-Type", ct);
+        send(req, Some(body))
+    };
+    // A slow recorder, so that events pile up in the outbox.
+    // Spins through a counted loop of 20 M iterations before recording.
+    let slow = {
+        guest(
+            &[r#"{"op":"create","collection":"delivered","data":{"event":"#, "}}"],
+            "(local $i i32)",
+            "(loop $l (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.const 20000000))))
+             (call $wrap (i32.const 0) (local.get $ptr) (local.get $len) (i32.const 1))
+             (local.set $qn) (local.set $q)
+             (drop (call $call (local.get $q) (local.get $qn)))
+             (i64.const 0)",
+        )
+    };
+    put("/v1/admin/functions/slow", &slow, "application/wasm").expect(200);
+    put(
+        "/v1/admin/functions/slow/config",
+        br#"{"triggers": [{"on": "create", "collection": "orders"}]}"#,
+        "application/json",
+    )
+    .expect(200);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let req = agent()
+            .post(&format!("http://{addr}/v1/collections/orders/docs"))
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/json");
+        let resp = send(req, Some(json!({"i": i}).to_string().as_bytes())).expect(201);
+        ids.push(resp.json["id"].as_str().unwrap().to_string());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, addr) = crate::crash::spawn(dir.path());
+    let delivered = eventually("every event delivered", || {
+        let req = agent()
+            .get(&format!(
+                "http://{addr}/v1/collections/delivered/docs?limit=1000"
+            ))
+            .set("Authorization", &auth);
+        let items = send(req, None).json["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let seen: std::collections::HashSet<String> = items
+            .iter()
+            .filter_map(|d| d["data"]["event"]["id"].as_str().map(str::to_string))
+            .collect();
+        ids.iter()
+            .all(|id| seen.contains(id))
+            .then_some(items.len())
+    });
+    assert!(delivered >= ids.len());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
