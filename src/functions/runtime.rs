@@ -27,6 +27,9 @@ pub const COMPILE_VERSION: &str = concat!(
     "/ebfn-1"
 );
 
+/// Metering points for a module's start function (its global initialisers and top-level code).
+const START_FUEL: u64 = 100_000_000;
+
 /// The cost of one operator: at least 1 for every operator, so even `loop br 0` runs out.
 fn cost(op: &Operator) -> u64 {
     match op {
@@ -106,8 +109,10 @@ pub trait Host: Send + Sync {
 /// Compiles a module with metering, for the runtime engine. Returns the module (to inspect)
 /// and its serialised artifact. CPU-heavy: call it off the async workers.
 pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
-    // One metering middleware instance can compile only one module.
-    let metering = Arc::new(Metering::new(0, cost));
+    // One metering middleware instance can compile only one module. The initial points are
+    // what the module's start function (run by `Instance::new`) may use; `handle` then gets the
+    // function's own fuel.
+    let metering = Arc::new(Metering::new(START_FUEL, cost));
     let mut compiler = Cranelift::default();
     compiler.push_middleware(metering);
     let engine: Engine = EngineBuilder::new(compiler).engine().into();
@@ -412,14 +417,22 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Job) -> Outcome {
             "result_read" => Function::new_typed_with_env(&mut store, &env, host_result_read),
         }
     };
+    // The deadline covers the start function too.
+    let armed = watchdog.arm(store.interrupter(), started + job.limits.timeout);
     let instance = with_memory_cap(job.limits.memory_bytes, || {
         Instance::new(&mut store, &job.module, &imports).map_err(|e| e.to_string())
     });
     let result = match instance {
-        Err(e) => Err(Failure::Instantiate(e)),
+        Err(e) => {
+            let timed_out = watchdog.disarm(armed);
+            Err(if timed_out {
+                Failure::Timeout
+            } else {
+                Failure::Instantiate(e)
+            })
+        }
         Ok(instance) => {
             set_remaining_points(&mut store, &instance, job.limits.fuel);
-            let armed = watchdog.arm(store.interrupter(), started + job.limits.timeout);
             let called = call_handle(&mut store, &env, &instance, &job.input, job.limits);
             let timed_out = watchdog.disarm(armed);
             called.map_err(|trap| {

@@ -672,3 +672,130 @@ fn events_committed_before_a_kill_9_are_delivered_after_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Builds an AssemblyScript example with the SDK's compiler (installed with `npm ci` on first
+/// use), or `None` when npm is not installed (`.ci/run` installs it).
+fn assemblyscript(example: &str) -> Option<Vec<u8>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sdk = root.join("sdk/functions/assemblyscript");
+    let asc = sdk.join("node_modules/.bin/asc");
+    if !asc.exists() {
+        let npm = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&sdk)
+            .status();
+        match npm {
+            Ok(status) => assert!(status.success(), "npm ci failed in {}", sdk.display()),
+            Err(e) => {
+                eprintln!("SKIPPED: AssemblyScript examples need npm ({e})");
+                return None;
+            }
+        }
+    }
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let status = std::process::Command::new(&asc)
+        .arg(format!("examples/functions/{example}/index.ts"))
+        .args([
+            "--config",
+            "sdk/functions/assemblyscript/asconfig.json",
+            "-o",
+        ])
+        .arg(out.path())
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "asc failed on {example}");
+    Some(std::fs::read(out.path()).unwrap())
+}
+
+#[test]
+fn assemblyscript_examples_build_and_work() {
+    let Some(counter) = assemblyscript("comment-counter") else {
+        return;
+    };
+    let hello = assemblyscript("http-hello").unwrap();
+    let cleanup = assemblyscript("session-cleanup").unwrap();
+    let srv = start();
+
+    // The counter follows creates, moves and deletes of comments.
+    deploy(
+        &srv,
+        "counter",
+        &counter,
+        json!({"triggers": [{"on": "write", "collection": "comments"}]}),
+    );
+    let mut ids = Vec::new();
+    for post in ["p1", "p1", "p1", "p2"] {
+        let c = srv
+            .post(
+                "/v1/collections/comments/docs",
+                &json!({"post": post, "text": "hi \"there\""}),
+            )
+            .expect(201);
+        ids.push(c.json["id"].as_str().unwrap().to_string());
+    }
+    srv.delete(&format!("/v1/collections/comments/docs/{}", ids[0]))
+        .expect(204);
+    srv.patch(
+        &format!("/v1/collections/comments/docs/{}", ids[1]),
+        &json!({"post": "p2"}),
+    )
+    .expect(200);
+    let counts = eventually("the counts", || {
+        let p1 = srv.get("/v1/collections/post_stats/docs/p1");
+        let p2 = srv.get("/v1/collections/post_stats/docs/p2");
+        let counts = (
+            p1.json["data"]["comments"].as_u64(),
+            p2.json["data"]["comments"].as_u64(),
+        );
+        (counts == (Some(1), Some(2))).then_some(counts)
+    });
+    assert_eq!(counts, (Some(1), Some(2)));
+    let logged = invocations(&srv, "counter");
+    assert!(logged.iter().all(|r| r["status"] == "ok"), "{logged:?}");
+    assert!(logged[0]["logs"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("comments"));
+
+    // The HTTP function greets and sees its caller.
+    deploy(&srv, "hello", &hello, json!({"triggers": [{"on": "http"}]}));
+    let session = signup(&srv, "ada@example.com");
+    let resp = call(
+        &srv,
+        "hello",
+        session["access_token"].as_str(),
+        &json!({"name": "Ada"}),
+    )
+    .expect(200);
+    assert_eq!(
+        resp.json,
+        json!({"greeting": "hello, Ada", "caller": "ada@example.com"})
+    );
+    assert_eq!(
+        call(&srv, "hello", None, &json!({})).json["caller"],
+        "anonymous"
+    );
+
+    // The cleanup removes expired sessions on its schedule, and only those.
+    srv.put(
+        "/v1/collections/sessions/docs/old",
+        &json!({"expires_at": "2000-01-01T00:00:00.000Z"}),
+    )
+    .expect(201);
+    srv.put(
+        "/v1/collections/sessions/docs/new",
+        &json!({"expires_at": "2999-01-01T00:00:00.000Z"}),
+    )
+    .expect(201);
+    deploy(
+        &srv,
+        "cleanup",
+        &cleanup,
+        json!({"triggers": [{"on": "schedule", "cron": "* * * * * *"}]}),
+    );
+    eventually("the expired session removed", || {
+        (srv.get("/v1/collections/sessions/docs/old").status == 404).then_some(())
+    });
+    srv.get("/v1/collections/sessions/docs/new").expect(200);
+}

@@ -1,0 +1,115 @@
+// Emberbase functions in AssemblyScript. Hides guest ABI v1 (FUNCTIONS.md): the exports
+// `alloc` and `handle`, the imports `emberbase.log`, `emberbase.call`, `emberbase.result_read`.
+//
+//   import { register, db, log, JSONValue, quote } from "<path to>/sdk/functions/assemblyscript/assembly";
+//   export { alloc, handle } from "<path to>/sdk/functions/assemblyscript/assembly";
+//   register((event: JSONValue): string | null => { ...; return null; });
+//
+// Build from the repository root with `asconfig.json`: the runtime `stub` (every invocation
+// gets a fresh instance, so nothing needs collecting) and this module's `abort`, so the module
+// imports nothing but `emberbase.*`:
+//
+//   sdk/functions/assemblyscript/node_modules/.bin/asc my.ts \
+//     --config sdk/functions/assemblyscript/asconfig.json -o my.wasm
+
+import { JSONValue, parse, quote } from "./json";
+export { JSONValue, parse, quote };
+
+// @ts-ignore: decorator
+@external("emberbase", "log")
+declare function host_log(level: i32, ptr: usize, len: i32): void;
+// @ts-ignore: decorator
+@external("emberbase", "call")
+declare function host_call(ptr: usize, len: i32): i32;
+// @ts-ignore: decorator
+@external("emberbase", "result_read")
+declare function host_result_read(dst: usize): void;
+
+let handler: ((event: JSONValue) => string | null) | null = null;
+
+/** Sets the function that handles every event. It returns the result JSON, or null. */
+export function register(h: (event: JSONValue) => string | null): void {
+  handler = h;
+}
+
+/** ABI: memory for the host to write the event into. */
+export function alloc(len: i32): usize {
+  return heap.alloc(<usize>len);
+}
+
+/** ABI: runs the registered handler on the event at `ptr..ptr+len`. */
+export function handle(ptr: usize, len: i32): i64 {
+  const h = handler;
+  if (h === null) return 0;
+  const event = parse(String.UTF8.decodeUnsafe(ptr, <usize>len));
+  const out = h(event);
+  if (out === null) return 0;
+  const bytes = String.UTF8.encode(out);
+  return (<i64>changetype<usize>(bytes) << 32) | <i64>bytes.byteLength;
+}
+
+export const DEBUG = 0;
+export const INFO = 1;
+export const WARN = 2;
+export const ERROR = 3;
+
+/** One log line, kept with the invocation and written to the server log. */
+export function log(message: string, level: i32 = INFO): void {
+  const bytes = String.UTF8.encode(message);
+  host_log(level, changetype<usize>(bytes), bytes.byteLength);
+}
+
+/** Traps with a message in the function's log (used as the module's `abort`). */
+export function abort(message: string | null, file: string | null, line: u32, column: u32): void {
+  let text = "abort";
+  if (message !== null) text = message;
+  let where = "?";
+  if (file !== null) where = file;
+  log(text + " at " + where + ":" + line.toString() + ":" + column.toString(), ERROR);
+  unreachable();
+}
+
+function request(json: string): JSONValue {
+  const bytes = String.UTF8.encode(json);
+  const n = host_call(changetype<usize>(bytes), bytes.byteLength);
+  if (n < 0) throw new Error("emberbase.call refused the request (" + n.toString() + ")");
+  const out = heap.alloc(<usize>n);
+  host_result_read(out);
+  return parse(String.UTF8.decodeUnsafe(out, <usize>n));
+}
+
+/** The database, with the same semantics, validation and change events as the HTTP API. Data
+ *  arguments are JSON text (build it with `quote` or `JSONValue.toString`). A reply the store
+ *  refused is `{"error": {"code", "message"}}`: check `reply.get("error").isNull()`. */
+export namespace db {
+  export function get(collection: string, id: string): JSONValue {
+    return request('{"op":"get","collection":' + quote(collection) + ',"id":' + quote(id) + "}");
+  }
+
+  export function create(collection: string, data: string): JSONValue {
+    return request('{"op":"create","collection":' + quote(collection) + ',"data":' + data + "}");
+  }
+
+  export function set(collection: string, id: string, data: string): JSONValue {
+    return request('{"op":"set","collection":' + quote(collection) + ',"id":' + quote(id) + ',"data":' + data + "}");
+  }
+
+  /** A JSON merge patch; with `ifVersion` >= 0, only if the document is at that version. */
+  export function update(collection: string, id: string, patch: string, ifVersion: i64 = -1): JSONValue {
+    const v = ifVersion >= 0 ? ',"if_version":' + ifVersion.toString() : "";
+    return request('{"op":"update","collection":' + quote(collection) + ',"id":' + quote(id) + ',"data":' + patch + v + "}");
+  }
+
+  export function remove(collection: string, id: string): JSONValue {
+    return request('{"op":"delete","collection":' + quote(collection) + ',"id":' + quote(id) + "}");
+  }
+
+  /** `{"items": [...], "next_cursor"}`; `filter` and `sort` in the filter language. */
+  export function query(collection: string, filter: string = "", sort: string = "", limit: i32 = 0): JSONValue {
+    let req = '{"op":"query","collection":' + quote(collection);
+    if (filter.length > 0) req += ',"filter":' + quote(filter);
+    if (sort.length > 0) req += ',"sort":' + quote(sort);
+    if (limit > 0) req += ',"limit":' + limit.toString();
+    return request(req + "}");
+  }
+}
