@@ -8,7 +8,12 @@ stream, MB/s, with the server's RSS sampled during the transfers) and GET of a s
 wrk, against PocketBase's file field. Installs what it needs (wrk via apt, PocketBase via pip)
 and builds the release binaries. Every load is bounded and sent only to 127.0.0.1.
 
-    python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1] [--only files]
+Functions: compile time of an uploaded module, end-to-end latency from an acknowledged write to
+the trigger's own write being readable, trigger throughput, and naive fib(30) as an Emberbase
+HTTP function (AssemblyScript) against the same code as a PocketBase JS hook.
+
+    python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
+                                    [--only docs|files|functions]
 """
 
 import argparse
@@ -125,9 +130,12 @@ def start_emberbase(tmp):
 
 def start_pocketbase(tmp):
     data = os.path.join(tmp, "pb")
+    hooks = os.path.join(tmp, "pb_hooks")
+    os.makedirs(hooks, exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "benches/load/functions/pb_fib.pb.js"), os.path.join(hooks, "fib.pb.js"))
     pb = shutil.which("pocketbase")
     sh(pb, "superuser", "upsert", "bench@example.com", "benchpassword1", "--dir", data, stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen([pb, "serve", "--http", f"127.0.0.1:{PB_PORT}", "--dir", data],
+    proc = subprocess.Popen([pb, "serve", "--http", f"127.0.0.1:{PB_PORT}", "--dir", data, "--hooksDir", hooks],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{PB_PORT}"
     wait_up(base + "/api/health", proc)
@@ -399,13 +407,109 @@ def print_file_table(eb, pb):
     print(f"| small file GET req/s | {e['rps']:.0f} | {p['rps']:.0f} | {e['rps'] / p['rps']:.1f}x |")
 
 
+def build_guest(name, tmp):
+    """Compiles benches/load/functions/<name>.ts with the AssemblyScript SDK's compiler."""
+    sdk = os.path.join(ROOT, "sdk/functions/assemblyscript")
+    if not os.path.exists(os.path.join(sdk, "node_modules/.bin/asc")):
+        sh("npm", "ci", "--no-audit", "--no-fund", cwd=sdk)
+    out = os.path.join(tmp, name + ".wasm")
+    sh(os.path.join(sdk, "node_modules/.bin/asc"), f"benches/load/functions/{name}.ts",
+       "--config", "sdk/functions/assemblyscript/asconfig.json", "-o", out, cwd=ROOT)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def raw_request(method, url, body, headers):
+    req = urllib.request.Request(url, data=body, method=method)
+    for k, v in headers.items():
+        req.add_header(k, v)
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return resp.status, resp.read()
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def run_function_loads(tmp, eb_auth):
+    import http.client
+    base = f"http://127.0.0.1:{EB_PORT}"
+    results = {}
+    deploy_times = {}
+    for name, config in [("mirror", {"triggers": [{"on": "create", "collection": "mirror_src"}]}),
+                         ("fib", {"triggers": [{"on": "http"}]})]:
+        wasm = build_guest(name, tmp)
+        started = time.perf_counter()
+        raw_request("PUT", f"{base}/v1/admin/functions/{name}", wasm,
+                    dict(eb_auth, **{"Content-Type": "application/wasm"}))
+        deploy_times[name] = (time.perf_counter() - started) * 1000
+        request("PUT", f"{base}/v1/admin/functions/{name}/config", config, eb_auth)
+    results["upload+compile ms"] = deploy_times["mirror"]
+    print(f"  upload + validate + compile + store of a {len(wasm)} B module: {deploy_times['mirror']:.1f} ms", flush=True)
+
+    # Latency: acknowledged create -> the trigger's own write readable (one client, keep-alive).
+    conn = http.client.HTTPConnection("127.0.0.1", EB_PORT)
+    headers = dict(eb_auth, **{"Content-Type": "application/json"})
+    lat = []
+    for i in range(300):
+        conn.request("POST", "/v1/collections/mirror_src/docs", json.dumps({"i": i}), headers)
+        resp = conn.getresponse()
+        doc = json.loads(resp.read())
+        acked = time.perf_counter()
+        while True:
+            conn.request("GET", f"/v1/collections/mirror_dst/docs/{doc['id']}", headers=eb_auth)
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                break
+        lat.append((time.perf_counter() - acked) * 1000)
+    results["trigger p50 ms"], results["trigger p99 ms"] = percentile(lat, 50), percentile(lat, 99)
+    print(f"  write acknowledged -> trigger's write visible: p50 {results['trigger p50 ms']:.2f} ms"
+          f"  p99 {results['trigger p99 ms']:.2f} ms", flush=True)
+
+    # Throughput: 5,000 creates in batches, then wait until every event ran.
+    def delivered():
+        text = urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=eb_auth)).read().decode()
+        m = re.search(r'emberbase_function_invocations_total\{function="mirror",status="ok"\} (\d+)', text)
+        return int(m.group(1)) if m else 0
+    before = delivered()
+    n = 5000
+    started = time.perf_counter()
+    for start in range(0, n, 500):
+        ops = [{"op": "create", "collection": "mirror_src", "data": {"i": i}} for i in range(start, start + 500)]
+        request("POST", base + "/v1/batch", {"ops": ops}, eb_auth)
+    while delivered() < before + n:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    results["events/s"] = n / elapsed
+    print(f"  trigger throughput: {n} events in {elapsed:.2f} s = {results['events/s']:.0f} events/s", flush=True)
+
+    # fib(30): Emberbase function vs PocketBase JS hook, one request at a time.
+    eb_times, pb_times = [], []
+    for _ in range(20):
+        started = time.perf_counter()
+        out = request("POST", base + "/v1/functions/fib", {"n": 30})
+        eb_times.append((time.perf_counter() - started) * 1000)
+        assert out["fib"] == 832040, out
+    for _ in range(3):
+        started = time.perf_counter()
+        out = request("POST", f"http://127.0.0.1:{PB_PORT}/fib", {})
+        pb_times.append((time.perf_counter() - started) * 1000)
+        assert out["fib"] == 832040, out
+    results["fib eb ms"], results["fib pb ms"] = percentile(eb_times, 50), percentile(pb_times, 50)
+    print(f"  fib(30) over HTTP: Emberbase {results['fib eb ms']:.1f} ms, PocketBase JS hook "
+          f"{results['fib pb ms']:.1f} ms ({results['fib pb ms'] / results['fib eb ms']:.0f}x)", flush=True)
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
-    parser.add_argument("--only", choices=["docs", "files"], help="run only the document or the file loads")
+    parser.add_argument("--only", choices=["docs", "files", "functions"], help="run only one group of loads")
     args = parser.parse_args()
     if not args.skip_build:
         ensure_tools()
@@ -422,7 +526,12 @@ def main():
         pb, pb_idle, pb_t = start_pocketbase(tmp)
         procs.append(pb)
 
-        if args.only != "docs":
+        if args.only in (None, "functions"):
+            print("functions:", flush=True)
+            run_function_loads(tmp, eb_t["auth"])
+            if args.only == "functions":
+                return
+        if args.only in (None, "files"):
             eb_f = run_file_loads("emberbase", eb, emberbase_files(f"http://127.0.0.1:{EB_PORT}", eb_t["auth"]), tmp, args)
             pb_token = request("POST", f"http://127.0.0.1:{PB_PORT}/api/collections/_superusers/auth-with-password",
                                {"identity": "bench@example.com", "password": "benchpassword1"})["token"]

@@ -273,6 +273,26 @@ impl Runtime {
             .map_err(|_| "the function worker stopped".to_string())
     }
 
+    /// Runs an invocation on the calling thread, which it blocks: for programs that embed the
+    /// runtime on threads of their own (and for measuring the sandbox without the pool).
+    pub fn invoke_blocking(
+        &self,
+        module: Module,
+        input: Vec<u8>,
+        limits: Limits,
+        host: Arc<dyn Host>,
+    ) -> Outcome {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let job = Job {
+            module,
+            input,
+            limits,
+            host,
+            reply,
+        };
+        run(&self.engine, &self.watchdog, &job)
+    }
+
     /// Stops the workers after the invocations already queued.
     pub fn stop(&self) {
         if let Ok(mut jobs) = self.jobs.lock() {
@@ -524,6 +544,8 @@ struct Armed {
 #[derive(Default)]
 struct WatchState {
     armed: HashMap<u64, Armed>,
+    /// When the watchdog thread will next wake by itself (`None`: only when notified).
+    wakes_at: Option<Instant>,
     stopped: bool,
 }
 
@@ -567,6 +589,7 @@ impl Watchdog {
                     next = Some(next.map_or(armed.deadline, |n| n.min(armed.deadline)));
                 }
             }
+            state.wakes_at = next;
             state = match next {
                 Some(at) => match self
                     .wake
@@ -586,6 +609,7 @@ impl Watchdog {
     fn arm(&self, interrupter: wasmer::Interrupter, deadline: Instant) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let fired = Arc::new(AtomicBool::new(false));
+        let mut wake = true;
         if let Ok(mut state) = self.state.lock() {
             state.armed.insert(
                 id,
@@ -595,8 +619,16 @@ impl Watchdog {
                     fired: fired.clone(),
                 },
             );
+            // Wake the thread only if it would sleep past this deadline: most invocations end
+            // long before their deadline, and waking on every one costs a context switch.
+            wake = state.wakes_at.is_none_or(|at| deadline < at);
+            if wake {
+                state.wakes_at = Some(deadline);
+            }
         }
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         Ticket(id, fired)
     }
 

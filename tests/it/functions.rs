@@ -847,3 +847,98 @@ fn rust_guest_example_builds_and_works() {
     assert_eq!(second.json["greetings"], 2);
     assert_eq!(second.json["greeting"], "hello, world");
 }
+
+#[test]
+fn replacing_a_module_lets_in_flight_calls_finish_on_the_old_one() {
+    let srv = start();
+    let slow_v1 = guest(
+        &[r#"{"v":1}"#],
+        "(local $i i32)",
+        "(loop $l (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.const 300000000))))
+         (call $str (i32.const 0))",
+    );
+    deploy(
+        &srv,
+        "swap",
+        &slow_v1,
+        json!({"triggers": [{"on": "http"}], "fuel": 10_000_000_000u64}),
+    );
+    let url = srv.url("/v1/functions/swap");
+    let in_flight = std::thread::spawn(move || {
+        let resp = agent()
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_string("{}")
+            .unwrap();
+        resp.into_json::<Value>().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    upload(&srv, "swap", &respond(r#"{"v":2}"#)).expect(200);
+    assert_eq!(
+        call(&srv, "swap", None, &json!({})).expect(200).json,
+        json!({"v": 2})
+    );
+    assert_eq!(
+        in_flight.join().unwrap(),
+        json!({"v": 1}),
+        "the in-flight call ran the old module"
+    );
+    // The config survived the replacement.
+    assert_eq!(
+        srv.get("/v1/admin/functions/swap").json["config"]["fuel"],
+        10_000_000_000u64
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_tampered_artifact_is_recompiled_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = crate::crash::spawn(dir.path());
+    let key = std::fs::read_to_string(dir.path().join("service_key")).unwrap();
+    let auth = format!("Bearer {}", key.trim());
+    let put = |addr: &str, path: &str, body: &[u8], ct: &str| {
+        let req = agent()
+            .put(&format!("http://{addr}{path}"))
+            .set("Authorization", &auth)
+            .set("Content-Type", ct);
+        send(req, Some(body))
+    };
+    put(
+        &addr,
+        "/v1/admin/functions/hi",
+        &respond(r#"{"hi":true}"#),
+        "application/wasm",
+    )
+    .expect(200);
+    put(
+        &addr,
+        "/v1/admin/functions/hi/config",
+        br#"{"triggers": [{"on": "http"}]}"#,
+        "application/json",
+    )
+    .expect(200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let artifacts = dir.path().join("functions/artifacts");
+    let files: Vec<_> = std::fs::read_dir(&artifacts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    std::fs::write(&files[0], b"not an artifact this server wrote").unwrap();
+
+    let (mut child, addr) = crate::crash::spawn(dir.path());
+    let req = agent()
+        .post(&format!("http://{addr}/v1/functions/hi"))
+        .set("Content-Type", "application/json");
+    assert_eq!(send(req, Some(b"{}")).expect(200).json, json!({"hi": true}));
+    let rewritten = std::fs::read(&files[0]).unwrap();
+    assert_ne!(
+        rewritten, b"not an artifact this server wrote",
+        "the artifact was recompiled"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
