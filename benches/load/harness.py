@@ -436,7 +436,7 @@ def run_function_loads(tmp, eb_auth):
     import http.client
     base = f"http://127.0.0.1:{EB_PORT}"
     results = {}
-    deploy_times = {}
+    deploy_times, sizes = {}, {}
     for name, config in [("mirror", {"triggers": [{"on": "create", "collection": "mirror_src"}]}),
                          ("fib", {"triggers": [{"on": "http"}]})]:
         wasm = build_guest(name, tmp)
@@ -444,9 +444,11 @@ def run_function_loads(tmp, eb_auth):
         raw_request("PUT", f"{base}/v1/admin/functions/{name}", wasm,
                     dict(eb_auth, **{"Content-Type": "application/wasm"}))
         deploy_times[name] = (time.perf_counter() - started) * 1000
+        sizes[name] = len(wasm)
         request("PUT", f"{base}/v1/admin/functions/{name}/config", config, eb_auth)
     results["upload+compile ms"] = deploy_times["mirror"]
-    print(f"  upload + validate + compile + store of a {len(wasm)} B module: {deploy_times['mirror']:.1f} ms", flush=True)
+    for name in deploy_times:
+        print(f"  upload + validate + compile + store of {name} ({sizes[name]} B): {deploy_times[name]:.1f} ms", flush=True)
 
     # Latency: acknowledged create -> the trigger's own write readable (one client, keep-alive).
     conn = http.client.HTTPConnection("127.0.0.1", EB_PORT)
