@@ -35,6 +35,7 @@ type Task = (Arc<Notify>, tokio::task::JoinHandle<()>);
 #[derive(Default)]
 pub(super) struct Dispatchers {
     tasks: Mutex<HashMap<String, Task>>,
+    waker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Dispatchers {
@@ -67,6 +68,9 @@ impl Dispatchers {
             for (_, (_, task)) in tasks.drain() {
                 task.abort();
             }
+        }
+        if let Some(waker) = self.waker.lock().ok().and_then(|mut w| w.take()) {
+            waker.abort();
         }
     }
 }
@@ -172,8 +176,9 @@ pub(super) fn outbox_record(
 pub(super) fn start_waker(functions: &Functions) {
     let mut changes = functions.inner.store.subscribe();
     let tokio = functions.inner.tokio.clone();
+    let dispatch = functions.clone();
     let functions = functions.clone();
-    tokio.spawn(async move {
+    let task = tokio.spawn(async move {
         loop {
             match changes.recv().await {
                 Ok(change) => {
@@ -194,6 +199,10 @@ pub(super) fn start_waker(functions: &Functions) {
             }
         }
     });
+    let slot = dispatch.inner.dispatch.waker.lock();
+    if let Ok(mut slot) = slot {
+        *slot = Some(task);
+    }
 }
 
 /// Starts the dispatcher of a function unless it runs.

@@ -256,13 +256,15 @@ impl Functions {
                 Err(e) => tracing::error!(function = %name, error = %e, "cannot load function"),
             }
         }
-        store.set_commit_hook(Arc::new(Outbox(functions.clone())));
+        store.set_commit_hook(Some(Arc::new(Outbox(functions.clone()))));
         dispatch::start_waker(&functions);
         Ok(functions)
     }
 
-    /// Stops the dispatchers and the worker threads.
+    /// Stops the dispatchers and the worker threads, and detaches the outbox from the store
+    /// (which also ends the reference cycle between them).
     pub fn stop(&self) {
+        self.inner.store.set_commit_hook(None);
         self.inner.dispatch.stop();
         self.inner.runtime.stop();
     }
@@ -645,12 +647,8 @@ impl Functions {
             .loaded(name)
             .filter(|l| l.record.info.config.triggers.iter().any(|t| t.on == "http"))
             .ok_or_else(|| Error::not_found(format!("no function {name} with an http trigger")))?;
-        let auth = match who {
-            Principal::Anonymous => Value::Null,
-            other => other.auth_value(),
-        };
         let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
-            "auth": auth, "time": now_rfc3339()});
+            "auth": who.auth_value(), "time": now_rfc3339()});
         let outcome = self.run(&loaded, &event, 1).await?;
         let event_id = ulid::Ulid::new().to_string();
         let (status, failure, error) = outcome_status(&outcome.result);

@@ -356,10 +356,10 @@ impl Store {
             .collect()
     }
 
-    /// Sets the hook whose records are committed with every change.
-    pub fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+    /// Sets (or, with `None`, removes) the hook whose records are committed with every change.
+    pub fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         if let Ok(mut slot) = self.shared.hook.write() {
-            *slot = Some(hook);
+            *slot = hook;
         }
     }
 
