@@ -388,20 +388,15 @@ impl Functions {
         let (module_path, key) = (self.module_path(&sha), artifact_key(&sha));
         let artifact_path = self.inner.artifacts_dir.join(format!("{key}.bin"));
         let size = wasm.len() as u64;
-        let artifact =
-            tokio::task::spawn_blocking(move || -> std::result::Result<Vec<u8>, String> {
-                let (module, artifact) = runtime::compile(&wasm)?;
-                runtime::check_abi(&module, memory)?;
-                write_durably(&module_path, &wasm).map_err(|e| format!("io: {e}"))?;
-                write_durably(&artifact_path, &artifact).map_err(|e| format!("io: {e}"))?;
-                Ok(artifact)
-            })
-            .await
-            .map_err(Error::internal)?
-            .map_err(|e| match e.strip_prefix("io: ") {
-                Some(io) => Error::internal(io),
-                None => Error::bad_request(e),
-            })?;
+        let artifact = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let (module, artifact) = runtime::compile(&wasm).map_err(Error::bad_request)?;
+            runtime::check_abi(&module, memory).map_err(Error::bad_request)?;
+            write_durably(&module_path, &wasm).map_err(Error::internal)?;
+            write_durably(&artifact_path, &artifact).map_err(Error::internal)?;
+            Ok(artifact)
+        })
+        .await
+        .map_err(Error::internal)??;
         let module = self
             .inner
             .runtime
