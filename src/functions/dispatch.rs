@@ -260,6 +260,16 @@ async fn run(functions: Functions, name: String, notify: Arc<Notify>) {
     }
 }
 
+type Utc = chrono::DateTime<chrono::Utc>;
+
+/// The tick to fire for a schedule last fired at `last`: the latest tick in `(last, now]`, so
+/// ticks missed while the server was down fire once, not once each.
+fn due_tick(cron: &croner::Cron, last: Utc, now: Utc) -> Option<Utc> {
+    cron.find_previous_occurrence(&now, true)
+        .ok()
+        .filter(|tick| *tick > last)
+}
+
 /// Fires the schedule triggers that are due. A function's schedule remembers the last tick it
 /// fired; ticks missed while the server was down fire once, as the latest of them. Returns when
 /// the next tick is due.
@@ -311,10 +321,8 @@ async fn fire_schedule(
             let at = UNIX_EPOCH + Duration::from_millis(next.timestamp_millis().max(0) as u64);
             next_due = Some(next_due.map_or(at, |n: SystemTime| n.min(at)));
         }
-        // The latest tick in (last, now]: ticks missed while the server was down fire once.
-        let tick = match cron.find_previous_occurrence(&now_c, true) {
-            Ok(tick) if tick > last_c => tick,
-            _ => continue,
+        let Some(tick) = due_tick(&cron, last_c, now_c) else {
+            continue;
         };
         let scheduled_for = tick.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
         let event = json!({"v": 1, "event_id": ulid::Ulid::new().to_string(), "attempt": 1,
@@ -457,4 +465,58 @@ async fn deliver(
         None if full => None,
         None => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Utc {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    }
+
+    #[test]
+    fn missed_ticks_fire_once_as_the_latest() {
+        let every_minute = parse_cron("* * * * *").unwrap();
+        // Down from 10:00:30 to 10:05:30: five ticks missed, one fires, for 10:05.
+        assert_eq!(
+            due_tick(
+                &every_minute,
+                at("2026-11-26T10:00:30Z"),
+                at("2026-11-26T10:05:30Z")
+            ),
+            Some(at("2026-11-26T10:05:00Z"))
+        );
+        // Nothing new since the last tick fired.
+        assert_eq!(
+            due_tick(
+                &every_minute,
+                at("2026-11-26T10:05:00Z"),
+                at("2026-11-26T10:05:59Z")
+            ),
+            None
+        );
+        let every_five = parse_cron("*/5 * * * *").unwrap();
+        assert_eq!(
+            due_tick(
+                &every_five,
+                at("2026-11-26T09:00:00Z"),
+                at("2026-11-26T10:07:00Z")
+            ),
+            Some(at("2026-11-26T10:05:00Z"))
+        );
+        let seconds = parse_cron("*/2 * * * * *").unwrap();
+        assert_eq!(
+            due_tick(
+                &seconds,
+                at("2026-11-26T10:00:00Z"),
+                at("2026-11-26T10:00:05Z")
+            ),
+            Some(at("2026-11-26T10:00:04Z"))
+        );
+        assert!(parse_cron("not a cron").is_err());
+        assert!(parse_cron("* * * *").is_err());
+    }
 }
