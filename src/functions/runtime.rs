@@ -27,6 +27,10 @@ pub const COMPILE_VERSION: &str = concat!(
     "/ebfn-1"
 );
 
+/// Metering points every host call costs, on top of the guest's own instructions: a call does
+/// real work (a read or a durable write), so a loop of calls must run out of fuel too.
+const HOST_CALL_FUEL: u64 = 10_000;
+
 /// Metering points for a module's start function (its global initialisers and top-level code).
 const START_FUEL: u64 = 100_000_000;
 
@@ -312,6 +316,8 @@ impl Runtime {
 /// The state host functions see.
 struct Env {
     memory: Option<Memory>,
+    /// The metering globals: remaining points and the exhausted flag.
+    fuel: Option<(wasmer::Global, wasmer::Global)>,
     host: Arc<dyn Host>,
     limits: Limits,
     calls: u32,
@@ -373,6 +379,26 @@ fn host_log(
     Ok(())
 }
 
+/// Takes `points` from the guest's fuel; false when there are not that many left (the guest is
+/// then out of fuel, as if it had run out itself).
+fn charge(env: &mut FunctionEnvMut<Env>, points: u64) -> bool {
+    let Some((remaining, exhausted)) = env.data().fuel.clone() else {
+        return true;
+    };
+    let (_, mut store) = env.data_and_store_mut();
+    let left = match remaining.get(&mut store) {
+        wasmer::Value::I64(v) => v as u64,
+        _ => return true,
+    };
+    if left < points {
+        let _ = remaining.set(&mut store, wasmer::Value::I64(0));
+        let _ = exhausted.set(&mut store, wasmer::Value::I32(1));
+        return false;
+    }
+    let _ = remaining.set(&mut store, wasmer::Value::I64((left - points) as i64));
+    true
+}
+
 fn host_call(mut env: FunctionEnvMut<Env>, ptr: i32, len: i32) -> Result<i32, RuntimeError> {
     let data = env.data_mut();
     data.calls += 1;
@@ -381,6 +407,10 @@ fn host_call(mut env: FunctionEnvMut<Env>, ptr: i32, len: i32) -> Result<i32, Ru
         return Err(RuntimeError::user(Box::new(Abort)));
     }
     let max = data.limits.max_io_bytes as i32;
+    if !charge(&mut env, HOST_CALL_FUEL) {
+        env.data_mut().failure = Some(Failure::Fuel);
+        return Err(RuntimeError::user(Box::new(Abort)));
+    }
     if len > max {
         return Ok(-2);
     }
@@ -422,6 +452,7 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Job) -> Outcome {
         &mut store,
         Env {
             memory: None,
+            fuel: None,
             host: job.host.clone(),
             limits: job.limits,
             calls: 0,
@@ -490,6 +521,9 @@ fn call_handle(
         .map_err(|e| e.to_string())?
         .clone();
     env.as_mut(store).memory = Some(memory.clone());
+    let global = |name: &str| instance.exports.get_global(name).ok().cloned();
+    env.as_mut(store).fuel =
+        global("wasmer_metering_remaining_points").zip(global("wasmer_metering_points_exhausted"));
     let alloc = instance
         .exports
         .get_typed_function::<i32, i32>(store, "alloc")

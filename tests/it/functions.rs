@@ -458,6 +458,14 @@ fn runaway_functions_are_stopped_and_the_server_keeps_serving() {
         &host_loop,
         json!({"triggers": [{"on": "http"}], "max_host_calls": 50}),
     );
+    // Host calls are charged fuel too: 20 M points pay for over a million iterations of
+    // the loop alone, past the quota, yet at 10,000 points a call it runs out of fuel first.
+    deploy(
+        &srv,
+        "costly",
+        &host_loop,
+        json!({"triggers": [{"on": "http"}], "max_host_calls": 1_000_000, "fuel": 20_000_000}),
+    );
     let grow = guest(&[], "", "(if (i32.eq (memory.grow (i32.const 2000)) (i32.const -1)) (then unreachable)) (i64.const 0)");
     deploy(
         &srv,
@@ -472,6 +480,7 @@ fn runaway_functions_are_stopped_and_the_server_keeps_serving() {
         ("fuel", "fuel"),
         ("clock", "timeout"),
         ("chatty", "host_calls"),
+        ("costly", "fuel"),
         ("grow", "trap"),
         ("deep", "trap"),
     ] {
