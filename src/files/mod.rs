@@ -559,7 +559,7 @@ impl Files {
         let mut items = Vec::new();
         let mut more = false;
         for stored in self.inner.store.file_scan(bucket, prefix, after.as_deref()) {
-            let info = stored?.decode()?.info;
+            let info = stored?.info;
             if per_file && !self.may(who, &policy.read, Some(&info)) {
                 continue;
             }

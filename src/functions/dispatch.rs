@@ -375,7 +375,6 @@ async fn deliver(
         .unwrap_or(functions.inner.config.max_retries);
     let mut write = KvWrite::default();
     let mut wait = None;
-    let full = entries.len() == BATCH;
     for (key, bytes) in entries {
         let Ok(mut pending) = serde_json::from_slice::<Pending>(&bytes) else {
             tracing::error!(function = %name, "dropping an unreadable outbox entry");
@@ -460,11 +459,7 @@ async fn deliver(
         write = write.delete(Space::Events, key);
     }
     store.kv_write(write).await?;
-    Ok(match wait {
-        Some(at) => Some(at),
-        None if full => None,
-        None => None,
-    })
+    Ok(wait)
 }
 
 #[cfg(test)]

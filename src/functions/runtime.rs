@@ -186,12 +186,17 @@ pub fn check_abi(module: &Module, memory_bytes: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// One invocation waiting for a worker.
-struct Job {
+/// One invocation: what to run, on what, within which limits.
+struct Call {
     module: Module,
     input: Vec<u8>,
     limits: Limits,
     host: Arc<dyn Host>,
+}
+
+/// An invocation waiting for a worker, and where its outcome goes.
+struct Job {
+    call: Call,
     reply: tokio::sync::oneshot::Sender<Outcome>,
 }
 
@@ -222,7 +227,7 @@ impl Runtime {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let outcome = run(&engine, &watchdog, &job);
+                    let outcome = run(&engine, &watchdog, &job.call);
                     let _ = job.reply.send(outcome);
                 })
                 .map_err(|e| format!("cannot start a function worker: {e}"))?;
@@ -257,10 +262,12 @@ impl Runtime {
     ) -> Result<Outcome, String> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
-            module,
-            input,
-            limits,
-            host,
+            call: Call {
+                module,
+                input,
+                limits,
+                host,
+            },
             reply,
         };
         {
@@ -286,15 +293,13 @@ impl Runtime {
         limits: Limits,
         host: Arc<dyn Host>,
     ) -> Outcome {
-        let (reply, _) = tokio::sync::oneshot::channel();
-        let job = Job {
+        let call = Call {
             module,
             input,
             limits,
             host,
-            reply,
         };
-        run(&self.engine, &self.watchdog, &job)
+        run(&self.engine, &self.watchdog, &call)
     }
 
     /// Stops the workers after the invocations already queued.
@@ -445,7 +450,7 @@ fn host_result_read(env: FunctionEnvMut<Env>, dst: i32) -> Result<(), RuntimeErr
 }
 
 /// Runs one invocation on the current (worker) thread.
-fn run(engine: &Engine, watchdog: &Watchdog, job: &Job) -> Outcome {
+fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
     let started = Instant::now();
     let mut store = Store::new(engine.clone());
     let env = FunctionEnv::new(

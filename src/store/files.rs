@@ -2,8 +2,7 @@
 //! store keeps, per `bucket/path`, which blob holds them and the public metadata, and commits
 //! every change to that mapping through the writer with a change record, like documents.
 //!
-//! A record is `flags (1 byte) + blob id (16 bytes, a ULID) + FileInfo JSON`, so a listing can
-//! serve the JSON without parsing it.
+//! A record is `flags (1 byte) + blob id (16 bytes, a ULID) + FileInfo JSON`.
 
 use super::error::StoreError;
 use super::writer::Access;
@@ -47,11 +46,6 @@ impl FileRecord {
             blob: ulid::Ulid::from_bytes(blob),
             markup: flags & MARKUP != 0,
         })
-    }
-
-    /// The metadata JSON of a stored record, without parsing it.
-    pub fn info_json(bytes: &[u8]) -> &[u8] {
-        bytes.get(HEADER..).unwrap_or(&[])
     }
 }
 

@@ -193,20 +193,6 @@ impl RawDocument {
     }
 }
 
-/// A stored file record as raw bytes, so a listing can serve its JSON without a parse.
-pub struct StoredFile(sled::IVec);
-
-impl StoredFile {
-    /// The metadata JSON (a `FileInfo`).
-    pub fn info_json(&self) -> &[u8] {
-        FileRecord::info_json(&self.0)
-    }
-
-    pub fn decode(&self) -> Result<FileRecord, StoreError> {
-        FileRecord::decode(&self.0)
-    }
-}
-
 impl Store {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(options: StoreOptions, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
@@ -304,7 +290,7 @@ impl Store {
         bucket: &str,
         prefix: &str,
         after: Option<&str>,
-    ) -> impl Iterator<Item = Result<StoredFile, StoreError>> {
+    ) -> impl Iterator<Item = Result<FileRecord, StoreError>> {
         let start = keys::file_key(bucket, prefix);
         let end = keys::prefix_end(&start);
         let from = match after {
@@ -313,7 +299,7 @@ impl Store {
         };
         self.db
             .range(from..end)
-            .map(|entry| Ok(StoredFile(entry?.1)))
+            .map(|entry| FileRecord::decode(&entry?.1))
     }
 
     /// Every blob some file record points at.
@@ -370,12 +356,7 @@ impl Store {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KvEntry>, StoreError> {
-        let len = space.prefix().len();
-        self.db
-            .scan_prefix(space.key(prefix))
-            .take(limit)
-            .map(|entry| strip_prefix(len, entry))
-            .collect()
+        self.kv_prefix_scan(space, prefix, limit, false)
     }
 
     /// System records whose key starts with `prefix`, last key first, at most `limit`.
@@ -385,10 +366,24 @@ impl Store {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KvEntry>, StoreError> {
+        self.kv_prefix_scan(space, prefix, limit, true)
+    }
+
+    fn kv_prefix_scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        limit: usize,
+        last_first: bool,
+    ) -> Result<Vec<KvEntry>, StoreError> {
         let len = space.prefix().len();
-        self.db
-            .scan_prefix(space.key(prefix))
-            .rev()
+        let scan = self.db.scan_prefix(space.key(prefix));
+        let entries: Box<dyn Iterator<Item = _>> = if last_first {
+            Box::new(scan.rev())
+        } else {
+            Box::new(scan)
+        };
+        entries
             .take(limit)
             .map(|entry| strip_prefix(len, entry))
             .collect()
