@@ -319,6 +319,13 @@ fn http_functions_answer_with_and_without_auth() {
     });
     assert_eq!(logged[0]["trigger"], "http");
     assert_eq!(logged[0]["status"], "ok");
+    // Prometheus counts invocations per function and status, with a duration histogram.
+    let metrics = srv.get("/metrics").expect(200).text;
+    assert!(
+        metrics.contains(r#"emberbase_function_invocations_total{function="echo",status="ok"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"emberbase_function_duration_seconds_count{function="echo"} 2"#));
 }
 
 #[test]
