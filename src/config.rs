@@ -29,6 +29,32 @@ pub struct Config {
     pub rules: Rules,
     pub files: FilesConfig,
     pub functions: FunctionsConfig,
+    pub realtime: RealtimeConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeConfig {
+    /// Seconds between heartbeat comments on an idle stream (keeps proxies from closing it).
+    pub heartbeat_secs: u64,
+    /// Events queued for one subscriber that has not read them yet; past this it is a slow
+    /// consumer and is disconnected with a final `close` event (it resumes with `Last-Event-ID`).
+    pub queue: usize,
+    /// Open streams the server accepts at once; more get `503`.
+    pub max_subscribers: usize,
+    /// Topics one stream may subscribe to.
+    pub max_topics: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        RealtimeConfig {
+            heartbeat_secs: 15,
+            queue: 1024,
+            max_subscribers: 10_000,
+            max_topics: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -358,6 +384,11 @@ impl Config {
         }
         if self.limits.max_batch_ops == 0 {
             return invalid("limits.max_batch_ops", "must be positive");
+        }
+        let rt = &self.realtime;
+        if rt.heartbeat_secs == 0 || rt.queue == 0 || rt.max_subscribers == 0 || rt.max_topics == 0
+        {
+            return invalid("realtime", "every limit must be positive");
         }
         if self.store.group_commit_max == 0 {
             return invalid("store.group_commit_max", "must be positive");

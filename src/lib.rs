@@ -9,6 +9,7 @@
 //! - [`store`]: the storage layer, the only module that knows sled.
 //! - [`files`]: the file service: streamed uploads into blobs, rules, signed URLs.
 //! - [`functions`]: Wasm functions: registry, sandbox, triggers, schedules, HTTP calls.
+//! - [`realtime`]: Server-Sent Events fed by the change feed, with read rules per event.
 //! - [`query`]: the filter language: parser, evaluator, order, planner.
 //! - [`auth`]: principals and the service key.
 //! - [`config`], [`model`], [`metrics`], [`error`]: what every layer shares.
@@ -41,6 +42,7 @@ pub mod functions;
 pub mod metrics;
 pub mod model;
 pub mod query;
+pub mod realtime;
 pub mod server;
 pub mod store;
 

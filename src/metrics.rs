@@ -16,6 +16,8 @@ pub struct Metrics {
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
     pub change_seq: IntGauge,
+    pub realtime_subscribers: IntGauge,
+    pub realtime_events: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -86,7 +88,18 @@ impl Metrics {
         registry.register(Box::new(function_duration.clone()))?;
         registry.register(Box::new(commit_group_size.clone()))?;
         registry.register(Box::new(flush_duration.clone()))?;
+        let realtime_subscribers =
+            IntGauge::new("realtime_subscribers", "Open realtime (SSE) streams")?;
+        let realtime_events = IntCounterVec::new(
+            Opts::new(
+                "realtime_events_total",
+                "Realtime events queued for a subscriber (sent), or refused because its queue was full (overflow)",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(change_seq.clone()))?;
+        registry.register(Box::new(realtime_subscribers.clone()))?;
+        registry.register(Box::new(realtime_events.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -98,6 +111,8 @@ impl Metrics {
             commit_group_size,
             flush_duration,
             change_seq,
+            realtime_subscribers,
+            realtime_events,
         })
     }
 

@@ -10,6 +10,7 @@ use crate::docs::Documents;
 use crate::files::Files;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
+use crate::realtime::Realtime;
 use crate::store::{Store, StoreOptions};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -118,6 +119,8 @@ impl ServerBuilder {
             metrics.clone(),
         )
         .map_err(StartError::Other)?;
+        let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
+            .map_err(|e| StartError::Other(e.message))?;
         let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
         if !config.admin.email.is_empty() {
             bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
@@ -144,6 +147,7 @@ impl ServerBuilder {
             docs.clone(),
             files.clone(),
             functions.clone(),
+            realtime.clone(),
             Arc::new(Authenticator::new(service_key, accounts)),
             metrics,
             config.clone(),
@@ -181,6 +185,7 @@ impl ServerBuilder {
             docs,
             files,
             functions,
+            realtime,
         })
     }
 }
@@ -292,6 +297,7 @@ pub struct Server {
     docs: Documents,
     files: Files,
     functions: Functions,
+    realtime: Realtime,
 }
 
 impl Server {
@@ -325,9 +331,16 @@ impl Server {
         &self.functions
     }
 
+    /// The realtime service.
+    pub fn realtime(&self) -> &Realtime {
+        &self.realtime
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to the shutdown
     /// timeout), then commits every queued write and closes the database.
     pub async fn shutdown(self) {
+        // Open event streams would otherwise hold the graceful stop until its timeout.
+        self.realtime.close();
         self.http.stop(true).await;
         let _ = self.task.await;
         let functions = self.functions;

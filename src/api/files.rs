@@ -43,6 +43,7 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
 /// Upload a file: the raw body is stored with the request's `Content-Type`. Streamed to disk,
 /// never held in memory; `413` as soon as it passes the bucket's size limit.
 #[utoipa::path(
+    operation_id = "upload_file",
     tag = "files",
     params(
         ("bucket" = String, Path, description = "Bucket name, `[A-Za-z0-9_-]{1,64}`"),

@@ -25,6 +25,7 @@ pub struct Uploaded {
 /// validated, checked against the ABI and compiled before this returns; in-flight invocations
 /// finish on the old module.
 #[utoipa::path(
+    operation_id = "upload_function",
     tag = "functions",
     params(("name" = String, Path, description = "Function name, `[A-Za-z0-9_-]{1,64}`")),
     request_body(content = Binary, content_type = "application/wasm", description = "The module"),

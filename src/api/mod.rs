@@ -10,6 +10,7 @@ mod extract;
 mod files;
 mod functions;
 mod middleware;
+mod realtime;
 mod system;
 mod users;
 
@@ -20,6 +21,7 @@ use crate::error::{Error, ErrorCode};
 use crate::files::Files;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
+use crate::realtime::Realtime;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
@@ -35,6 +37,7 @@ pub struct AppState {
     pub docs: Documents,
     pub files: Files,
     pub functions: Functions,
+    pub realtime: Realtime,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
@@ -47,6 +50,7 @@ impl AppState {
         docs: Documents,
         files: Files,
         functions: Functions,
+        realtime: Realtime,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: Arc<Config>,
@@ -57,6 +61,7 @@ impl AppState {
             docs,
             files,
             functions,
+            realtime,
             auth,
             metrics,
             config,
@@ -99,6 +104,7 @@ impl utoipa::Modify for SecurityAddon {
     tags(
         (name = "documents", description = "JSON documents in collections"),
         (name = "files", description = "Files in buckets: uploads, downloads, signed URLs"),
+        (name = "realtime", description = "Server-Sent Events of document changes, with read rules per event"),
         (name = "functions", description = "Wasm functions: upload, configure, call, invocation log"),
         (name = "auth", description = "Accounts, sessions, email verification, password reset"),
         (name = "admin", description = "Users, collection and bucket rules, indexes, outbox (admins only)"),
@@ -138,6 +144,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(functions::delete)
         .service(functions::invocations)
         .service(functions::call)
+        .service(realtime::subscribe)
         .service(auth::signup)
         .service(auth::login)
         .service(auth::refresh)

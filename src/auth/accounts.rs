@@ -424,17 +424,23 @@ impl Accounts {
     /// Resolves an access token to its user, checking the user record: it must exist, be
     /// enabled, and not have revoked its tokens since.
     pub fn authenticate(&self, token: &str) -> Result<Principal> {
+        self.authenticate_until(token).map(|(who, _)| who)
+    }
+
+    /// Like [`Accounts::authenticate`], with the token's expiry (Unix seconds).
+    pub fn authenticate_until(&self, token: &str) -> Result<(Principal, u64)> {
         let claims = self.tokens.verify(token)?;
         let invalid = || Error::unauthenticated("invalid or expired token");
         let (user, _) = self.load_user(&claims.sub)?.ok_or_else(invalid)?;
         if user.disabled || user.token_version != claims.tv {
             return Err(invalid());
         }
-        Ok(Principal::User {
+        let who = Principal::User {
             admin: user.role == "admin",
             id: user.id,
             email: user.email,
-        })
+        };
+        Ok((who, claims.exp))
     }
 
     pub fn me(&self, who: &Principal) -> Result<User> {

@@ -113,13 +113,24 @@ impl Authenticator {
     /// Resolves a bearer token. `None` is an anonymous caller; a token that is not valid is
     /// `401`, never anonymous.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Error> {
+        self.authenticate_until(bearer).map(|(who, _)| who)
+    }
+
+    /// Like [`Authenticator::authenticate`], with the moment the credential stops being valid
+    /// (Unix seconds): an access token's expiry, or `None` for the service key and anonymous
+    /// callers. Long-lived streams end then.
+    pub fn authenticate_until(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<(Principal, Option<u64>), Error> {
         let Some(token) = bearer else {
-            return Ok(Principal::Anonymous);
+            return Ok((Principal::Anonymous, None));
         };
         if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) {
-            return Ok(Principal::Service);
+            return Ok((Principal::Service, None));
         }
-        self.accounts.authenticate(token)
+        let (who, exp) = self.accounts.authenticate_until(token)?;
+        Ok((who, Some(exp)))
     }
 }
 

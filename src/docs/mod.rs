@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
 use crate::model::{Change, CollectionConfig, CollectionInfo, Document, Rules};
-use crate::query::{self, plan::effective_sort, Dialect, SortKey};
+use crate::query::{self, plan::effective_sort, Dialect, Expr, SortKey};
 use crate::store::{
     Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, WriteGuard,
     WriteOp, WriteRequest,
@@ -706,9 +706,47 @@ impl Documents {
         Ok(self.inner.store.collections())
     }
 
+    /// The read rule of a collection as configured now, to check many documents against (the
+    /// realtime fan-out checks every event for every subscriber).
+    pub fn read_check(&self, collection: &str) -> ReadCheck {
+        ReadCheck {
+            rules: self.rules_for(collection),
+        }
+    }
+
+    /// Parses a filter over the envelope (the `filter` of lists and subscriptions).
+    pub fn parse_filter(&self, src: &str) -> Result<Expr> {
+        let max = self.inner.limits.max_filter_length;
+        if src.len() > max {
+            return Err(Error::bad_request(format!(
+                "filter is longer than {max} bytes"
+            )));
+        }
+        Ok(query::parse_expr(src, Dialect::Document)?)
+    }
+
     /// Every change committed from now on (see [`Store::subscribe`]).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
         self.inner.store.subscribe()
+    }
+}
+
+/// A collection's read rule, fixed at one moment.
+pub struct ReadCheck {
+    rules: Arc<CompiledRules>,
+}
+
+impl ReadCheck {
+    /// Whether `who` (with `auth` its rule binding) may read `doc`.
+    pub fn allows(&self, who: &Principal, auth: &Value, doc: &Document) -> bool {
+        Documents::may_read(&self.rules, who, auth, Some(doc))
+    }
+
+    /// Whether the rule denies `who` every document, whatever it holds: the rule does not look
+    /// at the document and says no.
+    pub fn denies_all(&self, who: &Principal, auth: &Value) -> bool {
+        !matches!(&self.rules.read, Rule::Expr { uses_doc: true, .. })
+            && !Documents::may_read(&self.rules, who, auth, None)
     }
 }
 

@@ -483,6 +483,16 @@ impl Store {
             .collect()
     }
 
+    /// The sequence of the newest committed change (0 before the first).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .scan_prefix([keys::CHANGE])
+            .next_back()
+            .transpose()?
+            .map_or(0, |(k, _)| seq_of_key(&k)))
+    }
+
     /// The sequence of the oldest retained change, if any.
     pub fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self

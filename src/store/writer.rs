@@ -682,7 +682,10 @@ impl Writer {
                     .map(|c| c.time < cutoff)
                     .unwrap_or(true)
             };
-            if removed >= PER_ROUND || (seq >= keep_from_seq && !too_old()) {
+            // The newest record is always kept: it is where the sequence resumes after a
+            // restart, so sequences never repeat (realtime clients resume by them).
+            let newest = seq + 1 >= self.next_seq;
+            if removed >= PER_ROUND || newest || (seq >= keep_from_seq && !too_old()) {
                 break;
             }
             batch.remove(key);

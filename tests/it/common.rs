@@ -14,12 +14,12 @@ pub struct TestServer {
 }
 
 /// A response: status, headers and body (parsed as JSON when it is JSON).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Resp {
     pub status: u16,
     pub json: Value,
     pub text: String,
-    headers: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Resp {

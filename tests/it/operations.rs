@@ -62,6 +62,18 @@ fn committed_openapi_is_current() {
         assert!(served.json["paths"][path].is_object(), "{path} documented");
     }
     assert!(served.json["components"]["securitySchemes"]["bearer"].is_object());
+    // Generated clients name methods by operation id: two alike would collide.
+    let mut ids: Vec<&str> = served.json["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids are unique");
     send(srv.anon("GET", "/docs/"), None).expect(200);
     // ureq follows the redirect from /docs to /docs/.
     let ui = send(srv.anon("GET", "/docs"), None).expect(200);

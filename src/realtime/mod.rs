@@ -1,0 +1,600 @@
+//! Realtime: Server-Sent Events fed by the change feed.
+//!
+//! One hub task reads the store's change broadcast and fans each document change out to the
+//! subscribers of its collection. Every subscriber gets the event only if its topics and filter
+//! select it and the collection's read rule lets it read the envelope it would receive. The
+//! event text is formatted once and shared by every subscriber that gets it.
+//!
+//! Each subscriber has a bounded queue. One that does not keep up is removed from the hub
+//! (a slow consumer), ends with a final `close` event and resumes from its `Last-Event-ID`.
+//! Server memory never grows with a stuck client beyond its queue.
+//!
+//! Resuming: the hub records the sequence of the last change it fanned out. A subscriber
+//! registered at sequence `H` receives every change after `H` live; with `Last-Event-ID: N` it
+//! first replays `(N, H]` from the retained change feed, or gets a `reset` event when part of
+//! that range was pruned.
+
+use crate::auth::Principal;
+use crate::config::RealtimeConfig;
+use crate::docs::{check_collection, check_id, Documents};
+use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::Metrics;
+use crate::model::{Change, ChangeKind, Document, Subject};
+use crate::query::{self, Expr};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+/// Retained changes read per step of a replay or a catch-up.
+const PAGE: usize = 256;
+/// What a client waits before reconnecting after the stream drops (the SSE `retry:` field).
+const RETRY_MS: u64 = 2000;
+
+/// The realtime service. Cheap to clone.
+#[derive(Clone)]
+pub struct Realtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docs: Documents,
+    config: RealtimeConfig,
+    metrics: Arc<Metrics>,
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+}
+
+struct Registry {
+    /// The last change fanned out; a subscriber registered now receives every later one live.
+    seq: AtomicU64,
+    open: bool,
+    count: usize,
+    by_collection: HashMap<String, HashMap<u64, Entry>>,
+}
+
+/// A subscriber as the hub holds it. Only the hub holds the sender, so removing the entry (slow
+/// consumer, shutdown) ends the stream once it has sent what was queued.
+struct Entry {
+    sub: Arc<Subscriber>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// What one stream asked for within one collection.
+#[derive(Debug, Clone, PartialEq)]
+enum Topic {
+    Collection,
+    Documents(HashSet<String>),
+}
+
+struct Subscriber {
+    id: u64,
+    who: Principal,
+    auth: Value,
+    topics: HashMap<String, Topic>,
+    filter: Option<Expr>,
+    overflowed: AtomicBool,
+}
+
+impl Subscriber {
+    /// Whether this subscriber's topics and filter select a change to a document.
+    fn wants(
+        &self,
+        collection: &str,
+        id: &str,
+        before: Option<&Document>,
+        after: Option<&Document>,
+    ) -> bool {
+        let topic_matches = match self.topics.get(collection) {
+            Some(Topic::Collection) => true,
+            Some(Topic::Documents(ids)) => ids.contains(id),
+            None => false,
+        };
+        topic_matches
+            && self.filter.as_ref().is_none_or(|f| {
+                before.is_some_and(|d| query::matches(f, d))
+                    || after.is_some_and(|d| query::matches(f, d))
+            })
+    }
+}
+
+/// A subscription request, as the HTTP layer parsed it.
+pub struct SubscribeRequest<'a> {
+    /// `posts,posts/ID`: collections and single documents.
+    pub topics: &'a str,
+    /// A filter over the envelope; an event is sent when the document matched it before or
+    /// after the change.
+    pub filter: Option<&'a str>,
+    /// The last event the client saw (`Last-Event-ID`).
+    pub last_event_id: Option<u64>,
+    /// When the caller's credential expires (Unix seconds); the stream ends then.
+    pub expires_at: Option<u64>,
+}
+
+impl Realtime {
+    /// Starts the hub. Must be called within a tokio runtime.
+    pub fn start(
+        docs: Documents,
+        config: &RealtimeConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Realtime> {
+        let changes = docs.subscribe();
+        let seq = docs.store().last_seq()?;
+        let realtime = Realtime {
+            inner: Arc::new(Inner {
+                docs,
+                config: config.clone(),
+                metrics,
+                registry: RwLock::new(Registry {
+                    seq: AtomicU64::new(seq),
+                    open: true,
+                    count: 0,
+                    by_collection: HashMap::new(),
+                }),
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        tokio::spawn(hub(Arc::downgrade(&realtime.inner), changes));
+        Ok(realtime)
+    }
+
+    /// Ends every stream (each gets a final `close` event with reason `shutdown`) and refuses
+    /// new ones. Called first on shutdown, so open streams do not hold the HTTP server up.
+    pub fn close(&self) {
+        let mut registry = self.inner.write();
+        registry.open = false;
+        registry.by_collection.clear();
+    }
+
+    /// Open streams.
+    pub fn subscribers(&self) -> usize {
+        self.inner.read().count
+    }
+
+    /// Validates a request, checks the caller may read what it asks for, and registers it.
+    pub fn subscribe(&self, who: Principal, req: SubscribeRequest<'_>) -> Result<Subscription> {
+        let topics = parse_topics(req.topics, self.inner.config.max_topics)?;
+        let filter = match req.filter.filter(|f| !f.trim().is_empty()) {
+            Some(src) => Some(self.inner.docs.parse_filter(src)?),
+            None => None,
+        };
+        let auth = who.auth_value();
+        for collection in topics.keys() {
+            if self
+                .inner
+                .docs
+                .read_check(collection)
+                .denies_all(&who, &auth)
+            {
+                return Err(Error::forbidden(format!(
+                    "the read rule of {collection} denies this"
+                )));
+            }
+        }
+        let (tx, rx) = mpsc::channel(self.inner.config.queue);
+        let subscriber = Arc::new(Subscriber {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            who,
+            auth,
+            topics,
+            filter,
+            overflowed: AtomicBool::new(false),
+        });
+        let head = {
+            let mut registry = self.inner.write();
+            if !registry.open {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the server is shutting down",
+                ));
+            }
+            if registry.count >= self.inner.config.max_subscribers {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "too many realtime subscribers; try again later",
+                ));
+            }
+            registry.count += 1;
+            for collection in subscriber.topics.keys() {
+                registry
+                    .by_collection
+                    .entry(collection.clone())
+                    .or_default()
+                    .insert(
+                        subscriber.id,
+                        Entry {
+                            sub: subscriber.clone(),
+                            tx: tx.clone(),
+                        },
+                    );
+            }
+            registry.seq.load(Ordering::Acquire)
+        };
+        self.inner.metrics.realtime_subscribers.inc();
+        let expires_at = req.expires_at.map(|exp| {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
+            Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+        });
+        let phase = match req.last_event_id {
+            None => Phase::Ready,
+            Some(n) => self.resume_phase(n, head)?,
+        };
+        Ok(Subscription {
+            inner: self.inner.clone(),
+            subscriber,
+            rx,
+            head,
+            phase,
+            expires_at,
+            heartbeat: tokio::time::interval_at(
+                Instant::now() + Duration::from_secs(self.inner.config.heartbeat_secs),
+                Duration::from_secs(self.inner.config.heartbeat_secs),
+            ),
+        })
+    }
+
+    /// Where a stream resuming after event `n` starts, registered at `head`.
+    fn resume_phase(&self, n: u64, head: u64) -> Result<Phase> {
+        if n == head {
+            return Ok(Phase::Ready);
+        }
+        let first = self.inner.docs.store().first_retained_seq()?;
+        if n > head || first.is_none_or(|first| first > n + 1) {
+            return Ok(Phase::Reset);
+        }
+        Ok(Phase::Replay { after: n })
+    }
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fans one change out to every subscriber that may receive it.
+    fn deliver(&self, change: &Change) {
+        let mut gone = Vec::new();
+        {
+            let registry = self.read();
+            if change.seq <= registry.seq.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some((collection, id, before, after)) = document_change(change) {
+                let subscribers = registry.by_collection.get(collection);
+                if let (Some(subscribers), Some(doc)) = (subscribers, after.or(before)) {
+                    let check = self.docs.read_check(collection);
+                    let mut event = None;
+                    for Entry { sub, tx } in subscribers.values() {
+                        if !sub.wants(collection, id, before, after)
+                            || !check.allows(&sub.who, &sub.auth, doc)
+                        {
+                            continue;
+                        }
+                        let bytes = event.get_or_insert_with(|| format_change(change)).clone();
+                        match tx.try_send(bytes) {
+                            Ok(()) => self
+                                .metrics
+                                .realtime_events
+                                .with_label_values(&["sent"])
+                                .inc(),
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                sub.overflowed.store(true, Ordering::Release);
+                                self.metrics
+                                    .realtime_events
+                                    .with_label_values(&["overflow"])
+                                    .inc();
+                                gone.push(sub.id);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(sub.id),
+                        }
+                    }
+                }
+            }
+            registry.seq.store(change.seq, Ordering::Release);
+        }
+        if !gone.is_empty() {
+            let mut registry = self.write();
+            for map in registry.by_collection.values_mut() {
+                for id in &gone {
+                    map.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Takes a subscriber out of the hub (its stream ended or was dropped).
+    fn unregister(&self, sub: &Subscriber) {
+        let mut registry = self.write();
+        registry.count = registry.count.saturating_sub(1);
+        for collection in sub.topics.keys() {
+            if let Some(map) = registry.by_collection.get_mut(collection) {
+                map.remove(&sub.id);
+                if map.is_empty() {
+                    registry.by_collection.remove(collection);
+                }
+            }
+        }
+        self.metrics.realtime_subscribers.dec();
+    }
+}
+
+/// The hub: fans out every committed change, catching up from the stored feed if it falls
+/// behind the broadcast. Ends when the service is dropped or the store closes.
+async fn hub(inner: std::sync::Weak<Inner>, mut changes: broadcast::Receiver<Arc<Change>>) {
+    loop {
+        let received = changes.recv().await;
+        let Some(inner) = inner.upgrade() else { return };
+        match received {
+            Ok(change) => inner.deliver(&change),
+            Err(broadcast::error::RecvError::Lagged(_)) => loop {
+                let after = inner.read().seq.load(Ordering::Acquire);
+                let store = inner.docs.store().clone();
+                let page =
+                    tokio::task::spawn_blocking(move || store.changes_after(after, PAGE)).await;
+                match page {
+                    Ok(Ok(page)) if !page.is_empty() => page.iter().for_each(|c| inner.deliver(c)),
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "realtime cannot read the change feed");
+                        break;
+                    }
+                    Err(_) => return,
+                }
+            },
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn document_change(change: &Change) -> Option<(&str, &str, Option<&Document>, Option<&Document>)> {
+    match &change.subject {
+        Subject::Document {
+            collection,
+            id,
+            before,
+            after,
+        } => Some((collection, id, before.as_ref(), after.as_ref())),
+        Subject::File { .. } => None,
+    }
+}
+
+/// `id:`, `event:` and `data: {"collection","id","doc"}`; on delete, `doc` is the envelope as
+/// it was.
+fn format_change(change: &Change) -> Bytes {
+    let (collection, id, before, after) = document_change(change).unwrap_or_default();
+    let doc = match change.kind {
+        ChangeKind::Delete => before,
+        ChangeKind::Create | ChangeKind::Update => after,
+    };
+    let data = json!({"collection": collection, "id": id, "doc": doc});
+    sse_event(Some(change.seq), change.kind.as_str(), &data)
+}
+
+fn sse_event(id: Option<u64>, event: &str, data: &Value) -> Bytes {
+    let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: {event}\ndata: {data}\n\n"))
+}
+
+/// `posts,posts/ID,...` → topics per collection. A collection topic covers its documents.
+fn parse_topics(src: &str, max: usize) -> Result<HashMap<String, Topic>> {
+    let mut topics: HashMap<String, Topic> = HashMap::new();
+    let items: Vec<&str> = src
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err(Error::bad_request(
+            "subscribe needs at least one topic: a collection (`posts`) or a document (`posts/ID`)",
+        ));
+    }
+    if items.len() > max {
+        return Err(Error::bad_request(format!(
+            "subscribe takes at most {max} topics"
+        )));
+    }
+    for item in items {
+        match item.split_once('/') {
+            None => {
+                check_collection(item)?;
+                topics.insert(item.to_string(), Topic::Collection);
+            }
+            Some((collection, id)) => {
+                check_collection(collection)?;
+                check_id(id)?;
+                let topic = topics
+                    .entry(collection.to_string())
+                    .or_insert_with(|| Topic::Documents(HashSet::new()));
+                if let Topic::Documents(ids) = topic {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+    }
+    Ok(topics)
+}
+
+enum Phase {
+    /// Replaying retained changes after this sequence, up to the head.
+    Replay {
+        after: u64,
+    },
+    /// The missed changes were pruned: tell the client to refetch.
+    Reset,
+    /// Caught up: send `ready`, then live events.
+    Ready,
+    Live,
+    Done,
+}
+
+/// Why a stream ended, sent as the final `close` event.
+#[derive(Clone, Copy)]
+enum CloseReason {
+    Overflow,
+    Expired,
+    Shutdown,
+}
+
+/// One open stream. Yields the SSE text to send; ends after a final `close` event.
+pub struct Subscription {
+    inner: Arc<Inner>,
+    subscriber: Arc<Subscriber>,
+    rx: mpsc::Receiver<Bytes>,
+    head: u64,
+    phase: Phase,
+    expires_at: Option<Instant>,
+    heartbeat: tokio::time::Interval,
+}
+
+impl Subscription {
+    /// The next piece of the stream, or `None` once it has ended.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Replay { after } => {
+                    let (events, next) = self.replay_page(after);
+                    self.phase = match next {
+                        Some(after) => Phase::Replay { after },
+                        None => Phase::Ready,
+                    };
+                    if !events.is_empty() {
+                        return Some(events);
+                    }
+                }
+                Phase::Reset => {
+                    self.phase = Phase::Ready;
+                    let data = json!({"message": "events since Last-Event-ID are no longer retained; refetch, then continue from here"});
+                    return Some(self.with_retry(sse_event(Some(self.head), "reset", &data)));
+                }
+                Phase::Ready => {
+                    self.phase = Phase::Live;
+                    let data = json!({"seq": self.head});
+                    return Some(self.with_retry(sse_event(Some(self.head), "ready", &data)));
+                }
+                Phase::Live => {
+                    self.phase = Phase::Live;
+                    return Some(match self.live().await {
+                        Ok(bytes) => bytes,
+                        Err(reason) => {
+                            self.phase = Phase::Done;
+                            close_event(reason)
+                        }
+                    });
+                }
+                Phase::Done => return None,
+            }
+        }
+    }
+
+    /// The first thing a stream sends carries the client's reconnection delay.
+    fn with_retry(&self, event: Bytes) -> Bytes {
+        let mut text = format!("retry: {RETRY_MS}\n").into_bytes();
+        text.extend_from_slice(&event);
+        Bytes::from(text)
+    }
+
+    /// The next live event or heartbeat, or why the stream must end.
+    async fn live(&mut self) -> std::result::Result<Bytes, CloseReason> {
+        let expiry = async {
+            match self.expires_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            event = self.rx.recv() => match event {
+                Some(bytes) => Ok(bytes),
+                None if self.subscriber.overflowed.load(Ordering::Acquire) => Err(CloseReason::Overflow),
+                None => Err(CloseReason::Shutdown),
+            },
+            () = expiry => Err(CloseReason::Expired),
+            _ = self.heartbeat.tick() => Ok(Bytes::from_static(b": ping\n\n")),
+        }
+    }
+
+    /// Replays one page of retained changes after `after`, up to the head; returns the events
+    /// to send and where to continue (`None` when caught up).
+    fn replay_page(&self, after: u64) -> (Bytes, Option<u64>) {
+        let page = match self.inner.docs.store().changes_after(after, PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(error = %e, "realtime replay cannot read the change feed");
+                return (Bytes::new(), None);
+            }
+        };
+        let mut out = Vec::new();
+        let mut last = after;
+        let mut checks = HashMap::new();
+        for change in page.iter().take_while(|c| c.seq <= self.head) {
+            last = change.seq;
+            let Some((collection, id, before, after)) = document_change(change) else {
+                continue;
+            };
+            let sub = &self.subscriber;
+            let Some(doc) = after.or(before) else {
+                continue;
+            };
+            let check = checks
+                .entry(collection.to_string())
+                .or_insert_with(|| self.inner.docs.read_check(collection));
+            if sub.wants(collection, id, before, after) && check.allows(&sub.who, &sub.auth, doc) {
+                out.extend_from_slice(&format_change(change));
+            }
+        }
+        let caught_up = last >= self.head || page.len() < PAGE;
+        (Bytes::from(out), (!caught_up).then_some(last))
+    }
+}
+
+fn close_event(reason: CloseReason) -> Bytes {
+    let (reason, message) = match reason {
+        CloseReason::Overflow => (
+            "overflow",
+            "the client fell too far behind; reconnect with Last-Event-ID to resume",
+        ),
+        CloseReason::Expired => (
+            "expired",
+            "the access token expired; reconnect with a fresh one and Last-Event-ID",
+        ),
+        CloseReason::Shutdown => ("shutdown", "the server is shutting down"),
+    };
+    sse_event(
+        None,
+        "close",
+        &json!({"reason": reason, "message": message}),
+    )
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.inner.unregister(&self.subscriber);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_parse_collections_and_documents() {
+        let topics = parse_topics("posts, posts/a1,comments/x , posts/b2", 8).unwrap_or_default();
+        assert_eq!(topics.get("posts"), Some(&Topic::Collection));
+        assert_eq!(
+            topics.get("comments"),
+            Some(&Topic::Documents(HashSet::from(["x".to_string()])))
+        );
+        for bad in ["", " , ", "po sts", "posts/", "posts/a/b", "../x"] {
+            assert!(parse_topics(bad, 8).is_err(), "{bad:?} should be refused");
+        }
+        assert!(parse_topics("a,b,c", 2).is_err());
+    }
+}
