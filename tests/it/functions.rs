@@ -103,7 +103,7 @@ fn respond(json: &str) -> Vec<u8> {
 }
 
 /// Answers with its own event.
-fn echo() -> Vec<u8> {
+pub(crate) fn echo() -> Vec<u8> {
     guest(&[], "", "(call $pack (local.get $ptr) (local.get $len))")
 }
 

@@ -11,3 +11,5 @@ mod functions;
 mod operations;
 mod planner;
 mod queries;
+mod realtime;
+mod sdk;

@@ -1,0 +1,179 @@
+import { EmberbaseError } from "./errors.js";
+import type { components } from "./generated/schema.js";
+import { Transport, type TokenSource } from "./http.js";
+import type { StoredSession, TokenStore, User } from "./storage.js";
+
+type Session = components["schemas"]["Session"];
+
+/** Refresh this long before the access token expires (at most half its lifetime). */
+const DEFAULT_MARGIN_MS = 30_000;
+
+/**
+ * Accounts and the session: sign-up, login, logout, the current user, and access tokens that are
+ * refreshed before they expire. Concurrent calls share one refresh: a refresh token is single
+ * use, and presenting a rotated one revokes the whole login, so two refreshes in flight would
+ * sign the user out. Across browser tabs the refresh also holds a Web Lock when the browser
+ * has them, and adopts a session another tab already refreshed.
+ */
+export class Auth implements TokenSource {
+  private current: StoredSession | null = null;
+  private loading: Promise<void> | null = null;
+  private refreshing: Promise<StoredSession | null> | null = null;
+  private readonly listeners = new Set<(user: User | null) => void>();
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly store: TokenStore,
+    private readonly marginMs = DEFAULT_MARGIN_MS,
+  ) {}
+
+  /** The signed-in user as last known, or null (call `ready()` first after a page load). */
+  get user(): User | null {
+    return this.current?.user ?? null;
+  }
+
+  /** Loads the stored session; resolves to the signed-in user or null. */
+  async ready(): Promise<User | null> {
+    this.loading ??= Promise.resolve(this.store.get()).then((session) => {
+      this.current ??= session;
+    });
+    await this.loading;
+    return this.user;
+  }
+
+  /** Creates an account and signs in. */
+  async signup(email: string, password: string): Promise<User> {
+    return this.start("/v1/auth/signup", { email, password });
+  }
+
+  /** Signs in with email and password. */
+  async login(email: string, password: string): Promise<User> {
+    return this.start("/v1/auth/login", { email, password });
+  }
+
+  /** Signs out: the server revokes this login's refresh token, and the stored session is removed. */
+  async logout(): Promise<void> {
+    await this.ready();
+    const session = this.current;
+    if (!session) return;
+    try {
+      await this.transport.fetch("/v1/auth/logout", json({ refresh_token: session.refresh_token }));
+    } catch (e) {
+      // Already revoked or expired: signed out either way. Anything else is worth reporting,
+      // after the local session is gone.
+      if (!(e instanceof EmberbaseError && e.status === 401)) {
+        await this.replace(null);
+        throw e;
+      }
+    }
+    await this.replace(null);
+  }
+
+  /** The signed-in user, fresh from the server. */
+  async me(): Promise<User> {
+    const user = await this.transport.call<User>((headers) => this.transport.api.GET("/v1/auth/me", { headers }));
+    if (this.current) await this.replace({ ...this.current, user });
+    return user;
+  }
+
+  /**
+   * Calls `listener` with the user now (once loaded) and whenever it changes: sign-in, sign-out,
+   * or a session the server no longer accepts. Returns a function that stops the calls.
+   */
+  onChange(listener: (user: User | null) => void): () => void {
+    this.listeners.add(listener);
+    void this.ready().then((user) => {
+      if (this.listeners.has(listener)) listener(user);
+    });
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** A valid access token, refreshed first when it expires within the margin; null when signed out. */
+  async token(): Promise<string | null> {
+    await this.ready();
+    const session = this.current;
+    if (!session) return null;
+    const margin = Math.min(this.marginMs, (session.expires_in * 1000) / 2);
+    if (session.expires_at - Date.now() > margin) return session.access_token;
+    const refreshed = await this.refresh();
+    return refreshed?.access_token ?? null;
+  }
+
+  /** The server refused `rejected`: refresh unless someone already has. False when signed out. */
+  async renew(rejected: string): Promise<boolean> {
+    await this.ready();
+    if (this.current && this.current.access_token !== rejected) return true;
+    return (await this.refresh()) !== null;
+  }
+
+  /**
+   * Rotates the session now. Every concurrent caller gets the same refresh. Resolves to null
+   * (and signs out) when the server no longer accepts the refresh token.
+   */
+  refresh(): Promise<StoredSession | null> {
+    this.refreshing ??= this.exclusive(() => this.rotate()).finally(() => {
+      this.refreshing = null;
+    });
+    return this.refreshing;
+  }
+
+  private async rotate(): Promise<StoredSession | null> {
+    const mine = this.current;
+    // Another tab (sharing the store) may have rotated the token this tab holds.
+    const stored = await this.store.get();
+    if (stored && mine && stored.refresh_token !== mine.refresh_token && stored.expires_at > Date.now()) {
+      this.current = stored;
+      return stored;
+    }
+    const session = stored ?? mine;
+    if (!session) return null;
+    const response = await this.transport.anonymous("/v1/auth/refresh", json({ refresh_token: session.refresh_token }));
+    if (response.status === 401) {
+      await this.replace(null);
+      return null;
+    }
+    if (!response.ok) throw await EmberbaseError.fromResponse(response);
+    const next = stored_(await response.json());
+    await this.replace(next);
+    return next;
+  }
+
+  /** Runs `f` holding the cross-tab refresh lock where the platform has Web Locks. */
+  private exclusive<T>(f: () => Promise<T>): Promise<T> {
+    const locks = (globalThis.navigator as { locks?: LockManager } | undefined)?.locks;
+    return locks ? (locks.request("emberbase.refresh", f) as Promise<T>) : f();
+  }
+
+  private async start(path: string, body: { email: string; password: string }): Promise<User> {
+    await this.ready();
+    const response = await this.transport.anonymous(path, json(body));
+    if (!response.ok) throw await EmberbaseError.fromResponse(response);
+    const session = stored_(await response.json());
+    await this.replace(session);
+    return session.user;
+  }
+
+  private async replace(session: StoredSession | null): Promise<void> {
+    const before = this.current?.user.id ?? null;
+    this.current = session;
+    await this.store.set(session);
+    const after = session?.user ?? null;
+    if ((after?.id ?? null) !== before) this.listeners.forEach((l) => l(after));
+  }
+}
+
+function stored_(session: Session): StoredSession {
+  return {
+    access_token: session.access_token,
+    refresh_token: session.refresh_token,
+    expires_in: session.expires_in,
+    expires_at: Date.now() + session.expires_in * 1000,
+    user: session.user,
+  };
+}
+
+function json(body: unknown): RequestInit {
+  return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+}

@@ -1,0 +1,179 @@
+import type { components } from "./generated/schema.js";
+import { EmberbaseError } from "./errors.js";
+import { Transport, type Headers } from "./http.js";
+import { Stream } from "./realtime.js";
+
+type Envelope = components["schemas"]["Document"];
+
+/** Any JSON object a document can hold. */
+export type DocData = Record<string, unknown>;
+
+/** A stored document: the server's envelope around your data. */
+export type Doc<T extends object = DocData> = Omit<Envelope, "data"> & { data: T };
+
+/** One page of a list. */
+export interface Page<T extends object = DocData> {
+  items: Doc<T>[];
+  /** Pass it as `cursor` for the next page; null on the last one. */
+  next_cursor: string | null;
+}
+
+export interface ListOptions {
+  /** A filter expression, e.g. `data.done == false && owner == "…"`. */
+  filter?: string;
+  /** Comma list of paths, `-` for descending: `-data.n,created_at`. Default: creation order. */
+  sort?: string;
+  /** Page size, 1 to 1000 (default 50). */
+  limit?: number;
+  cursor?: string | null;
+}
+
+export interface WriteOptions {
+  /** Apply only if the stored version is this one (else `412 precondition_failed`). */
+  ifVersion?: number;
+}
+
+/** An RFC 7386 merge patch of `T`: listed fields are replaced, `null` removes one. */
+export type Patch<T> = { [K in keyof T]?: T[K] | null };
+
+/** What a subscription delivers. */
+export type ChangeEvent<T extends object = DocData> =
+  | { type: "create" | "update" | "delete"; id: string; doc: Doc<T>; seq: number }
+  /** The changes missed while disconnected are no longer retained: refetch what you show. */
+  | { type: "reset"; seq: number };
+
+export interface SubscribeOptions {
+  /** Only changes to documents that match (before or after the change). */
+  filter?: string;
+  /** Only these documents. */
+  ids?: string[];
+  /** Called when the stream is live, after every (re)connect. */
+  onReady?: () => void;
+  /** Called when the subscription cannot continue (a bad filter, a rule that denies it all). */
+  onError?: (error: EmberbaseError) => void;
+}
+
+/** The documents of one collection, typed by what they hold. */
+export class Collection<T extends object = DocData> {
+  constructor(
+    private readonly transport: Transport,
+    readonly name: string,
+  ) {}
+
+  private get path() {
+    return { params: { path: { collection: this.name } } };
+  }
+
+  private doc(id: string) {
+    return { params: { path: { collection: this.name, id } } };
+  }
+
+  /** Creates a document with a server-made id (time-ordered). */
+  create(data: T): Promise<Doc<T>> {
+    return this.transport.call((headers) =>
+      this.transport.api.POST("/v1/collections/{collection}/docs", { ...this.path, body: data as never, headers }),
+    ) as Promise<Doc<T>>;
+  }
+
+  /** Reads one document (`404 not_found` when absent). */
+  get(id: string): Promise<Doc<T>> {
+    return this.transport.call((headers) =>
+      this.transport.api.GET("/v1/collections/{collection}/docs/{id}", { ...this.doc(id), headers }),
+    ) as Promise<Doc<T>>;
+  }
+
+  /** Creates or replaces a document under an id of your choosing. */
+  set(id: string, data: T, options: WriteOptions = {}): Promise<Doc<T>> {
+    return this.transport.call((headers) =>
+      this.transport.api.PUT("/v1/collections/{collection}/docs/{id}", {
+        ...this.doc(id),
+        body: data as never,
+        headers: withVersion(headers, options),
+      }),
+    ) as Promise<Doc<T>>;
+  }
+
+  /** Merges a patch into a document (`404` when absent). */
+  update(id: string, patch: Patch<T>, options: WriteOptions = {}): Promise<Doc<T>> {
+    return this.transport.call((headers) =>
+      this.transport.api.PATCH("/v1/collections/{collection}/docs/{id}", {
+        ...this.doc(id),
+        body: patch as never,
+        headers: withVersion(headers, options),
+      }),
+    ) as Promise<Doc<T>>;
+  }
+
+  /** Deletes a document (`404` when absent). */
+  async delete(id: string, options: WriteOptions = {}): Promise<void> {
+    await this.transport.call((headers) =>
+      this.transport.api.DELETE("/v1/collections/{collection}/docs/{id}", {
+        ...this.doc(id),
+        headers: withVersion(headers, options),
+        parseAs: "text",
+      }),
+    );
+  }
+
+  /** One page of the documents that match and that you may read. */
+  list(options: ListOptions = {}): Promise<Page<T>> {
+    const query = {
+      filter: options.filter,
+      sort: options.sort,
+      limit: options.limit === undefined ? undefined : String(options.limit),
+      cursor: options.cursor ?? undefined,
+    };
+    return this.transport.call((headers) =>
+      this.transport.api.GET("/v1/collections/{collection}/docs", {
+        params: { path: { collection: this.name }, query },
+        headers,
+      }),
+    ) as Promise<Page<T>>;
+  }
+
+  /**
+   * Every matching document, page after page: `for await (const doc of posts.iterate())`. Each
+   * document comes once, in order, even while others are written.
+   */
+  async *iterate(options: Omit<ListOptions, "cursor"> = {}): AsyncGenerator<Doc<T>> {
+    let cursor: string | null = null;
+    do {
+      const page: Page<T> = await this.list({ ...options, cursor });
+      yield* page.items;
+      cursor = page.next_cursor;
+    } while (cursor);
+  }
+
+  [Symbol.asyncIterator](): AsyncGenerator<Doc<T>> {
+    return this.iterate();
+  }
+
+  /**
+   * Calls `listener` for every change you may read, live, until the returned function is called.
+   * Reconnects by itself and resumes where it left off.
+   */
+  subscribe(listener: (event: ChangeEvent<T>) => void, options: SubscribeOptions = {}): () => void {
+    const topics = options.ids?.length ? options.ids.map((id) => `${this.name}/${id}`) : [this.name];
+    const params = new URLSearchParams({ subscribe: topics.join(",") });
+    if (options.filter) params.set("filter", options.filter);
+    const stream = new Stream(this.transport, params.toString(), {
+      event: (type, data, seq) => {
+        if (type === "reset") listener({ type: "reset", seq });
+        else if (type === "create" || type === "update" || type === "delete") {
+          const { id, doc } = data as { id: string; doc: Doc<T> };
+          listener({ type, id, doc, seq });
+        }
+      },
+      ready: () => options.onReady?.(),
+      fatal: (error) => {
+        if (options.onError) options.onError(error);
+        else console.error(`emberbase: subscription to ${this.name} ended:`, error);
+      },
+    });
+    return () => stream.close();
+  }
+}
+
+function withVersion(headers: Headers, options: WriteOptions): Headers {
+  return options.ifVersion === undefined ? headers : { ...headers, "If-Match": `"${options.ifVersion}"` };
+}

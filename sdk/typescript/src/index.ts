@@ -1,0 +1,98 @@
+/**
+ * The Emberbase client: `const eb = new Emberbase("http://127.0.0.1:7070")`.
+ *
+ * - `eb.auth`: sign-up, login, logout, the current user; tokens refreshed for you.
+ * - `eb.collection<Post>("posts")`: typed documents, lists, iteration, live subscriptions.
+ * - `eb.files`: uploads, downloads, signed URLs.
+ * - `eb.functions.call(name, body)`: your Wasm functions over HTTP.
+ * - `eb.batch([...])`: several writes, all or nothing.
+ * - `eb.api`: the generated client of every endpoint (openapi-fetch), for anything else.
+ *
+ * Every failure is an `EmberbaseError` with the HTTP `status` and the API's `code`.
+ */
+import type { components, paths } from "./generated/schema.js";
+import { Auth } from "./auth.js";
+import { Collection, type Doc, type DocData } from "./collection.js";
+import { Files } from "./files.js";
+import { Functions } from "./functions.js";
+import { Transport } from "./http.js";
+import { MemoryStore, type TokenStore } from "./storage.js";
+
+export { Auth } from "./auth.js";
+export { Collection } from "./collection.js";
+export type { ChangeEvent, Doc, DocData, ListOptions, Page, Patch, SubscribeOptions, WriteOptions } from "./collection.js";
+export { EmberbaseError } from "./errors.js";
+export { Files } from "./files.js";
+export type { FileBody, FileInfo, FileListOptions, FilePage, UploadOptions } from "./files.js";
+export { Functions } from "./functions.js";
+export { readEvents, type SseEvent } from "./realtime.js";
+export { LocalStorageStore, MemoryStore } from "./storage.js";
+export type { StoredSession, TokenStore, User } from "./storage.js";
+export type { components, paths };
+
+export interface EmberbaseOptions {
+  /** Where the session is kept: `MemoryStore` (default) or `LocalStorageStore` in browsers. */
+  storage?: TokenStore;
+  /** A fetch to use instead of the global one. */
+  fetch?: typeof fetch;
+  /** Refresh the access token this many ms before it expires (at most half its lifetime). */
+  refreshMarginMs?: number;
+}
+
+/** One op of a batch. */
+export type BatchOp =
+  | { op: "create"; collection: string; id?: string; data: DocData }
+  | { op: "set"; collection: string; id: string; data: DocData; if_version?: number }
+  | { op: "update"; collection: string; id: string; data: DocData; if_version?: number }
+  | { op: "delete"; collection: string; id: string; if_version?: number };
+
+export class Emberbase {
+  readonly auth: Auth;
+  readonly files: Files;
+  readonly functions: Functions;
+  private readonly transport: Transport;
+
+  constructor(url: string, options: EmberbaseOptions = {}) {
+    this.transport = new Transport(url, options.fetch);
+    this.auth = new Auth(this.transport, options.storage ?? new MemoryStore(), options.refreshMarginMs);
+    this.transport.tokens = this.auth;
+    this.files = new Files(this.transport);
+    this.functions = new Functions(this.transport);
+  }
+
+  /** The server's base URL. */
+  get url(): string {
+    return this.transport.baseUrl;
+  }
+
+  /** The generated client of the whole API (openapi-fetch), typed from the OpenAPI document. */
+  get api() {
+    return this.transport.api;
+  }
+
+  /** The documents of a collection, typed as `T`. */
+  collection<T extends object = DocData>(name: string): Collection<T> {
+    return new Collection<T>(this.transport, name);
+  }
+
+  /**
+   * Applies several writes atomically: every op or none. A failure's `details.op` is the index
+   * of the op that failed. Results are the envelopes (null for a delete), in order.
+   */
+  async batch(ops: BatchOp[]): Promise<(Doc | null)[]> {
+    const result = await this.transport.call((headers) =>
+      this.transport.api.POST("/v1/batch", {
+        body: { ops } as components["schemas"]["BatchRequest"],
+        headers,
+      }),
+    );
+    return (result as { results: (Doc | null)[] }).results;
+  }
+
+  /** Whether the server answers: `{status: "ok", version}`. */
+  health(): Promise<components["schemas"]["Health"]> {
+    return this.transport.call((headers) => this.transport.api.GET("/v1/health", { headers }));
+  }
+}
+
+export default Emberbase;
