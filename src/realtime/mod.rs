@@ -219,22 +219,23 @@ impl Realtime {
             let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
             Instant::now() + Duration::from_secs(exp.saturating_sub(now))
         });
-        let phase = match req.last_event_id {
-            None => Phase::Ready,
-            Some(n) => self.resume_phase(n, head)?,
-        };
-        Ok(Subscription {
+        let every = Duration::from_secs(self.inner.config.heartbeat_secs);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Built before anything else can fail, so that dropping it unregisters.
+        let mut subscription = Subscription {
             inner: self.inner.clone(),
             subscriber,
             rx,
             head,
-            phase,
+            phase: Phase::Ready,
             expires_at,
-            heartbeat: tokio::time::interval_at(
-                Instant::now() + Duration::from_secs(self.inner.config.heartbeat_secs),
-                Duration::from_secs(self.inner.config.heartbeat_secs),
-            ),
-        })
+            heartbeat,
+        };
+        if let Some(n) = req.last_event_id {
+            subscription.phase = self.resume_phase(n, head)?;
+        }
+        Ok(subscription)
     }
 
     /// Where a stream resuming after event `n` starts, registered at `head`.
@@ -459,16 +460,22 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
             match std::mem::replace(&mut self.phase, Phase::Done) {
-                Phase::Replay { after } => {
-                    let (events, next) = self.replay_page(after);
-                    self.phase = match next {
-                        Some(after) => Phase::Replay { after },
-                        None => Phase::Ready,
-                    };
-                    if !events.is_empty() {
-                        return Some(events);
+                Phase::Replay { after } => match self.replay_page(after) {
+                    Ok((events, next)) => {
+                        self.phase = match next {
+                            Some(after) => Phase::Replay { after },
+                            None => Phase::Ready,
+                        };
+                        if !events.is_empty() {
+                            return Some(events);
+                        }
                     }
-                }
+                    // The client cannot be told exactly what it missed: tell it to refetch.
+                    Err(e) => {
+                        tracing::error!(error = %e, "realtime replay cannot read the change feed");
+                        self.phase = Phase::Reset;
+                    }
+                },
                 Phase::Reset => {
                     self.phase = Phase::Ready;
                     let data = json!({"message": "events since Last-Event-ID are no longer retained; refetch, then continue from here"});
@@ -523,14 +530,11 @@ impl Subscription {
 
     /// Replays one page of retained changes after `after`, up to the head; returns the events
     /// to send and where to continue (`None` when caught up).
-    fn replay_page(&self, after: u64) -> (Bytes, Option<u64>) {
-        let page = match self.inner.docs.store().changes_after(after, PAGE) {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::error!(error = %e, "realtime replay cannot read the change feed");
-                return (Bytes::new(), None);
-            }
-        };
+    fn replay_page(
+        &self,
+        after: u64,
+    ) -> std::result::Result<(Bytes, Option<u64>), crate::store::StoreError> {
+        let page = self.inner.docs.store().changes_after(after, PAGE)?;
         let mut out = Vec::new();
         let mut last = after;
         let mut checks = HashMap::new();
@@ -551,7 +555,7 @@ impl Subscription {
             }
         }
         let caught_up = last >= self.head || page.len() < PAGE;
-        (Bytes::from(out), (!caught_up).then_some(last))
+        Ok((Bytes::from(out), (!caught_up).then_some(last)))
     }
 }
 
