@@ -428,6 +428,7 @@ fn heartbeats_expiry_and_shutdown_end_streams_cleanly() {
         fast(c);
         c.realtime.heartbeat_secs = 1;
         c.auth.access_token_ttl_secs = 3;
+        c.realtime.max_subscribers = 1;
     });
     let user = token(&signup(&srv, "short@example.com"));
     let (mut sse, _) = Sse::live(&srv, "subscribe=posts", Some(&user));
@@ -443,6 +444,10 @@ fn heartbeats_expiry_and_shutdown_end_streams_cleanly() {
 
     let (mut admin, _) = Sse::live(&srv, "subscribe=posts", Some(&srv.key));
     assert_eq!(srv.server().realtime().subscribers(), 1);
+    Sse::open(&srv, "subscribe=posts", Some(&srv.key), None)
+        .err()
+        .expect("over max_subscribers")
+        .expect_error(503, "unavailable");
     // A graceful shutdown ends open streams first; they would otherwise hold it up until its
     // timeout.
     let stopping = std::thread::spawn(move || drop(srv));
