@@ -312,6 +312,14 @@ fn json_request_logs_never_contain_tokens() {
         None,
     )
     .expect(200);
+    // Realtime takes its token from the query for clients that cannot set headers.
+    send(
+        crate::common::agent().get(&format!(
+            "http://{addr}/v1/realtime?subscribe=posts&access_token=SECRETQUERYTOKEN"
+        )),
+        None,
+    )
+    .expect_error(401, "unauthenticated");
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
