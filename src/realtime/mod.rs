@@ -460,8 +460,8 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
             match std::mem::replace(&mut self.phase, Phase::Done) {
-                Phase::Replay { after } => match self.replay_page(after) {
-                    Ok((events, next)) => {
+                Phase::Replay { after } => match self.replay_page(after).await {
+                    Some((events, next)) => {
                         self.phase = match next {
                             Some(after) => Phase::Replay { after },
                             None => Phase::Ready,
@@ -471,10 +471,7 @@ impl Subscription {
                         }
                     }
                     // The client cannot be told exactly what it missed: tell it to refetch.
-                    Err(e) => {
-                        tracing::error!(error = %e, "realtime replay cannot read the change feed");
-                        self.phase = Phase::Reset;
-                    }
+                    None => self.phase = Phase::Reset,
                 },
                 Phase::Reset => {
                     self.phase = Phase::Ready;
@@ -529,12 +526,22 @@ impl Subscription {
     }
 
     /// Replays one page of retained changes after `after`, up to the head; returns the events
-    /// to send and where to continue (`None` when caught up).
-    fn replay_page(
-        &self,
-        after: u64,
-    ) -> std::result::Result<(Bytes, Option<u64>), crate::store::StoreError> {
-        let page = self.inner.docs.store().changes_after(after, PAGE)?;
+    /// to send and where to continue (`None` when caught up), or `None` when the feed cannot
+    /// be read. The page is read on the blocking pool, off the HTTP worker.
+    async fn replay_page(&self, after: u64) -> Option<(Bytes, Option<u64>)> {
+        let store = self.inner.docs.store().clone();
+        let page = match tokio::task::spawn_blocking(move || store.changes_after(after, PAGE)).await
+        {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "realtime replay cannot read the change feed");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "realtime replay task failed");
+                return None;
+            }
+        };
         let mut out = Vec::new();
         let mut last = after;
         let mut checks = HashMap::new();
@@ -555,7 +562,7 @@ impl Subscription {
             }
         }
         let caught_up = last >= self.head || page.len() < PAGE;
-        Ok((Bytes::from(out), (!caught_up).then_some(last)))
+        Some((Bytes::from(out), (!caught_up).then_some(last)))
     }
 }
 
