@@ -63,16 +63,14 @@ pub(super) async fn subscribe(
         None => query.access_token.as_deref().filter(|t| !t.is_empty()),
     };
     let (who, expires_at) = state.auth.authenticate_until(token)?;
+    let bad_id = || Error::bad_request("Last-Event-ID must be the id of an event");
     let last_event_id = match req.headers().get("last-event-id") {
-        Some(value) => Some(value.to_str().unwrap_or("\u{0}")),
+        Some(value) => Some(value.to_str().map_err(|_| bad_id())?),
         None => query.last_event_id.as_deref(),
     }
     .map(str::trim)
     .filter(|v| !v.is_empty())
-    .map(|v| {
-        v.parse::<u64>()
-            .map_err(|_| Error::bad_request("Last-Event-ID must be the id of an event"))
-    })
+    .map(|v| v.parse::<u64>().map_err(|_| bad_id()))
     .transpose()?;
     let subscription = state.realtime.subscribe(
         who,
