@@ -152,7 +152,7 @@ fn create_update_delete_arrive_in_order() {
         .expect(201)
         .json;
     let id = doc["id"].as_str().unwrap();
-    let (mut one, _) = Sse::live(&srv, &format!("subscribe=posts/{id}"), Some(&user));
+    let (mut one, one_head) = Sse::live(&srv, &format!("subscribe=posts/{id}"), Some(&user));
     srv.post("/v1/collections/other/docs", &json!({"n": 0}))
         .expect(201);
     srv.post("/v1/collections/posts/docs", &json!({"n": 9}))
@@ -182,10 +182,21 @@ fn create_update_delete_arrive_in_order() {
     assert_eq!(events[3].data["doc"]["version"], 2);
     assert_eq!(events[3].data["doc"]["data"]["n"], 2);
 
-    // The document topic sees only its document.
-    let mine = one.take(2);
-    assert_eq!(mine[0].event, "update");
-    assert_eq!(mine[1].event, "delete");
+    // The document topic sees only its document: every change to it after the stream's
+    // `ready` id. The create was acknowledged before it subscribed, but the hub may not have
+    // fanned it out yet, in which case it is after `ready` and delivered too.
+    let expected: Vec<(&str, u64)> = [&events[0], &events[2], &events[3]]
+        .iter()
+        .map(|e| (e.event.as_str(), e.id.unwrap()))
+        .filter(|&(_, seq)| seq > one_head)
+        .collect();
+    assert!(expected.len() >= 2, "{expected:?}");
+    let mine = one.take(expected.len());
+    let got: Vec<(&str, u64)> = mine
+        .iter()
+        .map(|e| (e.event.as_str(), e.id.unwrap()))
+        .collect();
+    assert_eq!(got, expected);
     assert!(mine.iter().all(|e| e.data["id"] == id));
 }
 
@@ -329,7 +340,7 @@ fn a_resume_from_before_the_retention_window_gets_reset() {
     let mut sse = Sse::open(&srv, "subscribe=items", Some(&srv.key), Some(head)).unwrap();
     let reset = sse.next_event().unwrap();
     assert_eq!(reset.event, "reset", "{reset:?}");
-    assert!(reset.id.unwrap() >= head + 11);
+    assert!(reset.id.unwrap() > head);
     assert_eq!(sse.next_event().unwrap().event, "ready");
     srv.post("/v1/collections/items/docs", &json!({"n": 11}))
         .expect(201);
