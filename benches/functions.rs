@@ -25,7 +25,9 @@ impl Host for NoHost {
         None
     }
 
-    fn log(&self, _: &str, _: &str) {}
+    fn log(&self, _: &str, _: &str) -> bool {
+        true
+    }
 }
 
 fn limits() -> Limits {
@@ -37,6 +39,7 @@ fn limits() -> Limits {
         max_io_bytes: 1024 * 1024,
         max_log_lines: 100,
         max_log_bytes: 4096,
+        max_log_total: 16 * 1024,
     }
 }
 
@@ -111,7 +114,7 @@ fn invoke(c: &mut Criterion) {
                                 tokio::spawn(async move {
                                     let event = b"{\"v\":1}".to_vec();
                                     let outcome = rt
-                                        .invoke(module, event, limits(), host)
+                                        .invoke(runtime::Lane::Http, module, event, limits(), host)
                                         .await
                                         .expect("invoke");
                                     assert!(outcome.result.is_ok());

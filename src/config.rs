@@ -32,6 +32,10 @@ pub struct Config {
     pub realtime: RealtimeConfig,
 }
 
+/// The deepest JSON nesting `limits.max_json_depth` may allow: serde_json reads at most 128
+/// levels, and a stored envelope wraps `data` in two more.
+pub const MAX_JSON_DEPTH: u64 = 100;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RealtimeConfig {
@@ -40,8 +44,16 @@ pub struct RealtimeConfig {
     /// Events queued for one subscriber that has not read them yet; past this it is a slow
     /// consumer and is disconnected with a final `close` event (it resumes with `Last-Event-ID`).
     pub queue: usize,
+    /// Bytes of events queued for one subscriber (one event larger than this is still
+    /// delivered to an empty queue); past this it is a slow consumer, likewise.
+    pub queue_bytes: usize,
+    /// Seconds a subscriber may leave queued events unread before it is disconnected the
+    /// same way, so a client that stops reading holds nothing for long.
+    pub stall_secs: u64,
     /// Open streams the server accepts at once; more get `503`.
     pub max_subscribers: usize,
+    /// Open streams one client address may hold; more get `429`.
+    pub max_subscribers_per_client: usize,
     /// Topics one stream may subscribe to.
     pub max_topics: usize,
 }
@@ -51,7 +63,10 @@ impl Default for RealtimeConfig {
         RealtimeConfig {
             heartbeat_secs: 15,
             queue: 1024,
+            queue_bytes: 4 * 1024 * 1024,
+            stall_secs: 30,
             max_subscribers: 10_000,
+            max_subscribers_per_client: 100,
             max_topics: 64,
         }
     }
@@ -80,6 +95,14 @@ pub struct FunctionsConfig {
     pub retry_base_ms: u64,
     /// Invocation records kept per function.
     pub invocations_kept: usize,
+    /// Table elements a module may declare, all tables together (each costs 8 bytes of the
+    /// function's memory limit; tables do not grow).
+    pub max_table_elements: u64,
+    /// Log bytes one invocation keeps (in its record and the server log); later lines are
+    /// dropped and counted.
+    pub max_log_bytes: usize,
+    /// Log bytes one function may write per minute across all its invocations.
+    pub log_bytes_per_minute: u64,
 }
 
 impl Default for FunctionsConfig {
@@ -96,6 +119,9 @@ impl Default for FunctionsConfig {
             max_depth: 4,
             retry_base_ms: 1_000,
             invocations_kept: 200,
+            max_table_elements: 100_000,
+            max_log_bytes: 16 * 1024,
+            log_bytes_per_minute: 256 * 1024,
         }
     }
 }
@@ -199,6 +225,9 @@ pub struct StoreConfig {
     pub change_retention_count: usize,
     /// ...and none older than this many hours.
     pub change_retention_hours: u64,
+    /// Bytes of recent changes held in memory for live consumers (realtime, triggers); one
+    /// that falls further behind reads the stored change records instead.
+    pub change_buffer_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -208,6 +237,7 @@ impl Default for StoreConfig {
             group_commit_max: 256,
             change_retention_count: 10_000,
             change_retention_hours: 24,
+            change_buffer_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -269,6 +299,15 @@ pub struct AuthConfig {
     pub max_failures_per_account: usize,
     pub max_failures_per_ip: usize,
     pub failure_window_secs: u64,
+    /// Signups per client address per hour, counted whether they succeed or not.
+    pub signups_per_ip_per_hour: usize,
+    /// Reset and verification mails asked for per email address per hour, and per client
+    /// address per hour.
+    pub mails_per_address_per_hour: usize,
+    pub mail_requests_per_ip_per_hour: usize,
+    /// Seconds between passes that remove ended logins, their refresh tokens, expired email
+    /// tokens and old mail.
+    pub prune_interval_secs: u64,
     /// Lifetime of email verification and password reset tokens, in seconds.
     pub verify_token_ttl_secs: u64,
     pub reset_token_ttl_secs: u64,
@@ -292,6 +331,10 @@ impl Default for AuthConfig {
             max_failures_per_account: 10,
             max_failures_per_ip: 100,
             failure_window_secs: 900,
+            signups_per_ip_per_hour: 20,
+            mails_per_address_per_hour: 5,
+            mail_requests_per_ip_per_hour: 30,
+            prune_interval_secs: 3600,
             verify_token_ttl_secs: 86_400,
             reset_token_ttl_secs: 3_600,
             public_url: "http://127.0.0.1:7070".into(),
@@ -315,6 +358,8 @@ pub struct MailConfig {
     pub smtp_url: String,
     /// The sender of verification and reset mails.
     pub from: String,
+    /// Mails kept in the outbox (`GET /v1/admin/outbox`); older ones are removed.
+    pub outbox_kept: usize,
 }
 
 impl Default for MailConfig {
@@ -322,6 +367,7 @@ impl Default for MailConfig {
         MailConfig {
             smtp_url: String::new(),
             from: "Emberbase <noreply@localhost>".into(),
+            outbox_kept: 1000,
         }
     }
 }
@@ -376,22 +422,175 @@ impl Config {
         if self.http.max_body_bytes == 0 {
             return invalid("http.max_body_bytes", "must be positive");
         }
-        if self.limits.max_document_bytes == 0 || self.limits.max_json_depth == 0 {
-            return invalid(
-                "limits",
-                "max_document_bytes and max_json_depth must be positive",
-            );
-        }
-        if self.limits.max_batch_ops == 0 {
-            return invalid("limits.max_batch_ops", "must be positive");
-        }
-        let rt = &self.realtime;
-        if rt.heartbeat_secs == 0 || rt.queue == 0 || rt.max_subscribers == 0 || rt.max_topics == 0
-        {
-            return invalid("realtime", "every limit must be positive");
-        }
-        if self.store.group_commit_max == 0 {
-            return invalid("store.group_commit_max", "must be positive");
+        // Every number a computation scales (seconds into instants, MiB into bytes, depths into
+        // recursion) has an upper bound, so no value can overflow or store what cannot be read
+        // back; the message names the key.
+        const DAY: u64 = 86_400;
+        let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
+        let ranges: [(&str, u64, u64, u64); 37] = [
+            (
+                "store.change_buffer_bytes",
+                st.change_buffer_bytes as u64,
+                1,
+                1 << 32,
+            ),
+            ("auth.prune_interval_secs", a.prune_interval_secs, 1, DAY),
+            ("mail.outbox_kept", self.mail.outbox_kept as u64, 1, 1 << 20),
+            (
+                "limits.max_document_bytes",
+                self.limits.max_document_bytes as u64,
+                1,
+                64 << 20,
+            ),
+            // serde_json reads at most 128 levels; a stored envelope adds two.
+            (
+                "limits.max_json_depth",
+                self.limits.max_json_depth as u64,
+                1,
+                MAX_JSON_DEPTH,
+            ),
+            (
+                "limits.max_filter_length",
+                self.limits.max_filter_length as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.max_batch_ops",
+                self.limits.max_batch_ops as u64,
+                1,
+                10_000,
+            ),
+            ("store.cache_mb", st.cache_mb, 1, 1 << 20),
+            (
+                "store.group_commit_max",
+                st.group_commit_max as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "store.change_retention_count",
+                st.change_retention_count as u64,
+                1,
+                1 << 32,
+            ),
+            (
+                "store.change_retention_hours",
+                st.change_retention_hours,
+                1,
+                24 * 3650,
+            ),
+            (
+                "server.shutdown_timeout_secs",
+                self.server.shutdown_timeout_secs,
+                0,
+                3600,
+            ),
+            (
+                "auth.access_token_ttl_secs",
+                a.access_token_ttl_secs,
+                1,
+                30 * DAY,
+            ),
+            (
+                "auth.refresh_token_ttl_days",
+                a.refresh_token_ttl_days,
+                1,
+                3650,
+            ),
+            ("auth.failure_window_secs", a.failure_window_secs, 1, DAY),
+            (
+                "auth.max_failures_per_account",
+                a.max_failures_per_account as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "auth.max_failures_per_ip",
+                a.max_failures_per_ip as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "auth.signups_per_ip_per_hour",
+                a.signups_per_ip_per_hour as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "auth.mails_per_address_per_hour",
+                a.mails_per_address_per_hour as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "auth.mail_requests_per_ip_per_hour",
+                a.mail_requests_per_ip_per_hour as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "auth.verify_token_ttl_secs",
+                a.verify_token_ttl_secs,
+                1,
+                30 * DAY,
+            ),
+            (
+                "auth.reset_token_ttl_secs",
+                a.reset_token_ttl_secs,
+                1,
+                30 * DAY,
+            ),
+            ("realtime.heartbeat_secs", rt.heartbeat_secs, 1, 3600),
+            ("realtime.queue", rt.queue as u64, 1, 1 << 20),
+            ("realtime.queue_bytes", rt.queue_bytes as u64, 1, 1 << 30),
+            ("realtime.stall_secs", rt.stall_secs, 1, DAY),
+            (
+                "realtime.max_subscribers",
+                rt.max_subscribers as u64,
+                1,
+                1 << 24,
+            ),
+            (
+                "realtime.max_subscribers_per_client",
+                rt.max_subscribers_per_client as u64,
+                1,
+                1 << 24,
+            ),
+            ("realtime.max_topics", rt.max_topics as u64, 1, 4096),
+            ("functions.timeout_ms", f.timeout_ms, 1, 3_600_000),
+            ("functions.memory_mb", f.memory_mb, 1, 4096),
+            ("functions.retry_base_ms", f.retry_base_ms, 1, 60_000),
+            ("functions.max_depth", u64::from(f.max_depth), 0, 64),
+            (
+                "functions.max_table_elements",
+                f.max_table_elements,
+                0,
+                u64::from(u32::MAX),
+            ),
+            (
+                "functions.max_log_bytes",
+                f.max_log_bytes as u64,
+                0,
+                16 << 20,
+            ),
+            (
+                "functions.log_bytes_per_minute",
+                f.log_bytes_per_minute,
+                0,
+                1 << 30,
+            ),
+            (
+                "functions.invocations_kept",
+                f.invocations_kept as u64,
+                1,
+                1 << 20,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return invalid(key, &format!("must be from {min} to {max}, not {value}"));
+            }
         }
         let key = &self.auth.service_key;
         if !key.is_empty() && key.len() < 24 {
@@ -399,12 +598,6 @@ impl Config {
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
             return invalid("auth.jwt_secret", "must be at least 32 bytes");
-        }
-        if self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_days == 0 {
-            return invalid("auth", "token lifetimes must be positive");
-        }
-        if self.auth.max_failures_per_account == 0 || self.auth.max_failures_per_ip == 0 {
-            return invalid("auth", "failure limits must be positive");
         }
         if self.admin.email.is_empty() != self.admin.password.is_empty() {
             return invalid("admin", "set both email and password, or neither");
@@ -432,17 +625,10 @@ impl Config {
         if self.files.max_size == 0 {
             return invalid("files.max_size", "must be positive");
         }
-        let f = &self.functions;
-        if f.queue == 0 || f.max_module_bytes == 0 || f.timeout_ms == 0 || f.memory_mb == 0 {
+        if f.queue == 0 || f.max_module_bytes == 0 || f.fuel == 0 || f.max_host_calls == 0 {
             return invalid(
                 "functions",
-                "queue, max_module_bytes, timeout_ms and memory_mb must be positive",
-            );
-        }
-        if f.fuel == 0 || f.max_host_calls == 0 || f.invocations_kept == 0 {
-            return invalid(
-                "functions",
-                "fuel, max_host_calls and invocations_kept must be positive",
+                "queue, max_module_bytes, fuel and max_host_calls must be positive",
             );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

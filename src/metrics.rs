@@ -16,8 +16,10 @@ pub struct Metrics {
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
     pub change_seq: IntGauge,
+    pub change_feed_bytes: IntGauge,
     pub realtime_subscribers: IntGauge,
     pub realtime_events: IntCounterVec,
+    pub realtime_queued_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -98,8 +100,18 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(change_seq.clone()))?;
+        let change_feed_bytes = IntGauge::new(
+            "store_change_feed_bytes",
+            "Encoded bytes of the recent changes held in memory for live consumers",
+        )?;
+        registry.register(Box::new(change_feed_bytes.clone()))?;
         registry.register(Box::new(realtime_subscribers.clone()))?;
         registry.register(Box::new(realtime_events.clone()))?;
+        let realtime_queued_bytes = IntGauge::new(
+            "realtime_queued_bytes",
+            "Bytes of realtime events queued for subscribers and not yet taken by their streams",
+        )?;
+        registry.register(Box::new(realtime_queued_bytes.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -111,8 +123,10 @@ impl Metrics {
             commit_group_size,
             flush_duration,
             change_seq,
+            change_feed_bytes,
             realtime_subscribers,
             realtime_events,
+            realtime_queued_bytes,
         })
     }
 

@@ -174,7 +174,7 @@ pub struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Rules {
-            read: Some("auth != null".into()),
+            read: Some("auth != null && doc.owner == auth.id".into()),
             create: Some("auth != null".into()),
             update: Some("auth != null && doc.owner == auth.id".into()),
             delete: Some("auth != null && doc.owner == auth.id".into()),
@@ -200,6 +200,18 @@ pub struct CollectionInfo {
     pub name: String,
     #[serde(flatten)]
     pub config: CollectionConfig,
+    /// Stored rules that no longer compile (for example, over a limit added since they were
+    /// stored). Until they are fixed every such collection allows admins only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_errors: Vec<RuleError>,
+}
+
+/// A stored rule that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleError {
+    /// `read`, `create`, `update` or `delete`.
+    pub rule: String,
+    pub message: String,
 }
 
 /// The three access rules of a bucket, in the filter language with `auth`, `file` and
@@ -220,7 +232,7 @@ pub struct BucketRules {
 impl Default for BucketRules {
     fn default() -> Self {
         BucketRules {
-            read: Some("auth != null".into()),
+            read: Some("auth != null && file.owner == auth.id".into()),
             write: Some("auth != null && (file == null || file.owner == auth.id)".into()),
             delete: Some("auth != null && file.owner == auth.id".into()),
         }

@@ -122,6 +122,11 @@ impl ServerBuilder {
         let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
             .map_err(|e| StartError::Other(e.message))?;
         let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
+        tokio::spawn(prune_accounts(
+            Arc::downgrade(&accounts),
+            Duration::from_secs(config.auth.prune_interval_secs),
+            config.mail.outbox_kept,
+        ));
         if !config.admin.email.is_empty() {
             bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
         }
@@ -176,6 +181,7 @@ impl ServerBuilder {
             Some(path) => tracing::info!(path = %path.display(), "service key file (owner-only)"),
             None => tracing::info!("service key from the configuration"),
         }
+        log_default_rules(&docs, &config.rules);
         Ok(Server {
             addr,
             data_dir,
@@ -188,6 +194,64 @@ impl ServerBuilder {
             realtime,
         })
     }
+}
+
+/// Removes account records that can no longer be used, every `every`, until the accounts are
+/// dropped.
+async fn prune_accounts(accounts: std::sync::Weak<Accounts>, every: Duration, outbox_kept: usize) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(accounts) = accounts.upgrade() else {
+            return;
+        };
+        match accounts.prune(outbox_kept).await {
+            Ok(pruned) if pruned.total() > 0 => tracing::info!(
+                families = pruned.families,
+                refresh_tokens = pruned.refresh_tokens,
+                email_tokens = pruned.email_tokens,
+                mails = pruned.mails,
+                "removed ended logins, expired tokens and old mail"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.message, "cannot prune account records"),
+        }
+    }
+}
+
+/// Says which collections holding documents have no rules of their own, and so run on the
+/// configured defaults (private unless the config widens them).
+fn log_default_rules(docs: &Documents, defaults: &crate::model::Rules) {
+    let names = match docs.collections_on_default_rules() {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "cannot list the collections on default rules");
+            return;
+        }
+    };
+    if names.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 20;
+    let mut list = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    let rule = |r: &Option<String>| r.clone().unwrap_or_else(|| "admins only".into());
+    tracing::info!(
+        read = %rule(&defaults.read),
+        create = %rule(&defaults.create),
+        update = %rule(&defaults.update),
+        delete = %rule(&defaults.delete),
+        "{} collections run on the default rules (set rules with PUT /v1/admin/collections/{{c}}): {list}",
+        names.len()
+    );
 }
 
 /// The account service over an open store.
@@ -284,6 +348,7 @@ fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
         group_commit_max: config.store.group_commit_max,
         retention_count: config.store.change_retention_count,
         retention_age: Duration::from_secs(config.store.change_retention_hours * 3600),
+        change_buffer_bytes: config.store.change_buffer_bytes,
     }
 }
 

@@ -57,18 +57,21 @@ pub struct PasswordChange {
         (status = 201, description = "Signed up", body = Session),
         (status = 400, description = "Invalid email, or a short or common password", body = ErrorBody),
         (status = 409, description = "The email is already registered", body = ErrorBody),
+        (status = 429, description = "Too many signups from this address; see Retry-After", body = ErrorBody),
     )
 )]
 #[post("/v1/auth/signup")]
 pub(super) async fn signup(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: JsonBody<Credentials>,
 ) -> Result<HttpResponse, Error> {
     let body = body.0;
+    let ip = client_ip(&req, &state.config.http.trusted_proxies);
     let session = state
         .auth
         .accounts()
-        .signup(&body.email, body.password)
+        .signup(&body.email, body.password, &ip)
         .await?;
     Ok(HttpResponse::Created().json(session))
 }
@@ -164,18 +167,21 @@ pub(super) async fn me(state: web::Data<AppState>, caller: Caller) -> Result<Htt
     responses(
         (status = 202, description = "Sent (or already verified)"),
         (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 429, description = "Too many mails asked for; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 #[post("/v1/auth/verify/request")]
 pub(super) async fn verify_request(
     state: web::Data<AppState>,
+    req: HttpRequest,
     caller: Caller,
 ) -> Result<HttpResponse, Error> {
+    let ip = client_ip(&req, &state.config.http.trusted_proxies);
     state
         .auth
         .accounts()
-        .request_verification(&caller.0)
+        .request_verification(&caller.0, &ip)
         .await?;
     Ok(HttpResponse::Accepted().finish())
 }
@@ -206,14 +212,24 @@ pub(super) async fn verify_confirm(
 #[utoipa::path(
     tag = "auth",
     request_body = EmailRequest,
-    responses((status = 202, description = "Sent if the account exists"))
+    responses(
+        (status = 202, description = "Sent if the account exists"),
+        (status = 400, description = "An email address over 254 bytes", body = ErrorBody),
+        (status = 429, description = "Too many mails asked for from this client or to this address; see Retry-After", body = ErrorBody),
+    )
 )]
 #[post("/v1/auth/password/reset/request")]
 pub(super) async fn reset_request(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: JsonBody<EmailRequest>,
 ) -> Result<HttpResponse, Error> {
-    state.auth.accounts().request_reset(&body.0.email).await?;
+    let ip = client_ip(&req, &state.config.http.trusted_proxies);
+    state
+        .auth
+        .accounts()
+        .request_reset(&body.0.email, &ip)
+        .await?;
     Ok(HttpResponse::Accepted().finish())
 }
 

@@ -111,6 +111,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     ErrorCode::UnsupportedMediaType,
                     "the body must be JSON (Content-Type: application/json)",
                 );
+                super::refusal::leave_unread(req, payload.take());
                 return Box::pin(ready(Err(err)));
             }
         }
@@ -126,15 +127,18 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
+            super::refusal::leave_unread(req, payload.take());
             return Box::pin(ready(Err(too_large())));
         }
         let mut payload = payload.take();
+        let req = req.clone();
         Box::pin(async move {
             let mut body = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk
                     .map_err(|e| Error::bad_request(format!("reading the body failed: {e}")))?;
                 if body.len() + chunk.len() > limit {
+                    super::refusal::leave_unread(&req, payload);
                     return Err(too_large());
                 }
                 body.extend_from_slice(&chunk);

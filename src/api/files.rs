@@ -9,7 +9,6 @@ use crate::files::{FilePage, OpenFile};
 use crate::model::{BucketConfig, BucketInfo, FileInfo};
 use actix_web::body::{BodySize, MessageBody, SizedStream};
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::ConnectionType;
 use actix_web::{delete, get, head, post, put, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -116,21 +115,13 @@ async fn receive(
     Ok(builder.json(info))
 }
 
-/// The error response to an upload, which closes the connection. Its body holds the request's
-/// payload until it is sent: actix would otherwise read (and throw away) the rest of a chunked
-/// body, up to gigabytes, before answering the next request on the connection.
+/// The error response to an upload, which closes the connection without reading the rest of
+/// the body.
 fn refuse(err: Error, payload: web::Payload) -> HttpResponse {
-    let json = super::error::body_json(&err);
-    let mut res = HttpResponse::build(actix_web::ResponseError::status_code(&err))
-        .content_type("application/json")
-        .message_body(Refusal {
-            json: Some(json),
-            _payload: payload,
-        })
-        .map(HttpResponse::map_into_boxed_body)
-        .unwrap_or_else(|e| actix_web::ResponseError::error_response(&from_actix(&e)));
-    res.head_mut().set_connection_type(ConnectionType::Close);
-    res
+    super::refusal::close_with(
+        actix_web::ResponseError::error_response(&err),
+        payload.into_inner(),
+    )
 }
 
 /// The body of a HEAD response: the length of what GET would send, and no bytes (actix never
@@ -149,26 +140,6 @@ impl MessageBody for HeadBody {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
         Poll::Ready(None)
-    }
-}
-
-struct Refusal {
-    json: Option<web::Bytes>,
-    _payload: web::Payload,
-}
-
-impl MessageBody for Refusal {
-    type Error = std::convert::Infallible;
-
-    fn size(&self) -> BodySize {
-        BodySize::Sized(self.json.as_ref().map_or(0, |j| j.len() as u64))
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
-        Poll::Ready(self.get_mut().json.take().map(Ok))
     }
 }
 

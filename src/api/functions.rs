@@ -58,12 +58,14 @@ pub(super) async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        super::refusal::leave_unread(&req, payload.into_inner());
         return Err(too_large());
     }
     let mut wasm = Vec::new();
     while let Some(piece) = payload.next().await {
         let piece = piece.map_err(|e| from_actix(&e.into()))?;
         if wasm.len() + piece.len() > limit {
+            super::refusal::leave_unread(&req, payload.into_inner());
             return Err(too_large());
         }
         wasm.extend_from_slice(&piece);

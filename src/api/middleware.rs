@@ -1,7 +1,7 @@
 //! Request ids, one log line per request, and request metrics.
 
 use super::AppState;
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
@@ -26,6 +26,22 @@ fn request_id(req: &ServiceRequest) -> String {
         .unwrap_or_else(|| ulid::Ulid::new().to_string())
 }
 
+/// A request method as a metric label: one of a fixed set, so that made-up methods cannot add
+/// label values (each would be a new time series, kept for the life of the process).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Logs and counts every request. The log has the path without its query string, so that a
 /// token passed as a query parameter never reaches the log.
 pub async fn observe(
@@ -35,6 +51,7 @@ pub async fn observe(
     let started = Instant::now();
     let id = request_id(&req);
     let method = req.method().to_string();
+    let method_label = method_label(req.method());
     let path = req.path().to_string();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let span = tracing::info_span!("request", request_id = %id);
@@ -49,7 +66,7 @@ pub async fn observe(
         state
             .metrics
             .http_requests
-            .with_label_values(&[route.as_str(), method.as_str(), &status.to_string()])
+            .with_label_values(&[route.as_str(), method_label, &status.to_string()])
             .inc();
         state
             .metrics
@@ -70,4 +87,19 @@ pub async fn observe(
         res.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(res)
+}
+
+/// Refuses a query parameter the endpoint does not take, before the handler runs (inside CORS,
+/// so a browser can read the refusal).
+pub async fn refuse_unknown_query(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let refused = req.app_data::<web::Data<AppState>>().and_then(|state| {
+        super::check_query(state, req.method(), req.path(), req.query_string()).err()
+    });
+    Ok(match refused {
+        Some(err) => req.error_response(err).map_into_right_body(),
+        None => next.call(req).await?.map_into_left_body(),
+    })
 }

@@ -11,6 +11,7 @@ mod files;
 mod functions;
 mod middleware;
 mod realtime;
+mod refusal;
 mod system;
 mod users;
 
@@ -197,6 +198,10 @@ pub fn app(
         .app_data(
             web::QueryConfig::default().error_handler(|e, _| error::from_actix(&e.into()).into()),
         )
+        .wrap(actix_web::middleware::from_fn(refusal::close_refused))
+        .wrap(actix_web::middleware::from_fn(
+            middleware::refuse_unknown_query,
+        ))
         .wrap(cors)
         .wrap(actix_web::middleware::from_fn(middleware::observe))
         .into_utoipa_app()
@@ -242,12 +247,30 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     }
 }
 
-/// Route patterns and their methods, for telling a wrong method (`405`) from an unknown route
-/// (`404`). Built from the OpenAPI document, so it knows exactly the routes that exist.
-struct RouteTable(Vec<(ResourceDef, Vec<Method>)>);
+/// Route patterns, their methods and each method's query parameters: for telling a wrong method
+/// (`405`) from an unknown route (`404`), and for refusing query parameters an endpoint does not
+/// take. Built from the OpenAPI document, so it knows exactly the routes that exist.
+struct RouteTable(Vec<(ResourceDef, Vec<MethodParams>)>);
+
+/// A method of a route and the query parameters it takes.
+type MethodParams = (Method, Vec<String>);
 
 impl RouteTable {
     fn from_openapi(api: &utoipa::openapi::OpenApi) -> Self {
+        use utoipa::openapi::path::{Operation, ParameterIn};
+        use utoipa::openapi::RefOr;
+        let query_names = |op: &Operation| {
+            op.parameters
+                .iter()
+                .flatten()
+                .filter_map(|p| match p {
+                    RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Query) => {
+                        Some(p.name.clone())
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
         let routes = api
             .paths
             .paths
@@ -262,8 +285,7 @@ impl RouteTable {
                     (&item.head, Method::HEAD),
                 ]
                 .into_iter()
-                .filter(|(op, _)| op.is_some())
-                .map(|(_, m)| m)
+                .filter_map(|(op, m)| op.as_ref().map(|op| (m, query_names(op))))
                 .collect();
                 // A file path spans segments; the document names it `{path}`.
                 let pattern = pattern.replace("{path}", "{path:.*}");
@@ -273,20 +295,58 @@ impl RouteTable {
         RouteTable(routes)
     }
 
-    fn allowed(&self, path: &str) -> Option<&[Method]> {
+    fn methods(&self, path: &str) -> Option<&[MethodParams]> {
         self.0
             .iter()
             .find(|(def, _)| def.is_match(path))
             .map(|(_, methods)| methods.as_slice())
     }
+
+    /// The query parameters `method` on `path` takes (`None`: no such route).
+    fn query_names(&self, method: &Method, path: &str) -> Option<&[String]> {
+        self.methods(path)?
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, names)| names.as_slice())
+    }
+}
+
+/// Refuses a request with a query parameter its endpoint does not take (`?count=true` on a
+/// list), naming it, instead of silently answering as if it had not been sent.
+pub(crate) fn check_query(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> Result<(), Error> {
+    if query.is_empty() {
+        return Ok(());
+    }
+    let Some(known) = state.routes.query_names(method, path) else {
+        return Ok(());
+    };
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|_| Error::bad_request("the query string is not valid form encoding"))?;
+    match pairs.iter().find(|(name, _)| !known.contains(name)) {
+        None => Ok(()),
+        Some((name, _)) if known.is_empty() => Err(Error::bad_request(format!(
+            "unknown query parameter `{name}`: this endpoint takes none"
+        ))
+        .with_details(serde_json::json!({ "parameter": name }))),
+        Some((name, _)) => Err(Error::bad_request(format!(
+            "unknown query parameter `{name}`: this endpoint takes {}",
+            known.join(", ")
+        ))
+        .with_details(serde_json::json!({ "parameter": name }))),
+    }
 }
 
 async fn fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    match state.routes.allowed(req.path()) {
+    match state.routes.methods(req.path()) {
         Some(methods) => {
             let allow = methods
                 .iter()
-                .map(Method::as_str)
+                .map(|(m, _)| m.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
             let err = Error::new(

@@ -1,7 +1,7 @@
 //! `GET /v1/realtime`: Server-Sent Events.
 
 use super::error::ErrorBody;
-use super::extract::bearer;
+use super::extract::{bearer, client_ip};
 use super::AppState;
 use crate::error::Error;
 use crate::realtime::SubscribeRequest;
@@ -48,6 +48,7 @@ pub struct RealtimeQuery {
         (status = 400, description = "Bad topic, filter or Last-Event-ID", body = ErrorBody),
         (status = 401, description = "Invalid token", body = ErrorBody),
         (status = 403, description = "The read rule of a collection denies the caller everything", body = ErrorBody),
+        (status = 429, description = "Too many open streams from this client; see Retry-After", body = ErrorBody),
         (status = 503, description = "Too many subscribers, or shutting down", body = ErrorBody),
     ),
     security((), ("bearer" = []))
@@ -79,6 +80,7 @@ pub(super) async fn subscribe(
             filter: query.filter.as_deref(),
             last_event_id,
             expires_at,
+            client: &client_ip(&req, &state.config.http.trusted_proxies),
         },
     )?;
     let stream = futures_util::stream::unfold(subscription, |mut sub| async move {

@@ -12,9 +12,13 @@
 //! `token_version` is in every access token and every family; changing the password, a reset,
 //! disabling or deleting the user bumps or removes it, which invalidates every token at once.
 
+mod prune;
+
+pub use prune::Pruned;
+
 use super::mail::{Mail, Mailer};
 use super::password::{check_password, PasswordHasherPool};
-use super::throttle::FailureLimiter;
+use super::throttle::WindowLimiter;
 use super::tokens::{now_secs, TokenIssuer};
 use super::{generate_secret, Principal};
 use crate::config::AuthConfig;
@@ -22,6 +26,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{KvWrite, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A user as the API shows it. Never a hash.
@@ -174,9 +179,38 @@ pub struct Accounts {
     hasher: PasswordHasherPool,
     tokens: TokenIssuer,
     config: AuthConfig,
-    account_failures: FailureLimiter,
-    ip_failures: FailureLimiter,
+    account_failures: WindowLimiter,
+    ip_failures: WindowLimiter,
+    /// Every signup, per client address.
+    signup_ips: WindowLimiter,
+    /// Every reset or verification mail asked for, per email address and per client address.
+    mail_addresses: WindowLimiter,
+    mail_ips: WindowLimiter,
+    /// Reset requests being handled off the request path.
+    mail_jobs: Arc<tokio::sync::Semaphore>,
     mailer: Mailer,
+}
+
+/// The longest email address (RFC 5321), checked before anything else is done with one.
+const MAX_EMAIL_BYTES: usize = 254;
+
+/// Reset requests handled at once in the background; more are dropped (and logged).
+const MAIL_JOBS: usize = 32;
+
+fn check_email_length(raw: &str) -> Result<()> {
+    if raw.len() > MAX_EMAIL_BYTES {
+        return Err(Error::validation(
+            format!("an email address is at most {MAX_EMAIL_BYTES} bytes"),
+            "email",
+        ));
+    }
+    Ok(())
+}
+
+fn rate_limited(wait: Duration, what: &str) -> Error {
+    let mut err = Error::new(ErrorCode::RateLimited, format!("{what}; try again later"));
+    err.retry_after = Some(wait.as_secs().max(1));
+    err
 }
 
 impl Accounts {
@@ -188,9 +222,14 @@ impl Accounts {
         mailer: Mailer,
     ) -> Self {
         let window = Duration::from_secs(config.failure_window_secs);
+        let hour = Duration::from_secs(3600);
         Accounts {
-            account_failures: FailureLimiter::new(config.max_failures_per_account, window),
-            ip_failures: FailureLimiter::new(config.max_failures_per_ip, window),
+            account_failures: WindowLimiter::new(config.max_failures_per_account, window),
+            ip_failures: WindowLimiter::new(config.max_failures_per_ip, window),
+            signup_ips: WindowLimiter::new(config.signups_per_ip_per_hour, hour),
+            mail_addresses: WindowLimiter::new(config.mails_per_address_per_hour, hour),
+            mail_ips: WindowLimiter::new(config.mail_requests_per_ip_per_hour, hour),
+            mail_jobs: Arc::new(tokio::sync::Semaphore::new(MAIL_JOBS)),
             store,
             hasher,
             tokens,
@@ -260,7 +299,11 @@ impl Accounts {
     }
 
     /// Creates an account and signs it in.
-    pub async fn signup(&self, email: &str, password: String) -> Result<Session> {
+    pub async fn signup(&self, email: &str, password: String, client_ip: &str) -> Result<Session> {
+        check_email_length(email)?;
+        self.signup_ips
+            .acquire(client_ip)
+            .map_err(|wait| rate_limited(wait, "too many signups from this address"))?;
         let email = normalize_email(email)?;
         check_password(&password, &email)?;
         if self
@@ -286,42 +329,42 @@ impl Accounts {
         }
     }
 
-    /// The 429 to answer if the account, or the client address when given, is throttled.
-    fn throttled(&self, account_key: &str, ip_key: Option<&str>) -> Option<Error> {
-        let wait = self
-            .account_failures
-            .blocked_for(account_key)
-            .max(ip_key.and_then(|ip| self.ip_failures.blocked_for(ip)))?;
-        let mut err = Error::new(
-            ErrorCode::RateLimited,
-            "too many failed sign-in attempts; try again later",
-        );
-        err.retry_after = Some(wait.as_secs().max(1));
-        Some(err)
+    /// Counts a password attempt against the account and, for logins, the client address,
+    /// before the password is hashed: concurrent attempts cannot all pass the check. A right
+    /// password takes the attempt back.
+    fn attempt(&self, account_key: &str, ip_key: Option<&str>) -> Result<()> {
+        let what = "too many failed sign-in attempts";
+        self.account_failures
+            .acquire(account_key)
+            .map_err(|wait| rate_limited(wait, what))?;
+        if let Some(ip) = ip_key {
+            if let Err(wait) = self.ip_failures.acquire(ip) {
+                self.account_failures.release(account_key);
+                return Err(rate_limited(wait, what));
+            }
+        }
+        Ok(())
     }
 
     /// Signs in. An unknown email and a wrong password answer the same, in about the same time.
     pub async fn login(&self, email: &str, password: String, client_ip: &str) -> Result<Session> {
+        check_email_length(email)?;
         let account_key = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
-        let ip_key = format!("ip:{client_ip}");
-        if let Some(err) = self.throttled(&account_key, Some(&ip_key)) {
-            return Err(err);
-        }
+        let ip_key = client_ip.to_string();
+        self.attempt(&account_key, Some(&ip_key))?;
         let found = self.user_by_email(&account_key)?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
         let matched = self.hasher.verify(password, hash).await?;
+        // A wrong password leaves its attempt counted.
         let user = match (matched, found) {
             (true, Some((user, _))) => user,
-            _ => {
-                self.account_failures.record_failure(&account_key);
-                self.ip_failures.record_failure(&ip_key);
-                return Err(Error::unauthenticated("invalid email or password"));
-            }
+            _ => return Err(Error::unauthenticated("invalid email or password")),
         };
+        self.account_failures.clear(&account_key);
+        self.ip_failures.release(&ip_key);
         if user.disabled {
             return Err(Error::forbidden("this account is disabled"));
         }
-        self.account_failures.clear(&account_key);
         let (session, write) = self.new_session(&user, KvWrite::default())?;
         self.store.kv_write(write).await?;
         Ok(session)
@@ -491,9 +534,7 @@ impl Accounts {
         };
         check_password(&new, email)?;
         let account_key = email.clone();
-        if let Some(err) = self.throttled(&account_key, None) {
-            return Err(err);
-        }
+        self.attempt(&account_key, None)?;
         let (user, _) = self
             .load_user(id)?
             .ok_or_else(|| Error::unauthenticated("invalid or expired token"))?;
@@ -502,9 +543,9 @@ impl Accounts {
             .verify(current, Some(user.password_hash))
             .await?
         {
-            self.account_failures.record_failure(&account_key);
             return Err(Error::forbidden("the current password is wrong"));
         }
+        self.account_failures.release(&account_key);
         let hash = self.hasher.hash(new).await?;
         let user = self
             .update_user(id, |u| {
@@ -566,7 +607,7 @@ impl Accounts {
     }
 
     /// Sends the signed-in user a link to confirm their email.
-    pub async fn request_verification(&self, who: &Principal) -> Result<()> {
+    pub async fn request_verification(&self, who: &Principal, client_ip: &str) -> Result<()> {
         let Principal::User { id, .. } = who else {
             return Err(Error::unauthenticated("sign in first"));
         };
@@ -576,6 +617,7 @@ impl Accounts {
         if user.email_verified {
             return Ok(());
         }
+        self.limit_mail(client_ip, &user.email)?;
         let token = self
             .issue_email_token(
                 EmailTokenKind::Verify,
@@ -605,11 +647,41 @@ impl Accounts {
     }
 
     /// Sends a reset link if the email belongs to an account; answers the same either way.
-    pub async fn request_reset(&self, email: &str) -> Result<()> {
+    pub async fn request_reset(self: &Arc<Self>, email: &str, client_ip: &str) -> Result<()> {
+        check_email_length(email)?;
         let Ok(email) = normalize_email(email) else {
             return Ok(());
         };
-        let Some((user, _)) = self.user_by_email(&email)? else {
+        self.limit_mail(client_ip, &email)?;
+        // The lookup, the token and the mail happen off the request path, so the answer takes
+        // the same time whether or not the address has an account.
+        let Ok(permit) = self.mail_jobs.clone().try_acquire_owned() else {
+            tracing::warn!("too many password reset requests in progress; one was dropped");
+            return Ok(());
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.send_reset(&email).await {
+                tracing::error!(error = %e.message, "cannot send a password reset mail");
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Counts a mail asked for, per client address and per email address (whether or not the
+    /// address has an account, so a 429 reveals nothing).
+    fn limit_mail(&self, client_ip: &str, email: &str) -> Result<()> {
+        self.mail_ips
+            .acquire(client_ip)
+            .map_err(|wait| rate_limited(wait, "too many mails asked for from this address"))?;
+        self.mail_addresses
+            .acquire(email)
+            .map_err(|wait| rate_limited(wait, "too many mails asked for to this email address"))
+    }
+
+    async fn send_reset(&self, email: &str) -> Result<()> {
+        let Some((user, _)) = self.user_by_email(email)? else {
             return Ok(());
         };
         if user.disabled {

@@ -106,7 +106,7 @@ impl Authenticator {
         }
     }
 
-    pub fn accounts(&self) -> &Accounts {
+    pub fn accounts(&self) -> &Arc<Accounts> {
         &self.accounts
     }
 

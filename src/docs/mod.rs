@@ -10,7 +10,7 @@ pub use rules::{allows, CompiledRules, Rule, RuleScope};
 use crate::auth::Principal;
 use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
-use crate::model::{Change, CollectionConfig, CollectionInfo, Document, Rules};
+use crate::model::{CollectionConfig, CollectionInfo, Document, RuleError, Rules};
 use crate::query::{self, plan::effective_sort, Dialect, Expr, SortKey};
 use crate::store::{
     Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, WriteGuard,
@@ -192,6 +192,28 @@ fn same_snapshot(a: &Option<Arc<CollectionState>>, b: &Option<Arc<CollectionStat
     }
 }
 
+/// Reports the stored rules of a collection that do not compile (each such collection is
+/// admin-only until they are fixed).
+fn with_rule_errors(mut info: CollectionInfo) -> CollectionInfo {
+    if let Some(rules) = &info.config.rules {
+        info.rule_errors = [
+            ("read", &rules.read),
+            ("create", &rules.create),
+            ("update", &rules.update),
+            ("delete", &rules.delete),
+        ]
+        .into_iter()
+        .filter_map(|(name, src)| {
+            Rule::compile(src.as_deref()).err().map(|e| RuleError {
+                rule: name.to_string(),
+                message: e.to_string(),
+            })
+        })
+        .collect();
+    }
+    info
+}
+
 /// The document service. Cheap to clone.
 #[derive(Clone)]
 pub struct Documents {
@@ -262,12 +284,20 @@ impl Documents {
                 }
             }
         }
-        let compiled = source
+        // Only configured collections are cached, so the cache holds at most one entry per
+        // configuration an admin stored, whatever names clients send.
+        let Some(rules) = source
             .as_ref()
-            .and_then(|state| state.config.rules.clone())
-            .and_then(|rules| CompiledRules::compile(&rules).ok())
-            .map(Arc::new)
-            .unwrap_or_else(|| self.inner.default_rules.clone());
+            .and_then(|state| state.config.rules.as_ref())
+        else {
+            return self.inner.default_rules.clone();
+        };
+        let compiled = Arc::new(CompiledRules::compile(rules).unwrap_or_else(|(name, e)| {
+            // Fail closed: a stored rule that no longer compiles denies everyone but admins,
+            // never falls back to the (possibly wider) defaults.
+            tracing::error!(collection, rule = name, error = %e, "a stored rule does not compile; the collection allows admins only until it is fixed");
+            CompiledRules::admin_only()
+        }));
         if let Ok(mut cache) = self.inner.rules.write() {
             cache.insert(
                 collection.to_string(),
@@ -532,11 +562,15 @@ impl Documents {
         list: &PreparedList,
     ) -> Result<(QueryResult, Option<String>)> {
         let collection = &list.collection;
-        // A read rule that does not look at the document is decided once for the whole list.
+        // A read rule that does not look at the document, or says no to this caller whatever
+        // the document holds, is decided once for the whole list.
         let rules = self.rules_for(collection);
         let per_doc = !who.is_admin() && matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
         let auth = who.auth_value();
-        if !per_doc && !Self::may_read(&rules, who, &auth, None) {
+        let read = ReadCheck {
+            rules: rules.clone(),
+        };
+        if read.denies_all(who, &auth) {
             return Err(Self::denied(collection));
         }
         let visible = |doc: &Document| !per_doc || Self::may_read(&rules, who, &auth, Some(doc));
@@ -680,6 +714,7 @@ impl Documents {
         Ok(CollectionInfo {
             name: collection.to_string(),
             config,
+            rule_errors: Vec::new(),
         })
     }
 
@@ -692,10 +727,11 @@ impl Documents {
         let state = self.inner.store.collection(collection).ok_or_else(|| {
             Error::not_found(format!("collection {collection} has no configuration"))
         })?;
-        Ok(CollectionInfo {
+        Ok(with_rule_errors(CollectionInfo {
             name: collection.to_string(),
             config: state.config.clone(),
-        })
+            rule_errors: Vec::new(),
+        }))
     }
 
     /// Every configured collection (admins only).
@@ -703,7 +739,28 @@ impl Documents {
         if !who.is_admin() {
             return Err(Error::forbidden("only admins read collection configs"));
         }
-        Ok(self.inner.store.collections())
+        Ok(self
+            .inner
+            .store
+            .collections()
+            .into_iter()
+            .map(with_rule_errors)
+            .collect())
+    }
+
+    /// The collections that hold documents but have no rules of their own, so the configured
+    /// defaults apply to them.
+    pub fn collections_on_default_rules(&self) -> Result<Vec<String>> {
+        let store = &self.inner.store;
+        Ok(store
+            .document_collections()?
+            .into_iter()
+            .filter(|c| {
+                store
+                    .collection(c)
+                    .is_none_or(|state| state.config.rules.is_none())
+            })
+            .collect())
     }
 
     /// The read rule of a collection as configured now, to check many documents against (the
@@ -726,7 +783,7 @@ impl Documents {
     }
 
     /// Every change committed from now on (see [`Store::subscribe`]).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe(&self) -> crate::store::ChangeReceiver {
         self.inner.store.subscribe()
     }
 }
@@ -742,11 +799,24 @@ impl ReadCheck {
         Documents::may_read(&self.rules, who, auth, Some(doc))
     }
 
-    /// Whether the rule denies `who` every document, whatever it holds: the rule does not look
-    /// at the document and says no.
+    /// Whether the rule denies `who` every document, whatever it holds: it says no without
+    /// looking at the document (`auth != null && doc.owner == auth.id` for an anonymous
+    /// caller).
     pub fn denies_all(&self, who: &Principal, auth: &Value) -> bool {
-        !matches!(&self.rules.read, Rule::Expr { uses_doc: true, .. })
-            && !Documents::may_read(&self.rules, who, auth, None)
+        match &self.rules.read {
+            Rule::Expr {
+                expr,
+                uses_doc: true,
+            } if !who.is_admin() => {
+                let scope = RuleScope {
+                    auth,
+                    doc: None,
+                    request_data: None,
+                };
+                query::decide(expr, &scope, "doc") == Some(false)
+            }
+            _ => !Documents::may_read(&self.rules, who, auth, None),
+        }
     }
 }
 

@@ -6,6 +6,9 @@ use crate::query::{self, ast::Path, eval::walk, Dialect, Expr, ParseError, Scope
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
+/// The longest rule accepted, in bytes (a rule is evaluated for every document a list reads).
+pub const MAX_RULE_LENGTH: usize = 16 * 1024;
+
 /// One compiled rule.
 #[derive(Debug, Clone)]
 pub enum Rule {
@@ -29,26 +32,19 @@ impl Rule {
         match src {
             None => Ok(Rule::AdminOnly),
             Some(s) if s.trim().is_empty() => Ok(Rule::Everyone),
+            Some(s) if s.len() > MAX_RULE_LENGTH => Err(ParseError {
+                column: 1,
+                message: format!("a rule is at most {MAX_RULE_LENGTH} bytes"),
+            }),
             Some(s) => {
                 let expr = query::parse_expr(s, dialect)?;
                 let item = match dialect {
                     Dialect::FileRule => "file",
                     Dialect::Rule | Dialect::Document => "doc",
                 };
-                let uses_doc = mentions(&expr, item);
+                let uses_doc = query::mentions(&expr, item);
                 Ok(Rule::Expr { expr, uses_doc })
             }
-        }
-    }
-}
-
-fn mentions(e: &Expr, root: &str) -> bool {
-    match e {
-        Expr::Path(p) => p.root() == root,
-        Expr::Literal(_) => false,
-        Expr::Not(a) => mentions(a, root),
-        Expr::And(a, b) | Expr::Or(a, b) | Expr::Compare(a, _, b) => {
-            mentions(a, root) || mentions(b, root)
         }
     }
 }
@@ -63,6 +59,16 @@ pub struct CompiledRules {
 }
 
 impl CompiledRules {
+    /// Rules that allow admins only: what a collection whose stored rules do not compile gets.
+    pub fn admin_only() -> CompiledRules {
+        CompiledRules {
+            read: Rule::AdminOnly,
+            create: Rule::AdminOnly,
+            update: Rule::AdminOnly,
+            delete: Rule::AdminOnly,
+        }
+    }
+
     /// Compiles every rule; the error names the rule that failed.
     pub fn compile(rules: &Rules) -> Result<CompiledRules, (&'static str, ParseError)> {
         let one = |name: &'static str, src: &Option<String>| {
@@ -89,6 +95,9 @@ impl Scope for RuleScope<'_> {
         let segments = &path.segments;
         match segments.first().map(String::as_str) {
             Some("auth") => walk(self.auth, &segments[1..]).map(Cow::Borrowed),
+            Some("doc") if segments.len() == 1 => {
+                serde_json::to_value(self.doc?).ok().map(Cow::Owned)
+            }
             Some("doc") => self.doc?.lookup_segments(&segments[1..]),
             Some("request") => {
                 let data = self.request_data?;

@@ -294,7 +294,17 @@ impl Files {
         let config: BucketConfig = serde_json::from_slice(&bytes)
             .map_err(|e| Error::internal(format!("bucket {bucket} config: {e}")))?;
         let policy = BucketPolicy::compile(&config, &self.inner.defaults, self.inner.max_size)
-            .map_err(|(name, e)| Error::internal(format!("bucket {bucket} rule {name}: {e}")))?;
+            .unwrap_or_else(|(name, e)| {
+                // Fail closed, as collections do: admins only until the rule is fixed.
+                tracing::error!(bucket, rule = name, error = %e, "a stored bucket rule does not compile; the bucket allows admins only until it is fixed");
+                BucketPolicy {
+                    read: Rule::AdminOnly,
+                    write: Rule::AdminOnly,
+                    delete: Rule::AdminOnly,
+                    max_size: 0,
+                    content_types: None,
+                }
+            });
         let policy = Arc::new(policy);
         if let Ok(mut cache) = self.inner.policies.write() {
             cache.insert(bucket.to_string(), (bytes, policy.clone()));
@@ -544,14 +554,24 @@ impl Files {
             })
             .transpose()?;
         let policy = self.policy(bucket)?;
+        let denied = || Error::forbidden(format!("the read rule of bucket {bucket} denies this"));
         let per_file = match &policy.read {
             _ if who.is_admin() => false,
-            Rule::Expr { uses_doc: true, .. } => true,
+            // A rule that looks at each file but says no to this caller whatever the file
+            // holds is decided once, as for documents.
+            Rule::Expr {
+                expr,
+                uses_doc: true,
+            } => {
+                let scope = json!({"auth": who.auth_value(), "file": null, "request": null});
+                if crate::query::decide(expr, &scope, "file") == Some(false) {
+                    return Err(denied());
+                }
+                true
+            }
             rule => {
                 if !self.may(who, rule, None) {
-                    return Err(Error::forbidden(format!(
-                        "the read rule of bucket {bucket} denies this"
-                    )));
+                    return Err(denied());
                 }
                 false
             }

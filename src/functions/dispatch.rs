@@ -392,7 +392,9 @@ async fn deliver(
             .get("depth")
             .and_then(Value::as_u64)
             .unwrap_or(0) as u32;
-        let outcome = functions.run(loaded, &pending.event, depth + 1).await?;
+        let outcome = functions
+            .run(super::Lane::Events, loaded, &pending.event, depth + 1)
+            .await?;
         let failed = match &outcome.result {
             Ok(Some(bytes)) => match serde_json::from_slice::<Value>(bytes) {
                 Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => Some(

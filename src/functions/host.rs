@@ -7,12 +7,76 @@ use crate::auth::Principal;
 use crate::docs::{Documents, ListParams};
 use crate::error::{Error, ErrorCode};
 use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub struct DocumentHost {
     pub docs: Documents,
     pub who: Principal,
     pub runtime: tokio::runtime::Handle,
     pub function: String,
+    pub log_budget: Arc<LogBudget>,
+}
+
+/// The log bytes one function may write per minute, across all its invocations: what its
+/// lines may add to the server log and to its invocation records, whatever it is called.
+pub struct LogBudget {
+    per_minute: u64,
+    window: Mutex<LogWindow>,
+}
+
+struct LogWindow {
+    started: Instant,
+    used: u64,
+    dropped: u64,
+}
+
+impl LogBudget {
+    pub fn new(per_minute: u64) -> LogBudget {
+        LogBudget {
+            per_minute,
+            window: Mutex::new(LogWindow {
+                started: Instant::now(),
+                used: 0,
+                dropped: 0,
+            }),
+        }
+    }
+
+    /// Takes `bytes` from this minute's budget; false when they do not fit. The first line
+    /// refused in a minute, and the count of a minute that refused any, go to the server log.
+    fn take(&self, function: &str, bytes: u64) -> bool {
+        let Ok(mut w) = self.window.lock() else {
+            return false;
+        };
+        if w.started.elapsed() >= Duration::from_secs(60) {
+            if w.dropped > 0 {
+                tracing::warn!(
+                    function,
+                    dropped = w.dropped,
+                    "log lines dropped over the function's log budget in the last minute"
+                );
+            }
+            *w = LogWindow {
+                started: Instant::now(),
+                used: 0,
+                dropped: 0,
+            };
+        }
+        if w.used + bytes <= self.per_minute {
+            w.used += bytes;
+            return true;
+        }
+        if w.dropped == 0 {
+            tracing::warn!(
+                function,
+                per_minute = self.per_minute,
+                "the function is over its log budget; its lines are dropped until the minute ends"
+            );
+        }
+        w.dropped += 1;
+        false
+    }
 }
 
 fn field<'a>(request: &'a Value, name: &str) -> Result<&'a str, Error> {
@@ -91,13 +155,17 @@ impl Host for DocumentHost {
         serde_json::to_vec(&reply).ok()
     }
 
-    fn log(&self, level: &str, message: &str) {
+    fn log(&self, level: &str, message: &str) -> bool {
         let function = self.function.as_str();
+        if !self.log_budget.take(function, message.len() as u64) {
+            return false;
+        }
         match level {
             "error" => tracing::error!(function, "{message}"),
             "warn" => tracing::warn!(function, "{message}"),
             "info" => tracing::info!(function, "{message}"),
             _ => tracing::debug!(function, "{message}"),
         }
+        true
     }
 }

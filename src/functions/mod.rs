@@ -23,13 +23,13 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::model::{now_rfc3339, Change, Subject};
 use crate::store::{CommitHook, KvWrite, Space, Store};
-use runtime::{Failure, Limits, LogLine, Outcome, Runtime};
+use runtime::{Failure, Lane, Limits, LogLine, Outcome, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// The most memory a function may be given, in MiB.
@@ -149,6 +149,8 @@ struct Inner {
     triggers: RwLock<Arc<Vec<(String, Trigger)>>>,
     dispatch: dispatch::Dispatchers,
     tokio: tokio::runtime::Handle,
+    /// Each loaded function's log budget (entries go with their function).
+    log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
 }
 
 /// The function service. Cheap to clone.
@@ -242,6 +244,7 @@ impl Functions {
                 triggers: RwLock::new(Arc::new(Vec::new())),
                 dispatch: dispatch::Dispatchers::default(),
                 tokio: tokio::runtime::Handle::current(),
+                log_budgets: Mutex::new(HashMap::new()),
             }),
         };
         let records = store
@@ -353,6 +356,18 @@ impl Functions {
         }
     }
 
+    /// The log budget of a loaded function, shared by all its invocations.
+    fn log_budget(&self, name: &str) -> Arc<host::LogBudget> {
+        let per_minute = self.inner.config.log_bytes_per_minute;
+        match self.inner.log_budgets.lock() {
+            Ok(mut budgets) => budgets
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(host::LogBudget::new(per_minute)))
+                .clone(),
+            Err(_) => Arc::new(host::LogBudget::new(0)),
+        }
+    }
+
     /// The limits of one invocation of a function with `config`.
     fn limits(&self, config: &FunctionConfig) -> Limits {
         let c = &self.inner.config;
@@ -364,6 +379,7 @@ impl Functions {
             max_io_bytes: 1024 * 1024,
             max_log_lines: 100,
             max_log_bytes: 4096,
+            max_log_total: c.max_log_bytes,
         }
     }
 
@@ -384,13 +400,14 @@ impl Functions {
             .map(|l| l.record.info.config.clone())
             .unwrap_or_default();
         let memory = self.limits(&config).memory_bytes;
+        let max_table_elements = self.inner.config.max_table_elements;
         let sha = hex(&Sha256::digest(&wasm));
         let (module_path, key) = (self.module_path(&sha), artifact_key(&sha));
         let artifact_path = self.inner.artifacts_dir.join(format!("{key}.bin"));
         let size = wasm.len() as u64;
         let artifact = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
             let (module, artifact) = runtime::compile(&wasm).map_err(Error::bad_request)?;
-            runtime::check_abi(&module, memory).map_err(Error::bad_request)?;
+            runtime::check_abi(&module, memory, max_table_elements).map_err(Error::bad_request)?;
             write_durably(&module_path, &wasm).map_err(Error::internal)?;
             write_durably(&artifact_path, &artifact).map_err(Error::internal)?;
             Ok(artifact)
@@ -553,6 +570,9 @@ impl Functions {
         };
         self.rebuild_triggers();
         self.inner.dispatch.remove(name);
+        if let Ok(mut budgets) = self.inner.log_budgets.lock() {
+            budgets.remove(name);
+        }
         let mut write = KvWrite::default().delete(Space::Functions, name.as_bytes());
         let prefix = dispatch::function_prefix(name);
         for space in [Space::Events, Space::Invocations, Space::Schedules] {
@@ -601,7 +621,7 @@ impl Functions {
     }
 
     /// Runs one invocation of `function` with an event, as the function's principal.
-    async fn run(&self, loaded: &Loaded, event: &Value, depth: u32) -> Result<Outcome> {
+    async fn run(&self, lane: Lane, loaded: &Loaded, event: &Value, depth: u32) -> Result<Outcome> {
         let name = loaded.record.info.name.clone();
         let host = Arc::new(host::DocumentHost {
             docs: self.inner.docs.clone(),
@@ -611,13 +631,14 @@ impl Functions {
             },
             runtime: self.inner.tokio.clone(),
             function: name.clone(),
+            log_budget: self.log_budget(&name),
         });
         let input = serde_json::to_vec(event).map_err(Error::internal)?;
         let limits = self.limits(&loaded.record.info.config);
         let outcome = self
             .inner
             .runtime
-            .invoke(loaded.module.clone(), input, limits, host)
+            .invoke(lane, loaded.module.clone(), input, limits, host)
             .await
             .map_err(|e| Error::new(ErrorCode::Unavailable, e))?;
         let status = match &outcome.result {
@@ -644,7 +665,7 @@ impl Functions {
             .ok_or_else(|| Error::not_found(format!("no function {name} with an http trigger")))?;
         let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
             "auth": who.auth_value(), "time": now_rfc3339()});
-        let outcome = self.run(&loaded, &event, 1).await?;
+        let outcome = self.run(Lane::Http, &loaded, &event, 1).await?;
         let event_id = ulid::Ulid::new().to_string();
         let (status, failure, error) = outcome_status(&outcome.result);
         let record = Invocation {

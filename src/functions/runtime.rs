@@ -5,10 +5,10 @@
 //! linear memory (the engine's tunables), wall-clock time (a watchdog that interrupts the
 //! store) and host calls (counted by the host functions).
 
-use super::tunables::{with_memory_cap, CappedTunables};
+use super::tunables::{table_bytes, with_limits, CappedTunables, TABLE_ELEMENT_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use wasmer::sys::{CompilerConfig, Cranelift, EngineBuilder, NativeEngineExt};
 use wasmer::wasmparser::Operator;
@@ -24,7 +24,7 @@ use wasmer_middlewares::Metering;
 pub const COMPILE_VERSION: &str = concat!(
     "wasmer-7.4/emberbase-",
     env!("CARGO_PKG_VERSION"),
-    "/ebfn-1"
+    "/ebfn-2"
 );
 
 /// Metering points every host call costs, on top of the guest's own instructions: a call does
@@ -53,8 +53,10 @@ pub struct Limits {
     pub fuel: u64,
     pub host_calls: u32,
     pub max_io_bytes: usize,
+    /// Lines kept per invocation, bytes kept of one line, and bytes of all lines kept.
     pub max_log_lines: usize,
     pub max_log_bytes: usize,
+    pub max_log_total: usize,
 }
 
 /// One line a function logged.
@@ -106,8 +108,22 @@ pub struct Outcome {
 /// worker thread and may block.
 pub trait Host: Send + Sync {
     fn call(&self, request: &serde_json::Value) -> Option<Vec<u8>>;
-    /// Where a log line goes besides the invocation record.
-    fn log(&self, level: &str, message: &str);
+    /// Where a log line goes besides the invocation record; false when the function is over
+    /// its log budget, and the line is dropped.
+    fn log(&self, level: &str, message: &str) -> bool;
+}
+
+/// The Wasm features a module may use. Every proposal that would let a module hold memory
+/// outside the one capped linear memory is off: several memories, 64-bit memories, shared
+/// (threads) memories and exception objects.
+fn features() -> wasmer::sys::Features {
+    let mut features = wasmer::sys::Features::new();
+    features
+        .multi_memory(false)
+        .memory64(false)
+        .threads(false)
+        .exceptions(false);
+    features
 }
 
 /// Compiles a module with metering, for the runtime engine. Returns the module (to inspect)
@@ -119,7 +135,10 @@ pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
     let metering = Arc::new(Metering::new(START_FUEL, cost));
     let mut compiler = Cranelift::default();
     compiler.push_middleware(metering);
-    let engine: Engine = EngineBuilder::new(compiler).engine().into();
+    let engine: Engine = EngineBuilder::new(compiler)
+        .set_features(Some(features()))
+        .engine()
+        .into();
     Module::validate(&engine, bytes).map_err(|e| format!("invalid module: {e}"))?;
     let module = Module::new(&engine, bytes).map_err(|e| format!("cannot compile: {e}"))?;
     let artifact = module
@@ -129,8 +148,13 @@ pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
 }
 
 /// Checks a compiled module against ABI v1: the exports it must have and the imports it may
-/// have, and a memory minimum within `memory_bytes`.
-pub fn check_abi(module: &Module, memory_bytes: u64) -> Result<(), String> {
+/// have; its tables' declared sizes within `max_table_elements`; and its memory minimum plus
+/// its tables within `memory_bytes`.
+pub fn check_abi(
+    module: &Module,
+    memory_bytes: u64,
+    max_table_elements: u64,
+) -> Result<(), String> {
     use wasmer::FunctionType;
     let func =
         |params: &[Type], results: &[Type]| FunctionType::new(params.to_vec(), results.to_vec());
@@ -175,11 +199,19 @@ pub fn check_abi(module: &Module, memory_bytes: u64) -> Result<(), String> {
             ));
         }
     }
-    let min_bytes = memory.minimum.bytes().0 as u64;
-    if min_bytes > memory_bytes {
+    let tables = table_bytes(module);
+    let elements = tables / TABLE_ELEMENT_BYTES;
+    if elements > max_table_elements {
         return Err(format!(
-            "the module's memory starts at {} MiB, over the limit of {} MiB",
+            "the module's tables declare {elements} elements, over the limit of {max_table_elements}"
+        ));
+    }
+    let min_bytes = memory.minimum.bytes().0 as u64;
+    if min_bytes + tables > memory_bytes {
+        return Err(format!(
+            "the module's memory starts at {} MiB and its tables take {} KiB, over the limit of {} MiB",
             min_bytes / (1024 * 1024),
+            tables / 1024,
             memory_bytes / (1024 * 1024)
         ));
     }
@@ -200,42 +232,87 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Outcome>,
 }
 
+/// Which queue an invocation waits in. HTTP calls (which anyone an `http` trigger lets in can
+/// make) and events (triggers and schedules) have separate queues, and workers take from them
+/// in turn, so a flood of calls can neither fill the events' queue nor starve their delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Http,
+    Events,
+}
+
+/// The two queues the workers take jobs from.
+struct Lanes {
+    http: std::collections::VecDeque<Job>,
+    events: std::collections::VecDeque<Job>,
+    /// Set by `stop`: workers finish what is queued, then exit.
+    stopped: bool,
+}
+
+impl Lanes {
+    fn queue(&mut self, lane: Lane) -> &mut std::collections::VecDeque<Job> {
+        match lane {
+            Lane::Http => &mut self.http,
+            Lane::Events => &mut self.events,
+        }
+    }
+
+    /// The next job, from the lane after `last` when both have one.
+    fn take(&mut self, last: Lane) -> Option<(Lane, Job)> {
+        let order = match last {
+            Lane::Http => [Lane::Events, Lane::Http],
+            Lane::Events => [Lane::Http, Lane::Events],
+        };
+        order
+            .into_iter()
+            .find_map(|lane| self.queue(lane).pop_front().map(|job| (lane, job)))
+    }
+}
+
 /// The runtime: one engine for loading artifacts, a pool of worker threads and a watchdog.
 pub struct Runtime {
     engine: Engine,
-    jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
+    lanes: Arc<(Mutex<Lanes>, Condvar)>,
+    /// Jobs each lane may hold waiting for a worker.
+    queue: usize,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     watchdog: Arc<Watchdog>,
 }
 
 impl Runtime {
-    /// Starts `workers` worker threads, with room for `queue` waiting invocations.
+    /// Starts `workers` worker threads, with room for `queue` waiting invocations per lane.
     pub fn start(workers: usize, queue: usize) -> Result<Arc<Runtime>, String> {
         let mut engine = Engine::headless();
         engine.set_tunables(CappedTunables::new());
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
-        let rx = Arc::new(Mutex::new(rx));
+        let lanes = Arc::new((
+            Mutex::new(Lanes {
+                http: Default::default(),
+                events: Default::default(),
+                stopped: false,
+            }),
+            Condvar::new(),
+        ));
         let watchdog = Watchdog::start()?;
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers.max(1) {
-            let (rx, engine, watchdog) = (rx.clone(), engine.clone(), watchdog.clone());
+            let (lanes, engine, watchdog) = (lanes.clone(), engine.clone(), watchdog.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("emberbase-fn-{i}"))
-                .spawn(move || loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let outcome = run(&engine, &watchdog, &job.call);
-                    let _ = job.reply.send(outcome);
+                .spawn(move || {
+                    let mut last = Lane::Events;
+                    while let Some((lane, job)) = next_job(&lanes, last) {
+                        last = lane;
+                        let outcome = run(&engine, &watchdog, &job.call);
+                        let _ = job.reply.send(outcome);
+                    }
                 })
                 .map_err(|e| format!("cannot start a function worker: {e}"))?;
             handles.push(handle);
         }
         Ok(Arc::new(Runtime {
             engine,
-            jobs: Mutex::new(Some(tx)),
+            lanes,
+            queue,
             workers: Mutex::new(handles),
             watchdog,
         }))
@@ -255,6 +332,7 @@ impl Runtime {
     /// queue is full.
     pub async fn invoke(
         &self,
+        lane: Lane,
         module: Module,
         input: Vec<u8>,
         limits: Limits,
@@ -271,15 +349,17 @@ impl Runtime {
             reply,
         };
         {
-            let jobs = self.jobs.lock().map_err(|_| "the runtime is stopped")?;
-            let tx = jobs.as_ref().ok_or("the runtime is stopped")?;
-            tx.try_send(job).map_err(|e| match e {
-                mpsc::TrySendError::Full(_) => {
-                    "every function worker is busy and the queue is full"
-                }
-                mpsc::TrySendError::Disconnected(_) => "the runtime is stopped",
-            })?;
+            let mut lanes = self.lanes.0.lock().map_err(|_| "the runtime is stopped")?;
+            if lanes.stopped {
+                return Err("the runtime is stopped".into());
+            }
+            let waiting = lanes.queue(lane);
+            if waiting.len() >= self.queue {
+                return Err("every function worker is busy and the queue is full".into());
+            }
+            waiting.push_back(job);
         }
+        self.lanes.1.notify_one();
         rx.await
             .map_err(|_| "the function worker stopped".to_string())
     }
@@ -304,9 +384,10 @@ impl Runtime {
 
     /// Stops the workers after the invocations already queued.
     pub fn stop(&self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
+        if let Ok(mut lanes) = self.lanes.0.lock() {
+            lanes.stopped = true;
         }
+        self.lanes.1.notify_all();
         let handles = match self.workers.lock() {
             Ok(mut w) => std::mem::take(&mut *w),
             Err(_) => Vec::new(),
@@ -315,6 +396,21 @@ impl Runtime {
             let _ = handle.join();
         }
         self.watchdog.stop();
+    }
+}
+
+/// Waits for the next job; `None` once the runtime is stopped and both lanes are empty.
+fn next_job(lanes: &(Mutex<Lanes>, Condvar), last: Lane) -> Option<(Lane, Job)> {
+    let (lock, ready) = lanes;
+    let mut guard = lock.lock().ok()?;
+    loop {
+        if let Some(next) = guard.take(last) {
+            return Some(next);
+        }
+        if guard.stopped {
+            return None;
+        }
+        guard = ready.wait(guard).ok()?;
     }
 }
 
@@ -328,6 +424,9 @@ struct Env {
     calls: u32,
     reply: Vec<u8>,
     logs: Vec<LogLine>,
+    /// Bytes of the lines in `logs`, and lines refused by a limit.
+    log_bytes: usize,
+    logs_dropped: u64,
     failure: Option<Failure>,
 }
 
@@ -357,6 +456,12 @@ fn host_log(
     ptr: i32,
     len: i32,
 ) -> Result<(), RuntimeError> {
+    // A log line does real work (a copy, a server log line), so a loop of them must run out
+    // of fuel like any loop.
+    if !charge(&mut env, HOST_CALL_FUEL) {
+        env.data_mut().failure = Some(Failure::Fuel);
+        return Err(RuntimeError::user(Box::new(Abort)));
+    }
     let limits = env.data().limits;
     let len = len.min(limits.max_log_bytes as i32);
     let Some(bytes) = read_guest(&env, ptr, len) else {
@@ -371,15 +476,19 @@ fn host_log(
         2 => "warn",
         _ => "error",
     };
-    let message = String::from_utf8_lossy(&bytes).into_owned();
     let data = env.data_mut();
-    data.host.log(level, &message);
-    if data.logs.len() < limits.max_log_lines {
+    let within = data.logs.len() < limits.max_log_lines
+        && data.log_bytes + bytes.len() <= limits.max_log_total;
+    let message = String::from_utf8_lossy(&bytes).into_owned();
+    if within && data.host.log(level, &message) {
+        data.log_bytes += bytes.len();
         data.logs.push(LogLine {
             level: level.into(),
             message,
             at: crate::model::now_rfc3339(),
         });
+    } else {
+        data.logs_dropped += 1;
     }
     Ok(())
 }
@@ -463,6 +572,8 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
             calls: 0,
             reply: Vec::new(),
             logs: Vec::new(),
+            log_bytes: 0,
+            logs_dropped: 0,
             failure: None,
         },
     );
@@ -475,9 +586,10 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
     };
     // The deadline covers the start function too.
     let armed = watchdog.arm(store.interrupter(), started + job.limits.timeout);
-    let instance = with_memory_cap(job.limits.memory_bytes, || {
+    let instance = with_limits(job.limits.memory_bytes, &job.module, || {
         Instance::new(&mut store, &job.module, &imports).map_err(|e| e.to_string())
-    });
+    })
+    .and_then(|instance| instance);
     let result = match instance {
         Err(e) => {
             let timed_out = watchdog.disarm(armed);
@@ -504,7 +616,18 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
             })
         }
     };
-    let logs = std::mem::take(&mut env.as_mut(&mut store).logs);
+    let env = env.as_mut(&mut store);
+    let mut logs = std::mem::take(&mut env.logs);
+    if env.logs_dropped > 0 {
+        logs.push(LogLine {
+            level: "warn".into(),
+            message: format!(
+                "{} more log lines were dropped: an invocation keeps at most {} lines and {} bytes, within the function's log budget per minute",
+                env.logs_dropped, job.limits.max_log_lines, job.limits.max_log_total
+            ),
+            at: crate::model::now_rfc3339(),
+        });
+    }
     Outcome {
         result,
         logs,

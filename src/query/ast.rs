@@ -8,8 +8,10 @@ pub enum Expr {
     Literal(Value),
     Path(Path),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Two or more operands, all of which must hold (a chain is one node, not a deep tree).
+    And(Vec<Expr>),
+    /// Two or more operands, one of which must hold.
+    Or(Vec<Expr>),
     Compare(Box<Expr>, CmpOp, Box<Expr>),
 }
 

@@ -43,12 +43,49 @@ pub fn eval<'s>(expr: &'s Expr, scope: &'s dyn Scope) -> Cow<'s, Value> {
         Expr::Literal(v) => Cow::Borrowed(v),
         Expr::Path(p) => scope.lookup(p).unwrap_or(Cow::Borrowed(&NULL)),
         Expr::Not(inner) => Cow::Owned(Value::Bool(!truthy(&eval(inner, scope)))),
-        Expr::And(a, b) => Cow::Owned(Value::Bool(matches(a, scope) && matches(b, scope))),
-        Expr::Or(a, b) => Cow::Owned(Value::Bool(matches(a, scope) || matches(b, scope))),
+        Expr::And(all) => Cow::Owned(Value::Bool(all.iter().all(|e| matches(e, scope)))),
+        Expr::Or(any) => Cow::Owned(Value::Bool(any.iter().any(|e| matches(e, scope)))),
         Expr::Compare(a, op, b) => {
             Cow::Owned(Value::Bool(compare(&eval(a, scope), *op, &eval(b, scope))))
         }
     }
+}
+
+/// Whether `expr` reads any path under `root`.
+pub fn mentions(expr: &Expr, root: &str) -> bool {
+    match expr {
+        Expr::Path(p) => p.root() == root,
+        Expr::Literal(_) => false,
+        Expr::Not(a) => mentions(a, root),
+        Expr::And(all) | Expr::Or(all) => all.iter().any(|e| mentions(e, root)),
+        Expr::Compare(a, _, b) => mentions(a, root) || mentions(b, root),
+    }
+}
+
+/// Whether `expr` holds whatever the paths under `unknown` hold: `Some` when the rest of the
+/// expression decides it (`auth != null && doc.owner == auth.id` is false for an anonymous
+/// caller, whatever the document), `None` when it depends on them.
+pub fn decide(expr: &Expr, scope: &dyn Scope, unknown: &str) -> Option<bool> {
+    match expr {
+        Expr::Not(inner) => decide(inner, scope, unknown).map(|b| !b),
+        Expr::And(all) => decide_all(all, scope, unknown, false),
+        Expr::Or(any) => decide_all(any, scope, unknown, true),
+        e if mentions(e, unknown) => None,
+        e => Some(matches(e, scope)),
+    }
+}
+
+/// `&&` (`wins` false) or `||` (`wins` true): one decided operand equal to `wins` decides it.
+fn decide_all(operands: &[Expr], scope: &dyn Scope, unknown: &str, wins: bool) -> Option<bool> {
+    let mut undecided = false;
+    for e in operands {
+        match decide(e, scope, unknown) {
+            Some(b) if b == wins => return Some(wins),
+            Some(_) => {}
+            None => undecided = true,
+        }
+    }
+    (!undecided).then_some(!wins)
 }
 
 /// Whether `expr` holds for `scope`.

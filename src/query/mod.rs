@@ -11,7 +11,7 @@ pub mod parse;
 pub mod plan;
 
 pub use ast::{CmpOp, Expr, Path, SortKey};
-pub use eval::{matches, Scope};
+pub use eval::{decide, matches, mentions, Scope};
 pub use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub enum Dialect {
 /// cannot exhaust the stack.
 const MAX_DEPTH: usize = 64;
 
+/// The most comparisons and values an expression may hold, so that one rule or filter cannot
+/// cost unbounded work per document it is evaluated against.
+pub const MAX_TERMS: usize = 1000;
+
 const ENVELOPE_FIELDS: [&str; 5] = ["id", "owner", "version", "created_at", "updated_at"];
 
 const FILE_FIELDS: [&str; 8] = [
@@ -213,6 +217,8 @@ struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
     depth: usize,
+    /// Values and names read so far (checked against `MAX_TERMS`).
+    terms: usize,
     dialect: Dialect,
 }
 
@@ -268,24 +274,32 @@ impl Parser {
         Ok(())
     }
 
+    /// `a || b || c` as one node with three operands: a chain is as deep as one operator,
+    /// however long it is.
     fn or(&mut self) -> Result<Expr, ParseError> {
-        let mut left = self.and()?;
+        let first = self.and()?;
+        if self.peek() != &Tok::Op("||") {
+            return Ok(first);
+        }
+        let mut operands = vec![first];
         while self.peek() == &Tok::Op("||") {
             self.bump();
-            let right = self.and()?;
-            left = Expr::Or(Box::new(left), Box::new(right));
+            operands.push(self.and()?);
         }
-        Ok(left)
+        Ok(Expr::Or(operands))
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
-        let mut left = self.comparison()?;
+        let first = self.comparison()?;
+        if self.peek() != &Tok::Op("&&") {
+            return Ok(first);
+        }
+        let mut operands = vec![first];
         while self.peek() == &Tok::Op("&&") {
             self.bump();
-            let right = self.comparison()?;
-            left = Expr::And(Box::new(left), Box::new(right));
+            operands.push(self.comparison()?);
         }
-        Ok(left)
+        Ok(Expr::And(operands))
     }
 
     fn comparison_op(&self) -> Option<CmpOp> {
@@ -328,6 +342,10 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Expr, ParseError> {
         let column = self.column();
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return self.err(format!("expression has more than {MAX_TERMS} terms"));
+        }
         match self.bump() {
             Tok::LParen => {
                 self.enter()?;
@@ -443,6 +461,8 @@ fn check_root(path: &Path, dialect: Dialect, column: usize) -> Result<(), ParseE
         Dialect::Document => check_envelope_path(&path.segments, column),
         Dialect::Rule => match path.root() {
             "auth" => Ok(()),
+            // `doc` alone is the whole envelope, null when the document does not exist.
+            "doc" if path.segments.len() == 1 => Ok(()),
             "doc" => check_envelope_path(&path.segments[1..], column),
             "request" if path.segments.get(1).map(String::as_str) == Some("data") => Ok(()),
             _ => err(format!(
@@ -499,6 +519,7 @@ pub fn parse_expr(src: &str, dialect: Dialect) -> Result<Expr, ParseError> {
         toks,
         pos: 0,
         depth: 0,
+        terms: 0,
         dialect,
     };
     if p.peek() == &Tok::Eof {

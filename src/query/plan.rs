@@ -105,9 +105,10 @@ impl Constraints {
 
     fn visit(&mut self, expr: &Expr) {
         match expr {
-            Expr::And(a, b) => {
-                self.visit(a);
-                self.visit(b);
+            Expr::And(all) => {
+                for e in all {
+                    self.visit(e);
+                }
             }
             Expr::Compare(a, op, b) => match (a.as_ref(), b.as_ref()) {
                 (Expr::Path(p), Expr::Literal(v)) => self.add(p, *op, v),

@@ -11,10 +11,14 @@ fn sexp(e: &Expr) -> String {
         Expr::Literal(v) => v.to_string(),
         Expr::Path(p) => p.to_string(),
         Expr::Not(a) => format!("(! {})", sexp(a)),
-        Expr::And(a, b) => format!("(&& {} {})", sexp(a), sexp(b)),
-        Expr::Or(a, b) => format!("(|| {} {})", sexp(a), sexp(b)),
+        Expr::And(all) => format!("(&& {})", list(all)),
+        Expr::Or(any) => format!("(|| {})", list(any)),
         Expr::Compare(a, op, b) => format!("({op:?} {} {})", sexp(a), sexp(b)),
     }
+}
+
+fn list(operands: &[Expr]) -> String {
+    operands.iter().map(sexp).collect::<Vec<_>>().join(" ")
 }
 
 fn check(input: &str, expected: &str) {
@@ -81,11 +85,57 @@ fn deep_nesting_is_an_error_not_a_crash() {
 }
 
 #[test]
+fn long_chains_are_one_node_and_capped() {
+    check(
+        "data.a == 1 && data.b == 2 && data.c == 3 || data.d",
+        "(|| (&& (Eq data.a 1) (Eq data.b 2) (Eq data.c 3)) data.d)",
+    );
+    // 499 comparisons of two terms each, under the cap: flat, and evaluated without recursion
+    // as deep as the chain.
+    let chain = vec!["data.n == 1"; 499].join(" || ") + " || data.n == 7";
+    let expr = parse_expr(&chain, Dialect::Document).unwrap();
+    match &expr {
+        Expr::Or(any) => assert_eq!(any.len(), 500),
+        other => panic!("not one node: {other:?}"),
+    }
+    assert!(matches(&expr, &json!({"data": {"n": 7}})));
+    assert!(!matches(&expr, &json!({"data": {"n": 8}})));
+    let over = vec!["data.n == 1"; 20_000].join(" || ");
+    let err = parse_expr(&over, Dialect::Document).unwrap_err();
+    assert!(err.message.contains("more than 1000 terms"), "{err}");
+}
+
+#[test]
+fn decides_without_the_unknown_root() {
+    use super::eval::decide;
+    let rule = |src: &str| parse_expr(src, Dialect::Rule).unwrap();
+    let anon = json!({"auth": null});
+    let user = json!({"auth": {"id": "u1"}});
+    let owner_rule = rule("auth != null && doc.owner == auth.id");
+    assert_eq!(decide(&owner_rule, &anon, "doc"), Some(false));
+    assert_eq!(decide(&owner_rule, &user, "doc"), None);
+    assert_eq!(
+        decide(&rule("auth == null || doc.public == true"), &anon, "doc"),
+        Some(true)
+    );
+    assert_eq!(
+        decide(&rule("!(auth != null && doc.x == 1)"), &anon, "doc"),
+        Some(true)
+    );
+    assert_eq!(
+        decide(&rule("doc.x == 1 || doc.y == 2"), &user, "doc"),
+        None
+    );
+    assert_eq!(decide(&rule("auth.id == \"u1\""), &user, "doc"), Some(true));
+}
+
+#[test]
 fn rule_dialect_names() {
     let ok = [
         "auth != null",
         "doc.owner == auth.id",
         "request.data.title != null && doc.data.n > 1",
+        "doc == null || doc.owner == auth.id",
         "\"\" == \"\"",
     ];
     for rule in ok {

@@ -1,13 +1,15 @@
 //! Realtime: Server-Sent Events fed by the change feed.
 //!
-//! One hub task reads the store's change broadcast and fans each document change out to the
+//! One hub task reads the store's change feed and fans each document change out to the
 //! subscribers of its collection. Every subscriber gets the event only if its topics and filter
 //! select it and the collection's read rule lets it read the envelope it would receive. The
 //! event text is formatted once and shared by every subscriber that gets it.
 //!
-//! Each subscriber has a bounded queue. One that does not keep up is removed from the hub
-//! (a slow consumer), ends with a final `close` event and resumes from its `Last-Event-ID`.
-//! Server memory never grows with a stuck client beyond its queue.
+//! Each subscriber has a queue bounded by events and by bytes (`queue`). One that does not keep
+//! up, or leaves events unread for `stall_secs`, is removed from the hub (a slow consumer), its
+//! queue freed; it ends with a final `close` event and resumes from its `Last-Event-ID`.
+//! Server memory never grows with a stuck client beyond its queue, nor for longer than the
+//! stall limit.
 //!
 //! Resuming: the hub records the sequence of the last change it fanned out. A subscriber
 //! registered at sequence `H` receives every change after `H` live; with `Last-Event-ID: N` it
@@ -21,14 +23,18 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::model::{Change, ChangeKind, Document, Subject};
 use crate::query::{self, Expr};
+use crate::store::ChangeReceiver;
 use bytes::Bytes;
+use queue::{CloseReason, Queue};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
+
+mod queue;
 
 /// Retained changes read per step of a replay or a catch-up.
 const PAGE: usize = 256;
@@ -54,14 +60,9 @@ struct Registry {
     seq: AtomicU64,
     open: bool,
     count: usize,
-    by_collection: HashMap<String, HashMap<u64, Entry>>,
-}
-
-/// A subscriber as the hub holds it. Only the hub holds the sender, so removing the entry (slow
-/// consumer, shutdown) ends the stream once it has sent what was queued.
-struct Entry {
-    sub: Arc<Subscriber>,
-    tx: mpsc::Sender<Bytes>,
+    /// Open streams per client address (entries go when they reach zero).
+    per_client: HashMap<String, usize>,
+    by_collection: HashMap<String, HashMap<u64, Arc<Subscriber>>>,
 }
 
 /// What one stream asked for within one collection.
@@ -77,7 +78,9 @@ struct Subscriber {
     auth: Value,
     topics: HashMap<String, Topic>,
     filter: Option<Expr>,
-    overflowed: AtomicBool,
+    /// The client address the stream counts against.
+    client: String,
+    queue: Queue,
 }
 
 impl Subscriber {
@@ -113,6 +116,8 @@ pub struct SubscribeRequest<'a> {
     pub last_event_id: Option<u64>,
     /// When the caller's credential expires (Unix seconds); the stream ends then.
     pub expires_at: Option<u64>,
+    /// The client's address, for the per-client cap.
+    pub client: &'a str,
 }
 
 impl Realtime {
@@ -133,6 +138,7 @@ impl Realtime {
                     seq: AtomicU64::new(seq),
                     open: true,
                     count: 0,
+                    per_client: HashMap::new(),
                     by_collection: HashMap::new(),
                 }),
                 next_id: AtomicU64::new(1),
@@ -147,7 +153,11 @@ impl Realtime {
     pub fn close(&self) {
         let mut registry = self.inner.write();
         registry.open = false;
-        registry.by_collection.clear();
+        for subscribers in std::mem::take(&mut registry.by_collection).into_values() {
+            for sub in subscribers.into_values() {
+                sub.queue.close(CloseReason::Shutdown);
+            }
+        }
     }
 
     /// Open streams.
@@ -175,14 +185,19 @@ impl Realtime {
                 )));
             }
         }
-        let (tx, rx) = mpsc::channel(self.inner.config.queue);
+        let config = &self.inner.config;
         let subscriber = Arc::new(Subscriber {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             who,
             auth,
             topics,
             filter,
-            overflowed: AtomicBool::new(false),
+            client: req.client.to_string(),
+            queue: Queue::new(
+                config.queue,
+                config.queue_bytes,
+                self.inner.metrics.realtime_queued_bytes.clone(),
+            ),
         });
         let head = {
             let mut registry = self.inner.write();
@@ -198,19 +213,28 @@ impl Realtime {
                     "too many realtime subscribers; try again later",
                 ));
             }
+            let per_client = registry.per_client.get(req.client).copied().unwrap_or(0);
+            if per_client >= config.max_subscribers_per_client {
+                let mut err = Error::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this client already has {per_client} open realtime streams; close one, or subscribe to several topics on one stream"
+                    ),
+                );
+                err.retry_after = Some(config.heartbeat_secs.max(1));
+                return Err(err);
+            }
             registry.count += 1;
+            *registry
+                .per_client
+                .entry(req.client.to_string())
+                .or_default() += 1;
             for collection in subscriber.topics.keys() {
                 registry
                     .by_collection
                     .entry(collection.clone())
                     .or_default()
-                    .insert(
-                        subscriber.id,
-                        Entry {
-                            sub: subscriber.clone(),
-                            tx: tx.clone(),
-                        },
-                    );
+                    .insert(subscriber.id, subscriber.clone());
             }
             registry.seq.load(Ordering::Acquire)
         };
@@ -226,7 +250,6 @@ impl Realtime {
         let mut subscription = Subscription {
             inner: self.inner.clone(),
             subscriber,
-            rx,
             head,
             phase: Phase::Ready,
             expires_at,
@@ -273,48 +296,77 @@ impl Inner {
                 if let (Some(subscribers), Some(doc)) = (subscribers, after.or(before)) {
                     let check = self.docs.read_check(collection);
                     let mut event = None;
-                    for Entry { sub, tx } in subscribers.values() {
+                    for sub in subscribers.values() {
                         if !sub.wants(collection, id, before, after)
                             || !check.allows(&sub.who, &sub.auth, doc)
                         {
                             continue;
                         }
                         let bytes = event.get_or_insert_with(|| format_change(change)).clone();
-                        match tx.try_send(bytes) {
-                            Ok(()) => self
-                                .metrics
-                                .realtime_events
-                                .with_label_values(&["sent"])
-                                .inc(),
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                sub.overflowed.store(true, Ordering::Release);
-                                self.metrics
-                                    .realtime_events
-                                    .with_label_values(&["overflow"])
-                                    .inc();
-                                gone.push(sub.id);
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => gone.push(sub.id),
-                        }
+                        let outcome = if sub.queue.push(bytes) {
+                            "sent"
+                        } else {
+                            gone.push(sub.id);
+                            "overflow"
+                        };
+                        self.metrics
+                            .realtime_events
+                            .with_label_values(&[outcome])
+                            .inc();
                     }
                 }
             }
             registry.seq.store(change.seq, Ordering::Release);
         }
-        if !gone.is_empty() {
-            let mut registry = self.write();
-            for map in registry.by_collection.values_mut() {
-                for id in &gone {
-                    map.remove(id);
-                }
+        self.remove(&gone);
+    }
+
+    /// Takes subscribers whose queues closed out of the fan-out (they stay counted until their
+    /// streams end).
+    fn remove(&self, gone: &[u64]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut registry = self.write();
+        for map in registry.by_collection.values_mut() {
+            for id in gone {
+                map.remove(id);
             }
         }
+    }
+
+    /// Disconnects every subscriber that has left queued events unread for too long.
+    fn sweep_stalled(&self) {
+        let limit = Duration::from_secs(self.config.stall_secs);
+        let stalled: Vec<u64> = {
+            let registry = self.read();
+            registry
+                .by_collection
+                .values()
+                .flat_map(|subs| subs.values())
+                .filter(|sub| sub.queue.close_if_stalled(limit))
+                .map(|sub| sub.id)
+                .collect()
+        };
+        if !stalled.is_empty() {
+            self.metrics
+                .realtime_events
+                .with_label_values(&["overflow"])
+                .inc_by(stalled.len() as u64);
+        }
+        self.remove(&stalled);
     }
 
     /// Takes a subscriber out of the hub (its stream ended or was dropped).
     fn unregister(&self, sub: &Subscriber) {
         let mut registry = self.write();
         registry.count = registry.count.saturating_sub(1);
+        if let Some(n) = registry.per_client.get_mut(&sub.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                registry.per_client.remove(&sub.client);
+            }
+        }
         for collection in sub.topics.keys() {
             if let Some(map) = registry.by_collection.get_mut(collection) {
                 map.remove(&sub.id);
@@ -329,9 +381,18 @@ impl Inner {
 
 /// The hub: fans out every committed change, catching up from the stored feed if it falls
 /// behind the broadcast. Ends when the service is dropped or the store closes.
-async fn hub(inner: std::sync::Weak<Inner>, mut changes: broadcast::Receiver<Arc<Change>>) {
+async fn hub(inner: std::sync::Weak<Inner>, mut changes: ChangeReceiver) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let received = changes.recv().await;
+        let received = tokio::select! {
+            received = changes.recv() => received,
+            _ = sweep.tick() => {
+                let Some(inner) = inner.upgrade() else { return };
+                inner.sweep_stalled();
+                continue;
+            }
+        };
         let Some(inner) = inner.upgrade() else { return };
         match received {
             Ok(change) => inner.deliver(&change),
@@ -436,19 +497,10 @@ enum Phase {
     Done,
 }
 
-/// Why a stream ended, sent as the final `close` event.
-#[derive(Clone, Copy)]
-enum CloseReason {
-    Overflow,
-    Expired,
-    Shutdown,
-}
-
 /// One open stream. Yields the SSE text to send; ends after a final `close` event.
 pub struct Subscription {
     inner: Arc<Inner>,
     subscriber: Arc<Subscriber>,
-    rx: mpsc::Receiver<Bytes>,
     head: u64,
     phase: Phase,
     expires_at: Option<Instant>,
@@ -515,10 +567,9 @@ impl Subscription {
         };
         tokio::select! {
             biased;
-            event = self.rx.recv() => match event {
-                Some(bytes) => Ok(bytes),
-                None if self.subscriber.overflowed.load(Ordering::Acquire) => Err(CloseReason::Overflow),
-                None => Err(CloseReason::Shutdown),
+            next = self.subscriber.queue.next() => match next {
+                queue::Next::Event(bytes) => Ok(bytes),
+                queue::Next::Closed(reason) => Err(reason),
             },
             () = expiry => Err(CloseReason::Expired),
             _ = self.heartbeat.tick() => Ok(Bytes::from_static(b": ping\n\n")),

@@ -9,6 +9,7 @@
 //! | `M`    | `coll:` collection                               | collection config JSON      |
 //! | `S`    | space tag, key (see `kv::Space`)                 | system record               |
 //! | `F`    | bucket `00` path                                 | file record (see `files`)   |
+//! | `H`    | collection `00` id `00` seq (u64 BE)             | empty: a retained change of the document (see `records`) |
 //!
 //! Collection and bucket names, ids and file paths never contain `00`, so `collection 00` and
 //! `bucket 00` are exact prefixes.
@@ -23,6 +24,7 @@ pub const CHANGE: u8 = b'C';
 pub const META: u8 = b'M';
 pub const SYSTEM: u8 = b'S';
 pub const FILE: u8 = b'F';
+pub const HISTORY: u8 = b'H';
 
 pub fn doc_prefix(collection: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 2);
@@ -79,6 +81,23 @@ pub fn index_key(prefix: &[u8], fields: &[Path], doc: &Document) -> Vec<u8> {
         order::encode(v.as_deref().unwrap_or(&Value::Null), &mut k);
     }
     k.extend_from_slice(doc.id.as_bytes());
+    k
+}
+
+/// The prefix of a document's history entries: the retained changes of one document.
+pub fn history_prefix(collection: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(collection.len() + id.len() + 11);
+    k.push(HISTORY);
+    k.extend_from_slice(collection.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn history_key(collection: &str, id: &str, seq: u64) -> Vec<u8> {
+    let mut k = history_prefix(collection, id);
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 

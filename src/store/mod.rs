@@ -4,14 +4,19 @@
 //! thread (see [`writer`]), which commits each write atomically with its index entries and
 //! change records, and acknowledges it only after a flush shared by every write of its group.
 
+mod diff;
 mod error;
+mod feed;
 mod files;
 mod keys;
 mod kv;
+mod records;
 mod scan;
 mod writer;
 
 pub use error::{BatchFailure, StoreError};
+use feed::ChangeFeed;
+pub use feed::ChangeReceiver;
 pub use files::{FileGuard, FileOp, FileRecord, FileWrite, FileWritten};
 pub use kv::{KvWrite, Space};
 
@@ -28,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -44,6 +49,8 @@ pub struct StoreOptions {
     pub retention_count: usize,
     /// ...and none older than this.
     pub retention_age: Duration,
+    /// Bytes of recent changes kept in memory for live consumers (see `feed`).
+    pub change_buffer_bytes: usize,
 }
 
 /// One declared index, ready to use.
@@ -94,7 +101,7 @@ pub(crate) struct Shared {
     options: StoreOptions,
     hook: RwLock<Option<Arc<dyn CommitHook>>>,
     configs: RwLock<Arc<HashMap<String, Arc<CollectionState>>>>,
-    changes: broadcast::Sender<Arc<Change>>,
+    changes: Arc<ChangeFeed>,
     metrics: Arc<Metrics>,
 }
 
@@ -162,6 +169,15 @@ fn strip_prefix(
     Ok((k.get(len..).unwrap_or(&[]).to_vec(), v.to_vec()))
 }
 
+/// The seq at the end of a history key.
+fn seq_of_history_key(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(tail) = key.len().checked_sub(8).and_then(|start| key.get(start..)) {
+        b.copy_from_slice(tail);
+    }
+    u64::from_be_bytes(b)
+}
+
 fn seq_of_key(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     if let Some(tail) = key.get(1..9) {
@@ -213,7 +229,11 @@ impl Store {
             Some(entry) => seq_of_key(&entry?.0) + 1,
             None => 1,
         };
-        let (changes, _) = broadcast::channel(4096);
+        let changes = ChangeFeed::new(
+            next_seq - 1,
+            options.change_buffer_bytes,
+            metrics.change_feed_bytes.clone(),
+        );
         let shared = Arc::new(Shared {
             options,
             hook: RwLock::new(None),
@@ -422,6 +442,28 @@ impl Store {
         Ok(self.db.get(keys::doc_key(collection, id))?.map(RawDocument))
     }
 
+    /// The names of the collections that hold documents, in order. Reads one key per
+    /// collection: each step seeks past the previous collection's documents.
+    pub fn document_collections(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut from = vec![keys::DOC];
+        while let Some((key, _)) = self.db.range(from.clone()..).next().transpose()? {
+            let Some(rest) = key.strip_prefix(&[keys::DOC]) else {
+                break;
+            };
+            let Some(end) = rest.iter().position(|b| *b == 0) else {
+                break;
+            };
+            names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+            // The first key after every `D collection 00 …` key.
+            from = keys::doc_prefix(&String::from_utf8_lossy(&rest[..end]));
+            if let Some(last) = from.last_mut() {
+                *last = 1;
+            }
+        }
+        Ok(names)
+    }
+
     /// The configuration of a collection, if an admin has set one.
     pub fn collection(&self, collection: &str) -> Option<Arc<CollectionState>> {
         self.shared.configs_snapshot().get(collection).cloned()
@@ -435,6 +477,7 @@ impl Store {
             .map(|(name, state)| CollectionInfo {
                 name: name.clone(),
                 config: state.config.clone(),
+                rule_errors: Vec::new(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -465,7 +508,7 @@ impl Store {
 
     /// Every change committed from now on, in commit order. A receiver that falls more than
     /// 4096 changes behind is told it lagged and should catch up with [`Store::changes_after`].
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    pub fn subscribe(&self) -> ChangeReceiver {
         self.shared.changes.subscribe()
     }
 
@@ -473,12 +516,13 @@ impl Store {
     pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let start = keys::change_key(after.saturating_add(1));
         let end = keys::prefix_end(&[keys::CHANGE]);
+        let mut resolver = records::Resolver::new(&self.db);
         self.db
             .range(start.to_vec()..end)
             .take(limit)
             .map(|entry| {
                 let (_, bytes) = entry?;
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+                resolver.resolve(records::decode(&bytes)?)
             })
             .collect()
     }

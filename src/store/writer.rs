@@ -14,13 +14,14 @@ use super::error::{BatchFailure, StoreError};
 use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::keys;
 use super::kv::KvWrite;
+use super::records;
 use super::{CollectionState, CommitHook, Shared};
 use crate::model::{
     merge_patch, now_rfc3339, Actor, Change, ChangeKind, CollectionConfig, Document, FileInfo,
     Subject,
 };
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,7 +113,11 @@ type DocKey = (String, String);
 
 /// The effect of one applied job, waiting for the group's flush.
 enum Applied {
-    Write(oneshot::Sender<WriteResult>, WriteResult, Vec<Change>),
+    Write(
+        oneshot::Sender<WriteResult>,
+        WriteResult,
+        Vec<Sized<Change>>,
+    ),
     Configure(
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
@@ -123,23 +128,53 @@ enum Applied {
 type AppliedFile = (
     oneshot::Sender<Result<FileWritten, StoreError>>,
     Result<FileWritten, StoreError>,
-    Option<Change>,
+    Option<Sized<Change>>,
 );
 
-/// Adds a change record to a batch, with the records the commit hook wants beside it.
+/// A change with the size of its whole encoding, which is what it costs the change feed.
+type Sized<T> = (T, usize);
+
+/// What a write job left: each op's document, and the changes to publish.
+type Written = (Vec<Option<Document>>, Vec<Sized<Change>>);
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Adds a change record (and, for a document, its history entry) to a batch, with the records
+/// the commit hook wants beside it; returns the size of the whole change. `has_prev`: the
+/// document has a retained change before this one (see `records`).
 fn record_change(
     batch: &mut sled::Batch,
     change: &Change,
+    has_prev: bool,
     hook: Option<&Arc<dyn CommitHook>>,
-) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    batch.insert(&keys::change_key(change.seq)[..], bytes);
+) -> Result<usize, StoreError> {
+    batch.insert(
+        &keys::change_key(change.seq)[..],
+        records::encode(change, has_prev)?,
+    );
+    if let Subject::Document { collection, id, .. } = &change.subject {
+        batch.insert(keys::history_key(collection, id, change.seq), &[]);
+    }
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if let Some(hook) = hook {
         for (space, key, value) in hook.records(change) {
             batch.insert(space.key(&key), value);
         }
     }
-    Ok(())
+    Ok(size.0)
 }
 
 /// The owner a new document or file gets: the signed-in user who makes the write, if any.
@@ -174,6 +209,7 @@ impl Writer {
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final flush failed");
         }
+        self.shared.changes.close();
     }
 
     fn commit_group(&mut self, group: Vec<Job>) {
@@ -198,7 +234,7 @@ impl Writer {
                     Applied::Configure(reply, result)
                 }
                 Job::File(write, reply) => Applied::File(Box::new(match self.apply_file(&write) {
-                    Ok((written, change)) => (reply, Ok(written), Some(change)),
+                    Ok((written, sized)) => (reply, Ok(written), Some(sized)),
                     Err(e) => (reply, Err(e), None),
                 })),
             })
@@ -222,8 +258,8 @@ impl Writer {
                     let durable = result.is_ok();
                     let _ = reply.send(result);
                     if durable {
-                        for change in changes {
-                            let _ = self.shared.changes.send(Arc::new(change));
+                        for (change, size) in changes {
+                            self.shared.changes.publish(change, size);
                         }
                     }
                 }
@@ -242,8 +278,8 @@ impl Writer {
                     };
                     let durable = result.is_ok();
                     let _ = reply.send(result);
-                    if let (true, Some(change)) = (durable, change) {
-                        let _ = self.shared.changes.send(Arc::new(change));
+                    if let (true, Some((change, size))) = (durable, change) {
+                        self.shared.changes.publish(change, size);
                     }
                 }
             }
@@ -251,6 +287,16 @@ impl Writer {
         metrics
             .change_seq
             .set(self.next_seq.saturating_sub(1) as i64);
+    }
+
+    /// Whether a document has a retained change.
+    fn has_history(&self, key: &DocKey) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .scan_prefix(keys::history_prefix(&key.0, &key.1))
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     fn read_doc(&self, key: &DocKey) -> Result<Option<Document>, StoreError> {
@@ -261,10 +307,7 @@ impl Writer {
     }
 
     /// Applies one write job as one atomic batch. Nothing is written if any op fails.
-    fn apply_write(
-        &mut self,
-        req: &WriteRequest,
-    ) -> Result<(Vec<Option<Document>>, Vec<Change>), BatchFailure> {
+    fn apply_write(&mut self, req: &WriteRequest) -> Result<Written, BatchFailure> {
         let now = now_rfc3339();
         let owner = owner_of(&req.actor);
         // The state of every document the batch has touched: first as stored, then as the
@@ -449,7 +492,15 @@ impl Writer {
         let mut changes = Vec::with_capacity(pending.len());
         let mut seq = self.next_seq;
         let hook = self.shared.hook();
+        // Documents with a retained change: before this batch, or earlier in it.
+        let mut chained: HashSet<DocKey> = HashSet::new();
         for (kind, before, after, (collection, id)) in pending {
+            let key = (collection.clone(), id.clone());
+            let has_prev = chained.contains(&key)
+                || self
+                    .has_history(&key)
+                    .map_err(|error| BatchFailure { op: 0, error })?;
+            chained.insert(key);
             let change = Change {
                 seq,
                 kind,
@@ -463,9 +514,9 @@ impl Writer {
                 actor: req.actor.clone(),
                 depth: req.depth,
             };
-            record_change(&mut batch, &change, hook.as_ref())
+            let size = record_change(&mut batch, &change, has_prev, hook.as_ref())
                 .map_err(|error| BatchFailure { op: 0, error })?;
-            changes.push(change);
+            changes.push((change, size));
             seq += 1;
         }
         self.db.apply_batch(batch).map_err(|e| BatchFailure {
@@ -490,7 +541,10 @@ impl Writer {
     }
 
     /// Applies one file write (its record and its change record) as one atomic batch.
-    fn apply_file(&mut self, write: &FileWrite) -> Result<(FileWritten, Change), StoreError> {
+    fn apply_file(
+        &mut self,
+        write: &FileWrite,
+    ) -> Result<(FileWritten, Sized<Change>), StoreError> {
         let key = keys::file_key(&write.bucket, &write.path);
         let before = match self.db.get(&key)? {
             Some(bytes) => Some(FileRecord::decode(&bytes)?),
@@ -562,7 +616,7 @@ impl Writer {
             actor: write.actor.clone(),
             depth: write.depth,
         };
-        record_change(&mut batch, &change, self.shared.hook().as_ref())?;
+        let size = record_change(&mut batch, &change, false, self.shared.hook().as_ref())?;
         self.db.apply_batch(batch)?;
         self.next_seq += 1;
         let op = if after.is_some() {
@@ -571,7 +625,7 @@ impl Writer {
             "file_delete"
         };
         self.shared.metrics.store_ops.with_label_values(&[op]).inc();
-        Ok((FileWritten { before, after }, change))
+        Ok((FileWritten { before, after }, (change, size)))
     }
 
     /// Stores a collection's configuration and brings its indexes in line with it: entries of
@@ -674,19 +728,32 @@ impl Writer {
             crate::model::format_time(time::OffsetDateTime::now_utc() - opts.retention_age);
         let mut batch = sled::Batch::default();
         let mut removed = 0;
+        // Records this round rewrote (with a whole `before`), which the database does not
+        // show until the batch is applied.
+        let mut rewritten: HashMap<u64, records::StoredChange> = HashMap::new();
         for entry in self.db.scan_prefix([keys::CHANGE]) {
             let (key, bytes) = entry?;
             let seq = super::seq_of_key(&key);
-            let too_old = || {
-                serde_json::from_slice::<Change>(&bytes)
-                    .map(|c| c.time < cutoff)
-                    .unwrap_or(true)
-            };
             // The newest record is always kept: it is where the sequence resumes after a
             // restart, so sequences never repeat (realtime clients resume by them).
             let newest = seq + 1 >= self.next_seq;
-            if removed >= PER_ROUND || newest || (seq >= keep_from_seq && !too_old()) {
+            if removed >= PER_ROUND || newest {
                 break;
+            }
+            let stored = match rewritten.remove(&seq) {
+                Some(stored) => Ok(stored),
+                None => records::decode(&bytes),
+            };
+            match stored {
+                Ok(stored) => {
+                    if seq >= keep_from_seq && stored.time >= cutoff {
+                        break;
+                    }
+                    self.unchain(&stored, &mut batch, &mut rewritten)?;
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "pruning a change record that does not decode")
+                }
             }
             batch.remove(key);
             removed += 1;
@@ -694,6 +761,49 @@ impl Writer {
         if removed > 0 {
             self.db.apply_batch(batch)?;
             tracing::debug!(removed, "pruned change feed");
+        }
+        Ok(())
+    }
+
+    /// Before a document's oldest retained change is pruned, stores the `before` of the
+    /// document's next change whole if it referred to the pruned one, and drops the pruned
+    /// change's history entry.
+    fn unchain(
+        &self,
+        oldest: &records::StoredChange,
+        batch: &mut sled::Batch,
+        rewritten: &mut HashMap<u64, records::StoredChange>,
+    ) -> Result<(), StoreError> {
+        let Some((collection, id)) = oldest.document() else {
+            return Ok(());
+        };
+        batch.remove(keys::history_key(collection, id, oldest.seq));
+        let prefix = keys::history_prefix(collection, id);
+        let after = keys::successor(&keys::history_key(collection, id, oldest.seq));
+        let Some(entry) = self.db.range(after..keys::prefix_end(&prefix)).next() else {
+            return Ok(());
+        };
+        let next_seq = super::seq_of_history_key(&entry?.0);
+        // A record this round rewrote already has its `before` whole.
+        if rewritten.contains_key(&next_seq) {
+            return Ok(());
+        }
+        let next = match self.db.get(keys::change_key(next_seq))? {
+            Some(bytes) => records::decode(&bytes)?,
+            None => return Ok(()),
+        };
+        if !next.before_is_prev() {
+            return Ok(());
+        }
+        match oldest.after_of_first() {
+            Ok(document) => {
+                let next = next.with_whole_before(document);
+                batch.insert(&keys::change_key(next_seq)[..], records::to_bytes(&next)?);
+                rewritten.insert(next_seq, next);
+            }
+            Err(e) => {
+                tracing::error!(seq = oldest.seq, error = %e, "cannot carry a document's state past a pruned change; its next change will not read back");
+            }
         }
         Ok(())
     }

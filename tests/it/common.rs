@@ -109,6 +109,11 @@ impl TestServer {
         let mut config = Config::default();
         config.server.workers = 2;
         config.server.shutdown_timeout_secs = 5;
+        // Tests sign up many users and ask for many mails from one address; the throttling
+        // tests put the shipped limits back.
+        config.auth.signups_per_ip_per_hour = 100_000;
+        config.auth.mails_per_address_per_hour = 100_000;
+        config.auth.mail_requests_per_ip_per_hour = 100_000;
         configure(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -210,6 +215,22 @@ pub fn enc(s: &str) -> String {
     out
 }
 
+/// Gives a collection the rules the server shipped with before its defaults became private:
+/// any signed-in user reads and creates, owners update and delete. For tests about sharing,
+/// realtime fan-out and the like, which need documents that others can read.
+pub fn share(srv: &TestServer, collection: &str) {
+    srv.put(
+        &format!("/v1/admin/collections/{collection}"),
+        &serde_json::json!({"rules": {
+            "read": "auth != null",
+            "create": "auth != null",
+            "update": "auth != null && doc.owner == auth.id",
+            "delete": "auth != null && doc.owner == auth.id",
+        }}),
+    )
+    .expect(200);
+}
+
 /// Cheap password hashing, so that tests that sign up many users stay fast.
 pub fn fast(config: &mut Config) {
     config.auth.argon2_memory_kib = 1024;
@@ -245,4 +266,43 @@ pub fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// Sends `head` (a request with `Transfer-Encoding: chunked`), then a body of `total` bytes in
+/// 64 KiB chunks at a steady pace (5 ms apart), while reading the response. Returns the
+/// response's head and whether the server stopped reading before the body ended, as it must
+/// once it has refused the body.
+pub fn stream_until_refused(
+    addr: std::net::SocketAddr,
+    head: &str,
+    total: usize,
+) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'z'; 64 * 1024];
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        for _ in 0..total.div_ceil(chunk.len()) {
+            if writer.write_all(&framed).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains("\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    let stopped = sender.join().unwrap();
+    (String::from_utf8_lossy(&response).into_owned(), stopped)
 }

@@ -1,7 +1,7 @@
 //! Files: streamed uploads, ranged downloads, safe serving, hostile paths, limits, concurrency,
 //! crashes, signed URLs, bucket rules and change events, against a real server.
 
-use crate::common::{agent, fast, raw_http, send, signup, Resp, TestServer};
+use crate::common::{agent, fast, raw_http, send, signup, stream_until_refused, Resp, TestServer};
 use emberbase::{ChangeKind, Subject};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -364,49 +364,19 @@ fn uploads_over_the_limit_are_refused_and_leave_nothing() {
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("payload_too_large"), "{text}");
 
-    // Chunked: refused as soon as the limit is passed, while the client is still sending.
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(srv.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    // Chunked: refused as soon as the limit is passed, while the client is still sending
+    // (up to ~10 s worth). The server answers after ~1 MiB and closes the connection after a
+    // short linger, instead of reading the whole body.
     let head = format!(
         "PUT /v1/files/big/b.bin HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    // The client keeps sending at a steady pace (up to ~10 s worth). The server answers after
-    // ~1 MiB and closes the connection after a short linger, instead of reading the whole body.
-    let sender = std::thread::spawn(move || {
-        let chunk = vec![b'z'; 64 * 1024];
-        for _ in 0..2000 {
-            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
-            if writer.write_all(&framed).is_err() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
-    });
-    let mut response = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&response).contains("\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => response.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&response).into_owned();
+    let (text, stopped) = stream_until_refused(srv.addr, &head, 2000 * 64 * 1024);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(
         text.to_ascii_lowercase().contains("connection: close"),
         "{text}"
     );
-    assert!(
-        sender.join().unwrap(),
-        "the server kept reading the refused body"
-    );
-    drop(stream);
+    assert!(stopped, "the server kept reading the refused body");
 
     // A bucket's own limit, with an HTTP client.
     srv.put("/v1/admin/buckets/tiny", &json!({"max_size": 1000}))
@@ -649,7 +619,15 @@ fn signed_urls_serve_without_a_token_until_they_expire() {
 
     // Who may sign, and what.
     sign(None, "/v1/sign/docs/report.pdf", json!({})).expect_error(403, "forbidden");
-    sign(Some(&alice), "/v1/sign/docs/missing.pdf", json!({})).expect_error(404, "not_found");
+    // Under the private default rule, a missing file is no one's, so signing it is refused
+    // like any file the caller may not read: a 403 never tells what exists.
+    sign(Some(&alice), "/v1/sign/docs/missing.pdf", json!({})).expect_error(403, "forbidden");
+    sign(
+        Some(srv.key.as_str()),
+        "/v1/sign/docs/missing.pdf",
+        json!({}),
+    )
+    .expect_error(404, "not_found");
     sign(
         Some(&alice),
         "/v1/sign/docs/report.pdf",
@@ -690,7 +668,7 @@ fn bucket_rules_for_two_users() {
         )
     };
 
-    // Default rules: signed-in users read, the uploader alone replaces and deletes.
+    // Default rules are private: the uploader alone reads, replaces and deletes.
     let stored = upload(
         &srv,
         Some(&a),
@@ -707,7 +685,8 @@ fn bucket_rules_for_two_users() {
         .unwrap()["id"]
         .clone();
     assert_eq!(stored.json["owner"], a_id);
-    get(Some(&b), "/v1/files/avatars/a.png").expect(200);
+    get(Some(&b), "/v1/files/avatars/a.png").expect_error(403, "forbidden");
+    get(Some(&a), "/v1/files/avatars/a.png").expect(200);
     get(None, "/v1/files/avatars/a.png").expect_error(403, "forbidden");
     get(None, "/v1/files/avatars").expect_error(403, "forbidden");
     upload(
@@ -735,7 +714,7 @@ fn bucket_rules_for_two_users() {
         b"png-a2",
     )
     .expect(200);
-    assert_eq!(get(Some(&b), "/v1/files/avatars/a.png").text, "png-a2");
+    assert_eq!(get(Some(&a), "/v1/files/avatars/a.png").text, "png-a2");
     // A file the service key uploaded has no owner: no user may delete it.
     upload(
         &srv,

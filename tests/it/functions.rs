@@ -12,7 +12,7 @@ fn wat_str(s: &str) -> String {
 
 /// A guest module: the ABI imports, a bump allocator, helpers, constant strings as data
 /// segments (`$s0`, `$s1`, ... as offset/length pairs in `$str_ptr`/`$str_len`), and `handle`.
-fn guest(strings: &[&str], locals: &str, body: &str) -> Vec<u8> {
+pub(crate) fn guest(strings: &[&str], locals: &str, body: &str) -> Vec<u8> {
     let mut data = String::new();
     let mut ptrs = Vec::new();
     let mut at = 1024u32;
@@ -144,7 +144,7 @@ fn writer_to(collection: &str) -> Vec<u8> {
     )
 }
 
-fn upload(srv: &TestServer, name: &str, wasm: &[u8]) -> Resp {
+pub(crate) fn upload(srv: &TestServer, name: &str, wasm: &[u8]) -> Resp {
     let req = srv
         .admin("PUT", &format!("/v1/admin/functions/{name}"))
         .set("Content-Type", "application/wasm");
@@ -155,12 +155,12 @@ fn configure(srv: &TestServer, name: &str, config: Value) -> Resp {
     srv.put(&format!("/v1/admin/functions/{name}/config"), &config)
 }
 
-fn deploy(srv: &TestServer, name: &str, wasm: &[u8], config: Value) {
+pub(crate) fn deploy(srv: &TestServer, name: &str, wasm: &[u8], config: Value) {
     upload(srv, name, wasm).expect(200);
     configure(srv, name, config).expect(200);
 }
 
-fn call(srv: &TestServer, name: &str, token: Option<&str>, body: &Value) -> Resp {
+pub(crate) fn call(srv: &TestServer, name: &str, token: Option<&str>, body: &Value) -> Resp {
     let mut req = srv
         .anon("POST", &format!("/v1/functions/{name}"))
         .set("Content-Type", "application/json");

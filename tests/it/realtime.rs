@@ -1,7 +1,7 @@
 //! `GET /v1/realtime`: events in order, read rules per subscriber, resuming, slow consumers,
 //! heartbeats, token expiry and shutdown.
 
-use crate::common::{enc, fast, send, signup, Resp, TestServer};
+use crate::common::{enc, fast, send, share, signup, Resp, TestServer};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
@@ -144,6 +144,7 @@ fn create_as(srv: &TestServer, token: &str, collection: &str, data: Value) -> Va
 #[test]
 fn create_update_delete_arrive_in_order() {
     let srv = TestServer::start_with(fast);
+    share(&srv, "posts");
     let user = token(&signup(&srv, "reader@example.com"));
     let (mut all, head) = Sse::live(&srv, "subscribe=posts", Some(&user));
 
@@ -265,7 +266,8 @@ fn read_rules_decide_per_subscriber() {
         .expect("refused while shutting down")
         .expect_error(503, "unavailable");
 
-    // With the shipped default rule (`auth != null`), an anonymous subscriber is refused.
+    // Under the shipped (private) default rule an anonymous subscriber is refused at once:
+    // the rule says no to it whatever a document holds.
     let srv = TestServer::start_with(fast);
     let refused = Sse::open(&srv, "subscribe=posts", None, None)
         .err()

@@ -94,7 +94,17 @@ describe("against one server", () => {
   test("collections: create, get, set, update, delete, list, iterate, versions", async () => {
     const eb = new Emberbase(server.url);
     const me = await eb.auth.signup(email("docs"), PASSWORD);
-    const posts = eb.collection(`posts_${counter++}`);
+    const name = `posts_${counter++}`;
+    // Owners only (the private default), except that a missing document is a 404, not a 403.
+    await admin(server, "PUT", `/v1/admin/collections/${name}`, {
+      rules: {
+        read: "auth != null && (doc == null || doc.owner == auth.id)",
+        create: "auth != null",
+        update: "auth != null && doc.owner == auth.id",
+        delete: "auth != null && doc.owner == auth.id",
+      },
+    });
+    const posts = eb.collection(name);
     const created = await posts.create({ title: "first", n: 1, tags: ["a"] });
     assert.equal(created.version, 1);
     assert.equal(created.owner, me.id);
@@ -160,6 +170,14 @@ describe("against one server", () => {
 
   test("files: upload, download, list, url, sign, delete", async () => {
     const eb = new Emberbase(server.url);
+    // Owners only (the private default), except that a missing file is a 404, not a 403.
+    await admin(server, "PUT", "/v1/admin/buckets/photos", {
+      rules: {
+        read: "auth != null && (file == null || file.owner == auth.id)",
+        write: "auth != null && (file == null || file.owner == auth.id)",
+        delete: "auth != null && file.owner == auth.id",
+      },
+    });
     await eb.auth.signup(email("files"), PASSWORD);
     const bytes = new Uint8Array(300_000).map((_, i) => (i * 7) % 251);
     const info = await eb.files.upload("photos", "trips/day-1.bin", bytes, { contentType: "application/octet-stream" });

@@ -735,6 +735,11 @@ export interface components {
         /** @description A stored collection configuration, with its name. */
         CollectionInfo: components["schemas"]["CollectionConfig"] & {
             name: string;
+            /**
+             * @description Stored rules that no longer compile (for example, over a limit added since they were
+             *     stored). Until they are fixed every such collection allows admins only.
+             */
+            rule_errors?: components["schemas"]["RuleError"][];
         };
         CollectionList: {
             items: components["schemas"]["CollectionInfo"][];
@@ -912,6 +917,12 @@ export interface components {
         RotatedKey: {
             /** @description The id (`kid`) of the new signing key. */
             kid: string;
+        };
+        /** @description A stored rule that does not compile. */
+        RuleError: {
+            message: string;
+            /** @description `read`, `create`, `update` or `delete`. */
+            rule: string;
         };
         /**
          * @description The four access rules of a collection, in the filter language. A missing (`null`) rule
@@ -2079,6 +2090,24 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description An email address over 254 bytes */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many mails asked for from this client or to this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     refresh: {
@@ -2154,6 +2183,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many signups from this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     verify_confirm: {
@@ -2207,6 +2245,15 @@ export interface operations {
             };
             /** @description No valid access token */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many mails asked for; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3101,6 +3148,15 @@ export interface operations {
             };
             /** @description The read rule of a collection denies the caller everything */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many open streams from this client; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
