@@ -194,12 +194,15 @@ pub struct CollectionConfig {
     pub indexes: Vec<Vec<String>>,
 }
 
-/// A stored collection configuration, with its name.
+/// A stored collection configuration, with its name. (The fields of `CollectionConfig` are
+/// spelled out rather than flattened, so that the schema of a response is not bound by the
+/// request's `additionalProperties: false`.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CollectionInfo {
     pub name: String,
-    #[serde(flatten)]
-    pub config: CollectionConfig,
+    /// The access rules; `null` when the collection follows the server's defaults.
+    pub rules: Option<Rules>,
+    pub indexes: Vec<Vec<String>>,
     /// Stored rules that no longer compile (for example, over a limit added since they were
     /// stored). Until they are fixed every such collection allows admins only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -248,18 +251,33 @@ pub struct BucketConfig {
     pub rules: Option<BucketRules>,
     /// The largest file, in bytes; when absent, `files.max_size` of the config.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
     pub max_size: Option<u64>,
     /// Allowed `Content-Type`s (`image/png`, or `image/*`); when absent, any.
     #[serde(default)]
     pub content_types: Option<Vec<String>>,
 }
 
-/// A stored bucket configuration, with its name.
+/// A stored bucket configuration, with its name (its fields spelled out, as for
+/// `CollectionInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BucketInfo {
     pub name: String,
-    #[serde(flatten)]
-    pub config: BucketConfig,
+    /// The access rules; `null` when the bucket follows the server's defaults.
+    pub rules: Option<BucketRules>,
+    pub max_size: Option<u64>,
+    pub content_types: Option<Vec<String>>,
+}
+
+impl BucketInfo {
+    pub fn new(name: &str, config: BucketConfig) -> BucketInfo {
+        BucketInfo {
+            name: name.to_string(),
+            rules: config.rules,
+            max_size: config.max_size,
+            content_types: config.content_types,
+        }
+    }
 }
 
 /// Now, as the RFC 3339 UTC string with milliseconds used everywhere in the API.

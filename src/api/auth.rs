@@ -266,6 +266,7 @@ pub(super) async fn reset_confirm(
         (status = 400, description = "A weak new password", body = ErrorBody),
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 403, description = "The current password is wrong", body = ErrorBody),
+        (status = 429, description = "Too many wrong current passwords for this account; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -151,22 +151,19 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     }
 }
 
-/// Parses JSON: bad syntax is `bad_request`, a body of the wrong shape `validation_failed`.
+/// Parses JSON: bad syntax is `bad_request`, a body of the wrong shape `validation_failed`
+/// (structs must be objects: see `strict_json`).
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         let message = e.to_string();
         if message.contains("recursion limit") {
             Error::validation("the JSON body is nested too deeply", "body")
-        } else if e.classify() == Category::Data {
-            Error::new(
-                ErrorCode::ValidationFailed,
-                format!("invalid body: {message}"),
-            )
         } else {
             Error::bad_request(format!("malformed JSON: {message}"))
         }
-    })
+    })?;
+    super::strict_json::from_value(&value)
+        .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("invalid body: {e}")))
 }
 
 /// The client's IP address: the socket's peer, or, when the peer is a trusted proxy, the

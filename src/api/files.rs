@@ -24,6 +24,26 @@ const READ_CHUNK: u64 = 256 * 1024;
 #[schema(value_type = String, format = Binary)]
 pub struct Binary(#[allow(dead_code)] Vec<u8>);
 
+/// A file's content: any bytes under any `Content-Type` (JSON, text or binary alike), so its
+/// schema constrains nothing.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = Value)]
+pub struct FileBytes(#[allow(dead_code)] Vec<u8>);
+
+/// An upload's body may be empty (a zero-byte file), which the derive cannot say of a body
+/// whose schema is not an `Option`.
+pub(super) fn document_empty_uploads(api: &mut utoipa::openapi::OpenApi) {
+    let body = api
+        .paths
+        .paths
+        .get_mut("/v1/files/{bucket}/{path}")
+        .and_then(|item| item.put.as_mut())
+        .and_then(|op| op.request_body.as_mut());
+    if let Some(utoipa::openapi::RefOr::T(body)) = body {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
+}
+
 /// The bucket and path of a file route, taken from the raw request path: a percent-encoded
 /// byte is refused by the path check instead of being decoded into `.` or `/`.
 fn target(req: &HttpRequest, prefix: &str) -> Result<(String, String), Error> {
@@ -48,7 +68,7 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
         ("bucket" = String, Path, description = "Bucket name, `[A-Za-z0-9_-]{1,64}`"),
         ("path" = String, Path, description = "File path: `/`-separated segments of `[A-Za-z0-9._-]`, at most 1024 bytes"),
     ),
-    request_body(content = Binary, content_type = "*/*", description = "The file's bytes"),
+    request_body(content = FileBytes, content_type = "*/*", description = "The file's bytes; may be empty (a zero-byte file)"),
     responses(
         (status = 200, description = "Replaced", body = FileInfo),
         (status = 201, description = "Created", body = FileInfo),
@@ -318,13 +338,13 @@ const DOWNLOAD_HEADERS: &str = "Always `X-Content-Type-Options: nosniff` and `Co
         SignedQuery,
     ),
     responses(
-        (status = 200, description = "The bytes", content_type = "*/*", body = Binary,
+        (status = 200, description = "The bytes", content_type = "*/*", body = FileBytes,
             headers(
                 ("ETag" = String, description = "The SHA-256 of the bytes, quoted"),
                 ("Content-Disposition" = String, description = "inline or attachment"),
                 ("Last-Modified" = String, description = "When the file was last written"),
             )),
-        (status = 206, description = "The requested range", content_type = "*/*", body = Binary),
+        (status = 206, description = "The requested range", content_type = "*/*", body = FileBytes),
         (status = 304, description = "Not modified"),
         (status = 400, description = "Bad bucket or path", body = ErrorBody),
         (status = 403, description = "The read rule denies it, or the signed URL is invalid or expired", body = ErrorBody),

@@ -28,7 +28,10 @@ pub struct Uploaded {
     operation_id = "upload_function",
     tag = "functions",
     params(("name" = String, Path, description = "Function name, `[A-Za-z0-9_-]{1,64}`")),
-    request_body(content = Binary, content_type = "application/wasm", description = "The module"),
+    request_body(
+        description = "The module (any `Content-Type`; `application/wasm` by convention)",
+        content((Binary = "application/wasm"), (Binary = "application/octet-stream"))
+    ),
     responses(
         (status = 200, description = "Stored and compiled", body = Uploaded),
         (status = 400, description = "Not a valid module, or it breaks the ABI; the message says how", body = ErrorBody),

@@ -12,6 +12,7 @@ mod functions;
 mod middleware;
 mod realtime;
 mod refusal;
+mod strict_json;
 mod system;
 mod users;
 
@@ -94,6 +95,60 @@ impl utoipa::Modify for SecurityAddon {
     }
 }
 
+/// The error answers any operation can give, added where a route does not document them
+/// itself, so the document lists every status the server sends: `400` for a malformed path,
+/// query, header or body (every route checks them); `401` for a malformed, expired or revoked
+/// token wherever a token is read; `413` and `415` wherever a body is read.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in api.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+            ];
+            for op in operations.into_iter().flatten() {
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description));
+                };
+                add(
+                    "400",
+                    "A malformed request: a path segment, query parameter, header or body the route does not accept",
+                );
+                if op.security.is_some() {
+                    add("401", "A malformed, expired, revoked or forged token");
+                }
+                if op.request_body.is_some() {
+                    add("413", "The body is over its size limit");
+                    add("415", "The body is not of the type the route takes");
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -168,11 +223,14 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = App::new()
+    use utoipa::Modify;
+    let (_, mut api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .configure(register)
         .split_for_parts();
+    CommonErrors.modify(&mut api);
+    files::document_empty_uploads(&mut api);
     api
 }
 

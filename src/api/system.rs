@@ -54,14 +54,7 @@ pub(super) async fn metrics(
 ) -> Result<HttpResponse, Error> {
     if !state.config.metrics.public {
         let who = state.auth.authenticate(bearer(&req)?)?;
-        if !who.is_admin() {
-            return Err(match who {
-                crate::auth::Principal::Anonymous => {
-                    Error::unauthenticated("metrics need an admin token or the service key")
-                }
-                _ => Error::forbidden("metrics need an admin token or the service key"),
-            });
-        }
+        who.require_admin("read metrics")?;
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -732,11 +732,7 @@ impl Accounts {
     }
 
     fn require_admin(who: &Principal) -> Result<()> {
-        if who.is_admin() {
-            Ok(())
-        } else {
-            Err(Error::forbidden("admins only"))
-        }
+        who.require_admin("manage users and read the outbox")
     }
 
     /// Users in id (creation) order.

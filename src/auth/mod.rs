@@ -47,6 +47,18 @@ impl Principal {
         )
     }
 
+    /// Admins only: a caller without credentials gets `401` (a token is required), a signed-in
+    /// one that is not an admin `403`. `what` completes "only admins ...".
+    pub fn require_admin(&self, what: &str) -> Result<(), Error> {
+        match self {
+            _ if self.is_admin() => Ok(()),
+            Principal::Anonymous => Err(Error::unauthenticated(format!(
+                "only admins {what}; send an admin token or the service key"
+            ))),
+            _ => Err(Error::forbidden(format!("only admins {what}"))),
+        }
+    }
+
     /// The depth of the events this caller's writes cause: 0 unless it is a function.
     pub fn depth(&self) -> u32 {
         match self {

@@ -192,10 +192,16 @@ fn same_snapshot(a: &Option<Arc<CollectionState>>, b: &Option<Arc<CollectionStat
     }
 }
 
-/// Reports the stored rules of a collection that do not compile (each such collection is
-/// admin-only until they are fixed).
-fn with_rule_errors(mut info: CollectionInfo) -> CollectionInfo {
-    if let Some(rules) = &info.config.rules {
+/// A collection's configuration as the API shows it, with the stored rules that do not compile
+/// (each such collection is admin-only until they are fixed).
+fn collection_info(name: &str, config: CollectionConfig) -> CollectionInfo {
+    let mut info = CollectionInfo {
+        name: name.to_string(),
+        rules: config.rules,
+        indexes: config.indexes,
+        rule_errors: Vec::new(),
+    };
+    if let Some(rules) = &info.rules {
         info.rule_errors = [
             ("read", &rules.read),
             ("create", &rules.create),
@@ -681,9 +687,7 @@ impl Documents {
         collection: &str,
         config: CollectionConfig,
     ) -> Result<CollectionInfo> {
-        if !who.is_admin() {
-            return Err(Error::forbidden("only admins configure collections"));
-        }
+        who.require_admin("configure collections")?;
         check_collection(collection)?;
         if let Some(rules) = &config.rules {
             CompiledRules::compile(rules).map_err(|(name, e)| {
@@ -711,40 +715,28 @@ impl Documents {
             .store
             .configure(collection, config.clone())
             .await?;
-        Ok(CollectionInfo {
-            name: collection.to_string(),
-            config,
-            rule_errors: Vec::new(),
-        })
+        Ok(collection_info(collection, config))
     }
 
     /// A collection's stored configuration (admins only).
     pub fn collection_config(&self, who: &Principal, collection: &str) -> Result<CollectionInfo> {
-        if !who.is_admin() {
-            return Err(Error::forbidden("only admins read collection configs"));
-        }
+        who.require_admin("read collection configs")?;
         check_collection(collection)?;
         let state = self.inner.store.collection(collection).ok_or_else(|| {
             Error::not_found(format!("collection {collection} has no configuration"))
         })?;
-        Ok(with_rule_errors(CollectionInfo {
-            name: collection.to_string(),
-            config: state.config.clone(),
-            rule_errors: Vec::new(),
-        }))
+        Ok(collection_info(collection, state.config.clone()))
     }
 
     /// Every configured collection (admins only).
     pub fn collections(&self, who: &Principal) -> Result<Vec<CollectionInfo>> {
-        if !who.is_admin() {
-            return Err(Error::forbidden("only admins read collection configs"));
-        }
+        who.require_admin("read collection configs")?;
         Ok(self
             .inner
             .store
             .collections()
             .into_iter()
-            .map(with_rule_errors)
+            .map(|(name, config)| collection_info(&name, config))
             .collect())
     }
 

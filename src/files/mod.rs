@@ -629,9 +629,7 @@ impl Files {
         bucket: &str,
         config: BucketConfig,
     ) -> Result<BucketInfo> {
-        if !who.is_admin() {
-            return Err(Error::forbidden("only admins configure buckets"));
-        }
+        who.require_admin("configure buckets")?;
         check_bucket(bucket)?;
         BucketPolicy::compile(&config, &self.inner.defaults, self.inner.max_size).map_err(
             |(name, e)| {
@@ -639,8 +637,14 @@ impl Files {
                     .with_details(json!({ "rule": name, "column": e.column }))
             },
         )?;
-        if config.max_size == Some(0) {
-            return Err(Error::validation("max_size must be positive", "max_size"));
+        if config
+            .max_size
+            .is_some_and(|n| n == 0 || n > i64::MAX as u64)
+        {
+            return Err(Error::validation(
+                format!("max_size must be from 1 to {}", i64::MAX),
+                "max_size",
+            ));
         }
         if let Some(types) = &config.content_types {
             if let Some(bad) = types.iter().find(|t| !safety::check_type_pattern(t)) {
@@ -655,17 +659,12 @@ impl Files {
             .store
             .kv_write(KvWrite::default().put(Space::Buckets, bucket.as_bytes(), bytes))
             .await?;
-        Ok(BucketInfo {
-            name: bucket.to_string(),
-            config,
-        })
+        Ok(BucketInfo::new(bucket, config))
     }
 
     /// A bucket's stored configuration (admins only).
     pub fn bucket_config(&self, who: &Principal, bucket: &str) -> Result<BucketInfo> {
-        if !who.is_admin() {
-            return Err(Error::forbidden("only admins read bucket configs"));
-        }
+        who.require_admin("read bucket configs")?;
         check_bucket(bucket)?;
         let bytes = self
             .inner
@@ -673,26 +672,19 @@ impl Files {
             .kv_get(Space::Buckets, bucket.as_bytes())?
             .ok_or_else(|| Error::not_found(format!("bucket {bucket} has no configuration")))?;
         let config = serde_json::from_slice(&bytes).map_err(Error::internal)?;
-        Ok(BucketInfo {
-            name: bucket.to_string(),
-            config,
-        })
+        Ok(BucketInfo::new(bucket, config))
     }
 
     /// Every configured bucket (admins only).
     pub fn buckets(&self, who: &Principal) -> Result<Vec<BucketInfo>> {
-        if !who.is_admin() {
-            return Err(Error::forbidden("only admins read bucket configs"));
-        }
+        who.require_admin("read bucket configs")?;
         self.inner
             .store
             .kv_scan(Space::Buckets, None, usize::MAX)?
             .into_iter()
             .map(|(name, bytes)| {
-                Ok(BucketInfo {
-                    name: String::from_utf8_lossy(&name).into_owned(),
-                    config: serde_json::from_slice(&bytes).map_err(Error::internal)?,
-                })
+                let config = serde_json::from_slice(&bytes).map_err(Error::internal)?;
+                Ok(BucketInfo::new(&String::from_utf8_lossy(&name), config))
             })
             .collect()
     }

@@ -349,11 +349,7 @@ impl Functions {
     }
 
     fn require_admin(who: &Principal) -> Result<()> {
-        if who.is_admin() {
-            Ok(())
-        } else {
-            Err(Error::forbidden("only admins manage functions"))
-        }
+        who.require_admin("manage functions")
     }
 
     /// The log budget of a loaded function, shared by all its invocations.

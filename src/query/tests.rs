@@ -115,15 +115,19 @@ fn decides_without_the_unknown_root() {
     assert_eq!(decide(&owner_rule, &anon, "doc"), Some(false));
     assert_eq!(decide(&owner_rule, &user, "doc"), None);
     assert_eq!(
-        decide(&rule("auth == null || doc.public == true"), &anon, "doc"),
+        decide(
+            &rule("auth == null || doc.data.public == true"),
+            &anon,
+            "doc"
+        ),
         Some(true)
     );
     assert_eq!(
-        decide(&rule("!(auth != null && doc.x == 1)"), &anon, "doc"),
+        decide(&rule("!(auth != null && doc.data.x == 1)"), &anon, "doc"),
         Some(true)
     );
     assert_eq!(
-        decide(&rule("doc.x == 1 || doc.y == 2"), &user, "doc"),
+        decide(&rule("doc.data.x == 1 || doc.data.y == 2"), &user, "doc"),
         None
     );
     assert_eq!(decide(&rule("auth.id == \"u1\""), &user, "doc"), Some(true));

@@ -26,7 +26,7 @@ pub use scan::{QueryResult, QuerySpec};
 pub use writer::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult};
 
 use crate::metrics::Metrics;
-use crate::model::{Change, CollectionConfig, CollectionInfo, Document};
+use crate::model::{Change, CollectionConfig, Document};
 use crate::query::{self, ast::Path};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -470,17 +470,13 @@ impl Store {
     }
 
     /// Every configured collection, by name.
-    pub fn collections(&self) -> Vec<CollectionInfo> {
+    pub fn collections(&self) -> Vec<(String, CollectionConfig)> {
         let snapshot = self.shared.configs_snapshot();
-        let mut out: Vec<CollectionInfo> = snapshot
+        let mut out: Vec<(String, CollectionConfig)> = snapshot
             .iter()
-            .map(|(name, state)| CollectionInfo {
-                name: name.clone(),
-                config: state.config.clone(),
-                rule_errors: Vec::new(),
-            })
+            .map(|(name, state)| (name.clone(), state.config.clone()))
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 

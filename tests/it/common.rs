@@ -3,7 +3,9 @@
 
 use emberbase::{Config, Server};
 use serde_json::Value;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -305,4 +307,205 @@ pub fn stream_until_refused(
     }
     let stopped = sender.join().unwrap();
     (String::from_utf8_lossy(&response).into_owned(), stopped)
+}
+
+/// A memory cgroup (v1) that the server runs in, so that a regression cannot take the machine
+/// down with it. Removed when dropped.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(limit: u64) -> Option<Cgroup> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/emberbase-test-{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&path).ok()?;
+        let cgroup = Cgroup(path);
+        std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
+        Some(cgroup)
+    }
+
+    fn add(&self, pid: u32) -> bool {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).is_ok()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The real binary, its log in a file, in a memory cgroup of `memory_limit` bytes when given.
+pub struct Spawned {
+    child: Child,
+    pub addr: String,
+    pub key: String,
+    log: PathBuf,
+    pub dir: tempfile::TempDir,
+    _cgroup: Option<Cgroup>,
+}
+
+impl Spawned {
+    /// `None` (with a note) when a memory limit is asked for and no memory cgroup can be
+    /// made: reproductions that once took gigabytes must not run unbounded on a shared machine.
+    pub fn start(env: &[(&str, &str)], memory_limit: Option<u64>) -> Option<Spawned> {
+        Self::start_in(tempfile::tempdir().unwrap(), env, memory_limit)
+    }
+
+    /// Starts on the data directory under `dir` (a new one, or one a stopped server left).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        memory_limit: Option<u64>,
+    ) -> Option<Spawned> {
+        let cgroup = match memory_limit.map(Cgroup::new) {
+            None => None,
+            Some(Some(cgroup)) => Some(cgroup),
+            Some(None) => {
+                println!("SKIPPED: no memory cgroup could be made (needs root and cgroup v1)");
+                return None;
+            }
+        };
+        let log = dir.path().join("server.log");
+        let data = dir.path().join("data");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_emberbase"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("EMBERBASE_LOG__LEVEL", "info")
+            .env("EMBERBASE_AUTH__ARGON2_MEMORY_KIB", "1024")
+            .env("EMBERBASE_AUTH__ARGON2_ITERATIONS", "1")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        if cgroup.as_ref().is_some_and(|c| !c.add(child.id())) {
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("SKIPPED: the server could not be put in a memory cgroup");
+            return None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let key = std::fs::read_to_string(data.join("service_key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Some(Spawned {
+            child,
+            addr,
+            key,
+            log,
+            dir,
+            _cgroup: cgroup,
+        })
+    }
+
+    /// Stops the server (`kill -9`) and hands back its directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin(&self, method: &str, path: &str) -> ureq::Request {
+        agent()
+            .request(method, &self.url(path))
+            .set("Authorization", &format!("Bearer {}", self.key))
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let req = self
+            .admin(method, path)
+            .set("Content-Type", "application/json");
+        send(req, Some(body.to_string().as_bytes()))
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        dir_bytes(&self.dir.path().join("data"))
+    }
+
+    pub fn log_bytes(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The server's resident memory, from `/proc`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    /// The sum of every series of a Prometheus metric.
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(
+            &send(self.admin("GET", "/metrics"), None).expect(200).text,
+            name,
+        )
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -278,8 +278,8 @@ fn uploads_are_checked_against_the_abi() {
         let resp = configure(&srv, "hello", bad.clone());
         assert_eq!(resp.status, 400, "{bad}: {}", resp.text);
     }
-    // Not for users.
-    send(srv.anon("GET", "/v1/admin/functions"), None).expect_error(403, "forbidden");
+    // Admins only: without a token, 401 (one is required).
+    send(srv.anon("GET", "/v1/admin/functions"), None).expect_error(401, "unauthenticated");
     srv.delete("/v1/admin/functions/hello").expect(204);
     srv.get("/v1/admin/functions/hello")
         .expect_error(404, "not_found");

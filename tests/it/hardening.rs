@@ -2,211 +2,14 @@
 //! bound that now holds, at its shipped default. Those that measure a process (its memory, its
 //! log file) run the real binary, inside a memory cgroup where the machine offers one.
 
-use crate::common::{agent, raw_http, send, signup, stream_until_refused, Resp, TestServer};
+use crate::common::{
+    agent, raw_http, send, signup, stream_until_refused, Resp, Spawned, TestServer,
+};
 use crate::functions::{call, deploy, guest, upload};
 use emberbase::config::{AuthConfig, Config, RealtimeConfig};
 use serde_json::{json, Value};
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A memory cgroup (v1) that the server runs in, so that a regression cannot take the machine
-/// down with it. Removed when dropped.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new(limit: u64) -> Option<Cgroup> {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = PathBuf::from(format!(
-            "/sys/fs/cgroup/memory/emberbase-test-{}-{n}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&path).ok()?;
-        let cgroup = Cgroup(path);
-        std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
-        Some(cgroup)
-    }
-
-    fn add(&self, pid: u32) -> bool {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).is_ok()
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// The real binary, its log in a file, in a memory cgroup of `memory_limit` bytes.
-struct Spawned {
-    child: Child,
-    addr: String,
-    key: String,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-    _cgroup: Cgroup,
-}
-
-impl Spawned {
-    /// `None` (with a note) where no memory cgroup can be made: these reproductions once took
-    /// gigabytes, and must not run unbounded on a shared machine.
-    fn start(env: &[(&str, &str)], memory_limit: u64) -> Option<Spawned> {
-        Self::start_in(tempfile::tempdir().unwrap(), env, memory_limit)
-    }
-
-    /// Starts on the data directory under `dir` (a new one, or one a stopped server left).
-    fn start_in(
-        dir: tempfile::TempDir,
-        env: &[(&str, &str)],
-        memory_limit: u64,
-    ) -> Option<Spawned> {
-        let Some(cgroup) = Cgroup::new(memory_limit) else {
-            println!("SKIPPED: no memory cgroup could be made (needs root and cgroup v1)");
-            return None;
-        };
-        let log = dir.path().join("server.log");
-        let data = dir.path().join("data");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_emberbase"));
-        command
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env("EMBERBASE_LOG__LEVEL", "info")
-            .env("EMBERBASE_AUTH__ARGON2_MEMORY_KIB", "1024")
-            .env("EMBERBASE_AUTH__ARGON2_ITERATIONS", "1")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap();
-        if !cgroup.add(child.id()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            println!("SKIPPED: the server could not be put in a memory cgroup");
-            return None;
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not start: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let key = std::fs::read_to_string(data.join("service_key"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Some(Spawned {
-            child,
-            addr,
-            key,
-            log,
-            dir,
-            _cgroup: cgroup,
-        })
-    }
-
-    /// Stops the server (`kill -9`) and hands back its directory.
-    fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn admin(&self, method: &str, path: &str) -> ureq::Request {
-        agent()
-            .request(method, &self.url(path))
-            .set("Authorization", &format!("Bearer {}", self.key))
-    }
-
-    fn json(&self, method: &str, path: &str, body: &Value) -> Resp {
-        let req = self
-            .admin(method, path)
-            .set("Content-Type", "application/json");
-        send(req, Some(body.to_string().as_bytes()))
-    }
-
-    fn data_bytes(&self) -> u64 {
-        dir_bytes(&self.dir.path().join("data"))
-    }
-
-    fn log_bytes(&self) -> u64 {
-        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// The server's resident memory, from `/proc`.
-    fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
-    }
-
-    /// The sum of every series of a Prometheus metric.
-    fn metric(&self, name: &str) -> f64 {
-        metric(
-            &send(self.admin("GET", "/metrics"), None).expect(200).text,
-            name,
-        )
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 const MIB: u64 = 1024 * 1024;
 
@@ -273,7 +76,7 @@ fn wasm_tables_and_memories_stay_within_memory_mb() {
 
 #[test]
 fn guest_log_floods_are_bounded_in_the_server_log_and_the_records() {
-    let Some(srv) = Spawned::start(&[], 1024 * MIB) else {
+    let Some(srv) = Spawned::start(&[], Some(1024 * MIB)) else {
         return;
     };
     // 1,000 lines of 64 KiB per call, 50 calls: 3.2 GB before the bounds.
@@ -341,7 +144,7 @@ fn guest_log_floods_are_bounded_in_the_server_log_and_the_records() {
 
 #[test]
 fn tiny_patches_of_a_large_document_are_bounded_in_memory_and_on_disk() {
-    let Some(srv) = Spawned::start(&[], 1536 * MIB) else {
+    let Some(srv) = Spawned::start(&[], Some(1536 * MIB)) else {
         return;
     };
     let blob = "y".repeat(900 * 1024);
@@ -465,7 +268,8 @@ fn stalled_stream(addr: &str, key: &str, topic: &str) -> std::net::TcpStream {
 
 #[test]
 fn stalled_subscribers_are_bounded_and_cut() {
-    let Some(srv) = Spawned::start(&[("EMBERBASE_REALTIME__STALL_SECS", "3")], 1024 * MIB) else {
+    let Some(srv) = Spawned::start(&[("EMBERBASE_REALTIME__STALL_SECS", "3")], Some(1024 * MIB))
+    else {
         return;
     };
     let defaults = RealtimeConfig::default();
@@ -888,13 +692,13 @@ fn shipped_defaults_are_private_and_the_startup_log_names_collections_on_them() 
     as_user(&a, "GET", &list_path, None).expect(200);
 
     // An existing data directory keeps its data on the private defaults, and says so.
-    let Some(first) = Spawned::start(&[], 1024 * MIB) else {
+    let Some(first) = Spawned::start(&[], Some(1024 * MIB)) else {
         return;
     };
     first
         .json("POST", "/v1/collections/legacy/docs", &json!({}))
         .expect(201);
-    let Some(again) = Spawned::start_in(first.stop(), &[], 1024 * MIB) else {
+    let Some(again) = Spawned::start_in(first.stop(), &[], Some(1024 * MIB)) else {
         return;
     };
     let text = again.log_text();
@@ -976,4 +780,32 @@ fn ended_logins_expired_tokens_and_old_mail_are_pruned() {
         &json!({"refresh_token": session["refresh_token"]}),
     )
     .expect(200);
+}
+
+#[test]
+fn bodies_are_read_as_documented_and_admin_routes_want_a_token() {
+    let srv = TestServer::start_with(crate::common::fast);
+    // A struct must be an object, at any depth: serde alone would take `[null, null]` as the
+    // fields of `rules` in order.
+    srv.put("/v1/admin/collections/c", &json!({"rules": [null, null]}))
+        .expect_error(400, "validation_failed");
+    srv.put("/v1/admin/buckets/b", &json!([null, null]))
+        .expect_error(400, "validation_failed");
+    srv.put(
+        "/v1/admin/buckets/b",
+        &json!({"max_size": 9223372036854775808u64}),
+    )
+    .expect_error(400, "validation_failed");
+    let login = json!(["someone@example.com", "a password that is long"]);
+    anon_post(&srv, "/v1/auth/login", &login).expect_error(400, "validation_failed");
+    // A missing token on an admin route is 401; a user's token is 403.
+    send(srv.anon("GET", "/v1/admin/collections"), None).expect_error(401, "unauthenticated");
+    send(srv.anon("GET", "/v1/admin/users"), None).expect_error(401, "unauthenticated");
+    send(srv.anon("GET", "/metrics"), None).expect_error(401, "unauthenticated");
+    let user = signup(&srv, "plain@example.com");
+    let req = srv.anon("GET", "/v1/admin/collections").set(
+        "Authorization",
+        &format!("Bearer {}", user["access_token"].as_str().unwrap()),
+    );
+    send(req, None).expect_error(403, "forbidden");
 }

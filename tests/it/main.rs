@@ -8,6 +8,7 @@ mod documents;
 mod embed;
 mod files;
 mod functions;
+mod fuzz;
 mod hardening;
 mod operations;
 mod planner;

@@ -141,8 +141,9 @@ fn default_rules_refuse_anonymous_callers() {
     anon("POST", "/v1/collections/posts/docs", Some("{}")).expect_error(403, "forbidden");
     anon("PATCH", &path, Some("{}")).expect_error(403, "forbidden");
     anon("DELETE", &path, None).expect_error(403, "forbidden");
-    anon("PUT", "/v1/admin/collections/posts", Some("{}")).expect_error(403, "forbidden");
-    anon("GET", "/v1/admin/collections", None).expect_error(403, "forbidden");
+    // Admin routes want a token: without one, 401.
+    anon("PUT", "/v1/admin/collections/posts", Some("{}")).expect_error(401, "unauthenticated");
+    anon("GET", "/v1/admin/collections", None).expect_error(401, "unauthenticated");
     let err = anon(
         "POST",
         "/v1/batch",
