@@ -241,16 +241,24 @@ pub enum Lane {
     Events,
 }
 
-/// The two queues the workers take jobs from.
-struct Lanes {
-    http: std::collections::VecDeque<Job>,
-    events: std::collections::VecDeque<Job>,
+/// The two queues the workers take jobs (`T`) from.
+struct Lanes<T> {
+    http: std::collections::VecDeque<T>,
+    events: std::collections::VecDeque<T>,
     /// Set by `stop`: workers finish what is queued, then exit.
     stopped: bool,
 }
 
-impl Lanes {
-    fn queue(&mut self, lane: Lane) -> &mut std::collections::VecDeque<Job> {
+impl<T> Lanes<T> {
+    fn new() -> Self {
+        Lanes {
+            http: Default::default(),
+            events: Default::default(),
+            stopped: false,
+        }
+    }
+
+    fn queue(&mut self, lane: Lane) -> &mut std::collections::VecDeque<T> {
         match lane {
             Lane::Http => &mut self.http,
             Lane::Events => &mut self.events,
@@ -258,7 +266,7 @@ impl Lanes {
     }
 
     /// The next job, from the lane after `last` when both have one.
-    fn take(&mut self, last: Lane) -> Option<(Lane, Job)> {
+    fn take(&mut self, last: Lane) -> Option<(Lane, T)> {
         let order = match last {
             Lane::Http => [Lane::Events, Lane::Http],
             Lane::Events => [Lane::Http, Lane::Events],
@@ -272,7 +280,7 @@ impl Lanes {
 /// The runtime: one engine for loading artifacts, a pool of worker threads and a watchdog.
 pub struct Runtime {
     engine: Engine,
-    lanes: Arc<(Mutex<Lanes>, Condvar)>,
+    lanes: Arc<(Mutex<Lanes<Job>>, Condvar)>,
     /// Jobs each lane may hold waiting for a worker.
     queue: usize,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -284,14 +292,7 @@ impl Runtime {
     pub fn start(workers: usize, queue: usize) -> Result<Arc<Runtime>, String> {
         let mut engine = Engine::headless();
         engine.set_tunables(CappedTunables::new());
-        let lanes = Arc::new((
-            Mutex::new(Lanes {
-                http: Default::default(),
-                events: Default::default(),
-                stopped: false,
-            }),
-            Condvar::new(),
-        ));
+        let lanes = Arc::new((Mutex::new(Lanes::new()), Condvar::new()));
         let watchdog = Watchdog::start()?;
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers.max(1) {
@@ -400,7 +401,7 @@ impl Runtime {
 }
 
 /// Waits for the next job; `None` once the runtime is stopped and both lanes are empty.
-fn next_job(lanes: &(Mutex<Lanes>, Condvar), last: Lane) -> Option<(Lane, Job)> {
+fn next_job(lanes: &(Mutex<Lanes<Job>>, Condvar), last: Lane) -> Option<(Lane, Job)> {
     let (lock, ready) = lanes;
     let mut guard = lock.lock().ok()?;
     loop {
@@ -807,5 +808,28 @@ impl Watchdog {
             state.stopped = true;
         }
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_are_served_in_turn() {
+        let mut lanes = Lanes::new();
+        for n in 0..3 {
+            lanes.queue(Lane::Http).push_back(n);
+        }
+        lanes.queue(Lane::Events).push_back(10);
+        lanes.queue(Lane::Events).push_back(11);
+        let mut last = Lane::Events;
+        let mut order = Vec::new();
+        while let Some((lane, n)) = lanes.take(last) {
+            last = lane;
+            order.push(n);
+        }
+        // A backlog of HTTP calls does not hold events up: they alternate.
+        assert_eq!(order, [0, 10, 1, 11, 2]);
     }
 }

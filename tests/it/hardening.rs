@@ -393,6 +393,11 @@ fn long_rule_chains_are_refused_or_evaluated_flat_and_bad_stored_rules_fail_clos
     );
     with_token("GET", &path, None).expect(200);
     with_token("GET", "/v1/collections/chains/docs", None).expect(200);
+    // A rule nested as deep as the parser allows evaluates too.
+    let deep = format!("{}doc.owner == auth.id{}", "(".repeat(60), ")".repeat(60));
+    srv.put("/v1/admin/collections/chains", &rules(deep))
+        .expect(200);
+    with_token("GET", &path, None).expect(200);
 
     // A stored rule that no longer compiles (as one stored before the limits would):
     // admins only, reported, never the defaults.
@@ -451,6 +456,13 @@ fn anon_post(srv: &TestServer, path: &str, body: &Value) -> Resp {
     send(req, Some(body.to_string().as_bytes()))
 }
 
+/// Logs in and returns the access token.
+fn login_token(srv: &TestServer, email: &str, password: &str) -> String {
+    let body = json!({"email": email, "password": password});
+    let session = anon_post(srv, "/v1/auth/login", &body).expect(200).json;
+    session["access_token"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn signups_and_reset_mails_are_throttled() {
     let srv = shipped_limits();
@@ -481,6 +493,19 @@ fn signups_and_reset_mails_are_throttled() {
             &json!({"email": email}),
         )
         .expect_error(429, "rate_limited");
+    }
+    // Verification mails count against the same limits.
+    let session = login_token(&srv, "s1@example.com", password);
+    for i in 0..=shipped.mails_per_address_per_hour {
+        let req = srv
+            .anon("POST", "/v1/auth/verify/request")
+            .set("Authorization", &format!("Bearer {session}"));
+        let resp = send(req, None);
+        if i < shipped.mails_per_address_per_hour {
+            resp.expect(202);
+        } else {
+            resp.expect_error(429, "rate_limited");
+        }
     }
     // Per client address as well, across addresses.
     let mut statuses = Vec::new();
