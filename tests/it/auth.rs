@@ -1,6 +1,6 @@
 //! Identity and tokens, email flows, throttling, admins and access rules, over HTTP.
 
-use crate::common::{fast, send, signup, Resp, TestServer};
+use crate::common::{fast, send, signup, with_token, Resp, TestServer};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -16,22 +16,6 @@ fn post_json(srv: &TestServer, path: &str, token: Option<&str>, body: &Value) ->
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
     send(req, Some(body.to_string().as_bytes()))
-}
-
-fn with_token(
-    srv: &TestServer,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> Resp {
-    let mut req = srv
-        .anon(method, path)
-        .set("Authorization", &format!("Bearer {token}"));
-    if body.is_some() {
-        req = req.set("Content-Type", "application/json");
-    }
-    send(req, body.map(|b| b.to_string().into_bytes()).as_deref())
 }
 
 fn login(srv: &TestServer, email: &str, password: &str) -> Resp {

@@ -217,6 +217,23 @@ pub fn enc(s: &str) -> String {
     out
 }
 
+/// A request with a bearer token and an optional JSON body.
+pub fn with_token(
+    srv: &TestServer,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Resp {
+    let mut req = srv
+        .anon(method, path)
+        .set("Authorization", &format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.set("Content-Type", "application/json");
+    }
+    send(req, body.map(|b| b.to_string().into_bytes()).as_deref())
+}
+
 /// Gives a collection the rules the server shipped with before its defaults became private:
 /// any signed-in user reads and creates, owners update and delete. For tests about sharing,
 /// realtime fan-out and the like, which need documents that others can read.

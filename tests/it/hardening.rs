@@ -3,7 +3,7 @@
 //! log file) run the real binary, inside a memory cgroup where the machine offers one.
 
 use crate::common::{
-    agent, raw_http, send, signup, stream_until_refused, Resp, Spawned, TestServer,
+    agent, raw_http, send, signup, stream_until_refused, with_token, Resp, Spawned, TestServer,
 };
 use crate::functions::{call, deploy, guest, upload};
 use emberbase::config::{AuthConfig, Config, RealtimeConfig};
@@ -370,17 +370,10 @@ fn long_rule_chains_are_refused_or_evaluated_flat_and_bad_stored_rules_fail_clos
         .expect(200);
     let user = signup(&srv, "chains@example.com");
     let token = user["access_token"].as_str().unwrap();
-    let with_token = |method: &str, path: &str, body: Option<&Value>| {
-        let req = srv
-            .anon(method, path)
-            .set("Authorization", &format!("Bearer {token}"))
-            .set("Content-Type", "application/json");
-        send(
-            req,
-            body.map(|b| b.to_string()).as_deref().map(str::as_bytes),
-        )
+    let as_user = |method: &str, path: &str, body: Option<&Value>| {
+        with_token(&srv, method, path, token, body)
     };
-    let doc = with_token(
+    let doc = as_user(
         "POST",
         "/v1/collections/chains/docs",
         Some(&json!({"n": 1})),
@@ -391,13 +384,13 @@ fn long_rule_chains_are_refused_or_evaluated_flat_and_bad_stored_rules_fail_clos
         "/v1/collections/chains/docs/{}",
         doc["id"].as_str().unwrap()
     );
-    with_token("GET", &path, None).expect(200);
-    with_token("GET", "/v1/collections/chains/docs", None).expect(200);
+    as_user("GET", &path, None).expect(200);
+    as_user("GET", "/v1/collections/chains/docs", None).expect(200);
     // A rule nested as deep as the parser allows evaluates too.
     let deep = format!("{}doc.owner == auth.id{}", "(".repeat(60), ")".repeat(60));
     srv.put("/v1/admin/collections/chains", &rules(deep))
         .expect(200);
-    with_token("GET", &path, None).expect(200);
+    as_user("GET", &path, None).expect(200);
 
     // A stored rule that no longer compiles (as one stored before the limits would):
     // admins only, reported, never the defaults.
@@ -412,9 +405,8 @@ fn long_rule_chains_are_refused_or_evaluated_flat_and_bad_stored_rules_fail_clos
     };
     srv.block_on(srv.server().documents().store().configure("chains", bad))
         .unwrap();
-    with_token("GET", &path, None).expect_error(403, "forbidden");
-    with_token("POST", "/v1/collections/chains/docs", Some(&json!({})))
-        .expect_error(403, "forbidden");
+    as_user("GET", &path, None).expect_error(403, "forbidden");
+    as_user("POST", "/v1/collections/chains/docs", Some(&json!({}))).expect_error(403, "forbidden");
     srv.get(&path).expect(200);
     let config = srv.get("/v1/admin/collections/chains").expect(200).json;
     assert_eq!(config["rule_errors"][0]["rule"], "read", "{config}");
@@ -665,14 +657,7 @@ fn shipped_defaults_are_private_and_the_startup_log_names_collections_on_them() 
         .unwrap()
         .to_string();
     let as_user = |token: &str, method: &str, path: &str, body: Option<Value>| {
-        let req = srv
-            .anon(method, path)
-            .set("Authorization", &format!("Bearer {token}"))
-            .set("Content-Type", "application/json");
-        send(
-            req,
-            body.map(|b| b.to_string()).as_deref().map(str::as_bytes),
-        )
+        with_token(&srv, method, path, token, body.as_ref())
     };
     let todo = as_user(
         &a,
