@@ -830,3 +830,41 @@ fn decode_cursor(src: &str, signature: &str, keys: usize) -> Result<Vec<Value>> 
     }
     Ok(cursor.k)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    #[tokio::test]
+    async fn the_rules_cache_holds_configured_collections_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            path: dir.path().join("db"),
+            cache_bytes: 1 << 20,
+            max_document_bytes: 1 << 20,
+            group_commit_max: 16,
+            retention_count: 100,
+            retention_age: std::time::Duration::from_secs(3600),
+            change_buffer_bytes: 1 << 20,
+        };
+        let store =
+            Store::open(options, Arc::new(crate::metrics::Metrics::new().unwrap())).unwrap();
+        let docs = Documents::new(store, LimitsConfig::default(), &Rules::default()).unwrap();
+        let cached = || docs.inner.rules.read().unwrap().len();
+        // Names a client makes up cost nothing to remember.
+        for i in 0..1000 {
+            docs.rules_for(&format!("made-up-{i}"));
+        }
+        assert_eq!(cached(), 0);
+        let config = CollectionConfig {
+            rules: Some(Rules::default()),
+            indexes: Vec::new(),
+        };
+        docs.configure(&Principal::Service, "real", config)
+            .await
+            .unwrap();
+        docs.rules_for("real");
+        assert_eq!(cached(), 1);
+    }
+}

@@ -517,8 +517,15 @@ impl Store {
             .range(start.to_vec()..end)
             .take(limit)
             .map(|entry| {
-                let (_, bytes) = entry?;
-                resolver.resolve(records::decode(&bytes)?)
+                let (key, bytes) = entry?;
+                resolver.resolve(records::decode(&bytes)?).or_else(|e| {
+                    // The writer may have pruned the change this record referred to since it
+                    // was read, rewriting the record with a whole `before`: read it again.
+                    match self.db.get(&key)? {
+                        Some(fresh) if fresh != bytes => resolver.resolve(records::decode(&fresh)?),
+                        _ => Err(e),
+                    }
+                })
             })
             .collect()
     }

@@ -258,7 +258,6 @@ fn change_records_reproduce_exact_envelopes_across_pruning() {
 fn stalled_stream(addr: &str, key: &str, topic: &str) -> std::net::TcpStream {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    // A small receive buffer, so the kernel holds little of what the server sends.
     let request = format!(
         "GET /v1/realtime?subscribe={topic} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
     );
@@ -268,8 +267,7 @@ fn stalled_stream(addr: &str, key: &str, topic: &str) -> std::net::TcpStream {
 
 #[test]
 fn stalled_subscribers_are_bounded_and_cut() {
-    let Some(srv) = Spawned::start(&[("EMBERBASE_REALTIME__STALL_SECS", "3")], Some(1024 * MIB))
-    else {
+    let Some(srv) = Spawned::start(&[], Some(1024 * MIB)) else {
         return;
     };
     let defaults = RealtimeConfig::default();
@@ -310,7 +308,7 @@ fn stalled_subscribers_are_bounded_and_cut() {
     assert!(peak <= bound, "{peak} bytes queued for four subscribers");
     assert!(srv.metric("emberbase_realtime_events_total{outcome=\"overflow\"}") >= 3.0);
     // Past the stall limit every queue is freed, the quiet one's too.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(defaults.stall_secs + 30);
     while srv.metric("emberbase_realtime_queued_bytes") > 0.0 {
         assert!(Instant::now() < deadline, "stalled queues were not freed");
         std::thread::sleep(Duration::from_millis(100));
@@ -323,15 +321,16 @@ fn stalled_subscribers_are_bounded_and_cut() {
 
 #[test]
 fn one_client_cannot_take_every_realtime_slot() {
-    let srv = TestServer::start_with(|c| c.realtime.max_subscribers_per_client = 2);
+    let srv = TestServer::start();
+    let cap = RealtimeConfig::default().max_subscribers_per_client;
     let open = |n: usize| {
         (0..n)
             .map(|_| stalled_stream(&srv.addr.to_string(), &srv.key, "posts"))
             .collect::<Vec<_>>()
     };
-    let held = open(2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.server().realtime().subscribers() < 2 {
+    let held = open(cap);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while srv.server().realtime().subscribers() < cap {
         assert!(Instant::now() < deadline, "the streams did not open");
         std::thread::sleep(Duration::from_millis(20));
     }
