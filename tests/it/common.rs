@@ -267,6 +267,14 @@ pub fn signup(srv: &TestServer, email: &str) -> Value {
         .json
 }
 
+/// Signs up a user with a fixed good password; returns its access token.
+pub fn signup_token(srv: &TestServer, email: &str) -> String {
+    signup(srv, email)["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Sends raw bytes on a fresh connection and reads until the server closes it: for requests
 /// an HTTP client would normalise or refuse to send. Returns the status and the whole response.
 pub fn raw_http(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {

@@ -1,7 +1,9 @@
 //! Files: streamed uploads, ranged downloads, safe serving, hostile paths, limits, concurrency,
 //! crashes, signed URLs, bucket rules and change events, against a real server.
 
-use crate::common::{agent, fast, raw_http, send, signup, stream_until_refused, Resp, TestServer};
+use crate::common::{
+    agent, fast, raw_http, send, signup, signup_token, stream_until_refused, Resp, TestServer,
+};
 use emberbase::{ChangeKind, Subject};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -645,14 +647,8 @@ fn signed_urls_serve_without_a_token_until_they_expire() {
 #[test]
 fn bucket_rules_for_two_users() {
     let srv = TestServer::start_with(fast);
-    let a = signup(&srv, "a@example.com")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b = signup(&srv, "b@example.com")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a = signup_token(&srv, "a@example.com");
+    let b = signup_token(&srv, "b@example.com");
     let get = |token: Option<&str>, path: &str| {
         let mut req = srv.anon("GET", path);
         if let Some(t) = token {

@@ -3,7 +3,8 @@
 //! log file) run the real binary, inside a memory cgroup where the machine offers one.
 
 use crate::common::{
-    agent, raw_http, send, signup, stream_until_refused, with_token, Resp, Spawned, TestServer,
+    agent, raw_http, send, signup, signup_token, stream_until_refused, with_token, Resp, Spawned,
+    TestServer,
 };
 use crate::functions::{call, deploy, guest, upload};
 use emberbase::config::{AuthConfig, Config, RealtimeConfig};
@@ -647,14 +648,8 @@ fn config_refuses_values_that_would_overflow_or_break_the_store() {
 #[test]
 fn shipped_defaults_are_private_and_the_startup_log_names_collections_on_them() {
     let srv = TestServer::start_with(crate::common::fast);
-    let a = signup(&srv, "a@example.com")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b = signup(&srv, "b@example.com")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a = signup_token(&srv, "a@example.com");
+    let b = signup_token(&srv, "b@example.com");
     let as_user = |token: &str, method: &str, path: &str, body: Option<Value>| {
         with_token(&srv, method, path, token, body.as_ref())
     };
