@@ -37,7 +37,9 @@ fn run(bin: &PathBuf, url: &str, token: &str, report: &std::path::Path) -> Resul
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection",
         ])
         .args(["--seed", "20261129", "--max-examples", "50", "--request-timeout", "10"])
-        .args(["--workers", "2", "--exclude-path", "/v1/realtime"])
+        // One worker: Hypothesis's source caches are not thread-safe, and two workers now and
+        // then end a run with an internal error ("AST constructor recursion depth mismatch").
+        .args(["--workers", "1", "--exclude-path", "/v1/realtime"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .current_dir(report.parent().unwrap_or(std::path::Path::new(".")))
         .stdout(std::fs::File::create(report).map_err(|e| e.to_string())?)
