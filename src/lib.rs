@@ -36,6 +36,7 @@ mod api;
 pub mod auth;
 pub mod config;
 pub mod docs;
+pub mod engine;
 pub mod error;
 pub mod files;
 pub mod functions;

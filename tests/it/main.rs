@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod documents;
 mod embed;
+mod engine;
 mod files;
 mod functions;
 mod fuzz;

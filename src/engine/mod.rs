@@ -1,0 +1,300 @@
+//! The storage engine seam: an ordered, transactional key-value store with named keyspaces, a
+//! change feed and durable commits. Everything Emberbase stores goes through one [`Engine`];
+//! the commit engine above it (`store/`) turns documents, files, accounts and configuration
+//! into keys and values, so a backend knows nothing about them.
+//!
+//! A backend promises:
+//!
+//! - **Atomic, serializable transactions.** A [`Transaction`] reads, buffers writes, appends
+//!   change records and commits all or nothing. If anything it read (a key, a scanned range,
+//!   an [`expect`](Transaction::expect)ed value) changed before it commits, the commit fails
+//!   with [`EngineError::Conflict`] and nothing is written; [`retry`] runs a transaction again.
+//!   A transaction's reads see every commit applied before them, durable or not, but do not see
+//!   the transaction's own writes.
+//! - **Durable before visible.** `commit` returns only once the transaction is on stable
+//!   storage. The engine's own reads ([`Engine::get`], [`Engine::scan`]) and its change feed
+//!   never show a write that a crash could still lose. A transaction that only read returns
+//!   from `commit` once every write it could have seen is durable, so a decision it made (for
+//!   example a `409`) never rests on data a crash could lose. A failed commit leaves no trace.
+//! - **A dense change feed.** [`Transaction::append_change`] adds a record to the
+//!   [`Keyspace::Changes`] keyspace at the next sequence number (8-byte big-endian key), in
+//!   commit order, with no gaps; with a history prefix it also writes `prefix ++ seq` (empty
+//!   value) into [`Keyspace::History`], so the changes of one subject can be found in order.
+//!   [`Engine::watch`] follows the sequence of the newest durable change.
+//! - **Consistent snapshots.** [`Engine::snapshot`] reads one point in time while writes go on.
+//!
+//! New backends pass [`conformance`], the same suite the sled backend passes.
+
+pub mod conformance;
+pub mod faulty;
+mod overlay;
+pub mod sled;
+
+use async_trait::async_trait;
+pub use bytes::Bytes;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A named keyspace. Keys in different keyspaces never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Keyspace {
+    /// Documents: `collection 00 id`.
+    Documents,
+    /// Secondary index entries.
+    Indexes,
+    /// Change records, by sequence number (written by the engine only, through
+    /// [`Transaction::append_change`]; rewritten or deleted like any key when pruned).
+    Changes,
+    /// Per-subject change history, `prefix ++ seq` (see [`ChangeAppend::history`]).
+    History,
+    /// Configuration (collections).
+    Meta,
+    /// System records (accounts, tokens, outboxes, functions).
+    System,
+    /// File records.
+    Files,
+}
+
+impl Keyspace {
+    pub const ALL: [Keyspace; 7] = [
+        Keyspace::Documents,
+        Keyspace::Indexes,
+        Keyspace::Changes,
+        Keyspace::History,
+        Keyspace::Meta,
+        Keyspace::System,
+        Keyspace::Files,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Keyspace::Documents => "documents",
+            Keyspace::Indexes => "indexes",
+            Keyspace::Changes => "changes",
+            Keyspace::History => "history",
+            Keyspace::Meta => "meta",
+            Keyspace::System => "system",
+            Keyspace::Files => "files",
+        }
+    }
+}
+
+/// Keys from `start` (inclusive) to `end` (exclusive; `None`: the end of the keyspace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key of a keyspace.
+    pub fn all() -> KeyRange {
+        KeyRange {
+            start: Vec::new(),
+            end: None,
+        }
+    }
+
+    pub fn new(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange {
+            start: start.into(),
+            end: Some(end.into()),
+        }
+    }
+
+    /// Every key from `start` on.
+    pub fn from(start: impl Into<Vec<u8>>) -> KeyRange {
+        KeyRange {
+            start: start.into(),
+            end: None,
+        }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        KeyRange {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end
+            .as_deref()
+            .is_some_and(|end| end <= self.start.as_slice())
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix` (`None`: no such key,
+/// the prefix is all `FF`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The order a scan yields keys in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// A key and its value.
+pub type Entry = (Bytes, Bytes);
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// Something the transaction read changed before it committed. Nothing was written.
+    #[error("a concurrent transaction changed what this one read")]
+    Conflict,
+    /// The storage failed (disk full, I/O error). Nothing of the failed commit was written.
+    #[error("storage failure: {0}")]
+    Io(String),
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    #[error("the storage engine is closed")]
+    Closed,
+}
+
+/// A change record to append in a transaction's commit.
+#[derive(Debug, Clone)]
+pub struct ChangeAppend {
+    /// If set, `history ++ seq` (8 bytes big-endian) is written to [`Keyspace::History`] with
+    /// an empty value in the same commit.
+    pub history: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Called once a commit is durable, with the sequence number of its first appended change.
+/// Callbacks run in commit order, never for a commit that failed, and whether or not the
+/// committing task is still waiting.
+pub type OnDurable = Box<dyn FnOnce(u64) + Send>;
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The sequence of the first change the transaction appended (and the following ones,
+    /// densely, for the rest); `None` if it appended none.
+    pub first_seq: Option<u64>,
+}
+
+/// An ordered transactional key-value store with named keyspaces and a change feed.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// The backend's name, for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// A value as durably committed.
+    async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+
+    /// At most `limit` durably committed entries of `range`, in `direction` order.
+    async fn scan(
+        &self,
+        ks: Keyspace,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError>;
+
+    /// A read-write transaction.
+    async fn begin(&self) -> Result<Box<dyn Transaction>, EngineError>;
+
+    /// A consistent view of every keyspace as durably committed now, which later commits do
+    /// not change.
+    async fn snapshot(&self) -> Result<Box<dyn Snapshot>, EngineError>;
+
+    /// The sequence of the newest durable change (0 before the first), and its updates.
+    fn watch(&self) -> watch::Receiver<u64>;
+
+    /// Makes everything committed durable and stops; later calls fail with `Closed`.
+    async fn close(&self) -> Result<(), EngineError>;
+}
+
+/// A read-write transaction. Dropping it without committing writes nothing.
+#[async_trait]
+pub trait Transaction: Send {
+    async fn get(&mut self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+
+    async fn scan(
+        &mut self,
+        ks: Keyspace,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError>;
+
+    fn put(&mut self, ks: Keyspace, key: Vec<u8>, value: Vec<u8>);
+
+    fn delete(&mut self, ks: Keyspace, key: Vec<u8>);
+
+    /// The commit fails with `Conflict` unless `key` holds `value` (`None`: absent) then.
+    fn expect(&mut self, ks: Keyspace, key: Vec<u8>, value: Option<Vec<u8>>);
+
+    fn append_change(&mut self, change: ChangeAppend);
+
+    /// Commits atomically and durably (see the module documentation).
+    async fn commit(
+        self: Box<Self>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Committed, EngineError>;
+}
+
+/// A point-in-time view (see [`Engine::snapshot`]).
+#[async_trait]
+pub trait Snapshot: Send + Sync {
+    async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+
+    async fn scan(
+        &self,
+        ks: Keyspace,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError>;
+}
+
+/// Attempts at most this many times before a conflict is returned to the caller.
+const RETRIES: u32 = 64;
+
+/// Runs `attempt` until it does not fail with a conflict (at most 64 times, with a short
+/// growing pause between attempts). `attempt` must start its own transaction each time.
+pub async fn retry<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: IsConflict,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_conflict() && tries + 1 < RETRIES => {
+                tries += 1;
+                let pause = Duration::from_micros(50 << tries.min(10));
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Errors that may be a transaction conflict, which [`retry`] retries.
+pub trait IsConflict {
+    fn is_conflict(&self) -> bool;
+}
+
+impl IsConflict for EngineError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, EngineError::Conflict)
+    }
+}

@@ -1,0 +1,163 @@
+//! Reading an earlier state of a store that has moved on: the live store, corrected by the
+//! pre-images of the keys changed since (their values at that earlier point, `None` for
+//! absent). The sled backend reads its durable state this way (the pre-images of writes not
+//! yet flushed) and its snapshots (the pre-images of writes since the snapshot began).
+//!
+//! The correction is exact as long as every key changed since the earlier point has its
+//! pre-image recorded *before* the change is applied to the live store, and the pre-images are
+//! consulted *after* the live store is read: a key that changed in between is then corrected.
+
+use super::{Bytes, Direction, Entry, KeyRange};
+use std::collections::BTreeMap;
+
+/// The key after `key` (the smallest key greater than it).
+pub fn successor(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
+}
+
+/// Scans `range` of an earlier state. `read(range, direction, n)` reads at most `n` entries of
+/// the live store; `pending()` says how many pre-images there are (a bound on how many live
+/// entries a correction can remove); `pre_images(range)` returns the pre-images of keys in a
+/// range, and is called after the live entries of that range were read.
+pub fn scan<E>(
+    range: &KeyRange,
+    direction: Direction,
+    limit: usize,
+    mut read: impl FnMut(&KeyRange, Direction, usize) -> Result<Vec<Entry>, E>,
+    pending: impl Fn() -> usize,
+    pre_images: impl Fn(&KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)>,
+) -> Result<Vec<Entry>, E> {
+    let mut out: Vec<Entry> = Vec::new();
+    let mut cursor = range.clone();
+    while out.len() < limit && !cursor.is_empty() {
+        let want = limit - out.len();
+        let fetch = want.saturating_add(pending()).saturating_add(1);
+        let rows = read(&cursor, direction, fetch)?;
+        let exhausted = rows.len() < fetch;
+        // The part of the cursor's range these rows show completely.
+        let covered = match (exhausted, rows.last()) {
+            (false, Some((last, _))) => match direction {
+                Direction::Forward => KeyRange {
+                    start: cursor.start.clone(),
+                    end: Some(successor(last)),
+                },
+                Direction::Reverse => KeyRange {
+                    start: last.to_vec(),
+                    end: cursor.end.clone(),
+                },
+            },
+            _ => cursor.clone(),
+        };
+        let mut merged: BTreeMap<Bytes, Bytes> = rows.into_iter().collect();
+        for (key, value) in pre_images(&covered) {
+            match value {
+                Some(value) => merged.insert(Bytes::from(key), value),
+                None => merged.remove(key.as_slice()),
+            };
+        }
+        match direction {
+            Direction::Forward => out.extend(merged.into_iter().take(want)),
+            Direction::Reverse => out.extend(merged.into_iter().rev().take(want)),
+        }
+        if exhausted {
+            break;
+        }
+        cursor = match direction {
+            Direction::Forward => KeyRange {
+                start: covered.end.unwrap_or_default(),
+                end: cursor.end,
+            },
+            Direction::Reverse => KeyRange {
+                start: cursor.start,
+                end: Some(covered.start),
+            },
+        };
+    }
+    Ok(out)
+}
+
+/// Pre-images in a map, each with the last batch that changed its key.
+#[derive(Default)]
+pub struct PreImages {
+    map: BTreeMap<Vec<u8>, (Option<Bytes>, u64)>,
+}
+
+impl PreImages {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Option<Bytes>> {
+        self.map.get(key).map(|(value, _)| value)
+    }
+
+    /// Records that `batch` changes `key`, whose value before it is `pre` (kept if an earlier
+    /// batch already recorded one). Returns what to pass to [`PreImages::undo`].
+    pub fn record(&mut self, key: Vec<u8>, pre: Option<Bytes>, batch: u64) -> Undo {
+        match self.map.get_mut(&key) {
+            Some(entry) => {
+                let previous = entry.1;
+                entry.1 = batch;
+                Undo::Restore(key, previous)
+            }
+            None => {
+                self.map.insert(key.clone(), (pre, batch));
+                Undo::Remove(key)
+            }
+        }
+    }
+
+    /// Takes back a [`PreImages::record`] of a batch that was not applied.
+    pub fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Remove(key) => {
+                self.map.remove(&key);
+            }
+            Undo::Restore(key, batch) => {
+                if let Some(entry) = self.map.get_mut(&key) {
+                    entry.1 = batch;
+                }
+            }
+        }
+    }
+
+    /// Forgets every key whose last change is in a batch up to `batch` (now durable).
+    pub fn settle(&mut self, batch: u64) {
+        self.map.retain(|_, (_, last)| *last > batch);
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    pub fn range(&self, range: &KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)> {
+        in_range(&self.map, range)
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Bytes>)> {
+        self.map.iter().map(|(k, (v, _))| (k, v))
+    }
+}
+
+pub enum Undo {
+    Remove(Vec<u8>),
+    Restore(Vec<u8>, u64),
+}
+
+/// The entries of a map whose keys are in `range`.
+pub fn in_range<'a, V>(
+    map: &'a BTreeMap<Vec<u8>, V>,
+    range: &KeyRange,
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a V)> {
+    use std::ops::Bound;
+    let end = match &range.end {
+        _ if range.is_empty() => Bound::Excluded(range.start.clone()),
+        Some(end) => Bound::Excluded(end.clone()),
+        None => Bound::Unbounded,
+    };
+    map.range((Bound::Included(range.start.clone()), end))
+}

@@ -1,0 +1,758 @@
+//! The embedded backend: one sled tree, each keyspace under its own one-byte prefix (the
+//! layout of earlier versions, so existing data directories open unchanged).
+//!
+//! **Commits.** A transaction buffers its writes and records what it read. `commit` takes the
+//! commit lock, checks that nothing it read has changed (optimistic concurrency), assigns its
+//! change records their sequence numbers, records the pre-image of every key it writes, applies
+//! one `sled::Batch`, and releases the lock. It then waits for the flusher thread, which
+//! flushes whatever batches were applied since its last flush in one `flush` (group commit:
+//! the more concurrent writers, the more batches per fsync).
+//!
+//! **Durable before visible.** sled shows a batch to readers as soon as it is applied, before
+//! the flush makes it durable. The engine's reads therefore correct what sled returns with the
+//! pre-images of keys written by batches not yet flushed (see `overlay`); the flusher drops
+//! those pre-images only after the flush returns, then runs the commits' `on_durable`
+//! callbacks in commit order, then wakes the committers.
+//!
+//! **Failures.** sled keeps an I/O error sticky until the database is reopened, and a failed
+//! flush leaves its batches applied in memory. So when a flush fails, every commit waiting on
+//! it fails, new commits are refused, and the flusher reopens the database in-process and
+//! writes back the pre-images of every unflushed key (a batch that reached the disk before the
+//! failure is undone too), retrying each second until that succeeds. Reads keep working
+//! throughout, through the pre-images.
+
+use super::overlay::{self, PreImages, Undo};
+use super::{
+    Bytes, ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange, Keyspace,
+    OnDurable, Snapshot, Transaction,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How the sled backend is opened.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// The database directory.
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+/// Told about every flush: how long it took and how many batches it made durable.
+pub type FlushObserver = Box<dyn Fn(Duration, u64) + Send + Sync>;
+
+fn tag(ks: Keyspace) -> u8 {
+    match ks {
+        Keyspace::Documents => b'D',
+        Keyspace::Indexes => b'I',
+        Keyspace::Changes => b'C',
+        Keyspace::History => b'H',
+        Keyspace::Meta => b'M',
+        Keyspace::System => b'S',
+        Keyspace::Files => b'F',
+    }
+}
+
+fn full_key(ks: Keyspace, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(tag(ks));
+    k.extend_from_slice(key);
+    k
+}
+
+/// A keyspace range as a range of full keys.
+fn full_range(ks: Keyspace, range: &KeyRange) -> KeyRange {
+    KeyRange {
+        start: full_key(ks, &range.start),
+        end: Some(match &range.end {
+            Some(end) => full_key(ks, end),
+            None => vec![tag(ks) + 1],
+        }),
+    }
+}
+
+fn io(e: sled::Error) -> EngineError {
+    EngineError::Io(e.to_string())
+}
+
+fn bytes(v: sled::IVec) -> Bytes {
+    Bytes::copy_from_slice(&v)
+}
+
+/// Reads at most `limit` live entries of a full-key range (keys stay full).
+fn read_live(
+    db: &sled::Db,
+    range: &KeyRange,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<Entry>, EngineError> {
+    if range.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let iter = match &range.end {
+        Some(end) => db.range(range.start.clone()..end.clone()),
+        None => db.range(range.start.clone()..),
+    };
+    let convert = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+        entry.map(|(k, v)| (bytes(k), bytes(v))).map_err(io)
+    };
+    match direction {
+        Direction::Forward => iter.take(limit).map(convert).collect(),
+        Direction::Reverse => iter.rev().take(limit).map(convert).collect(),
+    }
+}
+
+fn strip(entries: Vec<Entry>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.slice(1..), v))
+        .collect()
+}
+
+/// What a committer waits for: the last batch flushed, and the last batch lost to a failure.
+#[derive(Debug, Clone, Copy, Default)]
+struct FlushState {
+    flushed: u64,
+    failed_upto: u64,
+}
+
+struct Publication {
+    batch: u64,
+    first_seq: u64,
+    /// How many changes the commit appended.
+    changes: u64,
+    callback: Option<OnDurable>,
+}
+
+struct CommitState {
+    next_seq: u64,
+    /// The last batch applied to sled.
+    applied: u64,
+    /// Why commits are refused while the store recovers from a failed flush.
+    failed: Option<String>,
+    closing: bool,
+    publications: VecDeque<Publication>,
+}
+
+/// A snapshot's pre-images: the value, when it began, of every key changed since.
+type SnapshotImages = RwLock<BTreeMap<Vec<u8>, Option<Bytes>>>;
+
+struct Inner {
+    options: SledOptions,
+    db: RwLock<Option<sled::Db>>,
+    commit: Mutex<CommitState>,
+    wake: Condvar,
+    /// Pre-images of the keys written by batches not yet flushed.
+    pending: RwLock<PreImages>,
+    pending_len: AtomicUsize,
+    snapshots: Mutex<Vec<Weak<SnapshotImages>>>,
+    state: watch::Sender<FlushState>,
+    seq: watch::Sender<u64>,
+    observer: Option<FlushObserver>,
+    /// Flushes still to fail on purpose (fault injection for tests).
+    failing_flushes: AtomicU32,
+    /// While set, the flusher waits before flushing (for tests of what is visible meanwhile).
+    holding: AtomicBool,
+}
+
+/// The sled backend. Cheap to clone.
+#[derive(Clone)]
+pub struct SledEngine {
+    inner: Arc<Inner>,
+    flusher: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_db(options: &SledOptions) -> Result<sled::Db, EngineError> {
+    sled::Config::new()
+        .path(&options.path)
+        .cache_capacity(options.cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        // Only the flusher makes writes durable, so that it knows which ones are.
+        .flush_every_ms(None)
+        .open()
+        .map_err(io)
+}
+
+/// The sequence of the newest change record in `db` (0 if none).
+fn last_seq_in(db: &sled::Db) -> Result<u64, EngineError> {
+    let Some(entry) = db.scan_prefix([tag(Keyspace::Changes)]).next_back() else {
+        return Ok(0);
+    };
+    let (key, _) = entry.map_err(io)?;
+    let mut b = [0u8; 8];
+    if let Some(tail) = key.get(1..9) {
+        b.copy_from_slice(tail);
+    }
+    Ok(u64::from_be_bytes(b))
+}
+
+impl SledEngine {
+    /// Opens (or creates) the database and starts the flusher thread.
+    pub fn open(
+        options: SledOptions,
+        observer: Option<FlushObserver>,
+    ) -> Result<SledEngine, EngineError> {
+        let db = open_db(&options)?;
+        let last = last_seq_in(&db)?;
+        let inner = Arc::new(Inner {
+            options,
+            db: RwLock::new(Some(db)),
+            commit: Mutex::new(CommitState {
+                next_seq: last + 1,
+                applied: 0,
+                failed: None,
+                closing: false,
+                publications: VecDeque::new(),
+            }),
+            wake: Condvar::new(),
+            pending: RwLock::new(PreImages::default()),
+            pending_len: AtomicUsize::new(0),
+            snapshots: Mutex::new(Vec::new()),
+            state: watch::Sender::new(FlushState::default()),
+            seq: watch::Sender::new(last),
+            observer,
+            failing_flushes: AtomicU32::new(0),
+            holding: AtomicBool::new(false),
+        });
+        let flusher_inner = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("emberbase-flusher".into())
+            .spawn(move || flusher_inner.run_flusher())
+            .map_err(|e| EngineError::Io(format!("cannot start the flusher thread: {e}")))?;
+        Ok(SledEngine {
+            inner,
+            flusher: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Makes the next `n` flushes fail as an I/O error would (for tests of failure handling).
+    pub fn fail_next_flushes(&self, n: u32) {
+        self.inner.failing_flushes.store(n, Ordering::SeqCst);
+    }
+
+    /// Holds (or releases) every flush, so that tests can look at the store while writes are
+    /// applied but not yet durable.
+    pub fn hold_flushes(&self, hold: bool) {
+        self.inner.holding.store(hold, Ordering::SeqCst);
+    }
+
+    /// Whether commits are refused while the store recovers from a failed flush.
+    pub fn is_recovering(&self) -> bool {
+        lock(&self.inner.commit).failed.is_some()
+    }
+}
+
+impl Inner {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let guard = read(&self.db);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(EngineError::Io("the store is reopening".into())),
+        }
+    }
+
+    /// A value as durably committed.
+    fn durable_get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        let live = self.with_db(|db| db.get(key).map_err(io))?;
+        if self.pending_len.load(Ordering::SeqCst) > 0 {
+            if let Some(pre) = read(&self.pending).get(key) {
+                return Ok(pre.clone());
+            }
+        }
+        Ok(live.map(bytes))
+    }
+
+    fn durable_scan(
+        &self,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        overlay::scan(
+            range,
+            direction,
+            limit,
+            |r, d, n| self.with_db(|db| read_live(db, r, d, n)),
+            || self.pending_len.load(Ordering::SeqCst),
+            |r| read(&self.pending).range(r),
+        )
+    }
+
+    fn run_flusher(&self) {
+        let mut flushed = 0u64;
+        loop {
+            let (target, closing) = {
+                let mut s = lock(&self.commit);
+                while s.applied == flushed && !s.closing {
+                    s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                (s.applied, s.closing)
+            };
+            if target > flushed {
+                while self.holding.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let started = Instant::now();
+                let result = if self
+                    .failing_flushes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    Err(EngineError::Io("injected flush failure".into()))
+                } else {
+                    self.with_db(|db| db.flush().map(drop).map_err(io))
+                };
+                if let Some(observer) = &self.observer {
+                    observer(started.elapsed(), target - flushed);
+                }
+                match result {
+                    Ok(()) => self.settle(target),
+                    Err(e) => self.recover(target, e),
+                }
+                flushed = target;
+            } else if closing {
+                break;
+            }
+        }
+        // Nothing is applied past `flushed` once closing: commits are refused.
+        *write(&self.db) = None;
+    }
+
+    /// Makes batches up to `target` visible, runs their callbacks and wakes their committers.
+    fn settle(&self, target: u64) {
+        {
+            let mut pending = write(&self.pending);
+            pending.settle(target);
+            self.pending_len.store(pending.len(), Ordering::SeqCst);
+        }
+        let publications: Vec<Publication> = {
+            let mut s = lock(&self.commit);
+            let n = s
+                .publications
+                .iter()
+                .take_while(|p| p.batch <= target)
+                .count();
+            s.publications.drain(..n).collect()
+        };
+        let mut last = None;
+        for p in publications {
+            if let Some(callback) = p.callback {
+                callback(p.first_seq);
+            }
+            if p.changes > 0 {
+                last = Some(p.first_seq + p.changes - 1);
+            }
+        }
+        if let Some(last) = last {
+            self.seq.send_replace(last);
+        }
+        self.state.send_modify(|s| s.flushed = target);
+    }
+
+    /// Fails every batch up to `target`, then reopens the database and restores every key they
+    /// wrote, retrying until that succeeds.
+    fn recover(&self, target: u64, error: EngineError) {
+        tracing::error!(error = %error, "flushing the store failed; failing the waiting writes and reopening");
+        {
+            let mut s = lock(&self.commit);
+            s.failed = Some(error.to_string());
+            s.publications.retain(|p| p.batch > target);
+        }
+        self.state.send_modify(|s| s.failed_upto = target);
+        loop {
+            match self.restore() {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "restoring the store after a failed flush failed; retrying in 1s");
+                    if lock(&self.commit).closing {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        tracing::info!("the store recovered from the failed flush");
+    }
+
+    fn restore(&self) -> Result<(), EngineError> {
+        let mut s = lock(&self.commit);
+        {
+            let mut slot = write(&self.db);
+            *slot = None;
+            // sled holds a lock on its files until every handle is gone; the old one may take
+            // a moment to let go.
+            let mut tries = 0;
+            let db = loop {
+                match open_db(&self.options) {
+                    Ok(db) => break db,
+                    Err(e) if tries < 50 => {
+                        tracing::debug!(error = %e, "reopening the store");
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            *slot = Some(db.clone());
+            // Batches that reached the disk before the failure are undone. Usually none did,
+            // and then nothing is written (a disk that is still full stays untouched).
+            let mut batch = sled::Batch::default();
+            let mut differs = false;
+            for (key, pre) in read(&self.pending).entries() {
+                let on_disk = db.get(key).map_err(io)?;
+                if on_disk.as_deref() != pre.as_deref() {
+                    differs = true;
+                }
+                match pre {
+                    Some(value) => batch.insert(key.as_slice(), value.as_ref()),
+                    None => batch.remove(key.as_slice()),
+                }
+            }
+            if differs {
+                db.apply_batch(batch).map_err(io)?;
+                db.flush().map_err(io)?;
+            }
+            s.next_seq = last_seq_in(&db)? + 1;
+        }
+        let mut pending = write(&self.pending);
+        pending.clear();
+        self.pending_len.store(0, Ordering::SeqCst);
+        s.failed = None;
+        Ok(())
+    }
+
+    /// Waits until batch `batch` is durable (or lost to a failure).
+    async fn wait_durable(&self, batch: u64) -> Result<(), EngineError> {
+        if batch == 0 {
+            return Ok(());
+        }
+        let mut rx = self.state.subscribe();
+        let state = *rx
+            .wait_for(|s| s.flushed >= batch || s.failed_upto >= batch)
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        if state.flushed >= batch {
+            Ok(())
+        } else {
+            Err(EngineError::Io(
+                "the write could not be made durable".into(),
+            ))
+        }
+    }
+
+    fn live_snapshots(&self) -> Vec<Arc<SnapshotImages>> {
+        let mut snapshots = lock(&self.snapshots);
+        snapshots.retain(|w| w.strong_count() > 0);
+        snapshots.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+#[async_trait]
+impl Engine for SledEngine {
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        self.inner.durable_get(&full_key(ks, key))
+    }
+
+    async fn scan(
+        &self,
+        ks: Keyspace,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        let entries = self
+            .inner
+            .durable_scan(&full_range(ks, range), direction, limit)?;
+        Ok(strip(entries))
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>, EngineError> {
+        Ok(Box::new(SledTransaction {
+            inner: self.inner.clone(),
+            reads: Vec::new(),
+            scans: Vec::new(),
+            expects: Vec::new(),
+            writes: BTreeMap::new(),
+            changes: Vec::new(),
+        }))
+    }
+
+    async fn snapshot(&self) -> Result<Box<dyn Snapshot>, EngineError> {
+        let s = lock(&self.inner.commit);
+        if s.closing {
+            return Err(EngineError::Closed);
+        }
+        let images: BTreeMap<Vec<u8>, Option<Bytes>> = read(&self.inner.pending)
+            .entries()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let images = Arc::new(RwLock::new(images));
+        lock(&self.inner.snapshots).push(Arc::downgrade(&images));
+        drop(s);
+        Ok(Box::new(SledSnapshot {
+            inner: self.inner.clone(),
+            images,
+        }))
+    }
+
+    fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.seq.subscribe()
+    }
+
+    async fn close(&self) -> Result<(), EngineError> {
+        {
+            let mut s = lock(&self.inner.commit);
+            s.closing = true;
+            self.inner.wake.notify_all();
+        }
+        let handle = lock(&self.flusher).take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|_| EngineError::Io("the flusher thread panicked".into()))?
+                .map_err(|_| EngineError::Io("the flusher thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A range a transaction scanned, and what it saw.
+struct ScanRead {
+    range: KeyRange,
+    direction: Direction,
+    limit: usize,
+    seen: Vec<Entry>,
+}
+
+struct SledTransaction {
+    inner: Arc<Inner>,
+    /// Keys read (full), and the value seen.
+    reads: Vec<(Vec<u8>, Option<sled::IVec>)>,
+    scans: Vec<ScanRead>,
+    expects: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    changes: Vec<ChangeAppend>,
+}
+
+impl SledTransaction {
+    /// Whether everything this transaction read is still as it saw it.
+    fn still_valid(&self, db: &sled::Db) -> Result<bool, EngineError> {
+        for (key, seen) in &self.reads {
+            if db.get(key).map_err(io)? != *seen {
+                return Ok(false);
+            }
+        }
+        for (key, expected) in &self.expects {
+            if db.get(key).map_err(io)?.as_deref() != expected.as_deref() {
+                return Ok(false);
+            }
+        }
+        for scan in &self.scans {
+            if read_live(db, &scan.range, scan.direction, scan.limit)? != scan.seen {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Transaction for SledTransaction {
+    async fn get(&mut self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        let key = full_key(ks, key);
+        let value = self.inner.with_db(|db| db.get(&key).map_err(io))?;
+        let out = value.as_ref().map(|v| Bytes::copy_from_slice(v));
+        self.reads.push((key, value));
+        Ok(out)
+    }
+
+    async fn scan(
+        &mut self,
+        ks: Keyspace,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        let range = full_range(ks, range);
+        let seen = self
+            .inner
+            .with_db(|db| read_live(db, &range, direction, limit))?;
+        let out = strip(seen.clone());
+        self.scans.push(ScanRead {
+            range,
+            direction,
+            limit,
+            seen,
+        });
+        Ok(out)
+    }
+
+    fn put(&mut self, ks: Keyspace, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(full_key(ks, &key), Some(value));
+    }
+
+    fn delete(&mut self, ks: Keyspace, key: Vec<u8>) {
+        self.writes.insert(full_key(ks, &key), None);
+    }
+
+    fn expect(&mut self, ks: Keyspace, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.expects.push((full_key(ks, &key), value));
+    }
+
+    fn append_change(&mut self, change: ChangeAppend) {
+        self.changes.push(change);
+    }
+
+    async fn commit(
+        self: Box<Self>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Committed, EngineError> {
+        let inner = self.inner.clone();
+        let (batch, first_seq) = {
+            let mut s = lock(&inner.commit);
+            if s.closing {
+                return Err(EngineError::Closed);
+            }
+            if let Some(why) = &s.failed {
+                return Err(EngineError::Io(why.clone()));
+            }
+            let guard = read(&inner.db);
+            let Some(db) = guard.as_ref() else {
+                return Err(EngineError::Io("the store is reopening".into()));
+            };
+            if !self.still_valid(db)? {
+                return Err(EngineError::Conflict);
+            }
+            if self.writes.is_empty() && self.changes.is_empty() {
+                // Read-only: durable once everything it could have seen is.
+                (s.applied, None)
+            } else {
+                let batch_id = s.applied + 1;
+                let mut sled_batch = sled::Batch::default();
+                let mut images: Vec<(Vec<u8>, Option<Bytes>)> = Vec::new();
+                for (key, value) in &self.writes {
+                    images.push((key.clone(), db.get(key).map_err(io)?.map(bytes)));
+                    match value {
+                        Some(v) => sled_batch.insert(key.as_slice(), v.as_slice()),
+                        None => sled_batch.remove(key.as_slice()),
+                    }
+                }
+                let first_seq = s.next_seq;
+                for (i, change) in self.changes.iter().enumerate() {
+                    let seq = first_seq + i as u64;
+                    let key = full_key(Keyspace::Changes, &seq.to_be_bytes());
+                    sled_batch.insert(key.as_slice(), change.payload.as_slice());
+                    images.push((key, None));
+                    if let Some(prefix) = &change.history {
+                        let mut h = prefix.clone();
+                        h.extend_from_slice(&seq.to_be_bytes());
+                        let key = full_key(Keyspace::History, &h);
+                        sled_batch.insert(key.as_slice(), &[]);
+                        images.push((key, None));
+                    }
+                }
+                for snapshot in inner.live_snapshots() {
+                    let mut map = write(&snapshot);
+                    for (key, pre) in &images {
+                        map.entry(key.clone()).or_insert_with(|| pre.clone());
+                    }
+                }
+                let undo: Vec<Undo> = {
+                    let mut pending = write(&inner.pending);
+                    let undo = images
+                        .into_iter()
+                        .map(|(key, pre)| pending.record(key, pre, batch_id))
+                        .collect();
+                    inner.pending_len.store(pending.len(), Ordering::SeqCst);
+                    undo
+                };
+                if let Err(e) = db.apply_batch(sled_batch) {
+                    let mut pending = write(&inner.pending);
+                    for u in undo {
+                        pending.undo(u);
+                    }
+                    inner.pending_len.store(pending.len(), Ordering::SeqCst);
+                    return Err(io(e));
+                }
+                let n = self.changes.len() as u64;
+                s.applied = batch_id;
+                if n > 0 {
+                    s.next_seq += n;
+                }
+                s.publications.push_back(Publication {
+                    batch: batch_id,
+                    first_seq,
+                    changes: n,
+                    callback: on_durable,
+                });
+                inner.wake.notify_all();
+                (batch_id, (n > 0).then_some(first_seq))
+            }
+        };
+        inner.wait_durable(batch).await?;
+        Ok(Committed { first_seq })
+    }
+}
+
+struct SledSnapshot {
+    inner: Arc<Inner>,
+    images: Arc<SnapshotImages>,
+}
+
+#[async_trait]
+impl Snapshot for SledSnapshot {
+    async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        let key = full_key(ks, key);
+        let live = self.inner.with_db(|db| db.get(&key).map_err(io))?;
+        if let Some(pre) = read(&self.images).get(&key) {
+            return Ok(pre.clone());
+        }
+        Ok(live.map(bytes))
+    }
+
+    async fn scan(
+        &self,
+        ks: Keyspace,
+        range: &KeyRange,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, EngineError> {
+        let entries = overlay::scan(
+            &full_range(ks, range),
+            direction,
+            limit,
+            |r, d, n| self.inner.with_db(|db| read_live(db, r, d, n)),
+            || read(&self.images).len(),
+            |r| {
+                overlay::in_range(&read(&self.images), r)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            },
+        )?;
+        Ok(strip(entries))
+    }
+}

@@ -1,0 +1,49 @@
+//! The storage engine conformance suite, run against every backend.
+
+use async_trait::async_trait;
+use emberbase::engine::conformance::{self, Backend};
+use emberbase::engine::sled::{SledEngine, SledOptions};
+use emberbase::engine::Engine;
+use std::sync::{Arc, Mutex};
+
+/// The sled backend in a temporary directory.
+struct Sled {
+    dir: tempfile::TempDir,
+    last: Mutex<Option<SledEngine>>,
+}
+
+impl Sled {
+    fn with_last(&self, f: impl FnOnce(&SledEngine)) -> bool {
+        self.last.lock().unwrap().as_ref().map(f).is_some()
+    }
+}
+
+#[async_trait]
+impl Backend for Sled {
+    async fn open(&self) -> Arc<dyn Engine> {
+        let options = SledOptions {
+            path: self.dir.path().join("db"),
+            cache_bytes: 16 << 20,
+        };
+        let engine = SledEngine::open(options, None).unwrap_or_else(|e| panic!("open: {e}"));
+        *self.last.lock().unwrap() = Some(engine.clone());
+        Arc::new(engine)
+    }
+
+    fn fail_next_flush(&self) -> bool {
+        self.with_last(|engine| engine.fail_next_flushes(1))
+    }
+
+    fn hold_flushes(&self, hold: bool) -> bool {
+        self.with_last(|engine| engine.hold_flushes(hold))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_passes_the_engine_conformance_suite() {
+    let backend = Sled {
+        dir: tempfile::tempdir().unwrap(),
+        last: Mutex::new(None),
+    };
+    conformance::run(&backend).await;
+}
