@@ -94,7 +94,10 @@ fn reads_and_queries(c: &mut Criterion) {
             .unwrap_or_default();
     }
     c.bench_function("get_by_id", |b| {
-        b.iter(|| docs.get(&Principal::Service, "plain", &last).expect("get"))
+        b.iter(|| {
+            rt.block_on(docs.get(&Principal::Service, "plain", &last))
+                .expect("get")
+        })
     });
     let filter = "data.n >= 5000 && data.n < 5050";
     for collection in ["indexed", "plain"] {
@@ -106,7 +109,7 @@ fn reads_and_queries(c: &mut Criterion) {
                     limit: Some(20),
                     cursor: None,
                 };
-                docs.list(&Principal::Service, collection, &params)
+                rt.block_on(docs.list(&Principal::Service, collection, &params))
                     .expect("list")
             })
         });

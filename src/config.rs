@@ -219,8 +219,6 @@ impl Default for LimitsConfig {
 pub struct StoreConfig {
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
-    /// The most writes made durable by one flush.
-    pub group_commit_max: usize,
     /// Change records kept for realtime replay and triggers: at most this many...
     pub change_retention_count: usize,
     /// ...and none older than this many hours.
@@ -228,16 +226,19 @@ pub struct StoreConfig {
     /// Bytes of recent changes held in memory for live consumers (realtime, triggers); one
     /// that falls further behind reads the stored change records instead.
     pub change_buffer_bytes: usize,
+    /// Days a deleted document's version is remembered, so that creating its id again
+    /// continues the version sequence (a stale `If-Match` older than this is not protected).
+    pub tombstone_days: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             cache_mb: 64,
-            group_commit_max: 256,
             change_retention_count: 10_000,
             change_retention_hours: 24,
             change_buffer_bytes: 16 * 1024 * 1024,
+            tombstone_days: 30,
         }
     }
 }
@@ -462,12 +463,7 @@ impl Config {
                 10_000,
             ),
             ("store.cache_mb", st.cache_mb, 1, 1 << 20),
-            (
-                "store.group_commit_max",
-                st.group_commit_max as u64,
-                1,
-                1 << 20,
-            ),
+            ("store.tombstone_days", st.tombstone_days, 1, 36_500),
             (
                 "store.change_retention_count",
                 st.change_retention_count as u64,

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub flush_duration: HistogramVec,
     pub change_seq: IntGauge,
     pub change_feed_bytes: IntGauge,
+    pub scan_examined: prometheus::IntCounter,
+    pub query_held_peak: IntGauge,
     pub realtime_subscribers: IntGauge,
     pub realtime_events: IntCounterVec,
     pub realtime_queued_bytes: IntGauge,
@@ -105,6 +107,16 @@ impl Metrics {
             "Encoded bytes of the recent changes held in memory for live consumers",
         )?;
         registry.register(Box::new(change_feed_bytes.clone()))?;
+        let scan_examined = prometheus::IntCounter::new(
+            "store_scan_examined_total",
+            "Documents examined by query scans",
+        )?;
+        registry.register(Box::new(scan_examined.clone()))?;
+        let query_held_peak = IntGauge::new(
+            "store_query_held_peak",
+            "The most matching documents one query has held in memory at once since start",
+        )?;
+        registry.register(Box::new(query_held_peak.clone()))?;
         registry.register(Box::new(realtime_subscribers.clone()))?;
         registry.register(Box::new(realtime_events.clone()))?;
         let realtime_queued_bytes = IntGauge::new(
@@ -124,6 +136,8 @@ impl Metrics {
             flush_duration,
             change_seq,
             change_feed_bytes,
+            scan_examined,
+            query_held_peak,
             realtime_subscribers,
             realtime_events,
             realtime_queued_bytes,

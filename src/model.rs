@@ -207,6 +207,20 @@ pub struct CollectionInfo {
     /// stored). Until they are fixed every such collection allows admins only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rule_errors: Vec<RuleError>,
+    /// Each declared index, in order, and whether queries use it yet.
+    #[serde(default)]
+    pub index_states: Vec<IndexState>,
+}
+
+/// An index and whether the planner uses it yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IndexState {
+    /// The index's fields, as declared.
+    pub fields: Vec<String>,
+    /// `building` while the entries of the documents already stored are being written (writes
+    /// go on meanwhile, and queries do not use the index yet), then `ready`.
+    #[schema(example = "ready")]
+    pub state: String,
 }
 
 /// A stored rule that does not compile.

@@ -7,6 +7,7 @@ use crate::auth::tokens::TokenIssuer;
 use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
 use crate::config::Config;
 use crate::docs::Documents;
+use crate::engine::Engine;
 use crate::files::Files;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
@@ -45,6 +46,7 @@ pub struct ServerBuilder {
     config: Config,
     listener: Option<TcpListener>,
     routes: Option<RouteHook>,
+    engine: Option<Arc<dyn Engine>>,
 }
 
 impl ServerBuilder {
@@ -53,7 +55,15 @@ impl ServerBuilder {
             config,
             listener: None,
             routes: None,
+            engine: None,
         }
+    }
+
+    /// Stores everything in this storage engine instead of the embedded sled database in the
+    /// data directory (which still holds keys and file blobs).
+    pub fn engine(mut self, engine: Arc<dyn Engine>) -> Self {
+        self.engine = Some(engine);
+        self
     }
 
     /// Where the database, keys and files live.
@@ -87,7 +97,7 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<Server, StartError> {
         let config = self.config;
         config.validate()?;
-        let (data_dir, store, metrics) = open_data_dir(&config)?;
+        let (data_dir, store, metrics) = open_data_dir(&config, self.engine).await?;
 
         let (service_key, key_source) = if config.auth.service_key.is_empty() {
             let (key, path) = auth::load_or_create_service_key(&data_dir).map_err(|source| {
@@ -102,8 +112,9 @@ impl ServerBuilder {
         };
         let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
             .map_err(|e| StartError::Other(e.message))?;
-        let (files, swept) =
-            Files::start(&data_dir, store.clone(), &config.files).map_err(StartError::Other)?;
+        let (files, swept) = Files::start(&data_dir, store.clone(), &config.files)
+            .await
+            .map_err(StartError::Other)?;
         if swept.temp_files + swept.orphan_blobs > 0 {
             tracing::info!(
                 temp_files = swept.temp_files,
@@ -118,6 +129,7 @@ impl ServerBuilder {
             &config.functions,
             metrics.clone(),
         )
+        .await
         .map_err(StartError::Other)?;
         let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
             .map_err(|e| StartError::Other(e.message))?;
@@ -181,7 +193,7 @@ impl ServerBuilder {
             Some(path) => tracing::info!(path = %path.display(), "service key file (owner-only)"),
             None => tracing::info!("service key from the configuration"),
         }
-        log_default_rules(&docs, &config.rules);
+        log_default_rules(&docs, &config.rules).await;
         Ok(Server {
             addr,
             data_dir,
@@ -222,8 +234,8 @@ async fn prune_accounts(accounts: std::sync::Weak<Accounts>, every: Duration, ou
 
 /// Says which collections holding documents have no rules of their own, and so run on the
 /// configured defaults (private unless the config widens them).
-fn log_default_rules(docs: &Documents, defaults: &crate::model::Rules) {
-    let names = match docs.collections_on_default_rules() {
+async fn log_default_rules(docs: &Documents, defaults: &crate::model::Rules) {
+    let names = match docs.collections_on_default_rules().await {
         Ok(names) => names,
         Err(e) => {
             tracing::warn!(error = %e.message, "cannot list the collections on default rules");
@@ -290,6 +302,7 @@ async fn bootstrap_admin(
 ) -> Result<(), StartError> {
     let exists = accounts
         .email_exists(email)
+        .await
         .map_err(|e| StartError::Other(format!("admin.email: {}", e.message)))?;
     if exists {
         return Ok(());
@@ -310,18 +323,22 @@ pub async fn create_admin(
     password: String,
 ) -> Result<(crate::auth::User, bool), StartError> {
     config.validate()?;
-    let (data_dir, store, _) = open_data_dir(&config)?;
+    let (data_dir, store, _) = open_data_dir(&config, None).await?;
     let accounts = open_accounts(&store, &config, &data_dir)?;
     let result = accounts
         .upsert_admin(email, password)
         .await
         .map_err(|e| StartError::Other(e.message));
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    store.close().await;
     result
 }
 
-/// Creates the data directory if needed and opens its database (`<data_dir>/db`).
-fn open_data_dir(config: &Config) -> Result<(PathBuf, Store, Arc<Metrics>), StartError> {
+/// Creates the data directory if needed and opens the store: on `engine` if given, otherwise
+/// on the embedded database in `<data_dir>/db`.
+async fn open_data_dir(
+    config: &Config,
+    engine: Option<Arc<dyn Engine>>,
+) -> Result<(PathBuf, Store, Arc<Metrics>), StartError> {
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.clone(),
@@ -330,13 +347,15 @@ fn open_data_dir(config: &Config) -> Result<(PathBuf, Store, Arc<Metrics>), Star
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
     let db_path = data_dir.join("db");
-    let store =
-        Store::open(store_options(config, db_path.clone()), metrics.clone()).map_err(|source| {
-            StartError::Store {
-                path: db_path,
-                source,
-            }
-        })?;
+    let options = store_options(config, db_path.clone());
+    let store = match engine {
+        Some(engine) => Store::on_engine(engine, options, metrics.clone()).await,
+        None => Store::open(options, metrics.clone()).await,
+    }
+    .map_err(|source| StartError::Store {
+        path: db_path,
+        source,
+    })?;
     Ok((data_dir, store, metrics))
 }
 
@@ -345,10 +364,10 @@ fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
         path,
         cache_bytes: config.store.cache_mb * 1024 * 1024,
         max_document_bytes: config.limits.max_document_bytes,
-        group_commit_max: config.store.group_commit_max,
         retention_count: config.store.change_retention_count,
         retention_age: Duration::from_secs(config.store.change_retention_hours * 3600),
         change_buffer_bytes: config.store.change_buffer_bytes,
+        tombstone_age: Duration::from_secs(config.store.tombstone_days * 86_400),
     }
 }
 
@@ -410,8 +429,7 @@ impl Server {
         let _ = self.task.await;
         let functions = self.functions;
         let _ = tokio::task::spawn_blocking(move || functions.stop()).await;
-        let store = self.store;
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        self.store.close().await;
         tracing::info!("stopped");
     }
 }

@@ -158,7 +158,7 @@ pub(super) async fn logout(
 )]
 #[get("/v1/auth/me")]
 pub(super) async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, Error> {
-    Ok(HttpResponse::Ok().json(state.auth.accounts().me(&caller.0)?))
+    Ok(HttpResponse::Ok().json(state.auth.accounts().me(&caller.0).await?))
 }
 
 /// Mail the signed-in user a token that confirms their email.

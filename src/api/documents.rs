@@ -67,7 +67,7 @@ pub(super) async fn get_document(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Error> {
     let (collection, id) = path.into_inner();
-    let raw = state.docs.get_raw(&caller.0, &collection, &id)?;
+    let raw = state.docs.get_raw(&caller.0, &collection, &id).await?;
     Ok(HttpResponse::Ok()
         .insert_header(etag(raw.version()))
         .content_type("application/json")
@@ -225,11 +225,13 @@ pub(super) async fn list_documents(
     let list = state.docs.prepare_list(&path, &params)?;
     let principal = caller.0;
     let page = if state.docs.is_bounded(&list) {
-        state.docs.list_raw(&principal, &list)?
+        state.docs.list_raw(&principal, &list).await?
     } else {
-        // A query that may scan the whole collection stays off the async workers.
+        // A query that may scan the whole collection runs on the blocking pool, off the
+        // async workers (this worker's runtime still drives its I/O).
         let docs = state.docs.clone();
-        web::block(move || docs.list_raw(&principal, &list))
+        let runtime = tokio::runtime::Handle::current();
+        web::block(move || runtime.block_on(docs.list_raw(&principal, &list)))
             .await
             .map_err(Error::internal)??
     };

@@ -41,14 +41,17 @@ pub struct Caller(pub Principal);
 
 impl FromRequest for Caller {
     type Error = Error;
-    type Future = Ready<Result<Self, Error>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let state = state(req)?;
-            let token = bearer(req)?;
-            state.auth.authenticate(token).map(Caller)
-        })())
+        let found = state(req).and_then(|state| {
+            let token = bearer(req)?.map(str::to_owned);
+            Ok((state.auth.clone(), token))
+        });
+        Box::pin(async move {
+            let (auth, token) = found?;
+            auth.authenticate(token.as_deref()).await.map(Caller)
+        })
     }
 }
 

@@ -96,7 +96,10 @@ async fn receive(
     req: &HttpRequest,
     payload: &mut web::Payload,
 ) -> Result<HttpResponse, Error> {
-    let caller = state.auth.authenticate(super::extract::bearer(req)?)?;
+    let caller = state
+        .auth
+        .authenticate(super::extract::bearer(req)?)
+        .await?;
     let (bucket, path) = target(req, "/v1/files/")?;
     let declared = match req.headers().get(header::CONTENT_LENGTH) {
         None => None,
@@ -116,7 +119,8 @@ async fn receive(
     };
     let mut incoming = state
         .files
-        .begin_upload(&caller, &bucket, &path, content_type, declared)?;
+        .begin_upload(&caller, &bucket, &path, content_type, declared)
+        .await?;
     while let Some(piece) = payload.next().await {
         let piece = piece.map_err(|e| from_actix(&e.into()))?;
         incoming.write(&piece).await?;
@@ -174,15 +178,21 @@ pub struct SignedQuery {
 
 /// Opens the file of a GET or HEAD: by signed URL when the query has a signature, otherwise
 /// as the caller, after the bucket's read rule.
-fn open(state: &AppState, req: &HttpRequest, query: &SignedQuery) -> Result<OpenFile, Error> {
+async fn open(state: &AppState, req: &HttpRequest, query: &SignedQuery) -> Result<OpenFile, Error> {
     let (bucket, path) = target(req, "/v1/files/")?;
     match (&query.expires, &query.signature) {
         (None, None) => {
-            let caller = state.auth.authenticate(super::extract::bearer(req)?)?;
-            state.files.open(&caller, &bucket, &path)
+            let caller = state
+                .auth
+                .authenticate(super::extract::bearer(req)?)
+                .await?;
+            state.files.open(&caller, &bucket, &path).await
         }
         (Some(expires), Some(signature)) => {
-            state.files.open_signed(&bucket, &path, expires, signature)
+            state
+                .files
+                .open_signed(&bucket, &path, expires, signature)
+                .await
         }
         _ => Err(Error::forbidden("the signed URL is invalid or has expired")),
     }
@@ -359,7 +369,7 @@ pub(super) async fn download(
     req: HttpRequest,
     query: web::Query<SignedQuery>,
 ) -> Result<HttpResponse, Error> {
-    let opened = open(&state, &req, &query)?;
+    let opened = open(&state, &req, &query).await?;
     file_response(&state, &req, opened)
 }
 
@@ -386,7 +396,7 @@ pub(super) async fn head_file(
     req: HttpRequest,
     query: web::Query<SignedQuery>,
 ) -> Result<HttpResponse, Error> {
-    let opened = open(&state, &req, &query)?;
+    let opened = open(&state, &req, &query).await?;
     file_response(&state, &req, opened)
 }
 
@@ -445,13 +455,16 @@ pub(super) async fn list_files(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, Error> {
     let q = query.into_inner();
-    let page = state.files.list(
-        &caller.0,
-        &bucket,
-        q.prefix.as_deref(),
-        q.limit,
-        q.cursor.as_deref(),
-    )?;
+    let page = state
+        .files
+        .list(
+            &caller.0,
+            &bucket,
+            q.prefix.as_deref(),
+            q.limit,
+            q.cursor.as_deref(),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -496,7 +509,10 @@ pub(super) async fn sign(
 ) -> Result<HttpResponse, Error> {
     let (bucket, path) = target(&req, "/v1/sign/")?;
     let expires_in = body.0.expires_in.unwrap_or(3600);
-    let signed = state.files.sign(&caller.0, &bucket, &path, expires_in)?;
+    let signed = state
+        .files
+        .sign(&caller.0, &bucket, &path, expires_in)
+        .await?;
     let conn = req.connection_info();
     Ok(HttpResponse::Ok().json(SignedUrlBody {
         url: format!(
@@ -549,7 +565,7 @@ pub(super) async fn get_bucket(
     caller: Caller,
     bucket: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    Ok(HttpResponse::Ok().json(state.files.bucket_config(&caller.0, &bucket)?))
+    Ok(HttpResponse::Ok().json(state.files.bucket_config(&caller.0, &bucket).await?))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -571,6 +587,6 @@ pub(super) async fn list_buckets(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, Error> {
-    let items = state.files.buckets(&caller.0)?;
+    let items = state.files.buckets(&caller.0).await?;
     Ok(HttpResponse::Ok().json(BucketList { items }))
 }

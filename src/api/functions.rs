@@ -200,7 +200,8 @@ pub(super) async fn invocations(
 ) -> Result<HttpResponse, Error> {
     let items = state
         .functions
-        .invocations(&caller.0, &name, query.limit.unwrap_or(50))?;
+        .invocations(&caller.0, &name, query.limit.unwrap_or(50))
+        .await?;
     Ok(HttpResponse::Ok().json(InvocationList { items }))
 }
 

@@ -63,7 +63,7 @@ pub(super) async fn subscribe(
         Some(token) => Some(token),
         None => query.access_token.as_deref().filter(|t| !t.is_empty()),
     };
-    let (who, expires_at) = state.auth.authenticate_until(token)?;
+    let (who, expires_at) = state.auth.authenticate_until(token).await?;
     let bad_id = || Error::bad_request("Last-Event-ID must be the id of an event");
     let last_event_id = match req.headers().get("last-event-id") {
         Some(value) => Some(value.to_str().map_err(|_| bad_id())?),
@@ -73,16 +73,20 @@ pub(super) async fn subscribe(
     .filter(|v| !v.is_empty())
     .map(|v| v.parse::<u64>().map_err(|_| bad_id()))
     .transpose()?;
-    let subscription = state.realtime.subscribe(
-        who,
-        SubscribeRequest {
-            topics: query.subscribe.as_deref().unwrap_or_default(),
-            filter: query.filter.as_deref(),
-            last_event_id,
-            expires_at,
-            client: &client_ip(&req, &state.config.http.trusted_proxies),
-        },
-    )?;
+    let client = client_ip(&req, &state.config.http.trusted_proxies);
+    let subscription = state
+        .realtime
+        .subscribe(
+            who,
+            SubscribeRequest {
+                topics: query.subscribe.as_deref().unwrap_or_default(),
+                filter: query.filter.as_deref(),
+                last_event_id,
+                expires_at,
+                client: &client,
+            },
+        )
+        .await?;
     let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
         let bytes = sub.next().await?;
         Some((Ok::<_, Infallible>(bytes), sub))

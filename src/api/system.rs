@@ -53,7 +53,7 @@ pub(super) async fn metrics(
     req: HttpRequest,
 ) -> Result<HttpResponse, Error> {
     if !state.config.metrics.public {
-        let who = state.auth.authenticate(bearer(&req)?)?;
+        let who = state.auth.authenticate(bearer(&req)?).await?;
         who.require_admin("read metrics")?;
     }
     Ok(HttpResponse::Ok()

@@ -34,11 +34,15 @@ pub(super) async fn list_users(
     caller: Caller,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Error> {
-    let page = state.auth.accounts().list_users(
-        &caller.0,
-        query.limit.unwrap_or(50),
-        query.cursor.as_deref(),
-    )?;
+    let page = state
+        .auth
+        .accounts()
+        .list_users(
+            &caller.0,
+            query.limit.unwrap_or(50),
+            query.cursor.as_deref(),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -59,7 +63,7 @@ pub(super) async fn get_user(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    Ok(HttpResponse::Ok().json(state.auth.accounts().get_user(&caller.0, &path)?))
+    Ok(HttpResponse::Ok().json(state.auth.accounts().get_user(&caller.0, &path).await?))
 }
 
 /// Disable a user: they cannot sign in, and every token of theirs stops working.
@@ -202,7 +206,8 @@ pub(super) async fn outbox(
     let items = state
         .auth
         .accounts()
-        .outbox(&caller.0, query.limit.unwrap_or(50))?;
+        .outbox(&caller.0, query.limit.unwrap_or(50))
+        .await?;
     Ok(HttpResponse::Ok().json(MailList { items }))
 }
 

@@ -238,16 +238,16 @@ impl Accounts {
         }
     }
 
-    fn load_user(&self, id: &str) -> Result<Option<(UserRecord, Vec<u8>)>> {
-        match self.store.kv_get(Space::Users, id.as_bytes())? {
+    async fn load_user(&self, id: &str) -> Result<Option<(UserRecord, Vec<u8>)>> {
+        match self.store.kv_get(Space::Users, id.as_bytes()).await? {
             Some(bytes) => Ok(Some((from_json(&bytes)?, bytes))),
             None => Ok(None),
         }
     }
 
-    fn user_by_email(&self, email: &str) -> Result<Option<(UserRecord, Vec<u8>)>> {
-        match self.store.kv_get(Space::Emails, email.as_bytes())? {
-            Some(id) => self.load_user(&String::from_utf8_lossy(&id)),
+    async fn user_by_email(&self, email: &str) -> Result<Option<(UserRecord, Vec<u8>)>> {
+        match self.store.kv_get(Space::Emails, email.as_bytes()).await? {
+            Some(id) => self.load_user(&String::from_utf8_lossy(&id)).await,
             None => Ok(None),
         }
     }
@@ -308,7 +308,8 @@ impl Accounts {
         check_password(&password, &email)?;
         if self
             .store
-            .kv_get(Space::Emails, email.as_bytes())?
+            .kv_get(Space::Emails, email.as_bytes())
+            .await?
             .is_some()
         {
             return Err(Error::new(
@@ -352,7 +353,7 @@ impl Accounts {
         let account_key = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
         let ip_key = client_ip.to_string();
         self.attempt(&account_key, Some(&ip_key))?;
-        let found = self.user_by_email(&account_key)?;
+        let found = self.user_by_email(&account_key).await?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
         let matched = self.hasher.verify(password, hash).await?;
         // A wrong password leaves its attempt counted.
@@ -375,13 +376,18 @@ impl Accounts {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
         let invalid = || Error::unauthenticated("invalid, expired or revoked refresh token");
         let hash = sha256_hex(refresh_token);
-        let Some(record_bytes) = self.store.kv_get(Space::RefreshTokens, hash.as_bytes())? else {
+        let Some(record_bytes) = self
+            .store
+            .kv_get(Space::RefreshTokens, hash.as_bytes())
+            .await?
+        else {
             return Err(invalid());
         };
         let record: RefreshRecord = from_json(&record_bytes)?;
         let Some(family_bytes) = self
             .store
-            .kv_get(Space::Families, record.family.as_bytes())?
+            .kv_get(Space::Families, record.family.as_bytes())
+            .await?
         else {
             return Err(invalid());
         };
@@ -394,7 +400,7 @@ impl Accounts {
         if family.revoked || family.expires_at <= now_secs() {
             return Err(invalid());
         }
-        let user = match self.load_user(&record.user_id)? {
+        let user = match self.load_user(&record.user_id).await? {
             Some((user, _)) if !user.disabled && user.token_version == family.token_version => user,
             _ => return Err(invalid()),
         };
@@ -424,7 +430,11 @@ impl Accounts {
 
     async fn revoke_family(&self, family_id: &str) -> Result<()> {
         for _ in 0..8 {
-            let Some(bytes) = self.store.kv_get(Space::Families, family_id.as_bytes())? else {
+            let Some(bytes) = self
+                .store
+                .kv_get(Space::Families, family_id.as_bytes())
+                .await?
+            else {
                 return Ok(());
             };
             let mut family: FamilyRecord = from_json(&bytes)?;
@@ -452,7 +462,11 @@ impl Accounts {
             return Err(Error::unauthenticated("sign in to sign out"));
         };
         let hash = sha256_hex(refresh_token);
-        let Some(bytes) = self.store.kv_get(Space::RefreshTokens, hash.as_bytes())? else {
+        let Some(bytes) = self
+            .store
+            .kv_get(Space::RefreshTokens, hash.as_bytes())
+            .await?
+        else {
             return Ok(());
         };
         let record: RefreshRecord = from_json(&bytes)?;
@@ -466,15 +480,15 @@ impl Accounts {
 
     /// Resolves an access token to its user, checking the user record: it must exist, be
     /// enabled, and not have revoked its tokens since.
-    pub fn authenticate(&self, token: &str) -> Result<Principal> {
-        self.authenticate_until(token).map(|(who, _)| who)
+    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        self.authenticate_until(token).await.map(|(who, _)| who)
     }
 
     /// Like [`Accounts::authenticate`], with the token's expiry (Unix seconds).
-    pub fn authenticate_until(&self, token: &str) -> Result<(Principal, u64)> {
+    pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, u64)> {
         let claims = self.tokens.verify(token)?;
         let invalid = || Error::unauthenticated("invalid or expired token");
-        let (user, _) = self.load_user(&claims.sub)?.ok_or_else(invalid)?;
+        let (user, _) = self.load_user(&claims.sub).await?.ok_or_else(invalid)?;
         if user.disabled || user.token_version != claims.tv {
             return Err(invalid());
         }
@@ -486,10 +500,11 @@ impl Accounts {
         Ok((who, claims.exp))
     }
 
-    pub fn me(&self, who: &Principal) -> Result<User> {
+    pub async fn me(&self, who: &Principal) -> Result<User> {
         match who {
             Principal::User { id, .. } => self
-                .load_user(id)?
+                .load_user(id)
+                .await?
                 .map(|(u, _)| u.public())
                 .ok_or_else(|| Error::unauthenticated("invalid or expired token")),
             Principal::Service | Principal::Function { .. } => {
@@ -503,7 +518,8 @@ impl Accounts {
     async fn update_user(&self, id: &str, change: impl Fn(&mut UserRecord)) -> Result<UserRecord> {
         for _ in 0..8 {
             let (mut user, bytes) = self
-                .load_user(id)?
+                .load_user(id)
+                .await?
                 .ok_or_else(|| Error::not_found(format!("user {id} does not exist")))?;
             change(&mut user);
             let write = KvWrite::default()
@@ -536,7 +552,8 @@ impl Accounts {
         let account_key = email.clone();
         self.attempt(&account_key, None)?;
         let (user, _) = self
-            .load_user(id)?
+            .load_user(id)
+            .await?
             .ok_or_else(|| Error::unauthenticated("invalid or expired token"))?;
         if !self
             .hasher
@@ -590,7 +607,8 @@ impl Accounts {
         let hash = sha256_hex(token);
         let bytes = self
             .store
-            .kv_get(Space::EmailTokens, hash.as_bytes())?
+            .kv_get(Space::EmailTokens, hash.as_bytes())
+            .await?
             .ok_or_else(invalid)?;
         let record: EmailTokenRecord = from_json(&bytes)?;
         if record.kind != kind || record.expires_at <= now_secs() {
@@ -612,7 +630,8 @@ impl Accounts {
             return Err(Error::unauthenticated("sign in first"));
         };
         let (user, _) = self
-            .load_user(id)?
+            .load_user(id)
+            .await?
             .ok_or_else(|| Error::unauthenticated("invalid or expired token"))?;
         if user.email_verified {
             return Ok(());
@@ -681,7 +700,7 @@ impl Accounts {
     }
 
     async fn send_reset(&self, email: &str) -> Result<()> {
-        let Some((user, _)) = self.user_by_email(email)? else {
+        let Some((user, _)) = self.user_by_email(email).await? else {
             return Ok(());
         };
         if user.disabled {
@@ -708,13 +727,17 @@ impl Accounts {
     /// Sets a new password with a reset token and revokes every token of the user.
     pub async fn confirm_reset(&self, token: &str, new_password: String) -> Result<()> {
         let hash = sha256_hex(token);
-        let record: EmailTokenRecord =
-            match self.store.kv_get(Space::EmailTokens, hash.as_bytes())? {
-                Some(bytes) => from_json(&bytes)?,
-                None => return Err(Error::bad_request("invalid or expired token")),
-            };
+        let record: EmailTokenRecord = match self
+            .store
+            .kv_get(Space::EmailTokens, hash.as_bytes())
+            .await?
+        {
+            Some(bytes) => from_json(&bytes)?,
+            None => return Err(Error::bad_request("invalid or expired token")),
+        };
         let (user, _) = self
-            .load_user(&record.user_id)?
+            .load_user(&record.user_id)
+            .await?
             .ok_or_else(|| Error::bad_request("invalid or expired token"))?;
         check_password(&new_password, &user.email)?;
         let record = self
@@ -736,7 +759,7 @@ impl Accounts {
     }
 
     /// Users in id (creation) order.
-    pub fn list_users(
+    pub async fn list_users(
         &self,
         who: &Principal,
         limit: usize,
@@ -748,7 +771,8 @@ impl Accounts {
         }
         let rows = self
             .store
-            .kv_scan(Space::Users, cursor.map(str::as_bytes), limit + 1)?;
+            .kv_scan(Space::Users, cursor.map(str::as_bytes), limit + 1)
+            .await?;
         let mut items: Vec<User> = rows
             .iter()
             .map(|(_, v)| from_json::<UserRecord>(v).map(|u| u.public()))
@@ -762,9 +786,10 @@ impl Accounts {
         Ok(UserPage { items, next_cursor })
     }
 
-    pub fn get_user(&self, who: &Principal, id: &str) -> Result<User> {
+    pub async fn get_user(&self, who: &Principal, id: &str) -> Result<User> {
         Self::require_admin(who)?;
-        self.load_user(id)?
+        self.load_user(id)
+            .await?
             .map(|(u, _)| u.public())
             .ok_or_else(|| Error::not_found(format!("user {id} does not exist")))
     }
@@ -798,7 +823,8 @@ impl Accounts {
     pub async fn delete_user(&self, who: &Principal, id: &str) -> Result<()> {
         Self::require_admin(who)?;
         let (user, bytes) = self
-            .load_user(id)?
+            .load_user(id)
+            .await?
             .ok_or_else(|| Error::not_found(format!("user {id} does not exist")))?;
         let write = KvWrite::default()
             .check(Space::Users, id.as_bytes(), Some(bytes))
@@ -820,7 +846,7 @@ impl Accounts {
         let email = normalize_email(email)?;
         check_password(&password, &email)?;
         let hash = self.hasher.hash(password).await?;
-        if let Some((user, _)) = self.user_by_email(&email)? {
+        if let Some((user, _)) = self.user_by_email(&email).await? {
             let user = self
                 .update_user(&user.id, |u| {
                     u.role = "admin".into();
@@ -836,17 +862,18 @@ impl Accounts {
     }
 
     /// Whether a user with this email exists.
-    pub fn email_exists(&self, email: &str) -> Result<bool> {
+    pub async fn email_exists(&self, email: &str) -> Result<bool> {
         let email = normalize_email(email)?;
         Ok(self
             .store
-            .kv_get(Space::Emails, email.as_bytes())?
+            .kv_get(Space::Emails, email.as_bytes())
+            .await?
             .is_some())
     }
 
-    pub fn outbox(&self, who: &Principal, limit: usize) -> Result<Vec<Mail>> {
+    pub async fn outbox(&self, who: &Principal, limit: usize) -> Result<Vec<Mail>> {
         Self::require_admin(who)?;
-        self.mailer.outbox(limit.clamp(1, 1000))
+        self.mailer.outbox(limit.clamp(1, 1000)).await
     }
 
     /// Adds a new JWT signing key (admins only); earlier tokens stay valid until they expire.

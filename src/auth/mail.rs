@@ -118,10 +118,11 @@ impl Mailer {
     }
 
     /// The newest messages first, at most `limit`.
-    pub fn outbox(&self, limit: usize) -> Result<Vec<Mail>, Error> {
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<Mail>, Error> {
         Ok(self
             .store
-            .kv_scan_last(Space::Outbox, limit)?
+            .kv_scan_last(Space::Outbox, limit)
+            .await?
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect())

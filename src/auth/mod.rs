@@ -124,14 +124,14 @@ impl Authenticator {
 
     /// Resolves a bearer token. `None` is an anonymous caller; a token that is not valid is
     /// `401`, never anonymous.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Error> {
-        self.authenticate_until(bearer).map(|(who, _)| who)
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Error> {
+        self.authenticate_until(bearer).await.map(|(who, _)| who)
     }
 
     /// Like [`Authenticator::authenticate`], with the moment the credential stops being valid
     /// (Unix seconds): an access token's expiry, or `None` for the service key and anonymous
     /// callers. Long-lived streams end then.
-    pub fn authenticate_until(
+    pub async fn authenticate_until(
         &self,
         bearer: Option<&str>,
     ) -> Result<(Principal, Option<u64>), Error> {
@@ -141,7 +141,7 @@ impl Authenticator {
         if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) {
             return Ok((Principal::Service, None));
         }
-        let (who, exp) = self.accounts.authenticate_until(token)?;
+        let (who, exp) = self.accounts.authenticate_until(token).await?;
         Ok((who, Some(exp)))
     }
 }

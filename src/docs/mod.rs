@@ -14,7 +14,7 @@ use crate::model::{CollectionConfig, CollectionInfo, Document, RuleError, Rules}
 use crate::query::{self, plan::effective_sort, Dialect, Expr, SortKey};
 use crate::store::{
     Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, WriteGuard,
-    WriteOp, WriteRequest,
+    WriteOp, WriteRequest, Written,
 };
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -194,12 +194,13 @@ fn same_snapshot(a: &Option<Arc<CollectionState>>, b: &Option<Arc<CollectionStat
 
 /// A collection's configuration as the API shows it, with the stored rules that do not compile
 /// (each such collection is admin-only until they are fixed).
-fn collection_info(name: &str, config: CollectionConfig) -> CollectionInfo {
+fn collection_info(name: &str, config: CollectionConfig, store: &Store) -> CollectionInfo {
     let mut info = CollectionInfo {
         name: name.to_string(),
         rules: config.rules,
         indexes: config.indexes,
         rule_errors: Vec::new(),
+        index_states: store.index_states(name),
     };
     if let Some(rules) = &info.rules {
         info.rule_errors = [
@@ -369,7 +370,7 @@ impl Documents {
         &self,
         who: &Principal,
         ops: Vec<WriteOp>,
-    ) -> std::result::Result<Vec<Option<Document>>, BatchFailure> {
+    ) -> std::result::Result<Vec<Written>, BatchFailure> {
         self.inner
             .store
             .write(WriteRequest {
@@ -381,9 +382,11 @@ impl Documents {
             .await
     }
 
-    async fn write_one(&self, who: &Principal, op: WriteOp) -> Result<Option<Document>> {
+    async fn write_one(&self, who: &Principal, op: WriteOp) -> Result<Written> {
         match self.write(who, vec![op]).await {
-            Ok(mut results) => Ok(results.pop().flatten()),
+            Ok(mut results) => results
+                .pop()
+                .ok_or_else(|| Error::internal("a write returned no result")),
             Err(failure) => Err(failure.error.into()),
         }
     }
@@ -399,6 +402,7 @@ impl Documents {
         };
         self.write_one(who, op)
             .await?
+            .document
             .ok_or_else(|| Error::internal("create returned no document"))
     }
 
@@ -420,12 +424,11 @@ impl Documents {
             data,
             if_version,
         };
-        let doc = self
-            .write_one(who, op)
-            .await?
+        let written = self.write_one(who, op).await?;
+        let doc = written
+            .document
             .ok_or_else(|| Error::internal("set returned no document"))?;
-        let created = doc.version == 1;
-        Ok((doc, created))
+        Ok((doc, written.created))
     }
 
     /// Applies a JSON merge patch to an existing document.
@@ -448,6 +451,7 @@ impl Documents {
         };
         self.write_one(who, op)
             .await?
+            .document
             .ok_or_else(|| Error::internal("update returned no document"))
     }
 
@@ -473,10 +477,10 @@ impl Documents {
     }
 
     /// Reads a document.
-    pub fn get(&self, who: &Principal, collection: &str, id: &str) -> Result<Document> {
+    pub async fn get(&self, who: &Principal, collection: &str, id: &str) -> Result<Document> {
         check_collection(collection)?;
         check_id(id)?;
-        let doc = self.inner.store.get(collection, id)?;
+        let doc = self.inner.store.get(collection, id).await?;
         let rules = self.rules_for(collection);
         if !Self::may_read(&rules, who, &who.auth_value(), doc.as_ref()) {
             return Err(Self::denied(collection));
@@ -485,10 +489,15 @@ impl Documents {
     }
 
     /// Reads a document as stored bytes, parsing it only when a rule needs to look inside.
-    pub fn get_raw(&self, who: &Principal, collection: &str, id: &str) -> Result<RawDocument> {
+    pub async fn get_raw(
+        &self,
+        who: &Principal,
+        collection: &str,
+        id: &str,
+    ) -> Result<RawDocument> {
         check_collection(collection)?;
         check_id(id)?;
-        let raw = self.inner.store.get_raw(collection, id)?;
+        let raw = self.inner.store.get_raw(collection, id).await?;
         if !who.is_admin() {
             let rules = self.rules_for(collection);
             let needs_doc = matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
@@ -562,7 +571,7 @@ impl Documents {
 
     /// Runs a prepared list for `who`: the matching documents it may read, and the cursor of
     /// the next page.
-    fn run_list(
+    async fn run_list(
         &self,
         who: &Principal,
         list: &PreparedList,
@@ -580,16 +589,20 @@ impl Documents {
             return Err(Self::denied(collection));
         }
         let visible = |doc: &Document| !per_doc || Self::may_read(&rules, who, &auth, Some(doc));
-        let result = self.inner.store.query(
-            collection,
-            &QuerySpec {
-                filter: list.filter.as_ref(),
-                sort: &list.sort,
-                limit: list.limit,
-                after: list.after.as_deref(),
-                visible: &visible,
-            },
-        )?;
+        let result = self
+            .inner
+            .store
+            .query(
+                collection,
+                &QuerySpec {
+                    filter: list.filter.as_ref(),
+                    sort: &list.sort,
+                    limit: list.limit,
+                    after: list.after.as_deref(),
+                    visible: &visible,
+                },
+            )
+            .await?;
         let next_cursor = match (result.has_more, result.items.last()) {
             (true, Some(last)) => Some(encode_cursor(&Cursor {
                 s: list.signature.clone(),
@@ -601,9 +614,14 @@ impl Documents {
     }
 
     /// Lists the documents of a collection that match `params` and that `who` may read.
-    pub fn list(&self, who: &Principal, collection: &str, params: &ListParams<'_>) -> Result<Page> {
+    pub async fn list(
+        &self,
+        who: &Principal,
+        collection: &str,
+        params: &ListParams<'_>,
+    ) -> Result<Page> {
         let list = self.prepare_list(collection, params)?;
-        let (result, next_cursor) = self.run_list(who, &list)?;
+        let (result, next_cursor) = self.run_list(who, &list).await?;
         Ok(Page {
             items: result.items,
             next_cursor,
@@ -611,8 +629,8 @@ impl Documents {
     }
 
     /// Like [`Documents::list`], as the stored bytes of each document, for serving.
-    pub fn list_raw(&self, who: &Principal, list: &PreparedList) -> Result<RawPage> {
-        let (result, next_cursor) = self.run_list(who, list)?;
+    pub async fn list_raw(&self, who: &Principal, list: &PreparedList) -> Result<RawPage> {
+        let (result, next_cursor) = self.run_list(who, list).await?;
         Ok(RawPage {
             items: result.raw,
             next_cursor,
@@ -632,7 +650,8 @@ impl Documents {
         for (i, op) in ops.into_iter().enumerate() {
             write_ops.push(self.batch_op(op).map_err(|e| e.with_detail("op", i))?);
         }
-        self.write(who, write_ops).await.map_err(Error::from)
+        let written = self.write(who, write_ops).await.map_err(Error::from)?;
+        Ok(written.into_iter().map(|w| w.document).collect())
     }
 
     fn batch_op(&self, op: BatchOp) -> Result<WriteOp> {
@@ -715,7 +734,7 @@ impl Documents {
             .store
             .configure(collection, config.clone())
             .await?;
-        Ok(collection_info(collection, config))
+        Ok(collection_info(collection, config, &self.inner.store))
     }
 
     /// A collection's stored configuration (admins only).
@@ -725,7 +744,11 @@ impl Documents {
         let state = self.inner.store.collection(collection).ok_or_else(|| {
             Error::not_found(format!("collection {collection} has no configuration"))
         })?;
-        Ok(collection_info(collection, state.config.clone()))
+        Ok(collection_info(
+            collection,
+            state.config.clone(),
+            &self.inner.store,
+        ))
     }
 
     /// Every configured collection (admins only).
@@ -736,16 +759,17 @@ impl Documents {
             .store
             .collections()
             .into_iter()
-            .map(|(name, config)| collection_info(&name, config))
+            .map(|(name, config)| collection_info(&name, config, &self.inner.store))
             .collect())
     }
 
     /// The collections that hold documents but have no rules of their own, so the configured
     /// defaults apply to them.
-    pub fn collections_on_default_rules(&self) -> Result<Vec<String>> {
+    pub async fn collections_on_default_rules(&self) -> Result<Vec<String>> {
         let store = &self.inner.store;
         Ok(store
-            .document_collections()?
+            .document_collections()
+            .await?
             .into_iter()
             .filter(|c| {
                 store
@@ -843,13 +867,14 @@ mod tests {
             path: dir.path().join("db"),
             cache_bytes: 1 << 20,
             max_document_bytes: 1 << 20,
-            group_commit_max: 16,
             retention_count: 100,
             retention_age: std::time::Duration::from_secs(3600),
             change_buffer_bytes: 1 << 20,
+            tombstone_age: std::time::Duration::from_secs(3600),
         };
-        let store =
-            Store::open(options, Arc::new(crate::metrics::Metrics::new().unwrap())).unwrap();
+        let store = Store::open(options, Arc::new(crate::metrics::Metrics::new().unwrap()))
+            .await
+            .unwrap();
         let docs = Documents::new(store, LimitsConfig::default(), &Rules::default()).unwrap();
         let cached = || docs.inner.rules.read().unwrap().len();
         // Names a client makes up cost nothing to remember.

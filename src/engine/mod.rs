@@ -18,9 +18,10 @@
 //!   example a `409`) never rests on data a crash could lose. A failed commit leaves no trace.
 //! - **A dense change feed.** [`Transaction::append_change`] adds a record to the
 //!   [`Keyspace::Changes`] keyspace at the next sequence number (8-byte big-endian key), in
-//!   commit order, with no gaps; with a history prefix it also writes `prefix ++ seq` (empty
-//!   value) into [`Keyspace::History`], so the changes of one subject can be found in order.
-//!   [`Engine::watch`] follows the sequence of the newest durable change.
+//!   commit order, with no gaps, and writes its *stamped* records in the same commit: records
+//!   whose keys end with that sequence number (as FoundationDB's versionstamped keys do), such
+//!   as a per-document history or an outbox ordered by commit. [`Engine::watch`] follows the
+//!   sequence of the newest durable change.
 //! - **Consistent snapshots.** [`Engine::snapshot`] reads one point in time while writes go on.
 //!
 //! New backends pass [`conformance`], the same suite the sled backend passes.
@@ -143,6 +144,13 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The smallest key greater than `key` itself.
+pub fn successor(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
+}
+
 /// The order a scan yields keys in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -168,12 +176,30 @@ pub enum EngineError {
 }
 
 /// A change record to append in a transaction's commit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChangeAppend {
-    /// If set, `history ++ seq` (8 bytes big-endian) is written to [`Keyspace::History`] with
-    /// an empty value in the same commit.
-    pub history: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Records written in the same commit, each at `key prefix ++ seq` (the change's sequence,
+    /// 8 bytes big-endian).
+    pub stamped: Vec<Stamped>,
+}
+
+/// A record whose key ends with the sequence of the change it is appended with.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub keyspace: Keyspace,
+    pub prefix: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl Stamped {
+    /// The full key of this record for sequence `seq`.
+    pub fn key(&self, seq: u64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + 8);
+        key.extend_from_slice(&self.prefix);
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
 }
 
 /// Called once a commit is durable, with the sequence number of its first appended change.

@@ -7,15 +7,8 @@
 //! pre-image recorded *before* the change is applied to the live store, and the pre-images are
 //! consulted *after* the live store is read: a key that changed in between is then corrected.
 
-use super::{Bytes, Direction, Entry, KeyRange};
+use super::{successor, Bytes, Direction, Entry, KeyRange};
 use std::collections::BTreeMap;
-
-/// The key after `key` (the smallest key greater than it).
-pub fn successor(key: &[u8]) -> Vec<u8> {
-    let mut k = key.to_vec();
-    k.push(0);
-    k
-}
 
 /// Scans `range` of an earlier state. `read(range, direction, n)` reads at most `n` entries of
 /// the live store; `pending()` says how many pre-images there are (a bound on how many live

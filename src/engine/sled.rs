@@ -34,6 +34,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// The free space a reopen waits for after a failed flush: sixteen of sled's 512 KiB log
+/// segments.
+const REOPEN_ROOM: u64 = 8 << 20;
+
 /// How the sled backend is opened.
 #[derive(Debug, Clone)]
 pub struct SledOptions {
@@ -380,16 +384,22 @@ impl Inner {
         }
         self.state.send_modify(|s| s.failed_upto = target);
         loop {
-            match self.restore() {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "restoring the store after a failed flush failed; retrying in 1s");
-                    if lock(&self.commit).closing {
-                        return;
+            // Reopening a database needs room for its log: on a full disk it would fail and
+            // leave nothing to read from. Until there is room, the failed database (whose
+            // cache still answers reads) stays.
+            let room = fs2::available_space(&self.options.path).unwrap_or(0);
+            if room >= REOPEN_ROOM {
+                match self.restore() {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "restoring the store after a failed flush failed; retrying in 1s")
                     }
-                    std::thread::sleep(Duration::from_secs(1));
                 }
             }
+            if lock(&self.commit).closing {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
         tracing::info!("the store recovered from the failed flush");
     }
@@ -667,12 +677,10 @@ impl Transaction for SledTransaction {
                     let key = full_key(Keyspace::Changes, &seq.to_be_bytes());
                     sled_batch.insert(key.as_slice(), change.payload.as_slice());
                     images.push((key, None));
-                    if let Some(prefix) = &change.history {
-                        let mut h = prefix.clone();
-                        h.extend_from_slice(&seq.to_be_bytes());
-                        let key = full_key(Keyspace::History, &h);
-                        sled_batch.insert(key.as_slice(), &[]);
-                        images.push((key, None));
+                    for stamped in &change.stamped {
+                        let key = full_key(stamped.keyspace, &stamped.key(seq));
+                        images.push((key.clone(), db.get(&key).map_err(io)?.map(bytes)));
+                        sled_batch.insert(key, stamped.value.as_slice());
                     }
                 }
                 for snapshot in inner.live_snapshots() {

@@ -147,7 +147,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// The writer's access check for one caller's file write.
 struct BucketGuard {
-    files: Files,
+    policy: Arc<BucketPolicy>,
+    /// The stored configuration the policy was compiled from (`None`: the defaults).
+    source: Option<Vec<u8>>,
     bucket: String,
     auth: Value,
 }
@@ -159,7 +161,7 @@ impl FileGuard for BucketGuard {
         before: Option<&FileInfo>,
         after: Option<&FileInfo>,
     ) -> std::result::Result<(), String> {
-        let policy = self.files.policy(&self.bucket).map_err(|e| e.message)?;
+        let policy = &self.policy;
         let (rule, verb) = match access {
             Access::Create | Access::Update => (&policy.write, "write"),
             Access::Delete => (&policy.delete, "delete"),
@@ -173,6 +175,14 @@ impl FileGuard for BucketGuard {
                 self.bucket
             ))
         }
+    }
+
+    fn depends_on(&self) -> (Space, Vec<u8>, Option<Vec<u8>>) {
+        (
+            Space::Buckets,
+            self.bucket.as_bytes().to_vec(),
+            self.source.clone(),
+        )
     }
 }
 
@@ -199,7 +209,7 @@ fn valid_content_type(ct: &str) -> bool {
 impl Files {
     /// Opens the file directories under `data_dir`, loads the URL signing key and sweeps what a
     /// crash may have left behind.
-    pub fn start(
+    pub async fn start(
         data_dir: &Path,
         store: Store,
         config: &FilesConfig,
@@ -230,13 +240,14 @@ impl Files {
         };
         let swept = files
             .sweep()
+            .await
             .map_err(|e| format!("cannot sweep the file directories: {e}"))?;
         Ok((files, swept))
     }
 
     /// Removes every temp file, and every blob that no record points at. Runs before the
     /// server accepts requests, so no upload is in flight.
-    fn sweep(&self) -> std::result::Result<Swept, String> {
+    async fn sweep(&self) -> std::result::Result<Swept, String> {
         let mut swept = Swept::default();
         let entries =
             |dir: &Path| std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()));
@@ -245,7 +256,12 @@ impl Files {
             std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
             swept.temp_files += 1;
         }
-        let referenced = self.inner.store.file_blobs().map_err(|e| e.to_string())?;
+        let referenced = self
+            .inner
+            .store
+            .file_blobs()
+            .await
+            .map_err(|e| e.to_string())?;
         for entry in entries(&self.inner.blobs)? {
             let entry = entry.map_err(|e| e.to_string())?;
             let name = entry.file_name();
@@ -280,14 +296,27 @@ impl Files {
     }
 
     /// The compiled rules and limits of a bucket: its own configuration, or the defaults.
-    fn policy(&self, bucket: &str) -> Result<Arc<BucketPolicy>> {
-        let Some(bytes) = self.inner.store.kv_get(Space::Buckets, bucket.as_bytes())? else {
-            return Ok(self.inner.default_policy.clone());
+    async fn policy(&self, bucket: &str) -> Result<Arc<BucketPolicy>> {
+        Ok(self.policy_with_source(bucket).await?.0)
+    }
+
+    /// Like [`Files::policy`], with the stored configuration it comes from.
+    async fn policy_with_source(
+        &self,
+        bucket: &str,
+    ) -> Result<(Arc<BucketPolicy>, Option<Vec<u8>>)> {
+        let Some(bytes) = self
+            .inner
+            .store
+            .kv_get(Space::Buckets, bucket.as_bytes())
+            .await?
+        else {
+            return Ok((self.inner.default_policy.clone(), None));
         };
         if let Ok(cache) = self.inner.policies.read() {
             if let Some((source, policy)) = cache.get(bucket) {
                 if *source == bytes {
-                    return Ok(policy.clone());
+                    return Ok((policy.clone(), Some(bytes)));
                 }
             }
         }
@@ -307,20 +336,22 @@ impl Files {
             });
         let policy = Arc::new(policy);
         if let Ok(mut cache) = self.inner.policies.write() {
-            cache.insert(bucket.to_string(), (bytes, policy.clone()));
+            cache.insert(bucket.to_string(), (bytes.clone(), policy.clone()));
         }
-        Ok(policy)
+        Ok((policy, Some(bytes)))
     }
 
-    fn guard(&self, who: &Principal, bucket: &str) -> Option<Arc<dyn FileGuard>> {
+    async fn guard(&self, who: &Principal, bucket: &str) -> Result<Option<Arc<dyn FileGuard>>> {
         if who.is_admin() {
-            None
+            Ok(None)
         } else {
-            Some(Arc::new(BucketGuard {
-                files: self.clone(),
+            let (policy, source) = self.policy_with_source(bucket).await?;
+            Ok(Some(Arc::new(BucketGuard {
+                policy,
+                source,
                 bucket: bucket.to_string(),
                 auth: who.auth_value(),
-            }))
+            })))
         }
     }
 
@@ -330,7 +361,7 @@ impl Files {
 
     /// Starts an upload to `bucket/path`: checks names, type, declared size and (when the size
     /// is declared) the write rule, before a byte of the body is read.
-    pub fn begin_upload(
+    pub async fn begin_upload(
         &self,
         who: &Principal,
         bucket: &str,
@@ -350,7 +381,7 @@ impl Files {
                 format!("invalid Content-Type {content_type:?}"),
             ));
         }
-        let policy = self.policy(bucket)?;
+        let policy = self.policy(bucket).await?;
         if let Some(allowed) = &policy.content_types {
             if !safety::type_allowed(content_type, allowed) {
                 return Err(Error::new(
@@ -365,7 +396,7 @@ impl Files {
         if let Some(size) = declared_size {
             check_size(size, policy.max_size)?;
             if !who.is_admin() {
-                let current = self.inner.store.file_get(bucket, path)?;
+                let current = self.inner.store.file_get(bucket, path).await?;
                 let request = request_value(size, content_type, path);
                 let info = current.as_ref().map(|r| &r.info);
                 if !rule_allows(&policy.write, &who.auth_value(), info, Some(request)) {
@@ -420,10 +451,10 @@ impl Files {
     }
 
     /// Opens `bucket/path` for `who`, after the bucket's read rule.
-    pub fn open(&self, who: &Principal, bucket: &str, path: &str) -> Result<OpenFile> {
+    pub async fn open(&self, who: &Principal, bucket: &str, path: &str) -> Result<OpenFile> {
         check_bucket(bucket)?;
         check_path(path)?;
-        let policy = self.policy(bucket)?;
+        let policy = self.policy(bucket).await?;
         self.open_checked(bucket, path, |info| {
             if self.may(who, &policy.read, info) {
                 Ok(())
@@ -433,11 +464,12 @@ impl Files {
                 )))
             }
         })
+        .await
     }
 
     /// Opens `bucket/path` through a signed URL: no token and no rule, only a valid, unexpired
     /// signature.
-    pub fn open_signed(
+    pub async fn open_signed(
         &self,
         bucket: &str,
         path: &str,
@@ -451,12 +483,12 @@ impl Files {
         if !self.inner.signer.verify(bucket, path, expires, signature) || expires < unix_now() {
             return Err(invalid());
         }
-        self.open_checked(bucket, path, |_| Ok(()))
+        self.open_checked(bucket, path, |_| Ok(())).await
     }
 
     /// Reads the record, applies `check`, and opens its blob. A blob removed between the two
     /// (the file was replaced) is retried with the new record.
-    fn open_checked(
+    async fn open_checked(
         &self,
         bucket: &str,
         path: &str,
@@ -464,7 +496,7 @@ impl Files {
     ) -> Result<OpenFile> {
         let missing = || Error::not_found(format!("file {bucket}/{path} does not exist"));
         for _ in 0..3 {
-            let record = self.inner.store.file_get(bucket, path)?;
+            let record = self.inner.store.file_get(bucket, path).await?;
             check(record.as_ref().map(|r| &r.info))?;
             let record = record.ok_or_else(missing)?;
             match std::fs::File::open(self.blob_path(record.blob)) {
@@ -487,7 +519,7 @@ impl Files {
 
     /// A URL that serves `bucket/path` without a token for `expires_in` seconds. The caller
     /// needs read access, and the file must exist.
-    pub fn sign(
+    pub async fn sign(
         &self,
         who: &Principal,
         bucket: &str,
@@ -502,8 +534,8 @@ impl Files {
                 "expires_in",
             ));
         }
-        let policy = self.policy(bucket)?;
-        let record = self.inner.store.file_get(bucket, path)?;
+        let policy = self.policy(bucket).await?;
+        let record = self.inner.store.file_get(bucket, path).await?;
         if !self.may(who, &policy.read, record.as_ref().map(|r| &r.info)) {
             return Err(Error::forbidden(format!(
                 "the read rule of bucket {bucket} denies this"
@@ -528,7 +560,7 @@ impl Files {
     }
 
     /// A page of a bucket's files in path order, those the read rule allows.
-    pub fn list(
+    pub async fn list(
         &self,
         who: &Principal,
         bucket: &str,
@@ -553,7 +585,7 @@ impl Files {
                     .ok_or_else(|| Error::bad_request("invalid cursor"))
             })
             .transpose()?;
-        let policy = self.policy(bucket)?;
+        let policy = self.policy(bucket).await?;
         let denied = || Error::forbidden(format!("the read rule of bucket {bucket} denies this"));
         let per_file = match &policy.read {
             _ if who.is_admin() => false,
@@ -576,18 +608,32 @@ impl Files {
                 false
             }
         };
+        const PAGE: usize = 256;
         let mut items = Vec::new();
         let mut more = false;
-        for stored in self.inner.store.file_scan(bucket, prefix, after.as_deref()) {
-            let info = stored?.info;
-            if per_file && !self.may(who, &policy.read, Some(&info)) {
-                continue;
+        let mut after = after;
+        'scan: loop {
+            let page = self
+                .inner
+                .store
+                .file_scan(bucket, prefix, after.as_deref(), PAGE)
+                .await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|r| r.info.path.clone());
+            for stored in page {
+                let info = stored.info;
+                if per_file && !self.may(who, &policy.read, Some(&info)) {
+                    continue;
+                }
+                if items.len() == limit {
+                    more = true;
+                    break 'scan;
+                }
+                items.push(info);
             }
-            if items.len() == limit {
-                more = true;
+            if !full {
                 break;
             }
-            items.push(info);
         }
         let next_cursor = match (more, items.last()) {
             (true, Some(last)) => Some(URL_SAFE_NO_PAD.encode(&last.path)),
@@ -606,7 +652,7 @@ impl Files {
             op: FileOp::Delete,
             actor: who.actor(),
             depth: who.depth(),
-            guard: self.guard(who, bucket),
+            guard: self.guard(who, bucket).await?,
         };
         let files = self.clone();
         // Detached, so a client that disconnects cannot stop the blob's removal half way.
@@ -663,24 +709,26 @@ impl Files {
     }
 
     /// A bucket's stored configuration (admins only).
-    pub fn bucket_config(&self, who: &Principal, bucket: &str) -> Result<BucketInfo> {
+    pub async fn bucket_config(&self, who: &Principal, bucket: &str) -> Result<BucketInfo> {
         who.require_admin("read bucket configs")?;
         check_bucket(bucket)?;
         let bytes = self
             .inner
             .store
-            .kv_get(Space::Buckets, bucket.as_bytes())?
+            .kv_get(Space::Buckets, bucket.as_bytes())
+            .await?
             .ok_or_else(|| Error::not_found(format!("bucket {bucket} has no configuration")))?;
         let config = serde_json::from_slice(&bytes).map_err(Error::internal)?;
         Ok(BucketInfo::new(bucket, config))
     }
 
     /// Every configured bucket (admins only).
-    pub fn buckets(&self, who: &Principal) -> Result<Vec<BucketInfo>> {
+    pub async fn buckets(&self, who: &Principal) -> Result<Vec<BucketInfo>> {
         who.require_admin("read bucket configs")?;
         self.inner
             .store
-            .kv_scan(Space::Buckets, None, usize::MAX)?
+            .kv_scan(Space::Buckets, None, usize::MAX)
+            .await?
             .into_iter()
             .map(|(name, bytes)| {
                 let config = serde_json::from_slice(&bytes).map_err(Error::internal)?;
@@ -802,7 +850,7 @@ impl Upload {
             },
             actor: self.who.actor(),
             depth: self.who.depth(),
-            guard: self.files.guard(&self.who, &self.bucket),
+            guard: self.files.guard(&self.who, &self.bucket).await?,
         };
         let files = self.files.clone();
         // Detached, so a client that disconnects now cannot leave the blob half-committed.

@@ -7,7 +7,7 @@
 
 use super::{outcome_status, Functions, Invocation, Loaded};
 use crate::model::{format_time, now_rfc3339, Change, Subject};
-use crate::store::{KvWrite, Space};
+use crate::store::{HookRecord, KvWrite, Space};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -97,11 +97,7 @@ pub(super) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 
 /// The outbox record of `change` for function `name`: its pending event, or, past the depth
 /// limit, a `dropped` invocation record.
-pub(super) fn outbox_record(
-    functions: &Functions,
-    name: &str,
-    change: &Change,
-) -> (Space, Vec<u8>, Vec<u8>) {
+pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) -> HookRecord {
     let event_id = ulid::Ulid::new().to_string();
     let mut key = function_prefix(name);
     if change.depth > functions.inner.config.max_depth {
@@ -121,7 +117,7 @@ pub(super) fn outbox_record(
             at: now_rfc3339(),
         };
         key.extend_from_slice(record.id.as_bytes());
-        return (
+        return HookRecord::Plain(
             Space::Invocations,
             key,
             serde_json::to_vec(&record).unwrap_or_default(),
@@ -158,13 +154,13 @@ pub(super) fn outbox_record(
             event["after"] = json!(after);
         }
     }
-    key.extend_from_slice(&change.seq.to_be_bytes());
     let pending = Pending {
         attempt: 1,
         not_before: 0,
         event,
     };
-    (
+    // The key ends with the change's sequence, so a function's events sort in commit order.
+    HookRecord::Stamped(
         Space::Events,
         key,
         serde_json::to_vec(&pending).unwrap_or_default(),
@@ -291,7 +287,7 @@ async fn fire_schedule(
         let Some(expr) = &trigger.cron else { continue };
         let Ok(cron) = parse_cron(expr) else { continue };
         let state_key = [name.as_bytes(), b"\0", expr.as_bytes()].concat();
-        let stored = store.kv_get(Space::Schedules, &state_key)?;
+        let stored = store.kv_get(Space::Schedules, &state_key).await?;
         let now = time::OffsetDateTime::now_utc();
         let last = match stored.as_deref().and_then(|b| std::str::from_utf8(b).ok()) {
             Some(s) => {
@@ -363,7 +359,9 @@ async fn deliver(
 ) -> crate::error::Result<Option<SystemTime>> {
     let name = &loaded.record.info.name;
     let store = &functions.inner.store;
-    let entries = store.kv_prefix(Space::Events, &function_prefix(name), BATCH)?;
+    let entries = store
+        .kv_prefix(Space::Events, &function_prefix(name), BATCH)
+        .await?;
     if entries.is_empty() {
         return Ok(Some(SystemTime::now() + Duration::from_secs(60)));
     }
@@ -440,7 +438,7 @@ async fn deliver(
             logs: outcome.logs,
             at: now_rfc3339(),
         };
-        write = functions.record_invocation(write, name, &record);
+        write = functions.record_invocation(write, name, &record).await;
         if failed.is_some() && !last_attempt {
             let base = functions.inner.config.retry_base_ms;
             let backoff =

@@ -96,7 +96,7 @@ impl DocumentHost {
         let if_version = request.get("if_version").and_then(Value::as_u64);
         let to_json = |doc| serde_json::to_value(doc).map_err(Error::internal);
         match op {
-            "get" => match docs.get(who, collection, id()?) {
+            "get" => match self.runtime.block_on(docs.get(who, collection, id()?)) {
                 Ok(doc) => to_json(doc),
                 Err(e) if e.code == ErrorCode::NotFound => Ok(Value::Null),
                 Err(e) => Err(e),
@@ -134,7 +134,7 @@ impl DocumentHost {
                         .map(|n| n as usize),
                     cursor: text("cursor"),
                 };
-                let page = docs.list(who, collection, &params)?;
+                let page = self.runtime.block_on(docs.list(who, collection, &params))?;
                 serde_json::to_value(page).map_err(Error::internal)
             }
             _ => Err(Error::bad_request(format!("unknown op {op:?}"))),

@@ -22,7 +22,7 @@ use crate::docs::{check_collection, Documents};
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::model::{now_rfc3339, Change, Subject};
-use crate::store::{CommitHook, KvWrite, Space, Store};
+use crate::store::{CommitHook, HookRecord, KvWrite, Space, Store};
 use runtime::{Failure, Lane, Limits, LogLine, Outcome, Runtime};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -212,7 +212,7 @@ impl Functions {
     /// Opens the function directories, loads every stored function (recompiling artifacts that
     /// are missing, stale or do not match their recorded hash), installs the outbox hook and
     /// starts one dispatcher per function. Must run inside the tokio runtime.
-    pub fn start(
+    pub async fn start(
         data_dir: &Path,
         store: Store,
         docs: Documents,
@@ -249,6 +249,7 @@ impl Functions {
         };
         let records = store
             .kv_scan(Space::Functions, None, usize::MAX)
+            .await
             .map_err(|e| e.to_string())?;
         for (_, bytes) in records {
             let record: FunctionRecord =
@@ -572,7 +573,12 @@ impl Functions {
         let mut write = KvWrite::default().delete(Space::Functions, name.as_bytes());
         let prefix = dispatch::function_prefix(name);
         for space in [Space::Events, Space::Invocations, Space::Schedules] {
-            for (key, _) in self.inner.store.kv_prefix(space, &prefix, usize::MAX)? {
+            for (key, _) in self
+                .inner
+                .store
+                .kv_prefix(space, &prefix, usize::MAX)
+                .await?
+            {
                 write = write.delete(space, key);
             }
         }
@@ -594,7 +600,7 @@ impl Functions {
     }
 
     /// The latest invocations of a function, newest first.
-    pub fn invocations(
+    pub async fn invocations(
         &self,
         who: &Principal,
         name: &str,
@@ -610,7 +616,8 @@ impl Functions {
         }
         self.inner
             .store
-            .kv_prefix_last(Space::Invocations, &dispatch::function_prefix(name), limit)?
+            .kv_prefix_last(Space::Invocations, &dispatch::function_prefix(name), limit)
+            .await?
             .into_iter()
             .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(Error::internal))
             .collect()
@@ -679,7 +686,9 @@ impl Functions {
         let functions = self.clone();
         let fname = name.to_string();
         tokio::spawn(async move {
-            let write = functions.record_invocation(KvWrite::default(), &fname, &record);
+            let write = functions
+                .record_invocation(KvWrite::default(), &fname, &record)
+                .await;
             if let Err(e) = functions.inner.store.kv_write(write).await {
                 tracing::warn!(function = %fname, error = %e, "cannot record an invocation");
             }
@@ -716,17 +725,22 @@ impl Functions {
     }
 
     /// Adds an invocation record (and the pruning of the oldest beyond the limit) to a write.
-    fn record_invocation(&self, write: KvWrite, name: &str, record: &Invocation) -> KvWrite {
+    async fn record_invocation(&self, write: KvWrite, name: &str, record: &Invocation) -> KvWrite {
         let mut key = dispatch::function_prefix(name);
         key.extend_from_slice(record.id.as_bytes());
         let bytes = serde_json::to_vec(record).unwrap_or_default();
         let mut write = write.put(Space::Invocations, key, bytes);
         let kept = self.inner.config.invocations_kept;
-        if let Ok(old) = self.inner.store.kv_prefix_last(
-            Space::Invocations,
-            &dispatch::function_prefix(name),
-            kept + 16,
-        ) {
+        if let Ok(old) = self
+            .inner
+            .store
+            .kv_prefix_last(
+                Space::Invocations,
+                &dispatch::function_prefix(name),
+                kept + 16,
+            )
+            .await
+        {
             for (key, _) in old.into_iter().skip(kept.saturating_sub(1)) {
                 write = write.delete(Space::Invocations, key);
             }
@@ -755,7 +769,7 @@ fn outcome_status(
 struct Outbox(Functions);
 
 impl CommitHook for Outbox {
-    fn records(&self, change: &Change) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+    fn records(&self, change: &Change) -> Vec<HookRecord> {
         let triggers = match self.0.inner.triggers.read() {
             Ok(t) => t.clone(),
             Err(_) => return Vec::new(),

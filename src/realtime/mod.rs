@@ -128,7 +128,7 @@ impl Realtime {
         metrics: Arc<Metrics>,
     ) -> Result<Realtime> {
         let changes = docs.subscribe();
-        let seq = docs.store().last_seq()?;
+        let seq = docs.store().last_seq();
         let realtime = Realtime {
             inner: Arc::new(Inner {
                 docs,
@@ -166,7 +166,11 @@ impl Realtime {
     }
 
     /// Validates a request, checks the caller may read what it asks for, and registers it.
-    pub fn subscribe(&self, who: Principal, req: SubscribeRequest<'_>) -> Result<Subscription> {
+    pub async fn subscribe(
+        &self,
+        who: Principal,
+        req: SubscribeRequest<'_>,
+    ) -> Result<Subscription> {
         let topics = parse_topics(req.topics, self.inner.config.max_topics)?;
         let filter = match req.filter.filter(|f| !f.trim().is_empty()) {
             Some(src) => Some(self.inner.docs.parse_filter(src)?),
@@ -256,17 +260,17 @@ impl Realtime {
             heartbeat,
         };
         if let Some(n) = req.last_event_id {
-            subscription.phase = self.resume_phase(n, head)?;
+            subscription.phase = self.resume_phase(n, head).await?;
         }
         Ok(subscription)
     }
 
     /// Where a stream resuming after event `n` starts, registered at `head`.
-    fn resume_phase(&self, n: u64, head: u64) -> Result<Phase> {
+    async fn resume_phase(&self, n: u64, head: u64) -> Result<Phase> {
         if n == head {
             return Ok(Phase::Ready);
         }
-        let first = self.inner.docs.store().first_retained_seq()?;
+        let first = self.inner.docs.store().first_retained_seq().await?;
         if n > head || first.is_none_or(|first| first > n + 1) {
             return Ok(Phase::Reset);
         }
@@ -399,16 +403,13 @@ async fn hub(inner: std::sync::Weak<Inner>, mut changes: ChangeReceiver) {
             Err(broadcast::error::RecvError::Lagged(_)) => loop {
                 let after = inner.read().seq.load(Ordering::Acquire);
                 let store = inner.docs.store().clone();
-                let page =
-                    tokio::task::spawn_blocking(move || store.changes_after(after, PAGE)).await;
-                match page {
-                    Ok(Ok(page)) if !page.is_empty() => page.iter().for_each(|c| inner.deliver(c)),
-                    Ok(Ok(_)) => break,
-                    Ok(Err(e)) => {
+                match store.changes_after(after, PAGE).await {
+                    Ok(page) if !page.is_empty() => page.iter().for_each(|c| inner.deliver(c)),
+                    Ok(_) => break,
+                    Err(e) => {
                         tracing::error!(error = %e, "realtime cannot read the change feed");
                         break;
                     }
-                    Err(_) => return,
                 }
             },
             Err(broadcast::error::RecvError::Closed) => return,
@@ -578,18 +579,12 @@ impl Subscription {
 
     /// Replays one page of retained changes after `after`, up to the head; returns the events
     /// to send and where to continue (`None` when caught up), or `None` when the feed cannot
-    /// be read. The page is read on the blocking pool, off the HTTP worker.
+    /// be read.
     async fn replay_page(&self, after: u64) -> Option<(Bytes, Option<u64>)> {
-        let store = self.inner.docs.store().clone();
-        let page = match tokio::task::spawn_blocking(move || store.changes_after(after, PAGE)).await
-        {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "realtime replay cannot read the change feed");
-                return None;
-            }
+        let page = match self.inner.docs.store().changes_after(after, PAGE).await {
+            Ok(page) => page,
             Err(e) => {
-                tracing::error!(error = %e, "realtime replay task failed");
+                tracing::error!(error = %e, "realtime replay cannot read the change feed");
                 return None;
             }
         };

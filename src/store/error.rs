@@ -1,5 +1,6 @@
 //! Errors of the store, and their explicit mapping to the public error codes.
 
+use crate::engine::{EngineError, IsConflict};
 use crate::error::{Error, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +27,8 @@ pub enum StoreError {
     Invalid { message: String, field: String },
     #[error("the store is shutting down")]
     Closed,
-    #[error("storage failure: {0}")]
-    Io(#[from] sled::Error),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
     #[error("corrupt record: {0}")]
     Corrupt(String),
 }
@@ -47,8 +48,25 @@ impl From<StoreError> for Error {
             StoreError::Denied(_) => Error::new(ErrorCode::Forbidden, message),
             StoreError::CasFailed => Error::new(ErrorCode::Conflict, message),
             StoreError::Invalid { field, .. } => Error::validation(message, &field),
-            StoreError::Closed => Error::new(ErrorCode::Unavailable, message),
-            StoreError::Io(_) | StoreError::Corrupt(_) => Error::internal(message),
+            StoreError::Closed | StoreError::Engine(EngineError::Closed) => {
+                Error::new(ErrorCode::Unavailable, message)
+            }
+            StoreError::Engine(EngineError::Conflict) => Error::new(
+                ErrorCode::Conflict,
+                "too many concurrent writes to the same data; try again",
+            ),
+            // A full disk or an I/O error: nothing was written, and the store recovers by
+            // itself once the cause is gone.
+            StoreError::Engine(EngineError::Io(detail)) => {
+                tracing::error!(error = %detail, "storage failure");
+                Error::new(
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; try again later",
+                )
+            }
+            StoreError::Engine(EngineError::Corrupt(_)) | StoreError::Corrupt(_) => {
+                Error::internal(message)
+            }
         }
     }
 }
@@ -64,5 +82,24 @@ pub struct BatchFailure {
 impl From<BatchFailure> for Error {
     fn from(f: BatchFailure) -> Self {
         Error::from(f.error).with_detail("op", f.op)
+    }
+}
+
+impl StoreError {
+    /// Whether the storage engine failed (as opposed to the write being refused).
+    pub fn is_engine(&self) -> bool {
+        matches!(self, StoreError::Engine(_))
+    }
+}
+
+impl IsConflict for StoreError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Engine(EngineError::Conflict))
+    }
+}
+
+impl IsConflict for BatchFailure {
+    fn is_conflict(&self) -> bool {
+        self.error.is_conflict()
     }
 }

@@ -1,11 +1,12 @@
 //! File metadata records. The bytes of a file live in a blob on disk (see `crate::files`); the
 //! store keeps, per `bucket/path`, which blob holds them and the public metadata, and commits
-//! every change to that mapping through the writer with a change record, like documents.
+//! every change to that mapping in a transaction with a change record, like documents.
 //!
 //! A record is `flags (1 byte) + blob id (16 bytes, a ULID) + FileInfo JSON`.
 
+use super::commit::Access;
 use super::error::StoreError;
-use super::writer::Access;
+use super::kv::Space;
 use crate::model::{Actor, FileInfo};
 use std::sync::Arc;
 
@@ -64,9 +65,9 @@ pub enum FileOp {
     Delete,
 }
 
-/// A bucket's access check, run by the writer against the stored record. `before` is the
-/// stored metadata, `after` what the write would store (none for a delete). An `Err` carries
-/// the message of a `403`.
+/// A bucket's access check, run inside the write's transaction against the stored record.
+/// `before` is the stored metadata, `after` what the write would store (none for a delete). An
+/// `Err` carries the message of a `403`.
 pub trait FileGuard: Send + Sync {
     fn check(
         &self,
@@ -74,6 +75,10 @@ pub trait FileGuard: Send + Sync {
         before: Option<&FileInfo>,
         after: Option<&FileInfo>,
     ) -> Result<(), String>;
+
+    /// The system record the check's rules come from, as the guard read it (`None`: absent):
+    /// the write commits only if it is still so.
+    fn depends_on(&self) -> (Space, Vec<u8>, Option<Vec<u8>>);
 }
 
 /// A write of one file's record.

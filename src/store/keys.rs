@@ -1,15 +1,16 @@
-//! The key layout of the one sled tree. Keeping everything in one tree lets one `sled::Batch`
-//! commit a document, its index entries and its change record atomically.
+//! The key layout, per engine keyspace (see `crate::engine::Keyspace`).
 //!
-//! | prefix | key                                              | value                       |
-//! |--------|--------------------------------------------------|-----------------------------|
-//! | `D`    | collection `00` id                               | version (u64 BE) + envelope JSON |
-//! | `I`    | collection `00` index signature `00` values… id  | id                          |
-//! | `C`    | seq (u64 BE)                                     | change record JSON          |
-//! | `M`    | `coll:` collection                               | collection config JSON      |
-//! | `S`    | space tag, key (see `kv::Space`)                 | system record               |
-//! | `F`    | bucket `00` path                                 | file record (see `files`)   |
-//! | `H`    | collection `00` id `00` seq (u64 BE)             | empty: a retained change of the document (see `records`) |
+//! | keyspace    | key                                              | value                       |
+//! |-------------|--------------------------------------------------|-----------------------------|
+//! | `Documents` | collection `00` id                               | version (u64 BE) + envelope JSON |
+//! | `Indexes`   | collection `00` index signature `00` values… id  | id                          |
+//! | `Changes`   | seq (u64 BE)                                     | change record JSON          |
+//! | `History`   | collection `00` id `00` seq (u64 BE)             | empty: a retained change of the document (see `records`) |
+//! | `Meta`      | `coll:` collection                               | collection config JSON      |
+//! | `Meta`      | `build:` collection `00` index signature         | an index build's progress (see `indexes`) |
+//! | `System`    | space tag, key (see `kv::Space`)                 | system record               |
+//! | `System`    | `tomb:` collection `00` id                       | a deleted document's last version (see `commit`) |
+//! | `Files`     | bucket `00` path                                 | file record (see `files`)   |
 //!
 //! Collection and bucket names, ids and file paths never contain `00`, so `collection 00` and
 //! `bucket 00` are exact prefixes.
@@ -18,17 +19,8 @@ use crate::model::Document;
 use crate::query::{ast::Path, order, Scope};
 use serde_json::Value;
 
-pub const DOC: u8 = b'D';
-pub const INDEX: u8 = b'I';
-pub const CHANGE: u8 = b'C';
-pub const META: u8 = b'M';
-pub const SYSTEM: u8 = b'S';
-pub const FILE: u8 = b'F';
-pub const HISTORY: u8 = b'H';
-
 pub fn doc_prefix(collection: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(collection.len() + 2);
-    k.push(DOC);
+    let mut k = Vec::with_capacity(collection.len() + 1);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
     k
@@ -41,8 +33,7 @@ pub fn doc_key(collection: &str, id: &str) -> Vec<u8> {
 }
 
 pub fn file_prefix(bucket: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(bucket.len() + 2);
-    k.push(FILE);
+    let mut k = Vec::with_capacity(bucket.len() + 1);
     k.extend_from_slice(bucket.as_bytes());
     k.push(0);
     k
@@ -64,8 +55,7 @@ pub fn index_signature(fields: &[Path]) -> String {
 }
 
 pub fn index_prefix(collection: &str, signature: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(collection.len() + signature.len() + 3);
-    k.push(INDEX);
+    let mut k = Vec::with_capacity(collection.len() + signature.len() + 2);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
     k.extend_from_slice(signature.as_bytes());
@@ -86,8 +76,7 @@ pub fn index_key(prefix: &[u8], fields: &[Path], doc: &Document) -> Vec<u8> {
 
 /// The prefix of a document's history entries: the retained changes of one document.
 pub fn history_prefix(collection: &str, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(collection.len() + id.len() + 11);
-    k.push(HISTORY);
+    let mut k = Vec::with_capacity(collection.len() + id.len() + 10);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
     k.extend_from_slice(id.as_bytes());
@@ -101,15 +90,40 @@ pub fn history_key(collection: &str, id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-pub fn change_key(seq: u64) -> [u8; 9] {
-    let mut k = [CHANGE; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
+pub fn change_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// The sequence of a change key, or of the history key it ends.
+pub fn seq_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(tail) = key.len().checked_sub(8).and_then(|start| key.get(start..)) {
+        b.copy_from_slice(tail);
+    }
+    u64::from_be_bytes(b)
+}
+
+pub const CONFIG_PREFIX: &[u8] = b"coll:";
+
+pub fn config_prefix() -> Vec<u8> {
+    CONFIG_PREFIX.to_vec()
+}
+
+/// The key of an index build in progress.
+pub fn build_key(collection: &str, signature: &str) -> Vec<u8> {
+    let mut k = b"build:".to_vec();
+    k.extend_from_slice(collection.as_bytes());
+    k.push(0);
+    k.extend_from_slice(signature.as_bytes());
     k
 }
 
-pub fn config_prefix() -> Vec<u8> {
-    let mut k = vec![META];
-    k.extend_from_slice(b"coll:");
+/// The key of a deleted document's tombstone.
+pub fn tombstone_key(collection: &str, id: &str) -> Vec<u8> {
+    let mut k = b"tomb:".to_vec();
+    k.extend_from_slice(collection.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
@@ -121,19 +135,7 @@ pub fn config_key(collection: &str) -> Vec<u8> {
 
 /// The smallest key greater than every key that starts with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0xFF; 16]
+    crate::engine::prefix_end(prefix).unwrap_or_else(|| vec![0xFF; 16])
 }
 
-/// The smallest key greater than `key` itself.
-pub fn successor(key: &[u8]) -> Vec<u8> {
-    let mut k = key.to_vec();
-    k.push(0);
-    k
-}
+pub use crate::engine::successor;

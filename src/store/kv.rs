@@ -1,8 +1,6 @@
 //! A small key-value API for the store's system records (accounts, tokens, the mail outbox),
-//! with compare-and-set writes that go through the writer thread like documents do: durable on
-//! acknowledgement, and atomic with their checks.
-
-use super::keys;
+//! with compare-and-set writes committed like documents are: durable on acknowledgement, and
+//! atomic with their checks.
 
 /// A namespace of system records. Each has its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +47,7 @@ impl Space {
     }
 
     pub(super) fn prefix(self) -> Vec<u8> {
-        let mut k = vec![keys::SYSTEM];
-        k.extend_from_slice(self.tag());
-        k
+        self.tag().to_vec()
     }
 
     pub(super) fn key(self, key: &[u8]) -> Vec<u8> {

@@ -1,39 +1,45 @@
-//! The storage layer: the only module that knows sled.
+//! The commit engine: documents, files, system records and collection configuration as keys
+//! and values of one storage [`Engine`](crate::engine::Engine), whatever its backend.
 //!
-//! Reads go straight to sled from the caller's thread. Writes go through the single writer
-//! thread (see [`writer`]), which commits each write atomically with its index entries and
-//! change records, and acknowledges it only after a flush shared by every write of its group.
+//! Every write is one engine transaction (see [`commit`]): it reads what it replaces, checks
+//! versions and the caller's write rule against that stored state, writes the document with its
+//! index entries, appends its change record with the outbox records of the functions it
+//! triggers, and commits; a conflict with a concurrent transaction runs it again. A commit
+//! returns once durable, and the engine shows nothing before then, so every read here returns
+//! only data a crash cannot lose.
 
+pub(crate) mod commit;
 mod diff;
 mod error;
 mod feed;
 mod files;
+mod indexes;
 mod keys;
 mod kv;
+mod prune;
 mod records;
 mod scan;
-mod writer;
 
+pub use commit::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult, Written};
 pub use error::{BatchFailure, StoreError};
 use feed::ChangeFeed;
 pub use feed::ChangeReceiver;
 pub use files::{FileGuard, FileOp, FileRecord, FileWrite, FileWritten};
 pub use kv::{KvWrite, Space};
+pub use scan::{QueryResult, QuerySpec};
 
 /// A system record: key (without its space prefix) and value.
 pub type KvEntry = (Vec<u8>, Vec<u8>);
-pub use scan::{QueryResult, QuerySpec};
-pub use writer::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult};
 
+use crate::engine::sled::{SledEngine, SledOptions};
+use crate::engine::{Bytes, Direction, Engine, KeyRange, Keyspace};
 use crate::metrics::Metrics;
 use crate::model::{Change, CollectionConfig, Document};
 use crate::query::{self, ast::Path};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use std::time::Duration;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -43,21 +49,24 @@ pub struct StoreOptions {
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
     pub max_document_bytes: usize,
-    /// The most write jobs made durable by one flush.
-    pub group_commit_max: usize,
     /// Change records kept: at most this many...
     pub retention_count: usize,
     /// ...and none older than this.
     pub retention_age: Duration,
     /// Bytes of recent changes kept in memory for live consumers (see `feed`).
     pub change_buffer_bytes: usize,
+    /// How long a deleted document's version is remembered, so that re-creating its id
+    /// continues the version sequence.
+    pub tombstone_age: Duration,
 }
 
-/// One declared index, ready to use.
+/// One declared index.
 #[derive(Debug, Clone)]
 pub struct IndexDef {
     pub fields: Vec<Path>,
     pub prefix: Vec<u8>,
+    /// Whether every document has its entry, so that the planner may use it.
+    pub ready: bool,
 }
 
 /// A collection's configuration with its indexes parsed.
@@ -68,7 +77,8 @@ pub struct CollectionState {
 }
 
 impl CollectionState {
-    fn new(name: &str, config: CollectionConfig) -> Result<Self, StoreError> {
+    /// The state of `config`, with every index ready except those in `building`.
+    fn new(name: &str, config: CollectionConfig, building: &[String]) -> Result<Self, StoreError> {
         let mut indexes = Vec::with_capacity(config.indexes.len());
         for fields in &config.indexes {
             let paths = fields
@@ -79,30 +89,58 @@ impl CollectionState {
                     message: format!("invalid index field: {e}"),
                     field: "indexes".into(),
                 })?;
-            let prefix = keys::index_prefix(name, &keys::index_signature(&paths));
+            let signature = keys::index_signature(&paths);
             indexes.push(IndexDef {
+                prefix: keys::index_prefix(name, &signature),
+                ready: !building.contains(&signature),
                 fields: paths,
-                prefix,
             });
         }
         Ok(CollectionState { config, indexes })
     }
+
+    /// The indexes the planner may use: those with every document's entry. Plans refer to
+    /// indexes by their position in this list.
+    pub fn ready_indexes(&self) -> Vec<&IndexDef> {
+        self.indexes.iter().filter(|i| i.ready).collect()
+    }
 }
 
-/// Asked by the writer, for each change it commits, for system records to commit in the same
-/// atomic batch (the functions' outbox uses it, so no trigger event can be lost or appear for a
-/// write that did not happen).
+/// The fields of each ready index of a collection, as the planner takes them.
+fn plannable(state: Option<&CollectionState>) -> Vec<Vec<Path>> {
+    state
+        .map(|s| s.ready_indexes().iter().map(|i| i.fields.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A record the commit hook wants committed with a change.
+pub enum HookRecord {
+    /// At this key.
+    Plain(Space, Vec<u8>, Vec<u8>),
+    /// At this key prefix followed by the change's sequence, so records sort in commit order.
+    Stamped(Space, Vec<u8>, Vec<u8>),
+}
+
+/// Asked, for each change committed, for system records to commit in the same transaction (the
+/// functions' outbox uses it, so no trigger event can be lost or appear for a write that did not
+/// happen).
 pub trait CommitHook: Send + Sync {
-    fn records(&self, change: &Change) -> Vec<(Space, Vec<u8>, Vec<u8>)>;
+    fn records(&self, change: &Change) -> Vec<HookRecord>;
 }
 
-/// State shared by the writer thread and readers.
+/// A collection's stored configuration: its raw bytes (which writes compare with what they
+/// read) and its parsed state.
+type Configured = (Bytes, Arc<CollectionState>);
+
+/// State shared by every clone of the store.
 pub(crate) struct Shared {
     options: StoreOptions,
     hook: RwLock<Option<Arc<dyn CommitHook>>>,
-    configs: RwLock<Arc<HashMap<String, Arc<CollectionState>>>>,
+    configs: RwLock<Arc<HashMap<String, Configured>>>,
     changes: Arc<ChangeFeed>,
     metrics: Arc<Metrics>,
+    ids: Mutex<ulid::Generator>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -110,33 +148,32 @@ impl Shared {
         self.hook.read().ok().and_then(|h| h.clone())
     }
 
-    fn configs_snapshot(&self) -> Arc<HashMap<String, Arc<CollectionState>>> {
+    fn configs_snapshot(&self) -> Arc<HashMap<String, Configured>> {
         match self.configs.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    fn set_config(&self, name: &str, state: CollectionState) {
+    fn set_config(&self, name: &str, configured: Option<Configured>) {
         let mut guard = match self.configs.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         let mut next = HashMap::clone(&guard);
-        next.insert(name.to_string(), Arc::new(state));
+        match configured {
+            Some(c) => next.insert(name.to_string(), c),
+            None => next.remove(name),
+        };
         *guard = Arc::new(next);
     }
 }
 
-/// The writer's queue and thread, taken out on close.
-type WriterHandle = (mpsc::Sender<writer::Job>, std::thread::JoinHandle<()>);
-
-/// The document store. Cheap to clone; every clone talks to the same database and writer.
+/// The document store. Cheap to clone; every clone talks to the same engine.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    engine: Arc<dyn Engine>,
     shared: Arc<Shared>,
-    writer: Arc<Mutex<Option<WriterHandle>>>,
 }
 
 fn encode_doc(doc: &Document) -> Vec<u8> {
@@ -153,42 +190,9 @@ fn decode_doc(bytes: &[u8]) -> Result<Document, StoreError> {
     serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// The fields of each declared index of a collection, as the planner takes them.
-fn index_fields(state: Option<&CollectionState>) -> Vec<Vec<Path>> {
-    state
-        .map(|s| s.indexes.iter().map(|i| i.fields.clone()).collect())
-        .unwrap_or_default()
-}
-
-/// A system record with its space prefix removed from the key.
-fn strip_prefix(
-    len: usize,
-    entry: sled::Result<(sled::IVec, sled::IVec)>,
-) -> Result<KvEntry, StoreError> {
-    let (k, v) = entry?;
-    Ok((k.get(len..).unwrap_or(&[]).to_vec(), v.to_vec()))
-}
-
-/// The seq at the end of a history key.
-fn seq_of_history_key(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(tail) = key.len().checked_sub(8).and_then(|start| key.get(start..)) {
-        b.copy_from_slice(tail);
-    }
-    u64::from_be_bytes(b)
-}
-
-fn seq_of_key(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    if let Some(tail) = key.get(1..9) {
-        b.copy_from_slice(tail);
-    }
-    u64::from_be_bytes(b)
-}
-
 /// A stored document as raw bytes: its version and its envelope JSON, served without parsing.
 #[derive(Clone)]
-pub struct RawDocument(sled::IVec);
+pub struct RawDocument(Bytes);
 
 impl RawDocument {
     pub fn version(&self) -> u64 {
@@ -209,142 +213,159 @@ impl RawDocument {
     }
 }
 
+/// Entries with their space prefix removed from the key.
+fn strip_prefix(len: usize, entries: Vec<(Bytes, Bytes)>) -> Vec<KvEntry> {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.get(len..).unwrap_or(&[]).to_vec(), v.to_vec()))
+        .collect()
+}
+
 impl Store {
-    /// Opens (or creates) the database and starts the writer thread.
-    pub fn open(options: StoreOptions, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(&options.path)
-            .cache_capacity(options.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let mut configs = HashMap::new();
-        for entry in db.scan_prefix(keys::config_prefix()) {
-            let (key, value) = entry?;
-            let name = String::from_utf8_lossy(&key[keys::config_prefix().len()..]).into_owned();
-            let config: CollectionConfig =
-                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            configs.insert(name.clone(), Arc::new(CollectionState::new(&name, config)?));
-        }
-        let next_seq = match db.scan_prefix([keys::CHANGE]).next_back() {
-            Some(entry) => seq_of_key(&entry?.0) + 1,
-            None => 1,
-        };
+    /// Opens (or creates) the embedded sled database, and starts the store's background work
+    /// (pruning, index builds left unfinished).
+    pub async fn open(options: StoreOptions, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let flush_metrics = metrics.clone();
+        let engine = SledEngine::open(
+            SledOptions {
+                path: options.path.clone(),
+                cache_bytes: options.cache_bytes,
+            },
+            Some(Box::new(move |took, batches| {
+                flush_metrics
+                    .flush_duration
+                    .with_label_values(&[] as &[&str])
+                    .observe(took.as_secs_f64());
+                flush_metrics
+                    .commit_group_size
+                    .with_label_values(&[] as &[&str])
+                    .observe(batches as f64);
+            })),
+        )?;
+        Store::on_engine(Arc::new(engine), options, metrics).await
+    }
+
+    /// The store over an engine that is already open.
+    pub async fn on_engine(
+        engine: Arc<dyn Engine>,
+        options: StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let last = *engine.watch().borrow();
         let changes = ChangeFeed::new(
-            next_seq - 1,
+            last,
             options.change_buffer_bytes,
             metrics.change_feed_bytes.clone(),
         );
-        let shared = Arc::new(Shared {
-            options,
-            hook: RwLock::new(None),
-            configs: RwLock::new(Arc::new(configs)),
-            changes,
-            metrics,
-        });
-        let (tx, rx) = mpsc::channel();
-        let writer = writer::Writer {
-            db: db.clone(),
-            shared: shared.clone(),
-            rx,
-            next_seq,
-            ids: ulid::Generator::new(),
-            last_prune: Instant::now(),
+        let store = Store {
+            engine,
+            shared: Arc::new(Shared {
+                options,
+                hook: RwLock::new(None),
+                configs: RwLock::new(Arc::new(HashMap::new())),
+                changes,
+                metrics,
+                ids: Mutex::new(ulid::Generator::new()),
+                tasks: Mutex::new(Vec::new()),
+            }),
         };
-        let handle = std::thread::Builder::new()
-            .name("emberbase-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store {
-            db,
-            shared,
-            writer: Arc::new(Mutex::new(Some((tx, handle)))),
-        })
-    }
-
-    fn send(&self, job: writer::Job) -> Result<(), StoreError> {
-        let guard = self.writer.lock().map_err(|_| StoreError::Closed)?;
-        match guard.as_ref() {
-            Some((tx, _)) => tx.send(job).map_err(|_| StoreError::Closed),
-            None => Err(StoreError::Closed),
+        let building = store.load_configs().await?;
+        let mut tasks = vec![prune::start(store.clone())];
+        for (collection, signature) in building {
+            tasks.push(indexes::start_build(store.clone(), collection, signature));
         }
+        store.add_tasks(tasks);
+        Ok(store)
     }
 
-    /// Applies a write atomically and durably. Resolves once the write is on disk.
-    pub async fn write(&self, request: WriteRequest) -> WriteResult {
-        let (tx, rx) = oneshot::channel();
-        let closed = |error| BatchFailure { op: 0, error };
-        self.send(writer::Job::Write(request, tx)).map_err(closed)?;
-        rx.await.map_err(|_| closed(StoreError::Closed))?
+    fn add_tasks(&self, new: Vec<tokio::task::JoinHandle<()>>) {
+        let mut tasks = self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.extend(new);
     }
 
-    /// Stores a collection's configuration and rebuilds its indexes, durably.
-    pub async fn configure(
-        &self,
-        collection: &str,
-        config: CollectionConfig,
-    ) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(writer::Job::Configure(collection.to_string(), config, tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Commits a file's record (and its change record) atomically and durably.
-    pub async fn file_write(&self, write: FileWrite) -> Result<FileWritten, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(writer::Job::File(write, tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    /// The engine under the store.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
     /// A file's record.
-    pub fn file_get(&self, bucket: &str, path: &str) -> Result<Option<FileRecord>, StoreError> {
-        match self.db.get(keys::file_key(bucket, path))? {
+    pub async fn file_get(
+        &self,
+        bucket: &str,
+        path: &str,
+    ) -> Result<Option<FileRecord>, StoreError> {
+        match self
+            .engine
+            .get(Keyspace::Files, &keys::file_key(bucket, path))
+            .await?
+        {
             Some(bytes) => FileRecord::decode(&bytes).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The stored records of a bucket whose path starts with `prefix`, in path order, starting
-    /// strictly after `after`.
-    pub fn file_scan(
+    /// At most `limit` records of a bucket whose path starts with `prefix`, in path order,
+    /// starting strictly after `after`.
+    pub async fn file_scan(
         &self,
         bucket: &str,
         prefix: &str,
         after: Option<&str>,
-    ) -> impl Iterator<Item = Result<FileRecord, StoreError>> {
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, StoreError> {
         let start = keys::file_key(bucket, prefix);
         let end = keys::prefix_end(&start);
         let from = match after {
             Some(path) => keys::successor(&keys::file_key(bucket, path)).max(start),
             None => start,
         };
-        self.db
-            .range(from..end)
-            .map(|entry| FileRecord::decode(&entry?.1))
-    }
-
-    /// Every blob some file record points at.
-    pub fn file_blobs(&self) -> Result<std::collections::HashSet<ulid::Ulid>, StoreError> {
-        self.db
-            .scan_prefix([keys::FILE])
-            .map(|entry| Ok(FileRecord::decode(&entry?.1)?.blob))
+        self.engine
+            .scan(
+                Keyspace::Files,
+                &KeyRange::new(from, end),
+                Direction::Forward,
+                limit,
+            )
+            .await?
+            .iter()
+            .map(|(_, v)| FileRecord::decode(v))
             .collect()
     }
 
-    /// Applies a system write atomically and durably, if every check holds
-    /// (`StoreError::CasFailed` otherwise).
-    pub async fn kv_write(&self, write: KvWrite) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(writer::Job::Kv(write, tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    /// Every blob some file record points at.
+    pub async fn file_blobs(&self) -> Result<std::collections::HashSet<ulid::Ulid>, StoreError> {
+        const PAGE: usize = 1024;
+        let mut blobs = std::collections::HashSet::new();
+        let mut range = KeyRange::all();
+        loop {
+            let page = self
+                .engine
+                .scan(Keyspace::Files, &range, Direction::Forward, PAGE)
+                .await?;
+            for (_, v) in &page {
+                blobs.insert(FileRecord::decode(v)?.blob);
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == PAGE => {
+                    range = KeyRange::from(keys::successor(key));
+                }
+                _ => return Ok(blobs),
+            }
+        }
     }
 
     /// A system record.
-    pub fn kv_get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(space.key(key))?.map(|v| v.to_vec()))
+    pub async fn kv_get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .engine
+            .get(Keyspace::System, &space.key(key))
+            .await?
+            .map(|v| v.to_vec()))
     }
 
     /// System records in key order, strictly after `after`, at most `limit`.
-    pub fn kv_scan(
+    pub async fn kv_scan(
         &self,
         space: Space,
         after: Option<&[u8]>,
@@ -355,11 +376,12 @@ impl Store {
             Some(key) => keys::successor(&space.key(key)),
             None => prefix.clone(),
         };
-        self.db
-            .range(start..keys::prefix_end(&prefix))
-            .take(limit)
-            .map(|entry| strip_prefix(prefix.len(), entry))
-            .collect()
+        let range = KeyRange::new(start, keys::prefix_end(&prefix));
+        let entries = self
+            .engine
+            .scan(Keyspace::System, &range, Direction::Forward, limit)
+            .await?;
+        Ok(strip_prefix(prefix.len(), entries))
     }
 
     /// Sets (or, with `None`, removes) the hook whose records are committed with every change.
@@ -370,103 +392,104 @@ impl Store {
     }
 
     /// System records whose key starts with `prefix`, in key order, at most `limit`.
-    pub fn kv_prefix(
+    pub async fn kv_prefix(
         &self,
         space: Space,
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KvEntry>, StoreError> {
-        self.kv_prefix_scan(space, prefix, limit, false)
+        self.kv_prefix_scan(space, prefix, limit, Direction::Forward)
+            .await
     }
 
     /// System records whose key starts with `prefix`, last key first, at most `limit`.
-    pub fn kv_prefix_last(
+    pub async fn kv_prefix_last(
         &self,
         space: Space,
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KvEntry>, StoreError> {
-        self.kv_prefix_scan(space, prefix, limit, true)
+        self.kv_prefix_scan(space, prefix, limit, Direction::Reverse)
+            .await
     }
 
-    fn kv_prefix_scan(
+    async fn kv_prefix_scan(
         &self,
         space: Space,
         prefix: &[u8],
         limit: usize,
-        last_first: bool,
+        direction: Direction,
     ) -> Result<Vec<KvEntry>, StoreError> {
-        let len = space.prefix().len();
-        let scan = self.db.scan_prefix(space.key(prefix));
-        let entries: Box<dyn Iterator<Item = _>> = if last_first {
-            Box::new(scan.rev())
-        } else {
-            Box::new(scan)
-        };
-        entries
-            .take(limit)
-            .map(|entry| strip_prefix(len, entry))
-            .collect()
+        let range = KeyRange::prefix(&space.key(prefix));
+        let entries = self
+            .engine
+            .scan(Keyspace::System, &range, direction, limit)
+            .await?;
+        Ok(strip_prefix(space.prefix().len(), entries))
     }
 
     /// The last `limit` system records of a space, last key first.
-    pub fn kv_scan_last(&self, space: Space, limit: usize) -> Result<Vec<KvEntry>, StoreError> {
-        let prefix = space.prefix();
-        self.db
-            .scan_prefix(&prefix)
-            .rev()
-            .take(limit)
-            .map(|entry| strip_prefix(prefix.len(), entry))
-            .collect()
+    pub async fn kv_scan_last(
+        &self,
+        space: Space,
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        self.kv_prefix_scan(space, &[], limit, Direction::Reverse)
+            .await
     }
 
-    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
-        self.shared
-            .metrics
-            .store_ops
-            .with_label_values(&["get"])
-            .inc();
-        match self.db.get(keys::doc_key(collection, id))? {
-            Some(bytes) => decode_doc(&bytes).map(Some),
+    pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        match self.get_raw(collection, id).await? {
+            Some(raw) => raw.decode().map(Some),
             None => Ok(None),
         }
     }
 
     /// A document's stored bytes, for serving it without a parse.
-    pub fn get_raw(&self, collection: &str, id: &str) -> Result<Option<RawDocument>, StoreError> {
+    pub async fn get_raw(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<RawDocument>, StoreError> {
         self.shared
             .metrics
             .store_ops
             .with_label_values(&["get"])
             .inc();
-        Ok(self.db.get(keys::doc_key(collection, id))?.map(RawDocument))
+        Ok(self
+            .engine
+            .get(Keyspace::Documents, &keys::doc_key(collection, id))
+            .await?
+            .map(RawDocument))
     }
 
     /// The names of the collections that hold documents, in order. Reads one key per
     /// collection: each step seeks past the previous collection's documents.
-    pub fn document_collections(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn document_collections(&self) -> Result<Vec<String>, StoreError> {
         let mut names = Vec::new();
-        let mut from = vec![keys::DOC];
-        while let Some((key, _)) = self.db.range(from.clone()..).next().transpose()? {
-            let Some(rest) = key.strip_prefix(&[keys::DOC]) else {
+        let mut range = KeyRange::all();
+        while let Some((key, _)) = self
+            .engine
+            .scan(Keyspace::Documents, &range, Direction::Forward, 1)
+            .await?
+            .pop()
+        {
+            let Some(end) = key.iter().position(|b| *b == 0) else {
                 break;
             };
-            let Some(end) = rest.iter().position(|b| *b == 0) else {
-                break;
-            };
-            names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
-            // The first key after every `D collection 00 …` key.
-            from = keys::doc_prefix(&String::from_utf8_lossy(&rest[..end]));
-            if let Some(last) = from.last_mut() {
-                *last = 1;
-            }
+            let name = String::from_utf8_lossy(&key[..end]).into_owned();
+            range = KeyRange::from(keys::prefix_end(&keys::doc_prefix(&name)));
+            names.push(name);
         }
         Ok(names)
     }
 
     /// The configuration of a collection, if an admin has set one.
     pub fn collection(&self, collection: &str) -> Option<Arc<CollectionState>> {
-        self.shared.configs_snapshot().get(collection).cloned()
+        self.shared
+            .configs_snapshot()
+            .get(collection)
+            .map(|(_, state)| state.clone())
     }
 
     /// Every configured collection, by name.
@@ -474,7 +497,7 @@ impl Store {
         let snapshot = self.shared.configs_snapshot();
         let mut out: Vec<(String, CollectionConfig)> = snapshot
             .iter()
-            .map(|(name, state)| (name.clone(), state.config.clone()))
+            .map(|(name, (_, state))| (name.clone(), state.config.clone()))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -488,18 +511,22 @@ impl Store {
         sort: &[crate::query::SortKey],
     ) -> crate::query::plan::Plan {
         let state = self.collection(collection);
-        crate::query::plan::plan(filter, sort, &index_fields(state.as_deref()))
+        crate::query::plan::plan(filter, sort, &plannable(state.as_deref()))
     }
 
     /// Runs a query (see [`scan`]).
-    pub fn query(&self, collection: &str, spec: &QuerySpec<'_>) -> Result<QueryResult, StoreError> {
+    pub async fn query(
+        &self,
+        collection: &str,
+        spec: &QuerySpec<'_>,
+    ) -> Result<QueryResult, StoreError> {
         self.shared
             .metrics
             .store_ops
             .with_label_values(&["query"])
             .inc();
         let state = self.collection(collection);
-        scan::run(&self.db, collection, state.as_deref(), spec)
+        scan::run(self, collection, state.as_deref(), spec).await
     }
 
     /// Every change committed from now on, in commit order. A receiver that falls more than
@@ -509,58 +536,92 @@ impl Store {
     }
 
     /// Retained changes with a sequence greater than `after`, oldest first, at most `limit`.
-    pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let start = keys::change_key(after.saturating_add(1));
-        let end = keys::prefix_end(&[keys::CHANGE]);
-        let mut resolver = records::Resolver::new(&self.db);
-        self.db
-            .range(start.to_vec()..end)
-            .take(limit)
-            .map(|entry| {
-                let (key, bytes) = entry?;
-                resolver.resolve(records::decode(&bytes)?).or_else(|e| {
-                    // The writer may have pruned the change this record referred to since it
-                    // was read, rewriting the record with a whole `before`: read it again.
-                    match self.db.get(&key)? {
-                        Some(fresh) if fresh != bytes => resolver.resolve(records::decode(&fresh)?),
-                        _ => Err(e),
+    pub async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let range = KeyRange::from(keys::change_key(after.saturating_add(1)).to_vec());
+        let entries = self
+            .engine
+            .scan(Keyspace::Changes, &range, Direction::Forward, limit)
+            .await?;
+        let mut resolver = records::Resolver::new(&*self.engine);
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, bytes) in entries {
+            let seq = keys::seq_of(&key);
+            let change = match resolver.resolve(records::decode(seq, &bytes)?).await {
+                Ok(change) => change,
+                // Pruning may have rewritten the record since it was read, with a whole
+                // `before` instead of a reference to the change it dropped: read it again.
+                Err(e) => match self.engine.get(Keyspace::Changes, &key).await? {
+                    Some(fresh) if fresh != bytes => {
+                        resolver.resolve(records::decode(seq, &fresh)?).await?
                     }
-                })
-            })
-            .collect()
+                    _ => return Err(e),
+                },
+            };
+            out.push(change);
+        }
+        Ok(out)
     }
 
-    /// The sequence of the newest committed change (0 before the first).
-    pub fn last_seq(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .db
-            .scan_prefix([keys::CHANGE])
-            .next_back()
-            .transpose()?
-            .map_or(0, |(k, _)| seq_of_key(&k)))
+    /// The sequence of the newest durable change (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        *self.engine.watch().borrow()
     }
 
     /// The sequence of the oldest retained change, if any.
-    pub fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
+    pub async fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .db
-            .scan_prefix([keys::CHANGE])
-            .next()
-            .transpose()?
-            .map(|(k, _)| seq_of_key(&k)))
+            .engine
+            .scan(Keyspace::Changes, &KeyRange::all(), Direction::Forward, 1)
+            .await?
+            .first()
+            .map(|(k, _)| keys::seq_of(k)))
     }
 
-    /// Stops the writer after it has committed every queued write, and flushes.
-    pub fn close(&self) {
-        let taken = match self.writer.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some((tx, handle)) = taken {
-            drop(tx);
-            if handle.join().is_err() {
-                tracing::error!("the writer thread panicked");
+    /// Stops the background work, makes everything durable and closes the engine.
+    pub async fn close(&self) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        if let Err(e) = self.engine.close().await {
+            tracing::error!(error = %e, "closing the storage engine failed");
+        }
+        self.shared.changes.close();
+    }
+
+    /// Loads every collection's configuration; returns the index builds left unfinished.
+    async fn load_configs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let building = indexes::unfinished(&*self.engine).await?;
+        let mut configs = HashMap::new();
+        let mut range = KeyRange::prefix(keys::CONFIG_PREFIX);
+        loop {
+            let page = self
+                .engine
+                .scan(Keyspace::Meta, &range, Direction::Forward, 256)
+                .await?;
+            for (key, value) in &page {
+                let name = String::from_utf8_lossy(&key[keys::CONFIG_PREFIX.len()..]).into_owned();
+                let config: CollectionConfig = serde_json::from_slice(value)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let pending: Vec<String> = building
+                    .iter()
+                    .filter(|(c, _)| *c == name)
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let state = CollectionState::new(&name, config, &pending)?;
+                configs.insert(name, (value.clone(), Arc::new(state)));
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 256 => {
+                    range.start = keys::successor(key);
+                }
+                _ => break,
             }
         }
+        if let Ok(mut guard) = self.shared.configs.write() {
+            *guard = Arc::new(configs);
+        }
+        Ok(building)
     }
 }

@@ -18,6 +18,7 @@
 use super::diff::{self, Edit};
 use super::keys;
 use super::StoreError;
+use crate::engine::{Direction, Engine, KeyRange, Keyspace};
 use crate::model::{Actor, Change, ChangeKind, Document, FileInfo, Subject};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -151,8 +152,13 @@ pub fn to_bytes(stored: &StoredChange) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(stored).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<StoredChange, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("change record: {e}")))
+/// Decodes the record stored at `seq` (the key is the truth: records are encoded before the
+/// engine gives them their sequence).
+pub fn decode(seq: u64, bytes: &[u8]) -> Result<StoredChange, StoreError> {
+    let mut stored: StoredChange = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("change record: {e}")))?;
+    stored.seq = seq;
+    Ok(stored)
 }
 
 impl StoredChange {
@@ -268,27 +274,27 @@ impl StoredChange {
 /// Reads change records back whole. Remembers the last document each chain reached, so
 /// records read in sequence order (a replay, a catch-up) cost one step each.
 pub struct Resolver<'a> {
-    db: &'a sled::Db,
+    engine: &'a dyn Engine,
     /// Per document: the seq of the last change resolved, and the document after it.
     last: HashMap<(String, String), (u64, Option<Document>)>,
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(db: &'a sled::Db) -> Self {
+    pub fn new(engine: &'a dyn Engine) -> Self {
         Resolver {
-            db,
+            engine,
             last: HashMap::new(),
         }
     }
 
     /// The whole change of a stored record.
-    pub fn resolve(&mut self, stored: StoredChange) -> Result<Change, StoreError> {
+    pub async fn resolve(&mut self, stored: StoredChange) -> Result<Change, StoreError> {
         let Some((collection, id)) = stored.document() else {
             return stored.into_change(None);
         };
         let key = (collection.to_string(), id.to_string());
         let before = if stored.before_is_prev() {
-            self.document_before(&key, stored.seq)?
+            self.document_before(&key, stored.seq).await?
         } else {
             None
         };
@@ -302,7 +308,7 @@ impl<'a> Resolver<'a> {
     /// The document as the retained change of `key` before `seq` left it: from memory when
     /// that change was the last one resolved, otherwise by walking the document's chain from
     /// its first retained change.
-    fn document_before(
+    async fn document_before(
         &mut self,
         key: &(String, String),
         seq: u64,
@@ -312,12 +318,14 @@ impl<'a> Resolver<'a> {
         let mut chain = Vec::new();
         let mut upto = keys::history_key(&key.0, &key.1, seq);
         loop {
+            let range = KeyRange::new(prefix.clone(), upto);
             let (entry, _) = self
-                .db
-                .range(prefix.clone()..upto)
-                .next_back()
-                .ok_or_else(broken)??;
-            let prev = super::seq_of_history_key(&entry);
+                .engine
+                .scan(Keyspace::History, &range, Direction::Reverse, 1)
+                .await?
+                .pop()
+                .ok_or_else(broken)?;
+            let prev = keys::seq_of(&entry);
             if let Some((last, doc)) = self.last.get(key) {
                 if *last == prev {
                     let mut doc = doc.clone();
@@ -327,8 +335,12 @@ impl<'a> Resolver<'a> {
                     return Ok(doc);
                 }
             }
-            let bytes = self.db.get(keys::change_key(prev))?.ok_or_else(broken)?;
-            let stored = decode(&bytes)?;
+            let bytes = self
+                .engine
+                .get(Keyspace::Changes, &keys::change_key(prev))
+                .await?
+                .ok_or_else(broken)?;
+            let stored = decode(prev, &bytes)?;
             let starts_chain = !stored.before_is_prev();
             chain.push(stored);
             if starts_chain {

@@ -1,7 +1,10 @@
-//! Query execution: runs the plan that `query::plan` chooses against the key layout.
+//! Query execution: runs the plan that `query::plan` chooses against the key layout, reading
+//! the engine in chunks. An unordered scan (a sort no index serves) keeps only the best
+//! `limit + 1` matches in a bounded heap, whatever the collection's size.
 
 use super::keys::{self, prefix_end, successor};
-use super::{decode_doc, CollectionState, RawDocument, StoreError};
+use super::{decode_doc, CollectionState, RawDocument, Store, StoreError};
+use crate::engine::{Bytes, Direction, KeyRange, Keyspace};
 use crate::model::Document;
 use crate::query::ast::{Expr, SortKey};
 use crate::query::matches;
@@ -10,6 +13,8 @@ use crate::query::plan::{
     self, compare_positions, effective_sort, sort_values, Access, Plan, Range,
 };
 use serde_json::Value;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 /// A query over one collection.
 pub struct QuerySpec<'a> {
@@ -20,7 +25,7 @@ pub struct QuerySpec<'a> {
     /// Start strictly after this position: the effective-sort values of the last item seen.
     pub after: Option<&'a [Value]>,
     /// Whether the caller may see a document (the read rule); applied with the filter.
-    pub visible: &'a (dyn Fn(&Document) -> bool + 'a),
+    pub visible: &'a (dyn Fn(&Document) -> bool + Send + Sync + 'a),
 }
 
 pub struct QueryResult {
@@ -30,6 +35,10 @@ pub struct QueryResult {
     /// Whether more matching documents follow the last item.
     pub has_more: bool,
     pub plan: Plan,
+    /// Documents the scan examined.
+    pub examined: u64,
+    /// The most matches the scan held in memory at once.
+    pub held: usize,
 }
 
 /// Appends the encoding of `bound` to `base`.
@@ -80,18 +89,51 @@ fn primary_range(base: &[u8], range: Option<&Range>) -> Option<(Vec<u8>, Vec<u8>
     Some((lo, hi))
 }
 
-pub fn run(
-    db: &sled::Db,
+/// Entries read from the engine per step of a scan.
+const CHUNK: usize = 256;
+
+/// A match of an unordered scan, ordered by its position in the effective sort.
+struct Candidate<'a> {
+    position: Vec<Value>,
+    found: (Document, RawDocument),
+    sort: &'a [SortKey],
+}
+
+impl PartialEq for Candidate<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate<'_> {}
+
+impl PartialOrd for Candidate<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare_positions(&self.position, &other.position, self.sort)
+    }
+}
+
+pub async fn run(
+    store: &Store,
     collection: &str,
     state: Option<&CollectionState>,
     spec: &QuerySpec<'_>,
 ) -> Result<QueryResult, StoreError> {
-    let plan = plan::plan(spec.filter, spec.sort, &super::index_fields(state));
+    let ready = state.map(|s| s.ready_indexes()).unwrap_or_default();
+    let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
+    let plan = plan::plan(spec.filter, spec.sort, &fields);
     let effective = effective_sort(spec.sort);
     let doc_base = keys::doc_prefix(collection);
 
-    let (base, range, fixed) = match &plan.access {
+    let (ks, base, range, fixed) = match &plan.access {
         Access::Primary { range } => (
+            Keyspace::Documents,
             doc_base.clone(),
             primary_range(&doc_base, range.as_ref()),
             0,
@@ -101,8 +143,7 @@ pub fn run(
             equal,
             range,
         } => {
-            let def = state.and_then(|s| s.indexes.get(*index));
-            let Some(def) = def else {
+            let Some(def) = ready.get(*index) else {
                 return Err(StoreError::Corrupt(format!(
                     "planned index {index} is gone"
                 )));
@@ -112,7 +153,7 @@ pub fn run(
                 order::encode(v, &mut base);
             }
             let range = index_range(&base, range.as_ref());
-            (base, Some(range), equal.len())
+            (Keyspace::Indexes, base, Some(range), equal.len())
         }
     };
     let empty = || QueryResult {
@@ -120,6 +161,8 @@ pub fn run(
         raw: Vec::new(),
         has_more: false,
         plan: plan.clone(),
+        examined: 0,
+        held: 0,
     };
     let Some((mut lo, mut hi)) = range else {
         return Ok(empty());
@@ -133,10 +176,7 @@ pub fn run(
                 [doc_base.as_slice(), id.as_bytes()].concat()
             }
             Access::Index { index, .. } => {
-                let fields = state
-                    .and_then(|s| s.indexes.get(*index))
-                    .map(|d| &d.fields[..fixed])
-                    .unwrap_or(&[]);
+                let fields = ready.get(*index).map(|d| &d.fields[..fixed]).unwrap_or(&[]);
                 let mut k = base.clone();
                 for (key, value) in effective.iter().zip(after) {
                     if fields.contains(&key.path) {
@@ -162,83 +202,95 @@ pub fn run(
         return Ok(empty());
     }
 
-    let by_index = matches!(plan.access, Access::Index { .. });
-    let load = |value: sled::IVec| -> Result<Option<(Document, RawDocument)>, StoreError> {
-        let bytes = if by_index {
-            let id = String::from_utf8_lossy(&value);
-            match db.get(keys::doc_key(collection, &id))? {
-                Some(bytes) => bytes,
-                None => return Ok(None),
-            }
-        } else {
-            value
-        };
-        Ok(Some((decode_doc(&bytes)?, RawDocument(bytes))))
-    };
+    let by_index = ks == Keyspace::Indexes;
     let accept =
         |doc: &Document| spec.filter.is_none_or(|f| matches(f, doc)) && (spec.visible)(doc);
-
-    let iter = db.range(lo..hi);
-    let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if plan.descending
-    {
-        Box::new(iter.rev())
+    let direction = if plan.descending {
+        Direction::Reverse
     } else {
-        Box::new(iter)
+        Direction::Forward
     };
-
-    if plan.ordered {
-        let mut found = Vec::with_capacity(spec.limit.min(1024) + 1);
-        for entry in iter {
-            let (_, value) = entry?;
-            if let Some((doc, raw)) = load(value)? {
-                if accept(&doc) {
-                    found.push((doc, raw));
-                    if found.len() > spec.limit {
-                        break;
-                    }
-                }
+    let mut cursor = KeyRange::new(lo, hi);
+    let mut examined = 0u64;
+    let mut found: Vec<(Document, RawDocument)> = Vec::new();
+    let mut heap: BinaryHeap<Candidate<'_>> = BinaryHeap::new();
+    let mut held = 0;
+    'scan: loop {
+        let entries = store.engine.scan(ks, &cursor, direction, CHUNK).await?;
+        let exhausted = entries.len() < CHUNK;
+        if let Some((last, _)) = entries.last() {
+            match direction {
+                Direction::Forward => cursor.start = successor(last),
+                Direction::Reverse => cursor.end = Some(last.to_vec()),
             }
         }
-        let has_more = found.len() > spec.limit;
-        found.truncate(spec.limit);
-        let (items, raw) = found.into_iter().unzip();
-        return Ok(QueryResult {
-            items,
-            raw,
-            has_more,
-            plan,
-        });
-    }
-
-    type Match = (Vec<Value>, (Document, RawDocument));
-    let mut matched: Vec<Match> = Vec::new();
-    for entry in iter {
-        let (_, value) = entry?;
-        if let Some((doc, raw)) = load(value)? {
-            if accept(&doc) {
-                let position = sort_values(&doc, &effective);
-                let after_cursor = spec
-                    .after
-                    .is_none_or(|after| compare_positions(&position, after, &effective).is_gt());
-                if after_cursor {
-                    matched.push((position, (doc, raw)));
+        for (_, value) in entries {
+            let bytes: Bytes = if by_index {
+                let id = String::from_utf8_lossy(&value);
+                let key = keys::doc_key(collection, &id);
+                match store.engine.get(Keyspace::Documents, &key).await? {
+                    Some(bytes) => bytes,
+                    None => continue,
                 }
+            } else {
+                value
+            };
+            examined += 1;
+            let doc = decode_doc(&bytes)?;
+            if !accept(&doc) {
+                continue;
             }
+            let raw = RawDocument(bytes);
+            if plan.ordered {
+                found.push((doc, raw));
+                held = held.max(found.len());
+                if found.len() > spec.limit {
+                    break 'scan;
+                }
+                continue;
+            }
+            let position = sort_values(&doc, &effective);
+            let after_cursor = spec
+                .after
+                .is_none_or(|after| compare_positions(&position, after, &effective).is_gt());
+            if !after_cursor {
+                continue;
+            }
+            heap.push(Candidate {
+                position,
+                found: (doc, raw),
+                sort: &effective,
+            });
+            if heap.len() > spec.limit + 1 {
+                heap.pop();
+            }
+            held = held.max(heap.len());
+        }
+        if exhausted {
+            break;
         }
     }
-    let by_position = |a: &Match, b: &Match| compare_positions(&a.0, &b.0, &effective);
-    if matched.len() > spec.limit + 1 {
-        matched.select_nth_unstable_by(spec.limit, by_position);
-        matched.truncate(spec.limit + 1);
+    let metrics = &store.shared.metrics;
+    metrics.scan_examined.inc_by(examined);
+    if held as i64 > metrics.query_held_peak.get() {
+        metrics.query_held_peak.set(held as i64);
     }
-    matched.sort_by(by_position);
-    let has_more = matched.len() > spec.limit;
-    matched.truncate(spec.limit);
-    let (items, raw) = matched.into_iter().map(|(_, found)| found).unzip();
+    if !plan.ordered {
+        found = heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|c| c.found)
+            .collect();
+    }
+    let has_more = found.len() > spec.limit;
+    found.truncate(spec.limit);
+    let (items, raw) = found.into_iter().unzip();
     Ok(QueryResult {
         items,
         raw,
         has_more,
         plan,
+        examined,
+        held,
     })
 }

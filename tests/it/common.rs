@@ -107,6 +107,14 @@ impl TestServer {
     }
 
     pub fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_built(configure, |builder, _| builder)
+    }
+
+    /// Starts a server whose builder `build` adjusts (given the data directory).
+    pub fn start_built(
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(emberbase::ServerBuilder, &Path) -> emberbase::ServerBuilder,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.server.workers = 2;
@@ -122,13 +130,11 @@ impl TestServer {
             .enable_all()
             .build()
             .unwrap();
+        let builder = emberbase::ServerBuilder::new(config)
+            .data_dir(dir.path())
+            .bind("127.0.0.1:0");
         let server = runtime
-            .block_on(
-                emberbase::ServerBuilder::new(config)
-                    .data_dir(dir.path())
-                    .bind("127.0.0.1:0")
-                    .start(),
-            )
+            .block_on(build(builder, dir.path()).start())
             .unwrap();
         let key = std::fs::read_to_string(dir.path().join("service_key"))
             .unwrap_or_default()

@@ -1,4 +1,5 @@
-//! Durability: every write acknowledged before a `kill -9` is there after a restart.
+//! Durability: every write acknowledged before a `kill -9` is there after a restart, and so is
+//! every value a reader saw, acknowledged or not (nothing is visible before it is durable).
 
 use crate::common::{agent, send};
 use serde_json::json;
@@ -44,33 +45,55 @@ fn assert_at_least(doc: &serde_json::Value, acked: u64, id: &str) {
     );
 }
 
+/// The highest value of each id: acknowledged to a writer, or seen by a reader.
+type Values = Arc<Mutex<BTreeMap<String, u64>>>;
+
+fn raise(values: &Values, id: &str, value: u64) {
+    let mut values = values.lock().unwrap();
+    let entry = values.entry(id.to_string()).or_insert(0);
+    *entry = (*entry).max(value);
+}
+
+/// Checks that every id holds at least its recorded value.
+fn check_all(addr: &str, key: &str, values: &BTreeMap<String, u64>, what: &str) {
+    for (id, value) in values {
+        let resp = send(
+            agent()
+                .get(&format!("http://{addr}/v1/collections/crash/docs/{id}"))
+                .set("Authorization", &format!("Bearer {key}")),
+            None,
+        );
+        assert_eq!(resp.status, 200, "{what} {id} (value {value}) is gone");
+        assert_at_least(&resp.json, *value, id);
+    }
+}
+
 #[test]
-fn acknowledged_writes_survive_kill_9() {
+fn acknowledged_and_seen_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    for cycle in 0..6u64 {
+    let acked: Values = Arc::default();
+    let seen: Values = Arc::default();
+    for cycle in 0..10u64 {
         let (mut child, addr) = spawn(dir.path());
         let key = std::fs::read_to_string(dir.path().join("service_key")).unwrap();
         let key = key.trim().to_string();
 
-        // Everything acknowledged in earlier cycles is there, with the acknowledged value.
-        let before = acked.lock().unwrap().clone();
-        for (id, value) in &before {
-            let resp = send(
-                agent()
-                    .get(&format!("http://{addr}/v1/collections/crash/docs/{id}"))
-                    .set("Authorization", &format!("Bearer {key}")),
-                None,
-            )
-            .expect(200);
-            assert_at_least(&resp.json, *value, id);
-        }
+        // Everything acknowledged or seen in earlier cycles is there, at least as new.
+        check_all(&addr, &key, &acked.lock().unwrap().clone(), "acknowledged");
+        check_all(&addr, &key, &seen.lock().unwrap().clone(), "seen");
 
         let stop = Arc::new(AtomicBool::new(false));
+        // Ids being written, for the readers to look at while their writes are in flight.
+        let attempted: Arc<Mutex<Vec<String>>> = Arc::default();
         let writers: Vec<_> = (0..8)
             .map(|w| {
-                let (stop, acked, addr, key) =
-                    (stop.clone(), acked.clone(), addr.clone(), key.clone());
+                let (stop, acked, attempted, addr, key) = (
+                    stop.clone(),
+                    acked.clone(),
+                    attempted.clone(),
+                    addr.clone(),
+                    key.clone(),
+                );
                 std::thread::spawn(move || {
                     let agent = agent();
                     let mut i = 0u64;
@@ -78,13 +101,14 @@ fn acknowledged_writes_survive_kill_9() {
                         // Half the writes create new documents, half overwrite old ones.
                         let id = format!("w{w}-{}", if i.is_multiple_of(2) { i } else { i / 4 });
                         let value = cycle * 1_000_000 + i;
+                        attempted.lock().unwrap().push(id.clone());
                         let req = agent
                             .put(&format!("http://{addr}/v1/collections/crash/docs/{id}"))
                             .set("Authorization", &format!("Bearer {key}"))
                             .set("Content-Type", "application/json");
                         match req.send_string(&json!({"v": value}).to_string()) {
                             Ok(r) if r.status() == 200 || r.status() == 201 => {
-                                acked.lock().unwrap().insert(id, value);
+                                raise(&acked, &id, value);
                             }
                             Ok(r) => panic!("unexpected status {}", r.status()),
                             // The server was killed mid-request: not acknowledged.
@@ -95,31 +119,82 @@ fn acknowledged_writes_survive_kill_9() {
                 })
             })
             .collect();
+        // Readers: the newest ids by GET, and the newest documents by list.
+        let readers: Vec<_> = (0..4)
+            .map(|r| {
+                let (stop, seen, attempted, addr, key) = (
+                    stop.clone(),
+                    seen.clone(),
+                    attempted.clone(),
+                    addr.clone(),
+                    key.clone(),
+                );
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    while !stop.load(Ordering::Relaxed) {
+                        let url = if r == 0 {
+                            format!(
+                                "http://{addr}/v1/collections/crash/docs?sort=-updated_at&limit=50"
+                            )
+                        } else {
+                            let Some(id) = attempted.lock().unwrap().iter().rev().nth(r).cloned()
+                            else {
+                                continue;
+                            };
+                            format!("http://{addr}/v1/collections/crash/docs/{id}")
+                        };
+                        let req = agent
+                            .get(&url)
+                            .set("Authorization", &format!("Bearer {key}"));
+                        let resp = match req.call() {
+                            Ok(resp) => resp,
+                            // Not written yet (404): look again.
+                            Err(ureq::Error::Status(..)) => continue,
+                            // The server was killed.
+                            Err(_) => return,
+                        };
+                        let Ok(body) = resp.into_json::<serde_json::Value>() else {
+                            return;
+                        };
+                        let docs = match body["items"].as_array() {
+                            Some(items) => items.clone(),
+                            None => vec![body],
+                        };
+                        for doc in docs {
+                            if let (Some(id), Some(v)) =
+                                (doc["id"].as_str(), doc["data"]["v"].as_u64())
+                            {
+                                raise(&seen, id, v);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(400));
         child.kill().unwrap();
         child.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
-        for w in writers {
-            w.join().unwrap();
+        for t in writers.into_iter().chain(readers) {
+            t.join().unwrap();
         }
     }
     let (mut child, addr) = spawn(dir.path());
     let key = std::fs::read_to_string(dir.path().join("service_key")).unwrap();
+    let key = key.trim();
     let total = acked.lock().unwrap().len();
     assert!(
         total > 100,
         "the test wrote too little to mean anything: {total}"
     );
-    for (id, value) in acked.lock().unwrap().iter() {
-        let resp = send(
-            agent()
-                .get(&format!("http://{addr}/v1/collections/crash/docs/{id}"))
-                .set("Authorization", &format!("Bearer {}", key.trim())),
-            None,
-        )
-        .expect(200);
-        assert_at_least(&resp.json, *value, id);
-    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.len() > 100,
+        "the readers saw too little: {}",
+        seen.len()
+    );
+    check_all(&addr, key, &acked.lock().unwrap().clone(), "acknowledged");
+    check_all(&addr, key, &seen, "seen");
     child.kill().unwrap();
     child.wait().unwrap();
 }

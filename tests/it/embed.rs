@@ -49,7 +49,9 @@ fn in_process_writes_are_visible_over_http_and_in_the_change_feed() {
     assert!(seen[0].0 < seen[1].0 && seen[1].0 < seen[2].0);
 
     // The feed is durable: the same changes can be read back from the store.
-    let replay = docs.store().changes_after(seen[0].0 - 1, 10).unwrap();
+    let replay = srv
+        .block_on(docs.store().changes_after(seen[0].0 - 1, 10))
+        .unwrap();
     assert_eq!(
         replay.iter().map(|c| c.seq).collect::<Vec<_>>(),
         seen.iter().map(|s| s.0).collect::<Vec<_>>()
@@ -104,7 +106,7 @@ fn the_change_feed_keeps_only_its_retention_window() {
     let store = srv.server().documents().store().clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let first = store.first_retained_seq().unwrap().unwrap();
+        let first = srv.block_on(store.first_retained_seq()).unwrap().unwrap();
         if first >= 16 {
             break;
         }
@@ -114,7 +116,7 @@ fn the_change_feed_keeps_only_its_retention_window() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let kept = store.changes_after(0, 100).unwrap();
+    let kept = srv.block_on(store.changes_after(0, 100)).unwrap();
     assert_eq!(kept.len(), 5);
     assert_eq!(kept.last().unwrap().seq, 20);
 }

@@ -217,7 +217,7 @@ fn change_records_reproduce_exact_envelopes_across_pruning() {
     let path = format!("/v1/collections/exact/docs/{id}");
     expected.push((None, Some(doc.clone())));
     let mut current = Some(doc);
-    let head = srv.server().documents().store().last_seq().unwrap();
+    let head = srv.server().documents().store().last_seq();
     for round in 0..6 {
         for body in &bodies[1..] {
             let after = if round % 2 == 0 {
@@ -240,11 +240,11 @@ fn change_records_reproduce_exact_envelopes_across_pruning() {
     let store = srv.server().documents().store().clone();
     let total = expected.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while store.first_retained_seq().unwrap().unwrap() < head + total - 7 {
+    while srv.block_on(store.first_retained_seq()).unwrap().unwrap() < head + total - 7 {
         assert!(Instant::now() < deadline, "the feed was not pruned");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let changes = store.changes_after(0, 100).unwrap();
+    let changes = srv.block_on(store.changes_after(0, 100)).unwrap();
     assert_eq!(changes.len(), 7);
     for (change, (before, after)) in changes.iter().zip(&expected[expected.len() - 7..]) {
         let emberbase::Subject::Document {
@@ -765,7 +765,11 @@ fn ended_logins_expired_tokens_and_old_mail_are_pruned() {
         .expect(202);
     }
     let store = srv.server().documents().store().clone();
-    let count = |space: Space| store.kv_scan(space, None, 10_000).unwrap().len();
+    let count = |space: Space| {
+        srv.block_on(store.kv_scan(space, None, 10_000))
+            .unwrap()
+            .len()
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let done = count(Space::Families) == 1

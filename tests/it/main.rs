@@ -16,3 +16,4 @@ mod planner;
 mod queries;
 mod realtime;
 mod sdk;
+mod storage;

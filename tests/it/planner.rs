@@ -110,9 +110,11 @@ fn all_pages(
             cursor: cursor.as_deref(),
         };
         let page = srv
-            .server()
-            .documents()
-            .list(&Principal::Service, collection, &params)
+            .block_on(
+                srv.server()
+                    .documents()
+                    .list(&Principal::Service, collection, &params),
+            )
             .unwrap();
         out.extend(page.items);
         match page.next_cursor {

@@ -31,34 +31,9 @@ impl Accounts {
     /// One pass over every space that grows with use.
     pub async fn prune(&self, outbox_kept: usize) -> Result<Pruned> {
         let now = now_secs();
-        let families = self
-            .prune_space(Space::Families, |_, bytes| {
-                let Ok(family) = from_json::<FamilyRecord>(bytes) else {
-                    return false;
-                };
-                let user_ok = self
-                    .load_user(&family.user_id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|(user, _)| user.token_version == family.token_version);
-                family.revoked || family.expires_at <= now || !user_ok
-            })
-            .await?;
-        let refresh_tokens = self
-            .prune_space(Space::RefreshTokens, |_, bytes| {
-                from_json::<RefreshRecord>(bytes).is_ok_and(|r| {
-                    matches!(
-                        self.store.kv_get(Space::Families, r.family.as_bytes()),
-                        Ok(None)
-                    )
-                })
-            })
-            .await?;
-        let email_tokens = self
-            .prune_space(Space::EmailTokens, |_, bytes| {
-                from_json::<EmailTokenRecord>(bytes).is_ok_and(|t| t.expires_at <= now)
-            })
-            .await?;
+        let families = self.prune_space(Space::Families, now).await?;
+        let refresh_tokens = self.prune_space(Space::RefreshTokens, now).await?;
+        let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
         let mails = self.prune_outbox(outbox_kept).await?;
         Ok(Pruned {
             families,
@@ -68,21 +43,55 @@ impl Accounts {
         })
     }
 
-    /// Deletes the records of `space` that `dead` picks, page by page.
-    async fn prune_space(
-        &self,
-        space: Space,
-        dead: impl Fn(&[u8], &[u8]) -> bool,
-    ) -> Result<usize> {
+    /// Whether a record of `space` has ended: a family revoked, expired or of a user whose
+    /// tokens were revoked since; a refresh token of a family that is gone; an expired email
+    /// token.
+    async fn is_dead(&self, space: Space, bytes: &[u8], now: u64) -> bool {
+        match space {
+            Space::Families => {
+                let Ok(family) = from_json::<FamilyRecord>(bytes) else {
+                    return false;
+                };
+                let user_ok = self
+                    .load_user(&family.user_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(user, _)| user.token_version == family.token_version);
+                family.revoked || family.expires_at <= now || !user_ok
+            }
+            Space::RefreshTokens => match from_json::<RefreshRecord>(bytes) {
+                Ok(r) => matches!(
+                    self.store
+                        .kv_get(Space::Families, r.family.as_bytes())
+                        .await,
+                    Ok(None)
+                ),
+                Err(_) => false,
+            },
+            Space::EmailTokens => {
+                from_json::<EmailTokenRecord>(bytes).is_ok_and(|t| t.expires_at <= now)
+            }
+            _ => false,
+        }
+    }
+
+    /// Deletes the records of `space` that have ended (see `is_dead`), page by page.
+    async fn prune_space(&self, space: Space, now: u64) -> Result<usize> {
         let mut after: Option<Vec<u8>> = None;
         let mut removed = 0;
         loop {
-            let page = self.store.kv_scan(space, after.as_deref(), PAGE)?;
+            let page = self.store.kv_scan(space, after.as_deref(), PAGE).await?;
             let Some((last, _)) = page.last() else {
                 return Ok(removed);
             };
             after = Some(last.clone());
-            let doomed: Vec<KvEntry> = page.into_iter().filter(|(k, v)| dead(k, v)).collect();
+            let mut doomed: Vec<KvEntry> = Vec::new();
+            for (key, value) in page {
+                if self.is_dead(space, &value, now).await {
+                    doomed.push((key, value));
+                }
+            }
             removed += self.delete_unchanged(space, doomed).await?;
         }
     }
@@ -92,7 +101,10 @@ impl Accounts {
         let mut after: Option<Vec<u8>> = None;
         let mut total = 0;
         loop {
-            let page = self.store.kv_scan(Space::Outbox, after.as_deref(), PAGE)?;
+            let page = self
+                .store
+                .kv_scan(Space::Outbox, after.as_deref(), PAGE)
+                .await?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
             total += page.len();
@@ -100,7 +112,10 @@ impl Accounts {
         let mut excess = total.saturating_sub(kept);
         let mut removed = 0;
         while excess > 0 {
-            let oldest = self.store.kv_scan(Space::Outbox, None, excess.min(PAGE))?;
+            let oldest = self
+                .store
+                .kv_scan(Space::Outbox, None, excess.min(PAGE))
+                .await?;
             if oldest.is_empty() {
                 break;
             }

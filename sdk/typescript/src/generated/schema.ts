@@ -745,6 +745,8 @@ export interface components {
          *     request's `additionalProperties: false`.)
          */
         CollectionInfo: {
+            /** @description Each declared index, in order, and whether queries use it yet. */
+            index_states?: components["schemas"]["IndexState"][];
             indexes: string[][];
             name: string;
             /**
@@ -866,6 +868,17 @@ export interface components {
             status: string;
             /** @description The server's version. */
             version: string;
+        };
+        /** @description An index and whether the planner uses it yet. */
+        IndexState: {
+            /** @description The index's fields, as declared. */
+            fields: string[];
+            /**
+             * @description `building` while the entries of the documents already stored are being written (writes
+             *     go on meanwhile, and queries do not use the index yet), then `ready`.
+             * @example ready
+             */
+            state: string;
         };
         /** @description One run of a function (or an event that was not delivered). */
         Invocation: {

@@ -1,0 +1,746 @@
+//! Writes as engine transactions.
+//!
+//! A write reads, inside its transaction, every document it touches and the configuration of
+//! their collections, decides (versions, the caller's write rule, size limits) against that
+//! stored state, then writes the documents with their index entries, appends one change record
+//! per op with its history entry and outbox records, and commits. If anything it read changed
+//! before it commits, the engine refuses the commit and the write runs again from the start, so
+//! a decision is never made on a copy that another write has since replaced. A write that is
+//! refused (`403`, `404`, `409`, `412`) still commits its reads, so it is answered only once
+//! everything it looked at is durable.
+//!
+//! A deleted document leaves a tombstone with its last version, so that creating the same id
+//! again continues the version sequence and a stale `If-Match` cannot match the new document.
+//! Tombstones are pruned after `StoreOptions::tombstone_age`.
+
+use super::error::{BatchFailure, StoreError};
+use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
+use super::kv::KvWrite;
+use super::{keys, records, CollectionState, Configured, HookRecord, Store};
+use crate::engine::{
+    retry, ChangeAppend, Direction, EngineError, KeyRange, Keyspace, OnDurable, Stamped,
+    Transaction,
+};
+use crate::model::{
+    merge_patch, now_rfc3339, Actor, Change, ChangeKind, Document, FileInfo, Subject,
+};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One operation of a write. Every write is a batch of these, applied all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Create a document; `id` is generated (a ULID) when absent. Fails if the id exists.
+    Create {
+        collection: String,
+        id: Option<String>,
+        data: Map<String, Value>,
+    },
+    /// Create or replace a document.
+    Set {
+        collection: String,
+        id: String,
+        data: Map<String, Value>,
+        if_version: Option<u64>,
+    },
+    /// Apply a JSON merge patch (RFC 7386) to an existing document.
+    Update {
+        collection: String,
+        id: String,
+        patch: Map<String, Value>,
+        if_version: Option<u64>,
+    },
+    /// Delete an existing document.
+    Delete {
+        collection: String,
+        id: String,
+        if_version: Option<u64>,
+    },
+}
+
+/// What an access check is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Create,
+    Update,
+    Delete,
+}
+
+/// An access check run inside the write's transaction against the stored state, so that no
+/// write can slip between the check and the commit. `before` is the stored document (if any),
+/// `after` the one the op would write (none for a delete). An `Err` carries the message of a
+/// `403`.
+pub trait WriteGuard: Send + Sync {
+    fn check(
+        &self,
+        access: Access,
+        collection: &str,
+        before: Option<&Document>,
+        after: Option<&Document>,
+    ) -> Result<(), String>;
+}
+
+/// A write: its ops, who makes it, and how deep in a chain of triggered writes it is.
+pub struct WriteRequest {
+    pub ops: Vec<WriteOp>,
+    pub actor: Option<Actor>,
+    pub depth: u32,
+    pub guard: Option<Arc<dyn WriteGuard>>,
+}
+
+/// What one op of a write left.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The document as written; `None` for a delete.
+    pub document: Option<Document>,
+    /// Whether the op created the document (it did not exist).
+    pub created: bool,
+}
+
+pub type WriteResult = Result<Vec<Written>, BatchFailure>;
+
+type DocKey = (String, String);
+
+/// A change with the size of its whole encoding, which is what it costs the change feed.
+type Sized = (Change, usize);
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The owner a new document or file gets: the signed-in user who makes the write, if any.
+fn owner_of(actor: &Option<Actor>) -> Option<String> {
+    actor.as_ref().and_then(|a| match a.role.as_str() {
+        "user" | "admin" => a.id.clone(),
+        _ => None,
+    })
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A tombstone: the deleted document's version, and when it was deleted (unix seconds).
+pub(super) fn encode_tombstone(version: u64) -> Vec<u8> {
+    [version.to_be_bytes(), unix_secs().to_be_bytes()].concat()
+}
+
+pub(super) fn decode_tombstone(bytes: &[u8]) -> (u64, u64) {
+    let word = |at: usize| {
+        let mut b = [0u8; 8];
+        if let Some(s) = bytes.get(at..at + 8) {
+            b.copy_from_slice(s);
+        }
+        u64::from_be_bytes(b)
+    };
+    (word(0), word(8))
+}
+
+/// Adds a change record to a transaction, with its history entry (for a document) and the
+/// records the commit hook wants beside it. `has_prev`: the document has a retained change
+/// before this one (see `records`). Returns the change with its size.
+fn append_change(
+    txn: &mut dyn Transaction,
+    change: Change,
+    has_prev: bool,
+    hook: Option<&Arc<dyn super::CommitHook>>,
+) -> Result<Sized, StoreError> {
+    let mut stamped = Vec::new();
+    if let Subject::Document { collection, id, .. } = &change.subject {
+        stamped.push(Stamped {
+            keyspace: Keyspace::History,
+            prefix: keys::history_prefix(collection, id),
+            value: Vec::new(),
+        });
+    }
+    if let Some(hook) = hook {
+        for record in hook.records(&change) {
+            match record {
+                HookRecord::Plain(space, key, value) => {
+                    txn.put(Keyspace::System, space.key(&key), value)
+                }
+                HookRecord::Stamped(space, prefix, value) => stamped.push(Stamped {
+                    keyspace: Keyspace::System,
+                    prefix: space.key(&prefix),
+                    value,
+                }),
+            }
+        }
+    }
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, &change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    txn.append_change(ChangeAppend {
+        payload: records::encode(&change, has_prev)?,
+        stamped,
+    });
+    Ok((change, size.0))
+}
+
+/// Publishes committed changes to the in-process feed, with the sequences the engine gave
+/// them, once they are durable.
+fn publisher(store: &Store, changes: Vec<Sized>) -> Option<OnDurable> {
+    if changes.is_empty() {
+        return None;
+    }
+    let feed = store.shared.changes.clone();
+    let gauge = store.shared.metrics.change_seq.clone();
+    Some(Box::new(move |first: u64| {
+        let mut seq = first;
+        for (change, size) in changes {
+            let mut change = change;
+            change.seq = seq;
+            feed.publish(change, size);
+            seq += 1;
+        }
+        gauge.set(seq.saturating_sub(1) as i64);
+    }))
+}
+
+/// Commits what a refused write read, so that the refusal rests only on durable data; a
+/// conflict runs the write again instead.
+async fn refuse<T>(txn: Box<dyn Transaction>, refusal: BatchFailure) -> Result<T, BatchFailure> {
+    match txn.commit(None).await {
+        Ok(_) => Err(refusal),
+        Err(error) => Err(BatchFailure {
+            op: refusal.op,
+            error: error.into(),
+        }),
+    }
+}
+
+/// What a planned write leaves, before it is written: every touched document as first read
+/// and as the write leaves it, and the changes in op order.
+struct Planned {
+    original: HashMap<DocKey, Option<Document>>,
+    current: HashMap<DocKey, Option<Document>>,
+    /// Documents whose tombstone the write read (and must remove when it re-creates them).
+    tombstoned: HashSet<DocKey>,
+    results: Vec<Written>,
+    pending: Vec<(ChangeKind, Option<Document>, Option<Document>, DocKey)>,
+    states: HashMap<String, Option<Arc<CollectionState>>>,
+    /// The write's time: its documents' and its changes'.
+    now: String,
+}
+
+impl Store {
+    /// Applies a write atomically and durably. Resolves once the write is on disk.
+    pub async fn write(&self, request: WriteRequest) -> WriteResult {
+        // Ids are generated once, so that a write run again creates the same documents.
+        let generated: Vec<Option<String>> = request
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Create { id: None, .. } => Some(self.new_id()),
+                _ => None,
+            })
+            .collect();
+        let result = retry(|| self.try_write(&request, &generated)).await;
+        if result.is_ok() {
+            for op in &request.ops {
+                let name = match op {
+                    WriteOp::Create { .. } => "create",
+                    WriteOp::Set { .. } => "set",
+                    WriteOp::Update { .. } => "update",
+                    WriteOp::Delete { .. } => "delete",
+                };
+                self.shared
+                    .metrics
+                    .store_ops
+                    .with_label_values(&[name])
+                    .inc();
+            }
+        }
+        result
+    }
+
+    fn new_id(&self) -> String {
+        let mut ids = self.shared.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.generate()
+            .unwrap_or_else(|_| ulid::Ulid::new())
+            .to_string()
+    }
+
+    async fn try_write(&self, req: &WriteRequest, generated: &[Option<String>]) -> WriteResult {
+        let at = |op: usize| {
+            move |error: EngineError| BatchFailure {
+                op,
+                error: error.into(),
+            }
+        };
+        let mut txn = self.engine.begin().await.map_err(at(0))?;
+        let mut planned = match self.plan_write(&mut *txn, req, generated).await {
+            Ok(planned) => planned,
+            Err(failure) if failure.error.is_engine() => return Err(failure),
+            Err(refusal) => return refuse(txn, refusal).await,
+        };
+        for (key, now_state) in &planned.current {
+            let indexes = match planned.states.get(&key.0) {
+                Some(Some(state)) => state.indexes.as_slice(),
+                _ => &[],
+            };
+            let original = planned.original.get(key).cloned().flatten();
+            if let Some(old) = &original {
+                for index in indexes {
+                    txn.delete(
+                        Keyspace::Indexes,
+                        keys::index_key(&index.prefix, &index.fields, old),
+                    );
+                }
+            }
+            let doc_key = keys::doc_key(&key.0, &key.1);
+            match now_state {
+                Some(doc) => {
+                    txn.put(Keyspace::Documents, doc_key, super::encode_doc(doc));
+                    for index in indexes {
+                        txn.put(
+                            Keyspace::Indexes,
+                            keys::index_key(&index.prefix, &index.fields, doc),
+                            doc.id.as_bytes().to_vec(),
+                        );
+                    }
+                    if planned.tombstoned.contains(key) {
+                        txn.delete(Keyspace::System, keys::tombstone_key(&key.0, &key.1));
+                    }
+                }
+                None => {
+                    txn.delete(Keyspace::Documents, doc_key);
+                    // The last version this batch saw: the stored one, or one the batch wrote
+                    // before deleting it.
+                    let last = planned
+                        .pending
+                        .iter()
+                        .filter(|(_, _, _, k)| k == key)
+                        .filter_map(|(_, before, _, _)| before.as_ref().map(|d| d.version))
+                        .max();
+                    if let Some(version) = last {
+                        txn.put(
+                            Keyspace::System,
+                            keys::tombstone_key(&key.0, &key.1),
+                            encode_tombstone(version),
+                        );
+                    }
+                }
+            }
+        }
+        let hook = self.shared.hook();
+        let mut chained: HashSet<DocKey> = HashSet::new();
+        let mut changes = Vec::with_capacity(planned.pending.len());
+        let pending = std::mem::take(&mut planned.pending);
+        for (kind, before, after, (collection, id)) in pending {
+            let key = (collection.clone(), id.clone());
+            let has_prev = chained.contains(&key) || {
+                let range = KeyRange::prefix(&keys::history_prefix(&collection, &id));
+                let found = txn
+                    .scan(Keyspace::History, &range, Direction::Forward, 1)
+                    .await
+                    .map_err(at(0))?;
+                !found.is_empty()
+            };
+            chained.insert(key);
+            let change = Change {
+                seq: 0,
+                kind,
+                subject: Subject::Document {
+                    collection,
+                    id,
+                    before,
+                    after,
+                },
+                time: planned.now.clone(),
+                actor: req.actor.clone(),
+                depth: req.depth,
+            };
+            let sized = append_change(&mut *txn, change, has_prev, hook.as_ref())
+                .map_err(|error| BatchFailure { op: 0, error })?;
+            changes.push(sized);
+        }
+        let publish = publisher(self, changes);
+        txn.commit(publish).await.map_err(at(0))?;
+        Ok(planned.results)
+    }
+
+    /// The configuration of a collection as the transaction reads it (so that a change to it
+    /// makes the write run again), parsed once per stored version.
+    async fn read_state(
+        &self,
+        txn: &mut dyn Transaction,
+        collection: &str,
+        cached: &HashMap<String, Configured>,
+    ) -> Result<Option<Arc<CollectionState>>, StoreError> {
+        let Some(bytes) = txn
+            .get(Keyspace::Meta, &keys::config_key(collection))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if let Some((raw, state)) = cached.get(collection) {
+            if *raw == bytes {
+                return Ok(Some(state.clone()));
+            }
+        }
+        let config =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(Arc::new(CollectionState::new(
+            collection,
+            config,
+            &[],
+        )?)))
+    }
+
+    /// Reads and decides every op of a write, writing nothing yet.
+    async fn plan_write(
+        &self,
+        txn: &mut dyn Transaction,
+        req: &WriteRequest,
+        generated: &[Option<String>],
+    ) -> Result<Planned, BatchFailure> {
+        let now = now_rfc3339();
+        let owner = owner_of(&req.actor);
+        let cached = self.shared.configs_snapshot();
+        let mut planned = Planned {
+            original: HashMap::new(),
+            current: HashMap::new(),
+            tombstoned: HashSet::new(),
+            results: Vec::with_capacity(req.ops.len()),
+            pending: Vec::new(),
+            states: HashMap::new(),
+            now: now.clone(),
+        };
+        // Versions of documents this batch deleted, which a re-create continues.
+        let mut deleted: HashMap<DocKey, u64> = HashMap::new();
+
+        for (i, op) in req.ops.iter().enumerate() {
+            let fail = |error: StoreError| BatchFailure { op: i, error };
+            let (collection, id) = match op {
+                WriteOp::Create { collection, id, .. } => {
+                    let id = id
+                        .clone()
+                        .or_else(|| generated.get(i).cloned().flatten())
+                        .unwrap_or_else(|| self.new_id());
+                    (collection.clone(), id)
+                }
+                WriteOp::Set { collection, id, .. }
+                | WriteOp::Update { collection, id, .. }
+                | WriteOp::Delete { collection, id, .. } => (collection.clone(), id.clone()),
+            };
+            if !planned.states.contains_key(&collection) {
+                let state = self
+                    .read_state(txn, &collection, &cached)
+                    .await
+                    .map_err(fail)?;
+                planned.states.insert(collection.clone(), state);
+            }
+            let key = (collection.clone(), id.clone());
+            if !planned.current.contains_key(&key) {
+                let stored = match txn
+                    .get(Keyspace::Documents, &keys::doc_key(&collection, &id))
+                    .await
+                    .map_err(|e| fail(e.into()))?
+                {
+                    Some(bytes) => Some(super::decode_doc(&bytes).map_err(fail)?),
+                    None => None,
+                };
+                planned.original.insert(key.clone(), stored.clone());
+                planned.current.insert(key.clone(), stored);
+            }
+            let before = planned.current.get(&key).cloned().flatten();
+            // The version a new document starts after: its tombstone's, for an id used before.
+            let base_version = match (&before, deleted.get(&key)) {
+                (Some(_), _) => 0,
+                (None, Some(version)) => *version,
+                (None, None) if generated.get(i).is_some_and(Option::is_some) => 0,
+                (None, None) => {
+                    let tomb = txn
+                        .get(Keyspace::System, &keys::tombstone_key(&collection, &id))
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                    match tomb {
+                        Some(bytes) => {
+                            planned.tombstoned.insert(key.clone());
+                            decode_tombstone(&bytes).0
+                        }
+                        None => 0,
+                    }
+                }
+            };
+            let check =
+                |access: Access, before: Option<&Document>, after: Option<&Document>| match &req
+                    .guard
+                {
+                    Some(guard) => guard
+                        .check(access, &collection, before, after)
+                        .map_err(StoreError::Denied),
+                    None => Ok(()),
+                };
+            let missing = || StoreError::NotFound {
+                collection: collection.clone(),
+                id: id.clone(),
+            };
+            let version_check = |if_version: &Option<u64>, actual: u64| match if_version {
+                Some(expected) if *expected != actual => Err(StoreError::VersionMismatch {
+                    collection: collection.clone(),
+                    id: id.clone(),
+                    expected: *expected,
+                    actual,
+                }),
+                _ => Ok(()),
+            };
+            let fresh = |data: Map<String, Value>| Document {
+                id: id.clone(),
+                collection: collection.clone(),
+                owner: owner.clone(),
+                version: base_version + 1,
+                created_at: now.clone(),
+                updated_at: now.clone(),
+                data,
+            };
+            let next = |prev: &Document, data: Map<String, Value>| Document {
+                version: prev.version + 1,
+                updated_at: now.clone(),
+                data,
+                ..prev.clone()
+            };
+
+            let (kind, after) = match (op, &before) {
+                (WriteOp::Create { data, .. }, None) => {
+                    let doc = fresh(data.clone());
+                    check(Access::Create, None, Some(&doc)).map_err(fail)?;
+                    (ChangeKind::Create, Some(doc))
+                }
+                (WriteOp::Create { .. }, Some(_)) => {
+                    return Err(fail(StoreError::Conflict { collection, id }))
+                }
+                (
+                    WriteOp::Set {
+                        data, if_version, ..
+                    },
+                    None,
+                ) => {
+                    let doc = fresh(data.clone());
+                    check(Access::Create, None, Some(&doc)).map_err(fail)?;
+                    version_check(if_version, 0).map_err(fail)?;
+                    (ChangeKind::Create, Some(doc))
+                }
+                (
+                    WriteOp::Set {
+                        data, if_version, ..
+                    },
+                    Some(prev),
+                ) => {
+                    let doc = next(prev, data.clone());
+                    check(Access::Update, Some(prev), Some(&doc)).map_err(fail)?;
+                    version_check(if_version, prev.version).map_err(fail)?;
+                    (ChangeKind::Update, Some(doc))
+                }
+                (
+                    WriteOp::Update {
+                        patch, if_version, ..
+                    },
+                    Some(prev),
+                ) => {
+                    let mut data = Value::Object(prev.data.clone());
+                    merge_patch(&mut data, &Value::Object(patch.clone()));
+                    let Value::Object(data) = data else {
+                        return Err(fail(StoreError::Corrupt(
+                            "merge produced a non-object".into(),
+                        )));
+                    };
+                    let doc = next(prev, data);
+                    check(Access::Update, Some(prev), Some(&doc)).map_err(fail)?;
+                    version_check(if_version, prev.version).map_err(fail)?;
+                    (ChangeKind::Update, Some(doc))
+                }
+                (WriteOp::Delete { if_version, .. }, Some(prev)) => {
+                    check(Access::Delete, Some(prev), None).map_err(fail)?;
+                    version_check(if_version, prev.version).map_err(fail)?;
+                    deleted.insert(key.clone(), prev.version);
+                    (ChangeKind::Delete, None)
+                }
+                // A missing document: a caller the rule would not let touch it gets 403, so
+                // that a 404 never tells anyone what they could not read.
+                (WriteOp::Update { .. }, None) => {
+                    check(Access::Update, None, None).map_err(fail)?;
+                    return Err(fail(missing()));
+                }
+                (WriteOp::Delete { .. }, None) => {
+                    check(Access::Delete, None, None).map_err(fail)?;
+                    return Err(fail(missing()));
+                }
+            };
+            if let Some(doc) = &after {
+                let size = serde_json::to_vec(&doc.data)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
+                let limit = self.shared.options.max_document_bytes;
+                if size > limit {
+                    return Err(fail(StoreError::Invalid {
+                        message: format!(
+                            "document data is {size} bytes, over the limit of {limit}"
+                        ),
+                        field: "data".into(),
+                    }));
+                }
+            }
+            planned.current.insert(key.clone(), after.clone());
+            planned.results.push(Written {
+                document: after.clone(),
+                created: kind == ChangeKind::Create,
+            });
+            planned.pending.push((kind, before, after, key));
+        }
+        Ok(planned)
+    }
+
+    /// Commits a file's record (and its change record) atomically and durably.
+    pub async fn file_write(&self, write: FileWrite) -> Result<FileWritten, StoreError> {
+        let written = retry(|| self.try_file_write(&write)).await?;
+        let op = if written.after.is_some() {
+            "file_put"
+        } else {
+            "file_delete"
+        };
+        self.shared.metrics.store_ops.with_label_values(&[op]).inc();
+        Ok(written)
+    }
+
+    async fn try_file_write(&self, write: &FileWrite) -> Result<FileWritten, StoreError> {
+        let mut txn = self.engine.begin().await?;
+        if let Some(guard) = &write.guard {
+            let (space, key, source) = guard.depends_on();
+            txn.expect(Keyspace::System, space.key(&key), source);
+        }
+        let key = keys::file_key(&write.bucket, &write.path);
+        let before = match txn.get(Keyspace::Files, &key).await? {
+            Some(bytes) => Some(FileRecord::decode(&bytes)?),
+            None => None,
+        };
+        let prev = before.as_ref().map(|r| &r.info);
+        let check = |access: Access, after: Option<&FileInfo>| match &write.guard {
+            Some(guard) => guard.check(access, prev, after).map_err(StoreError::Denied),
+            None => Ok(()),
+        };
+        let now = now_rfc3339();
+        let decided = match &write.op {
+            FileOp::Put {
+                blob,
+                size,
+                sha256,
+                content_type,
+                markup,
+            } => {
+                let info = FileInfo {
+                    bucket: write.bucket.clone(),
+                    path: write.path.clone(),
+                    size: *size,
+                    content_type: content_type.clone(),
+                    sha256: sha256.clone(),
+                    owner: match prev {
+                        Some(p) => p.owner.clone(),
+                        None => owner_of(&write.actor),
+                    },
+                    created_at: prev.map_or_else(|| now.clone(), |p| p.created_at.clone()),
+                    updated_at: now.clone(),
+                };
+                let (access, kind) = match prev {
+                    Some(_) => (Access::Update, ChangeKind::Update),
+                    None => (Access::Create, ChangeKind::Create),
+                };
+                check(access, Some(&info)).map(|()| {
+                    let record = FileRecord {
+                        info,
+                        blob: *blob,
+                        markup: *markup,
+                    };
+                    (kind, Some(record))
+                })
+            }
+            FileOp::Delete => check(Access::Delete, None).and_then(|()| match prev {
+                Some(_) => Ok((ChangeKind::Delete, None)),
+                None => Err(StoreError::FileNotFound {
+                    bucket: write.bucket.clone(),
+                    path: write.path.clone(),
+                }),
+            }),
+        };
+        let (kind, record) = match decided {
+            Ok(decided) => decided,
+            Err(refusal) => {
+                return refuse(
+                    txn,
+                    BatchFailure {
+                        op: 0,
+                        error: refusal,
+                    },
+                )
+                .await
+                .map_err(|f| f.error)
+            }
+        };
+        match &record {
+            Some(record) => txn.put(Keyspace::Files, key, record.encode()),
+            None => txn.delete(Keyspace::Files, key),
+        }
+        let after = record.map(|r| r.info);
+        let change = Change {
+            seq: 0,
+            kind,
+            subject: Subject::File {
+                bucket: write.bucket.clone(),
+                path: write.path.clone(),
+                before: prev.cloned(),
+                after: after.clone(),
+            },
+            time: now,
+            actor: write.actor.clone(),
+            depth: write.depth,
+        };
+        let sized = append_change(&mut *txn, change, false, self.shared.hook().as_ref())?;
+        txn.commit(publisher(self, vec![sized])).await?;
+        Ok(FileWritten { before, after })
+    }
+
+    /// Applies a system write atomically and durably, if every check holds
+    /// (`StoreError::CasFailed` otherwise).
+    pub async fn kv_write(&self, write: KvWrite) -> Result<(), StoreError> {
+        retry(|| async {
+            let mut txn = self.engine.begin().await?;
+            for (space, key, expected) in &write.checks {
+                let stored = txn.get(Keyspace::System, &space.key(key)).await?;
+                if stored.as_deref() != expected.as_deref() {
+                    return refuse(
+                        txn,
+                        BatchFailure {
+                            op: 0,
+                            error: StoreError::CasFailed,
+                        },
+                    )
+                    .await
+                    .map_err(|f| f.error);
+                }
+            }
+            for (space, key) in &write.deletes {
+                txn.delete(Keyspace::System, space.key(key));
+            }
+            for (space, key, value) in &write.puts {
+                txn.put(Keyspace::System, space.key(key), value.clone());
+            }
+            txn.commit(None).await?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,259 @@
+//! Collection configuration, and index builds that run in the background.
+//!
+//! Configuring a collection commits its configuration at once. An index it adds is recorded as
+//! a build in progress (a `build:` key in the `Meta` keyspace) in the same commit; from then on
+//! every write maintains the index, and a background task fills in the entries of the documents
+//! already stored, in chunks of one transaction each, moving its recorded cursor forward. A
+//! chunk that reads a document a concurrent write changes conflicts and runs again, so every
+//! document ends with exactly its entries. The planner uses the index only once the build has
+//! finished. A dropped index stops being planned and maintained at once; its entries are
+//! removed by the same kind of background task. Builds and drops left unfinished by a restart
+//! resume when the store opens.
+
+use super::{keys, CollectionState, Store, StoreError};
+use crate::engine::{retry, Direction, Engine, KeyRange, Keyspace};
+use crate::model::{CollectionConfig, IndexState};
+use std::sync::Arc;
+
+/// Documents (or entries) handled per transaction of a build (or drop).
+const CHUNK: usize = 256;
+
+const BUILD: u8 = b'B';
+const DROP: u8 = b'D';
+
+/// The index builds and drops left unfinished: `(collection, signature)` of each build.
+pub(super) async fn unfinished(engine: &dyn Engine) -> Result<Vec<(String, String)>, StoreError> {
+    let entries = engine
+        .scan(
+            Keyspace::Meta,
+            &KeyRange::prefix(b"build:"),
+            Direction::Forward,
+            usize::MAX,
+        )
+        .await?;
+    Ok(entries
+        .iter()
+        .filter_map(|(key, _)| {
+            let rest = key.get(b"build:".len()..)?;
+            let split = rest.iter().position(|b| *b == 0)?;
+            Some((
+                String::from_utf8_lossy(&rest[..split]).into_owned(),
+                String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+            ))
+        })
+        .collect())
+}
+
+/// Starts the task that finishes (or resumes) a build or drop of `signature`.
+pub(super) fn start_build(
+    store: Store,
+    collection: String,
+    signature: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = run(&store, &collection, &signature).await {
+            tracing::error!(collection, index = signature, error = %e, "index build stopped; it resumes when the server restarts");
+        }
+    })
+}
+
+async fn run(store: &Store, collection: &str, signature: &str) -> Result<(), StoreError> {
+    let marker = keys::build_key(collection, signature);
+    let prefix = keys::index_prefix(collection, signature);
+    while retry(|| chunk(store, collection, &marker, &prefix)).await? {
+        tokio::task::yield_now().await;
+    }
+    store.mark_ready(collection, signature);
+    tracing::info!(collection, index = signature, "index ready");
+    Ok(())
+}
+
+/// Builds (or drops) the next chunk and moves the recorded cursor past it; returns whether
+/// more remain.
+async fn chunk(
+    store: &Store,
+    collection: &str,
+    marker: &[u8],
+    prefix: &[u8],
+) -> Result<bool, StoreError> {
+    let mut txn = store.engine.begin().await?;
+    let Some(progress) = txn.get(Keyspace::Meta, marker).await? else {
+        return Ok(false);
+    };
+    let cursor = progress.get(1..).unwrap_or(&[]);
+    let (ks, base) = match progress.first() {
+        Some(&BUILD) => (Keyspace::Documents, keys::doc_prefix(collection)),
+        Some(&DROP) => (Keyspace::Indexes, prefix.to_vec()),
+        _ => return Err(StoreError::Corrupt("unknown index build record".into())),
+    };
+    let start = if cursor.is_empty() {
+        base.clone()
+    } else {
+        keys::successor(cursor)
+    };
+    let range = KeyRange::new(start, keys::prefix_end(&base));
+    let entries = txn.scan(ks, &range, Direction::Forward, CHUNK).await?;
+    if ks == Keyspace::Indexes {
+        for (key, _) in &entries {
+            txn.delete(Keyspace::Indexes, key.to_vec());
+        }
+    } else {
+        let state = store.collection(collection);
+        let index = state
+            .as_deref()
+            .and_then(|s| s.indexes.iter().find(|i| i.prefix == prefix));
+        if let Some(index) = index {
+            for (_, bytes) in &entries {
+                let doc = super::decode_doc(bytes)?;
+                txn.put(
+                    Keyspace::Indexes,
+                    keys::index_key(&index.prefix, &index.fields, &doc),
+                    doc.id.as_bytes().to_vec(),
+                );
+            }
+        }
+    }
+    let more = match entries.last() {
+        Some((last, _)) if entries.len() == CHUNK => {
+            let mut next = vec![progress.first().copied().unwrap_or(BUILD)];
+            next.extend_from_slice(last);
+            txn.put(Keyspace::Meta, marker.to_vec(), next);
+            true
+        }
+        _ => {
+            txn.delete(Keyspace::Meta, marker.to_vec());
+            false
+        }
+    };
+    txn.commit(None).await?;
+    Ok(more)
+}
+
+impl Store {
+    /// Stores a collection's configuration, durably. New indexes are built and dropped ones
+    /// removed in the background (see the module documentation).
+    pub async fn configure(
+        &self,
+        collection: &str,
+        config: CollectionConfig,
+    ) -> Result<(), StoreError> {
+        let state = CollectionState::new(collection, config, &[])?;
+        let json =
+            serde_json::to_vec(&state.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (added, dropped) = retry(|| self.try_configure(collection, &state, &json)).await?;
+        let mut next = CollectionState::new(collection, state.config.clone(), &added)?;
+        // Indexes that were ready stay ready.
+        if let Some(old) = self.collection(collection) {
+            for index in &mut next.indexes {
+                if old
+                    .indexes
+                    .iter()
+                    .any(|o| o.prefix == index.prefix && o.ready)
+                {
+                    index.ready = true;
+                }
+            }
+        }
+        self.shared
+            .set_config(collection, Some((json.into(), Arc::new(next))));
+        let tasks = added
+            .into_iter()
+            .chain(dropped)
+            .map(|signature| start_build(self.clone(), collection.to_string(), signature))
+            .collect();
+        self.add_tasks(tasks);
+        Ok(())
+    }
+
+    /// Commits a configuration with the build and drop records of the indexes it adds and
+    /// removes; returns their signatures.
+    async fn try_configure(
+        &self,
+        collection: &str,
+        state: &CollectionState,
+        json: &[u8],
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let mut txn = self.engine.begin().await?;
+        let old = match txn
+            .get(Keyspace::Meta, &keys::config_key(collection))
+            .await?
+        {
+            Some(bytes) => {
+                let config = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Some(CollectionState::new(collection, config, &[])?)
+            }
+            None => None,
+        };
+        let old_indexes = old.as_ref().map(|s| s.indexes.as_slice()).unwrap_or(&[]);
+        let signature = |fields| keys::index_signature(fields);
+        let mut added = Vec::new();
+        for index in &state.indexes {
+            if old_indexes.iter().any(|o| o.prefix == index.prefix) {
+                continue;
+            }
+            let sig = signature(&index.fields);
+            let marker = keys::build_key(collection, &sig);
+            if txn.get(Keyspace::Meta, &marker).await?.is_some() {
+                return Err(StoreError::Invalid {
+                    message: format!(
+                        "index ({sig}) is still being dropped; declare it again in a moment"
+                    ),
+                    field: "indexes".into(),
+                });
+            }
+            txn.put(Keyspace::Meta, marker, vec![BUILD]);
+            added.push(sig);
+        }
+        let mut dropped = Vec::new();
+        for index in old_indexes {
+            if state.indexes.iter().any(|n| n.prefix == index.prefix) {
+                continue;
+            }
+            let sig = signature(&index.fields);
+            txn.put(
+                Keyspace::Meta,
+                keys::build_key(collection, &sig),
+                vec![DROP],
+            );
+            dropped.push(sig);
+        }
+        txn.put(Keyspace::Meta, keys::config_key(collection), json.to_vec());
+        txn.commit(None).await?;
+        Ok((added, dropped))
+    }
+
+    /// Lets the planner use a finished index (if the collection still declares it).
+    fn mark_ready(&self, collection: &str, signature: &str) {
+        let Some((raw, state)) = self.shared.configs_snapshot().get(collection).cloned() else {
+            return;
+        };
+        let prefix = keys::index_prefix(collection, signature);
+        let mut next = CollectionState::clone(&state);
+        for index in &mut next.indexes {
+            if index.prefix == prefix {
+                index.ready = true;
+            }
+        }
+        self.shared
+            .set_config(collection, Some((raw, Arc::new(next))));
+    }
+
+    /// The state of each index of a collection, in declaration order.
+    pub fn index_states(&self, collection: &str) -> Vec<IndexState> {
+        self.collection(collection)
+            .map(|state| {
+                state
+                    .config
+                    .indexes
+                    .iter()
+                    .zip(&state.indexes)
+                    .map(|(fields, index)| IndexState {
+                        fields: fields.clone(),
+                        state: if index.ready { "ready" } else { "building" }.into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,166 @@
+//! The store's pruning task: once a second, drops change records past the retention window
+//! (count and age) and tombstones past their horizon, a bounded number per transaction so that
+//! pruning never holds up writes for long.
+
+use super::commit::decode_tombstone;
+use super::{keys, records, Store, StoreError};
+use crate::engine::{retry, Direction, KeyRange, Keyspace, Transaction};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Records examined per transaction.
+const PER_ROUND: usize = 1000;
+
+pub(super) fn start(store: Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tombstones_after: Option<Vec<u8>> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = retry(|| prune_changes(&store)).await {
+                tracing::warn!(error = %e, "pruning the change feed failed");
+            }
+            match retry(|| prune_tombstones(&store, tombstones_after.as_deref())).await {
+                Ok(next) => tombstones_after = next,
+                Err(e) => tracing::warn!(error = %e, "pruning tombstones failed"),
+            }
+        }
+    })
+}
+
+async fn prune_changes(store: &Store) -> Result<(), StoreError> {
+    let opts = &store.shared.options;
+    let last = store.last_seq();
+    let keep_from_seq = (last + 1).saturating_sub(opts.retention_count as u64);
+    let cutoff = crate::model::format_time(time::OffsetDateTime::now_utc() - opts.retention_age);
+    let mut txn = store.engine.begin().await?;
+    // The newest record is always kept: it is where the sequence resumes after a restart, so
+    // sequences never repeat (realtime clients resume by them). Reading only up to it also
+    // keeps this transaction clear of the changes being appended meanwhile.
+    let range = KeyRange::new(Vec::new(), keys::change_key(last).to_vec());
+    let entries = txn
+        .scan(Keyspace::Changes, &range, Direction::Forward, PER_ROUND)
+        .await?;
+    // Records this round rewrote (with a whole `before`), which its reads do not show.
+    let mut rewritten: HashMap<u64, records::StoredChange> = HashMap::new();
+    let mut removed = 0;
+    for (key, bytes) in entries {
+        let seq = keys::seq_of(&key);
+        let stored = match rewritten.remove(&seq) {
+            Some(stored) => Ok(stored),
+            None => records::decode(seq, &bytes),
+        };
+        match stored {
+            Ok(stored) => {
+                if seq >= keep_from_seq && stored.time >= cutoff {
+                    break;
+                }
+                unchain(&mut *txn, &stored, &mut rewritten).await?;
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "pruning a change record that does not decode")
+            }
+        }
+        txn.delete(Keyspace::Changes, key.to_vec());
+        removed += 1;
+    }
+    if removed > 0 {
+        txn.commit(None).await?;
+        tracing::debug!(removed, "pruned change feed");
+    }
+    Ok(())
+}
+
+/// Before a document's oldest retained change is pruned, stores the `before` of the document's
+/// next change whole if it referred to the pruned one, and drops the pruned change's history
+/// entry.
+async fn unchain(
+    txn: &mut dyn Transaction,
+    oldest: &records::StoredChange,
+    rewritten: &mut HashMap<u64, records::StoredChange>,
+) -> Result<(), StoreError> {
+    let Some((collection, id)) = oldest.document() else {
+        return Ok(());
+    };
+    txn.delete(
+        Keyspace::History,
+        keys::history_key(collection, id, oldest.seq),
+    );
+    let prefix = keys::history_prefix(collection, id);
+    let after = keys::successor(&keys::history_key(collection, id, oldest.seq));
+    let range = KeyRange::new(after, keys::prefix_end(&prefix));
+    let Some((entry, _)) = txn
+        .scan(Keyspace::History, &range, Direction::Forward, 1)
+        .await?
+        .pop()
+    else {
+        return Ok(());
+    };
+    let next_seq = keys::seq_of(&entry);
+    // A record this round rewrote already has its `before` whole.
+    if rewritten.contains_key(&next_seq) {
+        return Ok(());
+    }
+    let next = match txn
+        .get(Keyspace::Changes, &keys::change_key(next_seq))
+        .await?
+    {
+        Some(bytes) => records::decode(next_seq, &bytes)?,
+        None => return Ok(()),
+    };
+    if !next.before_is_prev() {
+        return Ok(());
+    }
+    match oldest.after_of_first() {
+        Ok(document) => {
+            let next = next.with_whole_before(document);
+            txn.put(
+                Keyspace::Changes,
+                keys::change_key(next_seq).to_vec(),
+                records::to_bytes(&next)?,
+            );
+            rewritten.insert(next_seq, next);
+        }
+        Err(e) => {
+            tracing::error!(seq = oldest.seq, error = %e, "cannot carry a document's state past a pruned change; its next change will not read back");
+        }
+    }
+    Ok(())
+}
+
+/// Removes the expired tombstones among the next `PER_ROUND` after `after`; returns where the
+/// next round starts (`None`: from the first again).
+async fn prune_tombstones(
+    store: &Store,
+    after: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let horizon = store.shared.options.tombstone_age.as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut txn = store.engine.begin().await?;
+    let mut range = KeyRange::prefix(b"tomb:");
+    if let Some(after) = after {
+        range.start = keys::successor(after);
+    }
+    let entries = txn
+        .scan(Keyspace::System, &range, Direction::Forward, PER_ROUND)
+        .await?;
+    let next = match entries.last() {
+        Some((last, _)) if entries.len() == PER_ROUND => Some(last.to_vec()),
+        _ => None,
+    };
+    let mut removed = 0;
+    for (key, value) in entries {
+        let (_, deleted_at) = decode_tombstone(&value);
+        if deleted_at.saturating_add(horizon) <= now {
+            txn.delete(Keyspace::System, key.to_vec());
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        txn.commit(None).await?;
+    }
+    Ok(next)
+}
