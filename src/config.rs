@@ -201,6 +201,9 @@ pub struct LimitsConfig {
     pub max_filter_length: usize,
     /// The most ops in one `POST /v1/batch`.
     pub max_batch_ops: usize,
+    /// The most documents a query may examine without an index serving its filter or sort;
+    /// past that it answers `400`, naming the index to declare.
+    pub max_scan_documents: u64,
 }
 
 impl Default for LimitsConfig {
@@ -210,6 +213,7 @@ impl Default for LimitsConfig {
             max_json_depth: 64,
             max_filter_length: 4096,
             max_batch_ops: 500,
+            max_scan_documents: 100_000,
         }
     }
 }
@@ -428,7 +432,7 @@ impl Config {
         // back; the message names the key.
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
-        let ranges: [(&str, u64, u64, u64); 37] = [
+        let ranges: [(&str, u64, u64, u64); 38] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -461,6 +465,12 @@ impl Config {
                 self.limits.max_batch_ops as u64,
                 1,
                 10_000,
+            ),
+            (
+                "limits.max_scan_documents",
+                self.limits.max_scan_documents,
+                1,
+                1 << 40,
             ),
             ("store.cache_mb", st.cache_mb, 1, 1 << 20),
             ("store.tombstone_days", st.tombstone_days, 1, 36_500),

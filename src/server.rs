@@ -189,6 +189,7 @@ impl ServerBuilder {
 
         tracing::info!(address = %addr, "listening on http://{addr}");
         tracing::info!(path = %data_dir.display(), "data directory");
+        tracing::info!(backend = store.backend(), "storage engine");
         match &key_source {
             Some(path) => tracing::info!(path = %path.display(), "service key file (owner-only)"),
             None => tracing::info!("service key from the configuration"),
@@ -368,6 +369,7 @@ fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
         retention_age: Duration::from_secs(config.store.change_retention_hours * 3600),
         change_buffer_bytes: config.store.change_buffer_bytes,
         tombstone_age: Duration::from_secs(config.store.tombstone_days * 86_400),
+        max_scan_documents: config.limits.max_scan_documents,
     }
 }
 

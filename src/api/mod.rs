@@ -98,7 +98,8 @@ impl utoipa::Modify for SecurityAddon {
 /// The error answers any operation can give, added where a route does not document them
 /// itself, so the document lists every status the server sends: `400` for a malformed path,
 /// query, header or body (every route checks them); `401` for a malformed, expired or revoked
-/// token wherever a token is read; `413` and `415` wherever a body is read.
+/// token wherever a token is read, and `503` there for storage that is failing; `413` and
+/// `415` wherever a body is read.
 struct CommonErrors;
 
 impl utoipa::Modify for CommonErrors {
@@ -139,6 +140,10 @@ impl utoipa::Modify for CommonErrors {
                 );
                 if op.security.is_some() {
                     add("401", "A malformed, expired, revoked or forged token");
+                    add(
+                        "503",
+                        "Storage is unavailable (a full disk or an I/O error): nothing was written; retry later",
+                    );
                 }
                 if op.request_body.is_some() {
                     add("413", "The body is over its size limit");

@@ -589,13 +589,32 @@ impl Documents {
             return Err(Self::denied(collection));
         }
         let visible = |doc: &Document| !per_doc || Self::may_read(&rules, who, &auth, Some(doc));
+        // A read rule that requires `doc.owner == auth.id` lets through only the caller's own
+        // documents, so the query may say so: the planner then reads them from the owner index
+        // instead of scanning the collection.
+        let owned = match who {
+            Principal::User { id, .. } if per_doc && rules.read.requires_owner() => {
+                let mine = Expr::Compare(
+                    Box::new(Expr::Path(query::ast::Path {
+                        segments: vec!["owner".into()],
+                    })),
+                    query::ast::CmpOp::Eq,
+                    Box::new(Expr::Literal(Value::String(id.clone()))),
+                );
+                Some(match &list.filter {
+                    Some(filter) => Expr::And(vec![filter.clone(), mine]),
+                    None => mine,
+                })
+            }
+            _ => None,
+        };
         let result = self
             .inner
             .store
             .query(
                 collection,
                 &QuerySpec {
-                    filter: list.filter.as_ref(),
+                    filter: owned.as_ref().or(list.filter.as_ref()),
                     sort: &list.sort,
                     limit: list.limit,
                     after: list.after.as_deref(),
@@ -871,6 +890,7 @@ mod tests {
             retention_age: std::time::Duration::from_secs(3600),
             change_buffer_bytes: 1 << 20,
             tombstone_age: std::time::Duration::from_secs(3600),
+            max_scan_documents: 1000,
         };
         let store = Store::open(options, Arc::new(crate::metrics::Metrics::new().unwrap()))
             .await

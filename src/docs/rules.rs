@@ -49,6 +49,28 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// Whether the rule requires `doc.owner == auth.id` (a top-level conjunct, either way
+    /// round): then only the caller's own documents can pass it.
+    pub fn requires_owner(&self) -> bool {
+        let Rule::Expr { expr, .. } = self else {
+            return false;
+        };
+        let is = |e: &Expr, root: &str, field: &str| matches!(e, Expr::Path(Path { segments }) if segments.len() == 2 && segments[0] == root && segments[1] == field);
+        let owner_eq = |e: &Expr| match e {
+            Expr::Compare(a, query::ast::CmpOp::Eq, b) => {
+                (is(a, "doc", "owner") && is(b, "auth", "id"))
+                    || (is(a, "auth", "id") && is(b, "doc", "owner"))
+            }
+            _ => false,
+        };
+        match expr {
+            Expr::And(all) => all.iter().any(owner_eq),
+            e => owner_eq(e),
+        }
+    }
+}
+
 /// The four rules of a collection, compiled.
 #[derive(Debug, Clone)]
 pub struct CompiledRules {

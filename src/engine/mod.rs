@@ -57,30 +57,6 @@ pub enum Keyspace {
     Files,
 }
 
-impl Keyspace {
-    pub const ALL: [Keyspace; 7] = [
-        Keyspace::Documents,
-        Keyspace::Indexes,
-        Keyspace::Changes,
-        Keyspace::History,
-        Keyspace::Meta,
-        Keyspace::System,
-        Keyspace::Files,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Keyspace::Documents => "documents",
-            Keyspace::Indexes => "indexes",
-            Keyspace::Changes => "changes",
-            Keyspace::History => "history",
-            Keyspace::Meta => "meta",
-            Keyspace::System => "system",
-            Keyspace::Files => "files",
-        }
-    }
-}
-
 /// Keys from `start` (inclusive) to `end` (exclusive; `None`: the end of the keyspace).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRange {
@@ -118,10 +94,6 @@ impl KeyRange {
             start: prefix.to_vec(),
             end: prefix_end(prefix),
         }
-    }
-
-    pub fn contains(&self, key: &[u8]) -> bool {
-        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -256,11 +256,6 @@ impl SledEngine {
     pub fn hold_flushes(&self, hold: bool) {
         self.inner.holding.store(hold, Ordering::SeqCst);
     }
-
-    /// Whether commits are refused while the store recovers from a failed flush.
-    pub fn is_recovering(&self) -> bool {
-        lock(&self.inner.commit).failed.is_some()
-    }
 }
 
 impl Inner {
@@ -677,10 +672,11 @@ impl Transaction for SledTransaction {
                     let key = full_key(Keyspace::Changes, &seq.to_be_bytes());
                     sled_batch.insert(key.as_slice(), change.payload.as_slice());
                     images.push((key, None));
+                    // Keys that end with a new sequence are new: their pre-image is absence.
                     for stamped in &change.stamped {
                         let key = full_key(stamped.keyspace, &stamped.key(seq));
-                        images.push((key.clone(), db.get(&key).map_err(io)?.map(bytes)));
-                        sled_batch.insert(key, stamped.value.as_slice());
+                        sled_batch.insert(key.as_slice(), stamped.value.as_slice());
+                        images.push((key, None));
                     }
                 }
                 for snapshot in inner.live_snapshots() {

@@ -205,6 +205,37 @@ fn uniform_direction(keys: &[&SortKey], fields: &[Path]) -> Option<bool> {
     (fields_match && last_is_id && one_direction).then_some(descending)
 }
 
+/// The fields of an index that would serve a query: the fields its filter fixes with `==`,
+/// then its sort keys (or, without a sort, the field it bounds with a range). Empty when the
+/// query constrains nothing an index could use.
+pub fn suggest_index(filter: Option<&Expr>, sort: &[SortKey]) -> Vec<Path> {
+    let constraints = Constraints::collect(filter);
+    let mut fields: Vec<Path> = constraints.equal.keys().cloned().collect();
+    fields.sort_by_key(|p| p.to_string());
+    let sorted: Vec<Path> = sort
+        .iter()
+        .map(|k| k.path.clone())
+        .take_while(|p| !is_id(p))
+        .collect();
+    if sorted.is_empty() {
+        let mut ranged: Vec<&Path> = constraints
+            .ranges
+            .keys()
+            .filter(|p| !constraints.equal.contains_key(*p))
+            .collect();
+        ranged.sort_by_key(|p| p.to_string());
+        fields.extend(ranged.first().map(|p| (*p).clone()));
+    } else {
+        fields.extend(
+            sorted
+                .into_iter()
+                .filter(|p| !constraints.equal.contains_key(p)),
+        );
+    }
+    fields.retain(|p| !is_id(p));
+    fields
+}
+
 /// Chooses the access path for a query. `indexes` lists the fields of each declared index.
 pub fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>]) -> Plan {
     let constraints = Constraints::collect(filter);

@@ -16,7 +16,7 @@
 use super::error::{BatchFailure, StoreError};
 use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::kv::KvWrite;
-use super::{keys, records, CollectionState, Configured, HookRecord, Store};
+use super::{keys, records, CollectionState, Configured, HookRecord, IndexDef, Store};
 use crate::engine::{
     retry, ChangeAppend, Direction, EngineError, KeyRange, Keyspace, OnDurable, Stamped,
     Transaction,
@@ -287,11 +287,17 @@ impl Store {
             Err(failure) if failure.error.is_engine() => return Err(failure),
             Err(refusal) => return refuse(txn, refusal).await,
         };
+        let mut maintained: HashMap<&str, Vec<IndexDef>> = HashMap::new();
+        for (collection, state) in &planned.states {
+            maintained.insert(
+                collection,
+                super::maintained_indexes(collection, state.as_deref()),
+            );
+        }
         for (key, now_state) in &planned.current {
-            let indexes = match planned.states.get(&key.0) {
-                Some(Some(state)) => state.indexes.as_slice(),
-                _ => &[],
-            };
+            let indexes = maintained
+                .get(key.0.as_str())
+                .map_or(&[][..], Vec::as_slice);
             let original = planned.original.get(key).cloned().flatten();
             if let Some(old) = &original {
                 for index in indexes {

@@ -25,6 +25,9 @@ pub enum StoreError {
     CasFailed,
     #[error("{message}")]
     Invalid { message: String, field: String },
+    /// A query examined more documents than allowed without an index.
+    #[error("{0}")]
+    ScanBudget(String),
     #[error("the store is shutting down")]
     Closed,
     #[error("{0}")]
@@ -48,6 +51,7 @@ impl From<StoreError> for Error {
             StoreError::Denied(_) => Error::new(ErrorCode::Forbidden, message),
             StoreError::CasFailed => Error::new(ErrorCode::Conflict, message),
             StoreError::Invalid { field, .. } => Error::validation(message, &field),
+            StoreError::ScanBudget(_) => Error::bad_request(message),
             StoreError::Closed | StoreError::Engine(EngineError::Closed) => {
                 Error::new(ErrorCode::Unavailable, message)
             }

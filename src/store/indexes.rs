@@ -10,7 +10,7 @@
 //! removed by the same kind of background task. Builds and drops left unfinished by a restart
 //! resume when the store opens.
 
-use super::{keys, CollectionState, Store, StoreError};
+use super::{keys, CollectionState, Store, StoreError, OWNER_INDEX};
 use crate::engine::{retry, Direction, Engine, KeyRange, Keyspace};
 use crate::model::{CollectionConfig, IndexState};
 use std::sync::Arc;
@@ -99,10 +99,8 @@ async fn chunk(
         }
     } else {
         let state = store.collection(collection);
-        let index = state
-            .as_deref()
-            .and_then(|s| s.indexes.iter().find(|i| i.prefix == prefix));
-        if let Some(index) = index {
+        let maintained = super::maintained_indexes(collection, state.as_deref());
+        if let Some(index) = maintained.iter().find(|i| i.prefix == prefix) {
             for (_, bytes) in &entries {
                 let doc = super::decode_doc(bytes)?;
                 txn.put(
@@ -127,6 +125,54 @@ async fn chunk(
     };
     txn.commit(None).await?;
     Ok(more)
+}
+
+/// The `Meta` key recorded once every document has its owner index entry.
+const OWNERS_INDEXED: &[u8] = b"builtin:owner";
+
+/// Whether every document has its owner index entry.
+pub(super) async fn owners_indexed(engine: &dyn Engine) -> Result<bool, StoreError> {
+    Ok(engine.get(Keyspace::Meta, OWNERS_INDEXED).await?.is_some())
+}
+
+/// Writes the owner index entries of the documents stored before the owner index existed
+/// (data directories of earlier versions), one collection at a time, then lets the planner use
+/// the index. Writes maintain it meanwhile, as for any index being built.
+pub(super) fn backfill_owners(store: Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = fill_owner_index(&store).await {
+            tracing::error!(error = %e, "indexing document owners stopped; it resumes when the server restarts");
+        }
+    })
+}
+
+async fn fill_owner_index(store: &Store) -> Result<(), StoreError> {
+    for collection in store.document_collections().await? {
+        let marker = keys::build_key(&collection, OWNER_INDEX);
+        if store.engine.get(Keyspace::Meta, &marker).await?.is_none() {
+            retry(|| async {
+                let mut txn = store.engine.begin().await?;
+                txn.put(Keyspace::Meta, marker.clone(), vec![BUILD]);
+                txn.commit(None).await?;
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        }
+        run(store, &collection, OWNER_INDEX).await?;
+    }
+    retry(|| async {
+        let mut txn = store.engine.begin().await?;
+        txn.put(Keyspace::Meta, OWNERS_INDEXED.to_vec(), b"1".to_vec());
+        txn.commit(None).await?;
+        Ok::<_, StoreError>(())
+    })
+    .await?;
+    store
+        .shared
+        .owner_ready
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!("document owners indexed");
+    Ok(())
 }
 
 impl Store {

@@ -38,6 +38,7 @@ use crate::model::{Change, CollectionConfig, Document};
 use crate::query::{self, ast::Path};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub struct StoreOptions {
     /// How long a deleted document's version is remembered, so that re-creating its id
     /// continues the version sequence.
     pub tombstone_age: Duration,
+    /// The most documents a query may examine without an index (see `scan`).
+    pub max_scan_documents: u64,
 }
 
 /// One declared index.
@@ -98,19 +101,28 @@ impl CollectionState {
         }
         Ok(CollectionState { config, indexes })
     }
+}
 
-    /// The indexes the planner may use: those with every document's entry. Plans refer to
-    /// indexes by their position in this list.
-    pub fn ready_indexes(&self) -> Vec<&IndexDef> {
-        self.indexes.iter().filter(|i| i.ready).collect()
+/// The signature of the built-in index on `owner` that every collection has.
+pub(crate) const OWNER_INDEX: &str = "@owner";
+
+/// The built-in owner index of a collection.
+fn owner_index(collection: &str) -> IndexDef {
+    IndexDef {
+        fields: vec![Path {
+            segments: vec!["owner".into()],
+        }],
+        prefix: keys::index_prefix(collection, OWNER_INDEX),
+        ready: true,
     }
 }
 
-/// The fields of each ready index of a collection, as the planner takes them.
-fn plannable(state: Option<&CollectionState>) -> Vec<Vec<Path>> {
-    state
-        .map(|s| s.ready_indexes().iter().map(|i| i.fields.clone()).collect())
-        .unwrap_or_default()
+/// Every index a write to `collection` maintains: the declared ones (built or not) and the
+/// built-in owner index.
+fn maintained_indexes(collection: &str, state: Option<&CollectionState>) -> Vec<IndexDef> {
+    let mut indexes: Vec<IndexDef> = state.map(|s| s.indexes.clone()).unwrap_or_default();
+    indexes.push(owner_index(collection));
+    indexes
 }
 
 /// A record the commit hook wants committed with a change.
@@ -141,6 +153,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     ids: Mutex<ulid::Generator>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether every document has its owner index entry (see `indexes::backfill_owners`).
+    owner_ready: AtomicBool,
 }
 
 impl Shared {
@@ -267,12 +281,20 @@ impl Store {
                 metrics,
                 ids: Mutex::new(ulid::Generator::new()),
                 tasks: Mutex::new(Vec::new()),
+                owner_ready: AtomicBool::new(false),
             }),
         };
         let building = store.load_configs().await?;
         let mut tasks = vec![prune::start(store.clone())];
         for (collection, signature) in building {
-            tasks.push(indexes::start_build(store.clone(), collection, signature));
+            if signature != OWNER_INDEX {
+                tasks.push(indexes::start_build(store.clone(), collection, signature));
+            }
+        }
+        if indexes::owners_indexed(&*store.engine).await? {
+            store.shared.owner_ready.store(true, Ordering::SeqCst);
+        } else {
+            tasks.push(indexes::backfill_owners(store.clone()));
         }
         store.add_tasks(tasks);
         Ok(store)
@@ -284,9 +306,9 @@ impl Store {
         tasks.extend(new);
     }
 
-    /// The engine under the store.
-    pub fn engine(&self) -> &Arc<dyn Engine> {
-        &self.engine
+    /// The name of the storage engine's backend.
+    pub fn backend(&self) -> &'static str {
+        self.engine.backend()
     }
 
     /// A file's record.
@@ -503,6 +525,23 @@ impl Store {
         out
     }
 
+    /// The indexes the planner may use for a collection: the declared ones that are built,
+    /// then the owner index once every document has its entry. Plans refer to indexes by their
+    /// position in this list.
+    pub(crate) fn plannable(
+        &self,
+        collection: &str,
+        state: Option<&CollectionState>,
+    ) -> Vec<IndexDef> {
+        let mut indexes: Vec<IndexDef> = state
+            .map(|s| s.indexes.iter().filter(|i| i.ready).cloned().collect())
+            .unwrap_or_default();
+        if self.shared.owner_ready.load(Ordering::SeqCst) {
+            indexes.push(owner_index(collection));
+        }
+        indexes
+    }
+
     /// The plan a query would run with (see `query::plan`); `query` plans the same way.
     pub fn plan(
         &self,
@@ -511,7 +550,12 @@ impl Store {
         sort: &[crate::query::SortKey],
     ) -> crate::query::plan::Plan {
         let state = self.collection(collection);
-        crate::query::plan::plan(filter, sort, &plannable(state.as_deref()))
+        let fields: Vec<Vec<Path>> = self
+            .plannable(collection, state.as_deref())
+            .into_iter()
+            .map(|i| i.fields)
+            .collect();
+        crate::query::plan::plan(filter, sort, &fields)
     }
 
     /// Runs a query (see [`scan`]).

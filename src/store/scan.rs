@@ -119,13 +119,34 @@ impl Ord for Candidate<'_> {
     }
 }
 
+/// The error of a query that examined more than `budget` documents without an index, naming
+/// the index that would serve it.
+fn over_budget(collection: &str, budget: u64, spec: &QuerySpec<'_>) -> StoreError {
+    let fields = plan::suggest_index(spec.filter, spec.sort);
+    let advice = if fields.is_empty() {
+        "narrow the filter with `==` or a range on a field, and declare an index on it".to_string()
+    } else {
+        let list: Vec<String> = fields
+            .iter()
+            .map(|f| format!("{:?}", f.to_string()))
+            .collect();
+        format!(
+            "declare an index on [{}] (PUT /v1/admin/collections/{collection} with \"indexes\")",
+            list.join(", ")
+        )
+    };
+    StoreError::ScanBudget(format!(
+        "this query would examine more than {budget} documents of {collection} without an index; {advice}"
+    ))
+}
+
 pub async fn run(
     store: &Store,
     collection: &str,
     state: Option<&CollectionState>,
     spec: &QuerySpec<'_>,
 ) -> Result<QueryResult, StoreError> {
-    let ready = state.map(|s| s.ready_indexes()).unwrap_or_default();
+    let ready = store.plannable(collection, state);
     let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
     let plan = plan::plan(spec.filter, spec.sort, &fields);
     let effective = effective_sort(spec.sort);
@@ -210,6 +231,8 @@ pub async fn run(
     } else {
         Direction::Forward
     };
+    let narrowed = !matches!(plan.access, Access::Primary { range: None });
+    let budget = store.shared.options.max_scan_documents;
     let mut cursor = KeyRange::new(lo, hi);
     let mut examined = 0u64;
     let mut found: Vec<(Document, RawDocument)> = Vec::new();
@@ -236,6 +259,9 @@ pub async fn run(
                 value
             };
             examined += 1;
+            if examined > budget && !narrowed {
+                return Err(over_budget(collection, budget, spec));
+            }
             let doc = decode_doc(&bytes)?;
             if !accept(&doc) {
                 continue;

@@ -115,7 +115,28 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
         build: impl FnOnce(emberbase::ServerBuilder, &Path) -> emberbase::ServerBuilder,
     ) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_on(tempfile::tempdir().unwrap(), configure, build)
+    }
+
+    /// Starts a server on a data directory an earlier one left (see [`TestServer::stop`]).
+    pub fn start_in(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_on(dir, configure, |builder, _| builder)
+    }
+
+    /// Shuts the server down gracefully and hands over its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        if let (Some(rt), Some(server)) = (self.runtime.take(), self.server.take()) {
+            rt.block_on(server.shutdown());
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    fn start_on(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Config),
+        build: impl FnOnce(emberbase::ServerBuilder, &Path) -> emberbase::ServerBuilder,
+    ) -> TestServer {
         let mut config = Config::default();
         config.server.workers = 2;
         config.server.shutdown_timeout_secs = 5;
@@ -271,6 +292,20 @@ pub fn signup(srv: &TestServer, email: &str) -> Value {
     send(req, Some(body.to_string().as_bytes()))
         .expect(201)
         .json
+}
+
+/// Logs in a user that [`signup`] created; returns its access token.
+pub fn login_token(srv: &TestServer, email: &str) -> String {
+    let body = serde_json::json!({"email": email, "password": "correct horse battery"});
+    let req = srv
+        .anon("POST", "/v1/auth/login")
+        .set("Content-Type", "application/json");
+    send(req, Some(body.to_string().as_bytes()))
+        .expect(200)
+        .json["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Signs up a user with a fixed good password; returns its access token.

@@ -1,7 +1,7 @@
 //! The storage engine under the whole server: versions across a delete, background index
 //! builds, bounded sorts, and storage failures that leave no trace.
 
-use crate::common::{agent, metric, send, TestServer};
+use crate::common::{agent, metric, send, signup_token, with_token, TestServer};
 use emberbase::engine::faulty::FaultyEngine;
 use emberbase::engine::sled::{SledEngine, SledOptions};
 use emberbase::Principal;
@@ -94,7 +94,7 @@ fn ids_matching(srv: &TestServer, collection: &str, filter: &str) -> BTreeSet<St
 #[test]
 fn a_sort_without_an_index_holds_one_match_and_an_index_builds_while_writes_go_on() {
     const N: u64 = 100_000;
-    let srv = TestServer::start();
+    let srv = TestServer::start_with(|c| c.limits.max_scan_documents = 10 * N);
     seed(&srv, "big", N);
 
     // An unindexed sort with limit=1 examines every document but holds at most two.
@@ -391,4 +391,155 @@ fn a_full_disk_fails_writes_without_trace_and_they_succeed_once_space_returns() 
         .expect(404);
     srv.get("/v1/collections/d/docs/later").expect(200);
     let _: Value = srv.get("/v1/collections/d/docs?limit=5").expect(200).json;
+}
+
+/// The ids in a list response.
+fn ids(page: &Value) -> BTreeSet<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn owner_rules_read_from_the_owner_index_and_unindexed_scans_are_bounded() {
+    let srv = TestServer::start_with(|c| c.limits.max_scan_documents = 500);
+    // 2,000 documents nobody owns, and three of a user's (the default rules are private).
+    seed(&srv, "notes", 2000);
+    let token = signup_token(&srv, "owner@example.com");
+    let mut mine = BTreeSet::new();
+    for i in 0..3 {
+        let doc = with_token(
+            &srv,
+            "POST",
+            "/v1/collections/notes/docs",
+            &token,
+            Some(&json!({"i": i})),
+        )
+        .expect(201)
+        .json;
+        mine.insert(doc["id"].as_str().unwrap().to_string());
+    }
+    // The user's list reads their documents through the owner index: no scan of the 2,003.
+    let page = with_token(
+        &srv,
+        "GET",
+        "/v1/collections/notes/docs?sort=-data.i",
+        &token,
+        None,
+    )
+    .expect(200)
+    .json;
+    assert_eq!(ids(&page), mine);
+    let filtered = with_token(
+        &srv,
+        "GET",
+        &format!(
+            "/v1/collections/notes/docs?filter={}",
+            crate::common::enc("data.i >= 1")
+        ),
+        &token,
+        None,
+    )
+    .expect(200)
+    .json;
+    assert_eq!(ids(&filtered).len(), 2);
+
+    // An unindexed filter over more documents than the budget is refused, naming the index.
+    let path = format!(
+        "/v1/collections/notes/docs?filter={}&sort=data.m",
+        crate::common::enc("data.g == 3")
+    );
+    let refused = srv.get(&path).expect_error(400, "bad_request");
+    let message = refused.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains(r#"["data.g", "data.m"]"#), "{message}");
+    // A list in id order stops after its page, whatever the collection's size.
+    srv.get("/v1/collections/notes/docs?limit=10").expect(200);
+    // Once the index is declared and built, the same query is served from it.
+    srv.put(
+        "/v1/admin/collections/notes",
+        &json!({"indexes": [["data.g", "data.m"]]}),
+    )
+    .expect(200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while srv.get("/v1/admin/collections/notes").expect(200).json["index_states"][0]["state"]
+        != "ready"
+    {
+        assert!(Instant::now() < deadline, "the index never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let served = srv.get(&format!("{path}&limit=1000")).expect(200).json;
+    assert_eq!(ids(&served).len(), 200);
+}
+
+#[test]
+fn documents_stored_before_the_owner_index_are_indexed_on_start() {
+    let srv = TestServer::start_with(|c| c.limits.max_scan_documents = 500);
+    seed(&srv, "old", 1000);
+    let token = signup_token(&srv, "old@example.com");
+    for i in 0..2 {
+        with_token(
+            &srv,
+            "POST",
+            "/v1/collections/old/docs",
+            &token,
+            Some(&json!({"i": i})),
+        )
+        .expect(201);
+    }
+    // Make the data directory look like one written before the owner index existed.
+    let dir = srv.stop();
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            use emberbase::engine::{Direction, Engine, KeyRange, Keyspace};
+            let engine = SledEngine::open(
+                SledOptions {
+                    path: dir.path().join("db"),
+                    cache_bytes: 16 << 20,
+                },
+                None,
+            )
+            .unwrap();
+            let entries = engine
+                .scan(
+                    Keyspace::Indexes,
+                    &KeyRange::prefix(b"old\0@owner\0"),
+                    Direction::Forward,
+                    usize::MAX,
+                )
+                .await
+                .unwrap();
+            assert_eq!(entries.len(), 1002, "every document had its owner entry");
+            let mut txn = engine.begin().await.unwrap();
+            for (key, _) in entries {
+                txn.delete(Keyspace::Indexes, key.to_vec());
+            }
+            txn.delete(Keyspace::Meta, b"builtin:owner".to_vec());
+            txn.commit(None).await.unwrap();
+            engine.close().await.unwrap();
+        });
+    }
+    let srv = TestServer::start_in(dir, |c| c.limits.max_scan_documents = 500);
+    let token = crate::common::login_token(&srv, "old@example.com");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = with_token(&srv, "GET", "/v1/collections/old/docs", &token, None);
+        if resp.status == 200 {
+            assert_eq!(resp.json["items"].as_array().unwrap().len(), 2);
+            break;
+        }
+        // Until the owner index is back, the list scans, and 1,002 documents pass the budget.
+        resp.expect_error(400, "bad_request");
+        assert!(
+            Instant::now() < deadline,
+            "the owner index was never rebuilt"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
