@@ -69,7 +69,7 @@ impl Metrics {
         let commit_group_size = HistogramVec::new(
             HistogramOpts::new(
                 "store_commit_group_size",
-                "Write jobs made durable by one flush (group commit)",
+                "Transactions made durable by one flush (group commit)",
             )
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             &[],

@@ -1,12 +1,15 @@
 //! The embedded backend: one sled tree, each keyspace under its own one-byte prefix (the
 //! layout of earlier versions, so existing data directories open unchanged).
 //!
-//! **Commits.** A transaction buffers its writes and records what it read. `commit` takes the
-//! commit lock, checks that nothing it read has changed (optimistic concurrency), assigns its
-//! change records their sequence numbers, records the pre-image of every key it writes, applies
-//! one `sled::Batch`, and releases the lock. It then waits for the flusher thread, which
-//! flushes whatever batches were applied since its last flush in one `flush` (group commit:
-//! the more concurrent writers, the more batches per fsync).
+//! **Commits.** A transaction reads on the caller's thread, buffers its writes and records what
+//! it read. `commit` hands it to the committer thread, which takes every transaction waiting
+//! (up to 256) as one group: in order, it checks that nothing each one read has changed since
+//! (against sled and the group's earlier writes: optimistic concurrency), assigns change
+//! records their sequence numbers and records the pre-image of every key written; then it
+//! applies the whole group as one `sled::Batch`. The flusher thread flushes whatever was applied
+//! since its last flush in one `flush` (group commit: the more concurrent writers, the more
+//! transactions per batch and per fsync). Neither thread is an async worker, so a commit never
+//! blocks one; a caller only awaits its answer.
 //!
 //! **Durable before visible.** sled shows a batch to readers as soon as it is applied, before
 //! the flush makes it durable. The engine's reads therefore correct what sled returns with the
@@ -30,9 +33,10 @@ use async_trait::async_trait;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// The free space a reopen waits for after a failed flush: sixteen of sled's 512 KiB log
 /// segments.
@@ -47,7 +51,8 @@ pub struct SledOptions {
     pub cache_bytes: u64,
 }
 
-/// Told about every flush: how long it took and how many batches it made durable.
+/// Told about every successful flush: how long it took and how many transactions that wrote it
+/// made durable.
 pub type FlushObserver = Box<dyn Fn(Duration, u64) + Send + Sync>;
 
 fn tag(ks: Keyspace) -> u8 {
@@ -84,8 +89,9 @@ fn io(e: sled::Error) -> EngineError {
     EngineError::Io(e.to_string())
 }
 
+/// A sled value as `Bytes`, sharing its buffer rather than copying it.
 fn bytes(v: sled::IVec) -> Bytes {
-    Bytes::copy_from_slice(&v)
+    Bytes::from_owner(v)
 }
 
 /// Reads at most `limit` live entries of a full-key range (keys stay full).
@@ -143,6 +149,71 @@ struct CommitState {
     publications: VecDeque<Publication>,
 }
 
+/// The most transactions the committer applies as one batch.
+const MAX_GROUP: usize = 256;
+
+/// A transaction handed to the committer thread.
+struct Job {
+    reads: Vec<(Vec<u8>, Option<sled::IVec>)>,
+    scans: Vec<ScanRead>,
+    expects: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    changes: Vec<ChangeAppend>,
+    on_durable: Option<OnDurable>,
+    /// The batch to wait for, and the sequence of the first change appended.
+    reply: oneshot::Sender<Result<(u64, Option<u64>), EngineError>>,
+}
+
+enum Message {
+    Commit(Box<Job>),
+    Snapshot(oneshot::Sender<Arc<SnapshotImages>>),
+    Stop,
+}
+
+/// The latest values written by the transactions of a group so far.
+type GroupWrites = BTreeMap<Vec<u8>, Option<Bytes>>;
+
+impl Job {
+    /// Whether everything this transaction read is still as it saw it: in sled, as the group's
+    /// earlier transactions leave it.
+    fn still_valid(&self, db: &sled::Db, group: &GroupWrites) -> Result<bool, EngineError> {
+        let current = |key: &[u8]| -> Result<Option<Bytes>, EngineError> {
+            match group.get(key) {
+                Some(value) => Ok(value.clone()),
+                None => Ok(db.get(key).map_err(io)?.map(bytes)),
+            }
+        };
+        for (key, seen) in &self.reads {
+            if current(key)?.as_deref() != seen.as_deref() {
+                return Ok(false);
+            }
+        }
+        for (key, expected) in &self.expects {
+            if current(key)?.as_deref() != expected.as_deref() {
+                return Ok(false);
+            }
+        }
+        for scan in &self.scans {
+            let now = overlay::scan(
+                &scan.range,
+                scan.direction,
+                scan.limit,
+                |r, d, n| read_live(db, r, d, n),
+                || group.len(),
+                |r| {
+                    overlay::in_range(group, r)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                },
+            )?;
+            if now != scan.seen {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// A snapshot's pre-images: the value, when it began, of every key changed since.
 type SnapshotImages = RwLock<BTreeMap<Vec<u8>, Option<Bytes>>>;
 
@@ -162,13 +233,16 @@ struct Inner {
     failing_flushes: AtomicU32,
     /// While set, the flusher waits before flushing (for tests of what is visible meanwhile).
     holding: AtomicBool,
+    /// The committer thread's queue.
+    jobs: mpsc::Sender<Message>,
 }
 
 /// The sled backend. Cheap to clone.
 #[derive(Clone)]
 pub struct SledEngine {
     inner: Arc<Inner>,
-    flusher: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The committer and flusher threads, joined on close.
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,6 +289,7 @@ impl SledEngine {
     ) -> Result<SledEngine, EngineError> {
         let db = open_db(&options)?;
         let last = last_seq_in(&db)?;
+        let (jobs, queue) = mpsc::channel();
         let inner = Arc::new(Inner {
             options,
             db: RwLock::new(Some(db)),
@@ -234,15 +309,26 @@ impl SledEngine {
             observer,
             failing_flushes: AtomicU32::new(0),
             holding: AtomicBool::new(false),
+            jobs,
         });
-        let flusher_inner = inner.clone();
-        let handle = std::thread::Builder::new()
-            .name("emberbase-flusher".into())
-            .spawn(move || flusher_inner.run_flusher())
-            .map_err(|e| EngineError::Io(format!("cannot start the flusher thread: {e}")))?;
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .map_err(|e| EngineError::Io(format!("cannot start the {name} thread: {e}")))
+        };
+        let committer = inner.clone();
+        let flusher = inner.clone();
+        let threads = vec![
+            spawn(
+                "emberbase-commit",
+                Box::new(move || committer.run_committer(queue)),
+            )?,
+            spawn("emberbase-flush", Box::new(move || flusher.run_flusher()))?,
+        ];
         Ok(SledEngine {
             inner,
-            flusher: Arc::new(Mutex::new(Some(handle))),
+            threads: Arc::new(Mutex::new(threads)),
         })
     }
 
@@ -297,6 +383,204 @@ impl Inner {
         )
     }
 
+    /// Hands a message to the committer thread.
+    fn submit(&self, message: Message) -> Result<(), EngineError> {
+        self.jobs.send(message).map_err(|_| EngineError::Closed)
+    }
+
+    fn run_committer(&self, queue: mpsc::Receiver<Message>) {
+        while let Ok(first) = queue.recv() {
+            let mut group = Vec::new();
+            let mut message = Some(first);
+            while let Some(m) = message.take() {
+                match m {
+                    Message::Commit(job) => group.push(*job),
+                    Message::Snapshot(reply) => {
+                        self.commit_group(std::mem::take(&mut group));
+                        let _ = reply.send(self.new_snapshot());
+                    }
+                    Message::Stop => {
+                        self.commit_group(group);
+                        return;
+                    }
+                }
+                if group.len() < MAX_GROUP {
+                    message = queue.try_recv().ok();
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    /// Validates a group of transactions in order and applies those that still hold as one
+    /// batch (see the module documentation).
+    fn commit_group(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut s = lock(&self.commit);
+        let refused = if s.closing {
+            Some(EngineError::Closed)
+        } else {
+            s.failed.clone().map(EngineError::Io)
+        };
+        if let Some(error) = refused {
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let guard = read(&self.db);
+        let Some(db) = guard.as_ref() else {
+            for job in jobs {
+                let _ = job
+                    .reply
+                    .send(Err(EngineError::Io("the store is reopening".into())));
+            }
+            return;
+        };
+        // Everything applied before this group; the group becomes the next batch.
+        let before = s.applied;
+        let batch_id = before + 1;
+        let mut next_seq = s.next_seq;
+        let mut group: GroupWrites = BTreeMap::new();
+        let mut sled_batch = sled::Batch::default();
+        // The value before the group of every key it writes, in the order first written.
+        let mut images: Vec<(Vec<u8>, Option<Bytes>)> = Vec::new();
+        let mut publications = Vec::new();
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job.still_valid(db, &group) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = job.reply.send(Err(EngineError::Conflict));
+                    continue;
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    continue;
+                }
+            }
+            if job.writes.is_empty() && job.changes.is_empty() {
+                // Read-only: it saw nothing of this group, so it is durable once everything
+                // applied before the group is.
+                replies.push((job.reply, Ok((before, None))));
+                continue;
+            }
+            let mut write = |key: Vec<u8>, value: Option<Bytes>| -> Result<(), EngineError> {
+                if !group.contains_key(&key) {
+                    images.push((key.clone(), db.get(&key).map_err(io)?.map(bytes)));
+                }
+                match &value {
+                    Some(v) => sled_batch.insert(key.as_slice(), v.as_ref()),
+                    None => sled_batch.remove(key.as_slice()),
+                }
+                group.insert(key, value);
+                Ok(())
+            };
+            let mut written = Ok(());
+            for (key, value) in job.writes {
+                written = written.and_then(|()| write(key, value.map(Bytes::from)));
+            }
+            let first_seq = next_seq;
+            for change in job.changes {
+                let seq = next_seq;
+                next_seq += 1;
+                let key = full_key(Keyspace::Changes, &seq.to_be_bytes());
+                written = written.and_then(|()| write(key, Some(Bytes::from(change.payload))));
+                for stamped in change.stamped {
+                    let key = full_key(stamped.keyspace, &stamped.key(seq));
+                    written = written.and_then(|()| write(key, Some(Bytes::from(stamped.value))));
+                }
+            }
+            if let Err(e) = written {
+                // A read of sled failed: fail the whole group, which is not applied.
+                let _ = job.reply.send(Err(e.clone()));
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+            let changes = next_seq - first_seq;
+            publications.push(Publication {
+                batch: batch_id,
+                first_seq,
+                changes,
+                callback: job.on_durable,
+            });
+            replies.push((
+                job.reply,
+                Ok((batch_id, (changes > 0).then_some(first_seq))),
+            ));
+        }
+        if !images.is_empty() {
+            if let Err(e) = self.apply(db, sled_batch, images, batch_id) {
+                for (reply, answer) in replies {
+                    // Read-only transactions stand; the group's writes were not applied.
+                    let _ = reply.send(match answer {
+                        Ok((batch, _)) if batch == before => answer,
+                        _ => Err(e.clone()),
+                    });
+                }
+                return;
+            }
+            s.applied = batch_id;
+            s.next_seq = next_seq;
+            s.publications.extend(publications);
+            self.wake.notify_all();
+        }
+        drop(guard);
+        drop(s);
+        for (reply, answer) in replies {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Records the pre-images of a batch (for the durable view and live snapshots), then
+    /// applies it; a batch sled refuses leaves the pre-images as they were.
+    fn apply(
+        &self,
+        db: &sled::Db,
+        batch: sled::Batch,
+        images: Vec<(Vec<u8>, Option<Bytes>)>,
+        batch_id: u64,
+    ) -> Result<(), EngineError> {
+        for snapshot in self.live_snapshots() {
+            let mut map = write(&snapshot);
+            for (key, pre) in &images {
+                map.entry(key.clone()).or_insert_with(|| pre.clone());
+            }
+        }
+        let undo: Vec<Undo> = {
+            let mut pending = write(&self.pending);
+            let undo = images
+                .into_iter()
+                .map(|(key, pre)| pending.record(key, pre, batch_id))
+                .collect();
+            self.pending_len.store(pending.len(), Ordering::SeqCst);
+            undo
+        };
+        db.apply_batch(batch).map_err(|e| {
+            let mut pending = write(&self.pending);
+            for u in undo {
+                pending.undo(u);
+            }
+            self.pending_len.store(pending.len(), Ordering::SeqCst);
+            io(e)
+        })
+    }
+
+    /// A snapshot of the durable state now; the committer thread calls it between groups.
+    fn new_snapshot(&self) -> Arc<SnapshotImages> {
+        let images: BTreeMap<Vec<u8>, Option<Bytes>> = read(&self.pending)
+            .entries()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let images = Arc::new(RwLock::new(images));
+        lock(&self.snapshots).push(Arc::downgrade(&images));
+        images
+    }
+
     fn run_flusher(&self) {
         let mut flushed = 0u64;
         loop {
@@ -321,11 +605,14 @@ impl Inner {
                 } else {
                     self.with_db(|db| db.flush().map(drop).map_err(io))
                 };
-                if let Some(observer) = &self.observer {
-                    observer(started.elapsed(), target - flushed);
-                }
+                let took = started.elapsed();
                 match result {
-                    Ok(()) => self.settle(target),
+                    Ok(()) => {
+                        let commits = self.settle(target);
+                        if let Some(observer) = &self.observer {
+                            observer(took, commits);
+                        }
+                    }
                     Err(e) => self.recover(target, e),
                 }
                 flushed = target;
@@ -337,8 +624,9 @@ impl Inner {
         *write(&self.db) = None;
     }
 
-    /// Makes batches up to `target` visible, runs their callbacks and wakes their committers.
-    fn settle(&self, target: u64) {
+    /// Makes batches up to `target` visible, runs their callbacks and wakes their committers;
+    /// returns how many transactions that made durable.
+    fn settle(&self, target: u64) -> u64 {
         {
             let mut pending = write(&self.pending);
             pending.settle(target);
@@ -353,6 +641,7 @@ impl Inner {
                 .count();
             s.publications.drain(..n).collect()
         };
+        let commits = publications.len() as u64;
         let mut last = None;
         for p in publications {
             if let Some(callback) = p.callback {
@@ -366,6 +655,7 @@ impl Inner {
             self.seq.send_replace(last);
         }
         self.state.send_modify(|s| s.flushed = target);
+        commits
     }
 
     /// Fails every batch up to `target`, then reopens the database and restores every key they
@@ -507,17 +797,9 @@ impl Engine for SledEngine {
     }
 
     async fn snapshot(&self) -> Result<Box<dyn Snapshot>, EngineError> {
-        let s = lock(&self.inner.commit);
-        if s.closing {
-            return Err(EngineError::Closed);
-        }
-        let images: BTreeMap<Vec<u8>, Option<Bytes>> = read(&self.inner.pending)
-            .entries()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let images = Arc::new(RwLock::new(images));
-        lock(&self.inner.snapshots).push(Arc::downgrade(&images));
-        drop(s);
+        let (reply, answer) = oneshot::channel();
+        self.inner.submit(Message::Snapshot(reply))?;
+        let images = answer.await.map_err(|_| EngineError::Closed)?;
         Ok(Box::new(SledSnapshot {
             inner: self.inner.clone(),
             images,
@@ -529,19 +811,27 @@ impl Engine for SledEngine {
     }
 
     async fn close(&self) -> Result<(), EngineError> {
-        {
-            let mut s = lock(&self.inner.commit);
-            s.closing = true;
-            self.inner.wake.notify_all();
-        }
-        let handle = lock(&self.flusher).take();
-        if let Some(handle) = handle {
-            tokio::task::spawn_blocking(move || handle.join())
-                .await
-                .map_err(|_| EngineError::Io("the flusher thread panicked".into()))?
-                .map_err(|_| EngineError::Io("the flusher thread panicked".into()))?;
-        }
-        Ok(())
+        // The committer applies what is queued and stops; then the flusher flushes it and
+        // stops.
+        let _ = self.inner.submit(Message::Stop);
+        let threads: Vec<_> = std::mem::take(&mut *lock(&self.threads));
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut threads = threads.into_iter();
+            let committer = threads.next();
+            let ok = committer.is_none_or(|t| t.join().is_ok());
+            {
+                let mut s = lock(&inner.commit);
+                s.closing = true;
+                inner.wake.notify_all();
+            }
+            threads.all(|t| t.join().is_ok()) && ok
+        })
+        .await
+        .ok()
+        .filter(|ok| *ok)
+        .map(drop)
+        .ok_or_else(|| EngineError::Io("a storage thread panicked".into()))
     }
 }
 
@@ -563,34 +853,12 @@ struct SledTransaction {
     changes: Vec<ChangeAppend>,
 }
 
-impl SledTransaction {
-    /// Whether everything this transaction read is still as it saw it.
-    fn still_valid(&self, db: &sled::Db) -> Result<bool, EngineError> {
-        for (key, seen) in &self.reads {
-            if db.get(key).map_err(io)? != *seen {
-                return Ok(false);
-            }
-        }
-        for (key, expected) in &self.expects {
-            if db.get(key).map_err(io)?.as_deref() != expected.as_deref() {
-                return Ok(false);
-            }
-        }
-        for scan in &self.scans {
-            if read_live(db, &scan.range, scan.direction, scan.limit)? != scan.seen {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-}
-
 #[async_trait]
 impl Transaction for SledTransaction {
     async fn get(&mut self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         let key = full_key(ks, key);
         let value = self.inner.with_db(|db| db.get(&key).map_err(io))?;
-        let out = value.as_ref().map(|v| Bytes::copy_from_slice(v));
+        let out = value.clone().map(bytes);
         self.reads.push((key, value));
         Ok(out)
     }
@@ -637,86 +905,18 @@ impl Transaction for SledTransaction {
         on_durable: Option<OnDurable>,
     ) -> Result<Committed, EngineError> {
         let inner = self.inner.clone();
-        let (batch, first_seq) = {
-            let mut s = lock(&inner.commit);
-            if s.closing {
-                return Err(EngineError::Closed);
-            }
-            if let Some(why) = &s.failed {
-                return Err(EngineError::Io(why.clone()));
-            }
-            let guard = read(&inner.db);
-            let Some(db) = guard.as_ref() else {
-                return Err(EngineError::Io("the store is reopening".into()));
-            };
-            if !self.still_valid(db)? {
-                return Err(EngineError::Conflict);
-            }
-            if self.writes.is_empty() && self.changes.is_empty() {
-                // Read-only: durable once everything it could have seen is.
-                (s.applied, None)
-            } else {
-                let batch_id = s.applied + 1;
-                let mut sled_batch = sled::Batch::default();
-                let mut images: Vec<(Vec<u8>, Option<Bytes>)> = Vec::new();
-                for (key, value) in &self.writes {
-                    images.push((key.clone(), db.get(key).map_err(io)?.map(bytes)));
-                    match value {
-                        Some(v) => sled_batch.insert(key.as_slice(), v.as_slice()),
-                        None => sled_batch.remove(key.as_slice()),
-                    }
-                }
-                let first_seq = s.next_seq;
-                for (i, change) in self.changes.iter().enumerate() {
-                    let seq = first_seq + i as u64;
-                    let key = full_key(Keyspace::Changes, &seq.to_be_bytes());
-                    sled_batch.insert(key.as_slice(), change.payload.as_slice());
-                    images.push((key, None));
-                    // Keys that end with a new sequence are new: their pre-image is absence.
-                    for stamped in &change.stamped {
-                        let key = full_key(stamped.keyspace, &stamped.key(seq));
-                        sled_batch.insert(key.as_slice(), stamped.value.as_slice());
-                        images.push((key, None));
-                    }
-                }
-                for snapshot in inner.live_snapshots() {
-                    let mut map = write(&snapshot);
-                    for (key, pre) in &images {
-                        map.entry(key.clone()).or_insert_with(|| pre.clone());
-                    }
-                }
-                let undo: Vec<Undo> = {
-                    let mut pending = write(&inner.pending);
-                    let undo = images
-                        .into_iter()
-                        .map(|(key, pre)| pending.record(key, pre, batch_id))
-                        .collect();
-                    inner.pending_len.store(pending.len(), Ordering::SeqCst);
-                    undo
-                };
-                if let Err(e) = db.apply_batch(sled_batch) {
-                    let mut pending = write(&inner.pending);
-                    for u in undo {
-                        pending.undo(u);
-                    }
-                    inner.pending_len.store(pending.len(), Ordering::SeqCst);
-                    return Err(io(e));
-                }
-                let n = self.changes.len() as u64;
-                s.applied = batch_id;
-                if n > 0 {
-                    s.next_seq += n;
-                }
-                s.publications.push_back(Publication {
-                    batch: batch_id,
-                    first_seq,
-                    changes: n,
-                    callback: on_durable,
-                });
-                inner.wake.notify_all();
-                (batch_id, (n > 0).then_some(first_seq))
-            }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            reads: self.reads,
+            scans: self.scans,
+            expects: self.expects,
+            writes: self.writes,
+            changes: self.changes,
+            on_durable,
+            reply,
         };
+        inner.submit(Message::Commit(Box::new(job)))?;
+        let (batch, first_seq) = answer.await.map_err(|_| EngineError::Closed)??;
         inner.wait_durable(batch).await?;
         Ok(Committed { first_seq })
     }

@@ -245,7 +245,7 @@ impl Store {
                 path: options.path.clone(),
                 cache_bytes: options.cache_bytes,
             },
-            Some(Box::new(move |took, batches| {
+            Some(Box::new(move |took, commits| {
                 flush_metrics
                     .flush_duration
                     .with_label_values(&[] as &[&str])
@@ -253,7 +253,7 @@ impl Store {
                 flush_metrics
                     .commit_group_size
                     .with_label_values(&[] as &[&str])
-                    .observe(batches as f64);
+                    .observe(commits as f64);
             })),
         )?;
         Store::on_engine(Arc::new(engine), options, metrics).await

@@ -234,13 +234,20 @@ pub async fn run(
     let narrowed = !matches!(plan.access, Access::Primary { range: None });
     let budget = store.shared.options.max_scan_documents;
     let mut cursor = KeyRange::new(lo, hi);
+    // An ordered scan usually stops after its page: read that much first, then more.
+    let mut chunk = if plan.ordered {
+        (spec.limit + 1).min(CHUNK)
+    } else {
+        CHUNK
+    };
     let mut examined = 0u64;
     let mut found: Vec<(Document, RawDocument)> = Vec::new();
     let mut heap: BinaryHeap<Candidate<'_>> = BinaryHeap::new();
     let mut held = 0;
     'scan: loop {
-        let entries = store.engine.scan(ks, &cursor, direction, CHUNK).await?;
-        let exhausted = entries.len() < CHUNK;
+        let entries = store.engine.scan(ks, &cursor, direction, chunk).await?;
+        let exhausted = entries.len() < chunk;
+        chunk = CHUNK;
         if let Some((last, _)) = entries.last() {
             match direction {
                 Direction::Forward => cursor.start = successor(last),
