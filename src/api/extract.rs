@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorCode};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{Either, LocalBoxFuture};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use std::future::{ready, Ready};
@@ -41,17 +41,22 @@ pub struct Caller(pub Principal);
 
 impl FromRequest for Caller {
     type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self, Error>>;
+    type Future = Either<Ready<Result<Self, Error>>, LocalBoxFuture<'static, Result<Self, Error>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let found = state(req).and_then(|state| {
-            let token = bearer(req)?.map(str::to_owned);
-            Ok((state.auth.clone(), token))
-        });
-        Box::pin(async move {
-            let (auth, token) = found?;
+        let found = state(req).and_then(|state| Ok((state.auth.clone(), bearer(req)?)));
+        let (auth, token) = match found {
+            Ok(found) => found,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        // Anonymous callers and the service key are known at once; only a token reads its user.
+        if let Some(known) = auth.without_lookup(token) {
+            return Either::Left(ready(Ok(Caller(known))));
+        }
+        let token = token.map(str::to_owned);
+        Either::Right(Box::pin(async move {
             auth.authenticate(token.as_deref()).await.map(Caller)
-        })
+        }))
     }
 }
 

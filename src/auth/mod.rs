@@ -135,14 +135,24 @@ impl Authenticator {
         &self,
         bearer: Option<&str>,
     ) -> Result<(Principal, Option<u64>), Error> {
-        let Some(token) = bearer else {
-            return Ok((Principal::Anonymous, None));
-        };
-        if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) {
-            return Ok((Principal::Service, None));
+        if let Some(known) = self.without_lookup(bearer) {
+            return Ok((known, None));
         }
+        let token = bearer.unwrap_or_default();
         let (who, exp) = self.accounts.authenticate_until(token).await?;
         Ok((who, Some(exp)))
+    }
+
+    /// The caller when no account needs to be read: anonymous (no token) or the service key.
+    /// `None` for a token to verify.
+    pub fn without_lookup(&self, bearer: Option<&str>) -> Option<Principal> {
+        match bearer {
+            None => Some(Principal::Anonymous),
+            Some(token) if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) => {
+                Some(Principal::Service)
+            }
+            Some(_) => None,
+        }
     }
 }
 

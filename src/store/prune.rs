@@ -1,6 +1,6 @@
 //! The store's pruning task: once a second, drops change records past the retention window
-//! (count and age) and tombstones past their horizon, a bounded number per transaction so that
-//! pruning never holds up writes for long.
+//! (count and age), round after round until caught up, and tombstones past their horizon; a
+//! bounded number per transaction, so that pruning never holds up writes for long.
 
 use super::commit::decode_tombstone;
 use super::{keys, records, Store, StoreError};
@@ -18,8 +18,16 @@ pub(super) fn start(store: Store) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = retry(|| prune_changes(&store)).await {
-                tracing::warn!(error = %e, "pruning the change feed failed");
+            // Round after round until caught up: writes can outpace one round a second.
+            loop {
+                match retry(|| prune_changes(&store)).await {
+                    Ok(removed) if removed == PER_ROUND => tokio::task::yield_now().await,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning the change feed failed");
+                        break;
+                    }
+                }
             }
             match retry(|| prune_tombstones(&store, tombstones_after.as_deref())).await {
                 Ok(next) => tombstones_after = next,
@@ -29,7 +37,8 @@ pub(super) fn start(store: Store) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn prune_changes(store: &Store) -> Result<(), StoreError> {
+/// Prunes at most `PER_ROUND` change records in one transaction; returns how many.
+async fn prune_changes(store: &Store) -> Result<usize, StoreError> {
     let opts = &store.shared.options;
     let last = store.last_seq();
     let keep_from_seq = (last + 1).saturating_sub(opts.retention_count as u64);
@@ -69,7 +78,7 @@ async fn prune_changes(store: &Store) -> Result<(), StoreError> {
         txn.commit(None).await?;
         tracing::debug!(removed, "pruned change feed");
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Before a document's oldest retained change is pruned, stores the `before` of the document's
