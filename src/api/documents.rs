@@ -224,7 +224,7 @@ pub(super) async fn list_documents(
     };
     let list = state.docs.prepare_list(&path, &params)?;
     let principal = caller.0;
-    let page = if state.docs.is_bounded(&list) {
+    let page = if state.docs.is_bounded(&principal, &list) {
         state.docs.list_raw(&principal, &list).await?
     } else {
         // A query that may scan the whole collection runs on the blocking pool, off the

@@ -557,16 +557,44 @@ impl Documents {
     /// Whether a prepared list reads a bounded part of the collection: an ordered scan (it
     /// stops after `limit` matches) with no filter, or within an index or id range. Such a list
     /// is cheap enough to run on an async worker; others belong on a blocking thread.
-    pub fn is_bounded(&self, list: &PreparedList) -> bool {
-        let plan = self
-            .inner
-            .store
-            .plan(&list.collection, list.filter.as_ref(), &list.sort);
+    pub fn is_bounded(&self, who: &Principal, list: &PreparedList) -> bool {
+        let owned = self.owned_filter(who, list);
+        let filter = owned.as_ref().or(list.filter.as_ref());
+        let plan = self.inner.store.plan(&list.collection, filter, &list.sort);
         let narrowed = !matches!(
             plan.access,
             crate::query::plan::Access::Primary { range: None }
         );
-        plan.ordered && (list.filter.is_none() || narrowed)
+        plan.ordered && (filter.is_none() || narrowed)
+    }
+
+    /// The list's filter with `owner == <caller>` added, when the collection's read rule
+    /// requires `doc.owner == auth.id` of this caller: only their own documents can pass it, so
+    /// the query may say so, and the planner then reads them from the owner index instead of
+    /// scanning the collection. `None` when the rule does not (or the caller is an admin).
+    fn owned_filter(&self, who: &Principal, list: &PreparedList) -> Option<Expr> {
+        let Principal::User {
+            id, admin: false, ..
+        } = who
+        else {
+            return None;
+        };
+        let rules = self.rules_for(&list.collection);
+        if !matches!(&rules.read, Rule::Expr { uses_doc: true, .. }) || !rules.read.requires_owner()
+        {
+            return None;
+        }
+        let mine = Expr::Compare(
+            Box::new(Expr::Path(query::ast::Path {
+                segments: vec!["owner".into()],
+            })),
+            query::ast::CmpOp::Eq,
+            Box::new(Expr::Literal(Value::String(id.clone()))),
+        );
+        Some(match &list.filter {
+            Some(filter) => Expr::And(vec![filter.clone(), mine]),
+            None => mine,
+        })
     }
 
     /// Runs a prepared list for `who`: the matching documents it may read, and the cursor of
@@ -589,25 +617,7 @@ impl Documents {
             return Err(Self::denied(collection));
         }
         let visible = |doc: &Document| !per_doc || Self::may_read(&rules, who, &auth, Some(doc));
-        // A read rule that requires `doc.owner == auth.id` lets through only the caller's own
-        // documents, so the query may say so: the planner then reads them from the owner index
-        // instead of scanning the collection.
-        let owned = match who {
-            Principal::User { id, .. } if per_doc && rules.read.requires_owner() => {
-                let mine = Expr::Compare(
-                    Box::new(Expr::Path(query::ast::Path {
-                        segments: vec!["owner".into()],
-                    })),
-                    query::ast::CmpOp::Eq,
-                    Box::new(Expr::Literal(Value::String(id.clone()))),
-                );
-                Some(match &list.filter {
-                    Some(filter) => Expr::And(vec![filter.clone(), mine]),
-                    None => mine,
-                })
-            }
-            _ => None,
-        };
+        let owned = self.owned_filter(who, list);
         let result = self
             .inner
             .store
