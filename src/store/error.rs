@@ -28,8 +28,6 @@ pub enum StoreError {
     /// A query examined more documents than allowed without an index.
     #[error("{0}")]
     ScanBudget(String),
-    #[error("the store is shutting down")]
-    Closed,
     #[error("{0}")]
     Engine(#[from] EngineError),
     #[error("corrupt record: {0}")]
@@ -52,9 +50,7 @@ impl From<StoreError> for Error {
             StoreError::CasFailed => Error::new(ErrorCode::Conflict, message),
             StoreError::Invalid { field, .. } => Error::validation(message, &field),
             StoreError::ScanBudget(_) => Error::bad_request(message),
-            StoreError::Closed | StoreError::Engine(EngineError::Closed) => {
-                Error::new(ErrorCode::Unavailable, message)
-            }
+            StoreError::Engine(EngineError::Closed) => Error::new(ErrorCode::Unavailable, message),
             StoreError::Engine(EngineError::Conflict) => Error::new(
                 ErrorCode::Conflict,
                 "too many concurrent writes to the same data; try again",

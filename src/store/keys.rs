@@ -105,10 +105,6 @@ pub fn seq_of(key: &[u8]) -> u64 {
 
 pub const CONFIG_PREFIX: &[u8] = b"coll:";
 
-pub fn config_prefix() -> Vec<u8> {
-    CONFIG_PREFIX.to_vec()
-}
-
 /// The key of an index build in progress.
 pub fn build_key(collection: &str, signature: &str) -> Vec<u8> {
     let mut k = b"build:".to_vec();
@@ -128,7 +124,7 @@ pub fn tombstone_key(collection: &str, id: &str) -> Vec<u8> {
 }
 
 pub fn config_key(collection: &str) -> Vec<u8> {
-    let mut k = config_prefix();
+    let mut k = CONFIG_PREFIX.to_vec();
     k.extend_from_slice(collection.as_bytes());
     k
 }

@@ -286,16 +286,12 @@ fn failed_commits_and_flushes_leave_no_trace_and_the_server_recovers() {
         .expect_error(503, "unavailable");
     srv.get("/v1/collections/f/docs/unflushed").expect(404);
     srv.get("/v1/collections/f/docs/kept").expect(200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let resp = srv.put("/v1/collections/f/docs/recovered", &json!({"v": 2}));
-        if resp.status == 201 {
-            break;
-        }
-        resp.expect_error(503, "unavailable");
-        assert!(Instant::now() < deadline, "the store did not recover");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(
+        Duration::from_secs(20),
+        "the store did not recover",
+        || srv.put("/v1/collections/f/docs/recovered", &json!({"v": 2})),
+        (201, 503, "unavailable"),
+    );
     srv.get("/v1/collections/f/docs/unflushed").expect(404);
     assert_eq!(
         store.last_seq(),
@@ -303,13 +299,28 @@ fn failed_commits_and_flushes_leave_no_trace_and_the_server_recovers() {
         "the failed flush left a change behind"
     );
     let listed = srv.get("/v1/collections/f/docs?limit=10").expect(200).json;
-    let ids: Vec<&str> = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["after", "kept", "recovered"]);
+    let expected: BTreeSet<String> = ["after", "kept", "recovered"].map(String::from).into();
+    assert_eq!(ids(&listed), expected);
+}
+
+/// Repeats `attempt` until it answers `done.0`; meanwhile each answer must be the error
+/// `done.1`/`done.2`. Fails with `what` after `within`. Returns the final answer.
+fn until(
+    within: Duration,
+    what: &str,
+    attempt: impl Fn() -> crate::common::Resp,
+    done: (u16, u16, &str),
+) -> crate::common::Resp {
+    let deadline = Instant::now() + within;
+    loop {
+        let resp = attempt();
+        if resp.status == done.0 {
+            return resp;
+        }
+        resp.expect_error(done.1, done.2);
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A small tmpfs, mounted for the test and unmounted when dropped.
@@ -374,19 +385,12 @@ fn a_full_disk_fails_writes_without_trace_and_they_succeed_once_space_returns() 
         .expect(404);
     srv.get("/v1/collections/d/docs/first").expect(200);
     std::fs::remove_file(filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = srv.put("/v1/collections/d/docs/later", &json!({"v": 2}));
-        if resp.status == 201 {
-            break;
-        }
-        resp.expect_error(503, "unavailable");
-        assert!(
-            Instant::now() < deadline,
-            "writes did not resume once space returned"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until(
+        Duration::from_secs(30),
+        "writes did not resume once space returned",
+        || srv.put("/v1/collections/d/docs/later", &json!({"v": 2})),
+        (201, 503, "unavailable"),
+    );
     srv.get(&format!("/v1/collections/d/docs/{failed}"))
         .expect(404);
     srv.get("/v1/collections/d/docs/later").expect(200);
@@ -527,19 +531,12 @@ fn documents_stored_before_the_owner_index_are_indexed_on_start() {
     }
     let srv = TestServer::start_in(dir, |c| c.limits.max_scan_documents = 500);
     let token = crate::common::login_token(&srv, "old@example.com");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let resp = with_token(&srv, "GET", "/v1/collections/old/docs", &token, None);
-        if resp.status == 200 {
-            assert_eq!(resp.json["items"].as_array().unwrap().len(), 2);
-            break;
-        }
-        // Until the owner index is back, the list scans, and 1,002 documents pass the budget.
-        resp.expect_error(400, "bad_request");
-        assert!(
-            Instant::now() < deadline,
-            "the owner index was never rebuilt"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Until the owner index is back, the list scans, and 1,002 documents pass the budget.
+    let listed = until(
+        Duration::from_secs(30),
+        "the owner index was never rebuilt",
+        || with_token(&srv, "GET", "/v1/collections/old/docs", &token, None),
+        (200, 400, "bad_request"),
+    );
+    assert_eq!(listed.json["items"].as_array().unwrap().len(), 2);
 }
