@@ -294,6 +294,13 @@ impl BucketInfo {
     }
 }
 
+/// Now, in seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Now, as the RFC 3339 UTC string with milliseconds used everywhere in the API.
 pub fn now_rfc3339() -> String {
     format_time(time::OffsetDateTime::now_utc())

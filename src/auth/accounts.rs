@@ -19,10 +19,11 @@ pub use prune::Pruned;
 use super::mail::{Mail, Mailer};
 use super::password::{check_password, PasswordHasherPool};
 use super::throttle::WindowLimiter;
-use super::tokens::{now_secs, TokenIssuer};
+use super::tokens::TokenIssuer;
 use super::{generate_secret, Principal};
 use crate::config::AuthConfig;
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::unix_secs;
 use crate::store::{KvWrite, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -258,7 +259,7 @@ impl Accounts {
         let family = FamilyRecord {
             user_id: user.id.clone(),
             token_version: user.token_version,
-            expires_at: now_secs() + self.config.refresh_token_ttl_days * 86_400,
+            expires_at: unix_secs() + self.config.refresh_token_ttl_days * 86_400,
             revoked: false,
         };
         let write = write.put(Space::Families, family_id.as_bytes(), to_json(&family)?);
@@ -397,7 +398,7 @@ impl Accounts {
             tracing::warn!(user = %record.user_id, "a rotated refresh token was reused; its login is revoked");
             return Err(invalid());
         }
-        if family.revoked || family.expires_at <= now_secs() {
+        if family.revoked || family.expires_at <= unix_secs() {
             return Err(invalid());
         }
         let user = match self.load_user(&record.user_id).await? {
@@ -585,7 +586,7 @@ impl Accounts {
         let record = EmailTokenRecord {
             kind,
             user_id: user.id.clone(),
-            expires_at: now_secs() + ttl_secs,
+            expires_at: unix_secs() + ttl_secs,
         };
         self.store
             .kv_write(KvWrite::default().put(
@@ -611,7 +612,7 @@ impl Accounts {
             .await?
             .ok_or_else(invalid)?;
         let record: EmailTokenRecord = from_json(&bytes)?;
-        if record.kind != kind || record.expires_at <= now_secs() {
+        if record.kind != kind || record.expires_at <= unix_secs() {
             return Err(invalid());
         }
         let write = KvWrite::default()

@@ -8,6 +8,7 @@
 //! by the caller against the user record.
 
 use crate::error::Error;
+use crate::model::unix_secs;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -72,12 +73,6 @@ pub struct TokenIssuer {
     issuer: String,
     audience: String,
     ttl_secs: u64,
-}
-
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn new_stored_key() -> StoredKey {
@@ -149,7 +144,7 @@ impl TokenIssuer {
         role: &str,
         token_version: u64,
     ) -> Result<String, Error> {
-        let now = now_secs();
+        let now = unix_secs();
         let claims = AccessClaims {
             sub: user_id.to_string(),
             email: email.to_string(),

@@ -135,12 +135,6 @@ pub fn check_bucket(name: &str) -> Result<()> {
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -480,7 +474,9 @@ impl Files {
         check_path(path)?;
         let invalid = || Error::forbidden("the signed URL is invalid or has expired");
         let expires: u64 = expires.parse().map_err(|_| invalid())?;
-        if !self.inner.signer.verify(bucket, path, expires, signature) || expires < unix_now() {
+        if !self.inner.signer.verify(bucket, path, expires, signature)
+            || expires < crate::model::unix_secs()
+        {
             return Err(invalid());
         }
         self.open_checked(bucket, path, |_| Ok(())).await
@@ -546,7 +542,7 @@ impl Files {
                 "file {bucket}/{path} does not exist"
             )));
         }
-        let expires = unix_now().saturating_add(expires_in);
+        let expires = crate::model::unix_secs().saturating_add(expires_in);
         let signature = self.inner.signer.sign(bucket, path, expires);
         let expires_at = time::OffsetDateTime::from_unix_timestamp(expires as i64)
             .map(crate::model::format_time)

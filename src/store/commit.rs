@@ -27,7 +27,6 @@ use crate::model::{
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One operation of a write. Every write is a batch of these, applied all or nothing.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,15 +127,13 @@ fn owner_of(actor: &Option<Actor>) -> Option<String> {
     })
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A tombstone: the deleted document's version, and when it was deleted (unix seconds).
 pub(super) fn encode_tombstone(version: u64) -> Vec<u8> {
-    [version.to_be_bytes(), unix_secs().to_be_bytes()].concat()
+    [
+        version.to_be_bytes(),
+        crate::model::unix_secs().to_be_bytes(),
+    ]
+    .concat()
 }
 
 pub(super) fn decode_tombstone(bytes: &[u8]) -> (u64, u64) {

@@ -6,7 +6,7 @@ use super::commit::decode_tombstone;
 use super::{keys, records, Store, StoreError};
 use crate::engine::{retry, Direction, KeyRange, Keyspace, Transaction};
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Records examined per transaction.
 const PER_ROUND: usize = 1000;
@@ -145,9 +145,7 @@ async fn prune_tombstones(
     after: Option<&[u8]>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     let horizon = store.shared.options.tombstone_age.as_secs();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::model::unix_secs();
     let mut txn = store.engine.begin().await?;
     let mut range = KeyRange::prefix(b"tomb:");
     if let Some(after) = after {

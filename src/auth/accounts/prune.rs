@@ -5,8 +5,8 @@
 //! refresh or a logout; what a race leaves is pruned next time.
 
 use super::{from_json, Accounts, EmailTokenRecord, FamilyRecord, RefreshRecord};
-use crate::auth::tokens::now_secs;
 use crate::error::Result;
+use crate::model::unix_secs;
 use crate::store::{KvEntry, KvWrite, Space, StoreError};
 
 /// Records read, and deleted in one write, per step.
@@ -30,7 +30,7 @@ impl Pruned {
 impl Accounts {
     /// One pass over every space that grows with use.
     pub async fn prune(&self, outbox_kept: usize) -> Result<Pruned> {
-        let now = now_secs();
+        let now = unix_secs();
         let families = self.prune_space(Space::Families, now).await?;
         let refresh_tokens = self.prune_space(Space::RefreshTokens, now).await?;
         let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
