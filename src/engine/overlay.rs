@@ -11,7 +11,7 @@ use super::{successor, Bytes, Direction, Entry, KeyRange};
 use std::collections::BTreeMap;
 
 /// Scans `range` of an earlier state. `read(range, direction, n)` reads at most `n` entries of
-/// the live store; `pending()` says how many pre-images there are (a bound on how many live
+/// the live store; `pending(range)` says how many pre-images there are in a range (a bound on how many live
 /// entries a correction can remove); `pre_images(range)` returns the pre-images of keys in a
 /// range, and is called after the live entries of that range were read.
 pub fn scan<E>(
@@ -19,14 +19,14 @@ pub fn scan<E>(
     direction: Direction,
     limit: usize,
     mut read: impl FnMut(&KeyRange, Direction, usize) -> Result<Vec<Entry>, E>,
-    pending: impl Fn() -> usize,
+    pending: impl Fn(&KeyRange) -> usize,
     pre_images: impl Fn(&KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)>,
 ) -> Result<Vec<Entry>, E> {
     let mut out: Vec<Entry> = Vec::new();
     let mut cursor = range.clone();
     while out.len() < limit && !cursor.is_empty() {
         let want = limit - out.len();
-        let fetch = want.saturating_add(pending()).saturating_add(1);
+        let fetch = want.saturating_add(pending(&cursor)).saturating_add(1);
         let rows = read(&cursor, direction, fetch)?;
         let exhausted = rows.len() < fetch;
         // The part of the cursor's range these rows show completely.
@@ -123,6 +123,10 @@ impl PreImages {
 
     pub fn clear(&mut self) {
         self.map.clear();
+    }
+
+    pub fn count(&self, range: &KeyRange) -> usize {
+        in_range(&self.map, range).count()
     }
 
     pub fn range(&self, range: &KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)> {

@@ -199,7 +199,7 @@ impl Job {
                 scan.direction,
                 scan.limit,
                 |r, d, n| read_live(db, r, d, n),
-                || group.len(),
+                |r| overlay::in_range(group, r).count(),
                 |r| {
                     overlay::in_range(group, r)
                         .map(|(k, v)| (k.clone(), v.clone()))
@@ -378,8 +378,15 @@ impl Inner {
             direction,
             limit,
             |r, d, n| self.with_db(|db| read_live(db, r, d, n)),
-            || self.pending_len.load(Ordering::SeqCst),
-            |r| read(&self.pending).range(r),
+            |r| match self.pending_len.load(Ordering::SeqCst) {
+                0 => 0,
+                _ => read(&self.pending).count(r),
+            },
+            // As in `durable_get`: nothing pending now means what was read is durable.
+            |r| match self.pending_len.load(Ordering::SeqCst) {
+                0 => Vec::new(),
+                _ => read(&self.pending).range(r),
+            },
         )
     }
 
@@ -950,7 +957,7 @@ impl Snapshot for SledSnapshot {
             direction,
             limit,
             |r, d, n| self.inner.with_db(|db| read_live(db, r, d, n)),
-            || read(&self.images).len(),
+            |r| overlay::in_range(&read(&self.images), r).count(),
             |r| {
                 overlay::in_range(&read(&self.images), r)
                     .map(|(k, v)| (k.clone(), v.clone()))
