@@ -614,7 +614,7 @@ impl Config {
             ("rules.update", &self.rules.update),
             ("rules.delete", &self.rules.delete),
         ] {
-            if let Err(e) = crate::docs::Rule::compile(rule.as_deref()) {
+            if let Err(e) = crate::query::Rule::compile(rule.as_deref()) {
                 return invalid(name, &e.to_string());
             }
         }
@@ -624,7 +624,7 @@ impl Config {
             ("files.rules.delete", &self.files.rules.delete),
         ] {
             let dialect = crate::query::Dialect::FileRule;
-            if let Err(e) = crate::docs::Rule::compile_in(rule.as_deref(), dialect) {
+            if let Err(e) = crate::query::Rule::compile_in(rule.as_deref(), dialect) {
                 return invalid(name, &e.to_string());
             }
         }

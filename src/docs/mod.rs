@@ -5,13 +5,13 @@
 
 mod rules;
 
-pub use rules::{allows, CompiledRules, Rule, RuleScope};
+pub use rules::{CompiledRules, RuleScope};
 
 use crate::auth::Principal;
 use crate::config::LimitsConfig;
 use crate::error::{Error, Result};
 use crate::model::{CollectionConfig, CollectionInfo, Document, RuleError, Rules};
-use crate::query::{self, plan::effective_sort, Dialect, Expr, SortKey};
+use crate::query::{self, plan::effective_sort, Dialect, Expr, Rule, SortKey};
 use crate::store::{
     Access, BatchFailure, CollectionState, QueryResult, QuerySpec, RawDocument, Store, WriteGuard,
     WriteOp, WriteRequest, Written,
@@ -252,7 +252,7 @@ impl WriteGuard for RuleGuard {
             doc: before,
             request_data: after.map(|d| &d.data),
         };
-        if rules::allows(rule, &scope) {
+        if query::allows(rule, &scope) {
             Ok(())
         } else {
             Err(format!("the {verb} rule of {collection} denies this"))
@@ -337,7 +337,7 @@ impl Documents {
         doc: Option<&Document>,
     ) -> bool {
         who.is_admin()
-            || rules::allows(
+            || query::allows(
                 &rules.read,
                 &RuleScope {
                     auth,

@@ -16,7 +16,8 @@ pub use safety::{check_path, inline_type, looks_like_markup};
 
 use crate::auth::Principal;
 use crate::config::FilesConfig;
-use crate::docs::{allows, check_collection, Rule};
+use crate::docs::check_collection;
+use crate::query::{allows, Rule};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{BucketConfig, BucketInfo, BucketRules, FileInfo};
 use crate::query::Dialect;

@@ -9,10 +9,12 @@ pub mod eval;
 pub mod order;
 pub mod parse;
 pub mod plan;
+pub mod rule;
 
 pub use ast::{CmpOp, Expr, Path, SortKey};
 pub use eval::{decide, matches, mentions, Scope};
 pub use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
+pub use rule::{allows, Rule, MAX_RULE_LENGTH};
 
 #[cfg(test)]
 mod tests;

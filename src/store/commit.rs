@@ -14,6 +14,7 @@
 //! Tombstones are pruned after `StoreOptions::tombstone_age`.
 
 use super::error::{BatchFailure, StoreError};
+use super::write::{Access, WriteOp, WriteRequest, WriteResult, Written};
 use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::kv::KvWrite;
 use super::{keys, records, CollectionState, Configured, HookRecord, IndexDef, Store};
@@ -27,78 +28,6 @@ use crate::model::{
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// One operation of a write. Every write is a batch of these, applied all or nothing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WriteOp {
-    /// Create a document; `id` is generated (a ULID) when absent. Fails if the id exists.
-    Create {
-        collection: String,
-        id: Option<String>,
-        data: Map<String, Value>,
-    },
-    /// Create or replace a document.
-    Set {
-        collection: String,
-        id: String,
-        data: Map<String, Value>,
-        if_version: Option<u64>,
-    },
-    /// Apply a JSON merge patch (RFC 7386) to an existing document.
-    Update {
-        collection: String,
-        id: String,
-        patch: Map<String, Value>,
-        if_version: Option<u64>,
-    },
-    /// Delete an existing document.
-    Delete {
-        collection: String,
-        id: String,
-        if_version: Option<u64>,
-    },
-}
-
-/// What an access check is asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Create,
-    Update,
-    Delete,
-}
-
-/// An access check run inside the write's transaction against the stored state, so that no
-/// write can slip between the check and the commit. `before` is the stored document (if any),
-/// `after` the one the op would write (none for a delete). An `Err` carries the message of a
-/// `403`.
-pub trait WriteGuard: Send + Sync {
-    fn check(
-        &self,
-        access: Access,
-        collection: &str,
-        before: Option<&Document>,
-        after: Option<&Document>,
-    ) -> Result<(), String>;
-}
-
-/// A write: its ops, who makes it, and how deep in a chain of triggered writes it is.
-pub struct WriteRequest {
-    pub ops: Vec<WriteOp>,
-    pub actor: Option<Actor>,
-    pub depth: u32,
-    pub guard: Option<Arc<dyn WriteGuard>>,
-}
-
-/// What one op of a write left.
-#[derive(Debug, Clone)]
-pub struct Written {
-    /// The document as written; `None` for a delete.
-    pub document: Option<Document>,
-    /// Whether the op created the document (it did not exist).
-    pub created: bool,
-}
-
-pub type WriteResult = Result<Vec<Written>, BatchFailure>;
 
 type DocKey = (String, String);
 

@@ -4,7 +4,7 @@
 //!
 //! A record is `flags (1 byte) + blob id (16 bytes, a ULID) + FileInfo JSON`.
 
-use super::commit::Access;
+use super::write::Access;
 use super::error::StoreError;
 use super::kv::Space;
 use crate::model::{Actor, FileInfo};

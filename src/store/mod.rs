@@ -19,8 +19,9 @@ mod kv;
 mod prune;
 mod records;
 mod scan;
+mod write;
 
-pub use commit::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult, Written};
+pub use write::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult, Written};
 pub use error::{BatchFailure, StoreError};
 use feed::ChangeFeed;
 pub use feed::ChangeReceiver;

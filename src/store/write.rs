@@ -1,0 +1,79 @@
+//! What a write asks for (its ops, actor, depth and access guard) and what it leaves, shared by
+//! the commit engine and the file records; `commit` turns a request into a transaction.
+
+use super::error::BatchFailure;
+use crate::model::{Actor, Document};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// One operation of a write. Every write is a batch of these, applied all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Create a document; `id` is generated (a ULID) when absent. Fails if the id exists.
+    Create {
+        collection: String,
+        id: Option<String>,
+        data: Map<String, Value>,
+    },
+    /// Create or replace a document.
+    Set {
+        collection: String,
+        id: String,
+        data: Map<String, Value>,
+        if_version: Option<u64>,
+    },
+    /// Apply a JSON merge patch (RFC 7386) to an existing document.
+    Update {
+        collection: String,
+        id: String,
+        patch: Map<String, Value>,
+        if_version: Option<u64>,
+    },
+    /// Delete an existing document.
+    Delete {
+        collection: String,
+        id: String,
+        if_version: Option<u64>,
+    },
+}
+
+/// What an access check is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Create,
+    Update,
+    Delete,
+}
+
+/// An access check run inside the write's transaction against the stored state, so that no
+/// write can slip between the check and the commit. `before` is the stored document (if any),
+/// `after` the one the op would write (none for a delete). An `Err` carries the message of a
+/// `403`.
+pub trait WriteGuard: Send + Sync {
+    fn check(
+        &self,
+        access: Access,
+        collection: &str,
+        before: Option<&Document>,
+        after: Option<&Document>,
+    ) -> Result<(), String>;
+}
+
+/// A write: its ops, who makes it, and how deep in a chain of triggered writes it is.
+pub struct WriteRequest {
+    pub ops: Vec<WriteOp>,
+    pub actor: Option<Actor>,
+    pub depth: u32,
+    pub guard: Option<Arc<dyn WriteGuard>>,
+}
+
+/// What one op of a write left.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The document as written; `None` for a delete.
+    pub document: Option<Document>,
+    /// Whether the op created the document (it did not exist).
+    pub created: bool,
+}
+
+pub type WriteResult = Result<Vec<Written>, BatchFailure>;
