@@ -1,6 +1,11 @@
 //! The public error of Emberbase: a stable code, a message safe to show a client, optional
-//! details. Every domain error is mapped into it explicitly (see the `From` impls next to each
-//! domain enum), so the HTTP layer only ever serialises this one type.
+//! details. `ErrorCode` is the one table of codes, each with its HTTP status and stable name.
+//!
+//! Each domain has its own error enum (`DocsError`, `FilesError`, `AuthError`,
+//! `FunctionsError`, `RealtimeError`), which an embedding program matches on; each is mapped
+//! into [`Error`] by one explicit `From` impl in that domain's `error.rs`, so the HTTP layer
+//! only ever serialises this one type. [`StorageError`], the storage failure every domain can
+//! meet, is mapped here.
 
 use serde_json::Value;
 
@@ -129,6 +134,32 @@ impl Error {
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+/// The storage engine could not serve a request. Nothing of the failed write was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// Concurrent writes to the same data kept conflicting past the retry limit; try again.
+    #[error("too many concurrent writes to the same data; try again")]
+    Contended,
+    /// The engine failed (a full disk, an I/O error) or is shutting down. It recovers by
+    /// itself once the cause is gone.
+    #[error("storage is unavailable; try again later")]
+    Unavailable,
+    /// A stored record could not be read: a bug or damage, never the caller's fault.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Contended => Error::new(ErrorCode::Conflict, e.to_string()),
+            StorageError::Unavailable => Error::new(ErrorCode::Unavailable, e.to_string()),
+            StorageError::Corrupt(_) => Error::internal(e),
+        }
     }
 }
 

@@ -50,7 +50,7 @@ pub mod store;
 pub use api::openapi;
 pub use auth::Principal;
 pub use config::Config;
-pub use docs::{Documents, ListParams, Page};
+pub use docs::{DocsError, Documents, ListParams, Page};
 pub use error::{Error, ErrorCode};
 pub use model::{Change, ChangeKind, Document, FileInfo, Subject};
 pub use server::{Server, ServerBuilder, StartError};

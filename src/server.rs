@@ -111,7 +111,7 @@ impl ServerBuilder {
             (config.auth.service_key.clone(), None)
         };
         let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
-            .map_err(|e| StartError::Other(e.message))?;
+            .map_err(|e| StartError::Other(e.to_string()))?;
         let (files, swept) = Files::start(&data_dir, store.clone(), &config.files)
             .await
             .map_err(StartError::Other)?;
@@ -132,7 +132,7 @@ impl ServerBuilder {
         .await
         .map_err(StartError::Other)?;
         let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
-            .map_err(|e| StartError::Other(e.message))?;
+            .map_err(|e| StartError::Other(e.to_string()))?;
         let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
         tokio::spawn(prune_accounts(
             Arc::downgrade(&accounts),
@@ -228,7 +228,7 @@ async fn prune_accounts(accounts: std::sync::Weak<Accounts>, every: Duration, ou
                 "removed ended logins, expired tokens and old mail"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e.message, "cannot prune account records"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune account records"),
         }
     }
 }
@@ -239,7 +239,7 @@ async fn log_default_rules(docs: &Documents, defaults: &crate::model::Rules) {
     let names = match docs.collections_on_default_rules().await {
         Ok(names) => names,
         Err(e) => {
-            tracing::warn!(error = %e.message, "cannot list the collections on default rules");
+            tracing::warn!(error = %e, "cannot list the collections on default rules");
             return;
         }
     };
@@ -304,14 +304,14 @@ async fn bootstrap_admin(
     let exists = accounts
         .email_exists(email)
         .await
-        .map_err(|e| StartError::Other(format!("admin.email: {}", e.message)))?;
+        .map_err(|e| StartError::Other(format!("admin.email: {}", e)))?;
     if exists {
         return Ok(());
     }
     let (user, _) = accounts
         .upsert_admin(email, password.to_string())
         .await
-        .map_err(|e| StartError::Other(format!("admin bootstrap: {}", e.message)))?;
+        .map_err(|e| StartError::Other(format!("admin bootstrap: {}", e)))?;
     tracing::info!(email = %user.email, "created the configured admin");
     Ok(())
 }
@@ -329,7 +329,7 @@ pub async fn create_admin(
     let result = accounts
         .upsert_admin(email, password)
         .await
-        .map_err(|e| StartError::Other(e.message));
+        .map_err(|e| StartError::Other(e.to_string()));
     store.close().await;
     result
 }

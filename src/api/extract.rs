@@ -55,7 +55,7 @@ impl FromRequest for Caller {
         }
         let token = token.map(str::to_owned);
         Either::Right(Box::pin(async move {
-            auth.authenticate(token.as_deref()).await.map(Caller)
+            Ok(Caller(auth.authenticate(token.as_deref()).await?))
         }))
     }
 }

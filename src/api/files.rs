@@ -186,13 +186,13 @@ async fn open(state: &AppState, req: &HttpRequest, query: &SignedQuery) -> Resul
                 .auth
                 .authenticate(super::extract::bearer(req)?)
                 .await?;
-            state.files.open(&caller, &bucket, &path).await
+            Ok(state.files.open(&caller, &bucket, &path).await?)
         }
         (Some(expires), Some(signature)) => {
-            state
+            Ok(state
                 .files
                 .open_signed(&bucket, &path, expires, signature)
-                .await
+                .await?)
         }
         _ => Err(Error::forbidden("the signed URL is invalid or has expired")),
     }

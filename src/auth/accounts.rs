@@ -22,7 +22,8 @@ use super::throttle::WindowLimiter;
 use super::tokens::TokenIssuer;
 use super::{generate_secret, Principal};
 use crate::config::AuthConfig;
-use crate::error::{Error, ErrorCode, Result};
+use super::error::{internal, invalid, AuthError, Result};
+use crate::error::StorageError;
 use crate::model::unix_secs;
 use crate::store::{KvWrite, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -125,11 +126,12 @@ fn sha256_hex(secret: &str) -> String {
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(Error::internal)
+    serde_json::to_vec(value).map_err(internal)
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::from(StoreError::Corrupt(e.to_string())))
+    serde_json::from_slice(bytes)
+        .map_err(|e| AuthError::Storage(StorageError::Corrupt(e.to_string())))
 }
 
 /// A new user record, and the write that creates it if (and only if) its email is still free.
@@ -159,7 +161,7 @@ fn new_user(
 /// Trims an email and lower-cases its domain; refuses what cannot be an address.
 pub fn normalize_email(raw: &str) -> Result<String> {
     let email = raw.trim();
-    let invalid = || Error::validation("not a valid email address", "email");
+    let invalid = || invalid("not a valid email address", "email");
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
     let plausible = !local.is_empty()
         && local.len() <= 64
@@ -200,7 +202,7 @@ const MAIL_JOBS: usize = 32;
 
 fn check_email_length(raw: &str) -> Result<()> {
     if raw.len() > MAX_EMAIL_BYTES {
-        return Err(Error::validation(
+        return Err(invalid(
             format!("an email address is at most {MAX_EMAIL_BYTES} bytes"),
             "email",
         ));
@@ -208,10 +210,11 @@ fn check_email_length(raw: &str) -> Result<()> {
     Ok(())
 }
 
-fn rate_limited(wait: Duration, what: &str) -> Error {
-    let mut err = Error::new(ErrorCode::RateLimited, format!("{what}; try again later"));
-    err.retry_after = Some(wait.as_secs().max(1));
-    err
+fn rate_limited(wait: Duration, what: &str) -> AuthError {
+    AuthError::RateLimited {
+        message: format!("{what}; try again later"),
+        retry_after: wait.as_secs().max(1),
+    }
 }
 
 impl Accounts {
@@ -313,20 +316,14 @@ impl Accounts {
             .await?
             .is_some()
         {
-            return Err(Error::new(
-                ErrorCode::Conflict,
-                "this email is already registered",
-            ));
+            return Err(AuthError::EmailTaken);
         }
         let hash = self.hasher.hash(password).await?;
         let (user, write) = new_user(&email, "user", hash, false)?;
         let (session, write) = self.new_session(&user, write)?;
         match self.store.kv_write(write).await {
             Ok(()) => Ok(session),
-            Err(StoreError::CasFailed) => Err(Error::new(
-                ErrorCode::Conflict,
-                "this email is already registered",
-            )),
+            Err(StoreError::CasFailed) => Err(AuthError::EmailTaken),
             Err(e) => Err(e.into()),
         }
     }
@@ -360,12 +357,12 @@ impl Accounts {
         // A wrong password leaves its attempt counted.
         let user = match (matched, found) {
             (true, Some((user, _))) => user,
-            _ => return Err(Error::unauthenticated("invalid email or password")),
+            _ => return Err(AuthError::Unauthenticated("invalid email or password".into())),
         };
         self.account_failures.clear(&account_key);
         self.ip_failures.release(&ip_key);
         if user.disabled {
-            return Err(Error::forbidden("this account is disabled"));
+            return Err(AuthError::Forbidden("this account is disabled".into()));
         }
         let (session, write) = self.new_session(&user, KvWrite::default())?;
         self.store.kv_write(write).await?;
@@ -375,7 +372,7 @@ impl Accounts {
     /// Exchanges a refresh token for a new pair. The presented token stops working; presenting
     /// it again revokes its whole family.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
-        let invalid = || Error::unauthenticated("invalid, expired or revoked refresh token");
+        let invalid = || AuthError::Unauthenticated("invalid, expired or revoked refresh token".into());
         let hash = sha256_hex(refresh_token);
         let Some(record_bytes) = self
             .store
@@ -448,19 +445,16 @@ impl Accounts {
                 .put(Space::Families, family_id.as_bytes(), to_json(&family)?);
             match self.store.kv_write(write).await {
                 Err(StoreError::CasFailed) => continue,
-                other => return other.map_err(Error::from),
+                other => return other.map_err(AuthError::from),
             }
         }
-        Err(Error::new(
-            ErrorCode::Conflict,
-            "the login changed concurrently; retry",
-        ))
+        Err(AuthError::Conflict("the login changed concurrently; retry".into()))
     }
 
     /// Revokes the login that `refresh_token` belongs to. Unknown tokens are ignored.
     pub async fn logout(&self, who: &Principal, refresh_token: &str) -> Result<()> {
         let Principal::User { id, .. } = who else {
-            return Err(Error::unauthenticated("sign in to sign out"));
+            return Err(AuthError::Unauthenticated("sign in to sign out".into()));
         };
         let hash = sha256_hex(refresh_token);
         let Some(bytes) = self
@@ -472,8 +466,8 @@ impl Accounts {
         };
         let record: RefreshRecord = from_json(&bytes)?;
         if &record.user_id != id {
-            return Err(Error::forbidden(
-                "this refresh token belongs to another user",
+            return Err(AuthError::Forbidden(
+                "this refresh token belongs to another user".into(),
             ));
         }
         self.revoke_family(&record.family).await
@@ -488,7 +482,7 @@ impl Accounts {
     /// Like [`Accounts::authenticate`], with the token's expiry (Unix seconds).
     pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, u64)> {
         let claims = self.tokens.verify(token)?;
-        let invalid = || Error::unauthenticated("invalid or expired token");
+        let invalid = || AuthError::Unauthenticated("invalid or expired token".into());
         let (user, _) = self.load_user(&claims.sub).await?.ok_or_else(invalid)?;
         if user.disabled || user.token_version != claims.tv {
             return Err(invalid());
@@ -507,11 +501,11 @@ impl Accounts {
                 .load_user(id)
                 .await?
                 .map(|(u, _)| u.public())
-                .ok_or_else(|| Error::unauthenticated("invalid or expired token")),
+                .ok_or_else(|| AuthError::Unauthenticated("invalid or expired token".into())),
             Principal::Service | Principal::Function { .. } => {
-                Err(Error::bad_request("the service key is not a user"))
+                Err(AuthError::BadRequest("the service key is not a user".into()))
             }
-            Principal::Anonymous => Err(Error::unauthenticated("sign in first")),
+            Principal::Anonymous => Err(AuthError::Unauthenticated("sign in first".into())),
         }
     }
 
@@ -521,7 +515,7 @@ impl Accounts {
             let (mut user, bytes) = self
                 .load_user(id)
                 .await?
-                .ok_or_else(|| Error::not_found(format!("user {id} does not exist")))?;
+                .ok_or_else(|| AuthError::UserNotFound(id.into()))?;
             change(&mut user);
             let write = KvWrite::default()
                 .check(Space::Users, id.as_bytes(), Some(bytes))
@@ -532,10 +526,7 @@ impl Accounts {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::new(
-            ErrorCode::Conflict,
-            "the user changed concurrently; retry",
-        ))
+        Err(AuthError::Conflict("the user changed concurrently; retry".into()))
     }
 
     /// Changes the password (the current one is required), revokes every other token of the
@@ -547,7 +538,7 @@ impl Accounts {
         new: String,
     ) -> Result<Session> {
         let Principal::User { id, email, .. } = who else {
-            return Err(Error::unauthenticated("sign in first"));
+            return Err(AuthError::Unauthenticated("sign in first".into()));
         };
         check_password(&new, email)?;
         let account_key = email.clone();
@@ -555,13 +546,13 @@ impl Accounts {
         let (user, _) = self
             .load_user(id)
             .await?
-            .ok_or_else(|| Error::unauthenticated("invalid or expired token"))?;
+            .ok_or_else(|| AuthError::Unauthenticated("invalid or expired token".into()))?;
         if !self
             .hasher
             .verify(current, Some(user.password_hash))
             .await?
         {
-            return Err(Error::forbidden("the current password is wrong"));
+            return Err(AuthError::Forbidden("the current password is wrong".into()));
         }
         self.account_failures.release(&account_key);
         let hash = self.hasher.hash(new).await?;
@@ -604,7 +595,7 @@ impl Accounts {
         kind: EmailTokenKind,
         token: &str,
     ) -> Result<EmailTokenRecord> {
-        let invalid = || Error::bad_request("invalid or expired token");
+        let invalid = || AuthError::BadRequest("invalid or expired token".into());
         let hash = sha256_hex(token);
         let bytes = self
             .store
@@ -628,12 +619,12 @@ impl Accounts {
     /// Sends the signed-in user a link to confirm their email.
     pub async fn request_verification(&self, who: &Principal, client_ip: &str) -> Result<()> {
         let Principal::User { id, .. } = who else {
-            return Err(Error::unauthenticated("sign in first"));
+            return Err(AuthError::Unauthenticated("sign in first".into()));
         };
         let (user, _) = self
             .load_user(id)
             .await?
-            .ok_or_else(|| Error::unauthenticated("invalid or expired token"))?;
+            .ok_or_else(|| AuthError::Unauthenticated("invalid or expired token".into()))?;
         if user.email_verified {
             return Ok(());
         }
@@ -682,7 +673,7 @@ impl Accounts {
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(e) = this.send_reset(&email).await {
-                tracing::error!(error = %e.message, "cannot send a password reset mail");
+                tracing::error!(error = %e, "cannot send a password reset mail");
             }
             drop(permit);
         });
@@ -734,12 +725,12 @@ impl Accounts {
             .await?
         {
             Some(bytes) => from_json(&bytes)?,
-            None => return Err(Error::bad_request("invalid or expired token")),
+            None => return Err(AuthError::BadRequest("invalid or expired token".into())),
         };
         let (user, _) = self
             .load_user(&record.user_id)
             .await?
-            .ok_or_else(|| Error::bad_request("invalid or expired token"))?;
+            .ok_or_else(|| AuthError::BadRequest("invalid or expired token".into()))?;
         check_password(&new_password, &user.email)?;
         let record = self
             .consume_email_token(EmailTokenKind::Reset, token)
@@ -756,7 +747,7 @@ impl Accounts {
     }
 
     fn require_admin(who: &Principal) -> Result<()> {
-        who.require_admin("manage users and read the outbox")
+        Ok(who.require_admin("manage users and read the outbox")?)
     }
 
     /// Users in id (creation) order.
@@ -768,7 +759,7 @@ impl Accounts {
     ) -> Result<UserPage> {
         Self::require_admin(who)?;
         if !(1..=1000).contains(&limit) {
-            return Err(Error::bad_request("limit must be between 1 and 1000"));
+            return Err(AuthError::BadRequest("limit must be between 1 and 1000".into()));
         }
         let rows = self
             .store
@@ -792,7 +783,7 @@ impl Accounts {
         self.load_user(id)
             .await?
             .map(|(u, _)| u.public())
-            .ok_or_else(|| Error::not_found(format!("user {id} does not exist")))
+            .ok_or_else(|| AuthError::UserNotFound(id.into()))
     }
 
     /// Disables or enables a user. Disabling revokes every token at once.
@@ -812,7 +803,7 @@ impl Accounts {
     pub async fn set_role(&self, who: &Principal, id: &str, role: &str) -> Result<User> {
         Self::require_admin(who)?;
         if role != "user" && role != "admin" {
-            return Err(Error::validation("role is `user` or `admin`", "role"));
+            return Err(invalid("role is `user` or `admin`", "role"));
         }
         Ok(self
             .update_user(id, |u| u.role = role.to_string())
@@ -826,17 +817,14 @@ impl Accounts {
         let (user, bytes) = self
             .load_user(id)
             .await?
-            .ok_or_else(|| Error::not_found(format!("user {id} does not exist")))?;
+            .ok_or_else(|| AuthError::UserNotFound(id.into()))?;
         let write = KvWrite::default()
             .check(Space::Users, id.as_bytes(), Some(bytes))
             .delete(Space::Users, id.as_bytes())
             .delete(Space::Emails, user.email.as_bytes());
         match self.store.kv_write(write).await {
             Ok(()) => Ok(()),
-            Err(StoreError::CasFailed) => Err(Error::new(
-                ErrorCode::Conflict,
-                "the user changed concurrently; retry",
-            )),
+            Err(StoreError::CasFailed) => Err(AuthError::Conflict("the user changed concurrently; retry".into())),
             Err(e) => Err(e.into()),
         }
     }

@@ -4,7 +4,7 @@
 //! outbox records whether delivery worked.
 
 use crate::config::MailConfig;
-use crate::error::Error;
+use super::error::{internal, AuthError};
 use crate::store::{KvWrite, Space, Store};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
@@ -69,7 +69,7 @@ impl Mailer {
     }
 
     /// Records a message in the outbox and, with SMTP configured, delivers it.
-    pub async fn send(&self, to: &str, subject: &str, body: String) -> Result<(), Error> {
+    pub async fn send(&self, to: &str, subject: &str, body: String) -> Result<(), AuthError> {
         let mut mail = Mail {
             id: ulid::Ulid::new().to_string(),
             to: to.to_string(),
@@ -89,11 +89,11 @@ impl Mailer {
         } else {
             tracing::info!(to = %mail.to, subject = %mail.subject, "mail queued in the outbox (GET /v1/admin/outbox)");
         }
-        let json = serde_json::to_vec(&mail).map_err(Error::internal)?;
+        let json = serde_json::to_vec(&mail).map_err(internal)?;
         self.store
             .kv_write(KvWrite::default().put(Space::Outbox, mail.id.as_bytes(), json))
             .await
-            .map_err(Error::from)
+            .map_err(AuthError::from)
     }
 
     async fn deliver(
@@ -118,7 +118,7 @@ impl Mailer {
     }
 
     /// The newest messages first, at most `limit`.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<Mail>, Error> {
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<Mail>, AuthError> {
         Ok(self
             .store
             .kv_scan_last(Space::Outbox, limit)

@@ -6,6 +6,7 @@
 //! with owner-only permissions. It is compared in constant time.
 
 pub mod accounts;
+mod error;
 pub mod mail;
 pub mod password;
 pub mod throttle;
@@ -13,12 +14,23 @@ pub mod tokens;
 
 pub use accounts::{Accounts, Session, User};
 
-use crate::error::Error;
+pub use error::AuthError;
 use crate::model::Actor;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+
+/// Why a caller may not do something; every domain error has both as variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No credentials, and they are required (`401`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials that do not allow it (`403`).
+    #[error("{0}")]
+    Forbidden(String),
+}
 
 /// The caller of an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,13 +61,13 @@ impl Principal {
 
     /// Admins only: a caller without credentials gets `401` (a token is required), a signed-in
     /// one that is not an admin `403`. `what` completes "only admins ...".
-    pub fn require_admin(&self, what: &str) -> Result<(), Error> {
+    pub fn require_admin(&self, what: &str) -> Result<(), Denied> {
         match self {
             _ if self.is_admin() => Ok(()),
-            Principal::Anonymous => Err(Error::unauthenticated(format!(
+            Principal::Anonymous => Err(Denied::Unauthenticated(format!(
                 "only admins {what}; send an admin token or the service key"
             ))),
-            _ => Err(Error::forbidden(format!("only admins {what}"))),
+            _ => Err(Denied::Forbidden(format!("only admins {what}"))),
         }
     }
 
@@ -124,7 +136,7 @@ impl Authenticator {
 
     /// Resolves a bearer token. `None` is an anonymous caller; a token that is not valid is
     /// `401`, never anonymous.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Error> {
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
         self.authenticate_until(bearer).await.map(|(who, _)| who)
     }
 
@@ -134,7 +146,7 @@ impl Authenticator {
     pub async fn authenticate_until(
         &self,
         bearer: Option<&str>,
-    ) -> Result<(Principal, Option<u64>), Error> {
+    ) -> Result<(Principal, Option<u64>), AuthError> {
         if let Some(known) = self.without_lookup(bearer) {
             return Ok((known, None));
         }

@@ -9,7 +9,7 @@
 //! so it costs the same time as a wrong password.
 
 use crate::config::AuthConfig;
-use crate::error::Error;
+use super::error::{internal, invalid, AuthError};
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngCore;
@@ -162,28 +162,28 @@ impl PasswordHasherPool {
     }
 
     /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
-    pub async fn hash(&self, password: String) -> Result<String, Error> {
+    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Hash(password, tx))
-            .map_err(|_| Error::internal("the hashing threads are gone"))?;
+            .map_err(|_| internal("the hashing threads are gone"))?;
         rx.await
-            .map_err(|_| Error::internal("a hashing thread stopped"))?
-            .map_err(|e| Error::internal(format!("argon2: {e}")))
+            .map_err(|_| internal("a hashing thread stopped"))?
+            .map_err(|e| internal(format!("argon2: {e}")))
     }
 
     /// Whether `password` matches `hash`. With no hash (no such user) it still does the work,
     /// against the dummy hash, and answers false.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, Error> {
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AuthError> {
         let known = hash.is_some();
         let stored = hash.unwrap_or_else(|| self.dummy.as_str().to_owned());
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Verify(password, stored, tx))
-            .map_err(|_| Error::internal("the hashing threads are gone"))?;
+            .map_err(|_| internal("the hashing threads are gone"))?;
         let matched = rx
             .await
-            .map_err(|_| Error::internal("a hashing thread stopped"))?;
+            .map_err(|_| internal("a hashing thread stopped"))?;
         Ok(known && matched)
     }
 }
@@ -191,16 +191,16 @@ impl PasswordHasherPool {
 /// The password policy of OWASP ASVS: at least 8 characters, long passphrases welcome, no
 /// composition rules, and nothing a guesser tries first (zxcvbn score 0, which takes the
 /// email into account).
-pub fn check_password(password: &str, email: &str) -> Result<(), Error> {
+pub fn check_password(password: &str, email: &str) -> Result<(), AuthError> {
     let field = "password";
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(Error::validation(
+        return Err(invalid(
             format!("the password must have at least {MIN_PASSWORD_CHARS} characters"),
             field,
         ));
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(Error::validation(
+        return Err(invalid(
             format!("the password must be at most {MAX_PASSWORD_BYTES} bytes"),
             field,
         ));
@@ -209,7 +209,7 @@ pub fn check_password(password: &str, email: &str) -> Result<(), Error> {
     let head: String = password.chars().take(100).collect();
     let local = email.split('@').next().unwrap_or("");
     if zxcvbn::zxcvbn(&head, &[email, local]).score() == zxcvbn::Score::Zero {
-        return Err(Error::validation(
+        return Err(invalid(
             "this password is too common or too easy to guess; try a longer passphrase",
             field,
         ));

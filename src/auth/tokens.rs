@@ -7,7 +7,7 @@
 //! leeway; whether the user still exists, is enabled and has not revoked its tokens is checked
 //! by the caller against the user record.
 
-use crate::error::Error;
+use super::error::{internal, AuthError};
 use crate::model::unix_secs;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -143,7 +143,7 @@ impl TokenIssuer {
         email: &str,
         role: &str,
         token_version: u64,
-    ) -> Result<String, Error> {
+    ) -> Result<String, AuthError> {
         let now = unix_secs();
         let claims = AccessClaims {
             sub: user_id.to_string(),
@@ -160,18 +160,18 @@ impl TokenIssuer {
         let keys = self
             .keys
             .read()
-            .map_err(|_| Error::internal("key lock poisoned"))?;
+            .map_err(|_| internal("key lock poisoned"))?;
         let key = keys
             .last()
-            .ok_or_else(|| Error::internal("no signing key"))?;
+            .ok_or_else(|| internal("no signing key"))?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(Error::internal)
+        jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(internal)
     }
 
     /// Checks a token's signature, algorithm, times, issuer, audience and type.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, Error> {
-        let invalid = || Error::unauthenticated("invalid or expired token");
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        let invalid = || AuthError::Unauthenticated("invalid or expired token".into());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::HS256 {
             return Err(invalid());
@@ -180,7 +180,7 @@ impl TokenIssuer {
         let keys = self
             .keys
             .read()
-            .map_err(|_| Error::internal("key lock poisoned"))?;
+            .map_err(|_| internal("key lock poisoned"))?;
         let key = keys.iter().find(|k| k.kid == kid).ok_or_else(invalid)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
@@ -198,10 +198,10 @@ impl TokenIssuer {
 
     /// Adds a new signing key; tokens signed by the previous keys stay valid until they expire.
     /// Returns the new key's id.
-    pub fn rotate(&self) -> Result<String, Error> {
+    pub fn rotate(&self) -> Result<String, AuthError> {
         let Some(path) = &self.file else {
-            return Err(Error::bad_request(
-                "the signing key comes from auth.jwt_secret; change it in the configuration",
+            return Err(AuthError::BadRequest(
+                "the signing key comes from auth.jwt_secret; change it in the configuration".into(),
             ));
         };
         let mut stored: KeyFile = std::fs::read(path)
@@ -212,11 +212,11 @@ impl TokenIssuer {
         stored.keys.push(fresh.clone());
         let excess = stored.keys.len().saturating_sub(KEPT_KEYS);
         stored.keys.drain(..excess);
-        write_key_file(path, &stored).map_err(Error::internal)?;
+        write_key_file(path, &stored).map_err(internal)?;
         let mut keys = self
             .keys
             .write()
-            .map_err(|_| Error::internal("key lock poisoned"))?;
+            .map_err(|_| internal("key lock poisoned"))?;
         *keys = stored
             .keys
             .iter()

@@ -9,16 +9,18 @@
 //! a startup sweep removes temp files and blobs that no record points at, so a crash at any
 //! step leaves neither a partial file visible nor an orphan on disk for long.
 
+mod error;
 mod safety;
 mod signing;
 
+pub use error::{FilesError, Result};
 pub use safety::{check_path, inline_type, looks_like_markup};
 
 use crate::auth::Principal;
 use crate::config::FilesConfig;
 use crate::docs::check_collection;
 use crate::query::{allows, Rule};
-use crate::error::{Error, ErrorCode, Result};
+use error::{internal, invalid};
 use crate::model::{BucketConfig, BucketInfo, BucketRules, FileInfo};
 use crate::query::Dialect;
 use crate::store::{Access, FileGuard, FileOp, FileWrite, KvWrite, Space, Store};
@@ -116,21 +118,21 @@ pub struct Swept {
     pub orphan_blobs: usize,
 }
 
-fn io_error(e: std::io::Error) -> Error {
+fn io_error(e: std::io::Error) -> FilesError {
     if e.kind() == std::io::ErrorKind::StorageFull {
-        Error::new(ErrorCode::Unavailable, "the server's disk is full")
+        FilesError::DiskFull
     } else {
-        Error::internal(format!("file storage: {e}"))
+        internal(format!("file storage: {e}"))
     }
 }
 
 fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
-    r.map_err(|e| Error::internal(format!("file task failed: {e}")))
+    r.map_err(|e| internal(format!("file task failed: {e}")))
 }
 
 pub fn check_bucket(name: &str) -> Result<()> {
     check_collection(name).map_err(|_| {
-        Error::bad_request(format!(
+        FilesError::BadRequest(format!(
             "invalid bucket name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"
         ))
     })
@@ -316,7 +318,7 @@ impl Files {
             }
         }
         let config: BucketConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::internal(format!("bucket {bucket} config: {e}")))?;
+            .map_err(|e| internal(format!("bucket {bucket} config: {e}")))?;
         let policy = BucketPolicy::compile(&config, &self.inner.defaults, self.inner.max_size)
             .unwrap_or_else(|(name, e)| {
                 // Fail closed, as collections do: admins only until the rule is fixed.
@@ -371,21 +373,17 @@ impl Files {
             .filter(|ct| !ct.is_empty())
             .unwrap_or("application/octet-stream");
         if !valid_content_type(content_type) {
-            return Err(Error::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("invalid Content-Type {content_type:?}"),
-            ));
+            return Err(FilesError::UnsupportedMediaType(format!(
+                "invalid Content-Type {content_type:?}"
+            )));
         }
         let policy = self.policy(bucket).await?;
         if let Some(allowed) = &policy.content_types {
             if !safety::type_allowed(content_type, allowed) {
-                return Err(Error::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!(
-                        "bucket {bucket} accepts {}, not {content_type}",
-                        allowed.join(", ")
-                    ),
-                ));
+                return Err(FilesError::UnsupportedMediaType(format!(
+                    "bucket {bucket} accepts {}, not {content_type}",
+                    allowed.join(", ")
+                )));
             }
         }
         if let Some(size) = declared_size {
@@ -395,7 +393,7 @@ impl Files {
                 let request = request_value(size, content_type, path);
                 let info = current.as_ref().map(|r| &r.info);
                 if !rule_allows(&policy.write, &who.auth_value(), info, Some(request)) {
-                    return Err(Error::forbidden(format!(
+                    return Err(FilesError::Forbidden(format!(
                         "the write rule of bucket {bucket} denies this"
                     )));
                 }
@@ -435,7 +433,7 @@ impl Files {
                 }
                 let info = written
                     .after
-                    .ok_or_else(|| Error::internal("a file put stored no record"))?;
+                    .ok_or_else(|| internal("a file put stored no record"))?;
                 Ok((info, written.before.is_none()))
             }
             Err(e) => {
@@ -454,7 +452,7 @@ impl Files {
             if self.may(who, &policy.read, info) {
                 Ok(())
             } else {
-                Err(Error::forbidden(format!(
+                Err(FilesError::Forbidden(format!(
                     "the read rule of bucket {bucket} denies this"
                 )))
             }
@@ -473,7 +471,7 @@ impl Files {
     ) -> Result<OpenFile> {
         check_bucket(bucket)?;
         check_path(path)?;
-        let invalid = || Error::forbidden("the signed URL is invalid or has expired");
+        let invalid = || FilesError::Forbidden("the signed URL is invalid or has expired".into());
         let expires: u64 = expires.parse().map_err(|_| invalid())?;
         if !self.inner.signer.verify(bucket, path, expires, signature)
             || expires < crate::model::unix_secs()
@@ -491,7 +489,7 @@ impl Files {
         path: &str,
         check: impl Fn(Option<&FileInfo>) -> Result<()>,
     ) -> Result<OpenFile> {
-        let missing = || Error::not_found(format!("file {bucket}/{path} does not exist"));
+        let missing = || not_found(bucket, path);
         for _ in 0..3 {
             let record = self.inner.store.file_get(bucket, path).await?;
             check(record.as_ref().map(|r| &r.info))?;
@@ -509,7 +507,7 @@ impl Files {
                 Err(e) => return Err(io_error(e)),
             }
         }
-        Err(Error::internal(format!(
+        Err(internal(format!(
             "the blob of {bucket}/{path} is missing"
         )))
     }
@@ -526,7 +524,7 @@ impl Files {
         check_bucket(bucket)?;
         check_path(path)?;
         if !(1..=MAX_SIGNED_SECS).contains(&expires_in) {
-            return Err(Error::validation(
+            return Err(invalid(
                 format!("expires_in must be 1 to {MAX_SIGNED_SECS} seconds"),
                 "expires_in",
             ));
@@ -534,20 +532,18 @@ impl Files {
         let policy = self.policy(bucket).await?;
         let record = self.inner.store.file_get(bucket, path).await?;
         if !self.may(who, &policy.read, record.as_ref().map(|r| &r.info)) {
-            return Err(Error::forbidden(format!(
+            return Err(FilesError::Forbidden(format!(
                 "the read rule of bucket {bucket} denies this"
             )));
         }
         if record.is_none() {
-            return Err(Error::not_found(format!(
-                "file {bucket}/{path} does not exist"
-            )));
+            return Err(not_found(bucket, path));
         }
         let expires = crate::model::unix_secs().saturating_add(expires_in);
         let signature = self.inner.signer.sign(bucket, path, expires);
         let expires_at = time::OffsetDateTime::from_unix_timestamp(expires as i64)
             .map(crate::model::format_time)
-            .map_err(|e| Error::internal(format!("expiry out of range: {e}")))?;
+            .map_err(|e| internal(format!("expiry out of range: {e}")))?;
         Ok(SignedUrl {
             path_and_query: format!(
                 "/v1/files/{bucket}/{path}?expires={expires}&signature={signature}"
@@ -570,7 +566,7 @@ impl Files {
         safety::check_prefix(prefix)?;
         let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if !(1..=1000).contains(&limit) {
-            return Err(Error::bad_request("limit must be 1 to 1000"));
+            return Err(FilesError::BadRequest("limit must be 1 to 1000".into()));
         }
         let after = cursor
             .map(|c| {
@@ -579,11 +575,11 @@ impl Files {
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .filter(|p| check_path(p).is_ok())
-                    .ok_or_else(|| Error::bad_request("invalid cursor"))
+                    .ok_or_else(|| FilesError::BadRequest("invalid cursor".into()))
             })
             .transpose()?;
         let policy = self.policy(bucket).await?;
-        let denied = || Error::forbidden(format!("the read rule of bucket {bucket} denies this"));
+        let denied = || FilesError::Forbidden(format!("the read rule of bucket {bucket} denies this"));
         let per_file = match &policy.read {
             _ if who.is_admin() => false,
             // A rule that looks at each file but says no to this caller whatever the file
@@ -675,29 +671,30 @@ impl Files {
         who.require_admin("configure buckets")?;
         check_bucket(bucket)?;
         BucketPolicy::compile(&config, &self.inner.defaults, self.inner.max_size).map_err(
-            |(name, e)| {
-                Error::bad_request(format!("rule {name}: {e}"))
-                    .with_details(json!({ "rule": name, "column": e.column }))
+            |(name, e)| FilesError::InvalidRule {
+                rule: name.into(),
+                message: e.message,
+                column: e.column,
             },
         )?;
         if config
             .max_size
             .is_some_and(|n| n == 0 || n > i64::MAX as u64)
         {
-            return Err(Error::validation(
+            return Err(invalid(
                 format!("max_size must be from 1 to {}", i64::MAX),
                 "max_size",
             ));
         }
         if let Some(types) = &config.content_types {
             if let Some(bad) = types.iter().find(|t| !safety::check_type_pattern(t)) {
-                return Err(Error::validation(
+                return Err(invalid(
                     format!("content type {bad:?} is not `type/subtype` or `type/*`"),
                     "content_types",
                 ));
             }
         }
-        let bytes = serde_json::to_vec(&config).map_err(Error::internal)?;
+        let bytes = serde_json::to_vec(&config).map_err(internal)?;
         self.inner
             .store
             .kv_write(KvWrite::default().put(Space::Buckets, bucket.as_bytes(), bytes))
@@ -714,8 +711,8 @@ impl Files {
             .store
             .kv_get(Space::Buckets, bucket.as_bytes())
             .await?
-            .ok_or_else(|| Error::not_found(format!("bucket {bucket} has no configuration")))?;
-        let config = serde_json::from_slice(&bytes).map_err(Error::internal)?;
+            .ok_or_else(|| FilesError::NotConfigured(bucket.into()))?;
+        let config = serde_json::from_slice(&bytes).map_err(internal)?;
         Ok(BucketInfo::new(bucket, config))
     }
 
@@ -728,19 +725,23 @@ impl Files {
             .await?
             .into_iter()
             .map(|(name, bytes)| {
-                let config = serde_json::from_slice(&bytes).map_err(Error::internal)?;
+                let config = serde_json::from_slice(&bytes).map_err(internal)?;
                 Ok(BucketInfo::new(&String::from_utf8_lossy(&name), config))
             })
             .collect()
     }
 }
 
+fn not_found(bucket: &str, path: &str) -> FilesError {
+    FilesError::NotFound {
+        bucket: bucket.into(),
+        path: path.into(),
+    }
+}
+
 fn check_size(size: u64, max: u64) -> Result<()> {
     if size > max {
-        Err(Error::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the file is over the limit of {max} bytes"),
-        ))
+        Err(FilesError::TooLarge { max })
     } else {
         Ok(())
     }
@@ -791,7 +792,7 @@ impl Upload {
         let mut sink = self
             .sink
             .take()
-            .ok_or_else(|| Error::internal("an upload was written after a failure"))?;
+            .ok_or_else(|| internal("an upload was written after a failure"))?;
         let buf = std::mem::take(&mut self.buf);
         let (sink, mut buf) = joined(
             tokio::task::spawn_blocking(move || {
@@ -814,7 +815,7 @@ impl Upload {
         let sink = self
             .sink
             .take()
-            .ok_or_else(|| Error::internal("an upload was committed after a failure"))?;
+            .ok_or_else(|| internal("an upload was committed after a failure"))?;
         let sha256: String = sink
             .hasher
             .finalize()

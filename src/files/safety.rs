@@ -1,7 +1,7 @@
 //! What decides how a file may be served and what may be stored: path validation, the inline
 //! allow-list, markup sniffing and content-type patterns.
 
-use crate::error::{Error, Result};
+use super::{FilesError, Result};
 
 /// The longest file path, in bytes.
 pub const MAX_PATH_BYTES: usize = 1024;
@@ -18,7 +18,7 @@ fn is_path_byte(b: u8) -> bool {
 /// byte (`%2e`, `%00`, `%2f`) is refused rather than decoded.
 pub fn check_path(path: &str) -> Result<()> {
     let bad = |why: &str| {
-        Err(Error::bad_request(format!(
+        Err(FilesError::BadRequest(format!(
             "invalid file path: {why}; use segments of A-Z a-z 0-9 . _ - separated by /"
         )))
     };
@@ -44,8 +44,8 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.len() <= MAX_PATH_BYTES && prefix.bytes().all(|b| is_path_byte(b) || b == b'/') {
         Ok(())
     } else {
-        Err(Error::bad_request(
-            "invalid prefix: use at most 1024 of A-Z a-z 0-9 . _ - /",
+        Err(FilesError::BadRequest(
+            "invalid prefix: use at most 1024 of A-Z a-z 0-9 . _ - /".into(),
         ))
     }
 }

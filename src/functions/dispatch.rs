@@ -272,7 +272,7 @@ fn due_tick(cron: &croner::Cron, last: Utc, now: Utc) -> Option<Utc> {
 async fn fire_schedule(
     functions: &Functions,
     loaded: &Loaded,
-) -> crate::error::Result<Option<SystemTime>> {
+) -> super::Result<Option<SystemTime>> {
     let name = &loaded.record.info.name;
     let store = &functions.inner.store;
     let mut next_due: Option<SystemTime> = None;
@@ -356,7 +356,7 @@ async fn fire_schedule(
 async fn deliver(
     functions: &Functions,
     loaded: &Loaded,
-) -> crate::error::Result<Option<SystemTime>> {
+) -> super::Result<Option<SystemTime>> {
     let name = &loaded.record.info.name;
     let store = &functions.inner.store;
     let entries = store

@@ -4,8 +4,8 @@
 
 use super::runtime::Host;
 use crate::auth::Principal;
-use crate::docs::{Documents, ListParams};
-use crate::error::{Error, ErrorCode};
+use crate::docs::{DocsError, Documents, ListParams};
+use crate::error::Error;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,8 +98,8 @@ impl DocumentHost {
         match op {
             "get" => match self.runtime.block_on(docs.get(who, collection, id()?)) {
                 Ok(doc) => to_json(doc),
-                Err(e) if e.code == ErrorCode::NotFound => Ok(Value::Null),
-                Err(e) => Err(e),
+                Err(DocsError::NotFound { .. }) => Ok(Value::Null),
+                Err(e) => Err(e.into()),
             },
             "create" => to_json(
                 self.runtime

@@ -12,14 +12,17 @@
 //!   only in the same commit as its invocation record.
 
 mod dispatch;
+mod error;
 mod host;
 pub mod runtime;
 mod tunables;
 
+pub use error::{FunctionsError, Result};
+
 use crate::auth::Principal;
 use crate::config::FunctionsConfig;
 use crate::docs::{check_collection, Documents};
-use crate::error::{Error, ErrorCode, Result};
+use error::{internal, invalid};
 use crate::metrics::Metrics;
 use crate::model::{now_rfc3339, Change, Subject};
 use crate::store::{CommitHook, HookRecord, KvWrite, Space, Store};
@@ -161,7 +164,7 @@ pub struct Functions {
 
 pub fn check_name(name: &str) -> Result<()> {
     check_collection(name).map_err(|_| {
-        Error::bad_request(format!(
+        FunctionsError::BadRequest(format!(
             "invalid function name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"
         ))
     })
@@ -350,7 +353,7 @@ impl Functions {
     }
 
     fn require_admin(who: &Principal) -> Result<()> {
-        who.require_admin("manage functions")
+        Ok(who.require_admin("manage functions")?)
     }
 
     /// The log budget of a loaded function, shared by all its invocations.
@@ -386,10 +389,7 @@ impl Functions {
         check_name(name)?;
         let max = self.inner.config.max_module_bytes;
         if wasm.len() > max {
-            return Err(Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the module is over the limit of {max} bytes"),
-            ));
+            return Err(FunctionsError::TooLarge { max });
         }
         let previous = self.loaded(name);
         let config = previous
@@ -403,19 +403,20 @@ impl Functions {
         let artifact_path = self.inner.artifacts_dir.join(format!("{key}.bin"));
         let size = wasm.len() as u64;
         let artifact = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            let (module, artifact) = runtime::compile(&wasm).map_err(Error::bad_request)?;
-            runtime::check_abi(&module, memory, max_table_elements).map_err(Error::bad_request)?;
-            write_durably(&module_path, &wasm).map_err(Error::internal)?;
-            write_durably(&artifact_path, &artifact).map_err(Error::internal)?;
+            let (module, artifact) = runtime::compile(&wasm).map_err(FunctionsError::InvalidModule)?;
+            runtime::check_abi(&module, memory, max_table_elements)
+                .map_err(FunctionsError::InvalidModule)?;
+            write_durably(&module_path, &wasm).map_err(internal)?;
+            write_durably(&artifact_path, &artifact).map_err(internal)?;
             Ok(artifact)
         })
         .await
-        .map_err(Error::internal)??;
+        .map_err(internal)??;
         let module = self
             .inner
             .runtime
             .load(&artifact)
-            .map_err(Error::internal)?;
+            .map_err(internal)?;
         let now = now_rfc3339();
         let record = FunctionRecord {
             info: FunctionInfo {
@@ -438,7 +439,7 @@ impl Functions {
     }
 
     async fn save(&self, record: &FunctionRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(record).map_err(Error::internal)?;
+        let bytes = serde_json::to_vec(record).map_err(internal)?;
         let write = KvWrite::default().put(Space::Functions, record.info.name.as_bytes(), bytes);
         Ok(self.inner.store.kv_write(write).await?)
     }
@@ -455,7 +456,7 @@ impl Functions {
         self.check_config(&config)?;
         let current = self
             .loaded(name)
-            .ok_or_else(|| Error::not_found(format!("function {name} does not exist")))?;
+            .ok_or_else(|| FunctionsError::NotFound(name.into()))?;
         let mut record = current.record.clone();
         record.info.config = config;
         record.info.updated_at = now_rfc3339();
@@ -471,7 +472,7 @@ impl Functions {
     fn check_config(&self, config: &FunctionConfig) -> Result<()> {
         for (i, t) in config.triggers.iter().enumerate() {
             let field = format!("triggers[{i}]");
-            let bad = |why: &str| Err(Error::validation(format!("{field}: {why}"), &field));
+            let bad = |why: &str| Err(invalid(format!("{field}: {why}"), &field));
             match t.on.as_str() {
                 "create" | "update" | "delete" | "write" => {
                     match (&t.collection, &t.bucket) {
@@ -510,25 +511,25 @@ impl Functions {
             }
         }
         if config.timeout_ms == Some(0) || config.timeout_ms.is_some_and(|t| t > 600_000) {
-            return Err(Error::validation(
+            return Err(invalid(
                 "timeout_ms must be 1 to 600000",
                 "timeout_ms",
             ));
         }
         if config.memory_mb == Some(0) || config.memory_mb.is_some_and(|m| m > MAX_MEMORY_MB) {
-            return Err(Error::validation(
+            return Err(invalid(
                 format!("memory_mb must be 1 to {MAX_MEMORY_MB}"),
                 "memory_mb",
             ));
         }
         if config.fuel == Some(0) || config.max_host_calls == Some(0) {
-            return Err(Error::validation(
+            return Err(invalid(
                 "fuel and max_host_calls must be positive",
                 "fuel",
             ));
         }
         if config.max_retries.is_some_and(|r| r > 100) {
-            return Err(Error::validation(
+            return Err(invalid(
                 "max_retries must be 0 to 100",
                 "max_retries",
             ));
@@ -541,7 +542,7 @@ impl Functions {
         check_name(name)?;
         self.loaded(name)
             .map(|l| l.record.info.clone())
-            .ok_or_else(|| Error::not_found(format!("function {name} does not exist")))
+            .ok_or_else(|| FunctionsError::NotFound(name.into()))
     }
 
     pub fn list(&self, who: &Principal) -> Result<Vec<FunctionInfo>> {
@@ -563,7 +564,7 @@ impl Functions {
             Err(_) => None,
         };
         let Some(removed) = removed else {
-            return Err(Error::not_found(format!("function {name} does not exist")));
+            return Err(FunctionsError::NotFound(name.into()));
         };
         self.rebuild_triggers();
         self.inner.dispatch.remove(name);
@@ -609,17 +610,17 @@ impl Functions {
         Self::require_admin(who)?;
         check_name(name)?;
         if self.loaded(name).is_none() {
-            return Err(Error::not_found(format!("function {name} does not exist")));
+            return Err(FunctionsError::NotFound(name.into()));
         }
         if !(1..=1000).contains(&limit) {
-            return Err(Error::bad_request("limit must be 1 to 1000"));
+            return Err(FunctionsError::BadRequest("limit must be 1 to 1000".into()));
         }
         self.inner
             .store
             .kv_prefix_last(Space::Invocations, &dispatch::function_prefix(name), limit)
             .await?
             .into_iter()
-            .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(Error::internal))
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(internal))
             .collect()
     }
 
@@ -636,14 +637,14 @@ impl Functions {
             function: name.clone(),
             log_budget: self.log_budget(&name),
         });
-        let input = serde_json::to_vec(event).map_err(Error::internal)?;
+        let input = serde_json::to_vec(event).map_err(internal)?;
         let limits = self.limits(&loaded.record.info.config);
         let outcome = self
             .inner
             .runtime
             .invoke(lane, loaded.module.clone(), input, limits, host)
             .await
-            .map_err(|e| Error::new(ErrorCode::Unavailable, e))?;
+            .map_err(FunctionsError::Busy)?;
         let status = match &outcome.result {
             Ok(_) => "ok",
             Err(Failure::Timeout) => "timeout",
@@ -665,7 +666,7 @@ impl Functions {
         let loaded = self
             .loaded(name)
             .filter(|l| l.record.info.config.triggers.iter().any(|t| t.on == "http"))
-            .ok_or_else(|| Error::not_found(format!("no function {name} with an http trigger")))?;
+            .ok_or_else(|| FunctionsError::NoHttpTrigger(name.into()))?;
         let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
             "auth": who.auth_value(), "time": now_rfc3339()});
         let outcome = self.run(Lane::Http, &loaded, &event, 1).await?;
@@ -694,18 +695,12 @@ impl Functions {
             }
         });
         let result = outcome.result.map_err(|f| {
-            Error::new(
-                ErrorCode::FunctionFailed,
-                format!("function {name} failed: {f}"),
-            )
+            FunctionsError::Failed(format!("function {name} failed: {f}"))
         })?;
         let value = match result {
             None => Value::Null,
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::new(
-                    ErrorCode::FunctionFailed,
-                    format!("function {name} returned invalid JSON: {e}"),
-                )
+                FunctionsError::Failed(format!("function {name} returned invalid JSON: {e}"))
             })?,
         };
         let status = value

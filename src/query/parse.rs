@@ -50,13 +50,6 @@ pub struct ParseError {
     pub message: String,
 }
 
-impl From<ParseError> for crate::Error {
-    fn from(e: ParseError) -> Self {
-        crate::Error::bad_request(e.to_string())
-            .with_details(serde_json::json!({ "column": e.column }))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),

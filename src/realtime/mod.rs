@@ -19,7 +19,6 @@
 use crate::auth::Principal;
 use crate::config::RealtimeConfig;
 use crate::docs::{check_collection, check_id, Documents};
-use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::model::{Change, ChangeKind, Document, Subject};
 use crate::query::{self, Expr};
@@ -34,7 +33,10 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+mod error;
 mod queue;
+
+pub use error::{RealtimeError, Result};
 
 /// Retained changes read per step of a replay or a catch-up.
 const PAGE: usize = 256;
@@ -184,7 +186,7 @@ impl Realtime {
                 .read_check(collection)
                 .denies_all(&who, &auth)
             {
-                return Err(Error::forbidden(format!(
+                return Err(RealtimeError::Forbidden(format!(
                     "the read rule of {collection} denies this"
                 )));
             }
@@ -206,27 +208,17 @@ impl Realtime {
         let head = {
             let mut registry = self.inner.write();
             if !registry.open {
-                return Err(Error::new(
-                    ErrorCode::Unavailable,
-                    "the server is shutting down",
-                ));
+                return Err(RealtimeError::ShuttingDown);
             }
             if registry.count >= self.inner.config.max_subscribers {
-                return Err(Error::new(
-                    ErrorCode::Unavailable,
-                    "too many realtime subscribers; try again later",
-                ));
+                return Err(RealtimeError::Full);
             }
             let per_client = registry.per_client.get(req.client).copied().unwrap_or(0);
             if per_client >= config.max_subscribers_per_client {
-                let mut err = Error::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "this client already has {per_client} open realtime streams; close one, or subscribe to several topics on one stream"
-                    ),
-                );
-                err.retry_after = Some(config.heartbeat_secs.max(1));
-                return Err(err);
+                return Err(RealtimeError::TooManyStreams {
+                    open: per_client,
+                    retry_after: config.heartbeat_secs.max(1),
+                });
             }
             registry.count += 1;
             *registry
@@ -455,12 +447,13 @@ fn parse_topics(src: &str, max: usize) -> Result<HashMap<String, Topic>> {
         .filter(|s| !s.is_empty())
         .collect();
     if items.is_empty() {
-        return Err(Error::bad_request(
-            "subscribe needs at least one topic: a collection (`posts`) or a document (`posts/ID`)",
+        return Err(RealtimeError::BadRequest(
+            "subscribe needs at least one topic: a collection (`posts`) or a document (`posts/ID`)"
+                .into(),
         ));
     }
     if items.len() > max {
-        return Err(Error::bad_request(format!(
+        return Err(RealtimeError::BadRequest(format!(
             "subscribe takes at most {max} topics"
         )));
     }

@@ -1,7 +1,8 @@
-//! Errors of the store, and their explicit mapping to the public error codes.
+//! Errors of the store. Each domain maps them into its own error enum; the engine's failures
+//! become the public [`StorageError`].
 
 use crate::engine::{EngineError, IsConflict};
-use crate::error::{Error, ErrorCode};
+use crate::error::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,39 +35,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        let message = e.to_string();
+impl From<EngineError> for StorageError {
+    fn from(e: EngineError) -> Self {
         match e {
-            StoreError::NotFound { .. } | StoreError::FileNotFound { .. } => {
-                Error::new(ErrorCode::NotFound, message)
-            }
-            StoreError::Conflict { .. } => Error::new(ErrorCode::Conflict, message),
-            StoreError::VersionMismatch { actual, .. } => {
-                Error::new(ErrorCode::PreconditionFailed, message)
-                    .with_details(serde_json::json!({ "version": actual }))
-            }
-            StoreError::Denied(_) => Error::new(ErrorCode::Forbidden, message),
-            StoreError::CasFailed => Error::new(ErrorCode::Conflict, message),
-            StoreError::Invalid { field, .. } => Error::validation(message, &field),
-            StoreError::ScanBudget(_) => Error::bad_request(message),
-            StoreError::Engine(EngineError::Closed) => Error::new(ErrorCode::Unavailable, message),
-            StoreError::Engine(EngineError::Conflict) => Error::new(
-                ErrorCode::Conflict,
-                "too many concurrent writes to the same data; try again",
-            ),
+            EngineError::Conflict => StorageError::Contended,
+            EngineError::Closed => StorageError::Unavailable,
             // A full disk or an I/O error: nothing was written, and the store recovers by
-            // itself once the cause is gone.
-            StoreError::Engine(EngineError::Io(detail)) => {
+            // itself once the cause is gone. The detail is for the operator only.
+            EngineError::Io(detail) => {
                 tracing::error!(error = %detail, "storage failure");
-                Error::new(
-                    ErrorCode::Unavailable,
-                    "storage is unavailable; try again later",
-                )
+                StorageError::Unavailable
             }
-            StoreError::Engine(EngineError::Corrupt(_)) | StoreError::Corrupt(_) => {
-                Error::internal(message)
-            }
+            EngineError::Corrupt(detail) => StorageError::Corrupt(detail),
         }
     }
 }
@@ -77,12 +57,6 @@ impl From<StoreError> for Error {
 pub struct BatchFailure {
     pub op: usize,
     pub error: StoreError,
-}
-
-impl From<BatchFailure> for Error {
-    fn from(f: BatchFailure) -> Self {
-        Error::from(f.error).with_detail("op", f.op)
-    }
 }
 
 impl StoreError {

@@ -5,7 +5,7 @@
 //! refresh or a logout; what a race leaves is pruned next time.
 
 use super::{from_json, Accounts, EmailTokenRecord, FamilyRecord, RefreshRecord};
-use crate::error::Result;
+use crate::auth::error::Result;
 use crate::model::unix_secs;
 use crate::store::{KvEntry, KvWrite, Space, StoreError};
 
