@@ -188,12 +188,10 @@ async fn open(state: &AppState, req: &HttpRequest, query: &SignedQuery) -> Resul
                 .await?;
             Ok(state.files.open(&caller, &bucket, &path).await?)
         }
-        (Some(expires), Some(signature)) => {
-            Ok(state
-                .files
-                .open_signed(&bucket, &path, expires, signature)
-                .await?)
-        }
+        (Some(expires), Some(signature)) => Ok(state
+            .files
+            .open_signed(&bucket, &path, expires, signature)
+            .await?),
         _ => Err(Error::forbidden("the signed URL is invalid or has expired")),
     }
 }

@@ -3,8 +3,8 @@
 //! server; when `mail.smtp_url` is set it is also delivered over SMTP with lettre, and the
 //! outbox records whether delivery worked.
 
-use crate::config::MailConfig;
 use super::error::{internal, AuthError};
+use crate::config::MailConfig;
 use crate::store::{KvWrite, Space, Store};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};

@@ -14,8 +14,8 @@ pub mod tokens;
 
 pub use accounts::{Accounts, Session, User};
 
-pub use error::AuthError;
 use crate::model::Actor;
+pub use error::AuthError;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -8,8 +8,8 @@
 //! unknown email verifies against a dummy hash (random salt and output, the configured cost),
 //! so it costs the same time as a wrong password.
 
-use crate::config::AuthConfig;
 use super::error::{internal, invalid, AuthError};
+use crate::config::AuthConfig;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngCore;
@@ -181,9 +181,7 @@ impl PasswordHasherPool {
         self.jobs
             .send(Job::Verify(password, stored, tx))
             .map_err(|_| internal("the hashing threads are gone"))?;
-        let matched = rx
-            .await
-            .map_err(|_| internal("a hashing thread stopped"))?;
+        let matched = rx.await.map_err(|_| internal("a hashing thread stopped"))?;
         Ok(known && matched)
     }
 }

@@ -161,9 +161,7 @@ impl TokenIssuer {
             .keys
             .read()
             .map_err(|_| internal("key lock poisoned"))?;
-        let key = keys
-            .last()
-            .ok_or_else(|| internal("no signing key"))?;
+        let key = keys.last().ok_or_else(|| internal("no signing key"))?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(internal)

@@ -60,9 +60,8 @@ impl Documents {
                 return Err(invalid_index("an index has 1 to 8 fields".into()));
             }
             for field in fields {
-                query::parse_path(field).map_err(|e| {
-                    invalid_index(format!("index field {field:?}: {}", e.message))
-                })?;
+                query::parse_path(field)
+                    .map_err(|e| invalid_index(format!("index field {field:?}: {}", e.message)))?;
             }
         }
         self.inner

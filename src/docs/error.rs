@@ -119,8 +119,9 @@ impl From<DocsError> for Error {
         let message = e.to_string();
         match e {
             DocsError::BadRequest(_) => Error::bad_request(message),
-            DocsError::InvalidQuery { column, .. } => Error::bad_request(message)
-                .with_details(serde_json::json!({ "column": column })),
+            DocsError::InvalidQuery { column, .. } => {
+                Error::bad_request(message).with_details(serde_json::json!({ "column": column }))
+            }
             DocsError::InvalidRule { rule, column, .. } => Error::bad_request(message)
                 .with_details(serde_json::json!({ "rule": rule, "column": column })),
             DocsError::Invalid { field, .. } => Error::validation(message, &field),

@@ -18,9 +18,9 @@ pub use rules::{CompiledRules, ReadCheck, RuleScope};
 
 use crate::auth::Principal;
 use crate::config::LimitsConfig;
+use crate::error::StorageError;
 use crate::model::{Document, Rules};
 use crate::query::{self, Dialect, Expr, Rule};
-use crate::error::StorageError;
 use crate::store::{BatchFailure, RawDocument, Store, WriteOp, WriteRequest, Written};
 use rules::CachedRules;
 use serde_json::{Map, Value};
@@ -30,39 +30,6 @@ use std::sync::{Arc, RwLock};
 /// The result of a document operation.
 pub type Result<T, E = DocsError> = std::result::Result<T, E>;
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 struct Inner {
     store: Store,
     limits: LimitsConfig,
@@ -71,31 +38,20 @@ struct Inner {
     rules: RwLock<HashMap<String, CachedRules>>,
 }
 
-
-
-
-
-
-
 /// The document service. Cheap to clone.
 #[derive(Clone)]
 pub struct Documents {
     inner: Arc<Inner>,
 }
 
-
-
-
-
 impl Documents {
     pub fn new(store: Store, limits: LimitsConfig, default_rules: &Rules) -> Result<Documents> {
-        let compiled = CompiledRules::compile(default_rules).map_err(|(name, e)| {
-            DocsError::InvalidRule {
+        let compiled =
+            CompiledRules::compile(default_rules).map_err(|(name, e)| DocsError::InvalidRule {
                 rule: format!("default {name}"),
                 message: e.message,
                 column: e.column,
-            }
-        })?;
+            })?;
         Ok(Documents {
             inner: Arc::new(Inner {
                 store,
@@ -110,19 +66,15 @@ impl Documents {
         &self.inner.store
     }
 
-
-
-
-
-
-
     /// Checks a body that must be a JSON object within the nesting limit.
     fn check_data(&self, data: Value, field: &str) -> Result<Map<String, Value>> {
         let depth = json_depth(&data);
         let limit = self.inner.limits.max_json_depth;
         if depth > limit {
             return Err(DocsError::Invalid {
-                message: format!("{field} is nested {depth} levels deep, over the limit of {limit}"),
+                message: format!(
+                    "{field} is nested {depth} levels deep, over the limit of {limit}"
+                ),
                 field: field.into(),
             });
         }
@@ -153,9 +105,9 @@ impl Documents {
 
     async fn write_one(&self, who: &Principal, op: WriteOp) -> Result<Written> {
         match self.write(who, vec![op]).await {
-            Ok(mut results) => results
-                .pop()
-                .ok_or_else(|| DocsError::Storage(StorageError::Corrupt("a write returned no result".into()))),
+            Ok(mut results) => results.pop().ok_or_else(|| {
+                DocsError::Storage(StorageError::Corrupt("a write returned no result".into()))
+            }),
             Err(failure) => Err(failure.error.into()),
         }
     }
@@ -169,10 +121,9 @@ impl Documents {
             id: None,
             data,
         };
-        self.write_one(who, op)
-            .await?
-            .document
-            .ok_or_else(|| DocsError::Storage(StorageError::Corrupt("create returned no document".into())))
+        self.write_one(who, op).await?.document.ok_or_else(|| {
+            DocsError::Storage(StorageError::Corrupt("create returned no document".into()))
+        })
     }
 
     /// Creates or replaces a document. Returns it and whether it was created.
@@ -194,9 +145,9 @@ impl Documents {
             if_version,
         };
         let written = self.write_one(who, op).await?;
-        let doc = written
-            .document
-            .ok_or_else(|| DocsError::Storage(StorageError::Corrupt("set returned no document".into())))?;
+        let doc = written.document.ok_or_else(|| {
+            DocsError::Storage(StorageError::Corrupt("set returned no document".into()))
+        })?;
         Ok((doc, written.created))
     }
 
@@ -218,10 +169,9 @@ impl Documents {
             patch,
             if_version,
         };
-        self.write_one(who, op)
-            .await?
-            .document
-            .ok_or_else(|| DocsError::Storage(StorageError::Corrupt("update returned no document".into())))
+        self.write_one(who, op).await?.document.ok_or_else(|| {
+            DocsError::Storage(StorageError::Corrupt("update returned no document".into()))
+        })
     }
 
     pub async fn delete(
@@ -281,32 +231,6 @@ impl Documents {
         raw.ok_or_else(|| not_found(collection, id))
     }
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     /// Parses a filter over the envelope (the `filter` of lists and subscriptions).
     pub fn parse_filter(&self, src: &str) -> Result<Expr> {
         let max = self.inner.limits.max_filter_length;
@@ -323,14 +247,6 @@ impl Documents {
         self.inner.store.subscribe()
     }
 }
-
-
-
-
-
-
-
-
 
 fn not_found(collection: &str, id: &str) -> DocsError {
     DocsError::NotFound {

@@ -104,9 +104,7 @@ impl From<FilesError> for Error {
             FilesError::Invalid { field, .. } => Error::validation(message, &field),
             FilesError::Unauthenticated(_) => Error::unauthenticated(message),
             FilesError::Forbidden(_) => Error::forbidden(message),
-            FilesError::NotFound { .. } | FilesError::NotConfigured(_) => {
-                Error::not_found(message)
-            }
+            FilesError::NotFound { .. } | FilesError::NotConfigured(_) => Error::not_found(message),
             FilesError::UnsupportedMediaType(_) => {
                 Error::new(ErrorCode::UnsupportedMediaType, message)
             }

@@ -9,66 +9,36 @@
 //! a startup sweep removes temp files and blobs that no record points at, so a crash at any
 //! step leaves neither a partial file visible nor an orphan on disk for long.
 
+mod buckets;
 mod error;
 mod safety;
 mod signing;
+mod upload;
 
+pub use buckets::check_bucket;
 pub use error::{FilesError, Result};
 pub use safety::{check_path, inline_type, looks_like_markup};
+pub use upload::Upload;
+
+use buckets::BucketPolicy;
 
 use crate::auth::Principal;
 use crate::config::FilesConfig;
-use crate::docs::check_collection;
-use crate::query::{allows, Rule};
-use error::{internal, invalid};
-use crate::model::{BucketConfig, BucketInfo, BucketRules, FileInfo};
-use crate::query::Dialect;
-use crate::store::{Access, FileGuard, FileOp, FileWrite, KvWrite, Space, Store};
+use crate::model::{BucketConfig, BucketRules, FileInfo};
+use crate::query::Rule;
+use crate::store::{FileOp, FileWrite, Store};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use error::{internal, invalid};
 use serde::Serialize;
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use serde_json::json;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// Uploads are written to disk in pieces of this size.
-const WRITE_CHUNK: usize = 256 * 1024;
 /// The longest a signed URL may live: 7 days.
 pub const MAX_SIGNED_SECS: u64 = 7 * 24 * 3600;
 const DEFAULT_LIST_LIMIT: usize = 100;
-const MAX_CONTENT_TYPE: usize = 255;
-
-/// A bucket's rules and limits, compiled.
-struct BucketPolicy {
-    read: Rule,
-    write: Rule,
-    delete: Rule,
-    max_size: u64,
-    content_types: Option<Vec<String>>,
-}
-
-impl BucketPolicy {
-    fn compile(
-        config: &BucketConfig,
-        defaults: &BucketRules,
-        max_size: u64,
-    ) -> std::result::Result<Self, (&'static str, crate::query::ParseError)> {
-        let rules = config.rules.as_ref().unwrap_or(defaults);
-        let one = |name: &'static str, src: &Option<String>| {
-            Rule::compile_in(src.as_deref(), Dialect::FileRule).map_err(|e| (name, e))
-        };
-        Ok(BucketPolicy {
-            read: one("read", &rules.read)?,
-            write: one("write", &rules.write)?,
-            delete: one("delete", &rules.delete)?,
-            max_size: config.max_size.unwrap_or(max_size),
-            content_types: config.content_types.clone(),
-        })
-    }
-}
 
 type PolicyCache = HashMap<String, (Vec<u8>, Arc<BucketPolicy>)>;
 
@@ -130,77 +100,8 @@ fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
     r.map_err(|e| internal(format!("file task failed: {e}")))
 }
 
-pub fn check_bucket(name: &str) -> Result<()> {
-    check_collection(name).map_err(|_| {
-        FilesError::BadRequest(format!(
-            "invalid bucket name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"
-        ))
-    })
-}
-
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
-}
-
-/// The writer's access check for one caller's file write.
-struct BucketGuard {
-    policy: Arc<BucketPolicy>,
-    /// The stored configuration the policy was compiled from (`None`: the defaults).
-    source: Option<Vec<u8>>,
-    bucket: String,
-    auth: Value,
-}
-
-impl FileGuard for BucketGuard {
-    fn check(
-        &self,
-        access: Access,
-        before: Option<&FileInfo>,
-        after: Option<&FileInfo>,
-    ) -> std::result::Result<(), String> {
-        let policy = &self.policy;
-        let (rule, verb) = match access {
-            Access::Create | Access::Update => (&policy.write, "write"),
-            Access::Delete => (&policy.delete, "delete"),
-        };
-        let request = after.map(|a| request_value(a.size, &a.content_type, &a.path));
-        if rule_allows(rule, &self.auth, before, request) {
-            Ok(())
-        } else {
-            Err(format!(
-                "the {verb} rule of bucket {} denies this",
-                self.bucket
-            ))
-        }
-    }
-
-    fn depends_on(&self) -> (Space, Vec<u8>, Option<Vec<u8>>) {
-        (
-            Space::Buckets,
-            self.bucket.as_bytes().to_vec(),
-            self.source.clone(),
-        )
-    }
-}
-
-fn request_value(size: u64, content_type: &str, path: &str) -> Value {
-    json!({"size": size, "content_type": content_type, "path": path})
-}
-
-/// Evaluates a bucket rule with `auth`, `file` and `request` bound.
-fn rule_allows(rule: &Rule, auth: &Value, file: Option<&FileInfo>, request: Option<Value>) -> bool {
-    let file = file.map_or(Value::Null, |f| {
-        serde_json::to_value(f).unwrap_or(Value::Null)
-    });
-    let scope = json!({"auth": auth, "file": file, "request": request.unwrap_or(Value::Null)});
-    allows(rule, &scope)
-}
-
-fn valid_content_type(ct: &str) -> bool {
-    ct.len() <= MAX_CONTENT_TYPE
-        && ct.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-        && safety::check_type_pattern(&safety::essence(ct))
-        && !safety::essence(ct).ends_with("/*")
 }
 
 impl Files {
@@ -292,157 +193,6 @@ impl Files {
         }
     }
 
-    /// The compiled rules and limits of a bucket: its own configuration, or the defaults.
-    async fn policy(&self, bucket: &str) -> Result<Arc<BucketPolicy>> {
-        Ok(self.policy_with_source(bucket).await?.0)
-    }
-
-    /// Like [`Files::policy`], with the stored configuration it comes from.
-    async fn policy_with_source(
-        &self,
-        bucket: &str,
-    ) -> Result<(Arc<BucketPolicy>, Option<Vec<u8>>)> {
-        let Some(bytes) = self
-            .inner
-            .store
-            .kv_get(Space::Buckets, bucket.as_bytes())
-            .await?
-        else {
-            return Ok((self.inner.default_policy.clone(), None));
-        };
-        if let Ok(cache) = self.inner.policies.read() {
-            if let Some((source, policy)) = cache.get(bucket) {
-                if *source == bytes {
-                    return Ok((policy.clone(), Some(bytes)));
-                }
-            }
-        }
-        let config: BucketConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| internal(format!("bucket {bucket} config: {e}")))?;
-        let policy = BucketPolicy::compile(&config, &self.inner.defaults, self.inner.max_size)
-            .unwrap_or_else(|(name, e)| {
-                // Fail closed, as collections do: admins only until the rule is fixed.
-                tracing::error!(bucket, rule = name, error = %e, "a stored bucket rule does not compile; the bucket allows admins only until it is fixed");
-                BucketPolicy {
-                    read: Rule::AdminOnly,
-                    write: Rule::AdminOnly,
-                    delete: Rule::AdminOnly,
-                    max_size: 0,
-                    content_types: None,
-                }
-            });
-        let policy = Arc::new(policy);
-        if let Ok(mut cache) = self.inner.policies.write() {
-            cache.insert(bucket.to_string(), (bytes.clone(), policy.clone()));
-        }
-        Ok((policy, Some(bytes)))
-    }
-
-    async fn guard(&self, who: &Principal, bucket: &str) -> Result<Option<Arc<dyn FileGuard>>> {
-        if who.is_admin() {
-            Ok(None)
-        } else {
-            let (policy, source) = self.policy_with_source(bucket).await?;
-            Ok(Some(Arc::new(BucketGuard {
-                policy,
-                source,
-                bucket: bucket.to_string(),
-                auth: who.auth_value(),
-            })))
-        }
-    }
-
-    fn may(&self, who: &Principal, rule: &Rule, file: Option<&FileInfo>) -> bool {
-        who.is_admin() || rule_allows(rule, &who.auth_value(), file, None)
-    }
-
-    /// Starts an upload to `bucket/path`: checks names, type, declared size and (when the size
-    /// is declared) the write rule, before a byte of the body is read.
-    pub async fn begin_upload(
-        &self,
-        who: &Principal,
-        bucket: &str,
-        path: &str,
-        content_type: Option<&str>,
-        declared_size: Option<u64>,
-    ) -> Result<Upload> {
-        check_bucket(bucket)?;
-        check_path(path)?;
-        let content_type = content_type
-            .map(str::trim)
-            .filter(|ct| !ct.is_empty())
-            .unwrap_or("application/octet-stream");
-        if !valid_content_type(content_type) {
-            return Err(FilesError::UnsupportedMediaType(format!(
-                "invalid Content-Type {content_type:?}"
-            )));
-        }
-        let policy = self.policy(bucket).await?;
-        if let Some(allowed) = &policy.content_types {
-            if !safety::type_allowed(content_type, allowed) {
-                return Err(FilesError::UnsupportedMediaType(format!(
-                    "bucket {bucket} accepts {}, not {content_type}",
-                    allowed.join(", ")
-                )));
-            }
-        }
-        if let Some(size) = declared_size {
-            check_size(size, policy.max_size)?;
-            if !who.is_admin() {
-                let current = self.inner.store.file_get(bucket, path).await?;
-                let request = request_value(size, content_type, path);
-                let info = current.as_ref().map(|r| &r.info);
-                if !rule_allows(&policy.write, &who.auth_value(), info, Some(request)) {
-                    return Err(FilesError::Forbidden(format!(
-                        "the write rule of bucket {bucket} denies this"
-                    )));
-                }
-            }
-        }
-        let tmp_path = self.inner.tmp.join(format!("{}.part", ulid::Ulid::new()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_error)?;
-        Ok(Upload {
-            files: self.clone(),
-            who: who.clone(),
-            bucket: bucket.to_string(),
-            path: path.to_string(),
-            content_type: content_type.to_string(),
-            max_size: policy.max_size,
-            tmp_path,
-            sink: Some(Sink {
-                file,
-                hasher: Sha256::new(),
-            }),
-            buf: Vec::with_capacity(WRITE_CHUNK),
-            head: Vec::with_capacity(safety::SNIFF_BYTES),
-            size: 0,
-        })
-    }
-
-    /// Commits an uploaded blob's record, then removes the blob it replaced (or, if the commit
-    /// failed, the new blob).
-    async fn commit_blob(&self, write: FileWrite, blob: ulid::Ulid) -> Result<(FileInfo, bool)> {
-        match self.inner.store.file_write(write).await {
-            Ok(written) => {
-                if let Some(old) = &written.before {
-                    self.remove_blob(old.blob).await;
-                }
-                let info = written
-                    .after
-                    .ok_or_else(|| internal("a file put stored no record"))?;
-                Ok((info, written.before.is_none()))
-            }
-            Err(e) => {
-                self.remove_blob(blob).await;
-                Err(e.into())
-            }
-        }
-    }
-
     /// Opens `bucket/path` for `who`, after the bucket's read rule.
     pub async fn open(&self, who: &Principal, bucket: &str, path: &str) -> Result<OpenFile> {
         check_bucket(bucket)?;
@@ -507,9 +257,7 @@ impl Files {
                 Err(e) => return Err(io_error(e)),
             }
         }
-        Err(internal(format!(
-            "the blob of {bucket}/{path} is missing"
-        )))
+        Err(internal(format!("the blob of {bucket}/{path} is missing")))
     }
 
     /// A URL that serves `bucket/path` without a token for `expires_in` seconds. The caller
@@ -579,7 +327,8 @@ impl Files {
             })
             .transpose()?;
         let policy = self.policy(bucket).await?;
-        let denied = || FilesError::Forbidden(format!("the read rule of bucket {bucket} denies this"));
+        let denied =
+            || FilesError::Forbidden(format!("the read rule of bucket {bucket} denies this"));
         let per_file = match &policy.read {
             _ if who.is_admin() => false,
             // A rule that looks at each file but says no to this caller whatever the file
@@ -660,211 +409,11 @@ impl Files {
             .await,
         )?
     }
-
-    /// Sets a bucket's rules and limits (admins only).
-    pub async fn configure(
-        &self,
-        who: &Principal,
-        bucket: &str,
-        config: BucketConfig,
-    ) -> Result<BucketInfo> {
-        who.require_admin("configure buckets")?;
-        check_bucket(bucket)?;
-        BucketPolicy::compile(&config, &self.inner.defaults, self.inner.max_size).map_err(
-            |(name, e)| FilesError::InvalidRule {
-                rule: name.into(),
-                message: e.message,
-                column: e.column,
-            },
-        )?;
-        if config
-            .max_size
-            .is_some_and(|n| n == 0 || n > i64::MAX as u64)
-        {
-            return Err(invalid(
-                format!("max_size must be from 1 to {}", i64::MAX),
-                "max_size",
-            ));
-        }
-        if let Some(types) = &config.content_types {
-            if let Some(bad) = types.iter().find(|t| !safety::check_type_pattern(t)) {
-                return Err(invalid(
-                    format!("content type {bad:?} is not `type/subtype` or `type/*`"),
-                    "content_types",
-                ));
-            }
-        }
-        let bytes = serde_json::to_vec(&config).map_err(internal)?;
-        self.inner
-            .store
-            .kv_write(KvWrite::default().put(Space::Buckets, bucket.as_bytes(), bytes))
-            .await?;
-        Ok(BucketInfo::new(bucket, config))
-    }
-
-    /// A bucket's stored configuration (admins only).
-    pub async fn bucket_config(&self, who: &Principal, bucket: &str) -> Result<BucketInfo> {
-        who.require_admin("read bucket configs")?;
-        check_bucket(bucket)?;
-        let bytes = self
-            .inner
-            .store
-            .kv_get(Space::Buckets, bucket.as_bytes())
-            .await?
-            .ok_or_else(|| FilesError::NotConfigured(bucket.into()))?;
-        let config = serde_json::from_slice(&bytes).map_err(internal)?;
-        Ok(BucketInfo::new(bucket, config))
-    }
-
-    /// Every configured bucket (admins only).
-    pub async fn buckets(&self, who: &Principal) -> Result<Vec<BucketInfo>> {
-        who.require_admin("read bucket configs")?;
-        self.inner
-            .store
-            .kv_scan(Space::Buckets, None, usize::MAX)
-            .await?
-            .into_iter()
-            .map(|(name, bytes)| {
-                let config = serde_json::from_slice(&bytes).map_err(internal)?;
-                Ok(BucketInfo::new(&String::from_utf8_lossy(&name), config))
-            })
-            .collect()
-    }
 }
 
 fn not_found(bucket: &str, path: &str) -> FilesError {
     FilesError::NotFound {
         bucket: bucket.into(),
         path: path.into(),
-    }
-}
-
-fn check_size(size: u64, max: u64) -> Result<()> {
-    if size > max {
-        Err(FilesError::TooLarge { max })
-    } else {
-        Ok(())
-    }
-}
-
-/// The open temp file of an upload and the hash of what was written to it.
-struct Sink {
-    file: std::fs::File,
-    hasher: Sha256,
-}
-
-/// An upload in progress. Feed it the body with [`Upload::write`], then [`Upload::commit`].
-/// Dropped before the commit (an error, a limit, a client that went away), it removes its
-/// temp file.
-pub struct Upload {
-    files: Files,
-    who: Principal,
-    bucket: String,
-    path: String,
-    content_type: String,
-    max_size: u64,
-    tmp_path: PathBuf,
-    /// `None` while a piece is being written on the blocking pool.
-    sink: Option<Sink>,
-    buf: Vec<u8>,
-    head: Vec<u8>,
-    size: u64,
-}
-
-impl Upload {
-    /// Adds a piece of the body. Fails with `413` as soon as the size passes the limit.
-    pub async fn write(&mut self, piece: &[u8]) -> Result<()> {
-        self.size = self.size.saturating_add(piece.len() as u64);
-        check_size(self.size, self.max_size)?;
-        let room = safety::SNIFF_BYTES.saturating_sub(self.head.len());
-        self.head.extend_from_slice(&piece[..room.min(piece.len())]);
-        self.buf.extend_from_slice(piece);
-        if self.buf.len() >= WRITE_CHUNK {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut sink = self
-            .sink
-            .take()
-            .ok_or_else(|| internal("an upload was written after a failure"))?;
-        let buf = std::mem::take(&mut self.buf);
-        let (sink, mut buf) = joined(
-            tokio::task::spawn_blocking(move || {
-                sink.hasher.update(&buf);
-                sink.file.write_all(&buf).map(|()| (sink, buf))
-            })
-            .await,
-        )?
-        .map_err(io_error)?;
-        buf.clear();
-        self.buf = buf;
-        self.sink = Some(sink);
-        Ok(())
-    }
-
-    /// Makes the bytes durable, moves them into place and commits the record (after the write
-    /// rule, checked by the writer). Returns the metadata and whether the file is new.
-    pub async fn commit(mut self) -> Result<(FileInfo, bool)> {
-        self.flush().await?;
-        let sink = self
-            .sink
-            .take()
-            .ok_or_else(|| internal("an upload was committed after a failure"))?;
-        let sha256: String = sink
-            .hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let blob = ulid::Ulid::new();
-        let dest = self.files.blob_path(blob);
-        let (tmp, blobs) = (self.tmp_path.clone(), self.files.inner.blobs.clone());
-        let file = sink.file;
-        joined(
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                file.sync_all()?;
-                drop(file);
-                std::fs::rename(&tmp, &dest)?;
-                sync_dir(&blobs)
-            })
-            .await,
-        )?
-        .map_err(io_error)?;
-        let write = FileWrite {
-            bucket: self.bucket.clone(),
-            path: self.path.clone(),
-            op: FileOp::Put {
-                blob,
-                size: self.size,
-                sha256,
-                content_type: self.content_type.clone(),
-                markup: looks_like_markup(&self.head),
-            },
-            actor: self.who.actor(),
-            depth: self.who.depth(),
-            guard: self.files.guard(&self.who, &self.bucket).await?,
-        };
-        let files = self.files.clone();
-        // Detached, so a client that disconnects now cannot leave the blob half-committed.
-        joined(tokio::spawn(async move { files.commit_blob(write, blob).await }).await)?
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        // After a commit the temp file has been renamed away and this finds nothing.
-        match std::fs::remove_file(&self.tmp_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %self.tmp_path.display(), error = %e, "could not remove an upload's temp file")
-            }
-        }
     }
 }

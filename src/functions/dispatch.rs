@@ -5,7 +5,8 @@
 //! backoff and jitter and holds back the events behind it, so each function sees the changes
 //! of a document in commit order; a slow function delays only its own queue.
 
-use super::{outcome_status, Functions, Invocation, Loaded};
+use super::invoke::outcome_status;
+use super::{Functions, Invocation, Loaded};
 use crate::model::{format_time, now_rfc3339, Change, Subject};
 use crate::store::{HookRecord, KvWrite, Space};
 use serde::{Deserialize, Serialize};
@@ -353,10 +354,7 @@ async fn fire_schedule(
 
 /// Runs the due events of a function's outbox, in order, and commits their outcomes. Returns
 /// `None` to go on at once, or when to look again.
-async fn deliver(
-    functions: &Functions,
-    loaded: &Loaded,
-) -> super::Result<Option<SystemTime>> {
+async fn deliver(functions: &Functions, loaded: &Loaded) -> super::Result<Option<SystemTime>> {
     let name = &loaded.record.info.name;
     let store = &functions.inner.store;
     let entries = store

@@ -14,9 +14,9 @@
 //! Tombstones are pruned after `StoreOptions::tombstone_age`.
 
 use super::error::{BatchFailure, StoreError};
-use super::write::{Access, WriteOp, WriteRequest, WriteResult, Written};
 use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::kv::KvWrite;
+use super::write::{Access, WriteOp, WriteRequest, WriteResult, Written};
 use super::{keys, records, CollectionState, Configured, HookRecord, IndexDef, Store};
 use crate::engine::{
     retry, ChangeAppend, Direction, EngineError, KeyRange, Keyspace, OnDurable, Stamped,

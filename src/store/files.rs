@@ -4,9 +4,9 @@
 //!
 //! A record is `flags (1 byte) + blob id (16 bytes, a ULID) + FileInfo JSON`.
 
-use super::write::Access;
 use super::error::StoreError;
 use super::kv::Space;
+use super::write::Access;
 use crate::model::{Actor, FileInfo};
 use std::sync::Arc;
 

@@ -21,13 +21,13 @@ mod records;
 mod scan;
 mod write;
 
-pub use write::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult, Written};
 pub use error::{BatchFailure, StoreError};
 use feed::ChangeFeed;
 pub use feed::ChangeReceiver;
 pub use files::{FileGuard, FileOp, FileRecord, FileWrite, FileWritten};
 pub use kv::{KvWrite, Space};
 pub use scan::{QueryResult, QuerySpec};
+pub use write::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult, Written};
 
 /// A system record: key (without its space prefix) and value.
 pub type KvEntry = (Vec<u8>, Vec<u8>);

@@ -4,7 +4,8 @@
 //! only if it is unchanged since it was read (compare-and-set), so pruning never races a
 //! refresh or a logout; what a race leaves is pruned next time.
 
-use super::{from_json, Accounts, EmailTokenRecord, FamilyRecord, RefreshRecord};
+use super::records::{from_json, EmailTokenRecord, FamilyRecord, RefreshRecord};
+use super::Accounts;
 use crate::auth::error::Result;
 use crate::model::unix_secs;
 use crate::store::{KvEntry, KvWrite, Space, StoreError};

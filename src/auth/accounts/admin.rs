@@ -1,0 +1,141 @@
+//! What admins do with accounts: list, read, disable, promote and delete users, bootstrap an
+//! admin, read the mail outbox, rotate the signing key.
+
+use super::records::{from_json, new_user, normalize_email, User, UserPage, UserRecord};
+use super::Accounts;
+use crate::auth::error::{invalid, AuthError, Result};
+use crate::auth::mail::Mail;
+use crate::auth::password::check_password;
+use crate::auth::Principal;
+use crate::store::{KvWrite, Space, StoreError};
+
+impl Accounts {
+    pub(super) fn require_admin(who: &Principal) -> Result<()> {
+        Ok(who.require_admin("manage users and read the outbox")?)
+    }
+
+    /// Users in id (creation) order.
+    pub async fn list_users(
+        &self,
+        who: &Principal,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<UserPage> {
+        Self::require_admin(who)?;
+        if !(1..=1000).contains(&limit) {
+            return Err(AuthError::BadRequest(
+                "limit must be between 1 and 1000".into(),
+            ));
+        }
+        let rows = self
+            .store
+            .kv_scan(Space::Users, cursor.map(str::as_bytes), limit + 1)
+            .await?;
+        let mut items: Vec<User> = rows
+            .iter()
+            .map(|(_, v)| from_json::<UserRecord>(v).map(|u| u.public()))
+            .collect::<Result<_>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|u| u.id.clone())
+        } else {
+            None
+        };
+        Ok(UserPage { items, next_cursor })
+    }
+
+    pub async fn get_user(&self, who: &Principal, id: &str) -> Result<User> {
+        Self::require_admin(who)?;
+        self.load_user(id)
+            .await?
+            .map(|(u, _)| u.public())
+            .ok_or_else(|| AuthError::UserNotFound(id.into()))
+    }
+
+    /// Disables or enables a user. Disabling revokes every token at once.
+    pub async fn set_disabled(&self, who: &Principal, id: &str, disabled: bool) -> Result<User> {
+        Self::require_admin(who)?;
+        let user = self
+            .update_user(id, |u| {
+                if disabled && !u.disabled {
+                    u.token_version += 1;
+                }
+                u.disabled = disabled;
+            })
+            .await?;
+        Ok(user.public())
+    }
+
+    pub async fn set_role(&self, who: &Principal, id: &str, role: &str) -> Result<User> {
+        Self::require_admin(who)?;
+        if role != "user" && role != "admin" {
+            return Err(invalid("role is `user` or `admin`", "role"));
+        }
+        Ok(self
+            .update_user(id, |u| u.role = role.to_string())
+            .await?
+            .public())
+    }
+
+    /// Deletes a user; their tokens stop working at once. Their documents stay.
+    pub async fn delete_user(&self, who: &Principal, id: &str) -> Result<()> {
+        Self::require_admin(who)?;
+        let (user, bytes) = self
+            .load_user(id)
+            .await?
+            .ok_or_else(|| AuthError::UserNotFound(id.into()))?;
+        let write = KvWrite::default()
+            .check(Space::Users, id.as_bytes(), Some(bytes))
+            .delete(Space::Users, id.as_bytes())
+            .delete(Space::Emails, user.email.as_bytes());
+        match self.store.kv_write(write).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::CasFailed) => Err(AuthError::Conflict(
+                "the user changed concurrently; retry".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates an admin, or promotes (and re-passwords) the existing user with that email.
+    /// Returns the user and whether it was created.
+    pub async fn upsert_admin(&self, email: &str, password: String) -> Result<(User, bool)> {
+        let email = normalize_email(email)?;
+        check_password(&password, &email)?;
+        let hash = self.hasher.hash(password).await?;
+        if let Some((user, _)) = self.user_by_email(&email).await? {
+            let user = self
+                .update_user(&user.id, |u| {
+                    u.role = "admin".into();
+                    u.password_hash = hash.clone();
+                    u.disabled = false;
+                })
+                .await?;
+            return Ok((user.public(), false));
+        }
+        let (user, write) = new_user(&email, "admin", hash, true)?;
+        self.store.kv_write(write).await?;
+        Ok((user.public(), true))
+    }
+
+    /// Whether a user with this email exists.
+    pub async fn email_exists(&self, email: &str) -> Result<bool> {
+        let email = normalize_email(email)?;
+        Ok(self
+            .store
+            .kv_get(Space::Emails, email.as_bytes())
+            .await?
+            .is_some())
+    }
+
+    pub async fn outbox(&self, who: &Principal, limit: usize) -> Result<Vec<Mail>> {
+        Self::require_admin(who)?;
+        self.mailer.outbox(limit.clamp(1, 1000)).await
+    }
+
+    /// Adds a new JWT signing key (admins only); earlier tokens stay valid until they expire.
+    pub fn rotate_signing_key(&self, who: &Principal) -> Result<String> {
+        Self::require_admin(who)?;
+        self.tokens.rotate()
+    }
+}

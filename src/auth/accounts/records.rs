@@ -1,0 +1,167 @@
+//! The stored records of accounts (users, refresh tokens, login families, one-time email
+//! tokens), what the API shows of them, and the checks on an email address.
+
+use crate::auth::error::{internal, invalid, AuthError, Result};
+use crate::error::StorageError;
+use crate::store::{KvWrite, Space};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A user as the API shows it. Never a hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    /// `user` or `admin`.
+    pub role: String,
+    pub created_at: String,
+    pub email_verified: bool,
+    /// Disabled users cannot sign in, and their tokens stop working.
+    pub disabled: bool,
+}
+
+/// What signup, login and refresh return.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Session {
+    pub user: User,
+    /// A short-lived JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// An opaque secret for `POST /v1/auth/refresh`; single use.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct UserRecord {
+    pub(super) id: String,
+    pub(super) email: String,
+    pub(super) role: String,
+    pub(super) created_at: String,
+    pub(super) email_verified: bool,
+    pub(super) password_hash: String,
+    pub(super) token_version: u64,
+    pub(super) disabled: bool,
+}
+
+impl UserRecord {
+    pub(super) fn public(&self) -> User {
+        User {
+            id: self.id.clone(),
+            email: self.email.clone(),
+            role: self.role.clone(),
+            created_at: self.created_at.clone(),
+            email_verified: self.email_verified,
+            disabled: self.disabled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RefreshRecord {
+    pub(super) user_id: String,
+    pub(super) family: String,
+    pub(super) used: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct FamilyRecord {
+    pub(super) user_id: String,
+    pub(super) token_version: u64,
+    /// Unix seconds: the absolute end of the login.
+    pub(super) expires_at: u64,
+    pub(super) revoked: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum EmailTokenKind {
+    Verify,
+    Reset,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct EmailTokenRecord {
+    pub(super) kind: EmailTokenKind,
+    pub(super) user_id: String,
+    pub(super) expires_at: u64,
+}
+
+/// A page of users.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UserPage {
+    pub items: Vec<User>,
+    pub next_cursor: Option<String>,
+}
+
+pub(super) fn sha256_hex(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(super) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(internal)
+}
+
+pub(super) fn from_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| AuthError::Storage(StorageError::Corrupt(e.to_string())))
+}
+
+/// A new user record, and the write that creates it if (and only if) its email is still free.
+pub(super) fn new_user(
+    email: &str,
+    role: &str,
+    password_hash: String,
+    email_verified: bool,
+) -> Result<(UserRecord, KvWrite)> {
+    let user = UserRecord {
+        id: ulid::Ulid::new().to_string(),
+        email: email.to_string(),
+        role: role.to_string(),
+        created_at: crate::model::now_rfc3339(),
+        email_verified,
+        password_hash,
+        token_version: 1,
+        disabled: false,
+    };
+    let write = KvWrite::default()
+        .check(Space::Emails, email.as_bytes(), None)
+        .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
+        .put(Space::Users, user.id.as_bytes(), to_json(&user)?);
+    Ok((user, write))
+}
+
+/// Trims an email and lower-cases its domain; refuses what cannot be an address.
+pub fn normalize_email(raw: &str) -> Result<String> {
+    let email = raw.trim();
+    let invalid = || invalid("not a valid email address", "email");
+    let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;
+    let plausible = !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@');
+    if !plausible {
+        return Err(invalid());
+    }
+    Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
+}
+
+/// The longest email address (RFC 5321), checked before anything else is done with one.
+pub(super) const MAX_EMAIL_BYTES: usize = 254;
+
+pub(super) fn check_email_length(raw: &str) -> Result<()> {
+    if raw.len() > MAX_EMAIL_BYTES {
+        return Err(invalid(
+            format!("an email address is at most {MAX_EMAIL_BYTES} bytes"),
+            "email",
+        ));
+    }
+    Ok(())
+}

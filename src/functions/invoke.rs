@@ -1,0 +1,252 @@
+//! Running a function: the limits of an invocation, HTTP calls, the invocation log, and the
+//! commit hook that queues an outbox event with every change a trigger matches.
+
+use super::error::internal;
+use super::runtime::{Failure, Lane, Limits, Outcome};
+use super::{
+    check_name, dispatch, host, FunctionConfig, Functions, FunctionsError, Invocation, Loaded,
+    Result,
+};
+use crate::auth::Principal;
+use crate::model::{now_rfc3339, Change};
+use crate::store::{CommitHook, HookRecord, KvWrite, Space};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) fn failure_kind(f: &Failure) -> &'static str {
+    match f {
+        Failure::Trap(_) => "trap",
+        Failure::Fuel => "fuel",
+        Failure::Timeout => "timeout",
+        Failure::HostCalls => "host_calls",
+        Failure::Instantiate(_) => "instantiate",
+    }
+}
+
+/// The result of an HTTP call of a function.
+pub struct HttpResult {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The invocation status, failure kind and error message of a result.
+pub(super) fn outcome_status(
+    result: &std::result::Result<Option<Vec<u8>>, Failure>,
+) -> (&'static str, Option<String>, Option<String>) {
+    match result {
+        Ok(_) => ("ok", None, None),
+        Err(Failure::Timeout) => (
+            "timeout",
+            Some("timeout".into()),
+            Some(Failure::Timeout.to_string()),
+        ),
+        Err(f) => ("error", Some(failure_kind(f).into()), Some(f.to_string())),
+    }
+}
+
+/// The outbox: for each committed change, one pending event per function it triggers, written
+/// in the same batch as the change (or, past the depth limit, a `dropped` record).
+pub(super) struct Outbox(pub(super) Functions);
+
+impl CommitHook for Outbox {
+    fn records(&self, change: &Change) -> Vec<HookRecord> {
+        let triggers = match self.0.inner.triggers.read() {
+            Ok(t) => t.clone(),
+            Err(_) => return Vec::new(),
+        };
+        let mut names: Vec<&str> = triggers
+            .iter()
+            .filter(|(_, t)| t.matches(change))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| dispatch::outbox_record(&self.0, name, change))
+            .collect()
+    }
+}
+
+impl Functions {
+    /// The log budget of a loaded function, shared by all its invocations.
+    pub(super) fn log_budget(&self, name: &str) -> Arc<host::LogBudget> {
+        let per_minute = self.inner.config.log_bytes_per_minute;
+        match self.inner.log_budgets.lock() {
+            Ok(mut budgets) => budgets
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(host::LogBudget::new(per_minute)))
+                .clone(),
+            Err(_) => Arc::new(host::LogBudget::new(0)),
+        }
+    }
+
+    /// The limits of one invocation of a function with `config`.
+    pub(super) fn limits(&self, config: &FunctionConfig) -> Limits {
+        let c = &self.inner.config;
+        Limits {
+            memory_bytes: config.memory_mb.unwrap_or(c.memory_mb) * 1024 * 1024,
+            timeout: Duration::from_millis(config.timeout_ms.unwrap_or(c.timeout_ms)),
+            fuel: config.fuel.unwrap_or(c.fuel),
+            host_calls: config.max_host_calls.unwrap_or(c.max_host_calls),
+            max_io_bytes: 1024 * 1024,
+            max_log_lines: 100,
+            max_log_bytes: 4096,
+            max_log_total: c.max_log_bytes,
+        }
+    }
+
+    /// The latest invocations of a function, newest first.
+    pub async fn invocations(
+        &self,
+        who: &Principal,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<Invocation>> {
+        Self::require_admin(who)?;
+        check_name(name)?;
+        if self.loaded(name).is_none() {
+            return Err(FunctionsError::NotFound(name.into()));
+        }
+        if !(1..=1000).contains(&limit) {
+            return Err(FunctionsError::BadRequest("limit must be 1 to 1000".into()));
+        }
+        self.inner
+            .store
+            .kv_prefix_last(Space::Invocations, &dispatch::function_prefix(name), limit)
+            .await?
+            .into_iter()
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(internal))
+            .collect()
+    }
+
+    /// Runs one invocation of `function` with an event, as the function's principal.
+    pub(super) async fn run(
+        &self,
+        lane: Lane,
+        loaded: &Loaded,
+        event: &Value,
+        depth: u32,
+    ) -> Result<Outcome> {
+        let name = loaded.record.info.name.clone();
+        let host = Arc::new(host::DocumentHost {
+            docs: self.inner.docs.clone(),
+            who: Principal::Function {
+                name: name.clone(),
+                depth,
+            },
+            runtime: self.inner.tokio.clone(),
+            function: name.clone(),
+            log_budget: self.log_budget(&name),
+        });
+        let input = serde_json::to_vec(event).map_err(internal)?;
+        let limits = self.limits(&loaded.record.info.config);
+        let outcome = self
+            .inner
+            .runtime
+            .invoke(lane, loaded.module.clone(), input, limits, host)
+            .await
+            .map_err(FunctionsError::Busy)?;
+        let status = match &outcome.result {
+            Ok(_) => "ok",
+            Err(Failure::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        let m = &self.inner.metrics;
+        m.function_invocations
+            .with_label_values(&[name.as_str(), status])
+            .inc();
+        m.function_duration
+            .with_label_values(&[name.as_str()])
+            .observe(outcome.duration.as_secs_f64());
+        Ok(outcome)
+    }
+
+    /// Calls a function that has an `http` trigger, with `auth` from the caller.
+    pub async fn call_http(&self, who: &Principal, name: &str, body: Value) -> Result<HttpResult> {
+        check_name(name)?;
+        let loaded = self
+            .loaded(name)
+            .filter(|l| l.record.info.config.triggers.iter().any(|t| t.on == "http"))
+            .ok_or_else(|| FunctionsError::NoHttpTrigger(name.into()))?;
+        let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
+            "auth": who.auth_value(), "time": now_rfc3339()});
+        let outcome = self.run(Lane::Http, &loaded, &event, 1).await?;
+        let event_id = ulid::Ulid::new().to_string();
+        let (status, failure, error) = outcome_status(&outcome.result);
+        let record = Invocation {
+            id: ulid::Ulid::new().to_string(),
+            event_id,
+            trigger: "http".into(),
+            status: status.into(),
+            attempt: 1,
+            duration_us: outcome.duration.as_micros() as u64,
+            failure,
+            error: error.clone(),
+            logs: outcome.logs,
+            at: now_rfc3339(),
+        };
+        let functions = self.clone();
+        let fname = name.to_string();
+        tokio::spawn(async move {
+            let write = functions
+                .record_invocation(KvWrite::default(), &fname, &record)
+                .await;
+            if let Err(e) = functions.inner.store.kv_write(write).await {
+                tracing::warn!(function = %fname, error = %e, "cannot record an invocation");
+            }
+        });
+        let result = outcome
+            .result
+            .map_err(|f| FunctionsError::Failed(format!("function {name} failed: {f}")))?;
+        let value = match result {
+            None => Value::Null,
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                FunctionsError::Failed(format!("function {name} returned invalid JSON: {e}"))
+            })?,
+        };
+        let status = value
+            .get("status")
+            .and_then(Value::as_u64)
+            .filter(|s| (200..=599).contains(s));
+        Ok(match status {
+            Some(status) => HttpResult {
+                status: status as u16,
+                body: value.get("body").cloned().unwrap_or(Value::Null),
+            },
+            None => HttpResult {
+                status: 200,
+                body: value,
+            },
+        })
+    }
+
+    /// Adds an invocation record (and the pruning of the oldest beyond the limit) to a write.
+    pub(super) async fn record_invocation(
+        &self,
+        write: KvWrite,
+        name: &str,
+        record: &Invocation,
+    ) -> KvWrite {
+        let mut key = dispatch::function_prefix(name);
+        key.extend_from_slice(record.id.as_bytes());
+        let bytes = serde_json::to_vec(record).unwrap_or_default();
+        let mut write = write.put(Space::Invocations, key, bytes);
+        let kept = self.inner.config.invocations_kept;
+        if let Ok(old) = self
+            .inner
+            .store
+            .kv_prefix_last(
+                Space::Invocations,
+                &dispatch::function_prefix(name),
+                kept + 16,
+            )
+            .await
+        {
+            for (key, _) in old.into_iter().skip(kept.saturating_sub(1)) {
+                write = write.delete(Space::Invocations, key);
+            }
+        }
+        write
+    }
+}

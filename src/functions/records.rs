@@ -1,0 +1,176 @@
+//! What a function is, as the API shows it and as it is stored: its triggers and limits, its
+//! record (module hash, artifact), and the record of each invocation; and what a valid
+//! configuration is.
+
+use super::error::invalid;
+use super::runtime::LogLine;
+use super::{dispatch, Functions, FunctionsError, Result};
+use crate::docs::check_collection;
+use crate::model::{Change, Subject};
+use serde::{Deserialize, Serialize};
+
+/// The most memory a function may be given, in MiB.
+pub(super) const MAX_MEMORY_MB: u64 = 4096;
+
+/// What makes a function run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    /// `create`, `update`, `delete` or `write` (all three) on a collection or bucket; `http`;
+    /// `schedule`.
+    pub on: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// For `schedule`: a five-field cron expression, in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+}
+
+impl Trigger {
+    /// Whether a change fires this trigger.
+    pub(super) fn matches(&self, change: &Change) -> bool {
+        let kind_ok = self.on == "write" || self.on == change.kind.as_str();
+        kind_ok
+            && match &change.subject {
+                Subject::Document { collection, .. } => {
+                    self.collection.as_deref() == Some(collection.as_str())
+                }
+                Subject::File { bucket, .. } => self.bucket.as_deref() == Some(bucket.as_str()),
+            }
+    }
+}
+
+/// A function's configuration; every field but `triggers` is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Metering points per invocation (default `functions.fuel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Host calls per invocation (default `functions.max_host_calls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_host_calls: Option<u32>,
+}
+
+/// A function as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionInfo {
+    pub name: String,
+    /// SHA-256 of the module, lower-case hex.
+    pub sha256: String,
+    /// Size of the module in bytes.
+    pub size: u64,
+    pub config: FunctionConfig,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The stored record: the public info and the artifact it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct FunctionRecord {
+    #[serde(flatten)]
+    pub(super) info: FunctionInfo,
+    /// The artifact's file key and the SHA-256 of its bytes.
+    pub(super) artifact_key: String,
+    pub(super) artifact_sha256: String,
+}
+
+/// One run of a function (or an event that was not delivered).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Invocation {
+    pub id: String,
+    pub event_id: String,
+    /// `create`, `update`, `delete`, `http` or `schedule`.
+    pub trigger: String,
+    /// `ok`, `error`, `timeout`, `dead` (the last failed attempt) or `dropped` (over the depth
+    /// limit).
+    pub status: String,
+    pub attempt: u32,
+    pub duration_us: u64,
+    /// For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub logs: Vec<LogLine>,
+    pub at: String,
+}
+
+pub fn check_name(name: &str) -> Result<()> {
+    check_collection(name).map_err(|_| {
+        FunctionsError::BadRequest(format!(
+            "invalid function name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"
+        ))
+    })
+}
+
+impl Functions {
+    pub(super) fn check_config(&self, config: &FunctionConfig) -> Result<()> {
+        for (i, t) in config.triggers.iter().enumerate() {
+            let field = format!("triggers[{i}]");
+            let bad = |why: &str| Err(invalid(format!("{field}: {why}"), &field));
+            match t.on.as_str() {
+                "create" | "update" | "delete" | "write" => {
+                    match (&t.collection, &t.bucket) {
+                        (Some(c), None) | (None, Some(c)) => {
+                            if check_collection(c).is_err() {
+                                return bad("invalid collection or bucket name");
+                            }
+                        }
+                        _ => return bad("name exactly one of `collection` and `bucket`"),
+                    }
+                    if t.cron.is_some() {
+                        return bad("`cron` is only for schedule triggers");
+                    }
+                }
+                "http" => {
+                    if t.collection.is_some() || t.bucket.is_some() || t.cron.is_some() {
+                        return bad("an http trigger takes no other field");
+                    }
+                }
+                "schedule" => {
+                    let Some(cron) = &t.cron else {
+                        return bad("a schedule trigger needs `cron`");
+                    };
+                    if let Err(e) = dispatch::parse_cron(cron) {
+                        return bad(&format!("invalid cron {cron:?}: {e}"));
+                    }
+                    if t.collection.is_some() || t.bucket.is_some() {
+                        return bad("a schedule trigger takes no collection or bucket");
+                    }
+                }
+                other => {
+                    return bad(&format!(
+                        "unknown trigger {other:?}: use create, update, delete, write, http or schedule"
+                    ))
+                }
+            }
+        }
+        if config.timeout_ms == Some(0) || config.timeout_ms.is_some_and(|t| t > 600_000) {
+            return Err(invalid("timeout_ms must be 1 to 600000", "timeout_ms"));
+        }
+        if config.memory_mb == Some(0) || config.memory_mb.is_some_and(|m| m > MAX_MEMORY_MB) {
+            return Err(invalid(
+                format!("memory_mb must be 1 to {MAX_MEMORY_MB}"),
+                "memory_mb",
+            ));
+        }
+        if config.fuel == Some(0) || config.max_host_calls == Some(0) {
+            return Err(invalid("fuel and max_host_calls must be positive", "fuel"));
+        }
+        if config.max_retries.is_some_and(|r| r > 100) {
+            return Err(invalid("max_retries must be 0 to 100", "max_retries"));
+        }
+        Ok(())
+    }
+}
