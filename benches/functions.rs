@@ -1,9 +1,10 @@
 //! Function runtime benchmarks: compiling a module with metering, loading a cached artifact,
 //! and one invocation (fresh store + instance, call of a trivial handler) on the calling thread
-//! and through the worker pool, from one and from several concurrent async callers. `cargo bench --bench functions`.
+//! and through the worker pool, from one and from several concurrent async callers.
+//! `cargo bench --bench functions --features internals` (the sandbox is not public API).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use emberbase::functions::runtime::{self, Host, Limits, Runtime};
+use emberbase::internals::runtime::{self, Host, Limits, Runtime};
 use std::sync::Arc;
 use std::time::Duration;
 

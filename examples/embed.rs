@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // Every committed change, in commit order, from any path (HTTP or in-process).
-    let mut changes = server.documents().subscribe();
+    let mut changes = server.changes().subscribe();
     tokio::spawn(async move {
         while let Ok(change) = changes.recv().await {
             println!(

@@ -162,5 +162,3 @@ impl From<StorageError> for Error {
         }
     }
 }
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,56 +1,103 @@
-//! Emberbase: a Firebase-style backend in one binary.
+//! Emberbase: a Firebase-style backend in one binary, and the library that is that binary.
 //!
-//! # Layout
+//! An embedding program starts a [`Server`] with [`Server::builder`] and gets, besides the
+//! HTTP API, every service in-process, with the same rules, limits and change events as over
+//! HTTP and no HTTP in between:
 //!
-//! - [`server`]: the composition root. [`Server::builder`] opens a data directory and serves;
-//!   [`Server::shutdown`] stops gracefully.
-//! - `api`: the HTTP layer, the only module that knows actix.
-//! - [`docs`]: the document service, the in-process API that HTTP handlers call.
-//! - [`store`]: the storage layer, the only module that knows sled.
-//! - [`files`]: the file service: streamed uploads into blobs, rules, signed URLs.
-//! - [`functions`]: Wasm functions: registry, sandbox, triggers, schedules, HTTP calls.
-//! - [`realtime`]: Server-Sent Events fed by the change feed, with read rules per event.
-//! - [`query`]: the filter language: parser, evaluator, order, planner.
-//! - [`auth`]: principals and the service key.
-//! - [`config`], [`model`], [`metrics`], [`error`]: what every layer shares.
+//! - [`Server::documents`]: the JSON document store ([`Documents`]);
+//! - [`Server::files`]: file storage in buckets ([`Files`]);
+//! - [`Server::accounts`]: users, sessions and the admin operations on them ([`Accounts`]);
+//! - [`Server::functions`]: sandboxed WebAssembly functions ([`Functions`]);
+//! - [`Server::changes`]: the durable change feed, live or replayed ([`Changes`]);
+//! - [`Server::realtime`]: the Server-Sent Events hub ([`Realtime`]).
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = emberbase::Server::builder()
-//!     .data_dir("./emberbase_data")
+//! Every call names its caller as a [`Principal`]: [`Principal::Service`] acts as an admin and
+//! skips the rules; a [`Principal::User`] is held to them. Each service has its own error enum
+//! ([`DocsError`], [`FilesError`], [`AuthError`], [`FunctionsError`], [`RealtimeError`]) to
+//! match on; each converts into the public [`Error`] that HTTP answers with.
+//! [`Server::shutdown`] stops gracefully and makes everything durable.
+//!
+//! The storage engine is a trait ([`engine::Engine`]); the embedded sled backend is the
+//! default, and [`ServerBuilder::engine`] takes any other.
+//!
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use emberbase::{Principal, Server};
+//! use serde_json::json;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let server = Server::builder()
+//!     .data_dir(dir.path())
 //!     .bind("127.0.0.1:0")
 //!     .start()
 //!     .await?;
 //! println!("listening on {}", server.local_addr());
+//!
+//! let note = server
+//!     .documents()
+//!     .create(&Principal::Service, "notes", json!({"text": "hello"}))
+//!     .await?;
+//! assert_eq!(note.version, 1);
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Layout
+//!
+//! - `server`: the composition root: [`ServerBuilder::start`] opens a data directory and serves.
+//! - `api`: the HTTP layer, the only module that knows actix.
+//! - `docs`, `files`, `auth`, `functions`, `realtime`, `changes`: the domain services above.
+//! - `store`: the commit engine over [`engine::Engine`]; only `engine/sled.rs` knows sled.
+//! - `query`: the filter language: parser, evaluator, order, planner.
+//! - [`config`], `model`, `metrics`, `error`: what every layer shares.
 
 // Unsafe code is allowed only where wasmer requires it (`functions::tunables`, loading
 // artifacts), each with its safety argument.
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
-pub mod auth;
+mod auth;
+mod changes;
 pub mod config;
-pub mod docs;
+mod docs;
 pub mod engine;
-pub mod error;
-pub mod files;
-pub mod functions;
-pub mod metrics;
-pub mod model;
-pub mod query;
-pub mod realtime;
-pub mod server;
-pub mod store;
+mod error;
+mod files;
+mod functions;
+mod metrics;
+mod model;
+mod query;
+mod realtime;
+mod server;
+mod store;
 
 pub use api::openapi;
-pub use auth::Principal;
+pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};
+pub use changes::Changes;
 pub use config::Config;
-pub use docs::{DocsError, Documents, ListParams, Page};
-pub use error::{Error, ErrorCode};
-pub use model::{Change, ChangeKind, Document, FileInfo, Subject};
+pub use docs::{BatchOp, BatchOpKind, DocsError, Documents, ListParams, Page};
+pub use error::{Error, ErrorCode, StorageError};
+pub use files::{FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
+pub use functions::{
+    FunctionConfig, FunctionInfo, Functions, FunctionsError, HttpResult, Invocation, LogLine,
+    Trigger,
+};
+pub use model::{
+    Actor, BucketConfig, BucketInfo, BucketRules, Change, ChangeKind, CollectionConfig,
+    CollectionInfo, Document, FileInfo, IndexState, RuleError, Rules, Subject,
+};
+pub use realtime::{Realtime, RealtimeError, SubscribeRequest, Subscription};
 pub use server::{Server, ServerBuilder, StartError};
+pub use store::ChangeReceiver;
+
+/// The function sandbox's internals, for the project's own benchmarks (`benches/functions.rs`,
+/// built with `--features internals`). Not API: it may change in any release.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::functions::runtime;
+}

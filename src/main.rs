@@ -99,7 +99,7 @@ fn admin_create(email: String, config: Option<PathBuf>, data_dir: Option<PathBuf
         Err(code) => return code,
     };
     let dir = config.server.data_dir.display().to_string();
-    match runtime.block_on(emberbase::server::create_admin(config, &email, password)) {
+    match runtime.block_on(emberbase::ServerBuilder::new(config).create_admin(&email, password)) {
         Ok((user, true)) => {
             println!("created admin {} ({}) in {dir}", user.email, user.id);
             ExitCode::SUCCESS

@@ -27,7 +27,7 @@ pub struct Document {
 
 impl Document {
     /// The value at an envelope path (`id`, `owner`, ..., `data.<field>...`), if present.
-    pub fn lookup_segments(&self, segments: &[String]) -> Option<Cow<'_, Value>> {
+    pub(crate) fn lookup_segments(&self, segments: &[String]) -> Option<Cow<'_, Value>> {
         let owned = |v: Value| Some(Cow::Owned(v));
         match segments {
             [field] => match field.as_str() {
@@ -65,7 +65,7 @@ pub struct Actor {
 }
 
 impl Actor {
-    pub fn service() -> Self {
+    pub(crate) fn service() -> Self {
         Actor {
             id: None,
             email: None,
@@ -284,7 +284,7 @@ pub struct BucketInfo {
 }
 
 impl BucketInfo {
-    pub fn new(name: &str, config: BucketConfig) -> BucketInfo {
+    pub(crate) fn new(name: &str, config: BucketConfig) -> BucketInfo {
         BucketInfo {
             name: name.to_string(),
             rules: config.rules,
@@ -295,18 +295,18 @@ impl BucketInfo {
 }
 
 /// Now, in seconds since the Unix epoch.
-pub fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// Now, as the RFC 3339 UTC string with milliseconds used everywhere in the API.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     format_time(time::OffsetDateTime::now_utc())
 }
 
-pub fn format_time(t: time::OffsetDateTime) -> String {
+pub(crate) fn format_time(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
@@ -317,7 +317,7 @@ pub fn format_time(t: time::OffsetDateTime) -> String {
 
 /// Applies a JSON merge patch (RFC 7386) to `target`: objects merge recursively, `null`
 /// removes a member, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;

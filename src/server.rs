@@ -5,6 +5,7 @@ use crate::api::{self, AppState, RouteHook};
 use crate::auth::password::PasswordHasherPool;
 use crate::auth::tokens::TokenIssuer;
 use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
+use crate::changes::Changes;
 use crate::config::Config;
 use crate::docs::Documents;
 use crate::engine::Engine;
@@ -94,6 +95,28 @@ impl ServerBuilder {
     }
 
     /// Opens the data directory and starts serving. Must be called inside a tokio runtime.
+    /// Creates an admin, or promotes an existing user with that email and sets its password,
+    /// on a data directory no server holds open (`emberbase admin create`). Returns the user
+    /// and whether it was created.
+    pub async fn create_admin(
+        self,
+        email: &str,
+        password: String,
+    ) -> Result<(crate::auth::User, bool), StartError> {
+        let config = self.config;
+        config.validate()?;
+        let (data_dir, store, _) = open_data_dir(&config, self.engine).await?;
+        let accounts = open_accounts(&store, &config, &data_dir)?;
+        let result = accounts
+            .upsert_admin(email, password)
+            .await
+            .map_err(|e| StartError::Other(e.to_string()));
+        store.close().await;
+        result
+    }
+
+    /// Opens the data directory (or the given engine), starts the services and binds the HTTP
+    /// listener. The server runs until [`Server::shutdown`].
     pub async fn start(self) -> Result<Server, StartError> {
         let config = self.config;
         config.validate()?;
@@ -165,7 +188,7 @@ impl ServerBuilder {
             files.clone(),
             functions.clone(),
             realtime.clone(),
-            Arc::new(Authenticator::new(service_key, accounts)),
+            Arc::new(Authenticator::new(service_key, accounts.clone())),
             metrics,
             config.clone(),
         ));
@@ -195,6 +218,7 @@ impl ServerBuilder {
             None => tracing::info!("service key from the configuration"),
         }
         log_default_rules(&docs, &config.rules).await;
+        let changes = Changes::new(store.clone());
         Ok(Server {
             addr,
             data_dir,
@@ -205,6 +229,8 @@ impl ServerBuilder {
             files,
             functions,
             realtime,
+            accounts,
+            changes,
         })
     }
 }
@@ -316,24 +342,6 @@ async fn bootstrap_admin(
     Ok(())
 }
 
-/// Creates an admin or promotes an existing user, on a data directory no server holds open
-/// (`emberbase admin create`).
-pub async fn create_admin(
-    config: Config,
-    email: &str,
-    password: String,
-) -> Result<(crate::auth::User, bool), StartError> {
-    config.validate()?;
-    let (data_dir, store, _) = open_data_dir(&config, None).await?;
-    let accounts = open_accounts(&store, &config, &data_dir)?;
-    let result = accounts
-        .upsert_admin(email, password)
-        .await
-        .map_err(|e| StartError::Other(e.to_string()));
-    store.close().await;
-    result
-}
-
 /// Creates the data directory if needed and opens the store: on `engine` if given, otherwise
 /// on the embedded database in `<data_dir>/db`.
 async fn open_data_dir(
@@ -384,6 +392,8 @@ pub struct Server {
     files: Files,
     functions: Functions,
     realtime: Realtime,
+    accounts: Arc<Accounts>,
+    changes: Changes,
 }
 
 impl Server {
@@ -420,6 +430,16 @@ impl Server {
     /// The realtime service.
     pub fn realtime(&self) -> &Realtime {
         &self.realtime
+    }
+
+    /// The account service: signup, login, sessions, and the admin operations on users.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// The durable change feed of documents and files, live or replayed.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// Stops accepting connections, lets in-flight requests finish (up to the shutdown

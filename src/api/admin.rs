@@ -53,7 +53,7 @@ pub(super) async fn get_collection(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct CollectionList {
+pub(super) struct CollectionList {
     items: Vec<CollectionInfo>,
 }
 

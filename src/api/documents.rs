@@ -180,7 +180,7 @@ pub(super) async fn delete_document(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     /// A filter expression, e.g. `data.n > 5 && owner == null`.
     filter: Option<String>,
     /// Comma list of paths, `-` for descending, e.g. `-data.n,created_at`. Default `id`.
@@ -242,13 +242,13 @@ pub(super) async fn list_documents(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchRequest {
+pub(super) struct BatchRequest {
     /// At most `limits.max_batch_ops` (default 500) ops.
     ops: Vec<BatchOp>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct BatchResponse {
+pub(super) struct BatchResponse {
     /// One entry per op: the document written, or null for a delete.
     results: Vec<Option<Document>>,
 }

@@ -7,12 +7,12 @@ use serde::Serialize;
 
 /// `{"error": {"code", "message", "details"}}`.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// A stable snake_case code: `bad_request`, `not_found`, ...
     pub code: String,
     /// A human-readable explanation.
@@ -40,7 +40,7 @@ impl ResponseError for Error {
 }
 
 /// The JSON of an error's body.
-pub fn body_json(err: &Error) -> actix_web::web::Bytes {
+pub(crate) fn body_json(err: &Error) -> actix_web::web::Bytes {
     let body = ErrorBody {
         error: ErrorDetail {
             code: err.code.as_str().to_string(),
@@ -52,7 +52,7 @@ pub fn body_json(err: &Error) -> actix_web::web::Bytes {
 }
 
 /// Maps an error that actix raised itself (an extractor, a payload) to our shape.
-pub fn from_actix(err: &actix_web::Error) -> Error {
+pub(crate) fn from_actix(err: &actix_web::Error) -> Error {
     let status = err.as_response_error().status_code();
     let code = match status.as_u16() {
         404 => ErrorCode::NotFound,

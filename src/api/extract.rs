@@ -17,7 +17,7 @@ fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, Error> {
 }
 
 /// The bearer token of a request, if any. A malformed `Authorization` header is a `401`.
-pub fn bearer(req: &HttpRequest) -> Result<Option<&str>, Error> {
+pub(super) fn bearer(req: &HttpRequest) -> Result<Option<&str>, Error> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -37,7 +37,7 @@ pub fn bearer(req: &HttpRequest) -> Result<Option<&str>, Error> {
 }
 
 /// The caller of a request.
-pub struct Caller(pub Principal);
+pub(super) struct Caller(pub Principal);
 
 impl FromRequest for Caller {
     type Error = Error;
@@ -61,7 +61,7 @@ impl FromRequest for Caller {
 }
 
 /// The `If-Match` header as a version: `"3"` (a strong entity tag) or, leniently, `3`.
-pub struct IfMatch(pub Option<u64>);
+pub(super) struct IfMatch(pub Option<u64>);
 
 impl FromRequest for IfMatch {
     type Error = Error;
@@ -102,7 +102,7 @@ fn is_json(content_type: &str) -> bool {
 
 /// A JSON body of type `T`, read within `http.max_body_bytes` (refused on `Content-Length`
 /// before reading, and counted while reading), with a JSON `Content-Type` (or none).
-pub struct JsonBody<T>(pub T);
+pub(super) struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = Error;
@@ -176,7 +176,7 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 
 /// The client's IP address: the socket's peer, or, when the peer is a trusted proxy, the
 /// nearest address in `X-Forwarded-For` that is not a trusted proxy.
-pub fn client_ip(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
+pub(super) fn client_ip(req: &HttpRequest, trusted: &[std::net::IpAddr]) -> String {
     let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
         return "unknown".into();
     };

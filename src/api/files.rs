@@ -22,13 +22,13 @@ const READ_CHUNK: u64 = 256 * 1024;
 /// Raw bytes, in any `Content-Type`.
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = String, format = Binary)]
-pub struct Binary(#[allow(dead_code)] Vec<u8>);
+pub(super) struct Binary(#[allow(dead_code)] Vec<u8>);
 
 /// A file's content: any bytes under any `Content-Type` (JSON, text or binary alike), so its
 /// schema constrains nothing.
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = Value)]
-pub struct FileBytes(#[allow(dead_code)] Vec<u8>);
+pub(super) struct FileBytes(#[allow(dead_code)] Vec<u8>);
 
 /// An upload's body may be empty (a zero-byte file), which the derive cannot say of a body
 /// whose schema is not an `Option`.
@@ -169,7 +169,7 @@ impl MessageBody for HeadBody {
 
 /// The query of a signed URL.
 #[derive(Deserialize, utoipa::IntoParams)]
-pub struct SignedQuery {
+pub(super) struct SignedQuery {
     /// Unix seconds after which the signed URL stops working.
     expires: Option<String>,
     /// The server's signature of the bucket, path and expiry.
@@ -425,7 +425,7 @@ pub(super) async fn delete_file(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     /// Only paths that start with this.
     prefix: Option<String>,
     /// Page size, 1 to 1000 (default 100).
@@ -468,14 +468,14 @@ pub(super) async fn list_files(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignRequest {
+pub(super) struct SignRequest {
     /// Seconds the URL works for, 1 to 604800 (7 days). Default 3600.
     #[serde(default)]
     expires_in: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SignedUrlBody {
+pub(super) struct SignedUrlBody {
     /// An absolute URL that serves the file without a token.
     url: String,
     expires_at: String,
@@ -567,7 +567,7 @@ pub(super) async fn get_bucket(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct BucketList {
+pub(super) struct BucketList {
     items: Vec<BucketInfo>,
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// What an upload answers.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Uploaded {
+pub(super) struct Uploaded {
     name: String,
     sha256: String,
     size: u64,
@@ -106,7 +106,7 @@ pub(super) async fn configure(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct FunctionList {
+pub(super) struct FunctionList {
     items: Vec<FunctionInfo>,
 }
 
@@ -170,13 +170,13 @@ pub(super) async fn delete(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
-pub struct InvocationQuery {
+pub(super) struct InvocationQuery {
     /// How many, 1 to 1000 (default 50).
     limit: Option<usize>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct InvocationList {
+pub(super) struct InvocationList {
     items: Vec<Invocation>,
 }
 

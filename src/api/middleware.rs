@@ -9,7 +9,7 @@ use actix_web::web;
 use std::time::Instant;
 use tracing::Instrument;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A client's request id is kept if it is short and plain; otherwise a new one is made.
 fn request_id(req: &ServiceRequest) -> String {
@@ -44,7 +44,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
 
 /// Logs and counts every request. The log has the path without its query string, so that a
 /// token passed as a query parameter never reaches the log.
-pub async fn observe(
+pub(super) async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -91,7 +91,7 @@ pub async fn observe(
 
 /// Refuses a query parameter the endpoint does not take, before the handler runs (inside CORS,
 /// so a browser can read the refusal).
-pub async fn refuse_unknown_query(
+pub(super) async fn refuse_unknown_query(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {

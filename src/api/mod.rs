@@ -5,7 +5,7 @@
 mod admin;
 mod auth;
 mod documents;
-pub mod error;
+pub(crate) mod error;
 mod extract;
 mod files;
 mod functions;
@@ -35,7 +35,7 @@ use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 /// Everything a handler can reach.
-pub struct AppState {
+pub(crate) struct AppState {
     pub docs: Documents,
     pub files: Files,
     pub functions: Functions,
@@ -48,7 +48,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         docs: Documents,
         files: Files,
         functions: Functions,
@@ -74,7 +74,7 @@ impl AppState {
 }
 
 /// A hook through which an embedding program adds routes of its own.
-pub type RouteHook = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+pub(crate) type RouteHook = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 struct SecurityAddon;
 
@@ -240,7 +240,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The application: routes, middleware, and JSON errors for everything actix itself refuses.
-pub fn app(
+pub(crate) fn app(
     state: web::Data<AppState>,
     hook: Option<RouteHook>,
 ) -> App<

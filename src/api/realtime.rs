@@ -12,7 +12,7 @@ use std::convert::Infallible;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct RealtimeQuery {
+pub(super) struct RealtimeQuery {
     /// Comma list of topics: a collection (`posts`, every document in it) or one document
     /// (`posts/01JDX3...`), e.g. `posts,comments/abc`.
     subscribe: Option<String>,

@@ -17,12 +17,12 @@ use std::task::{Context, Poll};
 struct Unread(Payload);
 
 /// Marks `req`'s body as refused: the response to it will close the connection.
-pub fn leave_unread(req: &HttpRequest, payload: Payload) {
+pub(super) fn leave_unread(req: &HttpRequest, payload: Payload) {
     req.extensions_mut().insert(Unread(payload));
 }
 
 /// `res`, holding `payload` until it is sent, on a connection that then closes.
-pub fn close_with(res: HttpResponse, payload: Payload) -> HttpResponse {
+pub(super) fn close_with(res: HttpResponse, payload: Payload) -> HttpResponse {
     let mut res = res
         .map_body(|_, body| Held {
             body,
@@ -35,7 +35,7 @@ pub fn close_with(res: HttpResponse, payload: Payload) -> HttpResponse {
 
 /// Gives the response to a request whose body was refused unread the payload to hold, and
 /// closes its connection.
-pub async fn close_refused(
+pub(super) async fn close_refused(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse, actix_web::Error> {

@@ -9,7 +9,7 @@ use serde::forward_to_deserialize_any;
 use serde_json::{Error, Value};
 
 /// Deserialises `T` from `value`, refusing an array where `T` has a struct.
-pub fn from_value<T: de::DeserializeOwned>(value: &Value) -> Result<T, Error> {
+pub(super) fn from_value<T: de::DeserializeOwned>(value: &Value) -> Result<T, Error> {
     T::deserialize(Strict(value))
 }
 

@@ -8,7 +8,7 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Health {
+pub(super) struct Health {
     /// Always `ok` when the server answers.
     status: &'static str,
     /// The server's version.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(super) struct PageQuery {
     /// Page size, 1 to 1000 (default 50).
     limit: Option<usize>,
     /// The `next_cursor` of the previous page.
@@ -120,7 +120,7 @@ pub(super) async fn enable_user(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RoleRequest {
+pub(super) struct RoleRequest {
     /// `user` or `admin`.
     role: String,
 }
@@ -176,13 +176,13 @@ pub(super) async fn delete_user(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct MailList {
+pub(super) struct MailList {
     items: Vec<Mail>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct LimitQuery {
+pub(super) struct LimitQuery {
     /// At most this many, newest first (default 50).
     limit: Option<usize>,
 }
@@ -212,7 +212,7 @@ pub(super) async fn outbox(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct RotatedKey {
+pub(super) struct RotatedKey {
     /// The id (`kid`) of the new signing key.
     kid: String,
 }

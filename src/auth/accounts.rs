@@ -18,8 +18,7 @@ mod prune;
 mod records;
 mod sessions;
 
-pub use prune::Pruned;
-pub use records::{normalize_email, Session, User, UserPage};
+pub use records::{Session, User, UserPage};
 
 use records::{from_json, to_json, UserRecord};
 
@@ -33,6 +32,40 @@ use crate::store::{KvWrite, Space, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The account service ([`Server::accounts`](crate::Server::accounts)): signup, login,
+/// refresh-token rotation, email flows, and the admin operations on users. An embedding program
+/// also uses it to turn a bearer token into the [`Principal`](crate::Principal) the other
+/// services take.
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = emberbase::Server::builder().data_dir(dir.path()).bind("127.0.0.1:0").start().await?;
+/// use emberbase::{AuthError, Principal};
+///
+/// let accounts = server.accounts();
+/// let session = accounts.signup("ada@example.com", "correct horse battery".into(), "127.0.0.1").await?;
+/// assert_eq!(session.user.role, "user");
+///
+/// // An access token resolves to its user, checked against the stored account.
+/// let who = accounts.authenticate(&session.access_token).await?;
+/// assert!(matches!(&who, Principal::User { email, admin: false, .. } if email == "ada@example.com"));
+/// assert_eq!(accounts.me(&who).await?.id, session.user.id);
+///
+/// // A wrong password is refused like an unknown email; a refresh token works once.
+/// let wrong = accounts.login("ada@example.com", "not the password".into(), "127.0.0.1").await;
+/// assert!(matches!(wrong, Err(AuthError::Unauthenticated(_))));
+/// let next = accounts.refresh(&session.refresh_token).await?;
+/// assert!(accounts.refresh(&session.refresh_token).await.is_err());
+/// assert_ne!(next.refresh_token, session.refresh_token);
+///
+/// // Admin operations take an admin caller.
+/// let promoted = accounts.set_role(&Principal::Service, &session.user.id, "admin").await?;
+/// assert_eq!(promoted.role, "admin");
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
 pub struct Accounts {
     store: Store,
     hasher: PasswordHasherPool,
@@ -61,7 +94,7 @@ fn rate_limited(wait: Duration, what: &str) -> AuthError {
 }
 
 impl Accounts {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         hasher: PasswordHasherPool,
         tokens: TokenIssuer,

@@ -40,7 +40,7 @@ pub enum AuthError {
 }
 
 /// The result of an account operation.
-pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+pub(super) type Result<T, E = AuthError> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(message: impl Into<String>, field: &str) -> AuthError {
     AuthError::Invalid {

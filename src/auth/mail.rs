@@ -22,7 +22,7 @@ pub struct Mail {
 }
 
 #[derive(Clone)]
-pub struct Mailer {
+pub(crate) struct Mailer {
     store: Store,
     from: String,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
@@ -56,7 +56,7 @@ fn smtp_transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, Strin
 }
 
 impl Mailer {
-    pub fn new(store: Store, config: &MailConfig) -> Result<Mailer, String> {
+    pub(crate) fn new(store: Store, config: &MailConfig) -> Result<Mailer, String> {
         let smtp = match config.smtp_url.trim() {
             "" => None,
             url => Some(smtp_transport(url)?),
@@ -69,7 +69,12 @@ impl Mailer {
     }
 
     /// Records a message in the outbox and, with SMTP configured, delivers it.
-    pub async fn send(&self, to: &str, subject: &str, body: String) -> Result<(), AuthError> {
+    pub(crate) async fn send(
+        &self,
+        to: &str,
+        subject: &str,
+        body: String,
+    ) -> Result<(), AuthError> {
         let mut mail = Mail {
             id: ulid::Ulid::new().to_string(),
             to: to.to_string(),
@@ -118,7 +123,7 @@ impl Mailer {
     }
 
     /// The newest messages first, at most `limit`.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<Mail>, AuthError> {
+    pub(crate) async fn outbox(&self, limit: usize) -> Result<Vec<Mail>, AuthError> {
         Ok(self
             .store
             .kv_scan_last(Space::Outbox, limit)

@@ -5,14 +5,14 @@
 //! comes from `auth.service_key`, or is generated on first start into `<data_dir>/service_key`
 //! with owner-only permissions. It is compared in constant time.
 
-pub mod accounts;
+pub(crate) mod accounts;
 mod error;
-pub mod mail;
-pub mod password;
-pub mod throttle;
-pub mod tokens;
+pub(crate) mod mail;
+pub(crate) mod password;
+pub(crate) mod throttle;
+pub(crate) mod tokens;
 
-pub use accounts::{Accounts, Session, User};
+pub use accounts::{Accounts, Session, User, UserPage};
 
 use crate::model::Actor;
 pub use error::AuthError;
@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 
 /// Why a caller may not do something; every domain error has both as variants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// No credentials, and they are required (`401`).
     #[error("{0}")]
     Unauthenticated(String),
@@ -61,7 +61,7 @@ impl Principal {
 
     /// Admins only: a caller without credentials gets `401` (a token is required), a signed-in
     /// one that is not an admin `403`. `what` completes "only admins ...".
-    pub fn require_admin(&self, what: &str) -> Result<(), Denied> {
+    pub(crate) fn require_admin(&self, what: &str) -> Result<(), Denied> {
         match self {
             _ if self.is_admin() => Ok(()),
             Principal::Anonymous => Err(Denied::Unauthenticated(format!(
@@ -72,7 +72,7 @@ impl Principal {
     }
 
     /// The depth of the events this caller's writes cause: 0 unless it is a function.
-    pub fn depth(&self) -> u32 {
+    pub(crate) fn depth(&self) -> u32 {
         match self {
             Principal::Function { depth, .. } => *depth,
             _ => 0,
@@ -80,7 +80,7 @@ impl Principal {
     }
 
     /// The value rules see as `auth`: `null`, or `{"id", "email", "role"}`.
-    pub fn auth_value(&self) -> Value {
+    pub(crate) fn auth_value(&self) -> Value {
         match self {
             Principal::Anonymous => Value::Null,
             Principal::Service => json!({"id": null, "email": null, "role": "service"}),
@@ -94,7 +94,7 @@ impl Principal {
     }
 
     /// Who the change feed records as having made a write.
-    pub fn actor(&self) -> Option<Actor> {
+    pub(crate) fn actor(&self) -> Option<Actor> {
         match self {
             Principal::Anonymous => None,
             Principal::Service => Some(Actor::service()),
@@ -115,35 +115,35 @@ impl Principal {
 }
 
 /// Turns credentials into a principal.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     service_key: String,
     accounts: Arc<Accounts>,
 }
 
-pub const SERVICE_KEY_FILE: &str = "service_key";
+pub(crate) const SERVICE_KEY_FILE: &str = "service_key";
 
 impl Authenticator {
-    pub fn new(service_key: String, accounts: Arc<Accounts>) -> Self {
+    pub(crate) fn new(service_key: String, accounts: Arc<Accounts>) -> Self {
         Authenticator {
             service_key,
             accounts,
         }
     }
 
-    pub fn accounts(&self) -> &Arc<Accounts> {
+    pub(crate) fn accounts(&self) -> &Arc<Accounts> {
         &self.accounts
     }
 
     /// Resolves a bearer token. `None` is an anonymous caller; a token that is not valid is
     /// `401`, never anonymous.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+    pub(crate) async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
         self.authenticate_until(bearer).await.map(|(who, _)| who)
     }
 
     /// Like [`Authenticator::authenticate`], with the moment the credential stops being valid
     /// (Unix seconds): an access token's expiry, or `None` for the service key and anonymous
     /// callers. Long-lived streams end then.
-    pub async fn authenticate_until(
+    pub(crate) async fn authenticate_until(
         &self,
         bearer: Option<&str>,
     ) -> Result<(Principal, Option<u64>), AuthError> {
@@ -157,7 +157,7 @@ impl Authenticator {
 
     /// The caller when no account needs to be read: anonymous (no token) or the service key.
     /// `None` for a token to verify.
-    pub fn without_lookup(&self, bearer: Option<&str>) -> Option<Principal> {
+    pub(crate) fn without_lookup(&self, bearer: Option<&str>) -> Option<Principal> {
         match bearer {
             None => Some(Principal::Anonymous),
             Some(token) if bool::from(token.as_bytes().ct_eq(self.service_key.as_bytes())) => {
@@ -170,7 +170,7 @@ impl Authenticator {
 
 /// Loads the service key from `data_dir`, generating it on first start. Returns the key and the
 /// file it lives in.
-pub fn load_or_create_service_key(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
+pub(crate) fn load_or_create_service_key(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
     let path = data_dir.join(SERVICE_KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(existing) if !existing.trim().is_empty() => {
@@ -186,7 +186,7 @@ pub fn load_or_create_service_key(data_dir: &Path) -> std::io::Result<(String, P
 }
 
 /// A random secret: a prefix that says what it is, then 32 random bytes in URL-safe base64.
-pub fn generate_secret(prefix: &str) -> String {
+pub(crate) fn generate_secret(prefix: &str) -> String {
     use base64::Engine;
     use rand::RngCore;
     let mut bytes = [0u8; 32];
@@ -198,7 +198,7 @@ pub fn generate_secret(prefix: &str) -> String {
 }
 
 /// Writes a file only its owner can read, durably.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -19,9 +19,9 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 /// The longest password accepted, in bytes.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 /// The shortest password accepted, in characters.
-pub const MIN_PASSWORD_CHARS: usize = 8;
+pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
 const SALT_BYTES: usize = 16;
 const OUTPUT_BYTES: usize = 32;
 
@@ -31,7 +31,7 @@ enum Job {
 }
 
 #[derive(Clone)]
-pub struct PasswordHasherPool {
+pub(crate) struct PasswordHasherPool {
     jobs: mpsc::Sender<Job>,
     dummy: Arc<String>,
 }
@@ -111,7 +111,7 @@ impl Worker {
 }
 
 impl PasswordHasherPool {
-    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Self, String> {
         let params = Params::new(
             config.argon2_memory_kib,
             config.argon2_iterations,
@@ -162,7 +162,7 @@ impl PasswordHasherPool {
     }
 
     /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`).
-    pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+    pub(crate) async fn hash(&self, password: String) -> Result<String, AuthError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Hash(password, tx))
@@ -174,7 +174,11 @@ impl PasswordHasherPool {
 
     /// Whether `password` matches `hash`. With no hash (no such user) it still does the work,
     /// against the dummy hash, and answers false.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AuthError> {
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, AuthError> {
         let known = hash.is_some();
         let stored = hash.unwrap_or_else(|| self.dummy.as_str().to_owned());
         let (tx, rx) = oneshot::channel();
@@ -189,7 +193,7 @@ impl PasswordHasherPool {
 /// The password policy of OWASP ASVS: at least 8 characters, long passphrases welcome, no
 /// composition rules, and nothing a guesser tries first (zxcvbn score 0, which takes the
 /// email into account).
-pub fn check_password(password: &str, email: &str) -> Result<(), AuthError> {
+pub(crate) fn check_password(password: &str, email: &str) -> Result<(), AuthError> {
     let field = "password";
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(invalid(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Keys kept before the first sweep.
 const FIRST_SWEEP: usize = 10_000;
 
-pub struct WindowLimiter {
+pub(crate) struct WindowLimiter {
     max: usize,
     window: Duration,
     state: Mutex<State>,
@@ -30,7 +30,7 @@ struct State {
 
 impl WindowLimiter {
     /// At most `max` events per key within `window`.
-    pub fn new(max: usize, window: Duration) -> Self {
+    pub(crate) fn new(max: usize, window: Duration) -> Self {
         WindowLimiter {
             max,
             window,
@@ -68,7 +68,8 @@ impl WindowLimiter {
     }
 
     /// How long until `key` may act again, if it is at its limit now; counts nothing.
-    pub fn blocked_for(&self, key: &str) -> Option<Duration> {
+    #[cfg(test)]
+    pub(crate) fn blocked_for(&self, key: &str) -> Option<Duration> {
         let now = Instant::now();
         self.with(|s| {
             let times = s.events.get_mut(key)?;
@@ -78,7 +79,7 @@ impl WindowLimiter {
 
     /// Counts one event of `key` if it is under its limit (all in one step, so concurrent
     /// callers cannot exceed it); otherwise says how long to wait.
-    pub fn acquire(&self, key: &str) -> Result<(), Duration> {
+    pub(crate) fn acquire(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
         self.with(|s| {
             if s.events.len() >= s.sweep_at {
@@ -99,7 +100,7 @@ impl WindowLimiter {
     }
 
     /// Takes back the newest event of `key` (an attempt that turned out to be allowed).
-    pub fn release(&self, key: &str) {
+    pub(crate) fn release(&self, key: &str) {
         self.with(|s| {
             if let Some(times) = s.events.get_mut(key) {
                 times.pop_back();
@@ -111,7 +112,7 @@ impl WindowLimiter {
     }
 
     /// Forgets every event of `key` (an account's failures after a successful login).
-    pub fn clear(&self, key: &str) {
+    pub(crate) fn clear(&self, key: &str) {
         self.with(|s| s.events.remove(key));
     }
 }

@@ -18,12 +18,12 @@ use std::sync::RwLock;
 /// Keys kept for verification after a rotation.
 const KEPT_KEYS: usize = 3;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 5;
+pub(crate) const LEEWAY_SECS: u64 = 5;
 const KEY_FILE: &str = "jwt_keys.json";
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccessClaims {
+pub(crate) struct AccessClaims {
     pub sub: String,
     pub email: String,
     pub role: String,
@@ -67,7 +67,7 @@ impl Key {
     }
 }
 
-pub struct TokenIssuer {
+pub(crate) struct TokenIssuer {
     keys: RwLock<Vec<Key>>,
     file: Option<PathBuf>,
     issuer: String,
@@ -92,7 +92,7 @@ fn decode_secret(stored: &StoredKey) -> Vec<u8> {
 impl TokenIssuer {
     /// Loads the keys: the configured secret, or the key file in `data_dir` (created on first
     /// start).
-    pub fn load(
+    pub(crate) fn load(
         data_dir: &Path,
         configured_secret: &str,
         issuer: &str,
@@ -132,12 +132,12 @@ impl TokenIssuer {
         })
     }
 
-    pub fn ttl_secs(&self) -> u64 {
+    pub(crate) fn ttl_secs(&self) -> u64 {
         self.ttl_secs
     }
 
     /// Signs an access token for a user.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         user_id: &str,
         email: &str,
@@ -168,7 +168,7 @@ impl TokenIssuer {
     }
 
     /// Checks a token's signature, algorithm, times, issuer, audience and type.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let invalid = || AuthError::Unauthenticated("invalid or expired token".into());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::HS256 {
@@ -196,7 +196,7 @@ impl TokenIssuer {
 
     /// Adds a new signing key; tokens signed by the previous keys stay valid until they expire.
     /// Returns the new key's id.
-    pub fn rotate(&self) -> Result<String, AuthError> {
+    pub(crate) fn rotate(&self) -> Result<String, AuthError> {
         let Some(path) = &self.file else {
             return Err(AuthError::BadRequest(
                 "the signing key comes from auth.jwt_secret; change it in the configuration".into(),

@@ -101,7 +101,7 @@ impl Documents {
 
     /// The collections that hold documents but have no rules of their own, so the configured
     /// defaults apply to them.
-    pub async fn collections_on_default_rules(&self) -> Result<Vec<String>> {
+    pub(crate) async fn collections_on_default_rules(&self) -> Result<Vec<String>> {
         let store = &self.inner.store;
         Ok(store
             .document_collections()

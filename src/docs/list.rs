@@ -27,12 +27,12 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-pub const DEFAULT_PAGE: usize = 50;
+pub(super) const DEFAULT_PAGE: usize = 50;
 
-pub const MAX_PAGE: usize = 1000;
+pub(super) const MAX_PAGE: usize = 1000;
 
 /// A list request, validated and parsed (see [`Documents::prepare_list`]).
-pub struct PreparedList {
+pub(crate) struct PreparedList {
     collection: String,
     filter: Option<query::Expr>,
     sort: Vec<SortKey>,
@@ -43,14 +43,14 @@ pub struct PreparedList {
 }
 
 /// A page of stored documents, serialised without parsing them again.
-pub struct RawPage {
+pub(crate) struct RawPage {
     pub items: Vec<RawDocument>,
     pub next_cursor: Option<String>,
 }
 
 impl RawPage {
     /// The page as `{"items": [...], "next_cursor": ...}`.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         let size: usize = self.items.iter().map(|d| d.json().len() + 1).sum();
         let mut out = Vec::with_capacity(size + 64);
         out.extend_from_slice(b"{\"items\":[");
@@ -92,7 +92,11 @@ fn sort_signature(keys: &[SortKey]) -> String {
 
 impl Documents {
     /// Validates and parses a list request.
-    pub fn prepare_list(&self, collection: &str, params: &ListParams<'_>) -> Result<PreparedList> {
+    pub(crate) fn prepare_list(
+        &self,
+        collection: &str,
+        params: &ListParams<'_>,
+    ) -> Result<PreparedList> {
         check_collection(collection)?;
         let max = self.inner.limits.max_filter_length;
         for (name, value) in [("filter", params.filter), ("sort", params.sort)] {
@@ -136,7 +140,7 @@ impl Documents {
     /// Whether a prepared list reads a bounded part of the collection: an ordered scan (it
     /// stops after `limit` matches) with no filter, or within an index or id range. Such a list
     /// is cheap enough to run on an async worker; others belong on a blocking thread.
-    pub fn is_bounded(&self, who: &Principal, list: &PreparedList) -> bool {
+    pub(crate) fn is_bounded(&self, who: &Principal, list: &PreparedList) -> bool {
         let owned = self.owned_filter(who, list);
         let filter = owned.as_ref().or(list.filter.as_ref());
         let plan = self.inner.store.plan(&list.collection, filter, &list.sort);
@@ -237,7 +241,7 @@ impl Documents {
     }
 
     /// Like [`Documents::list`], as the stored bytes of each document, for serving.
-    pub async fn list_raw(&self, who: &Principal, list: &PreparedList) -> Result<RawPage> {
+    pub(crate) async fn list_raw(&self, who: &Principal, list: &PreparedList) -> Result<RawPage> {
         let (result, next_cursor) = self.run_list(who, list).await?;
         Ok(RawPage {
             items: result.raw,

@@ -12,9 +12,9 @@ mod rules;
 
 pub use batch::{BatchOp, BatchOpKind};
 pub use error::DocsError;
-pub use list::{ListParams, Page, PreparedList, RawPage, DEFAULT_PAGE, MAX_PAGE};
-pub use names::{check_collection, check_id, json_depth, valid_collection_name, valid_document_id};
-pub use rules::{CompiledRules, ReadCheck, RuleScope};
+pub use list::{ListParams, Page};
+pub(crate) use names::{check_collection, check_id, json_depth};
+pub(crate) use rules::{CompiledRules, ReadCheck};
 
 use crate::auth::Principal;
 use crate::config::LimitsConfig;
@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// The result of a document operation.
-pub type Result<T, E = DocsError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = DocsError> = std::result::Result<T, E>;
 
 struct Inner {
     store: Store,
@@ -38,14 +38,52 @@ struct Inner {
     rules: RwLock<HashMap<String, CachedRules>>,
 }
 
-/// The document service. Cheap to clone.
+/// The document service ([`Server::documents`](crate::Server::documents)): create, read,
+/// replace, patch, delete, list and batch, with the collection's rules applied to the caller
+/// exactly as over HTTP. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = emberbase::Server::builder().data_dir(dir.path()).bind("127.0.0.1:0").start().await?;
+/// use emberbase::{DocsError, ListParams, Principal};
+/// use serde_json::json;
+///
+/// let docs = server.documents();
+/// // The service key acts as an admin; a user is held to the rules (by default, private).
+/// let alice = Principal::User { id: "alice".into(), email: "alice@example.com".into(), admin: false };
+/// let bob = Principal::User { id: "bob".into(), email: "bob@example.com".into(), admin: false };
+///
+/// let note = docs.create(&alice, "notes", json!({"text": "mine", "n": 1})).await?;
+/// assert_eq!(note.owner.as_deref(), Some("alice"));
+/// let patched = docs.update(&alice, "notes", &note.id, json!({"n": 2}), Some(1)).await?;
+/// assert_eq!((patched.version, &patched.data["n"]), (2, &json!(2)));
+///
+/// // Bob may not read it, and a stale version is refused.
+/// let denied = docs.get(&bob, "notes", &note.id).await;
+/// assert!(matches!(denied, Err(DocsError::Forbidden(_))));
+/// let stale = docs.update(&alice, "notes", &note.id, json!({"n": 3}), Some(1)).await;
+/// assert!(matches!(stale, Err(DocsError::VersionMismatch { actual: 2, .. })));
+///
+/// let params = ListParams { filter: Some("data.n >= 2"), sort: Some("-created_at"), ..Default::default() };
+/// assert_eq!(docs.list(&alice, "notes", &params).await?.items.len(), 1);
+/// assert!(docs.list(&bob, "notes", &params).await?.items.is_empty());
+/// docs.delete(&alice, "notes", &note.id, None).await?;
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Documents {
     inner: Arc<Inner>,
 }
 
 impl Documents {
-    pub fn new(store: Store, limits: LimitsConfig, default_rules: &Rules) -> Result<Documents> {
+    pub(crate) fn new(
+        store: Store,
+        limits: LimitsConfig,
+        default_rules: &Rules,
+    ) -> Result<Documents> {
         let compiled =
             CompiledRules::compile(default_rules).map_err(|(name, e)| DocsError::InvalidRule {
                 rule: format!("default {name}"),
@@ -62,7 +100,7 @@ impl Documents {
         })
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -208,7 +246,7 @@ impl Documents {
     }
 
     /// Reads a document as stored bytes, parsing it only when a rule needs to look inside.
-    pub async fn get_raw(
+    pub(crate) async fn get_raw(
         &self,
         who: &Principal,
         collection: &str,
@@ -232,7 +270,7 @@ impl Documents {
     }
 
     /// Parses a filter over the envelope (the `filter` of lists and subscriptions).
-    pub fn parse_filter(&self, src: &str) -> Result<Expr> {
+    pub(crate) fn parse_filter(&self, src: &str) -> Result<Expr> {
         let max = self.inner.limits.max_filter_length;
         if src.len() > max {
             return Err(DocsError::BadRequest(format!(
@@ -243,7 +281,7 @@ impl Documents {
     }
 
     /// Every change committed from now on (see [`Store::subscribe`]).
-    pub fn subscribe(&self) -> crate::store::ChangeReceiver {
+    pub(crate) fn subscribe(&self) -> crate::store::ChangeReceiver {
         self.inner.store.subscribe()
     }
 }
@@ -256,28 +294,35 @@ fn not_found(collection: &str, id: &str) -> DocsError {
 }
 
 #[cfg(test)]
+mod planner_tests;
+
+/// A document service over a fresh store in `dir`, with the default limits and rules.
+#[cfg(test)]
+pub(crate) async fn open_for_test(dir: &std::path::Path) -> Documents {
+    let options = crate::store::StoreOptions {
+        path: dir.join("db"),
+        cache_bytes: 1 << 20,
+        max_document_bytes: 1 << 20,
+        retention_count: 100,
+        retention_age: std::time::Duration::from_secs(3600),
+        change_buffer_bytes: 1 << 20,
+        tombstone_age: std::time::Duration::from_secs(3600),
+        max_scan_documents: 1000,
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+    let store = Store::open(options, metrics).await.unwrap();
+    Documents::new(store, LimitsConfig::default(), &Rules::default()).unwrap()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::CollectionConfig;
-    use crate::store::StoreOptions;
 
     #[tokio::test]
     async fn the_rules_cache_holds_configured_collections_only() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            path: dir.path().join("db"),
-            cache_bytes: 1 << 20,
-            max_document_bytes: 1 << 20,
-            retention_count: 100,
-            retention_age: std::time::Duration::from_secs(3600),
-            change_buffer_bytes: 1 << 20,
-            tombstone_age: std::time::Duration::from_secs(3600),
-            max_scan_documents: 1000,
-        };
-        let store = Store::open(options, Arc::new(crate::metrics::Metrics::new().unwrap()))
-            .await
-            .unwrap();
-        let docs = Documents::new(store, LimitsConfig::default(), &Rules::default()).unwrap();
+        let docs = open_for_test(dir.path()).await;
         let cached = || docs.inner.rules.read().unwrap().len();
         // Names a client makes up cost nothing to remember.
         for i in 0..1000 {

@@ -4,12 +4,12 @@ use super::DocsError;
 use serde_json::Value;
 
 /// Names of collections (and buckets, and functions): `[A-Za-z0-9_-]{1,64}`.
-pub fn valid_collection_name(name: &str) -> bool {
+pub(super) fn valid_collection_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(is_name_byte)
 }
 
 /// Document ids: `[A-Za-z0-9_-]{1,128}`.
-pub fn valid_document_id(id: &str) -> bool {
+pub(super) fn valid_document_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(is_name_byte)
 }
 
@@ -18,7 +18,7 @@ fn is_name_byte(b: u8) -> bool {
 }
 
 /// A collection name, or a `BadRequest` that says what a name may be.
-pub fn check_collection(name: &str) -> Result<(), DocsError> {
+pub(crate) fn check_collection(name: &str) -> Result<(), DocsError> {
     if valid_collection_name(name) {
         Ok(())
     } else {
@@ -29,7 +29,7 @@ pub fn check_collection(name: &str) -> Result<(), DocsError> {
 }
 
 /// A document id, or a `BadRequest` that says what an id may be.
-pub fn check_id(id: &str) -> Result<(), DocsError> {
+pub(crate) fn check_id(id: &str) -> Result<(), DocsError> {
     if valid_document_id(id) {
         Ok(())
     } else {
@@ -40,7 +40,7 @@ pub fn check_id(id: &str) -> Result<(), DocsError> {
 }
 
 /// The nesting depth of a JSON value: 0 for a scalar, 1 for a flat array or object.
-pub fn json_depth(v: &Value) -> usize {
+pub(crate) fn json_depth(v: &Value) -> usize {
     match v {
         Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
         Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),

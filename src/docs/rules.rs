@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// The four rules of a collection, compiled.
 #[derive(Debug, Clone)]
-pub struct CompiledRules {
+pub(crate) struct CompiledRules {
     pub read: Rule,
     pub create: Rule,
     pub update: Rule,
@@ -22,7 +22,7 @@ pub struct CompiledRules {
 
 impl CompiledRules {
     /// Rules that allow admins only: what a collection whose stored rules do not compile gets.
-    pub fn admin_only() -> CompiledRules {
+    pub(crate) fn admin_only() -> CompiledRules {
         CompiledRules {
             read: Rule::AdminOnly,
             create: Rule::AdminOnly,
@@ -32,7 +32,7 @@ impl CompiledRules {
     }
 
     /// Compiles every rule; the error names the rule that failed.
-    pub fn compile(rules: &Rules) -> Result<CompiledRules, (&'static str, ParseError)> {
+    pub(crate) fn compile(rules: &Rules) -> Result<CompiledRules, (&'static str, ParseError)> {
         let one = |name: &'static str, src: &Option<String>| {
             Rule::compile(src.as_deref()).map_err(|e| (name, e))
         };
@@ -46,7 +46,7 @@ impl CompiledRules {
 }
 
 /// The names a rule can see.
-pub struct RuleScope<'a> {
+pub(super) struct RuleScope<'a> {
     pub auth: &'a Value,
     pub doc: Option<&'a Document>,
     pub request_data: Option<&'a Map<String, Value>>,
@@ -195,7 +195,7 @@ impl Documents {
 
     /// The read rule of a collection as configured now, to check many documents against (the
     /// realtime fan-out checks every event for every subscriber).
-    pub fn read_check(&self, collection: &str) -> ReadCheck {
+    pub(crate) fn read_check(&self, collection: &str) -> ReadCheck {
         ReadCheck {
             rules: self.rules_for(collection),
         }
@@ -203,20 +203,20 @@ impl Documents {
 }
 
 /// A collection's read rule, fixed at one moment.
-pub struct ReadCheck {
+pub(crate) struct ReadCheck {
     pub(super) rules: Arc<CompiledRules>,
 }
 
 impl ReadCheck {
     /// Whether `who` (with `auth` its rule binding) may read `doc`.
-    pub fn allows(&self, who: &Principal, auth: &Value, doc: &Document) -> bool {
+    pub(crate) fn allows(&self, who: &Principal, auth: &Value, doc: &Document) -> bool {
         Documents::may_read(&self.rules, who, auth, Some(doc))
     }
 
     /// Whether the rule denies `who` every document, whatever it holds: it says no without
     /// looking at the document (`auth != null && doc.owner == auth.id` for an anonymous
     /// caller).
-    pub fn denies_all(&self, who: &Principal, auth: &Value) -> bool {
+    pub(crate) fn denies_all(&self, who: &Principal, auth: &Value) -> bool {
         match &self.rules.read {
             Rule::Expr {
                 expr,

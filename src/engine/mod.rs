@@ -47,7 +47,7 @@ pub enum Keyspace {
     /// Change records, by sequence number (written by the engine only, through
     /// [`Transaction::append_change`]; rewritten or deleted like any key when pruned).
     Changes,
-    /// Per-subject change history, `prefix ++ seq` (see [`ChangeAppend::history`]).
+    /// Per-subject change history, `prefix ++ seq` (a [`Stamped`] record of each change).
     History,
     /// Configuration (collections).
     Meta,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 /// the live store; `pending(range)` says how many pre-images there are in a range (a bound on how many live
 /// entries a correction can remove); `pre_images(range)` returns the pre-images of keys in a
 /// range, and is called after the live entries of that range were read.
-pub fn scan<E>(
+pub(super) fn scan<E>(
     range: &KeyRange,
     direction: Direction,
     limit: usize,
@@ -73,22 +73,22 @@ pub fn scan<E>(
 
 /// Pre-images in a map, each with the last batch that changed its key.
 #[derive(Default)]
-pub struct PreImages {
+pub(super) struct PreImages {
     map: BTreeMap<Vec<u8>, (Option<Bytes>, u64)>,
 }
 
 impl PreImages {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.map.len()
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Option<Bytes>> {
+    pub(super) fn get(&self, key: &[u8]) -> Option<&Option<Bytes>> {
         self.map.get(key).map(|(value, _)| value)
     }
 
     /// Records that `batch` changes `key`, whose value before it is `pre` (kept if an earlier
     /// batch already recorded one). Returns what to pass to [`PreImages::undo`].
-    pub fn record(&mut self, key: Vec<u8>, pre: Option<Bytes>, batch: u64) -> Undo {
+    pub(super) fn record(&mut self, key: Vec<u8>, pre: Option<Bytes>, batch: u64) -> Undo {
         match self.map.get_mut(&key) {
             Some(entry) => {
                 let previous = entry.1;
@@ -103,7 +103,7 @@ impl PreImages {
     }
 
     /// Takes back a [`PreImages::record`] of a batch that was not applied.
-    pub fn undo(&mut self, undo: Undo) {
+    pub(super) fn undo(&mut self, undo: Undo) {
         match undo {
             Undo::Remove(key) => {
                 self.map.remove(&key);
@@ -117,36 +117,36 @@ impl PreImages {
     }
 
     /// Forgets every key whose last change is in a batch up to `batch` (now durable).
-    pub fn settle(&mut self, batch: u64) {
+    pub(super) fn settle(&mut self, batch: u64) {
         self.map.retain(|_, (_, last)| *last > batch);
     }
 
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.map.clear();
     }
 
-    pub fn count(&self, range: &KeyRange) -> usize {
+    pub(super) fn count(&self, range: &KeyRange) -> usize {
         in_range(&self.map, range).count()
     }
 
-    pub fn range(&self, range: &KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)> {
+    pub(super) fn range(&self, range: &KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)> {
         in_range(&self.map, range)
             .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect()
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Bytes>)> {
+    pub(super) fn entries(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Bytes>)> {
         self.map.iter().map(|(k, (v, _))| (k, v))
     }
 }
 
-pub enum Undo {
+pub(super) enum Undo {
     Remove(Vec<u8>),
     Restore(Vec<u8>, u64),
 }
 
 /// The entries of a map whose keys are in `range`.
-pub fn in_range<'a, V>(
+pub(super) fn in_range<'a, V>(
     map: &'a BTreeMap<Vec<u8>, V>,
     range: &KeyRange,
 ) -> impl Iterator<Item = (&'a Vec<u8>, &'a V)> {

@@ -40,7 +40,7 @@ impl BucketPolicy {
     }
 }
 
-pub fn check_bucket(name: &str) -> Result<()> {
+pub(crate) fn check_bucket(name: &str) -> Result<()> {
     check_collection(name).map_err(|_| {
         FilesError::BadRequest(format!(
             "invalid bucket name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"

@@ -48,7 +48,7 @@ pub enum FilesError {
 }
 
 /// The result of a file operation.
-pub type Result<T, E = FilesError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = FilesError> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(message: impl Into<String>, field: &str) -> FilesError {
     FilesError::Invalid {

@@ -15,9 +15,10 @@ mod safety;
 mod signing;
 mod upload;
 
-pub use buckets::check_bucket;
-pub use error::{FilesError, Result};
-pub use safety::{check_path, inline_type, looks_like_markup};
+pub(crate) use buckets::check_bucket;
+pub use error::FilesError;
+pub(crate) use error::Result;
+pub(crate) use safety::{check_path, inline_type, looks_like_markup};
 pub use upload::Upload;
 
 use buckets::BucketPolicy;
@@ -37,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 /// The longest a signed URL may live: 7 days.
-pub const MAX_SIGNED_SECS: u64 = 7 * 24 * 3600;
+pub(crate) const MAX_SIGNED_SECS: u64 = 7 * 24 * 3600;
 const DEFAULT_LIST_LIMIT: usize = 100;
 
 type PolicyCache = HashMap<String, (Vec<u8>, Arc<BucketPolicy>)>;
@@ -54,7 +55,41 @@ struct Inner {
     signer: signing::UrlSigner,
 }
 
-/// The file service. Cheap to clone.
+/// The file service ([`Server::files`](crate::Server::files)): streamed uploads into buckets,
+/// downloads, listings and signed URLs, with each bucket's rules and limits applied to the
+/// caller exactly as over HTTP. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = emberbase::Server::builder().data_dir(dir.path()).bind("127.0.0.1:0").start().await?;
+/// use emberbase::{FilesError, Principal};
+/// use std::io::Read;
+///
+/// let files = server.files();
+/// let alice = Principal::User { id: "alice".into(), email: "alice@example.com".into(), admin: false };
+///
+/// // An upload is streamed in pieces; it exists only once committed (and is then durable).
+/// let mut upload = files.begin_upload(&alice, "avatars", "alice/me.txt", Some("text/plain"), None).await?;
+/// upload.write(b"hello ").await?;
+/// upload.write(b"world").await?;
+/// let (info, created) = upload.commit().await?;
+/// assert!(created);
+/// assert_eq!((info.size, info.owner.as_deref()), (11, Some("alice")));
+///
+/// let mut text = String::new();
+/// files.open(&alice, "avatars", "alice/me.txt").await?.file.read_to_string(&mut text)?;
+/// assert_eq!(text, "hello world");
+///
+/// // Anyone else is refused by the default rules, unless given a signed URL.
+/// let anonymous = files.open(&Principal::Anonymous, "avatars", "alice/me.txt").await;
+/// assert!(matches!(anonymous, Err(FilesError::Forbidden(_))));
+/// let url = files.sign(&alice, "avatars", "alice/me.txt", 600).await?;
+/// assert!(url.path_and_query.starts_with("/v1/files/avatars/alice/me.txt?expires="));
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Files {
     inner: Arc<Inner>,
@@ -83,7 +118,7 @@ pub struct SignedUrl {
 
 /// What sweeping the file directories at startup removed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Swept {
+pub(crate) struct Swept {
     pub temp_files: usize,
     pub orphan_blobs: usize,
 }
@@ -107,7 +142,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 impl Files {
     /// Opens the file directories under `data_dir`, loads the URL signing key and sweeps what a
     /// crash may have left behind.
-    pub async fn start(
+    pub(crate) async fn start(
         data_dir: &Path,
         store: Store,
         config: &FilesConfig,

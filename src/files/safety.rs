@@ -4,10 +4,10 @@
 use super::{FilesError, Result};
 
 /// The longest file path, in bytes.
-pub const MAX_PATH_BYTES: usize = 1024;
+pub(super) const MAX_PATH_BYTES: usize = 1024;
 
 /// How many leading bytes of an upload are kept for sniffing.
-pub const SNIFF_BYTES: usize = 1024;
+pub(super) const SNIFF_BYTES: usize = 1024;
 
 fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
@@ -16,7 +16,7 @@ fn is_path_byte(b: u8) -> bool {
 /// A file path as API.md defines it: one or more `/`-separated segments of `[A-Za-z0-9._-]`,
 /// none of them `.` or `..`, at most 1024 bytes. Checked on the raw request path, so an encoded
 /// byte (`%2e`, `%00`, `%2f`) is refused rather than decoded.
-pub fn check_path(path: &str) -> Result<()> {
+pub(crate) fn check_path(path: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(FilesError::BadRequest(format!(
             "invalid file path: {why}; use segments of A-Z a-z 0-9 . _ - separated by /"
@@ -40,7 +40,7 @@ pub fn check_path(path: &str) -> Result<()> {
 }
 
 /// A listing prefix: the characters of a path, possibly ending mid-segment or with `/`.
-pub fn check_prefix(prefix: &str) -> Result<()> {
+pub(super) fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.len() <= MAX_PATH_BYTES && prefix.bytes().all(|b| is_path_byte(b) || b == b'/') {
         Ok(())
     } else {
@@ -51,7 +51,7 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
 }
 
 /// Types a browser may render in place. Everything else is a download.
-pub fn inline_type(content_type: &str) -> bool {
+pub(crate) fn inline_type(content_type: &str) -> bool {
     let essence = essence(content_type);
     let (kind, sub) = essence.split_once('/').unwrap_or((essence.as_str(), ""));
     match kind {
@@ -67,7 +67,7 @@ pub fn inline_type(content_type: &str) -> bool {
 }
 
 /// The lower-cased `type/subtype` of a content type, without parameters.
-pub fn essence(content_type: &str) -> String {
+pub(super) fn essence(content_type: &str) -> String {
     content_type
         .split(';')
         .next()
@@ -78,7 +78,7 @@ pub fn essence(content_type: &str) -> String {
 
 /// Whether the first bytes of a file look like HTML, SVG or XML, which a browser could run
 /// whatever type the file was uploaded with.
-pub fn looks_like_markup(head: &[u8]) -> bool {
+pub(crate) fn looks_like_markup(head: &[u8]) -> bool {
     let text: Vec<u8> = head.iter().map(u8::to_ascii_lowercase).collect();
     let text = text.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&text);
     let start = text
@@ -119,7 +119,7 @@ pub fn looks_like_markup(head: &[u8]) -> bool {
 }
 
 /// A bucket's `content_types` entry: `type/subtype` or `type/*`.
-pub fn check_type_pattern(pattern: &str) -> bool {
+pub(super) fn check_type_pattern(pattern: &str) -> bool {
     let essence = essence(pattern);
     essence.len() == pattern.trim().len()
         && essence.split_once('/').is_some_and(|(kind, sub)| {
@@ -133,7 +133,7 @@ pub fn check_type_pattern(pattern: &str) -> bool {
 }
 
 /// Whether a content type is allowed by a list of patterns.
-pub fn type_allowed(content_type: &str, patterns: &[String]) -> bool {
+pub(super) fn type_allowed(content_type: &str, patterns: &[String]) -> bool {
     let essence = essence(content_type);
     patterns.iter().any(|pattern| {
         let pattern = self::essence(pattern);

@@ -7,15 +7,15 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::path::Path;
 
-pub const KEY_FILE: &str = "url_signing_key";
+pub(super) const KEY_FILE: &str = "url_signing_key";
 
-pub struct UrlSigner {
+pub(super) struct UrlSigner {
     key: Vec<u8>,
 }
 
 impl UrlSigner {
     /// Loads the key from the data directory, generating it on first start.
-    pub fn load_or_create(data_dir: &Path) -> std::io::Result<UrlSigner> {
+    pub(super) fn load_or_create(data_dir: &Path) -> std::io::Result<UrlSigner> {
         let path = data_dir.join(KEY_FILE);
         let key = match std::fs::read_to_string(&path) {
             Ok(existing) if !existing.trim().is_empty() => existing.trim().to_string(),
@@ -42,13 +42,13 @@ impl UrlSigner {
     }
 
     /// The signature of a URL for `bucket/path` that expires at `expires` (Unix seconds).
-    pub fn sign(&self, bucket: &str, path: &str, expires: u64) -> String {
+    pub(super) fn sign(&self, bucket: &str, path: &str, expires: u64) -> String {
         URL_SAFE_NO_PAD.encode(self.mac(bucket, path, expires).finalize().into_bytes())
     }
 
     /// Whether `signature` is this server's signature of `bucket/path` until `expires`
     /// (compared in constant time). Expiry is checked by the caller.
-    pub fn verify(&self, bucket: &str, path: &str, expires: u64, signature: &str) -> bool {
+    pub(super) fn verify(&self, bucket: &str, path: &str, expires: u64, signature: &str) -> bool {
         match URL_SAFE_NO_PAD.decode(signature) {
             Ok(bytes) => self.mac(bucket, path, expires).verify_slice(&bytes).is_ok(),
             Err(_) => false,

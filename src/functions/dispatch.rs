@@ -56,7 +56,7 @@ impl Dispatchers {
         }
     }
 
-    pub fn remove(&self, name: &str) {
+    pub(super) fn remove(&self, name: &str) {
         if let Ok(mut tasks) = self.tasks.lock() {
             if let Some((_, task)) = tasks.remove(name) {
                 task.abort();
@@ -64,7 +64,7 @@ impl Dispatchers {
         }
     }
 
-    pub fn stop(&self) {
+    pub(super) fn stop(&self) {
         if let Ok(mut tasks) = self.tasks.lock() {
             for (_, (_, task)) in tasks.drain() {
                 task.abort();

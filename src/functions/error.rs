@@ -42,7 +42,7 @@ pub enum FunctionsError {
 }
 
 /// The result of a function operation.
-pub type Result<T, E = FunctionsError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = FunctionsError> = std::result::Result<T, E>;
 
 pub(crate) fn invalid(message: impl Into<String>, field: &str) -> FunctionsError {
     FunctionsError::Invalid {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub struct DocumentHost {
+pub(super) struct DocumentHost {
     pub docs: Documents,
     pub who: Principal,
     pub runtime: tokio::runtime::Handle,
@@ -20,7 +20,7 @@ pub struct DocumentHost {
 
 /// The log bytes one function may write per minute, across all its invocations: what its
 /// lines may add to the server log and to its invocation records, whatever it is called.
-pub struct LogBudget {
+pub(super) struct LogBudget {
     per_minute: u64,
     window: Mutex<LogWindow>,
 }
@@ -32,7 +32,7 @@ struct LogWindow {
 }
 
 impl LogBudget {
-    pub fn new(per_minute: u64) -> LogBudget {
+    pub(super) fn new(per_minute: u64) -> LogBudget {
         LogBudget {
             per_minute,
             window: Mutex::new(LogWindow {

@@ -20,9 +20,12 @@ mod registry;
 pub mod runtime;
 mod tunables;
 
-pub use error::{FunctionsError, Result};
+pub use error::FunctionsError;
+pub(crate) use error::Result;
 pub use invoke::HttpResult;
-pub use records::{check_name, FunctionConfig, FunctionInfo, Invocation, Trigger};
+pub(crate) use records::check_name;
+pub use records::{FunctionConfig, FunctionInfo, Invocation, Trigger};
+pub use runtime::LogLine;
 
 use invoke::Outbox;
 use records::FunctionRecord;
@@ -61,7 +64,44 @@ struct Inner {
     log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
 }
 
-/// The function service. Cheap to clone.
+/// The function service ([`Server::functions`](crate::Server::functions)): upload a
+/// WebAssembly module, configure its triggers and limits, call it, and read its invocations.
+/// Every call runs in a fresh sandboxed instance, metered and memory-capped. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = emberbase::Server::builder().data_dir(dir.path()).bind("127.0.0.1:0").start().await?;
+/// use emberbase::{FunctionConfig, FunctionsError, Principal, Trigger};
+/// use serde_json::json;
+///
+/// // The smallest guest: `alloc`, and a `handle` that answers with a fixed JSON response.
+/// let wasm = wat::parse_str(r#"(module
+///   (memory (export "memory") 1)
+///   (data (i32.const 16) "{\"status\":200,\"body\":{\"hello\":\"world\"}}")
+///   (global $heap (mut i32) (i32.const 1024))
+///   (func (export "alloc") (param $n i32) (result i32)
+///     (local $p i32)
+///     (local.set $p (global.get $heap))
+///     (global.set $heap (i32.add (local.get $p) (local.get $n)))
+///     (local.get $p))
+///   (func (export "handle") (param i32 i32) (result i64)
+///     (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 39))))"#)?;
+///
+/// let functions = server.functions();
+/// functions.upload(&Principal::Service, "hello", wasm).await?;
+/// let http = Trigger { on: "http".into(), collection: None, bucket: None, cron: None };
+/// let config = FunctionConfig { triggers: vec![http], ..Default::default() };
+/// functions.configure(&Principal::Service, "hello", config).await?;
+///
+/// let answer = functions.call_http(&Principal::Anonymous, "hello", json!({})).await?;
+/// assert_eq!((answer.status, answer.body), (200, json!({"hello": "world"})));
+/// let missing = functions.call_http(&Principal::Anonymous, "nope", json!({})).await;
+/// assert!(matches!(missing, Err(FunctionsError::NoHttpTrigger(_))));
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Functions {
     inner: Arc<Inner>,
@@ -71,7 +111,7 @@ impl Functions {
     /// Opens the function directories, loads every stored function (recompiling artifacts that
     /// are missing, stale or do not match their recorded hash), installs the outbox hook and
     /// starts one dispatcher per function. Must run inside the tokio runtime.
-    pub async fn start(
+    pub(crate) async fn start(
         data_dir: &Path,
         store: Store,
         docs: Documents,
@@ -126,7 +166,7 @@ impl Functions {
 
     /// Stops the dispatchers and the worker threads, and detaches the outbox from the store
     /// (which also ends the reference cycle between them).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.inner.store.set_commit_hook(None);
         self.inner.dispatch.stop();
         self.inner.runtime.stop();

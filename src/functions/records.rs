@@ -106,7 +106,7 @@ pub struct Invocation {
     pub at: String,
 }
 
-pub fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     check_collection(name).map_err(|_| {
         FunctionsError::BadRequest(format!(
             "invalid function name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"

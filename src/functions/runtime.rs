@@ -5,6 +5,9 @@
 //! linear memory (the engine's tunables), wall-clock time (a watchdog that interrupts the
 //! store) and host calls (counted by the host functions).
 
+// Public for `emberbase::internals` (the benchmarks); otherwise only the crate reaches it.
+#![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
+
 use super::tunables::{table_bytes, with_limits, CappedTunables, TABLE_ELEMENT_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -365,8 +368,9 @@ impl Runtime {
             .map_err(|_| "the function worker stopped".to_string())
     }
 
-    /// Runs an invocation on the calling thread, which it blocks: for programs that embed the
-    /// runtime on threads of their own (and for measuring the sandbox without the pool).
+    /// Runs an invocation on the calling thread, which it blocks: for measuring the sandbox
+    /// without the pool (`benches/functions.rs`).
+    #[cfg(feature = "internals")]
     pub fn invoke_blocking(
         &self,
         module: Module,

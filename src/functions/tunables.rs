@@ -22,7 +22,7 @@ use wasmer::sys::{BaseTunables, Tunables};
 use wasmer::{MemoryType, Module, Pages, TableType};
 
 /// What one table element costs the host: wasmer stores each as one pointer.
-pub const TABLE_ELEMENT_BYTES: u64 = 8;
+pub(super) const TABLE_ELEMENT_BYTES: u64 = 8;
 
 thread_local! {
     /// Bytes that memories of the instance being created on this thread may still reserve.
@@ -31,7 +31,7 @@ thread_local! {
 
 /// The bytes the tables that `module` defines take at instantiation: their declared minimum,
 /// which is also their maximum here.
-pub fn table_bytes(module: &Module) -> u64 {
+pub(super) fn table_bytes(module: &Module) -> u64 {
     let info = module.info();
     info.tables
         .values()
@@ -42,7 +42,11 @@ pub fn table_bytes(module: &Module) -> u64 {
 
 /// Runs `f` (which instantiates `module`) with its memories and tables together capped at
 /// `bytes`. Fails without running `f` when the tables alone exceed it.
-pub fn with_limits<T>(bytes: u64, module: &Module, f: impl FnOnce() -> T) -> Result<T, String> {
+pub(super) fn with_limits<T>(
+    bytes: u64,
+    module: &Module,
+    f: impl FnOnce() -> T,
+) -> Result<T, String> {
     let tables = table_bytes(module);
     let Some(memories) = bytes.checked_sub(tables) else {
         return Err(format!(
@@ -57,12 +61,12 @@ pub fn with_limits<T>(bytes: u64, module: &Module, f: impl FnOnce() -> T) -> Res
 
 /// `BaseTunables` with every memory's maximum clamped to the remaining budget and every table
 /// fixed at its minimum.
-pub struct CappedTunables {
+pub(super) struct CappedTunables {
     base: BaseTunables,
 }
 
 impl CappedTunables {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         CappedTunables {
             base: BaseTunables::new(),
         }

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Expr {
+pub(crate) enum Expr {
     Literal(Value),
     Path(Path),
     Not(Box<Expr>),
@@ -17,12 +17,12 @@ pub enum Expr {
 
 /// A dotted name such as `data.author.name`; the first segment is the root.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Path {
+pub(crate) struct Path {
     pub segments: Vec<String>,
 }
 
 impl Path {
-    pub fn root(&self) -> &str {
+    pub(crate) fn root(&self) -> &str {
         self.segments.first().map(String::as_str).unwrap_or("")
     }
 }
@@ -34,7 +34,7 @@ impl std::fmt::Display for Path {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CmpOp {
+pub(crate) enum CmpOp {
     Eq,
     Ne,
     Lt,
@@ -47,7 +47,7 @@ pub enum CmpOp {
 
 impl CmpOp {
     /// The operator with its operands swapped (`5 < x` is `x > 5`), if it has one.
-    pub fn flipped(self) -> Option<CmpOp> {
+    pub(crate) fn flipped(self) -> Option<CmpOp> {
         Some(match self {
             CmpOp::Eq => CmpOp::Eq,
             CmpOp::Ne => CmpOp::Ne,
@@ -62,7 +62,7 @@ impl CmpOp {
 
 /// One key of a sort specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SortKey {
+pub(crate) struct SortKey {
     pub path: Path,
     pub descending: bool,
 }

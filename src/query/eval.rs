@@ -12,13 +12,13 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 /// Something paths can be resolved against: a document envelope, or the bindings of a rule.
-pub trait Scope {
+pub(crate) trait Scope {
     /// The value at `path`, or `None` when it is missing (which compares as `null`).
     fn lookup(&self, path: &Path) -> Option<Cow<'_, Value>>;
 }
 
 /// Walks `segments` into `value`: object keys, and decimal indexes into arrays.
-pub fn walk<'a>(mut value: &'a Value, segments: &[String]) -> Option<&'a Value> {
+pub(crate) fn walk<'a>(mut value: &'a Value, segments: &[String]) -> Option<&'a Value> {
     for seg in segments {
         value = match value {
             Value::Object(map) => map.get(seg)?,
@@ -38,7 +38,7 @@ impl Scope for Value {
 static NULL: Value = Value::Null;
 
 /// Evaluates `expr` to a value.
-pub fn eval<'s>(expr: &'s Expr, scope: &'s dyn Scope) -> Cow<'s, Value> {
+pub(crate) fn eval<'s>(expr: &'s Expr, scope: &'s dyn Scope) -> Cow<'s, Value> {
     match expr {
         Expr::Literal(v) => Cow::Borrowed(v),
         Expr::Path(p) => scope.lookup(p).unwrap_or(Cow::Borrowed(&NULL)),
@@ -52,7 +52,7 @@ pub fn eval<'s>(expr: &'s Expr, scope: &'s dyn Scope) -> Cow<'s, Value> {
 }
 
 /// Whether `expr` reads any path under `root`.
-pub fn mentions(expr: &Expr, root: &str) -> bool {
+pub(crate) fn mentions(expr: &Expr, root: &str) -> bool {
     match expr {
         Expr::Path(p) => p.root() == root,
         Expr::Literal(_) => false,
@@ -65,7 +65,7 @@ pub fn mentions(expr: &Expr, root: &str) -> bool {
 /// Whether `expr` holds whatever the paths under `unknown` hold: `Some` when the rest of the
 /// expression decides it (`auth != null && doc.owner == auth.id` is false for an anonymous
 /// caller, whatever the document), `None` when it depends on them.
-pub fn decide(expr: &Expr, scope: &dyn Scope, unknown: &str) -> Option<bool> {
+pub(crate) fn decide(expr: &Expr, scope: &dyn Scope, unknown: &str) -> Option<bool> {
     match expr {
         Expr::Not(inner) => decide(inner, scope, unknown).map(|b| !b),
         Expr::And(all) => decide_all(all, scope, unknown, false),
@@ -89,7 +89,7 @@ fn decide_all(operands: &[Expr], scope: &dyn Scope, unknown: &str, wins: bool) -
 }
 
 /// Whether `expr` holds for `scope`.
-pub fn matches(expr: &Expr, scope: &dyn Scope) -> bool {
+pub(crate) fn matches(expr: &Expr, scope: &dyn Scope) -> bool {
     truthy(&eval(expr, scope))
 }
 
@@ -98,7 +98,7 @@ fn truthy(v: &Value) -> bool {
 }
 
 /// Equality as the filter language defines it: numbers by value, different types never equal.
-pub fn equal(a: &Value, b: &Value) -> bool {
+pub(crate) fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => order::number(x) == order::number(y),
         (Value::Array(x), Value::Array(y)) => {
@@ -112,7 +112,7 @@ pub fn equal(a: &Value, b: &Value) -> bool {
 }
 
 /// Applies a comparison operator.
-pub fn compare(a: &Value, op: CmpOp, b: &Value) -> bool {
+pub(crate) fn compare(a: &Value, op: CmpOp, b: &Value) -> bool {
     use std::cmp::Ordering::*;
     let ordered = || match (a, b) {
         (Value::Number(_), Value::Number(_)) | (Value::String(_), Value::String(_)) => {

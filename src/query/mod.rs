@@ -4,17 +4,17 @@
 //! rules. Nothing here touches storage: the planner only *chooses* an access path; `store`
 //! executes it.
 
-pub mod ast;
-pub mod eval;
-pub mod order;
-pub mod parse;
-pub mod plan;
-pub mod rule;
+pub(crate) mod ast;
+pub(crate) mod eval;
+pub(crate) mod order;
+pub(crate) mod parse;
+pub(crate) mod plan;
+pub(crate) mod rule;
 
-pub use ast::{CmpOp, Expr, Path, SortKey};
-pub use eval::{decide, matches, mentions, Scope};
-pub use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
-pub use rule::{allows, Rule, MAX_RULE_LENGTH};
+pub(crate) use ast::{Expr, SortKey};
+pub(crate) use eval::{decide, matches, mentions, Scope};
+pub(crate) use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
+pub(crate) use rule::{allows, Rule};
 
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ fn rank(v: &Value) -> u8 {
 }
 
 /// A number as `f64`, with `-0.0` folded into `0.0` so that equal numbers encode equally.
-pub fn number(v: &serde_json::Number) -> f64 {
+pub(crate) fn number(v: &serde_json::Number) -> f64 {
     let f = v.as_f64().unwrap_or(0.0);
     if f == 0.0 {
         0.0
@@ -30,7 +30,7 @@ pub fn number(v: &serde_json::Number) -> f64 {
 }
 
 /// The total order used for sorting.
-pub fn total_cmp(a: &Value, b: &Value) -> Ordering {
+pub(crate) fn total_cmp(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => number(x).total_cmp(&number(y)),
         (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
@@ -43,7 +43,7 @@ pub fn total_cmp(a: &Value, b: &Value) -> Ordering {
 
 /// Appends the order-preserving encoding of `v` to `out`. Encodings are self-delimiting, so a
 /// sequence of encoded values sorts like the tuple of values.
-pub fn encode(v: &Value, out: &mut Vec<u8>) {
+pub(crate) fn encode(v: &Value, out: &mut Vec<u8>) {
     out.push(rank(v));
     match v {
         Value::Null | Value::Bool(_) => {}
@@ -75,7 +75,7 @@ fn encode_bytes(bytes: &[u8], out: &mut Vec<u8>) {
 
 /// The rank byte that starts every encoding of a value of the same kind as `v`: a range
 /// condition on a number never leaves the numbers.
-pub fn kind_tag(v: &Value) -> u8 {
+pub(crate) fn kind_tag(v: &Value) -> u8 {
     rank(v)
 }
 

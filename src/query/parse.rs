@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// Which names an expression may start a path with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     /// A filter over a document envelope: `id`, `owner`, `version`, `created_at`, `updated_at`,
     /// `data.<field>...`.
     Document,
@@ -26,7 +26,7 @@ const MAX_DEPTH: usize = 64;
 
 /// The most comparisons and values an expression may hold, so that one rule or filter cannot
 /// cost unbounded work per document it is evaluated against.
-pub const MAX_TERMS: usize = 1000;
+pub(crate) const MAX_TERMS: usize = 1000;
 
 const ENVELOPE_FIELDS: [&str; 5] = ["id", "owner", "version", "created_at", "updated_at"];
 
@@ -506,7 +506,7 @@ fn check_envelope_path(segments: &[String], column: usize) -> Result<(), ParseEr
 }
 
 /// Parses a complete expression.
-pub fn parse_expr(src: &str, dialect: Dialect) -> Result<Expr, ParseError> {
+pub(crate) fn parse_expr(src: &str, dialect: Dialect) -> Result<Expr, ParseError> {
     let toks = Lexer::new(src).tokens()?;
     let mut p = Parser {
         toks,
@@ -527,7 +527,7 @@ pub fn parse_expr(src: &str, dialect: Dialect) -> Result<Expr, ParseError> {
 }
 
 /// Parses a document path such as `data.n` or `created_at` (index fields).
-pub fn parse_path(src: &str) -> Result<Path, ParseError> {
+pub(crate) fn parse_path(src: &str) -> Result<Path, ParseError> {
     match parse_expr(src, Dialect::Document)? {
         Expr::Path(p) => Ok(p),
         _ => Err(ParseError {
@@ -538,7 +538,7 @@ pub fn parse_path(src: &str) -> Result<Path, ParseError> {
 }
 
 /// Parses a sort specification: a comma list of paths, each optionally prefixed with `-`.
-pub fn parse_sort(src: &str) -> Result<Vec<SortKey>, ParseError> {
+pub(crate) fn parse_sort(src: &str) -> Result<Vec<SortKey>, ParseError> {
     let mut keys = Vec::new();
     let mut offset = 0;
     for part in src.split(',') {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 /// One end of a range over one field.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Bound {
+pub(crate) struct Bound {
     pub value: Value,
     pub inclusive: bool,
 }
@@ -28,7 +28,7 @@ pub struct Bound {
 /// A range over one field. Both ends, when present, hold values of the same kind, and the range
 /// never leaves that kind (`x > 5` does not match strings).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Range {
+pub(crate) struct Range {
     pub kind: u8,
     pub lower: Option<Bound>,
     pub upper: Option<Bound>,
@@ -36,7 +36,7 @@ pub struct Range {
 
 /// How to read the collection.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Documents in id order, optionally within a range of ids.
     Primary { range: Option<Range> },
     /// Entries of one declared index: the leading fields equal `equal`, the next one within
@@ -49,7 +49,7 @@ pub enum Access {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub access: Access,
     /// Whether scanning `access` (reversed when `descending`) yields the effective sort order,
     /// so the scan can stop after `limit` matches.
@@ -58,7 +58,7 @@ pub struct Plan {
 }
 
 /// The effective sort of a request (see the module docs).
-pub fn effective_sort(requested: &[SortKey]) -> Vec<SortKey> {
+pub(crate) fn effective_sort(requested: &[SortKey]) -> Vec<SortKey> {
     let mut keys = Vec::with_capacity(requested.len() + 1);
     for key in requested {
         keys.push(key.clone());
@@ -208,7 +208,7 @@ fn uniform_direction(keys: &[&SortKey], fields: &[Path]) -> Option<bool> {
 /// The fields of an index that would serve a query: the fields its filter fixes with `==`,
 /// then its sort keys (or, without a sort, the field it bounds with a range). Empty when the
 /// query constrains nothing an index could use.
-pub fn suggest_index(filter: Option<&Expr>, sort: &[SortKey]) -> Vec<Path> {
+pub(crate) fn suggest_index(filter: Option<&Expr>, sort: &[SortKey]) -> Vec<Path> {
     let constraints = Constraints::collect(filter);
     let mut fields: Vec<Path> = constraints.equal.keys().cloned().collect();
     fields.sort_by_key(|p| p.to_string());
@@ -237,7 +237,7 @@ pub fn suggest_index(filter: Option<&Expr>, sort: &[SortKey]) -> Vec<Path> {
 }
 
 /// Chooses the access path for a query. `indexes` lists the fields of each declared index.
-pub fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>]) -> Plan {
+pub(crate) fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>]) -> Plan {
     let constraints = Constraints::collect(filter);
     let effective = effective_sort(sort);
 
@@ -291,7 +291,7 @@ pub fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>]) -> P
 }
 
 /// The values of `keys` for one document: its position in the sort order.
-pub fn sort_values(doc: &dyn super::Scope, keys: &[SortKey]) -> Vec<Value> {
+pub(crate) fn sort_values(doc: &dyn super::Scope, keys: &[SortKey]) -> Vec<Value> {
     keys.iter()
         .map(|k| {
             doc.lookup(&k.path)
@@ -302,7 +302,7 @@ pub fn sort_values(doc: &dyn super::Scope, keys: &[SortKey]) -> Vec<Value> {
 }
 
 /// Compares two positions (from [`sort_values`]) under `keys`.
-pub fn compare_positions(a: &[Value], b: &[Value], keys: &[SortKey]) -> std::cmp::Ordering {
+pub(crate) fn compare_positions(a: &[Value], b: &[Value], keys: &[SortKey]) -> std::cmp::Ordering {
     for ((x, y), key) in a.iter().zip(b).zip(keys) {
         let ord = order::total_cmp(x, y);
         let ord = if key.descending { ord.reverse() } else { ord };

@@ -5,11 +5,11 @@
 use super::{ast::Path, parse_expr, Dialect, Expr, ParseError, Scope};
 
 /// The longest rule accepted, in bytes (a rule is evaluated for every document a list reads).
-pub const MAX_RULE_LENGTH: usize = 16 * 1024;
+pub(crate) const MAX_RULE_LENGTH: usize = 16 * 1024;
 
 /// One compiled rule.
 #[derive(Debug, Clone)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// `null`: admins only.
     AdminOnly,
     /// `""`: everyone, signed in or not.
@@ -21,12 +21,12 @@ pub enum Rule {
 
 impl Rule {
     /// Compiles a collection rule.
-    pub fn compile(src: Option<&str>) -> Result<Rule, ParseError> {
+    pub(crate) fn compile(src: Option<&str>) -> Result<Rule, ParseError> {
         Self::compile_in(src, Dialect::Rule)
     }
 
     /// Compiles a rule of a dialect (`Dialect::Rule` or `Dialect::FileRule`).
-    pub fn compile_in(src: Option<&str>, dialect: Dialect) -> Result<Rule, ParseError> {
+    pub(crate) fn compile_in(src: Option<&str>, dialect: Dialect) -> Result<Rule, ParseError> {
         match src {
             None => Ok(Rule::AdminOnly),
             Some(s) if s.trim().is_empty() => Ok(Rule::Everyone),
@@ -50,7 +50,7 @@ impl Rule {
 impl Rule {
     /// Whether the rule requires `doc.owner == auth.id` (a top-level conjunct, either way
     /// round): then only the caller's own documents can pass it.
-    pub fn requires_owner(&self) -> bool {
+    pub(crate) fn requires_owner(&self) -> bool {
         let Rule::Expr { expr, .. } = self else {
             return false;
         };
@@ -70,7 +70,7 @@ impl Rule {
 }
 
 /// Whether `rule` allows the caller with `auth` (admins are decided before this is called).
-pub fn allows(rule: &Rule, scope: &dyn Scope) -> bool {
+pub(crate) fn allows(rule: &Rule, scope: &dyn Scope) -> bool {
     match rule {
         Rule::AdminOnly => false,
         Rule::Everyone => true,

@@ -31,7 +31,7 @@ pub enum RealtimeError {
 }
 
 /// The result of a realtime operation.
-pub type Result<T, E = RealtimeError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = RealtimeError> = std::result::Result<T, E>;
 
 impl From<StoreError> for RealtimeError {
     fn from(e: StoreError) -> Self {

@@ -36,14 +36,43 @@ use tokio::time::Instant;
 mod error;
 mod queue;
 
-pub use error::{RealtimeError, Result};
+pub use error::RealtimeError;
+pub(crate) use error::Result;
 
 /// Retained changes read per step of a replay or a catch-up.
 const PAGE: usize = 256;
 /// What a client waits before reconnecting after the stream drops (the SSE `retry:` field).
 const RETRY_MS: u64 = 2000;
 
-/// The realtime service. Cheap to clone.
+/// The realtime service ([`Server::realtime`](crate::Server::realtime)): Server-Sent Event
+/// streams of document changes, each event checked against the collection's read rule for the
+/// subscriber. A [`Subscription`] yields the stream's bytes, ready to send. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let server = emberbase::Server::builder().data_dir(dir.path()).bind("127.0.0.1:0").start().await?;
+/// use emberbase::{Principal, SubscribeRequest};
+/// use serde_json::json;
+///
+/// let request = SubscribeRequest {
+///     topics: "notes",
+///     filter: None,
+///     last_event_id: None,
+///     expires_at: None,
+///     client: "127.0.0.1",
+/// };
+/// let mut stream = server.realtime().subscribe(Principal::Service, request).await?;
+/// let ready = stream.next().await.expect("the ready event");
+/// assert!(String::from_utf8_lossy(&ready).contains("event: ready"));
+///
+/// server.documents().create(&Principal::Service, "notes", json!({"text": "hi"})).await?;
+/// let event = stream.next().await.expect("the create event");
+/// assert!(String::from_utf8_lossy(&event).contains("event: create"));
+/// # server.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Realtime {
     inner: Arc<Inner>,
@@ -124,7 +153,7 @@ pub struct SubscribeRequest<'a> {
 
 impl Realtime {
     /// Starts the hub. Must be called within a tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         docs: Documents,
         config: &RealtimeConfig,
         metrics: Arc<Metrics>,
@@ -162,7 +191,7 @@ impl Realtime {
         }
     }
 
-    /// Open streams.
+    /// How many streams are open.
     pub fn subscribers(&self) -> usize {
         self.inner.read().count
     }

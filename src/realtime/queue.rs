@@ -12,14 +12,14 @@ use tokio::sync::Notify;
 
 /// Why a stream ended, sent as the final `close` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(super) enum CloseReason {
     /// The reader fell too far behind (count, bytes or time).
     Overflow,
     Expired,
     Shutdown,
 }
 
-pub struct Queue {
+pub(super) struct Queue {
     state: Mutex<State>,
     notify: Notify,
     max_events: usize,
@@ -38,13 +38,13 @@ struct State {
 }
 
 /// What the reader gets.
-pub enum Next {
+pub(super) enum Next {
     Event(Bytes),
     Closed(CloseReason),
 }
 
 impl Queue {
-    pub fn new(max_events: usize, max_bytes: usize, gauge: IntGauge) -> Queue {
+    pub(super) fn new(max_events: usize, max_bytes: usize, gauge: IntGauge) -> Queue {
         Queue {
             state: Mutex::new(State {
                 events: VecDeque::new(),
@@ -66,7 +66,7 @@ impl Queue {
     /// Queues an event; false when the queue is (now) closed. A push over either bound closes
     /// it as a slow consumer. One event larger than the byte bound still goes to an empty
     /// queue, so a large document reaches a reader that keeps up.
-    pub fn push(&self, event: Bytes) -> bool {
+    pub(super) fn push(&self, event: Bytes) -> bool {
         let mut s = self.lock();
         if s.closed.is_some() {
             return false;
@@ -89,7 +89,7 @@ impl Queue {
     }
 
     /// Closes the queue and frees what it held; the reader gets `reason` next.
-    pub fn close(&self, reason: CloseReason) {
+    pub(super) fn close(&self, reason: CloseReason) {
         let mut s = self.lock();
         self.close_locked(&mut s, reason);
         drop(s);
@@ -107,7 +107,7 @@ impl Queue {
 
     /// Closes the queue as a slow consumer if it has held unread events for longer than
     /// `limit`; whether it did.
-    pub fn close_if_stalled(&self, limit: Duration) -> bool {
+    pub(super) fn close_if_stalled(&self, limit: Duration) -> bool {
         let mut s = self.lock();
         if s.closed.is_none() && !s.events.is_empty() && s.progress.elapsed() > limit {
             self.close_locked(&mut s, CloseReason::Overflow);
@@ -119,7 +119,7 @@ impl Queue {
     }
 
     /// Waits for the next event, or the reason the queue closed.
-    pub async fn next(&self) -> Next {
+    pub(super) async fn next(&self) -> Next {
         loop {
             {
                 let mut s = self.lock();

@@ -164,7 +164,7 @@ struct Planned {
 
 impl Store {
     /// Applies a write atomically and durably. Resolves once the write is on disk.
-    pub async fn write(&self, request: WriteRequest) -> WriteResult {
+    pub(crate) async fn write(&self, request: WriteRequest) -> WriteResult {
         // Ids are generated once, so that a write run again creates the same documents.
         let generated: Vec<Option<String>> = request
             .ops
@@ -538,7 +538,7 @@ impl Store {
     }
 
     /// Commits a file's record (and its change record) atomically and durably.
-    pub async fn file_write(&self, write: FileWrite) -> Result<FileWritten, StoreError> {
+    pub(crate) async fn file_write(&self, write: FileWrite) -> Result<FileWritten, StoreError> {
         let written = retry(|| self.try_file_write(&write)).await?;
         let op = if written.after.is_some() {
             "file_put"
@@ -647,7 +647,7 @@ impl Store {
 
     /// Applies a system write atomically and durably, if every check holds
     /// (`StoreError::CasFailed` otherwise).
-    pub async fn kv_write(&self, write: KvWrite) -> Result<(), StoreError> {
+    pub(crate) async fn kv_write(&self, write: KvWrite) -> Result<(), StoreError> {
         retry(|| async {
             let mut txn = self.engine.begin().await?;
             for (space, key, expected) in &write.checks {

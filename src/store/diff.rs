@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 /// One edit: `set` the value at `path`, or remove the key at `path` when `set` is absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Edit {
+pub(super) struct Edit {
     #[serde(rename = "p")]
     pub path: Vec<String>,
     #[serde(
@@ -29,7 +29,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 }
 
 /// The edits that turn `before` into `after`.
-pub fn diff(before: &Map<String, Value>, after: &Map<String, Value>) -> Vec<Edit> {
+pub(super) fn diff(before: &Map<String, Value>, after: &Map<String, Value>) -> Vec<Edit> {
     let mut edits = Vec::new();
     diff_objects(before, after, &mut Vec::new(), &mut edits);
     edits
@@ -77,7 +77,7 @@ fn diff_objects(
 
 /// Applies `edits` to `map` in place. Fails (naming the path) when an edit does not fit: the
 /// map is not the one the diff was made from.
-pub fn apply(map: &mut Map<String, Value>, edits: &[Edit]) -> Result<(), String> {
+pub(super) fn apply(map: &mut Map<String, Value>, edits: &[Edit]) -> Result<(), String> {
     for edit in edits {
         let misfit = || format!("the edit at {} does not fit", edit.path.join("."));
         let (last, parents) = edit.path.split_last().ok_or_else(misfit)?;

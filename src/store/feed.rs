@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 /// Changes kept at most, whatever their size.
 const MAX_CHANGES: usize = 4096;
 
-pub struct ChangeFeed {
+pub(super) struct ChangeFeed {
     state: Mutex<State>,
     notify: Notify,
     max_bytes: usize,
@@ -35,7 +35,7 @@ struct State {
 
 impl ChangeFeed {
     /// A feed whose next change follows `last`.
-    pub fn new(last: u64, max_bytes: usize, gauge: IntGauge) -> Arc<ChangeFeed> {
+    pub(super) fn new(last: u64, max_bytes: usize, gauge: IntGauge) -> Arc<ChangeFeed> {
         Arc::new(ChangeFeed {
             state: Mutex::new(State {
                 recent: VecDeque::new(),
@@ -56,7 +56,7 @@ impl ChangeFeed {
 
     /// Publishes a committed change of `size` encoded bytes. The newest change is always
     /// kept, so a consumer that keeps up receives even one larger than the bound.
-    pub fn publish(&self, change: Change, size: usize) {
+    pub(super) fn publish(&self, change: Change, size: usize) {
         let mut s = self.lock();
         s.last = change.seq;
         s.bytes += size;
@@ -73,13 +73,13 @@ impl ChangeFeed {
     }
 
     /// Ends the feed: receivers get `Closed` once they have taken what is in memory.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.lock().closed = true;
         self.notify.notify_waiters();
     }
 
     /// A receiver of every change published from now on.
-    pub fn subscribe(self: &Arc<Self>) -> ChangeReceiver {
+    pub(super) fn subscribe(self: &Arc<Self>) -> ChangeReceiver {
         let next = self.lock().last + 1;
         ChangeReceiver {
             feed: self.clone(),

@@ -15,7 +15,7 @@ const HEADER: usize = 17;
 
 /// A stored file record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileRecord {
+pub(crate) struct FileRecord {
     pub info: FileInfo,
     /// The blob that holds the bytes.
     pub blob: ulid::Ulid,
@@ -52,7 +52,7 @@ impl FileRecord {
 
 /// What a file write does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileOp {
+pub(crate) enum FileOp {
     /// Point `bucket/path` at a blob already durable on disk, creating or replacing the file.
     Put {
         blob: ulid::Ulid,
@@ -68,7 +68,7 @@ pub enum FileOp {
 /// A bucket's access check, run inside the write's transaction against the stored record.
 /// `before` is the stored metadata, `after` what the write would store (none for a delete). An
 /// `Err` carries the message of a `403`.
-pub trait FileGuard: Send + Sync {
+pub(crate) trait FileGuard: Send + Sync {
     fn check(
         &self,
         access: Access,
@@ -82,7 +82,7 @@ pub trait FileGuard: Send + Sync {
 }
 
 /// A write of one file's record.
-pub struct FileWrite {
+pub(crate) struct FileWrite {
     pub bucket: String,
     pub path: String,
     pub op: FileOp,
@@ -93,7 +93,7 @@ pub struct FileWrite {
 
 /// A committed file write: the record it replaced or removed, and the one it stored.
 #[derive(Debug)]
-pub struct FileWritten {
+pub(crate) struct FileWritten {
     pub before: Option<FileRecord>,
     pub after: Option<FileInfo>,
 }

@@ -178,7 +178,7 @@ async fn fill_owner_index(store: &Store) -> Result<(), StoreError> {
 impl Store {
     /// Stores a collection's configuration, durably. New indexes are built and dropped ones
     /// removed in the background (see the module documentation).
-    pub async fn configure(
+    pub(crate) async fn configure(
         &self,
         collection: &str,
         config: CollectionConfig,
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// The state of each index of a collection, in declaration order.
-    pub fn index_states(&self, collection: &str) -> Vec<IndexState> {
+    pub(crate) fn index_states(&self, collection: &str) -> Vec<IndexState> {
         self.collection(collection)
             .map(|state| {
                 state

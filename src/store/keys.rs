@@ -19,34 +19,34 @@ use crate::model::Document;
 use crate::query::{ast::Path, order, Scope};
 use serde_json::Value;
 
-pub fn doc_prefix(collection: &str) -> Vec<u8> {
+pub(super) fn doc_prefix(collection: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + 1);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
     k
 }
 
-pub fn doc_key(collection: &str, id: &str) -> Vec<u8> {
+pub(super) fn doc_key(collection: &str, id: &str) -> Vec<u8> {
     let mut k = doc_prefix(collection);
     k.extend_from_slice(id.as_bytes());
     k
 }
 
-pub fn file_prefix(bucket: &str) -> Vec<u8> {
+pub(super) fn file_prefix(bucket: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(bucket.len() + 1);
     k.extend_from_slice(bucket.as_bytes());
     k.push(0);
     k
 }
 
-pub fn file_key(bucket: &str, path: &str) -> Vec<u8> {
+pub(super) fn file_key(bucket: &str, path: &str) -> Vec<u8> {
     let mut k = file_prefix(bucket);
     k.extend_from_slice(path.as_bytes());
     k
 }
 
 /// An index's signature: its field paths joined by `,`.
-pub fn index_signature(fields: &[Path]) -> String {
+pub(super) fn index_signature(fields: &[Path]) -> String {
     fields
         .iter()
         .map(|p| p.to_string())
@@ -54,7 +54,7 @@ pub fn index_signature(fields: &[Path]) -> String {
         .join(",")
 }
 
-pub fn index_prefix(collection: &str, signature: &str) -> Vec<u8> {
+pub(super) fn index_prefix(collection: &str, signature: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + signature.len() + 2);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
@@ -64,7 +64,7 @@ pub fn index_prefix(collection: &str, signature: &str) -> Vec<u8> {
 }
 
 /// The index entry key of `doc` in the index with `fields`.
-pub fn index_key(prefix: &[u8], fields: &[Path], doc: &Document) -> Vec<u8> {
+pub(super) fn index_key(prefix: &[u8], fields: &[Path], doc: &Document) -> Vec<u8> {
     let mut k = prefix.to_vec();
     for field in fields {
         let v = doc.lookup(field);
@@ -75,7 +75,7 @@ pub fn index_key(prefix: &[u8], fields: &[Path], doc: &Document) -> Vec<u8> {
 }
 
 /// The prefix of a document's history entries: the retained changes of one document.
-pub fn history_prefix(collection: &str, id: &str) -> Vec<u8> {
+pub(super) fn history_prefix(collection: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(collection.len() + id.len() + 10);
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
@@ -84,18 +84,18 @@ pub fn history_prefix(collection: &str, id: &str) -> Vec<u8> {
     k
 }
 
-pub fn history_key(collection: &str, id: &str, seq: u64) -> Vec<u8> {
+pub(super) fn history_key(collection: &str, id: &str, seq: u64) -> Vec<u8> {
     let mut k = history_prefix(collection, id);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-pub fn change_key(seq: u64) -> [u8; 8] {
+pub(super) fn change_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
 /// The sequence of a change key, or of the history key it ends.
-pub fn seq_of(key: &[u8]) -> u64 {
+pub(super) fn seq_of(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     if let Some(tail) = key.len().checked_sub(8).and_then(|start| key.get(start..)) {
         b.copy_from_slice(tail);
@@ -103,10 +103,10 @@ pub fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-pub const CONFIG_PREFIX: &[u8] = b"coll:";
+pub(super) const CONFIG_PREFIX: &[u8] = b"coll:";
 
 /// The key of an index build in progress.
-pub fn build_key(collection: &str, signature: &str) -> Vec<u8> {
+pub(super) fn build_key(collection: &str, signature: &str) -> Vec<u8> {
     let mut k = b"build:".to_vec();
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
@@ -115,7 +115,7 @@ pub fn build_key(collection: &str, signature: &str) -> Vec<u8> {
 }
 
 /// The key of a deleted document's tombstone.
-pub fn tombstone_key(collection: &str, id: &str) -> Vec<u8> {
+pub(super) fn tombstone_key(collection: &str, id: &str) -> Vec<u8> {
     let mut k = b"tomb:".to_vec();
     k.extend_from_slice(collection.as_bytes());
     k.push(0);
@@ -123,15 +123,15 @@ pub fn tombstone_key(collection: &str, id: &str) -> Vec<u8> {
     k
 }
 
-pub fn config_key(collection: &str) -> Vec<u8> {
+pub(super) fn config_key(collection: &str) -> Vec<u8> {
     let mut k = CONFIG_PREFIX.to_vec();
     k.extend_from_slice(collection.as_bytes());
     k
 }
 
 /// The smallest key greater than every key that starts with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     crate::engine::prefix_end(prefix).unwrap_or_else(|| vec![0xFF; 16])
 }
 
-pub use crate::engine::successor;
+pub(super) use crate::engine::successor;

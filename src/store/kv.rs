@@ -4,7 +4,7 @@
 
 /// A namespace of system records. Each has its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Space {
+pub(crate) enum Space {
     /// User id → user record.
     Users,
     /// Normalised email → user id.
@@ -59,7 +59,7 @@ impl Space {
 
 /// An atomic write of system records: every check must hold, or nothing is written.
 #[derive(Debug, Default, Clone)]
-pub struct KvWrite {
+pub(crate) struct KvWrite {
     /// `(space, key, expected)`: the stored value must equal `expected` (`None`: absent).
     pub checks: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     pub puts: Vec<(Space, Vec<u8>, Vec<u8>)>,
@@ -67,7 +67,7 @@ pub struct KvWrite {
 }
 
 impl KvWrite {
-    pub fn check(
+    pub(crate) fn check(
         mut self,
         space: Space,
         key: impl Into<Vec<u8>>,
@@ -77,12 +77,17 @@ impl KvWrite {
         self
     }
 
-    pub fn put(mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn put(
+        mut self,
+        space: Space,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
         self.puts.push((space, key.into(), value.into()));
         self
     }
 
-    pub fn delete(mut self, space: Space, key: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn delete(mut self, space: Space, key: impl Into<Vec<u8>>) -> Self {
         self.deletes.push((space, key.into()));
         self
     }

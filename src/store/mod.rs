@@ -21,16 +21,16 @@ mod records;
 mod scan;
 mod write;
 
-pub use error::{BatchFailure, StoreError};
+pub(crate) use error::{BatchFailure, StoreError};
 use feed::ChangeFeed;
 pub use feed::ChangeReceiver;
-pub use files::{FileGuard, FileOp, FileRecord, FileWrite, FileWritten};
-pub use kv::{KvWrite, Space};
-pub use scan::{QueryResult, QuerySpec};
-pub use write::{Access, WriteGuard, WriteOp, WriteRequest, WriteResult, Written};
+pub(crate) use files::{FileGuard, FileOp, FileRecord, FileWrite};
+pub(crate) use kv::{KvWrite, Space};
+pub(crate) use scan::{QueryResult, QuerySpec};
+pub(crate) use write::{Access, WriteGuard, WriteOp, WriteRequest, Written};
 
 /// A system record: key (without its space prefix) and value.
-pub type KvEntry = (Vec<u8>, Vec<u8>);
+pub(crate) type KvEntry = (Vec<u8>, Vec<u8>);
 
 use crate::engine::sled::{SledEngine, SledOptions};
 use crate::engine::{Bytes, Direction, Engine, KeyRange, Keyspace};
@@ -45,7 +45,7 @@ use std::time::Duration;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
-pub struct StoreOptions {
+pub(crate) struct StoreOptions {
     /// The sled database directory.
     pub path: PathBuf,
     /// sled's page cache, in bytes.
@@ -66,7 +66,7 @@ pub struct StoreOptions {
 
 /// One declared index.
 #[derive(Debug, Clone)]
-pub struct IndexDef {
+pub(crate) struct IndexDef {
     pub fields: Vec<Path>,
     pub prefix: Vec<u8>,
     /// Whether every document has its entry, so that the planner may use it.
@@ -75,7 +75,7 @@ pub struct IndexDef {
 
 /// A collection's configuration with its indexes parsed.
 #[derive(Debug, Clone)]
-pub struct CollectionState {
+pub(crate) struct CollectionState {
     pub config: CollectionConfig,
     pub indexes: Vec<IndexDef>,
 }
@@ -127,7 +127,7 @@ fn maintained_indexes(collection: &str, state: Option<&CollectionState>) -> Vec<
 }
 
 /// A record the commit hook wants committed with a change.
-pub enum HookRecord {
+pub(crate) enum HookRecord {
     /// At this key.
     Plain(Space, Vec<u8>, Vec<u8>),
     /// At this key prefix followed by the change's sequence, so records sort in commit order.
@@ -137,7 +137,7 @@ pub enum HookRecord {
 /// Asked, for each change committed, for system records to commit in the same transaction (the
 /// functions' outbox uses it, so no trigger event can be lost or appear for a write that did not
 /// happen).
-pub trait CommitHook: Send + Sync {
+pub(crate) trait CommitHook: Send + Sync {
     fn records(&self, change: &Change) -> Vec<HookRecord>;
 }
 
@@ -186,7 +186,7 @@ impl Shared {
 
 /// The document store. Cheap to clone; every clone talks to the same engine.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     engine: Arc<dyn Engine>,
     shared: Arc<Shared>,
 }
@@ -207,10 +207,10 @@ fn decode_doc(bytes: &[u8]) -> Result<Document, StoreError> {
 
 /// A stored document as raw bytes: its version and its envelope JSON, served without parsing.
 #[derive(Clone)]
-pub struct RawDocument(Bytes);
+pub(crate) struct RawDocument(Bytes);
 
 impl RawDocument {
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         let mut b = [0u8; 8];
         if let Some(head) = self.0.get(..8) {
             b.copy_from_slice(head);
@@ -218,12 +218,12 @@ impl RawDocument {
         u64::from_be_bytes(b)
     }
 
-    pub fn json(&self) -> &[u8] {
+    pub(crate) fn json(&self) -> &[u8] {
         self.0.get(8..).unwrap_or(&[])
     }
 
     /// The document, parsed.
-    pub fn decode(&self) -> Result<Document, StoreError> {
+    pub(crate) fn decode(&self) -> Result<Document, StoreError> {
         decode_doc(&self.0)
     }
 }
@@ -239,7 +239,10 @@ fn strip_prefix(len: usize, entries: Vec<(Bytes, Bytes)>) -> Vec<KvEntry> {
 impl Store {
     /// Opens (or creates) the embedded sled database, and starts the store's background work
     /// (pruning, index builds left unfinished).
-    pub async fn open(options: StoreOptions, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+    pub(crate) async fn open(
+        options: StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let flush_metrics = metrics.clone();
         let engine = SledEngine::open(
             SledOptions {
@@ -261,7 +264,7 @@ impl Store {
     }
 
     /// The store over an engine that is already open.
-    pub async fn on_engine(
+    pub(crate) async fn on_engine(
         engine: Arc<dyn Engine>,
         options: StoreOptions,
         metrics: Arc<Metrics>,
@@ -308,12 +311,12 @@ impl Store {
     }
 
     /// The name of the storage engine's backend.
-    pub fn backend(&self) -> &'static str {
+    pub(crate) fn backend(&self) -> &'static str {
         self.engine.backend()
     }
 
     /// A file's record.
-    pub async fn file_get(
+    pub(crate) async fn file_get(
         &self,
         bucket: &str,
         path: &str,
@@ -330,7 +333,7 @@ impl Store {
 
     /// At most `limit` records of a bucket whose path starts with `prefix`, in path order,
     /// starting strictly after `after`.
-    pub async fn file_scan(
+    pub(crate) async fn file_scan(
         &self,
         bucket: &str,
         prefix: &str,
@@ -357,7 +360,9 @@ impl Store {
     }
 
     /// Every blob some file record points at.
-    pub async fn file_blobs(&self) -> Result<std::collections::HashSet<ulid::Ulid>, StoreError> {
+    pub(crate) async fn file_blobs(
+        &self,
+    ) -> Result<std::collections::HashSet<ulid::Ulid>, StoreError> {
         const PAGE: usize = 1024;
         let mut blobs = std::collections::HashSet::new();
         let mut range = KeyRange::all();
@@ -379,7 +384,11 @@ impl Store {
     }
 
     /// A system record.
-    pub async fn kv_get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) async fn kv_get(
+        &self,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .engine
             .get(Keyspace::System, &space.key(key))
@@ -388,7 +397,7 @@ impl Store {
     }
 
     /// System records in key order, strictly after `after`, at most `limit`.
-    pub async fn kv_scan(
+    pub(crate) async fn kv_scan(
         &self,
         space: Space,
         after: Option<&[u8]>,
@@ -408,14 +417,14 @@ impl Store {
     }
 
     /// Sets (or, with `None`, removes) the hook whose records are committed with every change.
-    pub fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
+    pub(crate) fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
         if let Ok(mut slot) = self.shared.hook.write() {
             *slot = hook;
         }
     }
 
     /// System records whose key starts with `prefix`, in key order, at most `limit`.
-    pub async fn kv_prefix(
+    pub(crate) async fn kv_prefix(
         &self,
         space: Space,
         prefix: &[u8],
@@ -426,7 +435,7 @@ impl Store {
     }
 
     /// System records whose key starts with `prefix`, last key first, at most `limit`.
-    pub async fn kv_prefix_last(
+    pub(crate) async fn kv_prefix_last(
         &self,
         space: Space,
         prefix: &[u8],
@@ -452,7 +461,7 @@ impl Store {
     }
 
     /// The last `limit` system records of a space, last key first.
-    pub async fn kv_scan_last(
+    pub(crate) async fn kv_scan_last(
         &self,
         space: Space,
         limit: usize,
@@ -461,7 +470,11 @@ impl Store {
             .await
     }
 
-    pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+    pub(crate) async fn get(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<Document>, StoreError> {
         match self.get_raw(collection, id).await? {
             Some(raw) => raw.decode().map(Some),
             None => Ok(None),
@@ -469,7 +482,7 @@ impl Store {
     }
 
     /// A document's stored bytes, for serving it without a parse.
-    pub async fn get_raw(
+    pub(crate) async fn get_raw(
         &self,
         collection: &str,
         id: &str,
@@ -488,7 +501,7 @@ impl Store {
 
     /// The names of the collections that hold documents, in order. Reads one key per
     /// collection: each step seeks past the previous collection's documents.
-    pub async fn document_collections(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn document_collections(&self) -> Result<Vec<String>, StoreError> {
         let mut names = Vec::new();
         let mut range = KeyRange::all();
         while let Some((key, _)) = self
@@ -508,7 +521,7 @@ impl Store {
     }
 
     /// The configuration of a collection, if an admin has set one.
-    pub fn collection(&self, collection: &str) -> Option<Arc<CollectionState>> {
+    pub(crate) fn collection(&self, collection: &str) -> Option<Arc<CollectionState>> {
         self.shared
             .configs_snapshot()
             .get(collection)
@@ -516,7 +529,7 @@ impl Store {
     }
 
     /// Every configured collection, by name.
-    pub fn collections(&self) -> Vec<(String, CollectionConfig)> {
+    pub(crate) fn collections(&self) -> Vec<(String, CollectionConfig)> {
         let snapshot = self.shared.configs_snapshot();
         let mut out: Vec<(String, CollectionConfig)> = snapshot
             .iter()
@@ -544,7 +557,7 @@ impl Store {
     }
 
     /// The plan a query would run with (see `query::plan`); `query` plans the same way.
-    pub fn plan(
+    pub(crate) fn plan(
         &self,
         collection: &str,
         filter: Option<&crate::query::Expr>,
@@ -560,7 +573,7 @@ impl Store {
     }
 
     /// Runs a query (see [`scan`]).
-    pub async fn query(
+    pub(crate) async fn query(
         &self,
         collection: &str,
         spec: &QuerySpec<'_>,
@@ -576,12 +589,16 @@ impl Store {
 
     /// Every change committed from now on, in commit order. A receiver that falls more than
     /// 4096 changes behind is told it lagged and should catch up with [`Store::changes_after`].
-    pub fn subscribe(&self) -> ChangeReceiver {
+    pub(crate) fn subscribe(&self) -> ChangeReceiver {
         self.shared.changes.subscribe()
     }
 
     /// Retained changes with a sequence greater than `after`, oldest first, at most `limit`.
-    pub async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+    pub(crate) async fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
         let range = KeyRange::from(keys::change_key(after.saturating_add(1)).to_vec());
         let entries = self
             .engine
@@ -608,12 +625,12 @@ impl Store {
     }
 
     /// The sequence of the newest durable change (0 before the first).
-    pub fn last_seq(&self) -> u64 {
+    pub(crate) fn last_seq(&self) -> u64 {
         *self.engine.watch().borrow()
     }
 
     /// The sequence of the oldest retained change, if any.
-    pub async fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
+    pub(crate) async fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
             .engine
             .scan(Keyspace::Changes, &KeyRange::all(), Direction::Forward, 1)
@@ -623,7 +640,7 @@ impl Store {
     }
 
     /// Stops the background work, makes everything durable and closes the engine.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let tasks: Vec<_> =
             std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {

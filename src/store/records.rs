@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 /// A change record as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredChange {
+pub(super) struct StoredChange {
     pub seq: u64,
     pub kind: ChangeKind,
     pub subject: StoredSubject,
@@ -37,7 +37,7 @@ pub struct StoredChange {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum StoredSubject {
+pub(super) enum StoredSubject {
     Document {
         collection: String,
         id: String,
@@ -64,7 +64,7 @@ pub enum StoredSubject {
 
 /// What an update changed: the envelope fields a write sets, and the edits of the data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AfterEdits {
+pub(super) struct AfterEdits {
     owner: Option<String>,
     version: u64,
     created_at: String,
@@ -100,7 +100,7 @@ impl AfterEdits {
 
 /// Encodes `change` for storage. `has_prev`: the document has a retained change before this
 /// one (so `before` can refer to it).
-pub fn encode(change: &Change, has_prev: bool) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode(change: &Change, has_prev: bool) -> Result<Vec<u8>, StoreError> {
     let subject = match &change.subject {
         Subject::Document {
             collection,
@@ -148,13 +148,13 @@ pub fn encode(change: &Change, has_prev: bool) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-pub fn to_bytes(stored: &StoredChange) -> Result<Vec<u8>, StoreError> {
+pub(super) fn to_bytes(stored: &StoredChange) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(stored).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Decodes the record stored at `seq` (the key is the truth: records are encoded before the
 /// engine gives them their sequence).
-pub fn decode(seq: u64, bytes: &[u8]) -> Result<StoredChange, StoreError> {
+pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<StoredChange, StoreError> {
     let mut stored: StoredChange = serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt(format!("change record: {e}")))?;
     stored.seq = seq;
@@ -163,7 +163,7 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<StoredChange, StoreError> {
 
 impl StoredChange {
     /// The document this change is about, if it is about one.
-    pub fn document(&self) -> Option<(&str, &str)> {
+    pub(super) fn document(&self) -> Option<(&str, &str)> {
         match &self.subject {
             StoredSubject::Document { collection, id, .. } => Some((collection, id)),
             StoredSubject::File { .. } => None,
@@ -171,7 +171,7 @@ impl StoredChange {
     }
 
     /// Whether `before` refers to the previous change of the document.
-    pub fn before_is_prev(&self) -> bool {
+    pub(super) fn before_is_prev(&self) -> bool {
         matches!(
             self.subject,
             StoredSubject::Document {
@@ -182,7 +182,7 @@ impl StoredChange {
     }
 
     /// The document after the first retained change of a chain, whose `before` is whole.
-    pub fn after_of_first(&self) -> Result<Option<Document>, StoreError> {
+    pub(super) fn after_of_first(&self) -> Result<Option<Document>, StoreError> {
         match &self.subject {
             StoredSubject::Document {
                 before,
@@ -197,7 +197,7 @@ impl StoredChange {
     }
 
     /// This change with `before` stored whole instead of referring to the previous change.
-    pub fn with_whole_before(mut self, document: Option<Document>) -> StoredChange {
+    pub(super) fn with_whole_before(mut self, document: Option<Document>) -> StoredChange {
         if let StoredSubject::Document {
             before,
             before_prev,
@@ -273,14 +273,14 @@ impl StoredChange {
 
 /// Reads change records back whole. Remembers the last document each chain reached, so
 /// records read in sequence order (a replay, a catch-up) cost one step each.
-pub struct Resolver<'a> {
+pub(super) struct Resolver<'a> {
     engine: &'a dyn Engine,
     /// Per document: the seq of the last change resolved, and the document after it.
     last: HashMap<(String, String), (u64, Option<Document>)>,
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(engine: &'a dyn Engine) -> Self {
+    pub(super) fn new(engine: &'a dyn Engine) -> Self {
         Resolver {
             engine,
             last: HashMap::new(),
@@ -288,7 +288,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// The whole change of a stored record.
-    pub async fn resolve(&mut self, stored: StoredChange) -> Result<Change, StoreError> {
+    pub(super) async fn resolve(&mut self, stored: StoredChange) -> Result<Change, StoreError> {
         let Some((collection, id)) = stored.document() else {
             return stored.into_change(None);
         };

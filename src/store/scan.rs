@@ -9,15 +9,13 @@ use crate::model::Document;
 use crate::query::ast::{Expr, SortKey};
 use crate::query::matches;
 use crate::query::order;
-use crate::query::plan::{
-    self, compare_positions, effective_sort, sort_values, Access, Plan, Range,
-};
+use crate::query::plan::{self, compare_positions, effective_sort, sort_values, Access, Range};
 use serde_json::Value;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// A query over one collection.
-pub struct QuerySpec<'a> {
+pub(crate) struct QuerySpec<'a> {
     pub filter: Option<&'a Expr>,
     /// The requested sort; the effective sort adds `id` (see `query::plan`).
     pub sort: &'a [SortKey],
@@ -28,17 +26,12 @@ pub struct QuerySpec<'a> {
     pub visible: &'a (dyn Fn(&Document) -> bool + Send + Sync + 'a),
 }
 
-pub struct QueryResult {
+pub(crate) struct QueryResult {
     pub items: Vec<Document>,
     /// The stored bytes of each item, in the same order, for serving without re-serialising.
     pub raw: Vec<RawDocument>,
     /// Whether more matching documents follow the last item.
     pub has_more: bool,
-    pub plan: Plan,
-    /// Documents the scan examined.
-    pub examined: u64,
-    /// The most matches the scan held in memory at once.
-    pub held: usize,
 }
 
 /// Appends the encoding of `bound` to `base`.
@@ -140,7 +133,7 @@ fn over_budget(collection: &str, budget: u64, spec: &QuerySpec<'_>) -> StoreErro
     ))
 }
 
-pub async fn run(
+pub(super) async fn run(
     store: &Store,
     collection: &str,
     state: Option<&CollectionState>,
@@ -181,9 +174,6 @@ pub async fn run(
         items: Vec::new(),
         raw: Vec::new(),
         has_more: false,
-        plan: plan.clone(),
-        examined: 0,
-        held: 0,
     };
     let Some((mut lo, mut hi)) = range else {
         return Ok(empty());
@@ -322,8 +312,5 @@ pub async fn run(
         items,
         raw,
         has_more,
-        plan,
-        examined,
-        held,
     })
 }

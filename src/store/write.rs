@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 /// One operation of a write. Every write is a batch of these, applied all or nothing.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WriteOp {
+pub(crate) enum WriteOp {
     /// Create a document; `id` is generated (a ULID) when absent. Fails if the id exists.
     Create {
         collection: String,
@@ -39,7 +39,7 @@ pub enum WriteOp {
 
 /// What an access check is asked about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Create,
     Update,
     Delete,
@@ -49,7 +49,7 @@ pub enum Access {
 /// write can slip between the check and the commit. `before` is the stored document (if any),
 /// `after` the one the op would write (none for a delete). An `Err` carries the message of a
 /// `403`.
-pub trait WriteGuard: Send + Sync {
+pub(crate) trait WriteGuard: Send + Sync {
     fn check(
         &self,
         access: Access,
@@ -60,7 +60,7 @@ pub trait WriteGuard: Send + Sync {
 }
 
 /// A write: its ops, who makes it, and how deep in a chain of triggered writes it is.
-pub struct WriteRequest {
+pub(crate) struct WriteRequest {
     pub ops: Vec<WriteOp>,
     pub actor: Option<Actor>,
     pub depth: u32,
@@ -69,11 +69,11 @@ pub struct WriteRequest {
 
 /// What one op of a write left.
 #[derive(Debug, Clone)]
-pub struct Written {
+pub(crate) struct Written {
     /// The document as written; `None` for a delete.
     pub document: Option<Document>,
     /// Whether the op created the document (it did not exist).
     pub created: bool,
 }
 
-pub type WriteResult = Result<Vec<Written>, BatchFailure>;
+pub(super) type WriteResult = Result<Vec<Written>, BatchFailure>;

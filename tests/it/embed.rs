@@ -8,7 +8,8 @@ use serde_json::json;
 fn in_process_writes_are_visible_over_http_and_in_the_change_feed() {
     let srv = TestServer::start();
     let docs = srv.server().documents().clone();
-    let mut changes = docs.subscribe();
+    let feed = srv.server().changes().clone();
+    let mut changes = feed.subscribe();
     let doc = srv
         .block_on(docs.create(&Principal::Service, "notes", json!({"text": "hi"})))
         .unwrap();
@@ -49,9 +50,7 @@ fn in_process_writes_are_visible_over_http_and_in_the_change_feed() {
     assert!(seen[0].0 < seen[1].0 && seen[1].0 < seen[2].0);
 
     // The feed is durable: the same changes can be read back from the store.
-    let replay = srv
-        .block_on(docs.store().changes_after(seen[0].0 - 1, 10))
-        .unwrap();
+    let replay = srv.block_on(feed.after(seen[0].0 - 1, 10)).unwrap();
     assert_eq!(
         replay.iter().map(|c| c.seq).collect::<Vec<_>>(),
         seen.iter().map(|s| s.0).collect::<Vec<_>>()
@@ -103,10 +102,10 @@ fn the_change_feed_keeps_only_its_retention_window() {
         srv.post("/v1/collections/r/docs", &json!({"i": i}))
             .expect(201);
     }
-    let store = srv.server().documents().store().clone();
+    let feed = srv.server().changes().clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let first = srv.block_on(store.first_retained_seq()).unwrap().unwrap();
+        let first = srv.block_on(feed.first_retained_seq()).unwrap().unwrap();
         if first >= 16 {
             break;
         }
@@ -116,7 +115,7 @@ fn the_change_feed_keeps_only_its_retention_window() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let kept = srv.block_on(store.changes_after(0, 100)).unwrap();
+    let kept = srv.block_on(feed.after(0, 100)).unwrap();
     assert_eq!(kept.len(), 5);
     assert_eq!(kept.last().unwrap().seq, 20);
 }

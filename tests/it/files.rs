@@ -830,7 +830,7 @@ fn bucket_rules_for_two_users() {
 #[test]
 fn file_changes_go_through_the_change_feed() {
     let srv = TestServer::start();
-    let mut changes = srv.server().documents().subscribe();
+    let mut changes = srv.server().changes().subscribe();
     upload(
         &srv,
         Some(&srv.key),

@@ -217,7 +217,7 @@ fn change_records_reproduce_exact_envelopes_across_pruning() {
     let path = format!("/v1/collections/exact/docs/{id}");
     expected.push((None, Some(doc.clone())));
     let mut current = Some(doc);
-    let head = srv.server().documents().store().last_seq();
+    let head = srv.server().changes().last_seq();
     for round in 0..6 {
         for body in &bodies[1..] {
             let after = if round % 2 == 0 {
@@ -237,14 +237,14 @@ fn change_records_reproduce_exact_envelopes_across_pruning() {
         }
     }
     // Wait for the writer's pruning round (once a second) to leave the last seven.
-    let store = srv.server().documents().store().clone();
+    let feed = srv.server().changes().clone();
     let total = expected.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.block_on(store.first_retained_seq()).unwrap().unwrap() < head + total - 7 {
+    while srv.block_on(feed.first_retained_seq()).unwrap().unwrap() < head + total - 7 {
         assert!(Instant::now() < deadline, "the feed was not pruned");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let changes = srv.block_on(store.changes_after(0, 100)).unwrap();
+    let changes = srv.block_on(feed.after(0, 100)).unwrap();
     assert_eq!(changes.len(), 7);
     for (change, (before, after)) in changes.iter().zip(&expected[expected.len() - 7..]) {
         let emberbase::Subject::Document {
@@ -400,19 +400,34 @@ fn long_rule_chains_are_refused_or_evaluated_flat_and_bad_stored_rules_fail_clos
         .expect(200);
     as_user("GET", &path, None).expect(200);
 
-    // A stored rule that no longer compiles (as one stored before the limits would):
-    // admins only, reported, never the defaults.
-    let bad = emberbase::model::CollectionConfig {
-        rules: Some(emberbase::model::Rules {
-            read: Some(chain(20_000)),
-            create: Some("auth != null".into()),
-            update: None,
-            delete: None,
-        }),
-        indexes: Vec::new(),
+    // A stored rule that no longer compiles (as one stored before the limits would), written
+    // straight into the stopped server's database: admins only, reported, never the defaults.
+    let bad = json!({"rules": {"read": chain(20_000), "create": "auth != null"}, "indexes": []});
+    let dir = srv.stop();
+    {
+        use emberbase::engine::sled::{SledEngine, SledOptions};
+        use emberbase::engine::{Engine, Keyspace};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let options = SledOptions {
+                path: dir.path().join("db"),
+                cache_bytes: 1 << 20,
+            };
+            let engine = SledEngine::open(options, None).unwrap();
+            let mut txn = engine.begin().await.unwrap();
+            txn.put(
+                Keyspace::Meta,
+                b"coll:chains".to_vec(),
+                bad.to_string().into_bytes(),
+            );
+            txn.commit(None).await.unwrap();
+            engine.close().await.unwrap();
+        });
+    }
+    let srv = TestServer::start_in(dir, crate::common::fast);
+    let as_user = |method: &str, path: &str, body: Option<&Value>| {
+        with_token(&srv, method, path, token, body)
     };
-    srv.block_on(srv.server().documents().store().configure("chains", bad))
-        .unwrap();
     as_user("GET", &path, None).expect_error(403, "forbidden");
     as_user("POST", "/v1/collections/chains/docs", Some(&json!({}))).expect_error(403, "forbidden");
     srv.get(&path).expect(200);
@@ -723,13 +738,31 @@ fn shipped_defaults_are_private_and_the_startup_log_names_collections_on_them() 
 
 #[test]
 fn ended_logins_expired_tokens_and_old_mail_are_pruned() {
-    use emberbase::store::Space;
-    let srv = TestServer::start_with(|c| {
-        crate::common::fast(c);
-        c.auth.prune_interval_secs = 1;
-        c.auth.reset_token_ttl_secs = 1;
-        c.mail.outbox_kept = 2;
-    });
+    use emberbase::engine::sled::{SledEngine, SledOptions};
+    use emberbase::engine::{Direction, Engine, KeyRange, Keyspace};
+    use std::sync::{Arc, Mutex};
+    // The records are read through the engine the server runs on: the account records are
+    // system records under one prefix per kind.
+    let engine = Arc::new(Mutex::new(None));
+    let slot = engine.clone();
+    let srv = TestServer::start_built(
+        |c| {
+            crate::common::fast(c);
+            c.auth.prune_interval_secs = 1;
+            c.auth.reset_token_ttl_secs = 1;
+            c.mail.outbox_kept = 2;
+        },
+        move |builder, dir| {
+            let options = SledOptions {
+                path: dir.join("db"),
+                cache_bytes: 16 << 20,
+            };
+            let sled = Arc::new(SledEngine::open(options, None).unwrap());
+            *slot.lock().unwrap() = Some(sled.clone());
+            builder.engine(sled)
+        },
+    );
+    let engine = engine.lock().unwrap().take().unwrap();
     let session = signup(&srv, "prune@example.com");
     let login = |password: &str| {
         anon_post(
@@ -764,28 +797,28 @@ fn ended_logins_expired_tokens_and_old_mail_are_pruned() {
         )
         .expect(202);
     }
-    let store = srv.server().documents().store().clone();
-    let count = |space: Space| {
-        srv.block_on(store.kv_scan(space, None, 10_000))
+    let count = |prefix: &str| {
+        let range = KeyRange::prefix(prefix.as_bytes());
+        srv.block_on(engine.scan(Keyspace::System, &range, Direction::Forward, 10_000))
             .unwrap()
             .len()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let done = count(Space::Families) == 1
-            && count(Space::RefreshTokens) == 1
-            && count(Space::EmailTokens) == 0
-            && count(Space::Outbox) == 2;
+        let done = count("family:") == 1
+            && count("refresh:") == 1
+            && count("etoken:") == 0
+            && count("outbox:") == 2;
         if done {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "not pruned: {} families, {} refresh tokens, {} email tokens, {} mails",
-            count(Space::Families),
-            count(Space::RefreshTokens),
-            count(Space::EmailTokens),
-            count(Space::Outbox)
+            count("family:"),
+            count("refresh:"),
+            count("etoken:"),
+            count("outbox:")
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -12,7 +12,6 @@ mod functions;
 mod fuzz;
 mod hardening;
 mod operations;
-mod planner;
 mod queries;
 mod realtime;
 mod sdk;

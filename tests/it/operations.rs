@@ -114,8 +114,19 @@ fn service_key_file_is_owner_only_and_stable() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(srv.key.starts_with("ebsk_") && srv.key.len() > 40);
-    let again = emberbase::auth::load_or_create_service_key(srv.dir.path()).unwrap();
-    assert_eq!(again.0, srv.key);
+    // A restart keeps the key: the old one still acts as an admin.
+    let key = srv.key.clone();
+    let srv = TestServer::start_in(srv.stop(), |_| {});
+    let status = srv
+        .anon("GET", "/v1/admin/collections")
+        .set("Authorization", &format!("Bearer {key}"))
+        .call()
+        .map(|r| r.status())
+        .unwrap_or_else(|e| match e {
+            ureq::Error::Status(code, _) => code,
+            other => panic!("{other}"),
+        });
+    assert_eq!(status, 200);
 }
 
 #[test]

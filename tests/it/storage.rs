@@ -254,7 +254,7 @@ fn blob_count(srv: &TestServer) -> usize {
 #[test]
 fn failed_commits_and_flushes_leave_no_trace_and_the_server_recovers() {
     let (srv, engines) = start_on_engines(|dir| dir.join("db"));
-    let store = srv.server().documents().store().clone();
+    let store = srv.server().changes().clone();
     srv.put("/v1/collections/f/docs/kept", &json!({"v": 1}))
         .expect(201);
     let seq = store.last_seq();

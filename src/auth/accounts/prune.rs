@@ -15,7 +15,7 @@ const PAGE: usize = 512;
 
 /// What one pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pruned {
+pub(crate) struct Pruned {
     pub families: usize,
     pub refresh_tokens: usize,
     pub email_tokens: usize,
@@ -23,14 +23,14 @@ pub struct Pruned {
 }
 
 impl Pruned {
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.families + self.refresh_tokens + self.email_tokens + self.mails
     }
 }
 
 impl Accounts {
     /// One pass over every space that grows with use.
-    pub async fn prune(&self, outbox_kept: usize) -> Result<Pruned> {
+    pub(crate) async fn prune(&self, outbox_kept: usize) -> Result<Pruned> {
         let now = unix_secs();
         let families = self.prune_space(Space::Families, now).await?;
         let refresh_tokens = self.prune_space(Space::RefreshTokens, now).await?;

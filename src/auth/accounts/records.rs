@@ -135,7 +135,7 @@ pub(super) fn new_user(
 }
 
 /// Trims an email and lower-cases its domain; refuses what cannot be an address.
-pub fn normalize_email(raw: &str) -> Result<String> {
+pub(super) fn normalize_email(raw: &str) -> Result<String> {
     let email = raw.trim();
     let invalid = || invalid("not a valid email address", "email");
     let (local, domain) = email.rsplit_once('@').ok_or_else(invalid)?;

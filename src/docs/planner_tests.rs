@@ -1,10 +1,11 @@
 //! The query planner never changes an answer: random documents and random filters and sorts
 //! give the same pages with indexes, without them, and by naive evaluation.
 
-use crate::common::TestServer;
-use emberbase::query::plan::{compare_positions, effective_sort, sort_values};
-use emberbase::query::{matches, parse_expr, parse_sort, Dialect};
-use emberbase::{Document, ListParams, Principal};
+use super::{open_for_test, Documents, ListParams};
+use crate::auth::Principal;
+use crate::model::{CollectionConfig, Document};
+use crate::query::plan::{compare_positions, effective_sort, sort_values};
+use crate::query::{matches, parse_expr, parse_sort, Dialect};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -94,7 +95,8 @@ fn sort() -> impl Strategy<Value = &'static str> {
 
 /// Every page of a query, following cursors to the end.
 fn all_pages(
-    srv: &TestServer,
+    rt: &tokio::runtime::Runtime,
+    docs: &Documents,
     collection: &str,
     filter: &str,
     sort: &str,
@@ -109,12 +111,8 @@ fn all_pages(
             limit: Some(limit),
             cursor: cursor.as_deref(),
         };
-        let page = srv
-            .block_on(
-                srv.server()
-                    .documents()
-                    .list(&Principal::Service, collection, &params),
-            )
+        let page = rt
+            .block_on(docs.list(&Principal::Service, collection, &params))
             .unwrap();
         out.extend(page.items);
         match page.next_cursor {
@@ -126,8 +124,9 @@ fn all_pages(
 
 #[test]
 fn planner_agrees_with_naive_evaluation() {
-    let srv = TestServer::start();
-    let docs = srv.server().documents();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let docs = rt.block_on(open_for_test(dir.path()));
     let mut runner = TestRunner::new(Config {
         cases: 48,
         failure_persistence: None,
@@ -143,25 +142,25 @@ fn planner_agrees_with_naive_evaluation() {
             let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let plain = format!("plain{case}");
             let indexed = format!("indexed{case}");
-            let config: emberbase::model::CollectionConfig = serde_json::from_value(json!({
+            let config: CollectionConfig = serde_json::from_value(json!({
                 "indexes": [["data.n"], ["data.tag", "data.n"], ["data.m"], ["data.tag"], ["version", "data.n"]]
             }))
             .unwrap();
-            srv.block_on(docs.configure(&Principal::Service, &indexed, config)).unwrap();
+            rt.block_on(docs.configure(&Principal::Service, &indexed, config)).unwrap();
             for (i, data) in datas.iter().enumerate() {
                 for collection in [&plain, &indexed] {
-                    srv.block_on(docs.set(&Principal::Service, collection, &format!("d{i:02}"), data.clone(), None))
+                    rt.block_on(docs.set(&Principal::Service, collection, &format!("d{i:02}"), data.clone(), None))
                         .unwrap();
                 }
             }
             // Some documents get a second version.
             for i in (0..datas.len()).step_by(3) {
                 for collection in [&plain, &indexed] {
-                    srv.block_on(docs.update(&Principal::Service, collection, &format!("d{i:02}"), json!({"v2": true}), None))
+                    rt.block_on(docs.update(&Principal::Service, collection, &format!("d{i:02}"), json!({"v2": true}), None))
                         .unwrap();
                 }
             }
-            let everything = all_pages(&srv, &plain, "", "", 1000);
+            let everything = all_pages(&rt, &docs, &plain, "", "", 1000);
             for (filter, sort, limit) in &queries {
                 let expr = parse_expr(filter, Dialect::Document).unwrap();
                 let keys = effective_sort(&if sort.is_empty() { vec![] } else { parse_sort(sort).unwrap() });
@@ -169,7 +168,7 @@ fn planner_agrees_with_naive_evaluation() {
                 expected.sort_by(|a, b| compare_positions(&sort_values(*a, &keys), &sort_values(*b, &keys), &keys));
                 let expected: Vec<&str> = expected.iter().map(|d| d.id.as_str()).collect();
                 for collection in [&plain, &indexed] {
-                    let got = all_pages(&srv, collection, filter, sort, *limit);
+                    let got = all_pages(&rt, &docs, collection, filter, sort, *limit);
                     let got: Vec<&str> = got.iter().map(|d| d.id.as_str()).collect();
                     prop_assert_eq!(&got, &expected, "{} filter {:?} sort {:?} limit {}", collection, filter, sort, limit);
                 }
