@@ -199,7 +199,7 @@ impl Documents {
         if read.denies_all(who, &auth) {
             return Err(Self::denied(collection));
         }
-        let visible = |doc: &Document| !per_doc || Self::may_read(&rules, who, &auth, Some(doc));
+        let visible = |doc: &Document| Self::may_read(&rules, who, &auth, Some(doc));
         let owned = self.owned_filter(who, list);
         let result = self
             .inner
@@ -211,17 +211,20 @@ impl Documents {
                     sort: &list.sort,
                     limit: list.limit,
                     after: list.after.as_deref(),
-                    visible: &visible,
+                    visible: per_doc.then_some(&visible as _),
                 },
             )
             .await?;
-        let next_cursor = match (result.has_more, result.items.last()) {
-            (true, Some(last)) => Some(encode_cursor(&Cursor {
-                s: list.signature.clone(),
-                k: query::plan::sort_values(last, &list.effective),
-            })),
-            _ => None,
+        let last = match result.has_more {
+            true => result.last_document()?,
+            false => None,
         };
+        let next_cursor = last.map(|last| {
+            encode_cursor(&Cursor {
+                s: list.signature.clone(),
+                k: query::plan::sort_values(&last, &list.effective),
+            })
+        });
         Ok((result, next_cursor))
     }
 
@@ -235,7 +238,7 @@ impl Documents {
         let list = self.prepare_list(collection, params)?;
         let (result, next_cursor) = self.run_list(who, &list).await?;
         Ok(Page {
-            items: result.items,
+            items: result.into_documents()?,
             next_cursor,
         })
     }
@@ -244,7 +247,7 @@ impl Documents {
     pub(crate) async fn list_raw(&self, who: &Principal, list: &PreparedList) -> Result<RawPage> {
         let (result, next_cursor) = self.run_list(who, list).await?;
         Ok(RawPage {
-            items: result.raw,
+            items: result.into_raw(),
             next_cursor,
         })
     }

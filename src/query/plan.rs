@@ -11,7 +11,9 @@
 //! whether the scan order of the index equals the effective sort. The best access is the one
 //! that fixes the most fields, then has a range, then yields the order; the primary (by id)
 //! scan wins ties. The whole filter is still evaluated on every document the scan returns, so
-//! the planner can only make a query faster, never change its answer.
+//! the planner can only make a query faster, never change its answer; the one exception is a
+//! plan that applies every conjunct exactly (`Plan::exact`), where evaluating them again
+//! could not reject anything the scan yields.
 
 use super::ast::{CmpOp, Expr, Path, SortKey};
 use super::order;
@@ -55,6 +57,9 @@ pub(crate) struct Plan {
     /// so the scan can stop after `limit` matches.
     pub ordered: bool,
     pub descending: bool,
+    /// Whether every document the access yields matches the filter: no filter, or one whose
+    /// every conjunct the access applies exactly, so evaluating it again changes nothing.
+    pub exact: bool,
 }
 
 /// The effective sort of a request (see the module docs).
@@ -249,6 +254,7 @@ pub(crate) fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>
         access: Access::Primary {
             range: primary_range.clone(),
         },
+        exact: filter.is_none(),
     };
     let mut best_score = (
         usize::from(constraints.equal.contains_key(&id_path())),
@@ -276,6 +282,7 @@ pub(crate) fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>
         let score = (fixed, range.is_some(), order.is_some());
         if score > best_score {
             best_score = score;
+            let exact = applies_exactly(filter, fields, &equal, range.as_ref());
             best = Plan {
                 access: Access::Index {
                     index,
@@ -284,10 +291,60 @@ pub(crate) fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>
                 },
                 ordered: order.is_some(),
                 descending: order.unwrap_or(false),
+                exact,
             };
         }
     }
     best
+}
+
+/// Whether an index scan over `fields` with its leading fields equal to `equal` and the next
+/// one within `range` yields only documents that match `filter`: every top-level conjunct is
+/// `field == literal` on a leading field with that very value, or an ordering comparison on
+/// the ranged field with a literal of the range's kind (the range is the tightest of them, so
+/// it implies each). Index entries encode a missing field as `null` and order values as the
+/// evaluator compares them, so such a conjunct holds for every entry in the scanned range.
+fn applies_exactly(
+    filter: Option<&Expr>,
+    fields: &[Path],
+    equal: &[Value],
+    range: Option<&Range>,
+) -> bool {
+    let Some(filter) = filter else {
+        return true;
+    };
+    let conjuncts = match filter {
+        Expr::And(all) => all.iter().collect(),
+        single => vec![single],
+    };
+    conjuncts.into_iter().all(|conjunct| {
+        let Some((path, op, value)) = comparison(conjunct) else {
+            return false;
+        };
+        match fields.iter().position(|f| f == path) {
+            Some(i) if i < equal.len() => {
+                op == CmpOp::Eq && is_scalar(value) && super::eval::equal(&equal[i], value)
+            }
+            Some(i) if i == equal.len() => {
+                matches!(op, CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge)
+                    && matches!(value, Value::Number(_) | Value::String(_))
+                    && range.is_some_and(|r| r.kind == order::kind_tag(value))
+            }
+            _ => false,
+        }
+    })
+}
+
+/// A conjunct of the form `path op literal`, with `literal op path` turned around.
+fn comparison(expr: &Expr) -> Option<(&Path, CmpOp, &Value)> {
+    let Expr::Compare(a, op, b) = expr else {
+        return None;
+    };
+    match (a.as_ref(), b.as_ref()) {
+        (Expr::Path(p), Expr::Literal(v)) => Some((p, *op, v)),
+        (Expr::Literal(v), Expr::Path(p)) => Some((p, op.flipped()?, v)),
+        _ => None,
+    }
 }
 
 /// The values of `keys` for one document: its position in the sort order.

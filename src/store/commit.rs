@@ -241,7 +241,7 @@ impl Store {
                         txn.put(
                             Keyspace::Indexes,
                             keys::index_key(&index.prefix, &index.fields, doc),
-                            doc.id.as_bytes().to_vec(),
+                            keys::index_value(doc),
                         );
                     }
                     if planned.tombstoned.contains(key) {

@@ -106,7 +106,7 @@ async fn chunk(
                 txn.put(
                     Keyspace::Indexes,
                     keys::index_key(&index.prefix, &index.fields, &doc),
-                    doc.id.as_bytes().to_vec(),
+                    keys::index_value(&doc),
                 );
             }
         }

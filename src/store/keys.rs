@@ -3,7 +3,7 @@
 //! | keyspace    | key                                              | value                       |
 //! |-------------|--------------------------------------------------|-----------------------------|
 //! | `Documents` | collection `00` id                               | version (u64 BE) + envelope JSON |
-//! | `Indexes`   | collection `00` index signature `00` values… id  | id                          |
+//! | `Indexes`   | collection `00` index signature `00` values… id  | id `00` version (u64 BE); older entries: id |
 //! | `Changes`   | seq (u64 BE)                                     | change record JSON          |
 //! | `History`   | collection `00` id `00` seq (u64 BE)             | empty: a retained change of the document (see `records`) |
 //! | `Meta`      | `coll:` collection                               | collection config JSON      |
@@ -72,6 +72,32 @@ pub(super) fn index_key(prefix: &[u8], fields: &[Path], doc: &Document) -> Vec<u
     }
     k.extend_from_slice(doc.id.as_bytes());
     k
+}
+
+/// The value of an index entry: the document's id, a 0 byte and its version (u64 BE), so that
+/// a scan can tell whether the document it then reads is still the one the entry describes.
+/// Ids never contain a 0 byte.
+pub(super) fn index_value(doc: &Document) -> Vec<u8> {
+    let mut v = Vec::with_capacity(doc.id.len() + 9);
+    v.extend_from_slice(doc.id.as_bytes());
+    v.push(0);
+    v.extend_from_slice(&doc.version.to_be_bytes());
+    v
+}
+
+/// The id of an index entry's document and the version it was written for (`None` in entries
+/// written before versions were recorded: the id alone).
+pub(super) fn parse_index_value(value: &[u8]) -> (&[u8], Option<u64>) {
+    match value.iter().position(|&b| b == 0) {
+        Some(at) => {
+            let version = value
+                .get(at + 1..)
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map(u64::from_be_bytes);
+            (&value[..at], version)
+        }
+        None => (value, None),
+    }
 }
 
 /// The prefix of a document's history entries: the retained changes of one document.

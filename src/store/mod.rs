@@ -211,8 +211,13 @@ pub(crate) struct RawDocument(Bytes);
 
 impl RawDocument {
     pub(crate) fn version(&self) -> u64 {
+        Self::stored_version(&self.0)
+    }
+
+    /// The version at the head of a stored document's bytes.
+    fn stored_version(bytes: &[u8]) -> u64 {
         let mut b = [0u8; 8];
-        if let Some(head) = self.0.get(..8) {
+        if let Some(head) = bytes.get(..8) {
             b.copy_from_slice(head);
         }
         u64::from_be_bytes(b)
