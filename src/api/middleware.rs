@@ -50,13 +50,14 @@ pub(super) async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let id = request_id(&req);
-    let method = req.method().to_string();
     let method_label = method_label(req.method());
-    let path = req.path().to_string();
+    // The log line's method and path are copied only when the line will be written.
+    let logged = tracing::enabled!(tracing::Level::INFO)
+        .then(|| (req.method().to_string(), req.path().to_string()));
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let span = tracing::info_span!("request", request_id = %id);
     let mut res = next.call(req).instrument(span.clone()).await?;
-    let status = res.status().as_u16();
+    let status = res.status();
     let route = res
         .request()
         .match_pattern()
@@ -66,7 +67,7 @@ pub(super) async fn observe(
         state
             .metrics
             .http_requests
-            .with_label_values(&[route.as_str(), method_label, &status.to_string()])
+            .with_label_values(&[route.as_str(), method_label, status.as_str()])
             .inc();
         state
             .metrics
@@ -74,15 +75,17 @@ pub(super) async fn observe(
             .with_label_values(&[route.as_str()])
             .observe(elapsed.as_secs_f64());
     }
-    span.in_scope(|| {
-        tracing::info!(
-            method = %method,
-            path = %path,
-            status,
-            micros = elapsed.as_micros() as u64,
-            "request"
-        )
-    });
+    if let Some((method, path)) = logged {
+        span.in_scope(|| {
+            tracing::info!(
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                micros = elapsed.as_micros() as u64,
+                "request"
+            )
+        });
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, value);
     }
