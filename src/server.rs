@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a server could not start (or an admin could not be created on a data directory).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -31,7 +32,7 @@ pub enum StartError {
     #[error("cannot open the database in {path}: {source} (is another emberbase using it?)")]
     Store {
         path: PathBuf,
-        source: crate::store::StoreError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -363,7 +364,7 @@ async fn open_data_dir(
     }
     .map_err(|source| StartError::Store {
         path: db_path,
-        source,
+        source: source.into(),
     })?;
     Ok((data_dir, store, metrics))
 }
