@@ -1,9 +1,9 @@
 //! Accounts: signup, login, refresh-token rotation, logout, email verification, password reset
 //! and change, and the admin operations on users.
 //!
-//! Records are system records of the store, written with compare-and-set through the single
-//! writer, so "this email is free", "this refresh token is unused" and "this one-time token
-//! exists" are checked atomically with the write that depends on them.
+//! Records are system records of the store, written by compare-and-set transactions, so "this
+//! email is free", "this refresh token is unused" and "this one-time token exists" are checked
+//! atomically with the write that depends on them.
 //!
 //! Refresh tokens are opaque secrets stored only as SHA-256 hashes. Each login starts a
 //! *family*; every refresh marks the presented token used and issues the next one of the same

@@ -4,7 +4,7 @@
 //! Bytes live in blobs under `<data_dir>/files/blobs/<ULID>`, named by the server and never by
 //! the client's path, so no path can reach outside that directory. An upload streams into
 //! `<data_dir>/files/tmp/<ULID>.part` while it is hashed and counted, is made durable and renamed
-//! into place, and only then is its record committed through the store's writer (with a change
+//! into place, and only then is its record committed in a store transaction (with a change
 //! record, like a document). The blob a record replaced or removed is deleted after the commit;
 //! a startup sweep removes temp files and blobs that no record points at, so a crash at any
 //! step leaves neither a partial file visible nor an orphan on disk for long.

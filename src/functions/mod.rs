@@ -6,8 +6,7 @@
 //!   `functions/artifacts/<key>.bin`, where the key covers the module's hash, the wasmer
 //!   version and the compile settings; the artifact's own SHA-256 is kept in the function's
 //!   record, and an artifact is loaded only if it matches (otherwise it is recompiled).
-//! - Trigger events are written by the store's writer in the same batch as the change that
-//!   causes them (`Outbox`, a `CommitHook`), one per matching function, then delivered by one
+//! - Trigger events are written in the same transaction as the change that causes them (`Outbox`, a `CommitHook`), one per matching function, then delivered by one
 //!   dispatcher task per function, in commit order, at least once: an event leaves the outbox
 //!   only in the same commit as its invocation record.
 
