@@ -2,8 +2,17 @@
 
 use clap::{Parser, Subcommand};
 use emberbase::config::{Config, LogFormat, Overrides, DEFAULT_CONFIG_FILE};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The version and the commit it was built from (`build.rs`; `unknown` outside a git checkout).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EB_BUILD_COMMIT"),
+    ")"
+);
 
 /// Emberbase: auth, JSON documents, files and WebAssembly functions in one binary.
 ///
@@ -12,7 +21,7 @@ use std::process::ExitCode;
 /// variable `EMBERBASE_<SECTION>__<KEY>` (for example `EMBERBASE_SERVER__BIND=0.0.0.0:7070`)
 /// and then by the flags below.
 #[derive(Parser)]
-#[command(name = "emberbase", version, about, long_about)]
+#[command(name = "emberbase", version = VERSION, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,9 +130,11 @@ fn admin_create(email: String, config: Option<PathBuf>, data_dir: Option<PathBuf
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in a file or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.init(),

@@ -116,11 +116,19 @@ impl ServerBuilder {
         result
     }
 
-    /// Opens the data directory (or the given engine), starts the services and binds the HTTP
-    /// listener. The server runs until [`Server::shutdown`].
+    /// Binds the HTTP listener (unless one was given), opens the data directory (or the given
+    /// engine) and starts the services. The server runs until [`Server::shutdown`].
     pub async fn start(self) -> Result<Server, StartError> {
         let config = self.config;
         config.validate()?;
+        // The port first: a server that cannot listen leaves no data directory or keys behind.
+        let listener = match self.listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?,
+        };
         let (data_dir, store, metrics) = open_data_dir(&config, self.engine).await?;
 
         let (service_key, key_source) = if config.auth.service_key.is_empty() {
@@ -167,13 +175,6 @@ impl ServerBuilder {
             bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
         }
 
-        let listener = match self.listener {
-            Some(l) => l,
-            None => TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
-                addr: config.server.bind.clone(),
-                source,
-            })?,
-        };
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.server.bind.clone(),
             source,

@@ -368,3 +368,63 @@ fn json_request_logs_never_contain_tokens() {
         "{log:#?}"
     );
 }
+
+/// What an operator meets at the command line: `--version` names the commit, logs carry no
+/// colour codes when they do not go to a terminal, and a server that cannot listen leaves no
+/// data directory behind.
+#[test]
+fn version_plain_logs_and_the_port_checked_first() {
+    use std::io::{BufRead, BufReader};
+    let bin = env!("CARGO_BIN_EXE_emberbase");
+    let version = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")) && version.contains("(commit "),
+        "{version}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--bind", &addr, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(
+        !data.exists(),
+        "a server that could not listen created its data directory"
+    );
+
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("EMBERBASE_LOG__LEVEL", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        let listening = line.contains("listening on http://");
+        log.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join("\n");
+    assert!(log.contains("listening on http://"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+}
