@@ -13,8 +13,9 @@ const example = resolve(sdk, "../../examples/node-quickstart");
 
 test("node-quickstart type-checks and runs", async () => {
   if (!existsSync(join(example, "node_modules/emberbase"))) {
-    // Links the SDK (a `file:` dependency): nothing is downloaded.
-    execFileSync("npm", ["install", "--no-audit", "--no-fund"], { cwd: example, stdio: "inherit" });
+    // Links the SDK (a `file:` dependency): nothing is downloaded. `npm ci` installs exactly
+    // the committed lockfile and never rewrites it (it fails instead when the lockfile is stale).
+    execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: example, stdio: "inherit" });
   }
   execFileSync(
     join(sdk, "node_modules/.bin/tsc"),
