@@ -142,12 +142,37 @@ pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
         .set_features(Some(features()))
         .engine()
         .into();
-    Module::validate(&engine, bytes).map_err(|e| format!("invalid module: {e}"))?;
-    let module = Module::new(&engine, bytes).map_err(|e| format!("cannot compile: {e}"))?;
+    check_header(bytes)?;
+    Module::validate(&engine, bytes).map_err(|e| one_line(&format!("invalid module: {e}")))?;
+    let module =
+        Module::new(&engine, bytes).map_err(|e| one_line(&format!("cannot compile: {e}")))?;
     let artifact = module
         .serialize()
         .map_err(|e| format!("cannot serialise: {e}"))?;
     Ok((module, artifact.to_vec()))
+}
+
+/// Refuses what is not a core WebAssembly module in one sentence, before the validator (whose
+/// message for a bad header prints both headers as multi-line byte arrays).
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', a, b, c, d]) => Err(format!(
+            "not a core WebAssembly module: binary format version {} (components and other \
+             versions are not supported; build a core module for wasm32)",
+            u32::from_le_bytes([*a, *b, *c, *d])
+        )),
+        _ => Err(
+            "not a WebAssembly module: it does not start with the `\\0asm` header (upload the \
+             compiled .wasm binary, not its text or source)"
+                .to_string(),
+        ),
+    }
+}
+
+/// A message with every run of whitespace (line breaks included) made one space.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Checks a compiled module against ABI v1: the exports it must have and the imports it may
