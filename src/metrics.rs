@@ -1,5 +1,6 @@
 //! Prometheus metrics. One registry per server, so several servers in one process (tests, an
-//! embedding program) keep separate counts.
+//! embedding program) keep separate counts; Emberbase's own metrics are prefixed `emberbase_`,
+//! the process's (CPU, memory, open files, threads) carry the standard `process_` names.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -7,6 +8,8 @@ use prometheus::{
 
 pub(crate) struct Metrics {
     registry: Registry,
+    /// The process collector, unprefixed: dashboards expect `process_resident_memory_bytes`.
+    process: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub store_ops: IntCounterVec,
@@ -31,6 +34,10 @@ const LATENCY_BUCKETS: [f64; 14] = [
 impl Metrics {
     pub(crate) fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("emberbase".into()), None)?;
+        let process = Registry::new();
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
@@ -126,6 +133,7 @@ impl Metrics {
         registry.register(Box::new(realtime_queued_bytes.clone()))?;
         Ok(Metrics {
             registry,
+            process,
             http_requests,
             http_duration,
             store_ops,
@@ -148,7 +156,9 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

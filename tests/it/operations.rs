@@ -33,6 +33,18 @@ fn metrics_need_an_admin_unless_public() {
     assert!(text.contains("emberbase_http_request_duration_seconds_bucket"));
     assert!(text.contains("emberbase_store_ops_total{op=\"create\"} 1"));
     assert!(text.contains("emberbase_store_commit_group_size_count"));
+    // The process's own, under their standard names, with plausible values.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_threads") >= 2.0);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
 
     let public = TestServer::start_with(|c| c.metrics.public = true);
     send(public.anon("GET", "/metrics"), None).expect(200);
