@@ -29,7 +29,7 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the database in {path}: {source} (is another emberbase using it?)")]
+    #[error("cannot open the database in {path}: {source}")]
     Store {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -344,6 +344,14 @@ async fn bootstrap_admin(
     Ok(())
 }
 
+/// Whether files can be made in `dir`: a read-only directory or file system is reported as
+/// such, not as whatever the database first fails on.
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(".emberbase-write-check");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
 /// Creates the data directory if needed and opens the store: on `engine` if given, otherwise
 /// on the embedded database in `<data_dir>/db`.
 async fn open_data_dir(
@@ -356,6 +364,10 @@ async fn open_data_dir(
         source,
     })?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    check_writable(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
     let db_path = data_dir.join("db");
     let options = store_options(config, db_path.clone());

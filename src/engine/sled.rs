@@ -265,7 +265,17 @@ fn open_db(options: &SledOptions) -> Result<sled::Db, EngineError> {
         // Only the flusher makes writes durable, so that it knows which ones are.
         .flush_every_ms(None)
         .open()
-        .map_err(io)
+        .map_err(|e| match e {
+            // sled says so only in its message (an `Other` I/O error).
+            sled::Error::Io(lock) if lock.to_string().starts_with("could not acquire lock") => {
+                EngineError::Io(
+                    "another process holds the database's lock: is another emberbase using \
+                     this data directory?"
+                        .into(),
+                )
+            }
+            other => io(other),
+        })
 }
 
 /// The sequence of the newest change record in `db` (0 if none).

@@ -440,3 +440,36 @@ fn version_plain_logs_and_the_port_checked_first() {
         "colour codes in a piped log: {log:?}"
     );
 }
+
+/// A data directory the server cannot use says why: another server holds it, or it is
+/// read-only.
+#[test]
+fn unusable_data_directories_say_why() {
+    let bin = env!("CARGO_BIN_EXE_emberbase");
+    let serve = |dir: &std::path::Path| {
+        let out = std::process::Command::new(bin)
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let running = crate::common::Spawned::start(&[], None).unwrap();
+    let stderr = serve(&running.dir.path().join("data"));
+    assert!(
+        stderr.contains("is another emberbase using this data directory?"),
+        "{stderr}"
+    );
+    drop(running.stop());
+
+    let Some(read_only) = crate::common::Tmpfs::mount("ro,size=1m") else {
+        println!("SKIPPED: cannot mount a read-only tmpfs here (needs root)");
+        return;
+    };
+    let stderr = serve(read_only.0.path());
+    assert!(
+        stderr.contains("cannot use data directory") && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The storage engine under the whole server: versions across a delete, background index
 //! builds, bounded sorts, and storage failures that leave no trace.
 
-use crate::common::{agent, metric, send, signup_token, with_token, TestServer};
+use crate::common::{agent, metric, send, signup_token, with_token, TestServer, Tmpfs};
 use emberbase::engine::faulty::FaultyEngine;
 use emberbase::engine::sled::{SledEngine, SledOptions};
 use emberbase::Principal;
@@ -323,30 +323,6 @@ fn until(
     }
 }
 
-/// A small tmpfs, mounted for the test and unmounted when dropped.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(Tmpfs(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 /// Fills the file system under `dir` until it refuses more.
 fn fill(dir: &Path) -> std::path::PathBuf {
     use std::io::Write;
@@ -360,7 +336,7 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn a_full_disk_fails_writes_without_trace_and_they_succeed_once_space_returns() {
-    let Some(tmpfs) = Tmpfs::mount("24m") else {
+    let Some(tmpfs) = Tmpfs::mount("size=24m") else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
