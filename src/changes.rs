@@ -11,7 +11,7 @@ use crate::store::{ChangeReceiver, Store, StoreError};
 /// A change is published only once it is durable, so nothing received here can be lost by a
 /// crash. Live receivers are fed from memory; one that falls too far behind gets
 /// `RecvError::Lagged` and reads what it missed with [`Changes::after`], as long as the
-/// records are retained (`store.retention_count`, `store.retention_days`).
+/// records are retained (`store.change_retention_count`, `store.change_retention_hours`).
 ///
 /// ```
 /// # #[tokio::main]

@@ -95,7 +95,6 @@ impl ServerBuilder {
         self
     }
 
-    /// Opens the data directory and starts serving. Must be called inside a tokio runtime.
     /// Creates an admin, or promotes an existing user with that email and sets its password,
     /// on a data directory no server holds open (`emberbase admin create`). Returns the user
     /// and whether it was created.
@@ -117,7 +116,8 @@ impl ServerBuilder {
     }
 
     /// Binds the HTTP listener (unless one was given), opens the data directory (or the given
-    /// engine) and starts the services. The server runs until [`Server::shutdown`].
+    /// engine) and starts the services. The server runs until [`Server::shutdown`]. Must be
+    /// called inside a tokio runtime.
     pub async fn start(self) -> Result<Server, StartError> {
         let config = self.config;
         config.validate()?;
