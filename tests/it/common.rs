@@ -436,7 +436,7 @@ impl Spawned {
             None => None,
             Some(Some(cgroup)) => Some(cgroup),
             Some(None) => {
-                println!("SKIPPED: no memory cgroup could be made (needs root and cgroup v1)");
+                skip("no memory cgroup could be made (needs root and cgroup v1)");
                 return None;
             }
         };
@@ -458,7 +458,7 @@ impl Spawned {
         if cgroup.as_ref().is_some_and(|c| !c.add(child.id())) {
             let _ = child.kill();
             let _ = child.wait();
-            println!("SKIPPED: the server could not be put in a memory cgroup");
+            skip("the server could not be put in a memory cgroup");
             return None;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -599,4 +599,14 @@ impl Drop for Tmpfs {
             .arg(self.0.path())
             .status();
     }
+}
+
+/// Reports that the running test cannot do its work on this machine, and why. It writes to the
+/// process's standard error directly, which the test harness does not capture, so the line
+/// `SKIPPED <test>: <reason>` shows in the suite's output even though the test then passes.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
 }

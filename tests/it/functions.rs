@@ -707,7 +707,7 @@ fn assemblyscript(example: &str) -> Option<Vec<u8>> {
         match npm {
             Ok(status) => assert!(status.success(), "npm ci failed in {}", sdk.display()),
             Err(e) => {
-                eprintln!("SKIPPED: AssemblyScript examples need npm ({e})");
+                crate::common::skip(&format!("AssemblyScript examples need npm ({e})"));
                 return None;
             }
         }
@@ -830,7 +830,7 @@ fn rust_guest_example_builds_and_works() {
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
         .unwrap_or(false);
     if !installed {
-        eprintln!("SKIPPED: the Rust guest needs `rustup target add wasm32-unknown-unknown`");
+        crate::common::skip("the Rust guest needs `rustup target add wasm32-unknown-unknown`");
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -77,7 +77,7 @@ fn run(bin: &PathBuf, url: &str, token: &str, report: &std::path::Path) -> Resul
 #[test]
 fn schemathesis_finds_the_server_true_to_its_openapi_document() {
     let Some(bin) = schemathesis() else {
-        println!("SKIPPED: Schemathesis is not installed (.ci/run installs it)");
+        crate::common::skip("Schemathesis is not installed (.ci/run installs it)");
         return;
     };
     let env = [

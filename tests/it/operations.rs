@@ -464,7 +464,7 @@ fn unusable_data_directories_say_why() {
     drop(running.stop());
 
     let Some(read_only) = crate::common::Tmpfs::mount("ro,size=1m") else {
-        println!("SKIPPED: cannot mount a read-only tmpfs here (needs root)");
+        crate::common::skip("cannot mount a read-only tmpfs here (needs root)");
         return;
     };
     let stderr = serve(read_only.0.path());

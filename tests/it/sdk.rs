@@ -31,7 +31,7 @@ fn typescript_sdk_builds_and_passes_its_tests() {
         {
             Ok(status) => assert!(status.success(), "npm ci failed in {}", sdk.display()),
             Err(e) => {
-                eprintln!("SKIPPED: the TypeScript SDK needs npm ({e})");
+                crate::common::skip(&format!("the TypeScript SDK needs npm ({e})"));
                 return;
             }
         }

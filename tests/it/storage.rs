@@ -337,7 +337,7 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn a_full_disk_fails_writes_without_trace_and_they_succeed_once_space_returns() {
     let Some(tmpfs) = Tmpfs::mount("size=24m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        crate::common::skip("cannot mount a tmpfs here (needs root)");
         return;
     };
     let disk = tmpfs.0.path().to_path_buf();
