@@ -1,5 +1,6 @@
 //! Batches: up to `limits.max_batch_ops` ops applied all or nothing in one transaction.
 
+use super::error::invalid;
 use super::{check_collection, check_id, DocsError, Documents, Result};
 use crate::auth::Principal;
 use crate::model::Document;
@@ -94,12 +95,5 @@ impl Documents {
                 }
             }
         })
-    }
-}
-
-fn invalid(message: impl Into<String>, field: &str) -> DocsError {
-    DocsError::Invalid {
-        message: message.into(),
-        field: field.into(),
     }
 }

@@ -1,5 +1,6 @@
 //! Collection configuration: rules and indexes, as admins set and read them.
 
+use super::error::invalid;
 use super::{check_collection, CompiledRules, DocsError, Documents, Result};
 use crate::auth::Principal;
 use crate::model::{CollectionConfig, CollectionInfo, RuleError};
@@ -53,15 +54,16 @@ impl Documents {
             })?;
         }
         if config.indexes.len() > 16 {
-            return Err(invalid_index("at most 16 indexes per collection".into()));
+            return Err(invalid("at most 16 indexes per collection", "indexes"));
         }
         for fields in &config.indexes {
             if fields.is_empty() || fields.len() > 8 {
-                return Err(invalid_index("an index has 1 to 8 fields".into()));
+                return Err(invalid("an index has 1 to 8 fields", "indexes"));
             }
             for field in fields {
-                query::parse_path(field)
-                    .map_err(|e| invalid_index(format!("index field {field:?}: {}", e.message)))?;
+                query::parse_path(field).map_err(|e| {
+                    invalid(format!("index field {field:?}: {}", e.message), "indexes")
+                })?;
             }
         }
         self.inner
@@ -113,12 +115,5 @@ impl Documents {
                     .is_none_or(|state| state.config.rules.is_none())
             })
             .collect())
-    }
-}
-
-fn invalid_index(message: String) -> DocsError {
-    DocsError::Invalid {
-        message,
-        field: "indexes".into(),
     }
 }

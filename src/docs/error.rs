@@ -57,6 +57,13 @@ pub enum DocsError {
     Storage(#[from] StorageError),
 }
 
+pub(crate) fn invalid(message: impl Into<String>, field: &str) -> DocsError {
+    DocsError::Invalid {
+        message: message.into(),
+        field: field.into(),
+    }
+}
+
 impl From<StoreError> for DocsError {
     fn from(e: StoreError) -> Self {
         match e {

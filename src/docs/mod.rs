@@ -118,10 +118,10 @@ impl Documents {
         }
         match data {
             Value::Object(map) => Ok(map),
-            _ => Err(DocsError::Invalid {
-                message: format!("{field} must be a JSON object"),
-                field: field.into(),
-            }),
+            _ => Err(error::invalid(
+                format!("{field} must be a JSON object"),
+                field,
+            )),
         }
     }
 
