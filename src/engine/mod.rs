@@ -29,6 +29,7 @@
 pub mod conformance;
 pub mod faulty;
 mod overlay;
+pub mod postgres;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -192,6 +193,13 @@ pub struct Committed {
 pub trait Engine: Send + Sync + 'static {
     /// The backend's name, for logs and metrics.
     fn backend(&self) -> &'static str;
+
+    /// Whether other processes commit to the same store (a cluster). Their changes reach this
+    /// one's [`watch`](Engine::watch) and the [`Keyspace::Changes`] records but run no
+    /// `on_durable` callback here, so consumers follow the stored feed instead.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// A value as durably committed.
     async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError>;

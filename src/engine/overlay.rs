@@ -26,49 +26,75 @@ pub(super) fn scan<E>(
     let mut cursor = range.clone();
     while out.len() < limit && !cursor.is_empty() {
         let want = limit - out.len();
-        let fetch = want.saturating_add(pending(&cursor)).saturating_add(1);
+        let fetch = fetch_for(want, pending(&cursor));
         let rows = read(&cursor, direction, fetch)?;
-        let exhausted = rows.len() < fetch;
-        // The part of the cursor's range these rows show completely.
-        let covered = match (exhausted, rows.last()) {
-            (false, Some((last, _))) => match direction {
-                Direction::Forward => KeyRange {
-                    start: cursor.start.clone(),
-                    end: Some(successor(last)),
-                },
-                Direction::Reverse => KeyRange {
-                    start: last.to_vec(),
-                    end: cursor.end.clone(),
-                },
-            },
-            _ => cursor.clone(),
-        };
-        let mut merged: BTreeMap<Bytes, Bytes> = rows.into_iter().collect();
-        for (key, value) in pre_images(&covered) {
-            match value {
-                Some(value) => merged.insert(Bytes::from(key), value),
-                None => merged.remove(key.as_slice()),
-            };
+        let (entries, rest) = merge_page(&cursor, direction, want, fetch, rows, &pre_images);
+        out.extend(entries);
+        match rest {
+            Some(rest) => cursor = rest,
+            None => break,
         }
-        match direction {
-            Direction::Forward => out.extend(merged.into_iter().take(want)),
-            Direction::Reverse => out.extend(merged.into_iter().rev().take(want)),
-        }
-        if exhausted {
-            break;
-        }
-        cursor = match direction {
-            Direction::Forward => KeyRange {
-                start: covered.end.unwrap_or_default(),
-                end: cursor.end,
-            },
-            Direction::Reverse => KeyRange {
-                start: cursor.start,
-                end: Some(covered.start),
-            },
-        };
     }
     Ok(out)
+}
+
+/// How many live entries to read for `want` entries of an earlier state, when `pending`
+/// pre-images could each remove one.
+pub(super) fn fetch_for(want: usize, pending: usize) -> usize {
+    want.saturating_add(pending).saturating_add(1)
+}
+
+/// One page of [`scan`]: `rows` are at most `fetch` live entries of `cursor`, read before
+/// `pre_images` is called. Returns at most `want` entries of the earlier state, and the part of
+/// `cursor` left to read when the rows did not cover all of it.
+pub(super) fn merge_page(
+    cursor: &KeyRange,
+    direction: Direction,
+    want: usize,
+    fetch: usize,
+    rows: Vec<Entry>,
+    pre_images: impl Fn(&KeyRange) -> Vec<(Vec<u8>, Option<Bytes>)>,
+) -> (Vec<Entry>, Option<KeyRange>) {
+    let exhausted = rows.len() < fetch;
+    // The part of the cursor's range these rows show completely.
+    let covered = match (exhausted, rows.last()) {
+        (false, Some((last, _))) => match direction {
+            Direction::Forward => KeyRange {
+                start: cursor.start.clone(),
+                end: Some(successor(last)),
+            },
+            Direction::Reverse => KeyRange {
+                start: last.to_vec(),
+                end: cursor.end.clone(),
+            },
+        },
+        _ => cursor.clone(),
+    };
+    let mut merged: BTreeMap<Bytes, Bytes> = rows.into_iter().collect();
+    for (key, value) in pre_images(&covered) {
+        match value {
+            Some(value) => merged.insert(Bytes::from(key), value),
+            None => merged.remove(key.as_slice()),
+        };
+    }
+    let entries = match direction {
+        Direction::Forward => merged.into_iter().take(want).collect(),
+        Direction::Reverse => merged.into_iter().rev().take(want).collect(),
+    };
+    if exhausted {
+        return (entries, None);
+    }
+    let rest = match direction {
+        Direction::Forward => KeyRange {
+            start: covered.end.unwrap_or_default(),
+            end: cursor.end.clone(),
+        },
+        Direction::Reverse => KeyRange {
+            start: cursor.start.clone(),
+            end: Some(covered.start),
+        },
+    };
+    (entries, Some(rest))
 }
 
 /// Pre-images in a map, each with the last batch that changed its key.

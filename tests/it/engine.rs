@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use emberbase::engine::conformance::{self, Backend};
+use emberbase::engine::postgres::{PostgresEngine, PostgresOptions};
 use emberbase::engine::sled::{SledEngine, SledOptions};
 use emberbase::engine::Engine;
 use std::sync::{Arc, Mutex};
@@ -46,4 +47,35 @@ async fn sled_passes_the_engine_conformance_suite() {
         last: Mutex::new(None),
     };
     conformance::run(&backend).await;
+}
+
+/// A database on the test cluster; every open connects to it again.
+struct Postgres {
+    url: String,
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    async fn open(&self) -> Arc<dyn Engine> {
+        let engine = PostgresEngine::open(PostgresOptions::new(&self.url))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        Arc::new(engine)
+    }
+
+    fn fail_next_flush(&self) -> bool {
+        false
+    }
+
+    fn hold_flushes(&self, _hold: bool) -> bool {
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_engine_conformance_suite() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    conformance::run(&Postgres { url }).await;
 }

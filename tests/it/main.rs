@@ -12,6 +12,7 @@ mod functions;
 mod fuzz;
 mod hardening;
 mod operations;
+mod pg;
 mod queries;
 mod realtime;
 mod sdk;

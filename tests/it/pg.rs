@@ -1,0 +1,185 @@
+//! A real PostgreSQL for the tests: Debian's server binaries, one cluster per test process in a
+//! temporary directory on a free loopback port, and a fresh database per test. The cluster
+//! stops, and its directory goes, when the test process exits (its shell reads the process's
+//! end from a pipe). As root, the server runs as the `postgres` user through `runuser`, since
+//! `initdb` and `postgres` refuse to run as root.
+
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    bin: PathBuf,
+    pub port: u16,
+    dir: PathBuf,
+    /// Held open for the process's life: its end stops the server.
+    _lifeline: ChildStdin,
+    databases: AtomicUsize,
+}
+
+/// The directory with `initdb` and `postgres`, newest version first.
+fn server_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists() && bin.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `program args` as the cluster's owner.
+fn as_owner(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A free loopback port below 55535.
+fn free_port() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55535 {
+            return port;
+        }
+    }
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster, String> {
+        let bin = server_bin()
+            .ok_or("PostgreSQL's server is not installed (apt-get install postgresql)")?;
+        let dir = tempfile::Builder::new()
+            .prefix("eb-pg-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        if is_root() {
+            let owned = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !owned.success() {
+                return Err("could not give the cluster directory to the postgres user".into());
+            }
+        }
+        let data = dir.join("data");
+        let init = as_owner(&bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !init.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            ));
+        }
+        let port = free_port();
+        // fsync off: the tests kill Emberbase and restart PostgreSQL, never the machine.
+        let script = format!(
+            "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
+             -c fsync=off -c full_page_writes=off -c max_connections=400 \
+             -c shared_buffers=64MB >'{dir}/log' 2>&1 & read _; \
+             '{pg_ctl}' -D '{data}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{dir}'",
+            postgres = bin.join("postgres").display(),
+            pg_ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        let mut child = as_owner(Path::new("sh"))
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let lifeline = child.stdin.take().ok_or("no pipe to the server")?;
+        let cluster = Cluster {
+            bin,
+            port,
+            dir,
+            _lifeline: lifeline,
+            databases: AtomicUsize::new(0),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.psql("postgres", "SELECT 1").is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(cluster.dir.join("log")).unwrap_or_default();
+                return Err(format!("PostgreSQL did not start: {log}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(cluster)
+    }
+
+    /// Runs `sql` in `database` with `psql`.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// A new, empty database's URL.
+    pub fn database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::SeqCst);
+        let name = format!("eb_test_{n}");
+        self.psql("postgres", &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("creating a database: {e}"));
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// The test process's cluster, started on first use; `None` (and the test says SKIPPED) when
+/// PostgreSQL is not installed here. On CI (`CI` set) a missing PostgreSQL fails the test.
+pub fn cluster() -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    match CLUSTER.get_or_init(Cluster::start) {
+        Ok(cluster) => Some(cluster),
+        Err(reason) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs PostgreSQL: {reason}"
+            );
+            crate::common::skip(reason);
+            None
+        }
+    }
+}
+
+/// A fresh database on the test cluster (see [`cluster`]).
+pub fn database() -> Option<String> {
+    cluster().map(Cluster::database)
+}
