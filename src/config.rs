@@ -221,6 +221,18 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// A PostgreSQL database to store everything in, shared by every node that names it
+    /// (`postgres://user:password@host:5432/db`). Empty: the embedded sled database in the
+    /// data directory.
+    pub url: String,
+    /// Connections to `url` each node keeps at most.
+    pub pool_size: usize,
+    /// Follow other nodes' changes through PostgreSQL's `LISTEN/NOTIFY` (with `false`, only
+    /// through the timer of `poll_ms`).
+    pub notify: bool,
+    /// How often, in milliseconds, a node reads the cluster's newest change whatever the
+    /// notifications say: the latency when one is lost.
+    pub poll_ms: u64,
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
     /// Change records kept for realtime replay and triggers: at most this many...
@@ -238,6 +250,10 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            url: String::new(),
+            pool_size: 16,
+            notify: true,
+            poll_ms: 250,
             cache_mb: 64,
             change_retention_count: 10_000,
             change_retention_hours: 24,
@@ -432,7 +448,7 @@ impl Config {
         // back; the message names the key.
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
-        let ranges: [(&str, u64, u64, u64); 38] = [
+        let ranges: [(&str, u64, u64, u64); 40] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -473,6 +489,8 @@ impl Config {
                 1 << 40,
             ),
             ("store.cache_mb", st.cache_mb, 1, 1 << 20),
+            ("store.pool_size", st.pool_size as u64, 2, 1000),
+            ("store.poll_ms", st.poll_ms, 10, 60_000),
             ("store.tombstone_days", st.tombstone_days, 1, 36_500),
             (
                 "store.change_retention_count",

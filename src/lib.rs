@@ -72,6 +72,7 @@ mod metrics;
 mod model;
 mod query;
 mod realtime;
+mod secrets;
 mod server;
 mod store;
 

@@ -8,11 +8,13 @@ use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::docs::Documents;
+use crate::engine::postgres::{PostgresEngine, PostgresOptions};
 use crate::engine::Engine;
 use crate::files::Files;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
+use crate::secrets::Secrets;
 use crate::store::{Store, StoreOptions};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,11 @@ pub enum StartError {
     #[error("cannot open the database in {path}: {source}")]
     Store {
         path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database of `store.url` (which is not repeated: it may hold a password).
+    #[error("cannot open the store at store.url: {source}")]
+    Database {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("cannot listen on {addr}: {source}")]
@@ -106,7 +113,7 @@ impl ServerBuilder {
         let config = self.config;
         config.validate()?;
         let (data_dir, store, _) = open_data_dir(&config, self.engine).await?;
-        let accounts = open_accounts(&store, &config, &data_dir)?;
+        let accounts = open_accounts(&store, &config, &data_dir).await?;
         let result = accounts
             .upsert_admin(email, password)
             .await
@@ -131,20 +138,21 @@ impl ServerBuilder {
         };
         let (data_dir, store, metrics) = open_data_dir(&config, self.engine).await?;
 
+        let secrets = Secrets::new(data_dir.clone(), &store);
         let (service_key, key_source) = if config.auth.service_key.is_empty() {
-            let (key, path) = auth::load_or_create_service_key(&data_dir).map_err(|source| {
-                StartError::DataDir {
+            let (key, place) = auth::load_or_create_service_key(&secrets, &data_dir)
+                .await
+                .map_err(|source| StartError::DataDir {
                     path: data_dir.clone(),
                     source,
-                }
-            })?;
-            (key, Some(path))
+                })?;
+            (key, Some(place))
         } else {
             (config.auth.service_key.clone(), None)
         };
         let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let (files, swept) = Files::start(&data_dir, store.clone(), &config.files)
+        let (files, swept) = Files::start(&data_dir, &secrets, store.clone(), &config.files)
             .await
             .map_err(StartError::Other)?;
         if swept.temp_files + swept.orphan_blobs > 0 {
@@ -165,12 +173,18 @@ impl ServerBuilder {
         .map_err(StartError::Other)?;
         let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let accounts = Arc::new(open_accounts(&store, &config, &data_dir)?);
+        let accounts = Arc::new(open_accounts(&store, &config, &data_dir).await?);
         tokio::spawn(prune_accounts(
             Arc::downgrade(&accounts),
             Duration::from_secs(config.auth.prune_interval_secs),
             config.mail.outbox_kept,
         ));
+        if store.is_shared() {
+            tokio::spawn(follow_configuration(
+                store.config_epoch(),
+                Arc::downgrade(&accounts),
+            ));
+        }
         if !config.admin.email.is_empty() {
             bootstrap_admin(&accounts, &config.admin.email, &config.admin.password).await?;
         }
@@ -216,7 +230,7 @@ impl ServerBuilder {
         tracing::info!(path = %data_dir.display(), "data directory");
         tracing::info!(backend = store.backend(), "storage engine");
         match &key_source {
-            Some(path) => tracing::info!(path = %path.display(), "service key file (owner-only)"),
+            Some(place) => tracing::info!(at = %place, "service key (owner-only)"),
             None => tracing::info!("service key from the configuration"),
         }
         log_default_rules(&docs, &config.rules).await;
@@ -261,6 +275,22 @@ async fn prune_accounts(accounts: std::sync::Weak<Accounts>, every: Duration, ou
     }
 }
 
+/// Reloads what the services cache of the shared configuration each time another node of the
+/// cluster changes it, until the server stops.
+async fn follow_configuration(
+    mut epoch: tokio::sync::watch::Receiver<u64>,
+    accounts: std::sync::Weak<Accounts>,
+) {
+    while epoch.changed().await.is_ok() {
+        let Some(accounts) = accounts.upgrade() else {
+            return;
+        };
+        if let Err(e) = accounts.reload_keys().await {
+            tracing::warn!(error = %e, "cannot reload the token signing keys");
+        }
+    }
+}
+
 /// Says which collections holding documents have no rules of their own, and so run on the
 /// configured defaults (private unless the config widens them).
 async fn log_default_rules(docs: &Documents, defaults: &crate::model::Rules) {
@@ -296,19 +326,21 @@ async fn log_default_rules(docs: &Documents, defaults: &crate::model::Rules) {
 }
 
 /// The account service over an open store.
-pub(crate) fn open_accounts(
+pub(crate) async fn open_accounts(
     store: &Store,
     config: &Config,
     data_dir: &Path,
 ) -> Result<Accounts, StartError> {
     let hasher = PasswordHasherPool::new(&config.auth).map_err(StartError::Other)?;
+    let secrets = Secrets::new(data_dir.to_path_buf(), store);
     let tokens = TokenIssuer::load(
-        data_dir,
+        &secrets,
         &config.auth.jwt_secret,
         &config.auth.issuer,
         &config.auth.audience,
         config.auth.access_token_ttl_secs,
     )
+    .await
     .map_err(|source| StartError::DataDir {
         path: data_dir.to_path_buf(),
         source,
@@ -352,8 +384,9 @@ fn check_writable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// Creates the data directory if needed and opens the store: on `engine` if given, otherwise
-/// on the embedded database in `<data_dir>/db`.
+/// Creates the data directory if needed and opens the store: on `engine` if given, else on the
+/// PostgreSQL database of `store.url` if set, otherwise on the embedded database in
+/// `<data_dir>/db`.
 async fn open_data_dir(
     config: &Config,
     engine: Option<Arc<dyn Engine>>,
@@ -371,6 +404,11 @@ async fn open_data_dir(
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
     let db_path = data_dir.join("db");
     let options = store_options(config, db_path.clone());
+    let engine = match engine {
+        Some(engine) => Some(engine),
+        None if !config.store.url.is_empty() => Some(open_postgres(&config.store).await?),
+        None => None,
+    };
     let store = match engine {
         Some(engine) => Store::on_engine(engine, options, metrics.clone()).await,
         None => Store::open(options, metrics.clone()).await,
@@ -380,6 +418,17 @@ async fn open_data_dir(
         source: source.into(),
     })?;
     Ok((data_dir, store, metrics))
+}
+
+async fn open_postgres(store: &crate::config::StoreConfig) -> Result<Arc<dyn Engine>, StartError> {
+    let mut options = PostgresOptions::new(&store.url);
+    options.pool_size = store.pool_size;
+    options.listen = store.notify;
+    options.poll_interval = Duration::from_millis(store.poll_ms);
+    let engine = PostgresEngine::open(options)
+        .await
+        .map_err(|e| StartError::Database { source: e.into() })?;
+    Ok(Arc::new(engine))
 }
 
 fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
@@ -392,6 +441,7 @@ fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
         change_buffer_bytes: config.store.change_buffer_bytes,
         tombstone_age: Duration::from_secs(config.store.tombstone_days * 86_400),
         max_scan_documents: config.limits.max_scan_documents,
+        config_poll: Duration::from_millis(config.store.poll_ms),
     }
 }
 

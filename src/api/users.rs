@@ -233,6 +233,6 @@ pub(super) async fn rotate_key(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, Error> {
-    let kid = state.auth.accounts().rotate_signing_key(&caller.0)?;
+    let kid = state.auth.accounts().rotate_signing_key(&caller.0).await?;
     Ok(HttpResponse::Ok().json(RotatedKey { kid }))
 }

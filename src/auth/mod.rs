@@ -15,9 +15,10 @@ pub(crate) mod tokens;
 pub use accounts::{Accounts, Session, User, UserPage};
 
 use crate::model::Actor;
+use crate::secrets::Secrets;
 pub use error::AuthError;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -168,21 +169,20 @@ impl Authenticator {
     }
 }
 
-/// Loads the service key from `data_dir`, generating it on first start. Returns the key and the
-/// file it lives in.
-pub(crate) fn load_or_create_service_key(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
-    let path = data_dir.join(SERVICE_KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(existing) if !existing.trim().is_empty() => {
-            return Ok((existing.trim().to_string(), path))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+/// Loads the service key, generating it on first start; returns it and where it is kept. A
+/// node of a cluster also writes it to `<data_dir>/service_key` (owner-only), for its operator.
+pub(crate) async fn load_or_create_service_key(
+    secrets: &Secrets,
+    data_dir: &Path,
+) -> std::io::Result<(String, String)> {
+    let key = secrets
+        .get_or_create(SERVICE_KEY_FILE, || generate_secret("ebsk_").into_bytes())
+        .await?;
+    let key = String::from_utf8_lossy(key.trim_ascii()).into_owned();
+    if secrets.is_shared() {
+        write_private(&data_dir.join(SERVICE_KEY_FILE), key.as_bytes())?;
     }
-    let key = generate_secret("ebsk_");
-    write_private(&path, key.as_bytes())?;
-    Ok((key, path))
+    Ok((key, secrets.location(SERVICE_KEY_FILE)))
 }
 
 /// A random secret: a prefix that says what it is, then 32 random bytes in URL-safe base64.

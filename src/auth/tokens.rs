@@ -1,6 +1,7 @@
 //! Access tokens (JWT, HS256) and their signing keys.
 //!
-//! Keys live in `<data_dir>/jwt_keys.json` (owner-only), generated on first start, or come from
+//! Keys are a server secret (`jwt_keys.json`, see `secrets`: a file of the data directory, or a
+//! record of a cluster's shared store), generated on first start, or come from
 //! `auth.jwt_secret`. Every token names its key in the `kid` header; the newest key signs, and
 //! every kept key verifies, so rotating adds a key without logging anyone out. Validation pins
 //! the algorithm, checks `exp`, `nbf`, `iss`, `aud` and the token type with at most 5 s of
@@ -9,17 +10,21 @@
 
 use super::error::{internal, AuthError};
 use crate::model::unix_secs;
+use crate::secrets::Secrets;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Keys kept for verification after a rotation.
 const KEPT_KEYS: usize = 3;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub(crate) const LEEWAY_SECS: u64 = 5;
 const KEY_FILE: &str = "jwt_keys.json";
+/// How often a node of a cluster reads the keys again for a token signed with a key it does
+/// not know (another node rotated), at most.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,7 +74,10 @@ impl Key {
 
 pub(crate) struct TokenIssuer {
     keys: RwLock<Vec<Key>>,
-    file: Option<PathBuf>,
+    /// Where the keys are kept, unless they come from the configuration.
+    secrets: Option<Secrets>,
+    /// When the keys were last read again for an unknown `kid`.
+    reloaded: Mutex<Option<Instant>>,
     issuer: String,
     audience: String,
     ttl_secs: u64,
@@ -90,33 +98,24 @@ fn decode_secret(stored: &StoredKey) -> Vec<u8> {
 }
 
 impl TokenIssuer {
-    /// Loads the keys: the configured secret, or the key file in `data_dir` (created on first
-    /// start).
-    pub(crate) fn load(
-        data_dir: &Path,
+    /// Loads the keys: the configured secret, or the stored keys (created on first start).
+    pub(crate) async fn load(
+        secrets: &Secrets,
         configured_secret: &str,
         issuer: &str,
         audience: &str,
         ttl_secs: u64,
     ) -> std::io::Result<TokenIssuer> {
-        let (keys, file) = if configured_secret.is_empty() {
-            let path = data_dir.join(KEY_FILE);
-            let mut stored: KeyFile = match std::fs::read(&path) {
-                Ok(bytes) => serde_json::from_slice(&bytes)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyFile::default(),
-                Err(e) => return Err(e),
+        let (keys, secrets) = if configured_secret.is_empty() {
+            let first = || {
+                serde_json::to_vec_pretty(&KeyFile {
+                    keys: vec![new_stored_key()],
+                })
             };
-            if stored.keys.is_empty() {
-                stored.keys.push(new_stored_key());
-                write_key_file(&path, &stored)?;
-            }
-            let keys = stored
-                .keys
-                .iter()
-                .map(|k| Key::new(k.kid.clone(), &decode_secret(k)))
-                .collect();
-            (keys, Some(path))
+            let stored = secrets
+                .get_or_create(KEY_FILE, || first().unwrap_or_default())
+                .await?;
+            (parse_keys(&stored)?, Some(secrets.clone()))
         } else {
             (
                 vec![Key::new("config".into(), configured_secret.as_bytes())],
@@ -125,7 +124,8 @@ impl TokenIssuer {
         };
         Ok(TokenIssuer {
             keys: RwLock::new(keys),
-            file,
+            secrets,
+            reloaded: Mutex::new(None),
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             ttl_secs,
@@ -167,14 +167,18 @@ impl TokenIssuer {
         jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(internal)
     }
 
-    /// Checks a token's signature, algorithm, times, issuer, audience and type.
-    pub(crate) fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
+    /// Checks a token's signature, algorithm, times, issuer, audience and type. In a cluster,
+    /// a key this node does not know yet (another node rotated) is read from the shared store.
+    pub(crate) async fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let invalid = || AuthError::Unauthenticated("invalid or expired token".into());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::HS256 {
             return Err(invalid());
         }
         let kid = header.kid.ok_or_else(invalid)?;
+        if !self.knows(&kid)? && self.may_reload() {
+            self.reload().await?;
+        }
         let keys = self
             .keys
             .read()
@@ -194,39 +198,92 @@ impl TokenIssuer {
         Ok(data.claims)
     }
 
+    fn knows(&self, kid: &str) -> Result<bool, AuthError> {
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| internal("key lock poisoned"))?;
+        Ok(keys.iter().any(|k| k.kid == kid))
+    }
+
+    /// Whether an unknown `kid` may read the shared keys again now: in a cluster, at most once
+    /// a second, so that forged `kid`s cannot load the store.
+    fn may_reload(&self) -> bool {
+        if !self.secrets.as_ref().is_some_and(Secrets::is_shared) {
+            return false;
+        }
+        let mut last = self.reloaded.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < RELOAD_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Reads the stored keys again (another node of a cluster may have rotated them).
+    pub(crate) async fn reload(&self) -> Result<(), AuthError> {
+        let Some(secrets) = &self.secrets else {
+            return Ok(());
+        };
+        if let Some(stored) = secrets.get(KEY_FILE).await.map_err(internal)? {
+            self.install(parse_keys(&stored).map_err(internal)?)?;
+        }
+        Ok(())
+    }
+
+    fn install(&self, keys: Vec<Key>) -> Result<(), AuthError> {
+        *self
+            .keys
+            .write()
+            .map_err(|_| internal("key lock poisoned"))? = keys;
+        Ok(())
+    }
+
     /// Adds a new signing key; tokens signed by the previous keys stay valid until they expire.
     /// Returns the new key's id.
-    pub(crate) fn rotate(&self) -> Result<String, AuthError> {
-        let Some(path) = &self.file else {
+    pub(crate) async fn rotate(&self) -> Result<String, AuthError> {
+        let Some(secrets) = &self.secrets else {
             return Err(AuthError::BadRequest(
                 "the signing key comes from auth.jwt_secret; change it in the configuration".into(),
             ));
         };
-        let mut stored: KeyFile = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let fresh = new_stored_key();
-        stored.keys.push(fresh.clone());
-        let excess = stored.keys.len().saturating_sub(KEPT_KEYS);
-        stored.keys.drain(..excess);
-        write_key_file(path, &stored).map_err(internal)?;
-        let mut keys = self
-            .keys
-            .write()
-            .map_err(|_| internal("key lock poisoned"))?;
-        *keys = stored
-            .keys
-            .iter()
-            .map(|k| Key::new(k.kid.clone(), &decode_secret(k)))
-            .collect();
-        Ok(fresh.kid)
+        loop {
+            let current = secrets.get(KEY_FILE).await.map_err(internal)?;
+            let mut stored: KeyFile = match &current {
+                Some(bytes) => serde_json::from_slice(bytes).map_err(internal)?,
+                None => KeyFile::default(),
+            };
+            let fresh = new_stored_key();
+            stored.keys.push(fresh.clone());
+            let excess = stored.keys.len().saturating_sub(KEPT_KEYS);
+            stored.keys.drain(..excess);
+            let json = serde_json::to_vec_pretty(&stored).map_err(internal)?;
+            if secrets
+                .replace(KEY_FILE, current.as_deref(), json.clone())
+                .await
+                .map_err(internal)?
+            {
+                self.install(parse_keys(&json).map_err(internal)?)?;
+                return Ok(fresh.kid);
+            }
+            // Another node rotated at the same moment: add ours after theirs.
+        }
     }
 }
 
-fn write_key_file(path: &Path, keys: &KeyFile) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    super::write_private(&tmp, &json)?;
-    std::fs::rename(tmp, path)
+/// The keys of a stored key file, oldest first.
+fn parse_keys(bytes: &[u8]) -> std::io::Result<Vec<Key>> {
+    let stored: KeyFile = serde_json::from_slice(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if stored.keys.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "jwt_keys.json holds no key",
+        ));
+    }
+    Ok(stored
+        .keys
+        .iter()
+        .map(|k| Key::new(k.kid.clone(), &decode_secret(k)))
+        .collect())
 }

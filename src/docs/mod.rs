@@ -308,6 +308,7 @@ pub(crate) async fn open_for_test(dir: &std::path::Path) -> Documents {
         change_buffer_bytes: 1 << 20,
         tombstone_age: std::time::Duration::from_secs(3600),
         max_scan_documents: 1000,
+        config_poll: std::time::Duration::from_secs(1),
     };
     let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
     let store = Store::open(options, metrics).await.unwrap();

@@ -101,10 +101,11 @@ impl WriteGuard for RuleGuard {
         &self,
         access: Access,
         collection: &str,
+        state: Option<&Arc<CollectionState>>,
         before: Option<&Document>,
         after: Option<&Document>,
     ) -> std::result::Result<(), String> {
-        let rules = self.docs.rules_for(collection);
+        let rules = self.docs.rules_of(collection, state.cloned());
         let (rule, verb) = match access {
             Access::Create => (&rules.create, "create"),
             Access::Update => (&rules.update, "update"),
@@ -126,10 +127,18 @@ impl WriteGuard for RuleGuard {
 impl Documents {
     /// The compiled rules of a collection: its own, or the defaults.
     pub(super) fn rules_for(&self, collection: &str) -> Arc<CompiledRules> {
+        self.rules_of(collection, self.inner.store.collection(collection))
+    }
+
+    /// The compiled rules of a collection configured as `source` (`None`: not configured).
+    fn rules_of(
+        &self,
+        collection: &str,
+        source: Option<Arc<CollectionState>>,
+    ) -> Arc<CompiledRules> {
         // The cache entry is valid only for the exact configuration snapshot it was compiled
         // from, so a rule change takes effect on the next request, with no invalidation that a
         // concurrent request could undo by caching the old rules after it.
-        let source = self.inner.store.collection(collection);
         if let Ok(cache) = self.inner.rules.read() {
             if let Some(cached) = cache.get(collection) {
                 if same_snapshot(&cached.source, &source) {

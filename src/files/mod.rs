@@ -144,6 +144,7 @@ impl Files {
     /// crash may have left behind.
     pub(crate) async fn start(
         data_dir: &Path,
+        secrets: &crate::secrets::Secrets,
         store: Store,
         config: &FilesConfig,
     ) -> std::result::Result<(Files, Swept), String> {
@@ -154,7 +155,8 @@ impl Files {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let signer = signing::UrlSigner::load_or_create(data_dir)
+        let signer = signing::UrlSigner::load_or_create(secrets)
+            .await
             .map_err(|e| format!("cannot read or create the URL signing key: {e}"))?;
         let default_policy =
             BucketPolicy::compile(&BucketConfig::default(), &config.rules, config.max_size)

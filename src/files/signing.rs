@@ -1,30 +1,28 @@
 //! Signed URLs: `?expires=<unix seconds>&signature=<base64url HMAC-SHA256>` over the bucket, the
-//! path and the expiry, keyed by a server secret kept in `<data_dir>/url_signing_key`.
+//! path and the expiry, keyed by a server secret (`url_signing_key`, see `secrets`).
 
+use crate::secrets::Secrets;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::path::Path;
 
-pub(super) const KEY_FILE: &str = "url_signing_key";
+const KEY_FILE: &str = "url_signing_key";
 
 pub(super) struct UrlSigner {
     key: Vec<u8>,
 }
 
 impl UrlSigner {
-    /// Loads the key from the data directory, generating it on first start.
-    pub(super) fn load_or_create(data_dir: &Path) -> std::io::Result<UrlSigner> {
-        let path = data_dir.join(KEY_FILE);
-        let key = match std::fs::read_to_string(&path) {
-            Ok(existing) if !existing.trim().is_empty() => existing.trim().to_string(),
-            Ok(_) => create(&path)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path)?,
-            Err(e) => return Err(e),
-        };
+    /// Loads the key, generating it on first start.
+    pub(super) async fn load_or_create(secrets: &Secrets) -> std::io::Result<UrlSigner> {
+        let key = secrets
+            .get_or_create(KEY_FILE, || {
+                crate::auth::generate_secret("ebus_").into_bytes()
+            })
+            .await?;
         Ok(UrlSigner {
-            key: key.into_bytes(),
+            key: key.trim_ascii().to_vec(),
         })
     }
 
@@ -54,10 +52,4 @@ impl UrlSigner {
             Err(_) => false,
         }
     }
-}
-
-fn create(path: &Path) -> std::io::Result<String> {
-    let key = crate::auth::generate_secret("ebus_");
-    crate::auth::write_private(path, key.as_bytes())?;
-    Ok(key)
 }

@@ -34,20 +34,6 @@ type DocKey = (String, String);
 /// A change with the size of its whole encoding, which is what it costs the change feed.
 type Sized = (Change, usize);
 
-/// Counts the bytes written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The owner a new document or file gets: the signed-in user who makes the write, if any.
 fn owner_of(actor: &Option<Actor>) -> Option<String> {
     actor.as_ref().and_then(|a| match a.role.as_str() {
@@ -107,19 +93,19 @@ fn append_change(
             }
         }
     }
-    let mut size = ByteCount(0);
-    serde_json::to_writer(&mut size, &change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let size = records::json_size(&change)?;
     txn.append_change(ChangeAppend {
         payload: records::encode(&change, has_prev)?,
         stamped,
     });
-    Ok((change, size.0))
+    Ok((change, size))
 }
 
 /// Publishes committed changes to the in-process feed, with the sequences the engine gave
 /// them, once they are durable.
 fn publisher(store: &Store, changes: Vec<Sized>) -> Option<OnDurable> {
-    if changes.is_empty() {
+    // A shared store's follower publishes every node's changes, these included.
+    if changes.is_empty() || store.engine.shared() {
         return None;
     }
     let feed = store.shared.changes.clone();
@@ -409,12 +395,13 @@ impl Store {
                     }
                 }
             };
+            let state = planned.states.get(&collection).cloned().flatten();
             let check =
                 |access: Access, before: Option<&Document>, after: Option<&Document>| match &req
                     .guard
                 {
                     Some(guard) => guard
-                        .check(access, &collection, before, after)
+                        .check(access, &collection, state.as_ref(), before, after)
                         .map_err(StoreError::Denied),
                     None => Ok(()),
                 };
@@ -669,6 +656,9 @@ impl Store {
             }
             for (space, key, value) in &write.puts {
                 txn.put(Keyspace::System, space.key(key), value.clone());
+            }
+            if write.changes_config() {
+                super::follow::touch_epoch(&mut *txn);
             }
             txn.commit(None).await?;
             Ok(())

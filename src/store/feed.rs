@@ -72,6 +72,11 @@ impl ChangeFeed {
         self.notify.notify_waiters();
     }
 
+    /// The sequence of the last change published.
+    pub(super) fn last(&self) -> u64 {
+        self.lock().last
+    }
+
     /// Ends the feed: receivers get `Closed` once they have taken what is in memory.
     pub(super) fn close(&self) {
         self.lock().closed = true;

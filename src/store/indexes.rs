@@ -120,6 +120,8 @@ async fn chunk(
         }
         _ => {
             txn.delete(Keyspace::Meta, marker.to_vec());
+            // The other nodes of a cluster learn that the index is ready.
+            super::follow::touch_epoch(&mut *txn);
             false
         }
     };
@@ -265,6 +267,7 @@ impl Store {
             dropped.push(sig);
         }
         txn.put(Keyspace::Meta, keys::config_key(collection), json.to_vec());
+        super::follow::touch_epoch(&mut *txn);
         txn.commit(None).await?;
         Ok((added, dropped))
     }

@@ -131,6 +131,9 @@ pub(super) fn seq_of(key: &[u8]) -> u64 {
 
 pub(super) const CONFIG_PREFIX: &[u8] = b"coll:";
 
+/// The `Meta` key that every configuration change rewrites, so that other nodes reload.
+pub(super) const EPOCH_KEY: &[u8] = b"epoch";
+
 /// The key of an index build in progress.
 pub(super) fn build_key(collection: &str, signature: &str) -> Vec<u8> {
     let mut k = b"build:".to_vec();

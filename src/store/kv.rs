@@ -27,6 +27,8 @@ pub(crate) enum Space {
     Invocations,
     /// Function name → the last schedule tick fired.
     Schedules,
+    /// Secret name → a server secret shared by the nodes of a cluster (see `secrets`).
+    Secrets,
 }
 
 impl Space {
@@ -43,6 +45,7 @@ impl Space {
             Space::Events => b"event:",
             Space::Invocations => b"invocation:",
             Space::Schedules => b"schedule:",
+            Space::Secrets => b"secret:",
         }
     }
 
@@ -90,5 +93,12 @@ impl KvWrite {
     pub(crate) fn delete(mut self, space: Space, key: impl Into<Vec<u8>>) -> Self {
         self.deletes.push((space, key.into()));
         self
+    }
+
+    /// Whether it writes configuration that nodes cache (functions, secrets), so that the other nodes
+    /// of a cluster reload it.
+    pub(super) fn changes_config(&self) -> bool {
+        let cached = |space: &Space| matches!(space, Space::Functions | Space::Secrets);
+        self.puts.iter().any(|(s, _, _)| cached(s)) || self.deletes.iter().any(|(s, _)| cached(s))
     }
 }

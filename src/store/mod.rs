@@ -13,6 +13,7 @@ mod diff;
 mod error;
 mod feed;
 mod files;
+mod follow;
 mod indexes;
 mod keys;
 mod kv;
@@ -62,6 +63,8 @@ pub(crate) struct StoreOptions {
     pub tombstone_age: Duration,
     /// The most documents a query may examine without an index (see `scan`).
     pub max_scan_documents: u64,
+    /// How often a node of a cluster checks whether another changed the configuration.
+    pub config_poll: Duration,
 }
 
 /// One declared index.
@@ -156,6 +159,8 @@ pub(crate) struct Shared {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Whether every document has its owner index entry (see `indexes::backfill_owners`).
     owner_ready: AtomicBool,
+    /// Counts the reloads of configuration that another node changed (see `follow`).
+    epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -291,10 +296,17 @@ impl Store {
                 ids: Mutex::new(ulid::Generator::new()),
                 tasks: Mutex::new(Vec::new()),
                 owner_ready: AtomicBool::new(false),
+                epoch: tokio::sync::watch::channel(0).0,
             }),
         };
         let building = store.load_configs().await?;
         let mut tasks = vec![prune::start(store.clone())];
+        if store.engine.shared() {
+            tasks.push(follow::start(
+                store.clone(),
+                store.shared.options.config_poll,
+            ));
+        }
         for (collection, signature) in building {
             if signature != OWNER_INDEX {
                 tasks.push(indexes::start_build(store.clone(), collection, signature));
@@ -313,6 +325,11 @@ impl Store {
         let mut tasks = self.shared.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.extend(new);
+    }
+
+    /// Whether other nodes share this store (a cluster).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.engine.shared()
     }
 
     /// The name of the storage engine's backend.
@@ -627,6 +644,12 @@ impl Store {
             out.push(change);
         }
         Ok(out)
+    }
+
+    /// Moves each time this node reloads configuration another node of its cluster changed;
+    /// services that cache configuration of their own reload it then.
+    pub(crate) fn config_epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.epoch.subscribe()
     }
 
     /// The sequence of the newest durable change (0 before the first).

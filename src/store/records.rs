@@ -152,6 +152,24 @@ pub(super) fn to_bytes(stored: &StoredChange) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(stored).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The size of a change's JSON encoding, which is what it costs the in-process feed.
+pub(super) fn json_size(change: &Change) -> Result<usize, StoreError> {
+    struct ByteCount(usize);
+    impl std::io::Write for ByteCount {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(size.0)
+}
+
 /// Decodes the record stored at `seq` (the key is the truth: records are encoded before the
 /// engine gives them their sequence).
 pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<StoredChange, StoreError> {

@@ -2,6 +2,7 @@
 //! the commit engine and the file records; `commit` turns a request into a transaction.
 
 use super::error::BatchFailure;
+use super::CollectionState;
 use crate::model::{Actor, Document};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -47,13 +48,15 @@ pub(crate) enum Access {
 
 /// An access check run inside the write's transaction against the stored state, so that no
 /// write can slip between the check and the commit. `before` is the stored document (if any),
-/// `after` the one the op would write (none for a delete). An `Err` carries the message of a
-/// `403`.
+/// `after` the one the op would write (none for a delete), and `state` the collection's
+/// configuration as the transaction read it (so rules changed by another node apply at once).
+/// An `Err` carries the message of a `403`.
 pub(crate) trait WriteGuard: Send + Sync {
     fn check(
         &self,
         access: Access,
         collection: &str,
+        state: Option<&Arc<CollectionState>>,
         before: Option<&Document>,
         after: Option<&Document>,
     ) -> Result<(), String>;

@@ -2,6 +2,7 @@
 //! planner property test, through the in-process API of a real server).
 
 mod auth;
+mod cluster;
 mod common;
 mod crash;
 mod documents;

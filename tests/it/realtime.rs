@@ -8,20 +8,20 @@ use std::time::Duration;
 
 /// One SSE event, or a comment line.
 #[derive(Debug, Clone)]
-struct Event {
-    id: Option<u64>,
-    event: String,
-    data: Value,
+pub(crate) struct Event {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
 }
 
 /// A client reading an event stream line by line.
-struct Sse {
+pub(crate) struct Sse {
     reader: BufReader<Box<dyn Read + Send + Sync>>,
 }
 
 impl Sse {
     /// Opens a stream; an error status comes back as the response.
-    fn open(
+    pub(crate) fn open(
         srv: &TestServer,
         query: &str,
         token: Option<&str>,
@@ -59,7 +59,7 @@ impl Sse {
     }
 
     /// Opens a stream that must succeed, and waits until it is live.
-    fn live(srv: &TestServer, query: &str, token: Option<&str>) -> (Sse, u64) {
+    pub(crate) fn live(srv: &TestServer, query: &str, token: Option<&str>) -> (Sse, u64) {
         let mut sse = Sse::open(srv, query, token, None).unwrap_or_else(|r| panic!("{}", r.text));
         let ready = sse.next_event().expect("a ready event");
         assert_eq!(ready.event, "ready", "{ready:?}");
@@ -67,7 +67,7 @@ impl Sse {
     }
 
     /// The next event, skipping comments; `None` when the stream ended.
-    fn next_event(&mut self) -> Option<Event> {
+    pub(crate) fn next_event(&mut self) -> Option<Event> {
         loop {
             match self.next_item()? {
                 Item::Comment(_) => continue,
@@ -115,7 +115,7 @@ impl Sse {
     }
 
     /// The next `n` change events.
-    fn take(&mut self, n: usize) -> Vec<Event> {
+    pub(crate) fn take(&mut self, n: usize) -> Vec<Event> {
         (0..n)
             .map(|_| self.next_event().expect("an event"))
             .collect()

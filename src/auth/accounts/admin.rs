@@ -134,8 +134,13 @@ impl Accounts {
     }
 
     /// Adds a new JWT signing key (admins only); earlier tokens stay valid until they expire.
-    pub fn rotate_signing_key(&self, who: &Principal) -> Result<String> {
+    /// Reads the signing keys again, which another node of a cluster may have rotated.
+    pub(crate) async fn reload_keys(&self) -> Result<()> {
+        self.tokens.reload().await
+    }
+
+    pub async fn rotate_signing_key(&self, who: &Principal) -> Result<String> {
         Self::require_admin(who)?;
-        self.tokens.rotate()
+        self.tokens.rotate().await
     }
 }

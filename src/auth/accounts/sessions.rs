@@ -249,7 +249,7 @@ impl Accounts {
 
     /// Like [`Accounts::authenticate`], with the token's expiry (Unix seconds).
     pub(crate) async fn authenticate_until(&self, token: &str) -> Result<(Principal, u64)> {
-        let claims = self.tokens.verify(token)?;
+        let claims = self.tokens.verify(token).await?;
         let invalid = || AuthError::Unauthenticated("invalid or expired token".into());
         let (user, _) = self.load_user(&claims.sub).await?.ok_or_else(invalid)?;
         if user.disabled || user.token_version != claims.tv {

@@ -1,0 +1,197 @@
+//! Several nodes over one PostgreSQL database: each sees every acknowledged write, tokens and
+//! keys work on any node, configuration changed on one reaches the others, and realtime
+//! subscribers on one node receive the writes of all of them, in commit order, and resume on
+//! another node.
+
+use crate::common::{fast, login_token, signup, with_token, TestServer};
+use crate::realtime::Sse;
+use emberbase::config::Config;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// `n` nodes on the database of `url`, each with its own data directory.
+fn nodes(url: &str, n: usize, configure: impl Fn(&mut Config)) -> Vec<TestServer> {
+    (0..n)
+        .map(|_| {
+            TestServer::start_with(|c| {
+                c.store.url = url.to_string();
+                fast(c);
+                configure(c);
+            })
+        })
+        .collect()
+}
+
+/// Retries `check` until it holds, for at most ten seconds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn three_nodes_share_writes_and_one_ordered_change_feed() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let mut started = nodes(&url, 3, |_| {}).into_iter();
+    let (a, b, c) = (
+        started.next().unwrap(),
+        started.next().unwrap(),
+        started.next().unwrap(),
+    );
+    assert_eq!(a.key, b.key, "one service key for the cluster");
+    assert_eq!(a.key, c.key);
+
+    // A subscriber on C, then writes spread over A and B by several clients at once.
+    let (mut sse, _) = Sse::live(&c, "subscribe=notes", Some(&c.key));
+    let writers_nodes = [&a, &b];
+    let written: Vec<(usize, String)> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let nodes = &writers_nodes;
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| {
+                            let node = (w + i) % 2;
+                            let doc = nodes[node]
+                                .post("/v1/collections/notes/docs", &json!({"w": w, "i": i}))
+                                .expect(201)
+                                .json;
+                            (node, doc["id"].as_str().unwrap().to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let created: HashSet<String> = written.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(created.len(), 30);
+
+    // Every node reads every acknowledged write at once: no node caches documents.
+    for node in [&a, &b, &c] {
+        let list = node
+            .get("/v1/collections/notes/docs?limit=100")
+            .expect(200)
+            .json;
+        let seen: HashSet<String> = ids(&list).into_iter().collect();
+        assert_eq!(seen, created);
+    }
+
+    // C's subscriber saw each write once, in commit order (ids of events only grow).
+    let events = sse.take(30);
+    let mut last = 0;
+    let mut seen = HashSet::new();
+    for event in &events {
+        assert_eq!(event.event, "create", "{event:?}");
+        let id = event.id.unwrap();
+        assert!(id > last, "events in commit order: {id} after {last}");
+        last = id;
+        assert!(seen.insert(event.data["doc"]["id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(seen, created);
+
+    // C goes away; a client resumes on B from the middle of what it saw.
+    let middle = events[14].id.unwrap();
+    drop(sse);
+    let rest: Vec<String> = events[15..]
+        .iter()
+        .map(|e| e.data["doc"]["id"].as_str().unwrap().to_string())
+        .collect();
+    c.stop();
+    let mut resumed = Sse::open(&b, "subscribe=notes", Some(&b.key), Some(middle)).unwrap();
+    let replayed: Vec<String> = resumed
+        .take(15)
+        .iter()
+        .map(|e| e.data["doc"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        replayed, rest,
+        "B replays exactly what followed, in the same order"
+    );
+}
+
+#[test]
+fn tokens_keys_and_configuration_reach_every_node() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let started = nodes(&url, 2, |c| c.store.poll_ms = 50);
+    let (a, b) = (&started[0], &started[1]);
+
+    // A user signed up on A is signed in on B with A's token.
+    let session = signup(a, "ada@example.com");
+    let token = session["access_token"].as_str().unwrap().to_string();
+    let me = with_token(b, "GET", "/v1/auth/me", &token, None).expect(200);
+    assert_eq!(me.json["email"], "ada@example.com");
+    // Its refresh token works on the other node too, once.
+    let refresh = json!({"refresh_token": session["refresh_token"]});
+    let renewed = b.post("/v1/auth/refresh", &refresh).expect(200);
+    a.post("/v1/auth/refresh", &refresh).expect(401);
+    assert!(renewed.json["access_token"].is_string());
+
+    // Rules set on A govern writes on B at once (a write reads its collection's rules in its
+    // transaction), and reads on B as soon as B reloads them.
+    a.put(
+        "/v1/admin/collections/posts",
+        &json!({"rules": {"read": "auth != null && doc.owner == auth.id", "create": "false"}}),
+    )
+    .expect(200);
+    let post = json!({"t": 1});
+    with_token(b, "POST", "/v1/collections/posts/docs", &token, Some(&post)).expect(403);
+    let bob = signup(b, "bob@example.com")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::common::share(a, "posts");
+    with_token(b, "POST", "/v1/collections/posts/docs", &token, Some(&post)).expect(201);
+    eventually("B reading under A's new read rule", || {
+        let list = with_token(b, "GET", "/v1/collections/posts/docs", &bob, None).expect(200);
+        list.json["items"].as_array().unwrap().len() == 1
+    });
+
+    // An index declared on A is built once and used by B.
+    a.put(
+        "/v1/admin/collections/posts",
+        &json!({"rules": {"read": "auth != null", "create": "auth != null"}, "indexes": [["data.t"]]}),
+    )
+    .expect(200);
+    eventually("B seeing the index ready", || {
+        b.get("/v1/admin/collections/posts").json["index_states"][0]["state"] == "ready"
+    });
+
+    // A key rotated on A signs tokens that B accepts at once, and B signs with it later.
+    a.post("/v1/admin/auth/rotate-key", &json!({})).expect(200);
+    let fresh = login_token(a, "ada@example.com");
+    with_token(b, "GET", "/v1/auth/me", &fresh, None).expect(200);
+    let kid = |token: &str| -> String {
+        use base64::Engine;
+        let header = token.split('.').next().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    eventually("B signing with the rotated key", || {
+        kid(&login_token(b, "ada@example.com")) == kid(&fresh)
+    });
+}
