@@ -6,6 +6,7 @@
 //! of a document in commit order; a slow function delays only its own queue.
 
 use super::invoke::outcome_status;
+use super::lease::Lease;
 use super::{Functions, Invocation, Loaded};
 use crate::model::{format_time, now_rfc3339, Change, Subject};
 use crate::store::{HookRecord, KvWrite, Space};
@@ -224,10 +225,32 @@ pub(super) fn ensure(functions: &Functions, name: &str) {
 }
 
 async fn run(functions: Functions, name: String, notify: Arc<Notify>) {
+    let store = functions.inner.store.clone();
+    let mut lease = store
+        .is_shared()
+        .then(|| Lease::new(&name, &functions.inner.node));
     loop {
         let Some(loaded) = functions.loaded(&name) else {
             return;
         };
+        if let Some(lease) = &mut lease {
+            let held_elsewhere = match lease.hold(&store).await {
+                Ok(None) => None,
+                Ok(Some(until)) => Some(until),
+                Err(e) => {
+                    tracing::warn!(function = %name, error = %e, "cannot take the function's lease");
+                    Some(SystemTime::now() + Duration::from_secs(1))
+                }
+            };
+            if let Some(until) = held_elsewhere {
+                let pause = until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(60));
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        }
         let next_tick = match fire_schedule(&functions, &loaded).await {
             Ok(next) => next,
             Err(e) => {
@@ -235,7 +258,7 @@ async fn run(functions: Functions, name: String, notify: Arc<Notify>) {
                 Some(SystemTime::now() + Duration::from_secs(1))
             }
         };
-        let wait_until = match deliver(&functions, &loaded).await {
+        let wait_until = match deliver(&functions, &loaded, lease.as_mut()).await {
             Ok(wait) => wait,
             Err(e) => {
                 tracing::warn!(function = %name, error = %e, "delivering events failed");
@@ -352,9 +375,14 @@ async fn fire_schedule(
     Ok(next_due)
 }
 
-/// Runs the due events of a function's outbox, in order, and commits their outcomes. Returns
-/// `None` to go on at once, or when to look again.
-async fn deliver(functions: &Functions, loaded: &Loaded) -> super::Result<Option<SystemTime>> {
+/// Runs the due events of a function's outbox, in order, and commits their outcomes (in a
+/// cluster, only while this node holds the function's `lease`). Returns `None` to go on at
+/// once, or when to look again.
+async fn deliver(
+    functions: &Functions,
+    loaded: &Loaded,
+    mut lease: Option<&mut Lease>,
+) -> super::Result<Option<SystemTime>> {
     let name = &loaded.record.info.name;
     let store = &functions.inner.store;
     let entries = store
@@ -381,6 +409,12 @@ async fn deliver(functions: &Functions, loaded: &Loaded) -> super::Result<Option
         if pending.not_before > now {
             wait = Some(UNIX_EPOCH + Duration::from_millis(pending.not_before));
             break;
+        }
+        // A long batch renews the lease as it goes; one lost stops it here.
+        if let Some(lease) = lease.as_deref_mut() {
+            if lease.hold(store).await?.is_some() {
+                break;
+            }
         }
         pending.event["attempt"] = json!(pending.attempt);
         let depth = pending
@@ -456,8 +490,20 @@ async fn deliver(functions: &Functions, loaded: &Loaded) -> super::Result<Option
         }
         write = write.delete(Space::Events, key);
     }
-    store.kv_write(write).await?;
-    Ok(wait)
+    if let Some(lease) = &lease {
+        write = lease.fence(write);
+    }
+    match (store.kv_write(write).await, lease) {
+        (Err(crate::store::StoreError::CasFailed), Some(lease)) => {
+            tracing::info!(function = %name, "another node took over the function's events");
+            lease.lost();
+            Ok(None)
+        }
+        (result, _) => {
+            result?;
+            Ok(wait)
+        }
+    }
 }
 
 #[cfg(test)]

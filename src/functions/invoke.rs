@@ -66,6 +66,10 @@ impl CommitHook for Outbox {
             .map(|name| dispatch::outbox_record(&self.0, name, change))
             .collect()
     }
+
+    fn reload(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.0.reload())
+    }
 }
 
 impl Functions {

@@ -14,6 +14,7 @@ mod dispatch;
 mod error;
 mod host;
 mod invoke;
+mod lease;
 mod records;
 mod registry;
 pub mod runtime;
@@ -61,6 +62,8 @@ struct Inner {
     tokio: tokio::runtime::Handle,
     /// Each loaded function's log budget (entries go with their function).
     log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
+    /// This process, as named in the leases it holds in a cluster (see `lease`).
+    node: String,
 }
 
 /// The function service ([`Server::functions`](crate::Server::functions)): upload a
@@ -143,6 +146,7 @@ impl Functions {
                 dispatch: dispatch::Dispatchers::default(),
                 tokio: tokio::runtime::Handle::current(),
                 log_budgets: Mutex::new(HashMap::new()),
+                node: ulid::Ulid::new().to_string(),
             }),
         };
         let records = store
@@ -153,7 +157,7 @@ impl Functions {
             let record: FunctionRecord =
                 serde_json::from_slice(&bytes).map_err(|e| format!("function record: {e}"))?;
             let name = record.info.name.clone();
-            match functions.load(record) {
+            match functions.load(record).await {
                 Ok(loaded) => functions.install(loaded),
                 Err(e) => tracing::error!(function = %name, error = %e, "cannot load function"),
             }

@@ -25,6 +25,10 @@ pub(super) fn artifact_key(module_sha: &str) -> String {
     hex(&h.finalize())
 }
 
+fn artifact_path_of(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!("{key}.bin"))
+}
+
 pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
@@ -40,30 +44,48 @@ pub(super) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Functions {
     /// Loads a function's artifact, or recompiles it from the module when the artifact is
-    /// missing, was built by another wasmer or compile setting, or does not match its hash.
-    pub(super) fn load(&self, mut record: FunctionRecord) -> std::result::Result<Loaded, String> {
+    /// missing, was built by another wasmer or compile setting, or does not match its hash. In
+    /// a cluster the record is shared but each node compiles its own artifacts, so a node
+    /// keeps their hashes beside them (`<key>.sha256`) rather than in the record.
+    pub(super) async fn load(
+        &self,
+        mut record: FunctionRecord,
+    ) -> std::result::Result<Loaded, String> {
+        let shared = self.inner.store.is_shared();
         let key = artifact_key(&record.info.sha256);
-        let path = self.inner.artifacts_dir.join(format!("{key}.bin"));
-        if key == record.artifact_key {
-            if let Ok(bytes) = std::fs::read(&path) {
-                if hex(&Sha256::digest(&bytes)) == record.artifact_sha256 {
-                    match self.inner.runtime.load(&bytes) {
-                        Ok(module) => return Ok(Loaded { record, module }),
-                        Err(e) => {
-                            tracing::warn!(function = %record.info.name, error = %e, "the artifact does not load")
-                        }
+        let path = artifact_path_of(&self.inner.artifacts_dir, &key);
+        let sidecar = path.with_extension("sha256");
+        let expected = if shared {
+            std::fs::read_to_string(&sidecar).ok()
+        } else {
+            (key == record.artifact_key).then(|| record.artifact_sha256.clone())
+        };
+        if let (Some(expected), Ok(bytes)) = (expected, std::fs::read(&path)) {
+            if hex(&Sha256::digest(&bytes)) == expected.trim() {
+                match self.inner.runtime.load(&bytes) {
+                    Ok(module) => return Ok(Loaded { record, module }),
+                    Err(e) => {
+                        tracing::warn!(function = %record.info.name, error = %e, "the artifact does not load")
                     }
                 }
             }
         }
-        tracing::info!(function = %record.info.name, "recompiling the function's artifact");
-        let wasm = std::fs::read(self.module_path(&record.info.sha256))
-            .map_err(|e| format!("cannot read the module: {e}"))?;
-        let (_, artifact) = runtime::compile(&wasm)?;
+        tracing::info!(function = %record.info.name, "compiling the function's artifact");
+        let wasm = self.module_bytes(&record.info.sha256).await?;
+        let artifact = tokio::task::spawn_blocking(move || runtime::compile(&wasm))
+            .await
+            .map_err(|e| e.to_string())??
+            .1;
         write_durably(&path, &artifact).map_err(|e| format!("cannot write the artifact: {e}"))?;
-        record.artifact_key = key;
-        record.artifact_sha256 = hex(&Sha256::digest(&artifact));
+        let artifact_sha256 = hex(&Sha256::digest(&artifact));
         let module = self.inner.runtime.load(&artifact)?;
+        if shared {
+            write_durably(&sidecar, artifact_sha256.as_bytes())
+                .map_err(|e| format!("cannot write the artifact's hash: {e}"))?;
+            return Ok(Loaded { record, module });
+        }
+        record.artifact_key = key;
+        record.artifact_sha256 = artifact_sha256;
         let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         let (store, name) = (self.inner.store.clone(), record.info.name.clone());
         // The record is rewritten in the background: the artifact is valid either way.
@@ -74,6 +96,99 @@ impl Functions {
             }
         });
         Ok(Loaded { record, module })
+    }
+
+    /// A module's bytes: the local copy, or in a cluster the shared store's (then kept
+    /// locally).
+    async fn module_bytes(&self, sha: &str) -> std::result::Result<Vec<u8>, String> {
+        let path = self.module_path(sha);
+        match std::fs::read(&path) {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) if !self.inner.store.is_shared() => {
+                return Err(format!("cannot read the module: {e}"))
+            }
+            Err(_) => {}
+        }
+        let wasm = self
+            .inner
+            .store
+            .kv_get(Space::Modules, sha.as_bytes())
+            .await
+            .map_err(|e| format!("cannot read the module: {e}"))?
+            .ok_or("the module is missing from the shared store")?;
+        if hex(&Sha256::digest(&wasm)) != sha {
+            return Err("the stored module does not match its hash".into());
+        }
+        write_durably(&path, &wasm).map_err(|e| format!("cannot keep the module: {e}"))?;
+        Ok(wasm)
+    }
+
+    /// Brings the loaded functions in line with their records, which another node of a
+    /// cluster changed: new and changed functions are loaded, deleted ones stop.
+    pub(super) async fn reload(&self) {
+        let records = match self
+            .inner
+            .store
+            .kv_scan(Space::Functions, None, usize::MAX)
+            .await
+        {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload the functions");
+                return;
+            }
+        };
+        let mut present = std::collections::HashSet::new();
+        for (_, bytes) in records {
+            let Ok(record) = serde_json::from_slice::<FunctionRecord>(&bytes) else {
+                continue;
+            };
+            let name = record.info.name.clone();
+            present.insert(name.clone());
+            let current = self.loaded(&name);
+            let loaded = match current {
+                Some(current)
+                    if current.record.info.sha256 == record.info.sha256
+                        && current.record.info.updated_at == record.info.updated_at =>
+                {
+                    continue
+                }
+                Some(current) if current.record.info.sha256 == record.info.sha256 => Ok(Loaded {
+                    record,
+                    module: current.module.clone(),
+                }),
+                _ => self.load(record).await,
+            };
+            match loaded {
+                Ok(loaded) => self.install(loaded),
+                Err(e) => tracing::error!(function = %name, error = %e, "cannot load function"),
+            }
+        }
+        let gone: Vec<String> = match self.inner.loaded.read() {
+            Ok(map) => map
+                .keys()
+                .filter(|n| !present.contains(*n))
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for name in gone {
+            self.unload(&name);
+        }
+    }
+
+    /// Stops a function on this node: no new invocations, triggers or deliveries.
+    fn unload(&self, name: &str) -> Option<Arc<Loaded>> {
+        let removed = match self.inner.loaded.write() {
+            Ok(mut map) => map.remove(name),
+            Err(_) => None,
+        };
+        self.rebuild_triggers();
+        self.inner.dispatch.remove(name);
+        if let Ok(mut budgets) = self.inner.log_budgets.lock() {
+            budgets.remove(name);
+        }
+        removed
     }
 
     pub(super) fn module_path(&self, sha: &str) -> PathBuf {
@@ -128,8 +243,11 @@ impl Functions {
         let max_table_elements = self.inner.config.max_table_elements;
         let sha = hex(&Sha256::digest(&wasm));
         let (module_path, key) = (self.module_path(&sha), artifact_key(&sha));
-        let artifact_path = self.inner.artifacts_dir.join(format!("{key}.bin"));
+        let artifact_path = artifact_path_of(&self.inner.artifacts_dir, &key);
         let size = wasm.len() as u64;
+        // In a cluster the module goes to the shared store before its record, as a file's
+        // bytes go before its record.
+        let shared_copy = self.inner.store.is_shared().then(|| wasm.clone());
         let artifact = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
             let (module, artifact) =
                 runtime::compile(&wasm).map_err(FunctionsError::InvalidModule)?;
@@ -141,6 +259,14 @@ impl Functions {
         })
         .await
         .map_err(internal)??;
+        let artifact_sha256 = hex(&Sha256::digest(&artifact));
+        if let Some(wasm) = shared_copy {
+            let module = KvWrite::default().put(Space::Modules, sha.as_bytes(), wasm);
+            self.inner.store.kv_write(module).await?;
+            let sidecar =
+                artifact_path_of(&self.inner.artifacts_dir, &key).with_extension("sha256");
+            write_durably(&sidecar, artifact_sha256.as_bytes()).map_err(internal)?;
+        }
         let module = self.inner.runtime.load(&artifact).map_err(internal)?;
         let now = now_rfc3339();
         let record = FunctionRecord {
@@ -155,7 +281,7 @@ impl Functions {
                 updated_at: now,
             },
             artifact_key: key,
-            artifact_sha256: hex(&Sha256::digest(&artifact)),
+            artifact_sha256,
         };
         self.save(&record).await?;
         let info = record.info.clone();
@@ -216,18 +342,9 @@ impl Functions {
     pub async fn delete(&self, who: &Principal, name: &str) -> Result<()> {
         Self::require_admin(who)?;
         check_name(name)?;
-        let removed = match self.inner.loaded.write() {
-            Ok(mut map) => map.remove(name),
-            Err(_) => None,
-        };
-        let Some(removed) = removed else {
+        let Some(removed) = self.unload(name) else {
             return Err(FunctionsError::NotFound(name.into()));
         };
-        self.rebuild_triggers();
-        self.inner.dispatch.remove(name);
-        if let Ok(mut budgets) = self.inner.log_budgets.lock() {
-            budgets.remove(name);
-        }
         let mut write = KvWrite::default().delete(Space::Functions, name.as_bytes());
         let prefix = dispatch::function_prefix(name);
         for space in [Space::Events, Space::Invocations, Space::Schedules] {
@@ -247,7 +364,12 @@ impl Functions {
             .iter()
             .any(|f| f.sha256 == removed.record.info.sha256);
         if !still_used {
-            let _ = std::fs::remove_file(self.module_path(&removed.record.info.sha256));
+            let sha = &removed.record.info.sha256;
+            if self.inner.store.is_shared() {
+                let module = KvWrite::default().delete(Space::Modules, sha.as_bytes());
+                self.inner.store.kv_write(module).await?;
+            }
+            let _ = std::fs::remove_file(self.module_path(sha));
             let _ = std::fs::remove_file(
                 self.inner
                     .artifacts_dir

@@ -194,6 +194,9 @@ impl Store {
             }
         };
         let mut txn = self.engine.begin().await.map_err(at(0))?;
+        self.fence(&mut *txn)
+            .await
+            .map_err(|error| BatchFailure { op: 0, error })?;
         let mut planned = match self.plan_write(&mut *txn, req, generated).await {
             Ok(planned) => planned,
             Err(failure) if failure.error.is_engine() => return Err(failure),
@@ -538,6 +541,7 @@ impl Store {
 
     async fn try_file_write(&self, write: &FileWrite) -> Result<FileWritten, StoreError> {
         let mut txn = self.engine.begin().await?;
+        self.fence(&mut *txn).await?;
         if let Some(guard) = &write.guard {
             let (space, key, source) = guard.depends_on();
             txn.expect(Keyspace::System, space.key(&key), source);

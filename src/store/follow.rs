@@ -4,6 +4,11 @@
 //! records in sequence order as the watch moves and publishes them to the in-process feed (as
 //! the commits of a single node publish their own), and reloads the collections'
 //! configuration when the epoch changes.
+//!
+//! The timer only bounds how stale a node's caches are for reads. Writes are fenced: each
+//! reads the epoch in its transaction, and a node that has not loaded that epoch reloads
+//! before it decides, so no write is checked against rules, or misses a trigger, that another
+//! node already replaced; a configuration change committed meanwhile makes it run again.
 
 use super::{keys, records, Store, StoreError};
 use crate::engine::{Keyspace, Transaction};
@@ -23,7 +28,6 @@ pub(super) fn start(store: Store, poll: Duration) -> tokio::task::JoinHandle<()>
     tokio::spawn(async move {
         let mut watch = store.engine.watch();
         let mut last = store.shared.changes.last();
-        let mut epoch = store.read_epoch().await.ok().flatten();
         let mut ticks = tokio::time::interval(poll);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -45,10 +49,11 @@ pub(super) fn start(store: Store, poll: Duration) -> tokio::task::JoinHandle<()>
                     }
                 }
                 _ = ticks.tick() => match store.read_epoch().await {
-                    Ok(now) if now != epoch => match store.reload().await {
-                        Ok(()) => epoch = now,
-                        Err(e) => tracing::warn!(error = %e, "cannot reload the configuration"),
-                    },
+                    Ok(now) if now != *store.shared.loaded_epoch.lock().await => {
+                        if let Err(e) = store.reload().await {
+                            tracing::warn!(error = %e, "cannot reload the configuration");
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "cannot read the configuration epoch"),
                 },
@@ -83,7 +88,7 @@ impl Store {
         Ok(published)
     }
 
-    async fn read_epoch(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(super) async fn read_epoch(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .engine
             .get(Keyspace::Meta, keys::EPOCH_KEY)
@@ -91,10 +96,34 @@ impl Store {
             .map(|b| b.to_vec()))
     }
 
-    /// Reloads every collection's configuration (index builds stay with the node that
-    /// started them, or resume when a node starts) and tells the services that cache more.
+    /// Reads the configuration epoch in a write's transaction and, if this node has not
+    /// loaded it, reloads first (see the module documentation).
+    pub(super) async fn fence(&self, txn: &mut dyn Transaction) -> Result<(), StoreError> {
+        if !self.engine.shared() {
+            return Ok(());
+        }
+        let epoch = txn.get(Keyspace::Meta, keys::EPOCH_KEY).await?;
+        if epoch.as_deref() == self.shared.loaded_epoch.lock().await.as_deref() {
+            return Ok(());
+        }
+        self.reload().await
+    }
+
+    /// Reloads every collection's configuration and the commit hook's (index builds stay with
+    /// the node that started them, or resume when a node starts), then tells the services
+    /// that cache more.
     async fn reload(&self) -> Result<(), StoreError> {
+        let mut loaded = self.shared.loaded_epoch.lock().await;
+        let epoch = self.read_epoch().await?;
+        if epoch == *loaded {
+            return Ok(());
+        }
         self.load_configs().await?;
+        if let Some(hook) = self.shared.hook() {
+            hook.reload().await;
+        }
+        *loaded = epoch;
+        drop(loaded);
         self.shared.epoch.send_modify(|n| *n += 1);
         Ok(())
     }

@@ -29,6 +29,10 @@ pub(crate) enum Space {
     Schedules,
     /// Secret name → a server secret shared by the nodes of a cluster (see `secrets`).
     Secrets,
+    /// SHA-256 of a Wasm module → the module, in a cluster (a single node keeps files).
+    Modules,
+    /// Function name → the lease of the node delivering its events, in a cluster.
+    Leases,
 }
 
 impl Space {
@@ -46,6 +50,8 @@ impl Space {
             Space::Invocations => b"invocation:",
             Space::Schedules => b"schedule:",
             Space::Secrets => b"secret:",
+            Space::Modules => b"module:",
+            Space::Leases => b"lease:",
         }
     }
 

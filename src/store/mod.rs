@@ -142,6 +142,10 @@ pub(crate) enum HookRecord {
 /// happen).
 pub(crate) trait CommitHook: Send + Sync {
     fn records(&self, change: &Change) -> Vec<HookRecord>;
+
+    /// Reloads what `records` decides from (the functions' triggers), which another node of
+    /// a cluster changed; the write waiting for it then decides with the new configuration.
+    fn reload(&self) -> futures_util::future::BoxFuture<'_, ()>;
 }
 
 /// A collection's stored configuration: its raw bytes (which writes compare with what they
@@ -161,6 +165,8 @@ pub(crate) struct Shared {
     owner_ready: AtomicBool,
     /// Counts the reloads of configuration that another node changed (see `follow`).
     epoch: tokio::sync::watch::Sender<u64>,
+    /// The configuration epoch this node's caches were loaded at (see `follow`).
+    loaded_epoch: tokio::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -297,8 +303,12 @@ impl Store {
                 tasks: Mutex::new(Vec::new()),
                 owner_ready: AtomicBool::new(false),
                 epoch: tokio::sync::watch::channel(0).0,
+                loaded_epoch: tokio::sync::Mutex::new(None),
             }),
         };
+        if store.engine.shared() {
+            *store.shared.loaded_epoch.lock().await = store.read_epoch().await?;
+        }
         let building = store.load_configs().await?;
         let mut tasks = vec![prune::start(store.clone())];
         if store.engine.shared() {

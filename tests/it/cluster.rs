@@ -4,6 +4,7 @@
 //! another node.
 
 use crate::common::{fast, login_token, signup, with_token, TestServer};
+use crate::functions::{deploy, docs, recorder};
 use crate::realtime::Sse;
 use emberbase::config::Config;
 use serde_json::{json, Value};
@@ -194,4 +195,83 @@ fn tokens_keys_and_configuration_reach_every_node() {
     eventually("B signing with the rotated key", || {
         kid(&login_token(b, "ada@example.com")) == kid(&fresh)
     });
+}
+
+#[test]
+fn each_event_runs_once_on_one_node_and_moves_when_that_node_goes() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let mut started = nodes(&url, 3, |c| {
+        c.store.poll_ms = 50;
+        c.functions.retry_base_ms = 50;
+    })
+    .into_iter();
+    let (a, b, c) = (
+        started.next().unwrap(),
+        started.next().unwrap(),
+        started.next().unwrap(),
+    );
+    // Uploaded on A, the module reaches B and C through the shared store.
+    deploy(
+        &a,
+        "record",
+        &recorder("seen", None),
+        json!({"triggers": [{"on": "create", "collection": "inbox"}]}),
+    );
+    deploy(
+        &a,
+        "tick",
+        &recorder("ticks", None),
+        json!({"triggers": [{"on": "schedule", "cron": "* * * * * *"}]}),
+    );
+    for (i, node) in [&a, &b, &c, &b, &c, &a].into_iter().enumerate() {
+        node.post("/v1/collections/inbox/docs", &json!({"i": i}))
+            .expect(201);
+    }
+    let events = |node: &TestServer| -> Vec<String> {
+        docs(node, "seen")
+            .iter()
+            .map(|d| d["data"]["event"]["event_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    eventually("six deliveries", || events(&c).len() >= 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let delivered = events(&b);
+    let unique: HashSet<&String> = delivered.iter().collect();
+    assert_eq!(delivered.len(), 6, "each event once: {delivered:?}");
+    assert_eq!(unique.len(), 6);
+
+    // A and B stop; C takes over the functions' leases once they end, and delivers on.
+    a.stop();
+    b.stop();
+    for i in 6..9 {
+        c.post("/v1/collections/inbox/docs", &json!({"i": i}))
+            .expect(201);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events(&c).len() < 9 {
+        assert!(
+            Instant::now() < deadline,
+            "C never delivered the later events"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every schedule tick fired once in the cluster, whichever node fired it.
+    let ticks: Vec<String> = docs(&c, "ticks")
+        .iter()
+        .map(|d| {
+            d["data"]["event"]["scheduled_for"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let distinct: HashSet<&String> = ticks.iter().collect();
+    assert!(ticks.len() >= 2, "ticks fired: {ticks:?}");
+    assert_eq!(
+        distinct.len(),
+        ticks.len(),
+        "no tick fired twice: {ticks:?}"
+    );
 }

@@ -109,7 +109,7 @@ pub(crate) fn echo() -> Vec<u8> {
 
 /// Creates a document `{"event": <the event>}` in `collection`, logs, and succeeds. With
 /// `succeed_on` set, fails (`ok: false`) unless the event contains that text.
-fn recorder(collection: &str, succeed_on: Option<&str>) -> Vec<u8> {
+pub(crate) fn recorder(collection: &str, succeed_on: Option<&str>) -> Vec<u8> {
     let prefix = format!(r#"{{"op":"create","collection":"{collection}","data":{{"event":"#);
     let strings = [
         prefix.as_str(),
@@ -179,7 +179,7 @@ fn invocations(srv: &TestServer, name: &str) -> Vec<Value> {
         .clone()
 }
 
-fn docs(srv: &TestServer, collection: &str) -> Vec<Value> {
+pub(crate) fn docs(srv: &TestServer, collection: &str) -> Vec<Value> {
     srv.get(&format!("/v1/collections/{collection}/docs?limit=1000"))
         .expect(200)
         .json["items"]
