@@ -157,7 +157,12 @@ impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Contended => Error::new(ErrorCode::Conflict, e.to_string()),
-            StorageError::Unavailable => Error::new(ErrorCode::Unavailable, e.to_string()),
+            StorageError::Unavailable => {
+                let mut error = Error::new(ErrorCode::Unavailable, e.to_string());
+                // The storage comes back by itself (a database restart, a full disk freed).
+                error.retry_after = Some(1);
+                error
+            }
             StorageError::Corrupt(_) => Error::internal(e),
         }
     }

@@ -6,23 +6,60 @@ use super::AppState;
 use crate::error::Error;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Health {
-    /// Always `ok` when the server answers.
+    /// `ok`, or `unavailable` when the storage does not answer.
     status: &'static str,
     /// The server's version.
     version: &'static str,
+    /// The document store.
+    storage: Backend,
 }
 
-/// Liveness: answers whenever the server is up. No auth.
-#[utoipa::path(tag = "operations", responses((status = 200, description = "Up", body = Health)))]
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Backend {
+    /// `sled` (embedded) or `postgres`.
+    backend: &'static str,
+    ok: bool,
+    /// Why it is not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// How long the health check waits for the storage.
+const STORAGE_CHECK: Duration = Duration::from_secs(2);
+
+/// Health: whether this node can serve, with the state of its storage (a cheap read, answered
+/// within two seconds). A load balancer takes a node out on `503`. No auth.
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, description = "Up, storage answering", body = Health),
+        (status = 503, description = "Up, but the storage does not answer; see Retry-After", body = Health),
+    )
+)]
 #[get("/v1/health")]
-pub(super) async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(Health {
-        status: "ok",
+pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let (backend, checked) = state.docs.check_storage(STORAGE_CHECK).await;
+    let ok = checked.is_ok();
+    let health = Health {
+        status: if ok { "ok" } else { "unavailable" },
         version: env!("CARGO_PKG_VERSION"),
-    })
+        storage: Backend {
+            backend,
+            ok,
+            error: checked.err(),
+        },
+    };
+    if ok {
+        HttpResponse::Ok().json(health)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .json(health)
+    }
 }
 
 /// The OpenAPI 3.1 document of this API, generated from the code.

@@ -104,6 +104,15 @@ impl Documents {
         &self.inner.store
     }
 
+    /// The storage backend's name, and whether it answers a read within `within`.
+    pub(crate) async fn check_storage(
+        &self,
+        within: std::time::Duration,
+    ) -> (&'static str, std::result::Result<(), String>) {
+        let store = &self.inner.store;
+        (store.backend(), store.check(within).await)
+    }
+
     /// Checks a body that must be a JSON object within the nesting limit.
     fn check_data(&self, data: Value, field: &str) -> Result<Map<String, Value>> {
         let depth = json_depth(&data);

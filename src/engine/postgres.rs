@@ -48,6 +48,19 @@ const MAX_GROUP: usize = 256;
 /// The channel commits are announced on.
 const CHANNEL: &str = "emberbase_changes";
 
+/// How long a read or a group commit may take before it fails as unavailable (a database that
+/// hangs rather than refuses: requests answer `503` instead of waiting with it).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `work`, failed as an I/O error if it takes longer than [`TIMEOUT`].
+async fn timed<T>(
+    work: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(EngineError::Io("postgresql did not answer in time".into())))
+}
+
 /// The advisory lock key that serialises migrations ("emberbas" in ASCII).
 const MIGRATION_LOCK: i64 = 0x656d_6265_7262_6173;
 
@@ -160,6 +173,16 @@ async fn scan_on(
     direction: Direction,
     limit: usize,
 ) -> Result<Vec<Entry>, EngineError> {
+    timed(scan_untimed(client, ks, range, direction, limit)).await
+}
+
+async fn scan_untimed(
+    client: &impl GenericClient,
+    ks: i16,
+    range: &KeyRange,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<Entry>, EngineError> {
     if range.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
@@ -178,6 +201,14 @@ async fn scan_on(
 }
 
 async fn get_on(
+    client: &impl GenericClient,
+    ks: i16,
+    key: &[u8],
+) -> Result<Option<Bytes>, EngineError> {
+    timed(get_untimed(client, ks, key)).await
+}
+
+async fn get_untimed(
     client: &impl GenericClient,
     ks: i16,
     key: &[u8],
@@ -376,7 +407,9 @@ async fn commit_group(inner: &Inner, jobs: Vec<Job>) {
         .into_iter()
         .map(|job| Decided { job, passed: None })
         .collect();
-    match write_group(inner, &mut decided).await {
+    // A timeout leaves the outcome unknown, like a lost connection: the commits fail, and
+    // whatever did commit is read back from the database, never acknowledged twice.
+    match timed(write_group(inner, &mut decided)).await {
         Ok(last) => {
             inner.advance(last);
             for d in decided {
@@ -694,10 +727,13 @@ impl Engine for PostgresEngine {
     async fn snapshot(&self) -> Result<Box<dyn Snapshot>, EngineError> {
         let client = self.inner.client().await?;
         // The snapshot is taken by the first statement after BEGIN.
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
-            .await
-            .map_err(db_error)?;
+        let begin =
+            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1");
+        if let Err(e) = timed(async { begin.await.map_err(db_error) }).await {
+            // Its state is unknown: the connection leaves the pool.
+            drop(Object::take(client));
+            return Err(e);
+        }
         Ok(Box::new(PostgresSnapshot {
             client: Some(client),
         }))

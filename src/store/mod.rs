@@ -337,6 +337,15 @@ impl Store {
         tasks.extend(new);
     }
 
+    /// Whether the storage answers a read within `within`.
+    pub(crate) async fn check(&self, within: Duration) -> Result<(), String> {
+        match tokio::time::timeout(within, self.engine.get(Keyspace::Meta, keys::EPOCH_KEY)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", within.as_millis())),
+        }
+    }
+
     /// Whether other nodes share this store (a cluster).
     pub(crate) fn is_shared(&self) -> bool {
         self.engine.shared()

@@ -9,6 +9,8 @@ use crate::realtime::Sse;
 use emberbase::config::Config;
 use serde_json::{json, Value};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// `n` nodes on the database of `url`, each with its own data directory.
@@ -274,4 +276,73 @@ fn each_event_runs_once_on_one_node_and_moves_when_that_node_goes() {
         ticks.len(),
         "no tick fired twice: {ticks:?}"
     );
+}
+
+#[test]
+fn a_database_restart_answers_503_then_recovers_without_losing_writes() {
+    if crate::pg::cluster().is_none() {
+        return;
+    }
+    // A cluster of its own: the shared one serves the other tests meanwhile.
+    let own = crate::pg::Cluster::start().unwrap();
+    let url = own.database();
+    let node = TestServer::start_with(|c| {
+        c.store.url = url.clone();
+        fast(c);
+    });
+    let stop = AtomicBool::new(false);
+    let acknowledged = Mutex::new(Vec::new());
+    let statuses = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let r = node.post("/v1/collections/load/docs", &json!({"i": i}));
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "a request waited {:?} for the database",
+                    started.elapsed()
+                );
+                if r.status == 201 {
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(r.json["id"].as_str().unwrap().to_string());
+                }
+                statuses.lock().unwrap().push(r.status);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        own.pg_ctl("stop");
+        let down = node.post("/v1/collections/load/docs", &json!({}));
+        assert_eq!(down.status, 503, "{}", down.text);
+        assert_eq!(down.code(), "unavailable");
+        assert_eq!(down.header("retry-after"), Some("1"));
+        let health = node.get("/v1/health");
+        assert_eq!(health.status, 503);
+        assert_eq!(health.json["storage"]["backend"], "postgres");
+        assert_eq!(health.json["storage"]["ok"], false);
+        own.pg_ctl("start");
+        eventually("the node serving again", || {
+            node.get("/v1/health").status == 200
+        });
+        eventually("writes succeeding again", || {
+            node.post("/v1/collections/load/docs", &json!({})).status == 201
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+    });
+    let statuses = statuses.into_inner().unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 503),
+        "only successes and 503s: {statuses:?}"
+    );
+    // Every acknowledged write survived the restart.
+    for id in acknowledged.into_inner().unwrap() {
+        node.get(&format!("/v1/collections/load/docs/{id}"))
+            .expect(200);
+    }
 }

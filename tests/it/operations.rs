@@ -9,6 +9,7 @@ fn health_answers_without_auth() {
     let resp = crate::common::send(srv.anon("GET", "/v1/health"), None).expect(200);
     assert_eq!(resp.json["status"], "ok");
     assert_eq!(resp.json["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(resp.json["storage"], json!({"backend": "sled", "ok": true}));
     assert_eq!(resp.header("x-request-id").map(str::len), Some(26));
     let with_id = send(
         srv.anon("GET", "/v1/health").set("X-Request-Id", "abc-123"),

@@ -61,7 +61,8 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    fn start() -> Result<Cluster, String> {
+    /// A cluster of its own, for a test that stops and starts it.
+    pub fn start() -> Result<Cluster, String> {
         let bin = server_bin()
             .ok_or("PostgreSQL's server is not installed (apt-get install postgresql)")?;
         let dir = tempfile::Builder::new()
@@ -159,6 +160,31 @@ impl Cluster {
         self.psql("postgres", &format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("creating a database: {e}"));
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Stops the server at once (as a crash would), or starts it again.
+    pub fn pg_ctl(&self, action: &str) {
+        let mut command = as_owner(&self.bin.join("pg_ctl"));
+        command
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w"]);
+        if action == "start" {
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
+                self.port,
+                self.dir.display()
+            );
+            command
+                .args(["-o", &options, "-l"])
+                .arg(self.dir.join("log2"));
+        }
+        let status = command
+            .arg(action)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("pg_ctl {action}: {e}"));
+        assert!(status.success(), "pg_ctl {action} failed");
     }
 }
 

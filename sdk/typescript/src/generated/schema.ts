@@ -593,7 +593,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Liveness: answers whenever the server is up. No auth. */
+        /**
+         * Health: whether this node can serve, with the state of its storage (a cheap read, answered
+         *     within two seconds). A load balancer takes a node out on `503`. No auth.
+         */
         get: operations["health"];
         put?: never;
         post?: never;
@@ -673,6 +676,13 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        Backend: {
+            /** @description `sled` (embedded) or `postgres`. */
+            backend: string;
+            /** @description Why it is not ok. */
+            error?: string | null;
+            ok: boolean;
+        };
         /** @description One op of `POST /v1/batch`. */
         BatchOp: {
             collection: string;
@@ -864,8 +874,10 @@ export interface components {
             items: components["schemas"]["FunctionInfo"][];
         };
         Health: {
-            /** @description Always `ok` when the server answers. */
+            /** @description `ok`, or `unavailable` when the storage does not answer. */
             status: string;
+            /** @description The document store. */
+            storage: components["schemas"]["Backend"];
             /** @description The server's version. */
             version: string;
         };
@@ -4236,7 +4248,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Up */
+            /** @description Up, storage answering */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -4252,6 +4264,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Up, but the storage does not answer; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Health"];
                 };
             };
         };
