@@ -129,6 +129,12 @@ impl Default for FunctionsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesConfig {
+    /// An S3-compatible bucket to keep file bytes in, shared by every node that names it:
+    /// `s3://bucket[/prefix]?endpoint=https://...&region=...`. Empty: `<data_dir>/files`.
+    pub url: String,
+    /// The bucket's credentials; empty: the usual `AWS_*` environment variables.
+    pub access_key_id: String,
+    pub secret_access_key: String,
     /// The largest upload, in bytes, for buckets that set no `max_size` of their own.
     pub max_size: u64,
     /// Access rules of buckets that have no configuration of their own.
@@ -138,6 +144,9 @@ pub struct FilesConfig {
 impl Default for FilesConfig {
     fn default() -> Self {
         FilesConfig {
+            url: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
             max_size: 100 * 1024 * 1024,
             rules: BucketRules::default(),
         }

@@ -82,7 +82,7 @@ pub use changes::Changes;
 pub use config::Config;
 pub use docs::{BatchOp, BatchOpKind, DocsError, Documents, ListParams, Page};
 pub use error::{Error, ErrorCode, StorageError};
-pub use files::{FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
+pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
 pub use functions::{
     FunctionConfig, FunctionInfo, Functions, FunctionsError, HttpResult, Invocation, LogLine,
     Trigger,

@@ -229,6 +229,7 @@ impl ServerBuilder {
         tracing::info!(address = %addr, "listening on http://{addr}");
         tracing::info!(path = %data_dir.display(), "data directory");
         tracing::info!(backend = store.backend(), "storage engine");
+        tracing::info!(at = %files.blob_location(), "file bytes");
         match &key_source {
             Some(place) => tracing::info!(at = %place, "service key (owner-only)"),
             None => tracing::info!("service key from the configuration"),

@@ -12,12 +12,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{delete, get, head, post, put, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, SeekFrom};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-/// Downloads are read from disk in pieces of this size.
-const READ_CHUNK: u64 = 256 * 1024;
 
 /// Raw bytes, in any `Content-Type`.
 #[derive(utoipa::ToSchema)]
@@ -220,7 +216,7 @@ fn file_response(
     req: &HttpRequest,
     opened: OpenFile,
 ) -> Result<HttpResponse, Error> {
-    let OpenFile { info, inline, file } = opened;
+    let OpenFile { info, inline, body } = opened;
     let etag = format!("\"{}\"", info.sha256);
     let modified = http_date(&info.updated_at);
     let name = info.path.rsplit('/').next().unwrap_or("file");
@@ -304,31 +300,7 @@ fn file_response(
         .file_bytes
         .with_label_values(&["out"])
         .inc_by(len);
-    Ok(builder.body(SizedStream::new(len, read_stream(file, start, len))))
-}
-
-/// The bytes `start..start + len` of a file, read on the blocking pool a piece at a time, so
-/// memory stays flat whatever the file's size.
-fn read_stream(
-    file: std::fs::File,
-    start: u64,
-    len: u64,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> {
-    futures_util::stream::try_unfold((file, start, len), |(mut file, at, left)| async move {
-        if left == 0 {
-            return Ok(None);
-        }
-        let n = left.min(READ_CHUNK);
-        let (file, buf) = web::block(move || -> std::io::Result<_> {
-            let mut buf = vec![0; n as usize];
-            file.seek(SeekFrom::Start(at))?;
-            file.read_exact(&mut buf)?;
-            Ok((file, buf))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        Ok(Some((web::Bytes::from(buf), (file, at + n, left - n))))
-    })
+    Ok(builder.body(SizedStream::new(len, body.stream(start, len))))
 }
 
 const DOWNLOAD_HEADERS: &str = "Always `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`; `Content-Disposition` is `inline` only for images (not SVG), audio, video, PDF and plain text whose bytes do not look like markup, otherwise `attachment`.";

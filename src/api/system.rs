@@ -16,11 +16,13 @@ pub(super) struct Health {
     version: &'static str,
     /// The document store.
     storage: Backend,
+    /// Where file bytes are kept.
+    files: Backend,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Backend {
-    /// `sled` (embedded) or `postgres`.
+    /// `sled` (embedded) or `postgres` for the storage; `local` or `s3` for files.
     backend: &'static str,
     ok: bool,
     /// Why it is not ok.
@@ -31,8 +33,9 @@ pub(super) struct Backend {
 /// How long the health check waits for the storage.
 const STORAGE_CHECK: Duration = Duration::from_secs(2);
 
-/// Health: whether this node can serve, with the state of its storage (a cheap read, answered
-/// within two seconds). A load balancer takes a node out on `503`. No auth.
+/// Health: whether this node can serve, with the state of its storage and its file storage
+/// (a cheap read of each, answered within two seconds). A load balancer takes a node out on
+/// `503`. No auth.
 #[utoipa::path(
     tag = "operations",
     responses(
@@ -42,16 +45,21 @@ const STORAGE_CHECK: Duration = Duration::from_secs(2);
 )]
 #[get("/v1/health")]
 pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let (backend, checked) = state.docs.check_storage(STORAGE_CHECK).await;
-    let ok = checked.is_ok();
+    let (storage, files) = futures_util::join!(
+        state.docs.check_storage(STORAGE_CHECK),
+        state.files.check_storage(STORAGE_CHECK)
+    );
+    let ok = storage.1.is_ok() && files.1.is_ok();
+    let backend = |(backend, checked): (&'static str, Result<(), String>)| Backend {
+        backend,
+        ok: checked.is_ok(),
+        error: checked.err(),
+    };
     let health = Health {
         status: if ok { "ok" } else { "unavailable" },
         version: env!("CARGO_PKG_VERSION"),
-        storage: Backend {
-            backend,
-            ok,
-            error: checked.err(),
-        },
+        storage: backend(storage),
+        files: backend(files),
     };
     if ok {
         HttpResponse::Ok().json(health)

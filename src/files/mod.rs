@@ -1,26 +1,30 @@
 //! The file service: the API of `API.md`'s Files section as plain Rust, used by the HTTP layer
 //! and by embedding programs.
 //!
-//! Bytes live in blobs under `<data_dir>/files/blobs/<ULID>`, named by the server and never by
-//! the client's path, so no path can reach outside that directory. An upload streams into
-//! `<data_dir>/files/tmp/<ULID>.part` while it is hashed and counted, is made durable and renamed
-//! into place, and only then is its record committed in a store transaction (with a change
-//! record, like a document). The blob a record replaced or removed is deleted after the commit;
-//! a startup sweep removes temp files and blobs that no record points at, so a crash at any
-//! step leaves neither a partial file visible nor an orphan on disk for long.
+//! Bytes live in blobs named by the server and never by the client's path (see `blobs`: a
+//! directory of the data directory, or an S3-compatible bucket), so no path can reach outside
+//! them. An upload streams into `<data_dir>/files/tmp/<ULID>.part` while it is hashed and
+//! counted, is made durable and stored as a blob, and only then is its record committed in a
+//! store transaction (with a change record, like a document). The blob a record replaced or
+//! removed is deleted after the commit; a startup sweep removes temp files and blobs that no
+//! record points at, so a crash at any step leaves neither a partial file visible nor an orphan
+//! for long.
 
+mod blobs;
 mod buckets;
 mod error;
 mod safety;
 mod signing;
 mod upload;
 
+pub use blobs::BlobReader;
 pub(crate) use buckets::check_bucket;
 pub use error::FilesError;
 pub(crate) use error::Result;
 pub(crate) use safety::{check_path, inline_type, looks_like_markup};
 pub use upload::Upload;
 
+use blobs::{Blobs, S3Url};
 use buckets::BucketPolicy;
 
 use crate::auth::Principal;
@@ -36,6 +40,10 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// How old an unreferenced blob in a shared bucket must be before the startup sweep removes it.
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// The longest a signed URL may live: 7 days.
 pub(crate) const MAX_SIGNED_SECS: u64 = 7 * 24 * 3600;
@@ -45,7 +53,7 @@ type PolicyCache = HashMap<String, (Vec<u8>, Arc<BucketPolicy>)>;
 
 struct Inner {
     store: Store,
-    blobs: PathBuf,
+    blobs: Blobs,
     tmp: PathBuf,
     defaults: BucketRules,
     max_size: u64,
@@ -65,7 +73,6 @@ struct Inner {
 /// # let dir = tempfile::tempdir()?;
 /// # let server = emberbase::Server::builder().data_dir(dir.path()).bind("127.0.0.1:0").start().await?;
 /// use emberbase::{FilesError, Principal};
-/// use std::io::Read;
 ///
 /// let files = server.files();
 /// let alice = Principal::User { id: "alice".into(), email: "alice@example.com".into(), admin: false };
@@ -78,8 +85,8 @@ struct Inner {
 /// assert!(created);
 /// assert_eq!((info.size, info.owner.as_deref()), (11, Some("alice")));
 ///
-/// let mut text = String::new();
-/// files.open(&alice, "avatars", "alice/me.txt").await?.file.read_to_string(&mut text)?;
+/// let opened = files.open(&alice, "avatars", "alice/me.txt").await?;
+/// let text = String::from_utf8(opened.body.read_all(opened.info.size).await?)?;
 /// assert_eq!(text, "hello world");
 ///
 /// // Anyone else is refused by the default rules, unless given a signed URL.
@@ -99,7 +106,7 @@ pub struct Files {
 pub struct OpenFile {
     pub info: FileInfo,
     pub inline: bool,
-    pub file: std::fs::File,
+    pub body: BlobReader,
 }
 
 /// One page of a bucket listing.
@@ -149,12 +156,18 @@ impl Files {
         config: &FilesConfig,
     ) -> std::result::Result<(Files, Swept), String> {
         let root = data_dir.join("files");
-        let blobs = root.join("blobs");
         let tmp = root.join("tmp");
-        for dir in [&blobs, &tmp] {
-            std::fs::create_dir_all(dir)
+        let blobs = if config.url.is_empty() {
+            let dir = root.join("blobs");
+            std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
+            Blobs::Local(dir)
+        } else {
+            let url = S3Url::parse(&config.url)?;
+            Blobs::s3(&url, &config.access_key_id, &config.secret_access_key)?
+        };
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let signer = signing::UrlSigner::load_or_create(secrets)
             .await
             .map_err(|e| format!("cannot read or create the URL signing key: {e}"))?;
@@ -181,15 +194,19 @@ impl Files {
     }
 
     /// Removes every temp file, and every blob that no record points at. Runs before the
-    /// server accepts requests, so no upload is in flight.
+    /// server accepts requests, so no upload of this node is in flight; in a shared bucket,
+    /// another node's may be (its blob is stored before its record), so there only blobs older
+    /// than an hour go.
     async fn sweep(&self) -> std::result::Result<Swept, String> {
         let mut swept = Swept::default();
-        let entries =
-            |dir: &Path| std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()));
-        for entry in entries(&self.inner.tmp)? {
+        let tmp = &self.inner.tmp;
+        for entry in std::fs::read_dir(tmp).map_err(|e| format!("{}: {e}", tmp.display()))? {
             let entry = entry.map_err(|e| e.to_string())?;
             std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
             swept.temp_files += 1;
+        }
+        if swept.temp_files > 0 {
+            sync_dir(tmp).map_err(|e| e.to_string())?;
         }
         let referenced = self
             .inner
@@ -197,37 +214,47 @@ impl Files {
             .file_blobs()
             .await
             .map_err(|e| e.to_string())?;
-        for entry in entries(&self.inner.blobs)? {
-            let entry = entry.map_err(|e| e.to_string())?;
-            let name = entry.file_name();
-            let known = name
-                .to_str()
-                .and_then(|n| ulid::Ulid::from_string(n).ok())
-                .is_some_and(|id| referenced.contains(&id));
-            if !known {
-                std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
+        let blobs = &self.inner.blobs;
+        let settled = match blobs {
+            Blobs::Local(_) => SystemTime::now(),
+            Blobs::S3 { .. } => SystemTime::now() - ORPHAN_AGE,
+        };
+        for (blob, name, modified) in blobs.list().await.map_err(|e| e.to_string())? {
+            let known = blob.is_some_and(|id| referenced.contains(&id));
+            if !known && modified <= settled {
+                blobs.remove_named(&name).await.map_err(|e| e.to_string())?;
                 swept.orphan_blobs += 1;
             }
         }
-        if swept != Swept::default() {
-            sync_dir(&self.inner.tmp).map_err(|e| e.to_string())?;
-            sync_dir(&self.inner.blobs).map_err(|e| e.to_string())?;
+        if let (Blobs::Local(dir), true) = (blobs, swept.orphan_blobs > 0) {
+            sync_dir(dir).map_err(|e| e.to_string())?;
         }
         Ok(swept)
     }
 
-    fn blob_path(&self, blob: ulid::Ulid) -> PathBuf {
-        self.inner.blobs.join(blob.to_string())
-    }
-
     /// Deletes a blob no record points at any more. A failure only leaves an orphan for the
-    /// next startup sweep.
+    /// next startup sweep. (A local blob stays readable by a download that opened it; in a
+    /// bucket, such a download ends early, short of its `Content-Length`.)
     async fn remove_blob(&self, blob: ulid::Ulid) {
-        let path = self.blob_path(blob);
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
-        if let Ok(Err(e)) | Err(e) = removed.map_err(std::io::Error::other) {
+        if let Err(e) = self.inner.blobs.remove(blob).await {
             tracing::warn!(%blob, error = %e, "could not remove a replaced blob; the next start sweeps it");
         }
+    }
+
+    /// The blob storage's backend (`local` or `s3`), and whether it answers within `within`.
+    pub(crate) async fn check_storage(
+        &self,
+        within: Duration,
+    ) -> (&'static str, std::result::Result<(), String>) {
+        let checked = tokio::time::timeout(within, self.inner.blobs.check())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", within.as_millis())));
+        (self.inner.blobs.backend(), checked)
+    }
+
+    /// Where the blobs are, for the startup log.
+    pub(crate) fn blob_location(&self) -> String {
+        self.inner.blobs.location()
     }
 
     /// Opens `bucket/path` for `who`, after the bucket's read rule.
@@ -281,13 +308,13 @@ impl Files {
             let record = self.inner.store.file_get(bucket, path).await?;
             check(record.as_ref().map(|r| &r.info))?;
             let record = record.ok_or_else(missing)?;
-            match std::fs::File::open(self.blob_path(record.blob)) {
-                Ok(file) => {
+            match self.inner.blobs.open(record.blob).await {
+                Ok(body) => {
                     let inline = inline_type(&record.info.content_type) && !record.markup;
                     return Ok(OpenFile {
                         info: record.info,
                         inline,
-                        file,
+                        body,
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

@@ -1,11 +1,11 @@
 //! Uploads: a body streamed into a temp file while it is hashed and counted, made durable,
-//! renamed into a blob, and only then committed as the file's record.
+//! stored as a blob (see `blobs`), and only then committed as the file's record.
 
 use super::buckets::{request_value, rule_allows};
 use super::error::internal;
 use super::{
-    check_bucket, check_path, io_error, joined, looks_like_markup, safety, sync_dir, Files,
-    FilesError, Result,
+    check_bucket, check_path, io_error, joined, looks_like_markup, safety, Files, FilesError,
+    Result,
 };
 use crate::auth::Principal;
 use crate::model::FileInfo;
@@ -110,19 +110,14 @@ impl Upload {
             .map(|b| format!("{b:02x}"))
             .collect();
         let blob = ulid::Ulid::new();
-        let dest = self.files.blob_path(blob);
-        let (tmp, blobs) = (self.tmp_path.clone(), self.files.inner.blobs.clone());
         let file = sink.file;
-        joined(
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                file.sync_all()?;
-                drop(file);
-                std::fs::rename(&tmp, &dest)?;
-                sync_dir(&blobs)
-            })
-            .await,
-        )?
-        .map_err(io_error)?;
+        joined(tokio::task::spawn_blocking(move || file.sync_all()).await)?.map_err(io_error)?;
+        self.files
+            .inner
+            .blobs
+            .store(&self.tmp_path, blob)
+            .await
+            .map_err(io_error)?;
         let write = FileWrite {
             bucket: self.bucket.clone(),
             path: self.path.clone(),

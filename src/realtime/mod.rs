@@ -159,7 +159,7 @@ impl Realtime {
         metrics: Arc<Metrics>,
     ) -> Result<Realtime> {
         let changes = docs.subscribe();
-        let seq = docs.store().last_seq();
+        let seq = docs.store().published_seq();
         let realtime = Realtime {
             inner: Arc::new(Inner {
                 docs,

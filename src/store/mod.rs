@@ -671,6 +671,12 @@ impl Store {
         self.shared.epoch.subscribe()
     }
 
+    /// The sequence of the last change published to the in-process feed: where a consumer
+    /// that subscribes now starts (in a cluster it may trail [`Store::last_seq`] a little).
+    pub(crate) fn published_seq(&self) -> u64 {
+        self.shared.changes.last()
+    }
+
     /// The sequence of the newest durable change (0 before the first).
     pub(crate) fn last_seq(&self) -> u64 {
         *self.engine.watch().borrow()

@@ -101,6 +101,39 @@ pub fn send(req: ureq::Request, body: Option<&[u8]>) -> Resp {
     }
 }
 
+/// Whether the suite runs on the cluster's backends: `EB_TEST_BACKEND=cluster` starts every
+/// test server on a fresh PostgreSQL database and S3 bucket instead of sled and a directory.
+pub fn cluster_backend() -> bool {
+    std::env::var("EB_TEST_BACKEND").as_deref() == Ok("cluster")
+}
+
+/// The name of the file that records a test server's database and bucket.
+pub const BACKEND_MARKER: &str = ".test-backend";
+
+/// Points a test server's config at a database and a bucket of its own: new ones the first
+/// time, the same ones when it restarts on the same data directory.
+fn on_cluster_backend(config: &mut Config, dir: &Path) {
+    let marker = dir.join(BACKEND_MARKER);
+    let (store, files) = match std::fs::read_to_string(&marker) {
+        Ok(saved) => {
+            let (store, files) = saved.split_once('\n').unwrap();
+            (store.to_string(), files.to_string())
+        }
+        Err(_) => {
+            let store = crate::pg::database().expect("EB_TEST_BACKEND=cluster needs PostgreSQL");
+            let files = crate::s3::server()
+                .expect("EB_TEST_BACKEND=cluster needs SeaweedFS")
+                .bucket();
+            std::fs::write(&marker, format!("{store}\n{files}")).unwrap();
+            (store, files)
+        }
+    };
+    config.store.url = store;
+    config.files.url = files;
+    config.files.access_key_id = crate::s3::ACCESS_KEY.into();
+    config.files.secret_access_key = crate::s3::SECRET_KEY.into();
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
         Self::start_with(|_| {})
@@ -146,6 +179,9 @@ impl TestServer {
         config.auth.mails_per_address_per_hour = 100_000;
         config.auth.mail_requests_per_ip_per_hour = 100_000;
         configure(&mut config);
+        if cluster_backend() && config.store.url.is_empty() {
+            on_cluster_backend(&mut config, dir.path());
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -16,5 +16,6 @@ mod operations;
 mod pg;
 mod queries;
 mod realtime;
+mod s3;
 mod sdk;
 mod storage;

@@ -508,9 +508,28 @@ fn a_slow_consumer_is_disconnected_and_resumes() {
         "{metrics}"
     );
 
-    // It resumes where it was cut off and gets every remaining event.
-    let mut resumed = Sse::open(&srv, "subscribe=big", Some(&srv.key), Some(last_id)).unwrap();
-    let rest = resumed.take(TOTAL - received);
-    assert!(rest.iter().all(|e| e.event == "create"));
-    assert_eq!(resumed.next_event().unwrap().event, "ready");
+    // It resumes where it was cut off and gets every remaining event, once each: replayed,
+    // then live. (A node of a cluster may still be publishing the burst while the replay goes
+    // out, and cut the tiny queue off again: the client then resumes again, as any does.)
+    let mut rest = Vec::new();
+    while rest.len() < TOTAL - received {
+        let mut resumed = Sse::open(&srv, "subscribe=big", Some(&srv.key), Some(last_id)).unwrap();
+        while rest.len() < TOTAL - received {
+            let event = resumed
+                .next_event()
+                .expect("a create, ready or close event");
+            match event.event.as_str() {
+                "create" => {
+                    last_id = event.id.unwrap();
+                    rest.push(last_id);
+                }
+                "ready" => {}
+                _ => {
+                    assert_eq!(event.data["reason"], "overflow", "{event:?}");
+                    break;
+                }
+            }
+        }
+    }
+    assert!(rest.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
 }

@@ -594,8 +594,9 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Health: whether this node can serve, with the state of its storage (a cheap read, answered
-         *     within two seconds). A load balancer takes a node out on `503`. No auth.
+         * Health: whether this node can serve, with the state of its storage and its file storage
+         *     (a cheap read of each, answered within two seconds). A load balancer takes a node out on
+         *     `503`. No auth.
          */
         get: operations["health"];
         put?: never;
@@ -677,7 +678,7 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         Backend: {
-            /** @description `sled` (embedded) or `postgres`. */
+            /** @description `sled` (embedded) or `postgres` for the storage; `local` or `s3` for files. */
             backend: string;
             /** @description Why it is not ok. */
             error?: string | null;
@@ -874,6 +875,8 @@ export interface components {
             items: components["schemas"]["FunctionInfo"][];
         };
         Health: {
+            /** @description Where file bytes are kept. */
+            files: components["schemas"]["Backend"];
             /** @description `ok`, or `unavailable` when the storage does not answer. */
             status: string;
             /** @description The document store. */
