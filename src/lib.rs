@@ -69,6 +69,7 @@ mod error;
 mod files;
 mod functions;
 mod metrics;
+mod migrate;
 mod model;
 mod query;
 mod realtime;
@@ -87,6 +88,7 @@ pub use functions::{
     FunctionConfig, FunctionInfo, Functions, FunctionsError, HttpResult, Invocation, LogLine,
     Trigger,
 };
+pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{
     Actor, BucketConfig, BucketInfo, BucketRules, Change, ChangeKind, CollectionConfig,
     CollectionInfo, Document, FileInfo, IndexState, RuleError, Rules, Subject,

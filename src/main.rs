@@ -51,6 +51,24 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Copy a single node into a cluster's PostgreSQL database (which must be empty):
+    /// documents, indexes, accounts and sessions, rules, buckets and file records, functions
+    /// with their modules, and the secrets (service key, token signing keys), so that tokens
+    /// issued before keep working. Stop the server first.
+    ///
+    /// The change history starts afresh (a realtime client resuming from before gets `reset`).
+    /// File bytes are not copied: sync `<DIR>/files/blobs` to the bucket's `blobs/` prefix
+    /// (for example `aws s3 sync ./emberbase_data/files/blobs s3://bucket/blobs`).
+    ///
+    /// Example: `emberbase migrate-storage --from sled:./emberbase_data --to "$DATABASE_URL"`
+    MigrateStorage {
+        /// The single node: `sled:<data directory>`.
+        #[arg(long, value_name = "sled:DIR")]
+        from: String,
+        /// The cluster's database: `postgres://user:password@host:5432/db`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +135,61 @@ fn admin_create(email: String, config: Option<PathBuf>, data_dir: Option<PathBuf
             println!(
                 "{} ({}) is now an admin, with the new password",
                 user.email, user.id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate_storage(from: &str, to: &str) -> ExitCode {
+    let Some(dir) = from.strip_prefix("sled:") else {
+        eprintln!("emberbase: --from must be sled:<data directory>");
+        return ExitCode::from(2);
+    };
+    if !to.starts_with("postgres://") && !to.starts_with("postgresql://") {
+        eprintln!("emberbase: --to must be a postgres:// URL");
+        return ExitCode::from(2);
+    }
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} copying [{bar:40}] {pos}/{len} keys ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = runtime.block_on(async {
+        let options = emberbase::engine::postgres::PostgresOptions::new(to);
+        let engine = emberbase::engine::postgres::PostgresEngine::open(options)
+            .await
+            .map_err(|e| format!("cannot open the target database: {e}"))?;
+        let migrated = emberbase::migrate_storage(std::path::Path::new(dir), &engine, &progress)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = emberbase::engine::Engine::close(&engine).await;
+        migrated
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(m) => {
+            println!(
+                "copied {} keys, {} secrets and {} function modules from {dir}",
+                m.keys, m.secrets, m.modules
+            );
+            println!(
+                "file bytes stay in {dir}/files/blobs: copy them to the bucket's blobs/ prefix"
             );
             ExitCode::SUCCESS
         }
@@ -209,6 +282,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::MigrateStorage { from, to } => migrate_storage(&from, &to),
         Command::Serve {
             config,
             data_dir,

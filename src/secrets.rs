@@ -8,6 +8,15 @@ use crate::store::{KvWrite, Space, Store, StoreError};
 use std::io::{Error, ErrorKind, Result};
 use std::path::PathBuf;
 
+/// The admin secret for scripts (`auth`).
+pub(crate) const SERVICE_KEY: &str = "service_key";
+/// The access-token signing keys (`auth::tokens`).
+pub(crate) const JWT_KEYS: &str = "jwt_keys.json";
+/// The key of signed file URLs (`files::signing`).
+pub(crate) const URL_SIGNING_KEY: &str = "url_signing_key";
+/// Every secret, by the name of its file in a single node's data directory.
+pub(crate) const ALL: [&str; 3] = [SERVICE_KEY, JWT_KEYS, URL_SIGNING_KEY];
+
 #[derive(Clone)]
 pub(crate) struct Secrets {
     dir: PathBuf,

@@ -15,7 +15,7 @@ pub(crate) mod tokens;
 pub use accounts::{Accounts, Session, User, UserPage};
 
 use crate::model::Actor;
-use crate::secrets::Secrets;
+use crate::secrets::{Secrets, SERVICE_KEY};
 pub use error::AuthError;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -121,8 +121,6 @@ pub(crate) struct Authenticator {
     accounts: Arc<Accounts>,
 }
 
-pub(crate) const SERVICE_KEY_FILE: &str = "service_key";
-
 impl Authenticator {
     pub(crate) fn new(service_key: String, accounts: Arc<Accounts>) -> Self {
         Authenticator {
@@ -176,13 +174,13 @@ pub(crate) async fn load_or_create_service_key(
     data_dir: &Path,
 ) -> std::io::Result<(String, String)> {
     let key = secrets
-        .get_or_create(SERVICE_KEY_FILE, || generate_secret("ebsk_").into_bytes())
+        .get_or_create(SERVICE_KEY, || generate_secret("ebsk_").into_bytes())
         .await?;
     let key = String::from_utf8_lossy(key.trim_ascii()).into_owned();
     if secrets.is_shared() {
-        write_private(&data_dir.join(SERVICE_KEY_FILE), key.as_bytes())?;
+        write_private(&data_dir.join(SERVICE_KEY), key.as_bytes())?;
     }
-    Ok((key, secrets.location(SERVICE_KEY_FILE)))
+    Ok((key, secrets.location(SERVICE_KEY)))
 }
 
 /// A random secret: a prefix that says what it is, then 32 random bytes in URL-safe base64.

@@ -10,7 +10,7 @@
 
 use super::error::{internal, AuthError};
 use crate::model::unix_secs;
-use crate::secrets::Secrets;
+use crate::secrets::{Secrets, JWT_KEYS};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 const KEPT_KEYS: usize = 3;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub(crate) const LEEWAY_SECS: u64 = 5;
-const KEY_FILE: &str = "jwt_keys.json";
 /// How often a node of a cluster reads the keys again for a token signed with a key it does
 /// not know (another node rotated), at most.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -113,7 +112,7 @@ impl TokenIssuer {
                 })
             };
             let stored = secrets
-                .get_or_create(KEY_FILE, || first().unwrap_or_default())
+                .get_or_create(JWT_KEYS, || first().unwrap_or_default())
                 .await?;
             (parse_keys(&stored)?, Some(secrets.clone()))
         } else {
@@ -225,7 +224,7 @@ impl TokenIssuer {
         let Some(secrets) = &self.secrets else {
             return Ok(());
         };
-        if let Some(stored) = secrets.get(KEY_FILE).await.map_err(internal)? {
+        if let Some(stored) = secrets.get(JWT_KEYS).await.map_err(internal)? {
             self.install(parse_keys(&stored).map_err(internal)?)?;
         }
         Ok(())
@@ -248,7 +247,7 @@ impl TokenIssuer {
             ));
         };
         loop {
-            let current = secrets.get(KEY_FILE).await.map_err(internal)?;
+            let current = secrets.get(JWT_KEYS).await.map_err(internal)?;
             let mut stored: KeyFile = match &current {
                 Some(bytes) => serde_json::from_slice(bytes).map_err(internal)?,
                 None => KeyFile::default(),
@@ -259,7 +258,7 @@ impl TokenIssuer {
             stored.keys.drain(..excess);
             let json = serde_json::to_vec_pretty(&stored).map_err(internal)?;
             if secrets
-                .replace(KEY_FILE, current.as_deref(), json.clone())
+                .replace(JWT_KEYS, current.as_deref(), json.clone())
                 .await
                 .map_err(internal)?
             {

@@ -1,13 +1,11 @@
 //! Signed URLs: `?expires=<unix seconds>&signature=<base64url HMAC-SHA256>` over the bucket, the
 //! path and the expiry, keyed by a server secret (`url_signing_key`, see `secrets`).
 
-use crate::secrets::Secrets;
+use crate::secrets::{Secrets, URL_SIGNING_KEY};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-
-const KEY_FILE: &str = "url_signing_key";
 
 pub(super) struct UrlSigner {
     key: Vec<u8>,
@@ -17,7 +15,7 @@ impl UrlSigner {
     /// Loads the key, generating it on first start.
     pub(super) async fn load_or_create(secrets: &Secrets) -> std::io::Result<UrlSigner> {
         let key = secrets
-            .get_or_create(KEY_FILE, || {
+            .get_or_create(URL_SIGNING_KEY, || {
                 crate::auth::generate_secret("ebus_").into_bytes()
             })
             .await?;

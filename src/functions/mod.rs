@@ -25,6 +25,7 @@ pub(crate) use error::Result;
 pub use invoke::HttpResult;
 pub(crate) use records::check_name;
 pub use records::{FunctionConfig, FunctionInfo, Invocation, Trigger};
+pub(crate) use registry::stored_modules;
 pub use runtime::LogLine;
 
 use invoke::Outbox;
@@ -121,6 +122,7 @@ impl Functions {
         metrics: Arc<Metrics>,
     ) -> std::result::Result<Functions, String> {
         let root = data_dir.join("functions");
+        // `registry::stored_modules` reads this layout too.
         let modules_dir = root.join("modules");
         let artifacts_dir = root.join("artifacts");
         for dir in [&modules_dir, &artifacts_dir] {

@@ -25,6 +25,28 @@ pub(super) fn artifact_key(module_sha: &str) -> String {
     hex(&h.finalize())
 }
 
+/// The modules a single node keeps in its data directory: `(sha256, file)`.
+pub(crate) fn stored_modules(data_dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let dir = data_dir.join("functions").join("modules");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut modules = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if let Some(sha) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wasm"))
+        {
+            modules.push((sha.to_string(), path));
+        }
+    }
+    Ok(modules)
+}
+
 fn artifact_path_of(dir: &Path, key: &str) -> PathBuf {
     dir.join(format!("{key}.bin"))
 }

@@ -59,7 +59,7 @@ impl Space {
         self.tag().to_vec()
     }
 
-    pub(super) fn key(self, key: &[u8]) -> Vec<u8> {
+    pub(crate) fn key(self, key: &[u8]) -> Vec<u8> {
         let mut k = self.prefix();
         k.extend_from_slice(key);
         k

@@ -431,3 +431,83 @@ fn the_storage_suites_pass_on_postgres_and_s3() {
         eprintln!("{line}");
     }
 }
+
+#[test]
+fn a_single_node_moves_into_the_cluster_store() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    // A single node with data, an account, rules, an index and a function.
+    let single = TestServer::start_with(fast);
+    let session = signup(&single, "ada@example.com");
+    let token = session["access_token"].as_str().unwrap().to_string();
+    single
+        .put(
+            "/v1/admin/collections/notes",
+            &json!({"rules": {"read": "auth != null", "create": "auth != null"}, "indexes": [["data.n"]]}),
+        )
+        .expect(200);
+    for n in 0..1200 {
+        single
+            .post("/v1/collections/notes/docs", &json!({"n": n}))
+            .expect(201);
+    }
+    deploy(
+        &single,
+        "record",
+        &recorder("seen", None),
+        json!({"triggers": [{"on": "create", "collection": "inbox"}]}),
+    );
+    let service_key = single.key.clone();
+    let dir = single.stop();
+
+    let bin = env!("CARGO_BIN_EXE_emberbase");
+    let from = format!("sled:{}", dir.path().display());
+    let out = std::process::Command::new(bin)
+        .args(["migrate-storage", "--from", &from, "--to", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 secrets") || stdout.contains("3 secrets"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 function modules"), "{stdout}");
+    // A second run refuses: the target is no longer empty.
+    let again = std::process::Command::new(bin)
+        .args(["migrate-storage", "--from", &from, "--to", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds data"));
+
+    // A node on the cluster store serves it all: the same service key, the token issued
+    // before, the password, the index, the function.
+    let node = TestServer::start_with(|c| {
+        c.store.url = url.clone();
+        fast(c);
+    });
+    assert_eq!(node.key, service_key);
+    let me = with_token(&node, "GET", "/v1/auth/me", &token, None).expect(200);
+    assert_eq!(me.json["email"], "ada@example.com");
+    login_token(&node, "ada@example.com");
+    let page = with_token(
+        &node,
+        "GET",
+        "/v1/collections/notes/docs?filter=data.n%20%3E%3D%201190&sort=data.n",
+        &token,
+        None,
+    )
+    .expect(200);
+    assert_eq!(page.json["items"].as_array().unwrap().len(), 10);
+    node.post("/v1/collections/inbox/docs", &json!({}))
+        .expect(201);
+    eventually("the migrated function running", || {
+        docs(&node, "seen").len() == 1
+    });
+}
