@@ -511,3 +511,135 @@ fn a_single_node_moves_into_the_cluster_store() {
         docs(&node, "seen").len() == 1
     });
 }
+
+/// Three server processes on one database; one is killed (`kill -9`) while clients write
+/// through all three. Every write acknowledged by any node is stored, and its trigger event is
+/// delivered, by the survivors.
+#[cfg(unix)]
+#[test]
+fn a_node_killed_under_load_loses_no_acknowledged_write_or_event() {
+    use crate::common::Spawned;
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let env = [
+        ("EMBERBASE_STORE__URL", url.as_str()),
+        ("EMBERBASE_STORE__POLL_MS", "50"),
+        ("EMBERBASE_FUNCTIONS__RETRY_BASE_MS", "50"),
+    ];
+    let mut spawned: Vec<Option<Spawned>> = (0..3)
+        .map(|_| Some(Spawned::start(&env, None).unwrap()))
+        .collect();
+    let addrs: Vec<String> = spawned
+        .iter()
+        .map(|s| s.as_ref().unwrap().addr.clone())
+        .collect();
+    let key = spawned[0].as_ref().unwrap().key.clone();
+    let put = spawned[0]
+        .as_ref()
+        .unwrap()
+        .admin("PUT", "/v1/admin/functions/record")
+        .set("Content-Type", "application/wasm");
+    crate::common::send(put, Some(&recorder("seen", None))).expect(200);
+    let configure = spawned[0].as_ref().unwrap().json(
+        "PUT",
+        "/v1/admin/functions/record/config",
+        &json!({"triggers": [{"on": "create", "collection": "load"}]}),
+    );
+    configure.expect(200);
+
+    let stop = AtomicBool::new(false);
+    let acknowledged = Mutex::new(Vec::new());
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let (stop, acknowledged, agent, addrs, key) =
+                (&stop, &acknowledged, &agent, &addrs, &key);
+            s.spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let addr = &addrs[(w + i) % addrs.len()];
+                    i += 1;
+                    let sent = agent
+                        .post(&format!("http://{addr}/v1/collections/load/docs"))
+                        .set("Authorization", &format!("Bearer {key}"))
+                        .set("Content-Type", "application/json")
+                        .send_string(&json!({"w": w, "i": i}).to_string());
+                    match sent {
+                        Ok(resp) if resp.status() == 201 => {
+                            let doc: Value = resp.into_json().unwrap();
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .push(doc["id"].as_str().unwrap().to_string());
+                        }
+                        // The killed node refuses or drops connections; a node may also
+                        // answer 503 for a moment. Neither acknowledged anything.
+                        Ok(resp) => assert_eq!(resp.status(), 503),
+                        Err(ureq::Error::Status(status, _)) => assert_eq!(status, 503),
+                        Err(_) => {}
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = spawned[0].take().unwrap();
+        drop(killed.stop());
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::SeqCst);
+    });
+
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(
+        acknowledged.len() > 50,
+        "too little load: {}",
+        acknowledged.len()
+    );
+    let survivor = spawned[1].as_ref().unwrap();
+    let stored: HashSet<String> = every_doc(survivor, "load")
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id), "acknowledged write {id} was lost");
+    }
+    // Every acknowledged write's event runs, on a survivor (the killed node's lease, if it
+    // held one, ends within ten seconds).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen: HashSet<String> = every_doc(survivor, "seen")
+            .iter()
+            .map(|d| d["data"]["event"]["id"].as_str().unwrap().to_string())
+            .collect();
+        let missing = acknowledged.iter().filter(|id| !seen.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged writes never had their event delivered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every document of a collection, page by page.
+#[cfg(unix)]
+fn every_doc(node: &crate::common::Spawned, collection: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/collections/{collection}/docs?limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = crate::common::send(node.admin("GET", &path), None).expect(200);
+        all.extend(page.json["items"].as_array().unwrap().iter().cloned());
+        match page.json["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return all,
+        }
+    }
+}
