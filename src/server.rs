@@ -268,7 +268,8 @@ async fn prune_accounts(accounts: std::sync::Weak<Accounts>, every: Duration, ou
                 refresh_tokens = pruned.refresh_tokens,
                 email_tokens = pruned.email_tokens,
                 mails = pruned.mails,
-                "removed ended logins, expired tokens and old mail"
+                throttle_windows = pruned.throttle_windows,
+                "removed ended logins, expired tokens, old mail and old throttling windows"
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot prune account records"),

@@ -12,12 +12,16 @@ Functions: compile time of an uploaded module, end-to-end latency from an acknow
 the trigger's own write being readable, trigger throughput, and naive fib(30) as an Emberbase
 HTTP function (AssemblyScript) against the same code as a PocketBase JS hook.
 
+Cluster: one Emberbase node on PostgreSQL (Debian's server, started here, fsync on) against one
+on sled and PocketBase, GET/create/list and trigger latency, with the CPU each request costs the
+node and PostgreSQL, from which the capacity model derives how many nodes one primary serves.
+
 Realtime: write-to-event latency (p50/p99) with 1 and 1,000 subscribers, delivered events/s with
 1,000 subscribers and writes as fast as the server takes them, and RSS per 1,000 idle
 subscribers, against PocketBase's /api/realtime (examples/realtime_load.rs is the client).
 
     python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
-                                    [--only docs|files|functions|realtime]
+                                    [--only docs|files|functions|realtime|cluster]
 """
 
 import argparse
@@ -39,7 +43,7 @@ DOCS = 10_000
 # Concurrent refresh chains: wrk threads with one connection each, so every thread's Lua state
 # carries its own token from one response to the next request.
 AUTH_CHAINS = 8
-EB_PORT, PB_PORT, BARE_PORT = 7181, 7182, 7183
+EB_PORT, PB_PORT, BARE_PORT, EB_PG_PORT, PG_PORT = 7181, 7182, 7183, 7184, 7185
 
 
 def sh(*cmd, **kw):
@@ -93,13 +97,13 @@ def seed_documents():
     return [{"title": f"post {i}", "n": i, "tag": rnd.choice(["a", "b", "c", "d"])} for i in range(DOCS)]
 
 
-def start_emberbase(tmp):
-    data = os.path.join(tmp, "eb")
-    env = dict(os.environ, EMBERBASE_LOG__LEVEL="warn")
+def start_emberbase(tmp, port=EB_PORT, name="eb", extra_env=None):
+    data = os.path.join(tmp, name)
+    env = dict(os.environ, EMBERBASE_LOG__LEVEL="warn", **(extra_env or {}))
     proc = subprocess.Popen(
-        [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{EB_PORT}", "--data-dir", data],
+        [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{EB_PORT}"
+    base = f"http://127.0.0.1:{port}"
     wait_up(base + "/v1/health", proc)
     idle = rss_kb(proc.pid, "VmRSS")
     key = open(os.path.join(data, "service_key")).read().strip()
@@ -440,8 +444,36 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-def run_function_loads(tmp, eb_auth):
+def trigger_latency(port, auth, writes=300):
+    """Acknowledged create -> the `mirror` trigger's own write readable (one client, keep-alive),
+    in ms: (p50, p99)."""
     import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = dict(auth, **{"Content-Type": "application/json"})
+    lat = []
+    for i in range(writes):
+        conn.request("POST", "/v1/collections/mirror_src/docs", json.dumps({"i": i}), headers)
+        resp = conn.getresponse()
+        doc = json.loads(resp.read())
+        acked = time.perf_counter()
+        while True:
+            conn.request("GET", f"/v1/collections/mirror_dst/docs/{doc['id']}", headers=auth)
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                break
+        lat.append((time.perf_counter() - acked) * 1000)
+    return percentile(lat, 50), percentile(lat, 99)
+
+
+def deploy_mirror(port, auth, wasm):
+    base = f"http://127.0.0.1:{port}"
+    raw_request("PUT", f"{base}/v1/admin/functions/mirror", wasm, dict(auth, **{"Content-Type": "application/wasm"}))
+    request("PUT", f"{base}/v1/admin/functions/mirror/config",
+            {"triggers": [{"on": "create", "collection": "mirror_src"}]}, auth)
+
+
+def run_function_loads(tmp, eb_auth):
     base = f"http://127.0.0.1:{EB_PORT}"
     results = {}
     deploy_times, sizes = {}, {}
@@ -458,23 +490,7 @@ def run_function_loads(tmp, eb_auth):
     for name in deploy_times:
         print(f"  upload + validate + compile + store of {name} ({sizes[name]} B): {deploy_times[name]:.1f} ms", flush=True)
 
-    # Latency: acknowledged create -> the trigger's own write readable (one client, keep-alive).
-    conn = http.client.HTTPConnection("127.0.0.1", EB_PORT)
-    headers = dict(eb_auth, **{"Content-Type": "application/json"})
-    lat = []
-    for i in range(300):
-        conn.request("POST", "/v1/collections/mirror_src/docs", json.dumps({"i": i}), headers)
-        resp = conn.getresponse()
-        doc = json.loads(resp.read())
-        acked = time.perf_counter()
-        while True:
-            conn.request("GET", f"/v1/collections/mirror_dst/docs/{doc['id']}", headers=eb_auth)
-            r = conn.getresponse()
-            r.read()
-            if r.status == 200:
-                break
-        lat.append((time.perf_counter() - acked) * 1000)
-    results["trigger p50 ms"], results["trigger p99 ms"] = percentile(lat, 50), percentile(lat, 99)
+    results["trigger p50 ms"], results["trigger p99 ms"] = trigger_latency(EB_PORT, eb_auth)
     print(f"  write acknowledged -> trigger's write visible: p50 {results['trigger p50 ms']:.2f} ms"
           f"  p99 {results['trigger p99 ms']:.2f} ms", flush=True)
 
@@ -567,13 +583,134 @@ def run_realtime_loads(eb, pb):
           f"{(p['rss_idle_kb'] - p['rss_before_kb']) / 1024:.1f} MB | | |")
 
 
+def start_postgres(tmp):
+    """A PostgreSQL cluster of Debian's packages on PG_PORT, durable (fsync on, as shipped), run
+    as the postgres user when we are root. Returns (process, URL, postmaster pid)."""
+    versions = sorted(d for d in os.listdir("/usr/lib/postgresql") if os.path.exists(f"/usr/lib/postgresql/{d}/bin/initdb"))
+    if not versions:
+        sh("apt-get", "install", "-y", "-qq", "postgresql")
+        versions = sorted(os.listdir("/usr/lib/postgresql"))
+    bin_dir = f"/usr/lib/postgresql/{versions[-1]}/bin"
+    data = os.path.join(tmp, "pg")
+    os.makedirs(data)
+    as_owner = []
+    if os.geteuid() == 0:
+        sh("chown", "-R", "postgres", tmp)
+        os.chmod(tmp, 0o755)
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    sh(*as_owner, f"{bin_dir}/initdb", "-A", "trust", "-U", "postgres", "-D", data, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(as_owner + [f"{bin_dir}/postgres", "-D", data, "-p", str(PG_PORT), "-k", tmp,
+                                        "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+                                        "-c", "shared_buffers=512MB"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while subprocess.run([f"{bin_dir}/psql", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-c",
+                          "CREATE DATABASE emberbase"], capture_output=True).returncode != 0:
+        if time.time() > deadline:
+            raise SystemExit("PostgreSQL did not start")
+        time.sleep(0.2)
+    postmaster = int(open(os.path.join(data, "postmaster.pid")).readline())
+    return proc, f"postgres://postgres@127.0.0.1:{PG_PORT}/emberbase", postmaster
+
+
+def cpu_seconds(pids):
+    """User + system CPU seconds of processes and their children (for PostgreSQL: the
+    postmaster and its backends)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if pid in pids or ppid in pids:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def run_core_loads(name, targets, tmp, args, node_pids=(), db_pids=()):
+    """GET by id, durable create and indexed list, with the CPU each request cost the Emberbase
+    node and the database (in microseconds)."""
+    results = {}
+    get_url, ids = targets["get"]
+    loads = {
+        "GET by id": (get_url.replace("{id}", ids[0]),
+                      lua_script(tmp, name + "_get", headers=targets["auth"], ids=ids, url_template=get_url)),
+        "create (durable)": (targets["create"],
+                             lua_script(tmp, name + "_create", "POST", {"title": "load", "n": 1, "tag": "z"}, targets["auth"])),
+        "indexed list": (targets["list"], lua_script(tmp, name + "_list", headers=targets["auth"])),
+    }
+    for load, (url, script) in loads.items():
+        node_before, db_before = cpu_seconds(set(node_pids)), cpu_seconds(set(db_pids))
+        r = wrk(url, script, args)
+        requests = r["rps"] * args.duration
+        r["node us"] = (cpu_seconds(set(node_pids)) - node_before) / requests * 1e6 if node_pids else 0
+        r["db us"] = (cpu_seconds(set(db_pids)) - db_before) / requests * 1e6 if db_pids else 0
+        results[load] = r
+        print(f"  {name:16} {load:18} {r['rps']:>10.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms"
+              f"  cpu/request: node {r['node us']:.0f} us, db {r['db us']:.0f} us  non-2xx {r['errors']}", flush=True)
+    return results
+
+
+def run_cluster_loads(tmp, args, eb, eb_t, pb, pb_t):
+    """One Emberbase node on PostgreSQL vs one on sled vs PocketBase, same run; then the capacity
+    model: how many such nodes one PostgreSQL primary serves."""
+    pg, url, postmaster = start_postgres(tmp)
+    procs = [pg]
+    try:
+        node, _, node_t = start_emberbase(tmp, port=EB_PG_PORT, name="eb_pg", extra_env={"EMBERBASE_STORE__URL": url})
+        procs.append(node)
+        wasm = build_guest("mirror", tmp)
+        deploy_mirror(EB_PORT, eb_t["auth"], wasm)
+        deploy_mirror(EB_PG_PORT, node_t["auth"], wasm)
+        rows = {
+            "emberbase sled": run_core_loads("emberbase sled", eb_t, tmp, args, node_pids=[eb.pid]),
+            "emberbase pg": run_core_loads("emberbase pg", node_t, tmp, args, node_pids=[node.pid], db_pids=[postmaster]),
+            "pocketbase": run_core_loads("pocketbase", pb_t, tmp, args, node_pids=[pb.pid]),
+        }
+        sled_trigger = trigger_latency(EB_PORT, eb_t["auth"])
+        pg_trigger = trigger_latency(EB_PG_PORT, node_t["auth"])
+        print()
+        print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {DOCS} documents, loopback, "
+              f"{os.cpu_count()} cores shared by every process")
+        print("| load | Emberbase on PostgreSQL req/s | p50 / p99 ms | Emberbase on sled req/s | PocketBase req/s "
+              "| PostgreSQL node vs PocketBase |")
+        print("|---|---|---|---|---|---|")
+        for load in ["GET by id", "create (durable)", "indexed list"]:
+            p, s_, b = rows["emberbase pg"][load], rows["emberbase sled"][load], rows["pocketbase"][load]
+            print(f"| {load} | {p['rps']:.0f} | {p['p50']:.2f} / {p['p99']:.2f} | {s_['rps']:.0f} | {b['rps']:.0f} "
+                  f"| {p['rps'] / b['rps']:.1f}x |")
+        print(f"| trigger latency p50 / p99 ms | {pg_trigger[0]:.2f} / {pg_trigger[1]:.2f} | | "
+              f"{sled_trigger[0]:.2f} / {sled_trigger[1]:.2f} | | |")
+        print()
+        print("capacity model: CPU per request on the Emberbase node and on PostgreSQL; nodes one primary serves "
+              "= (node CPU per request) / (database CPU per request), for nodes and primary of equal cores")
+        print("| load | node us/request | PostgreSQL us/request | nodes per primary |")
+        print("|---|---|---|---|")
+        for load in ["GET by id", "create (durable)", "indexed list"]:
+            p = rows["emberbase pg"][load]
+            ratio = p["node us"] / p["db us"] if p["db us"] else float("inf")
+            print(f"| {load} | {p['node us']:.0f} | {p['db us']:.0f} | {ratio:.1f} |")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
-    parser.add_argument("--only", choices=["docs", "files", "functions", "realtime"],
+    parser.add_argument("--only", choices=["docs", "files", "functions", "realtime", "cluster"],
                         help="run only one group of loads")
     args = parser.parse_args()
     if not args.skip_build:
@@ -591,6 +728,11 @@ def main():
         pb, pb_idle, pb_t = start_pocketbase(tmp)
         procs.append(pb)
 
+        if args.only in (None, "cluster"):
+            print("cluster (PostgreSQL):", flush=True)
+            run_cluster_loads(tmp, args, eb, eb_t, pb, pb_t)
+            if args.only == "cluster":
+                return
         if args.only in (None, "realtime"):
             print("realtime:", flush=True)
             run_realtime_loads(eb, pb)

@@ -104,11 +104,16 @@ impl Accounts {
         let window = Duration::from_secs(config.failure_window_secs);
         let hour = Duration::from_secs(3600);
         Accounts {
-            account_failures: WindowLimiter::new(config.max_failures_per_account, window),
-            ip_failures: WindowLimiter::new(config.max_failures_per_ip, window),
-            signup_ips: WindowLimiter::new(config.signups_per_ip_per_hour, hour),
-            mail_addresses: WindowLimiter::new(config.mails_per_address_per_hour, hour),
-            mail_ips: WindowLimiter::new(config.mail_requests_per_ip_per_hour, hour),
+            account_failures: WindowLimiter::new(config.max_failures_per_account, window)
+                .shared_in(&store, "login-account"),
+            ip_failures: WindowLimiter::new(config.max_failures_per_ip, window)
+                .shared_in(&store, "login-ip"),
+            signup_ips: WindowLimiter::new(config.signups_per_ip_per_hour, hour)
+                .shared_in(&store, "signup-ip"),
+            mail_addresses: WindowLimiter::new(config.mails_per_address_per_hour, hour)
+                .shared_in(&store, "mail-address"),
+            mail_ips: WindowLimiter::new(config.mail_requests_per_ip_per_hour, hour)
+                .shared_in(&store, "mail-ip"),
             mail_jobs: Arc::new(tokio::sync::Semaphore::new(MAIL_JOBS)),
             store,
             hasher,

@@ -33,6 +33,8 @@ pub(crate) enum Space {
     Modules,
     /// Function name → the lease of the node delivering its events, in a cluster.
     Leases,
+    /// Limiter name `00` key → a shared throttling window, in a cluster (see `auth::throttle`).
+    Throttle,
 }
 
 impl Space {
@@ -52,6 +54,7 @@ impl Space {
             Space::Secrets => b"secret:",
             Space::Modules => b"module:",
             Space::Leases => b"lease:",
+            Space::Throttle => b"throttle:",
         }
     }
 

@@ -643,3 +643,23 @@ fn every_doc(node: &crate::common::Spawned, collection: &str) -> Vec<Value> {
         }
     }
 }
+
+#[test]
+fn failed_logins_count_across_nodes() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let started = nodes(&url, 2, |c| c.auth.max_failures_per_account = 3);
+    let (a, b) = (&started[0], &started[1]);
+    signup(a, "target@example.com");
+    let attempt = |node: &TestServer, password: &str| {
+        let body = json!({"email": "target@example.com", "password": password});
+        node.post("/v1/auth/login", &body)
+    };
+    // Failures spread over both nodes fill one window.
+    attempt(a, "wrong password!").expect_error(401, "unauthenticated");
+    attempt(b, "wrong password!").expect_error(401, "unauthenticated");
+    attempt(a, "wrong password!").expect_error(401, "unauthenticated");
+    attempt(b, "correct horse battery").expect_error(429, "rate_limited");
+    attempt(a, "correct horse battery").expect_error(429, "rate_limited");
+}

@@ -75,7 +75,7 @@ impl Accounts {
         if user.email_verified {
             return Ok(());
         }
-        self.limit_mail(client_ip, &user.email)?;
+        self.limit_mail(client_ip, &user.email).await?;
         let token = self
             .issue_email_token(
                 EmailTokenKind::Verify,
@@ -110,7 +110,7 @@ impl Accounts {
         let Ok(email) = normalize_email(email) else {
             return Ok(());
         };
-        self.limit_mail(client_ip, &email)?;
+        self.limit_mail(client_ip, &email).await?;
         // The lookup, the token and the mail happen off the request path, so the answer takes
         // the same time whether or not the address has an account.
         let Ok(permit) = self.mail_jobs.clone().try_acquire_owned() else {
@@ -129,12 +129,14 @@ impl Accounts {
 
     /// Counts a mail asked for, per client address and per email address (whether or not the
     /// address has an account, so a 429 reveals nothing).
-    pub(super) fn limit_mail(&self, client_ip: &str, email: &str) -> Result<()> {
+    pub(super) async fn limit_mail(&self, client_ip: &str, email: &str) -> Result<()> {
         self.mail_ips
             .acquire(client_ip)
+            .await
             .map_err(|wait| rate_limited(wait, "too many mails asked for from this address"))?;
         self.mail_addresses
             .acquire(email)
+            .await
             .map_err(|wait| rate_limited(wait, "too many mails asked for to this email address"))
     }
 

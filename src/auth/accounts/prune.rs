@@ -1,6 +1,7 @@
 //! Removing account records that can no longer be used: logins (families) that ended, were
 //! revoked or were cut off by a password change; refresh tokens of logins that are gone;
-//! expired email tokens; and mail beyond the newest `mail.outbox_kept`. Each record is deleted
+//! expired email tokens; mail beyond the newest `mail.outbox_kept`; and a cluster's shared
+//! throttling windows once their events are old. Each record is deleted
 //! only if it is unchanged since it was read (compare-and-set), so pruning never races a
 //! refresh or a logout; what a race leaves is pruned next time.
 
@@ -20,11 +21,13 @@ pub(crate) struct Pruned {
     pub refresh_tokens: usize,
     pub email_tokens: usize,
     pub mails: usize,
+    /// Shared throttling windows (a cluster's) whose events are all old.
+    pub throttle_windows: usize,
 }
 
 impl Pruned {
     pub(crate) fn total(&self) -> usize {
-        self.families + self.refresh_tokens + self.email_tokens + self.mails
+        self.families + self.refresh_tokens + self.email_tokens + self.mails + self.throttle_windows
     }
 }
 
@@ -36,11 +39,13 @@ impl Accounts {
         let refresh_tokens = self.prune_space(Space::RefreshTokens, now).await?;
         let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
         let mails = self.prune_outbox(outbox_kept).await?;
+        let throttle_windows = self.prune_space(Space::Throttle, now).await?;
         Ok(Pruned {
             families,
             refresh_tokens,
             email_tokens,
             mails,
+            throttle_windows,
         })
     }
 
@@ -72,6 +77,12 @@ impl Accounts {
             },
             Space::EmailTokens => {
                 from_json::<EmailTokenRecord>(bytes).is_ok_and(|t| t.expires_at <= now)
+            }
+            // A shared throttling window whose newest event has left the longest window.
+            Space::Throttle => {
+                let longest = self.config.failure_window_secs.max(3600);
+                crate::auth::throttle::newest_event(bytes)
+                    .is_none_or(|newest| newest / 1000 + longest <= now)
             }
             _ => false,
         }

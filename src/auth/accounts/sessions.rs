@@ -68,6 +68,7 @@ impl Accounts {
         check_email_length(email)?;
         self.signup_ips
             .acquire(client_ip)
+            .await
             .map_err(|wait| rate_limited(wait, "too many signups from this address"))?;
         let email = normalize_email(email)?;
         check_password(&password, &email)?;
@@ -92,14 +93,15 @@ impl Accounts {
     /// Counts a password attempt against the account and, for logins, the client address,
     /// before the password is hashed: concurrent attempts cannot all pass the check. A right
     /// password takes the attempt back.
-    pub(super) fn attempt(&self, account_key: &str, ip_key: Option<&str>) -> Result<()> {
+    pub(super) async fn attempt(&self, account_key: &str, ip_key: Option<&str>) -> Result<()> {
         let what = "too many failed sign-in attempts";
         self.account_failures
             .acquire(account_key)
+            .await
             .map_err(|wait| rate_limited(wait, what))?;
         if let Some(ip) = ip_key {
-            if let Err(wait) = self.ip_failures.acquire(ip) {
-                self.account_failures.release(account_key);
+            if let Err(wait) = self.ip_failures.acquire(ip).await {
+                self.account_failures.release(account_key).await;
                 return Err(rate_limited(wait, what));
             }
         }
@@ -111,7 +113,7 @@ impl Accounts {
         check_email_length(email)?;
         let account_key = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
         let ip_key = client_ip.to_string();
-        self.attempt(&account_key, Some(&ip_key))?;
+        self.attempt(&account_key, Some(&ip_key)).await?;
         let found = self.user_by_email(&account_key).await?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
         let matched = self.hasher.verify(password, hash).await?;
@@ -124,8 +126,8 @@ impl Accounts {
                 ))
             }
         };
-        self.account_failures.clear(&account_key);
-        self.ip_failures.release(&ip_key);
+        self.account_failures.clear(&account_key).await;
+        self.ip_failures.release(&ip_key).await;
         if user.disabled {
             return Err(AuthError::Forbidden("this account is disabled".into()));
         }
@@ -290,7 +292,7 @@ impl Accounts {
         };
         check_password(&new, email)?;
         let account_key = email.clone();
-        self.attempt(&account_key, None)?;
+        self.attempt(&account_key, None).await?;
         let (user, _) = self
             .load_user(id)
             .await?
@@ -302,7 +304,7 @@ impl Accounts {
         {
             return Err(AuthError::Forbidden("the current password is wrong".into()));
         }
-        self.account_failures.release(&account_key);
+        self.account_failures.release(&account_key).await;
         let hash = self.hasher.hash(new).await?;
         let user = self
             .update_user(id, |u| {
