@@ -663,3 +663,35 @@ fn failed_logins_count_across_nodes() {
     attempt(b, "correct horse battery").expect_error(429, "rate_limited");
     attempt(a, "correct horse battery").expect_error(429, "rate_limited");
 }
+
+#[test]
+fn without_notifications_the_timer_delivers_every_change() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let started = nodes(&url, 2, |c| {
+        c.store.notify = false;
+        c.store.poll_ms = 100;
+    });
+    let (a, b) = (&started[0], &started[1]);
+    let (mut sse, _) = Sse::live(b, "subscribe=quiet", Some(&b.key));
+    let written: Vec<String> = (0..10)
+        .map(|i| {
+            a.post("/v1/collections/quiet/docs", &json!({"i": i}))
+                .expect(201)
+                .json["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let received: Vec<String> = sse
+        .take(10)
+        .iter()
+        .map(|e| e.data["doc"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        received, written,
+        "every change, in commit order, with no doorbell"
+    );
+}
