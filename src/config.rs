@@ -242,6 +242,9 @@ pub struct StoreConfig {
     /// How often, in milliseconds, a node reads the cluster's newest change whatever the
     /// notifications say: the latency when one is lost.
     pub poll_ms: u64,
+    /// With `sslmode=require` in `url`: a PEM file of the CA certificates that may sign the
+    /// database's certificate. Empty: the system's roots.
+    pub ca_file: String,
     /// sled's page cache, in MiB.
     pub cache_mb: u64,
     /// Change records kept for realtime replay and triggers: at most this many...
@@ -263,6 +266,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             notify: true,
             poll_ms: 250,
+            ca_file: String::new(),
             cache_mb: 64,
             change_retention_count: 10_000,
             change_retention_hours: 24,

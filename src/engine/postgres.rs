@@ -23,6 +23,10 @@
 //! **Watching.** Each node follows `eb_seq` from its own commits, from a `LISTEN` connection
 //! woken by the commits of other nodes, and from a timer that reads it whatever happens: a lost
 //! notification costs latency, never a change.
+//!
+//! **TLS.** With `sslmode=require` in the URL, connections use TLS (rustls) and verify the
+//! server's certificate against the system's roots, or against `ca_file` when given (a private
+//! CA, a self-signed server); other modes connect in the clear.
 
 use super::overlay::{self, in_range};
 use super::{
@@ -39,8 +43,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The most transactions the committer writes as one PostgreSQL transaction.
 const MAX_GROUP: usize = 256;
@@ -88,6 +94,9 @@ pub struct PostgresOptions {
     pub listen: bool,
     /// How often `eb_seq` is read whatever the notifications say.
     pub poll_interval: Duration,
+    /// A PEM file of the certificates that may sign the server's, for TLS; `None`: the
+    /// system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl PostgresOptions {
@@ -98,6 +107,7 @@ impl PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             listen: true,
             poll_interval: Duration::from_millis(250),
+            ca_file: None,
         }
     }
 }
@@ -113,6 +123,56 @@ fn ks_id(ks: Keyspace) -> i16 {
         Keyspace::System => b'S',
         Keyspace::Files => b'F',
     }) as i16
+}
+
+/// How connections are made: in the clear, or with TLS.
+#[derive(Clone)]
+enum Tls {
+    None,
+    Rustls(MakeRustlsConnect),
+}
+
+impl Tls {
+    /// TLS when the URL asks for it (`sslmode=require`), with the roots to verify against.
+    fn for_config(
+        config: &tokio_postgres::Config,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Tls, EngineError> {
+        if config.get_ssl_mode() != SslMode::Require {
+            return Ok(Tls::None);
+        }
+        let bad = |e: String| EngineError::Io(format!("postgresql TLS: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                    .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                    roots.add(cert).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Rustls(MakeRustlsConnect::new(client)))
+    }
+
+    fn manager(&self, config: tokio_postgres::Config, manager: ManagerConfig) -> Manager {
+        match self {
+            Tls::None => Manager::from_config(config, NoTls, manager),
+            Tls::Rustls(tls) => Manager::from_config(config, tls.clone(), manager),
+        }
+    }
 }
 
 fn db_error(e: tokio_postgres::Error) -> EngineError {
@@ -274,9 +334,9 @@ impl PostgresEngine {
             .map_err(|e| EngineError::Io(format!("invalid store.url: {e}")))?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("emberbase");
-        let manager = Manager::from_config(
+        let tls = Tls::for_config(&config, options.ca_file.as_deref())?;
+        let manager = tls.manager(
             config.clone(),
-            NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -305,7 +365,7 @@ impl PostgresEngine {
         let poller = tokio::spawn(run_poller(inner.clone(), options.poll_interval));
         let mut tasks = vec![committer, poller];
         if options.listen {
-            tasks.push(tokio::spawn(run_listener(inner.clone(), config)));
+            tasks.push(tokio::spawn(run_listener(inner.clone(), config, tls)));
         }
         *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         Ok(PostgresEngine { inner })
@@ -642,17 +702,29 @@ async fn run_poller(inner: Arc<Inner>, interval: Duration) {
 }
 
 /// Listens for other nodes' commits on a connection of its own, reconnecting after failures.
-async fn run_listener(inner: Arc<Inner>, config: tokio_postgres::Config) {
+async fn run_listener(inner: Arc<Inner>, config: tokio_postgres::Config, tls: Tls) {
     loop {
-        if let Err(e) = listen_once(&inner, &config).await {
+        let listened = match &tls {
+            Tls::None => listen_once(&inner, &config, NoTls).await,
+            Tls::Rustls(tls) => listen_once(&inner, &config, tls.clone()).await,
+        };
+        if let Err(e) = listened {
             tracing::warn!(error = %e, "the postgresql change listener stopped; reconnecting");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn listen_once(inner: &Inner, config: &tokio_postgres::Config) -> Result<(), EngineError> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(db_error)?;
+async fn listen_once<T>(
+    inner: &Inner,
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<(), EngineError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await.map_err(db_error)?;
     let (tx, mut notes) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

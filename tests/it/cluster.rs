@@ -695,3 +695,45 @@ fn without_notifications_the_timer_delivers_every_change() {
         "every change, in commit order, with no doorbell"
     );
 }
+
+#[test]
+fn connections_to_the_database_can_use_tls() {
+    if crate::pg::cluster().is_none() {
+        return;
+    }
+    let own = crate::pg::Cluster::start_tls().unwrap();
+    let url = format!("{}?sslmode=require", own.database());
+    let ca = own.ca_file();
+    let node = TestServer::start_with(|c| {
+        c.store.url = url.clone();
+        c.store.ca_file = ca.display().to_string();
+    });
+    node.post("/v1/collections/secure/docs", &json!({"over": "tls"}))
+        .expect(201);
+    let encrypted = own
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'emberbase'",
+        )
+        .unwrap();
+    assert!(encrypted.parse::<u32>().unwrap() > 0, "no TLS connection");
+    drop(node);
+    // Without the CA, the server's certificate is not trusted: the node does not start.
+    let mut config = emberbase::Config::default();
+    config.store.url = url;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime.block_on(
+        emberbase::ServerBuilder::new(config)
+            .data_dir(dir.path())
+            .bind("127.0.0.1:0")
+            .start(),
+    );
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("store.url"), "{error}");
+    assert!(
+        !error.contains("postgres://"),
+        "the URL (and a password) stays out: {error}"
+    );
+}

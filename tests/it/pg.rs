@@ -63,6 +63,21 @@ fn free_port() -> u16 {
 impl Cluster {
     /// A cluster of its own, for a test that stops and starts it.
     pub fn start() -> Result<Cluster, String> {
+        Self::start_with(false)
+    }
+
+    /// A cluster of its own that also takes TLS connections, with a certificate for
+    /// 127.0.0.1 signed by a CA of its own, `<ca_file()>`.
+    pub fn start_tls() -> Result<Cluster, String> {
+        Self::start_with(true)
+    }
+
+    /// The PEM certificate of the CA that signed a TLS cluster's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Result<Cluster, String> {
         let bin = server_bin()
             .ok_or("PostgreSQL's server is not installed (apt-get install postgresql)")?;
         let dir = tempfile::Builder::new()
@@ -70,6 +85,9 @@ impl Cluster {
             .tempdir()
             .map_err(|e| e.to_string())?
             .keep();
+        if tls {
+            make_certificates(&dir)?;
+        }
         if is_root() {
             let owned = Command::new("chown")
                 .args(["-R", "postgres"])
@@ -102,10 +120,18 @@ impl Cluster {
             ));
         }
         let port = free_port();
+        let ssl = if tls {
+            format!(
+                "-c ssl=on -c ssl_cert_file='{0}/server.pem' -c ssl_key_file='{0}/server.key'",
+                dir.display()
+            )
+        } else {
+            String::new()
+        };
         // fsync off: the tests kill Emberbase and restart PostgreSQL, never the machine.
         let script = format!(
             "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-             -c fsync=off -c full_page_writes=off -c max_connections=400 \
+             -c fsync=off -c full_page_writes=off -c max_connections=400 {ssl} \
              -c shared_buffers=64MB >'{dir}/log' 2>&1 & read _; \
              '{pg_ctl}' -D '{data}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{dir}'",
             postgres = bin.join("postgres").display(),
@@ -186,6 +212,74 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("pg_ctl {action}: {e}"));
         assert!(status.success(), "pg_ctl {action} failed");
     }
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made with the `openssl` command.
+fn make_certificates(dir: &Path) -> Result<(), String> {
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("openssl: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=emberbase test CA",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+        .map_err(|e| e.to_string())?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ])?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The test process's cluster, started on first use; `None` (and the test says SKIPPED) when
