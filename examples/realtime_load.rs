@@ -5,8 +5,12 @@
 //!
 //! ```text
 //! cargo run --release --example realtime_load -- <emberbase|pocketbase> <host:port> <token> \
-//!     <subscribers> <writes> <writes_per_sec, 0 = as fast as possible> <server pid>
+//!     <subscribers> <writes> <writes_per_sec, 0 = as fast as possible> <server pid> \
+//!     [<host:port to write to>]
 //! ```
+//!
+//! With a second address, writes go to that node and subscribers listen on the first: the
+//! fan-out between two nodes of a cluster.
 //!
 //! Each subscriber is a thread with a blocking socket (small stacks), so the client's own cost
 //! per event is a read and a JSON parse. Prints one JSON object.
@@ -27,6 +31,8 @@ enum Flavour {
 struct Target {
     flavour: Flavour,
     addr: String,
+    /// Where writes go (`addr` unless another node is named).
+    write_addr: String,
     token: String,
 }
 
@@ -152,7 +158,7 @@ fn write_one(target: &Target, t: u64) {
         ),
         Flavour::PocketBase => ("/api/collections/bench/records", target.token.clone()),
     };
-    http(&target.addr, "POST", path, &auth, &json!({"t": t}));
+    http(&target.write_addr, "POST", path, &auth, &json!({"t": t}));
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -165,8 +171,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 8 {
-        eprintln!("usage: realtime_load <emberbase|pocketbase> <host:port> <token> <subscribers> <writes> <writes_per_sec> <server pid>");
+    if args.len() != 8 && args.len() != 9 {
+        eprintln!("usage: realtime_load <emberbase|pocketbase> <host:port> <token> <subscribers> <writes> <writes_per_sec> <server pid> [<write host:port>]");
         std::process::exit(2);
     }
     let flavour = if args[1] == "pocketbase" {
@@ -177,6 +183,7 @@ fn main() {
     let target = Arc::new(Target {
         flavour,
         addr: args[2].clone(),
+        write_addr: args.get(8).unwrap_or(&args[2]).clone(),
         token: args[3].clone(),
     });
     let subscribers: usize = args[4].parse().expect("subscribers");

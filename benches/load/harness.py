@@ -43,7 +43,7 @@ DOCS = 10_000
 # Concurrent refresh chains: wrk threads with one connection each, so every thread's Lua state
 # carries its own token from one response to the next request.
 AUTH_CHAINS = 8
-EB_PORT, PB_PORT, BARE_PORT, EB_PG_PORT, PG_PORT = 7181, 7182, 7183, 7184, 7185
+EB_PORT, PB_PORT, BARE_PORT, EB_PG_PORT, PG_PORT, EB_PG2_PORT = 7181, 7182, 7183, 7184, 7185, 7186
 
 
 def sh(*cmd, **kw):
@@ -258,16 +258,22 @@ def wrk(url, script, args, connections=None, threads=None):
     return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
-def run_loads(name, proc, targets, tmp, args):
-    results = {}
+def core_loads(name, targets, tmp):
+    """GET by id, durable create and indexed list: (url, wrk script) by load."""
     get_url, ids = targets["get"]
-    loads = {
+    return {
         "GET by id": (get_url.replace("{id}", ids[0]),
                       lua_script(tmp, name + "_get", headers=targets["auth"], ids=ids, url_template=get_url)),
         "create (durable)": (targets["create"],
                              lua_script(tmp, name + "_create", "POST", {"title": "load", "n": 1, "tag": "z"}, targets["auth"])),
         "indexed list": (targets["list"], lua_script(tmp, name + "_list", headers=targets["auth"])),
     }
+
+
+def run_loads(name, proc, targets, tmp, args):
+    results = {}
+    get_url, ids = targets["get"]
+    loads = core_loads(name, targets, tmp)
     rule_url, rule_ids = targets["rule_get"]
     login_url, credentials = targets["login"]
     refresh_url, tokens, flavour = targets["refresh"]
@@ -537,9 +543,10 @@ REALTIME_LOADS = [
 ]
 
 
-def realtime_client(flavour, port, token, pid, subscribers, writes, rate):
+def realtime_client(flavour, port, token, pid, subscribers, writes, rate, write_port=None):
     out = subprocess.run([os.path.join(ROOT, "target/release/examples/realtime_load"), flavour, f"127.0.0.1:{port}",
-                          token, str(subscribers), str(writes), str(rate), str(pid)],
+                          token, str(subscribers), str(writes), str(rate), str(pid)]
+                         + ([f"127.0.0.1:{write_port}"] if write_port else []),
                          check=True, capture_output=True, text=True, timeout=600)
     return json.loads(out.stdout)
 
@@ -635,15 +642,7 @@ def run_core_loads(name, targets, tmp, args, node_pids=(), db_pids=()):
     """GET by id, durable create and indexed list, with the CPU each request cost the Emberbase
     node and the database (in microseconds)."""
     results = {}
-    get_url, ids = targets["get"]
-    loads = {
-        "GET by id": (get_url.replace("{id}", ids[0]),
-                      lua_script(tmp, name + "_get", headers=targets["auth"], ids=ids, url_template=get_url)),
-        "create (durable)": (targets["create"],
-                             lua_script(tmp, name + "_create", "POST", {"title": "load", "n": 1, "tag": "z"}, targets["auth"])),
-        "indexed list": (targets["list"], lua_script(tmp, name + "_list", headers=targets["auth"])),
-    }
-    for load, (url, script) in loads.items():
+    for load, (url, script) in core_loads(name, targets, tmp).items():
         node_before, db_before = cpu_seconds(set(node_pids)), cpu_seconds(set(db_pids))
         r = wrk(url, script, args)
         requests = r["rps"] * args.duration
@@ -663,6 +662,18 @@ def run_cluster_loads(tmp, args, eb, eb_t, pb, pb_t):
     try:
         node, _, node_t = start_emberbase(tmp, port=EB_PG_PORT, name="eb_pg", extra_env={"EMBERBASE_STORE__URL": url})
         procs.append(node)
+        # A second node on the same database, for the fan-out between nodes.
+        other = subprocess.Popen(
+            [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{EB_PG2_PORT}",
+             "--data-dir", os.path.join(tmp, "eb_pg2")],
+            cwd=ROOT, env=dict(os.environ, EMBERBASE_LOG__LEVEL="warn", EMBERBASE_STORE__URL=url),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(other)
+        wait_up(f"http://127.0.0.1:{EB_PG2_PORT}/v1/health", other)
+        key = node_t["auth"]["Authorization"].split()[1]
+        request("PUT", f"http://127.0.0.1:{EB_PG_PORT}/v1/admin/collections/bench",
+                {"rules": {"read": "", "create": ""}}, node_t["auth"])
+        fan_out = realtime_client("emberbase", EB_PG2_PORT, key, other.pid, 1, 300, 50, write_port=EB_PG_PORT)
         wasm = build_guest("mirror", tmp)
         deploy_mirror(EB_PORT, eb_t["auth"], wasm)
         deploy_mirror(EB_PG_PORT, node_t["auth"], wasm)
@@ -685,6 +696,8 @@ def run_cluster_loads(tmp, args, eb, eb_t, pb, pb_t):
                   f"| {p['rps'] / b['rps']:.1f}x |")
         print(f"| trigger latency p50 / p99 ms | {pg_trigger[0]:.2f} / {pg_trigger[1]:.2f} | | "
               f"{sled_trigger[0]:.2f} / {sled_trigger[1]:.2f} | | |")
+        print(f"| realtime fan-out, write on node A -> event on node B, p50 / p99 ms | "
+              f"{fan_out['p50_ms']:.2f} / {fan_out['p99_ms']:.2f} | | | | |")
         print()
         print("capacity model: CPU per request on the Emberbase node and on PostgreSQL; nodes one primary serves "
               "= (node CPU per request) / (database CPU per request), for nodes and primary of equal cores")

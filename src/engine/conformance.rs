@@ -140,6 +140,18 @@ async fn atomic_commit(engine: &dyn Engine) {
     );
     // Keyspaces are separate: the same key elsewhere is absent.
     assert!(value(engine, Keyspace::Files, b"c\0a").await.is_none());
+    // Several keys at once, in their order, absent ones as `None`.
+    let many = ok(
+        engine
+            .get_many(
+                Keyspace::Documents,
+                &[b"nope".to_vec(), b"c\0a".to_vec(), b"c\0a".to_vec()],
+            )
+            .await,
+        "get_many",
+    );
+    let many: Vec<Option<Vec<u8>>> = many.into_iter().map(|v| v.map(|b| b.to_vec())).collect();
+    assert_eq!(many, [None, Some(b"doc".to_vec()), Some(b"doc".to_vec())]);
 }
 
 /// A transaction whose read changed before it committed fails, and writes nothing; a retry

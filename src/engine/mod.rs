@@ -204,6 +204,20 @@ pub trait Engine: Send + Sync + 'static {
     /// A value as durably committed.
     async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
 
+    /// The durably committed values of several keys, in their order (`None` for an absent
+    /// one). A backend that pays a round trip per read reads them at once.
+    async fn get_many(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Bytes>>, EngineError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(ks, key).await?);
+        }
+        Ok(values)
+    }
+
     /// At most `limit` durably committed entries of `range`, in `direction` order.
     async fn scan(
         &self,

@@ -771,6 +771,35 @@ impl Engine for PostgresEngine {
         get_on(&client, ks_id(ks), key).await
     }
 
+    async fn get_many(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Bytes>>, EngineError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.inner.client().await?;
+        let read = async {
+            let statement = client
+                .prepare_cached("SELECT k, v FROM eb_kv WHERE ks = $1 AND k = ANY($2::bytea[])")
+                .await
+                .map_err(db_error)?;
+            let wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let rows = client
+                .query(&statement, &[&ks_id(ks), &wanted])
+                .await
+                .map_err(db_error)?;
+            let found: std::collections::HashMap<Bytes, Bytes> =
+                entries(rows)?.into_iter().collect();
+            Ok(keys
+                .iter()
+                .map(|k| found.get(k.as_slice()).cloned())
+                .collect())
+        };
+        timed(read).await
+    }
+
     async fn scan(
         &self,
         ks: Keyspace,

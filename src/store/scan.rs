@@ -275,11 +275,26 @@ pub(super) async fn run(
                 Direction::Reverse => cursor.end = Some(last.to_vec()),
             }
         }
-        for (_, value) in entries {
+        // An index chunk's documents, read at once (one round trip on a database server).
+        let documents = if by_index {
+            let doc_keys: Vec<Vec<u8>> = entries
+                .iter()
+                .map(|(_, value)| {
+                    let (id, _) = keys::parse_index_value(value);
+                    keys::doc_key(collection, &String::from_utf8_lossy(id))
+                })
+                .collect();
+            store
+                .engine
+                .get_many(Keyspace::Documents, &doc_keys)
+                .await?
+        } else {
+            Vec::new()
+        };
+        for (i, (_, value)) in entries.into_iter().enumerate() {
             let (bytes, current) = if by_index {
-                let (id, version) = keys::parse_index_value(&value);
-                let key = keys::doc_key(collection, &String::from_utf8_lossy(id));
-                match store.engine.get(Keyspace::Documents, &key).await? {
+                let (_, version) = keys::parse_index_value(&value);
+                match documents.get(i).cloned().flatten() {
                     Some(bytes) => {
                         let current =
                             version.is_some_and(|v| RawDocument::stored_version(&bytes) == v);

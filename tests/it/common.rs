@@ -646,3 +646,34 @@ pub fn skip(reason: &str) {
     let test = thread.name().unwrap_or("a test");
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
 }
+
+/// A service the tests share (PostgreSQL, SeaweedFS), started by `start` on first use. `None`
+/// when it cannot run here, after the calling test says SKIPPED and why; on CI (`CI` set) that
+/// fails the test instead, since CI installs every service.
+pub fn started_once<T>(
+    cell: &'static std::sync::OnceLock<Result<T, String>>,
+    start: fn() -> Result<T, String>,
+    what: &str,
+) -> Option<&'static T> {
+    match cell.get_or_init(start) {
+        Ok(service) => Some(service),
+        Err(reason) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs {what}: {reason}"
+            );
+            skip(reason);
+            None
+        }
+    }
+}
+
+/// The ids in a list response, in its order.
+pub fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -79,3 +79,27 @@ async fn postgres_passes_the_engine_conformance_suite() {
     };
     conformance::run(&Postgres { url }).await;
 }
+
+/// Nodes starting together on an empty database create the schema once, and all open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_starting_together_migrate_once() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let opened = futures_util::future::join_all(
+        (0..4).map(|_| PostgresEngine::open(PostgresOptions::new(&url))),
+    )
+    .await;
+    for engine in opened {
+        let engine = engine.unwrap_or_else(|e| panic!("open: {e}"));
+        engine.close().await.unwrap();
+    }
+    let version = crate::pg::cluster()
+        .unwrap()
+        .psql(
+            url.rsplit('/').next().unwrap(),
+            "SELECT version FROM eb_schema",
+        )
+        .unwrap();
+    assert_eq!(version, "1");
+}

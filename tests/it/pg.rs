@@ -286,17 +286,7 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
 /// PostgreSQL is not installed here. On CI (`CI` set) a missing PostgreSQL fails the test.
 pub fn cluster() -> Option<&'static Cluster> {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-    match CLUSTER.get_or_init(Cluster::start) {
-        Ok(cluster) => Some(cluster),
-        Err(reason) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs PostgreSQL: {reason}"
-            );
-            crate::common::skip(reason);
-            None
-        }
-    }
+    crate::common::started_once(&CLUSTER, Cluster::start, "PostgreSQL")
 }
 
 /// A fresh database on the test cluster (see [`cluster`]).

@@ -127,17 +127,7 @@ impl S3Server {
 /// when SeaweedFS is not installed here. On CI (`CI` set) a missing SeaweedFS fails the test.
 pub fn server() -> Option<&'static S3Server> {
     static SERVER: OnceLock<Result<S3Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(S3Server::start) {
-        Ok(server) => Some(server),
-        Err(reason) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs SeaweedFS: {reason}"
-            );
-            crate::common::skip(reason);
-            None
-        }
-    }
+    crate::common::started_once(&SERVER, S3Server::start, "SeaweedFS")
 }
 
 /// The bucket (`files.url`) of a test server started on the cluster's backends.

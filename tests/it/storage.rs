@@ -375,12 +375,7 @@ fn a_full_disk_fails_writes_without_trace_and_they_succeed_once_space_returns() 
 
 /// The ids in a list response.
 fn ids(page: &Value) -> BTreeSet<String> {
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .collect()
+    crate::common::ids(page).into_iter().collect()
 }
 
 #[test]
