@@ -516,7 +516,8 @@ fn a_single_node_moves_into_the_cluster_store() {
 
 /// Three server processes on one database; one is killed (`kill -9`) while clients write
 /// through all three. Every write acknowledged by any node is stored, and its trigger event is
-/// delivered, by the survivors.
+/// delivered, by the survivors; a realtime client of the killed node resumes on another and
+/// misses nothing.
 #[cfg(unix)]
 #[test]
 fn a_node_killed_under_load_loses_no_acknowledged_write_or_event() {
@@ -552,10 +553,15 @@ fn a_node_killed_under_load_loses_no_acknowledged_write_or_event() {
 
     let stop = AtomicBool::new(false);
     let acknowledged = Mutex::new(Vec::new());
+    let streamed = Mutex::new(Vec::new());
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
         .build();
     std::thread::scope(|s| {
+        // A subscriber on the node that will be killed: it reads until the connection dies.
+        let (first, streamed_ref, key_ref) = (&addrs[0], &streamed, &key);
+        s.spawn(move || read_changes(first, key_ref, None, streamed_ref));
+        std::thread::sleep(Duration::from_millis(300));
         for w in 0..4 {
             let (stop, acknowledged, agent, addrs, key) =
                 (&stop, &acknowledged, &agent, &addrs, &key);
@@ -599,6 +605,30 @@ fn a_node_killed_under_load_loses_no_acknowledged_write_or_event() {
         "too little load: {}",
         acknowledged.len()
     );
+    // The subscriber resumes on a survivor after the last event the dead node sent it, and
+    // gets every change after it once, in order: together, every acknowledged write.
+    let mut changes = streamed.into_inner().unwrap();
+    let last = changes.last().map(|(seq, _)| *seq);
+    assert!(
+        last.is_some(),
+        "the killed node streamed nothing before it died"
+    );
+    // (The survivor publishes the cluster's changes within its poll interval; give it that.)
+    std::thread::sleep(Duration::from_millis(500));
+    let resumed = Mutex::new(Vec::new());
+    read_changes(&addrs[1], &key, last, &resumed);
+    changes.extend(resumed.into_inner().unwrap());
+    assert!(
+        changes.windows(2).all(|w| w[0].0 < w[1].0),
+        "changes in order, none twice"
+    );
+    let seen: HashSet<&String> = changes.iter().map(|(_, id)| id).collect();
+    for id in &acknowledged {
+        assert!(
+            seen.contains(id),
+            "the subscriber missed acknowledged write {id}"
+        );
+    }
     let survivor = spawned[1].as_ref().unwrap();
     let stored: HashSet<String> = every_doc(survivor, "load")
         .iter()
@@ -738,4 +768,48 @@ fn connections_to_the_database_can_use_tls() {
         !error.contains("postgres://"),
         "the URL (and a password) stays out: {error}"
     );
+}
+
+/// Reads the `load` changes streamed by the node at `addr` (resuming after `last` if given)
+/// into `out` as (sequence, document id), until the stream ends: the node died, or, when
+/// resuming, the replay reached the live `ready`.
+#[cfg(unix)]
+fn read_changes(addr: &str, key: &str, last: Option<u64>, out: &Mutex<Vec<(u64, String)>>) {
+    use std::io::BufRead;
+    let agent = ureq::AgentBuilder::new()
+        .timeout_read(Duration::from_secs(20))
+        .build();
+    let mut req = agent
+        .get(&format!("http://{addr}/v1/realtime?subscribe=load"))
+        .set("Authorization", &format!("Bearer {key}"));
+    if let Some(last) = last {
+        req = req.set("Last-Event-ID", &last.to_string());
+    }
+    let Ok(resp) = req.call() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(resp.into_reader());
+    let (mut id, mut event) = (None, String::new());
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.parse::<u64>().ok();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            if event == "ready" && last.is_some() {
+                return;
+            }
+            if event == "create" {
+                let data: Value = serde_json::from_str(data).unwrap();
+                let doc = data["doc"]["id"].as_str().unwrap().to_string();
+                out.lock().unwrap().push((id.unwrap(), doc));
+            }
+        }
+    }
 }
