@@ -708,13 +708,19 @@ def run_cluster_loads(tmp, args, eb, eb_t, pb, pb_t):
             ratio = p["node us"] / p["db us"] if p["db us"] else float("inf")
             print(f"| {load} | {p['node us']:.0f} | {p['db us']:.0f} | {ratio:.1f} |")
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(reversed(procs))
+
+
+def stop_all(procs):
+    """Terminates the processes, in order, and waits for each (killing one that hangs)."""
+    procs = list(procs)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def main():
@@ -794,13 +800,7 @@ def main():
         print(f"| peak RSS MB | {eb_r['peak_rss_mb']:.1f} | | {pb_r['peak_rss_mb']:.1f} | | bare actix "
               f"{rss_kb(bare.pid, 'VmHWM') / 1024:.1f} |")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -677,3 +677,19 @@ pub fn ids(page: &Value) -> Vec<String> {
         .map(|d| d["id"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Starts `command` (a shell that runs a server, then waits on `read`, then stops it) with its
+/// standard input on a pipe, and returns the pipe's writing end: the server lives until the
+/// test process exits and the pipe closes.
+pub fn run_for_life(mut command: Command) -> Result<std::process::ChildStdin, String> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| "no pipe to the server".to_string())
+}

@@ -139,14 +139,9 @@ impl Cluster {
             data = data.display(),
             dir = dir.display(),
         );
-        let mut child = as_owner(Path::new("sh"))
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let lifeline = child.stdin.take().ok_or("no pipe to the server")?;
+        let mut shell = as_owner(Path::new("sh"));
+        shell.args(["-c", &script]);
+        let lifeline = crate::common::run_for_life(shell)?;
         let cluster = Cluster {
             bin,
             port,

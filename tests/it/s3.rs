@@ -5,7 +5,7 @@
 //! the test process exits.
 
 use std::path::PathBuf;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -71,14 +71,9 @@ impl S3Server {
             weed = weed.display(),
             dir = dir.display(),
         );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let lifeline = child.stdin.take().ok_or("no pipe to the server")?;
+        let mut shell = Command::new("sh");
+        shell.args(["-c", &script]);
+        let lifeline = crate::common::run_for_life(shell)?;
         let server = S3Server {
             s3_port: s3,
             filer_port: filer,
