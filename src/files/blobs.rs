@@ -180,7 +180,10 @@ impl Blobs {
                     .await
                     .map_err(s3_error)?;
                 let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-                let mut file = std::fs::File::open(tmp)?;
+                let opening = tmp.to_path_buf();
+                let mut file = tokio::task::spawn_blocking(move || std::fs::File::open(opening))
+                    .await
+                    .map_err(std::io::Error::other)??;
                 let sent = async {
                     loop {
                         writer
@@ -212,7 +215,10 @@ impl Blobs {
                         return Err(e);
                     }
                 }
-                std::fs::remove_file(tmp)
+                let tmp = tmp.to_path_buf();
+                tokio::task::spawn_blocking(move || std::fs::remove_file(tmp))
+                    .await
+                    .map_err(std::io::Error::other)?
             }
         }
     }

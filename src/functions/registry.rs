@@ -77,33 +77,47 @@ impl Functions {
         let key = artifact_key(&record.info.sha256);
         let path = artifact_path_of(&self.inner.artifacts_dir, &key);
         let sidecar = path.with_extension("sha256");
-        let expected = if shared {
-            std::fs::read_to_string(&sidecar).ok()
-        } else {
-            (key == record.artifact_key).then(|| record.artifact_sha256.clone())
-        };
-        if let (Some(expected), Ok(bytes)) = (expected, std::fs::read(&path)) {
-            if hex(&Sha256::digest(&bytes)) == expected.trim() {
-                match self.inner.runtime.load(&bytes) {
-                    Ok(module) => return Ok(Loaded { record, module }),
-                    Err(e) => {
-                        tracing::warn!(function = %record.info.name, error = %e, "the artifact does not load")
-                    }
+        let recorded =
+            (!shared && key == record.artifact_key).then(|| record.artifact_sha256.clone());
+        // Files are read, hashed and written on the blocking pool: a reload can run in a
+        // write's path, on an HTTP worker.
+        let (cached_path, cached_sidecar) = (path.clone(), sidecar.clone());
+        let cached = tokio::task::spawn_blocking(move || {
+            let expected = match recorded {
+                Some(sha) => sha,
+                None if shared => std::fs::read_to_string(&cached_sidecar).ok()?,
+                None => return None,
+            };
+            let bytes = std::fs::read(&cached_path).ok()?;
+            (hex(&Sha256::digest(&bytes)) == expected.trim()).then_some(bytes)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(bytes) = cached {
+            match self.inner.runtime.load(&bytes) {
+                Ok(module) => return Ok(Loaded { record, module }),
+                Err(e) => {
+                    tracing::warn!(function = %record.info.name, error = %e, "the artifact does not load")
                 }
             }
         }
         tracing::info!(function = %record.info.name, "compiling the function's artifact");
         let wasm = self.module_bytes(&record.info.sha256).await?;
-        let artifact = tokio::task::spawn_blocking(move || runtime::compile(&wasm))
-            .await
-            .map_err(|e| e.to_string())??
-            .1;
-        write_durably(&path, &artifact).map_err(|e| format!("cannot write the artifact: {e}"))?;
-        let artifact_sha256 = hex(&Sha256::digest(&artifact));
+        let (artifact, artifact_sha256) = tokio::task::spawn_blocking(move || {
+            let artifact = runtime::compile(&wasm)?.1;
+            write_durably(&path, &artifact)
+                .map_err(|e| format!("cannot write the artifact: {e}"))?;
+            let sha = hex(&Sha256::digest(&artifact));
+            if shared {
+                write_durably(&sidecar, sha.as_bytes())
+                    .map_err(|e| format!("cannot write the artifact's hash: {e}"))?;
+            }
+            Ok::<_, String>((artifact, sha))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         let module = self.inner.runtime.load(&artifact)?;
         if shared {
-            write_durably(&sidecar, artifact_sha256.as_bytes())
-                .map_err(|e| format!("cannot write the artifact's hash: {e}"))?;
             return Ok(Loaded { record, module });
         }
         record.artifact_key = key;
@@ -124,7 +138,11 @@ impl Functions {
     /// locally).
     async fn module_bytes(&self, sha: &str) -> std::result::Result<Vec<u8>, String> {
         let path = self.module_path(sha);
-        match std::fs::read(&path) {
+        let local = path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(local))
+            .await
+            .map_err(|e| e.to_string())?;
+        match read {
             Ok(bytes) => return Ok(bytes),
             Err(e) if !self.inner.store.is_shared() => {
                 return Err(format!("cannot read the module: {e}"))
@@ -141,7 +159,11 @@ impl Functions {
         if hex(&Sha256::digest(&wasm)) != sha {
             return Err("the stored module does not match its hash".into());
         }
-        write_durably(&path, &wasm).map_err(|e| format!("cannot keep the module: {e}"))?;
+        let kept = wasm.clone();
+        tokio::task::spawn_blocking(move || write_durably(&path, &kept))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot keep the module: {e}"))?;
         Ok(wasm)
     }
 
