@@ -210,6 +210,13 @@ pub struct CollectionInfo {
     /// Each declared index, in order, and whether queries use it yet.
     #[serde(default)]
     pub index_states: Vec<IndexState>,
+    /// The exact number of documents in the collection.
+    #[serde(default)]
+    pub documents: u64,
+    /// Whether a delete of the collection is under way (see `DELETE
+    /// /v1/admin/collections/{collection}`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// An index and whether the planner uses it yet.

@@ -5,7 +5,7 @@ use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{CollectionConfig, CollectionInfo};
-use actix_web::{get, put, web, HttpResponse};
+use actix_web::{delete, get, put, web, HttpResponse};
 use serde::Serialize;
 
 /// Set a collection's access rules and indexes. Indexes are built before this returns.
@@ -32,14 +32,14 @@ pub(super) async fn put_collection(
     Ok(HttpResponse::Ok().json(info))
 }
 
-/// A collection's stored config.
+/// A collection's stored config and its exact document count.
 #[utoipa::path(
     tag = "admin",
     params(("collection" = String, Path, description = "Collection name")),
     responses(
         (status = 200, description = "The config", body = CollectionInfo),
         (status = 403, description = "Not an admin", body = ErrorBody),
-        (status = 404, description = "No config was set", body = ErrorBody),
+        (status = 404, description = "The collection has neither a config nor documents", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -49,7 +49,7 @@ pub(super) async fn get_collection(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
-    Ok(HttpResponse::Ok().json(state.docs.collection_config(&caller.0, &path)?))
+    Ok(HttpResponse::Ok().json(state.docs.collection_config(&caller.0, &path).await?))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -57,11 +57,12 @@ pub(super) struct CollectionList {
     items: Vec<CollectionInfo>,
 }
 
-/// Every collection that has a config.
+/// Every collection that has documents, a config or a delete under way, with its exact
+/// document count, by name.
 #[utoipa::path(
     tag = "admin",
     responses(
-        (status = 200, description = "The configs", body = CollectionList),
+        (status = 200, description = "The collections", body = CollectionList),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -71,6 +72,33 @@ pub(super) async fn list_collections(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, Error> {
-    let items = state.docs.collections(&caller.0)?;
+    let items = state.docs.collections(&caller.0).await?;
     Ok(HttpResponse::Ok().json(CollectionList { items }))
+}
+
+/// Delete a collection: every document created before this call (each with a delete change
+/// that realtime subscribers and triggers see), then its rules and indexes. The delete runs in
+/// the background, in chunks, while writes go on; the collection shows `deleting: true` until
+/// it is done, and a restart resumes it. Documents created after this call survive it.
+#[utoipa::path(
+    tag = "admin",
+    params(("collection" = String, Path, description = "Collection name")),
+    responses(
+        (status = 202, description = "The delete has started (or was already under way)", body = CollectionInfo),
+        (status = 400, description = "Not a valid collection name", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "The collection has neither a config nor documents", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/admin/collections/{collection}")]
+pub(super) async fn delete_collection(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let mut info = state.docs.collection_config(&caller.0, &path).await?;
+    state.docs.delete_collection(&caller.0, &path).await?;
+    info.deleting = true;
+    Ok(HttpResponse::Accepted().json(info))
 }

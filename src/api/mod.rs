@@ -187,6 +187,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(documents::delete_document)
         .service(documents::batch)
         .service(admin::list_collections)
+        .service(admin::delete_collection)
         .service(admin::get_collection)
         .service(admin::put_collection)
         .service(files::upload)

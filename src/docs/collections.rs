@@ -6,16 +6,27 @@ use crate::auth::Principal;
 use crate::model::{CollectionConfig, CollectionInfo, RuleError};
 use crate::query::{self, Rule};
 use crate::store::Store;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// A collection's configuration as the API shows it, with the stored rules that do not compile
-/// (each such collection is admin-only until they are fixed).
-fn collection_info(name: &str, config: CollectionConfig, store: &Store) -> CollectionInfo {
+/// A collection as the API shows it: its configuration (`None`: it has none, so the server's
+/// defaults apply), the stored rules that do not compile (each such collection is admin-only
+/// until they are fixed), its document count and whether it is being deleted.
+fn collection_info(
+    name: &str,
+    config: Option<CollectionConfig>,
+    documents: u64,
+    deleting: bool,
+    store: &Store,
+) -> CollectionInfo {
+    let config = config.unwrap_or_default();
     let mut info = CollectionInfo {
         name: name.to_string(),
         rules: config.rules,
         indexes: config.indexes,
         rule_errors: Vec::new(),
         index_states: store.index_states(name),
+        documents,
+        deleting,
     };
     if let Some(rules) = &info.rules {
         info.rule_errors = [
@@ -66,39 +77,83 @@ impl Documents {
                 })?;
             }
         }
-        self.inner
-            .store
-            .configure(collection, config.clone())
-            .await?;
-        Ok(collection_info(collection, config, &self.inner.store))
-    }
-
-    /// A collection's stored configuration (admins only).
-    pub fn collection_config(&self, who: &Principal, collection: &str) -> Result<CollectionInfo> {
-        who.require_admin("read collection configs")?;
-        check_collection(collection)?;
-        let state = self
-            .inner
-            .store
-            .collection(collection)
-            .ok_or_else(|| DocsError::NotConfigured(collection.into()))?;
+        let store = &self.inner.store;
+        store.configure(collection, config.clone()).await?;
+        let documents = store.document_count(collection).await?;
+        let deleting = store.deleting_collections().await?;
         Ok(collection_info(
             collection,
-            state.config.clone(),
-            &self.inner.store,
+            Some(config),
+            documents,
+            deleting.iter().any(|c| c == collection),
+            store,
         ))
     }
 
-    /// Every configured collection (admins only).
-    pub fn collections(&self, who: &Principal) -> Result<Vec<CollectionInfo>> {
+    /// A collection's configuration and document count (admins only); `404` for a collection
+    /// with neither a configuration nor documents.
+    pub async fn collection_config(
+        &self,
+        who: &Principal,
+        collection: &str,
+    ) -> Result<CollectionInfo> {
         who.require_admin("read collection configs")?;
-        Ok(self
-            .inner
-            .store
-            .collections()
+        check_collection(collection)?;
+        let store = &self.inner.store;
+        let config = store.collection(collection).map(|s| s.config.clone());
+        let documents = store.document_count(collection).await?;
+        let deleting = store
+            .deleting_collections()
+            .await?
+            .iter()
+            .any(|c| c == collection);
+        if config.is_none() && documents == 0 && !deleting {
+            return Err(DocsError::NotConfigured(collection.into()));
+        }
+        Ok(collection_info(
+            collection, config, documents, deleting, store,
+        ))
+    }
+
+    /// Every collection that has documents, a configuration or a delete under way, by name
+    /// (admins only).
+    pub async fn collections(&self, who: &Principal) -> Result<Vec<CollectionInfo>> {
+        who.require_admin("read collection configs")?;
+        let store = &self.inner.store;
+        let mut configs: BTreeMap<String, CollectionConfig> =
+            store.collections().into_iter().collect();
+        let counts = store.document_counts().await?;
+        let deleting = store.deleting_collections().await?;
+        let mut names: BTreeSet<String> = configs.keys().cloned().collect();
+        names.extend(
+            counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, _)| c.clone()),
+        );
+        names.extend(deleting.iter().cloned());
+        Ok(names
             .into_iter()
-            .map(|(name, config)| collection_info(&name, config, &self.inner.store))
+            .map(|name| {
+                let config = configs.remove(&name);
+                let documents = counts.get(&name).copied().unwrap_or(0);
+                let dropping = deleting.contains(&name);
+                collection_info(&name, config, documents, dropping, store)
+            })
             .collect())
+    }
+
+    /// Deletes a collection (admins only): its documents, each with a delete change that
+    /// realtime and triggers see, then its rules and indexes, in the background. Documents
+    /// created after the call survive it.
+    pub async fn delete_collection(&self, who: &Principal, collection: &str) -> Result<()> {
+        who.require_admin("delete collections")?;
+        check_collection(collection)?;
+        self.inner
+            .store
+            .delete_collection(collection, who.actor())
+            .await?;
+        Ok(())
     }
 
     /// The collections that hold documents but have no rules of their own, so the configured

@@ -145,6 +145,11 @@ impl Transaction for FaultyTransaction {
         self.inner.expect(ks, key, value);
     }
 
+    fn add(&mut self, ks: Keyspace, key: Vec<u8>, delta: i64) {
+        self.writes = true;
+        self.inner.add(ks, key, delta);
+    }
+
     fn append_change(&mut self, change: ChangeAppend) {
         self.writes = true;
         self.inner.append_change(change);

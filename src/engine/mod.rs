@@ -261,6 +261,11 @@ pub trait Transaction: Send {
     /// The commit fails with `Conflict` unless `key` holds `value` (`None`: absent) then.
     fn expect(&mut self, ks: Keyspace, key: Vec<u8>, value: Option<Vec<u8>>);
 
+    /// Adds `delta` to the counter at `key` when the commit applies, without reading it, so
+    /// that concurrent adds never conflict with each other (see [`counter`]). Applied after
+    /// the transaction's puts and deletes.
+    fn add(&mut self, ks: Keyspace, key: Vec<u8>, delta: i64);
+
     fn append_change(&mut self, change: ChangeAppend);
 
     /// Commits atomically and durably (see the module documentation).
@@ -268,6 +273,22 @@ pub trait Transaction: Send {
         self: Box<Self>,
         on_durable: Option<OnDurable>,
     ) -> Result<Committed, EngineError>;
+}
+
+/// The value of a counter that [`Transaction::add`] maintains: an 8-byte big-endian signed
+/// integer; an absent key counts as 0.
+pub fn counter(value: Option<&[u8]>) -> Result<i64, EngineError> {
+    match value {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes)
+            .map(i64::from_be_bytes)
+            .map_err(|_| EngineError::Corrupt(format!("a counter of {} bytes", bytes.len()))),
+    }
+}
+
+/// `value` plus `delta`, as a counter's stored bytes.
+pub fn counter_plus(value: Option<&[u8]>, delta: i64) -> Result<Vec<u8>, EngineError> {
+    Ok(counter(value)?.saturating_add(delta).to_be_bytes().to_vec())
 }
 
 /// A point-in-time view (see [`Engine::snapshot`]).

@@ -305,6 +305,7 @@ struct Job {
     scans: Vec<ScanRead>,
     expects: Vec<(FullKey, Option<Vec<u8>>)>,
     writes: BTreeMap<FullKey, Option<Vec<u8>>>,
+    adds: Vec<(FullKey, i64)>,
     changes: Vec<ChangeAppend>,
     on_durable: Option<OnDurable>,
     reply: oneshot::Sender<Result<Option<u64>, EngineError>>,
@@ -509,6 +510,7 @@ async fn write_group(inner: &Inner, group: &mut [Decided]) -> Result<u64, Engine
     for d in group.iter() {
         wanted.extend(d.job.reads.iter().map(|(k, _)| k));
         wanted.extend(d.job.expects.iter().map(|(k, _)| k));
+        wanted.extend(d.job.adds.iter().map(|(k, _)| k));
     }
     let stored = read_keys(&txn, &wanted).await?;
     // The live rows each scan's check needs, read before any group write is known.
@@ -586,6 +588,13 @@ async fn write_group(inner: &Inner, group: &mut [Decided]) -> Result<u64, Engine
                 .entry(*ks)
                 .or_default()
                 .insert(key.clone(), value.clone().map(Bytes::from));
+        }
+        for (key, delta) in &job.adds {
+            let sum = crate::engine::counter_plus(current(key, &writes).as_deref(), *delta)?;
+            writes
+                .entry(key.0)
+                .or_default()
+                .insert(key.1.clone(), Some(Bytes::from(sum)));
         }
         let first = (!job.changes.is_empty()).then_some(next_seq);
         for change in &job.changes {
@@ -821,6 +830,7 @@ impl Engine for PostgresEngine {
             scans: Vec::new(),
             expects: Vec::new(),
             writes: BTreeMap::new(),
+            adds: Vec::new(),
             changes: Vec::new(),
         }))
     }
@@ -882,6 +892,7 @@ struct PostgresTransaction {
     scans: Vec<ScanRead>,
     expects: Vec<(FullKey, Option<Vec<u8>>)>,
     writes: BTreeMap<FullKey, Option<Vec<u8>>>,
+    adds: Vec<(FullKey, i64)>,
     changes: Vec<ChangeAppend>,
 }
 
@@ -925,6 +936,10 @@ impl Transaction for PostgresTransaction {
         self.expects.push(((ks_id(ks), key), value));
     }
 
+    fn add(&mut self, ks: Keyspace, key: Vec<u8>, delta: i64) {
+        self.adds.push(((ks_id(ks), key), delta));
+    }
+
     fn append_change(&mut self, change: ChangeAppend) {
         self.changes.push(change);
     }
@@ -934,7 +949,11 @@ impl Transaction for PostgresTransaction {
         on_durable: Option<OnDurable>,
     ) -> Result<Committed, EngineError> {
         // What a transaction read was committed, hence durable: one that only read is done.
-        if self.writes.is_empty() && self.changes.is_empty() && self.expects.is_empty() {
+        if self.writes.is_empty()
+            && self.adds.is_empty()
+            && self.changes.is_empty()
+            && self.expects.is_empty()
+        {
             return Ok(Committed { first_seq: None });
         }
         let (reply, answer) = oneshot::channel();
@@ -943,6 +962,7 @@ impl Transaction for PostgresTransaction {
             scans: self.scans,
             expects: self.expects,
             writes: self.writes,
+            adds: self.adds,
             changes: self.changes,
             on_durable,
             reply,

@@ -158,6 +158,7 @@ struct Job {
     scans: Vec<ScanRead>,
     expects: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    adds: Vec<(Vec<u8>, i64)>,
     changes: Vec<ChangeAppend>,
     on_durable: Option<OnDurable>,
     /// The batch to wait for, and the sequence of the first change appended.
@@ -478,10 +479,30 @@ impl Inner {
                     continue;
                 }
             }
-            if job.writes.is_empty() && job.changes.is_empty() {
+            if job.writes.is_empty() && job.adds.is_empty() && job.changes.is_empty() {
                 // Read-only: it saw nothing of this group, so it is durable once everything
                 // applied before the group is.
                 replies.push((job.reply, Ok((before, None))));
+                continue;
+            }
+            // Counters as this transaction's own writes and the group's earlier ones leave them.
+            let mut sums: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut summed = Ok(());
+            for (key, delta) in &job.adds {
+                summed = summed.and_then(|()| {
+                    let now = match (sums.get(key), job.writes.get(key), group.get(key)) {
+                        (Some(sum), _, _) => Some(Bytes::from(sum.clone())),
+                        (None, Some(value), _) => value.clone().map(Bytes::from),
+                        (None, None, Some(value)) => value.clone(),
+                        (None, None, None) => db.get(key).map_err(io)?.map(bytes),
+                    };
+                    let sum = crate::engine::counter_plus(now.as_deref(), *delta)?;
+                    sums.insert(key.clone(), sum);
+                    Ok(())
+                });
+            }
+            if let Err(e) = summed {
+                let _ = job.reply.send(Err(e));
                 continue;
             }
             let mut write = |key: Vec<u8>, value: Option<Bytes>| -> Result<(), EngineError> {
@@ -498,6 +519,9 @@ impl Inner {
             let mut written = Ok(());
             for (key, value) in job.writes {
                 written = written.and_then(|()| write(key, value.map(Bytes::from)));
+            }
+            for (key, sum) in sums {
+                written = written.and_then(|()| write(key, Some(Bytes::from(sum))));
             }
             let first_seq = next_seq;
             for change in job.changes {
@@ -809,6 +833,7 @@ impl Engine for SledEngine {
             scans: Vec::new(),
             expects: Vec::new(),
             writes: BTreeMap::new(),
+            adds: Vec::new(),
             changes: Vec::new(),
         }))
     }
@@ -867,6 +892,7 @@ struct SledTransaction {
     scans: Vec<ScanRead>,
     expects: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    adds: Vec<(Vec<u8>, i64)>,
     changes: Vec<ChangeAppend>,
 }
 
@@ -913,6 +939,10 @@ impl Transaction for SledTransaction {
         self.expects.push((full_key(ks, &key), value));
     }
 
+    fn add(&mut self, ks: Keyspace, key: Vec<u8>, delta: i64) {
+        self.adds.push((full_key(ks, &key), delta));
+    }
+
     fn append_change(&mut self, change: ChangeAppend) {
         self.changes.push(change);
     }
@@ -928,6 +958,7 @@ impl Transaction for SledTransaction {
             scans: self.scans,
             expects: self.expects,
             writes: self.writes,
+            adds: self.adds,
             changes: self.changes,
             on_durable,
             reply,

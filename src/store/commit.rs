@@ -257,6 +257,21 @@ impl Store {
                 }
             }
         }
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for (key, now_state) in &planned.current {
+            let existed = planned.original.get(key).is_some_and(Option::is_some);
+            let delta = match (existed, now_state.is_some()) {
+                (false, true) => 1,
+                (true, false) => -1,
+                _ => continue,
+            };
+            *counts.entry(key.0.as_str()).or_default() += delta;
+        }
+        for (collection, delta) in counts {
+            if delta != 0 {
+                txn.add(Keyspace::Meta, keys::count_key(collection), delta);
+            }
+        }
         let hook = self.shared.hook();
         let mut chained: HashSet<DocKey> = HashSet::new();
         let mut changes = Vec::with_capacity(planned.pending.len());

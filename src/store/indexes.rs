@@ -188,7 +188,8 @@ impl Store {
         let state = CollectionState::new(collection, config, &[])?;
         let json =
             serde_json::to_vec(&state.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (added, dropped) = retry(|| self.try_configure(collection, &state, &json)).await?;
+        let (added, dropped) =
+            retry(|| self.try_configure(collection, Some((&state, &json)))).await?;
         let mut next = CollectionState::new(collection, state.config.clone(), &added)?;
         // Indexes that were ready stay ready.
         if let Some(old) = self.collection(collection) {
@@ -213,14 +214,29 @@ impl Store {
         Ok(())
     }
 
-    /// Commits a configuration with the build and drop records of the indexes it adds and
-    /// removes; returns their signatures.
+    /// Removes a collection's configuration (its rules and indexes); the entries of its
+    /// indexes are removed in the background.
+    pub(crate) async fn unconfigure(&self, collection: &str) -> Result<(), StoreError> {
+        let (_, dropped) = retry(|| self.try_configure(collection, None)).await?;
+        self.shared.set_config(collection, None);
+        let tasks = dropped
+            .into_iter()
+            .map(|signature| start_build(self.clone(), collection.to_string(), signature))
+            .collect();
+        self.add_tasks(tasks);
+        Ok(())
+    }
+
+    /// Commits a configuration (`None`: removes it) with the build and drop records of the
+    /// indexes it adds and removes; returns their signatures.
     async fn try_configure(
         &self,
         collection: &str,
-        state: &CollectionState,
-        json: &[u8],
+        new: Option<(&CollectionState, &[u8])>,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let new_indexes = new
+            .map(|(state, _)| state.indexes.as_slice())
+            .unwrap_or(&[]);
         let mut txn = self.engine.begin().await?;
         let old = match txn
             .get(Keyspace::Meta, &keys::config_key(collection))
@@ -236,7 +252,7 @@ impl Store {
         let old_indexes = old.as_ref().map(|s| s.indexes.as_slice()).unwrap_or(&[]);
         let signature = |fields| keys::index_signature(fields);
         let mut added = Vec::new();
-        for index in &state.indexes {
+        for index in new_indexes {
             if old_indexes.iter().any(|o| o.prefix == index.prefix) {
                 continue;
             }
@@ -255,7 +271,7 @@ impl Store {
         }
         let mut dropped = Vec::new();
         for index in old_indexes {
-            if state.indexes.iter().any(|n| n.prefix == index.prefix) {
+            if new_indexes.iter().any(|n| n.prefix == index.prefix) {
                 continue;
             }
             let sig = signature(&index.fields);
@@ -266,7 +282,10 @@ impl Store {
             );
             dropped.push(sig);
         }
-        txn.put(Keyspace::Meta, keys::config_key(collection), json.to_vec());
+        match new {
+            Some((_, json)) => txn.put(Keyspace::Meta, keys::config_key(collection), json.to_vec()),
+            None => txn.delete(Keyspace::Meta, keys::config_key(collection)),
+        }
         super::follow::touch_epoch(&mut *txn);
         txn.commit(None).await?;
         Ok((added, dropped))

@@ -8,6 +8,8 @@
 //! | `History`   | collection `00` id `00` seq (u64 BE)             | empty: a retained change of the document (see `records`) |
 //! | `Meta`      | `coll:` collection                               | collection config JSON      |
 //! | `Meta`      | `build:` collection `00` index signature         | an index build's progress (see `indexes`) |
+//! | `Meta`      | `count:` collection                              | its number of documents (i64 BE, see `collections`) |
+//! | `Meta`      | `drop:` collection                               | a collection delete in progress (see `collections`) |
 //! | `System`    | space tag, key (see `kv::Space`)                 | system record               |
 //! | `System`    | `tomb:` collection `00` id                       | a deleted document's last version (see `commit`) |
 //! | `Files`     | bucket `00` path                                 | file record (see `files`)   |
@@ -130,6 +132,15 @@ pub(super) fn seq_of(key: &[u8]) -> u64 {
 }
 
 pub(super) const CONFIG_PREFIX: &[u8] = b"coll:";
+
+pub(super) const COUNT_PREFIX: &[u8] = b"count:";
+
+/// The key of a collection's document counter.
+pub(super) fn count_key(collection: &str) -> Vec<u8> {
+    let mut k = COUNT_PREFIX.to_vec();
+    k.extend_from_slice(collection.as_bytes());
+    k
+}
 
 /// The `Meta` key that every configuration change rewrites, so that other nodes reload.
 pub(super) const EPOCH_KEY: &[u8] = b"epoch";

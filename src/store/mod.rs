@@ -8,6 +8,7 @@
 //! returns once durable, and the engine shows nothing before then, so every read here returns
 //! only data a crash cannot lose.
 
+mod collections;
 pub(crate) mod commit;
 mod diff;
 mod error;
@@ -309,8 +310,12 @@ impl Store {
         if store.engine.shared() {
             *store.shared.loaded_epoch.lock().await = store.read_epoch().await?;
         }
+        collections::ensure_counts(&*store.engine).await?;
         let building = store.load_configs().await?;
         let mut tasks = vec![prune::start(store.clone())];
+        for collection in collections::deleting(&*store.engine).await? {
+            tasks.push(collections::start_delete(store.clone(), collection));
+        }
         if store.engine.shared() {
             tasks.push(follow::start(
                 store.clone(),

@@ -407,6 +407,7 @@ fn the_storage_suites_pass_on_postgres_and_s3() {
         return;
     }
     let suites = [
+        "collections::",
         "documents::",
         "files::",
         "realtime::",

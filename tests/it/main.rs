@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+mod collections;
 mod common;
 mod crash;
 mod documents;
