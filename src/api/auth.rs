@@ -5,8 +5,9 @@ use super::extract::{client_ip, Caller, JsonBody};
 use super::AppState;
 use crate::auth::{Session, User};
 use crate::error::Error;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +15,28 @@ pub(super) struct Credentials {
     email: String,
     /// At least 8 characters; very common passwords are refused.
     password: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SignupRequest {
+    email: String,
+    /// At least 8 characters; very common passwords are refused.
+    password: String,
+    /// What the app keeps about the user: any JSON object of at most 4 KiB (rules read it as
+    /// `auth.profile`).
+    #[serde(default)]
+    #[schema(value_type = HashMap<String, Value>, example = json!({"name": "Ada", "avatar": "https://example.com/ada.png"}))]
+    profile: Map<String, Value>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MeUpdate {
+    /// A JSON merge patch (RFC 7386) applied to the profile: keys set to `null` are removed.
+    /// The result may take at most 4 KiB as JSON.
+    #[schema(value_type = HashMap<String, Value>, example = json!({"name": "Ada L.", "avatar": null}))]
+    profile: Map<String, Value>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -49,13 +72,13 @@ pub(super) struct PasswordChange {
     new_password: String,
 }
 
-/// Create an account and sign in.
+/// Create an account and sign in, optionally with a profile.
 #[utoipa::path(
     tag = "auth",
-    request_body = Credentials,
+    request_body = SignupRequest,
     responses(
         (status = 201, description = "Signed up", body = Session),
-        (status = 400, description = "Invalid email, or a short or common password", body = ErrorBody),
+        (status = 400, description = "Invalid email, a short or common password, or a profile over 4 KiB", body = ErrorBody),
         (status = 409, description = "The email is already registered", body = ErrorBody),
         (status = 429, description = "Too many signups from this address; see Retry-After", body = ErrorBody),
     )
@@ -64,14 +87,14 @@ pub(super) struct PasswordChange {
 pub(super) async fn signup(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: JsonBody<Credentials>,
+    body: JsonBody<SignupRequest>,
 ) -> Result<HttpResponse, Error> {
     let body = body.0;
     let ip = client_ip(&req, &state.config.http.trusted_proxies);
     let session = state
         .auth
         .accounts()
-        .signup(&body.email, body.password, &ip)
+        .signup_with_profile(&body.email, body.password, body.profile, &ip)
         .await?;
     Ok(HttpResponse::Created().json(session))
 }
@@ -159,6 +182,31 @@ pub(super) async fn logout(
 #[get("/v1/auth/me")]
 pub(super) async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, Error> {
     Ok(HttpResponse::Ok().json(state.auth.accounts().me(&caller.0).await?))
+}
+
+/// Update the signed-in user's profile with a JSON merge patch.
+#[utoipa::path(
+    tag = "auth",
+    request_body = MeUpdate,
+    responses(
+        (status = 200, description = "The user, with the new profile", body = User),
+        (status = 400, description = "The profile would be over 4 KiB, or the caller is not a user", body = ErrorBody),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/v1/auth/me")]
+pub(super) async fn update_me(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody<MeUpdate>,
+) -> Result<HttpResponse, Error> {
+    let user = state
+        .auth
+        .accounts()
+        .update_profile(&caller.0, body.0.profile)
+        .await?;
+    Ok(HttpResponse::Ok().json(user))
 }
 
 /// Mail the signed-in user a token that confirms their email.

@@ -212,6 +212,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(auth::refresh)
         .service(auth::logout)
         .service(auth::me)
+        .service(auth::update_me)
         .service(auth::verify_request)
         .service(auth::verify_confirm)
         .service(auth::reset_request)

@@ -139,12 +139,25 @@ impl Accounts {
 
     /// Reads, changes and writes back a user record, retrying on a concurrent change.
     async fn update_user(&self, id: &str, change: impl Fn(&mut UserRecord)) -> Result<UserRecord> {
+        self.try_update_user(id, |user| {
+            change(user);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Like `update_user`, for a change that may refuse (then nothing is written).
+    async fn try_update_user(
+        &self,
+        id: &str,
+        change: impl Fn(&mut UserRecord) -> Result<()>,
+    ) -> Result<UserRecord> {
         for _ in 0..8 {
             let (mut user, bytes) = self
                 .load_user(id)
                 .await?
                 .ok_or_else(|| AuthError::UserNotFound(id.into()))?;
-            change(&mut user);
+            change(&mut user)?;
             let write = KvWrite::default()
                 .check(Space::Users, id.as_bytes(), Some(bytes))
                 .put(Space::Users, id.as_bytes(), to_json(&user)?);

@@ -45,6 +45,8 @@ pub enum Principal {
         id: String,
         email: String,
         admin: bool,
+        /// The user's profile, as rules read it (`auth.profile`).
+        profile: serde_json::Map<String, Value>,
     },
     /// A function handling an event of depth `depth - 1` (or an HTTP call, depth 1): acts with
     /// admin rights; its writes cause events of depth `depth`.
@@ -80,13 +82,29 @@ impl Principal {
         }
     }
 
-    /// The value rules see as `auth`: `null`, or `{"id", "email", "role"}`.
+    /// A signed-in user with an empty profile.
+    pub fn user(id: impl Into<String>, email: impl Into<String>, admin: bool) -> Principal {
+        Principal::User {
+            id: id.into(),
+            email: email.into(),
+            admin,
+            profile: serde_json::Map::new(),
+        }
+    }
+
+    /// The value rules see as `auth`: `null`, or `{"id", "email", "role", "profile"}`.
     pub(crate) fn auth_value(&self) -> Value {
         match self {
             Principal::Anonymous => Value::Null,
             Principal::Service => json!({"id": null, "email": null, "role": "service"}),
-            Principal::User { id, email, admin } => json!({
-                "id": id, "email": email, "role": if *admin { "admin" } else { "user" }
+            Principal::User {
+                id,
+                email,
+                admin,
+                profile,
+            } => json!({
+                "id": id, "email": email, "role": if *admin { "admin" } else { "user" },
+                "profile": profile,
             }),
             Principal::Function { name, .. } => {
                 json!({"id": null, "email": null, "role": "function", "function": name})
@@ -99,7 +117,9 @@ impl Principal {
         match self {
             Principal::Anonymous => None,
             Principal::Service => Some(Actor::service()),
-            Principal::User { id, email, admin } => Some(Actor {
+            Principal::User {
+                id, email, admin, ..
+            } => Some(Actor {
                 id: Some(id.clone()),
                 email: Some(email.clone()),
                 role: if *admin { "admin" } else { "user" }.into(),

@@ -52,8 +52,8 @@ struct Inner {
 ///
 /// let docs = server.documents();
 /// // The service key acts as an admin; a user is held to the rules (by default, private).
-/// let alice = Principal::User { id: "alice".into(), email: "alice@example.com".into(), admin: false };
-/// let bob = Principal::User { id: "bob".into(), email: "bob@example.com".into(), admin: false };
+/// let alice = Principal::user("alice", "alice@example.com", false);
+/// let bob = Principal::user("bob", "bob@example.com", false);
 ///
 /// let note = docs.create(&alice, "notes", json!({"text": "mine", "n": 1})).await?;
 /// assert_eq!(note.owner.as_deref(), Some("alice"));

@@ -75,7 +75,7 @@ struct Inner {
 /// use emberbase::{FilesError, Principal};
 ///
 /// let files = server.files();
-/// let alice = Principal::User { id: "alice".into(), email: "alice@example.com".into(), admin: false };
+/// let alice = Principal::user("alice", "alice@example.com", false);
 ///
 /// // An upload is streamed in pieces; it exists only once committed (and is then durable).
 /// let mut upload = files.begin_upload(&alice, "avatars", "alice/me.txt", Some("text/plain"), None).await?;

@@ -1054,3 +1054,99 @@ fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     attempt("ok@example.com", "correct horse battery", "10.1.0.3")
         .expect_error(429, "rate_limited");
 }
+
+#[test]
+fn profiles_at_signup_in_me_and_in_rules() {
+    let srv = start();
+    let profile = json!({"name": "Ada", "avatar": "https://example.com/ada.png", "team": "red"});
+    let session = post_json(
+        &srv,
+        "/v1/auth/signup",
+        None,
+        &json!({"email": "ada@example.com", "password": "correct horse battery", "profile": profile}),
+    )
+    .expect(201)
+    .json;
+    assert_eq!(session["user"]["profile"], profile);
+    let ada = token(&session).to_string();
+    assert_eq!(me(&srv, &ada).expect(200).json["profile"], profile);
+
+    // Without a profile, it is empty; one over 4 KiB is refused and creates no account.
+    let bob = signup(&srv, "bob@example.com");
+    assert_eq!(bob["user"]["profile"], json!({}));
+    let bob = token(&bob).to_string();
+    let big = json!({"bio": "x".repeat(5000)});
+    post_json(
+        &srv,
+        "/v1/auth/signup",
+        None,
+        &json!({"email": "big@example.com", "password": "correct horse battery", "profile": big}),
+    )
+    .expect_error(400, "validation_failed");
+    login(&srv, "big@example.com", "correct horse battery").expect(401);
+    // A profile that is not an object is a clear 400.
+    post_json(
+        &srv,
+        "/v1/auth/signup",
+        None,
+        &json!({"email": "list@example.com", "password": "correct horse battery", "profile": [1]}),
+    )
+    .expect(400);
+
+    // PATCH /v1/auth/me merges: null removes a key, others are set.
+    let patch =
+        |token: &str, body: &Value| with_token(&srv, "PATCH", "/v1/auth/me", token, Some(body));
+    let updated = patch(
+        &ada,
+        &json!({"profile": {"avatar": null, "name": "Ada L."}}),
+    )
+    .expect(200)
+    .json;
+    assert_eq!(updated["profile"], json!({"name": "Ada L.", "team": "red"}));
+    assert_eq!(
+        me(&srv, &ada).expect(200).json["profile"],
+        updated["profile"]
+    );
+    patch(&ada, &big).expect(400);
+    patch(&ada, &json!({"profile": big})).expect_error(400, "validation_failed");
+    assert_eq!(
+        me(&srv, &ada).expect(200).json["profile"],
+        updated["profile"]
+    );
+    with_token(
+        &srv,
+        "PATCH",
+        "/v1/auth/me",
+        &srv.key,
+        Some(&json!({"profile": {}})),
+    )
+    .expect(400);
+    send(
+        srv.anon("PATCH", "/v1/auth/me")
+            .set("Content-Type", "application/json"),
+        Some(br#"{"profile": {}}"#),
+    )
+    .expect(401);
+
+    // Rules read the profile as `auth.profile`, as it is now, not as it was at sign-in.
+    srv.put(
+        "/v1/admin/collections/red",
+        &json!({"rules": {"create": "auth.profile.team == \"red\"", "read": "auth != null"}}),
+    )
+    .expect(200);
+    let create = |token: &str| {
+        with_token(
+            &srv,
+            "POST",
+            "/v1/collections/red/docs",
+            token,
+            Some(&json!({})),
+        )
+    };
+    create(&ada).expect(201);
+    create(&bob).expect_error(403, "forbidden");
+    patch(&bob, &json!({"profile": {"team": "red"}})).expect(200);
+    create(&bob).expect(201);
+    patch(&ada, &json!({"profile": {"team": null}})).expect(200);
+    create(&ada).expect_error(403, "forbidden");
+}

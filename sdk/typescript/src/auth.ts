@@ -41,9 +41,12 @@ export class Auth implements TokenSource {
     return this.user;
   }
 
-  /** Creates an account and signs in. */
-  async signup(email: string, password: string): Promise<User> {
-    return this.start("/v1/auth/signup", { email, password });
+  /**
+   * Creates an account and signs in. `profile` is what the app keeps about the user (a display
+   * name, an avatar URL...): any JSON object of at most 4 KiB, which rules read as `auth.profile`.
+   */
+  async signup(email: string, password: string, profile?: Record<string, unknown>): Promise<User> {
+    return this.start("/v1/auth/signup", profile ? { email, password, profile } : { email, password });
   }
 
   /** Signs in with email and password. */
@@ -72,6 +75,18 @@ export class Auth implements TokenSource {
   /** The signed-in user, fresh from the server. */
   async me(): Promise<User> {
     const user = await this.transport.call<User>((headers) => this.transport.api.GET("/v1/auth/me", { headers }));
+    if (this.current) await this.replace({ ...this.current, user });
+    return user;
+  }
+
+  /**
+   * Merges `patch` into the signed-in user's profile (a key set to null is removed) and
+   * returns the user as it is now.
+   */
+  async updateProfile(patch: Record<string, unknown>): Promise<User> {
+    const user = await this.transport.call<User>((headers) =>
+      this.transport.api.PATCH("/v1/auth/me", { headers, body: { profile: patch } }),
+    );
     if (this.current) await this.replace({ ...this.current, user });
     return user;
   }
@@ -146,7 +161,7 @@ export class Auth implements TokenSource {
     return locks ? (locks.request("emberbase.refresh", f) as Promise<T>) : f();
   }
 
-  private async start(path: string, body: { email: string; password: string }): Promise<User> {
+  private async start(path: string, body: { email: string; password: string; profile?: Record<string, unknown> }): Promise<User> {
     await this.ready();
     const response = await this.transport.anonymous(path, json(body));
     if (!response.ok) throw await EmberbaseError.fromResponse(response);

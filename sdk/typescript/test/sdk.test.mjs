@@ -91,6 +91,17 @@ describe("against one server", () => {
     assert.equal(anonymous.status, 401);
   });
 
+  test("auth: a profile at signup, merged by updateProfile", async () => {
+    const eb = new Emberbase(server.url);
+    const user = await eb.auth.signup(email("profile"), PASSWORD, { name: "Ada", avatar: "a.png" });
+    assert.deepEqual(user.profile, { name: "Ada", avatar: "a.png" });
+    const updated = await eb.auth.updateProfile({ avatar: null, team: "red" });
+    assert.deepEqual(updated.profile, { name: "Ada", team: "red" });
+    assert.deepEqual(eb.auth.user?.profile, updated.profile);
+    const big = await failure(eb.auth.updateProfile({ bio: "x".repeat(5000) }));
+    assert.equal(big.code, "validation_failed");
+  });
+
   test("collections: create, get, set, update, delete, list, iterate, versions", async () => {
     const eb = new Emberbase(server.url);
     const me = await eb.auth.signup(email("docs"), PASSWORD);

@@ -8,6 +8,7 @@ use crate::auth::mail::Mail;
 use crate::auth::password::check_password;
 use crate::auth::Principal;
 use crate::store::{KvWrite, Space, StoreError};
+use serde_json::Map;
 
 impl Accounts {
     pub(super) fn require_admin(who: &Principal) -> Result<()> {
@@ -113,7 +114,7 @@ impl Accounts {
                 .await?;
             return Ok((user.public(), false));
         }
-        let (user, write) = new_user(&email, "admin", hash, true)?;
+        let (user, write) = new_user(&email, "admin", hash, true, Map::new())?;
         self.store.kv_write(write).await?;
         Ok((user.public(), true))
     }

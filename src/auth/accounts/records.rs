@@ -5,7 +5,11 @@ use crate::auth::error::{internal, invalid, AuthError, Result};
 use crate::error::StorageError;
 use crate::store::{KvWrite, Space};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+/// The most a user's profile may take, as JSON.
+pub(super) const MAX_PROFILE_BYTES: usize = 4096;
 
 /// A user as the API shows it. Never a hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -18,6 +22,11 @@ pub struct User {
     pub email_verified: bool,
     /// Disabled users cannot sign in, and their tokens stop working.
     pub disabled: bool,
+    /// What the app keeps about the user (a display name, an avatar URL...): any JSON object
+    /// of at most 4 KiB, set at signup and with `PATCH /v1/auth/me`. Rules read it as
+    /// `auth.profile`.
+    #[schema(value_type = HashMap<String, serde_json::Value>, example = json!({"name": "Ada"}))]
+    pub profile: Map<String, Value>,
 }
 
 /// What signup, login and refresh return.
@@ -44,6 +53,8 @@ pub(super) struct UserRecord {
     pub(super) password_hash: String,
     pub(super) token_version: u64,
     pub(super) disabled: bool,
+    #[serde(default)]
+    pub(super) profile: Map<String, Value>,
 }
 
 impl UserRecord {
@@ -55,6 +66,7 @@ impl UserRecord {
             created_at: self.created_at.clone(),
             email_verified: self.email_verified,
             disabled: self.disabled,
+            profile: self.profile.clone(),
         }
     }
 }
@@ -116,7 +128,9 @@ pub(super) fn new_user(
     role: &str,
     password_hash: String,
     email_verified: bool,
+    profile: Map<String, Value>,
 ) -> Result<(UserRecord, KvWrite)> {
+    check_profile(&profile)?;
     let user = UserRecord {
         id: ulid::Ulid::new().to_string(),
         email: email.to_string(),
@@ -126,12 +140,25 @@ pub(super) fn new_user(
         password_hash,
         token_version: 1,
         disabled: false,
+        profile,
     };
     let write = KvWrite::default()
         .check(Space::Emails, email.as_bytes(), None)
         .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
         .put(Space::Users, user.id.as_bytes(), to_json(&user)?);
     Ok((user, write))
+}
+
+/// Refuses a profile over [`MAX_PROFILE_BYTES`].
+pub(super) fn check_profile(profile: &Map<String, Value>) -> Result<()> {
+    let size = serde_json::to_vec(profile).map_or(usize::MAX, |v| v.len());
+    if size > MAX_PROFILE_BYTES {
+        return Err(invalid(
+            format!("the profile is {size} bytes as JSON, over the limit of {MAX_PROFILE_BYTES}"),
+            "profile",
+        ));
+    }
+    Ok(())
 }
 
 /// Trims an email and lower-cases its domain; refuses what cannot be an address.

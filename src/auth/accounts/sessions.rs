@@ -2,15 +2,16 @@
 //! access token to its user, and password change.
 
 use super::records::{
-    check_email_length, from_json, new_user, normalize_email, sha256_hex, to_json, FamilyRecord,
-    RefreshRecord, Session, User, UserRecord,
+    check_email_length, check_profile, from_json, new_user, normalize_email, sha256_hex, to_json,
+    FamilyRecord, RefreshRecord, Session, User, UserRecord,
 };
 use super::{rate_limited, Accounts};
 use crate::auth::error::{AuthError, Result};
 use crate::auth::password::check_password;
 use crate::auth::{generate_secret, Principal};
-use crate::model::unix_secs;
+use crate::model::{merge_patch, unix_secs};
 use crate::store::{KvWrite, Space, StoreError};
+use serde_json::{Map, Value};
 
 impl Accounts {
     /// A new login family and its first refresh token, as a write to add to the caller's.
@@ -65,7 +66,20 @@ impl Accounts {
 
     /// Creates an account and signs it in.
     pub async fn signup(&self, email: &str, password: String, client_ip: &str) -> Result<Session> {
+        self.signup_with_profile(email, password, Map::new(), client_ip)
+            .await
+    }
+
+    /// Like [`Accounts::signup`], with the new user's profile (at most 4 KiB as JSON).
+    pub async fn signup_with_profile(
+        &self,
+        email: &str,
+        password: String,
+        profile: Map<String, Value>,
+        client_ip: &str,
+    ) -> Result<Session> {
         check_email_length(email)?;
+        check_profile(&profile)?;
         self.signup_ips
             .acquire(client_ip)
             .await
@@ -81,7 +95,7 @@ impl Accounts {
             return Err(AuthError::EmailTaken);
         }
         let hash = self.hasher.hash(password).await?;
-        let (user, write) = new_user(&email, "user", hash, false)?;
+        let (user, write) = new_user(&email, "user", hash, false, profile)?;
         let (session, write) = self.new_session(&user, write)?;
         match self.store.kv_write(write).await {
             Ok(()) => Ok(session),
@@ -261,6 +275,7 @@ impl Accounts {
             admin: user.role == "admin",
             id: user.id,
             email: user.email,
+            profile: user.profile,
         };
         Ok((who, claims.exp))
     }
@@ -277,6 +292,31 @@ impl Accounts {
             )),
             Principal::Anonymous => Err(AuthError::Unauthenticated("sign in first".into())),
         }
+    }
+
+    /// Applies a JSON merge patch (RFC 7386: `null` removes a key) to the signed-in user's
+    /// profile; the result may take at most 4 KiB as JSON.
+    pub async fn update_profile(&self, who: &Principal, patch: Map<String, Value>) -> Result<User> {
+        let id = match who {
+            Principal::User { id, .. } => id,
+            Principal::Service | Principal::Function { .. } => {
+                return Err(AuthError::BadRequest(
+                    "the service key is not a user".into(),
+                ))
+            }
+            Principal::Anonymous => return Err(AuthError::Unauthenticated("sign in first".into())),
+        };
+        let user = self
+            .try_update_user(id, |user| {
+                let mut profile = Value::Object(std::mem::take(&mut user.profile));
+                merge_patch(&mut profile, &Value::Object(patch.clone()));
+                if let Value::Object(profile) = profile {
+                    user.profile = profile;
+                }
+                check_profile(&user.profile)
+            })
+            .await?;
+        Ok(user.public())
     }
 
     /// Changes the password (the current one is required), revokes every other token of the

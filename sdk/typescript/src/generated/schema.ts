@@ -83,7 +83,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every collection that has a config. */
+        /**
+         * Every collection that has documents, a config or a delete under way, with its exact
+         *     document count, by name.
+         */
         get: operations["list_collections"];
         put?: never;
         post?: never;
@@ -100,12 +103,18 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A collection's stored config. */
+        /** A collection's stored config and its exact document count. */
         get: operations["get_collection"];
         /** Set a collection's access rules and indexes. Indexes are built before this returns. */
         put: operations["put_collection"];
         post?: never;
-        delete?: never;
+        /**
+         * Delete a collection: every document created before this call (each with a delete change
+         *     that realtime subscribers and triggers see), then its rules and indexes. The delete runs in
+         *     the background, in chunks, while writes go on; the collection shows `deleting: true` until
+         *     it is done, and a restart resumes it. Documents created after this call survive it.
+         */
+        delete: operations["delete_collection"];
         options?: never;
         head?: never;
         patch?: never;
@@ -336,7 +345,8 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        patch?: never;
+        /** Update the signed-in user's profile with a JSON merge patch. */
+        patch: operations["update_me"];
         trace?: never;
     };
     "/v1/auth/password/change": {
@@ -422,7 +432,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Create an account and sign in. */
+        /** Create an account and sign in, optionally with a profile. */
         post: operations["signup"];
         delete?: never;
         options?: never;
@@ -756,6 +766,16 @@ export interface components {
          *     request's `additionalProperties: false`.)
          */
         CollectionInfo: {
+            /**
+             * @description Whether a delete of the collection is under way (see `DELETE
+             *     /v1/admin/collections/{collection}`).
+             */
+            deleting?: boolean;
+            /**
+             * Format: int64
+             * @description The exact number of documents in the collection.
+             */
+            documents?: number;
             /** @description Each declared index, in order, and whether queries use it yet. */
             index_states?: components["schemas"]["IndexState"][];
             indexes: string[][];
@@ -939,6 +959,19 @@ export interface components {
         MailList: {
             items: components["schemas"]["Mail"][];
         };
+        MeUpdate: {
+            /**
+             * @description A JSON merge patch (RFC 7386) applied to the profile: keys set to `null` are removed.
+             *     The result may take at most 4 KiB as JSON.
+             * @example {
+             *       "avatar": null,
+             *       "name": "Ada L."
+             *     }
+             */
+            profile: {
+                [key: string]: unknown;
+            };
+        };
         /** @description One page of a list. */
         Page: {
             items: components["schemas"]["Document"][];
@@ -1007,6 +1040,22 @@ export interface components {
             /** @description An absolute URL that serves the file without a token. */
             url: string;
         };
+        SignupRequest: {
+            email: string;
+            /** @description At least 8 characters; very common passwords are refused. */
+            password: string;
+            /**
+             * @description What the app keeps about the user: any JSON object of at most 4 KiB (rules read it as
+             *     `auth.profile`).
+             * @example {
+             *       "avatar": "https://example.com/ada.png",
+             *       "name": "Ada"
+             *     }
+             */
+            profile?: {
+                [key: string]: unknown;
+            };
+        };
         TokenRequest: {
             /** @description The token from the mail. */
             token: string;
@@ -1038,6 +1087,17 @@ export interface components {
             email: string;
             email_verified: boolean;
             id: string;
+            /**
+             * @description What the app keeps about the user (a display name, an avatar URL...): any JSON object
+             *     of at most 4 KiB, set at signup and with `PATCH /v1/auth/me`. Rules read it as
+             *     `auth.profile`.
+             * @example {
+             *       "name": "Ada"
+             *     }
+             */
+            profile: {
+                [key: string]: unknown;
+            };
             /** @description `user` or `admin`. */
             role: string;
         };
@@ -1381,7 +1441,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The configs */
+            /** @description The collections */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1476,7 +1536,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No config was set */
+            /** @description The collection has neither a config nor documents */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1559,6 +1619,74 @@ export interface operations {
             };
             /** @description The body is not of the type the route takes */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_collection: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Collection name */
+                collection: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delete has started (or was already under way) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CollectionInfo"];
+                };
+            };
+            /** @description Not a valid collection name */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The collection has neither a config nor documents */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2692,6 +2820,75 @@ export interface operations {
             };
         };
     };
+    update_me: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MeUpdate"];
+            };
+        };
+        responses: {
+            /** @description The user, with the new profile */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description The profile would be over 4 KiB, or the caller is not a user */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No valid access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     password_change: {
         parameters: {
             query?: never;
@@ -2955,7 +3152,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["Credentials"];
+                "application/json": components["schemas"]["SignupRequest"];
             };
         };
         responses: {
@@ -2968,7 +3165,7 @@ export interface operations {
                     "application/json": components["schemas"]["Session"];
                 };
             };
-            /** @description Invalid email, or a short or common password */
+            /** @description Invalid email, a short or common password, or a profile over 4 KiB */
             400: {
                 headers: {
                     [name: string]: unknown;
