@@ -46,7 +46,8 @@ enum Command {
     },
     /// Print the OpenAPI 3.1 document of the HTTP API (the same as GET /v1/openapi.json).
     Openapi,
-    /// Manage admins on a data directory that no running server holds open.
+    /// Manage admins: on a running server (`--url`, with its service key in `EB_SERVICE_KEY`),
+    /// or on a data directory that no running server holds open.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
@@ -75,7 +76,13 @@ enum Command {
 enum AdminCommand {
     /// Create an admin, or promote the user with this email to admin and set its password.
     ///
-    /// Example: `echo "$PASSWORD" | emberbase admin create --email me@example.com --password-stdin`
+    /// Examples:
+    ///
+    /// `echo "$PASSWORD" | emberbase admin create --email me@example.com --password-stdin`
+    /// (the server stopped), or against a running server:
+    ///
+    /// `echo "$PASSWORD" | EB_SERVICE_KEY=$(cat emberbase_data/service_key) emberbase admin
+    /// create --url http://127.0.0.1:7070 --email me@example.com --password-stdin`
     Create {
         /// The admin's email.
         #[arg(long)]
@@ -88,8 +95,12 @@ enum AdminCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Where data lives [default: ./emberbase_data].
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "url")]
         data_dir: Option<PathBuf>,
+        /// A running server to ask instead of opening the data directory; the service key is
+        /// read from the `EB_SERVICE_KEY` environment variable.
+        #[arg(long, value_name = "URL", conflicts_with = "config")]
+        url: Option<String>,
     },
 }
 
@@ -103,7 +114,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn admin_create(email: String, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+/// The first line of standard input, without its line ending.
+fn read_password() -> Result<String, ExitCode> {
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("emberbase: cannot read the password from standard input");
+        return Err(ExitCode::from(2));
+    }
+    Ok(password.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn admin_create(
+    email: String,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    url: Option<String>,
+) -> ExitCode {
+    if let Some(url) = url {
+        return admin_create_remote(&email, &url);
+    }
     let overrides = Overrides {
         bind: None,
         data_dir,
@@ -115,12 +144,10 @@ fn admin_create(email: String, config: Option<PathBuf>, data_dir: Option<PathBuf
             return ExitCode::from(2);
         }
     };
-    let mut password = String::new();
-    if std::io::stdin().read_line(&mut password).is_err() {
-        eprintln!("emberbase: cannot read the password from standard input");
-        return ExitCode::from(2);
-    }
-    let password = password.trim_end_matches(['\r', '\n']).to_string();
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -138,11 +165,78 @@ fn admin_create(email: String, config: Option<PathBuf>, data_dir: Option<PathBuf
             );
             ExitCode::SUCCESS
         }
+        Err(e @ emberbase::StartError::Store { .. }) => {
+            eprintln!("emberbase: {e}\nemberbase: to add an admin while the server runs, pass --url and the service key in EB_SERVICE_KEY");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("emberbase: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `admin create --url`: asks a running server, as its service key.
+fn admin_create_remote(email: &str, url: &str) -> ExitCode {
+    let Some(key) = std::env::var("EB_SERVICE_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    else {
+        eprintln!("emberbase: --url needs the server's service key in EB_SERVICE_KEY (for example EB_SERVICE_KEY=$(cat emberbase_data/service_key))");
+        return ExitCode::from(2);
+    };
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let endpoint = format!("{}/v1/admin/admins", url.trim_end_matches('/'));
+    let body = serde_json::json!({"email": email, "password": password}).to_string();
+    let answer = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(&endpoint)
+            .bearer_auth(key.trim())
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        Ok::<_, reqwest::Error>((status, text))
+    });
+    let (status, text) = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("emberbase: cannot reach {endpoint}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let shown = |field: &str| json[field].as_str().unwrap_or("?").to_string();
+    match status.as_u16() {
+        201 => println!(
+            "created admin {} ({}) on {url}",
+            shown("email"),
+            shown("id")
+        ),
+        200 => println!(
+            "{} ({}) is now an admin, with the new password",
+            shown("email"),
+            shown("id")
+        ),
+        _ => {
+            let message = json["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(text);
+            eprintln!("emberbase: the server answered {status}: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn migrate_storage(from: &str, to: &str) -> ExitCode {
@@ -298,7 +392,8 @@ fn main() -> ExitCode {
                     password_stdin: _,
                     config,
                     data_dir,
+                    url,
                 },
-        } => admin_create(email, config, data_dir),
+        } => admin_create(email, config, data_dir, url),
     }
 }

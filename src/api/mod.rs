@@ -224,6 +224,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(users::enable_user)
         .service(users::set_role)
         .service(users::delete_user)
+        .service(users::put_admin)
         .service(users::outbox)
         .service(users::rotate_key);
 }

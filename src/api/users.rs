@@ -154,6 +154,46 @@ pub(super) async fn set_role(
     ))
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminRequest {
+    email: String,
+    /// At least 8 characters; very common passwords are refused.
+    password: String,
+}
+
+/// Create an admin, or make the user with this email an admin with this password (enabled,
+/// email verified). What `emberbase admin create --url` calls.
+#[utoipa::path(
+    tag = "admin",
+    request_body = AdminRequest,
+    responses(
+        (status = 200, description = "The existing user is now an admin, with the new password", body = User),
+        (status = 201, description = "Created", body = User),
+        (status = 400, description = "Invalid email, or a short or common password", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/admins")]
+pub(super) async fn put_admin(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody<AdminRequest>,
+) -> Result<HttpResponse, Error> {
+    let body = body.0;
+    let (user, created) = state
+        .auth
+        .accounts()
+        .put_admin(&caller.0, &body.email, body.password)
+        .await?;
+    Ok(if created {
+        HttpResponse::Created().json(user)
+    } else {
+        HttpResponse::Ok().json(user)
+    })
+}
+
 /// Delete a user; every token of theirs stops working. Their documents stay.
 #[utoipa::path(
     tag = "admin",

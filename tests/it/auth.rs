@@ -880,35 +880,39 @@ fn owner_rules_matrix() {
     send(srv.anon("GET", &d_path), None).expect_error(403, "forbidden");
 }
 
+/// Runs `emberbase admin create --email <email> --password-stdin <args>` with `password` on
+/// its standard input.
+fn admin_create(
+    email: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    password: &str,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
+        .args(["admin", "create", "--email", email, "--password-stdin"])
+        .args(args)
+        .env_remove("EB_SERVICE_KEY")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn admin_create_command_and_default_hashing() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_emberbase");
-    let run = |password: &str| {
-        let mut child = std::process::Command::new(bin)
-            .args([
-                "admin",
-                "create",
-                "--email",
-                "root@example.com",
-                "--password-stdin",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{password}\n").as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let on_dir = [std::ffi::OsStr::new("--data-dir"), dir.path().as_os_str()];
+    let run = |password: &str| admin_create("root@example.com", &on_dir, &[], password);
     let out = run("password");
     assert!(!out.status.success(), "a weak password is refused");
     let out = run("root passphrase one");
@@ -931,17 +935,77 @@ fn admin_create_command_and_default_hashing() {
                 .start(),
         )
         .unwrap();
-    let url = format!("http://{}/v1/auth/login", server.local_addr());
-    let req = crate::common::agent()
-        .post(&url)
-        .set("Content-Type", "application/json");
-    let session = send(
-        req,
-        Some(br#"{"email": "root@example.com", "password": "root passphrase two"}"#),
-    )
-    .expect(200);
+    let base = format!("http://{}", server.local_addr());
+    let login = |email: &str, password: &str| {
+        let req = crate::common::agent()
+            .post(&format!("{base}/v1/auth/login"))
+            .set("Content-Type", "application/json");
+        let body = json!({"email": email, "password": password}).to_string();
+        send(req, Some(body.as_bytes()))
+    };
+    let session = login("root@example.com", "root passphrase two").expect(200);
     assert_eq!(session.json["user"]["role"], "admin");
     assert!(session.json["user"]["created_at"].is_string());
+
+    // While the server runs, the data directory is its own: the command says to use --url.
+    let out = run("root passphrase three");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // With --url, it asks the running server, as the service key from EB_SERVICE_KEY.
+    let key = std::fs::read_to_string(dir.path().join("service_key")).unwrap();
+    let remote = [std::ffi::OsStr::new("--url"), std::ffi::OsStr::new(&base)];
+    let out = admin_create("ops@example.com", &remote, &[], "ops passphrase one");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EB_SERVICE_KEY"));
+    let out = admin_create(
+        "ops@example.com",
+        &remote,
+        &[("EB_SERVICE_KEY", "ebsk_wrong")],
+        "ops passphrase one",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let with_key = [("EB_SERVICE_KEY", key.trim())];
+    let out = admin_create("ops@example.com", &remote, &with_key, "ops passphrase one");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("created admin ops@example.com"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        login("ops@example.com", "ops passphrase one")
+            .expect(200)
+            .json["user"]["role"],
+        "admin"
+    );
+    // An existing user is promoted and given the new password.
+    let user = login("root@example.com", "root passphrase two").json;
+    assert_eq!(user["user"]["role"], "admin");
+    let req = crate::common::agent()
+        .post(&format!("{base}/v1/auth/signup"))
+        .set("Content-Type", "application/json");
+    send(
+        req,
+        Some(br#"{"email": "eve@example.com", "password": "eve passphrase one"}"#),
+    )
+    .expect(201);
+    let out = admin_create("eve@example.com", &remote, &with_key, "eve passphrase two");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is now an admin"));
+    login("eve@example.com", "eve passphrase one").expect(401);
+    assert_eq!(
+        login("eve@example.com", "eve passphrase two")
+            .expect(200)
+            .json["user"]["role"],
+        "admin"
+    );
+    let out = admin_create("eve@example.com", &remote, &with_key, "short");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("400"));
     rt.block_on(server.shutdown());
 }
 

@@ -98,6 +98,18 @@ impl Accounts {
         }
     }
 
+    /// [`Accounts::upsert_admin`] for a caller who must be an admin (the service key, for the
+    /// `emberbase admin create --url` command).
+    pub async fn put_admin(
+        &self,
+        who: &Principal,
+        email: &str,
+        password: String,
+    ) -> Result<(User, bool)> {
+        Self::require_admin(who)?;
+        self.upsert_admin(email, password).await
+    }
+
     /// Creates an admin, or promotes (and re-passwords) the existing user with that email.
     /// Returns the user and whether it was created.
     pub async fn upsert_admin(&self, email: &str, password: String) -> Result<(User, bool)> {
