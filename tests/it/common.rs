@@ -640,11 +640,24 @@ impl Drop for Tmpfs {
 /// Reports that the running test cannot do its work on this machine, and why. It writes to the
 /// process's standard error directly, which the test harness does not capture, so the line
 /// `SKIPPED <test>: <reason>` shows in the suite's output even though the test then passes.
+///
+/// On CI (`CI` set) a skip fails the test, unless its reason contains one of the
+/// comma-separated phrases in `EB_ALLOW_SKIP`: `.ci/run` allows only what the machine it runs
+/// on cannot do (for example "needs root"), and says so.
 pub fn skip(reason: &str) {
     use std::io::Write;
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("a test");
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+    if std::env::var_os("CI").is_some() {
+        let allowed = std::env::var("EB_ALLOW_SKIP").unwrap_or_default();
+        assert!(
+            allowed
+                .split(',')
+                .any(|phrase| !phrase.trim().is_empty() && reason.contains(phrase.trim())),
+            "CI must run {test}, which was skipped: {reason}"
+        );
+    }
 }
 
 /// A service the tests share (PostgreSQL, SeaweedFS), started by `start` on first use. `None`
