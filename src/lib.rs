@@ -76,6 +76,7 @@ mod realtime;
 mod secrets;
 mod server;
 mod store;
+mod tls;
 
 pub use api::openapi;
 pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};

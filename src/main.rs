@@ -193,6 +193,8 @@ fn admin_create_remote(email: &str, url: &str) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    // reqwest takes its TLS provider from the process, as the library's S3 client does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = format!("{}/v1/admin/admins", url.trim_end_matches('/'));
     let body = serde_json::json!({"email": email, "password": password}).to_string();
     let answer = runtime.block_on(async {

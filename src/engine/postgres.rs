@@ -158,8 +158,7 @@ impl Tls {
                 roots.add_parsable_certificates(found.certs);
             }
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(e.to_string()))?
             .with_root_certificates(roots)

@@ -109,6 +109,7 @@ impl Blobs {
         access_key_id: &str,
         secret_access_key: &str,
     ) -> Result<Blobs, String> {
+        crate::tls::install_default_provider();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
         if let Some(endpoint) = &url.endpoint {
             builder = builder

@@ -153,6 +153,8 @@ fn list(files_url: &str) -> Result<Vec<String>, String> {
         .split('&')
         .find_map(|p| p.strip_prefix("endpoint="))
         .ok_or("no endpoint")?;
+    // The client takes its TLS provider from the process, as the server's does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_endpoint(endpoint)
