@@ -426,13 +426,15 @@ def print_file_table(eb, pb):
 
 
 def build_guest(name, tmp):
-    """Compiles benches/load/functions/<name>.ts with the AssemblyScript SDK's compiler."""
-    sdk = os.path.join(ROOT, "sdk/functions/assemblyscript")
-    if not os.path.exists(os.path.join(sdk, "node_modules/.bin/asc")):
-        sh("npm", "ci", "--no-audit", "--no-fund", cwd=sdk)
+    """Compiles benches/load/functions/<name>.ts with the toolchain of the AssemblyScript
+    examples (examples/functions: the compiler and the emberbase-functions package)."""
+    project = os.path.join(ROOT, "examples/functions")
+    if not os.path.exists(os.path.join(project, "node_modules/.bin/asc")):
+        sh("npm", "ci", "--no-audit", "--no-fund", cwd=project)
     out = os.path.join(tmp, name + ".wasm")
-    sh(os.path.join(sdk, "node_modules/.bin/asc"), f"benches/load/functions/{name}.ts",
-       "--config", "sdk/functions/assemblyscript/asconfig.json", "-o", out, cwd=ROOT)
+    sh(os.path.join(project, "node_modules/.bin/asc"), f"benches/load/functions/{name}.ts",
+       "--config", "examples/functions/asconfig.json", "--path", "examples/functions/node_modules",
+       "-o", out, cwd=ROOT)
     with open(out, "rb") as f:
         return f.read()
 

@@ -693,19 +693,20 @@ fn events_committed_before_a_kill_9_are_delivered_after_restart() {
     child.wait().unwrap();
 }
 
-/// Builds an AssemblyScript example with the SDK's compiler (installed with `npm ci` on first
-/// use), or `None` when npm is not installed (`.ci/run` installs it).
+/// Builds an AssemblyScript example as a user's project builds: in `examples/functions`, whose
+/// `package.json` has the compiler and the `emberbase-functions` package (installed with
+/// `npm ci` on first use), or `None` when npm is not installed (`.ci/run` installs it).
 fn assemblyscript(example: &str) -> Option<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sdk = root.join("sdk/functions/assemblyscript");
-    let asc = sdk.join("node_modules/.bin/asc");
+    let project = root.join("examples/functions");
+    let asc = project.join("node_modules/.bin/asc");
     if !asc.exists() {
         let npm = std::process::Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&sdk)
+            .current_dir(&project)
             .status();
         match npm {
-            Ok(status) => assert!(status.success(), "npm ci failed in {}", sdk.display()),
+            Ok(status) => assert!(status.success(), "npm ci failed in {}", project.display()),
             Err(e) => {
                 crate::common::skip(&format!("AssemblyScript examples need npm ({e})"));
                 return None;
@@ -714,14 +715,10 @@ fn assemblyscript(example: &str) -> Option<Vec<u8>> {
     }
     let out = tempfile::NamedTempFile::new().unwrap();
     let status = std::process::Command::new(&asc)
-        .arg(format!("examples/functions/{example}/index.ts"))
-        .args([
-            "--config",
-            "sdk/functions/assemblyscript/asconfig.json",
-            "-o",
-        ])
+        .arg(format!("{example}/index.ts"))
+        .args(["--config", "asconfig.json", "-o"])
         .arg(out.path())
-        .current_dir(root)
+        .current_dir(&project)
         .status()
         .unwrap();
     assert!(status.success(), "asc failed on {example}");

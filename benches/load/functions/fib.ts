@@ -1,6 +1,6 @@
 // Load harness: naive recursive fib(n) (n from the body, default 30), as an HTTP function.
-import { register, JSONValue } from "../../../sdk/functions/assemblyscript/assembly";
-export { alloc, handle } from "../../../sdk/functions/assemblyscript/assembly";
+import { register, JSONValue } from "emberbase-functions";
+export { alloc, handle } from "emberbase-functions";
 
 function fib(n: i32): i32 {
   return n < 2 ? n : fib(n - 1) + fib(n - 2);

@@ -1,7 +1,7 @@
 // Load harness: on every create in `mirror_src`, writes `mirror_dst/<same id>`. The harness
 // measures from the acknowledged create to the mirror being readable.
-import { register, db, JSONValue } from "../../../sdk/functions/assemblyscript/assembly";
-export { alloc, handle } from "../../../sdk/functions/assemblyscript/assembly";
+import { register, db, JSONValue } from "emberbase-functions";
+export { alloc, handle } from "emberbase-functions";
 
 register((event: JSONValue): string | null => {
   db.set("mirror_dst", event.get("id").asString(), '{"seen":true}');

@@ -2,8 +2,8 @@
 // Trigger: {"on": "write", "collection": "comments"}; a comment has `data.post`.
 // Events of one function are delivered one at a time, in commit order, so read-then-write is
 // safe here.
-import { register, db, log, JSONValue } from "../../../sdk/functions/assemblyscript/assembly";
-export { alloc, handle } from "../../../sdk/functions/assemblyscript/assembly";
+import { register, db, log, JSONValue } from "emberbase-functions";
+export { alloc, handle } from "emberbase-functions";
 
 function bump(post: string, by: i32): void {
   if (post.length == 0) return;

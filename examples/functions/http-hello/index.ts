@@ -1,7 +1,7 @@
-// An HTTP function: POST /v1/functions/hello {"name": "Ada"} answers a greeting and who called.
+// An HTTP function: POST /v1/functions/http-hello {"name": "Ada"} answers a greeting and who called.
 // Trigger: {"on": "http"}.
-import { register, quote, JSONValue } from "../../../sdk/functions/assemblyscript/assembly";
-export { alloc, handle } from "../../../sdk/functions/assemblyscript/assembly";
+import { register, quote, JSONValue } from "emberbase-functions";
+export { alloc, handle } from "emberbase-functions";
 
 register((event: JSONValue): string | null => {
   const name = event.path("body.name").asString("world");

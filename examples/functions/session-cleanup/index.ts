@@ -1,7 +1,7 @@
 // A scheduled cleanup: deletes the documents of `sessions` whose `data.expires_at` (an RFC 3339
 // time) is before the tick. Trigger: {"on": "schedule", "cron": "*/5 * * * *"}.
-import { register, db, log, quote, JSONValue } from "../../../sdk/functions/assemblyscript/assembly";
-export { alloc, handle } from "../../../sdk/functions/assemblyscript/assembly";
+import { register, db, log, quote, JSONValue } from "emberbase-functions";
+export { alloc, handle } from "emberbase-functions";
 
 register((event: JSONValue): string | null => {
   const cutoff = event.get("scheduled_for").asString();

@@ -1,4 +1,4 @@
-//! Emberbase functions in Rust. Hides guest ABI v1 (`FUNCTIONS.md`): the exports `alloc` and
+//! Emberbase functions in Rust. Hides guest ABI v1 (Emberbase's `docs/functions.md`): the exports `alloc` and
 //! `handle`, and the imports `emberbase.log`, `emberbase.call`, `emberbase.result_read`.
 //!
 //! ```ignore
@@ -55,7 +55,7 @@ pub mod log {
     }
 }
 
-/// A request the store refused: `code` is one of API.md's (`not_found`, `conflict`, ...).
+/// A request the store refused: `code` is one of the HTTP API's (`not_found`, `conflict`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub code: String,

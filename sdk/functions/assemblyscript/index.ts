@@ -1,16 +1,16 @@
-// Emberbase functions in AssemblyScript. Hides guest ABI v1 (FUNCTIONS.md): the exports
-// `alloc` and `handle`, the imports `emberbase.log`, `emberbase.call`, `emberbase.result_read`.
+// Emberbase functions in AssemblyScript, as the npm package `emberbase-functions`. Hides the
+// guest ABI (docs/functions.md): the exports `alloc` and `handle`, the imports `emberbase.log`,
+// `emberbase.call`, `emberbase.result_read`.
 //
-//   import { register, db, log, JSONValue, quote } from "<path to>/sdk/functions/assemblyscript/assembly";
-//   export { alloc, handle } from "<path to>/sdk/functions/assemblyscript/assembly";
+//   import { register, db, log, JSONValue, quote } from "emberbase-functions";
+//   export { alloc, handle } from "emberbase-functions";
 //   register((event: JSONValue): string | null => { ...; return null; });
 //
-// Build from the repository root with `asconfig.json`: the runtime `stub` (every invocation
-// gets a fresh instance, so nothing needs collecting) and this module's `abort`, so the module
-// imports nothing but `emberbase.*`:
+// Compile with the runtime `stub` (every invocation gets a fresh instance, so nothing needs
+// collecting) and this module's `abort`, so that the module imports nothing but `emberbase.*`;
+// the asconfig.json of a project made by `emberbase functions new` says so:
 //
-//   sdk/functions/assemblyscript/node_modules/.bin/asc my.ts \
-//     --config sdk/functions/assemblyscript/asconfig.json -o my.wasm
+//   {"options": {"runtime": "stub", "use": ["abort=~lib/emberbase-functions/index/abort"]}}
 
 import { JSONValue, parse, quote } from "./json";
 export { JSONValue, parse, quote };
