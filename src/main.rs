@@ -1,5 +1,7 @@
 //! The `emberbase` command: a thin CLI over the library.
 
+mod scaffold;
+
 use clap::{Parser, Subcommand};
 use emberbase::config::{Config, LogFormat, Overrides, DEFAULT_CONFIG_FILE};
 use std::io::IsTerminal;
@@ -52,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Work on functions: make a new function project.
+    Functions {
+        #[command(subcommand)]
+        command: FunctionsCommand,
+    },
     /// Copy a single node into a cluster's PostgreSQL database (which must be empty):
     /// documents, indexes, accounts and sessions, rules, buckets and file records, functions
     /// with their modules, and the secrets (service key, token signing keys), so that tokens
@@ -102,6 +109,50 @@ enum AdminCommand {
         #[arg(long, value_name = "URL", conflicts_with = "config")]
         url: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum FunctionsCommand {
+    /// Make a function project in a new folder: an HTTP function that greets, the guest SDK
+    /// (written from this binary, so nothing else is needed), and a README whose commands build
+    /// it and upload it to a server.
+    ///
+    /// Example: `emberbase functions new greet --lang assemblyscript`, then follow
+    /// `greet/README.md`.
+    New {
+        /// The function's name (a-z 0-9 - _, starting with a letter).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// Where to make it [default: ./NAME]; must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn functions_new(name: &str, lang: scaffold::Lang, dir: Option<PathBuf>) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match scaffold::create(name, lang, &dir) {
+        Ok((files, readme)) => {
+            println!("made {} in {}:", name, dir.display());
+            for file in files {
+                println!("  {}", file.display());
+            }
+            println!("\nNext, in {} (from its README.md):\n", dir.display());
+            let commands = readme
+                .split("```sh\n")
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .unwrap_or_default();
+            print!("{commands}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -379,6 +430,9 @@ fn main() -> ExitCode {
             }
         },
         Command::MigrateStorage { from, to } => migrate_storage(&from, &to),
+        Command::Functions {
+            command: FunctionsCommand::New { name, lang, dir },
+        } => functions_new(&name, lang, dir),
         Command::Serve {
             config,
             data_dir,
