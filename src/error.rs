@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-/// The stable error codes of `API.md`. Each has exactly one HTTP status and one snake_case name.
+/// The stable error codes (listed in docs/http-api.md). Each has exactly one HTTP status and one snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,

@@ -1,4 +1,4 @@
-//! The JSON error shape of `API.md` for every failure, including actix's own.
+//! The JSON error shape (docs/http-api.md) for every failure, including actix's own.
 
 use crate::error::{Error, ErrorCode};
 use actix_web::http::{header, StatusCode};

@@ -21,7 +21,7 @@ pub(super) struct Uploaded {
     size: u64,
 }
 
-/// Upload (or replace) a function's WebAssembly module (guest ABI v1, see FUNCTIONS.md). It is
+/// Upload (or replace) a function's WebAssembly module (guest ABI v1, see docs/functions.md). It is
 /// validated, checked against the ABI and compiled before this returns; in-flight invocations
 /// finish on the old module.
 #[utoipa::path(

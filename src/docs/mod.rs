@@ -1,4 +1,4 @@
-//! The document service: the API of `API.md`'s Documents section as plain Rust, used by the
+//! The document service: the HTTP API's document routes as plain Rust, used by the
 //! HTTP layer and by programs that embed Emberbase in-process. It validates names and bodies,
 //! enforces access rules (in the writer, against the exact stored state, for writes), and turns
 //! queries into store calls with opaque cursors.

@@ -1,4 +1,4 @@
-//! The file service: the API of `API.md`'s Files section as plain Rust, used by the HTTP layer
+//! The file service: the HTTP API's files routes as plain Rust, used by the HTTP layer
 //! and by embedding programs.
 //!
 //! Bytes live in blobs named by the server and never by the client's path (see `blobs`: a

@@ -13,7 +13,7 @@ fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
 
-/// A file path as API.md defines it: one or more `/`-separated segments of `[A-Za-z0-9._-]`,
+/// A file path as the API defines it: one or more `/`-separated segments of `[A-Za-z0-9._-]`,
 /// none of them `.` or `..`, at most 1024 bytes. Checked on the raw request path, so an encoded
 /// byte (`%2e`, `%00`, `%2f`) is refused rather than decoded.
 pub(crate) fn check_path(path: &str) -> Result<()> {

@@ -1,6 +1,6 @@
 //! Evaluation of filter and rule expressions.
 //!
-//! Semantics, from `API.md`: a missing field is `null`; `==` between values of different JSON
+//! Semantics (docs/http-api.md and the README): a missing field is `null`; `==` between values of different JSON
 //! types is false and `!=` is its negation; `<` `<=` `>` `>=` compare numbers numerically and
 //! strings by bytes, and are false for any other pair; `in` tests membership in an array;
 //! `contains` tests an array for an element or a string for a substring. A value is "true" as a

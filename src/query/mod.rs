@@ -1,4 +1,4 @@
-//! The filter language of `API.md`: parser, evaluator, value order and query planner.
+//! The filter language: parser, evaluator, value order and query planner.
 //!
 //! Written once and shared by document queries, access rules and (later) realtime and bucket
 //! rules. Nothing here touches storage: the planner only *chooses* an access path; `store`

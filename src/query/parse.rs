@@ -1,4 +1,4 @@
-//! A hand-written lexer and recursive-descent parser for the filter language of `API.md`.
+//! A hand-written lexer and recursive-descent parser for the filter language.
 //!
 //! Precedence, tightest first: `!`, comparisons (`==` `!=` `<` `<=` `>` `>=` `in` `contains`),
 //! `&&`, `||`. Comparisons do not chain: `a == b == c` is an error. Every error carries the

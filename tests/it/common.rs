@@ -37,7 +37,7 @@ impl Resp {
         self.json["error"]["code"].as_str().unwrap_or("")
     }
 
-    /// Asserts the status and, for errors, that the body has the shape of API.md.
+    /// Asserts the status and, for errors, that the body has the error shape.
     #[track_caller]
     pub fn expect(self, status: u16) -> Self {
         assert_eq!(

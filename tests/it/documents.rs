@@ -1,4 +1,4 @@
-//! The Documents section of API.md, endpoint by endpoint, over HTTP.
+//! The document routes, endpoint by endpoint, over HTTP.
 
 use crate::common::{send, TestServer};
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 export class EmberbaseError extends Error {
   /** The HTTP status, or 0 when the request never got an answer (network, abort). */
   readonly status: number;
-  /** The stable code of API.md (`not_found`, `forbidden`, ...), or `network_error`. */
+  /** The stable error code (`not_found`, `forbidden`, ...), or `network_error`. */
   readonly code: string;
   /** Extra facts the server gave, such as the failing field or batch op. */
   readonly details: Record<string, unknown>;
