@@ -1172,6 +1172,8 @@ fn profiles_at_signup_in_me_and_in_rules() {
         updated["profile"]
     );
     patch(&ada, &big).expect(400);
+    patch(&ada, &json!({"profile": null})).expect(400);
+    patch(&ada, &json!({"profile": "Ada"})).expect(400);
     patch(&ada, &json!({"profile": big})).expect_error(400, "validation_failed");
     assert_eq!(
         me(&srv, &ada).expect(200).json["profile"],

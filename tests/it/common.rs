@@ -660,6 +660,27 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// Whether rustup has the `wasm32-unknown-unknown` target, which Rust guests build for; a
+/// test that needs it and finds it missing says SKIPPED with a reason CI may allow.
+pub fn wasm32_target() -> bool {
+    let installed = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
+        .unwrap_or(false);
+    if !installed {
+        skip("Rust guests need `rustup target add wasm32-unknown-unknown`");
+    }
+    installed
+}
+
+/// Held while a test builds a Rust guest: two release builds of a guest at once (each
+/// compiling serde_json with LTO) starve the servers of the tests running beside them.
+pub fn guest_build() -> std::sync::MutexGuard<'static, ()> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BUILD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A service the tests share (PostgreSQL, SeaweedFS), started by `start` on first use. `None`
 /// when it cannot run here, after the calling test says SKIPPED and why; on CI (`CI` set) that
 /// fails the test instead, since CI installs every service.

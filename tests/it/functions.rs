@@ -817,54 +817,6 @@ fn assemblyscript_examples_build_and_work() {
     srv.get("/v1/collections/sessions/docs/new").expect(200);
 }
 
-/// The Rust guest example, built for `wasm32-unknown-unknown` when that target is installed
-/// (`.ci/run` tries `rustup target add`); skipped, and said so, otherwise.
-#[test]
-fn rust_guest_example_builds_and_works() {
-    let installed = std::process::Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
-        .unwrap_or(false);
-    if !installed {
-        crate::common::skip("the Rust guest needs `rustup target add wasm32-unknown-unknown`");
-        return;
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let example = root.join("examples/functions/http-hello-rust");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-unknown-unknown",
-        ])
-        .current_dir(&example)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the Rust guest failed");
-    let wasm =
-        std::fs::read(example.join("target/wasm32-unknown-unknown/release/http_hello_rust.wasm"))
-            .unwrap();
-    let srv = start();
-    deploy(
-        &srv,
-        "hello-rust",
-        &wasm,
-        json!({"triggers": [{"on": "http"}]}),
-    );
-    let first = call(&srv, "hello-rust", None, &json!({"name": "Grace"})).expect(200);
-    assert_eq!(
-        first.json,
-        json!({"greeting": "hello, Grace", "caller": "anonymous", "greetings": 1})
-    );
-    let second = call(&srv, "hello-rust", Some(&srv.key), &json!({})).expect(200);
-    assert_eq!(second.json["greetings"], 2);
-    assert_eq!(second.json["greeting"], "hello, world");
-}
-
 #[test]
 fn replacing_a_module_lets_in_flight_calls_finish_on_the_old_one() {
     let srv = start();

@@ -95,18 +95,15 @@ fn an_assemblyscript_project_made_anywhere_builds_and_deploys() {
 
 #[test]
 fn a_rust_project_made_anywhere_builds_and_deploys() {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
-        .unwrap_or(false);
-    if !installed {
-        skip("a Rust project needs `rustup target add wasm32-unknown-unknown`");
+    if !wasm32_target() {
         return;
     }
     let (_guard, dir) = new_project("greet-rs", "rust");
     let srv = TestServer::start();
-    let output = run_readme(&srv, &dir);
+    let output = {
+        let _build = guest_build();
+        run_readme(&srv, &dir)
+    };
     check_deployed(&srv, "greet-rs", &output);
 }
 
