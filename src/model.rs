@@ -192,6 +192,11 @@ pub struct CollectionConfig {
     /// Each index is a list of field paths, e.g. `[["data.n"], ["data.tag", "data.n"]]`.
     #[serde(default)]
     pub indexes: Vec<Vec<String>>,
+    /// A JSON Schema (draft 2020-12) that every document's `data` must satisfy, checked on
+    /// every write; absent, any object goes. At most 64 KiB; `$ref` only within the schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, example = json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "maxLength": 500}}}))]
+    pub schema: Option<Value>,
 }
 
 /// A stored collection configuration, with its name. (The fields of `CollectionConfig` are
@@ -217,6 +222,47 @@ pub struct CollectionInfo {
     /// /v1/admin/collections/{collection}`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// The collection's JSON Schema, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// A stored schema that no longer compiles: writes to the collection are refused until it
+    /// is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_error: Option<String>,
+    /// After a schema is set: how the documents already stored measure up against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_report: Option<SchemaReport>,
+}
+
+/// How the documents stored when a schema was set measure up against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SchemaReport {
+    /// Documents checked.
+    pub checked: u64,
+    /// Of those, how many do not conform.
+    pub nonconforming: u64,
+    /// Whether every document was checked (the check stops after `limits.max_scan_documents`);
+    /// `GET /v1/admin/collections/{collection}/nonconforming` pages through all of them.
+    pub complete: bool,
+    /// The first few that do not conform.
+    pub examples: Vec<Nonconforming>,
+}
+
+/// A stored document that does not conform to its collection's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Nonconforming {
+    pub id: String,
+    pub violations: Vec<Violation>,
+}
+
+/// One way a document's data breaks its collection's schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Violation {
+    /// A JSON pointer into the document's `data` (`""` for the data as a whole).
+    pub pointer: String,
+    /// What is wrong there.
+    pub message: String,
 }
 
 /// An index and whether the planner uses it yet.

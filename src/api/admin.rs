@@ -4,18 +4,28 @@ use super::error::ErrorBody;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::error::Error;
-use crate::model::{CollectionConfig, CollectionInfo};
+use crate::model::{CollectionConfig, CollectionInfo, Nonconforming};
 use actix_web::{delete, get, put, web, HttpResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Set a collection's access rules and indexes. Indexes are built before this returns.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ConfigureQuery {
+    /// Refuse a schema that documents already stored break (nothing changes then).
+    #[serde(default)]
+    require_conforming: bool,
+}
+
+/// Set a collection's access rules, indexes and JSON Schema. New indexes are built in the
+/// background (`index_states`); with a schema, `schema_report` says how many stored documents
+/// do not conform (they stay; writes from now on must conform).
 #[utoipa::path(
     tag = "admin",
-    params(("collection" = String, Path, description = "Collection name")),
+    params(("collection" = String, Path, description = "Collection name"), ConfigureQuery),
     request_body = CollectionConfig,
     responses(
         (status = 200, description = "The stored config", body = CollectionInfo),
-        (status = 400, description = "A rule or index field does not parse", body = ErrorBody),
+        (status = 400, description = "A rule, index field or schema does not compile, or (with require_conforming) stored documents break the schema", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ),
@@ -26,9 +36,13 @@ pub(super) async fn put_collection(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
+    query: web::Query<ConfigureQuery>,
     body: JsonBody<CollectionConfig>,
 ) -> Result<HttpResponse, Error> {
-    let info = state.docs.configure(&caller.0, &path, body.0).await?;
+    let info = state
+        .docs
+        .configure_strict(&caller.0, &path, body.0, query.require_conforming)
+        .await?;
     Ok(HttpResponse::Ok().json(info))
 }
 
@@ -101,4 +115,53 @@ pub(super) async fn delete_collection(
     state.docs.delete_collection(&caller.0, &path).await?;
     info.deleting = true;
     Ok(HttpResponse::Accepted().json(info))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct NonconformingQuery {
+    /// How many to return, 1 to 1000 (default 50).
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct NonconformingList {
+    items: Vec<Nonconforming>,
+    /// Pass as `cursor` for the next page; absent at the end of the collection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// The stored documents that do not conform to the collection's schema, each with what is
+/// wrong, in id order. A page stops after `limit` of them or after checking 10,000 documents;
+/// `next_cursor` continues.
+#[utoipa::path(
+    tag = "admin",
+    params(("collection" = String, Path, description = "Collection name"), NonconformingQuery),
+    responses(
+        (status = 200, description = "One page", body = NonconformingList),
+        (status = 400, description = "The collection has no schema, or a bad limit", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/collections/{collection}/nonconforming")]
+pub(super) async fn nonconforming(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<NonconformingQuery>,
+) -> Result<HttpResponse, Error> {
+    let (items, next_cursor) = state
+        .docs
+        .nonconforming(
+            &caller.0,
+            &path,
+            query.cursor.as_deref(),
+            query.limit.unwrap_or(50),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(NonconformingList { items, next_cursor }))
 }

@@ -188,6 +188,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(documents::batch)
         .service(admin::list_collections)
         .service(admin::delete_collection)
+        .service(admin::nonconforming)
         .service(admin::get_collection)
         .service(admin::put_collection)
         .service(files::upload)

@@ -66,7 +66,8 @@ impl From<StoreError> for AuthError {
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
             | StoreError::Denied(_)
-            | StoreError::ScanBudget(_)) => AuthError::Internal(e.to_string()),
+            | StoreError::ScanBudget(_)
+            | StoreError::SchemaViolation { .. }) => AuthError::Internal(e.to_string()),
         }
     }
 }

@@ -3,9 +3,15 @@
 use super::error::invalid;
 use super::{check_collection, CompiledRules, DocsError, Documents, Result};
 use crate::auth::Principal;
-use crate::model::{CollectionConfig, CollectionInfo, RuleError};
+use crate::model::{CollectionConfig, CollectionInfo, Nonconforming, RuleError, SchemaReport};
 use crate::query::{self, Rule};
-use crate::store::Store;
+use crate::store::{Schema, Store};
+
+/// The nonconforming documents a schema change's report lists.
+const REPORT_EXAMPLES: usize = 20;
+
+/// The most documents one page of `nonconforming` checks.
+const NONCONFORMING_PAGE_BUDGET: usize = 10_000;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A collection as the API shows it: its configuration (`None`: it has none, so the server's
@@ -18,6 +24,7 @@ fn collection_info(
     deleting: bool,
     store: &Store,
 ) -> CollectionInfo {
+    let schema_error = store.collection(name).and_then(|s| s.schema_error.clone());
     let config = config.unwrap_or_default();
     let mut info = CollectionInfo {
         name: name.to_string(),
@@ -27,6 +34,9 @@ fn collection_info(
         index_states: store.index_states(name),
         documents,
         deleting,
+        schema: config.schema,
+        schema_error,
+        schema_report: None,
     };
     if let Some(rules) = &info.rules {
         info.rule_errors = [
@@ -48,15 +58,34 @@ fn collection_info(
 }
 
 impl Documents {
-    /// Sets a collection's rules and indexes (admins only).
+    /// Sets a collection's rules, indexes and schema (admins only). With a schema, the
+    /// answer reports how the documents already stored measure up against it (see
+    /// [`Documents::configure_strict`] to refuse a schema some of them break).
     pub async fn configure(
         &self,
         who: &Principal,
         collection: &str,
         config: CollectionConfig,
     ) -> Result<CollectionInfo> {
+        self.configure_strict(who, collection, config, false).await
+    }
+
+    /// [`Documents::configure`]; with `require_conforming`, a schema that any stored document
+    /// (of those the check reaches, `limits.max_scan_documents`) breaks is refused, and nothing
+    /// changes.
+    pub async fn configure_strict(
+        &self,
+        who: &Principal,
+        collection: &str,
+        config: CollectionConfig,
+        require_conforming: bool,
+    ) -> Result<CollectionInfo> {
         who.require_admin("configure collections")?;
         check_collection(collection)?;
+        let schema = match &config.schema {
+            Some(schema) => Some(Schema::compile(schema).map_err(|e| invalid(e, "schema"))?),
+            None => None,
+        };
         if let Some(rules) = &config.rules {
             CompiledRules::compile(rules).map_err(|(name, e)| DocsError::InvalidRule {
                 rule: name.into(),
@@ -78,16 +107,102 @@ impl Documents {
             }
         }
         let store = &self.inner.store;
+        let budget = usize::try_from(self.inner.limits.max_scan_documents).unwrap_or(usize::MAX);
+        let report = match &schema {
+            Some(schema) => {
+                let page = store
+                    .nonconforming(collection, schema, None, REPORT_EXAMPLES, budget)
+                    .await?;
+                let complete = page.next.is_none();
+                let mut report = SchemaReport {
+                    checked: page.checked,
+                    nonconforming: page.items.len() as u64,
+                    complete,
+                    examples: page.items,
+                };
+                // Past the examples, count the rest without keeping them.
+                let mut after = report.examples.last().map(|n| n.id.clone());
+                while report.examples.len() == REPORT_EXAMPLES && after.is_some() {
+                    let left = budget.saturating_sub(report.checked as usize);
+                    if left == 0 {
+                        report.complete = false;
+                        break;
+                    }
+                    let more = store
+                        .nonconforming(collection, schema, after.as_deref(), usize::MAX, left)
+                        .await?;
+                    report.checked += more.checked;
+                    report.nonconforming += more.items.len() as u64;
+                    report.complete = more.next.is_none();
+                    after = more.next;
+                }
+                Some(report)
+            }
+            None => None,
+        };
+        if let Some(report) = report.as_ref().filter(|r| r.nonconforming > 0) {
+            if require_conforming {
+                let first = &report.examples[0];
+                return Err(invalid(
+                    format!(
+                        "{} of the {} documents checked do not conform to the schema (the first, {}: {}); nothing was changed",
+                        report.nonconforming,
+                        report.checked,
+                        first.id,
+                        first.violations.first().map(|v| format!("{} {}", v.pointer, v.message)).unwrap_or_default()
+                    ),
+                    "schema",
+                ));
+            }
+        }
         store.configure(collection, config.clone()).await?;
         let documents = store.document_count(collection).await?;
         let deleting = store.deleting_collections().await?;
-        Ok(collection_info(
+        let mut info = collection_info(
             collection,
             Some(config),
             documents,
             deleting.iter().any(|c| c == collection),
             store,
-        ))
+        );
+        info.schema_report = report;
+        Ok(info)
+    }
+
+    /// The stored documents of `collection` that do not conform to its schema, in id order,
+    /// after the id `cursor` (admins only). A page stops at `limit` such documents or after
+    /// checking 10,000; `next` continues it.
+    pub async fn nonconforming(
+        &self,
+        who: &Principal,
+        collection: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Nonconforming>, Option<String>)> {
+        who.require_admin("read collection configs")?;
+        check_collection(collection)?;
+        if !(1..=1000).contains(&limit) {
+            return Err(DocsError::BadRequest("limit must be 1 to 1000".into()));
+        }
+        let state = self.inner.store.collection(collection);
+        let Some(schema) = state.as_ref().and_then(|s| s.schema.clone()) else {
+            return Err(invalid(
+                format!("collection {collection} has no schema"),
+                "schema",
+            ));
+        };
+        let page = self
+            .inner
+            .store
+            .nonconforming(
+                collection,
+                &schema,
+                cursor,
+                limit,
+                NONCONFORMING_PAGE_BUDGET,
+            )
+            .await?;
+        Ok((page.items, page.next))
     }
 
     /// A collection's configuration and document count (admins only); `404` for a collection

@@ -3,6 +3,7 @@
 
 use crate::auth::Denied;
 use crate::error::{Error, ErrorCode, StorageError};
+use crate::model::Violation;
 use crate::query::ParseError;
 use crate::store::{BatchFailure, StoreError};
 
@@ -26,6 +27,13 @@ pub enum DocsError {
     /// A value that breaks a limit or a required shape; `field` names it.
     #[error("{message}")]
     Invalid { message: String, field: String },
+    /// A document's data does not match its collection's schema: each violation names the
+    /// failing field by JSON pointer.
+    #[error("the data does not match the schema of collection {collection}: {}", summary(.violations))]
+    SchemaViolation {
+        collection: String,
+        violations: Vec<Violation>,
+    },
     /// The caller must sign in (or send the service key) for this.
     #[error("{0}")]
     Unauthenticated(String),
@@ -57,6 +65,26 @@ pub enum DocsError {
     Storage(#[from] StorageError),
 }
 
+/// The first violations, for a one-line message.
+fn summary(violations: &[Violation]) -> String {
+    let mut parts: Vec<String> = violations
+        .iter()
+        .take(3)
+        .map(|v| {
+            let at = if v.pointer.is_empty() {
+                "/"
+            } else {
+                &v.pointer
+            };
+            format!("{at}: {}", v.message)
+        })
+        .collect();
+    if violations.len() > 3 {
+        parts.push(format!("and {} more", violations.len() - 3));
+    }
+    parts.join("; ")
+}
+
 pub(crate) fn invalid(message: impl Into<String>, field: &str) -> DocsError {
     DocsError::Invalid {
         message: message.into(),
@@ -82,6 +110,13 @@ impl From<StoreError> for DocsError {
             },
             StoreError::Denied(message) => DocsError::Forbidden(message),
             StoreError::Invalid { message, field } => DocsError::Invalid { message, field },
+            StoreError::SchemaViolation {
+                collection,
+                violations,
+            } => DocsError::SchemaViolation {
+                collection,
+                violations,
+            },
             StoreError::ScanBudget(message) => DocsError::NeedsIndex(message),
             StoreError::CasFailed => DocsError::Storage(StorageError::Contended),
             StoreError::Engine(e) => DocsError::Storage(e.into()),
@@ -132,6 +167,8 @@ impl From<DocsError> for Error {
             DocsError::InvalidRule { rule, column, .. } => Error::bad_request(message)
                 .with_details(serde_json::json!({ "rule": rule, "column": column })),
             DocsError::Invalid { field, .. } => Error::validation(message, &field),
+            DocsError::SchemaViolation { violations, .. } => Error::validation(message, "data")
+                .with_detail("violations", serde_json::json!(violations)),
             DocsError::Unauthenticated(_) => Error::unauthenticated(message),
             DocsError::Forbidden(_) => Error::forbidden(message),
             DocsError::NotFound { .. } | DocsError::NotConfigured(_) => Error::not_found(message),

@@ -342,6 +342,7 @@ mod tests {
         let config = CollectionConfig {
             rules: Some(Rules::default()),
             indexes: Vec::new(),
+            schema: None,
         };
         docs.configure(&Principal::Service, "real", config)
             .await

@@ -74,7 +74,8 @@ impl From<StoreError> for FilesError {
             e @ (StoreError::NotFound { .. }
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
-            | StoreError::ScanBudget(_)) => FilesError::Internal(e.to_string()),
+            | StoreError::ScanBudget(_)
+            | StoreError::SchemaViolation { .. }) => FilesError::Internal(e.to_string()),
         }
     }
 }

@@ -68,7 +68,8 @@ impl From<StoreError> for FunctionsError {
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
             | StoreError::Denied(_)
-            | StoreError::ScanBudget(_)) => FunctionsError::Internal(e.to_string()),
+            | StoreError::ScanBudget(_)
+            | StoreError::SchemaViolation { .. }) => FunctionsError::Internal(e.to_string()),
         }
     }
 }

@@ -14,9 +14,9 @@
 //! the documents are gone, the configuration (rules and indexes) is removed and the `drop:`
 //! key with it. An unfinished delete resumes when the store opens.
 
-use super::{decode_doc, keys, Store, StoreError, WriteOp, WriteRequest};
+use super::{decode_doc, keys, Schema, Store, StoreError, WriteOp, WriteRequest};
 use crate::engine::{counter, retry, Direction, Engine, KeyRange, Keyspace};
-use crate::model::{now_rfc3339, Actor};
+use crate::model::{now_rfc3339, Actor, Nonconforming};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -188,7 +188,72 @@ async fn run_delete(store: &Store, collection: &str) -> Result<u64, StoreError> 
     Ok(deleted)
 }
 
+/// A page of the documents of a collection that do not conform to a schema.
+pub(crate) struct NonconformingPage {
+    /// Those found, in id order.
+    pub items: Vec<Nonconforming>,
+    /// Documents checked.
+    pub checked: u64,
+    /// The id to continue after, when the page stopped before the end of the collection.
+    pub next: Option<String>,
+}
+
 impl Store {
+    /// Checks the documents of `collection` after the id `after` against `schema`, in id
+    /// order, until `want` do not conform or `budget` were checked.
+    pub(crate) async fn nonconforming(
+        &self,
+        collection: &str,
+        schema: &Schema,
+        after: Option<&str>,
+        want: usize,
+        budget: usize,
+    ) -> Result<NonconformingPage, StoreError> {
+        let prefix = keys::doc_prefix(collection);
+        let mut range = KeyRange::prefix(&prefix);
+        if let Some(id) = after {
+            range.start = keys::successor(&keys::doc_key(collection, id));
+        }
+        let mut page = NonconformingPage {
+            items: Vec::new(),
+            checked: 0,
+            next: None,
+        };
+        loop {
+            let chunk = CHUNK
+                .min(budget.saturating_sub(page.checked as usize))
+                .max(1);
+            let entries = self
+                .engine
+                .scan(Keyspace::Documents, &range, Direction::Forward, chunk)
+                .await?;
+            for (key, value) in &entries {
+                let doc = decode_doc(value)?;
+                page.checked += 1;
+                let violations = schema.violations(&serde_json::Value::Object(doc.data));
+                if !violations.is_empty() {
+                    page.items.push(Nonconforming {
+                        id: doc.id.clone(),
+                        violations,
+                    });
+                }
+                range.start = keys::successor(key);
+                let full = page.items.len() >= want || page.checked as usize >= budget;
+                if full {
+                    let more = self
+                        .engine
+                        .scan(Keyspace::Documents, &range, Direction::Forward, 1)
+                        .await?;
+                    page.next = (!more.is_empty()).then_some(doc.id);
+                    return Ok(page);
+                }
+            }
+            if entries.len() < chunk {
+                return Ok(page);
+            }
+        }
+    }
+
     /// The exact number of documents in `collection`.
     pub(crate) async fn document_count(&self, collection: &str) -> Result<u64, StoreError> {
         let raw = self

@@ -35,6 +35,40 @@ type DocKey = (String, String);
 type Sized = (Change, usize);
 
 /// The owner a new document or file gets: the signed-in user who makes the write, if any.
+/// Refuses data that breaks its collection's schema, or any write while the stored schema
+/// does not compile. The data is checked as the write leaves it (after a merge patch).
+fn check_schema(
+    collection: &str,
+    state: &CollectionState,
+    doc: &mut Document,
+) -> Result<(), StoreError> {
+    if let Some(error) = &state.schema_error {
+        return Err(StoreError::Invalid {
+            message: format!(
+                "collection {collection} has a schema that does not compile ({error}); \
+                 fix it with PUT /v1/admin/collections/{collection}"
+            ),
+            field: "schema".into(),
+        });
+    }
+    let Some(schema) = &state.schema else {
+        return Ok(());
+    };
+    let data = Value::Object(std::mem::take(&mut doc.data));
+    let violations = schema.violations(&data);
+    if let Value::Object(map) = data {
+        doc.data = map;
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::SchemaViolation {
+            collection: collection.to_string(),
+            violations,
+        })
+    }
+}
+
 fn owner_of(actor: &Option<Actor>) -> Option<String> {
     actor.as_ref().and_then(|a| match a.role.as_str() {
         "user" | "admin" => a.id.clone(),
@@ -452,7 +486,7 @@ impl Store {
                 ..prev.clone()
             };
 
-            let (kind, after) = match (op, &before) {
+            let (kind, mut after) = match (op, &before) {
                 (WriteOp::Create { data, .. }, None) => {
                     let doc = fresh(data.clone());
                     check(Access::Create, None, Some(&doc)).map_err(fail)?;
@@ -531,6 +565,9 @@ impl Store {
                         field: "data".into(),
                     }));
                 }
+            }
+            if let (Some(doc), Some(state)) = (after.as_mut(), state.as_deref()) {
+                check_schema(&collection, state, doc).map_err(fail)?;
             }
             planned.current.insert(key.clone(), after.clone());
             planned.results.push(Written {

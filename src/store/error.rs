@@ -26,6 +26,12 @@ pub enum StoreError {
     CasFailed,
     #[error("{message}")]
     Invalid { message: String, field: String },
+    /// A document's data does not match its collection's schema.
+    #[error("the data does not match the schema of collection {collection}")]
+    SchemaViolation {
+        collection: String,
+        violations: Vec<crate::model::Violation>,
+    },
     /// A query examined more documents than allowed without an index.
     #[error("{0}")]
     ScanBudget(String),

@@ -21,6 +21,7 @@ mod kv;
 mod prune;
 mod records;
 mod scan;
+mod schema;
 mod write;
 
 pub(crate) use error::{BatchFailure, StoreError};
@@ -29,6 +30,7 @@ pub use feed::ChangeReceiver;
 pub(crate) use files::{FileGuard, FileOp, FileRecord, FileWrite};
 pub(crate) use kv::{KvWrite, Space};
 pub(crate) use scan::{QueryResult, QuerySpec};
+pub(crate) use schema::Schema;
 pub(crate) use write::{Access, WriteGuard, WriteOp, WriteRequest, Written};
 
 /// A system record: key (without its space prefix) and value.
@@ -82,6 +84,10 @@ pub(crate) struct IndexDef {
 pub(crate) struct CollectionState {
     pub config: CollectionConfig,
     pub indexes: Vec<IndexDef>,
+    /// The compiled schema, if the configuration has one that compiles.
+    pub schema: Option<Schema>,
+    /// Why a stored schema does not compile (writes are refused until it is fixed).
+    pub schema_error: Option<String>,
 }
 
 impl CollectionState {
@@ -104,7 +110,17 @@ impl CollectionState {
                 fields: paths,
             });
         }
-        Ok(CollectionState { config, indexes })
+        let (schema, schema_error) = match config.schema.as_ref().map(Schema::compile) {
+            Some(Ok(schema)) => (Some(schema), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        Ok(CollectionState {
+            config,
+            indexes,
+            schema,
+            schema_error,
+        })
     }
 }
 

@@ -387,6 +387,7 @@ mod tests {
         let config = CollectionConfig {
             rules: None,
             indexes: vec![vec!["data.n".into()]],
+            schema: None,
         };
         docs.configure(&Principal::Service, "c", config)
             .await

@@ -21,5 +21,6 @@ mod readme;
 mod realtime;
 mod s3;
 mod scaffold;
+mod schemas;
 mod sdk;
 mod storage;

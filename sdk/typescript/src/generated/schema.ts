@@ -125,7 +125,11 @@ export interface paths {
         };
         /** A collection's stored config and its exact document count. */
         get: operations["get_collection"];
-        /** Set a collection's access rules and indexes. Indexes are built before this returns. */
+        /**
+         * Set a collection's access rules, indexes and JSON Schema. New indexes are built in the
+         *     background (`index_states`); with a schema, `schema_report` says how many stored documents
+         *     do not conform (they stay; writes from now on must conform).
+         */
         put: operations["put_collection"];
         post?: never;
         /**
@@ -135,6 +139,27 @@ export interface paths {
          *     it is done, and a restart resumes it. Documents created after this call survive it.
          */
         delete: operations["delete_collection"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/collections/{collection}/nonconforming": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The stored documents that do not conform to the collection's schema, each with what is
+         *     wrong, in id order. A page stops after `limit` of them or after checking 10,000 documents;
+         *     `next_cursor` continues.
+         */
+        get: operations["nonconforming"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -784,6 +809,11 @@ export interface components {
             /** @description Each index is a list of field paths, e.g. `[["data.n"], ["data.tag", "data.n"]]`. */
             indexes?: string[][];
             rules?: components["schemas"]["Rules"] | null;
+            /**
+             * @description A JSON Schema (draft 2020-12) that every document's `data` must satisfy, checked on
+             *     every write; absent, any object goes. At most 64 KiB; `$ref` only within the schema.
+             */
+            schema?: Record<string, never> | null;
         };
         /**
          * @description A stored collection configuration, with its name. (The fields of `CollectionConfig` are
@@ -811,6 +841,14 @@ export interface components {
              */
             rule_errors?: components["schemas"]["RuleError"][];
             rules?: components["schemas"]["Rules"] | null;
+            /** @description The collection's JSON Schema, if it has one. */
+            schema?: Record<string, never> | null;
+            /**
+             * @description A stored schema that no longer compiles: writes to the collection are refused until it
+             *     is fixed.
+             */
+            schema_error?: string | null;
+            schema_report?: components["schemas"]["SchemaReport"] | null;
         };
         CollectionList: {
             items: components["schemas"]["CollectionInfo"][];
@@ -997,6 +1035,16 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        /** @description A stored document that does not conform to its collection's schema. */
+        Nonconforming: {
+            id: string;
+            violations: components["schemas"]["Violation"][];
+        };
+        NonconformingList: {
+            items: components["schemas"]["Nonconforming"][];
+            /** @description Pass as `cursor` for the next page; absent at the end of the collection. */
+            next_cursor?: string | null;
+        };
         /** @description One page of a list. */
         Page: {
             items: components["schemas"]["Document"][];
@@ -1037,6 +1085,26 @@ export interface components {
             delete?: string | null;
             read?: string | null;
             update?: string | null;
+        };
+        /** @description How the documents stored when a schema was set measure up against it. */
+        SchemaReport: {
+            /**
+             * Format: int64
+             * @description Documents checked.
+             */
+            checked: number;
+            /**
+             * @description Whether every document was checked (the check stops after `limits.max_scan_documents`);
+             *     `GET /v1/admin/collections/{collection}/nonconforming` pages through all of them.
+             */
+            complete: boolean;
+            /** @description The first few that do not conform. */
+            examples: components["schemas"]["Nonconforming"][];
+            /**
+             * Format: int64
+             * @description Of those, how many do not conform.
+             */
+            nonconforming: number;
         };
         /** @description What signup, login and refresh return. */
         Session: {
@@ -1130,6 +1198,13 @@ export interface components {
         UserPage: {
             items: components["schemas"]["User"][];
             next_cursor?: string | null;
+        };
+        /** @description One way a document's data breaks its collection's schema. */
+        Violation: {
+            /** @description What is wrong there. */
+            message: string;
+            /** @description A JSON pointer into the document's `data` (`""` for the data as a whole). */
+            pointer: string;
         };
     };
     responses: never;
@@ -1670,7 +1745,10 @@ export interface operations {
     };
     put_collection: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Refuse a schema that documents already stored break (nothing changes then). */
+                require_conforming?: boolean;
+            };
             header?: never;
             path: {
                 /** @description Collection name */
@@ -1693,7 +1771,7 @@ export interface operations {
                     "application/json": components["schemas"]["CollectionInfo"];
                 };
             };
-            /** @description A rule or index field does not parse */
+            /** @description A rule, index field or schema does not compile, or (with require_conforming) stored documents break the schema */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1799,6 +1877,70 @@ export interface operations {
             };
             /** @description The collection has neither a config nor documents */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    nonconforming: {
+        parameters: {
+            query?: {
+                /** @description How many to return, 1 to 1000 (default 50). */
+                limit?: number;
+                /** @description The `next_cursor` of the previous page. */
+                cursor?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Collection name */
+                collection: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NonconformingList"];
+                };
+            };
+            /** @description The collection has no schema, or a bad limit */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
