@@ -245,7 +245,8 @@ fn a_stored_schema_that_no_longer_compiles_refuses_writes_until_fixed() {
         return;
     }
     let srv = TestServer::start();
-    srv.post("/v1/collections/c/docs", &json!({"n": 1})).expect(201);
+    srv.post("/v1/collections/c/docs", &json!({"n": 1}))
+        .expect(201);
     // As a config stored by a version that accepted more, written straight into the stopped
     // server's database.
     let dir = srv.stop();
@@ -279,7 +280,11 @@ fn a_stored_schema_that_no_longer_compiles_refuses_writes_until_fixed() {
         .text
         .contains("does not compile"));
     srv.get("/v1/collections/c/docs?limit=10").expect(200);
-    srv.put("/v1/admin/collections/c", &json!({"schema": {"type": "object"}}))
-        .expect(200);
-    srv.post("/v1/collections/c/docs", &json!({"n": 2})).expect(201);
+    srv.put(
+        "/v1/admin/collections/c",
+        &json!({"schema": {"type": "object"}}),
+    )
+    .expect(200);
+    srv.post("/v1/collections/c/docs", &json!({"n": 2}))
+        .expect(201);
 }

@@ -46,6 +46,12 @@ export type BatchOp =
   | { op: "update"; collection: string; id: string; data: DocData; if_version?: number }
   | { op: "delete"; collection: string; id: string; if_version?: number };
 
+/**
+ * The data type of each collection, by name. Empty here; the file `npx emberbase types` writes
+ * fills it in (a `declare module "emberbase"` block), from the JSON Schemas the server stores.
+ */
+export interface CollectionTypes {}
+
 export class Emberbase {
   readonly auth: Auth;
   readonly files: Files;
@@ -70,9 +76,14 @@ export class Emberbase {
     return this.transport.api;
   }
 
-  /** The documents of a collection, typed as `T`. */
-  collection<T extends object = DocData>(name: string): Collection<T> {
-    return new Collection<T>(this.transport, name);
+  /**
+   * The documents of a collection: typed by its name when `npx emberbase types` generated its
+   * type (`eb.collection("posts")`), or as `T` (`eb.collection<Post>("posts")`).
+   */
+  collection<K extends keyof CollectionTypes & string>(name: K): Collection<CollectionTypes[K] & object>;
+  collection<T extends object = DocData>(name: string): Collection<T>;
+  collection(name: string): Collection<DocData> {
+    return new Collection<DocData>(this.transport, name);
   }
 
   /**
