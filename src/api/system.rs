@@ -6,6 +6,7 @@ use super::AppState;
 use crate::error::Error;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Serialize;
+use serde_json::Value;
 use std::time::Duration;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -70,16 +71,68 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// The OpenAPI 3.1 document of this API, generated from the code.
+/// The OpenAPI 3.1 document of this API, generated from the code, with the JSON Schema of each
+/// collection that has one as the component `CollectionData_<collection>`.
 #[utoipa::path(
     tag = "operations",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
 )]
 #[get("/v1/openapi.json")]
 pub(super) async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
+    let schemas = state.docs.schemas();
+    let body = if schemas.is_empty() {
+        state.openapi_json.clone()
+    } else {
+        web::Bytes::from(with_collection_schemas(&state.openapi_json, schemas))
+    };
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(state.openapi_json.clone())
+        .body(body)
+}
+
+/// The component name of a collection's data schema in the served document.
+fn component_name(collection: &str) -> String {
+    format!("CollectionData_{collection}")
+}
+
+/// The API document with each collection's JSON Schema added as the component
+/// `CollectionData_<collection>` (its references rewritten to point inside it), so that
+/// generators see the shape of every collection that has one. The committed document
+/// (`emberbase openapi`) stays the same for every server.
+fn with_collection_schemas(document: &[u8], schemas: Vec<(String, Value)>) -> Vec<u8> {
+    let Ok(mut document) = serde_json::from_slice::<Value>(document) else {
+        return document.to_vec();
+    };
+    if let Some(components) = document
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for (collection, mut schema) in schemas {
+            let name = component_name(&collection);
+            rebase_refs(&mut schema, &format!("#/components/schemas/{name}"));
+            components.insert(name, schema);
+        }
+    }
+    serde_json::to_vec_pretty(&document).unwrap_or_default()
+}
+
+/// Rewrites the references of a schema that point inside it (`#...`) to point inside it at
+/// `base` in a larger document.
+fn rebase_refs(schema: &mut Value, base: &str) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(target) if key == "$ref" && target.starts_with('#') => {
+                        *target = format!("{base}{}", &target[1..]);
+                    }
+                    other => rebase_refs(other, base),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| rebase_refs(item, base)),
+        _ => {}
+    }
 }
 
 /// Prometheus metrics. Needs an admin token or the service key unless `metrics.public`.

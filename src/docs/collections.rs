@@ -271,6 +271,16 @@ impl Documents {
         Ok(())
     }
 
+    /// Every collection's JSON Schema, by collection name (for the served OpenAPI document).
+    pub(crate) fn schemas(&self) -> Vec<(String, serde_json::Value)> {
+        self.inner
+            .store
+            .collections()
+            .into_iter()
+            .filter_map(|(name, config)| config.schema.map(|schema| (name, schema)))
+            .collect()
+    }
+
     /// The collections that hold documents but have no rules of their own, so the configured
     /// defaults apply to them.
     pub(crate) async fn collections_on_default_rules(&self) -> Result<Vec<String>> {

@@ -1,6 +1,7 @@
 //! The syntax tree of the filter language.
 
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A parsed expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +14,56 @@ pub(crate) enum Expr {
     /// Two or more operands, one of which must hold.
     Or(Vec<Expr>),
     Compare(Box<Expr>, CmpOp, Box<Expr>),
+    /// A call of a built-in function.
+    Call(Func, Vec<Expr>),
+    /// `a + b` or `a - b`: times and durations.
+    Arith(Box<Expr>, ArithOp, Box<Expr>),
+}
+
+/// A built-in function. Arguments that must be literals are taken apart when parsed.
+#[derive(Debug, Clone)]
+pub(crate) enum Func {
+    /// `size(x)`: characters of a string, items of an array, keys of an object.
+    Size,
+    /// `startsWith(s, prefix)`.
+    StartsWith,
+    /// `endsWith(s, suffix)`.
+    EndsWith,
+    Lower,
+    Upper,
+    /// `matches(s, "pattern")`, the pattern compiled once (linear-time engine).
+    Matches(Arc<regex::Regex>),
+    /// `has(object, "key")`.
+    Has,
+    /// `keys(object)`: its keys, as an array.
+    Keys,
+    /// `type(x)`: `null`, `boolean`, `number`, `string`, `array`, `object`, `time`, `duration`.
+    Type,
+    /// `now()`: the time of the evaluation.
+    Now,
+    /// `time(x)`: an RFC 3339 string as a time, compared by instant.
+    Time,
+    /// `duration("P7D")`, in nanoseconds.
+    Duration(i128),
+    /// `changed("data.field")`: in an update rule, whether the write changes that field.
+    Changed(Vec<String>),
+}
+
+impl PartialEq for Func {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Func::Matches(a), Func::Matches(b)) => a.as_str() == b.as_str(),
+            (Func::Duration(a), Func::Duration(b)) => a == b,
+            (Func::Changed(a), Func::Changed(b)) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArithOp {
+    Add,
+    Sub,
 }
 
 /// A dotted name such as `data.author.name`; the first segment is the root.

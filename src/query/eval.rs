@@ -6,8 +6,8 @@
 //! `contains` tests an array for an element or a string for a substring. A value is "true" as a
 //! condition only if it is the boolean `true`.
 
-use super::ast::{CmpOp, Expr, Path};
-use super::order;
+use super::ast::{ArithOp, CmpOp, Expr, Func, Path};
+use super::{functions, order};
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -37,17 +37,111 @@ impl Scope for Value {
 
 static NULL: Value = Value::Null;
 
-/// Evaluates `expr` to a value.
-pub(crate) fn eval<'s>(expr: &'s Expr, scope: &'s dyn Scope) -> Cow<'s, Value> {
+/// A value while an expression is evaluated: JSON, or a time or duration (from `now()`,
+/// `time(x)`, `duration("P7D")` and `+`/`-` between them), in nanoseconds.
+#[derive(Debug, Clone)]
+pub(crate) enum Val<'s> {
+    Json(Cow<'s, Value>),
+    Time(i128),
+    Duration(i128),
+}
+
+/// Evaluates `expr`.
+pub(crate) fn eval<'s>(expr: &'s Expr, scope: &'s dyn Scope) -> Val<'s> {
+    let boolean = |b: bool| Val::Json(Cow::Owned(Value::Bool(b)));
     match expr {
-        Expr::Literal(v) => Cow::Borrowed(v),
-        Expr::Path(p) => scope.lookup(p).unwrap_or(Cow::Borrowed(&NULL)),
-        Expr::Not(inner) => Cow::Owned(Value::Bool(!truthy(&eval(inner, scope)))),
-        Expr::And(all) => Cow::Owned(Value::Bool(all.iter().all(|e| matches(e, scope)))),
-        Expr::Or(any) => Cow::Owned(Value::Bool(any.iter().any(|e| matches(e, scope)))),
-        Expr::Compare(a, op, b) => {
-            Cow::Owned(Value::Bool(compare(&eval(a, scope), *op, &eval(b, scope))))
+        Expr::Literal(v) => Val::Json(Cow::Borrowed(v)),
+        Expr::Path(p) => Val::Json(scope.lookup(p).unwrap_or(Cow::Borrowed(&NULL))),
+        Expr::Not(inner) => boolean(!truthy(&eval(inner, scope))),
+        Expr::And(all) => boolean(all.iter().all(|e| matches(e, scope))),
+        Expr::Or(any) => boolean(any.iter().any(|e| matches(e, scope))),
+        Expr::Compare(a, op, b) => boolean(compare_vals(&eval(a, scope), *op, &eval(b, scope))),
+        Expr::Arith(a, op, b) => arith(&eval(a, scope), *op, &eval(b, scope)),
+        Expr::Call(Func::Changed(field), _) => boolean(changed(field, scope)),
+        Expr::Call(func, args) => {
+            let args: Vec<Val<'s>> = args.iter().map(|a| eval(a, scope)).collect();
+            functions::call(func, &args)
         }
+    }
+}
+
+/// `changed("data.f")`: whether the stored document's field differs from what the write
+/// leaves (`doc.data.f` against `request.data.f`).
+fn changed(field: &[String], scope: &dyn Scope) -> bool {
+    let at = |root: &[&str]| {
+        let segments = root
+            .iter()
+            .map(|s| s.to_string())
+            .chain(field.iter().cloned())
+            .collect();
+        scope
+            .lookup(&Path { segments })
+            .map(Cow::into_owned)
+            .unwrap_or(Value::Null)
+    };
+    !equal(&at(&["doc", "data"]), &at(&["request", "data"]))
+}
+
+/// `+` and `-` between times and durations; anything else is `null`.
+fn arith<'s>(a: &Val<'s>, op: ArithOp, b: &Val<'s>) -> Val<'s> {
+    let sign = match op {
+        ArithOp::Add => 1,
+        ArithOp::Sub => -1,
+    };
+    let time = |v: &Val<'_>| match v {
+        Val::Time(t) => Some(*t),
+        Val::Json(j) => j.as_str().and_then(functions::parse_time),
+        Val::Duration(_) => None,
+    };
+    match (a, b) {
+        (Val::Duration(x), Val::Duration(y)) => Val::Duration(x.saturating_add(sign * y)),
+        (_, Val::Duration(d)) => match time(a) {
+            Some(t) => Val::Time(t.saturating_add(sign * d)),
+            None => Val::Json(Cow::Owned(Value::Null)),
+        },
+        (Val::Duration(d), _) if op == ArithOp::Add => match time(b) {
+            Some(t) => Val::Time(t.saturating_add(*d)),
+            None => Val::Json(Cow::Owned(Value::Null)),
+        },
+        _ => match (time(a), time(b)) {
+            (Some(x), Some(y)) if op == ArithOp::Sub && (is_time(a) || is_time(b)) => {
+                Val::Duration(x.saturating_sub(y))
+            }
+            _ => Val::Json(Cow::Owned(Value::Null)),
+        },
+    }
+}
+
+fn is_time(v: &Val<'_>) -> bool {
+    matches!(v, Val::Time(_))
+}
+
+/// A comparison where a time meets a time, or an RFC 3339 string (compared by instant), or a
+/// duration meets a duration; otherwise the JSON comparison.
+fn compare_vals(a: &Val<'_>, op: CmpOp, b: &Val<'_>) -> bool {
+    use std::cmp::Ordering;
+    let instant = |v: &Val<'_>| match v {
+        Val::Time(t) => Some(*t),
+        Val::Json(j) => j.as_str().and_then(functions::parse_time),
+        Val::Duration(_) => None,
+    };
+    let ordering: Option<Option<Ordering>> = match (a, b) {
+        (Val::Json(x), Val::Json(y)) => return compare(x, op, y),
+        (Val::Duration(x), Val::Duration(y)) => Some(Some(x.cmp(y))),
+        (Val::Time(_), _) | (_, Val::Time(_)) => {
+            Some(instant(a).zip(instant(b)).map(|(x, y)| x.cmp(&y)))
+        }
+        _ => Some(None),
+    };
+    let ordering = ordering.flatten();
+    match op {
+        CmpOp::Eq => ordering == Some(Ordering::Equal),
+        CmpOp::Ne => ordering != Some(Ordering::Equal),
+        CmpOp::Lt => ordering == Some(Ordering::Less),
+        CmpOp::Le => matches!(ordering, Some(Ordering::Less | Ordering::Equal)),
+        CmpOp::Gt => ordering == Some(Ordering::Greater),
+        CmpOp::Ge => matches!(ordering, Some(Ordering::Greater | Ordering::Equal)),
+        CmpOp::In | CmpOp::Contains => false,
     }
 }
 
@@ -58,7 +152,9 @@ pub(crate) fn mentions(expr: &Expr, root: &str) -> bool {
         Expr::Literal(_) => false,
         Expr::Not(a) => mentions(a, root),
         Expr::And(all) | Expr::Or(all) => all.iter().any(|e| mentions(e, root)),
-        Expr::Compare(a, _, b) => mentions(a, root) || mentions(b, root),
+        Expr::Compare(a, _, b) | Expr::Arith(a, _, b) => mentions(a, root) || mentions(b, root),
+        Expr::Call(Func::Changed(_), _) => root == "doc" || root == "request",
+        Expr::Call(_, args) => args.iter().any(|e| mentions(e, root)),
     }
 }
 
@@ -93,8 +189,8 @@ pub(crate) fn matches(expr: &Expr, scope: &dyn Scope) -> bool {
     truthy(&eval(expr, scope))
 }
 
-fn truthy(v: &Value) -> bool {
-    matches!(v, Value::Bool(true))
+fn truthy(v: &Val<'_>) -> bool {
+    matches!(v, Val::Json(j) if matches!(j.as_ref(), Value::Bool(true)))
 }
 
 /// Equality as the filter language defines it: numbers by value, different types never equal.

@@ -6,6 +6,7 @@
 
 pub(crate) mod ast;
 pub(crate) mod eval;
+mod functions;
 pub(crate) mod order;
 pub(crate) mod parse;
 pub(crate) mod plan;

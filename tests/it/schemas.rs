@@ -288,3 +288,108 @@ fn a_stored_schema_that_no_longer_compiles_refuses_writes_until_fixed() {
     srv.post("/v1/collections/c/docs", &json!({"n": 2}))
         .expect(201);
 }
+
+#[test]
+fn the_served_api_document_describes_each_schema() {
+    let srv = TestServer::start();
+    let plain = srv.get("/v1/openapi.json").expect(200).json;
+    srv.put(
+        "/v1/admin/collections/book",
+        &json!({ "schema": guestbook() }),
+    )
+    .expect(200);
+    let served = srv.get("/v1/openapi.json").expect(200).json;
+    let component = &served["components"]["schemas"]["CollectionData_book"];
+    assert_eq!(component["required"], json!(["text"]));
+    // References inside the schema point inside its component.
+    assert_eq!(
+        component["properties"]["author"]["$ref"],
+        "#/components/schemas/CollectionData_book/$defs/person"
+    );
+    assert!(served
+        .pointer("/components/schemas/CollectionData_book/$defs/person/properties/name")
+        .is_some());
+    // The rest of the document is unchanged, and `emberbase openapi` (the committed
+    // document) has no collection schema.
+    let mut without = served.clone();
+    without["components"]["schemas"]
+        .as_object_mut()
+        .unwrap()
+        .remove("CollectionData_book");
+    assert_eq!(without, plain);
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/openapi.json"),
+    )
+    .unwrap();
+    assert!(!committed.contains("CollectionData_"));
+}
+
+#[test]
+fn rules_and_filters_use_the_functions() {
+    let srv = TestServer::start();
+    srv.put(
+        "/v1/admin/collections/notes",
+        &json!({"rules": {
+            "read": "",
+            "create": "auth != null && size(request.data.text) <= 10 && matches(request.data.text, \"^[a-zé ]+$\")",
+            "update": "!changed(\"data.author\") && time(request.data.due) < now() + duration(\"P7D\")",
+            "delete": null,
+        }}),
+    )
+    .expect(200);
+    let token = signup_token(&srv, "fn@example.com");
+    let create = |data: Value| {
+        with_token(
+            &srv,
+            "POST",
+            "/v1/collections/notes/docs",
+            &token,
+            Some(&data),
+        )
+    };
+    create(json!({"text": "héllo", "author": "ada"})).expect(201);
+    create(json!({"text": "far too long text"})).expect_error(403, "forbidden");
+    create(json!({"text": "UPPER"})).expect_error(403, "forbidden");
+    create(json!({"text": 5})).expect_error(403, "forbidden");
+    let id = create(json!({"text": "plan", "author": "ada"}))
+        .expect(201)
+        .json["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/collections/notes/docs/{id}");
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let patch = |data: Value| with_token(&srv, "PATCH", &path, &token, Some(&data));
+    patch(json!({ "due": soon })).expect(200);
+    patch(json!({"due": "2099-01-01T00:00:00Z"})).expect_error(403, "forbidden");
+    patch(json!({"author": "eve", "due": soon})).expect_error(403, "forbidden");
+
+    // Filters too, alone or beside an indexed condition.
+    srv.put(
+        "/v1/admin/collections/notes",
+        &json!({"rules": {"read": "", "create": "", "update": "", "delete": ""}, "indexes": [["data.author"]]}),
+    )
+    .expect(200);
+    let list = |filter: &str| {
+        srv.get(&format!(
+            "/v1/collections/notes/docs?filter={}",
+            enc(filter)
+        ))
+        .expect(200)
+        .json["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(list("startsWith(data.text, \"hé\")"), 1);
+    assert_eq!(list("data.author == \"ada\" && size(data.text) == 4"), 1);
+    assert_eq!(list("type(data.due) == \"string\""), 1);
+    srv.get(&format!(
+        "/v1/collections/notes/docs?filter={}",
+        enc("size(data.text, 1) == 2")
+    ))
+    .expect_error(400, "bad_request");
+}

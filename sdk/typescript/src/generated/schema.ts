@@ -669,7 +669,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The OpenAPI 3.1 document of this API, generated from the code. */
+        /**
+         * The OpenAPI 3.1 document of this API, generated from the code, with the JSON Schema of each
+         *     collection that has one as the component `CollectionData_<collection>`.
+         */
         get: operations["openapi_json"];
         put?: never;
         post?: never;
