@@ -98,10 +98,12 @@ pub use realtime::{Realtime, RealtimeError, SubscribeRequest, Subscription};
 pub use server::{Server, ServerBuilder, StartError};
 pub use store::ChangeReceiver;
 
-/// The function sandbox's internals, for the project's own benchmarks (`benches/functions.rs`,
-/// built with `--features internals`). Not API: it may change in any release.
+/// The function sandbox's and the rule language's internals, for the project's own benchmarks
+/// (`benches/functions.rs`, `benches/rules.rs`, built with `--features internals`). Not API: it
+/// may change in any release.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
     pub use crate::functions::runtime;
+    pub use crate::query::bench as rules;
 }

@@ -165,6 +165,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// The password from standard input, and a runtime to act with.
+fn password_and_runtime() -> Result<(String, tokio::runtime::Runtime), ExitCode> {
+    Ok((read_password()?, runtime()?))
+}
+
+/// What `admin create` did, in `place` (a data directory or a server's URL).
+fn report_admin(email: &str, id: &str, created: bool, place: &str) {
+    if created {
+        println!("created admin {email} ({id}) in {place}");
+    } else {
+        println!("{email} ({id}) is now an admin, with the new password");
+    }
+}
+
 /// The first line of standard input, without its line ending.
 fn read_password() -> Result<String, ExitCode> {
     let mut password = String::new();
@@ -195,25 +209,14 @@ fn admin_create(
             return ExitCode::from(2);
         }
     };
-    let password = match read_password() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
+    let (password, runtime) = match password_and_runtime() {
+        Ok(both) => both,
         Err(code) => return code,
     };
     let dir = config.server.data_dir.display().to_string();
     match runtime.block_on(emberbase::ServerBuilder::new(config).create_admin(&email, password)) {
-        Ok((user, true)) => {
-            println!("created admin {} ({}) in {dir}", user.email, user.id);
-            ExitCode::SUCCESS
-        }
-        Ok((user, false)) => {
-            println!(
-                "{} ({}) is now an admin, with the new password",
-                user.email, user.id
-            );
+        Ok((user, created)) => {
+            report_admin(&user.email, &user.id, created, &dir);
             ExitCode::SUCCESS
         }
         Err(e @ emberbase::StartError::Store { .. }) => {
@@ -236,12 +239,8 @@ fn admin_create_remote(email: &str, url: &str) -> ExitCode {
         eprintln!("emberbase: --url needs the server's service key in EB_SERVICE_KEY (for example EB_SERVICE_KEY=$(cat emberbase_data/service_key))");
         return ExitCode::from(2);
     };
-    let password = match read_password() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
+    let (password, runtime) = match password_and_runtime() {
+        Ok(both) => both,
         Err(code) => return code,
     };
     // reqwest takes its TLS provider from the process, as the library's S3 client does.
@@ -270,16 +269,7 @@ fn admin_create_remote(email: &str, url: &str) -> ExitCode {
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let shown = |field: &str| json[field].as_str().unwrap_or("?").to_string();
     match status.as_u16() {
-        201 => println!(
-            "created admin {} ({}) on {url}",
-            shown("email"),
-            shown("id")
-        ),
-        200 => println!(
-            "{} ({}) is now an admin, with the new password",
-            shown("email"),
-            shown("id")
-        ),
+        code @ (200 | 201) => report_admin(&shown("email"), &shown("id"), code == 201, url),
         _ => {
             let message = json["error"]["message"]
                 .as_str()

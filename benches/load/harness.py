@@ -21,7 +21,7 @@ Realtime: write-to-event latency (p50/p99) with 1 and 1,000 subscribers, deliver
 subscribers, against PocketBase's /api/realtime (examples/realtime_load.rs is the client).
 
     python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
-                                    [--only docs|files|functions|realtime|cluster]
+                                    [--only docs|files|functions|realtime|cluster|schemas]
 """
 
 import argparse
@@ -725,13 +725,52 @@ def stop_all(procs):
             p.kill()
 
 
+# Ten fields, each constrained, for the schema load: types, bounds, an enum, a format, a
+# pattern, an array and a nested object.
+TEN_FIELD_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "required": ["title", "n", "tag", "done", "score", "tags", "author", "email", "count", "note"],
+    "properties": {
+        "title": {"type": "string", "maxLength": 200}, "n": {"type": "integer", "minimum": 0},
+        "tag": {"enum": ["x", "y", "z"]}, "done": {"type": "boolean"},
+        "score": {"type": "number", "maximum": 5}, "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 10},
+        "author": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        "email": {"type": "string", "format": "email"}, "count": {"type": "integer"},
+        "note": {"type": "string", "pattern": "^[a-z ]*$"},
+    },
+}
+TEN_FIELDS = {"title": "load", "n": 1, "tag": "z", "done": False, "score": 4.5, "tags": ["a", "b"],
+              "author": {"name": "Ada"}, "email": "ada@example.com", "count": 7, "note": "a short note"}
+
+
+def run_schema_loads(tmp, args, auth):
+    """Durable create of the same ten-field document into a collection with a ten-field JSON
+    Schema and into one without, alternating twice to even out drift."""
+    base = f"http://127.0.0.1:{EB_PORT}"
+    rules = {"read": "", "create": "", "update": "", "delete": ""}
+    request("PUT", base + "/v1/admin/collections/untyped", {"rules": rules}, auth)
+    request("PUT", base + "/v1/admin/collections/typed", {"rules": rules, "schema": TEN_FIELD_SCHEMA}, auth)
+    rps = {"untyped": [], "typed": []}
+    for name in ["untyped", "typed", "untyped", "typed"]:
+        result = wrk(base + f"/v1/collections/{name}/docs",
+                     lua_script(tmp, "schema_" + name, "POST", TEN_FIELDS, auth), args)
+        if result["errors"]:
+            raise SystemExit(f"{name}: {result['errors']} creates were refused")
+        rps[name].append(result["rps"])
+        print(f"  create into {name:8} {result['rps']:>10.0f} req/s  p50 {result['p50']:.2f} ms"
+              f"  p99 {result['p99']:.2f} ms", flush=True)
+    untyped, typed = (sum(rps[n]) / len(rps[n]) for n in ("untyped", "typed"))
+    print(f"| create, ten-field document | without a schema {untyped:.0f} req/s | with a ten-field schema "
+          f"{typed:.0f} req/s | {100 * (typed / untyped - 1):+.1f}% |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
-    parser.add_argument("--only", choices=["docs", "files", "functions", "realtime", "cluster"],
+    parser.add_argument("--only", choices=["docs", "files", "functions", "realtime", "cluster", "schemas"],
                         help="run only one group of loads")
     args = parser.parse_args()
     if not args.skip_build:
@@ -763,6 +802,11 @@ def main():
             print("functions:", flush=True)
             run_function_loads(tmp, eb_t["auth"])
             if args.only == "functions":
+                return
+        if args.only in (None, "schemas"):
+            print("schemas:", flush=True)
+            run_schema_loads(tmp, args, eb_t["auth"])
+            if args.only == "schemas":
                 return
         if args.only in (None, "files"):
             eb_f = run_file_loads("emberbase", eb, emberbase_files(f"http://127.0.0.1:{EB_PORT}", eb_t["auth"]), tmp, args)

@@ -57,6 +57,10 @@ struct Inner {
     config: FunctionsConfig,
     metrics: Arc<Metrics>,
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
+    /// Counts the changes this node makes to `loaded` (upload, configure, delete), each made
+    /// after its store write. A reload applies what it read only if none happened meanwhile,
+    /// else it reads again: a function deleted here never comes back from an earlier read.
+    generation: Mutex<u64>,
     /// Every trigger of every function, for the commit hook (which runs on the writer thread).
     triggers: RwLock<Arc<Vec<(String, Trigger)>>>,
     dispatch: dispatch::Dispatchers,
@@ -144,6 +148,7 @@ impl Functions {
                 config: config.clone(),
                 metrics,
                 loaded: RwLock::new(HashMap::new()),
+                generation: Mutex::new(0),
                 triggers: RwLock::new(Arc::new(Vec::new())),
                 dispatch: dispatch::Dispatchers::default(),
                 tokio: tokio::runtime::Handle::current(),

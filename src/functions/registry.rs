@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Reads of the stored functions a reload makes before it gives up for now, when local
+/// changes keep coming in between.
+const RELOAD_ATTEMPTS: usize = 8;
+
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -170,55 +174,87 @@ impl Functions {
     /// Brings the loaded functions in line with their records, which another node of a
     /// cluster changed: new and changed functions are loaded, deleted ones stop.
     pub(super) async fn reload(&self) {
-        let records = match self
-            .inner
-            .store
-            .kv_scan(Space::Functions, None, usize::MAX)
-            .await
-        {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reload the functions");
-                return;
-            }
-        };
-        let mut present = std::collections::HashSet::new();
-        for (_, bytes) in records {
-            let Ok(record) = serde_json::from_slice::<FunctionRecord>(&bytes) else {
-                continue;
-            };
-            let name = record.info.name.clone();
-            present.insert(name.clone());
-            let current = self.loaded(&name);
-            let loaded = match current {
-                Some(current)
-                    if current.record.info.sha256 == record.info.sha256
-                        && current.record.info.updated_at == record.info.updated_at =>
-                {
-                    continue
+        for _ in 0..RELOAD_ATTEMPTS {
+            let start = *self.generation();
+            let records = match self
+                .inner
+                .store
+                .kv_scan(Space::Functions, None, usize::MAX)
+                .await
+            {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload the functions");
+                    return;
                 }
-                Some(current) if current.record.info.sha256 == record.info.sha256 => Ok(Loaded {
-                    record,
-                    module: current.module.clone(),
-                }),
-                _ => self.load(record).await,
             };
-            match loaded {
-                Ok(loaded) => self.install(loaded),
-                Err(e) => tracing::error!(function = %name, error = %e, "cannot load function"),
+            let mut present = std::collections::HashSet::new();
+            let mut installs = Vec::new();
+            for (_, bytes) in records {
+                let Ok(record) = serde_json::from_slice::<FunctionRecord>(&bytes) else {
+                    continue;
+                };
+                let name = record.info.name.clone();
+                present.insert(name.clone());
+                let loaded = match self.loaded(&name) {
+                    Some(current)
+                        if current.record.info.sha256 == record.info.sha256
+                            && current.record.info.updated_at == record.info.updated_at =>
+                    {
+                        continue
+                    }
+                    Some(current) if current.record.info.sha256 == record.info.sha256 => {
+                        Ok(Loaded {
+                            record,
+                            module: current.module.clone(),
+                        })
+                    }
+                    _ => self.load(record).await,
+                };
+                match loaded {
+                    Ok(loaded) => installs.push(loaded),
+                    Err(e) => tracing::error!(function = %name, error = %e, "cannot load function"),
+                }
             }
+            let generation = self.generation();
+            if *generation != start {
+                // Changed here meanwhile: what was read may predate it.
+                continue;
+            }
+            for loaded in installs {
+                self.install(loaded);
+            }
+            let gone: Vec<String> = match self.inner.loaded.read() {
+                Ok(map) => map
+                    .keys()
+                    .filter(|n| !present.contains(*n))
+                    .cloned()
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            for name in gone {
+                self.unload(&name);
+            }
+            drop(generation);
+            return;
         }
-        let gone: Vec<String> = match self.inner.loaded.read() {
-            Ok(map) => map
-                .keys()
-                .filter(|n| !present.contains(*n))
-                .cloned()
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        for name in gone {
-            self.unload(&name);
-        }
+        tracing::warn!("functions kept changing while they were reloaded; the next reload follows");
+    }
+
+    fn generation(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.inner
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a change this node made to its loaded functions (after its store write), so
+    /// that a reload in flight reads again instead of undoing it.
+    fn change_locally<T>(&self, change: impl FnOnce() -> T) -> T {
+        let mut generation = self.generation();
+        let out = change();
+        *generation += 1;
+        out
     }
 
     /// Stops a function on this node: no new invocations, triggers or deliveries.
@@ -329,7 +365,7 @@ impl Functions {
         };
         self.save(&record).await?;
         let info = record.info.clone();
-        self.install(Loaded { record, module });
+        self.change_locally(|| self.install(Loaded { record, module }));
         Ok(info)
     }
 
@@ -357,9 +393,11 @@ impl Functions {
         record.info.updated_at = now_rfc3339();
         self.save(&record).await?;
         let info = record.info.clone();
-        self.install(Loaded {
-            record,
-            module: current.module.clone(),
+        self.change_locally(|| {
+            self.install(Loaded {
+                record,
+                module: current.module.clone(),
+            })
         });
         Ok(info)
     }
@@ -386,9 +424,9 @@ impl Functions {
     pub async fn delete(&self, who: &Principal, name: &str) -> Result<()> {
         Self::require_admin(who)?;
         check_name(name)?;
-        let Some(removed) = self.unload(name) else {
+        if self.loaded(name).is_none() {
             return Err(FunctionsError::NotFound(name.into()));
-        };
+        }
         let mut write = KvWrite::default().delete(Space::Functions, name.as_bytes());
         let prefix = dispatch::function_prefix(name);
         for space in [Space::Events, Space::Invocations, Space::Schedules] {
@@ -403,6 +441,10 @@ impl Functions {
         }
         write = write.delete(Space::Schedules, name.as_bytes());
         self.inner.store.kv_write(write).await?;
+        let Some(removed) = self.change_locally(|| self.unload(name)) else {
+            // Deleted meanwhile by another call.
+            return Ok(());
+        };
         let still_used = self
             .list(&Principal::Service)?
             .iter()

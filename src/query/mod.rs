@@ -17,5 +17,26 @@ pub(crate) use eval::{decide, matches, mentions, Scope};
 pub(crate) use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
 pub(crate) use rule::{allows, Rule};
 
+/// A rule compiled and evaluated as collections do, for `benches/rules.rs` (see
+/// `crate::internals`).
+#[cfg(feature = "internals")]
+pub mod bench {
+    /// A compiled collection rule.
+    pub struct CompiledRule(super::Rule);
+
+    impl CompiledRule {
+        pub fn compile(src: &str) -> Result<CompiledRule, String> {
+            super::Rule::compile(Some(src))
+                .map(CompiledRule)
+                .map_err(|e| e.to_string())
+        }
+
+        /// Whether the rule allows the bindings in `scope` (`auth`, `doc`, `request`).
+        pub fn allows(&self, scope: &serde_json::Value) -> bool {
+            super::allows(&self.0, scope)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

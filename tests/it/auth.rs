@@ -899,12 +899,12 @@ fn admin_create(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
+    // The command may refuse (and exit) before it reads the password.
+    let _ = child
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
+        .write_all(format!("{password}\n").as_bytes());
     child.wait_with_output().unwrap()
 }
 

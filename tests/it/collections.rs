@@ -241,35 +241,25 @@ fn a_store_written_before_counts_is_counted_when_it_opens() {
     create(&srv, "older", json!({}));
     // Remove every counter and the marker, as in a data directory of an earlier version.
     let dir = srv.stop();
-    {
-        use emberbase::engine::sled::{SledEngine, SledOptions};
+    edit_stopped_store(dir.path(), |engine| async move {
         use emberbase::engine::{Direction, Engine, KeyRange, Keyspace};
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let options = SledOptions {
-                path: dir.path().join("db"),
-                cache_bytes: 1 << 20,
-            };
-            let engine = SledEngine::open(options, None).unwrap();
-            let mut txn = engine.begin().await.unwrap();
-            let counters = engine
-                .scan(
-                    Keyspace::Meta,
-                    &KeyRange::prefix(b"count:"),
-                    Direction::Forward,
-                    100,
-                )
-                .await
-                .unwrap();
-            assert_eq!(counters.len(), 2);
-            for (key, _) in counters {
-                txn.delete(Keyspace::Meta, key.to_vec());
-            }
-            txn.delete(Keyspace::Meta, b"builtin:counts".to_vec());
-            txn.commit(None).await.unwrap();
-            engine.close().await.unwrap();
-        });
-    }
+        let mut txn = engine.begin().await.unwrap();
+        let counters = engine
+            .scan(
+                Keyspace::Meta,
+                &KeyRange::prefix(b"count:"),
+                Direction::Forward,
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(counters.len(), 2);
+        for (key, _) in counters {
+            txn.delete(Keyspace::Meta, key.to_vec());
+        }
+        txn.delete(Keyspace::Meta, b"builtin:counts".to_vec());
+        txn.commit(None).await.unwrap();
+    });
     let srv = TestServer::start_in(dir, |_| {});
     assert_eq!(
         listed(&srv),

@@ -660,6 +660,27 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// Opens the sled store of a stopped server's data directory, runs `edit` on it (to put there
+/// what an earlier version would have left), and closes it.
+pub fn edit_stopped_store<F, Fut>(dir: &Path, edit: F)
+where
+    F: FnOnce(emberbase::engine::sled::SledEngine) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use emberbase::engine::sled::{SledEngine, SledOptions};
+    use emberbase::engine::Engine;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let options = SledOptions {
+            path: dir.join("db"),
+            cache_bytes: 1 << 20,
+        };
+        let engine = SledEngine::open(options, None).unwrap();
+        edit(engine.clone()).await;
+        engine.close().await.unwrap();
+    });
+}
+
 /// Whether rustup has the `wasm32-unknown-unknown` target, which Rust guests build for; a
 /// test that needs it and finds it missing says SKIPPED with a reason CI may allow.
 pub fn wasm32_target() -> bool {

@@ -404,26 +404,16 @@ fn long_rule_chains_are_refused_or_evaluated_flat_and_bad_stored_rules_fail_clos
     // straight into the stopped server's database: admins only, reported, never the defaults.
     let bad = json!({"rules": {"read": chain(20_000), "create": "auth != null"}, "indexes": []});
     let dir = srv.stop();
-    {
-        use emberbase::engine::sled::{SledEngine, SledOptions};
+    crate::common::edit_stopped_store(dir.path(), |engine| async move {
         use emberbase::engine::{Engine, Keyspace};
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let options = SledOptions {
-                path: dir.path().join("db"),
-                cache_bytes: 1 << 20,
-            };
-            let engine = SledEngine::open(options, None).unwrap();
-            let mut txn = engine.begin().await.unwrap();
-            txn.put(
-                Keyspace::Meta,
-                b"coll:chains".to_vec(),
-                bad.to_string().into_bytes(),
-            );
-            txn.commit(None).await.unwrap();
-            engine.close().await.unwrap();
-        });
-    }
+        let mut txn = engine.begin().await.unwrap();
+        txn.put(
+            Keyspace::Meta,
+            b"coll:chains".to_vec(),
+            bad.to_string().into_bytes(),
+        );
+        txn.commit(None).await.unwrap();
+    });
     let srv = TestServer::start_in(dir, crate::common::fast);
     let as_user = |method: &str, path: &str, body: Option<&Value>| {
         with_token(&srv, method, path, token, body)
