@@ -140,9 +140,11 @@ impl Documents {
             }
             None => None,
         };
-        if let Some(report) = report.as_ref().filter(|r| r.nonconforming > 0) {
+        if let Some((report, first)) = report
+            .as_ref()
+            .and_then(|r| r.examples.first().map(|first| (r, first)))
+        {
             if require_conforming {
-                let first = &report.examples[0];
                 return Err(invalid(
                     format!(
                         "{} of the {} documents checked do not conform to the schema (the first, {}: {}); nothing was changed",
