@@ -107,7 +107,7 @@ fn reads_and_queries(c: &mut Criterion) {
                     filter: Some(filter),
                     sort: Some("-data.n"),
                     limit: Some(20),
-                    cursor: None,
+                    ..Default::default()
                 };
                 rt.block_on(docs.list(&Principal::Service, collection, &params))
                     .expect("list")

@@ -82,7 +82,10 @@ pub use api::openapi;
 pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};
 pub use changes::Changes;
 pub use config::Config;
-pub use docs::{BatchOp, BatchOpKind, DocsError, Documents, ListParams, Page};
+pub use docs::{
+    AggregateParams, Aggregates, BatchOp, BatchOpKind, DocsError, Documents, Group, ListParams,
+    Page,
+};
 pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
 pub use functions::{

@@ -3,7 +3,7 @@
 use super::error::ErrorBody;
 use super::extract::{Caller, IfMatch, JsonBody};
 use super::AppState;
-use crate::docs::{BatchOp, ListParams, Page};
+use crate::docs::{AggregateParams, Aggregates, BatchOp, ListParams, Page};
 use crate::error::Error;
 use crate::model::Document;
 use actix_web::http::header;
@@ -189,6 +189,17 @@ pub(super) struct ListQuery {
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// `true` adds `total`: how many documents match and may be read, over all pages.
+    count: Option<String>,
+}
+
+/// A `true`/`false` query parameter (absent or empty is `false`).
+fn flag(name: &str, value: Option<&str>) -> Result<bool, Error> {
+    match value {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(Error::bad_request(format!("{name} must be true or false"))),
+    }
 }
 
 /// List the documents of a collection that match a filter and that the caller may read.
@@ -197,7 +208,7 @@ pub(super) struct ListQuery {
     params(("collection" = String, Path, description = "Collection name"), ListQuery),
     responses(
         (status = 200, description = "One page", body = Page),
-        (status = 400, description = "Bad filter, sort, limit or cursor", body = ErrorBody),
+        (status = 400, description = "Bad filter, sort, limit, cursor or count, or a count that would examine more than `limits.max_scan_documents`", body = ErrorBody),
         (status = 403, description = "The read rule denies every document", body = ErrorBody),
     ),
     security((), ("bearer" = []))
@@ -221,6 +232,7 @@ pub(super) async fn list_documents(
         sort: query.sort.as_deref(),
         limit,
         cursor: query.cursor.as_deref(),
+        count: flag("count", query.count.as_deref())?,
     };
     let list = state.docs.prepare_list(&path, &params)?;
     let principal = caller.0;
@@ -238,6 +250,56 @@ pub(super) async fn list_documents(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(page.to_json()))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AggregateQuery {
+    /// Which documents, e.g. `data.status == "paid"` (all by default).
+    filter: Option<String>,
+    /// Comma list of at most 4 paths to group by, e.g. `data.country,data.status`.
+    group_by: Option<String>,
+    /// Comma list of at most 16 of `count`, `count:PATH`, `sum:PATH`, `avg:PATH`, `min:PATH`,
+    /// `max:PATH` (default `count`).
+    ops: Option<String>,
+}
+
+/// Count and aggregate the documents that match a filter and that the caller may read, in
+/// groups. The read rule applies per document, as for lists; the filter uses an index where
+/// one serves it; an aggregate examines at most `limits.max_scan_documents` documents.
+#[utoipa::path(
+    tag = "documents",
+    params(("collection" = String, Path, description = "Collection name"), AggregateQuery),
+    responses(
+        (status = 200, description = "The groups, ordered by key (one group without `group_by`)", body = Aggregates),
+        (status = 400, description = "Bad filter, group_by or ops, more than 1000 groups, or more documents to examine than allowed", body = ErrorBody),
+        (status = 403, description = "The read rule denies every document", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+#[get("/v1/collections/{collection}/aggregate")]
+pub(super) async fn aggregate(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<AggregateQuery>,
+) -> Result<HttpResponse, Error> {
+    let docs = state.docs.clone();
+    let principal = caller.0;
+    let query = query.into_inner();
+    // An aggregate reads its whole range: on the blocking pool, off the async workers.
+    let runtime = tokio::runtime::Handle::current();
+    let result = web::block(move || {
+        let params = AggregateParams {
+            filter: query.filter.as_deref(),
+            group_by: query.group_by.as_deref(),
+            ops: query.ops.as_deref(),
+        };
+        runtime.block_on(docs.aggregate(&principal, &path, &params))
+    })
+    .await
+    .map_err(Error::internal)??;
+    Ok(HttpResponse::Ok().json(result))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

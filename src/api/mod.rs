@@ -181,6 +181,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(system::metrics)
         .service(documents::create_document)
         .service(documents::list_documents)
+        .service(documents::aggregate)
         .service(documents::get_document)
         .service(documents::set_document)
         .service(documents::update_document)

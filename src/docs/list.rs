@@ -1,7 +1,7 @@
 //! Lists: parameters, validation and parsing (`prepare_list`), the caller's own-documents
 //! condition that lets the planner use the owner index, pages and their opaque cursors.
 
-use super::{check_collection, DocsError, Documents, ReadCheck, Result};
+use super::{check_collection, CompiledRules, DocsError, Documents, ReadCheck, Result};
 use crate::auth::Principal;
 use crate::model::Document;
 use crate::query::{self, plan::effective_sort, Dialect, Expr, Rule, SortKey};
@@ -9,6 +9,7 @@ use crate::store::{QueryResult, QuerySpec, RawDocument};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// What to list.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +18,8 @@ pub struct ListParams<'a> {
     pub sort: Option<&'a str>,
     pub limit: Option<usize>,
     pub cursor: Option<&'a str>,
+    /// Also count every matching document the caller may read (`total`).
+    pub count: bool,
 }
 
 /// One page of a list.
@@ -25,6 +28,9 @@ pub struct Page {
     pub items: Vec<Document>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+    /// With `count=true`: how many documents match the filter and may be read, over all pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 pub(super) const DEFAULT_PAGE: usize = 50;
@@ -40,12 +46,14 @@ pub(crate) struct PreparedList {
     signature: String,
     limit: usize,
     after: Option<Vec<Value>>,
+    count: bool,
 }
 
 /// A page of stored documents, serialised without parsing them again.
 pub(crate) struct RawPage {
     pub items: Vec<RawDocument>,
     pub next_cursor: Option<String>,
+    pub total: Option<u64>,
 }
 
 impl RawPage {
@@ -70,9 +78,34 @@ impl RawPage {
             }
             None => out.extend_from_slice(b"null"),
         }
+        if let Some(total) = self.total {
+            out.extend_from_slice(format!(",\"total\":{total}").as_bytes());
+        }
         out.push(b'}');
         out
     }
+}
+
+/// A collection's read rule as a query applies it for one caller.
+pub(super) struct QueryRead {
+    rules: Arc<CompiledRules>,
+    auth: Value,
+    /// Whether each document must be checked (see [`checks_each`]); otherwise the rule was
+    /// decided once, for every document.
+    pub(super) per_doc: bool,
+}
+
+impl QueryRead {
+    /// Whether `who` may read `doc`.
+    pub(super) fn visible(&self, who: &Principal, doc: &Document) -> bool {
+        Documents::may_read(&self.rules, who, &self.auth, Some(doc))
+    }
+}
+
+/// Whether a query must check `rules` against each document for `who`: the read rule looks at
+/// the document and the caller is not an admin.
+fn checks_each(who: &Principal, rules: &CompiledRules) -> bool {
+    !who.is_admin() && matches!(&rules.read, Rule::Expr { uses_doc: true, .. })
 }
 
 /// The opaque content of a cursor: the effective sort it belongs to and the position of the
@@ -134,35 +167,50 @@ impl Documents {
             signature,
             limit,
             after,
+            count: params.count,
         })
     }
 
     /// Whether a prepared list reads a bounded part of the collection: an ordered scan (it
-    /// stops after `limit` matches) with no filter, or within an index or id range. Such a list
-    /// is cheap enough to run on an async worker; others belong on a blocking thread.
+    /// stops after `limit` matches) with no filter, or within an index or id range, and a
+    /// count (if asked) within an index or id range. Such a list is cheap enough to run on an
+    /// async worker; others belong on a blocking thread.
     pub(crate) fn is_bounded(&self, who: &Principal, list: &PreparedList) -> bool {
-        let owned = self.owned_filter(who, list);
+        let owned = self.owned_filter(who, &list.collection, list.filter.as_ref());
         let filter = owned.as_ref().or(list.filter.as_ref());
         let plan = self.inner.store.plan(&list.collection, filter, &list.sort);
-        let narrowed = !matches!(
-            plan.access,
-            crate::query::plan::Access::Primary { range: None }
-        );
-        plan.ordered && (filter.is_none() || narrowed)
+        let narrowed = |plan: &crate::query::plan::Plan| {
+            !matches!(
+                plan.access,
+                crate::query::plan::Access::Primary { range: None }
+            )
+        };
+        // A count reads every match: bounded when an index or id range narrows it, or when
+        // it is the collection's counter.
+        let per_doc = checks_each(who, &self.rules_for(&list.collection));
+        let count_bounded = !list.count
+            || (filter.is_none() && !per_doc)
+            || narrowed(&self.inner.store.plan(&list.collection, filter, &[]));
+        plan.ordered && (filter.is_none() || narrowed(&plan)) && count_bounded
     }
 
     /// The list's filter with `owner == <caller>` added, when the collection's read rule
     /// requires `doc.owner == auth.id` of this caller: only their own documents can pass it, so
     /// the query may say so, and the planner then reads them from the owner index instead of
     /// scanning the collection. `None` when the rule does not (or the caller is an admin).
-    fn owned_filter(&self, who: &Principal, list: &PreparedList) -> Option<Expr> {
+    pub(super) fn owned_filter(
+        &self,
+        who: &Principal,
+        collection: &str,
+        filter: Option<&Expr>,
+    ) -> Option<Expr> {
         let Principal::User {
             id, admin: false, ..
         } = who
         else {
             return None;
         };
-        let rules = self.rules_for(&list.collection);
+        let rules = self.rules_for(collection);
         if !matches!(&rules.read, Rule::Expr { uses_doc: true, .. }) || !rules.read.requires_owner()
         {
             return None;
@@ -174,9 +222,28 @@ impl Documents {
             query::ast::CmpOp::Eq,
             Box::new(Expr::Literal(Value::String(id.clone()))),
         );
-        Some(match &list.filter {
+        Some(match filter {
             Some(filter) => Expr::And(vec![filter.clone(), mine]),
             None => mine,
+        })
+    }
+
+    /// How a query over `collection` applies its read rule for `who`; `forbidden` when the rule
+    /// says no to this caller whatever a document holds.
+    pub(super) fn query_read(&self, who: &Principal, collection: &str) -> Result<QueryRead> {
+        let rules = self.rules_for(collection);
+        let per_doc = checks_each(who, &rules);
+        let auth = who.auth_value();
+        let check = ReadCheck {
+            rules: rules.clone(),
+        };
+        if check.denies_all(who, &auth) {
+            return Err(Self::denied(collection));
+        }
+        Ok(QueryRead {
+            rules,
+            auth,
+            per_doc,
         })
     }
 
@@ -188,19 +255,9 @@ impl Documents {
         list: &PreparedList,
     ) -> Result<(QueryResult, Option<String>)> {
         let collection = &list.collection;
-        // A read rule that does not look at the document, or says no to this caller whatever
-        // the document holds, is decided once for the whole list.
-        let rules = self.rules_for(collection);
-        let per_doc = !who.is_admin() && matches!(&rules.read, Rule::Expr { uses_doc: true, .. });
-        let auth = who.auth_value();
-        let read = ReadCheck {
-            rules: rules.clone(),
-        };
-        if read.denies_all(who, &auth) {
-            return Err(Self::denied(collection));
-        }
-        let visible = |doc: &Document| Self::may_read(&rules, who, &auth, Some(doc));
-        let owned = self.owned_filter(who, list);
+        let read = self.query_read(who, collection)?;
+        let visible = |doc: &Document| read.visible(who, doc);
+        let owned = self.owned_filter(who, collection, list.filter.as_ref());
         let result = self
             .inner
             .store
@@ -211,7 +268,7 @@ impl Documents {
                     sort: &list.sort,
                     limit: list.limit,
                     after: list.after.as_deref(),
-                    visible: per_doc.then_some(&visible as _),
+                    visible: read.per_doc.then_some(&visible as _),
                 },
             )
             .await?;
@@ -240,6 +297,7 @@ impl Documents {
         Ok(Page {
             items: result.into_documents()?,
             next_cursor,
+            total: self.list_total(who, &list).await?,
         })
     }
 
@@ -249,7 +307,19 @@ impl Documents {
         Ok(RawPage {
             items: result.into_raw(),
             next_cursor,
+            total: self.list_total(who, list).await?,
         })
+    }
+
+    /// The `total` of a list that asked for it.
+    async fn list_total(&self, who: &Principal, list: &PreparedList) -> Result<Option<u64>> {
+        if !list.count {
+            return Ok(None);
+        }
+        let total = self
+            .count(who, &list.collection, list.filter.as_ref())
+            .await?;
+        Ok(Some(total))
     }
 }
 

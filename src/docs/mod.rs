@@ -3,6 +3,7 @@
 //! enforces access rules (in the writer, against the exact stored state, for writes), and turns
 //! queries into store calls with opaque cursors.
 
+mod aggregate;
 mod batch;
 mod collections;
 mod error;
@@ -10,6 +11,7 @@ mod list;
 mod names;
 mod rules;
 
+pub use aggregate::{AggregateParams, Aggregates, Group};
 pub use batch::{BatchOp, BatchOpKind};
 pub use error::DocsError;
 pub use list::{ListParams, Page};

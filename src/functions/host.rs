@@ -4,7 +4,7 @@
 
 use super::runtime::Host;
 use crate::auth::Principal;
-use crate::docs::{DocsError, Documents, ListParams};
+use crate::docs::{AggregateParams, DocsError, Documents, ListParams};
 use crate::error::Error;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -133,9 +133,22 @@ impl DocumentHost {
                         .and_then(Value::as_u64)
                         .map(|n| n as usize),
                     cursor: text("cursor"),
+                    count: request.get("count").and_then(Value::as_bool) == Some(true),
                 };
                 let page = self.runtime.block_on(docs.list(who, collection, &params))?;
                 serde_json::to_value(page).map_err(Error::internal)
+            }
+            "aggregate" => {
+                let text = |name: &str| request.get(name).and_then(Value::as_str);
+                let params = AggregateParams {
+                    filter: text("filter"),
+                    group_by: text("group_by"),
+                    ops: text("ops"),
+                };
+                let result = self
+                    .runtime
+                    .block_on(docs.aggregate(who, collection, &params))?;
+                serde_json::to_value(result).map_err(Error::internal)
             }
             _ => Err(Error::bad_request(format!("unknown op {op:?}"))),
         }

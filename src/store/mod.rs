@@ -29,7 +29,7 @@ use feed::ChangeFeed;
 pub use feed::ChangeReceiver;
 pub(crate) use files::{FileGuard, FileOp, FileRecord, FileWrite};
 pub(crate) use kv::{KvWrite, Space};
-pub(crate) use scan::{QueryResult, QuerySpec};
+pub(crate) use scan::{Matched, QueryResult, QuerySpec};
 pub(crate) use schema::Schema;
 pub(crate) use write::{Access, WriteGuard, WriteOp, WriteRequest, Written};
 
@@ -647,6 +647,33 @@ impl Store {
             .inc();
         let state = self.collection(collection);
         scan::run(self, collection, state.as_deref(), spec).await
+    }
+
+    /// Passes every document of `collection` that matches to `each` (see [`scan::visit`]).
+    pub(crate) async fn visit(
+        &self,
+        collection: &str,
+        filter: Option<&crate::query::Expr>,
+        visible: Option<&(dyn Fn(&Document) -> bool + Send + Sync)>,
+        counting: bool,
+        each: &mut (dyn FnMut(Matched<'_>) + Send),
+    ) -> Result<(), StoreError> {
+        self.shared
+            .metrics
+            .store_ops
+            .with_label_values(&["aggregate"])
+            .inc();
+        let state = self.collection(collection);
+        scan::visit(
+            self,
+            collection,
+            state.as_deref(),
+            filter,
+            visible,
+            counting,
+            each,
+        )
+        .await
     }
 
     /// Every change committed from now on, in commit order. A receiver that falls more than

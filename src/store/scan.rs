@@ -4,7 +4,7 @@
 
 use super::keys::{self, prefix_end, successor};
 use super::{decode_doc, CollectionState, RawDocument, Store, StoreError};
-use crate::engine::{Direction, KeyRange, Keyspace};
+use crate::engine::{Bytes, Direction, KeyRange, Keyspace};
 use crate::model::Document;
 use crate::query::ast::{Expr, SortKey};
 use crate::query::matches;
@@ -160,25 +160,29 @@ fn over_budget(collection: &str, budget: u64, spec: &QuerySpec<'_>) -> StoreErro
     ))
 }
 
-pub(super) async fn run(
-    store: &Store,
-    collection: &str,
-    state: Option<&CollectionState>,
-    spec: &QuerySpec<'_>,
-) -> Result<QueryResult, StoreError> {
-    let ready = store.plannable(collection, state);
-    let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
-    let plan = plan::plan(spec.filter, spec.sort, &fields);
-    let effective = effective_sort(spec.sort);
-    let doc_base = keys::doc_prefix(collection);
+/// Where a plan reads: a keyspace and the `[lo, hi)` range of its entries, below `base` (the
+/// collection's documents, or an index with its fixed equal values).
+struct Reach {
+    ks: Keyspace,
+    base: Vec<u8>,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    /// How many leading index fields the equal values fix.
+    fixed: usize,
+}
 
+/// The range `plan` reads, or `None` when it is empty.
+fn reach(
+    collection: &str,
+    ready: &[super::IndexDef],
+    plan: &plan::Plan,
+) -> Result<Option<Reach>, StoreError> {
     let (ks, base, range, fixed) = match &plan.access {
-        Access::Primary { range } => (
-            Keyspace::Documents,
-            doc_base.clone(),
-            primary_range(&doc_base, range.as_ref()),
-            0,
-        ),
+        Access::Primary { range } => {
+            let base = keys::doc_prefix(collection);
+            let range = primary_range(&base, range.as_ref());
+            (Keyspace::Documents, base, range, 0)
+        }
         Access::Index {
             index,
             equal,
@@ -197,11 +201,97 @@ pub(super) async fn run(
             (Keyspace::Indexes, base, Some(range), equal.len())
         }
     };
+    Ok(range.map(|(lo, hi)| Reach {
+        ks,
+        base,
+        lo,
+        hi,
+        fixed,
+    }))
+}
+
+/// One stored document a scan step met: its bytes, and whether the entry that led to it still
+/// describes it (an index entry of the document's current version, or the document itself).
+struct Met {
+    bytes: Bytes,
+    current: bool,
+}
+
+/// Reads the next `chunk` entries of `cursor` (moving it past them) and the documents they name
+/// (an index chunk's documents at once: one round trip on a database server). Entries whose
+/// document is gone are left out. The flag says whether the range ended.
+async fn step(
+    store: &Store,
+    collection: &str,
+    ks: Keyspace,
+    cursor: &mut KeyRange,
+    direction: Direction,
+    chunk: usize,
+) -> Result<(Vec<Met>, bool), StoreError> {
+    let entries = store.engine.scan(ks, cursor, direction, chunk).await?;
+    let exhausted = entries.len() < chunk;
+    if let Some((last, _)) = entries.last() {
+        match direction {
+            Direction::Forward => cursor.start = successor(last),
+            Direction::Reverse => cursor.end = Some(last.to_vec()),
+        }
+    }
+    if ks != Keyspace::Indexes {
+        let met = entries
+            .into_iter()
+            .map(|(_, bytes)| Met {
+                bytes,
+                current: true,
+            })
+            .collect();
+        return Ok((met, exhausted));
+    }
+    let doc_keys: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(_, value)| {
+            let (id, _) = keys::parse_index_value(value);
+            keys::doc_key(collection, &String::from_utf8_lossy(id))
+        })
+        .collect();
+    let documents = store
+        .engine
+        .get_many(Keyspace::Documents, &doc_keys)
+        .await?;
+    let met = entries
+        .iter()
+        .zip(documents)
+        .filter_map(|((_, value), bytes)| {
+            let bytes = bytes?;
+            let (_, version) = keys::parse_index_value(value);
+            let current = version.is_some_and(|v| RawDocument::stored_version(&bytes) == v);
+            Some(Met { bytes, current })
+        })
+        .collect();
+    Ok((met, exhausted))
+}
+
+pub(super) async fn run(
+    store: &Store,
+    collection: &str,
+    state: Option<&CollectionState>,
+    spec: &QuerySpec<'_>,
+) -> Result<QueryResult, StoreError> {
+    let ready = store.plannable(collection, state);
+    let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
+    let plan = plan::plan(spec.filter, spec.sort, &fields);
+    let effective = effective_sort(spec.sort);
     let empty = || QueryResult {
         found: Vec::new(),
         has_more: false,
     };
-    let Some((mut lo, mut hi)) = range else {
+    let Some(Reach {
+        ks,
+        base,
+        mut lo,
+        mut hi,
+        fixed,
+    }) = reach(collection, &ready, &plan)?
+    else {
         return Ok(empty());
     };
 
@@ -210,7 +300,7 @@ pub(super) async fn run(
         let seek = match &plan.access {
             Access::Primary { .. } => {
                 let id = after.last().and_then(Value::as_str).unwrap_or("");
-                [doc_base.as_slice(), id.as_bytes()].concat()
+                [base.as_slice(), id.as_bytes()].concat()
             }
             Access::Index { index, .. } => {
                 let fields = ready.get(*index).map(|d| &d.fields[..fixed]).unwrap_or(&[]);
@@ -239,7 +329,6 @@ pub(super) async fn run(
         return Ok(empty());
     }
 
-    let by_index = ks == Keyspace::Indexes;
     let accept = |doc: &Document| {
         spec.filter.is_none_or(|f| matches(f, doc)) && spec.visible.is_none_or(|v| v(doc))
     };
@@ -266,45 +355,9 @@ pub(super) async fn run(
     let mut heap: BinaryHeap<Candidate<'_>> = BinaryHeap::new();
     let mut held = 0;
     'scan: loop {
-        let entries = store.engine.scan(ks, &cursor, direction, chunk).await?;
-        let exhausted = entries.len() < chunk;
+        let (met, exhausted) = step(store, collection, ks, &mut cursor, direction, chunk).await?;
         chunk = CHUNK;
-        if let Some((last, _)) = entries.last() {
-            match direction {
-                Direction::Forward => cursor.start = successor(last),
-                Direction::Reverse => cursor.end = Some(last.to_vec()),
-            }
-        }
-        // An index chunk's documents, read at once (one round trip on a database server).
-        let documents = if by_index {
-            let doc_keys: Vec<Vec<u8>> = entries
-                .iter()
-                .map(|(_, value)| {
-                    let (id, _) = keys::parse_index_value(value);
-                    keys::doc_key(collection, &String::from_utf8_lossy(id))
-                })
-                .collect();
-            store
-                .engine
-                .get_many(Keyspace::Documents, &doc_keys)
-                .await?
-        } else {
-            Vec::new()
-        };
-        for (i, (_, value)) in entries.into_iter().enumerate() {
-            let (bytes, current) = if by_index {
-                let (_, version) = keys::parse_index_value(&value);
-                match documents.get(i).cloned().flatten() {
-                    Some(bytes) => {
-                        let current =
-                            version.is_some_and(|v| RawDocument::stored_version(&bytes) == v);
-                        (bytes, current)
-                    }
-                    None => continue,
-                }
-            } else {
-                (value, true)
-            };
+        for Met { bytes, current } in met {
             examined += 1;
             if examined > budget && !narrowed {
                 return Err(over_budget(collection, budget, spec));
@@ -366,6 +419,86 @@ pub(super) async fn run(
     let has_more = found.len() > spec.limit;
     found.truncate(spec.limit);
     Ok(QueryResult { found, has_more })
+}
+
+/// What [`visit`] passes on for each matching document: the document, or only the fact that one
+/// matched, when the caller asked for counts and the scan knows without parsing it.
+pub(crate) enum Matched<'a> {
+    Document(&'a Document),
+    Counted,
+}
+
+/// Every document of `collection` that matches `filter` and `visible`, in no particular order,
+/// passed to `each`, for aggregates. It reads the whole range the plan reads, so it examines at
+/// most `max_scan_documents`, indexed or not. With `counting`, a document that an exact plan
+/// reached through a current entry, for a caller who may see every document, is
+/// [`Matched::Counted`] without being parsed.
+pub(crate) async fn visit(
+    store: &Store,
+    collection: &str,
+    state: Option<&CollectionState>,
+    filter: Option<&Expr>,
+    visible: Option<&(dyn Fn(&Document) -> bool + Send + Sync)>,
+    counting: bool,
+    each: &mut (dyn FnMut(Matched<'_>) + Send),
+) -> Result<(), StoreError> {
+    let ready = store.plannable(collection, state);
+    let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
+    let plan = plan::plan(filter, &[], &fields);
+    let Some(reach) = reach(collection, &ready, &plan)? else {
+        return Ok(());
+    };
+    if reach.lo >= reach.hi {
+        return Ok(());
+    }
+    let unparsed = counting && plan.exact && visible.is_none();
+    let narrowed = !matches!(plan.access, Access::Primary { range: None });
+    let budget = store.shared.options.max_scan_documents;
+    let mut cursor = KeyRange::new(reach.lo, reach.hi);
+    let mut examined = 0u64;
+    loop {
+        let (met, exhausted) = step(
+            store,
+            collection,
+            reach.ks,
+            &mut cursor,
+            Direction::Forward,
+            CHUNK,
+        )
+        .await?;
+        for Met { bytes, current } in met {
+            examined += 1;
+            if examined > budget {
+                store.shared.metrics.scan_examined.inc_by(examined);
+                if !narrowed {
+                    let spec = QuerySpec {
+                        filter,
+                        sort: &[],
+                        limit: 0,
+                        after: None,
+                        visible: None,
+                    };
+                    return Err(over_budget(collection, budget, &spec));
+                }
+                return Err(StoreError::ScanBudget(format!(
+                    "this aggregate would examine more than {budget} documents of {collection}; narrow the filter"
+                )));
+            }
+            if unparsed && current {
+                each(Matched::Counted);
+                continue;
+            }
+            let doc = decode_doc(&bytes)?;
+            if filter.is_none_or(|f| matches(f, &doc)) && visible.is_none_or(|v| v(&doc)) {
+                each(Matched::Document(&doc));
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    store.shared.metrics.scan_examined.inc_by(examined);
+    Ok(())
 }
 
 #[cfg(test)]

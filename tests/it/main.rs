@@ -1,6 +1,7 @@
 //! The one integration test binary: every test drives a real server over HTTP (or, for the
 //! planner property test, through the in-process API of a real server).
 
+mod aggregates;
 mod auth;
 mod cluster;
 mod collections;

@@ -16,6 +16,8 @@ export interface Page<T extends object = DocData> {
   items: Doc<T>[];
   /** Pass it as `cursor` for the next page; null on the last one. */
   next_cursor: string | null;
+  /** With `count: true`: every match you may read, over all pages. */
+  total?: number;
 }
 
 export interface ListOptions {
@@ -26,6 +28,39 @@ export interface ListOptions {
   /** Page size, 1 to 1000 (default 50). */
   limit?: number;
   cursor?: string | null;
+  /** Also count every match you may read, over all pages (`total`). */
+  count?: boolean;
+}
+
+/** An aggregate operation over a path of the envelope (`data.n`, `created_at`, ...). */
+export type AggregateOp =
+  | "count"
+  | `count:${string}`
+  | `sum:${string}`
+  | `avg:${string}`
+  | `min:${string}`
+  | `max:${string}`;
+
+/** What each operation gives: counts and sums are numbers, an average is null without numbers. */
+export type AggregateValue<O extends string> = O extends "count" | `count:${string}` | `sum:${string}`
+  ? number
+  : O extends `avg:${string}`
+    ? number | null
+    : unknown;
+
+export interface AggregateOptions<O extends AggregateOp> {
+  /** Which documents (all you may read by default). */
+  filter?: string;
+  /** At most 4 paths; the groups come ordered by them. Without it, one group of everything. */
+  groupBy?: string[];
+  /** At most 16 operations (default `["count"]`). */
+  ops?: O[];
+}
+
+/** One group of an aggregate: the `groupBy` values its documents share, and each result. */
+export interface AggregateGroup<O extends string> {
+  key: Record<string, unknown>;
+  values: { [K in O]: AggregateValue<K> };
 }
 
 export interface WriteOptions {
@@ -122,6 +157,7 @@ export class Collection<T extends object = DocData> {
       sort: options.sort,
       limit: options.limit === undefined ? undefined : String(options.limit),
       cursor: options.cursor ?? undefined,
+      count: options.count ? "true" : undefined,
     };
     return this.transport.call((headers) =>
       this.transport.api.GET("/v1/collections/{collection}/docs", {
@@ -129,6 +165,31 @@ export class Collection<T extends object = DocData> {
         headers,
       }),
     ) as Promise<Page<T>>;
+  }
+
+  /** How many documents match `filter` (all by default) and you may read. */
+  async count(filter?: string): Promise<number> {
+    const [group] = await this.aggregate({ filter, ops: ["count"] });
+    return group?.values.count ?? 0;
+  }
+
+  /**
+   * Counts, sums, averages, minima and maxima over the documents that match and you may read,
+   * in groups: `orders.aggregate({ groupBy: ["data.country"], ops: ["count", "sum:data.total"] })`.
+   */
+  async aggregate<O extends AggregateOp = "count">(options: AggregateOptions<O> = {}): Promise<AggregateGroup<O>[]> {
+    const query = {
+      filter: options.filter,
+      group_by: options.groupBy?.join(","),
+      ops: options.ops?.join(","),
+    };
+    const result = (await this.transport.call((headers) =>
+      this.transport.api.GET("/v1/collections/{collection}/aggregate", {
+        params: { path: { collection: this.name }, query },
+        headers,
+      }),
+    )) as { groups: AggregateGroup<O>[] };
+    return result.groups;
   }
 
   /**

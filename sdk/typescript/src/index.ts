@@ -20,7 +20,20 @@ import { MemoryStore, type TokenStore } from "./storage.js";
 
 export { Auth } from "./auth.js";
 export { Collection } from "./collection.js";
-export type { ChangeEvent, Doc, DocData, ListOptions, Page, Patch, SubscribeOptions, WriteOptions } from "./collection.js";
+export type {
+  AggregateGroup,
+  AggregateOp,
+  AggregateOptions,
+  AggregateValue,
+  ChangeEvent,
+  Doc,
+  DocData,
+  ListOptions,
+  Page,
+  Patch,
+  SubscribeOptions,
+  WriteOptions,
+} from "./collection.js";
 export { EmberbaseError } from "./errors.js";
 export { Files } from "./files.js";
 export type { FileBody, FileInfo, FileListOptions, FilePage, UploadOptions } from "./files.js";

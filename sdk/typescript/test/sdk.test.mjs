@@ -147,6 +147,21 @@ describe("against one server", () => {
     for await (const _doc of posts) count++;
     assert.equal(count, 27);
 
+    // Counts and aggregates over what this user may read.
+    assert.equal((await posts.list({ filter: "data.n >= 20", limit: 1, count: true })).total, 25);
+    assert.equal(await posts.count("data.n >= 40"), 5);
+    assert.equal(await posts.count(), 27);
+    const groups = await posts.aggregate({
+      filter: "data.n >= 20",
+      groupBy: ["data.big"],
+      ops: ["count", "sum:data.n", "avg:data.n", "max:data.title"],
+    });
+    assert.deepEqual(groups, [
+      { key: { "data.big": null }, values: { count: 25, "sum:data.n": 800, "avg:data.n": 32, "max:data.title": "t44" } },
+    ]);
+    const badOp = await failure(posts.aggregate({ ops: ["median:data.n"] }));
+    assert.equal(badOp.code, "bad_request");
+
     await posts.delete(created.id);
     const gone = await failure(posts.get(created.id));
     assert.equal(gone.status, 404);

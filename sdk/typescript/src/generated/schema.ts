@@ -536,6 +536,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/collections/{collection}/aggregate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Count and aggregate the documents that match a filter and that the caller may read, in
+         *     groups. The read rule applies per document, as for lists; the filter uses an index where
+         *     one serves it; an aggregate examines at most `limits.max_scan_documents` documents.
+         */
+        get: operations["aggregate"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/collections/{collection}/docs": {
         parameters: {
             query?: never;
@@ -739,6 +760,10 @@ export interface components {
             email: string;
             /** @description At least 8 characters; very common passwords are refused. */
             password: string;
+        };
+        /** @description The groups of an aggregate, in the order of their keys (the sort order of the values). */
+        Aggregates: {
+            groups: components["schemas"]["Group"][];
         };
         Backend: {
             /** @description `sled` (embedded) or `postgres` for the storage; `local` or `s3` for files. */
@@ -960,6 +985,22 @@ export interface components {
         FunctionList: {
             items: components["schemas"]["FunctionInfo"][];
         };
+        /**
+         * @description One group: the values of the `group_by` paths its documents share, and each operation's
+         *     result under the operation as written (`count`, `sum:data.n`, ...).
+         */
+        Group: {
+            /**
+             * @description `{path: value}` for each `group_by` path (`null` where documents have none); `{}`
+             *     without `group_by`.
+             */
+            key: Record<string, never>;
+            /**
+             * @description `{operation: result}`: counts are integers; a sum is `0` and an average, minimum or
+             *     maximum `null` when no document of the group has a value there.
+             */
+            values: Record<string, never>;
+        };
         Health: {
             /** @description Where file bytes are kept. */
             files: components["schemas"]["Backend"];
@@ -1053,6 +1094,11 @@ export interface components {
             items: components["schemas"]["Document"][];
             /** @description Pass as `cursor` for the next page; null on the last page. */
             next_cursor?: string | null;
+            /**
+             * Format: int64
+             * @description With `count=true`: how many documents match the filter and may be read, over all pages.
+             */
+            total?: number | null;
         };
         PasswordChange: {
             current_password: string;
@@ -3679,6 +3725,75 @@ export interface operations {
             };
         };
     };
+    aggregate: {
+        parameters: {
+            query?: {
+                /** @description Which documents, e.g. `data.status == "paid"` (all by default). */
+                filter?: string;
+                /** @description Comma list of at most 4 paths to group by, e.g. `data.country,data.status`. */
+                group_by?: string;
+                /**
+                 * @description Comma list of at most 16 of `count`, `count:PATH`, `sum:PATH`, `avg:PATH`, `min:PATH`,
+                 *     `max:PATH` (default `count`).
+                 */
+                ops?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Collection name */
+                collection: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The groups, ordered by key (one group without `group_by`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Aggregates"];
+                };
+            };
+            /** @description Bad filter, group_by or ops, more than 1000 groups, or more documents to examine than allowed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The read rule denies every document */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_documents: {
         parameters: {
             query?: {
@@ -3690,6 +3805,8 @@ export interface operations {
                 limit?: string;
                 /** @description The `next_cursor` of the previous page. */
                 cursor?: string;
+                /** @description `true` adds `total`: how many documents match and may be read, over all pages. */
+                count?: string;
             };
             header?: never;
             path: {
@@ -3709,7 +3826,7 @@ export interface operations {
                     "application/json": components["schemas"]["Page"];
                 };
             };
-            /** @description Bad filter, sort, limit or cursor */
+            /** @description Bad filter, sort, limit, cursor or count, or a count that would examine more than `limits.max_scan_documents` */
             400: {
                 headers: {
                     [name: string]: unknown;
