@@ -77,6 +77,7 @@ mod secrets;
 mod server;
 mod store;
 mod tls;
+mod transforms;
 
 pub use api::openapi;
 pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};

@@ -1,13 +1,13 @@
 //! `/v1/collections/{collection}/docs` and `/v1/batch`.
 
 use super::error::ErrorBody;
-use super::extract::{Caller, IfMatch, JsonBody};
+use super::extract::{body_as, Caller, IfMatch, JsonBody};
 use super::AppState;
 use crate::docs::{AggregateParams, Aggregates, BatchOp, ListParams, Page};
 use crate::error::Error;
 use crate::model::Document;
 use actix_web::http::header;
-use actix_web::{delete, get, patch, post, put, web, HttpResponse};
+use actix_web::{delete, get, patch, post, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -113,7 +113,28 @@ pub(super) async fn set_document(
     Ok(document_response(builder, &doc))
 }
 
-/// Update a document with a JSON merge patch (RFC 7386).
+/// The content type of an update that carries atomic field transforms beside its patch.
+const TRANSFORM_UPDATE: &str = "application/vnd.emberbase.update+json";
+
+/// An update with atomic field transforms (`Content-Type: application/vnd.emberbase.update+json`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TransformUpdate {
+    /// A merge patch applied first (optional).
+    #[schema(value_type = Option<Object>)]
+    data: Option<Value>,
+    /// `{"path": {"$op": argument}}`, applied in the commit to the stored values, in order:
+    /// `{"$inc": n}`, `{"$serverTime": true}`, `{"$arrayUnion": [...]}`,
+    /// `{"$arrayRemove": [...]}`, `{"$delete": true}`. A path is dotted field names under the
+    /// data (`likes`, `stats.views`).
+    #[schema(value_type = Option<Object>)]
+    transforms: Option<Value>,
+}
+
+/// Update a document with a JSON merge patch (RFC 7386), or, with `Content-Type:
+/// application/vnd.emberbase.update+json`, with a patch and atomic field transforms that apply
+/// to the stored values in the commit (concurrent increments never lose one another). The
+/// update rule and the schema see the result.
 #[utoipa::path(
     tag = "documents",
     params(
@@ -121,10 +142,13 @@ pub(super) async fn set_document(
         ("id" = String, Path, description = "Document id"),
         ("If-Match" = Option<String>, Header, description = "Write only if the stored version is this one"),
     ),
-    request_body(content = Object, description = "A merge patch: `null` removes a field",
-        content_type = "application/merge-patch+json"),
+    request_body(
+        description = "A merge patch (`null` removes a field), or a patch with transforms",
+        content((Object = "application/merge-patch+json"), (TransformUpdate = "application/vnd.emberbase.update+json"))
+    ),
     responses(
         (status = 200, description = "Updated", body = Document),
+        (status = 400, description = "Bad JSON or transforms, or a transform that does not fit the stored value", body = ErrorBody),
         (status = 403, description = "The update rule denies it", body = ErrorBody),
         (status = 404, description = "No such document", body = ErrorBody),
         (status = 412, description = "If-Match does not match", body = ErrorBody),
@@ -137,12 +161,32 @@ pub(super) async fn update_document(
     caller: Caller,
     path: web::Path<(String, String)>,
     if_match: IfMatch,
+    req: HttpRequest,
     body: JsonBody<Value>,
 ) -> Result<HttpResponse, Error> {
     let (collection, id) = path.into_inner();
+    let transformed = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(TRANSFORM_UPDATE));
+    let (patch, transforms) = if transformed {
+        let update: TransformUpdate = body_as(&body.0)?;
+        (update.data, update.transforms)
+    } else {
+        (Some(body.0), None)
+    };
     let doc = state
         .docs
-        .update(&caller.0, &collection, &id, body.0, if_match.0)
+        .update_with(
+            &caller.0,
+            &collection,
+            &id,
+            patch,
+            transforms.as_ref(),
+            if_match.0,
+        )
         .await?;
     Ok(document_response(HttpResponse::Ok(), &doc))
 }

@@ -170,7 +170,12 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             Error::bad_request(format!("malformed JSON: {message}"))
         }
     })?;
-    super::strict_json::from_value(&value)
+    body_as(&value)
+}
+
+/// A parsed JSON body as `T`: a body of the wrong shape is `validation_failed`.
+pub(super) fn body_as<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Error> {
+    super::strict_json::from_value(value)
         .map_err(|e| Error::new(ErrorCode::ValidationFailed, format!("invalid body: {e}")))
 }
 

@@ -21,6 +21,12 @@ pub struct BatchOp {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
+    /// `update` only: atomic field transforms applied after the patch, as
+    /// `{"path": {"$op": argument}}` (`$inc`, `$serverTime`, `$arrayUnion`, `$arrayRemove`,
+    /// `$delete`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub transforms: Option<Value>,
     #[serde(default)]
     pub if_version: Option<u64>,
 }
@@ -66,6 +72,9 @@ impl Documents {
             Some(d) => self.check_data(d, field),
             None => Err(invalid("this op needs data", "data")),
         };
+        if op.transforms.is_some() && op.op != BatchOpKind::Update {
+            return Err(invalid("only an update takes transforms", "transforms"));
+        }
         Ok(match op.op {
             BatchOpKind::Create => WriteOp::Create {
                 collection: op.collection.clone(),
@@ -78,12 +87,13 @@ impl Documents {
                 data: need_data("data")?,
                 if_version: op.if_version,
             },
-            BatchOpKind::Update => WriteOp::Update {
-                collection: op.collection.clone(),
-                id: need_id()?,
-                patch: need_data("data")?,
-                if_version: op.if_version,
-            },
+            BatchOpKind::Update => self.update_op(
+                &op.collection,
+                &need_id()?,
+                op.data.clone(),
+                op.transforms.as_ref(),
+                op.if_version,
+            )?,
             BatchOpKind::Delete => {
                 if op.data.is_some() {
                     return Err(invalid("a delete takes no data", "data"));

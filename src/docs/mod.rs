@@ -209,17 +209,62 @@ impl Documents {
         patch: Value,
         if_version: Option<u64>,
     ) -> Result<Document> {
+        self.update_with(who, collection, id, Some(patch), None, if_version)
+            .await
+    }
+
+    /// Applies a JSON merge patch (if any), then atomic field transforms (if any) to an
+    /// existing document. `transforms` is `{"path": {"$op": argument}}` with the operations
+    /// `$inc`, `$serverTime`, `$arrayUnion`, `$arrayRemove` and `$delete`; each applies in the
+    /// commit to the stored value, so concurrent increments never lose one another. The update
+    /// rule and the schema see the result.
+    pub async fn update_with(
+        &self,
+        who: &Principal,
+        collection: &str,
+        id: &str,
+        patch: Option<Value>,
+        transforms: Option<&Value>,
+        if_version: Option<u64>,
+    ) -> Result<Document> {
         check_collection(collection)?;
         check_id(id)?;
-        let patch = self.check_data(patch, "patch")?;
-        let op = WriteOp::Update {
+        let op = self.update_op(collection, id, patch, transforms, if_version)?;
+        self.write_one(who, op).await?.document.ok_or_else(|| {
+            DocsError::Storage(StorageError::Corrupt("update returned no document".into()))
+        })
+    }
+
+    /// The write op of an update, its patch and transforms checked.
+    fn update_op(
+        &self,
+        collection: &str,
+        id: &str,
+        patch: Option<Value>,
+        transforms: Option<&Value>,
+        if_version: Option<u64>,
+    ) -> Result<WriteOp> {
+        if patch.is_none() && transforms.is_none() {
+            return Err(error::invalid(
+                "an update needs data, transforms or both",
+                "data",
+            ));
+        }
+        let patch = match patch {
+            Some(patch) => self.check_data(patch, "patch")?,
+            None => Map::new(),
+        };
+        let transforms = match transforms {
+            Some(t) => crate::transforms::parse(t)
+                .map_err(|message| error::invalid(message, "transforms"))?,
+            None => Vec::new(),
+        };
+        Ok(WriteOp::Update {
             collection: collection.into(),
             id: id.into(),
             patch,
+            transforms,
             if_version,
-        };
-        self.write_one(who, op).await?.document.ok_or_else(|| {
-            DocsError::Storage(StorageError::Corrupt("update returned no document".into()))
         })
     }
 

@@ -111,11 +111,12 @@ impl DocumentHost {
                         .block_on(docs.set(who, collection, id()?, data(), if_version))?;
                 to_json(doc)
             }
-            "update" => to_json(self.runtime.block_on(docs.update(
+            "update" => to_json(self.runtime.block_on(docs.update_with(
                 who,
                 collection,
                 id()?,
-                data(),
+                request.get("data").cloned(),
+                request.get("transforms"),
                 if_version,
             ))?),
             "delete" => {

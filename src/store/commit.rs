@@ -519,17 +519,26 @@ impl Store {
                 }
                 (
                     WriteOp::Update {
-                        patch, if_version, ..
+                        patch,
+                        transforms,
+                        if_version,
+                        ..
                     },
                     Some(prev),
                 ) => {
                     let mut data = Value::Object(prev.data.clone());
                     merge_patch(&mut data, &Value::Object(patch.clone()));
-                    let Value::Object(data) = data else {
+                    let Value::Object(mut data) = data else {
                         return Err(fail(StoreError::Corrupt(
                             "merge produced a non-object".into(),
                         )));
                     };
+                    crate::transforms::apply(&mut data, transforms, &now).map_err(|message| {
+                        fail(StoreError::Invalid {
+                            message,
+                            field: "transforms".into(),
+                        })
+                    })?;
                     let doc = next(prev, data);
                     check(Access::Update, Some(prev), Some(&doc)).map_err(fail)?;
                     version_check(if_version, prev.version).map_err(fail)?;

@@ -4,6 +4,7 @@
 use super::error::BatchFailure;
 use super::CollectionState;
 use crate::model::{Actor, Document};
+use crate::transforms::Transform;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -23,11 +24,13 @@ pub(crate) enum WriteOp {
         data: Map<String, Value>,
         if_version: Option<u64>,
     },
-    /// Apply a JSON merge patch (RFC 7386) to an existing document.
+    /// Apply a JSON merge patch (RFC 7386) to an existing document, then transforms to the
+    /// stored values (see `transforms`).
     Update {
         collection: String,
         id: String,
         patch: Map<String, Value>,
+        transforms: Vec<Transform>,
         if_version: Option<u64>,
     },
     /// Delete an existing document.

@@ -25,3 +25,4 @@ mod scaffold;
 mod schemas;
 mod sdk;
 mod storage;
+mod transforms;

@@ -68,6 +68,35 @@ export interface WriteOptions {
   ifVersion?: number;
 }
 
+/**
+ * An atomic change to one field, applied by the server to the stored value in the commit, so
+ * that concurrent writers never lose one another's update. Build them with `increment`,
+ * `serverTime`, `arrayUnion`, `arrayRemove` and `deleteField`.
+ */
+export type Transform =
+  | { $inc: number }
+  | { $serverTime: true }
+  | { $arrayUnion: unknown[] }
+  | { $arrayRemove: unknown[] }
+  | { $delete: true };
+
+/** Adds `by` to a number (negative to subtract); a missing field counts as 0. */
+export const increment = (by: number): Transform => ({ $inc: by });
+/** The commit's time (the document's `updated_at`), as an RFC 3339 string. */
+export const serverTime = (): Transform => ({ $serverTime: true });
+/** Appends each value the array does not already hold (a missing field becomes an array). */
+export const arrayUnion = (...values: unknown[]): Transform => ({ $arrayUnion: values });
+/** Removes every element equal to one of the values. */
+export const arrayRemove = (...values: unknown[]): Transform => ({ $arrayRemove: values });
+/** Removes the field. */
+export const deleteField = (): Transform => ({ $delete: true });
+
+/** Transforms by field: a top-level field of `T`, or a dotted path into nested objects. */
+export type Transforms<T> = { [K in keyof T & string]?: Transform } & { [path: string]: Transform };
+
+/** The content type of an update that carries transforms. */
+const TRANSFORM_UPDATE = "application/vnd.emberbase.update+json";
+
 /** An RFC 7386 merge patch of `T`: listed fields are replaced, `null` removes one. */
 export type Patch<T> = { [K in keyof T]?: T[K] | null };
 
@@ -135,6 +164,21 @@ export class Collection<T extends object = DocData> {
         ...this.doc(id),
         body: patch as never,
         headers: withVersion(headers, options),
+      }),
+    ) as Promise<Doc<T>>;
+  }
+
+  /**
+   * Applies atomic field transforms to a document, after an optional merge patch:
+   * `posts.transform(id, { likes: increment(1), seen_at: serverTime() })`. The update rule and
+   * the schema see the result.
+   */
+  transform(id: string, transforms: Transforms<T>, options: WriteOptions & { patch?: Patch<T> } = {}): Promise<Doc<T>> {
+    return this.transport.call((headers) =>
+      this.transport.api.PATCH("/v1/collections/{collection}/docs/{id}", {
+        ...this.doc(id),
+        body: { data: options.patch, transforms } as never,
+        headers: { ...withVersion(headers, options), "Content-Type": TRANSFORM_UPDATE },
       }),
     ) as Promise<Doc<T>>;
   }

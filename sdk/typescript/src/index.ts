@@ -12,14 +12,14 @@
  */
 import type { components, paths } from "./generated/schema.js";
 import { Auth } from "./auth.js";
-import { Collection, type Doc, type DocData } from "./collection.js";
+import { Collection, type Doc, type DocData, type Transform } from "./collection.js";
 import { Files } from "./files.js";
 import { Functions } from "./functions.js";
 import { Transport } from "./http.js";
 import { MemoryStore, type TokenStore } from "./storage.js";
 
 export { Auth } from "./auth.js";
-export { Collection } from "./collection.js";
+export { arrayRemove, arrayUnion, Collection, deleteField, increment, serverTime } from "./collection.js";
 export type {
   AggregateGroup,
   AggregateOp,
@@ -32,6 +32,8 @@ export type {
   Page,
   Patch,
   SubscribeOptions,
+  Transform,
+  Transforms,
   WriteOptions,
 } from "./collection.js";
 export { EmberbaseError } from "./errors.js";
@@ -56,7 +58,14 @@ export interface EmberbaseOptions {
 export type BatchOp =
   | { op: "create"; collection: string; id?: string; data: DocData }
   | { op: "set"; collection: string; id: string; data: DocData; if_version?: number }
-  | { op: "update"; collection: string; id: string; data: DocData; if_version?: number }
+  | {
+      op: "update";
+      collection: string;
+      id: string;
+      data?: DocData;
+      transforms?: Record<string, Transform>;
+      if_version?: number;
+    }
   | { op: "delete"; collection: string; id: string; if_version?: number };
 
 /**

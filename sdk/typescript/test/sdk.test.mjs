@@ -3,7 +3,16 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import { Emberbase, EmberbaseError, MemoryStore } from "../dist/index.js";
+import {
+  arrayRemove,
+  arrayUnion,
+  deleteField,
+  Emberbase,
+  EmberbaseError,
+  increment,
+  MemoryStore,
+  serverTime,
+} from "../dist/index.js";
 import { admin, eventually, sleep, startServer } from "./server.mjs";
 
 const PASSWORD = "correct horse battery";
@@ -161,6 +170,22 @@ describe("against one server", () => {
     ]);
     const badOp = await failure(posts.aggregate({ ops: ["median:data.n"] }));
     assert.equal(badOp.code, "bad_request");
+
+    // Atomic transforms: concurrent increments all count; the patch applies first.
+    const liked = await posts.transform(
+      "my-id",
+      { likes: increment(1), seen_at: serverTime(), tags: arrayUnion("x", "y"), n: deleteField() },
+      { patch: { title: "liked" } },
+    );
+    assert.deepEqual(liked.data, { title: "liked", likes: 1, seen_at: liked.updated_at, tags: ["x", "y"] });
+    await Promise.all(Array.from({ length: 10 }, () => posts.transform("my-id", { likes: increment(1) })));
+    const after = await posts.transform("my-id", { tags: arrayRemove("x") }, { ifVersion: liked.version + 10 });
+    assert.equal(after.data.likes, 11);
+    assert.deepEqual(after.data.tags, ["y"]);
+    const badTransform = await failure(posts.transform("my-id", { title: increment(1) }));
+    assert.equal(badTransform.status, 400);
+    const [batched] = await eb.batch([{ op: "update", collection: name, id: "my-id", transforms: { likes: increment(-1) } }]);
+    assert.equal(batched.data.likes, 10);
 
     await posts.delete(created.id);
     const gone = await failure(posts.get(created.id));

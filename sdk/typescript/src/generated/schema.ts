@@ -591,7 +591,12 @@ export interface paths {
         delete: operations["delete_document"];
         options?: never;
         head?: never;
-        /** Update a document with a JSON merge patch (RFC 7386). */
+        /**
+         * Update a document with a JSON merge patch (RFC 7386), or, with `Content-Type:
+         *     application/vnd.emberbase.update+json`, with a patch and atomic field transforms that apply
+         *     to the stored values in the commit (concurrent increments never lose one another). The
+         *     update rule and the schema see the result.
+         */
         patch: operations["update_document"];
         trace?: never;
     };
@@ -782,6 +787,12 @@ export interface components {
             /** Format: int64 */
             if_version?: number | null;
             op: components["schemas"]["BatchOpKind"];
+            /**
+             * @description `update` only: atomic field transforms applied after the patch, as
+             *     `{"path": {"$op": argument}}` (`$inc`, `$serverTime`, `$arrayUnion`, `$arrayRemove`,
+             *     `$delete`).
+             */
+            transforms?: Record<string, never> | null;
         };
         /** @enum {string} */
         BatchOpKind: "create" | "set" | "update" | "delete";
@@ -1201,6 +1212,18 @@ export interface components {
         TokenRequest: {
             /** @description The token from the mail. */
             token: string;
+        };
+        /** @description An update with atomic field transforms (`Content-Type: application/vnd.emberbase.update+json`). */
+        TransformUpdate: {
+            /** @description A merge patch applied first (optional). */
+            data?: Record<string, never> | null;
+            /**
+             * @description `{"path": {"$op": argument}}`, applied in the commit to the stored values, in order:
+             *     `{"$inc": n}`, `{"$serverTime": true}`, `{"$arrayUnion": [...]}`,
+             *     `{"$arrayRemove": [...]}`, `{"$delete": true}`. A path is dotted field names under the
+             *     data (`likes`, `stats.views`).
+             */
+            transforms?: Record<string, never> | null;
         };
         /** @description What makes a function run. */
         Trigger: {
@@ -4218,10 +4241,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        /** @description A merge patch: `null` removes a field */
+        /** @description A merge patch (`null` removes a field), or a patch with transforms */
         requestBody: {
             content: {
                 "application/merge-patch+json": Record<string, never>;
+                "application/vnd.emberbase.update+json": components["schemas"]["TransformUpdate"];
             };
         };
         responses: {
@@ -4234,7 +4258,7 @@ export interface operations {
                     "application/json": components["schemas"]["Document"];
                 };
             };
-            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            /** @description Bad JSON or transforms, or a transform that does not fit the stored value */
             400: {
                 headers: {
                     [name: string]: unknown;
