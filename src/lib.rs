@@ -84,8 +84,8 @@ pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};
 pub use changes::Changes;
 pub use config::Config;
 pub use docs::{
-    AggregateParams, Aggregates, BatchOp, BatchOpKind, DocsError, Documents, Group, ListParams,
-    Page,
+    AggregateParams, Aggregates, BatchOp, BatchOpKind, DocsError, Documents, ExpandedDocument,
+    Group, ListParams, Page,
 };
 pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};

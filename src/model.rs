@@ -6,6 +6,7 @@ use crate::query::{ast::Path, eval::walk, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 /// A document as every endpoint returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -58,7 +59,8 @@ impl Scope for Document {
 pub struct Actor {
     pub id: Option<String>,
     pub email: Option<String>,
-    /// `user`, `admin`, `service` or `function`.
+    /// `user`, `admin`, `service`, `function`, or `system` for what the server does by itself
+    /// (a relation's `set_null` or `cascade`).
     pub role: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<String>,
@@ -71,6 +73,14 @@ impl Actor {
             email: None,
             role: "service".into(),
             function: None,
+        }
+    }
+
+    /// The server acting by itself.
+    pub(crate) fn system() -> Self {
+        Actor {
+            role: "system".into(),
+            ..Actor::service()
         }
     }
 }
@@ -197,6 +207,38 @@ pub struct CollectionConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>, example = json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "maxLength": 500}}}))]
     pub schema: Option<Value>,
+    /// Fields that reference documents of another collection, by their dotted path under the
+    /// data (`author`, `meta.editor`): each holds a document id, an array of at most 100 ids,
+    /// or null. A reference must name an existing document; `expand` embeds it in reads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(example = json!({"author": {"collection": "people", "on_delete": "restrict"}}))]
+    pub relations: BTreeMap<String, Relation>,
+}
+
+/// A field's reference to another collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Relation {
+    /// The collection whose documents the field names by id.
+    pub collection: String,
+    /// What deleting a referenced document does to the documents that reference it.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+/// What deleting a referenced document does to the documents that reference it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDelete {
+    /// Nothing: the reference dangles (`expand` gives `null`).
+    #[default]
+    None,
+    /// The delete is refused (`409`) while any document references it.
+    Restrict,
+    /// The reference is removed: a single one becomes `null`, the id leaves an array.
+    SetNull,
+    /// The referencing documents are deleted too (and what references them, by their rules).
+    Cascade,
 }
 
 /// A stored collection configuration, with its name. (The fields of `CollectionConfig` are
@@ -233,6 +275,9 @@ pub struct CollectionInfo {
     /// After a schema is set: how the documents already stored measure up against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_report: Option<SchemaReport>,
+    /// The collection's relations (see `CollectionConfig`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relations: BTreeMap<String, Relation>,
 }
 
 /// How the documents stored when a schema was set measure up against it.

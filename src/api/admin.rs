@@ -102,6 +102,7 @@ pub(super) async fn list_collections(
         (status = 400, description = "Not a valid collection name", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "The collection has neither a config nor documents", body = ErrorBody),
+        (status = 409, description = "A `restrict` relation of another collection references its documents", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -3,7 +3,7 @@
 use super::error::ErrorBody;
 use super::extract::{body_as, Caller, IfMatch, JsonBody};
 use super::AppState;
-use crate::docs::{AggregateParams, Aggregates, BatchOp, ListParams, Page};
+use crate::docs::{AggregateParams, Aggregates, BatchOp, ExpandedDocument, ListParams};
 use crate::error::Error;
 use crate::model::Document;
 use actix_web::http::header;
@@ -44,17 +44,28 @@ pub(super) async fn create_document(
     Ok(document_response(HttpResponse::Created(), &doc))
 }
 
-/// Read a document. The `ETag` header is its version.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct GetQuery {
+    /// Relation fields whose documents to embed under `expand`, nested with dots, e.g.
+    /// `author,comments.author` (at most 8, each at most 3 deep).
+    expand: Option<String>,
+}
+
+/// Read a document. The `ETag` header is its version. With `expand`, the documents its
+/// relation fields reference come embedded, each checked against its own collection's read
+/// rule (`null` when gone or unreadable).
 #[utoipa::path(
     tag = "documents",
     params(
         ("collection" = String, Path, description = "Collection name"),
         ("id" = String, Path, description = "Document id, `[A-Za-z0-9_-]{1,128}`"),
+        GetQuery,
     ),
     responses(
-        (status = 200, description = "The document", body = Document,
+        (status = 200, description = "The document", body = ExpandedDocument,
             headers(("ETag" = String, description = "The version as a strong entity tag"))),
-        (status = 400, description = "Bad name or id", body = ErrorBody),
+        (status = 400, description = "Bad name, id or expand", body = ErrorBody),
         (status = 403, description = "The read rule denies it", body = ErrorBody),
         (status = 404, description = "No such document", body = ErrorBody),
     ),
@@ -65,8 +76,21 @@ pub(super) async fn get_document(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(String, String)>,
+    query: web::Query<GetQuery>,
 ) -> Result<HttpResponse, Error> {
     let (collection, id) = path.into_inner();
+    if let Some(expand) = query.expand.as_deref().filter(|e| !e.trim().is_empty()) {
+        let doc = state.docs.get(&caller.0, &collection, &id).await?;
+        let version = doc.version;
+        let mut expanded = state
+            .docs
+            .expand(&caller.0, &collection, vec![doc], expand)
+            .await?;
+        let doc = expanded
+            .pop()
+            .ok_or_else(|| Error::internal("expand lost the document"))?;
+        return Ok(HttpResponse::Ok().insert_header(etag(version)).json(doc));
+    }
     let raw = state.docs.get_raw(&caller.0, &collection, &id).await?;
     Ok(HttpResponse::Ok()
         .insert_header(etag(raw.version()))
@@ -235,6 +259,19 @@ pub(super) struct ListQuery {
     cursor: Option<String>,
     /// `true` adds `total`: how many documents match and may be read, over all pages.
     count: Option<String>,
+    /// Relation fields whose documents to embed under `expand` (see the single-document read).
+    expand: Option<String>,
+}
+
+/// One page of a list, its documents expanded when `expand` asks.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ExpandedPage {
+    items: Vec<ExpandedDocument>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+    /// With `count=true`: how many documents match the filter and may be read, over all pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<u64>,
 }
 
 /// A `true`/`false` query parameter (absent or empty is `false`).
@@ -251,7 +288,7 @@ fn flag(name: &str, value: Option<&str>) -> Result<bool, Error> {
     tag = "documents",
     params(("collection" = String, Path, description = "Collection name"), ListQuery),
     responses(
-        (status = 200, description = "One page", body = Page),
+        (status = 200, description = "One page", body = ExpandedPage),
         (status = 400, description = "Bad filter, sort, limit, cursor or count, or a count that would examine more than `limits.max_scan_documents`", body = ErrorBody),
         (status = 403, description = "The read rule denies every document", body = ErrorBody),
     ),
@@ -280,20 +317,37 @@ pub(super) async fn list_documents(
     };
     let list = state.docs.prepare_list(&path, &params)?;
     let principal = caller.0;
-    let page = if state.docs.is_bounded(&principal, &list) {
-        state.docs.list_raw(&principal, &list).await?
+    let expand = query.expand.clone().filter(|e| !e.trim().is_empty());
+    let bounded = state.docs.is_bounded(&principal, &list);
+    let docs = state.docs.clone();
+    let run = async move {
+        let Some(expand) = expand else {
+            return Ok(docs.list_raw(&principal, &list).await?.to_json());
+        };
+        let page = docs.list_prepared(&principal, &list).await?;
+        let items = docs
+            .expand(&principal, list.collection(), page.items, &expand)
+            .await?;
+        let page = ExpandedPage {
+            items,
+            next_cursor: page.next_cursor,
+            total: page.total,
+        };
+        serde_json::to_vec(&page).map_err(Error::internal)
+    };
+    let body = if bounded {
+        run.await?
     } else {
         // A query that may scan the whole collection runs on the blocking pool, off the
         // async workers (this worker's runtime still drives its I/O).
-        let docs = state.docs.clone();
         let runtime = tokio::runtime::Handle::current();
-        web::block(move || runtime.block_on(docs.list_raw(&principal, &list)))
+        web::block(move || runtime.block_on(run))
             .await
             .map_err(Error::internal)??
     };
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(page.to_json()))
+        .body(body))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

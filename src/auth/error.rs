@@ -67,6 +67,7 @@ impl From<StoreError> for AuthError {
             | StoreError::VersionMismatch { .. }
             | StoreError::Denied(_)
             | StoreError::ScanBudget(_)
+            | StoreError::Referenced(_)
             | StoreError::SchemaViolation { .. }) => AuthError::Internal(e.to_string()),
         }
     }

@@ -37,6 +37,7 @@ fn collection_info(
         schema: config.schema,
         schema_error,
         schema_report: None,
+        relations: config.relations,
     };
     if let Some(rules) = &info.rules {
         info.rule_errors = [
@@ -105,6 +106,22 @@ impl Documents {
                     invalid(format!("index field {field:?}: {}", e.message), "indexes")
                 })?;
             }
+        }
+        if config.relations.len() > 16 {
+            return Err(invalid("at most 16 relations per collection", "relations"));
+        }
+        for (field, relation) in &config.relations {
+            crate::store::relation_path(field)
+                .map_err(|e| invalid(format!("relation {field:?}: {e}"), "relations"))?;
+            check_collection(&relation.collection).map_err(|_| {
+                invalid(
+                    format!(
+                        "relation {field:?}: {:?} is not a collection name",
+                        relation.collection
+                    ),
+                    "relations",
+                )
+            })?;
         }
         let store = &self.inner.store;
         let budget = usize::try_from(self.inner.limits.max_scan_documents).unwrap_or(usize::MAX);

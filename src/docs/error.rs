@@ -54,6 +54,9 @@ pub enum DocsError {
         expected: u64,
         actual: u64,
     },
+    /// A delete refused because documents reference it through a `restrict` relation.
+    #[error("{0}")]
+    Referenced(String),
     /// A query would examine more documents than allowed without an index; the message names
     /// the index to declare.
     #[error("{0}")]
@@ -118,6 +121,7 @@ impl From<StoreError> for DocsError {
                 violations,
             },
             StoreError::ScanBudget(message) => DocsError::NeedsIndex(message),
+            StoreError::Referenced(message) => DocsError::Referenced(message),
             StoreError::CasFailed => DocsError::Storage(StorageError::Contended),
             StoreError::Engine(e) => DocsError::Storage(e.into()),
             StoreError::Corrupt(detail) => DocsError::Storage(StorageError::Corrupt(detail)),
@@ -172,7 +176,9 @@ impl From<DocsError> for Error {
             DocsError::Unauthenticated(_) => Error::unauthenticated(message),
             DocsError::Forbidden(_) => Error::forbidden(message),
             DocsError::NotFound { .. } | DocsError::NotConfigured(_) => Error::not_found(message),
-            DocsError::AlreadyExists { .. } => Error::new(ErrorCode::Conflict, message),
+            DocsError::AlreadyExists { .. } | DocsError::Referenced(_) => {
+                Error::new(ErrorCode::Conflict, message)
+            }
             DocsError::VersionMismatch { actual, .. } => {
                 Error::new(ErrorCode::PreconditionFailed, message)
                     .with_details(serde_json::json!({ "version": actual }))

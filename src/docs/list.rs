@@ -49,6 +49,12 @@ pub(crate) struct PreparedList {
     count: bool,
 }
 
+impl PreparedList {
+    pub(crate) fn collection(&self) -> &str {
+        &self.collection
+    }
+}
+
 /// A page of stored documents, serialised without parsing them again.
 pub(crate) struct RawPage {
     pub items: Vec<RawDocument>,
@@ -293,11 +299,16 @@ impl Documents {
         params: &ListParams<'_>,
     ) -> Result<Page> {
         let list = self.prepare_list(collection, params)?;
-        let (result, next_cursor) = self.run_list(who, &list).await?;
+        self.list_prepared(who, &list).await
+    }
+
+    /// Runs a prepared list (see [`Documents::prepare_list`]).
+    pub(crate) async fn list_prepared(&self, who: &Principal, list: &PreparedList) -> Result<Page> {
+        let (result, next_cursor) = self.run_list(who, list).await?;
         Ok(Page {
             items: result.into_documents()?,
             next_cursor,
-            total: self.list_total(who, &list).await?,
+            total: self.list_total(who, list).await?,
         })
     }
 

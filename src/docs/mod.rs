@@ -7,6 +7,7 @@ mod aggregate;
 mod batch;
 mod collections;
 mod error;
+mod expand;
 mod list;
 mod names;
 mod rules;
@@ -14,6 +15,7 @@ mod rules;
 pub use aggregate::{AggregateParams, Aggregates, Group};
 pub use batch::{BatchOp, BatchOpKind};
 pub use error::DocsError;
+pub use expand::ExpandedDocument;
 pub use list::{ListParams, Page};
 pub(crate) use names::{check_collection, check_id, json_depth};
 pub(crate) use rules::{CompiledRules, ReadCheck};
@@ -390,6 +392,7 @@ mod tests {
             rules: Some(Rules::default()),
             indexes: Vec::new(),
             schema: None,
+            relations: Default::default(),
         };
         docs.configure(&Principal::Service, "real", config)
             .await

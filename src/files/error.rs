@@ -75,6 +75,7 @@ impl From<StoreError> for FilesError {
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
             | StoreError::ScanBudget(_)
+            | StoreError::Referenced(_)
             | StoreError::SchemaViolation { .. }) => FilesError::Internal(e.to_string()),
         }
     }

@@ -69,6 +69,7 @@ impl From<StoreError> for FunctionsError {
             | StoreError::VersionMismatch { .. }
             | StoreError::Denied(_)
             | StoreError::ScanBudget(_)
+            | StoreError::Referenced(_)
             | StoreError::SchemaViolation { .. }) => FunctionsError::Internal(e.to_string()),
         }
     }

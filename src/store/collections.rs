@@ -160,6 +160,11 @@ async fn run_delete(store: &Store, collection: &str) -> Result<u64, StoreError> 
             };
             match store.write(request).await {
                 Ok(_) => deleted += n,
+                // A reference added since the delete began: stop, leaving the rest.
+                Err(failure) if matches!(failure.error, StoreError::Referenced(_)) => {
+                    tracing::warn!(collection, error = %failure.error, "deleting the collection stopped");
+                    break;
+                }
                 // A document of the page changed since it was read: read the page again.
                 Err(failure)
                     if matches!(
@@ -295,6 +300,11 @@ impl Store {
         collection: &str,
         actor: Option<Actor>,
     ) -> Result<(), StoreError> {
+        if let Some(by) = self.restricted_by(collection).await? {
+            return Err(StoreError::Referenced(format!(
+                "collection {collection} cannot be deleted: {by} references its documents (on_delete restrict); delete or re-point those first"
+            )));
+        }
         let key = drop_key(collection);
         let record = serde_json::to_vec(&Dropping {
             started_at: now_rfc3339(),

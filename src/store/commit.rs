@@ -16,6 +16,7 @@
 use super::error::{BatchFailure, StoreError};
 use super::files::{FileOp, FileRecord, FileWrite, FileWritten};
 use super::kv::KvWrite;
+use super::relations::{self, RelationDef};
 use super::write::{Access, WriteOp, WriteRequest, WriteResult, Written};
 use super::{keys, records, CollectionState, Configured, HookRecord, IndexDef, Store};
 use crate::engine::{
@@ -180,11 +181,31 @@ struct Planned {
     states: HashMap<String, Option<Arc<CollectionState>>>,
     /// The write's time: its documents' and its changes'.
     now: String,
+    /// Whether a delete recorded a dereference job (see `relations`).
+    jobs: bool,
 }
 
 impl Store {
-    /// Applies a write atomically and durably. Resolves once the write is on disk.
+    /// Applies a write atomically and durably. Resolves once the write is on disk, and once
+    /// what its deletes do to the documents that reference them (`set_null`, `cascade`) is
+    /// done too.
     pub(crate) async fn write(&self, request: WriteRequest) -> WriteResult {
+        let (written, jobs) = self.write_inner(&request).await?;
+        if jobs {
+            // The delete is committed whatever happens here: a job that fails now resumes
+            // with the next one or at the next start.
+            if let Err(e) = self.run_dereference_jobs().await {
+                tracing::error!(error = %e, "dereferencing deleted documents failed; it resumes later");
+            }
+        }
+        Ok(written)
+    }
+
+    /// Applies a write; also says whether it recorded dereference jobs.
+    pub(super) async fn write_inner(
+        &self,
+        request: &WriteRequest,
+    ) -> Result<(Vec<Written>, bool), BatchFailure> {
         // Ids are generated once, so that a write run again creates the same documents.
         let generated: Vec<Option<String>> = request
             .ops
@@ -194,7 +215,7 @@ impl Store {
                 _ => None,
             })
             .collect();
-        let result = retry(|| self.try_write(&request, &generated)).await;
+        let result = retry(|| self.try_write(request, &generated)).await;
         if result.is_ok() {
             for op in &request.ops {
                 let name = match op {
@@ -202,6 +223,7 @@ impl Store {
                     WriteOp::Set { .. } => "set",
                     WriteOp::Update { .. } => "update",
                     WriteOp::Delete { .. } => "delete",
+                    WriteOp::Dereference { .. } => "dereference",
                 };
                 self.shared
                     .metrics
@@ -220,7 +242,11 @@ impl Store {
             .to_string()
     }
 
-    async fn try_write(&self, req: &WriteRequest, generated: &[Option<String>]) -> WriteResult {
+    async fn try_write(
+        &self,
+        req: &WriteRequest,
+        generated: &[Option<String>],
+    ) -> Result<(Vec<Written>, bool), BatchFailure> {
         let at = |op: usize| {
             move |error: EngineError| BatchFailure {
                 op,
@@ -250,10 +276,9 @@ impl Store {
             let original = planned.original.get(key).cloned().flatten();
             if let Some(old) = &original {
                 for index in indexes {
-                    txn.delete(
-                        Keyspace::Indexes,
-                        keys::index_key(&index.prefix, &index.fields, old),
-                    );
+                    for entry in relations::entry_keys(index, old) {
+                        txn.delete(Keyspace::Indexes, entry);
+                    }
                 }
             }
             let doc_key = keys::doc_key(&key.0, &key.1);
@@ -261,11 +286,9 @@ impl Store {
                 Some(doc) => {
                     txn.put(Keyspace::Documents, doc_key, super::encode_doc(doc));
                     for index in indexes {
-                        txn.put(
-                            Keyspace::Indexes,
-                            keys::index_key(&index.prefix, &index.fields, doc),
-                            keys::index_value(doc),
-                        );
+                        for entry in relations::entry_keys(index, doc) {
+                            txn.put(Keyspace::Indexes, entry, keys::index_value(doc));
+                        }
                     }
                     if planned.tombstoned.contains(key) {
                         txn.delete(Keyspace::System, keys::tombstone_key(&key.0, &key.1));
@@ -340,7 +363,7 @@ impl Store {
         }
         let publish = publisher(self, changes);
         txn.commit(publish).await.map_err(at(0))?;
-        Ok(planned.results)
+        Ok((planned.results, planned.jobs))
     }
 
     /// The configuration of a collection as the transaction reads it (so that a change to it
@@ -389,6 +412,7 @@ impl Store {
             pending: Vec::new(),
             states: HashMap::new(),
             now: now.clone(),
+            jobs: false,
         };
         // Versions of documents this batch deleted, which a re-create continues.
         let mut deleted: HashMap<DocKey, u64> = HashMap::new();
@@ -405,7 +429,8 @@ impl Store {
                 }
                 WriteOp::Set { collection, id, .. }
                 | WriteOp::Update { collection, id, .. }
-                | WriteOp::Delete { collection, id, .. } => (collection.clone(), id.clone()),
+                | WriteOp::Delete { collection, id, .. }
+                | WriteOp::Dereference { collection, id, .. } => (collection.clone(), id.clone()),
             };
             if !planned.states.contains_key(&collection) {
                 let state = self
@@ -428,6 +453,33 @@ impl Store {
                 planned.current.insert(key.clone(), stored);
             }
             let before = planned.current.get(&key).cloned().flatten();
+            if let WriteOp::Dereference {
+                path,
+                target,
+                target_id,
+                ..
+            } = op
+            {
+                let target_key = (target.clone(), target_id.clone());
+                let target_exists = match planned.current.get(&target_key) {
+                    Some(doc) => doc.is_some(),
+                    None => txn
+                        .get(Keyspace::Documents, &keys::doc_key(target, target_id))
+                        .await
+                        .map_err(|e| fail(e.into()))?
+                        .is_some(),
+                };
+                let references = before.as_ref().is_some_and(|doc| {
+                    relations::references(doc, path).is_ok_and(|ids| ids.contains(target_id))
+                });
+                if target_exists || !references {
+                    planned.results.push(Written {
+                        document: before,
+                        created: false,
+                    });
+                    continue;
+                }
+            }
             // The version a new document starts after: its tombstone's, for an id used before.
             let base_version = match (&before, deleted.get(&key)) {
                 (Some(_), _) => 0,
@@ -550,6 +602,21 @@ impl Store {
                     deleted.insert(key.clone(), prev.version);
                     (ChangeKind::Delete, None)
                 }
+                (WriteOp::Dereference { cascade: true, .. }, Some(prev)) => {
+                    deleted.insert(key.clone(), prev.version);
+                    (ChangeKind::Delete, None)
+                }
+                (
+                    WriteOp::Dereference {
+                        path, target_id, ..
+                    },
+                    Some(prev),
+                ) => {
+                    let data = relations::unlink(&prev.data, path, target_id);
+                    (ChangeKind::Update, Some(next(prev, data)))
+                }
+                // Decided above: a dereference of a missing document does nothing.
+                (WriteOp::Dereference { .. }, None) => return Err(fail(missing())),
                 // A missing document: a caller the rule would not let touch it gets 403, so
                 // that a 404 never tells anyone what they could not read.
                 (WriteOp::Update { .. }, None) => {
@@ -577,6 +644,32 @@ impl Store {
             }
             if let (Some(doc), Some(state)) = (after.as_mut(), state.as_deref()) {
                 check_schema(&collection, state, doc).map_err(fail)?;
+                let written = |c: &str, i: &str| {
+                    planned
+                        .current
+                        .get(&(c.to_string(), i.to_string()))
+                        .map(Option::is_some)
+                };
+                relations::check_references(txn, state, before.as_ref(), doc, &written)
+                    .await
+                    .map_err(fail)?;
+            }
+            if kind == ChangeKind::Delete {
+                let written = |source: &str, referrer: &str, relation: &RelationDef| {
+                    planned
+                        .current
+                        .get(&(source.to_string(), referrer.to_string()))
+                        .map(|doc| {
+                            doc.as_ref().is_some_and(|d| {
+                                relations::references(d, &relation.path)
+                                    .is_ok_and(|ids| ids.contains(&id))
+                            })
+                        })
+                };
+                let job = relations::on_delete(self, txn, &collection, &id, &written)
+                    .await
+                    .map_err(fail)?;
+                planned.jobs |= job;
             }
             planned.current.insert(key.clone(), after.clone());
             planned.results.push(Written {

@@ -32,6 +32,9 @@ pub enum StoreError {
         collection: String,
         violations: Vec<crate::model::Violation>,
     },
+    /// A delete that a relation's `restrict` (or its reverse index still being built) refuses.
+    #[error("{0}")]
+    Referenced(String),
     /// A query examined more documents than allowed without an index.
     #[error("{0}")]
     ScanBudget(String),

@@ -103,11 +103,9 @@ async fn chunk(
         if let Some(index) = maintained.iter().find(|i| i.prefix == prefix) {
             for (_, bytes) in &entries {
                 let doc = super::decode_doc(bytes)?;
-                txn.put(
-                    Keyspace::Indexes,
-                    keys::index_key(&index.prefix, &index.fields, &doc),
-                    keys::index_value(&doc),
-                );
+                for entry in super::relations::entry_keys(index, &doc) {
+                    txn.put(Keyspace::Indexes, entry, keys::index_value(&doc));
+                }
             }
         }
     }
@@ -250,13 +248,12 @@ impl Store {
             None => None,
         };
         let old_indexes = old.as_ref().map(|s| s.indexes.as_slice()).unwrap_or(&[]);
-        let signature = |fields| keys::index_signature(fields);
         let mut added = Vec::new();
         for index in new_indexes {
             if old_indexes.iter().any(|o| o.prefix == index.prefix) {
                 continue;
             }
-            let sig = signature(&index.fields);
+            let sig = index.signature.clone();
             let marker = keys::build_key(collection, &sig);
             if txn.get(Keyspace::Meta, &marker).await?.is_some() {
                 return Err(StoreError::Invalid {
@@ -274,7 +271,7 @@ impl Store {
             if new_indexes.iter().any(|n| n.prefix == index.prefix) {
                 continue;
             }
-            let sig = signature(&index.fields);
+            let sig = index.signature.clone();
             txn.put(
                 Keyspace::Meta,
                 keys::build_key(collection, &sig),

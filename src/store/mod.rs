@@ -20,6 +20,7 @@ mod keys;
 mod kv;
 mod prune;
 mod records;
+mod relations;
 mod scan;
 mod schema;
 mod write;
@@ -29,6 +30,7 @@ use feed::ChangeFeed;
 pub use feed::ChangeReceiver;
 pub(crate) use files::{FileGuard, FileOp, FileRecord, FileWrite};
 pub(crate) use kv::{KvWrite, Space};
+pub(crate) use relations::{references, relation_path, RelationDef};
 pub(crate) use scan::{Matched, QueryResult, QuerySpec};
 pub(crate) use schema::Schema;
 pub(crate) use write::{Access, WriteGuard, WriteOp, WriteRequest, Written};
@@ -39,7 +41,7 @@ pub(crate) type KvEntry = (Vec<u8>, Vec<u8>);
 use crate::engine::sled::{SledEngine, SledOptions};
 use crate::engine::{Bytes, Direction, Engine, KeyRange, Keyspace};
 use crate::metrics::Metrics;
-use crate::model::{Change, CollectionConfig, Document};
+use crate::model::{Change, CollectionConfig, Document, OnDelete};
 use crate::query::{self, ast::Path};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -74,9 +76,14 @@ pub(crate) struct StoreOptions {
 #[derive(Debug, Clone)]
 pub(crate) struct IndexDef {
     pub fields: Vec<Path>,
+    /// What names it in its key prefix and build record.
+    pub signature: String,
     pub prefix: Vec<u8>,
     /// Whether every document has its entry, so that the planner may use it.
     pub ready: bool,
+    /// A relation's reverse index (see `relations`): one entry per referenced id, never
+    /// planned.
+    pub reverse: bool,
 }
 
 /// A collection's configuration with its indexes parsed.
@@ -88,6 +95,7 @@ pub(crate) struct CollectionState {
     pub schema: Option<Schema>,
     /// Why a stored schema does not compile (writes are refused until it is fixed).
     pub schema_error: Option<String>,
+    pub relations: Vec<RelationDef>,
 }
 
 impl CollectionState {
@@ -108,6 +116,19 @@ impl CollectionState {
                 prefix: keys::index_prefix(name, &signature),
                 ready: !building.contains(&signature),
                 fields: paths,
+                signature,
+                reverse: false,
+            });
+        }
+        let relations = relations::defs(&config.relations)?;
+        for relation in relations.iter().filter(|r| r.on_delete != OnDelete::None) {
+            let signature = relation.signature();
+            indexes.push(IndexDef {
+                prefix: keys::index_prefix(name, &signature),
+                ready: !building.contains(&signature),
+                fields: vec![relation.path.clone()],
+                signature,
+                reverse: true,
             });
         }
         let (schema, schema_error) = match config.schema.as_ref().map(Schema::compile) {
@@ -120,6 +141,7 @@ impl CollectionState {
             indexes,
             schema,
             schema_error,
+            relations,
         })
     }
 }
@@ -134,7 +156,9 @@ fn owner_index(collection: &str) -> IndexDef {
             segments: vec!["owner".into()],
         }],
         prefix: keys::index_prefix(collection, OWNER_INDEX),
+        signature: OWNER_INDEX.into(),
         ready: true,
+        reverse: false,
     }
 }
 
@@ -184,6 +208,8 @@ pub(crate) struct Shared {
     epoch: tokio::sync::watch::Sender<u64>,
     /// The configuration epoch this node's caches were loaded at (see `follow`).
     loaded_epoch: tokio::sync::Mutex<Option<Vec<u8>>>,
+    /// Held while dereference jobs run (see `relations`).
+    dereferencing: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -321,6 +347,7 @@ impl Store {
                 owner_ready: AtomicBool::new(false),
                 epoch: tokio::sync::watch::channel(0).0,
                 loaded_epoch: tokio::sync::Mutex::new(None),
+                dereferencing: tokio::sync::Mutex::new(()),
             }),
         };
         if store.engine.shared() {
@@ -343,6 +370,7 @@ impl Store {
                 tasks.push(indexes::start_build(store.clone(), collection, signature));
             }
         }
+        tasks.push(relations::resume_jobs(store.clone()));
         if indexes::owners_indexed(&*store.engine).await? {
             store.shared.owner_ready.store(true, Ordering::SeqCst);
         } else {
@@ -561,6 +589,27 @@ impl Store {
             .map(RawDocument))
     }
 
+    /// Several documents of one collection at once (one round trip on a database server), in
+    /// the order of `ids`.
+    pub(crate) async fn get_many(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<Option<Document>>, StoreError> {
+        self.shared
+            .metrics
+            .store_ops
+            .with_label_values(&["get"])
+            .inc_by(ids.len() as u64);
+        let doc_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::doc_key(collection, id)).collect();
+        self.engine
+            .get_many(Keyspace::Documents, &doc_keys)
+            .await?
+            .into_iter()
+            .map(|bytes| bytes.map(|b| decode_doc(&b)).transpose())
+            .collect()
+    }
+
     /// The names of the collections that hold documents, in order. Reads one key per
     /// collection: each step seeks past the previous collection's documents.
     pub(crate) async fn document_collections(&self) -> Result<Vec<String>, StoreError> {
@@ -610,7 +659,13 @@ impl Store {
         state: Option<&CollectionState>,
     ) -> Vec<IndexDef> {
         let mut indexes: Vec<IndexDef> = state
-            .map(|s| s.indexes.iter().filter(|i| i.ready).cloned().collect())
+            .map(|s| {
+                s.indexes
+                    .iter()
+                    .filter(|i| i.ready && !i.reverse)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         if self.shared.owner_ready.load(Ordering::SeqCst) {
             indexes.push(owner_index(collection));

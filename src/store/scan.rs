@@ -521,6 +521,7 @@ mod tests {
             rules: None,
             indexes: vec![vec!["data.n".into()]],
             schema: None,
+            relations: Default::default(),
         };
         docs.configure(&Principal::Service, "c", config)
             .await

@@ -4,6 +4,7 @@
 use super::error::BatchFailure;
 use super::CollectionState;
 use crate::model::{Actor, Document};
+use crate::query::ast::Path;
 use crate::transforms::Transform;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -38,6 +39,17 @@ pub(crate) enum WriteOp {
         collection: String,
         id: String,
         if_version: Option<u64>,
+    },
+    /// Remove a document's reference to `target/target_id`, which was deleted, from the
+    /// relation field at `path` (`set_null`), or delete the document (`cascade`). Nothing
+    /// happens if the document is gone, no longer references it, or the target exists again.
+    Dereference {
+        collection: String,
+        id: String,
+        path: Path,
+        target: String,
+        target_id: String,
+        cascade: bool,
     },
 }
 

@@ -20,6 +20,7 @@ mod pg;
 mod queries;
 mod readme;
 mod realtime;
+mod relations;
 mod s3;
 mod scaffold;
 mod schemas;

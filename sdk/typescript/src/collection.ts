@@ -8,8 +8,20 @@ type Envelope = components["schemas"]["Document"];
 /** Any JSON object a document can hold. */
 export type DocData = Record<string, unknown>;
 
-/** A stored document: the server's envelope around your data. */
-export type Doc<T extends object = DocData> = Omit<Envelope, "data"> & { data: T };
+/**
+ * A stored document: the server's envelope around your data. Read with `expand`, it carries
+ * the documents its relation fields reference, by field (`null` when gone or unreadable; an
+ * array for a field that holds several ids).
+ */
+export type Doc<T extends object = DocData> = Omit<Envelope, "data"> & {
+  data: T;
+  expand?: Record<string, Doc | null | (Doc | null)[]>;
+};
+
+export interface GetOptions {
+  /** Relation fields to embed under `expand`, nested with dots: `["author", "comments.author"]`. */
+  expand?: string[];
+}
 
 /** One page of a list. */
 export interface Page<T extends object = DocData> {
@@ -30,6 +42,8 @@ export interface ListOptions {
   cursor?: string | null;
   /** Also count every match you may read, over all pages (`total`). */
   count?: boolean;
+  /** Relation fields to embed under `expand` in every item (see `GetOptions`). */
+  expand?: string[];
 }
 
 /** An aggregate operation over a path of the envelope (`data.n`, `created_at`, ...). */
@@ -140,9 +154,13 @@ export class Collection<T extends object = DocData> {
   }
 
   /** Reads one document (`404 not_found` when absent). */
-  get(id: string): Promise<Doc<T>> {
+  get(id: string, options: GetOptions = {}): Promise<Doc<T>> {
+    const query = { expand: options.expand?.join(",") };
     return this.transport.call((headers) =>
-      this.transport.api.GET("/v1/collections/{collection}/docs/{id}", { ...this.doc(id), headers }),
+      this.transport.api.GET("/v1/collections/{collection}/docs/{id}", {
+        params: { path: { collection: this.name, id }, query },
+        headers,
+      }),
     ) as Promise<Doc<T>>;
   }
 
@@ -202,6 +220,7 @@ export class Collection<T extends object = DocData> {
       limit: options.limit === undefined ? undefined : String(options.limit),
       cursor: options.cursor ?? undefined,
       count: options.count ? "true" : undefined,
+      expand: options.expand?.join(","),
     };
     return this.transport.call((headers) =>
       this.transport.api.GET("/v1/collections/{collection}/docs", {

@@ -28,6 +28,7 @@ export type {
   ChangeEvent,
   Doc,
   DocData,
+  GetOptions,
   ListOptions,
   Page,
   Patch,

@@ -184,6 +184,20 @@ describe("against one server", () => {
     assert.deepEqual(after.data.tags, ["y"]);
     const badTransform = await failure(posts.transform("my-id", { title: increment(1) }));
     assert.equal(badTransform.status, 400);
+    // Relations: expand embeds the referenced document; a missing reference is refused.
+    await admin(server, "PUT", `/v1/admin/collections/${name}_comments`, {
+      rules: { read: "auth != null", create: "auth != null", update: null, delete: null },
+      relations: { post: { collection: name, on_delete: "cascade" } },
+    });
+    const comments = eb.collection(`${name}_comments`);
+    const comment = await comments.create({ post: "my-id", text: "hi" });
+    const expanded = await comments.get(comment.id, { expand: ["post"] });
+    assert.equal(expanded.expand?.post?.id, "my-id");
+    const listed = await comments.list({ expand: ["post"] });
+    assert.equal(listed.items[0].expand?.post?.data.title, "liked");
+    const dangling = await failure(comments.create({ post: "nope" }));
+    assert.equal(dangling.code, "validation_failed");
+
     const [batched] = await eb.batch([{ op: "update", collection: name, id: "my-id", transforms: { likes: increment(-1) } }]);
     assert.equal(batched.data.likes, 10);
 

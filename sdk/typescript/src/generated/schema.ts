@@ -582,7 +582,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Read a document. The `ETag` header is its version. */
+        /**
+         * Read a document. The `ETag` header is its version. With `expand`, the documents its
+         *     relation fields reference come embedded, each checked against its own collection's read
+         *     rule (`null` when gone or unreadable).
+         */
         get: operations["get_document"];
         /** Create or replace a document. */
         put: operations["set_document"];
@@ -847,6 +851,20 @@ export interface components {
         CollectionConfig: {
             /** @description Each index is a list of field paths, e.g. `[["data.n"], ["data.tag", "data.n"]]`. */
             indexes?: string[][];
+            /**
+             * @description Fields that reference documents of another collection, by their dotted path under the
+             *     data (`author`, `meta.editor`): each holds a document id, an array of at most 100 ids,
+             *     or null. A reference must name an existing document; `expand` embeds it in reads.
+             * @example {
+             *       "author": {
+             *         "collection": "people",
+             *         "on_delete": "restrict"
+             *       }
+             *     }
+             */
+            relations?: {
+                [key: string]: components["schemas"]["Relation"];
+            };
             rules?: components["schemas"]["Rules"] | null;
             /**
              * @description A JSON Schema (draft 2020-12) that every document's `data` must satisfy, checked on
@@ -874,6 +892,10 @@ export interface components {
             index_states?: components["schemas"]["IndexState"][];
             indexes: string[][];
             name: string;
+            /** @description The collection's relations (see `CollectionConfig`). */
+            relations?: {
+                [key: string]: components["schemas"]["Relation"];
+            };
             /**
              * @description Stored rules that no longer compile (for example, over a limit added since they were
              *     stored). Until they are fixed every such collection allows admins only.
@@ -929,6 +951,26 @@ export interface components {
             details?: Record<string, never> | null;
             /** @description A human-readable explanation. */
             message: string;
+        };
+        /** @description A document with the documents its relation fields reference, as `expand` asked. */
+        ExpandedDocument: components["schemas"]["Document"] & {
+            /**
+             * @description With `expand`: each expanded relation field, holding the referenced document (itself
+             *     expanded further when asked) or `null` when it is gone or the caller may not read it;
+             *     an array for a field that holds several ids.
+             */
+            expand?: Record<string, never>;
+        };
+        /** @description One page of a list, its documents expanded when `expand` asks. */
+        ExpandedPage: {
+            items: components["schemas"]["ExpandedDocument"][];
+            /** @description Pass as `cursor` for the next page; null on the last page. */
+            next_cursor?: string | null;
+            /**
+             * Format: int64
+             * @description With `count=true`: how many documents match the filter and may be read, over all pages.
+             */
+            total?: number | null;
         };
         /**
          * @description A file's content: any bytes under any `Content-Type` (JSON, text or binary alike), so its
@@ -1100,23 +1142,24 @@ export interface components {
             /** @description Pass as `cursor` for the next page; absent at the end of the collection. */
             next_cursor?: string | null;
         };
-        /** @description One page of a list. */
-        Page: {
-            items: components["schemas"]["Document"][];
-            /** @description Pass as `cursor` for the next page; null on the last page. */
-            next_cursor?: string | null;
-            /**
-             * Format: int64
-             * @description With `count=true`: how many documents match the filter and may be read, over all pages.
-             */
-            total?: number | null;
-        };
+        /**
+         * @description What deleting a referenced document does to the documents that reference it.
+         * @enum {string}
+         */
+        OnDelete: "none" | "restrict" | "set_null" | "cascade";
         PasswordChange: {
             current_password: string;
             new_password: string;
         };
         RefreshRequest: {
             refresh_token: string;
+        };
+        /** @description A field's reference to another collection. */
+        Relation: {
+            /** @description The collection whose documents the field names by id. */
+            collection: string;
+            /** @description What deleting a referenced document does to the documents that reference it. */
+            on_delete?: components["schemas"]["OnDelete"];
         };
         ResetConfirm: {
             new_password: string;
@@ -1949,6 +1992,15 @@ export interface operations {
             };
             /** @description The collection has neither a config nor documents */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A `restrict` relation of another collection references its documents */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3830,6 +3882,8 @@ export interface operations {
                 cursor?: string;
                 /** @description `true` adds `total`: how many documents match and may be read, over all pages. */
                 count?: string;
+                /** @description Relation fields whose documents to embed under `expand` (see the single-document read). */
+                expand?: string;
             };
             header?: never;
             path: {
@@ -3846,7 +3900,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Page"];
+                    "application/json": components["schemas"]["ExpandedPage"];
                 };
             };
             /** @description Bad filter, sort, limit, cursor or count, or a count that would examine more than `limits.max_scan_documents` */
@@ -3971,7 +4025,13 @@ export interface operations {
     };
     get_document: {
         parameters: {
-            query?: never;
+            query?: {
+                /**
+                 * @description Relation fields whose documents to embed under `expand`, nested with dots, e.g.
+                 *     `author,comments.author` (at most 8, each at most 3 deep).
+                 */
+                expand?: string;
+            };
             header?: never;
             path: {
                 /** @description Collection name */
@@ -3991,10 +4051,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Document"];
+                    "application/json": components["schemas"]["ExpandedDocument"];
                 };
             };
-            /** @description Bad name or id */
+            /** @description Bad name, id or expand */
             400: {
                 headers: {
                     [name: string]: unknown;
