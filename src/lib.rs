@@ -98,7 +98,10 @@ pub use model::{
     Actor, BucketConfig, BucketInfo, BucketRules, Change, ChangeKind, CollectionConfig,
     CollectionInfo, Document, FileInfo, IndexState, RuleError, Rules, Subject,
 };
-pub use realtime::{Realtime, RealtimeError, SubscribeRequest, Subscription};
+pub use realtime::{
+    Applied, ConnectRequest, Realtime, RealtimeError, SubscribeRequest, Subscription,
+    SubscriptionSpec,
+};
 pub use server::{Server, ServerBuilder, StartError};
 pub use store::ChangeReceiver;
 

@@ -19,6 +19,9 @@ pub enum RealtimeError {
     /// The read rule of a topic's collection denies the caller every document.
     #[error("{0}")]
     Forbidden(String),
+    /// No open connection with that id belongs to the caller.
+    #[error("{0}")]
+    NoConnection(String),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("too many realtime subscribers; try again later")]
@@ -46,6 +49,7 @@ impl From<RealtimeError> for Error {
             RealtimeError::BadRequest(_) => Error::bad_request(message),
             RealtimeError::Request(e) => e.into(),
             RealtimeError::Forbidden(_) => Error::forbidden(message),
+            RealtimeError::NoConnection(_) => Error::not_found(message),
             RealtimeError::ShuttingDown | RealtimeError::Full => {
                 Error::new(ErrorCode::Unavailable, message)
             }

@@ -26,16 +26,19 @@ use crate::store::ChangeReceiver;
 use bytes::Bytes;
 use queue::{CloseReason, Queue};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+mod connection;
 mod error;
 mod queue;
 
+use connection::{check_name, random_token, MAX_SUBSCRIPTIONS};
+pub use connection::{Applied, ConnectRequest, SubscriptionSpec};
 pub use error::RealtimeError;
 pub(crate) use error::Result;
 
@@ -84,6 +87,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     registry: RwLock<Registry>,
     next_id: AtomicU64,
+    /// This server's part of its connection ids, so that a node of a cluster can tell which
+    /// node holds a connection.
+    node: String,
 }
 
 struct Registry {
@@ -94,28 +100,25 @@ struct Registry {
     /// Open streams per client address (entries go when they reach zero).
     per_client: HashMap<String, usize>,
     by_collection: HashMap<String, HashMap<u64, Arc<Subscriber>>>,
+    /// Open connections by id.
+    connections: HashMap<String, Arc<Subscriber>>,
 }
 
-/// What one stream asked for within one collection.
+/// What one subscription asked for within one collection.
 #[derive(Debug, Clone, PartialEq)]
 enum Topic {
     Collection,
     Documents(HashSet<String>),
 }
 
-struct Subscriber {
-    id: u64,
-    who: Principal,
-    auth: Value,
+/// One subscription: its topics by collection and its filter.
+struct Interest {
     topics: HashMap<String, Topic>,
     filter: Option<Expr>,
-    /// The client address the stream counts against.
-    client: String,
-    queue: Queue,
 }
 
-impl Subscriber {
-    /// Whether this subscriber's topics and filter select a change to a document.
+impl Interest {
+    /// Whether its topics and filter select a change to a document.
     fn wants(
         &self,
         collection: &str,
@@ -133,6 +136,67 @@ impl Subscriber {
                 before.is_some_and(|d| query::matches(f, d))
                     || after.is_some_and(|d| query::matches(f, d))
             })
+    }
+}
+
+/// One open stream: a plain one with a single subscription (named `""`), or a connection
+/// whose named subscriptions come and go while it stays open.
+struct Subscriber {
+    id: u64,
+    who: Principal,
+    auth: Value,
+    /// The connection's id, for a connection.
+    connection: Option<String>,
+    interests: RwLock<BTreeMap<String, Interest>>,
+    /// The client address the stream counts against.
+    client: String,
+    queue: Queue,
+}
+
+impl Subscriber {
+    fn interests(&self) -> RwLockReadGuard<'_, BTreeMap<String, Interest>> {
+        self.interests.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any subscription selects a change to a document; on a connection, `names`
+    /// receives those that do.
+    fn wants(
+        &self,
+        collection: &str,
+        id: &str,
+        before: Option<&Document>,
+        after: Option<&Document>,
+        names: &mut Vec<String>,
+    ) -> bool {
+        names.clear();
+        for (name, interest) in self.interests().iter() {
+            if interest.wants(collection, id, before, after) {
+                if self.connection.is_none() {
+                    return true;
+                }
+                names.push(name.clone());
+            }
+        }
+        !names.is_empty()
+    }
+
+    /// Every collection a subscription names.
+    fn collections(&self) -> HashSet<String> {
+        self.interests()
+            .values()
+            .flat_map(|i| i.topics.keys().cloned())
+            .collect()
+    }
+
+    /// The event of a change for this stream: the shared one on a plain stream, one naming
+    /// the matching subscriptions on a connection.
+    fn event(&self, change: &Change, shared: &mut Option<Bytes>, names: &[String]) -> Bytes {
+        match self.connection {
+            None => shared
+                .get_or_insert_with(|| format_change(change, None))
+                .clone(),
+            Some(_) => format_change(change, Some(names)),
+        }
     }
 }
 
@@ -171,11 +235,16 @@ impl Realtime {
                     count: 0,
                     per_client: HashMap::new(),
                     by_collection: HashMap::new(),
+                    connections: HashMap::new(),
                 }),
                 next_id: AtomicU64::new(1),
+                node: format!("{:08x}", rand::random::<u32>()),
             }),
         };
         tokio::spawn(hub(Arc::downgrade(&realtime.inner), changes));
+        if realtime.inner.docs.store().is_shared() {
+            tokio::spawn(connection::follow(Arc::downgrade(&realtime.inner)));
+        }
         Ok(realtime)
     }
 
@@ -184,6 +253,10 @@ impl Realtime {
     pub fn close(&self) {
         let mut registry = self.inner.write();
         registry.open = false;
+        // A connection without subscriptions is in no collection's list.
+        for sub in std::mem::take(&mut registry.connections).into_values() {
+            sub.queue.close(CloseReason::Shutdown);
+        }
         for subscribers in std::mem::take(&mut registry.by_collection).into_values() {
             for sub in subscribers.into_values() {
                 sub.queue.close(CloseReason::Shutdown);
@@ -202,8 +275,51 @@ impl Realtime {
         who: Principal,
         req: SubscribeRequest<'_>,
     ) -> Result<Subscription> {
-        let topics = parse_topics(req.topics, self.inner.config.max_topics)?;
-        let filter = match req.filter.filter(|f| !f.trim().is_empty()) {
+        let interest = self.interest(&who, req.topics, req.filter)?;
+        let interests = BTreeMap::from([(String::new(), interest)]);
+        self.open(
+            who,
+            interests,
+            None,
+            req.last_event_id,
+            req.expires_at,
+            req.client,
+        )
+        .await
+    }
+
+    /// Opens a connection: one stream whose subscriptions the client adds and removes while
+    /// it stays open ([`Realtime::control`]), starting with `req.subscriptions`. Its first
+    /// event, `connected`, carries the connection's id; every change event names the
+    /// subscriptions it matched.
+    pub async fn connect(&self, who: Principal, req: ConnectRequest<'_>) -> Result<Subscription> {
+        if req.subscriptions.len() > MAX_SUBSCRIPTIONS {
+            return Err(RealtimeError::BadRequest(format!(
+                "a connection holds at most {MAX_SUBSCRIPTIONS} subscriptions"
+            )));
+        }
+        let mut interests = BTreeMap::new();
+        for spec in req.subscriptions {
+            check_name(&spec.name)?;
+            let interest = self.interest(&who, &spec.subscribe, spec.filter.as_deref())?;
+            interests.insert(spec.name.clone(), interest);
+        }
+        let connection = format!("{}.{}", self.inner.node, random_token());
+        self.open(
+            who,
+            interests,
+            Some(connection),
+            req.last_event_id,
+            req.expires_at,
+            req.client,
+        )
+        .await
+    }
+
+    /// Parses one subscription and checks the caller may read something of each collection.
+    fn interest(&self, who: &Principal, topics: &str, filter: Option<&str>) -> Result<Interest> {
+        let topics = parse_topics(topics, self.inner.config.max_topics)?;
+        let filter = match filter.filter(|f| !f.trim().is_empty()) {
             Some(src) => Some(self.inner.docs.parse_filter(src)?),
             None => None,
         };
@@ -213,21 +329,35 @@ impl Realtime {
                 .inner
                 .docs
                 .read_check(collection)
-                .denies_all(&who, &auth)
+                .denies_all(who, &auth)
             {
                 return Err(RealtimeError::Forbidden(format!(
                     "the read rule of {collection} denies this"
                 )));
             }
         }
+        Ok(Interest { topics, filter })
+    }
+
+    /// Registers a stream with its subscriptions.
+    async fn open(
+        &self,
+        who: Principal,
+        interests: BTreeMap<String, Interest>,
+        connection: Option<String>,
+        last_event_id: Option<u64>,
+        expires_at: Option<u64>,
+        client: &str,
+    ) -> Result<Subscription> {
         let config = &self.inner.config;
+        let auth = who.auth_value();
         let subscriber = Arc::new(Subscriber {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             who,
             auth,
-            topics,
-            filter,
-            client: req.client.to_string(),
+            connection,
+            interests: RwLock::new(interests),
+            client: client.to_string(),
             queue: Queue::new(
                 config.queue,
                 config.queue_bytes,
@@ -242,7 +372,7 @@ impl Realtime {
             if registry.count >= self.inner.config.max_subscribers {
                 return Err(RealtimeError::Full);
             }
-            let per_client = registry.per_client.get(req.client).copied().unwrap_or(0);
+            let per_client = registry.per_client.get(client).copied().unwrap_or(0);
             if per_client >= config.max_subscribers_per_client {
                 return Err(RealtimeError::TooManyStreams {
                     open: per_client,
@@ -250,27 +380,33 @@ impl Realtime {
                 });
             }
             registry.count += 1;
-            *registry
-                .per_client
-                .entry(req.client.to_string())
-                .or_default() += 1;
-            for collection in subscriber.topics.keys() {
+            *registry.per_client.entry(client.to_string()).or_default() += 1;
+            for collection in subscriber.collections() {
                 registry
                     .by_collection
-                    .entry(collection.clone())
+                    .entry(collection)
                     .or_default()
                     .insert(subscriber.id, subscriber.clone());
+            }
+            if let Some(connection) = &subscriber.connection {
+                registry
+                    .connections
+                    .insert(connection.clone(), subscriber.clone());
             }
             registry.seq.load(Ordering::Acquire)
         };
         self.inner.metrics.realtime_subscribers.inc();
-        let expires_at = req.expires_at.map(|exp| {
+        let expires_at = expires_at.map(|exp| {
             let now = time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
             Instant::now() + Duration::from_secs(exp.saturating_sub(now))
         });
         let every = Duration::from_secs(self.inner.config.heartbeat_secs);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let greeting = subscriber
+            .connection
+            .as_ref()
+            .map(|connection| sse_event(None, "connected", &json!({"connection": connection})));
         // Built before anything else can fail, so that dropping it unregisters.
         let mut subscription = Subscription {
             inner: self.inner.clone(),
@@ -279,8 +415,9 @@ impl Realtime {
             phase: Phase::Ready,
             expires_at,
             heartbeat,
+            greeting,
         };
-        if let Some(n) = req.last_event_id {
+        if let Some(n) = last_event_id {
             subscription.phase = self.resume_phase(n, head).await?;
         }
         Ok(subscription)
@@ -321,13 +458,14 @@ impl Inner {
                 if let (Some(subscribers), Some(doc)) = (subscribers, after.or(before)) {
                     let check = self.docs.read_check(collection);
                     let mut event = None;
+                    let mut names = Vec::new();
                     for sub in subscribers.values() {
-                        if !sub.wants(collection, id, before, after)
+                        if !sub.wants(collection, id, before, after, &mut names)
                             || !check.allows(&sub.who, &sub.auth, doc)
                         {
                             continue;
                         }
-                        let bytes = event.get_or_insert_with(|| format_change(change)).clone();
+                        let bytes = sub.event(change, &mut event, &names);
                         let outcome = if sub.queue.push(bytes) {
                             "sent"
                         } else {
@@ -392,13 +530,16 @@ impl Inner {
                 registry.per_client.remove(&sub.client);
             }
         }
-        for collection in sub.topics.keys() {
-            if let Some(map) = registry.by_collection.get_mut(collection) {
+        for collection in sub.collections() {
+            if let Some(map) = registry.by_collection.get_mut(&collection) {
                 map.remove(&sub.id);
                 if map.is_empty() {
-                    registry.by_collection.remove(collection);
+                    registry.by_collection.remove(&collection);
                 }
             }
+        }
+        if let Some(connection) = &sub.connection {
+            registry.connections.remove(connection);
         }
         self.metrics.realtime_subscribers.dec();
     }
@@ -451,14 +592,17 @@ fn document_change(change: &Change) -> Option<(&str, &str, Option<&Document>, Op
 }
 
 /// `id:`, `event:` and `data: {"collection","id","doc"}`; on delete, `doc` is the envelope as
-/// it was.
-fn format_change(change: &Change) -> Bytes {
+/// it was. On a connection, `data` also lists the `subscriptions` the change matched.
+fn format_change(change: &Change, names: Option<&[String]>) -> Bytes {
     let (collection, id, before, after) = document_change(change).unwrap_or_default();
     let doc = match change.kind {
         ChangeKind::Delete => before,
         ChangeKind::Create | ChangeKind::Update => after,
     };
-    let data = json!({"collection": collection, "id": id, "doc": doc});
+    let mut data = json!({"collection": collection, "id": id, "doc": doc});
+    if let Some(names) = names {
+        data["subscriptions"] = json!(names);
+    }
     sse_event(Some(change.seq), change.kind.as_str(), &data)
 }
 
@@ -528,11 +672,16 @@ pub struct Subscription {
     phase: Phase,
     expires_at: Option<Instant>,
     heartbeat: tokio::time::Interval,
+    /// What a connection sends first: its id.
+    greeting: Option<Bytes>,
 }
 
 impl Subscription {
     /// The next piece of the stream, or `None` once it has ended.
     pub async fn next(&mut self) -> Option<Bytes> {
+        if let Some(greeting) = self.greeting.take() {
+            return Some(self.with_retry(greeting));
+        }
         loop {
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Replay { after } => match self.replay_page(after).await {
@@ -613,6 +762,7 @@ impl Subscription {
         let mut out = Vec::new();
         let mut last = after;
         let mut checks = HashMap::new();
+        let mut names = Vec::new();
         for change in page.iter().take_while(|c| c.seq <= self.head) {
             last = change.seq;
             let Some((collection, id, before, after)) = document_change(change) else {
@@ -625,8 +775,10 @@ impl Subscription {
             let check = checks
                 .entry(collection.to_string())
                 .or_insert_with(|| self.inner.docs.read_check(collection));
-            if sub.wants(collection, id, before, after) && check.allows(&sub.who, &sub.auth, doc) {
-                out.extend_from_slice(&format_change(change));
+            if sub.wants(collection, id, before, after, &mut names)
+                && check.allows(&sub.who, &sub.auth, doc)
+            {
+                out.extend_from_slice(&sub.event(change, &mut None, &names));
             }
         }
         let caught_up = last >= self.head || page.len() < PAGE;

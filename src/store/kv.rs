@@ -35,6 +35,9 @@ pub(crate) enum Space {
     Leases,
     /// Limiter name `00` key → a shared throttling window, in a cluster (see `auth::throttle`).
     Throttle,
+    /// Node `00` connection `00` subscription → a change to a realtime connection's
+    /// subscriptions made on another node of a cluster (see `realtime::connection`).
+    RealtimeControl,
 }
 
 impl Space {
@@ -55,6 +58,7 @@ impl Space {
             Space::Modules => b"module:",
             Space::Leases => b"lease:",
             Space::Throttle => b"throttle:",
+            Space::RealtimeControl => b"rtctl:",
         }
     }
 

@@ -814,3 +814,30 @@ fn read_changes(addr: &str, key: &str, last: Option<u64>, out: &Mutex<Vec<(u64, 
         }
     }
 }
+
+#[test]
+fn a_connection_held_by_one_node_is_changed_through_another() {
+    let Some(url) = crate::pg::database() else {
+        return;
+    };
+    let mut started = nodes(&url, 2, |_| {}).into_iter();
+    let (a, b) = (started.next().unwrap(), started.next().unwrap());
+    let (mut sse, connection, _) = crate::realtime::connect(&a.url(""), &json!([]), &a.key, None);
+    let path = format!("/v1/realtime/connection/{connection}/subscriptions/notes");
+    let forwarded = b.put(&path, &json!({"subscribe": "notes"})).expect(202);
+    assert_eq!(forwarded.json["applied"], false);
+    let confirmed = sse.next_event().expect("subscribed");
+    assert_eq!(confirmed.event, "subscribed", "{confirmed:?}");
+    b.post("/v1/collections/notes/docs", &json!({"n": 1}))
+        .expect(201);
+    let event = sse.next_event().expect("the create");
+    assert_eq!(event.event, "create");
+    assert_eq!(event.data["subscriptions"], json!(["notes"]));
+    b.delete(&path).expect(202);
+    assert_eq!(
+        sse.next_event().expect("unsubscribed").event,
+        "unsubscribed"
+    );
+    // Node A answers for its own connection at once.
+    a.put(&path, &json!({"subscribe": "notes"})).expect(200);
+}

@@ -617,7 +617,7 @@ fn unknown_query_parameters_are_refused_by_name() {
     let srv = TestServer::start();
     srv.post("/v1/collections/posts/docs", &json!({"n": 1}))
         .expect(201);
-    for query in ["count=true", "expand=author", "limit=5&sortt=id"] {
+    for query in ["total=true", "include=author", "limit=5&sortt=id"] {
         let resp = srv
             .get(&format!("/v1/collections/posts/docs?{query}"))
             .expect_error(400, "bad_request");

@@ -1,7 +1,10 @@
 //! `GET /v1/realtime`: events in order, read rules per subscriber, resuming, slow consumers,
-//! heartbeats, token expiry and shutdown.
+//! heartbeats, token expiry and shutdown; and connections, which carry many subscriptions
+//! added and removed on one stream.
 
-use crate::common::{enc, fast, send, share, signup, Resp, TestServer};
+use crate::common::{
+    enc, fast, send, share, signup, signup_token, with_token, Resp, Spawned, TestServer,
+};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
@@ -27,10 +30,15 @@ impl Sse {
         token: Option<&str>,
         last: Option<u64>,
     ) -> Result<Sse, Resp> {
+        Sse::open_url(&srv.url(&format!("/v1/realtime?{query}")), token, last)
+    }
+
+    /// Opens the stream at `url`; an error status comes back as the response.
+    pub(crate) fn open_url(url: &str, token: Option<&str>, last: Option<u64>) -> Result<Sse, Resp> {
         let agent = ureq::AgentBuilder::new()
             .timeout_read(Duration::from_secs(20))
             .build();
-        let mut req = agent.get(&srv.url(&format!("/v1/realtime?{query}")));
+        let mut req = agent.get(url);
         if let Some(token) = token {
             req = req.set("Authorization", &format!("Bearer {token}"));
         }
@@ -532,4 +540,181 @@ fn a_slow_consumer_is_disconnected_and_resumes() {
         }
     }
     assert!(rest.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+}
+
+/// Opens a connection at `base` (a server's address) with `subscriptions`; returns the stream
+/// (past `connected` and `ready`), its id and the `ready` sequence.
+pub(crate) fn connect(
+    base: &str,
+    subscriptions: &Value,
+    token: &str,
+    last: Option<u64>,
+) -> (Sse, String, u64) {
+    let url = format!(
+        "{base}/v1/realtime/connection?subscriptions={}",
+        enc(&subscriptions.to_string())
+    );
+    let mut sse = Sse::open_url(&url, Some(token), last).unwrap_or_else(|r| panic!("{}", r.text));
+    let connected = sse.next_event().expect("connected");
+    assert_eq!(connected.event, "connected", "{connected:?}");
+    let id = connected.data["connection"].as_str().unwrap().to_string();
+    let mut replayed = Vec::new();
+    loop {
+        let event = sse.next_event().expect("ready");
+        if event.event == "ready" {
+            assert!(replayed.is_empty(), "unexpected replay {replayed:?}");
+            return (sse, id, event.id.unwrap());
+        }
+        replayed.push(event);
+    }
+}
+
+/// The next change event's document id and the subscriptions it names.
+fn change(sse: &mut Sse) -> (String, Vec<String>) {
+    let event = sse.next_event().expect("an event");
+    let names = event.data["subscriptions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no subscriptions in {event:?}"))
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    (event.data["id"].as_str().unwrap().to_string(), names)
+}
+
+#[test]
+fn one_connection_carries_subscriptions_added_and_removed_live() {
+    let srv = TestServer::start_with(fast);
+    share(&srv, "alpha");
+    share(&srv, "beta");
+    let token = signup_token(&srv, "multi@example.com");
+    let (mut sse, connection, _) = connect(
+        &srv.url(""),
+        &json!([{"name": "a", "subscribe": "alpha"}]),
+        &token,
+        None,
+    );
+    let put = |doc: &str, collection: &str, data: Value| {
+        srv.put(&format!("/v1/collections/{collection}/docs/{doc}"), &data)
+            .expect(201);
+    };
+    put("x1", "alpha", json!({}));
+    assert_eq!(change(&mut sse), ("x1".into(), vec!["a".into()]));
+
+    // Add a filtered subscription to another collection, on the live stream.
+    let path = |name: &str| format!("/v1/realtime/connection/{connection}/subscriptions/{name}");
+    let body = json!({"subscribe": "beta", "filter": "data.n > 1"});
+    let added = with_token(&srv, "PUT", &path("b"), &token, Some(&body)).expect(200);
+    assert_eq!(added.json["applied"], true);
+    let confirmed = sse.next_event().unwrap();
+    assert_eq!(confirmed.event, "subscribed");
+    assert_eq!(confirmed.data["subscription"], "b");
+    put("y0", "beta", json!({"n": 0}));
+    put("y2", "beta", json!({"n": 2}));
+    assert_eq!(change(&mut sse), ("y2".into(), vec!["b".into()]));
+
+    // Two subscriptions that match one change: one event naming both.
+    let both = json!({"subscribe": "alpha"});
+    with_token(&srv, "PUT", &path("c"), &token, Some(&both)).expect(200);
+    assert_eq!(sse.next_event().unwrap().event, "subscribed");
+    put("x2", "alpha", json!({}));
+    assert_eq!(
+        change(&mut sse),
+        ("x2".into(), vec!["a".into(), "c".into()])
+    );
+
+    // Remove one; the other still delivers.
+    with_token(&srv, "DELETE", &path("a"), &token, None).expect(200);
+    let removed = sse.next_event().unwrap();
+    assert_eq!(
+        (removed.event.as_str(), &removed.data["subscription"]),
+        ("unsubscribed", &json!("a"))
+    );
+    put("x3", "alpha", json!({}));
+    assert_eq!(change(&mut sse), ("x3".into(), vec!["c".into()]));
+
+    // Only the user who opened it may change it; mistakes are clear.
+    let other = signup_token(&srv, "other@example.com");
+    with_token(&srv, "PUT", &path("d"), &other, Some(&both)).expect_error(404, "not_found");
+    with_token(
+        &srv,
+        "PUT",
+        "/v1/realtime/connection/nope.x/subscriptions/d",
+        &token,
+        Some(&both),
+    )
+    .expect_error(404, "not_found");
+    with_token(&srv, "PUT", &path("bad name"), &token, Some(&both))
+        .expect_error(400, "bad_request");
+    let bad_filter = json!({"subscribe": "alpha", "filter": "data.n >"});
+    with_token(&srv, "PUT", &path("d"), &token, Some(&bad_filter)).expect(400);
+    srv.put(
+        "/v1/admin/collections/private",
+        &json!({"rules": {"read": null}}),
+    )
+    .expect(200);
+    let denied = json!({"subscribe": "private"});
+    with_token(&srv, "PUT", &path("d"), &token, Some(&denied)).expect_error(403, "forbidden");
+    let bad = Sse::open_url(
+        &srv.url("/v1/realtime/connection?subscriptions=%5B1%5D"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(bad.err().map(|r| r.status), Some(400));
+}
+
+#[test]
+fn a_connection_resumes_every_subscription_once_after_kill_9() {
+    let Some(node) = Spawned::start(&[], None) else {
+        return;
+    };
+    let base = format!("http://{}", node.addr);
+    let key = node.key.clone();
+    // a: all of alpha; b: alpha's big ones and all of beta.
+    let subscriptions = json!([
+        {"name": "a", "subscribe": "alpha"},
+        {"name": "b", "subscribe": "alpha,beta", "filter": "data.n > 5"},
+    ]);
+    let (mut sse, _, _) = connect(&base, &subscriptions, &key, None);
+    node.json("PUT", "/v1/collections/alpha/docs/x1", &json!({"n": 1}))
+        .expect(201);
+    let seen = sse.next_event().unwrap();
+    assert_eq!(seen.data["subscriptions"], json!(["a"]));
+    let last = seen.id.unwrap();
+    drop(sse);
+    // Missed while away: one for a, one for both, one for b.
+    node.json("PUT", "/v1/collections/alpha/docs/x2", &json!({"n": 2}))
+        .expect(201);
+    node.json("PUT", "/v1/collections/alpha/docs/x9", &json!({"n": 9}))
+        .expect(201);
+    node.json("PUT", "/v1/collections/beta/docs/y1", &json!({"n": 100}))
+        .expect(201);
+    let dir = node.stop();
+    let node = Spawned::start_in(dir, &[], None).unwrap();
+    let base = format!("http://{}", node.addr);
+    let url = format!(
+        "{base}/v1/realtime/connection?subscriptions={}",
+        enc(&subscriptions.to_string())
+    );
+    let mut sse =
+        Sse::open_url(&url, Some(&key), Some(last)).unwrap_or_else(|r| panic!("{}", r.text));
+    assert_eq!(sse.next_event().unwrap().event, "connected");
+    let mut replayed = Vec::new();
+    loop {
+        let event = sse.next_event().unwrap();
+        if event.event == "ready" {
+            break;
+        }
+        replayed.push((
+            event.data["id"].as_str().unwrap().to_string(),
+            event.data["subscriptions"].clone(),
+        ));
+    }
+    assert_eq!(
+        replayed,
+        [
+            ("x2".to_string(), json!(["a"])),
+            ("x9".to_string(), json!(["a", "b"])),
+            ("y1".to_string(), json!(["b"])),
+        ]
+    );
 }

@@ -1,7 +1,7 @@
 import type { components } from "./generated/schema.js";
 import { EmberbaseError } from "./errors.js";
 import { Transport, type Headers } from "./http.js";
-import { Stream } from "./realtime.js";
+import type { Connection } from "./realtime.js";
 
 type Envelope = components["schemas"]["Document"];
 
@@ -136,6 +136,7 @@ export class Collection<T extends object = DocData> {
   constructor(
     private readonly transport: Transport,
     readonly name: string,
+    private readonly realtime: Connection,
   ) {}
 
   private get path() {
@@ -278,23 +279,23 @@ export class Collection<T extends object = DocData> {
    */
   subscribe(listener: (event: ChangeEvent<T>) => void, options: SubscribeOptions = {}): () => void {
     const topics = options.ids?.length ? options.ids.map((id) => `${this.name}/${id}`) : [this.name];
-    const params = new URLSearchParams({ subscribe: topics.join(",") });
-    if (options.filter) params.set("filter", options.filter);
-    const stream = new Stream(this.transport, params.toString(), {
-      event: (type, data, seq) => {
-        if (type === "reset") listener({ type: "reset", seq });
-        else if (type === "create" || type === "update" || type === "delete") {
-          const { id, doc } = data as { id: string; doc: Doc<T> };
-          listener({ type, id, doc, seq });
-        }
+    return this.realtime.add(
+      { subscribe: topics.join(","), filter: options.filter },
+      {
+        event: (type, data, seq) => {
+          if (type === "reset") listener({ type: "reset", seq });
+          else if (type === "create" || type === "update" || type === "delete") {
+            const { id, doc } = data as { id: string; doc: Doc<T> };
+            listener({ type, id, doc, seq });
+          }
+        },
+        ready: () => options.onReady?.(),
+        fatal: (error) => {
+          if (options.onError) options.onError(error);
+          else console.error(`emberbase: subscription to ${this.name} ended:`, error);
+        },
       },
-      ready: () => options.onReady?.(),
-      fatal: (error) => {
-        if (options.onError) options.onError(error);
-        else console.error(`emberbase: subscription to ${this.name} ended:`, error);
-      },
-    });
-    return () => stream.close();
+    );
   }
 }
 

@@ -16,6 +16,7 @@ import { Collection, type Doc, type DocData, type Transform } from "./collection
 import { Files } from "./files.js";
 import { Functions } from "./functions.js";
 import { Transport } from "./http.js";
+import { Connection } from "./realtime.js";
 import { MemoryStore, type TokenStore } from "./storage.js";
 
 export { Auth } from "./auth.js";
@@ -80,9 +81,12 @@ export class Emberbase {
   readonly files: Files;
   readonly functions: Functions;
   private readonly transport: Transport;
+  /** The one realtime connection every subscription of this client shares. */
+  private readonly realtime: Connection;
 
   constructor(url: string, options: EmberbaseOptions = {}) {
     this.transport = new Transport(url, options.fetch);
+    this.realtime = new Connection(this.transport);
     this.auth = new Auth(this.transport, options.storage ?? new MemoryStore(), options.refreshMarginMs);
     this.transport.tokens = this.auth;
     this.files = new Files(this.transport);
@@ -106,7 +110,7 @@ export class Emberbase {
   collection<K extends keyof CollectionTypes & string>(name: K): Collection<CollectionTypes[K] & object>;
   collection<T extends object = DocData>(name: string): Collection<T>;
   collection(name: string): Collection<DocData> {
-    return new Collection<DocData>(this.transport, name);
+    return new Collection<DocData>(this.transport, name, this.realtime);
   }
 
   /**

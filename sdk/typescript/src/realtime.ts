@@ -54,90 +54,185 @@ export async function* readEvents(
   }
 }
 
-/** What a stream delivers to its owner. */
+/** What a subscription delivers to its owner. */
 export interface StreamHandlers {
   /** A change event (`create`, `update`, `delete`) or `reset`. */
   event(type: string, data: unknown, seq: number): void;
   /** Caught up and live (after every (re)connect). */
   ready(): void;
-  /** A failure that ends the stream for good (a bad topic, a rule that denies everything). */
+  /** A failure that ends the subscription for good (a bad topic, a rule that denies everything). */
   fatal(error: EmberbaseError): void;
+}
+
+/** What one subscription asks for: topics (`posts`, `posts/ID`) and an optional filter. */
+export interface SubscriptionSpec {
+  subscribe: string;
+  filter?: string;
+}
+
+interface Entry {
+  spec: SubscriptionSpec;
+  handlers: StreamHandlers;
+  /** Whether the server holds it on the current connection. */
+  held: boolean;
 }
 
 const MAX_BACKOFF_MS = 30_000;
 
 /**
- * A subscription that stays open: it reconnects after drops with `Last-Event-ID` (so nothing is
- * missed within the server's retention window), refreshes an expired token, and backs off while
- * the server is away. Read through `fetch`, so it works in Node (which has no `EventSource`) and
- * sends the token in a header, never in the URL.
+ * One realtime connection for every subscription of a client: each `subscribe` becomes a named
+ * subscription on the same stream, added and removed without reconnecting (browsers allow six
+ * HTTP/1.1 connections per origin). It reconnects after drops with `Last-Event-ID`, sending every
+ * subscription it holds, so that each resumes exactly where it left off; refreshes an expired
+ * token; and backs off while the server is away. Read through `fetch`, so it works in Node and
+ * sends the token in a header, never in the URL. Opened by the first subscription, closed after
+ * the last.
  */
-export class Stream {
-  private readonly abort = new AbortController();
+export class Connection {
+  private readonly entries = new Map<string, Entry>();
+  private abort: AbortController | null = null;
+  private connection: string | null = null;
   private lastEventId: string | null = null;
   private retryMs = 2000;
   private failures = 0;
+  private next = 0;
 
-  constructor(
-    private readonly transport: Transport,
-    private readonly query: string,
-    private readonly handlers: StreamHandlers,
-  ) {
-    void this.run();
+  constructor(private readonly transport: Transport) {}
+
+  /** Adds a subscription; returns what removes it. */
+  add(spec: SubscriptionSpec, handlers: StreamHandlers): () => void {
+    const name = `s${++this.next}`;
+    this.entries.set(name, { spec, handlers, held: false });
+    if (!this.abort) {
+      const abort = new AbortController();
+      this.abort = abort;
+      void this.run(abort);
+    } else if (this.connection) {
+      void this.hold(this.connection, name);
+    }
+    return () => this.remove(name);
   }
 
-  /** Stops for good. */
-  close(): void {
-    this.abort.abort();
+  /** Forgets a subscription; closes the connection after the last. Returns whether it stays open. */
+  private forget(name: string): boolean {
+    this.entries.delete(name);
+    if (this.entries.size > 0) return true;
+    this.abort?.abort();
+    this.abort = null;
+    this.connection = null;
+    this.lastEventId = null;
+    return false;
   }
 
-  private get closed(): boolean {
-    return this.abort.signal.aborted;
+  private remove(name: string): void {
+    const entry = this.entries.get(name);
+    if (!entry || !this.forget(name)) return;
+    if (entry.held && this.connection) {
+      const connection = this.connection;
+      void this.transport
+        .call((headers) =>
+          this.transport.api.DELETE("/v1/realtime/connection/{connection}/subscriptions/{name}", {
+            params: { path: { connection, name } },
+            headers,
+          }),
+        )
+        .catch(() => {});
+    }
   }
 
-  private async run(): Promise<void> {
-    while (!this.closed) {
+  /** Asks the server to hold subscription `name` on the open connection. */
+  private async hold(connection: string, name: string): Promise<void> {
+    const entry = this.entries.get(name);
+    if (!entry || entry.held) return;
+    entry.held = true;
+    try {
+      await this.transport.call((headers) =>
+        this.transport.api.PUT("/v1/realtime/connection/{connection}/subscriptions/{name}", {
+          params: { path: { connection, name } },
+          body: { subscribe: entry.spec.subscribe, filter: entry.spec.filter ?? null },
+          headers,
+        }),
+      );
+    } catch (e) {
+      const error = EmberbaseError.network(e);
+      if (this.connection !== connection || !this.entries.has(name)) return;
+      if (error.status >= 400 && error.status < 500 && error.status !== 404 && error.status !== 429) {
+        this.forget(name);
+        entry.handlers.fatal(error);
+      } else {
+        // The connection went away meanwhile: the reconnect sends this subscription.
+        entry.held = false;
+      }
+    }
+  }
+
+  private async run(abort: AbortController): Promise<void> {
+    while (!abort.signal.aborted) {
       let delay = 0;
       try {
-        delay = await this.connectOnce();
+        delay = await this.connectOnce(abort);
       } catch (e) {
-        if (this.closed) return;
+        if (abort.signal.aborted) return;
         const error = EmberbaseError.network(e);
         if (error.status >= 400 && error.status < 500 && error.status !== 429) {
-          this.handlers.fatal(error);
-          return;
+          // A subscription the server refuses now (a rule changed while away): all held ones
+          // were sent together, so each is told; new ones are asked for one by one.
+          this.lastEventId = null;
+          for (const [name, entry] of [...this.entries]) {
+            if (entry.held) {
+              this.forget(name);
+              entry.handlers.fatal(error);
+            }
+          }
+          continue;
         }
         this.failures += 1;
         delay = Math.min(MAX_BACKOFF_MS, this.retryMs * 2 ** Math.min(this.failures - 1, 6));
         delay *= 0.8 + Math.random() * 0.4;
       }
-      if (delay > 0) await sleep(delay, this.abort.signal);
+      this.connection = null;
+      if (delay > 0) await sleep(delay, abort.signal);
     }
   }
 
   /** One connection, read to its end; returns how long to wait before the next. */
-  private async connectOnce(): Promise<number> {
+  private async connectOnce(abort: AbortController): Promise<number> {
+    const held = [...this.entries].filter(([, e]) => e.held);
+    const subscriptions = held.map(([name, e]) => ({ name, subscribe: e.spec.subscribe, filter: e.spec.filter }));
     const headers: Record<string, string> = { Accept: "text/event-stream" };
     if (this.lastEventId !== null) headers["Last-Event-ID"] = this.lastEventId;
-    const response = await this.transport.fetch(`/v1/realtime?${this.query}`, {
+    const query = new URLSearchParams({ subscriptions: JSON.stringify(subscriptions) });
+    const response = await this.transport.fetch(`/v1/realtime/connection?${query}`, {
       headers,
-      signal: this.abort.signal,
+      signal: abort.signal,
       cache: "no-store",
     });
     if (!response.body) throw new EmberbaseError(0, "network_error", "the event stream has no body");
     let reason: string | null = null;
     for await (const e of readEvents(response.body, (ms) => (this.retryMs = ms))) {
       if (e.id !== undefined) this.lastEventId = e.id;
-      const data: unknown = e.data ? JSON.parse(e.data) : null;
-      if (e.event === "ready") {
+      const data = (e.data ? JSON.parse(e.data) : null) as Record<string, unknown> | null;
+      if (e.event === "connected") {
+        const connection = String(data?.connection ?? "");
+        this.connection = connection;
+        // Subscriptions added while connecting are asked for now.
+        for (const [name, entry] of this.entries) if (!entry.held) void this.hold(connection, name);
+      } else if (e.event === "ready") {
         this.failures = 0;
-        this.handlers.ready();
+        for (const [name, entry] of this.entries) if (held.some(([n]) => n === name)) entry.handlers.ready();
+      } else if (e.event === "subscribed") {
+        this.entries.get(String(data?.subscription))?.handlers.ready();
       } else if (e.event === "close") {
         reason = (data as { reason?: string } | null)?.reason ?? "close";
-      } else {
-        this.handlers.event(e.event, data, Number(e.id ?? 0));
+      } else if (e.event === "reset") {
+        for (const entry of this.entries.values()) if (entry.held) entry.handlers.event("reset", data, Number(e.id ?? 0));
+      } else if (Array.isArray(data?.subscriptions)) {
+        for (const name of data.subscriptions as string[]) {
+          this.entries.get(name)?.handlers.event(e.event, data, Number(e.id ?? 0));
+        }
       }
     }
+    this.connection = null;
     // `expired`: the next connect refreshes the token first. `overflow`: resume at once.
     if (reason === "expired" || reason === "overflow") return 0;
     return this.retryMs;

@@ -8,7 +8,7 @@ import { dirname, extname, join, normalize, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import puppeteer from "puppeteer-core";
-import { startServer } from "./server.mjs";
+import { admin, startServer } from "./server.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const chromium =
@@ -128,4 +128,44 @@ test("todo-web: sign up, add, complete, delete, live in a second tab", { skip: !
   await until(first, "after a reload", hasTodo, "walk the dog");
   assert.deepEqual(await titles(first), ["walk the dog"]);
   assert.deepEqual([...first.errors, ...second.errors], []);
+});
+
+test("seven live queries in one page share one connection and all receive events", { skip: !chromium }, async () => {
+  const names = Array.from({ length: 7 }, (_, i) => `live${i}_${Date.now()}`);
+  for (const name of names) {
+    await admin(api, "PUT", `/v1/admin/collections/${name}`, {
+      rules: { read: "auth != null", create: "auth != null", update: null, delete: null },
+    });
+  }
+  const page = await open();
+  // Seven subscriptions from the SDK in the page, counting the realtime requests it makes.
+  await page.evaluate(
+    async (server, names, email) => {
+      const { Emberbase } = await import("/sdk/typescript/dist/emberbase.browser.js");
+      window.streams = 0;
+      const counted = (input, init) => {
+        const url = input instanceof Request ? input.url : String(input);
+        if (url.includes("/v1/realtime")) window.streams += url.includes("/subscriptions/") ? 0 : 1;
+        return fetch(input, init);
+      };
+      const eb = new Emberbase(server, { fetch: counted });
+      await eb.auth.signup(email, "correct horse battery");
+      window.got = names.map(() => []);
+      window.ready = 0;
+      names.forEach((name, i) =>
+        eb.collection(name).subscribe((e) => window.got[i].push(e.type === "reset" ? "reset" : e.doc.data.n), {
+          onReady: () => window.ready++,
+        }),
+      );
+    },
+    api.url,
+    names,
+    `seven-${Date.now()}@example.com`,
+  );
+  await until(page, "seven subscriptions live", () => window.ready === 7);
+  for (const [i, name] of names.entries()) await admin(api, "POST", `/v1/collections/${name}/docs`, { n: i });
+  await until(page, "an event on every query", () => window.got.every((events) => events.length === 1));
+  assert.deepEqual(await page.evaluate(() => window.got), names.map((_, i) => [i]));
+  assert.equal(await page.evaluate(() => window.streams), 1, "one realtime stream for seven queries");
+  assert.deepEqual(page.errors, []);
 });

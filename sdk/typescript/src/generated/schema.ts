@@ -741,6 +741,56 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/realtime/connection": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Open a connection: one event stream for any number of subscriptions, added and removed
+         *     while it stays open (`PUT`/`DELETE /v1/realtime/connection/{connection}/subscriptions/{name}`).
+         * @description The first event, `connected`, carries `{"connection": id}`. Change events are those of
+         *     `GET /v1/realtime`, with `subscriptions` in `data` naming the subscriptions each matched.
+         *     A subscription change is confirmed on the stream, in order with the changes:
+         *     `subscribed` with `{"subscription", "seq"}` (live after that sequence) or `unsubscribed`.
+         *     `ready`, `reset`, `close` and heartbeats are as on a single stream; one `Last-Event-ID`
+         *     resumes every subscription the reconnecting client sends.
+         */
+        get: operations["connect"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/realtime/connection/{connection}/subscriptions/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Add (or replace) a named subscription of an open connection, as the principal that opened
+         *     it. The stream confirms it with a `subscribed` event.
+         */
+        put: operations["add_subscription"];
+        post?: never;
+        /**
+         * Remove a named subscription of an open connection. The stream confirms it with an
+         *     `unsubscribed` event.
+         */
+        delete: operations["remove_subscription"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/sign/{bucket}/{path}": {
         parameters: {
             query?: never;
@@ -913,6 +963,14 @@ export interface components {
         };
         CollectionList: {
             items: components["schemas"]["CollectionInfo"][];
+        };
+        /** @description Whether a subscription change took effect on this node. */
+        ControlResult: {
+            /**
+             * @description `true`: this node holds the stream and it has confirmed the change; `false`: passed on
+             *     to the node of the cluster that holds it, whose stream confirms it.
+             */
+            applied: boolean;
         };
         Credentials: {
             email: string;
@@ -1251,6 +1309,13 @@ export interface components {
             profile?: {
                 [key: string]: unknown;
             };
+        };
+        /** @description A subscription to add to a connection. */
+        SubscriptionBody: {
+            /** @description A filter over the envelope, as on a single stream. */
+            filter?: string | null;
+            /** @description Topics: `posts`, `posts/ID`, comma-separated. */
+            subscribe: string;
         };
         TokenRequest: {
             /** @description The token from the mail. */
@@ -5037,6 +5102,255 @@ export interface operations {
                 };
             };
             /** @description Too many subscribers, or shutting down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    connect: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The subscriptions to start with, as a JSON array of `{"name", "subscribe", "filter"}`
+                 *     (a reconnecting client sends every one it holds, with `Last-Event-ID`).
+                 */
+                subscriptions?: string;
+                /** @description The access token, for clients that cannot set headers. Never logged. */
+                access_token?: string;
+                /** @description Resume after this event, like the `Last-Event-ID` header (the header wins). */
+                last_event_id?: string;
+            };
+            header?: {
+                /** @description Resume after this event */
+                "Last-Event-ID"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description Bad subscriptions or Last-Event-ID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A read rule denies the caller a subscription's collection */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many open streams from this client; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many subscribers, or shutting down */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    add_subscription: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id of the `connected` event */
+                connection: string;
+                /** @description The subscription's name, `[A-Za-z0-9_-]{1,64}` */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SubscriptionBody"];
+            };
+        };
+        responses: {
+            /** @description Applied; the stream has confirmed it */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ControlResult"];
+                };
+            };
+            /** @description Passed on to the node holding the stream */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ControlResult"];
+                };
+            };
+            /** @description Bad name, topics or filter, or too many subscriptions */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A read rule denies the caller a collection */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such connection of the caller's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    remove_subscription: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The id of the `connected` event */
+                connection: string;
+                /** @description The subscription's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Applied; the stream has confirmed it */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ControlResult"];
+                };
+            };
+            /** @description Passed on to the node holding the stream */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ControlResult"];
+                };
+            };
+            /** @description Bad name */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such connection of the caller's */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
             503: {
                 headers: {
                     [name: string]: unknown;
