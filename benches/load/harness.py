@@ -135,6 +135,9 @@ def start_emberbase(tmp, port=EB_PORT, name="eb", extra_env=None):
         "create": base + "/v1/collections/posts/docs",
         "list": base + "/v1/collections/posts/docs?filter=" + urllib.parse.quote("data.n >= 5000 && data.n < 5100")
         + "&sort=-data.n&limit=20",
+        # The same page with the total count of its matches.
+        "list_total": base + "/v1/collections/posts/docs?filter=" + urllib.parse.quote("data.n >= 5000 && data.n < 5100")
+        + "&sort=-data.n&limit=20&count=true",
         "health": base + "/v1/health",
     }
 
@@ -192,6 +195,9 @@ def start_pocketbase(tmp):
         "create": base + "/api/collections/posts/records",
         "list": base + "/api/collections/posts/records?filter=" + urllib.parse.quote("(n >= 5000 && n < 5100)")
         + "&sort=-n&perPage=20&skipTotal=1",
+        # PocketBase's default list: the page with totalItems (a COUNT query beside it).
+        "list_total": base + "/api/collections/posts/records?filter=" + urllib.parse.quote("(n >= 5000 && n < 5100)")
+        + "&sort=-n&perPage=20",
         "health": base + "/api/health",
     }
 
@@ -277,6 +283,7 @@ def run_loads(name, proc, targets, tmp, args):
     rule_url, rule_ids = targets["rule_get"]
     login_url, credentials = targets["login"]
     refresh_url, tokens, flavour = targets["refresh"]
+    loads["indexed list + total"] = (targets["list_total"], lua_script(tmp, name + "_list_total", headers=targets["auth"]))
     loads["GET by id, user token"] = (get_url.replace("{id}", ids[0]),
                                       lua_script(tmp, name + "_user_get", headers=targets["user_auth"], ids=ids,
                                                  url_template=get_url))
@@ -830,8 +837,8 @@ def main():
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {DOCS} documents, loopback")
         print(f"| load | Emberbase req/s | p50 / p99 ms | PocketBase req/s | p50 / p99 ms | ratio |")
         print(f"|---|---|---|---|---|---|")
-        for load in ["GET by id", "create (durable)", "indexed list", "GET by id, user token", "GET by id, owner rule",
-                     "login (password hash)", "refresh"]:
+        for load in ["GET by id", "create (durable)", "indexed list", "indexed list + total", "GET by id, user token",
+                     "GET by id, owner rule", "login (password hash)", "refresh"]:
             e, p = eb_r[load], pb_r[load]
             print(f"| {load} | {e['rps']:.0f} | {e['p50']:.2f} / {e['p99']:.2f} | {p['rps']:.0f} | "
                   f"{p['p50']:.2f} / {p['p99']:.2f} | {e['rps'] / p['rps']:.1f}x |")

@@ -11,6 +11,10 @@
 //! Server memory never grows with a stuck client beyond its queue, nor for longer than the
 //! stall limit.
 //!
+//! A stream is either a plain one, with the one subscription of its request, or a connection
+//! (`connection`), whose named subscriptions the client adds and removes while it stays open;
+//! an event on a connection names the subscriptions it matched.
+//!
 //! Resuming: the hub records the sequence of the last change it fanned out. A subscriber
 //! registered at sequence `H` receives every change after `H` live; with `Last-Event-ID: N` it
 //! first replays `(N, H]` from the retained change feed, or gets a `reset` event when part of

@@ -635,10 +635,12 @@ fn one_connection_carries_subscriptions_added_and_removed_live() {
     // Only the user who opened it may change it; mistakes are clear.
     let other = signup_token(&srv, "other@example.com");
     with_token(&srv, "PUT", &path("d"), &other, Some(&both)).expect_error(404, "not_found");
+    // An unknown connection of this node (another node's would be forwarded in a cluster).
+    let node = connection.split('.').next().unwrap();
     with_token(
         &srv,
         "PUT",
-        "/v1/realtime/connection/nope.x/subscriptions/d",
+        &format!("/v1/realtime/connection/{node}.unknown/subscriptions/d"),
         &token,
         Some(&both),
     )
