@@ -5,10 +5,12 @@
 //! A connection's id is `<node>.<random>`: the node part says which server holds the stream.
 //! A change to its subscriptions made on that server applies at once; on another node of a
 //! cluster it is stored as a control record (`rtctl:<node>\0<connection>\0<name>` in the
-//! system keyspace), which the holding node picks up within a tenth of a second. Either way
-//! the stream itself confirms it with a `subscribed` (from which sequence it is live) or
-//! `unsubscribed` event, in order with the change events. Only the principal that opened the
-//! connection may change it.
+//! system keyspace), which the holding node picks up within a tenth of a second. Records go
+//! only to a node that has said within 30 s that it is alive, and that node removes every
+//! record under its name each round, so made-up connection ids cannot fill the store. Either
+//! way the stream itself confirms the change with a `subscribed` (from which sequence it is
+//! live) or `unsubscribed` event, in order with the change events. Only the principal that
+//! opened the connection may change it.
 
 use super::{Inner, Interest, Realtime, RealtimeError, Result, Subscriber};
 use crate::auth::Principal;
@@ -23,6 +25,8 @@ use std::time::Duration;
 pub(crate) const MAX_SUBSCRIPTIONS: usize = 100;
 /// How often a node of a cluster looks for control records of its connections.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// How long a node counts as alive after it last said so (it says so every 5 s).
+const NODE_TTL: Duration = Duration::from_secs(30);
 
 /// One named subscription of a connection.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -127,7 +131,9 @@ impl Realtime {
             return Ok(Applied::Here);
         }
         let store = self.inner.docs.store();
-        if !store.is_shared() {
+        // Only a node that says it is alive gets records: it removes them within a tenth of a
+        // second, so made-up connections cannot pile records up in the store.
+        if !store.is_shared() || !node_alive(store, node).await? {
             return Err(no_connection(connection));
         }
         let control = Control {
@@ -256,15 +262,38 @@ impl Inner {
     }
 }
 
-/// A cluster node's follower of control records for its connections. Ends with the service.
+fn unix_now() -> u64 {
+    time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+}
+
+/// Whether `node` has said it is alive within `NODE_TTL`.
+async fn node_alive(store: &crate::store::Store, node: &str) -> Result<bool> {
+    let seen = store.kv_get(Space::RealtimeNodes, node.as_bytes()).await?;
+    let at = seen
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes);
+    Ok(at.is_some_and(|at| unix_now().saturating_sub(at) <= NODE_TTL.as_secs()))
+}
+
+/// A cluster node's follower of control records for its connections, which also says every
+/// few seconds that the node is alive. Ends with the service.
 pub(super) async fn follow(inner: Weak<Inner>) {
     let mut every = tokio::time::interval(FOLLOW_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced: Option<tokio::time::Instant> = None;
     loop {
         every.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        if inner.read().connections.is_empty() {
-            continue;
+        if announced.is_none_or(|at| at.elapsed() >= NODE_TTL / 6) {
+            let alive = KvWrite::default().put(
+                Space::RealtimeNodes,
+                inner.node.as_bytes().to_vec(),
+                unix_now().to_be_bytes().to_vec(),
+            );
+            match inner.docs.store().kv_write(alive).await {
+                Ok(()) => announced = Some(tokio::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "realtime cannot announce this node"),
+            }
         }
         if let Err(e) = inner.apply_stored().await {
             tracing::warn!(error = %e, "realtime cannot read forwarded subscription changes");

@@ -38,6 +38,8 @@ pub(crate) enum Space {
     /// Node `00` connection `00` subscription → a change to a realtime connection's
     /// subscriptions made on another node of a cluster (see `realtime::connection`).
     RealtimeControl,
+    /// Node → when it last said it was alive (Unix seconds), for forwarding realtime control.
+    RealtimeNodes,
 }
 
 impl Space {
@@ -59,6 +61,7 @@ impl Space {
             Space::Leases => b"lease:",
             Space::Throttle => b"throttle:",
             Space::RealtimeControl => b"rtctl:",
+            Space::RealtimeNodes => b"rtnode:",
         }
     }
 

@@ -824,8 +824,15 @@ fn a_connection_held_by_one_node_is_changed_through_another() {
     let (a, b) = (started.next().unwrap(), started.next().unwrap());
     let (mut sse, connection, _) = crate::realtime::connect(&a.url(""), &json!([]), &a.key, None);
     let path = format!("/v1/realtime/connection/{connection}/subscriptions/notes");
-    let forwarded = b.put(&path, &json!({"subscribe": "notes"})).expect(202);
-    assert_eq!(forwarded.json["applied"], false);
+    // Until node A has announced itself, B does not know it (a made-up node stays unknown).
+    eventually("node A known to node B", || {
+        b.put(&path, &json!({"subscribe": "notes"})).status == 202
+    });
+    b.put(
+        "/v1/realtime/connection/deadbeef.x/subscriptions/n",
+        &json!({"subscribe": "notes"}),
+    )
+    .expect_error(404, "not_found");
     let confirmed = sse.next_event().expect("subscribed");
     assert_eq!(confirmed.event, "subscribed", "{confirmed:?}");
     b.post("/v1/collections/notes/docs", &json!({"n": 1}))
