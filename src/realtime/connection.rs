@@ -262,17 +262,13 @@ impl Inner {
     }
 }
 
-fn unix_now() -> u64 {
-    time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
-}
-
 /// Whether `node` has said it is alive within `NODE_TTL`.
 async fn node_alive(store: &crate::store::Store, node: &str) -> Result<bool> {
     let seen = store.kv_get(Space::RealtimeNodes, node.as_bytes()).await?;
     let at = seen
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map(u64::from_be_bytes);
-    Ok(at.is_some_and(|at| unix_now().saturating_sub(at) <= NODE_TTL.as_secs()))
+    Ok(at.is_some_and(|at| crate::model::unix_secs().saturating_sub(at) <= NODE_TTL.as_secs()))
 }
 
 /// A cluster node's follower of control records for its connections, which also says every
@@ -288,7 +284,7 @@ pub(super) async fn follow(inner: Weak<Inner>) {
             let alive = KvWrite::default().put(
                 Space::RealtimeNodes,
                 inner.node.as_bytes().to_vec(),
-                unix_now().to_be_bytes().to_vec(),
+                crate::model::unix_secs().to_be_bytes().to_vec(),
             );
             match inner.docs.store().kv_write(alive).await {
                 Ok(()) => announced = Some(tokio::time::Instant::now()),
