@@ -391,3 +391,78 @@ fn functions_evaluate() {
     assert!(parse_expr("changed(\"title\")", Dialect::Rule).is_err());
     assert!(parse_expr("changed(data.title)", Dialect::Rule).is_err());
 }
+
+/// The vectors the TypeScript SDK's evaluator is tested against too (`tests/vectors/`), so
+/// that the offline cache answers a query as the server would.
+#[test]
+fn shared_vectors() {
+    use super::eval::walk;
+    use super::order::total_cmp;
+    use super::plan::effective_sort;
+    use serde_json::Value;
+
+    let vectors: Value =
+        serde_json::from_str(include_str!("../../tests/vectors/filters.json")).expect("vectors");
+    let doc = &vectors["document"];
+    let mut wrong = Vec::new();
+    for case in vectors["filters"].as_array().expect("filters") {
+        let filter = case["filter"].as_str().expect("filter");
+        match parse_expr(filter, Dialect::Document) {
+            Ok(e) if Value::Bool(matches(&e, doc)) == case["matches"] => {}
+            Ok(_) => wrong.push(format!("{filter}: expected {}", case["matches"])),
+            Err(e) => wrong.push(format!("{filter}: {e}")),
+        }
+    }
+    for case in vectors["errors"].as_array().expect("errors") {
+        let filter = case["filter"].as_str().expect("filter");
+        match parse_expr(filter, Dialect::Document) {
+            Err(e) if Value::from(e.column) == case["column"] => {}
+            Err(e) => wrong.push(format!("{filter}: {e}, expected column {}", case["column"])),
+            Ok(_) => wrong.push(format!("{filter}: parsed")),
+        }
+    }
+    let values = vectors["values"].as_array().expect("values");
+    for (i, a) in values.iter().enumerate() {
+        for (j, b) in values.iter().enumerate() {
+            if total_cmp(a, b) != i.cmp(&j) {
+                wrong.push(format!("order of {a} and {b}"));
+            }
+        }
+    }
+    let docs = vectors["documents"].as_array().expect("documents");
+    for case in vectors["orders"].as_array().expect("orders") {
+        let sort = case["sort"].as_str().expect("sort");
+        let requested = if sort.is_empty() {
+            Vec::new()
+        } else {
+            parse_sort(sort).expect("sort")
+        };
+        let keys = effective_sort(&requested);
+        let mut sorted: Vec<&Value> = docs.iter().collect();
+        sorted.sort_by(|a, b| {
+            keys.iter()
+                .map(|k| {
+                    let at = |d: &Value| walk(d, &k.path.segments).cloned().unwrap_or(Value::Null);
+                    let o = total_cmp(&at(a), &at(b));
+                    if k.descending {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                })
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let ids: Vec<&Value> = sorted.iter().map(|d| &d["id"]).collect();
+        if ids
+            != case["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .collect::<Vec<_>>()
+        {
+            wrong.push(format!("sort {sort}: {ids:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

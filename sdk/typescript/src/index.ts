@@ -39,6 +39,7 @@ export type {
   WriteOptions,
 } from "./collection.js";
 export { EmberbaseError } from "./errors.js";
+export { compareBy, compareValues, Filter, FilterError, parseSort, type SortKey } from "./filter.js";
 export { Files } from "./files.js";
 export type { FileBody, FileInfo, FileListOptions, FilePage, UploadOptions } from "./files.js";
 export { Functions } from "./functions.js";
