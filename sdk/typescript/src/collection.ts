@@ -1,6 +1,8 @@
 import type { components } from "./generated/schema.js";
 import { EmberbaseError } from "./errors.js";
+import type { WriteKind } from "./offline/local.js";
 import { Transport, type Headers } from "./http.js";
+import type { Offline } from "./offline/index.js";
 import type { Connection } from "./realtime.js";
 
 type Envelope = components["schemas"]["Document"];
@@ -30,6 +32,8 @@ export interface Page<T extends object = DocData> {
   next_cursor: string | null;
   /** With `count: true`: every match you may read, over all pages. */
   total?: number;
+  /** Answered by the offline cache, the server being out of reach. */
+  fromCache?: boolean;
 }
 
 export interface ListOptions {
@@ -116,7 +120,17 @@ export type Patch<T> = { [K in keyof T]?: T[K] | null };
 
 /** What a subscription delivers. */
 export type ChangeEvent<T extends object = DocData> =
-  | { type: "create" | "update" | "delete"; id: string; doc: Doc<T>; seq: number }
+  | {
+      type: "create" | "update" | "delete";
+      id: string;
+      doc: Doc<T>;
+      seq: number;
+      /**
+       * A write made on this device with the offline cache on, shown before the server has it
+       * (`seq` 0), or the cache going back to the server's document after a conflict.
+       */
+      local?: true;
+    }
   /** The changes missed while disconnected are no longer retained: refetch what you show. */
   | { type: "reset"; seq: number };
 
@@ -137,6 +151,8 @@ export class Collection<T extends object = DocData> {
     private readonly transport: Transport,
     readonly name: string,
     private readonly realtime: Connection,
+    private readonly offline: Offline | null = null,
+    private readonly sendOne: (op: Record<string, unknown>) => Promise<Doc | null> = async () => null,
   ) {}
 
   private get path() {
@@ -147,8 +163,15 @@ export class Collection<T extends object = DocData> {
     return { params: { path: { collection: this.name, id } } };
   }
 
-  /** Creates a document with a server-made id (time-ordered). */
-  create(data: T): Promise<Doc<T>> {
+  /**
+   * Creates a document with a new time-ordered id (made by the server, or here with the
+   * offline cache on, so that a create queued offline keeps its id).
+   */
+  async create(data: T): Promise<Doc<T>> {
+    if (this.offline) {
+      const op = { op: "create" as const, collection: this.name, id: this.offline.newId(), data: data as DocData };
+      return (await this.offline.write(op, () => this.sendOne(op))) as Doc<T>;
+    }
     return this.transport.call((headers) =>
       this.transport.api.POST("/v1/collections/{collection}/docs", { ...this.path, body: data as never, headers }),
     ) as Promise<Doc<T>>;
@@ -157,34 +180,40 @@ export class Collection<T extends object = DocData> {
   /** Reads one document (`404 not_found` when absent). */
   get(id: string, options: GetOptions = {}): Promise<Doc<T>> {
     const query = { expand: options.expand?.join(",") };
-    return this.transport.call((headers) =>
-      this.transport.api.GET("/v1/collections/{collection}/docs/{id}", {
-        params: { path: { collection: this.name, id }, query },
-        headers,
-      }),
-    ) as Promise<Doc<T>>;
+    const read = () =>
+      this.transport.call((headers) =>
+        this.transport.api.GET("/v1/collections/{collection}/docs/{id}", {
+          params: { path: { collection: this.name, id }, query },
+          headers,
+        }),
+      ) as Promise<Doc<T>>;
+    return this.offline ? (this.offline.get(this.name, id, read as () => Promise<Doc>) as Promise<Doc<T>>) : read();
   }
 
   /** Creates or replaces a document under an id of your choosing. */
   set(id: string, data: T, options: WriteOptions = {}): Promise<Doc<T>> {
-    return this.transport.call((headers) =>
-      this.transport.api.PUT("/v1/collections/{collection}/docs/{id}", {
-        ...this.doc(id),
-        body: data as never,
-        headers: withVersion(headers, options),
-      }),
-    ) as Promise<Doc<T>>;
+    const send = () =>
+      this.transport.call((headers) =>
+        this.transport.api.PUT("/v1/collections/{collection}/docs/{id}", {
+          ...this.doc(id),
+          body: data as never,
+          headers: withVersion(headers, options),
+        }),
+      ) as Promise<Doc<T>>;
+    return this.queued({ op: "set", id, data: data as DocData, ifVersion: options.ifVersion }, send);
   }
 
   /** Merges a patch into a document (`404` when absent). */
   update(id: string, patch: Patch<T>, options: WriteOptions = {}): Promise<Doc<T>> {
-    return this.transport.call((headers) =>
-      this.transport.api.PATCH("/v1/collections/{collection}/docs/{id}", {
-        ...this.doc(id),
-        body: patch as never,
-        headers: withVersion(headers, options),
-      }),
-    ) as Promise<Doc<T>>;
+    const send = () =>
+      this.transport.call((headers) =>
+        this.transport.api.PATCH("/v1/collections/{collection}/docs/{id}", {
+          ...this.doc(id),
+          body: patch as never,
+          headers: withVersion(headers, options),
+        }),
+      ) as Promise<Doc<T>>;
+    return this.queued({ op: "update", id, data: patch as DocData, ifVersion: options.ifVersion }, send);
   }
 
   /**
@@ -193,28 +222,50 @@ export class Collection<T extends object = DocData> {
    * the schema see the result.
    */
   transform(id: string, transforms: Transforms<T>, options: WriteOptions & { patch?: Patch<T> } = {}): Promise<Doc<T>> {
-    return this.transport.call((headers) =>
-      this.transport.api.PATCH("/v1/collections/{collection}/docs/{id}", {
-        ...this.doc(id),
-        body: { data: options.patch, transforms } as never,
-        headers: { ...withVersion(headers, options), "Content-Type": TRANSFORM_UPDATE },
-      }),
-    ) as Promise<Doc<T>>;
+    const send = () =>
+      this.transport.call((headers) =>
+        this.transport.api.PATCH("/v1/collections/{collection}/docs/{id}", {
+          ...this.doc(id),
+          body: { data: options.patch, transforms } as never,
+          headers: { ...withVersion(headers, options), "Content-Type": TRANSFORM_UPDATE },
+        }),
+      ) as Promise<Doc<T>>;
+    const write = { op: "update" as const, id, data: options.patch as DocData | undefined, transforms, ifVersion: options.ifVersion };
+    return this.queued(write, send);
   }
 
   /** Deletes a document (`404` when absent). */
   async delete(id: string, options: WriteOptions = {}): Promise<void> {
-    await this.transport.call((headers) =>
-      this.transport.api.DELETE("/v1/collections/{collection}/docs/{id}", {
-        ...this.doc(id),
-        headers: withVersion(headers, options),
-        parseAs: "text",
-      }),
-    );
+    const send = async () => {
+      await this.transport.call((headers) =>
+        this.transport.api.DELETE("/v1/collections/{collection}/docs/{id}", {
+          ...this.doc(id),
+          headers: withVersion(headers, options),
+          parseAs: "text",
+        }),
+      );
+      return null;
+    };
+    await this.queued({ op: "delete", id, ifVersion: options.ifVersion }, send);
+  }
+
+  /** A write: through the offline cache when it is on (queued while the server is away). */
+  private queued<R extends Doc<T> | null>(
+    write: { op: WriteKind; id: string; data?: DocData; transforms?: Transforms<T>; ifVersion?: number },
+    send: () => Promise<R>,
+  ): Promise<R> {
+    if (!this.offline) return send();
+    const local = { ...write, collection: this.name, transforms: write.transforms as Record<string, Transform> | undefined };
+    return this.offline.write(local, send as () => Promise<Doc | null>) as Promise<R>;
   }
 
   /** One page of the documents that match and that you may read. */
   list(options: ListOptions = {}): Promise<Page<T>> {
+    const read = () => this.listFromServer(options);
+    return this.offline ? (this.offline.list(this.name, options, read as () => Promise<Page>) as Promise<Page<T>>) : read();
+  }
+
+  private listFromServer(options: ListOptions): Promise<Page<T>> {
     const query = {
       filter: options.filter,
       sort: options.sort,
@@ -279,14 +330,18 @@ export class Collection<T extends object = DocData> {
    */
   subscribe(listener: (event: ChangeEvent<T>) => void, options: SubscribeOptions = {}): () => void {
     const topics = options.ids?.length ? options.ids.map((id) => `${this.name}/${id}`) : [this.name];
-    return this.realtime.add(
+    // With the offline cache, writes made here are heard at once, and the server's events for
+    // a document with writes still queued wait until the cache settles it.
+    const offline = this.offline;
+    const stopLocal = offline?.watch(this.name, options.filter, options.ids, listener as (e: ChangeEvent) => void);
+    const stop = this.realtime.add(
       { subscribe: topics.join(","), filter: options.filter },
       {
         event: (type, data, seq) => {
           if (type === "reset") listener({ type: "reset", seq });
           else if (type === "create" || type === "update" || type === "delete") {
             const { id, doc } = data as { id: string; doc: Doc<T> };
-            listener({ type, id, doc, seq });
+            if (!offline?.hasPending(this.name, id)) listener({ type, id, doc, seq });
           }
         },
         ready: () => options.onReady?.(),
@@ -296,6 +351,10 @@ export class Collection<T extends object = DocData> {
         },
       },
     );
+    return () => {
+      stop();
+      stopLocal?.();
+    };
   }
 }
 

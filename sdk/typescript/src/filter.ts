@@ -602,7 +602,7 @@ function compare(a: unknown, op: CmpOp, b: unknown): boolean {
 }
 
 /** Equality of the filter language: numbers by value, different types never equal. */
-function equal(a: unknown, b: unknown): boolean {
+export function equal(a: unknown, b: unknown): boolean {
   if (Array.isArray(a) || Array.isArray(b)) {
     return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => equal(x, b[i]));
   }

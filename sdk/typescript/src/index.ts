@@ -5,6 +5,8 @@
  * - `eb.collection<Post>("posts")`: typed documents, lists, iteration, live subscriptions.
  * - `eb.files`: uploads, downloads, signed URLs.
  * - `eb.functions.call(name, body)`: your Wasm functions over HTTP.
+ * - `eb.offline`: with `offline: {storage}`, reads answered and writes queued while the server
+ *   is out of reach (see `Offline`).
  * - `eb.batch([...])`: several writes, all or nothing.
  * - `eb.api`: the generated client of every endpoint (openapi-fetch), for anything else.
  *
@@ -13,9 +15,11 @@
 import type { components, paths } from "./generated/schema.js";
 import { Auth } from "./auth.js";
 import { Collection, type Doc, type DocData, type Transform } from "./collection.js";
+import { EmberbaseError } from "./errors.js";
 import { Files } from "./files.js";
 import { Functions } from "./functions.js";
 import { Transport } from "./http.js";
+import { Offline, type OfflineOptions } from "./offline/index.js";
 import { Connection } from "./realtime.js";
 import { MemoryStore, type TokenStore } from "./storage.js";
 
@@ -43,6 +47,9 @@ export { compareBy, compareValues, Filter, FilterError, parseSort, type SortKey 
 export { Files } from "./files.js";
 export type { FileBody, FileInfo, FileListOptions, FilePage, UploadOptions } from "./files.js";
 export { Functions } from "./functions.js";
+export { Offline } from "./offline/index.js";
+export type { Conflict, OfflineOptions, OfflineStatus, Rejection, WriteKind } from "./offline/index.js";
+export { IndexedDbStorage, MemoryStorage, type OfflineStorage } from "./offline/storage.js";
 export { readEvents, type SseEvent } from "./realtime.js";
 export { LocalStorageStore, MemoryStore } from "./storage.js";
 export type { StoredSession, TokenStore, User } from "./storage.js";
@@ -55,6 +62,11 @@ export interface EmberbaseOptions {
   fetch?: typeof fetch;
   /** Refresh the access token this many ms before it expires (at most half its lifetime). */
   refreshMarginMs?: number;
+  /**
+   * Keeps what the app reads and writes on the device, so that it works without the server:
+   * `{ storage: new IndexedDbStorage("my-app"), onConflict }` (see `Offline`).
+   */
+  offline?: OfflineOptions;
 }
 
 /** One op of a batch. */
@@ -81,15 +93,35 @@ export class Emberbase {
   readonly auth: Auth;
   readonly files: Files;
   readonly functions: Functions;
+  /** The offline cache, when the client was made with `offline`. */
+  readonly offline: Offline | null;
   private readonly transport: Transport;
   /** The one realtime connection every subscription of this client shares. */
   private readonly realtime: Connection;
 
   constructor(url: string, options: EmberbaseOptions = {}) {
     this.transport = new Transport(url, options.fetch);
-    this.realtime = new Connection(this.transport);
     this.auth = new Auth(this.transport, options.storage ?? new MemoryStore(), options.refreshMarginMs);
     this.transport.tokens = this.auth;
+    this.offline = options.offline
+      ? new Offline(
+          {
+            userId: () => this.auth.user?.id ?? null,
+            send: (op) => this.sendOne(op),
+            fetch: (collection, id) =>
+              new Collection(this.transport, collection, this.realtime).get(id).catch((e: unknown) => {
+                if (e instanceof EmberbaseError && e.status === 404) return null;
+                throw e;
+              }),
+          },
+          options.offline,
+        )
+      : null;
+    this.realtime = new Connection(this.transport, this.offline);
+    if (this.offline) {
+      const offline = this.offline;
+      this.auth.onChange((user) => void offline.userChanged(user?.id ?? null).catch(() => {}));
+    }
     this.files = new Files(this.transport);
     this.functions = new Functions(this.transport);
   }
@@ -111,7 +143,13 @@ export class Emberbase {
   collection<K extends keyof CollectionTypes & string>(name: K): Collection<CollectionTypes[K] & object>;
   collection<T extends object = DocData>(name: string): Collection<T>;
   collection(name: string): Collection<DocData> {
-    return new Collection<DocData>(this.transport, name, this.realtime);
+    return new Collection<DocData>(this.transport, name, this.realtime, this.offline, (op) => this.sendOne(op));
+  }
+
+  /** One write as a batch of one (the offline queue sends what it holds this way). */
+  private async sendOne(op: Record<string, unknown>): Promise<Doc | null> {
+    const [result] = await this.batch([op as BatchOp]);
+    return result ?? null;
   }
 
   /**

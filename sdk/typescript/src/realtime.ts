@@ -70,6 +70,16 @@ export interface SubscriptionSpec {
   filter?: string;
 }
 
+/** Where the offline cache meets the stream: it keeps the resume position and every change. */
+export interface StreamCache {
+  /** The id of the last event the cache holds, to resume from after a reload. */
+  resumePosition(): Promise<string | null>;
+  /** The stream is open: the server is reachable. */
+  connected(): void;
+  /** An event, before any subscriber hears of it. */
+  received(type: string, data: unknown, id: string | undefined): void;
+}
+
 interface Entry {
   spec: SubscriptionSpec;
   handlers: StreamHandlers;
@@ -96,8 +106,16 @@ export class Connection {
   private retryMs = 2000;
   private failures = 0;
   private next = 0;
+  /**
+   * After the server refused a connect that carried several subscriptions: the next connect
+   * carries none, and each is asked for on its own, so only the refused one fails.
+   */
+  private isolating = false;
 
-  constructor(private readonly transport: Transport) {}
+  constructor(
+    private readonly transport: Transport,
+    private readonly cache: StreamCache | null = null,
+  ) {}
 
   /** Adds a subscription; returns what removes it. */
   add(spec: SubscriptionSpec, handlers: StreamHandlers): () => void {
@@ -167,6 +185,10 @@ export class Connection {
   }
 
   private async run(abort: AbortController): Promise<void> {
+    // Subscriptions added in the same turn go with the first connect; with the offline cache,
+    // it resumes where the last page (or process) stopped.
+    const position = this.cache ? await this.cache.resumePosition() : await Promise.resolve(null);
+    this.lastEventId ??= position;
     while (!abort.signal.aborted) {
       let delay = 0;
       try {
@@ -175,15 +197,22 @@ export class Connection {
         if (abort.signal.aborted) return;
         const error = EmberbaseError.network(e);
         if (error.status >= 400 && error.status < 500 && error.status !== 429) {
-          // A subscription the server refuses now (a rule changed while away): all held ones
-          // were sent together, so each is told; new ones are asked for one by one.
-          this.lastEventId = null;
-          for (const [name, entry] of [...this.entries]) {
-            if (entry.held) {
+          const held = [...this.entries].filter(([, e]) => e.held);
+          if (held.length > 1) {
+            // One of several subscriptions is refused now (a rule changed while away): ask
+            // for each on its own. What they missed cannot be replayed that way: `reset`.
+            this.isolating = true;
+            for (const [, entry] of held) {
+              entry.held = false;
+              if (this.lastEventId !== null) entry.handlers.event("reset", null, Number(this.lastEventId) || 0);
+            }
+          } else {
+            for (const [name, entry] of held) {
               this.forget(name);
               entry.handlers.fatal(error);
             }
           }
+          this.lastEventId = null;
           continue;
         }
         this.failures += 1;
@@ -197,6 +226,8 @@ export class Connection {
 
   /** One connection, read to its end; returns how long to wait before the next. */
   private async connectOnce(abort: AbortController): Promise<number> {
+    if (!this.isolating) for (const entry of this.entries.values()) entry.held = true;
+    this.isolating = false;
     const held = [...this.entries].filter(([, e]) => e.held);
     const subscriptions = held.map(([name, e]) => ({ name, subscribe: e.spec.subscribe, filter: e.spec.filter }));
     const headers: Record<string, string> = { Accept: "text/event-stream" };
@@ -212,9 +243,11 @@ export class Connection {
     for await (const e of readEvents(response.body, (ms) => (this.retryMs = ms))) {
       if (e.id !== undefined) this.lastEventId = e.id;
       const data = (e.data ? JSON.parse(e.data) : null) as Record<string, unknown> | null;
+      if (e.id !== undefined || e.event === "reset") this.cache?.received(e.event, data, e.id);
       if (e.event === "connected") {
         const connection = String(data?.connection ?? "");
         this.connection = connection;
+        this.cache?.connected();
         // Subscriptions added while connecting are asked for now.
         for (const [name, entry] of this.entries) if (!entry.held) void this.hold(connection, name);
       } else if (e.event === "ready") {
