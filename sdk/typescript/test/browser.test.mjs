@@ -2,7 +2,7 @@
 // second tab following live. Skipped (and says so) where no Chromium is installed; CI installs
 // one. CHROMIUM names the browser binary.
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { dirname, extname, join, normalize, resolve } from "node:path";
 import { after, before, test } from "node:test";
@@ -15,14 +15,23 @@ const chromium =
   process.env.CHROMIUM ??
   ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find((p) => existsSync(p));
 if (!chromium) console.log("SKIPPED: the browser test needs Chromium (apt-get install chromium)");
+/** Where the pages' screenshots go, to look at after a run. */
+const shots = join(root, "target", "screenshots");
+mkdirSync(shots, { recursive: true });
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".map": "application/json" };
 
-/** Serves the repository's files read-only, as a static host would serve the example. */
+/** Serves the repository's files read-only, as a static host would serve the example. While
+ * `offline` is set, it drops every connection, as an unreachable host would. */
 function staticServer() {
   const http = createServer((req, res) => {
+    if (http.offline) {
+      req.socket.destroy();
+      return;
+    }
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
-    const file = join(root, path);
+    // A directory serves its index.html, as static hosts do.
+    const file = join(root, path.endsWith("/") ? `${path}index.html` : path);
     if (!file.startsWith(root) || !existsSync(file)) {
       res.writeHead(404).end();
       return;
@@ -75,9 +84,10 @@ const titles = (page) => page.$$eval("#todos li span", (spans) => spans.map((s) 
 const doneTitles = (page) => page.$$eval("#todos li.done span", (spans) => spans.map((s) => s.textContent));
 
 async function until(page, what, fn, ...args) {
+  const timeout = typeof args[args.length - 1] === "number" ? args.pop() : 10_000;
   try {
     // Polled by timer: requestAnimationFrame does not run in a background tab.
-    await page.waitForFunction(fn, { timeout: 10_000, polling: 50 }, ...args);
+    await page.waitForFunction(fn, { timeout, polling: 50 }, ...args);
   } catch (e) {
     const text = await page.$eval("body", (b) => b.innerText).catch(() => "");
     throw new Error(`${what}: ${e.message}\npage: ${text}\nerrors: ${page.errors.join("; ")}`);
@@ -168,4 +178,84 @@ test("seven live queries in one page share one connection and all receive events
   assert.deepEqual(await page.evaluate(() => window.got), names.map((_, i) => [i]));
   assert.equal(await page.evaluate(() => window.streams), 1, "one realtime stream for seven queries");
   assert.deepEqual(page.errors, []);
+});
+
+test("todo-web offline: cached todos, changes kept across a reload, sent in order, and a conflict shown", { skip: !chromium }, async () => {
+  // A fresh profile: its own localStorage, IndexedDB and service worker.
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.errors = errors;
+  const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/index.html?server=${encodeURIComponent(api.url)}`;
+  await page.goto(url);
+  await until(page, "the sign-up form", () => !document.getElementById("signed-out").hidden);
+  await page.type("#email", `offline-${Date.now()}@example.com`);
+  await page.type("#password", "correct horse battery");
+  await page.click("#signup");
+  await until(page, "live", () => document.getElementById("status").textContent === "live");
+  await until(page, "the service worker in control", () => navigator.serviceWorker.controller !== null);
+  for (const title of ["one", "two"]) {
+    await page.type("#title", title);
+    await page.keyboard.press("Enter");
+    await until(page, `todo ${title}`, hasTodo, title);
+  }
+  const session = await page.evaluate(() => JSON.parse(localStorage.getItem("emberbase.session")));
+  const mine = async () => {
+    const filter = encodeURIComponent(`owner == "${session.user.id}"`);
+    return (await admin(api, "GET", `/v1/collections/todos/docs?filter=${filter}&sort=id`)).items;
+  };
+
+  // Offline: the browser's offline mode (DevTools' network emulation, through the protocol
+  // itself: the Debian Chromium predates the call Puppeteer's setOfflineMode makes), and the
+  // page's host gone too, for the service worker's own requests.
+  const cdp = await page.createCDPSession();
+  await cdp.send("Network.enable");
+  const goOffline = async (offline) => {
+    web.offline = offline;
+    await cdp.send("Network.emulateNetworkConditions", { offline, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+  };
+  await goOffline(true);
+  await page.type("#title", "three");
+  await page.keyboard.press("Enter");
+  await until(page, "the todo added offline", hasTodo, "three");
+  await page.click("#todos li input[type=checkbox]");
+  await until(page, "ticked offline", () => document.querySelector("#todos li.done span")?.textContent === "one");
+  await until(page, "two changes waiting", () => document.getElementById("status").textContent === "offline · 2 changes waiting");
+  assert.deepEqual((await mine()).map((t) => t.data.title), ["one", "two"], "nothing reached the server yet");
+
+  // A reload, still offline: the service worker serves the page, the cache the todos and queue.
+  await page.reload();
+  await until(page, "the cached todos after an offline reload", hasTodo, "three");
+  assert.deepEqual(await titles(page), ["one", "two", "three"]);
+  assert.deepEqual(await doneTitles(page), ["one"]);
+  await until(page, "the queue after the reload", () => document.getElementById("status").textContent.includes("2 changes waiting"));
+  await page.screenshot({ path: join(shots, "todo-web-offline.png") });
+
+  // Back online: the changes reach the server, in the order they were made.
+  await goOffline(false);
+  await until(page, "sent and live", () => document.getElementById("status").textContent === "live", 40_000);
+  const stored = await mine();
+  assert.deepEqual(
+    stored.map((t) => [t.data.title, t.data.done, t.version]),
+    [
+      ["one", true, 2],
+      ["two", false, 1],
+      ["three", false, 1],
+    ],
+  );
+
+  // A conflict: ticked here offline, renamed elsewhere meanwhile. The page keeps the other
+  // version and says so.
+  await goOffline(true);
+  await page.click("#todos li:nth-child(2) input[type=checkbox]");
+  await until(page, "ticked offline", () => document.getElementById("status").textContent.includes("1 change waiting"));
+  await admin(api, "PATCH", `/v1/collections/todos/docs/${stored[1].id}`, { title: "two (renamed elsewhere)" });
+  await goOffline(false);
+  await until(page, "the conflict notice", () => document.getElementById("notice").textContent.includes("changed on another device"), 40_000);
+  await until(page, "the other version shown", hasTodo, "two (renamed elsewhere)");
+  assert.deepEqual(await doneTitles(page), ["one"]);
+  await page.screenshot({ path: join(shots, "todo-web-conflict.png") });
+  assert.deepEqual(errors, []);
+  await context.close();
 });

@@ -34,8 +34,8 @@ export class MemoryStorage implements OfflineStorage {
   }
 }
 
-/** How long a page waits for another tab to let go of the same cache. */
-const LOCK_WAIT_MS = 5_000;
+/** How long a page waits for another tab to let go of the same cache (a reload hands it over). */
+const LOCK_WAIT_MS = 2_000;
 
 /**
  * Keeps the cache in IndexedDB, in a database of its own (`name`). One tab at a time owns it:
