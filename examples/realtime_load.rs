@@ -4,10 +4,16 @@
 //! delivered events/s, and the server's RSS before and after the subscribers connected.
 //!
 //! ```text
-//! cargo run --release --example realtime_load -- <emberbase|pocketbase> <host:port> <token> \
-//!     <subscribers> <writes> <writes_per_sec, 0 = as fast as possible> <server pid> \
-//!     [<host:port to write to>]
+//! cargo run --release --example realtime_load -- <emberbase|emberbase-muxK|pocketbase> \
+//!     <host:port> <token> <subscribers> <writes> <writes_per_sec, 0 = as fast as possible> \
+//!     <server pid> [<host:port to write to>]
 //! ```
+//!
+//! `emberbase-muxK` opens `subscribers` multiplexed connections (`/v1/realtime/connection`),
+//! each holding K subscriptions with distinct filters that every write matches
+//! (`data.t >= 0`, `data.t >= 1`, ...): the server evaluates each subscription, and sends
+//! one event per connection naming the K subscriptions it matches. Every subscription named
+//! counts as one delivery.
 //!
 //! With a second address, writes go to that node and subscribers listen on the first: the
 //! fan-out between two nodes of a cluster.
@@ -25,7 +31,31 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Copy, PartialEq)]
 enum Flavour {
     Emberbase,
+    /// Multiplexed connections holding this many subscriptions each.
+    Multiplexed(usize),
     PocketBase,
+}
+
+impl Flavour {
+    /// Subscriptions per connection.
+    fn per_connection(self) -> usize {
+        match self {
+            Flavour::Multiplexed(k) => k,
+            _ => 1,
+        }
+    }
+}
+
+/// `text` percent-encoded for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 struct Target {
@@ -75,12 +105,19 @@ fn subscriber(
 ) {
     let mut stream = TcpStream::connect(&target.addr).expect("connect");
     let path = match target.flavour {
-        Flavour::Emberbase => "/v1/realtime?subscribe=bench",
-        Flavour::PocketBase => "/api/realtime",
+        Flavour::Emberbase => "/v1/realtime?subscribe=bench".to_string(),
+        Flavour::Multiplexed(k) => {
+            let subscriptions: Vec<Value> = (0..k)
+                .map(|j| json!({"name": format!("s{j}"), "subscribe": "bench", "filter": format!("data.t >= {j}")}))
+                .collect();
+            let list = Value::Array(subscriptions).to_string();
+            format!("/v1/realtime/connection?subscriptions={}", encode(&list))
+        }
+        Flavour::PocketBase => "/api/realtime".to_string(),
     };
     let auth = match target.flavour {
-        Flavour::Emberbase => format!("Authorization: Bearer {}\r\n", target.token),
         Flavour::PocketBase => String::new(),
+        _ => format!("Authorization: Bearer {}\r\n", target.token),
     };
     write!(
         stream,
@@ -105,7 +142,7 @@ fn subscriber(
         };
         if !subscribed {
             match target.flavour {
-                Flavour::Emberbase if v.get("seq").is_some() => {}
+                Flavour::Emberbase | Flavour::Multiplexed(_) if v.get("seq").is_some() => {}
                 Flavour::PocketBase if v.get("clientId").is_some() => {
                     let id = v["clientId"].as_str().unwrap_or_default();
                     http(
@@ -123,18 +160,28 @@ fn subscriber(
             continue;
         }
         let sent = match target.flavour {
-            Flavour::Emberbase => v["doc"]["data"]["t"].as_u64(),
             Flavour::PocketBase => v["record"]["t"].as_u64(),
+            _ => v["doc"]["data"]["t"].as_u64(),
+        };
+        let deliveries = match target.flavour {
+            Flavour::Multiplexed(_) => v["subscriptions"].as_array().map_or(0, Vec::len),
+            _ => 1,
         };
         match sent {
             // The end marker.
             Some(0) => break,
             Some(sent) => {
-                mine.push(now_us().saturating_sub(sent));
-                received.fetch_add(1, Ordering::Relaxed);
+                let latency = now_us().saturating_sub(sent);
+                mine.extend(std::iter::repeat_n(latency, deliveries));
+                received.fetch_add(deliveries, Ordering::Relaxed);
             }
             None => {}
         }
+    }
+    if !subscribed {
+        // Refused (a limit, a bad token): the barrier would wait for this thread forever.
+        eprintln!("a subscriber's stream ended before it was live: the server refused it");
+        std::process::exit(1);
     }
     if let Ok(mut all) = latencies.lock() {
         all.extend(mine);
@@ -152,11 +199,11 @@ fn rss_kb(pid: &str) -> u64 {
 
 fn write_one(target: &Target, t: u64) {
     let (path, auth) = match target.flavour {
-        Flavour::Emberbase => (
+        Flavour::PocketBase => ("/api/collections/bench/records", target.token.clone()),
+        _ => (
             "/v1/collections/bench/docs",
             format!("Bearer {}", target.token),
         ),
-        Flavour::PocketBase => ("/api/collections/bench/records", target.token.clone()),
     };
     http(&target.write_addr, "POST", path, &auth, &json!({"t": t}));
 }
@@ -175,10 +222,14 @@ fn main() {
         eprintln!("usage: realtime_load <emberbase|pocketbase> <host:port> <token> <subscribers> <writes> <writes_per_sec> <server pid> [<write host:port>]");
         std::process::exit(2);
     }
-    let flavour = if args[1] == "pocketbase" {
-        Flavour::PocketBase
-    } else {
-        Flavour::Emberbase
+    let flavour = match args[1].as_str() {
+        "pocketbase" => Flavour::PocketBase,
+        mux if mux.starts_with("emberbase-mux") => Flavour::Multiplexed(
+            mux["emberbase-mux".len()..]
+                .parse()
+                .expect("emberbase-muxK"),
+        ),
+        _ => Flavour::Emberbase,
     };
     let target = Arc::new(Target {
         flavour,
@@ -243,7 +294,7 @@ fn main() {
     }
     let writes_done = started.elapsed();
     // Wait for delivery to finish (or stall), then end every stream with a final marker event.
-    let expected = writes * subscribers;
+    let expected = writes * subscribers * flavour.per_connection();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = (received.load(Ordering::Relaxed), Instant::now());
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -266,7 +317,8 @@ fn main() {
     println!(
         "{}",
         json!({
-            "subscribers": subscribers,
+            "subscribers": subscribers * flavour.per_connection(),
+            "connections": subscribers,
             "writes": writes,
             "delivered": delivered,
             "expected": expected,

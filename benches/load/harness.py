@@ -18,7 +18,9 @@ node and PostgreSQL, from which the capacity model derives how many nodes one pr
 
 Realtime: write-to-event latency (p50/p99) with 1 and 1,000 subscribers, delivered events/s with
 1,000 subscribers and writes as fast as the server takes them, and RSS per 1,000 idle
-subscribers, against PocketBase's /api/realtime (examples/realtime_load.rs is the client).
+subscribers, against PocketBase's /api/realtime (examples/realtime_load.rs is the client); then
+Emberbase alone with 1,000 subscriptions multiplexed over 100 connections (latency, and the
+memory each subscription costs against a stream of its own).
 
     python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
                                     [--only docs|files|functions|realtime|cluster|schemas]
@@ -99,7 +101,10 @@ def seed_documents():
 
 def start_emberbase(tmp, port=EB_PORT, name="eb", extra_env=None):
     data = os.path.join(tmp, name)
-    env = dict(os.environ, EMBERBASE_LOG__LEVEL="warn", **(extra_env or {}))
+    # Every load client runs on one address: lift the per-address stream limit (100) so that the
+    # realtime loads can open 1,000 streams from it, as 1,000 devices would.
+    env = dict(os.environ, EMBERBASE_LOG__LEVEL="warn", EMBERBASE_REALTIME__MAX_SUBSCRIBERS_PER_CLIENT="2000",
+               **(extra_env or {}))
     proc = subprocess.Popen(
         [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -550,6 +555,12 @@ REALTIME_LOADS = [
     ("latency, 1,000 subscribers", 1000, 200, 20),
     ("throughput, 1,000 subscribers", 1000, 2000, 0),
 ]
+MUX_PER_CONNECTION = 10
+# (label, connections, writes, writes per second)
+MUX_LOADS = [
+    ("latency, 1,000 subscriptions on 100 connections", 100, 200, 20),
+    ("throughput, 1,000 subscriptions on 100 connections", 100, 2000, 0),
+]
 
 
 def realtime_client(flavour, port, token, pid, subscribers, writes, rate, write_port=None):
@@ -578,6 +589,12 @@ def run_realtime_loads(eb, pb):
             {"Authorization": su})
     pb_token = request("POST", pb_base + "/api/collections/users/auth-with-password",
                        {"identity": "realtime@example.com", "password": "benchpassword1"})["token"]
+    # Multiplexed first, on a server that has not yet grown for 1,000 streams, so that the RSS it
+    # gains is what the subscriptions cost: 100 connections of 10 subscriptions each (Emberbase
+    # only: PocketBase's one stream per client is what the single-stream rows measure).
+    mux = [(label, realtime_client(f"emberbase-mux{MUX_PER_CONNECTION}", EB_PORT, eb_token, eb.pid, connections,
+                                   writes, rate))
+           for label, connections, writes, rate in MUX_LOADS]
     rows = []
     for label, subscribers, writes, rate in REALTIME_LOADS:
         e = realtime_client("emberbase", EB_PORT, eb_token, eb.pid, subscribers, writes, rate)
@@ -597,6 +614,15 @@ def run_realtime_loads(eb, pb):
     e, p = rows[1][1], rows[1][2]
     print(f"| RSS per 1,000 idle subscribers | {(e['rss_idle_kb'] - e['rss_before_kb']) / 1024:.1f} MB | | "
           f"{(p['rss_idle_kb'] - p['rss_before_kb']) / 1024:.1f} MB | | |")
+    print()
+    print("| multiplexed, Emberbase | p50 / p99 ms | deliveries/s | delivered | RSS per subscription, idle |")
+    print("|---|---|---|---|---|")
+    for label, m in mux:
+        per = (m["rss_idle_kb"] - m["rss_before_kb"]) / m["subscribers"]
+        print(f"| {label} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} | {m['events_per_sec']:.0f} | "
+              f"{m['delivered']}/{m['expected']} | {per:.1f} KB |")
+    single = (e["rss_idle_kb"] - e["rss_before_kb"]) / e["subscribers"]
+    print(f"| (a stream per subscriber, for comparison) | | | | {single:.1f} KB |")
 
 
 def start_postgres(tmp):

@@ -1,12 +1,13 @@
 //! Counts and aggregates over the documents of a collection that a caller may read: the same
 //! filter, read rule and planner as lists, folded into groups instead of pages.
 
+use super::list::QueryRead;
 use super::{check_collection, DocsError, Documents, Result};
 use crate::auth::Principal;
 use crate::model::Document;
 use crate::query::ast::Path;
 use crate::query::order::{number, total_cmp};
-use crate::query::{self, Expr, Scope};
+use crate::query::{self, reads_clock, Expr, Scope};
 use crate::store::Matched;
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
@@ -50,6 +51,8 @@ pub struct Group {
 pub(super) const MAX_GROUPS: usize = 1000;
 const MAX_GROUP_BY: usize = 4;
 const MAX_OPS: usize = 16;
+/// Counts kept for reuse (see [`Documents::count`]); the map is cleared when full.
+const CACHED_COUNTS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -356,8 +359,10 @@ impl Documents {
 
     /// How many documents of `collection` match `filter` and may be read by `who`. Without a
     /// filter, for a caller the read rule lets see every document, it is the collection's
-    /// counter; otherwise a scan that counts an index's current entries without reading the
-    /// documents when the index serves the whole filter.
+    /// counter; otherwise a scan that counts an index's entries without reading the documents
+    /// when the index serves the whole filter. For such a caller the count is kept, and
+    /// served again until the next change anywhere in the store (a pager asks for the same
+    /// total on every page): a filter that reads the clock is always counted afresh.
     pub(crate) async fn count(
         &self,
         who: &Principal,
@@ -368,6 +373,37 @@ impl Documents {
         if filter.is_none() && !read.per_doc {
             return Ok(self.inner.store.document_count(collection).await?);
         }
+        let cached = (!read.per_doc && !filter.is_some_and(reads_clock))
+            .then(|| (collection.to_string(), format!("{filter:?}")));
+        // Read before counting: a change committed meanwhile moves it, and the count it may
+        // or may not include is never served again.
+        let seq = self.inner.store.last_seq();
+        if let Some(key) = &cached {
+            let counts = self.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(&(at, n)) = counts.get(key) {
+                if at == seq {
+                    return Ok(n);
+                }
+            }
+        }
+        let n = self.count_matches(who, collection, filter, &read).await?;
+        if let Some(key) = cached {
+            let mut counts = self.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if counts.len() >= CACHED_COUNTS {
+                counts.clear();
+            }
+            counts.insert(key, (seq, n));
+        }
+        Ok(n)
+    }
+
+    async fn count_matches(
+        &self,
+        who: &Principal,
+        collection: &str,
+        filter: Option<&Expr>,
+        read: &QueryRead,
+    ) -> Result<u64> {
         let visible = |doc: &Document| read.visible(who, doc);
         let owned = self.owned_filter(who, collection, filter);
         let mut n = 0u64;

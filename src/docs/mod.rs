@@ -40,6 +40,9 @@ struct Inner {
     default_rules: Arc<CompiledRules>,
     /// Compiled rules per collection, with the configuration snapshot they were compiled from.
     rules: RwLock<HashMap<String, CachedRules>>,
+    /// Counts of matches for callers who see every document, by (collection, filter), with
+    /// the change sequence they were counted at (see [`Documents::count`]).
+    counts: std::sync::Mutex<HashMap<(String, String), (u64, u64)>>,
 }
 
 /// The document service ([`Server::documents`](crate::Server::documents)): create, read,
@@ -100,6 +103,7 @@ impl Documents {
                 limits,
                 default_rules: Arc::new(compiled),
                 rules: RwLock::new(HashMap::new()),
+                counts: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -158,6 +158,18 @@ pub(crate) fn mentions(expr: &Expr, root: &str) -> bool {
     }
 }
 
+/// Whether `expr` calls `now()`: its value changes with time, not only with the documents.
+pub(crate) fn reads_clock(expr: &Expr) -> bool {
+    match expr {
+        Expr::Call(Func::Now, _) => true,
+        Expr::Path(_) | Expr::Literal(_) => false,
+        Expr::Not(a) => reads_clock(a),
+        Expr::And(all) | Expr::Or(all) => all.iter().any(reads_clock),
+        Expr::Compare(a, _, b) | Expr::Arith(a, _, b) => reads_clock(a) || reads_clock(b),
+        Expr::Call(_, args) => args.iter().any(reads_clock),
+    }
+}
+
 /// Whether `expr` holds whatever the paths under `unknown` hold: `Some` when the rest of the
 /// expression decides it (`auth != null && doc.owner == auth.id` is false for an anonymous
 /// caller, whatever the document), `None` when it depends on them.

@@ -13,7 +13,7 @@ pub(crate) mod plan;
 pub(crate) mod rule;
 
 pub(crate) use ast::{Expr, SortKey};
-pub(crate) use eval::{decide, matches, mentions, Scope};
+pub(crate) use eval::{decide, matches, mentions, reads_clock, Scope};
 pub(crate) use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
 pub(crate) use rule::{allows, Rule};
 

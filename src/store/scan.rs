@@ -112,6 +112,9 @@ fn primary_range(base: &[u8], range: Option<&Range>) -> Option<(Vec<u8>, Vec<u8>
 /// Entries read from the engine per step of a scan.
 const CHUNK: usize = 256;
 
+/// Index entries read per step when counting them (no document is read with them).
+const COUNT_CHUNK: usize = 1024;
+
 /// A match of an unordered scan, ordered by its position in the effective sort.
 struct Candidate<'a> {
     position: Vec<Value>,
@@ -430,9 +433,9 @@ pub(crate) enum Matched<'a> {
 
 /// Every document of `collection` that matches `filter` and `visible`, in no particular order,
 /// passed to `each`, for aggregates. It reads the whole range the plan reads, so it examines at
-/// most `max_scan_documents`, indexed or not. With `counting`, a document that an exact plan
-/// reached through a current entry, for a caller who may see every document, is
-/// [`Matched::Counted`] without being parsed.
+/// most `max_scan_documents`, indexed or not. With `counting`, for a caller who may see every
+/// document, a plan that applies the whole filter yields [`Matched::Counted`] without parsing:
+/// through an index, one per entry, without reading the documents at all.
 pub(crate) async fn visit(
     store: &Store,
     collection: &str,
@@ -454,8 +457,48 @@ pub(crate) async fn visit(
     let unparsed = counting && plan.exact && visible.is_none();
     let narrowed = !matches!(plan.access, Access::Primary { range: None });
     let budget = store.shared.options.max_scan_documents;
+    let over = |examined: u64| {
+        store.shared.metrics.scan_examined.inc_by(examined);
+        if !narrowed {
+            let spec = QuerySpec {
+                filter,
+                sort: &[],
+                limit: 0,
+                after: None,
+                visible: None,
+            };
+            return over_budget(collection, budget, &spec);
+        }
+        StoreError::ScanBudget(format!(
+            "this aggregate would examine more than {budget} documents of {collection}; narrow the filter"
+        ))
+    };
     let mut cursor = KeyRange::new(reach.lo, reach.hi);
     let mut examined = 0u64;
+    if unparsed && reach.ks == Keyspace::Indexes {
+        // Counting through an index that applies the whole filter, for a caller who may see
+        // every document: each entry is one matching document (a commit changes a document
+        // and its entries together), so the entries are counted and no document is read.
+        loop {
+            let entries = store
+                .engine
+                .scan(reach.ks, &cursor, Direction::Forward, COUNT_CHUNK)
+                .await?;
+            for _ in &entries {
+                examined += 1;
+                if examined > budget {
+                    return Err(over(examined));
+                }
+                each(Matched::Counted);
+            }
+            match entries.last() {
+                Some((last, _)) if entries.len() == COUNT_CHUNK => cursor.start = successor(last),
+                _ => break,
+            }
+        }
+        store.shared.metrics.scan_examined.inc_by(examined);
+        return Ok(());
+    }
     loop {
         let (met, exhausted) = step(
             store,
@@ -469,20 +512,7 @@ pub(crate) async fn visit(
         for Met { bytes, current } in met {
             examined += 1;
             if examined > budget {
-                store.shared.metrics.scan_examined.inc_by(examined);
-                if !narrowed {
-                    let spec = QuerySpec {
-                        filter,
-                        sort: &[],
-                        limit: 0,
-                        after: None,
-                        visible: None,
-                    };
-                    return Err(over_budget(collection, budget, &spec));
-                }
-                return Err(StoreError::ScanBudget(format!(
-                    "this aggregate would examine more than {budget} documents of {collection}; narrow the filter"
-                )));
+                return Err(over(examined));
             }
             if unparsed && current {
                 each(Matched::Counted);

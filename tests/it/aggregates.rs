@@ -185,6 +185,21 @@ fn aggregates_over_an_index_and_a_scan_agree_and_are_bounded() {
             continue;
         }
         assert_eq!(resp.expect(200).json["total"], 100);
+        // Asked again, the total is the kept count; every write that changes it shows.
+        let total = || srv.get(&path).expect(200).json["total"].clone();
+        assert_eq!(total(), 100);
+        let made = srv
+            .post("/v1/collections/indexed/docs", &json!({"n": 20}))
+            .expect(201)
+            .json;
+        assert_eq!(total(), 101);
+        let doc = format!("/v1/collections/indexed/docs/{}", made["id"].as_str().unwrap());
+        srv.patch(&doc, &json!({"n": 70})).expect(200);
+        assert_eq!(total(), 100);
+        srv.patch(&doc, &json!({"n": 59})).expect(200);
+        assert_eq!(total(), 101);
+        srv.delete(&doc).expect(204);
+        assert_eq!(total(), 100);
         let query = format!("filter={filter}&group_by=data.odd&ops=count,sum:data.n");
         let grouped = aggregate(&srv, None, collection, &query).expect(200).json;
         assert_eq!(
