@@ -129,10 +129,14 @@ fn subscriber(
     let mut line = String::new();
     let mut subscribed = false;
     let mut mine = Vec::new();
+    let mut status = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             break;
+        }
+        if status.is_empty() {
+            status = line.trim_end().to_string();
         }
         let Some(data) = line.trim_end().strip_prefix("data:") else {
             continue;
@@ -180,7 +184,7 @@ fn subscriber(
     }
     if !subscribed {
         // Refused (a limit, a bad token): the barrier would wait for this thread forever.
-        eprintln!("a subscriber's stream ended before it was live: the server refused it");
+        eprintln!("a subscriber's stream ended before it was live: {status}");
         std::process::exit(1);
     }
     if let Ok(mut all) = latencies.lock() {

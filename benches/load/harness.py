@@ -567,7 +567,9 @@ def realtime_client(flavour, port, token, pid, subscribers, writes, rate, write_
     out = subprocess.run([os.path.join(ROOT, "target/release/examples/realtime_load"), flavour, f"127.0.0.1:{port}",
                           token, str(subscribers), str(writes), str(rate), str(pid)]
                          + ([f"127.0.0.1:{write_port}"] if write_port else []),
-                         check=True, capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        sys.exit(f"realtime_load {flavour} with {subscribers} subscribers failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
 
 
