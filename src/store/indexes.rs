@@ -63,8 +63,21 @@ async fn run(store: &Store, collection: &str, signature: &str) -> Result<(), Sto
     while retry(|| chunk(store, collection, &marker, &prefix)).await? {
         tokio::task::yield_now().await;
     }
-    store.mark_ready(collection, signature);
+    built(store, collection, signature).await
+}
+
+/// A build is done: the planner may use the index, and the deletes that found it (a reverse
+/// index) still building have their jobs run now.
+pub(super) async fn built(
+    store: &Store,
+    collection: &str,
+    signature: &str,
+) -> Result<(), StoreError> {
+    store.set_index_ready(collection, signature, true);
     tracing::info!(collection, index = signature, "index ready");
+    if signature.starts_with(super::relations::REVERSE_PREFIX) {
+        store.run_dereference_jobs().await?;
+    }
     Ok(())
 }
 
@@ -288,8 +301,9 @@ impl Store {
         Ok((added, dropped))
     }
 
-    /// Lets the planner use a finished index (if the collection still declares it).
-    fn mark_ready(&self, collection: &str, signature: &str) {
+    /// Lets the planner use a finished index (if the collection still declares it), or, for
+    /// a test, takes it back as a stopped build leaves it.
+    pub(super) fn set_index_ready(&self, collection: &str, signature: &str, ready: bool) {
         let Some((raw, state)) = self.shared.configs_snapshot().get(collection).cloned() else {
             return;
         };
@@ -297,7 +311,7 @@ impl Store {
         let mut next = CollectionState::clone(&state);
         for index in &mut next.indexes {
             if index.prefix == prefix {
-                index.ready = true;
+                index.ready = ready;
             }
         }
         self.shared

@@ -15,7 +15,9 @@
 //!   chunk an ordinary write (change records, triggers, indexes) that unlinks or deletes up to
 //!   `CHUNK` referencing documents, each only if it still references the deleted id. A cascaded
 //!   delete records jobs of its own. The deleting request waits for the jobs to finish; a job
-//!   left by a crash resumes when the store opens.
+//!   left by a crash resumes when the store opens. A job that needs a reverse index still
+//!   being built waits for it up to `BUILD_WAIT`, then stays recorded (the delete answers) and
+//!   runs when the build finishes.
 
 use super::error::StoreError;
 use super::write::{WriteOp, WriteRequest};
@@ -32,6 +34,12 @@ pub(crate) const MAX_REFERENCES: usize = 100;
 /// Referencing documents dereferenced per transaction of a job.
 const CHUNK: usize = 100;
 const JOB_PREFIX: &[u8] = b"deref:";
+/// How the signature of a reverse index begins.
+pub(super) const REVERSE_PREFIX: &str = "@ref:";
+/// How long a dereference job waits for a reverse index being built before it is left for the
+/// end of the build.
+const BUILD_WAIT: std::time::Duration =
+    std::time::Duration::from_secs(if cfg!(test) { 1 } else { 10 });
 
 /// One relation of a collection.
 #[derive(Debug, Clone)]
@@ -47,7 +55,7 @@ pub(crate) struct RelationDef {
 impl RelationDef {
     /// The signature of its reverse index.
     pub(super) fn signature(&self) -> String {
-        format!("@ref:{}", self.field)
+        format!("{REVERSE_PREFIX}{}", self.field)
     }
 }
 
@@ -326,35 +334,51 @@ pub(super) fn resume_jobs(store: Store) -> tokio::task::JoinHandle<()> {
 
 impl Store {
     /// Runs every recorded dereference job to its end, chunk by chunk (see the module
-    /// documentation). One runs at a time; a caller that finds another running waits for it,
-    /// then runs what is left.
+    /// documentation), except those waiting for a reverse index to be built. One runs at a
+    /// time; a caller that finds another running waits for it, then runs what is left.
     pub(super) async fn run_dereference_jobs(&self) -> Result<(), StoreError> {
         let _running = self.shared.dereferencing.lock().await;
+        let mut waiting = std::collections::HashSet::new();
+        // Jobs run in key order; a cascade records new ones anywhere in it, so passes repeat
+        // until one finds nothing left to run.
         loop {
-            let jobs = self
-                .engine
-                .scan(
-                    Keyspace::Meta,
-                    &KeyRange::prefix(JOB_PREFIX),
-                    Direction::Forward,
-                    CHUNK,
-                )
-                .await?;
-            if jobs.is_empty() {
-                return Ok(());
+            let mut ran = false;
+            let mut cursor = KeyRange::prefix(JOB_PREFIX);
+            loop {
+                let jobs = self
+                    .engine
+                    .scan(Keyspace::Meta, &cursor, Direction::Forward, CHUNK)
+                    .await?;
+                for (key, _) in &jobs {
+                    if waiting.contains(key.as_ref()) {
+                        continue;
+                    }
+                    let rest = key.get(JOB_PREFIX.len()..).unwrap_or(&[]);
+                    let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+                    let target = String::from_utf8_lossy(&rest[..split]).into_owned();
+                    let id =
+                        String::from_utf8_lossy(rest.get(split + 1..).unwrap_or(&[])).into_owned();
+                    if self.run_job(key, &target, &id).await? {
+                        ran = true;
+                    } else {
+                        waiting.insert(key.to_vec());
+                    }
+                }
+                match jobs.last() {
+                    Some((last, _)) if jobs.len() == CHUNK => cursor.start = keys::successor(last),
+                    _ => break,
+                }
             }
-            for (key, _) in jobs {
-                let rest = key.get(JOB_PREFIX.len()..).unwrap_or(&[]);
-                let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-                let target = String::from_utf8_lossy(&rest[..split]).into_owned();
-                let id = String::from_utf8_lossy(rest.get(split + 1..).unwrap_or(&[])).into_owned();
-                self.run_job(&key, &target, &id).await?;
+            if !ran {
+                return Ok(());
             }
         }
     }
 
-    /// Dereferences `target/id` chunk by chunk, then removes the job.
-    async fn run_job(&self, key: &[u8], target: &str, id: &str) -> Result<(), StoreError> {
+    /// Dereferences `target/id` chunk by chunk, then removes the job. False when a reverse
+    /// index it needs is still being built after `BUILD_WAIT`: the job stays for the build's end.
+    async fn run_job(&self, key: &[u8], target: &str, id: &str) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
         loop {
             let mut ops = Vec::new();
             let mut building = false;
@@ -404,6 +428,9 @@ impl Store {
             }
             if building {
                 // A reverse index still being built may hold references yet to be found.
+                if started.elapsed() > BUILD_WAIT {
+                    return Ok(false);
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -414,7 +441,94 @@ impl Store {
                 Ok::<_, StoreError>(())
             })
             .await?;
-            return Ok(());
+            return Ok(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::auth::Principal;
+    use crate::docs::open_for_test;
+    use crate::engine::{Direction, KeyRange, Keyspace};
+    use crate::model::{CollectionConfig, OnDelete, Relation};
+    use serde_json::json;
+
+    /// A delete whose cascade needs a reverse index that stopped building (as after a failed
+    /// chunk) answers after `BUILD_WAIT` with its job still recorded, instead of waiting for
+    /// ever and holding every later delete; the job finishes when the build ends.
+    #[tokio::test]
+    async fn a_job_waiting_for_an_unfinished_index_runs_when_the_build_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = open_for_test(dir.path()).await;
+        let who = Principal::Service;
+        let plain = |relations| CollectionConfig {
+            rules: None,
+            indexes: vec![],
+            schema: None,
+            relations,
+        };
+        docs.configure(&who, "posts", plain(Default::default()))
+            .await
+            .unwrap();
+        let relation = Relation {
+            collection: "posts".into(),
+            on_delete: OnDelete::Cascade,
+        };
+        let relations = [("post".to_string(), relation)].into_iter().collect();
+        docs.configure(&who, "comments", plain(relations))
+            .await
+            .unwrap();
+        let store = docs.store().clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store
+            .index_states("comments")
+            .iter()
+            .any(|i| i.state != "ready")
+        {
+            assert!(std::time::Instant::now() < deadline, "never built");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        docs.set(&who, "posts", "p", json!({}), None).await.unwrap();
+        docs.set(&who, "comments", "c", json!({"post": "p"}), None)
+            .await
+            .unwrap();
+
+        // The reverse index as a stopped build leaves it: declared, not ready.
+        let signature = format!("{}post", super::REVERSE_PREFIX);
+        store.set_index_ready("comments", &signature, false);
+        let bounded = std::time::Duration::from_secs(30);
+        tokio::time::timeout(bounded, docs.delete(&who, "posts", "p", None))
+            .await
+            .expect("the delete answers")
+            .unwrap();
+        // What the index already holds is dereferenced; the job stays for what the rest of
+        // the build may find.
+        assert!(docs.get(&who, "comments", "c").await.is_err());
+        let jobs = || async {
+            store
+                .engine
+                .scan(
+                    Keyspace::Meta,
+                    &KeyRange::prefix(super::JOB_PREFIX),
+                    Direction::Forward,
+                    10,
+                )
+                .await
+                .unwrap()
+                .len()
+        };
+        assert_eq!(jobs().await, 1);
+        // Other deletes are not held meanwhile.
+        docs.set(&who, "posts", "q", json!({}), None).await.unwrap();
+        tokio::time::timeout(bounded, docs.delete(&who, "posts", "q", None))
+            .await
+            .expect("a later delete answers")
+            .unwrap();
+
+        super::super::indexes::built(&store, "comments", &signature)
+            .await
+            .unwrap();
+        assert_eq!(jobs().await, 0);
     }
 }

@@ -193,7 +193,10 @@ fn aggregates_over_an_index_and_a_scan_agree_and_are_bounded() {
             .expect(201)
             .json;
         assert_eq!(total(), 101);
-        let doc = format!("/v1/collections/indexed/docs/{}", made["id"].as_str().unwrap());
+        let doc = format!(
+            "/v1/collections/indexed/docs/{}",
+            made["id"].as_str().unwrap()
+        );
         srv.patch(&doc, &json!({"n": 70})).expect(200);
         assert_eq!(total(), 100);
         srv.patch(&doc, &json!({"n": 59})).expect(200);

@@ -151,8 +151,8 @@ export class Collection<T extends object = DocData> {
     private readonly transport: Transport,
     readonly name: string,
     private readonly realtime: Connection,
-    private readonly offline: Offline | null = null,
-    private readonly sendOne: (op: Record<string, unknown>) => Promise<Doc | null> = async () => null,
+    /** The offline cache, and how it sends a write (a batch of one): both or neither. */
+    private readonly offline: { cache: Offline; sendOne: (op: Record<string, unknown>) => Promise<Doc | null> } | null,
   ) {}
 
   private get path() {
@@ -169,8 +169,9 @@ export class Collection<T extends object = DocData> {
    */
   async create(data: T): Promise<Doc<T>> {
     if (this.offline) {
-      const op = { op: "create" as const, collection: this.name, id: this.offline.newId(), data: data as DocData };
-      return (await this.offline.write(op, () => this.sendOne(op))) as Doc<T>;
+      const { cache, sendOne } = this.offline;
+      const op = { op: "create" as const, collection: this.name, id: cache.newId(), data: data as DocData };
+      return (await cache.write(op, () => sendOne(op))) as Doc<T>;
     }
     return this.transport.call((headers) =>
       this.transport.api.POST("/v1/collections/{collection}/docs", { ...this.path, body: data as never, headers }),
@@ -187,7 +188,7 @@ export class Collection<T extends object = DocData> {
           headers,
         }),
       ) as Promise<Doc<T>>;
-    return this.offline ? (this.offline.get(this.name, id, read as () => Promise<Doc>) as Promise<Doc<T>>) : read();
+    return this.offline ? (this.offline.cache.get(this.name, id, read as () => Promise<Doc>) as Promise<Doc<T>>) : read();
   }
 
   /** Creates or replaces a document under an id of your choosing. */
@@ -256,13 +257,13 @@ export class Collection<T extends object = DocData> {
   ): Promise<R> {
     if (!this.offline) return send();
     const local = { ...write, collection: this.name, transforms: write.transforms as Record<string, Transform> | undefined };
-    return this.offline.write(local, send as () => Promise<Doc | null>) as Promise<R>;
+    return this.offline.cache.write(local, send as () => Promise<Doc | null>) as Promise<R>;
   }
 
   /** One page of the documents that match and that you may read. */
   list(options: ListOptions = {}): Promise<Page<T>> {
     const read = () => this.listFromServer(options);
-    return this.offline ? (this.offline.list(this.name, options, read as () => Promise<Page>) as Promise<Page<T>>) : read();
+    return this.offline ? (this.offline.cache.list(this.name, options, read as () => Promise<Page>) as Promise<Page<T>>) : read();
   }
 
   private listFromServer(options: ListOptions): Promise<Page<T>> {
@@ -332,7 +333,7 @@ export class Collection<T extends object = DocData> {
     const topics = options.ids?.length ? options.ids.map((id) => `${this.name}/${id}`) : [this.name];
     // With the offline cache, writes made here are heard at once, and the server's events for
     // a document with writes still queued wait until the cache settles it.
-    const offline = this.offline;
+    const offline = this.offline?.cache;
     const stopLocal = offline?.watch(this.name, options.filter, options.ids, listener as (e: ChangeEvent) => void);
     const stop = this.realtime.add(
       { subscribe: topics.join(","), filter: options.filter },

@@ -109,7 +109,7 @@ export class Emberbase {
             userId: () => this.auth.user?.id ?? null,
             send: (op) => this.sendOne(op),
             fetch: (collection, id) =>
-              new Collection(this.transport, collection, this.realtime).get(id).catch((e: unknown) => {
+              new Collection(this.transport, collection, this.realtime, null).get(id).catch((e: unknown) => {
                 if (e instanceof EmberbaseError && e.status === 404) return null;
                 throw e;
               }),
@@ -143,7 +143,8 @@ export class Emberbase {
   collection<K extends keyof CollectionTypes & string>(name: K): Collection<CollectionTypes[K] & object>;
   collection<T extends object = DocData>(name: string): Collection<T>;
   collection(name: string): Collection<DocData> {
-    return new Collection<DocData>(this.transport, name, this.realtime, this.offline, (op) => this.sendOne(op));
+    const offline = this.offline && { cache: this.offline, sendOne: (op: Record<string, unknown>) => this.sendOne(op) };
+    return new Collection<DocData>(this.transport, name, this.realtime, offline);
   }
 
   /** One write as a batch of one (the offline queue sends what it holds this way). */
