@@ -360,9 +360,9 @@ impl Documents {
     /// How many documents of `collection` match `filter` and may be read by `who`. Without a
     /// filter, for a caller the read rule lets see every document, it is the collection's
     /// counter; otherwise a scan that counts an index's entries without reading the documents
-    /// when the index serves the whole filter. For such a caller the count is kept, and
-    /// served again until the next change anywhere in the store (a pager asks for the same
-    /// total on every page): a filter that reads the clock is always counted afresh.
+    /// when the index serves the whole filter. For such a caller, on a single node, the count
+    /// is kept and served again until the next change anywhere in the store (a pager asks for
+    /// the same total on every page); a filter that reads the clock is always counted afresh.
     pub(crate) async fn count(
         &self,
         who: &Principal,
@@ -373,8 +373,11 @@ impl Documents {
         if filter.is_none() && !read.per_doc {
             return Ok(self.inner.store.document_count(collection).await?);
         }
-        let cached = (!read.per_doc && !filter.is_some_and(reads_clock))
-            .then(|| (collection.to_string(), format!("{filter:?}")));
+        // Not in a cluster: another node's change reaches this one's sequence a moment after
+        // it answered, and a count must include every write acknowledged before it.
+        let cached =
+            (!read.per_doc && !filter.is_some_and(reads_clock) && !self.inner.store.is_shared())
+                .then(|| (collection.to_string(), format!("{filter:?}")));
         // Read before counting: a change committed meanwhile moves it, and the count it may
         // or may not include is never served again.
         let seq = self.inner.store.last_seq();
