@@ -53,6 +53,9 @@ const MAX_GROUP_BY: usize = 4;
 const MAX_OPS: usize = 16;
 /// Counts kept for reuse (see [`Documents::count`]); the map is cleared when full.
 const CACHED_COUNTS: usize = 1024;
+/// The longest filter (as the cache keys it) whose count is kept: the kept keys stay within
+/// about 1 MiB.
+const CACHED_FILTER_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -377,7 +380,8 @@ impl Documents {
         // it answered, and a count must include every write acknowledged before it.
         let cached =
             (!read.per_doc && !filter.is_some_and(reads_clock) && !self.inner.store.is_shared())
-                .then(|| (collection.to_string(), format!("{filter:?}")));
+                .then(|| (collection.to_string(), format!("{filter:?}")))
+                .filter(|(_, filter)| filter.len() <= CACHED_FILTER_BYTES);
         // Read before counting: a change committed meanwhile moves it, and the count it may
         // or may not include is never served again.
         let seq = self.inner.store.last_seq();
