@@ -397,12 +397,11 @@ export class Offline {
     this.dequeue(w);
     if (doc) this.remember(doc);
     else this.forget(w.collection, w.id);
-    for (const next of this.queue) {
-      if (next.collection === w.collection && next.id === w.id && next.ifVersion === "previous") {
-        next.ifVersion = doc?.version ?? null;
-        this.mark(`w:${next.seq}`, next);
-        break;
-      }
+    // The next write to the document was made against what this one leaves.
+    const next = this.queue.find((q) => q.collection === w.collection && q.id === w.id);
+    if (next?.ifVersion === "previous") {
+      next.ifVersion = doc?.version ?? null;
+      this.mark(`w:${next.seq}`, next);
     }
     const after = this.view(w.collection, w.id);
     if (!sameDoc(before, after)) this.emitLocal(w.collection, w.id, before, after);
