@@ -319,6 +319,23 @@ impl Store {
     }
 
     /// The state of each index of a collection, in declaration order.
+    /// Waits (up to 10 s, for a test) until every index of `collection` is built.
+    #[cfg(test)]
+    pub(crate) async fn indexes_built(&self, collection: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self
+            .index_states(collection)
+            .iter()
+            .any(|i| i.state != "ready")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the indexes of {collection} were never built"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub(crate) fn index_states(&self, collection: &str) -> Vec<IndexState> {
         self.collection(collection)
             .map(|state| {

@@ -480,15 +480,7 @@ mod tests {
             .await
             .unwrap();
         let store = docs.store().clone();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store
-            .index_states("comments")
-            .iter()
-            .any(|i| i.state != "ready")
-        {
-            assert!(std::time::Instant::now() < deadline, "never built");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        store.indexes_built("comments").await;
         docs.set(&who, "posts", "p", json!({}), None).await.unwrap();
         docs.set(&who, "comments", "c", json!({"post": "p"}), None)
             .await

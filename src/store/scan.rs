@@ -557,19 +557,7 @@ mod tests {
             .await
             .unwrap();
         // Until its build is done the planner does not use the index.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while docs
-            .store()
-            .index_states("c")
-            .iter()
-            .any(|i| i.state != "ready")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the index was never built"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        docs.store().indexes_built("c").await;
         let engine = docs.store().engine.clone();
         // The entries of the `data.n` index (the built-in owner index has its own).
         let entries = || async {
