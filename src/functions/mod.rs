@@ -62,7 +62,7 @@ struct Inner {
     /// else it reads again: a function deleted here never comes back from an earlier read.
     generation: Mutex<u64>,
     /// Every trigger of every function, for the commit hook (which runs on the writer thread).
-    triggers: RwLock<Arc<Vec<(String, Trigger)>>>,
+    triggers: RwLock<Arc<Vec<(String, records::Armed)>>>,
     dispatch: dispatch::Dispatchers,
     tokio: tokio::runtime::Handle,
     /// Each loaded function's log budget (entries go with their function).
@@ -98,7 +98,7 @@ struct Inner {
 ///
 /// let functions = server.functions();
 /// functions.upload(&Principal::Service, "hello", wasm).await?;
-/// let http = Trigger { on: "http".into(), collection: None, bucket: None, cron: None };
+/// let http = Trigger { on: "http".into(), collection: None, bucket: None, cron: None, when: None };
 /// let config = FunctionConfig { triggers: vec![http], ..Default::default() };
 /// functions.configure(&Principal::Service, "hello", config).await?;
 ///

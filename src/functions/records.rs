@@ -7,7 +7,12 @@ use super::runtime::LogLine;
 use super::{dispatch, Functions, FunctionsError, Result};
 use crate::docs::check_collection;
 use crate::model::{Change, Subject};
+use crate::query::ast::Path;
+use crate::query::eval::walk;
+use crate::query::{self, Dialect, Expr, Scope};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
 
 /// The most memory a function may be given, in MiB.
 pub(super) const MAX_MEMORY_MB: u64 = 4096;
@@ -26,6 +31,89 @@ pub struct Trigger {
     /// For `schedule`: a five-field cron expression, in UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// For document and file triggers: a condition in the filter language over `before` and
+    /// `after` (the document or file as it was and as it is, null when absent), decided in the
+    /// commit: a change that does not meet it makes no event. For example
+    /// `after.data.status == "paid" && before.data.status != "paid"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+}
+
+/// The longest `when`, in bytes.
+const MAX_WHEN: usize = 4096;
+
+/// Compiles a trigger's `when`.
+pub(super) fn compile_when(src: &str) -> std::result::Result<Expr, String> {
+    if src.len() > MAX_WHEN {
+        return Err(format!("`when` is at most {MAX_WHEN} bytes"));
+    }
+    query::parse_expr(src, Dialect::Trigger).map_err(|e| e.to_string())
+}
+
+/// A trigger as the commit matches it, its `when` compiled.
+#[derive(Debug, Clone)]
+pub(super) struct Armed {
+    pub(super) trigger: Trigger,
+    /// `None` without a condition; `Some(None)` when the stored one no longer compiles (it
+    /// then matches nothing, rather than everything).
+    when: Option<Option<Expr>>,
+}
+
+impl Armed {
+    pub(super) fn new(trigger: Trigger) -> Armed {
+        let when = trigger.when.as_deref().map(|src| match compile_when(src) {
+            Ok(expr) => Some(expr),
+            Err(e) => {
+                tracing::warn!(when = src, error = %e, "a trigger's stored `when` does not compile: it fires on nothing");
+                None
+            }
+        });
+        Armed { trigger, when }
+    }
+
+    /// Whether a change fires the trigger: its kind and subject, then its `when`.
+    pub(super) fn matches(&self, change: &Change) -> bool {
+        self.trigger.matches(change)
+            && match &self.when {
+                None => true,
+                Some(Some(expr)) => query::matches(expr, &ChangeScope(change)),
+                Some(None) => false,
+            }
+    }
+}
+
+/// `before` and `after` of a change, for a `when`.
+struct ChangeScope<'a>(&'a Change);
+
+impl Scope for ChangeScope<'_> {
+    fn lookup(&self, path: &Path) -> Option<Cow<'_, Value>> {
+        let (root, rest) = path.segments.split_first()?;
+        let after = match root.as_str() {
+            "before" => false,
+            "after" => true,
+            _ => return None,
+        };
+        match &self.0.subject {
+            Subject::Document {
+                before, after: now, ..
+            } => {
+                let Some(doc) = (if after { now } else { before }) else {
+                    return rest.is_empty().then_some(Cow::Owned(Value::Null));
+                };
+                if rest.is_empty() {
+                    serde_json::to_value(doc).ok().map(Cow::Owned)
+                } else {
+                    doc.lookup_segments(rest)
+                }
+            }
+            Subject::File {
+                before, after: now, ..
+            } => {
+                let file = serde_json::to_value(if after { now } else { before }).ok()?;
+                walk(&file, rest).cloned().map(Cow::Owned)
+            }
+        }
+    }
 }
 
 impl Trigger {
@@ -132,9 +220,14 @@ impl Functions {
                     if t.cron.is_some() {
                         return bad("`cron` is only for schedule triggers");
                     }
+                    if let Some(when) = &t.when {
+                        if let Err(e) = compile_when(when) {
+                            return bad(&format!("invalid `when`: {e}"));
+                        }
+                    }
                 }
                 "http" => {
-                    if t.collection.is_some() || t.bucket.is_some() || t.cron.is_some() {
+                    if t.collection.is_some() || t.bucket.is_some() || t.cron.is_some() || t.when.is_some() {
                         return bad("an http trigger takes no other field");
                     }
                 }
@@ -145,8 +238,8 @@ impl Functions {
                     if let Err(e) = dispatch::parse_cron(cron) {
                         return bad(&format!("invalid cron {cron:?}: {e}"));
                     }
-                    if t.collection.is_some() || t.bucket.is_some() {
-                        return bad("a schedule trigger takes no collection or bucket");
+                    if t.collection.is_some() || t.bucket.is_some() || t.when.is_some() {
+                        return bad("a schedule trigger takes no collection, bucket or `when`");
                     }
                 }
                 other => {

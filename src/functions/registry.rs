@@ -2,9 +2,10 @@
 //! artifact), configuring, listing and deleting functions, and loading them at start.
 
 use super::error::internal;
+use super::records::Armed;
 use super::{
     check_name, dispatch, runtime, FunctionConfig, FunctionInfo, FunctionRecord, Functions,
-    FunctionsError, Loaded, Result, Trigger,
+    FunctionsError, Loaded, Result,
 };
 use crate::auth::Principal;
 use crate::model::now_rfc3339;
@@ -287,7 +288,7 @@ impl Functions {
     }
 
     pub(super) fn rebuild_triggers(&self) {
-        let all: Vec<(String, Trigger)> = match self.inner.loaded.read() {
+        let all: Vec<(String, Armed)> = match self.inner.loaded.read() {
             Ok(map) => map
                 .iter()
                 .flat_map(|(name, l)| {
@@ -296,7 +297,7 @@ impl Functions {
                         .config
                         .triggers
                         .iter()
-                        .map(move |t| (name.clone(), t.clone()))
+                        .map(move |t| (name.clone(), Armed::new(t.clone())))
                 })
                 .collect(),
             Err(_) => return,

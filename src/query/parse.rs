@@ -20,6 +20,9 @@ pub(crate) enum Dialect {
     /// A bucket's access rule: `auth`, `file` (stored metadata, or null), `request.size`,
     /// `request.content_type`, `request.path`.
     FileRule,
+    /// A trigger's `when`: `before` and `after`, the document (or file) as a change leaves and
+    /// finds it, each null when absent.
+    Trigger,
 }
 
 /// The deepest nesting of parentheses, `!` and array literals accepted, so that hostile input
@@ -600,6 +603,12 @@ fn check_root(path: &Path, dialect: Dialect, column: usize) -> Result<(), ParseE
                 ))
             }
         }
+        Dialect::Trigger => match path.root() {
+            "before" | "after" => Ok(()),
+            _ => err(format!(
+                "unknown name `{path}`; a trigger's `when` may use `before` and `after`"
+            )),
+        },
     }
 }
 

@@ -38,7 +38,7 @@ impl Rule {
                 let expr = parse_expr(s, dialect)?;
                 let item = match dialect {
                     Dialect::FileRule => "file",
-                    Dialect::Rule | Dialect::Document => "doc",
+                    Dialect::Rule | Dialect::Document | Dialect::Trigger => "doc",
                 };
                 let uses_doc = super::mentions(&expr, item);
                 Ok(Rule::Expr { expr, uses_doc })

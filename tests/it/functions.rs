@@ -447,6 +447,113 @@ fn triggers_fire_with_before_after_and_auth_up_to_the_depth_limit() {
 }
 
 #[test]
+fn trigger_filters_decide_in_the_commit_on_create_update_and_delete() {
+    let srv = start();
+    let paid = r#"after.data.status == "paid" && before.data.status != "paid""#;
+    deploy(
+        &srv,
+        "filtered",
+        &recorder("seen", None),
+        json!({"triggers": [
+            {"on": "create", "collection": "orders", "when": "after.data.total > 100"},
+            {"on": "update", "collection": "orders", "when": paid},
+            {"on": "delete", "collection": "orders", "when": r#"before.data.status == "paid""#},
+            {"on": "write", "bucket": "uploads", "when": "after.size > 3"},
+        ]}),
+    );
+    let small = srv
+        .post(
+            "/v1/collections/orders/docs",
+            &json!({"status": "open", "total": 50}),
+        )
+        .expect(201)
+        .json;
+    let big = srv
+        .post(
+            "/v1/collections/orders/docs",
+            &json!({"status": "open", "total": 500}),
+        )
+        .expect(201)
+        .json;
+    let at = |doc: &Value| {
+        format!(
+            "/v1/collections/orders/docs/{}",
+            doc["id"].as_str().unwrap()
+        )
+    };
+    srv.patch(&at(&small), &json!({"status": "paid"}))
+        .expect(200);
+    // Already paid: no event.
+    srv.patch(&at(&small), &json!({"note": "thanks"}))
+        .expect(200);
+    // Not paid: no event.
+    srv.delete(&at(&big)).expect(204);
+    srv.delete(&at(&small)).expect(204);
+    for (path, body) in [("a.txt", &b"hi"[..]), ("b.txt", &b"hello"[..])] {
+        let req = srv
+            .admin("PUT", &format!("/v1/files/uploads/{path}"))
+            .set("Content-Type", "text/plain");
+        send(req, Some(body)).expect(201);
+    }
+
+    let seen = eventually("four events", || {
+        let seen = docs(&srv, "seen");
+        (seen.len() >= 4).then_some(seen)
+    });
+    let events: Vec<(String, String)> = seen
+        .iter()
+        .map(|d| {
+            let e = &d["data"]["event"];
+            let what = e["after"]["data"]["total"]
+                .as_u64()
+                .or(e["before"]["data"]["total"].as_u64())
+                .map_or_else(
+                    || e["path"].as_str().unwrap_or("").to_string(),
+                    |t| t.to_string(),
+                );
+            (e["trigger"].as_str().unwrap_or("").to_string(), what)
+        })
+        .collect();
+    let expected = [
+        ("create", "500"),
+        ("update", "50"),
+        ("delete", "50"),
+        ("create", "b.txt"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(events, expected);
+    // Nothing was queued for the changes that did not match: no invocation of any kind.
+    assert_eq!(invocations(&srv, "filtered").len(), 4);
+
+    // A `when` is checked like a filter, with its column, and only where it means something.
+    let bad = configure(
+        &srv,
+        "filtered",
+        json!({"triggers": [{"on": "create", "collection": "orders", "when": "after.data.n >"}]}),
+    );
+    let bad = bad.expect_error(400, "validation_failed");
+    assert!(bad.text.contains("column 15"), "{}", bad.text);
+    let unknown = configure(
+        &srv,
+        "filtered",
+        json!({"triggers": [{"on": "create", "collection": "orders", "when": "doc.x == 1"}]}),
+    );
+    assert!(unknown
+        .expect_error(400, "validation_failed")
+        .text
+        .contains("before"));
+    configure(
+        &srv,
+        "filtered",
+        json!({"triggers": [{"on": "http", "when": "after != null"}]}),
+    )
+    .expect_error(400, "validation_failed");
+}
+
+#[test]
 fn runaway_functions_are_stopped_and_the_server_keeps_serving() {
     let srv = start();
     let spin = guest(&[], "", "(loop $l (br $l)) (i64.const 0)");

@@ -1344,6 +1344,13 @@ export interface components {
              *     `schedule`.
              */
             on: string;
+            /**
+             * @description For document and file triggers: a condition in the filter language over `before` and
+             *     `after` (the document or file as it was and as it is, null when absent), decided in the
+             *     commit: a change that does not meet it makes no event. For example
+             *     `after.data.status == "paid" && before.data.status != "paid"`.
+             */
+            when?: string | null;
         };
         /** @description What an upload answers. */
         Uploaded: {
