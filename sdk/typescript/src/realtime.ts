@@ -187,8 +187,8 @@ export class Connection {
   private async run(abort: AbortController): Promise<void> {
     // Subscriptions added in the same turn go with the first connect; with the offline cache,
     // it resumes where the last page (or process) stopped.
-    const position = this.cache ? await this.cache.resumePosition() : await Promise.resolve(null);
-    this.lastEventId ??= position;
+    const position = await this.cache?.resumePosition();
+    this.lastEventId ??= position ?? null;
     while (!abort.signal.aborted) {
       let delay = 0;
       try {

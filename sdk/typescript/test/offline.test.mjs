@@ -226,3 +226,33 @@ test("the stream resumes from the position kept in the file", async () => {
   assert.deepEqual(replayed, ["create while closed"]);
   await second.offline.close();
 });
+
+test("a subscription the server refuses at a reconnect fails alone; the others resume with reset", async () => {
+  const { name, tokens } = await setup();
+  const other = `${name}_other`;
+  await admin(server, "PUT", `/v1/admin/collections/${other}`, { rules: RULES });
+  const eb = client({ storage: tokens });
+  await eb.auth.signup(`isolate-${Date.now()}@example.com`, PASSWORD);
+  const kept = [];
+  const refused = [];
+  let ready = 0;
+  const stopKept = eb.collection(name).subscribe((e) => kept.push(e.type === "reset" ? "reset" : e.doc.data.title), {
+    onReady: () => ready++,
+  });
+  const stopRefused = eb.collection(other).subscribe(() => {}, {
+    onReady: () => ready++,
+    onError: (e) => refused.push(e),
+  });
+  await eventually("both live", () => ready >= 2);
+  // The second collection becomes admins-only; the server restarts, and the client's
+  // reconnect carries both subscriptions.
+  await admin(server, "PUT", `/v1/admin/collections/${other}`, { rules: { ...RULES, read: null } });
+  server = await server.restart();
+  await eventually("the refused subscription's error", () => refused.length === 1, 20_000);
+  assert.equal(refused[0].status, 403);
+  await eventually("the kept one told to refetch", () => kept.includes("reset"), 20_000);
+  await eb.collection(name).create({ title: "after" });
+  await eventually("the kept one still live", () => kept.includes("after"), 20_000);
+  stopKept();
+  stopRefused();
+});
