@@ -30,6 +30,8 @@ pub struct Config {
     pub files: FilesConfig,
     pub functions: FunctionsConfig,
     pub realtime: RealtimeConfig,
+    pub webhooks: WebhooksConfig,
+    pub outbound: OutboundConfig,
 }
 
 /// The deepest JSON nesting `limits.max_json_depth` may allow: serde_json reads at most 128
@@ -103,6 +105,49 @@ pub struct FunctionsConfig {
     pub max_log_bytes: usize,
     /// Log bytes one function may write per minute across all its invocations.
     pub log_bytes_per_minute: u64,
+}
+
+/// Outbound webhooks: how their deliveries are timed, retried and kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// How long one delivery may take (connecting, sending, and the answer's headers and
+    /// excerpt), in milliseconds.
+    pub timeout_ms: u64,
+    /// The first retry's delay in milliseconds; each next one is four times longer, up to an
+    /// hour, with jitter.
+    pub retry_base_ms: u64,
+    /// Attempts of a message before it is dead (a webhook may set its own).
+    pub max_attempts: u32,
+    /// Deliveries in flight at once per webhook (a webhook may set its own); messages about
+    /// the same document, file or account are always delivered one after the other.
+    pub concurrency: usize,
+    /// Delivery attempts, and delivered or dead messages, kept per webhook.
+    pub log_kept: usize,
+    /// How long a rotated-out secret still signs deliveries, in seconds.
+    pub rotation_grace_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            timeout_ms: 10_000,
+            retry_base_ms: 5_000,
+            max_attempts: 8,
+            concurrency: 8,
+            log_kept: 1_000,
+            rotation_grace_secs: 86_400,
+        }
+    }
+}
+
+/// Requests the server sends on a user's behalf (webhook deliveries).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Hosts that may be reached at loopback, private or link-local addresses, which are
+    /// refused otherwise: `host`, `host:port` (that port only) or an IP address.
+    pub allow_private_hosts: Vec<String>,
 }
 
 impl Default for FunctionsConfig {
@@ -461,7 +506,8 @@ impl Config {
         // back; the message names the key.
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
-        let ranges: [(&str, u64, u64, u64); 40] = [
+        let w = &self.webhooks;
+        let ranges: [(&str, u64, u64, u64); 46] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -623,11 +669,25 @@ impl Config {
                 1,
                 1 << 20,
             ),
+            ("webhooks.timeout_ms", w.timeout_ms, 1, 300_000),
+            ("webhooks.retry_base_ms", w.retry_base_ms, 1, 3_600_000),
+            ("webhooks.max_attempts", u64::from(w.max_attempts), 1, 100),
+            ("webhooks.concurrency", w.concurrency as u64, 1, 256),
+            ("webhooks.log_kept", w.log_kept as u64, 1, 1 << 20),
+            (
+                "webhooks.rotation_grace_secs",
+                w.rotation_grace_secs,
+                0,
+                30 * DAY,
+            ),
         ];
         for (key, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
                 return invalid(key, &format!("must be from {min} to {max}, not {value}"));
             }
+        }
+        if let Err(e) = crate::outbound::Policy::new(&self.outbound.allow_private_hosts) {
+            return invalid("outbound.allow_private_hosts", &e);
         }
         let key = &self.auth.service_key;
         if !key.is_empty() && key.len() < 24 {

@@ -68,9 +68,11 @@ pub mod engine;
 mod error;
 mod files;
 mod functions;
+mod lease;
 mod metrics;
 mod migrate;
 mod model;
+mod outbound;
 mod query;
 mod realtime;
 mod secrets;
@@ -78,6 +80,8 @@ mod server;
 mod store;
 mod tls;
 mod transforms;
+mod webhooks;
+mod when;
 
 pub use api::openapi;
 pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};
@@ -104,6 +108,10 @@ pub use realtime::{
 };
 pub use server::{Server, ServerBuilder, StartError};
 pub use store::ChangeReceiver;
+pub use webhooks::{
+    WebhookDelivery, WebhookInfo, WebhookMessage, WebhookSpec, WebhookWithSecret, Webhooks,
+    WebhooksError,
+};
 
 /// The function sandbox's and the rule language's internals, for the project's own benchmarks
 /// (`benches/functions.rs`, `benches/rules.rs`, built with `--features internals`). Not API: it

@@ -15,6 +15,7 @@ pub(crate) struct Metrics {
     pub store_ops: IntCounterVec,
     pub file_bytes: IntCounterVec,
     pub function_invocations: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
     pub function_duration: HistogramVec,
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
@@ -57,6 +58,13 @@ impl Metrics {
             ),
             &["function", "status"],
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by outcome (delivered, failed, dead)",
+            ),
+            &["status"],
+        )?;
         let function_duration = HistogramVec::new(
             HistogramOpts::new("function_duration_seconds", "Function run time")
                 .buckets(LATENCY_BUCKETS.to_vec()),
@@ -96,6 +104,7 @@ impl Metrics {
         registry.register(Box::new(store_ops.clone()))?;
         registry.register(Box::new(file_bytes.clone()))?;
         registry.register(Box::new(function_invocations.clone()))?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(function_duration.clone()))?;
         registry.register(Box::new(commit_group_size.clone()))?;
         registry.register(Box::new(flush_duration.clone()))?;
@@ -139,6 +148,7 @@ impl Metrics {
             store_ops,
             file_bytes,
             function_invocations,
+            webhook_deliveries,
             function_duration,
             commit_group_size,
             flush_duration,

@@ -434,6 +434,16 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// What happened to an account (`signup`, `login`, `delete`), committed with the account's own
+/// write, so that the webhooks that deliver account events queue it in the same transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct AccountEvent {
+    pub(crate) kind: &'static str,
+    /// The account as the API shows it.
+    pub(crate) user: serde_json::Value,
+    pub(crate) time: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Starting and stopping a server: the composition root that opens the store, builds the
 //! services and runs the HTTP layer on a listener it is given or binds.
 
-use crate::api::{self, AppState, RouteHook};
+use crate::api::{self, AppState, RouteHook, Services};
 use crate::auth::password::PasswordHasherPool;
 use crate::auth::tokens::TokenIssuer;
 use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 use crate::secrets::Secrets;
 use crate::store::{Store, StoreOptions};
+use crate::webhooks::Webhooks;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -162,6 +163,15 @@ impl ServerBuilder {
                 "removed what an interrupted upload or delete left behind"
             );
         }
+        // Before functions, whose first deliveries may write: every change queues its messages.
+        let webhooks = Webhooks::start(
+            store.clone(),
+            &config.webhooks,
+            &config.outbound,
+            metrics.clone(),
+        )
+        .await
+        .map_err(StartError::Other)?;
         let functions = Functions::start(
             &data_dir,
             store.clone(),
@@ -200,11 +210,14 @@ impl ServerBuilder {
         let shutdown_timeout = config.server.shutdown_timeout_secs;
         let config = Arc::new(config);
         let state = actix_web::web::Data::new(AppState::new(
-            docs.clone(),
-            files.clone(),
-            functions.clone(),
-            realtime.clone(),
-            Arc::new(Authenticator::new(service_key, accounts.clone())),
+            Services {
+                docs: docs.clone(),
+                files: files.clone(),
+                functions: functions.clone(),
+                webhooks: webhooks.clone(),
+                realtime: realtime.clone(),
+                auth: Arc::new(Authenticator::new(service_key, accounts.clone())),
+            },
             metrics,
             config.clone(),
         ));
@@ -245,6 +258,7 @@ impl ServerBuilder {
             docs,
             files,
             functions,
+            webhooks,
             realtime,
             accounts,
             changes,
@@ -458,6 +472,7 @@ pub struct Server {
     docs: Documents,
     files: Files,
     functions: Functions,
+    webhooks: Webhooks,
     realtime: Realtime,
     accounts: Arc<Accounts>,
     changes: Changes,
@@ -494,6 +509,11 @@ impl Server {
         &self.functions
     }
 
+    /// The webhook service: configure webhooks, read their delivery log, redeliver.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
     /// The realtime service.
     pub fn realtime(&self) -> &Realtime {
         &self.realtime
@@ -516,6 +536,7 @@ impl Server {
         self.realtime.close();
         self.http.stop(true).await;
         let _ = self.task.await;
+        self.webhooks.stop();
         let functions = self.functions;
         let _ = tokio::task::spawn_blocking(move || functions.stop()).await;
         self.store.close().await;

@@ -12,6 +12,9 @@ Functions: compile time of an uploaded module, end-to-end latency from an acknow
 the trigger's own write being readable, trigger throughput, and naive fib(30) as an Emberbase
 HTTP function (AssemblyScript) against the same code as a PocketBase JS hook.
 
+Webhooks: deliveries per second to a loopback receiver (the bare actix server), at two
+concurrencies.
+
 Cluster: one Emberbase node on PostgreSQL (Debian's server, started here, fsync on) against one
 on sled and PocketBase, GET/create/list and trigger latency, with the CPU each request costs the
 node and PostgreSQL, from which the capacity model derives how many nodes one primary serves.
@@ -23,7 +26,7 @@ Emberbase alone with 1,000 subscriptions multiplexed over 100 connections (laten
 memory each subscription costs against a stream of its own).
 
     python3 benches/load/harness.py [--duration 10] [--connections 32] [--threads 1]
-                                    [--only docs|files|functions|realtime|cluster|schemas]
+                                    [--only docs|files|functions|webhooks|realtime|cluster|schemas]
 """
 
 import argparse
@@ -103,8 +106,9 @@ def start_emberbase(tmp, port=EB_PORT, name="eb", extra_env=None):
     data = os.path.join(tmp, name)
     # Every load client runs on one address: lift the per-address stream limit (100) so that the
     # realtime loads can open 1,000 streams from it, as 1,000 devices would.
+    # The webhook loads deliver to the bare actix server on loopback, which must be allow-listed.
     env = dict(os.environ, EMBERBASE_LOG__LEVEL="warn", EMBERBASE_REALTIME__MAX_SUBSCRIBERS_PER_CLIENT="2000",
-               **(extra_env or {}))
+               EMBERBASE_OUTBOUND__ALLOW_PRIVATE_HOSTS='["127.0.0.1"]', **(extra_env or {}))
     proc = subprocess.Popen(
         [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -549,6 +553,36 @@ def run_function_loads(tmp, eb_auth):
     return results
 
 
+def run_webhook_loads(eb_auth):
+    """Webhook deliveries to a loopback receiver (the bare actix server's POST /hook, which
+    answers 204): 5,000 creates in batches, then the time until every message is delivered, at
+    the default concurrency and at 32."""
+    base = f"http://127.0.0.1:{EB_PORT}"
+    spec = {"url": f"http://127.0.0.1:{BARE_PORT}/hook", "collection": "hook_src"}
+    hook = request("POST", base + "/v1/admin/webhooks", spec, eb_auth)["id"]
+
+    def delivered():
+        text = urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=eb_auth)).read().decode()
+        m = re.search(r'emberbase_webhook_deliveries_total\{status="delivered"\} (\d+)', text)
+        return int(m.group(1)) if m else 0
+    results = {}
+    for concurrency in (8, 32):
+        request("PUT", f"{base}/v1/admin/webhooks/{hook}", dict(spec, concurrency=concurrency), eb_auth)
+        before = delivered()
+        n = 5000
+        started = time.perf_counter()
+        for start in range(0, n, 500):
+            ops = [{"op": "create", "collection": "hook_src", "data": {"i": i}} for i in range(start, start + 500)]
+            request("POST", base + "/v1/batch", {"ops": ops}, eb_auth)
+        while delivered() < before + n:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        results[concurrency] = n / elapsed
+        print(f"  webhook deliveries, concurrency {concurrency}: {n} in {elapsed:.2f} s = "
+              f"{results[concurrency]:.0f} deliveries/s", flush=True)
+    return results
+
+
 # (label, subscribers, writes, writes per second; 0 = as fast as the server takes them)
 REALTIME_LOADS = [
     ("latency, 1 subscriber", 1, 500, 100),
@@ -805,7 +839,7 @@ def main():
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-build", action="store_true", help="use the existing release binaries")
-    parser.add_argument("--only", choices=["docs", "files", "functions", "realtime", "cluster", "schemas"],
+    parser.add_argument("--only", choices=["docs", "files", "functions", "webhooks", "realtime", "cluster", "schemas"],
                         help="run only one group of loads")
     args = parser.parse_args()
     if not args.skip_build:
@@ -837,6 +871,11 @@ def main():
             print("functions:", flush=True)
             run_function_loads(tmp, eb_t["auth"])
             if args.only == "functions":
+                return
+        if args.only in (None, "webhooks"):
+            print("webhooks:", flush=True)
+            run_webhook_loads(eb_t["auth"])
+            if args.only == "webhooks":
                 return
         if args.only in (None, "schemas"):
             print("schemas:", flush=True)

@@ -15,6 +15,7 @@ mod refusal;
 mod strict_json;
 mod system;
 mod users;
+mod webhooks;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -24,6 +25,7 @@ use crate::files::Files;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
+use crate::webhooks::Webhooks;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
@@ -39,6 +41,7 @@ pub(crate) struct AppState {
     pub docs: Documents,
     pub files: Files,
     pub functions: Functions,
+    pub webhooks: Webhooks,
     pub realtime: Realtime,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
@@ -47,22 +50,33 @@ pub(crate) struct AppState {
     routes: Arc<RouteTable>,
 }
 
+/// The services the handlers call.
+pub(crate) struct Services {
+    pub docs: Documents,
+    pub files: Files,
+    pub functions: Functions,
+    pub webhooks: Webhooks,
+    pub realtime: Realtime,
+    pub auth: Arc<Authenticator>,
+}
+
 impl AppState {
-    pub(crate) fn new(
-        docs: Documents,
-        files: Files,
-        functions: Functions,
-        realtime: Realtime,
-        auth: Arc<Authenticator>,
-        metrics: Arc<Metrics>,
-        config: Arc<Config>,
-    ) -> Self {
+    pub(crate) fn new(services: Services, metrics: Arc<Metrics>, config: Arc<Config>) -> Self {
         let api = openapi();
         let openapi_json = api.to_pretty_json().unwrap_or_default();
+        let Services {
+            docs,
+            files,
+            functions,
+            webhooks,
+            realtime,
+            auth,
+        } = services;
         AppState {
             docs,
             files,
             functions,
+            webhooks,
             realtime,
             auth,
             metrics,
@@ -167,6 +181,7 @@ impl utoipa::Modify for CommonErrors {
         (name = "files", description = "Files in buckets: uploads, downloads, signed URLs"),
         (name = "realtime", description = "Server-Sent Events of document changes, with read rules per event"),
         (name = "functions", description = "Wasm functions: upload, configure, call, invocation log"),
+        (name = "webhooks", description = "Signed outbound webhooks on document, file and account events, with their delivery log (admins only)"),
         (name = "auth", description = "Accounts, sessions, email verification, password reset"),
         (name = "admin", description = "Users, collection and bucket rules, indexes, outbox (admins only)"),
         (name = "operations", description = "Health, metrics, the API document"),
@@ -208,6 +223,15 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(functions::delete)
         .service(functions::invocations)
         .service(functions::call)
+        .service(webhooks::create_webhook)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::get_webhook)
+        .service(webhooks::update_webhook)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::rotate_webhook_secret)
+        .service(webhooks::list_webhook_deliveries)
+        .service(webhooks::list_webhook_messages)
+        .service(webhooks::redeliver_webhook_message)
         .service(realtime::subscribe)
         .service(realtime::connect)
         .service(realtime::add_subscription)

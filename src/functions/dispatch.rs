@@ -6,8 +6,8 @@
 //! of a document in commit order; a slow function delays only its own queue.
 
 use super::invoke::outcome_status;
-use super::lease::Lease;
 use super::{Functions, Invocation, Loaded};
+use crate::lease::Lease;
 use crate::model::{format_time, now_rfc3339, Change, Subject};
 use crate::store::{HookRecord, KvWrite, Space};
 use serde::{Deserialize, Serialize};

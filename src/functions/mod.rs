@@ -14,7 +14,6 @@ mod dispatch;
 mod error;
 mod host;
 mod invoke;
-mod lease;
 mod records;
 mod registry;
 pub mod runtime;
@@ -169,7 +168,7 @@ impl Functions {
                 Err(e) => tracing::error!(function = %name, error = %e, "cannot load function"),
             }
         }
-        store.set_commit_hook(Some(Arc::new(Outbox(functions.clone()))));
+        store.set_commit_hook("functions", Some(Arc::new(Outbox(functions.clone()))));
         dispatch::start_waker(&functions);
         Ok(functions)
     }
@@ -177,7 +176,7 @@ impl Functions {
     /// Stops the dispatchers and the worker threads, and detaches the outbox from the store
     /// (which also ends the reference cycle between them).
     pub(crate) fn stop(&self) {
-        self.inner.store.set_commit_hook(None);
+        self.inner.store.set_commit_hook("functions", None);
         self.inner.dispatch.stop();
         self.inner.runtime.stop();
     }

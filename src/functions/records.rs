@@ -7,12 +7,8 @@ use super::runtime::LogLine;
 use super::{dispatch, Functions, FunctionsError, Result};
 use crate::docs::check_collection;
 use crate::model::{Change, Subject};
-use crate::query::ast::Path;
-use crate::query::eval::walk;
-use crate::query::{self, Dialect, Expr, Scope};
+use crate::when::{self, When};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::borrow::Cow;
 
 /// The most memory a function may be given, in MiB.
 pub(super) const MAX_MEMORY_MB: u64 = 4096;
@@ -39,80 +35,22 @@ pub struct Trigger {
     pub when: Option<String>,
 }
 
-/// The longest `when`, in bytes.
-const MAX_WHEN: usize = 4096;
-
-/// Compiles a trigger's `when`.
-pub(super) fn compile_when(src: &str) -> std::result::Result<Expr, String> {
-    if src.len() > MAX_WHEN {
-        return Err(format!("`when` is at most {MAX_WHEN} bytes"));
-    }
-    query::parse_expr(src, Dialect::Trigger).map_err(|e| e.to_string())
-}
-
 /// A trigger as the commit matches it, its `when` compiled.
 #[derive(Debug, Clone)]
 pub(super) struct Armed {
     pub(super) trigger: Trigger,
-    /// `None` without a condition; `Some(None)` when the stored one no longer compiles (it
-    /// then matches nothing, rather than everything).
-    when: Option<Option<Expr>>,
+    when: When,
 }
 
 impl Armed {
     pub(super) fn new(trigger: Trigger) -> Armed {
-        let when = trigger.when.as_deref().map(|src| match compile_when(src) {
-            Ok(expr) => Some(expr),
-            Err(e) => {
-                tracing::warn!(when = src, error = %e, "a trigger's stored `when` does not compile: it fires on nothing");
-                None
-            }
-        });
+        let when = When::new(trigger.when.as_deref());
         Armed { trigger, when }
     }
 
     /// Whether a change fires the trigger: its kind and subject, then its `when`.
     pub(super) fn matches(&self, change: &Change) -> bool {
-        self.trigger.matches(change)
-            && match &self.when {
-                None => true,
-                Some(Some(expr)) => query::matches(expr, &ChangeScope(change)),
-                Some(None) => false,
-            }
-    }
-}
-
-/// `before` and `after` of a change, for a `when`.
-struct ChangeScope<'a>(&'a Change);
-
-impl Scope for ChangeScope<'_> {
-    fn lookup(&self, path: &Path) -> Option<Cow<'_, Value>> {
-        let (root, rest) = path.segments.split_first()?;
-        let after = match root.as_str() {
-            "before" => false,
-            "after" => true,
-            _ => return None,
-        };
-        match &self.0.subject {
-            Subject::Document {
-                before, after: now, ..
-            } => {
-                let Some(doc) = (if after { now } else { before }) else {
-                    return rest.is_empty().then_some(Cow::Owned(Value::Null));
-                };
-                if rest.is_empty() {
-                    serde_json::to_value(doc).ok().map(Cow::Owned)
-                } else {
-                    doc.lookup_segments(rest)
-                }
-            }
-            Subject::File {
-                before, after: now, ..
-            } => {
-                let file = serde_json::to_value(if after { now } else { before }).ok()?;
-                walk(&file, rest).cloned().map(Cow::Owned)
-            }
-        }
+        self.trigger.matches(change) && self.when.matches_change(change)
     }
 }
 
@@ -221,7 +159,7 @@ impl Functions {
                         return bad("`cron` is only for schedule triggers");
                     }
                     if let Some(when) = &t.when {
-                        if let Err(e) = compile_when(when) {
+                        if let Err(e) = when::compile(when) {
                             return bad(&format!("invalid `when`: {e}"));
                         }
                     }

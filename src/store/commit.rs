@@ -98,13 +98,13 @@ pub(super) fn decode_tombstone(bytes: &[u8]) -> (u64, u64) {
 }
 
 /// Adds a change record to a transaction, with its history entry (for a document) and the
-/// records the commit hook wants beside it. `has_prev`: the document has a retained change
+/// records the commit hooks want beside it. `has_prev`: the document has a retained change
 /// before this one (see `records`). Returns the change with its size.
 fn append_change(
     txn: &mut dyn Transaction,
     change: Change,
     has_prev: bool,
-    hook: Option<&Arc<dyn super::CommitHook>>,
+    hooks: &super::Hooks,
 ) -> Result<Sized, StoreError> {
     let mut stamped = Vec::new();
     if let Subject::Document { collection, id, .. } = &change.subject {
@@ -114,7 +114,7 @@ fn append_change(
             value: Vec::new(),
         });
     }
-    if let Some(hook) = hook {
+    for (_, hook) in hooks.iter() {
         for record in hook.records(&change) {
             match record {
                 HookRecord::Plain(space, key, value) => {
@@ -329,7 +329,7 @@ impl Store {
                 txn.add(Keyspace::Meta, keys::count_key(collection), delta);
             }
         }
-        let hook = self.shared.hook();
+        let hooks = self.shared.hooks();
         let mut chained: HashSet<DocKey> = HashSet::new();
         let mut changes = Vec::with_capacity(planned.pending.len());
         let pending = std::mem::take(&mut planned.pending);
@@ -357,7 +357,7 @@ impl Store {
                 actor: req.actor.clone(),
                 depth: req.depth,
             };
-            let sized = append_change(&mut *txn, change, has_prev, hook.as_ref())
+            let sized = append_change(&mut *txn, change, has_prev, &hooks)
                 .map_err(|error| BatchFailure { op: 0, error })?;
             changes.push(sized);
         }
@@ -785,16 +785,28 @@ impl Store {
             actor: write.actor.clone(),
             depth: write.depth,
         };
-        let sized = append_change(&mut *txn, change, false, self.shared.hook().as_ref())?;
+        let sized = append_change(&mut *txn, change, false, &self.shared.hooks())?;
         txn.commit(publisher(self, vec![sized])).await?;
         Ok(FileWritten { before, after })
     }
 
     /// Applies a system write atomically and durably, if every check holds
     /// (`StoreError::CasFailed` otherwise).
+    /// An account event in it commits the records the commit hooks want for it, decided (like a
+    /// document write's) with the configuration of the epoch the transaction reads.
     pub(crate) async fn kv_write(&self, write: KvWrite) -> Result<(), StoreError> {
         retry(|| async {
             let mut txn = self.engine.begin().await?;
+            let mut hooked = Vec::new();
+            if !write.events.is_empty() {
+                self.fence(&mut *txn).await?;
+                let hooks = self.shared.hooks();
+                for event in &write.events {
+                    for (_, hook) in hooks.iter() {
+                        hooked.extend(hook.account_records(event));
+                    }
+                }
+            }
             for (space, key, expected) in &write.checks {
                 let stored = txn.get(Keyspace::System, &space.key(key)).await?;
                 if stored.as_deref() != expected.as_deref() {
@@ -812,7 +824,7 @@ impl Store {
             for (space, key) in &write.deletes {
                 txn.delete(Keyspace::System, space.key(key));
             }
-            for (space, key, value) in &write.puts {
+            for (space, key, value) in write.puts.iter().chain(&hooked) {
                 txn.put(Keyspace::System, space.key(key), value.clone());
             }
             if write.changes_config() {
@@ -821,6 +833,12 @@ impl Store {
             txn.commit(None).await?;
             Ok(())
         })
-        .await
+        .await?;
+        if !write.events.is_empty() {
+            for (_, hook) in self.shared.hooks().iter() {
+                hook.account_committed();
+            }
+        }
+        Ok(())
     }
 }

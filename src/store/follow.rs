@@ -109,7 +109,7 @@ impl Store {
         self.reload().await
     }
 
-    /// Reloads every collection's configuration and the commit hook's (index builds stay with
+    /// Reloads every collection's configuration and the commit hooks' (index builds stay with
     /// the node that started them, or resume when a node starts), then tells the services
     /// that cache more.
     async fn reload(&self) -> Result<(), StoreError> {
@@ -119,7 +119,7 @@ impl Store {
             return Ok(());
         }
         self.load_configs().await?;
-        if let Some(hook) = self.shared.hook() {
+        for (_, hook) in self.shared.hooks().iter() {
             hook.reload().await;
         }
         *loaded = epoch;

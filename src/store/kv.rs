@@ -2,6 +2,8 @@
 //! with compare-and-set writes committed like documents are: durable on acknowledgement, and
 //! atomic with their checks.
 
+use crate::model::AccountEvent;
+
 /// A namespace of system records. Each has its own key prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Space {
@@ -40,6 +42,16 @@ pub(crate) enum Space {
     RealtimeControl,
     /// Node → when it last said it was alive (Unix seconds), for forwarding realtime control.
     RealtimeNodes,
+    /// Webhook id → webhook record.
+    Webhooks,
+    /// Webhook id `00` sequence (or `FF` and a ULID, for account events and redeliveries) → a
+    /// message waiting for delivery (the webhooks' queue).
+    WebhookQueue,
+    /// Webhook id `00` message id → a message that left the queue, delivered or dead, kept for
+    /// redelivery.
+    WebhookMessages,
+    /// Webhook id `00` attempt id (a ULID) → the record of one delivery attempt.
+    WebhookAttempts,
 }
 
 impl Space {
@@ -62,6 +74,10 @@ impl Space {
             Space::Throttle => b"throttle:",
             Space::RealtimeControl => b"rtctl:",
             Space::RealtimeNodes => b"rtnode:",
+            Space::Webhooks => b"webhook:",
+            Space::WebhookQueue => b"whqueue:",
+            Space::WebhookMessages => b"whmsg:",
+            Space::WebhookAttempts => b"whattempt:",
         }
     }
 
@@ -83,6 +99,8 @@ pub(crate) struct KvWrite {
     pub checks: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     pub puts: Vec<(Space, Vec<u8>, Vec<u8>)>,
     pub deletes: Vec<(Space, Vec<u8>)>,
+    /// What the write does to an account, for the commit hooks to add their records.
+    pub events: Vec<AccountEvent>,
 }
 
 impl KvWrite {
@@ -111,10 +129,17 @@ impl KvWrite {
         self
     }
 
+    /// Commits the records the commit hooks want for an account event with this write.
+    pub(crate) fn event(mut self, event: AccountEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+
     /// Whether it writes configuration that nodes cache (functions, secrets), so that the other nodes
     /// of a cluster reload it.
     pub(super) fn changes_config(&self) -> bool {
-        let cached = |space: &Space| matches!(space, Space::Functions | Space::Secrets);
+        let cached =
+            |space: &Space| matches!(space, Space::Functions | Space::Secrets | Space::Webhooks);
         self.puts.iter().any(|(s, _, _)| cached(s)) || self.deletes.iter().any(|(s, _)| cached(s))
     }
 }

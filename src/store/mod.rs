@@ -41,7 +41,7 @@ pub(crate) type KvEntry = (Vec<u8>, Vec<u8>);
 use crate::engine::sled::{SledEngine, SledOptions};
 use crate::engine::{Bytes, Direction, Engine, KeyRange, Keyspace};
 use crate::metrics::Metrics;
-use crate::model::{Change, CollectionConfig, Document, OnDelete};
+use crate::model::{AccountEvent, Change, CollectionConfig, Document, OnDelete};
 use crate::query::{self, ast::Path};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -170,7 +170,7 @@ fn maintained_indexes(collection: &str, state: Option<&CollectionState>) -> Vec<
     indexes
 }
 
-/// A record the commit hook wants committed with a change.
+/// A record a commit hook wants committed with a change.
 pub(crate) enum HookRecord {
     /// At this key.
     Plain(Space, Vec<u8>, Vec<u8>),
@@ -179,15 +179,28 @@ pub(crate) enum HookRecord {
 }
 
 /// Asked, for each change committed, for system records to commit in the same transaction (the
-/// functions' outbox uses it, so no trigger event can be lost or appear for a write that did not
-/// happen).
+/// functions' outbox and the webhooks' queues use it, so no trigger event or delivery can be
+/// lost or appear for a write that did not happen).
 pub(crate) trait CommitHook: Send + Sync {
     fn records(&self, change: &Change) -> Vec<HookRecord>;
+
+    /// The records to commit with an account's write (signup, login, delete): `(space, key,
+    /// value)`. None by default.
+    fn account_records(&self, _event: &AccountEvent) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+        Vec::new()
+    }
+
+    /// Told once an account write with events is durable (the change feed carries no account
+    /// events, so this is what wakes their consumers).
+    fn account_committed(&self) {}
 
     /// Reloads what `records` decides from (the functions' triggers), which another node of
     /// a cluster changed; the write waiting for it then decides with the new configuration.
     fn reload(&self) -> futures_util::future::BoxFuture<'_, ()>;
 }
+
+/// The installed commit hooks, by name.
+pub(crate) type Hooks = Arc<Vec<(&'static str, Arc<dyn CommitHook>)>>;
 
 /// A collection's stored configuration: its raw bytes (which writes compare with what they
 /// read) and its parsed state.
@@ -196,7 +209,7 @@ type Configured = (Bytes, Arc<CollectionState>);
 /// State shared by every clone of the store.
 pub(crate) struct Shared {
     options: StoreOptions,
-    hook: RwLock<Option<Arc<dyn CommitHook>>>,
+    hooks: RwLock<Hooks>,
     configs: RwLock<Arc<HashMap<String, Configured>>>,
     changes: Arc<ChangeFeed>,
     metrics: Arc<Metrics>,
@@ -213,8 +226,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn hook(&self) -> Option<Arc<dyn CommitHook>> {
-        self.hook.read().ok().and_then(|h| h.clone())
+    fn hooks(&self) -> Hooks {
+        self.hooks
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     fn configs_snapshot(&self) -> Arc<HashMap<String, Configured>> {
@@ -338,7 +354,7 @@ impl Store {
             engine,
             shared: Arc::new(Shared {
                 options,
-                hook: RwLock::new(None),
+                hooks: RwLock::new(Arc::new(Vec::new())),
                 configs: RwLock::new(Arc::new(HashMap::new())),
                 changes,
                 metrics,
@@ -506,11 +522,19 @@ impl Store {
         Ok(strip_prefix(prefix.len(), entries))
     }
 
-    /// Sets (or, with `None`, removes) the hook whose records are committed with every change.
-    pub(crate) fn set_commit_hook(&self, hook: Option<Arc<dyn CommitHook>>) {
-        if let Ok(mut slot) = self.shared.hook.write() {
-            *slot = hook;
+    /// Sets (or, with `None`, removes) the hook called `name`, whose records are committed with
+    /// every change.
+    pub(crate) fn set_commit_hook(&self, name: &'static str, hook: Option<Arc<dyn CommitHook>>) {
+        let mut slot = self
+            .shared
+            .hooks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next: Vec<_> = slot.iter().filter(|(n, _)| *n != name).cloned().collect();
+        if let Some(hook) = hook {
+            next.push((name, hook));
         }
+        *slot = Arc::new(next);
     }
 
     /// System records whose key starts with `prefix`, in key order, at most `limit`.

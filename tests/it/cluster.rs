@@ -412,6 +412,7 @@ fn the_storage_suites_pass_on_postgres_and_s3() {
         "files::",
         "realtime::",
         "functions::",
+        "webhooks::",
         "queries::",
         "storage::",
     ];

@@ -27,3 +27,4 @@ mod schemas;
 mod sdk;
 mod storage;
 mod transforms;
+mod webhooks;

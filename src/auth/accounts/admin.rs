@@ -88,7 +88,8 @@ impl Accounts {
         let write = KvWrite::default()
             .check(Space::Users, id.as_bytes(), Some(bytes))
             .delete(Space::Users, id.as_bytes())
-            .delete(Space::Emails, user.email.as_bytes());
+            .delete(Space::Emails, user.email.as_bytes())
+            .event(user.event("delete"));
         match self.store.kv_write(write).await {
             Ok(()) => Ok(()),
             Err(StoreError::CasFailed) => Err(AuthError::Conflict(

@@ -3,6 +3,7 @@
 
 use crate::auth::error::{internal, invalid, AuthError, Result};
 use crate::error::StorageError;
+use crate::model::AccountEvent;
 use crate::store::{KvWrite, Space};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -67,6 +68,15 @@ impl UserRecord {
             email_verified: self.email_verified,
             disabled: self.disabled,
             profile: self.profile.clone(),
+        }
+    }
+
+    /// An account event about this user, for the webhooks that deliver them.
+    pub(super) fn event(&self, kind: &'static str) -> AccountEvent {
+        AccountEvent {
+            kind,
+            user: serde_json::to_value(self.public()).unwrap_or(Value::Null),
+            time: crate::model::now_rfc3339(),
         }
     }
 }
@@ -145,7 +155,8 @@ pub(super) fn new_user(
     let write = KvWrite::default()
         .check(Space::Emails, email.as_bytes(), None)
         .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
-        .put(Space::Users, user.id.as_bytes(), to_json(&user)?);
+        .put(Space::Users, user.id.as_bytes(), to_json(&user)?)
+        .event(user.event("signup"));
     Ok((user, write))
 }
 

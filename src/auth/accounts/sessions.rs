@@ -145,7 +145,8 @@ impl Accounts {
         if user.disabled {
             return Err(AuthError::Forbidden("this account is disabled".into()));
         }
-        let (session, write) = self.new_session(&user, KvWrite::default())?;
+        let (session, write) =
+            self.new_session(&user, KvWrite::default().event(user.event("login")))?;
         self.store.kv_write(write).await?;
         Ok(session)
     }

@@ -1,16 +1,16 @@
-//! Which node delivers a function's events in a cluster: the holder of the function's lease, a
-//! record in the shared store that names the node and when the lease ends. The holder renews
-//! it while it delivers; a node that stops renewing (one that was killed) loses it when it
-//! ends, and another node takes it over and delivers from the first event not committed as
-//! done: at least once, with the same event ids, in order. Every delivery commit checks that
-//! its node still holds the lease, so a node that lost it cannot commit what the new holder
-//! delivers too. A single node needs no lease.
+//! Which node delivers a queue in a cluster (a function's events, a webhook's messages): the
+//! holder of the queue's lease, a record in the shared store that names the node and when the
+//! lease ends. The holder renews it while it delivers; a node that stops renewing (one that was
+//! killed) loses it when it ends, and another node takes it over and delivers from the first
+//! entry not committed as done: at least once, with the same ids, in order. Every delivery
+//! commit checks that its node still holds the lease, so a node that lost it cannot commit what
+//! the new holder delivers too. A single node needs no lease.
 
 use crate::store::{KvWrite, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How long a lease lasts without renewal: how long a dead node's functions wait.
+/// How long a lease lasts without renewal: how long a dead node's queues wait.
 const TTL: Duration = Duration::from_secs(10);
 /// How long a holder goes without renewing.
 const RENEW_AFTER: Duration = Duration::from_secs(3);
@@ -29,8 +29,9 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub(super) struct Lease {
-    function: String,
+pub(crate) struct Lease {
+    /// The queue: a function's name, or `webhook:` and a webhook's id.
+    name: String,
     node: String,
     /// The stored record while this node holds the lease.
     held: Option<Vec<u8>>,
@@ -38,9 +39,9 @@ pub(super) struct Lease {
 }
 
 impl Lease {
-    pub(super) fn new(function: &str, node: &str) -> Lease {
+    pub(crate) fn new(name: &str, node: &str) -> Lease {
         Lease {
-            function: function.to_string(),
+            name: name.to_string(),
             node: node.to_string(),
             held: None,
             renewed: Instant::now(),
@@ -49,11 +50,11 @@ impl Lease {
 
     /// Takes or renews the lease as needed. `None`: this node holds it; `Some(t)`: another
     /// node does, until `t` at the latest.
-    pub(super) async fn hold(&mut self, store: &Store) -> Result<Option<SystemTime>, StoreError> {
+    pub(crate) async fn hold(&mut self, store: &Store) -> Result<Option<SystemTime>, StoreError> {
         if self.held.is_some() && self.renewed.elapsed() < RENEW_AFTER {
             return Ok(None);
         }
-        let key = self.function.as_bytes();
+        let key = self.name.as_bytes();
         let stored = store.kv_get(Space::Leases, key).await?;
         let now = SystemTime::now();
         if let Some(other) = stored
@@ -89,12 +90,12 @@ impl Lease {
     }
 
     /// Makes a write commit only while this node still holds the lease.
-    pub(super) fn fence(&self, write: KvWrite) -> KvWrite {
-        write.check(Space::Leases, self.function.as_bytes(), self.held.clone())
+    pub(crate) fn fence(&self, write: KvWrite) -> KvWrite {
+        write.check(Space::Leases, self.name.as_bytes(), self.held.clone())
     }
 
     /// Forgets the lease after a fenced write failed: another node took it.
-    pub(super) fn lost(&mut self) {
+    pub(crate) fn lost(&mut self) {
         self.held = None;
     }
 }
