@@ -105,6 +105,10 @@ pub struct FunctionsConfig {
     pub max_log_bytes: usize,
     /// Log bytes one function may write per minute across all its invocations.
     pub log_bytes_per_minute: u64,
+    /// Trigger events of one function run at once (a function may set its own); events about
+    /// the same document or file always run one after the other. 1 keeps a function's runs
+    /// one at a time, which read-then-write code relies on.
+    pub concurrency: usize,
 }
 
 /// Outbound webhooks: how their deliveries are timed, retried and kept.
@@ -167,6 +171,7 @@ impl Default for FunctionsConfig {
             max_table_elements: 100_000,
             max_log_bytes: 16 * 1024,
             log_bytes_per_minute: 256 * 1024,
+            concurrency: 1,
         }
     }
 }
@@ -507,7 +512,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 46] = [
+        let ranges: [(&str, u64, u64, u64); 47] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -669,6 +674,7 @@ impl Config {
                 1,
                 1 << 20,
             ),
+            ("functions.concurrency", f.concurrency as u64, 1, 256),
             ("webhooks.timeout_ms", w.timeout_ms, 1, 300_000),
             ("webhooks.retry_base_ms", w.retry_base_ms, 1, 3_600_000),
             ("webhooks.max_attempts", u64::from(w.max_attempts), 1, 100),

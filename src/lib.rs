@@ -63,6 +63,7 @@ mod api;
 mod auth;
 mod changes;
 pub mod config;
+mod delivery;
 mod docs;
 pub mod engine;
 mod error;

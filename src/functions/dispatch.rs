@@ -1,28 +1,32 @@
-//! Delivering trigger and schedule events: one task per function reads the function's outbox
-//! in order, runs each event, and commits its invocation record together with the removal (or
-//! the rescheduled retry) of the event. A crash between the run and that commit only means the
-//! event runs again, with the same `event_id`. A failing event is retried with exponential
-//! backoff and jitter and holds back the events behind it, so each function sees the changes
-//! of a document in commit order; a slow function delays only its own queue.
+//! Delivering trigger and schedule events: one task per function delivers the function's
+//! outbox through `crate::delivery` (up to `concurrency` events at once, those about one
+//! document or file, and the schedule's ticks, one after the other in commit order), and
+//! commits each invocation record together with the removal (or the rescheduled retry) of its
+//! event. A crash between the run and that commit only means the event runs again, with the
+//! same `event_id`. A failing event is retried with exponential backoff and jitter and holds
+//! back only its own document's later events; a slow function delays only its own queue.
 
 use super::invoke::outcome_status;
-use super::{Functions, Invocation, Loaded};
-use crate::lease::Lease;
+use super::runtime::Outcome;
+use super::{Functions, FunctionsError, Invocation, Loaded};
+use crate::delivery::{self, unix_ms, Head, Queue, LOOK_AHEAD};
 use crate::model::{format_time, now_rfc3339, Change, Subject};
-use crate::store::{HookRecord, KvWrite, Space};
+use crate::store::{HookRecord, KvWrite, Space, StoreError};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// The most events run before their results are committed together.
-const BATCH: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long an event waits after the sandbox could not take it (busy, stopping).
+const BUSY_PAUSE: Duration = Duration::from_secs(1);
 
 /// A pending event in the outbox.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Pending {
     attempt: u32,
     /// Not before this time (Unix milliseconds).
@@ -82,11 +86,6 @@ pub(super) fn function_prefix(name: &str) -> Vec<u8> {
     let mut k = name.as_bytes().to_vec();
     k.push(0);
     k
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(super) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
@@ -216,67 +215,165 @@ pub(super) fn ensure(functions: &Functions, name: &str) {
         }
     }
     let notify = Arc::new(Notify::new());
-    let task =
-        functions
-            .inner
-            .tokio
-            .spawn(run(functions.clone(), name.to_string(), notify.clone()));
+    let queue = Outbox {
+        functions: functions.clone(),
+        name: name.to_string(),
+        loaded: None,
+    };
+    let task = functions.inner.tokio.spawn(delivery::drive(
+        queue,
+        functions.inner.store.clone(),
+        functions.inner.node.clone(),
+        notify.clone(),
+    ));
     tasks.insert(name.to_string(), (notify, task));
 }
 
-async fn run(functions: Functions, name: String, notify: Arc<Notify>) {
-    let store = functions.inner.store.clone();
-    let mut lease = store
-        .is_shared()
-        .then(|| Lease::new(&name, &functions.inner.node));
-    loop {
-        let Some(loaded) = functions.loaded(&name) else {
-            return;
+/// An event of the outbox with its ordering key: the document's collection and id, the file's
+/// bucket and path, or the schedule.
+#[derive(Clone)]
+struct Ordered {
+    pending: Pending,
+    order: String,
+}
+
+impl Ordered {
+    fn new(pending: Pending) -> Ordered {
+        let event = &pending.event;
+        let field = |name: &str| event.get(name).and_then(Value::as_str).unwrap_or("");
+        let order = match (field("collection"), field("bucket")) {
+            ("", "") => format!("s\0{}", field("cron")),
+            ("", bucket) => format!("f\0{bucket}\0{}", field("path")),
+            (collection, _) => format!("d\0{collection}\0{}", field("id")),
         };
-        if let Some(lease) = &mut lease {
-            let held_elsewhere = match lease.hold(&store).await {
-                Ok(None) => None,
-                Ok(Some(until)) => Some(until),
-                Err(e) => {
-                    tracing::warn!(function = %name, error = %e, "cannot take the function's lease");
-                    Some(SystemTime::now() + Duration::from_secs(1))
-                }
-            };
-            if let Some(until) = held_elsewhere {
-                let pause = until
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-                    .clamp(Duration::from_millis(50), Duration::from_secs(60));
-                tokio::time::sleep(pause).await;
-                continue;
-            }
-        }
-        let next_tick = match fire_schedule(&functions, &loaded).await {
+        Ordered { pending, order }
+    }
+}
+
+/// A run of an event, to commit.
+struct Ran {
+    key: Vec<u8>,
+    pending: Pending,
+    /// `Err`: the sandbox could not take it; it waits and runs again, as the same attempt.
+    outcome: Result<Outcome, FunctionsError>,
+    /// When the run ended.
+    at: String,
+}
+
+/// A function's outbox, as `delivery::drive` delivers it.
+struct Outbox {
+    functions: Functions,
+    name: String,
+    /// The function as of the last look at the queue.
+    loaded: Option<Arc<Loaded>>,
+}
+
+impl Queue for Outbox {
+    type Entry = Ordered;
+    type Done = Ran;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn prepare(&mut self) -> Option<(Option<Duration>, usize)> {
+        self.loaded = self.functions.loaded(&self.name);
+        let loaded = self.loaded.clone()?;
+        let next_tick = match fire_schedule(&self.functions, &loaded).await {
             Ok(next) => next,
             Err(e) => {
-                tracing::warn!(function = %name, error = %e, "schedule failed");
-                Some(SystemTime::now() + Duration::from_secs(1))
+                tracing::warn!(function = %self.name, error = %e, "schedule failed");
+                Some(SystemTime::now() + BUSY_PAUSE)
             }
         };
-        let wait_until = match deliver(&functions, &loaded, lease.as_mut()).await {
-            Ok(wait) => wait,
-            Err(e) => {
-                tracing::warn!(function = %name, error = %e, "delivering events failed");
-                Some(SystemTime::now() + Duration::from_secs(1))
+        let wait = next_tick.map(|t| {
+            t.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        let concurrency = loaded
+            .record
+            .info
+            .config
+            .concurrency
+            .unwrap_or(self.functions.inner.config.concurrency);
+        Some((wait, concurrency))
+    }
+
+    async fn head(&self) -> Result<Head<Ordered>, StoreError> {
+        let rows = self
+            .functions
+            .inner
+            .store
+            .kv_prefix(Space::Events, &function_prefix(&self.name), LOOK_AHEAD)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, bytes)| {
+                let pending = serde_json::from_slice::<Pending>(&bytes).ok();
+                (key, pending.map(Ordered::new))
+            })
+            .collect())
+    }
+
+    fn schedule<'a>(&self, entry: &'a Ordered) -> (&'a str, u64) {
+        (&entry.order, entry.pending.not_before)
+    }
+
+    fn deliver(&self, key: Vec<u8>, entry: Ordered) -> BoxFuture<'static, Ran> {
+        let functions = self.functions.clone();
+        let loaded = self.loaded.clone();
+        let name = self.name.clone();
+        Box::pin(async move {
+            let mut pending = entry.pending;
+            pending.event["attempt"] = json!(pending.attempt);
+            let depth = pending
+                .event
+                .get("depth")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as u32;
+            let outcome = match loaded {
+                Some(loaded) => {
+                    functions
+                        .run(super::Lane::Events, &loaded, &pending.event, depth + 1)
+                        .await
+                }
+                None => Err(FunctionsError::NotFound(name)),
+            };
+            Ran {
+                key,
+                pending,
+                outcome,
+                at: now_rfc3339(),
             }
-        };
-        let Some(wait) = wait_until else {
-            continue;
-        };
-        let until = next_tick.map_or(wait, |t| t.min(wait));
-        let sleep = until
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(Duration::from_secs(60));
-        tokio::select! {
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
+        })
+    }
+
+    fn key<'a>(&self, done: &'a Ran) -> &'a [u8] {
+        &done.key
+    }
+
+    async fn outcome(&self, done: Vec<Ran>) -> KvWrite {
+        let mut write = KvWrite::default();
+        for ran in done {
+            write = record_run(
+                &self.functions,
+                self.loaded.as_deref(),
+                &self.name,
+                write,
+                ran,
+            )
+            .await;
         }
+        write
+    }
+
+    fn drop_unreadable(&self, keys: Vec<Vec<u8>>) -> KvWrite {
+        keys.into_iter()
+            .fold(KvWrite::default(), |w, key| w.delete(Space::Events, key))
+    }
+
+    fn committed(&mut self, _count: usize) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 }
 
@@ -375,135 +472,95 @@ async fn fire_schedule(
     Ok(next_due)
 }
 
-/// Runs the due events of a function's outbox, in order, and commits their outcomes (in a
-/// cluster, only while this node holds the function's `lease`). Returns `None` to go on at
-/// once, or when to look again.
-async fn deliver(
+/// Adds what a run leaves to a write: its invocation record, and its event removed (done, or
+/// dead after its last attempt) or rescheduled with backoff.
+async fn record_run(
     functions: &Functions,
-    loaded: &Loaded,
-    mut lease: Option<&mut Lease>,
-) -> super::Result<Option<SystemTime>> {
-    let name = &loaded.record.info.name;
-    let store = &functions.inner.store;
-    let entries = store
-        .kv_prefix(Space::Events, &function_prefix(name), BATCH)
-        .await?;
-    if entries.is_empty() {
-        return Ok(Some(SystemTime::now() + Duration::from_secs(60)));
-    }
-    let max_retries = loaded
-        .record
-        .info
-        .config
-        .max_retries
-        .unwrap_or(functions.inner.config.max_retries);
-    let mut write = KvWrite::default();
-    let mut wait = None;
-    for (key, bytes) in entries {
-        let Ok(mut pending) = serde_json::from_slice::<Pending>(&bytes) else {
-            tracing::error!(function = %name, "dropping an unreadable outbox entry");
-            write = write.delete(Space::Events, key);
-            continue;
-        };
-        let now = unix_ms(SystemTime::now());
-        if pending.not_before > now {
-            wait = Some(UNIX_EPOCH + Duration::from_millis(pending.not_before));
-            break;
-        }
-        // A long batch renews the lease as it goes; one lost stops it here.
-        if let Some(lease) = lease.as_deref_mut() {
-            if lease.hold(store).await?.is_some() {
-                break;
-            }
-        }
-        pending.event["attempt"] = json!(pending.attempt);
-        let depth = pending
-            .event
-            .get("depth")
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as u32;
-        let outcome = functions
-            .run(super::Lane::Events, loaded, &pending.event, depth + 1)
-            .await?;
-        let failed = match &outcome.result {
-            Ok(Some(bytes)) => match serde_json::from_slice::<Value>(bytes) {
-                Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => Some(
-                    v.get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("the function returned ok: false")
-                        .to_string(),
-                ),
-                Ok(_) => None,
-                Err(e) => Some(format!("the result is not JSON: {e}")),
-            },
-            Ok(None) => None,
-            Err(f) => Some(f.to_string()),
-        };
-        let (mut status, failure, error) = outcome_status(&outcome.result);
-        let error = error.or_else(|| failed.clone());
-        let last_attempt = pending.attempt > max_retries;
-        if failed.is_some() && status == "ok" {
-            status = "error";
-        }
-        if failed.is_some() && last_attempt {
-            status = "dead";
-        }
-        let record = Invocation {
-            id: ulid::Ulid::new().to_string(),
-            event_id: pending
-                .event
-                .get("event_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            trigger: pending
-                .event
-                .get("trigger")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            status: status.into(),
-            attempt: pending.attempt,
-            duration_us: outcome.duration.as_micros() as u64,
-            failure,
-            error,
-            logs: outcome.logs,
-            at: now_rfc3339(),
-        };
-        write = functions.record_invocation(write, name, &record).await;
-        if failed.is_some() && !last_attempt {
-            let base = functions.inner.config.retry_base_ms;
-            let backoff =
-                Duration::from_millis(base.saturating_mul(1 << (pending.attempt - 1).min(20)))
-                    .min(MAX_BACKOFF);
-            let jitter = rand::random::<f64>() * 0.4 + 0.8;
-            let delay = backoff.mul_f64(jitter);
-            pending.attempt += 1;
-            pending.not_before = now + delay.as_millis() as u64;
-            write = write.put(
+    loaded: Option<&Loaded>,
+    name: &str,
+    write: KvWrite,
+    ran: Ran,
+) -> KvWrite {
+    let Ran {
+        key,
+        mut pending,
+        outcome,
+        at,
+    } = ran;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(function = %name, error = %e, "cannot run an event now; it waits");
+            pending.not_before = unix_ms(SystemTime::now() + BUSY_PAUSE);
+            return write.put(
                 Space::Events,
                 key,
                 serde_json::to_vec(&pending).unwrap_or_default(),
             );
-            wait = Some(SystemTime::now() + delay);
-            break;
         }
-        write = write.delete(Space::Events, key);
+    };
+    let max_retries = loaded
+        .and_then(|l| l.record.info.config.max_retries)
+        .unwrap_or(functions.inner.config.max_retries);
+    let failed = match &outcome.result {
+        Ok(Some(bytes)) => match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => Some(
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the function returned ok: false")
+                    .to_string(),
+            ),
+            Ok(_) => None,
+            Err(e) => Some(format!("the result is not JSON: {e}")),
+        },
+        Ok(None) => None,
+        Err(f) => Some(f.to_string()),
+    };
+    let (mut status, failure, error) = outcome_status(&outcome.result);
+    let error = error.or_else(|| failed.clone());
+    let last_attempt = pending.attempt > max_retries;
+    if failed.is_some() && status == "ok" {
+        status = "error";
     }
-    if let Some(lease) = &lease {
-        write = lease.fence(write);
+    if failed.is_some() && last_attempt {
+        status = "dead";
     }
-    match (store.kv_write(write).await, lease) {
-        (Err(crate::store::StoreError::CasFailed), Some(lease)) => {
-            tracing::info!(function = %name, "another node took over the function's events");
-            lease.lost();
-            Ok(None)
-        }
-        (result, _) => {
-            result?;
-            Ok(wait)
-        }
+    let field = |name: &str| {
+        pending
+            .event
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let record = Invocation {
+        id: ulid::Ulid::new().to_string(),
+        event_id: field("event_id"),
+        trigger: field("trigger"),
+        status: status.into(),
+        attempt: pending.attempt,
+        duration_us: outcome.duration.as_micros() as u64,
+        failure,
+        error,
+        logs: outcome.logs,
+        at,
+    };
+    let write = functions.record_invocation(write, name, &record).await;
+    if failed.is_some() && !last_attempt {
+        let base = functions.inner.config.retry_base_ms;
+        let backoff =
+            Duration::from_millis(base.saturating_mul(1 << (pending.attempt - 1).min(20)))
+                .min(MAX_BACKOFF);
+        let delay = backoff.mul_f64(rand::random::<f64>() * 0.4 + 0.8);
+        pending.attempt += 1;
+        pending.not_before = unix_ms(SystemTime::now() + delay);
+        return write.put(
+            Space::Events,
+            key,
+            serde_json::to_vec(&pending).unwrap_or_default(),
+        );
     }
+    write.delete(Space::Events, key)
 }
 
 #[cfg(test)]

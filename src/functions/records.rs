@@ -86,6 +86,10 @@ pub struct FunctionConfig {
     /// Host calls per invocation (default `functions.max_host_calls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_host_calls: Option<u32>,
+    /// Trigger events run at once (default `functions.concurrency`); events about the same
+    /// document or file, and schedule ticks, always run one after the other, in commit order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
 }
 
 /// A function as the API shows it.
@@ -198,6 +202,9 @@ impl Functions {
         }
         if config.fuel == Some(0) || config.max_host_calls == Some(0) {
             return Err(invalid("fuel and max_host_calls must be positive", "fuel"));
+        }
+        if config.concurrency.is_some_and(|c| !(1..=256).contains(&c)) {
+            return Err(invalid("concurrency must be 1 to 256", "concurrency"));
         }
         if config.max_retries.is_some_and(|r| r > 100) {
             return Err(invalid("max_retries must be 0 to 100", "max_retries"));

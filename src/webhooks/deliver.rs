@@ -1,36 +1,29 @@
-//! Delivering a webhook's queue: one task per webhook reads the queue in commit order and
-//! keeps up to `concurrency` deliveries in flight, never two about the same document, file or
-//! account, and never one whose key has an earlier message still waiting (in flight, or failed
-//! and waiting for its retry). Each finished attempt is committed with the message's removal
-//! (delivered, or dead after its last attempt, then kept for redelivery) or its rescheduling
-//! with backoff. A crash between a delivery and that commit only means it is sent again with
-//! the same `webhook-id`, which receivers use to ignore duplicates.
+//! Delivering a webhook's queue (through `crate::delivery`: in commit order per document,
+//! file or account, up to `concurrency` at once): each attempt signed and sent through the
+//! outbound policy, then committed with the message's removal (delivered, or dead after its
+//! last attempt, then kept for redelivery) or its rescheduling with backoff. A crash between a
+//! delivery and that commit only means it is sent again with the same `webhook-id`, which
+//! receivers use to ignore duplicates.
 
 use super::records::{Queued, WebhookDelivery, WebhookRecord};
 use super::{encode, prefix, unix_secs, Webhooks};
-use crate::lease::Lease;
+use crate::delivery::{self, unix_ms, Head, Queue, LOOK_AHEAD};
 use crate::model::now_rfc3339;
 use crate::store::{KvWrite, Space, StoreError};
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use hmac::{Hmac, Mac};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
-/// How far ahead in a queue the dispatcher looks for messages it may send.
-const LOOK_AHEAD: usize = 512;
 /// Attempts recorded between two prunings of the log.
 const PRUNE_EVERY: usize = 128;
 /// How many records past `webhooks.log_kept` one pruning may remove (at least `PRUNE_EVERY`
 /// times two, as each attempt adds at most an attempt and a message).
 pub(super) const PRUNE_SLACK: usize = 2 * PRUNE_EVERY;
-/// The longest wait between two looks at an idle queue: what another node's account events
-/// (which no change wakes) wait at most.
-const IDLE_POLL: Duration = Duration::from_secs(1);
 /// The longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How much of an answer the log keeps.
@@ -125,48 +118,20 @@ pub(super) fn ensure(webhooks: &Webhooks, id: &str) {
         }
     }
     let notify = Arc::new(Notify::new());
-    let task = webhooks
-        .inner
-        .tokio
-        .spawn(run(webhooks.clone(), id.to_string(), notify.clone()));
+    let queue = WebhookQueue {
+        webhooks: webhooks.clone(),
+        id: id.to_string(),
+        name: format!("webhook:{id}"),
+        record: None,
+        recorded: 0,
+    };
+    let task = webhooks.inner.tokio.spawn(delivery::drive(
+        queue,
+        webhooks.inner.store.clone(),
+        webhooks.inner.node.clone(),
+        notify.clone(),
+    ));
     tasks.insert(id.to_string(), (notify, task));
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A queued message as the scheduler sees it.
-pub(super) struct Candidate<'a> {
-    pub(super) order: &'a str,
-    pub(super) not_before: u64,
-    pub(super) in_flight: bool,
-}
-
-/// Which of the queue's first messages (in commit order) to send now: at most `slots`, each
-/// the first of its ordering key that is not in flight and due; a key whose first message
-/// waits (in flight, or for its retry) holds back its later ones, and no other. Returns their
-/// indexes, and when the first held-back retry is due (Unix milliseconds).
-pub(super) fn pick(
-    candidates: &[Candidate<'_>],
-    now: u64,
-    slots: usize,
-) -> (Vec<usize>, Option<u64>) {
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut picked = Vec::new();
-    let mut due: Option<u64> = None;
-    for (i, c) in candidates.iter().enumerate() {
-        if !seen.insert(c.order) || c.in_flight {
-            continue;
-        }
-        if c.not_before > now {
-            due = Some(due.map_or(c.not_before, |d| d.min(c.not_before)));
-        } else if picked.len() < slots {
-            picked.push(i);
-        }
-    }
-    (picked, due)
 }
 
 /// A finished attempt, to commit.
@@ -180,129 +145,96 @@ struct Done {
     latency_ms: u64,
 }
 
-async fn run(webhooks: Webhooks, id: String, notify: Arc<Notify>) {
-    let store = webhooks.inner.store.clone();
-    let mut lease = store
-        .is_shared()
-        .then(|| Lease::new(&format!("webhook:{id}"), &webhooks.inner.node));
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-    let mut flying: HashSet<Vec<u8>> = HashSet::new();
-    let mut recorded = 0usize;
-    loop {
-        let Some(record) = webhooks.loaded().get(&id).cloned() else {
-            return;
-        };
-        let mut wait = IDLE_POLL;
-        let holding = match lease.as_mut() {
-            None => true,
-            Some(lease) => match lease.hold(&store).await {
-                Ok(None) => true,
-                Ok(Some(until)) => {
-                    wait = until
-                        .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO)
-                        .clamp(Duration::from_millis(50), Duration::from_secs(60));
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(webhook = %id, error = %e, "cannot take the webhook's lease");
-                    false
-                }
-            },
-        };
-        let concurrency = record
-            .info
-            .spec
-            .concurrency
-            .unwrap_or(webhooks.inner.config.concurrency);
-        if holding && record.info.spec.enabled && in_flight.len() < concurrency {
-            match store
-                .kv_prefix(Space::WebhookQueue, &prefix(&id), LOOK_AHEAD)
-                .await
-            {
-                Ok(rows) => {
-                    let queued: Vec<(Vec<u8>, Option<Queued>)> = rows
-                        .into_iter()
-                        .map(|(key, bytes)| (key, serde_json::from_slice(&bytes).ok()))
-                        .collect();
-                    let candidates: Vec<Candidate<'_>> = queued
-                        .iter()
-                        .filter_map(|(key, q)| {
-                            let q = q.as_ref()?;
-                            Some(Candidate {
-                                order: &q.order,
-                                not_before: q.not_before,
-                                in_flight: flying.contains(key),
-                            })
-                        })
-                        .collect();
-                    let now = unix_ms(SystemTime::now());
-                    let (picked, due) = pick(&candidates, now, concurrency - in_flight.len());
-                    if let Some(due) = due {
-                        wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
-                    }
-                    let (readable, unreadable): (Vec<_>, Vec<_>) =
-                        queued.into_iter().partition(|(_, q)| q.is_some());
-                    if !unreadable.is_empty() {
-                        tracing::error!(webhook = %id, count = unreadable.len(), "dropping unreadable webhook messages");
-                        let write = unreadable
-                            .into_iter()
-                            .fold(KvWrite::default(), |w, (key, _)| {
-                                w.delete(Space::WebhookQueue, key)
-                            });
-                        if let Err(e) = store.kv_write(write).await {
-                            tracing::warn!(webhook = %id, error = %e, "cannot drop unreadable webhook messages");
-                        }
-                    }
-                    let readable: Vec<(Vec<u8>, Queued)> = readable
-                        .into_iter()
-                        .filter_map(|(key, q)| Some((key, q?)))
-                        .collect();
-                    for i in picked {
-                        let (key, q) = readable[i].clone();
-                        flying.insert(key.clone());
-                        in_flight.push(Box::pin(attempt(webhooks.clone(), record.clone(), key, q)));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(webhook = %id, error = %e, "cannot read the webhook's queue")
-                }
+/// A webhook's queue, as `delivery::drive` delivers it.
+struct WebhookQueue {
+    webhooks: Webhooks,
+    id: String,
+    /// `webhook:` and the id: the lease's name.
+    name: String,
+    /// The webhook as of the last look at the queue.
+    record: Option<Arc<WebhookRecord>>,
+    /// Attempts recorded since the log was last pruned.
+    recorded: usize,
+}
+
+impl Queue for WebhookQueue {
+    type Entry = Queued;
+    type Done = Done;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn prepare(&mut self) -> impl Future<Output = Option<(Option<Duration>, usize)>> + Send {
+        self.record = self.webhooks.loaded().get(&self.id).cloned();
+        let concurrency = self.record.as_ref().map(|record| {
+            let spec = &record.info.spec;
+            match spec.enabled {
+                true => spec
+                    .concurrency
+                    .unwrap_or(self.webhooks.inner.config.concurrency),
+                false => 0,
             }
+        });
+        std::future::ready(concurrency.map(|c| (None, c)))
+    }
+
+    async fn head(&self) -> Result<Head<Queued>, StoreError> {
+        let rows = self
+            .webhooks
+            .inner
+            .store
+            .kv_prefix(Space::WebhookQueue, &prefix(&self.id), LOOK_AHEAD)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, bytes)| (key, serde_json::from_slice(&bytes).ok()))
+            .collect())
+    }
+
+    fn schedule<'a>(&self, entry: &'a Queued) -> (&'a str, u64) {
+        (&entry.order, entry.not_before)
+    }
+
+    fn deliver(&self, key: Vec<u8>, entry: Queued) -> BoxFuture<'static, Done> {
+        match &self.record {
+            Some(record) => Box::pin(attempt(self.webhooks.clone(), record.clone(), key, entry)),
+            None => Box::pin(std::future::ready(Done {
+                key,
+                queued: entry,
+                delivered: false,
+                response_status: None,
+                response: None,
+                error: Some("the webhook was deleted".into()),
+                latency_ms: 0,
+            })),
         }
-        tokio::select! {
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                let mut finished = vec![done];
-                while let Some(Some(more)) = in_flight.next().now_or_never() {
-                    finished.push(more);
-                }
-                for d in &finished {
-                    flying.remove(&d.key);
-                }
-                recorded += finished.len();
-                let write = outcome_write(&webhooks, &record, finished);
-                let write = match &lease {
-                    Some(lease) => lease.fence(write),
-                    None => write,
-                };
-                match (store.kv_write(write).await, lease.as_mut()) {
-                    (Ok(()), _) => {}
-                    (Err(StoreError::CasFailed), Some(lease)) => {
-                        tracing::info!(webhook = %id, "another node took over the webhook's deliveries");
-                        lease.lost();
-                    }
-                    (Err(e), _) => {
-                        tracing::warn!(webhook = %id, error = %e, "cannot record webhook deliveries; they are sent again");
-                    }
-                }
-                if recorded >= PRUNE_EVERY {
-                    recorded = 0;
-                    if let Err(e) = prune(&webhooks, &id).await {
-                        tracing::warn!(webhook = %id, error = %e, "cannot prune the webhook's log");
-                    }
-                }
+    }
+
+    fn key<'a>(&self, done: &'a Done) -> &'a [u8] {
+        &done.key
+    }
+
+    async fn outcome(&self, done: Vec<Done>) -> KvWrite {
+        match &self.record {
+            Some(record) => outcome_write(&self.webhooks, record, done),
+            None => KvWrite::default(),
+        }
+    }
+
+    fn drop_unreadable(&self, keys: Vec<Vec<u8>>) -> KvWrite {
+        keys.into_iter().fold(KvWrite::default(), |w, key| {
+            w.delete(Space::WebhookQueue, key)
+        })
+    }
+
+    async fn committed(&mut self, count: usize) {
+        self.recorded += count;
+        if self.recorded >= PRUNE_EVERY {
+            self.recorded = 0;
+            if let Err(e) = prune(&self.webhooks, &self.id).await {
+                tracing::warn!(webhook = %self.id, error = %e, "cannot prune the webhook's log");
             }
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -506,33 +438,6 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn c(order: &str, not_before: u64, in_flight: bool) -> Candidate<'_> {
-        Candidate {
-            order,
-            not_before,
-            in_flight,
-        }
-    }
-
-    #[test]
-    fn each_key_goes_in_order_and_a_waiting_key_holds_back_only_itself() {
-        let queue = [
-            c("a", 0, false),
-            c("b", 0, true),
-            c("a", 0, false),
-            c("b", 0, false),
-            c("c", 500, false),
-            c("c", 0, false),
-            c("d", 0, false),
-            c("e", 0, false),
-        ];
-        // a's second, b's second (b in flight), c's second (c's first waits) stay back.
-        assert_eq!(pick(&queue, 100, 10), (vec![0, 6, 7], Some(500)));
-        assert_eq!(pick(&queue, 100, 2), (vec![0, 6], Some(500)));
-        assert_eq!(pick(&queue, 600, 10), (vec![0, 4, 6, 7], None));
-        assert_eq!(pick(&queue, 600, 0), (vec![], None));
-    }
 
     #[test]
     fn signatures_follow_the_standard_webhooks_scheme() {

@@ -170,6 +170,21 @@ pub(crate) fn call(srv: &TestServer, name: &str, token: Option<&str>, body: &Val
     send(req, Some(body.to_string().as_bytes()))
 }
 
+/// Every kept invocation of a function, oldest first.
+fn invocations_all(srv: &TestServer, name: &str) -> Vec<Value> {
+    let mut all = srv
+        .get(&format!(
+            "/v1/admin/functions/{name}/invocations?limit=1000"
+        ))
+        .expect(200)
+        .json["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    all.reverse();
+    all
+}
+
 fn invocations(srv: &TestServer, name: &str) -> Vec<Value> {
     srv.get(&format!("/v1/admin/functions/{name}/invocations?limit=100"))
         .expect(200)
@@ -525,7 +540,12 @@ fn trigger_filters_decide_in_the_commit_on_create_update_and_delete() {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     assert_eq!(events, expected);
-    // Nothing was queued for the changes that did not match: no invocation of any kind.
+    // Nothing was queued for the changes that did not match: no invocation of any kind (each
+    // record commits just after its run's own write).
+    eventually("four invocations", || {
+        (invocations(&srv, "filtered").len() == 4).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(invocations(&srv, "filtered").len(), 4);
 
     // A `when` is checked like a filter, with its column, and only where it means something.
@@ -709,6 +729,134 @@ fn failed_events_are_retried_with_one_event_id_then_dead_lettered() {
         3,
         "no attempt after the dead letter"
     );
+}
+
+/// Spins, records its event in `ran`, and fails (`ok: false`) when the event is a create with
+/// `"fail":true` in it.
+fn slow_recorder() -> Vec<u8> {
+    guest(
+        &[
+            r#"{"op":"create","collection":"ran","data":{"event":"#,
+            "}}",
+            r#""fail":true"#,
+            r#"{"ok":false,"error":"refused"}"#,
+            r#""trigger":"create""#,
+        ],
+        "(local $i i32)",
+        "(loop $l (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.const 3000000))))
+         (call $wrap (i32.const 0) (local.get $ptr) (local.get $len) (i32.const 1))
+         (local.set $qn) (local.set $q)
+         (drop (call $call (local.get $q) (local.get $qn)))
+         (if (i32.and (call $contains (local.get $ptr) (local.get $len) (i32.const 2))
+                      (call $contains (local.get $ptr) (local.get $len) (i32.const 4)))
+           (then (return (call $str (i32.const 3)))))
+         (i64.const 0)",
+    )
+}
+
+#[test]
+fn trigger_events_run_in_parallel_across_documents_and_in_order_within_each() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.functions.retry_base_ms = 50;
+        c.functions.workers = 2;
+        c.functions.invocations_kept = 1000;
+    });
+    deploy(
+        &srv,
+        "steps",
+        &slow_recorder(),
+        json!({"triggers": [{"on": "write", "collection": "tasks"}], "concurrency": 4, "max_retries": 4}),
+    );
+    // 20 documents, 10 events each (a create and nine updates). The first document's create
+    // fails every attempt until it is dead; its later events must wait for that, the other
+    // documents' events must not.
+    let mut ids = Vec::new();
+    for d in 0..20 {
+        let doc = srv
+            .post(
+                "/v1/collections/tasks/docs",
+                &json!({"step": 0, "fail": d == 0}),
+            )
+            .expect(201);
+        ids.push(doc.json["id"].as_str().unwrap().to_string());
+    }
+    for step in 1..10 {
+        for id in &ids {
+            srv.patch(
+                &format!("/v1/collections/tasks/docs/{id}"),
+                &json!({"step": step, "fail": false}),
+            )
+            .expect(200);
+        }
+    }
+    let records = eventually("every event run", || {
+        let records = invocations_all(&srv, "steps");
+        let done = records
+            .iter()
+            .filter(|r| r["status"] == "ok" || r["status"] == "dead");
+        (done.count() == 200).then_some(records)
+    });
+    // Oldest first. Every document's events ran in commit order.
+    let ran = docs(&srv, "ran");
+    for id in &ids {
+        let mut steps: Vec<i64> = ran
+            .iter()
+            .filter(|d| d["data"]["event"]["id"] == id.as_str())
+            .map(|d| {
+                d["data"]["event"]["after"]["data"]["step"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        steps.dedup();
+        assert_eq!(steps, (0..10).collect::<Vec<_>>(), "document {id}");
+    }
+    // While the first document's create failed, other documents' events ran.
+    let first_fail = ran
+        .iter()
+        .position(|d| d["data"]["event"]["id"] == ids[0].as_str())
+        .unwrap();
+    let dead_at = ran
+        .iter()
+        .rposition(|d| {
+            d["data"]["event"]["id"] == ids[0].as_str()
+                && d["data"]["event"]["after"]["data"]["step"] == 0
+        })
+        .unwrap();
+    assert!(
+        dead_at - first_fail >= 4,
+        "five attempts of the failing create"
+    );
+    let others_between = ran[first_fail..dead_at]
+        .iter()
+        .filter(|d| d["data"]["event"]["id"] != ids[0].as_str())
+        .count();
+    assert!(
+        others_between > 0,
+        "the failing document held the others back"
+    );
+    assert_eq!(records.iter().filter(|r| r["status"] == "dead").count(), 1);
+    // Runs overlapped: at least two at once (the two workers), never more than the concurrency.
+    let mut edges: Vec<(i64, i32)> = Vec::new();
+    for r in &records {
+        let end = time::OffsetDateTime::parse(
+            r["at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        let end_us = (end.unix_timestamp_nanos() / 1000) as i64;
+        let start_us = end_us - r["duration_us"].as_i64().unwrap();
+        edges.push((start_us, 1));
+        edges.push((end_us, -1));
+    }
+    edges.sort();
+    let (mut now, mut peak) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    assert!((2..=4).contains(&peak), "peak concurrency {peak}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 // Keeps `post_stats/<post id>.comments` equal to the number of comments on each post.
 // Trigger: {"on": "write", "collection": "comments"}; a comment has `data.post`.
-// Events of one function are delivered one at a time, in commit order, so read-then-write is
-// safe here.
+// Events of one function run one at a time (its `concurrency` is 1, the default), so
+// read-then-write is safe here; with more, two comments could bump one post at once.
 import { register, db, log, JSONValue } from "emberbase-functions";
 export { alloc, handle } from "emberbase-functions";
 

@@ -1189,6 +1189,11 @@ export interface components {
         /** @description A function's configuration; every field but `triggers` is optional. */
         FunctionConfig: {
             /**
+             * @description Trigger events run at once (default `functions.concurrency`); events about the same
+             *     document or file, and schedule ticks, always run one after the other, in commit order.
+             */
+            concurrency?: number | null;
+            /**
              * Format: int64
              * @description Metering points per invocation (default `functions.fuel`).
              */

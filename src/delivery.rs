@@ -1,0 +1,246 @@
+//! Ordered, parallel, at-least-once delivery of a durable queue (a function's trigger events, a
+//! webhook's messages): one task per queue reads the queue's head in commit order and keeps up
+//! to `concurrency` deliveries in flight, never two with the same ordering key (a document, a
+//! file, an account, a schedule), and never one whose key has an earlier entry still waiting
+//! (in flight, or failed and waiting for its retry). So a slow or failing entry holds back only
+//! its own key's later entries. Finished deliveries are committed together, with what the queue
+//! makes of them (a record, the entry removed or rescheduled); in a cluster only while this node
+//! holds the queue's lease. A crash between a delivery and its commit means it is delivered
+//! again.
+
+use crate::lease::Lease;
+use crate::store::{KvWrite, Store, StoreError};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// How far ahead in a queue the dispatcher looks for entries it may deliver.
+pub(crate) const LOOK_AHEAD: usize = 512;
+/// The longest wait between two looks at an idle queue: how late an entry no local change
+/// announces (another node's, a redelivery) is at most.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Unix milliseconds.
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An entry of a queue's head, as the scheduler sees it.
+pub(crate) struct Candidate<'a> {
+    pub(crate) order: &'a str,
+    pub(crate) not_before: u64,
+    pub(crate) in_flight: bool,
+}
+
+/// Which of the head's entries (in commit order) to deliver now: at most `slots`, each the
+/// first of its ordering key that is not in flight and due; a key whose first entry waits (in
+/// flight, or for its retry) holds back its later ones, and no other. Returns their indexes,
+/// and when the first held-back retry is due (Unix milliseconds).
+pub(crate) fn pick(
+    candidates: &[Candidate<'_>],
+    now: u64,
+    slots: usize,
+) -> (Vec<usize>, Option<u64>) {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut picked = Vec::new();
+    let mut due: Option<u64> = None;
+    for (i, c) in candidates.iter().enumerate() {
+        if !seen.insert(c.order) || c.in_flight {
+            continue;
+        }
+        if c.not_before > now {
+            due = Some(due.map_or(c.not_before, |d| d.min(c.not_before)));
+        } else if picked.len() < slots {
+            picked.push(i);
+        }
+    }
+    (picked, due)
+}
+
+/// The first entries of a queue with their keys; `None` for an entry that cannot be read.
+pub(crate) type Head<E> = Vec<(Vec<u8>, Option<E>)>;
+
+/// A durable queue that [`drive`] delivers.
+pub(crate) trait Queue: Send + 'static {
+    /// A stored entry, parsed.
+    type Entry: Clone + Send + 'static;
+    /// A finished delivery, for [`Queue::outcome`].
+    type Done: Send + 'static;
+
+    /// What the log and the lease call the queue.
+    fn name(&self) -> &str;
+
+    /// Called before each look at the queue (a function fires its due schedule ticks here).
+    /// `None` stops the dispatcher: the queue is gone. Otherwise, at most how long to wait
+    /// before the next look, and how many deliveries may be in flight (0: paused).
+    fn prepare(&mut self) -> impl Future<Output = Option<(Option<Duration>, usize)>> + Send;
+
+    /// The queue's first entries, at most [`LOOK_AHEAD`], in commit order, with their keys;
+    /// `None` for an entry that cannot be read (it is removed).
+    fn head(&self) -> impl Future<Output = Result<Head<Self::Entry>, StoreError>> + Send;
+
+    /// An entry's ordering key, and not before when it may be delivered (Unix milliseconds).
+    fn schedule<'a>(&self, entry: &'a Self::Entry) -> (&'a str, u64);
+
+    /// Delivers one entry.
+    fn deliver(&self, key: Vec<u8>, entry: Self::Entry) -> BoxFuture<'static, Self::Done>;
+
+    /// The key of the entry a delivery was about.
+    fn key<'a>(&self, done: &'a Self::Done) -> &'a [u8];
+
+    /// The write that commits finished deliveries: their records, and their entries removed
+    /// or rescheduled.
+    fn outcome(&self, done: Vec<Self::Done>) -> impl Future<Output = KvWrite> + Send;
+
+    /// The write that removes unreadable entries.
+    fn drop_unreadable(&self, keys: Vec<Vec<u8>>) -> KvWrite;
+
+    /// Called after each commit of outcomes, with how many it recorded (for pruning).
+    fn committed(&mut self, count: usize) -> impl Future<Output = ()> + Send;
+}
+
+/// Delivers a queue until [`Queue::prepare`] says it is gone. `notify` wakes it when entries
+/// are added; `node` names this process in the queue's lease, in a cluster.
+pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, notify: Arc<Notify>) {
+    let mut lease = store.is_shared().then(|| Lease::new(queue.name(), &node));
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Q::Done>> = FuturesUnordered::new();
+    let mut flying: HashSet<Vec<u8>> = HashSet::new();
+    loop {
+        let Some((next, concurrency)) = queue.prepare().await else {
+            return;
+        };
+        let mut wait = next.map_or(IDLE_POLL, |n| n.min(IDLE_POLL));
+        let holding = match lease.as_mut() {
+            None => true,
+            Some(lease) => match lease.hold(&store).await {
+                Ok(None) => true,
+                Ok(Some(until)) => {
+                    wait = until
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                        .clamp(Duration::from_millis(50), Duration::from_secs(60));
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(queue = queue.name(), error = %e, "cannot take the queue's lease");
+                    false
+                }
+            },
+        };
+        if holding && in_flight.len() < concurrency {
+            match queue.head().await {
+                Ok(rows) => {
+                    let (readable, unreadable): (Vec<_>, Vec<_>) =
+                        rows.into_iter().partition(|(_, entry)| entry.is_some());
+                    if !unreadable.is_empty() {
+                        tracing::error!(
+                            queue = queue.name(),
+                            count = unreadable.len(),
+                            "dropping unreadable queue entries"
+                        );
+                        let keys = unreadable.into_iter().map(|(key, _)| key).collect();
+                        if let Err(e) = store.kv_write(queue.drop_unreadable(keys)).await {
+                            tracing::warn!(queue = queue.name(), error = %e, "cannot drop unreadable queue entries");
+                        }
+                    }
+                    let readable: Vec<(Vec<u8>, Q::Entry)> = readable
+                        .into_iter()
+                        .filter_map(|(key, entry)| Some((key, entry?)))
+                        .collect();
+                    let candidates: Vec<Candidate<'_>> = readable
+                        .iter()
+                        .map(|(key, entry)| {
+                            let (order, not_before) = queue.schedule(entry);
+                            Candidate {
+                                order,
+                                not_before,
+                                in_flight: flying.contains(key),
+                            }
+                        })
+                        .collect();
+                    let now = unix_ms(SystemTime::now());
+                    let (picked, due) = pick(&candidates, now, concurrency - in_flight.len());
+                    if let Some(due) = due {
+                        wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
+                    }
+                    for i in picked {
+                        let (key, entry) = readable[i].clone();
+                        flying.insert(key.clone());
+                        in_flight.push(queue.deliver(key, entry));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = queue.name(), error = %e, "cannot read the queue")
+                }
+            }
+        }
+        tokio::select! {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut finished = vec![done];
+                while let Some(Some(more)) = in_flight.next().now_or_never() {
+                    finished.push(more);
+                }
+                for done in &finished {
+                    flying.remove(queue.key(done));
+                }
+                let count = finished.len();
+                let write = queue.outcome(finished).await;
+                let write = match &lease {
+                    Some(lease) => lease.fence(write),
+                    None => write,
+                };
+                match (store.kv_write(write).await, lease.as_mut()) {
+                    (Ok(()), _) => {}
+                    (Err(StoreError::CasFailed), Some(lease)) => {
+                        tracing::info!(queue = queue.name(), "another node took over the queue");
+                        lease.lost();
+                    }
+                    (Err(e), _) => {
+                        tracing::warn!(queue = queue.name(), error = %e, "cannot record deliveries; they run again");
+                    }
+                }
+                queue.committed(count).await;
+            }
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(order: &str, not_before: u64, in_flight: bool) -> Candidate<'_> {
+        Candidate {
+            order,
+            not_before,
+            in_flight,
+        }
+    }
+
+    #[test]
+    fn each_key_goes_in_order_and_a_waiting_key_holds_back_only_itself() {
+        let queue = [
+            c("a", 0, false),
+            c("b", 0, true),
+            c("a", 0, false),
+            c("b", 0, false),
+            c("c", 500, false),
+            c("c", 0, false),
+            c("d", 0, false),
+            c("e", 0, false),
+        ];
+        // a's second, b's second (b in flight), c's second (c's first waits) stay back.
+        assert_eq!(pick(&queue, 100, 10), (vec![0, 6, 7], Some(500)));
+        assert_eq!(pick(&queue, 100, 2), (vec![0, 6], Some(500)));
+        assert_eq!(pick(&queue, 600, 10), (vec![0, 4, 6, 7], None));
+        assert_eq!(pick(&queue, 600, 0), (vec![], None));
+    }
+}
