@@ -95,22 +95,36 @@ pub(crate) trait Queue: Send + 'static {
     fn key<'a>(&self, done: &'a Self::Done) -> &'a [u8];
 
     /// The write that commits finished deliveries: their records, and their entries removed
-    /// or rescheduled.
-    fn outcome(&self, done: Vec<Self::Done>) -> impl Future<Output = KvWrite> + Send;
+    /// or rescheduled; and whether any was rescheduled.
+    fn outcome(&self, done: Vec<Self::Done>) -> impl Future<Output = (KvWrite, bool)> + Send;
 
     /// The write that removes unreadable entries.
     fn drop_unreadable(&self, keys: Vec<Vec<u8>>) -> KvWrite;
 
-    /// Called after each commit of outcomes, with how many it recorded (for pruning).
-    fn committed(&mut self, count: usize) -> impl Future<Output = ()> + Send;
+    /// Called after each commit of outcomes, with how many it recorded, and whether nothing is
+    /// delivering or committing any more (for pruning).
+    fn committed(&mut self, count: usize, idle: bool) -> impl Future<Output = ()> + Send;
 }
+
+/// What a commit of outcomes settles: the entries' keys, whether one was rescheduled, and the
+/// commit's result.
+type Settled = (Vec<Vec<u8>>, bool, Result<(), StoreError>);
 
 /// Delivers a queue until [`Queue::prepare`] says it is gone. `notify` wakes it when entries
 /// are added; `node` names this process in the queue's lease, in a cluster.
+///
+/// The head is read once and then consumed from memory, read again only when an entry is
+/// rescheduled, a retry is due, a commit failed, or nothing in it can go.
+/// A finished delivery's commit runs while the next deliveries start (the engine groups
+/// concurrent commits into one flush); its entry and key stay taken until it is durable.
 pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, notify: Arc<Notify>) {
     let mut lease = store.is_shared().then(|| Lease::new(queue.name(), &node));
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Q::Done>> = FuturesUnordered::new();
-    let mut flying: HashSet<Vec<u8>> = HashSet::new();
+    let mut committing: FuturesUnordered<BoxFuture<'static, Settled>> = FuturesUnordered::new();
+    // Entries taken: delivering, or committing what their delivery did.
+    let mut taken: HashSet<Vec<u8>> = HashSet::new();
+    let mut head: Vec<(Vec<u8>, Q::Entry)> = Vec::new();
+    let mut stale = true;
     loop {
         let Some((next, concurrency)) = queue.prepare().await else {
             return;
@@ -133,50 +147,49 @@ pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, no
                 }
             },
         };
-        if holding && in_flight.len() < concurrency {
-            match queue.head().await {
-                Ok(rows) => {
-                    let (readable, unreadable): (Vec<_>, Vec<_>) =
-                        rows.into_iter().partition(|(_, entry)| entry.is_some());
-                    if !unreadable.is_empty() {
-                        tracing::error!(
-                            queue = queue.name(),
-                            count = unreadable.len(),
-                            "dropping unreadable queue entries"
-                        );
-                        let keys = unreadable.into_iter().map(|(key, _)| key).collect();
-                        if let Err(e) = store.kv_write(queue.drop_unreadable(keys)).await {
-                            tracing::warn!(queue = queue.name(), error = %e, "cannot drop unreadable queue entries");
+        if !holding {
+            // Another node may deliver meanwhile: what is in memory is not to be trusted.
+            stale = true;
+        } else if in_flight.len() < concurrency {
+            // From the head in memory; read again when it is stale, or when it yields nothing
+            // (consumed, or all held back) and entries may have come after it.
+            for read in [stale, true] {
+                if read {
+                    match read_head(&queue, &store).await {
+                        Ok(entries) => {
+                            head = entries;
+                            stale = false;
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = queue.name(), error = %e, "cannot read the queue");
+                            break;
                         }
                     }
-                    let readable: Vec<(Vec<u8>, Q::Entry)> = readable
-                        .into_iter()
-                        .filter_map(|(key, entry)| Some((key, entry?)))
-                        .collect();
-                    let candidates: Vec<Candidate<'_>> = readable
-                        .iter()
-                        .map(|(key, entry)| {
-                            let (order, not_before) = queue.schedule(entry);
-                            Candidate {
-                                order,
-                                not_before,
-                                in_flight: flying.contains(key),
-                            }
-                        })
-                        .collect();
-                    let now = unix_ms(SystemTime::now());
-                    let (picked, due) = pick(&candidates, now, concurrency - in_flight.len());
-                    if let Some(due) = due {
-                        wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
-                    }
-                    for i in picked {
-                        let (key, entry) = readable[i].clone();
-                        flying.insert(key.clone());
-                        in_flight.push(queue.deliver(key, entry));
-                    }
                 }
-                Err(e) => {
-                    tracing::warn!(queue = queue.name(), error = %e, "cannot read the queue")
+                let candidates: Vec<Candidate<'_>> = head
+                    .iter()
+                    .map(|(key, entry)| {
+                        let (order, not_before) = queue.schedule(entry);
+                        Candidate {
+                            order,
+                            not_before,
+                            in_flight: taken.contains(key),
+                        }
+                    })
+                    .collect();
+                let now = unix_ms(SystemTime::now());
+                let (picked, due) = pick(&candidates, now, concurrency - in_flight.len());
+                if let Some(due) = due {
+                    wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
+                }
+                let found = !picked.is_empty();
+                for i in picked {
+                    let (key, entry) = head[i].clone();
+                    taken.insert(key.clone());
+                    in_flight.push(queue.deliver(key, entry));
+                }
+                if found || read {
+                    break;
                 }
             }
         }
@@ -186,31 +199,71 @@ pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, no
                 while let Some(Some(more)) = in_flight.next().now_or_never() {
                     finished.push(more);
                 }
-                for done in &finished {
-                    flying.remove(queue.key(done));
-                }
-                let count = finished.len();
-                let write = queue.outcome(finished).await;
+                let keys: Vec<Vec<u8>> = finished.iter().map(|d| queue.key(d).to_vec()).collect();
+                let (write, rescheduled) = queue.outcome(finished).await;
                 let write = match &lease {
                     Some(lease) => lease.fence(write),
                     None => write,
                 };
-                match (store.kv_write(write).await, lease.as_mut()) {
+                let store = store.clone();
+                committing.push(Box::pin(async move {
+                    let result = store.kv_write(write).await;
+                    (keys, rescheduled, result)
+                }));
+            }
+            Some((keys, rescheduled, result)) = committing.next(), if !committing.is_empty() => {
+                match (result, lease.as_mut()) {
                     (Ok(()), _) => {}
                     (Err(StoreError::CasFailed), Some(lease)) => {
                         tracing::info!(queue = queue.name(), "another node took over the queue");
                         lease.lost();
+                        stale = true;
                     }
                     (Err(e), _) => {
                         tracing::warn!(queue = queue.name(), error = %e, "cannot record deliveries; they run again");
+                        stale = true;
                     }
                 }
-                queue.committed(count).await;
+                // A rescheduled entry is read again with its new time; a delivered one is gone.
+                stale |= rescheduled;
+                head.retain(|(key, _)| !keys.contains(key));
+                for key in &keys {
+                    taken.remove(key);
+                }
+                let idle = in_flight.is_empty() && committing.is_empty();
+                queue.committed(keys.len(), idle).await;
             }
+            // New entries come after the head in memory: it is read again once it yields
+            // nothing. A due retry or a quiet second reads it again anyway.
             _ = notify.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait) => stale = true,
         }
     }
+}
+
+/// Reads a queue's head, removing the entries that cannot be read.
+async fn read_head<Q: Queue>(
+    queue: &Q,
+    store: &Store,
+) -> Result<Vec<(Vec<u8>, Q::Entry)>, StoreError> {
+    let rows = queue.head().await?;
+    let (readable, unreadable): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(_, entry)| entry.is_some());
+    if !unreadable.is_empty() {
+        tracing::error!(
+            queue = queue.name(),
+            count = unreadable.len(),
+            "dropping unreadable queue entries"
+        );
+        let keys = unreadable.into_iter().map(|(key, _)| key).collect();
+        if let Err(e) = store.kv_write(queue.drop_unreadable(keys)).await {
+            tracing::warn!(queue = queue.name(), error = %e, "cannot drop unreadable queue entries");
+        }
+    }
+    Ok(readable
+        .into_iter()
+        .filter_map(|(key, entry)| Some((key, entry?)))
+        .collect())
 }
 
 #[cfg(test)]

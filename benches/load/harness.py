@@ -518,22 +518,27 @@ def run_function_loads(tmp, eb_auth):
     print(f"  write acknowledged -> trigger's write visible: p50 {results['trigger p50 ms']:.2f} ms"
           f"  p99 {results['trigger p99 ms']:.2f} ms", flush=True)
 
-    # Throughput: 5,000 creates in batches, then wait until every event ran.
+    # Throughput: 5,000 creates in batches, then wait until every event ran; one event at a
+    # time (the default), then eight (each event writes its own document).
     def delivered():
         text = urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=eb_auth)).read().decode()
         m = re.search(r'emberbase_function_invocations_total\{function="mirror",status="ok"\} (\d+)', text)
         return int(m.group(1)) if m else 0
-    before = delivered()
-    n = 5000
-    started = time.perf_counter()
-    for start in range(0, n, 500):
-        ops = [{"op": "create", "collection": "mirror_src", "data": {"i": i}} for i in range(start, start + 500)]
-        request("POST", base + "/v1/batch", {"ops": ops}, eb_auth)
-    while delivered() < before + n:
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    results["events/s"] = n / elapsed
-    print(f"  trigger throughput: {n} events in {elapsed:.2f} s = {results['events/s']:.0f} events/s", flush=True)
+    for concurrency in (1, 8):
+        request("PUT", f"{base}/v1/admin/functions/mirror/config",
+                {"triggers": [{"on": "create", "collection": "mirror_src"}], "concurrency": concurrency}, eb_auth)
+        before = delivered()
+        n = 5000
+        started = time.perf_counter()
+        for start in range(0, n, 500):
+            ops = [{"op": "create", "collection": "mirror_src", "data": {"i": i}} for i in range(start, start + 500)]
+            request("POST", base + "/v1/batch", {"ops": ops}, eb_auth)
+        while delivered() < before + n:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        results[f"events/s, concurrency {concurrency}"] = n / elapsed
+        print(f"  trigger throughput, concurrency {concurrency}: {n} events in {elapsed:.2f} s = "
+              f"{n / elapsed:.0f} events/s", flush=True)
 
     # fib(30): Emberbase function vs PocketBase JS hook, one request at a time.
     eb_times, pb_times = [], []

@@ -16,12 +16,14 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Invocations recorded between two prunings of the log (which keeps at most twice as many
+/// extra for a moment).
+const PRUNE_EVERY: usize = 64;
 /// How long an event waits after the sandbox could not take it (busy, stopping).
 const BUSY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -219,6 +221,7 @@ pub(super) fn ensure(functions: &Functions, name: &str) {
         functions: functions.clone(),
         name: name.to_string(),
         loaded: None,
+        recorded: 0,
     };
     let task = functions.inner.tokio.spawn(delivery::drive(
         queue,
@@ -266,6 +269,8 @@ struct Outbox {
     name: String,
     /// The function as of the last look at the queue.
     loaded: Option<Arc<Loaded>>,
+    /// Invocations recorded since the log was last pruned.
+    recorded: usize,
 }
 
 impl Queue for Outbox {
@@ -352,10 +357,11 @@ impl Queue for Outbox {
         &done.key
     }
 
-    async fn outcome(&self, done: Vec<Ran>) -> KvWrite {
+    async fn outcome(&self, done: Vec<Ran>) -> (KvWrite, bool) {
         let mut write = KvWrite::default();
+        let mut rescheduled = false;
         for ran in done {
-            write = record_run(
+            let (next, again) = record_run(
                 &self.functions,
                 self.loaded.as_deref(),
                 &self.name,
@@ -363,8 +369,10 @@ impl Queue for Outbox {
                 ran,
             )
             .await;
+            write = next;
+            rescheduled |= again;
         }
-        write
+        (write, rescheduled)
     }
 
     fn drop_unreadable(&self, keys: Vec<Vec<u8>>) -> KvWrite {
@@ -372,8 +380,19 @@ impl Queue for Outbox {
             .fold(KvWrite::default(), |w, key| w.delete(Space::Events, key))
     }
 
-    fn committed(&mut self, _count: usize) -> impl Future<Output = ()> + Send {
-        std::future::ready(())
+    async fn committed(&mut self, count: usize, idle: bool) {
+        self.recorded += count;
+        if self.recorded < PRUNE_EVERY && !idle {
+            return;
+        }
+        self.recorded = 0;
+        let write = self
+            .functions
+            .prune_invocations(KvWrite::default(), &self.name, 0, 2 * PRUNE_EVERY)
+            .await;
+        if let Err(e) = self.functions.inner.store.kv_write(write).await {
+            tracing::warn!(function = %self.name, error = %e, "cannot prune the invocation log");
+        }
     }
 }
 
@@ -473,14 +492,14 @@ async fn fire_schedule(
 }
 
 /// Adds what a run leaves to a write: its invocation record, and its event removed (done, or
-/// dead after its last attempt) or rescheduled with backoff.
+/// dead after its last attempt) or rescheduled with backoff (then also says so).
 async fn record_run(
     functions: &Functions,
     loaded: Option<&Loaded>,
     name: &str,
     write: KvWrite,
     ran: Ran,
-) -> KvWrite {
+) -> (KvWrite, bool) {
     let Ran {
         key,
         mut pending,
@@ -492,11 +511,12 @@ async fn record_run(
         Err(e) => {
             tracing::warn!(function = %name, error = %e, "cannot run an event now; it waits");
             pending.not_before = unix_ms(SystemTime::now() + BUSY_PAUSE);
-            return write.put(
+            let write = write.put(
                 Space::Events,
                 key,
                 serde_json::to_vec(&pending).unwrap_or_default(),
             );
+            return (write, true);
         }
     };
     let max_retries = loaded
@@ -545,7 +565,7 @@ async fn record_run(
         logs: outcome.logs,
         at,
     };
-    let write = functions.record_invocation(write, name, &record).await;
+    let write = super::invoke::put_invocation(write, name, &record);
     if failed.is_some() && !last_attempt {
         let base = functions.inner.config.retry_base_ms;
         let backoff =
@@ -554,13 +574,14 @@ async fn record_run(
         let delay = backoff.mul_f64(rand::random::<f64>() * 0.4 + 0.8);
         pending.attempt += 1;
         pending.not_before = unix_ms(SystemTime::now() + delay);
-        return write.put(
+        let write = write.put(
             Space::Events,
             key,
             serde_json::to_vec(&pending).unwrap_or_default(),
         );
+        return (write, true);
     }
-    write.delete(Space::Events, key)
+    (write.delete(Space::Events, key), false)
 }
 
 #[cfg(test)]

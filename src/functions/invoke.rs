@@ -232,10 +232,19 @@ impl Functions {
         name: &str,
         record: &Invocation,
     ) -> KvWrite {
-        let mut key = dispatch::function_prefix(name);
-        key.extend_from_slice(record.id.as_bytes());
-        let bytes = serde_json::to_vec(record).unwrap_or_default();
-        let mut write = write.put(Space::Invocations, key, bytes);
+        let write = put_invocation(write, name, record);
+        self.prune_invocations(write, name, 1, 16).await
+    }
+
+    /// Adds to a write the removal of a function's oldest invocation records (at most
+    /// `excess`), so that `adding` more leave `functions.invocations_kept`.
+    pub(super) async fn prune_invocations(
+        &self,
+        mut write: KvWrite,
+        name: &str,
+        adding: usize,
+        excess: usize,
+    ) -> KvWrite {
         let kept = self.inner.config.invocations_kept;
         if let Ok(old) = self
             .inner
@@ -243,14 +252,25 @@ impl Functions {
             .kv_prefix_last(
                 Space::Invocations,
                 &dispatch::function_prefix(name),
-                kept + 16,
+                kept + excess,
             )
             .await
         {
-            for (key, _) in old.into_iter().skip(kept.saturating_sub(1)) {
+            for (key, _) in old.into_iter().skip(kept.saturating_sub(adding)) {
                 write = write.delete(Space::Invocations, key);
             }
         }
         write
     }
+}
+
+/// Adds an invocation record to a write.
+pub(super) fn put_invocation(write: KvWrite, name: &str, record: &Invocation) -> KvWrite {
+    let mut key = dispatch::function_prefix(name);
+    key.extend_from_slice(record.id.as_bytes());
+    write.put(
+        Space::Invocations,
+        key,
+        serde_json::to_vec(record).unwrap_or_default(),
+    )
 }

@@ -215,10 +215,10 @@ impl Queue for WebhookQueue {
         &done.key
     }
 
-    async fn outcome(&self, done: Vec<Done>) -> KvWrite {
+    async fn outcome(&self, done: Vec<Done>) -> (KvWrite, bool) {
         match &self.record {
             Some(record) => outcome_write(&self.webhooks, record, done),
-            None => KvWrite::default(),
+            None => (KvWrite::default(), false),
         }
     }
 
@@ -228,9 +228,9 @@ impl Queue for WebhookQueue {
         })
     }
 
-    async fn committed(&mut self, count: usize) {
+    async fn committed(&mut self, count: usize, idle: bool) {
         self.recorded += count;
-        if self.recorded >= PRUNE_EVERY {
+        if self.recorded >= PRUNE_EVERY || idle {
             self.recorded = 0;
             if let Err(e) = prune(&self.webhooks, &self.id).await {
                 tracing::warn!(webhook = %self.id, error = %e, "cannot prune the webhook's log");
@@ -248,8 +248,12 @@ fn backoff(base_ms: u64, n: u32) -> Duration {
 }
 
 /// The write that records finished attempts: each attempt's record, and the message removed
-/// and kept (delivered or dead) or rescheduled.
-fn outcome_write(webhooks: &Webhooks, record: &WebhookRecord, finished: Vec<Done>) -> KvWrite {
+/// and kept (delivered or dead) or rescheduled; and whether one was rescheduled.
+fn outcome_write(
+    webhooks: &Webhooks,
+    record: &WebhookRecord,
+    finished: Vec<Done>,
+) -> (KvWrite, bool) {
     let id = &record.info.id;
     let max_attempts = record
         .info
@@ -257,6 +261,7 @@ fn outcome_write(webhooks: &Webhooks, record: &WebhookRecord, finished: Vec<Done
         .max_attempts
         .unwrap_or(webhooks.inner.config.max_attempts);
     let mut write = KvWrite::default();
+    let mut rescheduled = false;
     for done in finished {
         let mut queued = done.queued;
         let n = queued.message.attempts + 1;
@@ -290,6 +295,7 @@ fn outcome_write(webhooks: &Webhooks, record: &WebhookRecord, finished: Vec<Done
         attempt_key.extend_from_slice(delivery.id.as_bytes());
         write = write.put(Space::WebhookAttempts, attempt_key, encode(&delivery));
         if status == "failed" {
+            rescheduled = true;
             let delay = backoff(webhooks.inner.config.retry_base_ms, n);
             queued.not_before = unix_ms(SystemTime::now() + delay);
             write = write.put(Space::WebhookQueue, done.key, encode(&queued));
@@ -304,7 +310,7 @@ fn outcome_write(webhooks: &Webhooks, record: &WebhookRecord, finished: Vec<Done
             );
         }
     }
-    write
+    (write, rescheduled)
 }
 
 /// Removes a webhook's attempt records and kept messages beyond `webhooks.log_kept`.

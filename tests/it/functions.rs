@@ -676,6 +676,33 @@ fn runaway_functions_are_stopped_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn the_invocation_log_keeps_the_latest_records() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.functions.invocations_kept = 5;
+    });
+    deploy(
+        &srv,
+        "copier",
+        &writer_to("copies"),
+        json!({"triggers": [{"on": "create", "collection": "originals"}]}),
+    );
+    for i in 0..20 {
+        srv.post("/v1/collections/originals/docs", &json!({"i": i}))
+            .expect(201);
+    }
+    eventually("every copy", || {
+        (docs(&srv, "copies").len() == 20).then_some(())
+    });
+    let kept = eventually("the log pruned to its limit", || {
+        let records = invocations(&srv, "copier");
+        (records.len() <= 5).then_some(records)
+    });
+    assert_eq!(kept.len(), 5);
+    assert!(kept.iter().all(|r| r["status"] == "ok"));
+}
+
+#[test]
 fn failed_events_are_retried_with_one_event_id_then_dead_lettered() {
     let srv = start();
     deploy(
