@@ -105,6 +105,8 @@ pub struct FunctionsConfig {
     pub max_log_bytes: usize,
     /// Log bytes one function may write per minute across all its invocations.
     pub log_bytes_per_minute: u64,
+    /// Uploaded versions kept per function (the active one always is), to activate again.
+    pub versions_kept: usize,
     /// Trigger events of one function run at once (a function may set its own); events about
     /// the same document or file always run one after the other. 1 keeps a function's runs
     /// one at a time, which read-then-write code relies on.
@@ -171,6 +173,7 @@ impl Default for FunctionsConfig {
             max_table_elements: 100_000,
             max_log_bytes: 16 * 1024,
             log_bytes_per_minute: 256 * 1024,
+            versions_kept: 10,
             concurrency: 1,
         }
     }
@@ -512,7 +515,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 47] = [
+        let ranges: [(&str, u64, u64, u64); 48] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -675,6 +678,7 @@ impl Config {
                 1 << 20,
             ),
             ("functions.concurrency", f.concurrency as u64, 1, 256),
+            ("functions.versions_kept", f.versions_kept as u64, 1, 1000),
             ("webhooks.timeout_ms", w.timeout_ms, 1, 300_000),
             ("webhooks.retry_base_ms", w.retry_base_ms, 1, 3_600_000),
             ("webhooks.max_attempts", u64::from(w.max_attempts), 1, 100),

@@ -6,7 +6,7 @@ use super::extract::{Caller, JsonBody};
 use super::files::Binary;
 use super::AppState;
 use crate::error::{Error, ErrorCode};
-use crate::functions::{FunctionConfig, FunctionInfo, Invocation};
+use crate::functions::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation};
 use actix_web::http::header;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -19,11 +19,14 @@ pub(super) struct Uploaded {
     name: String,
     sha256: String,
     size: u64,
+    /// The new version, now active.
+    version: u32,
 }
 
 /// Upload (or replace) a function's WebAssembly module (guest ABI v1, see docs/functions.md). It is
-/// validated, checked against the ABI and compiled before this returns; in-flight invocations
-/// finish on the old module.
+/// validated, checked against the ABI and compiled before this returns, and becomes the next
+/// version, active at once; in-flight invocations finish on the old module, which stays kept
+/// for a rollback.
 #[utoipa::path(
     operation_id = "upload_function",
     tag = "functions",
@@ -78,6 +81,7 @@ pub(super) async fn upload(
         name: info.name,
         sha256: info.sha256,
         size: info.size,
+        version: info.version,
     }))
 }
 
@@ -203,6 +207,103 @@ pub(super) async fn invocations(
         .invocations(&caller.0, &name, query.limit.unwrap_or(50))
         .await?;
     Ok(HttpResponse::Ok().json(InvocationList { items }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct VersionList {
+    items: Vec<FunctionVersion>,
+}
+
+/// A function's kept versions, newest first (`functions.versions_kept`; the active one is
+/// always kept). Each upload is a new version.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "Versions", body = VersionList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}/versions")]
+pub(super) async fn versions(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let items = state.functions.versions(&caller.0, &name).await?;
+    Ok(HttpResponse::Ok().json(VersionList { items }))
+}
+
+/// Make a kept version the active one (a rollback, or a roll forward): events dispatched and
+/// calls made from now on run its module, and their records name it. The config stays as it
+/// is.
+#[utoipa::path(
+    tag = "functions",
+    params(
+        ("name" = String, Path, description = "Function name"),
+        ("version" = u32, Path, description = "A kept version"),
+    ),
+    responses(
+        (status = 200, description = "The function, running that version", body = FunctionInfo),
+        (status = 400, description = "The module no longer fits the config (memory)", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function or kept version", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/functions/{name}/versions/{version}/activate")]
+pub(super) async fn activate(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, u32)>,
+) -> Result<HttpResponse, Error> {
+    let (name, version) = path.into_inner();
+    let info = state.functions.activate(&caller.0, &name, version).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+/// What to replay.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayRequest {
+    /// The `event_id` of a recorded trigger or schedule event (one still in the invocation
+    /// log, which keeps each event's payload).
+    event_id: String,
+    /// A kept version to run it on; the active one when absent.
+    #[serde(default)]
+    version: Option<u32>,
+}
+
+/// Run a recorded event again, with the same `event_id` and payload (`before`/`after` exactly
+/// as they were), on the active or a chosen version: after fixing the bug that killed it, or to
+/// debug. Waits for the run; its writes are real. The run is recorded with `replay: true`.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "The run's invocation record (its status says how it went)", body = Invocation),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function, version or recorded event", body = ErrorBody),
+        (status = 503, description = "Every function worker is busy", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/functions/{name}/replay")]
+pub(super) async fn replay(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: JsonBody<ReplayRequest>,
+) -> Result<HttpResponse, Error> {
+    let ReplayRequest { event_id, version } = body.0;
+    let record = state
+        .functions
+        .replay(&caller.0, &name, &event_id, version)
+        .await?;
+    Ok(HttpResponse::Ok().json(record))
 }
 
 /// Call a function that has an `http` trigger. The result `{"status", "body"}` is passed

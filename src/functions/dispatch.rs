@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Invocations recorded between two prunings of the log (which keeps at most twice as many
 /// extra for a moment).
-const PRUNE_EVERY: usize = 64;
+pub(super) const PRUNE_EVERY: usize = 64;
 /// How long an event waits after the sandbox could not take it (busy, stopping).
 const BUSY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -118,6 +118,9 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
             )),
             logs: Vec::new(),
             at: now_rfc3339(),
+            version: None,
+            replay: false,
+            event: None,
         };
         key.extend_from_slice(record.id.as_bytes());
         return HookRecord::Plain(
@@ -261,6 +264,8 @@ struct Ran {
     outcome: Result<Outcome, FunctionsError>,
     /// When the run ended.
     at: String,
+    /// The version that ran.
+    version: Option<u32>,
 }
 
 /// A function's outbox, as `delivery::drive` delivers it.
@@ -336,6 +341,7 @@ impl Queue for Outbox {
                 .get("depth")
                 .and_then(Value::as_u64)
                 .unwrap_or(0) as u32;
+            let version = loaded.as_ref().map(|l| l.record.info.version);
             let outcome = match loaded {
                 Some(loaded) => {
                     functions
@@ -349,6 +355,7 @@ impl Queue for Outbox {
                 pending,
                 outcome,
                 at: now_rfc3339(),
+                version,
             }
         })
     }
@@ -491,6 +498,59 @@ async fn fire_schedule(
     Ok(next_due)
 }
 
+/// The invocation record of a run of `event` (kept in it), and whether the run failed: a
+/// trap, a limit, a result that is not JSON, or `{"ok": false}`.
+pub(super) fn judge(
+    event: &Value,
+    attempt: u32,
+    outcome: Outcome,
+    at: String,
+    version: Option<u32>,
+) -> (Invocation, bool) {
+    let failed = match &outcome.result {
+        Ok(Some(bytes)) => match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => Some(
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the function returned ok: false")
+                    .to_string(),
+            ),
+            Ok(_) => None,
+            Err(e) => Some(format!("the result is not JSON: {e}")),
+        },
+        Ok(None) => None,
+        Err(f) => Some(f.to_string()),
+    };
+    let (mut status, failure, error) = outcome_status(&outcome.result);
+    let error = error.or_else(|| failed.clone());
+    if failed.is_some() && status == "ok" {
+        status = "error";
+    }
+    let field = |name: &str| {
+        event
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let record = Invocation {
+        id: ulid::Ulid::new().to_string(),
+        event_id: field("event_id"),
+        trigger: field("trigger"),
+        status: status.into(),
+        attempt,
+        duration_us: outcome.duration.as_micros() as u64,
+        failure,
+        error,
+        logs: outcome.logs,
+        at,
+        version,
+        replay: false,
+        event: Some(event.clone()),
+    };
+    (record, failed.is_some())
+}
+
 /// Adds what a run leaves to a write: its invocation record, and its event removed (done, or
 /// dead after its last attempt) or rescheduled with backoff (then also says so).
 async fn record_run(
@@ -505,6 +565,7 @@ async fn record_run(
         mut pending,
         outcome,
         at,
+        version,
     } = ran;
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -522,51 +583,13 @@ async fn record_run(
     let max_retries = loaded
         .and_then(|l| l.record.info.config.max_retries)
         .unwrap_or(functions.inner.config.max_retries);
-    let failed = match &outcome.result {
-        Ok(Some(bytes)) => match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) if v.get("ok") == Some(&Value::Bool(false)) => Some(
-                v.get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the function returned ok: false")
-                    .to_string(),
-            ),
-            Ok(_) => None,
-            Err(e) => Some(format!("the result is not JSON: {e}")),
-        },
-        Ok(None) => None,
-        Err(f) => Some(f.to_string()),
-    };
-    let (mut status, failure, error) = outcome_status(&outcome.result);
-    let error = error.or_else(|| failed.clone());
     let last_attempt = pending.attempt > max_retries;
-    if failed.is_some() && status == "ok" {
-        status = "error";
+    let (mut record, failed) = judge(&pending.event, pending.attempt, outcome, at, version);
+    if failed && last_attempt {
+        record.status = "dead".into();
     }
-    if failed.is_some() && last_attempt {
-        status = "dead";
-    }
-    let field = |name: &str| {
-        pending
-            .event
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let record = Invocation {
-        id: ulid::Ulid::new().to_string(),
-        event_id: field("event_id"),
-        trigger: field("trigger"),
-        status: status.into(),
-        attempt: pending.attempt,
-        duration_us: outcome.duration.as_micros() as u64,
-        failure,
-        error,
-        logs: outcome.logs,
-        at,
-    };
     let write = super::invoke::put_invocation(write, name, &record);
-    if failed.is_some() && !last_attempt {
+    if failed && !last_attempt {
         let base = functions.inner.config.retry_base_ms;
         let backoff =
             Duration::from_millis(base.saturating_mul(1 << (pending.attempt - 1).min(20)))

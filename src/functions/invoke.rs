@@ -189,6 +189,9 @@ impl Functions {
             error: error.clone(),
             logs: outcome.logs,
             at: now_rfc3339(),
+            version: Some(loaded.record.info.version),
+            replay: false,
+            event: None,
         };
         let functions = self.clone();
         let fname = name.to_string();
@@ -223,6 +226,69 @@ impl Functions {
                 body: value,
             },
         })
+    }
+
+    /// Runs a recorded trigger or schedule event again, with its `event_id` and payload, on the
+    /// active version or on kept `version`, and records the run (`replay: true`). For a dead
+    /// event after a fix, or to debug. Waits for the run and answers its record.
+    pub async fn replay(
+        &self,
+        who: &Principal,
+        name: &str,
+        event_id: &str,
+        version: Option<u32>,
+    ) -> Result<Invocation> {
+        Self::require_admin(who)?;
+        check_name(name)?;
+        let current = self
+            .loaded(name)
+            .ok_or_else(|| FunctionsError::NotFound(name.into()))?;
+        let kept = self.inner.config.invocations_kept;
+        let rows = self
+            .inner
+            .store
+            .kv_prefix_last(
+                Space::Invocations,
+                &dispatch::function_prefix(name),
+                kept + 2 * dispatch::PRUNE_EVERY,
+            )
+            .await?;
+        let (mut event, attempt) = rows
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<Invocation>(&bytes).ok())
+            .find(|r| r.event_id == event_id && r.event.is_some())
+            .and_then(|r| Some((r.event?, r.attempt)))
+            .ok_or_else(|| {
+                FunctionsError::NotFound(format!("no recorded event {event_id} of function {name}"))
+            })?;
+        let loaded = match version {
+            Some(v) if v != current.record.info.version => {
+                let config = current.record.info.config.clone();
+                let (kept, (.., module)) = self.load_version(name, v, &config).await?;
+                let mut record = current.record.clone();
+                record.info.version = v;
+                record.info.sha256 = kept.sha256;
+                Arc::new(Loaded { record, module })
+            }
+            _ => current,
+        };
+        let attempt = attempt + 1;
+        event["attempt"] = json!(attempt);
+        let depth = event.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
+        let outcome = self.run(Lane::Events, &loaded, &event, depth + 1).await?;
+        let (mut record, _) = dispatch::judge(
+            &event,
+            attempt,
+            outcome,
+            now_rfc3339(),
+            Some(loaded.record.info.version),
+        );
+        record.replay = true;
+        let write = self
+            .record_invocation(KvWrite::default(), name, &record)
+            .await;
+        self.inner.store.kv_write(write).await?;
+        Ok(record)
     }
 
     /// Adds an invocation record (and the pruning of the oldest beyond the limit) to a write.

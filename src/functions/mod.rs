@@ -23,7 +23,7 @@ pub use error::FunctionsError;
 pub(crate) use error::Result;
 pub use invoke::HttpResult;
 pub(crate) use records::check_name;
-pub use records::{FunctionConfig, FunctionInfo, Invocation, Trigger};
+pub use records::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation, Trigger};
 pub(crate) use registry::stored_modules;
 pub use runtime::LogLine;
 

@@ -9,6 +9,7 @@ use crate::docs::check_collection;
 use crate::model::{Change, Subject};
 use crate::when::{self, When};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The most memory a function may be given, in MiB.
 pub(super) const MAX_MEMORY_MB: u64 = 4096;
@@ -100,9 +101,17 @@ pub struct FunctionInfo {
     pub sha256: String,
     /// Size of the module in bytes.
     pub size: u64,
+    /// The active version: the upload it runs (1 for the first; each upload adds one).
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub config: FunctionConfig,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// What a record stored before versions existed runs.
+fn first_version() -> u32 {
+    1
 }
 
 /// The stored record: the public info and the artifact it runs.
@@ -113,6 +122,22 @@ pub(super) struct FunctionRecord {
     /// The artifact's file key and the SHA-256 of its bytes.
     pub(super) artifact_key: String,
     pub(super) artifact_sha256: String,
+    /// The latest version uploaded (the next upload is one more).
+    #[serde(default = "first_version")]
+    pub(super) latest_version: u32,
+}
+
+/// An uploaded module of a function, kept so it can be activated again.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionVersion {
+    pub version: u32,
+    /// SHA-256 of the module, lower-case hex.
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: String,
+    /// Whether events and calls run it now.
+    #[serde(default)]
+    pub active: bool,
 }
 
 /// One run of a function (or an event that was not delivered).
@@ -134,6 +159,16 @@ pub struct Invocation {
     pub error: Option<String>,
     pub logs: Vec<LogLine>,
     pub at: String,
+    /// The version that ran (absent for an event that did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// A re-run through the replay API, not a delivery.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replay: bool,
+    /// The event as delivered (trigger and schedule events), kept so it can be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub event: Option<Value>,
 }
 
 pub(crate) fn check_name(name: &str) -> Result<()> {

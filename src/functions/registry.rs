@@ -4,8 +4,8 @@
 use super::error::internal;
 use super::records::Armed;
 use super::{
-    check_name, dispatch, runtime, FunctionConfig, FunctionInfo, FunctionRecord, Functions,
-    FunctionsError, Loaded, Result,
+    check_name, dispatch, runtime, FunctionConfig, FunctionInfo, FunctionRecord, FunctionVersion,
+    Functions, FunctionsError, Loaded, Result,
 };
 use crate::auth::Principal;
 use crate::model::now_rfc3339;
@@ -20,6 +20,20 @@ const RELOAD_ATTEMPTS: usize = 8;
 
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A module ready to run: its hash, its artifact's key and hash, and the loaded module.
+type Prepared = (String, String, String, wasmer::Module);
+
+/// The key of a function's version record.
+fn version_key(name: &str, version: u32) -> Vec<u8> {
+    let mut key = dispatch::function_prefix(name);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(internal)
 }
 
 pub(super) fn artifact_key(module_sha: &str) -> String {
@@ -307,25 +321,15 @@ impl Functions {
         }
     }
 
-    /// Uploads (or replaces) a function's module. The config of an existing function is kept.
-    pub async fn upload(&self, who: &Principal, name: &str, wasm: Vec<u8>) -> Result<FunctionInfo> {
-        Self::require_admin(who)?;
-        check_name(name)?;
-        let max = self.inner.config.max_module_bytes;
-        if wasm.len() > max {
-            return Err(FunctionsError::TooLarge { max });
-        }
-        let previous = self.loaded(name);
-        let config = previous
-            .as_ref()
-            .map(|l| l.record.info.config.clone())
-            .unwrap_or_default();
-        let memory = self.limits(&config).memory_bytes;
+    /// Validates and compiles a module against a function's config, and keeps the module and
+    /// its artifact (in a cluster, the module also in the shared store). Returns the module's
+    /// hash, its artifact's key and hash, and the loaded module.
+    async fn prepare_module(&self, config: &FunctionConfig, wasm: Vec<u8>) -> Result<Prepared> {
+        let memory = self.limits(config).memory_bytes;
         let max_table_elements = self.inner.config.max_table_elements;
         let sha = hex(&Sha256::digest(&wasm));
         let (module_path, key) = (self.module_path(&sha), artifact_key(&sha));
         let artifact_path = artifact_path_of(&self.inner.artifacts_dir, &key);
-        let size = wasm.len() as u64;
         // In a cluster the module goes to the shared store before its record, as a file's
         // bytes go before its record.
         let shared_copy = self.inner.store.is_shared().then(|| wasm.clone());
@@ -349,30 +353,266 @@ impl Functions {
             write_durably(&sidecar, artifact_sha256.as_bytes()).map_err(internal)?;
         }
         let module = self.inner.runtime.load(&artifact).map_err(internal)?;
+        Ok((sha, key, artifact_sha256, module))
+    }
+
+    /// Uploads (or replaces) a function's module as its next version, and activates it. The
+    /// config of an existing function is kept; the oldest versions beyond
+    /// `functions.versions_kept` are dropped.
+    pub async fn upload(&self, who: &Principal, name: &str, wasm: Vec<u8>) -> Result<FunctionInfo> {
+        Self::require_admin(who)?;
+        check_name(name)?;
+        let max = self.inner.config.max_module_bytes;
+        if wasm.len() > max {
+            return Err(FunctionsError::TooLarge { max });
+        }
+        let previous = self.loaded(name);
+        let config = previous
+            .as_ref()
+            .map(|l| l.record.info.config.clone())
+            .unwrap_or_default();
+        let size = wasm.len() as u64;
+        let (sha, key, artifact_sha256, module) = self.prepare_module(&config, wasm).await?;
         let now = now_rfc3339();
+        let version = previous.as_ref().map_or(1, |l| l.record.latest_version + 1);
         let record = FunctionRecord {
             info: FunctionInfo {
                 name: name.to_string(),
-                sha256: sha,
+                sha256: sha.clone(),
                 size,
+                version,
                 config,
                 created_at: previous
                     .as_ref()
                     .map_or_else(|| now.clone(), |l| l.record.info.created_at.clone()),
-                updated_at: now,
+                updated_at: now.clone(),
             },
             artifact_key: key,
             artifact_sha256,
+            latest_version: version,
         };
+        let mut write = KvWrite::default();
+        if let Some(previous) = &previous {
+            // A function stored before versions existed gets its first version recorded.
+            let info = &previous.record.info;
+            let key = version_key(name, info.version);
+            if self
+                .inner
+                .store
+                .kv_get(Space::FunctionVersions, &key)
+                .await?
+                .is_none()
+            {
+                let kept = FunctionVersion {
+                    version: info.version,
+                    sha256: info.sha256.clone(),
+                    size: info.size,
+                    created_at: info.updated_at.clone(),
+                    active: false,
+                };
+                write = write.put(Space::FunctionVersions, key, to_json(&kept)?);
+            }
+        }
+        let kept = FunctionVersion {
+            version,
+            sha256: sha,
+            size,
+            created_at: now,
+            active: false,
+        };
+        write = write.put(
+            Space::FunctionVersions,
+            version_key(name, version),
+            to_json(&kept)?,
+        );
+        self.save_with(&record, write).await?;
+        let info = record.info.clone();
+        self.change_locally(|| self.install(Loaded { record, module }));
+        self.drop_old_versions(name, version).await?;
+        Ok(info)
+    }
+
+    /// A function's kept versions, newest first.
+    pub async fn versions(&self, who: &Principal, name: &str) -> Result<Vec<FunctionVersion>> {
+        Self::require_admin(who)?;
+        check_name(name)?;
+        let current = self
+            .loaded(name)
+            .ok_or_else(|| FunctionsError::NotFound(name.into()))?;
+        let rows = self
+            .inner
+            .store
+            .kv_prefix_last(
+                Space::FunctionVersions,
+                &dispatch::function_prefix(name),
+                usize::MAX,
+            )
+            .await?;
+        let mut versions: Vec<FunctionVersion> = rows
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+            .collect();
+        if versions.is_empty() {
+            // Stored before versions existed: its one module.
+            let info = &current.record.info;
+            versions.push(FunctionVersion {
+                version: info.version,
+                sha256: info.sha256.clone(),
+                size: info.size,
+                created_at: info.updated_at.clone(),
+                active: false,
+            });
+        }
+        for v in &mut versions {
+            v.active = v.version == current.record.info.version;
+        }
+        Ok(versions)
+    }
+
+    /// Makes a kept version the active one: later events and calls run its module. The config
+    /// stays as it is, and is checked against the module as an upload is.
+    pub async fn activate(
+        &self,
+        who: &Principal,
+        name: &str,
+        version: u32,
+    ) -> Result<FunctionInfo> {
+        Self::require_admin(who)?;
+        check_name(name)?;
+        let current = self
+            .loaded(name)
+            .ok_or_else(|| FunctionsError::NotFound(name.into()))?;
+        let config = current.record.info.config.clone();
+        let (kept, (sha, key, artifact_sha256, module)) =
+            self.load_version(name, version, &config).await?;
+        let mut record = current.record.clone();
+        record.info.sha256 = sha;
+        record.info.size = kept.size;
+        record.info.version = version;
+        record.info.updated_at = now_rfc3339();
+        record.artifact_key = key;
+        record.artifact_sha256 = artifact_sha256;
         self.save(&record).await?;
         let info = record.info.clone();
         self.change_locally(|| self.install(Loaded { record, module }));
         Ok(info)
     }
 
+    /// A kept version of a function with its module, checked against `config` as an upload is.
+    pub(super) async fn load_version(
+        &self,
+        name: &str,
+        version: u32,
+        config: &FunctionConfig,
+    ) -> Result<(FunctionVersion, Prepared)> {
+        let kept = self.version(name, version).await?;
+        let wasm = self.module_bytes(&kept.sha256).await.map_err(internal)?;
+        let prepared = self.prepare_module(config, wasm).await?;
+        Ok((kept, prepared))
+    }
+
+    /// A kept version of a function.
+    pub(super) async fn version(&self, name: &str, version: u32) -> Result<FunctionVersion> {
+        let missing = || FunctionsError::NotFound(format!("{name} version {version}"));
+        let bytes = match self
+            .inner
+            .store
+            .kv_get(Space::FunctionVersions, &version_key(name, version))
+            .await?
+        {
+            Some(bytes) => bytes,
+            None => {
+                // Stored before versions existed: only its active module.
+                let current = self.loaded(name).ok_or_else(missing)?;
+                let info = &current.record.info;
+                if info.version != version {
+                    return Err(missing());
+                }
+                return Ok(FunctionVersion {
+                    version,
+                    sha256: info.sha256.clone(),
+                    size: info.size,
+                    created_at: info.updated_at.clone(),
+                    active: true,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(internal)
+    }
+
+    /// Drops a function's oldest versions beyond `functions.versions_kept`, never the `active`
+    /// one, and the modules no function refers to any more.
+    async fn drop_old_versions(&self, name: &str, active: u32) -> Result<()> {
+        let rows = self
+            .inner
+            .store
+            .kv_prefix_last(
+                Space::FunctionVersions,
+                &dispatch::function_prefix(name),
+                usize::MAX,
+            )
+            .await?;
+        let mut dropped = Vec::new();
+        let mut write = KvWrite::default();
+        for (key, bytes) in rows.into_iter().skip(self.inner.config.versions_kept) {
+            let Ok(old) = serde_json::from_slice::<FunctionVersion>(&bytes) else {
+                continue;
+            };
+            if old.version != active {
+                write = write.delete(Space::FunctionVersions, key);
+                dropped.push(old.sha256);
+            }
+        }
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        self.inner.store.kv_write(write).await?;
+        self.drop_unused_modules(dropped).await
+    }
+
+    /// Removes the modules (and artifacts) among `shas` that no function's active module or
+    /// kept version uses.
+    async fn drop_unused_modules(&self, shas: Vec<String>) -> Result<()> {
+        let mut used: std::collections::HashSet<String> = self
+            .list(&Principal::Service)?
+            .into_iter()
+            .map(|f| f.sha256)
+            .collect();
+        for (_, bytes) in self
+            .inner
+            .store
+            .kv_scan(Space::FunctionVersions, None, usize::MAX)
+            .await?
+        {
+            if let Ok(v) = serde_json::from_slice::<FunctionVersion>(&bytes) {
+                used.insert(v.sha256);
+            }
+        }
+        for sha in shas.into_iter().filter(|sha| !used.contains(sha)) {
+            if self.inner.store.is_shared() {
+                let module = KvWrite::default().delete(Space::Modules, sha.as_bytes());
+                self.inner.store.kv_write(module).await?;
+            }
+            let _ = std::fs::remove_file(self.module_path(&sha));
+            let key = artifact_key(&sha);
+            let artifact = artifact_path_of(&self.inner.artifacts_dir, &key);
+            let _ = std::fs::remove_file(artifact.with_extension("sha256"));
+            let _ = std::fs::remove_file(artifact);
+        }
+        Ok(())
+    }
+
     pub(super) async fn save(&self, record: &FunctionRecord) -> Result<()> {
-        let bytes = serde_json::to_vec(record).map_err(internal)?;
-        let write = KvWrite::default().put(Space::Functions, record.info.name.as_bytes(), bytes);
+        self.save_with(record, KvWrite::default()).await
+    }
+
+    /// Saves a function's record with the rest of a write.
+    async fn save_with(&self, record: &FunctionRecord, write: KvWrite) -> Result<()> {
+        let write = write.put(
+            Space::Functions,
+            record.info.name.as_bytes(),
+            to_json(record)?,
+        );
         Ok(self.inner.store.kv_write(write).await?)
     }
 
@@ -430,13 +670,24 @@ impl Functions {
         }
         let mut write = KvWrite::default().delete(Space::Functions, name.as_bytes());
         let prefix = dispatch::function_prefix(name);
-        for space in [Space::Events, Space::Invocations, Space::Schedules] {
-            for (key, _) in self
+        let mut modules = Vec::new();
+        for space in [
+            Space::Events,
+            Space::Invocations,
+            Space::Schedules,
+            Space::FunctionVersions,
+        ] {
+            for (key, bytes) in self
                 .inner
                 .store
                 .kv_prefix(space, &prefix, usize::MAX)
                 .await?
             {
+                if space == Space::FunctionVersions {
+                    if let Ok(v) = serde_json::from_slice::<FunctionVersion>(&bytes) {
+                        modules.push(v.sha256);
+                    }
+                }
                 write = write.delete(space, key);
             }
         }
@@ -446,23 +697,8 @@ impl Functions {
             // Deleted meanwhile by another call.
             return Ok(());
         };
-        let still_used = self
-            .list(&Principal::Service)?
-            .iter()
-            .any(|f| f.sha256 == removed.record.info.sha256);
-        if !still_used {
-            let sha = &removed.record.info.sha256;
-            if self.inner.store.is_shared() {
-                let module = KvWrite::default().delete(Space::Modules, sha.as_bytes());
-                self.inner.store.kv_write(module).await?;
-            }
-            let _ = std::fs::remove_file(self.module_path(sha));
-            let _ = std::fs::remove_file(
-                self.inner
-                    .artifacts_dir
-                    .join(format!("{}.bin", removed.record.artifact_key)),
-            );
-        }
+        modules.push(removed.record.info.sha256.clone());
+        self.drop_unused_modules(modules).await?;
         Ok(())
     }
 }

@@ -29,6 +29,8 @@ pub(crate) enum Space {
     Invocations,
     /// Function name → the last schedule tick fired.
     Schedules,
+    /// Function name `00` version (4 bytes, big-endian) → a kept version of its module.
+    FunctionVersions,
     /// Secret name → a server secret shared by the nodes of a cluster (see `secrets`).
     Secrets,
     /// SHA-256 of a Wasm module → the module, in a cluster (a single node keeps files).
@@ -68,6 +70,7 @@ impl Space {
             Space::Events => b"event:",
             Space::Invocations => b"invocation:",
             Space::Schedules => b"schedule:",
+            Space::FunctionVersions => b"fnversion:",
             Space::Secrets => b"secret:",
             Space::Modules => b"module:",
             Space::Leases => b"lease:",

@@ -887,6 +887,133 @@ fn trigger_events_run_in_parallel_across_documents_and_in_order_within_each() {
 }
 
 #[test]
+fn versions_roll_back_and_a_dead_event_replays_after_a_fix() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.functions.retry_base_ms = 50;
+        c.functions.versions_kept = 3;
+    });
+    let trigger = json!({"triggers": [{"on": "create", "collection": "jobs"}]});
+    deploy(&srv, "worker", &writer_to("out_v1"), trigger.clone());
+    let job = |n: u64| {
+        srv.post("/v1/collections/jobs/docs", &json!({"n": n}))
+            .expect(201)
+    };
+    let ran = |collection: &str, n: usize| {
+        eventually(collection, || {
+            (docs(&srv, collection).len() == n).then_some(())
+        })
+    };
+    job(1);
+    ran("out_v1", 1);
+    // A second upload is version 2 and runs from now on.
+    let info = upload(&srv, "worker", &writer_to("out_v2"))
+        .expect(200)
+        .json;
+    assert_eq!(info["version"], 2);
+    job(2);
+    ran("out_v2", 1);
+    let versions = srv
+        .get("/v1/admin/functions/worker/versions")
+        .expect(200)
+        .json["items"]
+        .clone();
+    assert_eq!(versions[0]["version"], 2);
+    assert_eq!(versions[0]["active"], true);
+    assert_eq!(versions[1]["version"], 1);
+    assert_eq!(versions[1]["active"], false);
+    // Roll back: the module of version 1, the config as it is.
+    let back = srv
+        .post("/v1/admin/functions/worker/versions/1/activate", &json!({}))
+        .expect(200)
+        .json;
+    assert_eq!(back["version"], 1);
+    assert_eq!(back["config"]["triggers"], trigger["triggers"]);
+    job(3);
+    ran("out_v1", 2);
+    assert_eq!(docs(&srv, "out_v2").len(), 1);
+    let records = eventually("three records", || {
+        let r = invocations(&srv, "worker");
+        (r.len() == 3).then_some(r)
+    });
+    let named: Vec<u64> = records
+        .iter()
+        .rev()
+        .map(|r| r["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(named, [1, 2, 1]);
+    srv.post("/v1/admin/functions/worker/versions/9/activate", &json!({}))
+        .expect_error(404, "not_found");
+    // Only the last three versions are kept (and the active one).
+    for _ in 0..3 {
+        upload(&srv, "worker", &writer_to("out_v1")).expect(200);
+    }
+    let kept: Vec<u64> = srv
+        .get("/v1/admin/functions/worker/versions")
+        .expect(200)
+        .json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [5, 4, 3]);
+    srv.post("/v1/admin/functions/worker/versions/1/activate", &json!({}))
+        .expect(404);
+
+    // A function that fails every event; its event dies.
+    deploy(
+        &srv,
+        "billing",
+        &respond(r#"{"ok":false,"error":"bug"}"#),
+        json!({"triggers": [{"on": "create", "collection": "invoices"}], "max_retries": 1}),
+    );
+    srv.post("/v1/collections/invoices/docs", &json!({"total": 42}))
+        .expect(201);
+    let dead = eventually("a dead event", || {
+        invocations(&srv, "billing")
+            .into_iter()
+            .find(|r| r["status"] == "dead")
+    });
+    assert_eq!(dead["event"]["after"]["data"]["total"], 42);
+    let event_id = dead["event_id"].as_str().unwrap();
+    // The fix, uploaded; the dead event replayed on it, with its id and payload.
+    upload(&srv, "billing", &recorder("billed", None)).expect(200);
+    let replayed = srv
+        .post(
+            "/v1/admin/functions/billing/replay",
+            &json!({"event_id": event_id}),
+        )
+        .expect(200)
+        .json;
+    assert_eq!(replayed["status"], "ok", "{replayed}");
+    assert_eq!(replayed["event_id"], event_id);
+    assert_eq!(replayed["replay"], true);
+    assert_eq!(replayed["version"], 2);
+    let billed = docs(&srv, "billed");
+    assert_eq!(billed.len(), 1);
+    assert_eq!(billed[0]["data"]["event"]["event_id"], event_id);
+    assert_eq!(billed[0]["data"]["event"]["after"]["data"]["total"], 42);
+    // On the old version it still fails.
+    let again = srv
+        .post(
+            "/v1/admin/functions/billing/replay",
+            &json!({"event_id": event_id, "version": 1}),
+        )
+        .expect(200)
+        .json;
+    assert_eq!(
+        (again["status"].as_str(), again["version"].as_u64()),
+        (Some("error"), Some(1))
+    );
+    srv.post(
+        "/v1/admin/functions/billing/replay",
+        &json!({"event_id": "01NOSUCHEVENT"}),
+    )
+    .expect_error(404, "not_found");
+}
+
+#[test]
 fn schedules_fire_on_time() {
     let srv = start();
     deploy(

@@ -193,8 +193,9 @@ export interface paths {
         get: operations["get"];
         /**
          * Upload (or replace) a function's WebAssembly module (guest ABI v1, see docs/functions.md). It is
-         *     validated, checked against the ABI and compiled before this returns; in-flight invocations
-         *     finish on the old module.
+         *     validated, checked against the ABI and compiled before this returns, and becomes the next
+         *     version, active at once; in-flight invocations finish on the old module, which stays kept
+         *     for a rollback.
          */
         put: operations["upload_function"];
         post?: never;
@@ -233,6 +234,68 @@ export interface paths {
         get: operations["invocations"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/functions/{name}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run a recorded event again, with the same `event_id` and payload (`before`/`after` exactly
+         *     as they were), on the active or a chosen version: after fixing the bug that killed it, or to
+         *     debug. Waits for the run; its writes are real. The run is recorded with `replay: true`.
+         */
+        post: operations["replay"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/functions/{name}/versions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A function's kept versions, newest first (`functions.versions_kept`; the active one is
+         *     always kept). Each upload is a new version.
+         */
+        get: operations["versions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/functions/{name}/versions/{version}/activate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Make a kept version the active one (a rollback, or a roll forward): events dispatched and
+         *     calls made from now on run its module, and their records name it. The config stays as it
+         *     is.
+         */
+        post: operations["activate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1224,9 +1287,26 @@ export interface components {
              */
             size: number;
             updated_at: string;
+            /**
+             * Format: int32
+             * @description The active version: the upload it runs (1 for the first; each upload adds one).
+             */
+            version?: number;
         };
         FunctionList: {
             items: components["schemas"]["FunctionInfo"][];
+        };
+        /** @description An uploaded module of a function, kept so it can be activated again. */
+        FunctionVersion: {
+            /** @description Whether events and calls run it now. */
+            active?: boolean;
+            created_at: string;
+            /** @description SHA-256 of the module, lower-case hex. */
+            sha256: string;
+            /** Format: int64 */
+            size: number;
+            /** Format: int32 */
+            version: number;
         };
         /**
          * @description One group: the values of the `group_by` paths its documents share, and each operation's
@@ -1273,11 +1353,15 @@ export interface components {
             /** Format: int64 */
             duration_us: number;
             error?: string | null;
+            /** @description The event as delivered (trigger and schedule events), kept so it can be replayed. */
+            event?: Record<string, never> | null;
             event_id: string;
             /** @description For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`. */
             failure?: string | null;
             id: string;
             logs: components["schemas"]["LogLine"][];
+            /** @description A re-run through the replay API, not a delivery. */
+            replay?: boolean;
             /**
              * @description `ok`, `error`, `timeout`, `dead` (the last failed attempt) or `dropped` (over the depth
              *     limit).
@@ -1285,6 +1369,11 @@ export interface components {
             status: string;
             /** @description `create`, `update`, `delete`, `http` or `schedule`. */
             trigger: string;
+            /**
+             * Format: int32
+             * @description The version that ran (absent for an event that did not run).
+             */
+            version?: number | null;
         };
         InvocationList: {
             items: components["schemas"]["Invocation"][];
@@ -1353,6 +1442,19 @@ export interface components {
             collection: string;
             /** @description What deleting a referenced document does to the documents that reference it. */
             on_delete?: components["schemas"]["OnDelete"];
+        };
+        /** @description What to replay. */
+        ReplayRequest: {
+            /**
+             * @description The `event_id` of a recorded trigger or schedule event (one still in the invocation
+             *     log, which keeps each event's payload).
+             */
+            event_id: string;
+            /**
+             * Format: int32
+             * @description A kept version to run it on; the active one when absent.
+             */
+            version?: number | null;
         };
         ResetConfirm: {
             new_password: string;
@@ -1493,6 +1595,11 @@ export interface components {
             sha256: string;
             /** Format: int64 */
             size: number;
+            /**
+             * Format: int32
+             * @description The new version, now active.
+             */
+            version: number;
         };
         /** @description A user as the API shows it. Never a hash. */
         User: {
@@ -1520,6 +1627,9 @@ export interface components {
         UserPage: {
             items: components["schemas"]["User"][];
             next_cursor?: string | null;
+        };
+        VersionList: {
+            items: components["schemas"]["FunctionVersion"][];
         };
         /** @description One way a document's data breaks its collection's schema. */
         Violation: {
@@ -2812,6 +2922,234 @@ export interface operations {
                 };
             };
             /** @description No such function */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    replay: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Function name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReplayRequest"];
+            };
+        };
+        responses: {
+            /** @description The run's invocation record (its status says how it went) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Invocation"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function, version or recorded event */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Every function worker is busy */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    versions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Function name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Versions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VersionList"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    activate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Function name */
+                name: string;
+                /** @description A kept version */
+                version: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The function, running that version */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FunctionInfo"];
+                };
+            };
+            /** @description The module no longer fits the config (memory) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function or kept version */
             404: {
                 headers: {
                     [name: string]: unknown;
