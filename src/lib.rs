@@ -95,8 +95,8 @@ pub use docs::{
 pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
 pub use functions::{
-    FunctionConfig, FunctionInfo, FunctionVersion, Functions, FunctionsError, HttpResult,
-    Invocation, LogLine, Trigger,
+    invoke_remote, FunctionConfig, FunctionInfo, FunctionVersion, Functions, FunctionsError,
+    HttpResult, Invocation, LocalRun, LogLine, Trigger,
 };
 pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{

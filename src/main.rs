@@ -54,7 +54,7 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Work on functions: make a new function project.
+    /// Work on functions: make a new function project, or run one on an event.
     Functions {
         #[command(subcommand)]
         command: FunctionsCommand,
@@ -129,6 +129,185 @@ enum FunctionsCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Run a function once on an event from a file, and print its log lines, its result and
+    /// how it went (exit status 1 when it failed). For trying a change before uploading it, or
+    /// finding out why an event failed (`event` of an invocation record is such a file).
+    ///
+    /// Its host calls (reads and writes) go to a data directory that no server holds open
+    /// (`--data-dir`, the default), or to a running server's HTTP API as its service key
+    /// (`--url`, with the key in `EB_SERVICE_KEY`); either way the writes are real. Nothing is
+    /// added to the function's invocation log.
+    ///
+    /// Examples:
+    ///
+    /// `emberbase functions invoke counter --event event.json --module build/counter.wasm`
+    ///
+    /// `EB_SERVICE_KEY=$(cat emberbase_data/service_key) emberbase functions invoke counter
+    /// --event event.json --module build/counter.wasm --url http://127.0.0.1:7070`
+    Invoke {
+        /// The function's name; its deployed module runs unless --module is given.
+        name: String,
+        /// The event, as JSON: what a trigger, schedule or HTTP call gives the function (see
+        /// docs/functions.md). `event_id`, `attempt` and `time` are filled in when absent.
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+        /// A module to run instead of the deployed one (needed with --url).
+        #[arg(long, value_name = "FILE")]
+        module: Option<PathBuf>,
+        /// Config file, for the limits [default: config/emberbase.toml when it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The data directory the host calls use [default: ./emberbase_data].
+        #[arg(long, value_name = "DIR", conflicts_with = "url")]
+        data_dir: Option<PathBuf>,
+        /// A running server the host calls go to instead; its service key is read from the
+        /// `EB_SERVICE_KEY` environment variable.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+}
+
+/// Where `functions invoke` sends the host calls.
+enum Target {
+    DataDir(Option<PathBuf>),
+    Url(String),
+}
+
+/// `functions invoke`.
+fn functions_invoke(
+    name: &str,
+    event: &std::path::Path,
+    module: Option<PathBuf>,
+    config: Option<PathBuf>,
+    target: Target,
+) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            eprintln!("emberbase: cannot read {}: {e}", path.display());
+            ExitCode::from(2)
+        })
+    };
+    let event = match read(event) {
+        Ok(bytes) => bytes,
+        Err(code) => return code,
+    };
+    let mut event: serde_json::Value = match serde_json::from_slice(&event) {
+        Ok(serde_json::Value::Object(event)) => serde_json::Value::Object(event),
+        Ok(_) => {
+            eprintln!("emberbase: the event must be a JSON object");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("emberbase: the event is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let defaults = [
+        ("v", serde_json::json!(1)),
+        ("event_id", serde_json::json!(ulid_now())),
+        ("attempt", serde_json::json!(1)),
+        ("time", serde_json::json!(now_text())),
+    ];
+    for (key, value) in defaults {
+        if event.get(key).is_none() {
+            event[key] = value;
+        }
+    }
+    let module = match module.as_deref().map(read).transpose() {
+        Ok(module) => module,
+        Err(code) => return code,
+    };
+    let overrides = match &target {
+        Target::DataDir(dir) => Overrides {
+            bind: None,
+            data_dir: dir.clone(),
+        },
+        Target::Url(_) => Overrides::default(),
+    };
+    let config = match Config::load(config.as_deref(), &overrides) {
+        Ok((config, _)) => config,
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let ran = match target {
+        Target::Url(url) => {
+            let Some(key) = std::env::var("EB_SERVICE_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+            else {
+                eprintln!("emberbase: --url needs the server's service key in EB_SERVICE_KEY");
+                return ExitCode::from(2);
+            };
+            let Some(module) = module else {
+                eprintln!("emberbase: --url needs --module: the module runs here");
+                return ExitCode::from(2);
+            };
+            runtime
+                .block_on(emberbase::invoke_remote(
+                    &url,
+                    key.trim(),
+                    name,
+                    module,
+                    event,
+                    &config.functions,
+                ))
+                .map_err(|e| e.to_string())
+        }
+        Target::DataDir(_) => runtime
+            .block_on(emberbase::ServerBuilder::new(config).invoke_function(name, module, event))
+            .map_err(|e| e.to_string()),
+    };
+    let ran = match ran {
+        Ok(ran) => ran,
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let record = &ran.invocation;
+    for line in &record.logs {
+        eprintln!("{} {:5} {}", line.at, line.level, line.message);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&ran.result).unwrap_or_default()
+    );
+    let version = record.version.map_or_else(
+        || "the given module".to_string(),
+        |v| format!("version {v}"),
+    );
+    eprintln!(
+        "{}: {} in {:.1} ms ({version}){}",
+        name,
+        record.status,
+        record.duration_us as f64 / 1000.0,
+        record
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    if record.status == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn ulid_now() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+fn now_text() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn functions_new(name: &str, lang: scaffold::Lang, dir: Option<PathBuf>) -> ExitCode {
@@ -423,6 +602,23 @@ fn main() -> ExitCode {
         Command::Functions {
             command: FunctionsCommand::New { name, lang, dir },
         } => functions_new(&name, lang, dir),
+        Command::Functions {
+            command:
+                FunctionsCommand::Invoke {
+                    name,
+                    event,
+                    module,
+                    config,
+                    data_dir,
+                    url,
+                },
+        } => {
+            let target = match url {
+                Some(url) => Target::Url(url),
+                None => Target::DataDir(data_dir),
+            };
+            functions_invoke(&name, &event, module, config, target)
+        }
         Command::Serve {
             config,
             data_dir,

@@ -123,6 +123,51 @@ impl ServerBuilder {
         result
     }
 
+    /// Runs a function once on `event` against the data directory (or the given engine), which
+    /// no running server may hold open: `module`, checked but not stored, or the deployed
+    /// function `name`'s active module. Its host calls read and write the data as a delivery's
+    /// would; the events and webhook messages its writes queue stay queued for the server.
+    /// Nothing is added to the function's log.
+    pub async fn invoke_function(
+        self,
+        name: &str,
+        module: Option<Vec<u8>>,
+        event: serde_json::Value,
+    ) -> Result<crate::functions::LocalRun, StartError> {
+        let config = self.config;
+        config.validate()?;
+        let (data_dir, store, metrics) = open_data_dir(&config, self.engine).await?;
+        let docs = Documents::new(store.clone(), config.limits.clone(), &config.rules)
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let webhooks = Webhooks::start(
+            store.clone(),
+            &config.webhooks,
+            &config.outbound,
+            metrics.clone(),
+            false,
+        )
+        .await
+        .map_err(StartError::Other)?;
+        let functions = Functions::start(
+            &data_dir,
+            store.clone(),
+            docs,
+            &config.functions,
+            metrics,
+            false,
+        )
+        .await
+        .map_err(StartError::Other)?;
+        let result = functions
+            .invoke_once(name, module, event)
+            .await
+            .map_err(|e| StartError::Other(e.to_string()));
+        webhooks.stop();
+        let _ = tokio::task::spawn_blocking(move || functions.stop()).await;
+        store.close().await;
+        result
+    }
+
     /// Binds the HTTP listener (unless one was given), opens the data directory (or the given
     /// engine) and starts the services. The server runs until [`Server::shutdown`]. Must be
     /// called inside a tokio runtime.
@@ -169,6 +214,7 @@ impl ServerBuilder {
             &config.webhooks,
             &config.outbound,
             metrics.clone(),
+            true,
         )
         .await
         .map_err(StartError::Other)?;
@@ -178,6 +224,7 @@ impl ServerBuilder {
             docs.clone(),
             &config.functions,
             metrics.clone(),
+            true,
         )
         .await
         .map_err(StartError::Other)?;

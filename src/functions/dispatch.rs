@@ -207,8 +207,11 @@ pub(super) fn start_waker(functions: &Functions) {
     }
 }
 
-/// Starts the dispatcher of a function unless it runs.
+/// Starts the dispatcher of a function unless it runs (or this process does not deliver).
 pub(super) fn ensure(functions: &Functions, name: &str) {
+    if !functions.inner.deliver {
+        return;
+    }
     let Ok(mut tasks) = functions.inner.dispatch.tasks.lock() else {
         return;
     };

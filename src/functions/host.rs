@@ -170,16 +170,20 @@ impl Host for DocumentHost {
     }
 
     fn log(&self, level: &str, message: &str) -> bool {
-        let function = self.function.as_str();
-        if !self.log_budget.take(function, message.len() as u64) {
+        if !self.log_budget.take(&self.function, message.len() as u64) {
             return false;
         }
-        match level {
-            "error" => tracing::error!(function, "{message}"),
-            "warn" => tracing::warn!(function, "{message}"),
-            "info" => tracing::info!(function, "{message}"),
-            _ => tracing::debug!(function, "{message}"),
-        }
+        log_line(&self.function, level, message);
         true
+    }
+}
+
+/// Writes a function's log line to the server log, under the function's name.
+pub(super) fn log_line(function: &str, level: &str, message: &str) {
+    match level {
+        "error" => tracing::error!(function, "{message}"),
+        "warn" => tracing::warn!(function, "{message}"),
+        "info" => tracing::info!(function, "{message}"),
+        _ => tracing::debug!(function, "{message}"),
     }
 }

@@ -8,6 +8,7 @@ use super::{
     Result,
 };
 use crate::auth::Principal;
+use crate::config::FunctionsConfig;
 use crate::model::{now_rfc3339, Change};
 use crate::store::{CommitHook, HookRecord, KvWrite, Space};
 use serde_json::{json, Value};
@@ -87,17 +88,7 @@ impl Functions {
 
     /// The limits of one invocation of a function with `config`.
     pub(super) fn limits(&self, config: &FunctionConfig) -> Limits {
-        let c = &self.inner.config;
-        Limits {
-            memory_bytes: config.memory_mb.unwrap_or(c.memory_mb) * 1024 * 1024,
-            timeout: Duration::from_millis(config.timeout_ms.unwrap_or(c.timeout_ms)),
-            fuel: config.fuel.unwrap_or(c.fuel),
-            host_calls: config.max_host_calls.unwrap_or(c.max_host_calls),
-            max_io_bytes: 1024 * 1024,
-            max_log_lines: 100,
-            max_log_bytes: 4096,
-            max_log_total: c.max_log_bytes,
-        }
+        limits_of(&self.inner.config, config)
     }
 
     /// The latest invocations of a function, newest first.
@@ -339,4 +330,19 @@ pub(super) fn put_invocation(write: KvWrite, name: &str, record: &Invocation) ->
         key,
         serde_json::to_vec(record).unwrap_or_default(),
     )
+}
+
+/// The limits of one invocation of a function with `config`, its defaults from `defaults`.
+pub(super) fn limits_of(defaults: &FunctionsConfig, config: &FunctionConfig) -> Limits {
+    let c = defaults;
+    Limits {
+        memory_bytes: config.memory_mb.unwrap_or(c.memory_mb) * 1024 * 1024,
+        timeout: Duration::from_millis(config.timeout_ms.unwrap_or(c.timeout_ms)),
+        fuel: config.fuel.unwrap_or(c.fuel),
+        host_calls: config.max_host_calls.unwrap_or(c.max_host_calls),
+        max_io_bytes: 1024 * 1024,
+        max_log_lines: 100,
+        max_log_bytes: 4096,
+        max_log_total: c.max_log_bytes,
+    }
 }

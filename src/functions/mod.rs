@@ -14,6 +14,7 @@ mod dispatch;
 mod error;
 mod host;
 mod invoke;
+mod local;
 mod records;
 mod registry;
 pub mod runtime;
@@ -22,6 +23,7 @@ mod tunables;
 pub use error::FunctionsError;
 pub(crate) use error::Result;
 pub use invoke::HttpResult;
+pub use local::{invoke_remote, LocalRun};
 pub(crate) use records::check_name;
 pub use records::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation, Trigger};
 pub(crate) use registry::stored_modules;
@@ -68,6 +70,8 @@ struct Inner {
     log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
     /// This process, as named in the leases it holds in a cluster (see `lease`).
     node: String,
+    /// Whether this process delivers events (a server) or only queues them (a CLI run).
+    deliver: bool,
 }
 
 /// The function service ([`Server::functions`](crate::Server::functions)): upload a
@@ -115,14 +119,16 @@ pub struct Functions {
 
 impl Functions {
     /// Opens the function directories, loads every stored function (recompiling artifacts that
-    /// are missing, stale or do not match their recorded hash), installs the outbox hook and
-    /// starts one dispatcher per function. Must run inside the tokio runtime.
+    /// are missing, stale or do not match their recorded hash), installs the outbox hook and,
+    /// when it is to `deliver`, starts one dispatcher per function. Must run inside the tokio
+    /// runtime.
     pub(crate) async fn start(
         data_dir: &Path,
         store: Store,
         docs: Documents,
         config: &FunctionsConfig,
         metrics: Arc<Metrics>,
+        deliver: bool,
     ) -> std::result::Result<Functions, String> {
         let root = data_dir.join("functions");
         // `registry::stored_modules` reads this layout too.
@@ -153,6 +159,7 @@ impl Functions {
                 tokio: tokio::runtime::Handle::current(),
                 log_budgets: Mutex::new(HashMap::new()),
                 node: ulid::Ulid::new().to_string(),
+                deliver,
             }),
         };
         let records = store
@@ -169,7 +176,9 @@ impl Functions {
             }
         }
         store.set_commit_hook("functions", Some(Arc::new(Outbox(functions.clone()))));
-        dispatch::start_waker(&functions);
+        if deliver {
+            dispatch::start_waker(&functions);
+        }
         Ok(functions)
     }
 

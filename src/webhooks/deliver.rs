@@ -105,9 +105,12 @@ pub(super) fn start_waker(webhooks: &Webhooks) {
     }
 }
 
-/// Starts the dispatcher of a webhook unless it runs, or wakes it (its configuration may have
-/// changed).
+/// Starts the dispatcher of a webhook unless it runs (or this process does not deliver), or
+/// wakes it (its configuration may have changed).
 pub(super) fn ensure(webhooks: &Webhooks, id: &str) {
+    if !webhooks.inner.deliver {
+        return;
+    }
     let Ok(mut tasks) = webhooks.inner.dispatch.tasks.lock() else {
         return;
     };

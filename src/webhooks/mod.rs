@@ -50,6 +50,8 @@ struct Inner {
     tokio: tokio::runtime::Handle,
     /// This process, as named in the leases it holds in a cluster.
     node: String,
+    /// Whether this process delivers messages (a server) or only queues them (a CLI run).
+    deliver: bool,
 }
 
 /// The webhook service ([`Server::webhooks`](crate::Server::webhooks)): configure webhooks,
@@ -87,13 +89,14 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl Webhooks {
-    /// Loads every webhook, installs the commit hook and starts the dispatchers. Must run
-    /// inside the tokio runtime.
+    /// Loads every webhook, installs the commit hook and, when it is to `deliver`, starts the
+    /// dispatchers. Must run inside the tokio runtime.
     pub(crate) async fn start(
         store: Store,
         config: &WebhooksConfig,
         outbound: &OutboundConfig,
         metrics: Arc<Metrics>,
+        deliver: bool,
     ) -> std::result::Result<Webhooks, String> {
         let policy = Policy::new(&outbound.allow_private_hosts)?;
         let client = policy.client(Duration::from_millis(config.timeout_ms), 0);
@@ -110,6 +113,7 @@ impl Webhooks {
                 changing: tokio::sync::Mutex::new(()),
                 tokio: tokio::runtime::Handle::current(),
                 node: ulid::Ulid::new().to_string(),
+                deliver,
             }),
         };
         webhooks.reload().await.map_err(|e| e.to_string())?;
@@ -118,7 +122,9 @@ impl Webhooks {
             tracing::info!(count, "webhooks loaded");
         }
         store.set_commit_hook("webhooks", Some(Arc::new(Hook(webhooks.clone()))));
-        deliver::start_waker(&webhooks);
+        if deliver {
+            deliver::start_waker(&webhooks);
+        }
         Ok(webhooks)
     }
 

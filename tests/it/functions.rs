@@ -1013,6 +1013,125 @@ fn versions_roll_back_and_a_dead_event_replays_after_a_fix() {
     .expect_error(404, "not_found");
 }
 
+/// `emberbase functions invoke` with `args`, in an empty folder; its exit, stdout and stderr.
+fn invoke_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
+        .args(["functions", "invoke"])
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn functions_invoke_runs_an_event_against_a_data_directory_or_a_server() {
+    let files = tempfile::tempdir().unwrap();
+    let event = files.path().join("event.json");
+    std::fs::write(
+        &event,
+        json!({"trigger": "create", "collection": "orders", "id": "o1",
+               "before": null, "after": {"id": "o1", "data": {"total": 7}}})
+        .to_string(),
+    )
+    .unwrap();
+    let event = event.to_str().unwrap();
+    let module = files.path().join("recorder.wasm");
+    std::fs::write(&module, recorder("remote_seen", None)).unwrap();
+    let module = module.to_str().unwrap();
+
+    // Against a running server: the module runs here, its writes land there.
+    let srv = start();
+    let url = format!("http://{}", srv.addr);
+    let (ok, stdout, stderr) = invoke_cli(
+        &[
+            "recorder", "--event", event, "--module", module, "--url", &url,
+        ],
+        &[("EB_SERVICE_KEY", &srv.key)],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("recorded"), "the log line: {stderr}");
+    assert!(stderr.contains("recorder: ok"), "{stderr}");
+    assert_eq!(stdout.trim(), "null");
+    let seen = docs(&srv, "remote_seen");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["data"]["event"]["after"]["data"]["total"], 7);
+    assert!(seen[0]["data"]["event"]["event_id"].is_string());
+    let (ok, _, stderr) = invoke_cli(
+        &["recorder", "--event", event, "--url", &url],
+        &[("EB_SERVICE_KEY", &srv.key)],
+    );
+    assert!(!ok && stderr.contains("--module"), "{stderr}");
+    if crate::common::cluster_backend() {
+        return;
+    }
+
+    // Against a data directory no server holds: the deployed module, then another one.
+    deploy(
+        &srv,
+        "billing",
+        &recorder("billed", Some("\"total\":7")),
+        json!({"triggers": [{"on": "create", "collection": "invoices"}]}),
+    );
+    let dir = srv.stop();
+    let data = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) = invoke_cli(&["billing", "--event", event, "--data-dir", data], &[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("recorded") && stderr.contains("(version 1)"),
+        "{stderr}"
+    );
+    let other = files.path().join("event2.json");
+    std::fs::write(
+        &other,
+        json!({"trigger": "create", "after": {"data": {"total": 8}}}).to_string(),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = invoke_cli(
+        &[
+            "billing",
+            "--event",
+            other.to_str().unwrap(),
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    assert!(!ok, "a failing run exits 1: {stdout}\n{stderr}");
+    assert!(
+        stderr.contains("billing: error") && stderr.contains("not yet"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("\"ok\": false"), "the result: {stdout}");
+    let (ok, _, stderr) = invoke_cli(
+        &[
+            "billing",
+            "--event",
+            event,
+            "--data-dir",
+            data,
+            "--module",
+            module,
+        ],
+        &[],
+    );
+    assert!(ok && stderr.contains("(the given module)"), "{stderr}");
+    let (ok, _, stderr) = invoke_cli(&["nobody", "--event", event, "--data-dir", data], &[]);
+    assert!(!ok && stderr.contains("does not exist"), "{stderr}");
+
+    // The writes are in the directory; the invocation log has only the server's runs.
+    let srv = TestServer::start_in(dir, fast);
+    assert_eq!(docs(&srv, "billed").len(), 2);
+    assert_eq!(docs(&srv, "remote_seen").len(), 2);
+    assert!(invocations(&srv, "billing").is_empty());
+}
+
 #[test]
 fn schedules_fire_on_time() {
     let srv = start();
