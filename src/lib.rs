@@ -96,7 +96,7 @@ pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
 pub use functions::{
     invoke_remote, FunctionConfig, FunctionInfo, FunctionVersion, Functions, FunctionsError,
-    HttpResult, Invocation, LocalRun, LogLine, Trigger,
+    HttpResult, Invocation, LocalRun, LogLine, LogTail, Trigger,
 };
 pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{

@@ -581,6 +581,7 @@ impl Server {
     pub async fn shutdown(self) {
         // Open event streams would otherwise hold the graceful stop until its timeout.
         self.realtime.close();
+        self.functions.close_streams();
         self.http.stop(true).await;
         let _ = self.task.await;
         self.webhooks.stop();

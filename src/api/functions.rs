@@ -209,6 +209,46 @@ pub(super) async fn invocations(
     Ok(HttpResponse::Ok().json(InvocationList { items }))
 }
 
+/// Follow a function's invocation log live, as Server-Sent Events: one `invocation` event per
+/// new record (status, duration, error, the version that ran and its log lines), whichever
+/// node ran it, with the record's id as the event id; `Last-Event-ID` resumes after a record.
+#[utoipa::path(
+    tag = "functions",
+    params(
+        ("name" = String, Path, description = "Function name"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this record id"),
+    ),
+    responses(
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A Last-Event-ID that is not a record id", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}/logs")]
+pub(super) async fn logs(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Error> {
+    let after = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let tail = state.functions.tail(&caller.0, &name, after).await?;
+    Ok(super::realtime::sse(futures_util::stream::unfold(
+        tail,
+        |mut tail| async move {
+            let bytes = tail.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(bytes), tail))
+        },
+    )))
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct VersionList {
     items: Vec<FunctionVersion>,

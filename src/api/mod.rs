@@ -222,6 +222,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(functions::get)
         .service(functions::delete)
         .service(functions::invocations)
+        .service(functions::logs)
         .service(functions::versions)
         .service(functions::activate)
         .service(functions::replay)

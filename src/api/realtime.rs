@@ -106,10 +106,19 @@ fn last_event_id(req: &HttpRequest, query: Option<&str>) -> Result<Option<u64>, 
 
 /// A subscription as a streamed `text/event-stream` response.
 fn event_stream(subscription: Subscription) -> HttpResponse {
-    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
-        let bytes = sub.next().await?;
-        Some((Ok::<_, Infallible>(bytes), sub))
-    });
+    sse(futures_util::stream::unfold(
+        subscription,
+        |mut sub| async move {
+            let bytes = sub.next().await?;
+            Some((Ok::<_, Infallible>(bytes), sub))
+        },
+    ))
+}
+
+/// A `text/event-stream` response of `stream`.
+pub(super) fn sse(
+    stream: impl futures_util::Stream<Item = Result<bytes::Bytes, Infallible>> + 'static,
+) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

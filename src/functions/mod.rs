@@ -18,6 +18,7 @@ mod local;
 mod records;
 mod registry;
 pub mod runtime;
+mod tail;
 mod tunables;
 
 pub use error::FunctionsError;
@@ -28,6 +29,7 @@ pub(crate) use records::check_name;
 pub use records::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation, Trigger};
 pub(crate) use registry::stored_modules;
 pub use runtime::LogLine;
+pub use tail::LogTail;
 
 use invoke::Outbox;
 use records::FunctionRecord;
@@ -72,6 +74,8 @@ struct Inner {
     node: String,
     /// Whether this process delivers events (a server) or only queues them (a CLI run).
     deliver: bool,
+    /// Set when the server stops, to end the log tails.
+    streams_closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// The function service ([`Server::functions`](crate::Server::functions)): upload a
@@ -160,6 +164,7 @@ impl Functions {
                 log_budgets: Mutex::new(HashMap::new()),
                 node: ulid::Ulid::new().to_string(),
                 deliver,
+                streams_closed: tokio::sync::watch::Sender::new(false),
             }),
         };
         let records = store

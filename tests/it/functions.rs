@@ -1132,6 +1132,87 @@ fn functions_invoke_runs_an_event_against_a_data_directory_or_a_server() {
     assert!(invocations(&srv, "billing").is_empty());
 }
 
+/// Opens a function's log tail (resuming after `last`), as a line reader.
+fn tail(srv: &TestServer, name: &str, last: Option<&str>) -> impl std::io::BufRead {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_read(Duration::from_secs(20))
+        .build();
+    let mut req = agent
+        .get(&srv.url(&format!("/v1/admin/functions/{name}/logs")))
+        .set("Authorization", &format!("Bearer {}", srv.key));
+    if let Some(last) = last {
+        req = req.set("Last-Event-ID", last);
+    }
+    let resp = req.call().unwrap();
+    assert_eq!(resp.content_type(), "text/event-stream");
+    std::io::BufReader::new(resp.into_reader())
+}
+
+/// The next `invocation` event's record.
+fn next_record(stream: &mut impl std::io::BufRead) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "the tail ended");
+        if let Some(data) = line.strip_prefix("data: ") {
+            return serde_json::from_str(data.trim()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_log_tail_streams_each_new_invocation_and_resumes() {
+    let srv = start();
+    deploy(
+        &srv,
+        "tailed",
+        &recorder("tail_out", None),
+        json!({"triggers": [{"on": "create", "collection": "tail_src"}]}),
+    );
+    srv.post("/v1/collections/tail_src/docs", &json!({"n": 0}))
+        .expect(201);
+    eventually("the first run", || {
+        (invocations(&srv, "tailed").len() == 1).then_some(())
+    });
+    // From now: the run before is not sent.
+    let mut stream = tail(&srv, "tailed", None);
+    for n in 1..=2 {
+        srv.post("/v1/collections/tail_src/docs", &json!({"n": n}))
+            .expect(201);
+    }
+    let first = next_record(&mut stream);
+    let second = next_record(&mut stream);
+    for (record, n) in [(&first, 1), (&second, 2)] {
+        assert_eq!(record["status"], "ok");
+        assert_eq!(record["logs"][0]["message"], "recorded");
+        assert_eq!(record["event"]["after"]["data"]["n"], n, "{record}");
+        assert_eq!(record["version"], 1);
+    }
+    // Resuming after the first sends the second again, and then what is new.
+    let mut again = tail(&srv, "tailed", first["id"].as_str());
+    assert_eq!(next_record(&mut again)["id"], second["id"]);
+    srv.post("/v1/collections/tail_src/docs", &json!({"n": 3}))
+        .expect(201);
+    assert_eq!(next_record(&mut again)["event"]["after"]["data"]["n"], 3);
+    assert_eq!(next_record(&mut stream)["event"]["after"]["data"]["n"], 3);
+
+    srv.get("/v1/admin/functions/nobody/logs")
+        .expect_error(404, "not_found");
+    let req = srv
+        .anon("GET", "/v1/admin/functions/tailed/logs")
+        .set("Last-Event-ID", "not-an-id")
+        .set("Authorization", &format!("Bearer {}", srv.key));
+    send(req, None).expect(400);
+    let token = signup(&srv, "ada@example.com")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let req = srv
+        .anon("GET", "/v1/admin/functions/tailed/logs")
+        .set("Authorization", &format!("Bearer {token}"));
+    send(req, None).expect_error(403, "forbidden");
+}
+
 #[test]
 fn schedules_fire_on_time() {
     let srv = start();
