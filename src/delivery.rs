@@ -63,6 +63,26 @@ pub(crate) fn pick(
     (picked, due)
 }
 
+/// What a queue allows in one look at it.
+pub(crate) struct Round {
+    /// At most how long to wait before the next look.
+    pub(crate) wait: Option<Duration>,
+    /// How many deliveries may be in flight (0: paused).
+    pub(crate) concurrency: usize,
+    /// How many may start now, when something else than `concurrency` limits it (a quota).
+    pub(crate) budget: Option<usize>,
+}
+
+impl Round {
+    pub(crate) fn new(wait: Option<Duration>, concurrency: usize) -> Round {
+        Round {
+            wait,
+            concurrency,
+            budget: None,
+        }
+    }
+}
+
 /// The first entries of a queue with their keys; `None` for an entry that cannot be read.
 pub(crate) type Head<E> = Vec<(Vec<u8>, Option<E>)>;
 
@@ -77,9 +97,8 @@ pub(crate) trait Queue: Send + 'static {
     fn name(&self) -> &str;
 
     /// Called before each look at the queue (a function fires its due schedule ticks here).
-    /// `None` stops the dispatcher: the queue is gone. Otherwise, at most how long to wait
-    /// before the next look, and how many deliveries may be in flight (0: paused).
-    fn prepare(&mut self) -> impl Future<Output = Option<(Option<Duration>, usize)>> + Send;
+    /// `None` stops the dispatcher: the queue is gone.
+    fn prepare(&mut self) -> impl Future<Output = Option<Round>> + Send;
 
     /// The queue's first entries, at most [`LOOK_AHEAD`], in commit order, with their keys;
     /// `None` for an entry that cannot be read (it is removed).
@@ -126,10 +145,11 @@ pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, no
     let mut head: Vec<(Vec<u8>, Q::Entry)> = Vec::new();
     let mut stale = true;
     loop {
-        let Some((next, concurrency)) = queue.prepare().await else {
+        let Some(round) = queue.prepare().await else {
             return;
         };
-        let mut wait = next.map_or(IDLE_POLL, |n| n.min(IDLE_POLL));
+        let concurrency = round.concurrency;
+        let mut wait = round.wait.map_or(IDLE_POLL, |n| n.min(IDLE_POLL));
         let holding = match lease.as_mut() {
             None => true,
             Some(lease) => match lease.hold(&store).await {
@@ -178,7 +198,9 @@ pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, no
                     })
                     .collect();
                 let now = unix_ms(SystemTime::now());
-                let (picked, due) = pick(&candidates, now, concurrency - in_flight.len());
+                let slots = concurrency - in_flight.len();
+                let slots = round.budget.map_or(slots, |budget| budget.min(slots));
+                let (picked, due) = pick(&candidates, now, slots);
                 if let Some(due) = due {
                     wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
                 }

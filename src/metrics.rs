@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     pub file_bytes: IntCounterVec,
     pub function_invocations: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
+    pub function_fuel: IntCounterVec,
+    pub function_cpu: prometheus::CounterVec,
     pub function_duration: HistogramVec,
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
@@ -57,6 +59,20 @@ impl Metrics {
                 "Function invocations by function and status (ok, error, timeout)",
             ),
             &["function", "status"],
+        )?;
+        let function_fuel = IntCounterVec::new(
+            Opts::new(
+                "function_fuel_total",
+                "Metering points spent by function runs, by function",
+            ),
+            &["function"],
+        )?;
+        let function_cpu = prometheus::CounterVec::new(
+            Opts::new(
+                "function_cpu_seconds_total",
+                "CPU time of function runs, by function",
+            ),
+            &["function"],
         )?;
         let webhook_deliveries = IntCounterVec::new(
             Opts::new(
@@ -105,6 +121,8 @@ impl Metrics {
         registry.register(Box::new(file_bytes.clone()))?;
         registry.register(Box::new(function_invocations.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
+        registry.register(Box::new(function_fuel.clone()))?;
+        registry.register(Box::new(function_cpu.clone()))?;
         registry.register(Box::new(function_duration.clone()))?;
         registry.register(Box::new(commit_group_size.clone()))?;
         registry.register(Box::new(flush_duration.clone()))?;
@@ -149,6 +167,8 @@ impl Metrics {
             file_bytes,
             function_invocations,
             webhook_deliveries,
+            function_fuel,
+            function_cpu,
             function_duration,
             commit_group_size,
             flush_duration,

@@ -6,7 +6,7 @@ use super::extract::{Caller, JsonBody};
 use super::files::Binary;
 use super::AppState;
 use crate::error::{Error, ErrorCode};
-use crate::functions::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation};
+use crate::functions::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation, UsageReport};
 use actix_web::http::header;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -249,6 +249,39 @@ pub(super) async fn logs(
     )))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct UsageQuery {
+    /// How many days back, 1 to 366 (default 30).
+    days: Option<usize>,
+}
+
+/// What a function used per UTC day (runs, failures, fuel, wall and CPU time, host calls),
+/// newest first, with its daily quota and whether the quota pauses it now.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name"), UsageQuery),
+    responses(
+        (status = 200, description = "Usage", body = UsageReport),
+        (status = 400, description = "An invalid number of days", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}/usage")]
+pub(super) async fn usage(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, Error> {
+    let report = state
+        .functions
+        .usage(&caller.0, &name, query.days.unwrap_or(30))
+        .await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct VersionList {
     items: Vec<FunctionVersion>,
@@ -355,6 +388,7 @@ pub(super) async fn replay(
     responses(
         (status = 200, description = "The function's result (or the status it chose)", body = Object),
         (status = 404, description = "No function with an http trigger by that name", body = ErrorBody),
+        (status = 429, description = "The function's daily quota is spent", body = ErrorBody),
         (status = 502, description = "The function trapped, timed out, ran out of fuel or memory", body = ErrorBody),
         (status = 503, description = "Every function worker is busy", body = ErrorBody),
     ),

@@ -223,6 +223,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(functions::delete)
         .service(functions::invocations)
         .service(functions::logs)
+        .service(functions::usage)
         .service(functions::versions)
         .service(functions::activate)
         .service(functions::replay)

@@ -9,7 +9,7 @@
 use super::invoke::outcome_status;
 use super::runtime::Outcome;
 use super::{Functions, FunctionsError, Invocation, Loaded};
-use crate::delivery::{self, unix_ms, Head, Queue, LOOK_AHEAD};
+use crate::delivery::{self, unix_ms, Head, Queue, Round, LOOK_AHEAD};
 use crate::model::{format_time, now_rfc3339, Change, Subject};
 use crate::store::{HookRecord, KvWrite, Space, StoreError};
 use futures_util::future::BoxFuture;
@@ -111,6 +111,10 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
             status: "dropped".into(),
             attempt: 0,
             duration_us: 0,
+            fuel: 0,
+            cpu_us: 0,
+            memory_bytes: 0,
+            host_calls: 0,
             failure: None,
             error: Some(format!(
                 "the event is at depth {}, over the limit of {}",
@@ -228,6 +232,7 @@ pub(super) fn ensure(functions: &Functions, name: &str) {
         name: name.to_string(),
         loaded: None,
         recorded: 0,
+        uncommitted: Arc::default(),
     };
     let task = functions.inner.tokio.spawn(delivery::drive(
         queue,
@@ -279,6 +284,8 @@ struct Outbox {
     loaded: Option<Arc<Loaded>>,
     /// Invocations recorded since the log was last pruned.
     recorded: usize,
+    /// Runs started and not yet committed (which the usage counters do not have yet).
+    uncommitted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Queue for Outbox {
@@ -289,7 +296,7 @@ impl Queue for Outbox {
         &self.name
     }
 
-    async fn prepare(&mut self) -> Option<(Option<Duration>, usize)> {
+    async fn prepare(&mut self) -> Option<Round> {
         self.loaded = self.functions.loaded(&self.name);
         let loaded = self.loaded.clone()?;
         let next_tick = match fire_schedule(&self.functions, &loaded).await {
@@ -303,13 +310,35 @@ impl Queue for Outbox {
             t.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
         });
-        let concurrency = loaded
-            .record
-            .info
-            .config
+        let config = &loaded.record.info.config;
+        let concurrency = config
             .concurrency
             .unwrap_or(self.functions.inner.config.concurrency);
-        Some((wait, concurrency))
+        let Some(quota) = &config.daily_quota else {
+            return Some(Round::new(wait, concurrency));
+        };
+        let uncommitted = self.uncommitted.load(std::sync::atomic::Ordering::SeqCst) as u64;
+        match self
+            .functions
+            .quota_left(&self.name, quota, uncommitted)
+            .await
+        {
+            Ok(Ok(left)) => Some(Round {
+                wait,
+                concurrency,
+                budget: left.map(|n| n as usize),
+            }),
+            Ok(Err(until)) => {
+                let left = until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                Some(Round::new(Some(left), 0))
+            }
+            Err(e) => {
+                tracing::warn!(function = %self.name, error = %e, "cannot read the function's usage");
+                Some(Round::new(Some(BUSY_PAUSE), 0))
+            }
+        }
     }
 
     async fn head(&self) -> Result<Head<Ordered>, StoreError> {
@@ -333,6 +362,8 @@ impl Queue for Outbox {
     }
 
     fn deliver(&self, key: Vec<u8>, entry: Ordered) -> BoxFuture<'static, Ran> {
+        self.uncommitted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let functions = self.functions.clone();
         let loaded = self.loaded.clone();
         let name = self.name.clone();
@@ -391,6 +422,8 @@ impl Queue for Outbox {
     }
 
     async fn committed(&mut self, count: usize, idle: bool) {
+        self.uncommitted
+            .fetch_sub(count, std::sync::atomic::Ordering::SeqCst);
         self.recorded += count;
         if self.recorded < PRUNE_EVERY && !idle {
             return;
@@ -543,6 +576,10 @@ pub(super) fn judge(
         status: status.into(),
         attempt,
         duration_us: outcome.duration.as_micros() as u64,
+        fuel: outcome.usage.fuel,
+        cpu_us: outcome.usage.cpu_us,
+        memory_bytes: outcome.usage.memory_bytes,
+        host_calls: outcome.usage.host_calls,
         failure,
         error,
         logs: outcome.logs,

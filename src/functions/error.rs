@@ -28,6 +28,9 @@ pub enum FunctionsError {
     NoHttpTrigger(String),
     #[error("the module is over the limit of {max} bytes")]
     TooLarge { max: usize },
+    /// The function's daily quota is spent: it runs again tomorrow (UTC) or when raised.
+    #[error("function {0} has spent its daily quota")]
+    QuotaSpent(String),
     /// The sandbox cannot take the invocation now (its queue is full, or it is shutting down).
     #[error("{0}")]
     Busy(String),
@@ -98,6 +101,7 @@ impl From<FunctionsError> for Error {
                 Error::not_found(message)
             }
             FunctionsError::TooLarge { .. } => Error::new(ErrorCode::PayloadTooLarge, message),
+            FunctionsError::QuotaSpent(_) => Error::new(ErrorCode::RateLimited, message),
             FunctionsError::Busy(_) => Error::new(ErrorCode::Unavailable, message),
             FunctionsError::Failed(_) => Error::new(ErrorCode::FunctionFailed, message),
             FunctionsError::Internal(detail) => Error::internal(detail),

@@ -154,6 +154,12 @@ impl Functions {
         m.function_duration
             .with_label_values(&[name.as_str()])
             .observe(outcome.duration.as_secs_f64());
+        m.function_fuel
+            .with_label_values(&[name.as_str()])
+            .inc_by(outcome.usage.fuel);
+        m.function_cpu
+            .with_label_values(&[name.as_str()])
+            .inc_by(outcome.usage.cpu_us as f64 / 1e6);
         Ok(outcome)
     }
 
@@ -164,6 +170,11 @@ impl Functions {
             .loaded(name)
             .filter(|l| l.record.info.config.triggers.iter().any(|t| t.on == "http"))
             .ok_or_else(|| FunctionsError::NoHttpTrigger(name.into()))?;
+        if let Some(quota) = &loaded.record.info.config.daily_quota {
+            if self.quota_spent(name, quota).await?.is_some() {
+                return Err(FunctionsError::QuotaSpent(name.into()));
+            }
+        }
         let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
             "auth": who.auth_value(), "time": now_rfc3339()});
         let outcome = self.run(Lane::Http, &loaded, &event, 1).await?;
@@ -176,6 +187,10 @@ impl Functions {
             status: status.into(),
             attempt: 1,
             duration_us: outcome.duration.as_micros() as u64,
+            fuel: outcome.usage.fuel,
+            cpu_us: outcome.usage.cpu_us,
+            memory_bytes: outcome.usage.memory_bytes,
+            host_calls: outcome.usage.host_calls,
             failure,
             error: error.clone(),
             logs: outcome.logs,
@@ -321,8 +336,9 @@ impl Functions {
     }
 }
 
-/// Adds an invocation record to a write.
+/// Adds an invocation record, and its usage to the function's counters, to a write.
 pub(super) fn put_invocation(write: KvWrite, name: &str, record: &Invocation) -> KvWrite {
+    let write = super::usage::count(write, name, record);
     let mut key = dispatch::function_prefix(name);
     key.extend_from_slice(record.id.as_bytes());
     write.put(

@@ -20,16 +20,20 @@ mod registry;
 pub mod runtime;
 mod tail;
 mod tunables;
+mod usage;
 
 pub use error::FunctionsError;
 pub(crate) use error::Result;
 pub use invoke::HttpResult;
 pub use local::{invoke_remote, LocalRun};
 pub(crate) use records::check_name;
-pub use records::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation, Trigger};
+pub use records::{
+    DailyQuota, DailyUsage, FunctionConfig, FunctionInfo, FunctionVersion, Invocation, Trigger,
+};
 pub(crate) use registry::stored_modules;
 pub use runtime::LogLine;
 pub use tail::LogTail;
+pub use usage::UsageReport;
 
 use invoke::Outbox;
 use records::FunctionRecord;

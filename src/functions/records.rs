@@ -91,6 +91,9 @@ pub struct FunctionConfig {
     /// document or file, and schedule ticks, always run one after the other, in commit order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
+    /// Limits per UTC day, after which the function pauses until the next day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_quota: Option<DailyQuota>,
 }
 
 /// A function as the API shows it.
@@ -127,6 +130,36 @@ pub(super) struct FunctionRecord {
     pub(super) latest_version: u32,
 }
 
+/// A function's limits per UTC day. When one is spent, the function pauses until the day ends
+/// (or the quota is raised): its events wait in its queue, nothing is lost, and HTTP calls are
+/// refused with `429`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DailyQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocations: Option<u64>,
+    /// Metering points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// CPU time, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+}
+
+/// What a function used in one UTC day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DailyUsage {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub invocations: u64,
+    /// Runs that did not end `ok`.
+    pub failures: u64,
+    pub fuel: u64,
+    pub wall_us: u64,
+    pub cpu_us: u64,
+    pub host_calls: u64,
+}
+
 /// An uploaded module of a function, kept so it can be activated again.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionVersion {
@@ -151,7 +184,20 @@ pub struct Invocation {
     /// limit).
     pub status: String,
     pub attempt: u32,
+    /// Wall time of the run, in microseconds.
     pub duration_us: u64,
+    /// Metering points the run spent.
+    #[serde(default)]
+    pub fuel: u64,
+    /// CPU time of the run, in microseconds.
+    #[serde(default)]
+    pub cpu_us: u64,
+    /// The guest's peak linear memory, in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Host calls (reads and writes) the run made.
+    #[serde(default)]
+    pub host_calls: u32,
     /// For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
@@ -237,6 +283,14 @@ impl Functions {
         }
         if config.fuel == Some(0) || config.max_host_calls == Some(0) {
             return Err(invalid("fuel and max_host_calls must be positive", "fuel"));
+        }
+        if let Some(quota) = &config.daily_quota {
+            if [quota.invocations, quota.fuel, quota.cpu_ms].contains(&Some(0)) {
+                return Err(invalid(
+                    "daily_quota values must be positive",
+                    "daily_quota",
+                ));
+            }
         }
         if config.concurrency.is_some_and(|c| !(1..=256).contains(&c)) {
             return Err(invalid("concurrency must be 1 to 256", "concurrency"));

@@ -105,6 +105,19 @@ pub struct Outcome {
     pub result: Result<Option<Vec<u8>>, Failure>,
     pub logs: Vec<LogLine>,
     pub duration: Duration,
+    pub usage: Usage,
+}
+
+/// What one run used, besides its wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Metering points spent (host calls cost some too).
+    pub fuel: u64,
+    /// CPU time of the worker thread, in microseconds.
+    pub cpu_us: u64,
+    /// The linear memory's size at the end, which is its peak (it only grows), in bytes.
+    pub memory_bytes: u64,
+    pub host_calls: u32,
 }
 
 /// The host side of `call`: answers one request (JSON) with a reply (JSON). Runs on the
@@ -591,6 +604,8 @@ fn host_result_read(env: FunctionEnvMut<Env>, dst: i32) -> Result<(), RuntimeErr
 /// Runs one invocation on the current (worker) thread.
 fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
     let started = Instant::now();
+    let cpu = cpu_time::ThreadTime::now();
+    let mut fuel = 0;
     let mut store = Store::new(engine.clone());
     let env = FunctionEnv::new(
         &mut store,
@@ -633,6 +648,10 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
             set_remaining_points(&mut store, &instance, job.limits.fuel);
             let called = call_handle(&mut store, &env, &instance, &job.input, job.limits);
             let timed_out = watchdog.disarm(armed);
+            fuel = match get_remaining_points(&mut store, &instance) {
+                MeteringPoints::Remaining(left) => job.limits.fuel.saturating_sub(left),
+                MeteringPoints::Exhausted => job.limits.fuel,
+            };
             called.map_err(|trap| {
                 if let Some(failure) = env.as_mut(&mut store).failure.take() {
                     failure
@@ -646,7 +665,18 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
             })
         }
     };
+    let memory_bytes = env
+        .as_ref(&store)
+        .memory
+        .clone()
+        .map_or(0, |memory| memory.view(&store).data_size());
     let env = env.as_mut(&mut store);
+    let usage = Usage {
+        fuel,
+        cpu_us: cpu.elapsed().as_micros() as u64,
+        memory_bytes,
+        host_calls: env.calls,
+    };
     let mut logs = std::mem::take(&mut env.logs);
     if env.logs_dropped > 0 {
         logs.push(LogLine {
@@ -662,6 +692,7 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
         result,
         logs,
         duration: started.elapsed(),
+        usage,
     }
 }
 

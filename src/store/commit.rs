@@ -827,6 +827,9 @@ impl Store {
             for (space, key, value) in write.puts.iter().chain(&hooked) {
                 txn.put(Keyspace::System, space.key(key), value.clone());
             }
+            for (space, key, delta) in &write.adds {
+                txn.add(Keyspace::System, space.key(key), *delta);
+            }
             if write.changes_config() {
                 super::follow::touch_epoch(&mut *txn);
             }

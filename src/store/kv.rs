@@ -31,6 +31,8 @@ pub(crate) enum Space {
     Schedules,
     /// Function name `00` version (4 bytes, big-endian) → a kept version of its module.
     FunctionVersions,
+    /// Function name `00` day (`YYYY-MM-DD`) `00` measure → a counter of its usage that day.
+    FunctionUsage,
     /// Secret name → a server secret shared by the nodes of a cluster (see `secrets`).
     Secrets,
     /// SHA-256 of a Wasm module → the module, in a cluster (a single node keeps files).
@@ -71,6 +73,7 @@ impl Space {
             Space::Invocations => b"invocation:",
             Space::Schedules => b"schedule:",
             Space::FunctionVersions => b"fnversion:",
+            Space::FunctionUsage => b"fnusage:",
             Space::Secrets => b"secret:",
             Space::Modules => b"module:",
             Space::Leases => b"lease:",
@@ -102,6 +105,8 @@ pub(crate) struct KvWrite {
     pub checks: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
     pub puts: Vec<(Space, Vec<u8>, Vec<u8>)>,
     pub deletes: Vec<(Space, Vec<u8>)>,
+    /// Counters to add to, without reading them (concurrent adds never conflict).
+    pub adds: Vec<(Space, Vec<u8>, i64)>,
     /// What the write does to an account, for the commit hooks to add their records.
     pub events: Vec<AccountEvent>,
 }
@@ -129,6 +134,12 @@ impl KvWrite {
 
     pub(crate) fn delete(mut self, space: Space, key: impl Into<Vec<u8>>) -> Self {
         self.deletes.push((space, key.into()));
+        self
+    }
+
+    /// Adds `delta` to the counter at `key` (read it with `engine::counter`).
+    pub(crate) fn add(mut self, space: Space, key: impl Into<Vec<u8>>, delta: i64) -> Self {
+        self.adds.push((space, key.into(), delta));
         self
     }
 

@@ -7,7 +7,7 @@
 
 use super::records::{Queued, WebhookDelivery, WebhookRecord};
 use super::{encode, prefix, unix_secs, Webhooks};
-use crate::delivery::{self, unix_ms, Head, Queue, LOOK_AHEAD};
+use crate::delivery::{self, unix_ms, Head, Queue, Round, LOOK_AHEAD};
 use crate::model::now_rfc3339;
 use crate::store::{KvWrite, Space, StoreError};
 use base64::Engine as _;
@@ -168,7 +168,7 @@ impl Queue for WebhookQueue {
         &self.name
     }
 
-    fn prepare(&mut self) -> impl Future<Output = Option<(Option<Duration>, usize)>> + Send {
+    fn prepare(&mut self) -> impl Future<Output = Option<Round>> + Send {
         self.record = self.webhooks.loaded().get(&self.id).cloned();
         let concurrency = self.record.as_ref().map(|record| {
             let spec = &record.info.spec;
@@ -179,7 +179,7 @@ impl Queue for WebhookQueue {
                 false => 0,
             }
         });
-        std::future::ready(concurrency.map(|c| (None, c)))
+        std::future::ready(concurrency.map(|c| Round::new(None, c)))
     }
 
     async fn head(&self) -> Result<Head<Queued>, StoreError> {

@@ -1214,6 +1214,113 @@ fn the_log_tail_streams_each_new_invocation_and_resumes() {
 }
 
 #[test]
+fn usage_is_recorded_per_run_and_per_day_and_a_quota_pauses_without_loss() {
+    let srv = start();
+    let http = json!({"triggers": [{"on": "http"}]});
+    deploy(&srv, "noop", &respond(r#"{"ok":true}"#), http.clone());
+    let looper = guest(
+        &[r#"{"ok":true}"#],
+        "(local $i i32)",
+        "(loop $l (local.set $i (i32.add (local.get $i) (i32.const 1))) (br_if $l (i32.lt_u (local.get $i) (i32.const 1000000))))
+         (call $str (i32.const 0))",
+    );
+    deploy(&srv, "looper", &looper, http.clone());
+    for name in ["noop", "looper", "looper"] {
+        call(&srv, name, None, &json!({})).expect(200);
+    }
+    let noop = eventually("the noop's record", || invocations(&srv, "noop").pop());
+    let looped = eventually("the loops' records", || {
+        let records = invocations(&srv, "looper");
+        (records.len() == 2).then_some(records)
+    });
+    let fuel = |r: &Value| r["fuel"].as_u64().unwrap();
+    assert!(fuel(&noop) > 0, "{noop}");
+    assert!(
+        fuel(&looped[0]) > 1_000_000 && fuel(&looped[0]) > 100 * fuel(&noop),
+        "{looped:?}"
+    );
+    assert!(looped[0]["cpu_us"].as_u64().unwrap() > 0);
+    assert!(noop["memory_bytes"].as_u64().unwrap() >= 65_536, "{noop}");
+    assert_eq!(noop["host_calls"], 0);
+    // Per day, through the API and Prometheus.
+    let usage = srv
+        .get("/v1/admin/functions/looper/usage?days=7")
+        .expect(200)
+        .json;
+    let today = &usage["days"][0];
+    assert_eq!(today["invocations"], 2);
+    assert_eq!(today["failures"], 0);
+    assert_eq!(
+        today["fuel"].as_u64().unwrap(),
+        fuel(&looped[0]) + fuel(&looped[1])
+    );
+    assert!(usage.get("paused_until").is_none());
+    let metrics = srv.get("/metrics").text;
+    let spent = crate::common::metric(
+        &metrics,
+        "emberbase_function_fuel_total{function=\"looper\"}",
+    );
+    assert!(
+        spent >= (fuel(&looped[0]) + fuel(&looped[1])) as f64,
+        "{spent}"
+    );
+    srv.get("/v1/admin/functions/looper/usage?days=0")
+        .expect(400);
+
+    // A quota of three runs a day: three events run, the rest wait.
+    deploy(
+        &srv,
+        "limited",
+        &recorder("limited_out", None),
+        json!({"triggers": [{"on": "create", "collection": "limited_src"}],
+               "daily_quota": {"invocations": 3}}),
+    );
+    for n in 0..6 {
+        srv.post("/v1/collections/limited_src/docs", &json!({"n": n}))
+            .expect(201);
+    }
+    eventually("three runs", || {
+        (docs(&srv, "limited_out").len() >= 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(docs(&srv, "limited_out").len(), 3, "the quota held");
+    let usage = srv
+        .get("/v1/admin/functions/limited/usage")
+        .expect(200)
+        .json;
+    assert!(usage["paused_until"].is_string(), "{usage}");
+    assert_eq!(usage["daily_quota"]["invocations"], 3);
+    // Raised: the waiting events run, none lost.
+    configure(
+        &srv,
+        "limited",
+        json!({"triggers": [{"on": "create", "collection": "limited_src"}],
+               "daily_quota": {"invocations": 100}}),
+    )
+    .expect(200);
+    eventually("every event", || {
+        (docs(&srv, "limited_out").len() == 6).then_some(())
+    });
+    // An HTTP function over its quota is refused.
+    deploy(
+        &srv,
+        "once",
+        &respond(r#"{"ok":true}"#),
+        json!({"triggers": [{"on": "http"}], "daily_quota": {"invocations": 1}}),
+    );
+    call(&srv, "once", None, &json!({})).expect(200);
+    eventually("the refusal", || {
+        (call(&srv, "once", None, &json!({})).status == 429).then_some(())
+    });
+    configure(
+        &srv,
+        "once",
+        json!({"triggers": [{"on": "http"}], "daily_quota": {"fuel": 0}}),
+    )
+    .expect_error(400, "validation_failed");
+}
+
+#[test]
 fn schedules_fire_on_time() {
     let srv = start();
     deploy(

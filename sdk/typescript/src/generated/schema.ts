@@ -282,6 +282,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/functions/{name}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What a function used per UTC day (runs, failures, fuel, wall and CPU time, host calls),
+         *     newest first, with its daily quota and whether the quota pauses it now.
+         */
+        get: operations["usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/functions/{name}/versions": {
         parameters: {
             query?: never;
@@ -1185,6 +1205,45 @@ export interface components {
             /** @description At least 8 characters; very common passwords are refused. */
             password: string;
         };
+        /**
+         * @description A function's limits per UTC day. When one is spent, the function pauses until the day ends
+         *     (or the quota is raised): its events wait in its queue, nothing is lost, and HTTP calls are
+         *     refused with `429`.
+         */
+        DailyQuota: {
+            /**
+             * Format: int64
+             * @description CPU time, in milliseconds.
+             */
+            cpu_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Metering points.
+             */
+            fuel?: number | null;
+            /** Format: int64 */
+            invocations?: number | null;
+        };
+        /** @description What a function used in one UTC day. */
+        DailyUsage: {
+            /** Format: int64 */
+            cpu_us: number;
+            /** @description `YYYY-MM-DD`. */
+            day: string;
+            /**
+             * Format: int64
+             * @description Runs that did not end `ok`.
+             */
+            failures: number;
+            /** Format: int64 */
+            fuel: number;
+            /** Format: int64 */
+            host_calls: number;
+            /** Format: int64 */
+            invocations: number;
+            /** Format: int64 */
+            wall_us: number;
+        };
         DeliveryList: {
             items: components["schemas"]["WebhookDelivery"][];
         };
@@ -1277,6 +1336,7 @@ export interface components {
              *     document or file, and schedule ticks, always run one after the other, in commit order.
              */
             concurrency?: number | null;
+            daily_quota?: components["schemas"]["DailyQuota"] | null;
             /**
              * Format: int64
              * @description Metering points per invocation (default `functions.fuel`).
@@ -1371,7 +1431,15 @@ export interface components {
             at: string;
             /** Format: int32 */
             attempt: number;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description CPU time of the run, in microseconds.
+             */
+            cpu_us?: number;
+            /**
+             * Format: int64
+             * @description Wall time of the run, in microseconds.
+             */
             duration_us: number;
             error?: string | null;
             /** @description The event as delivered (trigger and schedule events), kept so it can be replayed. */
@@ -1379,8 +1447,23 @@ export interface components {
             event_id: string;
             /** @description For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`. */
             failure?: string | null;
+            /**
+             * Format: int64
+             * @description Metering points the run spent.
+             */
+            fuel?: number;
+            /**
+             * Format: int32
+             * @description Host calls (reads and writes) the run made.
+             */
+            host_calls?: number;
             id: string;
             logs: components["schemas"]["LogLine"][];
+            /**
+             * Format: int64
+             * @description The guest's peak linear memory, in bytes.
+             */
+            memory_bytes?: number;
             /** @description A re-run through the replay API, not a delivery. */
             replay?: boolean;
             /**
@@ -1621,6 +1704,14 @@ export interface components {
              * @description The new version, now active.
              */
             version: number;
+        };
+        /** @description A function's usage per day and its quota. */
+        UsageReport: {
+            daily_quota?: components["schemas"]["DailyQuota"] | null;
+            /** @description Newest day first; days without runs are left out. */
+            days: components["schemas"]["DailyUsage"][];
+            /** @description When the function is paused by its quota: until when (the end of the UTC day). */
+            paused_until?: string | null;
         };
         /** @description A user as the API shows it. Never a hash. */
         User: {
@@ -3113,6 +3204,77 @@ export interface operations {
                 };
             };
             /** @description Every function worker is busy */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    usage: {
+        parameters: {
+            query?: {
+                /** @description How many days back, 1 to 366 (default 30). */
+                days?: number | null;
+            };
+            header?: never;
+            path: {
+                /** @description Function name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageReport"];
+                };
+            };
+            /** @description An invalid number of days */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -6262,6 +6424,15 @@ export interface operations {
             };
             /** @description The body is not of the type the route takes */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The function's daily quota is spent */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
