@@ -9,13 +9,14 @@
 //! again.
 
 use crate::lease::Lease;
-use crate::store::{KvWrite, Store, StoreError};
+use crate::model::Change;
+use crate::store::{ChangeReceiver, KvWrite, Store, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -29,6 +30,104 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A delivery task and the signal that wakes it.
+type Task = (Arc<Notify>, tokio::task::JoinHandle<()>);
+
+/// A service's running delivery tasks, by queue, and the task that wakes them on changes.
+#[derive(Default)]
+pub(crate) struct Dispatchers {
+    tasks: Mutex<HashMap<String, Task>>,
+    waker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Dispatchers {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes a queue's task: entries were added.
+    pub(crate) fn notify(&self, queue: &str) {
+        if let Some((notify, _)) = self.tasks().get(queue) {
+            notify.notify_one();
+        }
+    }
+
+    /// Wakes every queue's task.
+    pub(crate) fn notify_all(&self) {
+        for (notify, _) in self.tasks().values() {
+            notify.notify_one();
+        }
+    }
+
+    /// Starts a queue's task with `start` (given the signal that will wake it) unless it runs;
+    /// wakes it otherwise (its configuration may have changed).
+    pub(crate) fn ensure(
+        &self,
+        queue: &str,
+        start: impl FnOnce(Arc<Notify>) -> tokio::task::JoinHandle<()>,
+    ) {
+        let mut tasks = self.tasks();
+        if let Some((notify, task)) = tasks.get(queue) {
+            if !task.is_finished() {
+                notify.notify_one();
+                return;
+            }
+        }
+        let notify = Arc::new(Notify::new());
+        let task = start(notify.clone());
+        tasks.insert(queue.to_string(), (notify, task));
+    }
+
+    /// Stops a queue's task.
+    pub(crate) fn remove(&self, queue: &str) {
+        if let Some((_, task)) = self.tasks().remove(queue) {
+            task.abort();
+        }
+    }
+
+    /// Stops the tasks of the queues not in `queues`.
+    pub(crate) fn retain(&self, queues: &[String]) {
+        self.tasks().retain(|queue, (_, task)| {
+            let keep = queues.contains(queue);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+
+    /// Stops every task.
+    pub(crate) fn stop(&self) {
+        for (_, (_, task)) in self.tasks().drain() {
+            task.abort();
+        }
+        if let Some(waker) = self.waker.lock().ok().and_then(|mut w| w.take()) {
+            waker.abort();
+        }
+    }
+
+    /// Follows the change feed: `wake` is told of each change (whose entries are queued when
+    /// it is broadcast), or of nothing when the follower fell behind (wake every queue then).
+    pub(crate) fn follow(
+        &self,
+        tokio: &tokio::runtime::Handle,
+        mut changes: ChangeReceiver,
+        wake: impl Fn(Option<&Change>) + Send + 'static,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        let task = tokio.spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(change) => wake(Some(&change)),
+                    Err(RecvError::Lagged(_)) => wake(None),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
 }
 
 /// An entry of a queue's head, as the scheduler sees it.

@@ -15,10 +15,8 @@ use crate::store::{HookRecord, KvWrite, Space, StoreError};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Notify;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Invocations recorded between two prunings of the log (which keeps at most twice as many
@@ -34,53 +32,6 @@ struct Pending {
     /// Not before this time (Unix milliseconds).
     not_before: u64,
     event: Value,
-}
-
-/// A dispatcher task and the signal that wakes it.
-type Task = (Arc<Notify>, tokio::task::JoinHandle<()>);
-
-/// The running dispatcher tasks, by function.
-#[derive(Default)]
-pub(super) struct Dispatchers {
-    tasks: Mutex<HashMap<String, Task>>,
-    waker: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Dispatchers {
-    fn notify(&self, name: &str) {
-        if let Ok(tasks) = self.tasks.lock() {
-            if let Some((notify, _)) = tasks.get(name) {
-                notify.notify_one();
-            }
-        }
-    }
-
-    fn notify_all(&self) {
-        if let Ok(tasks) = self.tasks.lock() {
-            for (notify, _) in tasks.values() {
-                notify.notify_one();
-            }
-        }
-    }
-
-    pub(super) fn remove(&self, name: &str) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            if let Some((_, task)) = tasks.remove(name) {
-                task.abort();
-            }
-        }
-    }
-
-    pub(super) fn stop(&self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            for (_, (_, task)) in tasks.drain() {
-                task.abort();
-            }
-        }
-        if let Some(waker) = self.waker.lock().ok().and_then(|mut w| w.take()) {
-            waker.abort();
-        }
-    }
 }
 
 /// The key prefix of a function's records in the `Events`, `Invocations` spaces.
@@ -180,67 +131,48 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
 /// Wakes the dispatchers of the functions a committed change concerns. The events are already
 /// in the outbox when the change is broadcast.
 pub(super) fn start_waker(functions: &Functions) {
-    let mut changes = functions.inner.store.subscribe();
-    let tokio = functions.inner.tokio.clone();
-    let dispatch = functions.clone();
-    let functions = functions.clone();
-    let task = tokio.spawn(async move {
-        loop {
-            match changes.recv().await {
-                Ok(change) => {
-                    let triggers = match functions.inner.triggers.read() {
-                        Ok(t) => t.clone(),
-                        Err(_) => continue,
-                    };
-                    for (name, trigger) in triggers.iter() {
-                        if trigger.matches(&change) {
-                            functions.inner.dispatch.notify(name);
-                        }
-                    }
+    let f = functions.clone();
+    functions.inner.dispatch.follow(
+        &functions.inner.tokio,
+        functions.inner.store.subscribe(),
+        move |change| {
+            let Some(change) = change else {
+                return f.inner.dispatch.notify_all();
+            };
+            let triggers = match f.inner.triggers.read() {
+                Ok(t) => t.clone(),
+                Err(_) => return,
+            };
+            for (name, trigger) in triggers.iter() {
+                if trigger.matches(change) {
+                    f.inner.dispatch.notify(name);
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    functions.inner.dispatch.notify_all();
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-        }
-    });
-    let slot = dispatch.inner.dispatch.waker.lock();
-    if let Ok(mut slot) = slot {
-        *slot = Some(task);
-    }
+        },
+    );
 }
 
-/// Starts the dispatcher of a function unless it runs (or this process does not deliver).
+/// Starts the dispatcher of a function unless it runs (or this process does not deliver); a
+/// running one looks again (a new config may have a new schedule).
 pub(super) fn ensure(functions: &Functions, name: &str) {
     if !functions.inner.deliver {
         return;
     }
-    let Ok(mut tasks) = functions.inner.dispatch.tasks.lock() else {
-        return;
-    };
-    if let Some((notify, task)) = tasks.get(name) {
-        if !task.is_finished() {
-            // A new config may have a new schedule: let the loop look again.
-            notify.notify_one();
-            return;
-        }
-    }
-    let notify = Arc::new(Notify::new());
-    let queue = Outbox {
-        functions: functions.clone(),
-        name: name.to_string(),
-        loaded: None,
-        recorded: 0,
-        uncommitted: Arc::default(),
-    };
-    let task = functions.inner.tokio.spawn(delivery::drive(
-        queue,
-        functions.inner.store.clone(),
-        functions.inner.node.clone(),
-        notify.clone(),
-    ));
-    tasks.insert(name.to_string(), (notify, task));
+    functions.inner.dispatch.ensure(name, |notify| {
+        let queue = Outbox {
+            functions: functions.clone(),
+            name: name.to_string(),
+            loaded: None,
+            recorded: 0,
+            uncommitted: Arc::default(),
+        };
+        functions.inner.tokio.spawn(delivery::drive(
+            queue,
+            functions.inner.store.clone(),
+            functions.inner.node.clone(),
+            notify,
+        ))
+    });
 }
 
 /// An event of the outbox with its ordering key: the document's collection and id, the file's

@@ -70,7 +70,7 @@ struct Inner {
     generation: Mutex<u64>,
     /// Every trigger of every function, for the commit hook (which runs on the writer thread).
     triggers: RwLock<Arc<Vec<(String, records::Armed)>>>,
-    dispatch: dispatch::Dispatchers,
+    dispatch: crate::delivery::Dispatchers,
     tokio: tokio::runtime::Handle,
     /// Each loaded function's log budget (entries go with their function).
     log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
@@ -163,7 +163,7 @@ impl Functions {
                 loaded: RwLock::new(HashMap::new()),
                 generation: Mutex::new(0),
                 triggers: RwLock::new(Arc::new(Vec::new())),
-                dispatch: dispatch::Dispatchers::default(),
+                dispatch: crate::delivery::Dispatchers::default(),
                 tokio: tokio::runtime::Handle::current(),
                 log_budgets: Mutex::new(HashMap::new()),
                 node: ulid::Ulid::new().to_string(),

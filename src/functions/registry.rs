@@ -439,18 +439,11 @@ impl Functions {
         let current = self
             .loaded(name)
             .ok_or_else(|| FunctionsError::NotFound(name.into()))?;
-        let rows = self
-            .inner
-            .store
-            .kv_prefix_last(
-                Space::FunctionVersions,
-                &dispatch::function_prefix(name),
-                usize::MAX,
-            )
-            .await?;
-        let mut versions: Vec<FunctionVersion> = rows
+        let mut versions: Vec<FunctionVersion> = self
+            .stored_versions(name)
+            .await?
             .into_iter()
-            .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+            .map(|(_, v)| v)
             .collect();
         if versions.is_empty() {
             // Stored before versions existed: its one module.
@@ -498,6 +491,23 @@ impl Functions {
         Ok(info)
     }
 
+    /// A function's version records with their keys, newest first.
+    async fn stored_versions(&self, name: &str) -> Result<Vec<(Vec<u8>, FunctionVersion)>> {
+        let rows = self
+            .inner
+            .store
+            .kv_prefix_last(
+                Space::FunctionVersions,
+                &dispatch::function_prefix(name),
+                usize::MAX,
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, bytes)| Some((key, serde_json::from_slice(&bytes).ok()?)))
+            .collect())
+    }
+
     /// A kept version of a function with its module, checked against `config` as an upload is.
     pub(super) async fn load_version(
         &self,
@@ -543,21 +553,10 @@ impl Functions {
     /// Drops a function's oldest versions beyond `functions.versions_kept`, never the `active`
     /// one, and the modules no function refers to any more.
     async fn drop_old_versions(&self, name: &str, active: u32) -> Result<()> {
-        let rows = self
-            .inner
-            .store
-            .kv_prefix_last(
-                Space::FunctionVersions,
-                &dispatch::function_prefix(name),
-                usize::MAX,
-            )
-            .await?;
+        let stored = self.stored_versions(name).await?;
         let mut dropped = Vec::new();
         let mut write = KvWrite::default();
-        for (key, bytes) in rows.into_iter().skip(self.inner.config.versions_kept) {
-            let Ok(old) = serde_json::from_slice::<FunctionVersion>(&bytes) else {
-                continue;
-            };
+        for (key, old) in stored.into_iter().skip(self.inner.config.versions_kept) {
             if old.version != active {
                 write = write.delete(Space::FunctionVersions, key);
                 dropped.push(old.sha256);

@@ -318,15 +318,14 @@ impl Store {
             .set_config(collection, Some((raw, Arc::new(next))));
     }
 
-    /// The state of each index of a collection, in declaration order.
-    /// Waits (up to 10 s, for a test) until every index of `collection` is built.
+    /// Waits (up to 10 s, for a test) until every index of `collection` is built, the reverse
+    /// indexes of its relations too.
     #[cfg(test)]
     pub(crate) async fn indexes_built(&self, collection: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while self
-            .index_states(collection)
-            .iter()
-            .any(|i| i.state != "ready")
+            .collection(collection)
+            .is_some_and(|state| state.indexes.iter().any(|i| !i.ready))
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -336,6 +335,7 @@ impl Store {
         }
     }
 
+    /// The state of each index of a collection, in declaration order.
     pub(crate) fn index_states(&self, collection: &str) -> Vec<IndexState> {
         self.collection(collection)
             .map(|state| {

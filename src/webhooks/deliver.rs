@@ -13,11 +13,9 @@ use crate::store::{KvWrite, Space, StoreError};
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::Notify;
 
 /// Attempts recorded between two prunings of the log.
 const PRUNE_EVERY: usize = 128;
@@ -29,80 +27,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How much of an answer the log keeps.
 const EXCERPT: usize = 1024;
 
-type Task = (Arc<Notify>, tokio::task::JoinHandle<()>);
-
-/// The running dispatcher tasks, by webhook.
-#[derive(Default)]
-pub(super) struct Dispatchers {
-    tasks: Mutex<HashMap<String, Task>>,
-    waker: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Dispatchers {
-    pub(super) fn notify(&self, id: &str) {
-        if let Ok(tasks) = self.tasks.lock() {
-            if let Some((notify, _)) = tasks.get(id) {
-                notify.notify_one();
-            }
-        }
-    }
-
-    fn notify_all(&self) {
-        if let Ok(tasks) = self.tasks.lock() {
-            for (notify, _) in tasks.values() {
-                notify.notify_one();
-            }
-        }
-    }
-
-    /// Stops the dispatchers of webhooks not in `ids`.
-    pub(super) fn retain(&self, ids: &[String]) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.retain(|id, (_, task)| {
-                let keep = ids.contains(id);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-        }
-    }
-
-    pub(super) fn stop(&self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            for (_, (_, task)) in tasks.drain() {
-                task.abort();
-            }
-        }
-        if let Some(waker) = self.waker.lock().ok().and_then(|mut w| w.take()) {
-            waker.abort();
-        }
-    }
-}
-
 /// Wakes the dispatchers of the webhooks a committed change concerns; its messages are in the
 /// queues when it is broadcast.
 pub(super) fn start_waker(webhooks: &Webhooks) {
-    let mut changes = webhooks.inner.store.subscribe();
     let w = webhooks.clone();
-    let task = webhooks.inner.tokio.spawn(async move {
-        loop {
-            match changes.recv().await {
-                Ok(change) => {
-                    for armed in w.armed().iter().filter(|a| a.concerns(&change)) {
-                        w.inner.dispatch.notify(&armed.id);
-                    }
+    webhooks.inner.dispatch.follow(
+        &webhooks.inner.tokio,
+        webhooks.inner.store.subscribe(),
+        move |change| match change {
+            Some(change) => {
+                for armed in w.armed().iter().filter(|a| a.concerns(change)) {
+                    w.inner.dispatch.notify(&armed.id);
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    w.inner.dispatch.notify_all();
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-        }
-    });
-    if let Ok(mut slot) = webhooks.inner.dispatch.waker.lock() {
-        *slot = Some(task);
-    }
+            None => w.inner.dispatch.notify_all(),
+        },
+    );
 }
 
 /// Starts the dispatcher of a webhook unless it runs (or this process does not deliver), or
@@ -111,30 +51,21 @@ pub(super) fn ensure(webhooks: &Webhooks, id: &str) {
     if !webhooks.inner.deliver {
         return;
     }
-    let Ok(mut tasks) = webhooks.inner.dispatch.tasks.lock() else {
-        return;
-    };
-    if let Some((notify, task)) = tasks.get(id) {
-        if !task.is_finished() {
-            notify.notify_one();
-            return;
-        }
-    }
-    let notify = Arc::new(Notify::new());
-    let queue = WebhookQueue {
-        webhooks: webhooks.clone(),
-        id: id.to_string(),
-        name: format!("webhook:{id}"),
-        record: None,
-        recorded: 0,
-    };
-    let task = webhooks.inner.tokio.spawn(delivery::drive(
-        queue,
-        webhooks.inner.store.clone(),
-        webhooks.inner.node.clone(),
-        notify.clone(),
-    ));
-    tasks.insert(id.to_string(), (notify, task));
+    webhooks.inner.dispatch.ensure(id, |notify| {
+        let queue = WebhookQueue {
+            webhooks: webhooks.clone(),
+            id: id.to_string(),
+            name: format!("webhook:{id}"),
+            record: None,
+            recorded: 0,
+        };
+        webhooks.inner.tokio.spawn(delivery::drive(
+            queue,
+            webhooks.inner.store.clone(),
+            webhooks.inner.node.clone(),
+            notify,
+        ))
+    });
 }
 
 /// A finished attempt, to commit.

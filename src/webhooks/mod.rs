@@ -43,7 +43,7 @@ struct Inner {
     loaded: RwLock<Arc<HashMap<String, Arc<WebhookRecord>>>>,
     /// The enabled webhooks, for the commit hook.
     armed: RwLock<Arc<Vec<Armed>>>,
-    dispatch: deliver::Dispatchers,
+    dispatch: crate::delivery::Dispatchers,
     /// Held while a configuration change is written and installed, and while a reload reads
     /// and installs, so a reload never installs what it read before a local change.
     changing: tokio::sync::Mutex<()>,
@@ -109,7 +109,7 @@ impl Webhooks {
                 metrics,
                 loaded: RwLock::new(Arc::new(HashMap::new())),
                 armed: RwLock::new(Arc::new(Vec::new())),
-                dispatch: deliver::Dispatchers::default(),
+                dispatch: crate::delivery::Dispatchers::default(),
                 changing: tokio::sync::Mutex::new(()),
                 tokio: tokio::runtime::Handle::current(),
                 node: ulid::Ulid::new().to_string(),
