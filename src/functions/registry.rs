@@ -592,11 +592,15 @@ impl Functions {
                 let module = KvWrite::default().delete(Space::Modules, sha.as_bytes());
                 self.inner.store.kv_write(module).await?;
             }
-            let _ = std::fs::remove_file(self.module_path(&sha));
-            let key = artifact_key(&sha);
-            let artifact = artifact_path_of(&self.inner.artifacts_dir, &key);
-            let _ = std::fs::remove_file(artifact.with_extension("sha256"));
-            let _ = std::fs::remove_file(artifact);
+            let module = self.module_path(&sha);
+            let artifact = artifact_path_of(&self.inner.artifacts_dir, &artifact_key(&sha));
+            // Off the async workers: this runs in an upload's or a delete's request.
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(module);
+                let _ = std::fs::remove_file(artifact.with_extension("sha256"));
+                let _ = std::fs::remove_file(artifact);
+            })
+            .await;
         }
         Ok(())
     }

@@ -204,7 +204,7 @@ pub(crate) fn docs(srv: &TestServer, collection: &str) -> Vec<Value> {
 }
 
 /// Polls until `check` holds (or panics after 20 s with `what`).
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = check() {

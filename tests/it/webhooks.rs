@@ -4,6 +4,7 @@
 //! safety, parallel delivery with per-document order, and `kill -9` between commit and delivery.
 
 use crate::common::{agent, fast, login_token, send, signup, skip, Resp, Spawned, TestServer};
+use crate::functions::eventually;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -250,18 +251,6 @@ fn log(srv: &TestServer, id: &str, what: &str, query: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// Polls until `check` holds (or panics after 30 s with `what`).
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
