@@ -32,6 +32,7 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     pub webhooks: WebhooksConfig,
     pub outbound: OutboundConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// The deepest JSON nesting `limits.max_json_depth` may allow: serde_json reads at most 128
@@ -154,6 +155,37 @@ pub struct OutboundConfig {
     /// Hosts that may be reached at loopback, private or link-local addresses, which are
     /// refused otherwise: `host`, `host:port` (that port only) or an IP address.
     pub allow_private_hosts: Vec<String>,
+}
+
+/// Trace spans exported to an OpenTelemetry collector. Trace ids flow through requests,
+/// changes, events, function runs and webhook deliveries whether or not this is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP endpoint (`http://127.0.0.1:4318`); spans go to
+    /// `<endpoint>/v1/traces` as protobuf. Empty: no export.
+    pub otlp_endpoint: String,
+    /// Headers sent with every export (an API key of a hosted collector).
+    pub otlp_headers: std::collections::BTreeMap<String, String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// The share of new traces (those a request does not bring with `traceparent`) whose spans
+    /// are exported, from 0 to 1. A request's own `traceparent` decides for its trace.
+    pub sample_ratio: f64,
+    /// How often queued spans are sent, in milliseconds.
+    pub export_interval_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            otlp_headers: Default::default(),
+            service_name: "emberbase".into(),
+            sample_ratio: 1.0,
+            export_interval_ms: 1_000,
+        }
+    }
 }
 
 impl Default for FunctionsConfig {
@@ -695,6 +727,21 @@ impl Config {
             if !(min..=max).contains(&value) {
                 return invalid(key, &format!("must be from {min} to {max}, not {value}"));
             }
+        }
+        let t = &self.telemetry;
+        if !t.otlp_endpoint.is_empty() {
+            if let Err(e) = crate::trace::traces_url(&t.otlp_endpoint) {
+                return invalid("telemetry.otlp_endpoint", &e);
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return invalid("telemetry.sample_ratio", "must be from 0 to 1");
+        }
+        if !(10..=60_000).contains(&t.export_interval_ms) {
+            return invalid(
+                "telemetry.export_interval_ms",
+                &format!("must be from 10 to 60000, not {}", t.export_interval_ms),
+            );
         }
         if let Err(e) = crate::outbound::Policy::new(&self.outbound.allow_private_hosts) {
             return invalid("outbound.allow_private_hosts", &e);

@@ -80,6 +80,7 @@ mod secrets;
 mod server;
 mod store;
 mod tls;
+mod trace;
 mod transforms;
 mod webhooks;
 mod when;
@@ -110,6 +111,7 @@ pub use realtime::{
 };
 pub use server::{Server, ServerBuilder, StartError};
 pub use store::ChangeReceiver;
+pub use trace::TraceContext;
 pub use webhooks::{
     WebhookDelivery, WebhookInfo, WebhookMessage, WebhookSpec, WebhookWithSecret, Webhooks,
     WebhooksError,

@@ -16,6 +16,7 @@ pub(crate) struct Metrics {
     pub file_bytes: IntCounterVec,
     pub function_invocations: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
+    pub trace_spans: IntCounterVec,
     pub function_fuel: IntCounterVec,
     pub function_cpu: prometheus::CounterVec,
     pub function_duration: HistogramVec,
@@ -121,6 +122,14 @@ impl Metrics {
         registry.register(Box::new(file_bytes.clone()))?;
         registry.register(Box::new(function_invocations.clone()))?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
+        let trace_spans = IntCounterVec::new(
+            Opts::new(
+                "trace_spans_total",
+                "Trace spans sent to the OTLP collector (exported) or lost (dropped: queue full, export failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(trace_spans.clone()))?;
         registry.register(Box::new(function_fuel.clone()))?;
         registry.register(Box::new(function_cpu.clone()))?;
         registry.register(Box::new(function_duration.clone()))?;
@@ -167,6 +176,7 @@ impl Metrics {
             file_bytes,
             function_invocations,
             webhook_deliveries,
+            trace_spans,
             function_fuel,
             function_cpu,
             function_duration,

@@ -117,6 +117,10 @@ pub struct Change {
     pub actor: Option<Actor>,
     /// 0 for client and service writes; d + 1 for writes made while handling an event of depth d.
     pub depth: u32,
+    /// The trace context of the work that made the change (a request, a function run's host
+    /// call); absent for the server's own background writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// The document or file a change is about.
@@ -442,6 +446,8 @@ pub(crate) struct AccountEvent {
     /// The account as the API shows it.
     pub(crate) user: serde_json::Value,
     pub(crate) time: String,
+    /// The trace context of the request that caused it.
+    pub(crate) trace: Option<crate::trace::TraceContext>,
 }
 
 #[cfg(test)]

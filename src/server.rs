@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 use crate::secrets::Secrets;
 use crate::store::{Store, StoreOptions};
+use crate::trace::Tracer;
 use crate::webhooks::Webhooks;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -144,6 +145,7 @@ impl ServerBuilder {
             &config.webhooks,
             &config.outbound,
             metrics.clone(),
+            Tracer::ids_only(),
             false,
         )
         .await
@@ -154,6 +156,7 @@ impl ServerBuilder {
             docs,
             &config.functions,
             metrics,
+            Tracer::ids_only(),
             false,
         )
         .await
@@ -208,12 +211,15 @@ impl ServerBuilder {
                 "removed what an interrupted upload or delete left behind"
             );
         }
+        let tracer = Tracer::start(&config.telemetry, metrics.trace_spans.clone())
+            .map_err(StartError::Other)?;
         // Before functions, whose first deliveries may write: every change queues its messages.
         let webhooks = Webhooks::start(
             store.clone(),
             &config.webhooks,
             &config.outbound,
             metrics.clone(),
+            tracer.clone(),
             true,
         )
         .await
@@ -224,6 +230,7 @@ impl ServerBuilder {
             docs.clone(),
             &config.functions,
             metrics.clone(),
+            tracer.clone(),
             true,
         )
         .await
@@ -266,6 +273,7 @@ impl ServerBuilder {
                 auth: Arc::new(Authenticator::new(service_key, accounts.clone())),
             },
             metrics,
+            tracer.clone(),
             config.clone(),
         ));
         let hook = self.routes;
@@ -309,6 +317,7 @@ impl ServerBuilder {
             realtime,
             accounts,
             changes,
+            tracer,
         })
     }
 }
@@ -523,6 +532,7 @@ pub struct Server {
     realtime: Realtime,
     accounts: Arc<Accounts>,
     changes: Changes,
+    tracer: Tracer,
 }
 
 impl Server {
@@ -588,6 +598,7 @@ impl Server {
         let functions = self.functions;
         let _ = tokio::task::spawn_blocking(move || functions.stop()).await;
         self.store.close().await;
+        self.tracer.shutdown().await;
         tracing::info!("stopped");
     }
 }

@@ -1,6 +1,7 @@
-//! Request ids, one log line per request, and request metrics.
+//! Request ids and trace context, one log line per request, and request metrics.
 
 use super::AppState;
+use crate::trace::{self, Kind, TraceContext};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -10,6 +11,11 @@ use std::time::Instant;
 use tracing::Instrument;
 
 pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The W3C Trace Context header a caller continues its trace with.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The request's own span, answered so that a caller without a trace learns the one made for
+/// it (W3C Trace Context Level 2).
+pub(super) const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 
 /// A client's request id is kept if it is short and plain; otherwise a new one is made.
 fn request_id(req: &ServiceRequest) -> String {
@@ -42,8 +48,10 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
     }
 }
 
-/// Logs and counts every request. The log has the path without its query string, so that a
-/// token passed as a query parameter never reaches the log.
+/// Logs, counts and traces every request. The log has the path without its query string, so
+/// that a token passed as a query parameter never reaches the log. The request runs with its
+/// span's trace context as the current one (`trace::current`), which every write it makes
+/// records; an invalid `traceparent` starts a new trace, as the specification asks.
 pub(super) async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -55,14 +63,36 @@ pub(super) async fn observe(
     let logged = tracing::enabled!(tracing::Level::INFO)
         .then(|| (req.method().to_string(), req.path().to_string()));
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    let parent = req
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let mut trace_span = match &state {
+        Some(state) => state.tracer.span("HTTP", Kind::Server, parent),
+        None => trace::Tracer::ids_only().span("HTTP", Kind::Server, parent),
+    };
+    let context = trace_span.context();
+    let span = tracing::info_span!("request", request_id = %id, trace_id = %context.trace_id());
+    let mut res = trace::scope(context, next.call(req).instrument(span.clone())).await?;
     let status = res.status();
     let route = res
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
     let elapsed = started.elapsed();
+    if trace_span.recording() {
+        trace_span.rename(format!("{method_label} {route}"));
+        trace_span.set("http.request.method", method_label);
+        trace_span.set("http.route", route.clone());
+        trace_span.set("url.path", res.request().path());
+        trace_span.set("http.response.status_code", u32::from(status.as_u16()));
+        trace_span.set("emberbase.request_id", id.clone());
+        if status.is_server_error() {
+            trace_span.fail(status.to_string());
+        }
+    }
+    drop(trace_span);
     if let Some(state) = state {
         state
             .metrics
@@ -88,6 +118,9 @@ pub(super) async fn observe(
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&context.to_string()) {
+        res.headers_mut().insert(TRACERESPONSE, value);
     }
     Ok(res)
 }

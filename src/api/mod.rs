@@ -25,6 +25,7 @@ use crate::files::Files;
 use crate::functions::Functions;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
+use crate::trace::Tracer;
 use crate::webhooks::Webhooks;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -45,6 +46,7 @@ pub(crate) struct AppState {
     pub realtime: Realtime,
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
+    pub tracer: Tracer,
     pub config: Arc<Config>,
     pub openapi_json: web::Bytes,
     routes: Arc<RouteTable>,
@@ -61,7 +63,12 @@ pub(crate) struct Services {
 }
 
 impl AppState {
-    pub(crate) fn new(services: Services, metrics: Arc<Metrics>, config: Arc<Config>) -> Self {
+    pub(crate) fn new(
+        services: Services,
+        metrics: Arc<Metrics>,
+        tracer: Tracer,
+        config: Arc<Config>,
+    ) -> Self {
         let api = openapi();
         let openapi_json = api.to_pretty_json().unwrap_or_default();
         let Services {
@@ -80,6 +87,7 @@ impl AppState {
             realtime,
             auth,
             metrics,
+            tracer,
             config,
             openapi_json: web::Bytes::from(openapi_json),
             routes: Arc::new(RouteTable::from_openapi(&api)),
@@ -334,6 +342,7 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
         header::ACCEPT_RANGES,
         header::CONTENT_DISPOSITION,
         middleware::REQUEST_ID,
+        middleware::TRACERESPONSE,
     ];
     let cors = actix_cors::Cors::default()
         .allow_any_method()

@@ -153,6 +153,7 @@ impl Documents {
                 ops,
                 actor: who.actor(),
                 depth: who.depth(),
+                trace: crate::trace::current(),
                 guard: self.guard(who),
             })
             .await

@@ -458,6 +458,7 @@ impl Files {
             op: FileOp::Delete,
             actor: who.actor(),
             depth: who.depth(),
+            trace: crate::trace::current(),
             guard: self.guard(who, bucket).await?,
         };
         let files = self.clone();

@@ -130,6 +130,7 @@ impl Upload {
             },
             actor: self.who.actor(),
             depth: self.who.depth(),
+            trace: crate::trace::current(),
             guard: self.files.guard(&self.who, &self.bucket).await?,
         };
         let files = self.files.clone();

@@ -12,6 +12,7 @@ use super::{Functions, FunctionsError, Invocation, Loaded};
 use crate::delivery::{self, unix_ms, Head, Queue, Round, LOOK_AHEAD};
 use crate::model::{format_time, now_rfc3339, Change, Subject};
 use crate::store::{HookRecord, KvWrite, Space, StoreError};
+use crate::trace::TraceContext;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -76,6 +77,8 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
             version: None,
             replay: false,
             event: None,
+            trace_id: change.trace.map(|t| t.trace_id()),
+            span_id: None,
         };
         key.extend_from_slice(record.id.as_bytes());
         return HookRecord::Plain(
@@ -91,6 +94,9 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
         .unwrap_or(Value::Null);
     let mut event = json!({"v": 1, "event_id": event_id, "attempt": 1,
         "trigger": change.kind.as_str(), "auth": auth, "depth": change.depth, "time": change.time});
+    if let Some(trace) = change.trace {
+        event["traceparent"] = json!(trace);
+    }
     match &change.subject {
         Subject::Document {
             collection,
@@ -206,6 +212,8 @@ struct Ran {
     at: String,
     /// The version that ran.
     version: Option<u32>,
+    /// The run's trace context.
+    trace: Option<TraceContext>,
 }
 
 /// A function's outbox, as `delivery::drive` delivers it.
@@ -308,13 +316,24 @@ impl Queue for Outbox {
                 .and_then(Value::as_u64)
                 .unwrap_or(0) as u32;
             let version = loaded.as_ref().map(|l| l.record.info.version);
-            let outcome = match loaded {
+            let parent = event_trace(&pending.event);
+            let (outcome, trace) = match loaded {
                 Some(loaded) => {
-                    functions
-                        .run(super::Lane::Events, &loaded, &pending.event, depth + 1)
+                    match functions
+                        .run(
+                            super::Lane::Events,
+                            &loaded,
+                            &pending.event,
+                            depth + 1,
+                            parent,
+                        )
                         .await
+                    {
+                        Ok((outcome, trace)) => (Ok(outcome), Some(trace)),
+                        Err(e) => (Err(e), None),
+                    }
                 }
-                None => Err(FunctionsError::NotFound(name)),
+                None => (Err(FunctionsError::NotFound(name)), None),
             };
             Ran {
                 key,
@@ -322,6 +341,7 @@ impl Queue for Outbox {
                 outcome,
                 at: now_rfc3339(),
                 version,
+                trace,
             }
         })
     }
@@ -468,12 +488,22 @@ async fn fire_schedule(
 
 /// The invocation record of a run of `event` (kept in it), and whether the run failed: a
 /// trap, a limit, a result that is not JSON, or `{"ok": false}`.
+/// The trace context of the change that queued an event (absent for schedule ticks and for
+/// events queued before traces were recorded).
+pub(super) fn event_trace(event: &Value) -> Option<TraceContext> {
+    event
+        .get("traceparent")
+        .and_then(Value::as_str)
+        .and_then(TraceContext::parse)
+}
+
 pub(super) fn judge(
     event: &Value,
     attempt: u32,
     outcome: Outcome,
     at: String,
     version: Option<u32>,
+    trace: Option<TraceContext>,
 ) -> (Invocation, bool) {
     let failed = match &outcome.result {
         Ok(Some(bytes)) => match serde_json::from_slice::<Value>(bytes) {
@@ -519,6 +549,8 @@ pub(super) fn judge(
         version,
         replay: false,
         event: Some(event.clone()),
+        trace_id: trace.map(|t| t.trace_id()),
+        span_id: trace.map(|t| t.span_id()),
     };
     (record, failed.is_some())
 }
@@ -538,6 +570,7 @@ async fn record_run(
         outcome,
         at,
         version,
+        trace,
     } = ran;
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -556,7 +589,7 @@ async fn record_run(
         .and_then(|l| l.record.info.config.max_retries)
         .unwrap_or(functions.inner.config.max_retries);
     let last_attempt = pending.attempt > max_retries;
-    let (mut record, failed) = judge(&pending.event, pending.attempt, outcome, at, version);
+    let (mut record, failed) = judge(&pending.event, pending.attempt, outcome, at, version, trace);
     if failed && last_attempt {
         record.status = "dead".into();
     }

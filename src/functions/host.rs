@@ -1,12 +1,15 @@
 //! The host side of the guest ABI's `call`: document reads and writes with the same semantics,
 //! validation and change events as HTTP, made as the function (admin rights, one depth deeper
-//! than the event it handles).
+//! than the event it handles). Each call is a span of the run's trace, and the changes it
+//! writes carry that span's context on to the events and webhook messages they queue.
 
 use super::runtime::Host;
 use crate::auth::Principal;
 use crate::docs::{AggregateParams, DocsError, Documents, ListParams};
 use crate::error::Error;
+use crate::trace::{self, Kind, TraceContext, Tracer};
 use serde_json::{json, Value};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,9 @@ pub(super) struct DocumentHost {
     pub runtime: tokio::runtime::Handle,
     pub function: String,
     pub log_budget: Arc<LogBudget>,
+    pub tracer: Tracer,
+    /// The run's span, the parent of each call's.
+    pub trace: TraceContext,
 }
 
 /// The log bytes one function may write per minute, across all its invocations: what its
@@ -87,7 +93,12 @@ fn field<'a>(request: &'a Value, name: &str) -> Result<&'a str, Error> {
 }
 
 impl DocumentHost {
-    fn answer(&self, op: &str, request: &Value) -> Result<Value, Error> {
+    /// Waits for `work` on the server's runtime, as the call's span.
+    fn on<F: Future>(&self, call: TraceContext, work: F) -> F::Output {
+        self.runtime.block_on(trace::scope(call, work))
+    }
+
+    fn answer(&self, op: &str, request: &Value, call: TraceContext) -> Result<Value, Error> {
         let who = &self.who;
         let docs = &self.docs;
         let collection = field(request, "collection")?;
@@ -96,32 +107,30 @@ impl DocumentHost {
         let if_version = request.get("if_version").and_then(Value::as_u64);
         let to_json = |doc| serde_json::to_value(doc).map_err(Error::internal);
         match op {
-            "get" => match self.runtime.block_on(docs.get(who, collection, id()?)) {
+            "get" => match self.on(call, docs.get(who, collection, id()?)) {
                 Ok(doc) => to_json(doc),
                 Err(DocsError::NotFound { .. }) => Ok(Value::Null),
                 Err(e) => Err(e.into()),
             },
-            "create" => to_json(
-                self.runtime
-                    .block_on(docs.create(who, collection, data()))?,
-            ),
+            "create" => to_json(self.on(call, docs.create(who, collection, data()))?),
             "set" => {
                 let (doc, _) =
-                    self.runtime
-                        .block_on(docs.set(who, collection, id()?, data(), if_version))?;
+                    self.on(call, docs.set(who, collection, id()?, data(), if_version))?;
                 to_json(doc)
             }
-            "update" => to_json(self.runtime.block_on(docs.update_with(
-                who,
-                collection,
-                id()?,
-                request.get("data").cloned(),
-                request.get("transforms"),
-                if_version,
-            ))?),
+            "update" => to_json(self.on(
+                call,
+                docs.update_with(
+                    who,
+                    collection,
+                    id()?,
+                    request.get("data").cloned(),
+                    request.get("transforms"),
+                    if_version,
+                ),
+            )?),
             "delete" => {
-                self.runtime
-                    .block_on(docs.delete(who, collection, id()?, if_version))?;
+                self.on(call, docs.delete(who, collection, id()?, if_version))?;
                 Ok(json!({"deleted": true}))
             }
             "query" => {
@@ -136,7 +145,7 @@ impl DocumentHost {
                     cursor: text("cursor"),
                     count: request.get("count").and_then(Value::as_bool) == Some(true),
                 };
-                let page = self.runtime.block_on(docs.list(who, collection, &params))?;
+                let page = self.on(call, docs.list(who, collection, &params))?;
                 serde_json::to_value(page).map_err(Error::internal)
             }
             "aggregate" => {
@@ -146,9 +155,7 @@ impl DocumentHost {
                     group_by: text("group_by"),
                     ops: text("ops"),
                 };
-                let result = self
-                    .runtime
-                    .block_on(docs.aggregate(who, collection, &params))?;
+                let result = self.on(call, docs.aggregate(who, collection, &params))?;
                 serde_json::to_value(result).map_err(Error::internal)
             }
             _ => Err(Error::bad_request(format!("unknown op {op:?}"))),
@@ -162,9 +169,24 @@ impl Host for DocumentHost {
         if !matches!(op, "get" | "create" | "set" | "update" | "delete" | "query") {
             return None;
         }
-        let reply = match self.answer(op, request) {
+        let collection = request.get("collection").and_then(Value::as_str);
+        let mut span = self.tracer.span(
+            format!("{op} {}", collection.unwrap_or_default()),
+            Kind::Internal,
+            Some(self.trace),
+        );
+        if span.recording() {
+            span.set("db.operation.name", op);
+            if let Some(collection) = collection {
+                span.set("db.collection.name", collection);
+            }
+        }
+        let reply = match self.answer(op, request, span.context()) {
             Ok(value) => value,
-            Err(e) => json!({"error": {"code": e.code.as_str(), "message": e.message}}),
+            Err(e) => {
+                span.fail(e.message.clone());
+                json!({"error": {"code": e.code.as_str(), "message": e.message}})
+            }
         };
         serde_json::to_vec(&reply).ok()
     }
@@ -173,7 +195,9 @@ impl Host for DocumentHost {
         if !self.log_budget.take(&self.function, message.len() as u64) {
             return false;
         }
-        log_line(&self.function, level, message);
+        // The line names the run's trace, as the request lines of the same trace do.
+        tracing::info_span!("run", trace_id = %self.trace.trace_id())
+            .in_scope(|| log_line(&self.function, level, message));
         true
     }
 }

@@ -11,6 +11,7 @@ use crate::auth::Principal;
 use crate::config::FunctionsConfig;
 use crate::model::{now_rfc3339, Change};
 use crate::store::{CommitHook, HookRecord, KvWrite, Space};
+use crate::trace::{Kind, TraceContext};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,15 +116,26 @@ impl Functions {
             .collect()
     }
 
-    /// Runs one invocation of `function` with an event, as the function's principal.
+    /// Runs one invocation of `function` with an event, as the function's principal, in a span
+    /// that is a child of `parent` (the request or the change that caused it), or the root of
+    /// a new trace. Returns the outcome and the run's trace context.
     pub(super) async fn run(
         &self,
         lane: Lane,
         loaded: &Loaded,
         event: &Value,
         depth: u32,
-    ) -> Result<Outcome> {
+        parent: Option<TraceContext>,
+    ) -> Result<(Outcome, TraceContext)> {
         let name = loaded.record.info.name.clone();
+        let kind = match lane {
+            Lane::Http => Kind::Server,
+            Lane::Events => Kind::Consumer,
+        };
+        let mut span = self
+            .inner
+            .tracer
+            .span(format!("function {name}"), kind, parent);
         let host = Arc::new(host::DocumentHost {
             docs: self.inner.docs.clone(),
             who: Principal::Function {
@@ -133,6 +145,8 @@ impl Functions {
             runtime: self.inner.tokio.clone(),
             function: name.clone(),
             log_budget: self.log_budget(&name),
+            tracer: self.inner.tracer.clone(),
+            trace: span.context(),
         });
         let input = serde_json::to_vec(event).map_err(internal)?;
         let limits = self.limits(&loaded.record.info.config);
@@ -147,6 +161,23 @@ impl Functions {
             Err(Failure::Timeout) => "timeout",
             Err(_) => "error",
         };
+        if span.recording() {
+            let text = |key: &str| event.get(key).and_then(Value::as_str).unwrap_or_default();
+            span.set("emberbase.function", name.as_str());
+            span.set("emberbase.function.version", loaded.record.info.version);
+            span.set("emberbase.trigger", text("trigger"));
+            if let Some(id) = event.get("event_id").and_then(Value::as_str) {
+                span.set("emberbase.event_id", id);
+            }
+            span.set("emberbase.status", status);
+            span.set("emberbase.fuel", outcome.usage.fuel);
+            span.set("emberbase.host_calls", outcome.usage.host_calls);
+            if let Err(failure) = &outcome.result {
+                span.fail(failure.to_string());
+            }
+        }
+        let context = span.context();
+        drop(span);
         let m = &self.inner.metrics;
         m.function_invocations
             .with_label_values(&[name.as_str(), status])
@@ -160,7 +191,7 @@ impl Functions {
         m.function_cpu
             .with_label_values(&[name.as_str()])
             .inc_by(outcome.usage.cpu_us as f64 / 1e6);
-        Ok(outcome)
+        Ok((outcome, context))
     }
 
     /// Calls a function that has an `http` trigger, with `auth` from the caller.
@@ -177,7 +208,9 @@ impl Functions {
         }
         let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
             "auth": who.auth_value(), "time": now_rfc3339()});
-        let outcome = self.run(Lane::Http, &loaded, &event, 1).await?;
+        let (outcome, trace) = self
+            .run(Lane::Http, &loaded, &event, 1, crate::trace::current())
+            .await?;
         let event_id = ulid::Ulid::new().to_string();
         let (status, failure, error) = outcome_status(&outcome.result);
         let record = Invocation {
@@ -198,6 +231,8 @@ impl Functions {
             version: Some(loaded.record.info.version),
             replay: false,
             event: None,
+            trace_id: Some(trace.trace_id()),
+            span_id: Some(trace.span_id()),
         };
         let functions = self.clone();
         let fname = name.to_string();
@@ -281,13 +316,23 @@ impl Functions {
         let attempt = attempt + 1;
         event["attempt"] = json!(attempt);
         let depth = event.get("depth").and_then(Value::as_u64).unwrap_or(0) as u32;
-        let outcome = self.run(Lane::Events, &loaded, &event, depth + 1).await?;
+        // The replay is the replaying request's work: its trace, not the original event's.
+        let (outcome, trace) = self
+            .run(
+                Lane::Events,
+                &loaded,
+                &event,
+                depth + 1,
+                crate::trace::current(),
+            )
+            .await?;
         let (mut record, _) = dispatch::judge(
             &event,
             attempt,
             outcome,
             now_rfc3339(),
             Some(loaded.record.info.version),
+            Some(trace),
         );
         record.replay = true;
         let write = self

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::config::FunctionsConfig;
 use crate::model::now_rfc3339;
+use crate::trace::TraceContext;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 use std::sync::Arc;
@@ -37,13 +38,18 @@ fn lane_and_depth(event: &Value) -> (Lane, u32) {
     (lane, depth + 1)
 }
 
-fn local_run(event: &Value, outcome: Outcome, version: Option<u32>) -> LocalRun {
+fn local_run(
+    event: &Value,
+    outcome: Outcome,
+    version: Option<u32>,
+    trace: Option<TraceContext>,
+) -> LocalRun {
     let result = match &outcome.result {
         Ok(Some(bytes)) => serde_json::from_slice(bytes).unwrap_or(Value::Null),
         _ => Value::Null,
     };
     let attempt = event.get("attempt").and_then(Value::as_u64).unwrap_or(1) as u32;
-    let (invocation, _) = dispatch::judge(event, attempt, outcome, now_rfc3339(), version);
+    let (invocation, _) = dispatch::judge(event, attempt, outcome, now_rfc3339(), version, trace);
     LocalRun { invocation, result }
 }
 
@@ -77,8 +83,9 @@ impl Functions {
         };
         let version = (loaded.record.latest_version > 0).then_some(loaded.record.info.version);
         let (lane, depth) = lane_and_depth(&event);
-        let outcome = self.run(lane, &loaded, &event, depth).await?;
-        Ok(local_run(&event, outcome, version))
+        let parent = dispatch::event_trace(&event);
+        let (outcome, trace) = self.run(lane, &loaded, &event, depth, parent).await?;
+        Ok(local_run(&event, outcome, version, Some(trace)))
     }
 }
 
@@ -146,7 +153,7 @@ pub async fn invoke_remote(
         .await
         .map_err(FunctionsError::Busy);
     runtime.stop();
-    Ok(local_run(&event, outcome?, None))
+    Ok(local_run(&event, outcome?, None, None))
 }
 
 /// The host side of `call` over a server's HTTP API.

@@ -43,6 +43,7 @@ use crate::config::FunctionsConfig;
 use crate::docs::Documents;
 use crate::metrics::Metrics;
 use crate::store::{Space, Store};
+use crate::trace::Tracer;
 use runtime::{Lane, Runtime};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,7 @@ struct Inner {
     artifacts_dir: PathBuf,
     config: FunctionsConfig,
     metrics: Arc<Metrics>,
+    tracer: Tracer,
     loaded: RwLock<HashMap<String, Arc<Loaded>>>,
     /// Counts the changes this node makes to `loaded` (upload, configure, delete), each made
     /// after its store write. A reload applies what it read only if none happened meanwhile,
@@ -136,6 +138,7 @@ impl Functions {
         docs: Documents,
         config: &FunctionsConfig,
         metrics: Arc<Metrics>,
+        tracer: Tracer,
         deliver: bool,
     ) -> std::result::Result<Functions, String> {
         let root = data_dir.join("functions");
@@ -160,6 +163,7 @@ impl Functions {
                 artifacts_dir,
                 config: config.clone(),
                 metrics,
+                tracer,
                 loaded: RwLock::new(HashMap::new()),
                 generation: Mutex::new(0),
                 triggers: RwLock::new(Arc::new(Vec::new())),

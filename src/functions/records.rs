@@ -215,6 +215,14 @@ pub struct Invocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub event: Option<Value>,
+    /// The trace this run belongs to (32 hex digits): the request's, or the one a request
+    /// without `traceparent` was given, carried through the change and its event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The run's own span in that trace (16 hex digits); the writes the run makes name it as
+    /// their parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 pub(crate) fn check_name(name: &str) -> Result<()> {

@@ -156,6 +156,7 @@ async fn run_delete(store: &Store, collection: &str) -> Result<u64, StoreError> 
                 ops,
                 actor: dropping.actor.clone(),
                 depth: 0,
+                trace: None,
                 guard: None,
             };
             match store.write(request).await {

@@ -356,6 +356,7 @@ impl Store {
                 time: planned.now.clone(),
                 actor: req.actor.clone(),
                 depth: req.depth,
+                trace: req.trace,
             };
             let sized = append_change(&mut *txn, change, has_prev, &hooks)
                 .map_err(|error| BatchFailure { op: 0, error })?;
@@ -784,6 +785,7 @@ impl Store {
             time: now,
             actor: write.actor.clone(),
             depth: write.depth,
+            trace: write.trace,
         };
         let sized = append_change(&mut *txn, change, false, &self.shared.hooks())?;
         txn.commit(publisher(self, vec![sized])).await?;

@@ -151,6 +151,7 @@ mod tests {
             time: String::new(),
             actor: None,
             depth: 0,
+            trace: None,
         }
     }
 

@@ -88,6 +88,7 @@ pub(crate) struct FileWrite {
     pub op: FileOp,
     pub actor: Option<Actor>,
     pub depth: u32,
+    pub trace: Option<crate::trace::TraceContext>,
     pub guard: Option<Arc<dyn FileGuard>>,
 }
 

@@ -20,6 +20,7 @@ use super::keys;
 use super::StoreError;
 use crate::engine::{Direction, Engine, KeyRange, Keyspace};
 use crate::model::{Actor, Change, ChangeKind, Document, FileInfo, Subject};
+use crate::trace::TraceContext;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub(super) struct StoredChange {
     pub time: String,
     pub actor: Option<Actor>,
     pub depth: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,6 +148,7 @@ pub(super) fn encode(change: &Change, has_prev: bool) -> Result<Vec<u8>, StoreEr
         time: change.time.clone(),
         actor: change.actor.clone(),
         depth: change.depth,
+        trace: change.trace,
     })
 }
 
@@ -285,6 +289,7 @@ impl StoredChange {
             time: self.time,
             actor: self.actor,
             depth: self.depth,
+            trace: self.trace,
         })
     }
 }

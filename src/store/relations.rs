@@ -419,6 +419,7 @@ impl Store {
                     ops,
                     actor: Some(Actor::system()),
                     depth: 0,
+                    trace: None,
                     guard: None,
                 };
                 self.write_inner(&request)

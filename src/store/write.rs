@@ -5,6 +5,7 @@ use super::error::BatchFailure;
 use super::CollectionState;
 use crate::model::{Actor, Document};
 use crate::query::ast::Path;
+use crate::trace::TraceContext;
 use crate::transforms::Transform;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub(crate) struct WriteRequest {
     pub ops: Vec<WriteOp>,
     pub actor: Option<Actor>,
     pub depth: u32,
+    /// The trace context of the work making the write, which its changes record.
+    pub trace: Option<TraceContext>,
     pub guard: Option<Arc<dyn WriteGuard>>,
 }
 

@@ -10,6 +10,7 @@ use super::{encode, prefix, unix_secs, Webhooks};
 use crate::delivery::{self, unix_ms, Head, Queue, Round, LOOK_AHEAD};
 use crate::model::now_rfc3339;
 use crate::store::{KvWrite, Space, StoreError};
+use crate::trace::{Kind, TraceContext};
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
@@ -77,6 +78,8 @@ struct Done {
     response: Option<String>,
     error: Option<String>,
     latency_ms: u64,
+    /// The attempt's span.
+    trace: TraceContext,
 }
 
 /// A webhook's queue, as `delivery::drive` delivers it.
@@ -132,8 +135,11 @@ impl Queue for WebhookQueue {
 
     fn deliver(&self, key: Vec<u8>, entry: Queued) -> BoxFuture<'static, Done> {
         match &self.record {
-            Some(record) => Box::pin(attempt(self.webhooks.clone(), record.clone(), key, entry)),
+            Some(record) => Box::pin(deliver(self.webhooks.clone(), record.clone(), key, entry)),
             None => Box::pin(std::future::ready(Done {
+                trace: entry
+                    .trace
+                    .map_or_else(|| self.webhooks.inner.tracer.root(), |t| t.child()),
                 key,
                 queued: entry,
                 delivered: false,
@@ -224,6 +230,8 @@ fn outcome_write(
             error: done.error,
             latency_ms: done.latency_ms,
             at: now_rfc3339(),
+            trace_id: Some(done.trace.trace_id()),
+            span_id: Some(done.trace.span_id()),
         };
         let mut attempt_key = prefix(id);
         attempt_key.extend_from_slice(delivery.id.as_bytes());
@@ -295,14 +303,19 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Sends one message once.
-async fn attempt(
+/// Sends one message once, in a span that is a child of the message's trace.
+async fn deliver(
     webhooks: Webhooks,
     record: Arc<WebhookRecord>,
     key: Vec<u8>,
     queued: Queued,
 ) -> Done {
     let started = Instant::now();
+    let mut span = webhooks.inner.tracer.span(
+        format!("webhook {}", queued.message.event_type),
+        Kind::Client,
+        queued.trace,
+    );
     let mut done = Done {
         key,
         queued,
@@ -311,17 +324,50 @@ async fn attempt(
         response: None,
         error: None,
         latency_ms: 0,
+        trace: span.context(),
     };
+    attempt(&webhooks, &record, &mut done).await;
+    done.latency_ms = started.elapsed().as_millis() as u64;
+    if span.recording() {
+        span.set("http.request.method", "POST");
+        span.set("emberbase.webhook", record.info.id.as_str());
+        span.set("emberbase.webhook.message", done.queued.message.id.as_str());
+        span.set(
+            "emberbase.webhook.attempt",
+            done.queued.message.attempts + 1,
+        );
+        if let Some(host) = reqwest::Url::parse(&record.info.spec.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+        {
+            span.set("server.address", host);
+        }
+        if let Some(status) = done.response_status {
+            span.set("http.response.status_code", u32::from(status));
+        }
+        if !done.delivered {
+            span.fail(
+                done.error
+                    .clone()
+                    .unwrap_or_else(|| "the receiver did not answer 2xx".into()),
+            );
+        }
+    }
+    done
+}
+
+/// Sends one attempt of a message, recording its answer (or error) in `done`.
+async fn attempt(webhooks: &Webhooks, record: &WebhookRecord, done: &mut Done) {
     let url = match reqwest::Url::parse(&record.info.spec.url) {
         Ok(url) => url,
         Err(e) => {
             done.error = Some(format!("the URL does not parse: {e}"));
-            return done;
+            return;
         }
     };
     if let Err(refused) = webhooks.inner.policy.check(&url) {
         done.error = Some(format!("refused: {refused}"));
-        return done;
+        return;
     }
     let now = unix_secs();
     let message = &done.queued.message;
@@ -334,6 +380,7 @@ async fn attempt(
             "user-agent",
             concat!("Emberbase-Webhooks/", env!("CARGO_PKG_VERSION")),
         )
+        .header("traceparent", done.trace.to_string())
         .header("webhook-id", &message.id)
         .header("webhook-timestamp", now.to_string())
         .header(
@@ -371,8 +418,6 @@ async fn attempt(
         }
         Err(e) => done.error = Some(describe(&e)),
     }
-    done.latency_ms = started.elapsed().as_millis() as u64;
-    done
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::{now_rfc3339, AccountEvent, Change};
 use crate::outbound::Policy;
 use crate::store::{CommitHook, HookRecord, KvWrite, Space, Store};
+use crate::trace::Tracer;
 use error::Result;
 use records::{Armed, Queued, WebhookRecord};
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ struct Inner {
     policy: Policy,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
+    tracer: Tracer,
     /// Every webhook, by id.
     loaded: RwLock<Arc<HashMap<String, Arc<WebhookRecord>>>>,
     /// The enabled webhooks, for the commit hook.
@@ -96,6 +98,7 @@ impl Webhooks {
         config: &WebhooksConfig,
         outbound: &OutboundConfig,
         metrics: Arc<Metrics>,
+        tracer: Tracer,
         deliver: bool,
     ) -> std::result::Result<Webhooks, String> {
         let policy = Policy::new(&outbound.allow_private_hosts)?;
@@ -107,6 +110,7 @@ impl Webhooks {
                 policy,
                 client,
                 metrics,
+                tracer,
                 loaded: RwLock::new(Arc::new(HashMap::new())),
                 armed: RwLock::new(Arc::new(Vec::new())),
                 dispatch: crate::delivery::Dispatchers::default(),

@@ -5,6 +5,7 @@ use super::error::{invalid, Result};
 use crate::docs::check_collection;
 use crate::model::{AccountEvent, Change, ChangeKind, Subject};
 use crate::outbound::Policy;
+use crate::trace::TraceContext;
 use crate::when::{self, When};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,12 @@ pub struct WebhookDelivery {
     /// From sending the request to the end of the answer's excerpt, in milliseconds.
     pub latency_ms: u64,
     pub at: String,
+    /// The trace of the message (see `WebhookMessage::trace_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The attempt's own span, sent to the receiver in the `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 /// A message of a webhook: queued until it is delivered or dead, then kept for redelivery.
@@ -168,6 +175,10 @@ pub struct WebhookMessage {
     /// The body as sent (`{"type", "timestamp", "data"}`), byte for byte on every attempt.
     pub body: String,
     pub created_at: String,
+    /// The trace of the work that caused the message (the request, or the function run's
+    /// write), 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A message as stored, queued or kept: the message, and what orders its delivery.
@@ -181,6 +192,9 @@ pub(super) struct Queued {
     /// Not before this time (Unix milliseconds).
     #[serde(default)]
     pub(super) not_before: u64,
+    /// The trace context of the work that caused the message: each attempt's span is its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace: Option<TraceContext>,
 }
 
 /// The events a webhook may name, by what it listens to.
@@ -319,7 +333,13 @@ impl Armed {
         };
         let mut data = data;
         data["actor"] = serde_json::to_value(&change.actor).unwrap_or(Value::Null);
-        Some(message(format!("{noun}.{past}"), order, &change.time, data))
+        Some(message(
+            format!("{noun}.{past}"),
+            order,
+            &change.time,
+            data,
+            change.trace,
+        ))
     }
 
     /// The message an account event makes for this webhook, if it takes it.
@@ -341,12 +361,19 @@ impl Armed {
             format!("a\0{id}"),
             &event.time,
             json!({"user": event.user}),
+            event.trace,
         ))
     }
 }
 
 /// A new message with its body, in the Standard Webhooks shape.
-fn message(event_type: String, order: String, time: &str, data: Value) -> Queued {
+fn message(
+    event_type: String,
+    order: String,
+    time: &str,
+    data: Value,
+    trace: Option<TraceContext>,
+) -> Queued {
     let body = json!({"type": event_type, "timestamp": time, "data": data}).to_string();
     Queued {
         message: WebhookMessage {
@@ -356,9 +383,11 @@ fn message(event_type: String, order: String, time: &str, data: Value) -> Queued
             attempts: 0,
             body,
             created_at: time.to_string(),
+            trace_id: trace.map(|t| t.trace_id()),
         },
         order,
         not_before: 0,
+        trace,
     }
 }
 

@@ -98,7 +98,7 @@ pub(crate) fn guest(strings: &[&str], locals: &str, body: &str) -> Vec<u8> {
 }
 
 /// Answers with a constant JSON.
-fn respond(json: &str) -> Vec<u8> {
+pub(crate) fn respond(json: &str) -> Vec<u8> {
     guest(&[json], "", "(call $str (i32.const 0))")
 }
 
@@ -135,7 +135,7 @@ pub(crate) fn recorder(collection: &str, succeed_on: Option<&str>) -> Vec<u8> {
 }
 
 /// Creates an empty document in `collection` on every event.
-fn writer_to(collection: &str) -> Vec<u8> {
+pub(crate) fn writer_to(collection: &str) -> Vec<u8> {
     let request = format!(r#"{{"op":"create","collection":"{collection}","data":{{}}}}"#);
     guest(
         &[&request],

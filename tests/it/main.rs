@@ -26,5 +26,6 @@ mod scaffold;
 mod schemas;
 mod sdk;
 mod storage;
+mod traces;
 mod transforms;
 mod webhooks;

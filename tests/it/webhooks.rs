@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 /// A request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    headers: HashMap<String, String>,
+pub(crate) struct Received {
+    pub(crate) headers: HashMap<String, String>,
     body: String,
 }
 
@@ -26,7 +26,7 @@ impl Received {
         &self.headers["webhook-id"]
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap()
     }
 }
@@ -49,7 +49,7 @@ struct State {
 
 /// An HTTP receiver on loopback: records every request, answers as scripted, and counts the
 /// requests in flight at once (overall, and per document id).
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     in_flight: Arc<AtomicUsize>,
@@ -58,7 +58,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let receiver = Receiver {
             addr: listener.local_addr().unwrap(),
@@ -121,7 +121,7 @@ impl Receiver {
         receiver
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
@@ -138,7 +138,7 @@ impl Receiver {
     }
 
     /// Waits until at least `n` requests arrived, and returns them.
-    fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub(crate) fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.got();

@@ -77,6 +77,7 @@ impl UserRecord {
             kind,
             user: serde_json::to_value(self.public()).unwrap_or(Value::Null),
             time: crate::model::now_rfc3339(),
+            trace: crate::trace::current(),
         }
     }
 }

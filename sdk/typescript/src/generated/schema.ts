@@ -1467,10 +1467,20 @@ export interface components {
             /** @description A re-run through the replay API, not a delivery. */
             replay?: boolean;
             /**
+             * @description The run's own span in that trace (16 hex digits); the writes the run makes name it as
+             *     their parent.
+             */
+            span_id?: string | null;
+            /**
              * @description `ok`, `error`, `timeout`, `dead` (the last failed attempt) or `dropped` (over the depth
              *     limit).
              */
             status: string;
+            /**
+             * @description The trace this run belongs to (32 hex digits): the request's, or the one a request
+             *     without `traceparent` was given, carried through the change and its event.
+             */
+            trace_id?: string | null;
             /** @description `create`, `update`, `delete`, `http` or `schedule`. */
             trigger: string;
             /**
@@ -1775,8 +1785,12 @@ export interface components {
              * @description The receiver's HTTP status, when it answered.
              */
             response_status?: number | null;
+            /** @description The attempt's own span, sent to the receiver in the `traceparent` header. */
+            span_id?: string | null;
             /** @description `delivered`, `failed` (retried later) or `dead` (the last attempt failed). */
             status: string;
+            /** @description The trace of the message (see `WebhookMessage::trace_id`). */
+            trace_id?: string | null;
             /** @description The event type, e.g. `document.created`. */
             type: string;
         };
@@ -1805,6 +1819,11 @@ export interface components {
             id: string;
             /** @description `pending`, `delivered` or `dead`. */
             status: string;
+            /**
+             * @description The trace of the work that caused the message (the request, or the function run's
+             *     write), 32 hex digits.
+             */
+            trace_id?: string | null;
             type: string;
         };
         /**
