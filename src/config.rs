@@ -78,7 +78,8 @@ impl Default for RealtimeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FunctionsConfig {
-    /// Threads that run functions; 0 means one per CPU core.
+    /// Threads that run functions; 0 means four per CPU core (a run keeps its thread while
+    /// its writes become durable).
     pub workers: usize,
     /// Invocations that may wait for a worker before new ones are refused (`503`).
     pub queue: usize,

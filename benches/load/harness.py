@@ -519,12 +519,12 @@ def run_function_loads(tmp, eb_auth):
           f"  p99 {results['trigger p99 ms']:.2f} ms", flush=True)
 
     # Throughput: 5,000 creates in batches, then wait until every event ran; one event at a
-    # time (the default), then eight (each event writes its own document).
+    # time (the default), then eight, then 32 (each event writes its own document).
     def delivered():
         text = urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=eb_auth)).read().decode()
         m = re.search(r'emberbase_function_invocations_total\{function="mirror",status="ok"\} (\d+)', text)
         return int(m.group(1)) if m else 0
-    for concurrency in (1, 8):
+    for concurrency in (1, 8, 32):
         request("PUT", f"{base}/v1/admin/functions/mirror/config",
                 {"triggers": [{"on": "create", "collection": "mirror_src"}], "concurrency": concurrency}, eb_auth)
         before = delivered()

@@ -150,7 +150,10 @@ impl Functions {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // A run holds its thread while each of its writes is flushed, which is I/O, not
+            // CPU: four per core let runs overlap those waits (measured: 1.5k to 2.2k events/s
+            // at concurrency 8 on two cores, where one per core kept two writes in flight).
+            0 => 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
         let runtime = Runtime::start(workers, config.queue)?;
