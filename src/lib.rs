@@ -86,7 +86,9 @@ mod webhooks;
 mod when;
 
 pub use api::openapi;
-pub use auth::{Accounts, AuthError, Principal, Session, User, UserPage};
+pub use auth::{
+    Accounts, AuthError, CollidingUser, EmailCollision, Principal, Session, User, UserPage,
+};
 pub use changes::Changes;
 pub use config::Config;
 pub use docs::{

@@ -418,13 +418,12 @@ pub(crate) async fn open_accounts(
         source,
     })?;
     let mailer = Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?;
-    Ok(Accounts::new(
-        store.clone(),
-        hasher,
-        tokens,
-        config.auth.clone(),
-        mailer,
-    ))
+    let accounts = Accounts::new(store.clone(), hasher, tokens, config.auth.clone(), mailer);
+    accounts
+        .migrate_email_case()
+        .await
+        .map_err(|e| StartError::Other(format!("cannot migrate the email index: {e}")))?;
+    Ok(accounts)
 }
 
 /// Creates the configured admin unless a user with that email exists.

@@ -265,6 +265,8 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(users::disable_user)
         .service(users::enable_user)
         .service(users::set_role)
+        .service(users::set_email)
+        .service(users::email_collisions)
         .service(users::delete_user)
         .service(users::put_admin)
         .service(users::outbox)

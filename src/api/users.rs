@@ -4,7 +4,7 @@ use super::error::ErrorBody;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::auth::mail::Mail;
-use crate::auth::{accounts::UserPage, User};
+use crate::auth::{accounts::UserPage, EmailCollision, User};
 use crate::error::Error;
 use actix_web::{delete, get, post, put, web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,68 @@ pub(super) async fn set_role(
             .set_role(&caller.0, &path, &body.0.role)
             .await?,
     ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EmailRequest {
+    email: String,
+}
+
+/// Give a user another email address, unverified until they verify it; their sessions stay.
+/// Settles a collision (see `GET /v1/admin/email-collisions`) the user was part of.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    request_body = EmailRequest,
+    responses(
+        (status = 200, description = "Updated", body = User),
+        (status = 400, description = "Not an email address", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "Another account has this address (in any case)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[put("/v1/admin/users/{id}/email")]
+pub(super) async fn set_email(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: JsonBody<EmailRequest>,
+) -> Result<HttpResponse, Error> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .auth
+            .accounts()
+            .set_email(&caller.0, &path, &body.0.email)
+            .await?,
+    ))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct EmailCollisionList {
+    items: Vec<EmailCollision>,
+}
+
+/// Accounts whose addresses differ only in case. Addresses are case-insensitive; such accounts
+/// come from data directories of earlier versions, which kept the local part's case. Each signs
+/// in with its exact address until an admin deletes one or changes its address.
+#[utoipa::path(
+    tag = "admin",
+    responses(
+        (status = 200, description = "The collisions", body = EmailCollisionList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/email-collisions")]
+pub(super) async fn email_collisions(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, Error> {
+    let items = state.auth.accounts().email_collisions(&caller.0).await?;
+    Ok(HttpResponse::Ok().json(EmailCollisionList { items }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -14,10 +14,12 @@
 
 mod admin;
 mod email;
+mod identity;
 mod prune;
 mod records;
 mod sessions;
 
+pub use identity::{CollidingUser, EmailCollision};
 pub use records::{Session, User, UserPage};
 
 use records::{from_json, to_json, UserRecord};
@@ -126,13 +128,6 @@ impl Accounts {
     async fn load_user(&self, id: &str) -> Result<Option<(UserRecord, Vec<u8>)>> {
         match self.store.kv_get(Space::Users, id.as_bytes()).await? {
             Some(bytes) => Ok(Some((from_json(&bytes)?, bytes))),
-            None => Ok(None),
-        }
-    }
-
-    async fn user_by_email(&self, email: &str) -> Result<Option<(UserRecord, Vec<u8>)>> {
-        match self.store.kv_get(Space::Emails, email.as_bytes()).await? {
-            Some(id) => self.load_user(&String::from_utf8_lossy(&id)).await,
             None => Ok(None),
         }
     }

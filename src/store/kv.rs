@@ -9,8 +9,13 @@ use crate::model::AccountEvent;
 pub(crate) enum Space {
     /// User id → user record.
     Users,
-    /// Normalised email → user id.
+    /// An email address in lower case (or, for accounts whose addresses differ only in case,
+    /// exactly as stored) → user id.
     Emails,
+    /// An email address in lower case → the accounts whose addresses differ only in case.
+    EmailCollisions,
+    /// What the accounts' records have been migrated to (see `auth::accounts::identity`).
+    AccountsMeta,
     /// SHA-256 of a refresh token → refresh record.
     RefreshTokens,
     /// Login family id → family record.
@@ -63,6 +68,8 @@ impl Space {
         match self {
             Space::Users => b"user:",
             Space::Emails => b"email:",
+            Space::EmailCollisions => b"emailcoll:",
+            Space::AccountsMeta => b"accmeta:",
             Space::RefreshTokens => b"refresh:",
             Space::Families => b"family:",
             Space::EmailTokens => b"etoken:",

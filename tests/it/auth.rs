@@ -1216,3 +1216,154 @@ fn profiles_at_signup_in_me_and_in_rules() {
     patch(&ada, &json!({"profile": {"team": null}})).expect(200);
     create(&ada).expect_error(403, "forbidden");
 }
+
+#[test]
+fn an_address_is_one_account_whatever_its_case() {
+    let srv = start();
+    let session = signup(&srv, "Ada.Lovelace@Example.com");
+    let id = session["user"]["id"].clone();
+    // Kept as typed (the domain lower-cased) for display and mail.
+    assert_eq!(session["user"]["email"], "Ada.Lovelace@example.com");
+    post_json(
+        &srv,
+        "/v1/auth/signup",
+        None,
+        &json!({"email": "ada.lovelace@EXAMPLE.COM", "password": "another fine passphrase"}),
+    )
+    .expect_error(409, "conflict");
+    for typed in ["ada.lovelace@example.com", "ADA.LOVELACE@example.com"] {
+        let logged = login(&srv, typed, "correct horse battery").expect(200);
+        assert_eq!(logged.json["user"]["id"], id);
+    }
+    // A reset asked in another case goes to the stored address.
+    post_json(
+        &srv,
+        "/v1/auth/password/reset/request",
+        None,
+        &json!({"email": "ADA.lovelace@example.com"}),
+    )
+    .expect(202);
+    mailed_token(&srv, "Ada.Lovelace@example.com", "Reset your password");
+    // An admin gives another address; the old one (in any case) is free again.
+    let path = format!("/v1/admin/users/{}/email", id.as_str().unwrap());
+    let renamed = srv
+        .put(&path, &json!({"email": "countess@example.com"}))
+        .expect(200);
+    assert_eq!(renamed.json["email"], "countess@example.com");
+    assert_eq!(renamed.json["email_verified"], false);
+    login(&srv, "Countess@Example.com", "correct horse battery").expect(200);
+    login(&srv, "ada.lovelace@example.com", "correct horse battery").expect(401);
+    signup(&srv, "ADA.LOVELACE@example.com");
+    srv.put(&path, &json!({"email": "Ada.LOVELACE@example.com"}))
+        .expect_error(409, "conflict");
+}
+
+#[test]
+fn a_data_directory_with_case_sensitive_addresses_is_migrated_and_collisions_are_listed() {
+    if crate::common::cluster_backend() {
+        return;
+    }
+    let srv = start();
+    let ada = signup(&srv, "Ada@example.com")["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bob = signup(&srv, "Bob@example.com")["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = srv.stop();
+    // As an earlier version left them: keyed by the address as typed, and a second account
+    // whose address differs from Ada's only in case.
+    let twin = "01JZZZZZZZZZZZZZZZZZZZZZZZ".to_string();
+    let (ada_c, bob_c, twin_c) = (ada.clone(), bob.clone(), twin.clone());
+    crate::common::edit_stopped_store(dir.path(), |engine| async move {
+        use emberbase::engine::{Engine, Keyspace};
+        let user = engine
+            .get(Keyspace::System, format!("user:{ada_c}").as_bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut record: Value = serde_json::from_slice(&user).unwrap();
+        record["id"] = json!(twin_c);
+        record["email"] = json!("ada@example.com");
+        let mut txn = engine.begin().await.unwrap();
+        txn.put(
+            Keyspace::System,
+            format!("user:{twin_c}").into_bytes(),
+            serde_json::to_vec(&record).unwrap(),
+        );
+        txn.put(
+            Keyspace::System,
+            b"email:ada@example.com".to_vec(),
+            twin_c.clone().into_bytes(),
+        );
+        txn.put(
+            Keyspace::System,
+            b"email:Ada@example.com".to_vec(),
+            ada_c.into_bytes(),
+        );
+        txn.delete(Keyspace::System, b"email:bob@example.com".to_vec());
+        txn.put(
+            Keyspace::System,
+            b"email:Bob@example.com".to_vec(),
+            bob_c.into_bytes(),
+        );
+        txn.delete(
+            Keyspace::System,
+            b"accmeta:emails-case-insensitive".to_vec(),
+        );
+        txn.commit(None).await.unwrap();
+    });
+    let srv = TestServer::start_in(dir, fast);
+    let password = "correct horse battery";
+    // Bob's address moved to its lower-case key: any case finds him.
+    for typed in ["bob@example.com", "Bob@example.com", "BOB@example.com"] {
+        assert_eq!(
+            login(&srv, typed, password).expect(200).json["user"]["id"],
+            bob
+        );
+    }
+    // Ada and her twin collide: each signs in with its exact address, and an admin sees both.
+    assert_eq!(
+        login(&srv, "Ada@example.com", password).expect(200).json["user"]["id"],
+        ada
+    );
+    assert_eq!(
+        login(&srv, "ada@example.com", password).expect(200).json["user"]["id"],
+        twin
+    );
+    let listed = srv.get("/v1/admin/email-collisions").expect(200).json;
+    assert_eq!(
+        listed["items"],
+        json!([{"email": "ada@example.com", "users": [
+            {"id": ada, "email": "Ada@example.com"},
+            {"id": twin, "email": "ada@example.com"}]}])
+    );
+    post_json(
+        &srv,
+        "/v1/auth/signup",
+        None,
+        &json!({"email": "ADA@example.com", "password": "another fine passphrase"}),
+    )
+    .expect_error(409, "conflict");
+    // Deleting the twin settles it: Ada takes the lower-case key.
+    srv.delete(&format!("/v1/admin/users/{twin}")).expect(204);
+    assert_eq!(
+        srv.get("/v1/admin/email-collisions").expect(200).json["items"],
+        json!([])
+    );
+    for typed in ["ada@example.com", "ADA@example.com"] {
+        assert_eq!(
+            login(&srv, typed, password).expect(200).json["user"]["id"],
+            ada
+        );
+    }
+    // A restart migrates nothing again.
+    let dir = srv.stop();
+    let srv = TestServer::start_in(dir, fast);
+    assert_eq!(
+        login(&srv, "bob@example.com", password).expect(200).json["user"]["id"],
+        bob
+    );
+}

@@ -88,8 +88,8 @@ impl Accounts {
         let write = KvWrite::default()
             .check(Space::Users, id.as_bytes(), Some(bytes))
             .delete(Space::Users, id.as_bytes())
-            .delete(Space::Emails, user.email.as_bytes())
             .event(user.event("delete"));
+        let write = self.release_email(write, &user).await?;
         match self.store.kv_write(write).await {
             Ok(()) => Ok(()),
             Err(StoreError::CasFailed) => Err(AuthError::Conflict(
@@ -135,11 +135,7 @@ impl Accounts {
     /// Whether a user with this email exists.
     pub async fn email_exists(&self, email: &str) -> Result<bool> {
         let email = normalize_email(email)?;
-        Ok(self
-            .store
-            .kv_get(Space::Emails, email.as_bytes())
-            .await?
-            .is_some())
+        Ok(self.user_by_email(&email).await?.is_some())
     }
 
     pub async fn outbox(&self, who: &Principal, limit: usize) -> Result<Vec<Mail>> {

@@ -134,8 +134,9 @@ impl Accounts {
             .acquire(client_ip)
             .await
             .map_err(|wait| rate_limited(wait, "too many mails asked for from this address"))?;
+        // Per account, whatever case the address is typed in.
         self.mail_addresses
-            .acquire(email)
+            .acquire(&super::identity::email_key(email))
             .await
             .map_err(|wait| rate_limited(wait, "too many mails asked for to this email address"))
     }

@@ -153,9 +153,10 @@ pub(super) fn new_user(
         disabled: false,
         profile,
     };
+    let key = super::identity::email_key(email);
     let write = KvWrite::default()
-        .check(Space::Emails, email.as_bytes(), None)
-        .put(Space::Emails, email.as_bytes(), user.id.as_bytes())
+        .check(Space::Emails, key.as_bytes(), None)
+        .put(Space::Emails, key.as_bytes(), user.id.as_bytes())
         .put(Space::Users, user.id.as_bytes(), to_json(&user)?)
         .event(user.event("signup"));
     Ok((user, write))
@@ -173,7 +174,9 @@ pub(super) fn check_profile(profile: &Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
-/// Trims an email and lower-cases its domain; refuses what cannot be an address.
+/// Trims an email and lower-cases its domain (the address as stored and shown); refuses what
+/// cannot be an address. Accounts are found by the whole address in lower case
+/// (`identity::email_key`).
 pub(super) fn normalize_email(raw: &str) -> Result<String> {
     let email = raw.trim();
     let invalid = || invalid("not a valid email address", "email");

@@ -86,12 +86,7 @@ impl Accounts {
             .map_err(|wait| rate_limited(wait, "too many signups from this address"))?;
         let email = normalize_email(email)?;
         check_password(&password, &email)?;
-        if self
-            .store
-            .kv_get(Space::Emails, email.as_bytes())
-            .await?
-            .is_some()
-        {
+        if self.user_by_email(&email).await?.is_some() {
             return Err(AuthError::EmailTaken);
         }
         let hash = self.hasher.hash(password).await?;
@@ -125,10 +120,12 @@ impl Accounts {
     /// Signs in. An unknown email and a wrong password answer the same, in about the same time.
     pub async fn login(&self, email: &str, password: String, client_ip: &str) -> Result<Session> {
         check_email_length(email)?;
-        let account_key = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
+        let address = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
+        // Failures count per account, whatever case the address is typed in.
+        let account_key = super::identity::email_key(&address);
         let ip_key = client_ip.to_string();
         self.attempt(&account_key, Some(&ip_key)).await?;
-        let found = self.user_by_email(&account_key).await?;
+        let found = self.user_by_email(&address).await?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
         let matched = self.hasher.verify(password, hash).await?;
         // A wrong password leaves its attempt counted.
