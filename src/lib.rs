@@ -87,7 +87,8 @@ mod when;
 
 pub use api::openapi;
 pub use auth::{
-    Accounts, AuthError, CollidingUser, EmailCollision, Principal, Session, User, UserPage,
+    Accounts, AuthError, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge,
+    Principal, RecoveryCodes, Session, TotpEnrollment, User, UserPage,
 };
 pub use changes::Changes;
 pub use config::Config;

@@ -3,7 +3,7 @@
 use super::error::ErrorBody;
 use super::extract::{client_ip, Caller, JsonBody};
 use super::AppState;
-use crate::auth::{Session, User};
+use crate::auth::{LoginResult, Session, User};
 use crate::error::Error;
 use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -113,7 +113,7 @@ pub(super) async fn signup(
     tag = "auth",
     request_body = Credentials,
     responses(
-        (status = 200, description = "Signed in", body = Session),
+        (status = 200, description = "Signed in: the session; or, when the account has MFA on, `{\"mfa_required\": true, \"mfa_token\", \"methods\"}` to answer at `POST /v1/auth/mfa/verify`", body = LoginResult),
         (status = 401, description = "Invalid email or password", body = ErrorBody),
         (status = 403, description = "The account is disabled", body = ErrorBody),
         (status = 429, description = "Too many failures for this account or address; see Retry-After", body = ErrorBody),

@@ -9,6 +9,7 @@ pub(crate) mod error;
 mod extract;
 mod files;
 mod functions;
+mod mfa;
 mod middleware;
 mod realtime;
 mod refusal;
@@ -260,6 +261,11 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(auth::reset_request)
         .service(auth::reset_confirm)
         .service(auth::password_change)
+        .service(mfa::enroll)
+        .service(mfa::confirm)
+        .service(mfa::disable)
+        .service(mfa::verify)
+        .service(mfa::reset)
         .service(users::list_users)
         .service(users::get_user)
         .service(users::disable_user)

@@ -12,7 +12,10 @@ pub(crate) mod password;
 pub(crate) mod throttle;
 pub(crate) mod tokens;
 
-pub use accounts::{Accounts, CollidingUser, EmailCollision, Session, User, UserPage};
+pub use accounts::{
+    Accounts, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes,
+    Session, TotpEnrollment, User, UserPage,
+};
 
 use crate::model::Actor;
 use crate::secrets::{Secrets, SERVICE_KEY};

@@ -16,6 +16,8 @@ pub(crate) enum Space {
     EmailCollisions,
     /// What the accounts' records have been migrated to (see `auth::accounts::identity`).
     AccountsMeta,
+    /// SHA-256 of an MFA token → the login waiting for its second factor.
+    MfaChallenges,
     /// SHA-256 of a refresh token → refresh record.
     RefreshTokens,
     /// Login family id → family record.
@@ -70,6 +72,7 @@ impl Space {
             Space::Emails => b"email:",
             Space::EmailCollisions => b"emailcoll:",
             Space::AccountsMeta => b"accmeta:",
+            Space::MfaChallenges => b"mfa:",
             Space::RefreshTokens => b"refresh:",
             Space::Families => b"family:",
             Space::EmailTokens => b"etoken:",

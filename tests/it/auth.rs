@@ -1367,3 +1367,143 @@ fn a_data_directory_with_case_sensitive_addresses_is_migrated_and_collisions_are
         bob
     );
 }
+
+/// The code an authenticator app shows for `secret` (base32) at `step` steps from now.
+fn totp_code(secret: &str, steps_from_now: i64) -> String {
+    let bytes = totp_rs::Secret::Encoded(secret.to_string())
+        .to_bytes()
+        .unwrap();
+    let totp = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        0,
+        30,
+        bytes,
+        None,
+        String::new(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    totp.generate((now + 30 * steps_from_now) as u64)
+}
+
+fn verify_mfa(srv: &TestServer, body: &Value) -> Resp {
+    post_json(srv, "/v1/auth/mfa/verify", None, body)
+}
+
+#[test]
+fn totp_turns_a_login_into_a_challenge_that_a_code_or_a_recovery_code_answers_once() {
+    let srv = start();
+    let session = signup(&srv, "mfa@example.com");
+    let t = token(&session).to_string();
+    let id = session["user"]["id"].as_str().unwrap().to_string();
+    let password = "correct horse battery";
+
+    let enrolled = with_token(&srv, "POST", "/v1/auth/mfa/totp/enroll", &t, None)
+        .expect(200)
+        .json;
+    let secret = enrolled["secret"].as_str().unwrap().to_string();
+    let uri = enrolled["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret}")), "{uri}");
+    assert!(enrolled["qr_svg"].as_str().unwrap().contains("<svg"));
+    // Pending: login is unchanged, and a wrong code does not confirm.
+    assert!(login(&srv, "mfa@example.com", password).expect(200).json["access_token"].is_string());
+    let wrong = json!({"code": totp_code(&secret, -10)});
+    with_token(&srv, "POST", "/v1/auth/mfa/totp/confirm", &t, Some(&wrong)).expect(401);
+    let code = totp_code(&secret, 0);
+    let confirmed = with_token(
+        &srv,
+        "POST",
+        "/v1/auth/mfa/totp/confirm",
+        &t,
+        Some(&json!({"code": code})),
+    )
+    .expect(200)
+    .json;
+    let recovery: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    assert_eq!(me(&srv, &t).expect(200).json["mfa_enabled"], true);
+    with_token(&srv, "POST", "/v1/auth/mfa/totp/enroll", &t, None).expect(409);
+
+    // A right password now answers a challenge, not tokens.
+    let challenge = login(&srv, "mfa@example.com", password).expect(200).json;
+    assert_eq!(challenge["mfa_required"], true);
+    assert!(challenge["access_token"].is_null());
+    assert_eq!(challenge["methods"], json!(["totp", "recovery_code"]));
+    let mfa_token = challenge["mfa_token"].as_str().unwrap().to_string();
+    // The code that confirmed cannot be replayed; neither code nor both is a 400.
+    verify_mfa(&srv, &json!({"mfa_token": mfa_token, "code": code})).expect(401);
+    verify_mfa(&srv, &json!({"mfa_token": mfa_token})).expect(400);
+    // A recovery code works, once; so does the challenge.
+    let signed_in = verify_mfa(
+        &srv,
+        &json!({"mfa_token": mfa_token, "recovery_code": recovery[0]}),
+    )
+    .expect(200)
+    .json;
+    assert_eq!(signed_in["user"]["id"], id);
+    me(&srv, token(&signed_in)).expect(200);
+    verify_mfa(
+        &srv,
+        &json!({"mfa_token": mfa_token, "recovery_code": recovery[1]}),
+    )
+    .expect(401);
+    let again = login(&srv, "mfa@example.com", password).expect(200).json["mfa_token"].clone();
+    verify_mfa(
+        &srv,
+        &json!({"mfa_token": again, "recovery_code": recovery[0]}),
+    )
+    .expect(401);
+
+    // Five wrong codes void a challenge, even for the right answer after them.
+    let doomed = login(&srv, "mfa@example.com", password).expect(200).json["mfa_token"].clone();
+    for _ in 0..5 {
+        verify_mfa(&srv, &json!({"mfa_token": doomed, "code": "000000x"})).expect(401);
+    }
+    verify_mfa(
+        &srv,
+        &json!({"mfa_token": doomed, "recovery_code": recovery[2]}),
+    )
+    .expect(401);
+
+    // The next step's code is taken (clock drift), after which the current one is old.
+    let next = totp_code(&secret, 1);
+    let token_now = login(&srv, "mfa@example.com", password).expect(200).json["mfa_token"].clone();
+    verify_mfa(&srv, &json!({"mfa_token": token_now, "code": next})).expect(200);
+
+    // Off with a recovery code; then a password alone signs in again.
+    let off = json!({"recovery_code": recovery[3]});
+    with_token(&srv, "DELETE", "/v1/auth/mfa/totp", &t, Some(&off)).expect(204);
+    assert!(login(&srv, "mfa@example.com", password).expect(200).json["access_token"].is_string());
+
+    // An admin turns it off for a user who lost everything.
+    let enrolled = with_token(&srv, "POST", "/v1/auth/mfa/totp/enroll", &t, None)
+        .expect(200)
+        .json;
+    let code = totp_code(enrolled["secret"].as_str().unwrap(), 0);
+    with_token(
+        &srv,
+        "POST",
+        "/v1/auth/mfa/totp/confirm",
+        &t,
+        Some(&json!({"code": code})),
+    )
+    .expect(200);
+    assert_eq!(
+        login(&srv, "mfa@example.com", password).expect(200).json["mfa_required"],
+        true
+    );
+    let reset = srv
+        .post(&format!("/v1/admin/users/{id}/mfa/reset"), &json!({}))
+        .expect(200);
+    assert_eq!(reset.json["mfa_enabled"], false);
+    assert!(login(&srv, "mfa@example.com", password).expect(200).json["access_token"].is_string());
+}

@@ -1,9 +1,18 @@
-import { EmberbaseError } from "./errors.js";
+import { EmberbaseError, MfaRequiredError } from "./errors.js";
 import type { components } from "./generated/schema.js";
 import { Transport, type TokenSource } from "./http.js";
 import type { StoredSession, TokenStore, User } from "./storage.js";
 
 type Session = components["schemas"]["Session"];
+type LoginResult = components["schemas"]["LoginResult"];
+type TotpEnrollment = components["schemas"]["TotpEnrollment"];
+
+/** What answers a second-factor check: a code from the authenticator app, or a recovery code. */
+export type MfaAnswer = { code: string } | { recoveryCode: string };
+
+function answerBody(answer: MfaAnswer): { code?: string; recovery_code?: string } {
+  return "code" in answer ? { code: answer.code } : { recovery_code: answer.recoveryCode };
+}
 
 /** Refresh this long before the access token expires (at most half its lifetime). */
 const DEFAULT_MARGIN_MS = 30_000;
@@ -49,10 +58,42 @@ export class Auth implements TokenSource {
     return this.start("/v1/auth/signup", profile ? { email, password, profile } : { email, password });
   }
 
-  /** Signs in with email and password. */
+  /**
+   * Signs in with email and password. For an account with two-factor authentication on, it
+   * rejects with a `MfaRequiredError`, whose `mfaToken` `mfa.verify` takes with a code.
+   */
   async login(email: string, password: string): Promise<User> {
     return this.start("/v1/auth/login", { email, password });
   }
+
+  /** Two-factor authentication with an authenticator app (TOTP). */
+  readonly mfa = {
+    /**
+     * Starts enrolling the signed-in user: the secret, an `otpauth://` URI and a QR code (SVG)
+     * to show. Nothing changes at sign-in until `confirm` succeeds.
+     */
+    enroll: (): Promise<TotpEnrollment> =>
+      this.transport.call<TotpEnrollment>((headers) => this.transport.api.POST("/v1/auth/mfa/totp/enroll", { headers })),
+    /** Turns it on with a first code from the app; resolves to the recovery codes, shown this once. */
+    confirm: async (code: string): Promise<string[]> => {
+      const result = await this.transport.call((headers) =>
+        this.transport.api.POST("/v1/auth/mfa/totp/confirm", { headers, body: { code } }),
+      );
+      return result.recovery_codes;
+    },
+    /** Turns it off, proved with a current code or a recovery code. */
+    disable: (answer: MfaAnswer): Promise<void> =>
+      this.transport.call((headers) => this.transport.api.DELETE("/v1/auth/mfa/totp", { headers, body: answerBody(answer) })),
+    /** Answers the challenge of a `MfaRequiredError` and signs in. */
+    verify: async (mfaToken: string, answer: MfaAnswer): Promise<User> => {
+      await this.ready();
+      const response = await this.transport.anonymous("/v1/auth/mfa/verify", json({ mfa_token: mfaToken, ...answerBody(answer) }));
+      if (!response.ok) throw await EmberbaseError.fromResponse(response);
+      const session = stored_(await response.json());
+      await this.replace(session);
+      return session.user;
+    },
+  };
 
   /** Signs out: the server revokes this login's refresh token, and the stored session is removed. */
   async logout(): Promise<void> {
@@ -165,7 +206,9 @@ export class Auth implements TokenSource {
     await this.ready();
     const response = await this.transport.anonymous(path, json(body));
     if (!response.ok) throw await EmberbaseError.fromResponse(response);
-    const session = stored_(await response.json());
+    const result = (await response.json()) as LoginResult;
+    if ("mfa_required" in result) throw new MfaRequiredError(result.mfa_token, result.methods);
+    const session = stored_(result);
     await this.replace(session);
     return session.user;
   }

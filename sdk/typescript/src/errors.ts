@@ -46,3 +46,22 @@ export class EmberbaseError extends Error {
     return new EmberbaseError(0, "network_error", `cannot reach the server: ${message}`);
   }
 }
+
+/**
+ * A right password for an account with two-factor authentication on: no session yet. Answer
+ * the challenge with `auth.mfa.verify(error.mfaToken, { code })` (a code from the authenticator
+ * app) or `{ recoveryCode }` within five minutes.
+ */
+export class MfaRequiredError extends EmberbaseError {
+  /** The challenge to answer, once. */
+  readonly mfaToken: string;
+  /** What can answer it: `totp`, `recovery_code`. */
+  readonly methods: string[];
+
+  constructor(mfaToken: string, methods: string[]) {
+    super(200, "mfa_required", "a second factor is required to sign in");
+    this.name = "MfaRequiredError";
+    this.mfaToken = mfaToken;
+    this.methods = methods;
+  }
+}

@@ -42,7 +42,8 @@ export type {
   Transforms,
   WriteOptions,
 } from "./collection.js";
-export { EmberbaseError } from "./errors.js";
+export { EmberbaseError, MfaRequiredError } from "./errors.js";
+export type { MfaAnswer } from "./auth.js";
 export { compareBy, compareValues, Filter, FilterError, parseSort, type SortKey } from "./filter.js";
 export { Files } from "./files.js";
 export type { FileBody, FileInfo, FileListOptions, FilePage, UploadOptions } from "./files.js";

@@ -1,6 +1,7 @@
 // The SDK against a real server: every method, token refresh under concurrency, subscriptions,
 // files, functions and error mapping.
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import {
@@ -11,6 +12,7 @@ import {
   EmberbaseError,
   increment,
   MemoryStore,
+  MfaRequiredError,
   serverTime,
 } from "../dist/index.js";
 import { admin, eventually, sleep, startServer } from "./server.mjs";
@@ -28,6 +30,19 @@ async function failure(promise) {
     return e;
   }
   assert.fail("expected a failure");
+}
+
+/** The TOTP code (RFC 6238: SHA-1, 6 digits, 30 s) of a base32 secret, `steps` from now. */
+function totp(secret, steps = 0) {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+  let bits = "";
+  for (const c of secret) bits += alphabet.indexOf(c).toString(2).padStart(5, "0");
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30_000) + steps));
+  const mac = createHmac("sha1", key).update(counter).digest();
+  const offset = mac[mac.length - 1] & 15;
+  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
 }
 
 /** A fetch that counts the requests per "METHOD path". */
@@ -98,6 +113,39 @@ describe("against one server", () => {
     assert.equal(taken.code, "conflict");
     const anonymous = await failure(eb.auth.me());
     assert.equal(anonymous.status, 401);
+  });
+
+  test("auth: two-factor sign-in with an authenticator app", async () => {
+    const eb = new Emberbase(server.url);
+    const address = email("mfa");
+    const user = await eb.auth.signup(address, PASSWORD);
+    const enrollment = await eb.auth.mfa.enroll();
+    assert.match(enrollment.otpauth_uri, /^otpauth:\/\/totp\//);
+    const recovery = await eb.auth.mfa.confirm(totp(enrollment.secret));
+    assert.equal(recovery.length, 10);
+    assert.equal((await eb.auth.me()).mfa_enabled, true);
+    await eb.auth.logout();
+
+    // A right password rejects with the challenge; the next step's code answers it.
+    let challenge;
+    try {
+      await eb.auth.login(address, PASSWORD);
+      assert.fail("expected a challenge");
+    } catch (e) {
+      assert.ok(e instanceof MfaRequiredError, `expected a MfaRequiredError, got ${e}`);
+      challenge = e;
+    }
+    assert.deepEqual(challenge.methods, ["totp", "recovery_code"]);
+    assert.equal(eb.auth.user, null);
+    const signedIn = await eb.auth.mfa.verify(challenge.mfaToken, { code: totp(enrollment.secret, 1) });
+    assert.equal(signedIn.id, user.id);
+    assert.equal(eb.auth.user?.id, user.id);
+    const used = await failure(eb.auth.mfa.verify(challenge.mfaToken, { recoveryCode: recovery[0] }));
+    assert.equal(used.status, 401);
+
+    await eb.auth.mfa.disable({ recoveryCode: recovery[0] });
+    await eb.auth.logout();
+    assert.equal((await eb.auth.login(address, PASSWORD)).id, user.id);
   });
 
   test("auth: a profile at signup, merged by updateProfile", async () => {

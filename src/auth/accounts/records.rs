@@ -23,6 +23,9 @@ pub struct User {
     pub email_verified: bool,
     /// Disabled users cannot sign in, and their tokens stop working.
     pub disabled: bool,
+    /// Whether signing in also takes a code from an authenticator app (TOTP).
+    #[serde(default)]
+    pub mfa_enabled: bool,
     /// What the app keeps about the user (a display name, an avatar URL...): any JSON object
     /// of at most 4 KiB, set at signup and with `PATCH /v1/auth/me`. Rules read it as
     /// `auth.profile`.
@@ -56,6 +59,9 @@ pub(super) struct UserRecord {
     pub(super) disabled: bool,
     #[serde(default)]
     pub(super) profile: Map<String, Value>,
+    /// The TOTP factor, pending or confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) totp: Option<super::mfa::TotpRecord>,
 }
 
 impl UserRecord {
@@ -67,6 +73,10 @@ impl UserRecord {
             created_at: self.created_at.clone(),
             email_verified: self.email_verified,
             disabled: self.disabled,
+            mfa_enabled: self
+                .totp
+                .as_ref()
+                .is_some_and(super::mfa::TotpRecord::confirmed),
             profile: self.profile.clone(),
         }
     }
@@ -152,6 +162,7 @@ pub(super) fn new_user(
         token_version: 1,
         disabled: false,
         profile,
+        totp: None,
     };
     let key = super::identity::email_key(email);
     let write = KvWrite::default()

@@ -1,6 +1,7 @@
 //! Sessions: signup, login, refresh-token rotation with reuse detection, logout, resolving an
 //! access token to its user, and password change.
 
+use super::mfa::LoginResult;
 use super::records::{
     check_email_length, check_profile, from_json, new_user, normalize_email, sha256_hex, to_json,
     FamilyRecord, RefreshRecord, Session, User, UserRecord,
@@ -118,7 +119,14 @@ impl Accounts {
     }
 
     /// Signs in. An unknown email and a wrong password answer the same, in about the same time.
-    pub async fn login(&self, email: &str, password: String, client_ip: &str) -> Result<Session> {
+    /// With TOTP on, a right password answers with the challenge that
+    /// [`Accounts::verify_mfa`] ends.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client_ip: &str,
+    ) -> Result<LoginResult> {
         check_email_length(email)?;
         let address = normalize_email(email).unwrap_or_else(|_| email.trim().to_string());
         // Failures count per account, whatever case the address is typed in.
@@ -142,10 +150,17 @@ impl Accounts {
         if user.disabled {
             return Err(AuthError::Forbidden("this account is disabled".into()));
         }
+        if user
+            .totp
+            .as_ref()
+            .is_some_and(super::mfa::TotpRecord::confirmed)
+        {
+            return Ok(LoginResult::Mfa(self.challenge(&user).await?));
+        }
         let (session, write) =
             self.new_session(&user, KvWrite::default().event(user.event("login")))?;
         self.store.kv_write(write).await?;
-        Ok(session)
+        Ok(LoginResult::Session(session))
     }
 
     /// Exchanges a refresh token for a new pair. The presented token stops working; presenting

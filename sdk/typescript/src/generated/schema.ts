@@ -470,6 +470,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/users/{id}/mfa/reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Turn a user's MFA off, for one who lost their device and recovery codes. */
+        post: operations["reset"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/users/{id}/role": {
         parameters: {
             query?: never;
@@ -661,6 +678,84 @@ export interface paths {
         head?: never;
         /** Update the signed-in user's profile with a JSON merge patch. */
         patch: operations["update_me"];
+        trace?: never;
+    };
+    "/v1/auth/mfa/totp": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Turn TOTP off, proved with a current code or a recovery code. */
+        delete: operations["disable"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/mfa/totp/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirm TOTP enrollment with a first code: from now on, signing in takes a code too. Answers
+         *     the recovery codes, this once; five wrong codes void the enrollment.
+         */
+        post: operations["confirm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/mfa/totp/enroll": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start TOTP enrollment: a new secret, as text, an `otpauth://` URI and a QR code (SVG) for an
+         *     authenticator app. Nothing changes at login until a first code confirms it.
+         */
+        post: operations["enroll"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/mfa/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * The second step of a login with MFA on: the `mfa_token` the login answered with, and a code
+         *     (or a recovery code). A right one answers the session; the challenge lasts five minutes,
+         *     works once, and five wrong codes void it.
+         */
+        post: operations["verify"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/v1/auth/password/change": {
@@ -1093,6 +1188,11 @@ export interface components {
         Aggregates: {
             groups: components["schemas"]["Group"][];
         };
+        /** @description A code from the app, or one of the recovery codes (each works once). */
+        AnswerRequest: {
+            code?: string | null;
+            recovery_code?: string | null;
+        };
         Backend: {
             /** @description `sled` (embedded) or `postgres` for the storage; `local` or `s3` for files. */
             backend: string;
@@ -1165,6 +1265,10 @@ export interface components {
             delete?: string | null;
             read?: string | null;
             write?: string | null;
+        };
+        CodeRequest: {
+            /** @description The 6-digit code the authenticator app shows now. */
+            code: string;
         };
         /** @description The admin-set configuration of a collection. */
         CollectionConfig: {
@@ -1558,6 +1662,8 @@ export interface components {
             level: string;
             message: string;
         };
+        /** @description What a login answers: the session, or, with MFA on, the challenge to answer first. */
+        LoginResult: components["schemas"]["Session"] | components["schemas"]["MfaChallenge"];
         /** @description One outgoing message. */
         Mail: {
             body: string;
@@ -1587,6 +1693,15 @@ export interface components {
         MessageList: {
             items: components["schemas"]["WebhookMessage"][];
         };
+        /** @description What a right password answers when the account has MFA on: no tokens yet. */
+        MfaChallenge: {
+            /** @description What can answer it: `totp`, `recovery_code`. */
+            methods: string[];
+            /** @description Always true. */
+            mfa_required: boolean;
+            /** @description For `POST /v1/auth/mfa/verify`, with a code; valid for five minutes, once. */
+            mfa_token: string;
+        };
         /** @description A stored document that does not conform to its collection's schema. */
         Nonconforming: {
             id: string;
@@ -1605,6 +1720,11 @@ export interface components {
         PasswordChange: {
             current_password: string;
             new_password: string;
+        };
+        /** @description What confirming returns: the recovery codes, shown this once. */
+        RecoveryCodes: {
+            /** @description Each signs in once in place of a code. */
+            recovery_codes: string[];
         };
         RefreshRequest: {
             refresh_token: string;
@@ -1731,6 +1851,15 @@ export interface components {
             /** @description The token from the mail. */
             token: string;
         };
+        /** @description What enrolling returns: the secret in the forms an authenticator app takes. */
+        TotpEnrollment: {
+            /** @description `otpauth://totp/...`, for a link or a QR code. */
+            otpauth_uri: string;
+            /** @description The URI as a QR code, an SVG document. */
+            qr_svg: string;
+            /** @description The secret, base32, for typing into an app. */
+            secret: string;
+        };
         /** @description An update with atomic field transforms (`Content-Type: application/vnd.emberbase.update+json`). */
         TransformUpdate: {
             /** @description A merge patch applied first (optional). */
@@ -1790,6 +1919,8 @@ export interface components {
             email: string;
             email_verified: boolean;
             id: string;
+            /** @description Whether signing in also takes a code from an authenticator app (TOTP). */
+            mfa_enabled?: boolean;
             /**
              * @description What the app keeps about the user (a display name, an avatar URL...): any JSON object
              *     of at most 4 KiB, set at signup and with `PATCH /v1/auth/me`. Rules read it as
@@ -1808,6 +1939,12 @@ export interface components {
         UserPage: {
             items: components["schemas"]["User"][];
             next_cursor?: string | null;
+        };
+        VerifyRequest: {
+            code?: string | null;
+            /** @description The `mfa_token` a login answered with. */
+            mfa_token: string;
+            recovery_code?: string | null;
         };
         VersionList: {
             items: components["schemas"]["FunctionVersion"][];
@@ -4046,6 +4183,74 @@ export interface operations {
             };
         };
     };
+    reset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description User id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description MFA is off */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     set_role: {
         parameters: {
             query?: never;
@@ -4797,13 +5002,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Signed in */
+            /** @description Signed in: the session; or, when the account has MFA on, `{"mfa_required": true, "mfa_token", "methods"}` to answer at `POST /v1/auth/mfa/verify` */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Session"];
+                    "application/json": components["schemas"]["LoginResult"];
                 };
             };
             /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
@@ -5045,6 +5250,276 @@ export interface operations {
             };
             /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    disable: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AnswerRequest"];
+            };
+        };
+        responses: {
+            /** @description TOTP is off */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description TOTP is not on, or neither or both of code and recovery_code */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in, or a wrong code */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many wrong codes; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    confirm: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CodeRequest"];
+            };
+        };
+        responses: {
+            /** @description TOTP is on */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecoveryCodes"];
+                };
+            };
+            /** @description No enrollment is pending */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in, or a wrong code */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    enroll: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The secret, pending confirmation */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpEnrollment"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description TOTP is already on */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    verify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VerifyRequest"];
+            };
+        };
+        responses: {
+            /** @description Signed in */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Session"];
+                };
+            };
+            /** @description Neither or both of code and recovery_code */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A wrong code, or an invalid, expired or used token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many wrong codes; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
