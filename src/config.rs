@@ -433,6 +433,13 @@ pub struct AuthConfig {
     pub reset_token_ttl_secs: u64,
     /// The public base URL of this server, used in mails.
     pub public_url: String,
+    /// Where links in sign-in mails may send the browser: each an exact URL, or a prefix
+    /// ending in `/`. A request naming another is refused.
+    pub redirect_urls: Vec<String>,
+    /// Lifetime of a passwordless sign-in code and link, in seconds.
+    pub passwordless_ttl_secs: u64,
+    /// Whether a passwordless sign-in of an unknown address makes its account.
+    pub passwordless_signup: bool,
 }
 
 impl Default for AuthConfig {
@@ -458,6 +465,9 @@ impl Default for AuthConfig {
             verify_token_ttl_secs: 86_400,
             reset_token_ttl_secs: 3_600,
             public_url: "http://127.0.0.1:7070".into(),
+            redirect_urls: Vec::new(),
+            passwordless_ttl_secs: 900,
+            passwordless_signup: true,
         }
     }
 }
@@ -548,7 +558,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 48] = [
+        let ranges: [(&str, u64, u64, u64); 49] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -640,6 +650,12 @@ impl Config {
                 a.signups_per_ip_per_hour as u64,
                 1,
                 1 << 20,
+            ),
+            (
+                "auth.passwordless_ttl_secs",
+                a.passwordless_ttl_secs,
+                1,
+                86_400,
             ),
             (
                 "auth.mails_per_address_per_hour",

@@ -88,7 +88,7 @@ mod when;
 pub use api::openapi;
 pub use auth::{
     Accounts, AuthError, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge,
-    Principal, RecoveryCodes, Session, TotpEnrollment, User, UserPage,
+    PasswordlessProof, Principal, RecoveryCodes, Session, TotpEnrollment, User, UserPage,
 };
 pub use changes::Changes;
 pub use config::Config;

@@ -54,7 +54,7 @@ pub(super) struct VerifyRequest {
     security(("bearer" = []))
 )]
 #[post("/v1/auth/mfa/totp/enroll")]
-pub(super) async fn enroll(
+pub(super) async fn totp_enroll(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, Error> {
@@ -74,7 +74,7 @@ pub(super) async fn enroll(
     security(("bearer" = []))
 )]
 #[post("/v1/auth/mfa/totp/confirm")]
-pub(super) async fn confirm(
+pub(super) async fn totp_confirm(
     state: web::Data<AppState>,
     caller: Caller,
     body: JsonBody<CodeRequest>,
@@ -100,7 +100,7 @@ pub(super) async fn confirm(
     security(("bearer" = []))
 )]
 #[delete("/v1/auth/mfa/totp")]
-pub(super) async fn disable(
+pub(super) async fn totp_disable(
     state: web::Data<AppState>,
     caller: Caller,
     body: JsonBody<AnswerRequest>,
@@ -127,7 +127,7 @@ pub(super) async fn disable(
     )
 )]
 #[post("/v1/auth/mfa/verify")]
-pub(super) async fn verify(
+pub(super) async fn mfa_verify(
     state: web::Data<AppState>,
     body: JsonBody<VerifyRequest>,
 ) -> Result<HttpResponse, Error> {
@@ -156,7 +156,7 @@ pub(super) async fn verify(
     security(("bearer" = []))
 )]
 #[post("/v1/admin/users/{id}/mfa/reset")]
-pub(super) async fn reset(
+pub(super) async fn mfa_reset(
     state: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,

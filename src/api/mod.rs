@@ -11,6 +11,7 @@ mod files;
 mod functions;
 mod mfa;
 mod middleware;
+mod passwordless;
 mod realtime;
 mod refusal;
 mod strict_json;
@@ -261,11 +262,13 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(auth::reset_request)
         .service(auth::reset_confirm)
         .service(auth::password_change)
-        .service(mfa::enroll)
-        .service(mfa::confirm)
-        .service(mfa::disable)
-        .service(mfa::verify)
-        .service(mfa::reset)
+        .service(mfa::totp_enroll)
+        .service(mfa::totp_confirm)
+        .service(mfa::totp_disable)
+        .service(mfa::mfa_verify)
+        .service(mfa::mfa_reset)
+        .service(passwordless::passwordless_request)
+        .service(passwordless::passwordless_verify)
         .service(users::list_users)
         .service(users::get_user)
         .service(users::disable_user)

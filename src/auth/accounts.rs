@@ -16,12 +16,14 @@ mod admin;
 mod email;
 mod identity;
 mod mfa;
+mod passwordless;
 mod prune;
 mod records;
 mod sessions;
 
 pub use identity::{CollidingUser, EmailCollision};
 pub use mfa::{LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes, TotpEnrollment};
+pub use passwordless::PasswordlessProof;
 pub use records::{Session, User, UserPage};
 
 use records::{from_json, to_json, UserRecord};

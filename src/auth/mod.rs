@@ -13,8 +13,8 @@ pub(crate) mod throttle;
 pub(crate) mod tokens;
 
 pub use accounts::{
-    Accounts, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes,
-    Session, TotpEnrollment, User, UserPage,
+    Accounts, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge,
+    PasswordlessProof, RecoveryCodes, Session, TotpEnrollment, User, UserPage,
 };
 
 use crate::model::Actor;

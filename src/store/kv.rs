@@ -18,6 +18,8 @@ pub(crate) enum Space {
     AccountsMeta,
     /// SHA-256 of an MFA token → the login waiting for its second factor.
     MfaChallenges,
+    /// An email address in lower case → its pending passwordless sign-in (code and link).
+    Passwordless,
     /// SHA-256 of a refresh token → refresh record.
     RefreshTokens,
     /// Login family id → family record.
@@ -73,6 +75,7 @@ impl Space {
             Space::EmailCollisions => b"emailcoll:",
             Space::AccountsMeta => b"accmeta:",
             Space::MfaChallenges => b"mfa:",
+            Space::Passwordless => b"pwless:",
             Space::RefreshTokens => b"refresh:",
             Space::Families => b"family:",
             Space::EmailTokens => b"etoken:",

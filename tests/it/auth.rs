@@ -1507,3 +1507,186 @@ fn totp_turns_a_login_into_a_challenge_that_a_code_or_a_recovery_code_answers_on
     assert_eq!(reset.json["mfa_enabled"], false);
     assert!(login(&srv, "mfa@example.com", password).expect(200).json["access_token"].is_string());
 }
+
+/// The newest sign-in mail to `to`: its code and its link token.
+fn sign_in_mail(srv: &TestServer, to: &str, seen: usize) -> (String, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let outbox = srv.get("/v1/admin/outbox?limit=1000").expect(200).json;
+        let mails: Vec<Value> = outbox["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["to"] == to && m["subject"] == "Your sign-in code")
+            .cloned()
+            .collect();
+        if mails.len() > seen {
+            // Newest first.
+            let body = mails[0]["body"].as_str().unwrap().to_string();
+            let words: Vec<&str> = body.split_whitespace().collect();
+            let code = words
+                .iter()
+                .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+                .unwrap()
+                .to_string();
+            let token = words
+                .iter()
+                .find_map(|w| {
+                    w.split("token=")
+                        .last()
+                        .filter(|t| t.starts_with("eblink_"))
+                })
+                .or_else(|| words.iter().copied().find(|w| w.starts_with("eblink_")))
+                .unwrap()
+                .trim_end_matches([')', '.', '"'])
+                .to_string();
+            return (code, token);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sign-in mail to {to}: {outbox}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn passwordless(srv: &TestServer, body: &Value) -> Resp {
+    post_json(srv, "/v1/auth/passwordless/request", None, body)
+}
+
+fn passwordless_verify(srv: &TestServer, body: &Value) -> Resp {
+    post_json(srv, "/v1/auth/passwordless/verify", None, body)
+}
+
+#[test]
+fn a_code_or_a_link_from_a_mail_signs_in_once() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.redirect_urls = vec!["https://app.example.com/auth/".into()];
+    });
+    let known = signup(&srv, "Known@example.com");
+    let id = known["user"]["id"].clone();
+
+    // Known and unknown addresses get the same answer.
+    let a = passwordless(&srv, &json!({"email": "known@EXAMPLE.com"})).expect(202);
+    let b = passwordless(&srv, &json!({"email": "new@example.com"})).expect(202);
+    assert_eq!((a.status, a.text.clone()), (b.status, b.text.clone()));
+
+    // The code signs in as the account (the mail went to its stored address), once.
+    let (code, _) = sign_in_mail(&srv, "Known@example.com", 0);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    passwordless_verify(&srv, &json!({"email": "known@example.com", "code": wrong})).expect(401);
+    let session = passwordless_verify(&srv, &json!({"email": "known@example.com", "code": code}))
+        .expect(200)
+        .json;
+    assert_eq!(session["user"]["id"], id);
+    assert_eq!(session["user"]["email_verified"], true);
+    me(&srv, token(&session)).expect(200);
+    passwordless_verify(&srv, &json!({"email": "known@example.com", "code": code})).expect(401);
+
+    // An unknown address gets its account by its link, which works once; it has no password.
+    let (_, link) = sign_in_mail(&srv, "new@example.com", 0);
+    let made = passwordless_verify(&srv, &json!({"token": link}))
+        .expect(200)
+        .json;
+    assert_eq!(made["user"]["email"], "new@example.com");
+    assert_eq!(made["user"]["email_verified"], true);
+    passwordless_verify(&srv, &json!({"token": link})).expect(401);
+    login(&srv, "new@example.com", "").expect(401);
+
+    // A redirect URL must be allowed; the link goes there.
+    passwordless(
+        &srv,
+        &json!({"email": "known@example.com", "redirect_url": "https://evil.example.com/"}),
+    )
+    .expect(400);
+    passwordless(
+        &srv,
+        &json!({"email": "known@example.com", "redirect_url": "https://app.example.com/auth/done"}),
+    )
+    .expect(202);
+    let mails = srv.get("/v1/admin/outbox?limit=1000").expect(200).json;
+    let newest = mails["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["to"] == "Known@example.com" && m["subject"] == "Your sign-in code")
+        .cloned();
+    let newest = eventually_mail(&srv, newest);
+    assert!(
+        newest.contains("https://app.example.com/auth/done?token=eblink_"),
+        "{newest}"
+    );
+
+    // Five wrong codes void the mail; a new request replaces the old one.
+    let (code, link) = sign_in_mail(&srv, "Known@example.com", 1);
+    for _ in 0..5 {
+        passwordless_verify(
+            &srv,
+            &json!({"email": "known@example.com", "code": "12345x"}),
+        )
+        .expect(401);
+    }
+    passwordless_verify(&srv, &json!({"email": "known@example.com", "code": code})).expect(401);
+    passwordless_verify(&srv, &json!({"token": link})).expect(401);
+    passwordless_verify(&srv, &json!({"code": "123456"})).expect(400);
+
+    // With TOTP on, a mail's code answers with the MFA challenge, like a password.
+    let t = token(&session).to_string();
+    let enrolled = with_token(&srv, "POST", "/v1/auth/mfa/totp/enroll", &t, None)
+        .expect(200)
+        .json;
+    let first = json!({"code": totp_code(enrolled["secret"].as_str().unwrap(), 0)});
+    with_token(&srv, "POST", "/v1/auth/mfa/totp/confirm", &t, Some(&first)).expect(200);
+    passwordless(&srv, &json!({"email": "known@example.com"})).expect(202);
+    let (code, _) = sign_in_mail(&srv, "Known@example.com", 2);
+    let challenge = passwordless_verify(&srv, &json!({"email": "known@example.com", "code": code}))
+        .expect(200)
+        .json;
+    assert_eq!(challenge["mfa_required"], true);
+    assert!(challenge["access_token"].is_null());
+}
+
+/// The newest mail's body, once it exists.
+fn eventually_mail(srv: &TestServer, first: Option<Value>) -> String {
+    if let Some(mail) = first.filter(|m| m["body"].as_str().unwrap().contains("app.example.com")) {
+        return mail["body"].as_str().unwrap().to_string();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mails = srv.get("/v1/admin/outbox?limit=1000").expect(200).json;
+        if let Some(body) = mails["items"].as_array().unwrap().iter().find_map(|m| {
+            m["body"]
+                .as_str()
+                .filter(|b| b.contains("app.example.com"))
+                .map(str::to_string)
+        }) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mail with the redirect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sign_in_mails_expire_and_are_throttled_alike_for_known_and_unknown_addresses() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.passwordless_ttl_secs = 1;
+        c.auth.mails_per_address_per_hour = 2;
+    });
+    passwordless(&srv, &json!({"email": "late@example.com"})).expect(202);
+    let (code, _) = sign_in_mail(&srv, "late@example.com", 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    passwordless_verify(&srv, &json!({"email": "late@example.com", "code": code})).expect(401);
+    // The address's window is full; an unknown address's fills the same way.
+    passwordless(&srv, &json!({"email": "late@example.com"})).expect(202);
+    let known = passwordless(&srv, &json!({"email": "LATE@example.com"})).expect(429);
+    passwordless(&srv, &json!({"email": "nobody@example.com"})).expect(202);
+    passwordless(&srv, &json!({"email": "nobody@example.com"})).expect(202);
+    let unknown = passwordless(&srv, &json!({"email": "nobody@example.com"})).expect(429);
+    assert_eq!(known.json, unknown.json);
+}

@@ -95,6 +95,26 @@ export class Auth implements TokenSource {
     },
   };
 
+  /**
+   * Mails a sign-in code and link to `email` (an unknown address gets its account when it signs
+   * in). The link goes to `redirectUrl` (one the server allows) with `?token=` added; pass that
+   * token, or the code with the address, to `verifyOtp`. Resolves the same whether or not the
+   * address has an account.
+   */
+  async sendMagicLink(email: string, options: { redirectUrl?: string } = {}): Promise<void> {
+    const body = options.redirectUrl ? { email, redirect_url: options.redirectUrl } : { email };
+    const response = await this.transport.anonymous("/v1/auth/passwordless/request", json(body));
+    if (!response.ok) throw await EmberbaseError.fromResponse(response);
+  }
+
+  /**
+   * Signs in with the 6-digit code of a sign-in mail (and its address) or the token of its
+   * link; rejects with a `MfaRequiredError` when the account has two-factor authentication on.
+   */
+  async verifyOtp(proof: { email: string; code: string } | { token: string }): Promise<User> {
+    return this.start("/v1/auth/passwordless/verify", proof);
+  }
+
   /** Signs out: the server revokes this login's refresh token, and the stored session is removed. */
   async logout(): Promise<void> {
     await this.ready();
@@ -202,7 +222,7 @@ export class Auth implements TokenSource {
     return locks ? (locks.request("emberbase.refresh", f) as Promise<T>) : f();
   }
 
-  private async start(path: string, body: { email: string; password: string; profile?: Record<string, unknown> }): Promise<User> {
+  private async start(path: string, body: Record<string, unknown>): Promise<User> {
     await this.ready();
     const response = await this.transport.anonymous(path, json(body));
     if (!response.ok) throw await EmberbaseError.fromResponse(response);

@@ -148,6 +148,32 @@ describe("against one server", () => {
     assert.equal((await eb.auth.login(address, PASSWORD)).id, user.id);
   });
 
+  test("auth: sign in with a code or a link from a mail", async () => {
+    const eb = new Emberbase(server.url);
+    const address = email("link");
+    await eb.auth.sendMagicLink(address);
+    const body = await eventually("the sign-in mail", async () => {
+      const outbox = await admin(server, "GET", "/v1/admin/outbox?limit=1000");
+      return outbox.items.find((m) => m.to === address)?.body;
+    });
+    const token = body.split(/\s+/).find((w) => w.startsWith("eblink_"));
+    const user = await eb.auth.verifyOtp({ token });
+    assert.equal(user.email, address);
+    assert.equal(eb.auth.user?.id, user.id);
+    const used = await failure(eb.auth.verifyOtp({ token }));
+    assert.equal(used.status, 401);
+    await eb.auth.logout();
+
+    await eb.auth.sendMagicLink(address);
+    const second = await eventually("the second mail", async () => {
+      const outbox = await admin(server, "GET", "/v1/admin/outbox?limit=1000");
+      const mails = outbox.items.filter((m) => m.to === address);
+      return mails.length > 1 ? mails[0].body : undefined;
+    });
+    const code = second.split(/\s+/).find((w) => /^\d{6}$/.test(w));
+    assert.equal((await eb.auth.verifyOtp({ email: address, code })).id, user.id);
+  });
+
   test("auth: a profile at signup, merged by updateProfile", async () => {
     const eb = new Emberbase(server.url);
     const user = await eb.auth.signup(email("profile"), PASSWORD, { name: "Ada", avatar: "a.png" });

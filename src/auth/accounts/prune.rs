@@ -1,6 +1,6 @@
 //! Removing account records that can no longer be used: logins (families) that ended, were
 //! revoked or were cut off by a password change; refresh tokens of logins that are gone;
-//! expired email tokens and MFA challenges; mail beyond the newest `mail.outbox_kept`; and a cluster's shared
+//! expired email tokens, MFA challenges and passwordless sign-ins; mail beyond the newest `mail.outbox_kept`; and a cluster's shared
 //! throttling windows once their events are old. Each record is deleted
 //! only if it is unchanged since it was read (compare-and-set), so pruning never races a
 //! refresh or a logout; what a race leaves is pruned next time.
@@ -21,6 +21,7 @@ pub(crate) struct Pruned {
     pub refresh_tokens: usize,
     pub email_tokens: usize,
     pub mfa_challenges: usize,
+    pub passwordless: usize,
     pub mails: usize,
     /// Shared throttling windows (a cluster's) whose events are all old.
     pub throttle_windows: usize,
@@ -32,6 +33,7 @@ impl Pruned {
             + self.refresh_tokens
             + self.email_tokens
             + self.mfa_challenges
+            + self.passwordless
             + self.mails
             + self.throttle_windows
     }
@@ -45,6 +47,7 @@ impl Accounts {
         let refresh_tokens = self.prune_space(Space::RefreshTokens, now).await?;
         let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
         let mfa_challenges = self.prune_space(Space::MfaChallenges, now).await?;
+        let passwordless = self.prune_space(Space::Passwordless, now).await?;
         let mails = self.prune_outbox(outbox_kept).await?;
         let throttle_windows = self.prune_space(Space::Throttle, now).await?;
         Ok(Pruned {
@@ -52,6 +55,7 @@ impl Accounts {
             refresh_tokens,
             email_tokens,
             mfa_challenges,
+            passwordless,
             mails,
             throttle_windows,
         })
@@ -87,6 +91,7 @@ impl Accounts {
                 from_json::<EmailTokenRecord>(bytes).is_ok_and(|t| t.expires_at <= now)
             }
             Space::MfaChallenges => super::mfa::expired(bytes, now),
+            Space::Passwordless => super::passwordless::expired(bytes, now),
             // A shared throttling window whose newest event has left the longest window.
             Space::Throttle => {
                 let longest = self.config.failure_window_secs.max(3600);

@@ -134,7 +134,12 @@ impl Accounts {
         let ip_key = client_ip.to_string();
         self.attempt(&account_key, Some(&ip_key)).await?;
         let found = self.user_by_email(&address).await?;
-        let hash = found.as_ref().map(|(u, _)| u.password_hash.clone());
+        // An account without a password (made by a passwordless sign-in) is checked against
+        // the dummy hash, like an unknown address: same answer, same time.
+        let hash = found
+            .as_ref()
+            .map(|(u, _)| u.password_hash.clone())
+            .filter(|h| !h.is_empty());
         let matched = self.hasher.verify(password, hash).await?;
         // A wrong password leaves its attempt counted.
         let user = match (matched, found) {

@@ -480,7 +480,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Turn a user's MFA off, for one who lost their device and recovery codes. */
-        post: operations["reset"];
+        post: operations["mfa_reset"];
         delete?: never;
         options?: never;
         head?: never;
@@ -691,7 +691,7 @@ export interface paths {
         put?: never;
         post?: never;
         /** Turn TOTP off, proved with a current code or a recovery code. */
-        delete: operations["disable"];
+        delete: operations["totp_disable"];
         options?: never;
         head?: never;
         patch?: never;
@@ -710,7 +710,7 @@ export interface paths {
          * Confirm TOTP enrollment with a first code: from now on, signing in takes a code too. Answers
          *     the recovery codes, this once; five wrong codes void the enrollment.
          */
-        post: operations["confirm"];
+        post: operations["totp_confirm"];
         delete?: never;
         options?: never;
         head?: never;
@@ -730,7 +730,7 @@ export interface paths {
          * Start TOTP enrollment: a new secret, as text, an `otpauth://` URI and a QR code (SVG) for an
          *     authenticator app. Nothing changes at login until a first code confirms it.
          */
-        post: operations["enroll"];
+        post: operations["totp_enroll"];
         delete?: never;
         options?: never;
         head?: never;
@@ -751,7 +751,7 @@ export interface paths {
          *     (or a recovery code). A right one answers the session; the challenge lasts five minutes,
          *     works once, and five wrong codes void it.
          */
-        post: operations["verify"];
+        post: operations["mfa_verify"];
         delete?: never;
         options?: never;
         head?: never;
@@ -806,6 +806,48 @@ export interface paths {
         put?: never;
         /** Mail a password reset token. Answers the same whether or not the email has an account. */
         post: operations["reset_request"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/passwordless/request": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Mail a sign-in code and link, each good once for 15 minutes (`auth.passwordless_ttl_secs`);
+         *     an unknown address gets an account when it signs in (unless `auth.passwordless_signup` is
+         *     off). Answers the same, in the same time, whether or not the address has an account.
+         */
+        post: operations["passwordless_request"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/passwordless/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sign in with a code and its address, or with a link's token. Answers like login: the
+         *     session, or the MFA challenge when the account has TOTP on. Five wrong codes void the
+         *     mail's code and link.
+         */
+        post: operations["passwordless_verify"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1720,6 +1762,22 @@ export interface components {
         PasswordChange: {
             current_password: string;
             new_password: string;
+        };
+        PasswordlessRequest: {
+            email: string;
+            /**
+             * @description Where the mail's link goes, with `?token=` added; one of `auth.redirect_urls`. Without
+             *     it, the mail gives the token to paste.
+             */
+            redirect_url?: string | null;
+        };
+        /** @description The code from the mail with its address, or the link's token. */
+        PasswordlessVerify: {
+            /** @description The 6-digit code. */
+            code?: string | null;
+            email?: string | null;
+            /** @description The `token` of the mail's link. */
+            token?: string | null;
         };
         /** @description What confirming returns: the recovery codes, shown this once. */
         RecoveryCodes: {
@@ -4183,7 +4241,7 @@ export interface operations {
             };
         };
     };
-    reset: {
+    mfa_reset: {
         parameters: {
             query?: never;
             header?: never;
@@ -5259,7 +5317,7 @@ export interface operations {
             };
         };
     };
-    disable: {
+    totp_disable: {
         parameters: {
             query?: never;
             header?: never;
@@ -5335,7 +5393,7 @@ export interface operations {
             };
         };
     };
-    confirm: {
+    totp_confirm: {
         parameters: {
             query?: never;
             header?: never;
@@ -5404,7 +5462,7 @@ export interface operations {
             };
         };
     };
-    enroll: {
+    totp_enroll: {
         parameters: {
             query?: never;
             header?: never;
@@ -5460,7 +5518,7 @@ export interface operations {
             };
         };
     };
-    verify: {
+    mfa_verify: {
         parameters: {
             query?: never;
             header?: never;
@@ -5713,6 +5771,142 @@ export interface operations {
                 };
             };
             /** @description Too many mails asked for from this client or to this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    passwordless_request: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordlessRequest"];
+            };
+        };
+        responses: {
+            /** @description Sent if the address may sign in */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not an email address, or a redirect_url not allowed */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many mails asked for from this client or to this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    passwordless_verify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordlessVerify"];
+            };
+        };
+        responses: {
+            /** @description Signed in (an unknown address now has its account), or the MFA challenge */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResult"];
+                };
+            };
+            /** @description Neither `email` and `code` nor `token` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A wrong, expired or used code or link */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failures for this account or client; see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
