@@ -440,6 +440,8 @@ pub struct AuthConfig {
     pub passwordless_ttl_secs: u64,
     /// Whether a passwordless sign-in of an unknown address makes its account.
     pub passwordless_signup: bool,
+    /// Seconds an anonymous account lasts without a refresh before it is deleted.
+    pub anonymous_ttl_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -468,6 +470,7 @@ impl Default for AuthConfig {
             redirect_urls: Vec::new(),
             passwordless_ttl_secs: 900,
             passwordless_signup: true,
+            anonymous_ttl_secs: 30 * 86_400,
         }
     }
 }
@@ -558,7 +561,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 49] = [
+        let ranges: [(&str, u64, u64, u64); 50] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -650,6 +653,12 @@ impl Config {
                 a.signups_per_ip_per_hour as u64,
                 1,
                 1 << 20,
+            ),
+            (
+                "auth.anonymous_ttl_secs",
+                a.anonymous_ttl_secs,
+                1,
+                10 * 365 * 86_400,
             ),
             (
                 "auth.passwordless_ttl_secs",

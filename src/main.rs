@@ -395,7 +395,12 @@ fn admin_create(
     let dir = config.server.data_dir.display().to_string();
     match runtime.block_on(emberbase::ServerBuilder::new(config).create_admin(&email, password)) {
         Ok((user, created)) => {
-            report_admin(&user.email, &user.id, created, &dir);
+            report_admin(
+                user.email.as_deref().unwrap_or_default(),
+                &user.id,
+                created,
+                &dir,
+            );
             ExitCode::SUCCESS
         }
         Err(e @ emberbase::StartError::Store { .. }) => {

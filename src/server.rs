@@ -443,7 +443,7 @@ async fn bootstrap_admin(
         .upsert_admin(email, password.to_string())
         .await
         .map_err(|e| StartError::Other(format!("admin bootstrap: {}", e)))?;
-    tracing::info!(email = %user.email, "created the configured admin");
+    tracing::info!(email, id = %user.id, "created the configured admin");
     Ok(())
 }
 

@@ -12,9 +12,9 @@ use serde_json::{Map, Value};
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Credentials {
-    email: String,
+    pub(super) email: String,
     /// At least 8 characters; very common passwords are refused.
-    password: String,
+    pub(super) password: String,
 }
 
 /// A JSON object, and nothing else (`null` included).

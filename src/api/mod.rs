@@ -9,6 +9,7 @@ pub(crate) mod error;
 mod extract;
 mod files;
 mod functions;
+mod guest;
 mod mfa;
 mod middleware;
 mod passwordless;
@@ -269,6 +270,8 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(mfa::mfa_reset)
         .service(passwordless::passwordless_request)
         .service(passwordless::passwordless_verify)
+        .service(guest::anonymous)
+        .service(guest::upgrade)
         .service(users::list_users)
         .service(users::get_user)
         .service(users::disable_user)

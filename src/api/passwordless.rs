@@ -1,7 +1,7 @@
 //! `/v1/auth/passwordless/...`: sign-in by a code or a link sent by email.
 
 use super::error::ErrorBody;
-use super::extract::{client_ip, JsonBody};
+use super::extract::{client_ip, Caller, JsonBody};
 use super::AppState;
 use crate::auth::{LoginResult, PasswordlessProof};
 use crate::error::Error;
@@ -58,7 +58,8 @@ pub(super) async fn passwordless_request(
 
 /// Sign in with a code and its address, or with a link's token. Answers like login: the
 /// session, or the MFA challenge when the account has TOTP on. Five wrong codes void the
-/// mail's code and link.
+/// mail's code and link. Sent with the token of an anonymous account, an unknown address
+/// becomes that account's (same id: an upgrade).
 #[utoipa::path(
     tag = "auth",
     request_body = PasswordlessVerify,
@@ -74,6 +75,7 @@ pub(super) async fn passwordless_request(
 pub(super) async fn passwordless_verify(
     state: web::Data<AppState>,
     req: HttpRequest,
+    caller: Caller,
     body: JsonBody<PasswordlessVerify>,
 ) -> Result<HttpResponse, Error> {
     let ip = client_ip(&req, &state.config.http.trusted_proxies);
@@ -97,7 +99,7 @@ pub(super) async fn passwordless_verify(
     let result = state
         .auth
         .accounts()
-        .verify_passwordless(&proof, &ip)
+        .verify_passwordless(&caller.0, &proof, &ip)
         .await?;
     Ok(HttpResponse::Ok().json(result))
 }

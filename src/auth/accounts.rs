@@ -14,6 +14,7 @@
 
 mod admin;
 mod email;
+mod guest;
 mod identity;
 mod mfa;
 mod passwordless;

@@ -95,7 +95,8 @@ impl Principal {
         }
     }
 
-    /// The value rules see as `auth`: `null`, or `{"id", "email", "role", "profile"}`.
+    /// The value rules see as `auth`: `null`, or `{"id", "email", "role", "profile",
+    /// "anonymous"}` (an anonymous account is a user without an address: `email` null).
     pub(crate) fn auth_value(&self) -> Value {
         match self {
             Principal::Anonymous => Value::Null,
@@ -106,8 +107,9 @@ impl Principal {
                 admin,
                 profile,
             } => json!({
-                "id": id, "email": email, "role": if *admin { "admin" } else { "user" },
-                "profile": profile,
+                "id": id, "email": (!email.is_empty()).then_some(email),
+                "role": if *admin { "admin" } else { "user" },
+                "profile": profile, "anonymous": email.is_empty(),
             }),
             Principal::Function { name, .. } => {
                 json!({"id": null, "email": null, "role": "function", "function": name})
@@ -124,7 +126,7 @@ impl Principal {
                 id, email, admin, ..
             } => Some(Actor {
                 id: Some(id.clone()),
-                email: Some(email.clone()),
+                email: (!email.is_empty()).then(|| email.clone()),
                 role: if *admin { "admin" } else { "user" }.into(),
                 function: None,
             }),

@@ -1690,3 +1690,129 @@ fn sign_in_mails_expire_and_are_throttled_alike_for_known_and_unknown_addresses(
     let unknown = passwordless(&srv, &json!({"email": "nobody@example.com"})).expect(429);
     assert_eq!(known.json, unknown.json);
 }
+
+#[test]
+fn anonymous_accounts_are_seen_by_rules_upgrade_in_place_and_expire() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.auth.anonymous_ttl_secs = 2;
+        c.auth.prune_interval_secs = 1;
+    });
+    srv.put(
+        "/v1/admin/collections/drafts",
+        &json!({"rules": {
+            "read": "auth != null && doc.owner == auth.id",
+            "create": "auth != null",
+            "update": "auth != null && doc.owner == auth.id",
+            "delete": "auth != null && doc.owner == auth.id",
+        }}),
+    )
+    .expect(200);
+    srv.put(
+        "/v1/admin/collections/posts",
+        &json!({"rules": {"read": "true", "create": "auth != null && !auth.anonymous",
+            "update": "false", "delete": "false"}}),
+    )
+    .expect(200);
+
+    let guest = post_json(&srv, "/v1/auth/anonymous", None, &json!({}))
+        .expect(201)
+        .json;
+    let t = token(&guest).to_string();
+    let id = guest["user"]["id"].clone();
+    assert_eq!(guest["user"]["email"], Value::Null);
+    assert_eq!(guest["user"]["anonymous"], true);
+    let draft = with_token(
+        &srv,
+        "POST",
+        "/v1/collections/drafts/docs",
+        &t,
+        Some(&json!({"data": {"text": "hi"}})),
+    )
+    .expect(201)
+    .json;
+    assert_eq!(draft["owner"], id);
+    with_token(
+        &srv,
+        "POST",
+        "/v1/collections/posts/docs",
+        &t,
+        Some(&json!({"data": {}})),
+    )
+    .expect(403);
+
+    // Upgrading keeps the id (and so the draft), and the session; rules see a regular user.
+    post_json(
+        &srv,
+        "/v1/auth/upgrade",
+        Some(&t),
+        &json!({"email": "Known@example.com", "password": "correct horse battery"}),
+    )
+    .expect(200);
+    let upgraded = me(&srv, &t).expect(200).json;
+    assert_eq!(upgraded["id"], id);
+    assert_eq!(upgraded["anonymous"], false);
+    assert_eq!(upgraded["email"], "Known@example.com");
+    let path = format!(
+        "/v1/collections/drafts/docs/{}",
+        draft["id"].as_str().unwrap()
+    );
+    with_token(&srv, "GET", &path, &t, None).expect(200);
+    with_token(
+        &srv,
+        "POST",
+        "/v1/collections/posts/docs",
+        &t,
+        Some(&json!({"data": {}})),
+    )
+    .expect(201);
+    assert_eq!(
+        login(&srv, "known@example.com", "correct horse battery")
+            .expect(200)
+            .json["user"]["id"],
+        id
+    );
+    // An address that has an account cannot be taken by another guest.
+    let other = post_json(&srv, "/v1/auth/anonymous", None, &json!({}))
+        .expect(201)
+        .json;
+    post_json(
+        &srv,
+        "/v1/auth/upgrade",
+        Some(token(&other)),
+        &json!({"email": "known@EXAMPLE.com", "password": "correct horse battery"}),
+    )
+    .expect_error(409, "conflict");
+
+    // A passwordless sign-in sent with a guest's token upgrades that guest.
+    let by_link = post_json(&srv, "/v1/auth/anonymous", None, &json!({}))
+        .expect(201)
+        .json;
+    passwordless(&srv, &json!({"email": "linked@example.com"})).expect(202);
+    let (code, _) = sign_in_mail(&srv, "linked@example.com", 0);
+    let signed = post_json(
+        &srv,
+        "/v1/auth/passwordless/verify",
+        Some(token(&by_link)),
+        &json!({"email": "linked@example.com", "code": code}),
+    )
+    .expect(200)
+    .json;
+    assert_eq!(signed["user"]["id"], by_link["user"]["id"]);
+    assert_eq!(signed["user"]["email_verified"], true);
+
+    // A guest nobody refreshes is deleted after its time; the upgraded ones stay.
+    let other_id = other["user"]["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while srv.get(&format!("/v1/admin/users/{other_id}")).status != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest was not pruned"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    me(&srv, token(&other)).expect(401);
+    srv.get(&format!("/v1/admin/users/{}", id.as_str().unwrap()))
+        .expect(200);
+    with_token(&srv, "GET", &path, &t, None).expect(200);
+}

@@ -96,6 +96,28 @@ export class Auth implements TokenSource {
   };
 
   /**
+   * Starts an anonymous account (no address; rules see `auth.anonymous`) and signs in. `upgrade`
+   * (or `verifyOtp` while signed in as it) gives it an address, keeping its id and data.
+   */
+  async signInAnonymously(): Promise<User> {
+    await this.ready();
+    const response = await this.transport.anonymous("/v1/auth/anonymous", { method: "POST" });
+    if (!response.ok) throw await EmberbaseError.fromResponse(response);
+    const session = stored_(await response.json());
+    await this.replace(session);
+    return session.user;
+  }
+
+  /** Gives the signed-in anonymous account an address and a password; the id stays. */
+  async upgrade(email: string, password: string): Promise<User> {
+    const user = await this.transport.call<User>((headers) =>
+      this.transport.api.POST("/v1/auth/upgrade", { headers, body: { email, password } }),
+    );
+    if (this.current) await this.replace({ ...this.current, user });
+    return user;
+  }
+
+  /**
    * Mails a sign-in code and link to `email` (an unknown address gets its account when it signs
    * in). The link goes to `redirectUrl` (one the server allows) with `?token=` added; pass that
    * token, or the code with the address, to `verifyOtp`. Resolves the same whether or not the
@@ -112,7 +134,9 @@ export class Auth implements TokenSource {
    * link; rejects with a `MfaRequiredError` when the account has two-factor authentication on.
    */
   async verifyOtp(proof: { email: string; code: string } | { token: string }): Promise<User> {
-    return this.start("/v1/auth/passwordless/verify", proof);
+    // Signed in anonymously: the address becomes this account's (an upgrade, same id).
+    const guest = this.user?.anonymous ? await this.token() : null;
+    return this.start("/v1/auth/passwordless/verify", proof, guest);
   }
 
   /** Signs out: the server revokes this login's refresh token, and the stored session is removed. */
@@ -222,9 +246,11 @@ export class Auth implements TokenSource {
     return locks ? (locks.request("emberbase.refresh", f) as Promise<T>) : f();
   }
 
-  private async start(path: string, body: Record<string, unknown>): Promise<User> {
+  private async start(path: string, body: Record<string, unknown>, bearer: string | null = null): Promise<User> {
     await this.ready();
-    const response = await this.transport.anonymous(path, json(body));
+    const init = json(body);
+    if (bearer) init.headers = { ...(init.headers as Record<string, string>), Authorization: `Bearer ${bearer}` };
+    const response = await this.transport.anonymous(path, init);
     if (!response.ok) throw await EmberbaseError.fromResponse(response);
     const result = (await response.json()) as LoginResult;
     if ("mfa_required" in result) throw new MfaRequiredError(result.mfa_token, result.methods);

@@ -174,6 +174,33 @@ describe("against one server", () => {
     assert.equal((await eb.auth.verifyOtp({ email: address, code })).id, user.id);
   });
 
+  test("auth: an anonymous account upgraded in place", async () => {
+    const eb = new Emberbase(server.url);
+    const guest = await eb.auth.signInAnonymously();
+    assert.equal(guest.anonymous, true);
+    assert.equal(guest.email, null);
+    const address = email("guest");
+    const upgraded = await eb.auth.upgrade(address, PASSWORD);
+    assert.equal(upgraded.id, guest.id);
+    assert.equal(eb.auth.user?.email, address);
+    await eb.auth.logout();
+    assert.equal((await eb.auth.login(address, PASSWORD)).id, guest.id);
+    await eb.auth.logout();
+
+    // Signed in anonymously, a mailed code gives this account its address.
+    const second = await eb.auth.signInAnonymously();
+    const linked = email("guest-link");
+    await eb.auth.sendMagicLink(linked);
+    const body = await eventually("the sign-in mail", async () => {
+      const outbox = await admin(server, "GET", "/v1/admin/outbox?limit=1000");
+      return outbox.items.find((m) => m.to === linked)?.body;
+    });
+    const code = body.split(/\s+/).find((w) => /^\d{6}$/.test(w));
+    const user = await eb.auth.verifyOtp({ email: linked, code });
+    assert.equal(user.id, second.id);
+    assert.equal(user.anonymous, false);
+  });
+
   test("auth: a profile at signup, merged by updateProfile", async () => {
     const eb = new Emberbase(server.url);
     const user = await eb.auth.signup(email("profile"), PASSWORD, { name: "Ada", avatar: "a.png" });

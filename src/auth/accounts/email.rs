@@ -75,6 +75,11 @@ impl Accounts {
         if user.email_verified {
             return Ok(());
         }
+        if user.is_anonymous() {
+            return Err(AuthError::BadRequest(
+                "an anonymous account has no address to verify; upgrade it first".into(),
+            ));
+        }
         self.limit_mail(client_ip, &user.email).await?;
         let token = self
             .issue_email_token(

@@ -17,7 +17,7 @@ use super::records::{
 };
 use super::Accounts;
 use crate::auth::error::{invalid, AuthError, Result};
-use crate::auth::generate_secret;
+use crate::auth::{generate_secret, Principal};
 use crate::model::unix_secs;
 use crate::store::{KvWrite, Space, StoreError};
 use base64::Engine as _;
@@ -165,9 +165,11 @@ impl Accounts {
     }
 
     /// Signs in with the code (and its address) or the link token from a sign-in mail: the
-    /// session, or, with TOTP on, its challenge. Makes the account of an unknown address.
+    /// session, or, with TOTP on, its challenge. An unknown address becomes the account of
+    /// `who` when it is an anonymous account (an upgrade: same id), else a new account.
     pub async fn verify_passwordless(
         &self,
+        who: &Principal,
         proof: &PasswordlessProof,
         client_ip: &str,
     ) -> Result<LoginResult> {
@@ -224,9 +226,18 @@ impl Accounts {
         }
         self.account_failures.clear(&key).await;
         self.ip_failures.release(client_ip).await;
-        let user = match self.user_by_email(&record.email).await? {
-            Some(_) => self.verified_by_mail(&record.email).await?,
-            None => {
+        let known = self.user_by_email(&record.email).await?.is_some();
+        let upgrading = match known {
+            true => None,
+            false => self.anonymous_caller(who).await?,
+        };
+        let user = match (known, upgrading) {
+            (true, _) => self.verified_by_mail(&record.email).await?,
+            (false, Some(id)) => {
+                self.attach_email(&id, &record.email, None, true).await?;
+                self.load_user(&id).await?.ok_or_else(void)?.0
+            }
+            (false, None) => {
                 let (user, write) = new_user(
                     &record.email,
                     "user",

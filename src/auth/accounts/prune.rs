@@ -1,6 +1,7 @@
 //! Removing account records that can no longer be used: logins (families) that ended, were
 //! revoked or were cut off by a password change; refresh tokens of logins that are gone;
-//! expired email tokens, MFA challenges and passwordless sign-ins; mail beyond the newest `mail.outbox_kept`; and a cluster's shared
+//! expired email tokens, MFA challenges and passwordless sign-ins; anonymous accounts nobody
+//! refreshed in `auth.anonymous_ttl_secs` (what they own stays); mail beyond the newest `mail.outbox_kept`; and a cluster's shared
 //! throttling windows once their events are old. Each record is deleted
 //! only if it is unchanged since it was read (compare-and-set), so pruning never races a
 //! refresh or a logout; what a race leaves is pruned next time.
@@ -22,6 +23,7 @@ pub(crate) struct Pruned {
     pub email_tokens: usize,
     pub mfa_challenges: usize,
     pub passwordless: usize,
+    pub anonymous_users: usize,
     pub mails: usize,
     /// Shared throttling windows (a cluster's) whose events are all old.
     pub throttle_windows: usize,
@@ -34,6 +36,7 @@ impl Pruned {
             + self.email_tokens
             + self.mfa_challenges
             + self.passwordless
+            + self.anonymous_users
             + self.mails
             + self.throttle_windows
     }
@@ -48,6 +51,7 @@ impl Accounts {
         let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
         let mfa_challenges = self.prune_space(Space::MfaChallenges, now).await?;
         let passwordless = self.prune_space(Space::Passwordless, now).await?;
+        let anonymous_users = self.prune_space(Space::Users, now).await?;
         let mails = self.prune_outbox(outbox_kept).await?;
         let throttle_windows = self.prune_space(Space::Throttle, now).await?;
         Ok(Pruned {
@@ -56,6 +60,7 @@ impl Accounts {
             email_tokens,
             mfa_challenges,
             passwordless,
+            anonymous_users,
             mails,
             throttle_windows,
         })
@@ -92,6 +97,8 @@ impl Accounts {
             }
             Space::MfaChallenges => super::mfa::expired(bytes, now),
             Space::Passwordless => super::passwordless::expired(bytes, now),
+            Space::Users => from_json::<super::records::UserRecord>(bytes)
+                .is_ok_and(|u| super::guest::abandoned(&u, now)),
             // A shared throttling window whose newest event has left the longest window.
             Space::Throttle => {
                 let longest = self.config.failure_window_secs.max(3600);

@@ -16,7 +16,11 @@ pub(super) const MAX_PROFILE_BYTES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
-    pub email: String,
+    /// Null for an anonymous account.
+    pub email: Option<String>,
+    /// An account without an address, from `POST /v1/auth/anonymous`, until it is upgraded.
+    #[serde(default)]
+    pub anonymous: bool,
     /// `user` or `admin`.
     pub role: String,
     pub created_at: String,
@@ -62,13 +66,17 @@ pub(super) struct UserRecord {
     /// The TOTP factor, pending or confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) totp: Option<super::mfa::TotpRecord>,
+    /// For an anonymous account: when it is deleted unless refreshed (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) anonymous_until: Option<u64>,
 }
 
 impl UserRecord {
     pub(super) fn public(&self) -> User {
         User {
             id: self.id.clone(),
-            email: self.email.clone(),
+            email: (!self.is_anonymous()).then(|| self.email.clone()),
+            anonymous: self.is_anonymous(),
             role: self.role.clone(),
             created_at: self.created_at.clone(),
             email_verified: self.email_verified,
@@ -163,6 +171,7 @@ pub(super) fn new_user(
         disabled: false,
         profile,
         totp: None,
+        anonymous_until: None,
     };
     let key = super::identity::email_key(email);
     let write = KvWrite::default()

@@ -198,8 +198,10 @@ impl Accounts {
         if family.revoked || family.expires_at <= unix_secs() {
             return Err(invalid());
         }
-        let user = match self.load_user(&record.user_id).await? {
-            Some((user, _)) if !user.disabled && user.token_version == family.token_version => user,
+        let (user, user_bytes) = match self.load_user(&record.user_id).await? {
+            Some((user, bytes)) if !user.disabled && user.token_version == family.token_version => {
+                (user, bytes)
+            }
             _ => return Err(invalid()),
         };
         let used = RefreshRecord {
@@ -214,6 +216,7 @@ impl Accounts {
                 Some(family_bytes),
             )
             .put(Space::RefreshTokens, hash.as_bytes(), to_json(&used)?);
+        let write = self.keep_anonymous(&user, user_bytes, write)?;
         let (session, write) = self.next_refresh_token(&user, &record.family, write)?;
         match self.store.kv_write(write).await {
             Ok(()) => Ok(session),

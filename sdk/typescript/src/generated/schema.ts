@@ -628,6 +628,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/anonymous": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start an anonymous account and sign in: a user without an address (`email` null, rules
+         *     see `auth.anonymous == true`), which `POST /v1/auth/upgrade` (or a passwordless sign-in
+         *     sent with its token) turns into a regular account with the same id. One nobody refreshes
+         *     for `auth.anonymous_ttl_secs` (30 days) is deleted; what it owns stays.
+         */
+        post: operations["anonymous"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/login": {
         parameters: {
             query?: never;
@@ -845,7 +867,8 @@ export interface paths {
         /**
          * Sign in with a code and its address, or with a link's token. Answers like login: the
          *     session, or the MFA challenge when the account has TOTP on. Five wrong codes void the
-         *     mail's code and link.
+         *     mail's code and link. Sent with the token of an anonymous account, an unknown address
+         *     becomes that account's (same id: an upgrade).
          */
         post: operations["passwordless_verify"];
         delete?: never;
@@ -885,6 +908,26 @@ export interface paths {
         put?: never;
         /** Create an account and sign in, optionally with a profile. */
         post: operations["signup"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/upgrade": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give the signed-in anonymous account an address and a password. The id, and so everything
+         *     it owns, stays; so do its sessions.
+         */
+        post: operations["upgrade"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1971,10 +2014,13 @@ export interface components {
         };
         /** @description A user as the API shows it. Never a hash. */
         User: {
+            /** @description An account without an address, from `POST /v1/auth/anonymous`, until it is upgraded. */
+            anonymous?: boolean;
             created_at: string;
             /** @description Disabled users cannot sign in, and their tokens stop working. */
             disabled: boolean;
-            email: string;
+            /** @description Null for an anonymous account. */
+            email?: string | null;
             email_verified: boolean;
             id: string;
             /** @description Whether signing in also takes a code from an authenticator app (TOTP). */
@@ -5047,6 +5093,44 @@ export interface operations {
             };
         };
     };
+    anonymous: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Signed in */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Session"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many signups from this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     login: {
         parameters: {
             query?: never;
@@ -6037,6 +6121,84 @@ export interface operations {
             };
             /** @description Too many signups from this address; see Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    upgrade: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Credentials"];
+            };
+        };
+        responses: {
+            /** @description Upgraded */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description Invalid email, a short or common password, or not an anonymous account */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The email is already registered */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
