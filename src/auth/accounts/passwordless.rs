@@ -253,20 +253,7 @@ impl Accounts {
                 }
             }
         };
-        if user.disabled {
-            return Err(AuthError::Forbidden("this account is disabled".into()));
-        }
-        if user
-            .totp
-            .as_ref()
-            .is_some_and(super::mfa::TotpRecord::confirmed)
-        {
-            return Ok(LoginResult::Mfa(self.challenge(&user).await?));
-        }
-        let (session, write) =
-            self.new_session(&user, KvWrite::default().event(user.event("login")))?;
-        self.store.kv_write(write).await?;
-        Ok(LoginResult::Session(session))
+        self.finish_login(&user).await
     }
 
     /// The account of `email`, marked verified: receiving the mail proved the address.

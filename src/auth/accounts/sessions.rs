@@ -152,6 +152,12 @@ impl Accounts {
         };
         self.account_failures.clear(&account_key).await;
         self.ip_failures.release(&ip_key).await;
+        self.finish_login(&user).await
+    }
+
+    /// The end of a sign-in whose first factor held (a password, a mailed code): refused for a
+    /// disabled account, the MFA challenge with TOTP on, else the session.
+    pub(super) async fn finish_login(&self, user: &UserRecord) -> Result<LoginResult> {
         if user.disabled {
             return Err(AuthError::Forbidden("this account is disabled".into()));
         }
@@ -160,10 +166,10 @@ impl Accounts {
             .as_ref()
             .is_some_and(super::mfa::TotpRecord::confirmed)
         {
-            return Ok(LoginResult::Mfa(self.challenge(&user).await?));
+            return Ok(LoginResult::Mfa(self.challenge(user).await?));
         }
         let (session, write) =
-            self.new_session(&user, KvWrite::default().event(user.event("login")))?;
+            self.new_session(user, KvWrite::default().event(user.event("login")))?;
         self.store.kv_write(write).await?;
         Ok(LoginResult::Session(session))
     }
