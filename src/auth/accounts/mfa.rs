@@ -379,20 +379,27 @@ impl Accounts {
 
     /// Counts a code attempt against the account's failed-login window before it is checked.
     async fn account_attempt(&self, user: &UserRecord) -> Result<()> {
-        self.attempt(&super::identity::email_key(&user.email), None)
-            .await
+        self.attempt(&failure_key(user), None).await
     }
 
     /// A right code takes its attempt back; a wrong one is refused (and stays counted).
     async fn settle_attempt(&self, user: &UserRecord, proved: bool) -> Result<()> {
         if proved {
-            self.account_failures
-                .release(&super::identity::email_key(&user.email))
-                .await;
+            self.account_failures.release(&failure_key(user)).await;
             Ok(())
         } else {
             Err(wrong_code())
         }
+    }
+}
+
+/// The failed-login window a user's wrong codes count in: its address's, as for passwords (an
+/// anonymous account has none, so its id).
+fn failure_key(user: &UserRecord) -> String {
+    if user.is_anonymous() {
+        user.id.clone()
+    } else {
+        super::identity::email_key(&user.email)
     }
 }
 
