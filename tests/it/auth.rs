@@ -1695,7 +1695,9 @@ fn sign_in_mails_expire_and_are_throttled_alike_for_known_and_unknown_addresses(
 fn anonymous_accounts_are_seen_by_rules_upgrade_in_place_and_expire() {
     let srv = TestServer::start_with(|c| {
         fast(c);
-        c.auth.anonymous_ttl_secs = 2;
+        // Deadlines are whole seconds: 4 leaves a refresh (which moves a deadline with less
+        // than half left) a second before the pruning could see it passed.
+        c.auth.anonymous_ttl_secs = 4;
         c.auth.prune_interval_secs = 1;
     });
     srv.put(
@@ -1801,16 +1803,44 @@ fn anonymous_accounts_are_seen_by_rules_upgrade_in_place_and_expire() {
     assert_eq!(signed["user"]["id"], by_link["user"]["id"]);
     assert_eq!(signed["user"]["email_verified"], true);
 
-    // A guest nobody refreshes is deleted after its time; the upgraded ones stay.
+    // A guest nobody refreshes is deleted after its time; one that refreshes, and the upgraded
+    // ones, stay.
+    // Made now, so its first refresh comes before its deadline whatever the steps above took.
+    let kept = post_json(&srv, "/v1/auth/anonymous", None, &json!({}))
+        .expect(201)
+        .json;
+    let mut kept_refresh = kept["refresh_token"].as_str().unwrap().to_string();
     let other_id = other["user"]["id"].as_str().unwrap().to_string();
+    let mut refresh_kept = || {
+        let next = post_json(
+            &srv,
+            "/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": kept_refresh}),
+        )
+        .expect(200)
+        .json;
+        kept_refresh = next["refresh_token"].as_str().unwrap().to_string();
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while srv.get(&format!("/v1/admin/users/{other_id}")).status != 404 {
         assert!(
             std::time::Instant::now() < deadline,
             "the guest was not pruned"
         );
+        refresh_kept();
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Longer than the deadline: only the refreshes keep it.
+    for _ in 0..20 {
+        refresh_kept();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    srv.get(&format!(
+        "/v1/admin/users/{}",
+        kept["user"]["id"].as_str().unwrap()
+    ))
+    .expect(200);
     me(&srv, token(&other)).expect(401);
     srv.get(&format!("/v1/admin/users/{}", id.as_str().unwrap()))
         .expect(200);

@@ -130,25 +130,24 @@ impl Accounts {
             .map(|(u, _)| u.id))
     }
 
-    /// Adds to a refresh's write the move of an anonymous account's deadline, when less than
-    /// half of it is left (so most refreshes write nothing more).
-    pub(super) fn keep_anonymous(
-        &self,
-        user: &UserRecord,
-        user_bytes: Vec<u8>,
-        write: KvWrite,
-    ) -> Result<KvWrite> {
+    /// After a refresh of an anonymous account, moves its deadline on when less than half of
+    /// it is left (so most refreshes write nothing more). Its own write, retried on a
+    /// concurrent change: folded into the refresh's compare-and-set, a profile edit racing it
+    /// would have read as a reused refresh token and revoked the login.
+    pub(super) async fn keep_anonymous(&self, user: &UserRecord) -> Result<()> {
         let ttl = self.anonymous_ttl();
-        match user.anonymous_until {
-            Some(until) if until.saturating_sub(unix_secs()) < ttl / 2 => {
-                let mut kept = user.clone();
-                kept.anonymous_until = Some(unix_secs() + ttl);
-                Ok(write
-                    .check(Space::Users, user.id.as_bytes(), Some(user_bytes))
-                    .put(Space::Users, user.id.as_bytes(), to_json(&kept)?))
-            }
-            _ => Ok(write),
+        let due = user
+            .anonymous_until
+            .is_some_and(|until| until.saturating_sub(unix_secs()) < ttl / 2);
+        if due {
+            self.update_user(&user.id, |u| {
+                if u.is_anonymous() {
+                    u.anonymous_until = Some(unix_secs() + ttl);
+                }
+            })
+            .await?;
         }
+        Ok(())
     }
 }
 

@@ -204,10 +204,8 @@ impl Accounts {
         if family.revoked || family.expires_at <= unix_secs() {
             return Err(invalid());
         }
-        let (user, user_bytes) = match self.load_user(&record.user_id).await? {
-            Some((user, bytes)) if !user.disabled && user.token_version == family.token_version => {
-                (user, bytes)
-            }
+        let user = match self.load_user(&record.user_id).await? {
+            Some((user, _)) if !user.disabled && user.token_version == family.token_version => user,
             _ => return Err(invalid()),
         };
         let used = RefreshRecord {
@@ -222,10 +220,12 @@ impl Accounts {
                 Some(family_bytes),
             )
             .put(Space::RefreshTokens, hash.as_bytes(), to_json(&used)?);
-        let write = self.keep_anonymous(&user, user_bytes, write)?;
         let (session, write) = self.next_refresh_token(&user, &record.family, write)?;
         match self.store.kv_write(write).await {
-            Ok(()) => Ok(session),
+            Ok(()) => {
+                self.keep_anonymous(&user).await?;
+                Ok(session)
+            }
             // Another refresh with the same token won the race: this one is a reuse.
             Err(StoreError::CasFailed) => {
                 self.revoke_family(&record.family).await?;
