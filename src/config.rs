@@ -442,6 +442,59 @@ pub struct AuthConfig {
     pub passwordless_signup: bool,
     /// Seconds an anonymous account lasts without a refresh before it is deleted.
     pub anonymous_ttl_secs: u64,
+    /// Sign-in providers (OAuth2 and OpenID Connect) by name, the name their URLs use
+    /// (`/v1/auth/oauth/{name}/...`). More can be added through the admin API.
+    pub providers: std::collections::BTreeMap<String, OAuthProviderConfig>,
+    /// Clock skew allowed when checking a provider's ID token (`exp`, `iat`), in seconds.
+    pub id_token_leeway_secs: u64,
+    /// Sign-ins with a provider started per client address per hour.
+    pub oauth_starts_per_ip_per_hour: usize,
+}
+
+/// A sign-in provider: `[auth.providers.<name>]` in the config file, or the body of
+/// `PUT /v1/admin/auth/providers/{name}`. Secrets can come from the environment
+/// (`EMBERBASE_AUTH__PROVIDERS__<NAME>__CLIENT_SECRET`) and are never shown back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthProviderConfig {
+    /// `oidc` (any OpenID Connect provider, by `issuer`) or a preset: `google`, `apple`,
+    /// `microsoft`, `gitlab` (OpenID Connect), `github`, `discord` (OAuth2 without ID tokens).
+    /// Empty: the provider's name when that is a preset, else `oidc`.
+    pub kind: String,
+    /// The name to show on a sign-in button. Empty: the kind's (`Google`...) or the name.
+    pub display_name: String,
+    /// The OpenID issuer; its discovery document is at
+    /// `{issuer}/.well-known/openid-configuration`. Presets set it; `oidc` needs it.
+    pub issuer: String,
+    /// The client id registered with the provider.
+    pub client_id: String,
+    /// The client secret. Write-only: the API says whether one is set, never what it is.
+    pub client_secret: String,
+    /// Scopes to ask for. Empty: the kind's (`openid email profile` for OpenID Connect).
+    pub scopes: Vec<String>,
+    /// Where a redirect sign-in may end (the app's page that exchanges the code): each an
+    /// exact URL, or a prefix ending in `/`. Empty: `auth.redirect_urls`.
+    pub redirect_urls: Vec<String>,
+    /// More `aud` values accepted in ID tokens that apps exchange (`POST
+    /// /v1/auth/oauth/{provider}/token`): the client ids of their platform SDKs.
+    pub audiences: Vec<String>,
+    /// This server's callback as registered with the provider. Empty:
+    /// `{auth.public_url}/v1/auth/oauth/{name}/callback`.
+    pub callback_url: String,
+    /// OAuth2 endpoints of `github` and `discord` (set them for GitHub Enterprise). OpenID
+    /// Connect providers publish theirs in discovery.
+    pub authorization_url: String,
+    pub token_url: String,
+    pub userinfo_url: String,
+    /// `microsoft`: the tenant (`common`, `organizations`, `consumers` or a tenant id). Empty:
+    /// `common`.
+    pub tenant: String,
+    /// `apple`: instead of a `client_secret`, the key that signs one: the team id, the key id
+    /// and the private key (PEM, from the Apple developer account).
+    pub apple_team_id: String,
+    pub apple_key_id: String,
+    /// Write-only, like `client_secret`.
+    pub apple_private_key: String,
 }
 
 impl Default for AuthConfig {
@@ -471,6 +524,9 @@ impl Default for AuthConfig {
             passwordless_ttl_secs: 900,
             passwordless_signup: true,
             anonymous_ttl_secs: 30 * 86_400,
+            providers: Default::default(),
+            id_token_leeway_secs: 60,
+            oauth_starts_per_ip_per_hour: 300,
         }
     }
 }
@@ -561,7 +617,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 50] = [
+        let ranges: [(&str, u64, u64, u64); 52] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -659,6 +715,13 @@ impl Config {
                 a.anonymous_ttl_secs,
                 1,
                 10 * 365 * 86_400,
+            ),
+            ("auth.id_token_leeway_secs", a.id_token_leeway_secs, 0, 3600),
+            (
+                "auth.oauth_starts_per_ip_per_hour",
+                a.oauth_starts_per_ip_per_hour as u64,
+                1,
+                1 << 20,
             ),
             (
                 "auth.passwordless_ttl_secs",
@@ -771,6 +834,11 @@ impl Config {
         }
         if let Err(e) = crate::outbound::Policy::new(&self.outbound.allow_private_hosts) {
             return invalid("outbound.allow_private_hosts", &e);
+        }
+        for (name, provider) in &self.auth.providers {
+            if let Err(e) = crate::auth::oauth::Provider::resolve(name, provider, &self.auth) {
+                return invalid(&format!("auth.providers.{name}"), &e);
+            }
         }
         let key = &self.auth.service_key;
         if !key.is_empty() && key.len() < 24 {

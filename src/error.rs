@@ -26,6 +26,8 @@ pub enum ErrorCode {
     RateLimited,
     Internal,
     FunctionFailed,
+    /// A sign-in provider could not be reached or gave an answer that cannot be used.
+    ProviderFailed,
     Unavailable,
 }
 
@@ -45,7 +47,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::FunctionFailed => 502,
+            ErrorCode::FunctionFailed | ErrorCode::ProviderFailed => 502,
             ErrorCode::Unavailable => 503,
         }
     }
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::FunctionFailed => "function_failed",
+            ErrorCode::ProviderFailed => "provider_failed",
             ErrorCode::Unavailable => "unavailable",
         }
     }

@@ -87,8 +87,9 @@ mod when;
 
 pub use api::openapi;
 pub use auth::{
-    Accounts, AuthError, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge,
-    PasswordlessProof, Principal, RecoveryCodes, Session, TotpEnrollment, User, UserPage,
+    Accounts, AuthError, CollidingUser, EmailCollision, LinkedIdentity, LoginResult, MfaAnswer,
+    MfaChallenge, OAuthProviderInfo, PasswordlessProof, Principal, RecoveryCodes, Session,
+    SignInProvider, TotpEnrollment, User, UserPage,
 };
 pub use changes::Changes;
 pub use config::Config;

@@ -136,6 +136,21 @@ impl Policy {
     }
 }
 
+/// An error with its causes, as the log shows it.
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Resolves with the system resolver, then keeps only the addresses the policy allows.
 struct SafeResolver(Policy);
 

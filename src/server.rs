@@ -418,7 +418,16 @@ pub(crate) async fn open_accounts(
         source,
     })?;
     let mailer = Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?;
-    let accounts = Accounts::new(store.clone(), hasher, tokens, config.auth.clone(), mailer);
+    let outbound = crate::outbound::Policy::new(&config.outbound.allow_private_hosts)
+        .map_err(|e| StartError::Other(format!("outbound.allow_private_hosts: {e}")))?;
+    let accounts = Accounts::new(
+        store.clone(),
+        hasher,
+        tokens,
+        config.auth.clone(),
+        mailer,
+        &outbound,
+    );
     accounts
         .migrate_email_case()
         .await

@@ -17,6 +17,7 @@ mod email;
 mod guest;
 mod identity;
 mod mfa;
+mod oauth;
 mod passwordless;
 mod prune;
 mod records;
@@ -24,6 +25,7 @@ mod sessions;
 
 pub use identity::{CollidingUser, EmailCollision};
 pub use mfa::{LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes, TotpEnrollment};
+pub use oauth::{LinkedIdentity, OAuthProviderInfo, SignInProvider};
 pub use passwordless::PasswordlessProof;
 pub use records::{Session, User, UserPage};
 
@@ -31,6 +33,7 @@ use records::{from_json, to_json, UserRecord};
 
 use super::error::{AuthError, Result};
 use super::mail::Mailer;
+use super::oauth::OAuthClient;
 use super::password::PasswordHasherPool;
 use super::throttle::WindowLimiter;
 use super::tokens::TokenIssuer;
@@ -88,6 +91,10 @@ pub struct Accounts {
     /// Reset requests being handled off the request path.
     mail_jobs: Arc<tokio::sync::Semaphore>,
     mailer: Mailer,
+    /// Sign-ins with a provider started, per client address.
+    oauth_ips: WindowLimiter,
+    /// The protocol client of sign-in providers.
+    oauth: OAuthClient,
 }
 
 /// Reset requests handled at once in the background; more are dropped (and logged).
@@ -107,10 +114,14 @@ impl Accounts {
         tokens: TokenIssuer,
         config: AuthConfig,
         mailer: Mailer,
+        outbound: &crate::outbound::Policy,
     ) -> Self {
         let window = Duration::from_secs(config.failure_window_secs);
         let hour = Duration::from_secs(3600);
         Accounts {
+            oauth_ips: WindowLimiter::new(config.oauth_starts_per_ip_per_hour, hour)
+                .shared_in(&store, "oauth-ip"),
+            oauth: OAuthClient::new(outbound, config.id_token_leeway_secs),
             account_failures: WindowLimiter::new(config.max_failures_per_account, window)
                 .shared_in(&store, "login-account"),
             ip_failures: WindowLimiter::new(config.max_failures_per_ip, window)

@@ -32,6 +32,12 @@ pub enum AuthError {
     /// Too many attempts; `retry_after` is in seconds.
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
+    /// A sign-in provider could not be reached, or answered what cannot be used.
+    #[error("{0}")]
+    Provider(String),
+    /// No sign-in provider has this name.
+    #[error("no sign-in provider is named {0:?}")]
+    ProviderNotFound(String),
     /// A failure of the server itself (the hashing threads, the signing keys).
     #[error("{0}")]
     Internal(String),
@@ -96,7 +102,10 @@ impl From<AuthError> for Error {
             AuthError::Invalid { field, .. } => Error::validation(message, &field),
             AuthError::Unauthenticated(_) => Error::unauthenticated(message),
             AuthError::Forbidden(_) => Error::forbidden(message),
-            AuthError::UserNotFound(_) => Error::not_found(message),
+            AuthError::UserNotFound(_) | AuthError::ProviderNotFound(_) => {
+                Error::not_found(message)
+            }
+            AuthError::Provider(_) => Error::new(ErrorCode::ProviderFailed, message),
             AuthError::EmailTaken | AuthError::Conflict(_) => {
                 Error::new(ErrorCode::Conflict, message)
             }

@@ -8,13 +8,15 @@
 pub(crate) mod accounts;
 mod error;
 pub(crate) mod mail;
+pub(crate) mod oauth;
 pub(crate) mod password;
 pub(crate) mod throttle;
 pub(crate) mod tokens;
 
 pub use accounts::{
-    Accounts, CollidingUser, EmailCollision, LoginResult, MfaAnswer, MfaChallenge,
-    PasswordlessProof, RecoveryCodes, Session, TotpEnrollment, User, UserPage,
+    Accounts, CollidingUser, EmailCollision, LinkedIdentity, LoginResult, MfaAnswer, MfaChallenge,
+    OAuthProviderInfo, PasswordlessProof, RecoveryCodes, Session, SignInProvider, TotpEnrollment,
+    User, UserPage,
 };
 
 use crate::model::Actor;
@@ -50,6 +52,8 @@ pub enum Principal {
         admin: bool,
         /// The user's profile, as rules read it (`auth.profile`).
         profile: serde_json::Map<String, Value>,
+        /// An anonymous account (`POST /v1/auth/anonymous`), until it is upgraded.
+        anonymous: bool,
     },
     /// A function handling an event of depth `depth - 1` (or an HTTP call, depth 1): acts with
     /// admin rights; its writes cause events of depth `depth`.
@@ -92,11 +96,13 @@ impl Principal {
             email: email.into(),
             admin,
             profile: serde_json::Map::new(),
+            anonymous: false,
         }
     }
 
     /// The value rules see as `auth`: `null`, or `{"id", "email", "role", "profile",
-    /// "anonymous"}` (an anonymous account is a user without an address: `email` null).
+    /// "anonymous"}` (`email` is null for an account without an address: an anonymous one,
+    /// or one from a provider that did not vouch for its address).
     pub(crate) fn auth_value(&self) -> Value {
         match self {
             Principal::Anonymous => Value::Null,
@@ -106,10 +112,11 @@ impl Principal {
                 email,
                 admin,
                 profile,
+                anonymous,
             } => json!({
                 "id": id, "email": (!email.is_empty()).then_some(email),
                 "role": if *admin { "admin" } else { "user" },
-                "profile": profile, "anonymous": email.is_empty(),
+                "profile": profile, "anonymous": anonymous,
             }),
             Principal::Function { name, .. } => {
                 json!({"id": null, "email": null, "role": "function", "function": name})

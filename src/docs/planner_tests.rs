@@ -257,6 +257,7 @@ fn aggregates_agree_with_naive_computation() {
         email: "u1@example.com".into(),
         admin: false,
         profile: Default::default(),
+        anonymous: false,
     };
     let rules = json!({"read": "doc.data.tag != \"z\"", "create": "true", "update": "true", "delete": "true"});
     let mut runner = TestRunner::new(Config {

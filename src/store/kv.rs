@@ -20,6 +20,16 @@ pub(crate) enum Space {
     MfaChallenges,
     /// An email address in lower case → its pending passwordless sign-in (code and link).
     Passwordless,
+    /// Provider name `00` the provider's subject → the user id it signs in as.
+    Identities,
+    /// Provider name → a sign-in provider added through the admin API.
+    OAuthProviders,
+    /// SHA-256 of a `state` → a sign-in with a provider waiting for its callback.
+    OAuthStates,
+    /// SHA-256 of a one-time code → a finished redirect sign-in waiting for the app's exchange.
+    OAuthCodes,
+    /// SHA-256 of an ID token an app exchanged → until when it is kept (single use).
+    OAuthUsed,
     /// SHA-256 of a refresh token → refresh record.
     RefreshTokens,
     /// Login family id → family record.
@@ -76,6 +86,11 @@ impl Space {
             Space::AccountsMeta => b"accmeta:",
             Space::MfaChallenges => b"mfa:",
             Space::Passwordless => b"pwless:",
+            Space::Identities => b"ident:",
+            Space::OAuthProviders => b"oauthprov:",
+            Space::OAuthStates => b"oauthst:",
+            Space::OAuthCodes => b"oauthcode:",
+            Space::OAuthUsed => b"oauthused:",
             Space::RefreshTokens => b"refresh:",
             Space::Families => b"family:",
             Space::EmailTokens => b"etoken:",

@@ -288,21 +288,6 @@ fn signature(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &str) -> String {
         .join(" ")
 }
 
-/// An error with its causes, as the log shows it.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Sends one message once, in a span that is a child of the message's trace.
 async fn deliver(
     webhooks: Webhooks,
@@ -406,7 +391,7 @@ async fn attempt(webhooks: &Webhooks, record: &WebhookRecord, done: &mut Done) {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        done.error = Some(describe(&e));
+                        done.error = Some(crate::outbound::describe(&e));
                         break;
                     }
                 }
@@ -416,7 +401,7 @@ async fn attempt(webhooks: &Webhooks, record: &WebhookRecord, done: &mut Done) {
                 done.response = Some(String::from_utf8_lossy(&excerpt).into_owned());
             }
         }
-        Err(e) => done.error = Some(describe(&e)),
+        Err(e) => done.error = Some(crate::outbound::describe(&e)),
     }
 }
 

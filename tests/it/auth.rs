@@ -487,10 +487,9 @@ fn fifty_concurrent_signups_with_one_email_make_one_account() {
     assert_eq!(users["items"].as_array().unwrap().len(), 1);
 }
 
-/// The token in the newest outbox mail to `to`.
 /// The token of the newest mail to `to` with `subject`, waiting for it: reset mails are sent
 /// off the request path.
-fn mailed_token(srv: &TestServer, to: &str, subject: &str) -> String {
+pub(crate) fn mailed_token(srv: &TestServer, to: &str, subject: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mail = loop {
         let outbox = srv.get("/v1/admin/outbox").expect(200).json;
@@ -1369,7 +1368,7 @@ fn a_data_directory_with_case_sensitive_addresses_is_migrated_and_collisions_are
 }
 
 /// The code an authenticator app shows for `secret` (base32) at `step` steps from now.
-fn totp_code(secret: &str, steps_from_now: i64) -> String {
+pub(crate) fn totp_code(secret: &str, steps_from_now: i64) -> String {
     let bytes = totp_rs::Secret::Encoded(secret.to_string())
         .to_bytes()
         .unwrap();

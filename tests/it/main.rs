@@ -15,6 +15,7 @@ mod files;
 mod functions;
 mod fuzz;
 mod hardening;
+mod oauth;
 mod operations;
 mod pg;
 mod queries;

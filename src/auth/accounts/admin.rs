@@ -89,7 +89,7 @@ impl Accounts {
             .check(Space::Users, id.as_bytes(), Some(bytes))
             .delete(Space::Users, id.as_bytes())
             .event(user.event("delete"));
-        let write = self.release_email(write, &user).await?;
+        let write = Self::release_identities(self.release_email(write, &user).await?, &user);
         match self.store.kv_write(write).await {
             Ok(()) => Ok(()),
             Err(StoreError::CasFailed) => Err(AuthError::Conflict(

@@ -75,9 +75,9 @@ impl Accounts {
         if user.email_verified {
             return Ok(());
         }
-        if user.is_anonymous() {
+        if user.email.is_empty() {
             return Err(AuthError::BadRequest(
-                "an anonymous account has no address to verify; upgrade it first".into(),
+                "this account has no address to verify; an anonymous one can be upgraded".into(),
             ));
         }
         self.limit_mail(client_ip, &user.email).await?;

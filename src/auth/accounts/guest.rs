@@ -20,9 +20,10 @@ use crate::store::{KvWrite, Space, StoreError};
 use serde_json::Map;
 
 impl UserRecord {
-    /// Whether this is an anonymous account (one without an address).
+    /// Whether this is an anonymous account: one made by `sign_in_anonymously` and not yet
+    /// upgraded (an account from a provider may lack an address without being anonymous).
     pub(super) fn is_anonymous(&self) -> bool {
-        self.email.is_empty()
+        self.anonymous_until.is_some()
     }
 }
 
@@ -49,6 +50,7 @@ impl Accounts {
             profile: Map::new(),
             totp: None,
             anonymous_until: Some(unix_secs() + self.anonymous_ttl()),
+            identities: Vec::new(),
         };
         let write = KvWrite::default()
             .check(Space::Users, user.id.as_bytes(), None)

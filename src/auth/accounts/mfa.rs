@@ -394,9 +394,9 @@ impl Accounts {
 }
 
 /// The failed-login window a user's wrong codes count in: its address's, as for passwords (an
-/// anonymous account has none, so its id).
+/// account without one, its id).
 fn failure_key(user: &UserRecord) -> String {
-    if user.is_anonymous() {
+    if user.email.is_empty() {
         user.id.clone()
     } else {
         super::identity::email_key(&user.email)

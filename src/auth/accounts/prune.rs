@@ -1,6 +1,7 @@
 //! Removing account records that can no longer be used: logins (families) that ended, were
 //! revoked or were cut off by a password change; refresh tokens of logins that are gone;
-//! expired email tokens, MFA challenges and passwordless sign-ins; anonymous accounts nobody
+//! expired email tokens, MFA challenges, passwordless sign-ins and the records of sign-ins with a
+//! provider; anonymous accounts nobody
 //! refreshed in `auth.anonymous_ttl_secs` (what they own stays); mail beyond the newest `mail.outbox_kept`; and a cluster's shared
 //! throttling windows once their events are old. Each record is deleted
 //! only if it is unchanged since it was read (compare-and-set), so pruning never races a
@@ -23,6 +24,8 @@ pub(crate) struct Pruned {
     pub email_tokens: usize,
     pub mfa_challenges: usize,
     pub passwordless: usize,
+    /// Sign-ins with a provider never finished, codes never exchanged, used ID tokens expired.
+    pub oauth: usize,
     pub anonymous_users: usize,
     pub mails: usize,
     /// Shared throttling windows (a cluster's) whose events are all old.
@@ -36,6 +39,7 @@ impl Pruned {
             + self.email_tokens
             + self.mfa_challenges
             + self.passwordless
+            + self.oauth
             + self.anonymous_users
             + self.mails
             + self.throttle_windows
@@ -51,6 +55,10 @@ impl Accounts {
         let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
         let mfa_challenges = self.prune_space(Space::MfaChallenges, now).await?;
         let passwordless = self.prune_space(Space::Passwordless, now).await?;
+        let mut oauth = 0;
+        for space in [Space::OAuthStates, Space::OAuthCodes, Space::OAuthUsed] {
+            oauth += self.prune_space(space, now).await?;
+        }
         let anonymous_users = self.prune_space(Space::Users, now).await?;
         let mails = self.prune_outbox(outbox_kept).await?;
         let throttle_windows = self.prune_space(Space::Throttle, now).await?;
@@ -60,6 +68,7 @@ impl Accounts {
             email_tokens,
             mfa_challenges,
             passwordless,
+            oauth,
             anonymous_users,
             mails,
             throttle_windows,
@@ -97,6 +106,9 @@ impl Accounts {
             }
             Space::MfaChallenges => super::mfa::expired(bytes, now),
             Space::Passwordless => super::passwordless::expired(bytes, now),
+            Space::OAuthStates | Space::OAuthCodes | Space::OAuthUsed => {
+                super::oauth::expired(bytes, now)
+            }
             Space::Users => from_json::<super::records::UserRecord>(bytes)
                 .is_ok_and(|u| super::guest::abandoned(&u, now)),
             // A shared throttling window whose newest event has left the longest window.

@@ -1,6 +1,7 @@
 //! The stored records of accounts (users, refresh tokens, login families, one-time email
 //! tokens), what the API shows of them, and the checks on an email address.
 
+use super::oauth::LinkedIdentity;
 use crate::auth::error::{internal, invalid, AuthError, Result};
 use crate::error::StorageError;
 use crate::model::AccountEvent;
@@ -16,7 +17,8 @@ pub(super) const MAX_PROFILE_BYTES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
-    /// Null for an anonymous account.
+    /// Null for an anonymous account, and for one made by a sign-in with a provider that did
+    /// not vouch for its address.
     pub email: Option<String>,
     /// An account without an address, from `POST /v1/auth/anonymous`, until it is upgraded.
     #[serde(default)]
@@ -35,6 +37,9 @@ pub struct User {
     /// `auth.profile`.
     #[schema(value_type = HashMap<String, serde_json::Value>, example = json!({"name": "Ada"}))]
     pub profile: Map<String, Value>,
+    /// Sign-in providers linked to the account.
+    #[serde(default)]
+    pub identities: Vec<LinkedIdentity>,
 }
 
 /// What signup, login and refresh return.
@@ -69,13 +74,16 @@ pub(super) struct UserRecord {
     /// For an anonymous account: when it is deleted unless refreshed (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) anonymous_until: Option<u64>,
+    /// Provider identities linked to the account (each also in `Space::Identities`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) identities: Vec<LinkedIdentity>,
 }
 
 impl UserRecord {
     pub(super) fn public(&self) -> User {
         User {
             id: self.id.clone(),
-            email: (!self.is_anonymous()).then(|| self.email.clone()),
+            email: (!self.email.is_empty()).then(|| self.email.clone()),
             anonymous: self.is_anonymous(),
             role: self.role.clone(),
             created_at: self.created_at.clone(),
@@ -86,6 +94,7 @@ impl UserRecord {
                 .as_ref()
                 .is_some_and(super::mfa::TotpRecord::confirmed),
             profile: self.profile.clone(),
+            identities: self.identities.clone(),
         }
     }
 
@@ -172,6 +181,7 @@ pub(super) fn new_user(
         profile,
         totp: None,
         anonymous_until: None,
+        identities: Vec::new(),
     };
     let key = super::identity::email_key(email);
     let write = KvWrite::default()

@@ -300,6 +300,7 @@ impl Accounts {
         }
         let who = Principal::User {
             admin: user.role == "admin",
+            anonymous: user.is_anonymous(),
             id: user.id,
             email: user.email,
             profile: user.profile,

@@ -41,6 +41,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/auth/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every sign-in provider with its settings (secrets left out), from the config file and from
+         *     this API.
+         */
+        get: operations["list_auth_providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/auth/providers/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Add or replace a sign-in provider. Secrets left empty keep the stored ones. The settings
+         *     are checked, and an OpenID Connect provider's discovery document read, before anything is
+         *     stored. Providers of the config file are changed there.
+         */
+        put: operations["put_auth_provider"];
+        post?: never;
+        /**
+         * Remove a sign-in provider added through this API. Linked identities stay, and sign in
+         *     again if a provider of this name returns.
+         */
+        delete: operations["delete_auth_provider"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/auth/rotate-key": {
         parameters: {
             query?: never;
@@ -650,6 +695,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/identities/{provider}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Link the identity of an ID token (from the provider's platform SDK) to the signed-in
+         *     account.
+         */
+        post: operations["identity_link"];
+        /** Unlink the signed-in account's identity of a provider, unless it is the only way to sign in. */
+        delete: operations["identity_unlink"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/identities/{provider}/authorize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start linking a provider to the signed-in account: open the URL it answers in the browser.
+         *     The browser comes back to `redirect_url` with `linked=<provider>` (or `error`). An
+         *     anonymous account linked this way becomes a regular one, with the same id.
+         */
+        post: operations["identity_authorize"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/login": {
         parameters: {
             query?: never;
@@ -774,6 +861,108 @@ export interface paths {
          *     works once, and five wrong codes void it.
          */
         post: operations["mfa_verify"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/exchange": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Exchange the one-time code of a finished redirect sign-in (within two minutes, once) for a
+         *     session, or the MFA challenge when the account has TOTP on.
+         */
+        post: operations["oauth_exchange"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The providers an app can offer sign-in buttons for. */
+        get: operations["oauth_providers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/{provider}/authorize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Start a sign-in with a provider: open this URL in the browser (a redirect to the provider,
+         *     with PKCE, `state` and `nonce`). The browser comes back to `redirect_url` with a one-time
+         *     `code` for `POST /v1/auth/oauth/exchange` (or with `error` and `error_description`); never
+         *     with tokens.
+         */
+        get: operations["oauth_authorize"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/{provider}/callback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Where the provider sends the browser back (register this URL with it). Ends the sign-in and
+         *     sends the browser to the app's `redirect_url`: with `code`, with `linked=<provider>` for a
+         *     link, or with `error` and `error_description`.
+         */
+        get: operations["oauth_callback"];
+        put?: never;
+        /** The same callback as a form post (Apple's `response_mode=form_post`). */
+        post: operations["oauth_callback_form"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/auth/oauth/{provider}/token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sign in with an ID token a mobile app got from the provider's platform SDK (OpenID Connect
+         *     providers). The token must be for the provider's client id or one of its `audiences`,
+         *     unexpired, signed by the provider, and is accepted once.
+         */
+        post: operations["oauth_token"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1278,6 +1467,10 @@ export interface components {
             code?: string | null;
             recovery_code?: string | null;
         };
+        AuthorizeUrl: {
+            /** @description Send the browser here. */
+            authorize_url: string;
+        };
         Backend: {
             /** @description `sled` (embedded) or `postgres` for the storage; `local` or `s3` for files. */
             backend: string;
@@ -1528,6 +1721,12 @@ export interface components {
             /** @description A human-readable explanation. */
             message: string;
         };
+        ExchangeRequest: {
+            /** @description The `code` the redirect to the app carried (`ebauth_...`). */
+            code: string;
+            /** @description The verifier of the `code_challenge` the sign-in started with, if it did. */
+            code_verifier?: string | null;
+        };
         /** @description A document with the documents its relation fields reference, as `expand` asked. */
         ExpandedDocument: components["schemas"]["Document"] & {
             /**
@@ -1663,6 +1862,12 @@ export interface components {
             /** @description The server's version. */
             version: string;
         };
+        IdTokenRequest: {
+            /** @description An ID token from the provider's platform SDK (Sign in with Apple, Google Sign-In...). */
+            id_token: string;
+            /** @description The nonce given to the SDK, if one was; the token's `nonce` is it or its SHA-256 (hex). */
+            nonce?: string | null;
+        };
         /** @description An index and whether the planner uses it yet. */
         IndexState: {
             /** @description The index's fields, as declared. */
@@ -1740,6 +1945,21 @@ export interface components {
         InvocationList: {
             items: components["schemas"]["Invocation"][];
         };
+        LinkRequest: {
+            /** @description Where the browser returns, with `?linked=<provider>` or `?error=`. */
+            redirect_url: string;
+        };
+        /** @description A provider identity linked to an account. */
+        LinkedIdentity: {
+            /** @description The address the provider gave, if any, and whether it vouched for it. */
+            email?: string | null;
+            email_verified: boolean;
+            linked_at: string;
+            /** @description The provider's name in this server's configuration. */
+            provider: string;
+            /** @description The provider's id of the user. */
+            subject: string;
+        };
         /** @description One line a function logged. */
         LogLine: {
             at: string;
@@ -1796,6 +2016,107 @@ export interface components {
             items: components["schemas"]["Nonconforming"][];
             /** @description Pass as `cursor` for the next page; absent at the end of the collection. */
             next_cursor?: string | null;
+        };
+        /**
+         * @description A sign-in provider: `[auth.providers.<name>]` in the config file, or the body of
+         *     `PUT /v1/admin/auth/providers/{name}`. Secrets can come from the environment
+         *     (`EMBERBASE_AUTH__PROVIDERS__<NAME>__CLIENT_SECRET`) and are never shown back.
+         */
+        OAuthProviderConfig: {
+            /** @default  */
+            apple_key_id: string;
+            /**
+             * @description Write-only, like `client_secret`.
+             * @default
+             */
+            apple_private_key: string;
+            /**
+             * @description `apple`: instead of a `client_secret`, the key that signs one: the team id, the key id
+             *     and the private key (PEM, from the Apple developer account).
+             * @default
+             */
+            apple_team_id: string;
+            /**
+             * @description More `aud` values accepted in ID tokens that apps exchange (`POST
+             *     /v1/auth/oauth/{provider}/token`): the client ids of their platform SDKs.
+             * @default []
+             */
+            audiences: string[];
+            /**
+             * @description OAuth2 endpoints of `github` and `discord` (set them for GitHub Enterprise). OpenID
+             *     Connect providers publish theirs in discovery.
+             * @default
+             */
+            authorization_url: string;
+            /**
+             * @description This server's callback as registered with the provider. Empty:
+             *     `{auth.public_url}/v1/auth/oauth/{name}/callback`.
+             * @default
+             */
+            callback_url: string;
+            /**
+             * @description The client id registered with the provider.
+             * @default
+             */
+            client_id: string;
+            /**
+             * @description The client secret. Write-only: the API says whether one is set, never what it is.
+             * @default
+             */
+            client_secret: string;
+            /**
+             * @description The name to show on a sign-in button. Empty: the kind's (`Google`...) or the name.
+             * @default
+             */
+            display_name: string;
+            /**
+             * @description The OpenID issuer; its discovery document is at
+             *     `{issuer}/.well-known/openid-configuration`. Presets set it; `oidc` needs it.
+             * @default
+             */
+            issuer: string;
+            /**
+             * @description `oidc` (any OpenID Connect provider, by `issuer`) or a preset: `google`, `apple`,
+             *     `microsoft`, `gitlab` (OpenID Connect), `github`, `discord` (OAuth2 without ID tokens).
+             *     Empty: the provider's name when that is a preset, else `oidc`.
+             * @default
+             */
+            kind: string;
+            /**
+             * @description Where a redirect sign-in may end (the app's page that exchanges the code): each an
+             *     exact URL, or a prefix ending in `/`. Empty: `auth.redirect_urls`.
+             * @default []
+             */
+            redirect_urls: string[];
+            /**
+             * @description Scopes to ask for. Empty: the kind's (`openid email profile` for OpenID Connect).
+             * @default []
+             */
+            scopes: string[];
+            /**
+             * @description `microsoft`: the tenant (`common`, `organizations`, `consumers` or a tenant id). Empty:
+             *     `common`.
+             * @default
+             */
+            tenant: string;
+            /** @default  */
+            token_url: string;
+            /** @default  */
+            userinfo_url: string;
+        };
+        /** @description A provider as admins see it: its settings without secrets. */
+        OAuthProviderInfo: {
+            /** @description The callback to register with the provider. */
+            callback_url: string;
+            display_name: string;
+            has_apple_private_key: boolean;
+            has_client_secret: boolean;
+            kind: string;
+            name: string;
+            /** @description The settings as given, with `client_secret` and `apple_private_key` left empty. */
+            settings: components["schemas"]["OAuthProviderConfig"];
+            /** @description `config` (the config file; read-only through the API) or `api`. */
+            source: string;
         };
         /**
          * @description What deleting a referenced document does to the documents that reference it.
@@ -1913,6 +2234,18 @@ export interface components {
             token_type: string;
             user: components["schemas"]["User"];
         };
+        /** @description A provider apps can offer a sign-in button for (`GET /v1/auth/oauth/providers`). */
+        SignInProvider: {
+            display_name: string;
+            /**
+             * @description Whether apps may also exchange an ID token from a platform SDK
+             *     (`POST /v1/auth/oauth/{provider}/token`): OpenID Connect providers.
+             */
+            id_tokens: boolean;
+            /** @description `oidc`, `google`, `apple`, `microsoft`, `gitlab`, `github` or `discord`. */
+            kind: string;
+            name: string;
+        };
         SignRequest: {
             /**
              * Format: int64
@@ -2019,10 +2352,15 @@ export interface components {
             created_at: string;
             /** @description Disabled users cannot sign in, and their tokens stop working. */
             disabled: boolean;
-            /** @description Null for an anonymous account. */
+            /**
+             * @description Null for an anonymous account, and for one made by a sign-in with a provider that did
+             *     not vouch for its address.
+             */
             email?: string | null;
             email_verified: boolean;
             id: string;
+            /** @description Sign-in providers linked to the account. */
+            identities?: components["schemas"]["LinkedIdentity"][];
             /** @description Whether signing in also takes a code from an authenticator app (TOTP). */
             mfa_enabled?: boolean;
             /**
@@ -2310,6 +2648,227 @@ export interface operations {
             };
             /** @description The body is not of the type the route takes */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_auth_providers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The providers */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthProviderInfo"][];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_auth_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name (a-z, 0-9, - and _), in its URLs */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OAuthProviderConfig"];
+            };
+        };
+        responses: {
+            /** @description Stored */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthProviderInfo"];
+                };
+            };
+            /** @description Settings that cannot work, and why (an issuer whose discovery document cannot be read, too) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The provider is set in the config file */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_auth_provider: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The provider is set in the config file */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5131,6 +5690,245 @@ export interface operations {
             };
         };
     };
+    identity_link: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IdTokenRequest"];
+            };
+        };
+        responses: {
+            /** @description Linked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in, or an invalid, expired, foreign or used ID token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The identity is linked to another user, or the account has one of this provider already */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    identity_unlink: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Unlinked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No identity of this provider is linked */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description It is the account's only way to sign in */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    identity_authorize: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LinkRequest"];
+            };
+        };
+        responses: {
+            /** @description Where to send the browser */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthorizeUrl"];
+                };
+            };
+            /** @description A redirect_url not allowed for the provider */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not signed in */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     login: {
         parameters: {
             query?: never;
@@ -5662,6 +6460,350 @@ export interface operations {
             };
             /** @description Too many wrong codes; see Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    oauth_exchange: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ExchangeRequest"];
+            };
+        };
+        responses: {
+            /** @description Signed in, or the MFA challenge */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResult"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A wrong, expired or used code, or a code_verifier that does not match */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    oauth_providers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The providers */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignInProvider"][];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    oauth_authorize: {
+        parameters: {
+            query: {
+                /**
+                 * @description Where the browser returns when the sign-in ends, with `?code=` or `?error=`: one of the
+                 *     provider's `redirect_urls` (or `auth.redirect_urls`).
+                 */
+                redirect_url: string;
+                /** @description A PKCE S256 challenge of a verifier the app keeps: the code's exchange then takes it. */
+                code_challenge?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description To the provider's sign-in page */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description A redirect_url not allowed for the provider, or a malformed code_challenge */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many sign-ins started from this address; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The provider's discovery document cannot be read */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    oauth_callback: {
+        parameters: {
+            query?: {
+                code?: string;
+                state?: string;
+                /** @description The provider's error (`access_denied` when the user declined). */
+                error?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description To the app's redirect_url */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description An unknown, expired or used state: start again */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    oauth_callback_form: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/x-www-form-urlencoded": {
+                    code?: string | null;
+                    error?: string | null;
+                    state?: string | null;
+                };
+            };
+        };
+        responses: {
+            /** @description To the app's redirect_url */
+            302: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description An unknown, expired or used state: start again */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    oauth_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                provider: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IdTokenRequest"];
+            };
+        };
+        responses: {
+            /** @description Signed in, or the MFA challenge */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginResult"];
+                };
+            };
+            /** @description The provider issues no ID tokens */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An invalid, expired, foreign or used ID token, or a wrong nonce */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The account is disabled */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The provider's keys cannot be read */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
