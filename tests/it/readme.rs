@@ -85,7 +85,7 @@ const EXCLUDED: &[Excluded] = &[
     },
     Excluded {
         file: "examples/todo-web/README.md",
-        line: "cargo run --release -- serve                      # the server, on 127.0.0.1:7070",
+        line: "EMBERBASE_AUTH__REDIRECT_URLS='[\"http://127.0.0.1:8000/examples/todo-web/\"]' cargo run --release -- serve",
         reason: SERVE,
     },
     Excluded {

@@ -41,6 +41,11 @@ fn typescript_sdk_builds_and_passes_its_tests() {
         &npm(&sdk, &["run", "check:generated"]),
     );
     check("npm run build", &npm(&sdk, &["run", "build"]));
+    // The sign-in provider test starts the providers of tests/oidc (npm packages of their own).
+    let oidc = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+    if let Err(e) = crate::oauth::npm_ci(&oidc) {
+        panic!("{e}");
+    }
     let echo = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(echo.path(), crate::functions::echo()).unwrap();
     let out = Command::new("npm")
@@ -48,6 +53,7 @@ fn typescript_sdk_builds_and_passes_its_tests() {
         .current_dir(&sdk)
         .env("SDK_TEST_BIN", env!("CARGO_BIN_EXE_emberbase"))
         .env("SDK_TEST_ECHO_WASM", echo.path())
+        .env("SDK_TEST_OIDC_DIR", &oidc)
         .output()
         .unwrap();
     check("npm test", &out);

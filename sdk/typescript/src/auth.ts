@@ -6,6 +6,52 @@ import type { StoredSession, TokenStore, User } from "./storage.js";
 type Session = components["schemas"]["Session"];
 type LoginResult = components["schemas"]["LoginResult"];
 type TotpEnrollment = components["schemas"]["TotpEnrollment"];
+/** A sign-in provider the server offers (`auth.providers()`). */
+export type SignInProvider = components["schemas"]["SignInProvider"];
+
+/** Where a redirect sign-in keeps its PKCE verifier between leaving the page and coming back. */
+const VERIFIER_KEY = "emberbase.oauth.verifier";
+
+/** Options of a redirect to a provider. */
+export interface OAuthRedirectOptions {
+  /** Where the browser comes back to (one the server allows for the provider). */
+  redirectUrl: string;
+  /**
+   * Whether to send the browser there now (the default where there is a `window`). Without it,
+   * open `url` yourself (a React Native web view, a system browser) and keep `verifier` for
+   * `exchangeCode`.
+   */
+  redirect?: boolean;
+}
+
+/** A PKCE verifier (43 characters) and its S256 challenge. */
+async function pkcePair(): Promise<{ verifier: string; challenge: string }> {
+  const bytes = new Uint8Array(32);
+  globalThis.crypto.getRandomValues(bytes);
+  const verifier = base64url(bytes);
+  const digest = await globalThis.crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier));
+  return { verifier, challenge: base64url(new Uint8Array(digest)) };
+}
+
+function base64url(bytes: Uint8Array): string {
+  let text = "";
+  bytes.forEach((b) => (text += String.fromCharCode(b)));
+  return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** The browser's session storage, where there is one. */
+function sessionStore(): Storage | null {
+  try {
+    return (globalThis as { sessionStorage?: Storage }).sessionStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function navigate(url: string, redirect: boolean | undefined): void {
+  const location = (globalThis as { location?: Location }).location;
+  if ((redirect ?? true) && location && typeof location.assign === "function") location.assign(url);
+}
 
 /** What answers a second-factor check: a code from the authenticator app, or a recovery code. */
 export type MfaAnswer = { code: string } | { recoveryCode: string };
@@ -137,6 +183,97 @@ export class Auth implements TokenSource {
     // Signed in anonymously: the address becomes this account's (an upgrade, same id).
     const guest = this.user?.anonymous ? await this.token() : null;
     return this.start("/v1/auth/passwordless/verify", proof, guest);
+  }
+
+  /** The sign-in providers the server offers, for sign-in buttons. */
+  async providers(): Promise<SignInProvider[]> {
+    const response = await this.transport.anonymous("/v1/auth/oauth/providers", { method: "GET" });
+    if (!response.ok) throw await EmberbaseError.fromResponse(response);
+    return (await response.json()) as SignInProvider[];
+  }
+
+  /**
+   * Starts signing in with a provider (`google`, `github`... as the server names them): sends
+   * the browser to it, with a PKCE challenge whose verifier waits in session storage. The
+   * browser comes back to `redirectUrl` with a one-time code; call `exchangeCode()` there.
+   * Resolves to the URL and the verifier, for apps that open the URL themselves.
+   */
+  async signInWithOAuth(provider: string, options: OAuthRedirectOptions): Promise<{ url: string; verifier: string }> {
+    const { verifier, challenge } = await pkcePair();
+    const query = new URLSearchParams({ redirect_url: options.redirectUrl, code_challenge: challenge });
+    const url = this.transport.url(`/v1/auth/oauth/${encodeURIComponent(provider)}/authorize?${query}`);
+    sessionStore()?.setItem(VERIFIER_KEY, verifier);
+    navigate(url, options.redirect);
+    return { url, verifier };
+  }
+
+  /**
+   * Finishes a redirect sign-in: exchanges the `code` the browser came back with (read from
+   * the page's URL when not given) and the stored verifier for a session. Rejects with the
+   * provider's or the server's `error` when the URL carries one, and with a `MfaRequiredError`
+   * when the account has two-factor authentication on.
+   */
+  async exchangeCode(code?: string, verifier?: string): Promise<User> {
+    const params = new URLSearchParams((globalThis as { location?: Location }).location?.search ?? "");
+    const error = params.get("error");
+    if (!code && error) {
+      throw new EmberbaseError(401, error, params.get("error_description") ?? error);
+    }
+    const found = code ?? params.get("code");
+    if (!found) throw new EmberbaseError(400, "bad_request", "no code to exchange: the URL has none");
+    const store = sessionStore();
+    const proof = verifier ?? store?.getItem(VERIFIER_KEY) ?? undefined;
+    store?.removeItem(VERIFIER_KEY);
+    return this.start("/v1/auth/oauth/exchange", proof ? { code: found, code_verifier: proof } : { code: found });
+  }
+
+  /**
+   * Signs in with an ID token from a provider's platform SDK (Sign in with Apple, Google
+   * Sign-In...), with the nonce given to that SDK if there was one.
+   */
+  async signInWithIdToken(provider: string, idToken: string, nonce?: string): Promise<User> {
+    const body = nonce ? { id_token: idToken, nonce } : { id_token: idToken };
+    return this.start(`/v1/auth/oauth/${encodeURIComponent(provider)}/token`, body);
+  }
+
+  /**
+   * Links a provider to the signed-in account: with `redirectUrl`, through the provider's page
+   * (the browser comes back with `?linked=<provider>`, or `?error=`); with `idToken`, at once,
+   * resolving to the user. An anonymous account linked this way keeps its id and data.
+   */
+  async linkIdentity(
+    provider: string,
+    how: OAuthRedirectOptions | { idToken: string; nonce?: string },
+  ): Promise<{ url: string } | User> {
+    if ("idToken" in how) {
+      const body = how.nonce ? { id_token: how.idToken, nonce: how.nonce } : { id_token: how.idToken };
+      const user = await this.transport.call<User>((headers) =>
+        this.transport.api.POST("/v1/auth/identities/{provider}", { headers, params: { path: { provider } }, body }),
+      );
+      if (this.current) await this.replace({ ...this.current, user });
+      return user;
+    }
+    const started = await this.transport.call((headers) =>
+      this.transport.api.POST("/v1/auth/identities/{provider}/authorize", {
+        headers,
+        params: { path: { provider } },
+        body: { redirect_url: how.redirectUrl },
+      }),
+    );
+    navigate(started.authorize_url, how.redirect);
+    return { url: started.authorize_url };
+  }
+
+  /** Unlinks the signed-in account's identity of `provider`; resolves to the user. */
+  async unlinkIdentity(provider: string): Promise<User> {
+    const user = await this.transport.call<User>((headers) =>
+      this.transport.api.DELETE("/v1/auth/identities/{provider}", {
+        headers,
+        params: { path: { provider } },
+      }),
+    );
+    if (this.current) await this.replace({ ...this.current, user });
+    return user;
   }
 
   /** Signs out: the server revokes this login's refresh token, and the stored session is removed. */

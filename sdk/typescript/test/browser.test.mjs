@@ -8,7 +8,7 @@ import { dirname, extname, join, normalize, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import puppeteer from "puppeteer-core";
-import { admin, startServer } from "./server.mjs";
+import { admin, startProviders, startServer } from "./server.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const chromium =
@@ -45,10 +45,19 @@ function staticServer() {
 let api;
 let web;
 let browser;
+let providers;
 before(async () => {
   if (!chromium) return;
-  api = await startServer();
   web = await staticServer();
+  // Sign-in links may lead back to the example's page.
+  const page = `http://127.0.0.1:${web.address().port}/examples/todo-web/`;
+  api = await startServer({
+    EMBERBASE_AUTH__REDIRECT_URLS: JSON.stringify([page]),
+    // The test providers are on loopback.
+    EMBERBASE_OUTBOUND__ALLOW_PRIVATE_HOSTS: '["127.0.0.1"]',
+  });
+  providers = await startProviders();
+  await providers?.addGithub(api, [page]);
   browser = await puppeteer.launch({
     executablePath: chromium,
     headless: true,
@@ -65,6 +74,7 @@ before(async () => {
   });
 });
 after(async () => {
+  providers?.stop();
   await browser?.close();
   web?.close();
   await api?.stop();
@@ -138,6 +148,68 @@ test("todo-web: sign up, add, complete, delete, live in a second tab", { skip: !
   await until(first, "after a reload", hasTodo, "walk the dog");
   assert.deepEqual(await titles(first), ["walk the dog"]);
   assert.deepEqual([...first.errors, ...second.errors], []);
+});
+
+test("todo-web: sign in with a link from the mail, which works once", { skip: !chromium }, async () => {
+  // A fresh profile, signed out.
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  page.errors = [];
+  page.on("pageerror", (e) => page.errors.push(e.message));
+  const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/?server=${encodeURIComponent(api.url)}`;
+  await page.goto(url);
+  await until(page, "the sign-in form", () => !document.getElementById("signed-out").hidden);
+  const email = `link-${Date.now()}@example.com`;
+  await page.type("#email", email);
+  await page.click("#magic-link");
+  await until(page, "the mail sent", () => document.getElementById("sent").textContent.includes("Check"));
+  await page.screenshot({ path: join(shots, "todo-web-link-sent.png") });
+
+  // The mail (in the outbox: no SMTP here) links back to this page with a token.
+  let link;
+  for (let i = 0; i < 200 && !link; i++) {
+    const outbox = await admin(api, "GET", "/v1/admin/outbox");
+    const mail = outbox.items.find((m) => m.to === email);
+    link = mail?.body.match(/Or open this link: (\S+)/)?.[1];
+    if (!link) await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(link?.startsWith(url.replace(/\?.*/, "")), `a link to the page: ${link}`);
+  await page.goto(link);
+  await until(page, "signed in by the link", () => !document.getElementById("signed-in").hidden);
+  assert.equal(await page.$eval("#who", (e) => e.textContent), email);
+  await until(page, "the token gone from the address bar", () => !location.search.includes("token="));
+  await until(page, "live", () => document.getElementById("status").textContent === "live");
+  await page.screenshot({ path: join(shots, "todo-web-link-signed-in.png") });
+
+  // The link works once: opened again, signed out, it says so.
+  await page.click("#logout");
+  await until(page, "signed out", () => !document.getElementById("signed-out").hidden);
+  await page.goto(link);
+  await until(page, "the used link refused", () => document.getElementById("error").textContent.includes("used"));
+  assert.equal(await page.$eval("#signed-in", (e) => e.hidden), true);
+  assert.deepEqual(page.errors, []);
+  await context.close();
+});
+
+test("todo-web: sign in with GitHub through the redirect flow", { skip: !chromium || !process.env.SDK_TEST_OIDC_DIR }, async () => {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  page.errors = [];
+  page.on("pageerror", (e) => page.errors.push(e.message));
+  const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/?server=${encodeURIComponent(api.url)}`;
+  await page.goto(url);
+  // A button for each provider the server offers.
+  await until(page, "the GitHub button", () => [...document.querySelectorAll("#providers button")].some((b) => b.textContent === "Sign in with GitHub"));
+  await page.screenshot({ path: join(shots, "todo-web-providers.png") });
+  // To the provider and back with a one-time code, which the page exchanges with the
+  // verifier it kept in session storage.
+  await Promise.all([page.waitForNavigation(), page.click("#providers button")]);
+  await until(page, "signed in with GitHub", () => !document.getElementById("signed-in").hidden);
+  assert.equal(await page.$eval("#who", (e) => e.textContent), "octocat@example.com");
+  await until(page, "the code gone from the address bar", () => !location.search.includes("code="));
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("emberbase.oauth.verifier")), null);
+  assert.deepEqual(page.errors, []);
+  await context.close();
 });
 
 test("seven live queries in one page share one connection and all receive events", { skip: !chromium }, async () => {

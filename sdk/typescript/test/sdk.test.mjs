@@ -15,7 +15,7 @@ import {
   MfaRequiredError,
   serverTime,
 } from "../dist/index.js";
-import { admin, eventually, sleep, startServer } from "./server.mjs";
+import { admin, eventually, sleep, startProviders, startServer } from "./server.mjs";
 
 const PASSWORD = "correct horse battery";
 let counter = 0;
@@ -540,5 +540,61 @@ describe("sessions and reconnection", () => {
       [1, 2, 3, 4, 5],
     );
     sub.stop();
+  });
+});
+
+describe("sign-in with a provider", () => {
+  let server;
+  let providers;
+  before(async () => {
+    providers = await startProviders();
+    if (!providers) return;
+    server = await startServer({ EMBERBASE_OUTBOUND__ALLOW_PRIVATE_HOSTS: '["127.0.0.1"]' });
+    await providers.addGithub(server, ["http://app.test/"]);
+  });
+  after(async () => {
+    providers?.stop();
+    await server?.stop();
+  });
+
+  /** Follows redirects as a browser would, until one leads to the app. */
+  async function browse(url) {
+    let next = url;
+    for (let i = 0; i < 10 && !next.startsWith("http://app.test/"); i++) {
+      const response = await fetch(next, { redirect: "manual" });
+      assert.equal(response.status, 302, `${next}: ${await response.text()}`);
+      next = new URL(response.headers.get("location"), next).toString();
+    }
+    return new URL(next);
+  }
+
+  test("auth: signInWithOAuth, exchangeCode, providers and unlinkIdentity", { skip: !process.env.SDK_TEST_OIDC_DIR }, async () => {
+    const eb = new Emberbase(server.url);
+    assert.deepEqual(await eb.auth.providers(), [
+      { name: "github", display_name: "GitHub", kind: "github", id_tokens: false },
+    ]);
+    // Outside a browser: the URL and the verifier, kept by the app.
+    const { url, verifier } = await eb.auth.signInWithOAuth("github", { redirectUrl: "http://app.test/cb", redirect: false });
+    assert.ok(url.startsWith(`${server.url}/v1/auth/oauth/github/authorize?`), url);
+    const back = await browse(url);
+    const code = back.searchParams.get("code");
+    assert.ok(code?.startsWith("ebauth_"), back.toString());
+    // Another verifier: refused, and the code is spent.
+    const wrong = await failure(eb.auth.exchangeCode(code, "x".repeat(43)));
+    assert.equal(wrong.status, 401);
+    const again = await eb.auth.signInWithOAuth("github", { redirectUrl: "http://app.test/cb", redirect: false });
+    const user = await eb.auth.exchangeCode((await browse(again.url)).searchParams.get("code"), again.verifier);
+    assert.equal(user.email, "octocat@example.com");
+    assert.equal(user.identities[0].provider, "github");
+    assert.equal(eb.auth.user?.id, user.id);
+    assert.equal((await eb.auth.me()).identities.length, 1);
+    // The account has an address, so the identity can go.
+    const unlinked = await eb.auth.unlinkIdentity("github");
+    assert.deepEqual(unlinked.identities, []);
+    const gone = await failure(eb.auth.unlinkIdentity("github"));
+    assert.equal(gone.code, "not_found");
+    // ID tokens are for OpenID Connect providers; GitHub has none.
+    const none = await failure(eb.auth.signInWithIdToken("github", "a.b.c"));
+    assert.equal(none.code, "bad_request");
   });
 });

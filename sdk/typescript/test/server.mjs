@@ -85,3 +85,34 @@ export async function eventually(what, check, ms = 10_000) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The test sign-in providers of tests/oidc (whose packages the Rust suite installs; it passes
+ * their folder in SDK_TEST_OIDC_DIR, else null): `url` and `stop()`. `addGithub(server,
+ * redirectUrls)` makes their GitHub-style OAuth2 server the `github` provider of `server`.
+ */
+export async function startProviders() {
+  const dir = process.env.SDK_TEST_OIDC_DIR;
+  if (!dir) return null;
+  const child = spawn(process.execPath, ["provider.mjs"], { cwd: dir, stdio: ["pipe", "pipe", "inherit"] });
+  const url = await new Promise((resolveUrl, reject) => {
+    child.once("exit", (code) => reject(new Error(`the test providers exited with ${code}`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      if (line.startsWith("{")) resolveUrl(JSON.parse(line).url);
+    });
+  });
+  return {
+    url,
+    stop: () => child.kill(),
+    addGithub: (server, redirectUrls) =>
+      admin(server, "PUT", "/v1/admin/auth/providers/github", {
+        client_id: "gh-client",
+        client_secret: "gh-secret",
+        redirect_urls: redirectUrls,
+        authorization_url: `${url}/github/login/oauth/authorize`,
+        token_url: `${url}/github/login/oauth/access_token`,
+        userinfo_url: `${url}/github/user`,
+        callback_url: `${server.url}/v1/auth/oauth/github/callback`,
+      }),
+  };
+}
