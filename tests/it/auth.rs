@@ -1698,7 +1698,15 @@ fn anonymous_accounts_are_seen_by_rules_upgrade_in_place_and_expire() {
         // than half left) a second before the pruning could see it passed.
         c.auth.anonymous_ttl_secs = 4;
         c.auth.prune_interval_secs = 1;
+        c.outbound.allow_private_hosts = vec!["127.0.0.1".into()];
     });
+    // Account deletions reach webhooks, a pruned guest's too.
+    let deletions = crate::webhooks::Receiver::start();
+    srv.post(
+        "/v1/admin/webhooks",
+        &json!({"url": deletions.url(), "accounts": true, "events": ["delete"]}),
+    )
+    .expect(201);
     srv.put(
         "/v1/admin/collections/drafts",
         &json!({"rules": {
@@ -1841,6 +1849,9 @@ fn anonymous_accounts_are_seen_by_rules_upgrade_in_place_and_expire() {
     ))
     .expect(200);
     me(&srv, token(&other)).expect(401);
+    let deleted = deletions.wait_for(1)[0].json();
+    assert_eq!(deleted["type"], "account.delete");
+    assert_eq!(deleted["data"]["user"]["id"], other_id.as_str());
     srv.get(&format!("/v1/admin/users/{}", id.as_str().unwrap()))
         .expect(200);
     with_token(&srv, "GET", &path, &t, None).expect(200);

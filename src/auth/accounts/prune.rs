@@ -7,7 +7,7 @@
 //! only if it is unchanged since it was read (compare-and-set), so pruning never races a
 //! refresh or a logout; what a race leaves is pruned next time.
 
-use super::records::{from_json, EmailTokenRecord, FamilyRecord, RefreshRecord};
+use super::records::{from_json, EmailTokenRecord, FamilyRecord, RefreshRecord, UserRecord};
 use super::Accounts;
 use crate::auth::error::Result;
 use crate::model::unix_secs;
@@ -183,6 +183,11 @@ impl Accounts {
         let write = entries
             .into_iter()
             .fold(KvWrite::default(), |w, (key, bytes)| {
+                // An expired guest leaves like any deleted account: its webhooks hear of it.
+                let w = match (space, from_json::<UserRecord>(&bytes)) {
+                    (Space::Users, Ok(user)) => w.event(user.event("delete")),
+                    _ => w,
+                };
                 w.check(space, key.clone(), Some(bytes)).delete(space, key)
             });
         match self.store.kv_write(write).await {
