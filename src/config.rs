@@ -85,6 +85,10 @@ pub struct FunctionsConfig {
     pub queue: usize,
     /// The largest module accepted, in bytes.
     pub max_module_bytes: usize,
+    /// The key that seals functions' secrets: 32 bytes in base64 (`openssl rand -base64 32`).
+    /// Required with `store.url` (every node must open what another sealed). Empty on a single
+    /// node: a key made on first start in `<data_dir>/functions/secrets_key`, owner-only.
+    pub secrets_key: String,
     /// Defaults of a function's own config.
     pub timeout_ms: u64,
     pub memory_mb: u64,
@@ -195,6 +199,7 @@ impl Default for FunctionsConfig {
             workers: 0,
             queue: 1024,
             max_module_bytes: 8 * 1024 * 1024,
+            secrets_key: String::new(),
             timeout_ms: 5_000,
             memory_mb: 64,
             max_retries: 3,
@@ -834,6 +839,23 @@ impl Config {
         }
         if let Err(e) = crate::outbound::Policy::new(&self.outbound.allow_private_hosts) {
             return invalid("outbound.allow_private_hosts", &e);
+        }
+        let secrets_key = &self.functions.secrets_key;
+        if secrets_key.is_empty() && !self.store.url.is_empty() {
+            return invalid(
+                "functions.secrets_key",
+                "is required with store.url: every node must open the secrets another sealed (openssl rand -base64 32)",
+            );
+        }
+        if !secrets_key.is_empty() {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(secrets_key);
+            if decoded.map(|k| k.len()) != Ok(32) {
+                return invalid(
+                    "functions.secrets_key",
+                    "must be 32 bytes in base64 (openssl rand -base64 32)",
+                );
+            }
         }
         for (name, provider) in &self.auth.providers {
             if let Err(e) = crate::auth::oauth::Provider::resolve(name, provider, &self.auth) {

@@ -512,6 +512,13 @@ fn migrate_storage(from: &str, to: &str) -> ExitCode {
             println!(
                 "file bytes stay in {dir}/files/blobs: copy them to the bucket's blobs/ prefix"
             );
+            let key = std::path::Path::new(&dir).join("functions/secrets_key");
+            if key.exists() {
+                println!(
+                    "functions' secrets are sealed with {}: set functions.secrets_key (EMBERBASE_FUNCTIONS__SECRETS_KEY) to its contents on every node",
+                    key.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -30,6 +30,7 @@ memory each subscription costs against a stream of its own).
 """
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -736,13 +737,16 @@ def run_cluster_loads(tmp, args, eb, eb_t, pb, pb_t):
     pg, url, postmaster = start_postgres(tmp)
     procs = [pg]
     try:
-        node, _, node_t = start_emberbase(tmp, port=EB_PG_PORT, name="eb_pg", extra_env={"EMBERBASE_STORE__URL": url})
+        # The nodes of a cluster share the key of functions' secrets.
+        cluster_env = {"EMBERBASE_STORE__URL": url,
+                       "EMBERBASE_FUNCTIONS__SECRETS_KEY": base64.b64encode(os.urandom(32)).decode()}
+        node, _, node_t = start_emberbase(tmp, port=EB_PG_PORT, name="eb_pg", extra_env=cluster_env)
         procs.append(node)
         # A second node on the same database, for the fan-out between nodes.
         other = subprocess.Popen(
             [os.path.join(ROOT, "target/release/emberbase"), "serve", "--bind", f"127.0.0.1:{EB_PG2_PORT}",
              "--data-dir", os.path.join(tmp, "eb_pg2")],
-            cwd=ROOT, env=dict(os.environ, EMBERBASE_LOG__LEVEL="warn", EMBERBASE_STORE__URL=url),
+            cwd=ROOT, env=dict(os.environ, EMBERBASE_LOG__LEVEL="warn", **cluster_env),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(other)
         wait_up(f"http://127.0.0.1:{EB_PG2_PORT}/v1/health", other)

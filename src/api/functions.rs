@@ -1,4 +1,4 @@
-//! `/v1/admin/functions` (upload, config, list, get, delete, invocations) and
+//! `/v1/admin/functions` (upload, config, list, get, delete, invocations, secrets) and
 //! `/v1/functions/{name}` (HTTP calls).
 
 use super::error::{from_actix, ErrorBody};
@@ -6,7 +6,9 @@ use super::extract::{Caller, JsonBody};
 use super::files::Binary;
 use super::AppState;
 use crate::error::{Error, ErrorCode};
-use crate::functions::{FunctionConfig, FunctionInfo, FunctionVersion, Invocation, UsageReport};
+use crate::functions::{
+    FunctionConfig, FunctionInfo, FunctionSecret, FunctionVersion, Invocation, UsageReport,
+};
 use actix_web::http::header;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -152,7 +154,98 @@ pub(super) async fn get(
     Ok(HttpResponse::Ok().json(state.functions.get(&caller.0, &name)?))
 }
 
-/// Delete a function, its pending events and its invocation log.
+/// A secret's value.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SecretValue {
+    /// At most 8 KiB. Sealed before it is stored; never shown again.
+    value: String,
+}
+
+/// The names of a function's secrets, never their values.
+#[utoipa::path(
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "The secrets' names", body = [FunctionSecret]),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}/secrets")]
+pub(super) async fn list_secrets(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let secrets = state.functions.list_secrets(&caller.0, &name).await?;
+    Ok(HttpResponse::Ok().json(secrets))
+}
+
+/// Set a secret of a function, which its guest reads with the `env` host operation. The value
+/// is sealed at rest (AES-256-GCM, with a key outside the store), never listed, and replaced
+/// by `[secret]` in what a run that read it logs, returns or records.
+#[utoipa::path(
+    tag = "functions",
+    params(
+        ("name" = String, Path, description = "Function name"),
+        ("secret" = String, Path, description = "Secret name: A-Z, 0-9 and _, not starting with a digit"),
+    ),
+    request_body = SecretValue,
+    responses(
+        (status = 200, description = "Set", body = FunctionSecret),
+        (status = 400, description = "A bad name, a value over 8 KiB, or a 101st secret", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[put("/v1/admin/functions/{name}/secrets/{secret}")]
+pub(super) async fn put_secret(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: JsonBody<SecretValue>,
+) -> Result<HttpResponse, Error> {
+    let (name, secret) = path.into_inner();
+    let set = state
+        .functions
+        .put_secret(&caller.0, &name, &secret, &body.0.value)
+        .await?;
+    Ok(HttpResponse::Ok().json(set))
+}
+
+/// Remove a secret of a function.
+#[utoipa::path(
+    tag = "functions",
+    params(
+        ("name" = String, Path, description = "Function name"),
+        ("secret" = String, Path, description = "Secret name"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "The function has no such secret", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/admin/functions/{name}/secrets/{secret}")]
+pub(super) async fn delete_secret(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Error> {
+    let (name, secret) = path.into_inner();
+    state
+        .functions
+        .delete_secret(&caller.0, &name, &secret)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Delete a function, its pending events, its invocation log and its secrets.
 #[utoipa::path(
     tag = "functions",
     params(("name" = String, Path, description = "Function name")),

@@ -1,7 +1,8 @@
 //! The host side of the guest ABI's `call`: document reads and writes with the same semantics,
 //! validation and change events as HTTP, made as the function (admin rights, one depth deeper
-//! than the event it handles). Each call is a span of the run's trace, and the changes it
-//! writes carry that span's context on to the events and webhook messages they queue.
+//! than the event it handles), and the function's secrets (`env`). Each call is a span of the
+//! run's trace, and the changes it writes carry that span's context on to the events and
+//! webhook messages they queue.
 
 use super::runtime::Host;
 use crate::auth::Principal;
@@ -22,6 +23,9 @@ pub(super) struct DocumentHost {
     pub tracer: Tracer,
     /// The run's span, the parent of each call's.
     pub trace: TraceContext,
+    pub secrets: super::secrets::SecretReader,
+    /// The secret values this run read, kept out of what it logs and returns.
+    pub revealed: Mutex<Vec<String>>,
 }
 
 /// The log bytes one function may write per minute, across all its invocations: what its
@@ -98,7 +102,38 @@ impl DocumentHost {
         self.runtime.block_on(trace::scope(call, work))
     }
 
+    /// Replaces the secret values this run read with `[secret]`.
+    pub(super) fn redact(&self, text: &str) -> String {
+        match self.revealed.lock() {
+            Ok(revealed) if !revealed.is_empty() => super::secrets::redact(text, &revealed),
+            _ => text.to_string(),
+        }
+    }
+
+    /// `{"op": "env", "name": "STRIPE_KEY"}` → `{"value": "..."}`, or `{"value": null}` when the
+    /// function has no such secret.
+    fn env(&self, request: &Value, call: TraceContext) -> Result<Value, Error> {
+        let name = field(request, "name")?;
+        let value = self.on(call, self.secrets.get(name)).map_err(|e| match e {
+            // A key that cannot open the value: the operator's to fix, and the guest's to hear.
+            super::FunctionsError::Internal(why) => {
+                tracing::error!(function = %self.function, secret = name, "{why}");
+                Error::new(crate::error::ErrorCode::Internal, why)
+            }
+            other => other.into(),
+        })?;
+        if let (Some(value), Ok(mut revealed)) = (&value, self.revealed.lock()) {
+            if !revealed.contains(value) {
+                revealed.push(value.clone());
+            }
+        }
+        Ok(json!({ "value": value }))
+    }
+
     fn answer(&self, op: &str, request: &Value, call: TraceContext) -> Result<Value, Error> {
+        if op == "env" {
+            return self.env(request, call);
+        }
         let who = &self.who;
         let docs = &self.docs;
         let collection = field(request, "collection")?;
@@ -166,10 +201,17 @@ impl DocumentHost {
 impl Host for DocumentHost {
     fn call(&self, request: &Value) -> Option<Vec<u8>> {
         let op = request.get("op").and_then(Value::as_str)?;
-        if !matches!(op, "get" | "create" | "set" | "update" | "delete" | "query") {
+        if !matches!(
+            op,
+            "get" | "create" | "set" | "update" | "delete" | "query" | "aggregate" | "env"
+        ) {
             return None;
         }
-        let collection = request.get("collection").and_then(Value::as_str);
+        // A secret's name is not a collection; the span says which secret, never its value.
+        let collection = match op {
+            "env" => request.get("name").and_then(Value::as_str),
+            _ => request.get("collection").and_then(Value::as_str),
+        };
         let mut span = self.tracer.span(
             format!("{op} {}", collection.unwrap_or_default()),
             Kind::Internal,
@@ -195,9 +237,10 @@ impl Host for DocumentHost {
         if !self.log_budget.take(&self.function, message.len() as u64) {
             return false;
         }
+        let message = self.redact(message);
         // The line names the run's trace, as the request lines of the same trace do.
         tracing::info_span!("run", trace_id = %self.trace.trace_id())
-            .in_scope(|| log_line(&self.function, level, message));
+            .in_scope(|| log_line(&self.function, level, &message));
         true
     }
 }

@@ -147,15 +147,28 @@ impl Functions {
             log_budget: self.log_budget(&name),
             tracer: self.inner.tracer.clone(),
             trace: span.context(),
+            secrets: self.secret_reader(&name),
+            revealed: Default::default(),
         });
         let input = serde_json::to_vec(event).map_err(internal)?;
         let limits = self.limits(&loaded.record.info.config);
-        let outcome = self
+        let mut outcome = self
             .inner
             .runtime
-            .invoke(lane, loaded.module.clone(), input, limits, host)
+            .invoke(lane, loaded.module.clone(), input, limits, host.clone())
             .await
             .map_err(FunctionsError::Busy)?;
+        // What the run read from its secrets stays out of its record and its answer.
+        for line in &mut outcome.logs {
+            line.message = host.redact(&line.message);
+        }
+        if let Ok(Some(result)) = &mut outcome.result {
+            let text = String::from_utf8_lossy(result);
+            let redacted = host.redact(&text);
+            if redacted != text {
+                *result = redacted.into_bytes();
+            }
+        }
         let status = match &outcome.result {
             Ok(_) => "ok",
             Err(Failure::Timeout) => "timeout",

@@ -215,6 +215,22 @@ impl HttpHost {
                     .map_err(|e| format!("bad query: {e}"))?;
                 client.get(url)
             }
+            "aggregate" => {
+                let query: Vec<(&str, &str)> = ["filter", "group_by", "ops"]
+                    .into_iter()
+                    .filter_map(|k| text(k).map(|v| (k, v)))
+                    .collect();
+                let url = reqwest::Url::parse_with_params(
+                    &format!(
+                        "{}/v1/collections/{}/aggregate",
+                        self.base,
+                        encode(collection)
+                    ),
+                    &query,
+                )
+                .map_err(|e| format!("bad query: {e}"))?;
+                client.get(url)
+            }
             other => return Err(format!("unknown op {other:?}")),
         };
         let builder = match request.get("if_version").and_then(Value::as_u64) {
@@ -251,7 +267,18 @@ fn encode(segment: &str) -> String {
 impl Host for HttpHost {
     fn call(&self, request: &Value) -> Option<Vec<u8>> {
         let op = request.get("op").and_then(Value::as_str)?;
-        if !matches!(op, "get" | "create" | "set" | "update" | "delete" | "query") {
+        if op == "env" {
+            // No API gives a secret's value back, by design.
+            let message = "secrets are not read over --url (their values never leave the server); run with --data-dir";
+            return serde_json::to_vec(
+                &json!({"error": {"code": "bad_request", "message": message}}),
+            )
+            .ok();
+        }
+        if !matches!(
+            op,
+            "get" | "create" | "set" | "update" | "delete" | "query" | "aggregate"
+        ) {
             return None;
         }
         let reply = self.send(op, request).unwrap_or_else(

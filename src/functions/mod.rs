@@ -18,6 +18,7 @@ mod local;
 mod records;
 mod registry;
 pub mod runtime;
+mod secrets;
 mod tail;
 mod tunables;
 mod usage;
@@ -32,6 +33,7 @@ pub use records::{
 };
 pub(crate) use registry::stored_modules;
 pub use runtime::LogLine;
+pub use secrets::FunctionSecret;
 pub use tail::LogTail;
 pub use usage::UsageReport;
 
@@ -82,6 +84,8 @@ struct Inner {
     deliver: bool,
     /// Set when the server stops, to end the log tails.
     streams_closed: tokio::sync::watch::Sender<bool>,
+    /// The keys of the functions' secrets.
+    secrets: Arc<secrets::SecretBox>,
 }
 
 /// The function service ([`Server::functions`](crate::Server::functions)): upload a
@@ -156,6 +160,7 @@ impl Functions {
             0 => 4 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let secrets = Arc::new(secrets::SecretBox::load(&config.secrets_key, data_dir)?);
         let runtime = Runtime::start(workers, config.queue)?;
         let functions = Functions {
             inner: Arc::new(Inner {
@@ -176,6 +181,7 @@ impl Functions {
                 node: ulid::Ulid::new().to_string(),
                 deliver,
                 streams_closed: tokio::sync::watch::Sender::new(false),
+                secrets,
             }),
         };
         let records = store

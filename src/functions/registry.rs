@@ -664,7 +664,7 @@ impl Functions {
         Ok(items)
     }
 
-    /// Deletes a function, its pending events and its invocation log.
+    /// Deletes a function, its pending events, its invocation log and its secrets.
     pub async fn delete(&self, who: &Principal, name: &str) -> Result<()> {
         Self::require_admin(who)?;
         check_name(name)?;
@@ -679,6 +679,7 @@ impl Functions {
             Space::Invocations,
             Space::Schedules,
             Space::FunctionVersions,
+            Space::FunctionSecrets,
         ] {
             for (key, bytes) in self
                 .inner

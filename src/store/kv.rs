@@ -52,6 +52,8 @@ pub(crate) enum Space {
     FunctionVersions,
     /// Function name `00` day (`YYYY-MM-DD`) `00` measure → a counter of its usage that day.
     FunctionUsage,
+    /// Function name `00` secret name → a function's secret, sealed (see `functions::secrets`).
+    FunctionSecrets,
     /// Secret name → a server secret shared by the nodes of a cluster (see `secrets`).
     Secrets,
     /// SHA-256 of a Wasm module → the module, in a cluster (a single node keeps files).
@@ -102,6 +104,7 @@ impl Space {
             Space::Schedules => b"schedule:",
             Space::FunctionVersions => b"fnversion:",
             Space::FunctionUsage => b"fnusage:",
+            Space::FunctionSecrets => b"fnsecret:",
             Space::Secrets => b"secret:",
             Space::Modules => b"module:",
             Space::Leases => b"lease:",

@@ -3,8 +3,8 @@
 //! subscribers on one node receive the writes of all of them, in commit order, and resume on
 //! another node.
 
-use crate::common::{fast, ids, login_token, signup, with_token, TestServer};
-use crate::functions::{deploy, docs, recorder};
+use crate::common::{fast, ids, login_token, signup, with_token, TestServer, SECRETS_KEY};
+use crate::functions::{deploy, docs, env_reader, recorder};
 use crate::realtime::Sse;
 use emberbase::config::Config;
 use serde_json::{json, Value};
@@ -187,6 +187,23 @@ fn tokens_keys_and_configuration_reach_every_node() {
     };
     eventually("B signing with the rotated key", || {
         kid(&login_token(b, "ada@example.com")) == kid(&fresh)
+    });
+
+    // A function's secret set on A opens on B: the nodes share functions.secrets_key.
+    deploy(
+        a,
+        "envy",
+        &env_reader("API_KEY"),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    a.put(
+        "/v1/admin/functions/envy/secrets/API_KEY",
+        &json!({"value": "sk_cluster_value"}),
+    )
+    .expect(200);
+    eventually("B running the function with its secret", || {
+        let answer = b.post("/v1/functions/envy", &json!({}));
+        answer.status == 200 && answer.text.contains("[secret]")
     });
 }
 
@@ -462,6 +479,18 @@ fn a_single_node_moves_into_the_cluster_store() {
         &recorder("seen", None),
         json!({"triggers": [{"on": "create", "collection": "inbox"}]}),
     );
+    deploy(
+        &single,
+        "envy",
+        &env_reader("API_KEY"),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    single
+        .put(
+            "/v1/admin/functions/envy/secrets/API_KEY",
+            &json!({"value": "sk_single_value"}),
+        )
+        .expect(200);
     let service_key = single.key.clone();
     let dir = single.stop();
 
@@ -481,7 +510,8 @@ fn a_single_node_moves_into_the_cluster_store() {
         stdout.contains("2 secrets") || stdout.contains("3 secrets"),
         "{stdout}"
     );
-    assert!(stdout.contains("1 function modules"), "{stdout}");
+    assert!(stdout.contains("2 function modules"), "{stdout}");
+    assert!(stdout.contains("functions.secrets_key"), "{stdout}");
     // A second run refuses: the target is no longer empty.
     let again = std::process::Command::new(bin)
         .args(["migrate-storage", "--from", &from, "--to", &url])
@@ -492,11 +522,15 @@ fn a_single_node_moves_into_the_cluster_store() {
 
     // A node on the cluster store serves it all: the same service key, the token issued
     // before, the password, the index, the function.
+    let secrets_key = std::fs::read_to_string(dir.path().join("functions/secrets_key")).unwrap();
     let node = TestServer::start_with(|c| {
         c.store.url = url.clone();
+        c.functions.secrets_key = secrets_key.trim().into();
         fast(c);
     });
     assert_eq!(node.key, service_key);
+    let answer = node.post("/v1/functions/envy", &json!({})).expect(200);
+    assert!(answer.text.contains("[secret]"), "{}", answer.text);
     let me = with_token(&node, "GET", "/v1/auth/me", &token, None).expect(200);
     assert_eq!(me.json["email"], "ada@example.com");
     login_token(&node, "ada@example.com");
@@ -531,6 +565,7 @@ fn a_node_killed_under_load_loses_no_acknowledged_write_or_event() {
         ("EMBERBASE_STORE__URL", url.as_str()),
         ("EMBERBASE_STORE__POLL_MS", "50"),
         ("EMBERBASE_FUNCTIONS__RETRY_BASE_MS", "50"),
+        ("EMBERBASE_FUNCTIONS__SECRETS_KEY", SECRETS_KEY),
     ];
     let mut spawned: Vec<Option<Spawned>> = (0..3)
         .map(|_| Some(Spawned::start(&env, None).unwrap()))
@@ -756,6 +791,7 @@ fn connections_to_the_database_can_use_tls() {
     // Without the CA, the server's certificate is not trusted: the node does not start.
     let mut config = emberbase::Config::default();
     config.store.url = url;
+    config.functions.secrets_key = SECRETS_KEY.into();
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let refused = runtime.block_on(

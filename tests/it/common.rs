@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The key of functions' secrets every node of a test cluster shares (32 bytes, base64).
+pub const SECRETS_KEY: &str = "c2VjcmV0cyBvZiB0aGUgdGVzdCBjbHVzdGVyIC4uLi4=";
+
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub key: String,
@@ -181,6 +184,9 @@ impl TestServer {
         configure(&mut config);
         if cluster_backend() && config.store.url.is_empty() {
             on_cluster_backend(&mut config, dir.path());
+        }
+        if !config.store.url.is_empty() && config.functions.secrets_key.is_empty() {
+            config.functions.secrets_key = SECRETS_KEY.into();
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -1,7 +1,7 @@
 //! Wasm functions: upload checks, HTTP calls, triggers with depth, limits, retries, dead
 //! letters, schedules and a crash before dispatch. Guests are written in WAT (the `wat` crate).
 
-use crate::common::{agent, fast, send, signup, Resp, TestServer};
+use crate::common::{agent, fast, send, signup, signup_token, with_token, Resp, TestServer};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -1068,6 +1068,41 @@ fn functions_invoke_runs_an_event_against_a_data_directory_or_a_server() {
         &[("EB_SERVICE_KEY", &srv.key)],
     );
     assert!(!ok && stderr.contains("--module"), "{stderr}");
+    // Secrets stay on the server; aggregates are read through its API.
+    let reader = files.path().join("env.wasm");
+    std::fs::write(&reader, env_reader("API_KEY")).unwrap();
+    let (ok, stdout, stderr) = invoke_cli(
+        &[
+            "recorder",
+            "--event",
+            event,
+            "--module",
+            reader.to_str().unwrap(),
+            "--url",
+            &url,
+        ],
+        &[("EB_SERVICE_KEY", &srv.key)],
+    );
+    assert!(
+        ok && stdout.contains("never leave the server"),
+        "{stdout}\n{stderr}"
+    );
+    let counter = files.path().join("count.wasm");
+    let request = r#"{"op":"aggregate","collection":"remote_seen","ops":"count"}"#;
+    std::fs::write(&counter, answer_of(request)).unwrap();
+    let (ok, stdout, stderr) = invoke_cli(
+        &[
+            "recorder",
+            "--event",
+            event,
+            "--module",
+            counter.to_str().unwrap(),
+            "--url",
+            &url,
+        ],
+        &[("EB_SERVICE_KEY", &srv.key)],
+    );
+    assert!(ok && stdout.contains(r#""count": 1"#), "{stdout}\n{stderr}");
     if crate::common::cluster_backend() {
         return;
     }
@@ -1626,4 +1661,159 @@ fn a_tampered_artifact_is_recompiled_not_loaded() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Makes one host request, logs the reply and answers with it.
+fn answer_of(request: &str) -> Vec<u8> {
+    guest(
+        &[request],
+        "",
+        "(local.set $qn (call $call (call $str_ptr (i32.const 0)) (call $str_len (i32.const 0))))
+         (local.set $q (call $alloc (local.get $qn)))
+         (call $result_read (local.get $q))
+         (call $log (i32.const 1) (local.get $q) (local.get $qn))
+         (call $pack (local.get $q) (local.get $qn))",
+    )
+}
+
+/// Reads secret `name` with the `env` host operation, logs the reply and answers with it.
+pub(crate) fn env_reader(name: &str) -> Vec<u8> {
+    answer_of(&format!(r#"{{"op":"env","name":"{name}"}}"#))
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn found_in_files(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found_in_files(&path, needle)
+        } else {
+            std::fs::read(&path)
+                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        }
+    })
+}
+
+#[test]
+fn secrets_are_sealed_write_only_readable_by_the_guest_and_kept_out_of_its_output() {
+    const VALUE: &str = "sk_live_51Hx9secretvalue";
+    let srv = start();
+    deploy(
+        &srv,
+        "envy",
+        &env_reader("API_KEY"),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    let secret = |name: &str| format!("/v1/admin/functions/envy/secrets/{name}");
+    let set = srv
+        .put(&secret("API_KEY"), &json!({"value": VALUE}))
+        .expect(200);
+    assert_eq!(set.json["name"], "API_KEY");
+    assert!(!set.text.contains(VALUE));
+    let listed = srv.get("/v1/admin/functions/envy/secrets").expect(200);
+    assert_eq!(listed.json.as_array().unwrap().len(), 1);
+    assert_eq!(listed.json[0]["name"], "API_KEY");
+    assert!(!listed.text.contains(VALUE));
+
+    // The guest reads it; what the run answers, logs and records says [secret] instead.
+    let answer = call(&srv, "envy", None, &json!({})).expect(200);
+    assert!(!answer.text.contains(VALUE), "{}", answer.text);
+    assert!(answer.text.contains("[secret]"), "{}", answer.text);
+    let records = eventually("the run's record", || {
+        Some(invocations(&srv, "envy")).filter(|r| !r.is_empty())
+    });
+    let record = records[0].to_string();
+    assert!(!record.contains(VALUE), "{record}");
+    assert_eq!(records[0]["logs"][0]["message"], r#"{"value":"[secret]"}"#);
+    // Sealed at rest: the value is nowhere in the data directory.
+    assert!(!found_in_files(srv.dir.path(), VALUE.as_bytes()));
+
+    // Names are like environment variables; values are capped; admins only.
+    srv.put(&secret("lower"), &json!({"value": "x"}))
+        .expect_error(400, "validation_failed");
+    srv.put(&secret("BIG"), &json!({"value": "x".repeat(9000)}))
+        .expect_error(400, "validation_failed");
+    srv.put(
+        "/v1/admin/functions/nope/secrets/API_KEY",
+        &json!({"value": "x"}),
+    )
+    .expect_error(404, "not_found");
+    let user = signup_token(&srv, "envy@example.com");
+    with_token(&srv, "GET", "/v1/admin/functions/envy/secrets", &user, None).expect(403);
+
+    // Removed: the guest reads null. Deleting the function removes its secrets.
+    srv.delete(&secret("API_KEY")).expect(204);
+    srv.delete(&secret("API_KEY"))
+        .expect_error(400, "validation_failed");
+    let answer = call(&srv, "envy", None, &json!({})).expect(200);
+    assert!(answer.text.contains(r#"{"value":null}"#), "{}", answer.text);
+    srv.put(&secret("OTHER"), &json!({"value": "kept"}))
+        .expect(200);
+    srv.delete("/v1/admin/functions/envy").expect(204);
+    deploy(
+        &srv,
+        "envy",
+        &env_reader("OTHER"),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    assert_eq!(
+        srv.get("/v1/admin/functions/envy/secrets").expect(200).json,
+        json!([])
+    );
+
+    // A cluster's nodes must share the key: it is required with store.url.
+    let mut config = emberbase::Config::default();
+    config.store.url = "postgres://localhost/none".into();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("functions.secrets_key"), "{err}");
+    config.functions.secrets_key = "short".into();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("32 bytes"), "{err}");
+
+    if crate::common::cluster_backend() {
+        // A cluster's key is the configured one; the rest is about a single node's key file.
+        return;
+    }
+    srv.put(&secret("OTHER"), &json!({"value": VALUE}))
+        .expect(200);
+    // The key outlives a restart (a file in the data directory, owner-only).
+    let dir = srv.stop();
+    let key_file = dir.path().join("functions/secrets_key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let srv = TestServer::start_in(dir, fast);
+    let answer = call(&srv, "envy", None, &json!({})).expect(200);
+    assert!(answer.text.contains("[secret]"), "{}", answer.text);
+    // Under another key, the value cannot be opened: the guest hears an error, not garbage.
+    let dir = srv.stop();
+    let srv = TestServer::start_in(dir, |c| {
+        fast(c);
+        c.functions.secrets_key = crate::common::SECRETS_KEY.into();
+    });
+    let refused = call(&srv, "envy", None, &json!({})).expect(200);
+    assert!(refused.text.contains("another key"), "{}", refused.text);
+}
+
+#[test]
+fn a_guest_aggregates_as_the_http_api_does() {
+    let srv = start();
+    for n in [1, 2, 3] {
+        srv.post("/v1/collections/sums/docs", &json!({"n": n}))
+            .expect(201);
+    }
+    let request = r#"{"op":"aggregate","collection":"sums","ops":"count,sum:data.n"}"#;
+    deploy(
+        &srv,
+        "summer",
+        &answer_of(request),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    let answer = call(&srv, "summer", None, &json!({})).expect(200).json;
+    assert_eq!(answer["groups"][0]["values"]["count"], 3, "{answer}");
+    assert_eq!(answer["groups"][0]["values"]["sum:data.n"], 6.0, "{answer}");
 }

@@ -78,6 +78,17 @@ function request(json: string): JSONValue {
   return parse(String.UTF8.decodeUnsafe(out, <usize>n));
 }
 
+/** The function's secrets, set by an admin (`PUT /v1/admin/functions/{name}/secrets/{NAME}`). */
+export namespace env {
+  /** The value of secret `name`, or null when it is not set. What a run logs or returns has the
+   *  values it read replaced by `[secret]`. */
+  export function get(name: string): string | null {
+    const reply = request('{"op":"env","name":' + quote(name) + "}");
+    const value = reply.get("value");
+    return value.isNull() ? null : value.asString();
+  }
+}
+
 /** The database, with the same semantics, validation and change events as the HTTP API. Data
  *  arguments are JSON text (build it with `quote` or `JSONValue.toString`). A reply the store
  *  refused is `{"error": {"code", "message"}}`: check `reply.get("error").isNull()`. */

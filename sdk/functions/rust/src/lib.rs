@@ -98,6 +98,18 @@ fn call(request: &Value) -> Result<Value, Error> {
     }
 }
 
+/// The function's secrets, set by an admin (`PUT /v1/admin/functions/{name}/secrets/{NAME}`).
+pub mod env {
+    use super::{call, json, Error};
+
+    /// The value of secret `name`, or `None` when it is not set. What a run logs or returns has
+    /// the values it read replaced by `[secret]`.
+    pub fn get(name: &str) -> Result<Option<String>, Error> {
+        let reply = call(&json!({"op": "env", "name": name}))?;
+        Ok(reply["value"].as_str().map(str::to_string))
+    }
+}
+
 /// The database, with the same semantics, validation and change events as the HTTP API.
 pub mod db {
     use super::{call, json, Error, Value};
