@@ -90,6 +90,17 @@ async function open() {
   return page;
 }
 
+/** The example in a fresh profile (signed out, its own storage), collecting page errors. */
+async function freshPage() {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  page.errors = [];
+  page.on("pageerror", (e) => page.errors.push(e.message));
+  const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/?server=${encodeURIComponent(api.url)}`;
+  await page.goto(url);
+  return { context, page, url };
+}
+
 const titles = (page) => page.$$eval("#todos li span", (spans) => spans.map((s) => s.textContent));
 const doneTitles = (page) => page.$$eval("#todos li.done span", (spans) => spans.map((s) => s.textContent));
 
@@ -151,13 +162,7 @@ test("todo-web: sign up, add, complete, delete, live in a second tab", { skip: !
 });
 
 test("todo-web: sign in with a link from the mail, which works once", { skip: !chromium }, async () => {
-  // A fresh profile, signed out.
-  const context = await browser.createBrowserContext();
-  const page = await context.newPage();
-  page.errors = [];
-  page.on("pageerror", (e) => page.errors.push(e.message));
-  const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/?server=${encodeURIComponent(api.url)}`;
-  await page.goto(url);
+  const { context, page, url } = await freshPage();
   await until(page, "the sign-in form", () => !document.getElementById("signed-out").hidden);
   const email = `link-${Date.now()}@example.com`;
   await page.type("#email", email);
@@ -192,12 +197,7 @@ test("todo-web: sign in with a link from the mail, which works once", { skip: !c
 });
 
 test("todo-web: sign in with GitHub through the redirect flow", { skip: !chromium || !process.env.SDK_TEST_OIDC_DIR }, async () => {
-  const context = await browser.createBrowserContext();
-  const page = await context.newPage();
-  page.errors = [];
-  page.on("pageerror", (e) => page.errors.push(e.message));
-  const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/?server=${encodeURIComponent(api.url)}`;
-  await page.goto(url);
+  const { context, page } = await freshPage();
   // A button for each provider the server offers.
   await until(page, "the GitHub button", () => [...document.querySelectorAll("#providers button")].some((b) => b.textContent === "Sign in with GitHub"));
   await page.screenshot({ path: join(shots, "todo-web-providers.png") });
