@@ -857,11 +857,6 @@ impl Config {
                 );
             }
         }
-        for (name, provider) in &self.auth.providers {
-            if let Err(e) = crate::auth::oauth::Provider::resolve(name, provider, &self.auth) {
-                return invalid(&format!("auth.providers.{name}"), &e);
-            }
-        }
         let key = &self.auth.service_key;
         if !key.is_empty() && key.len() < 24 {
             return invalid("auth.service_key", "must be at least 24 characters");

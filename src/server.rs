@@ -177,6 +177,13 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<Server, StartError> {
         let config = self.config;
         config.validate()?;
+        // Sign-in providers are checked by the account service, which knows their presets
+        // (the config module knows no domain).
+        for (name, provider) in &config.auth.providers {
+            crate::auth::oauth::Provider::resolve(name, provider, &config.auth).map_err(|e| {
+                crate::config::ConfigError::Invalid(format!("auth.providers.{name}: {e}"))
+            })?;
+        }
         // The port first: a server that cannot listen leaves no data directory or keys behind.
         let listener = match self.listener {
             Some(l) => l,

@@ -920,6 +920,14 @@ fn providers_from_the_config_file_are_listed_read_only_and_checked() {
             ..Default::default()
         },
     );
-    let err = config.validate().unwrap_err().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let refused = srv.block_on(
+        emberbase::ServerBuilder::new(config)
+            .data_dir(dir.path())
+            .bind("127.0.0.1:0")
+            .start(),
+    );
+    let err = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("auth.providers.corp"), "{err}");
+    assert!(err.contains("issuer is required"), "{err}");
 }
