@@ -227,6 +227,15 @@ pub(crate) fn generate_secret(prefix: &str) -> String {
     )
 }
 
+/// The SHA-256 of a secret, in hex: how one-time secrets are stored and found.
+pub(crate) fn sha256_hex(secret: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Writes a file only its owner can read, durably.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

@@ -115,6 +115,24 @@ pub(super) fn expired(bytes: &[u8], now: u64) -> bool {
     from_json::<Expiring>(bytes).is_ok_and(|r| r.expires_at <= now)
 }
 
+/// The longest subject and address of an identity that are kept (provider answers are capped
+/// at 1 MiB; these end up in keys and user records).
+const MAX_SUBJECT_BYTES: usize = 255;
+
+/// Refuses an identity whose subject or address is longer than any real one.
+fn check_identity(identity: &ProviderIdentity) -> Result<()> {
+    let long_email = identity
+        .email
+        .as_ref()
+        .is_some_and(|e| e.len() > super::records::MAX_EMAIL_BYTES);
+    if identity.subject.is_empty() || identity.subject.len() > MAX_SUBJECT_BYTES || long_email {
+        return Err(AuthError::Provider(
+            "the provider's subject or address is empty or too long".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The index key of an identity.
 fn identity_key(provider: &str, subject: &str) -> Vec<u8> {
     let mut key = provider.as_bytes().to_vec();
@@ -671,6 +689,7 @@ impl Accounts {
         identity: &ProviderIdentity,
         client_ip: &str,
     ) -> Result<UserRecord> {
+        check_identity(identity)?;
         let key = identity_key(&provider.name, &identity.subject);
         let vouched = identity
             .email
@@ -774,6 +793,7 @@ impl Accounts {
         provider: &Provider,
         identity: &ProviderIdentity,
     ) -> Result<UserRecord> {
+        check_identity(identity)?;
         let key = identity_key(&provider.name, &identity.subject);
         for _ in 0..8 {
             let (user, bytes) = self
@@ -873,6 +893,23 @@ mod tests {
     #[test]
     fn an_identity_key_is_the_provider_then_the_subject() {
         assert_eq!(identity_key("github", "42"), b"github\x0042");
+    }
+
+    #[test]
+    fn identities_longer_than_any_real_one_are_refused() {
+        let identity = |subject: &str, email: &str| ProviderIdentity {
+            subject: subject.into(),
+            email: Some(email.into()),
+            email_verified: true,
+            name: None,
+            picture: None,
+            expires_at: 0,
+        };
+        assert!(check_identity(&identity("42", "a@example.com")).is_ok());
+        assert!(check_identity(&identity("", "a@example.com")).is_err());
+        assert!(check_identity(&identity(&"s".repeat(256), "a@example.com")).is_err());
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(check_identity(&identity("42", &long)).is_err());
     }
 
     #[test]

@@ -76,14 +76,6 @@ fn read_link(token: &str) -> Option<(String, String)> {
 }
 
 impl Accounts {
-    /// Whether `url` is one the links in mails may point at (`auth.redirect_urls`: each an
-    /// exact URL, or a prefix ending in `/`).
-    fn redirect_allowed(&self, url: &str) -> bool {
-        self.config.redirect_urls.iter().any(|allowed| {
-            url == allowed || (allowed.ends_with('/') && url.starts_with(allowed.as_str()))
-        })
-    }
-
     /// Mails a sign-in code and link to `email`, if it may sign in; answers the same either
     /// way. `redirect_url` (allow-listed in `auth.redirect_urls`) is where the link goes, with
     /// `?token=` added; without it the mail says how to use the token.
@@ -95,7 +87,8 @@ impl Accounts {
     ) -> Result<()> {
         check_email_length(email)?;
         let email = normalize_email(email)?;
-        if let Some(url) = redirect_url.filter(|u| !self.redirect_allowed(u)) {
+        let allowed = |u: &str| crate::auth::oauth::redirect_allowed(&self.config.redirect_urls, u);
+        if let Some(url) = redirect_url.filter(|u| !allowed(u)) {
             return Err(invalid(
                 format!("redirect_url {url:?} is not in auth.redirect_urls"),
                 "redirect_url",

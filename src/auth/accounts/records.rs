@@ -8,7 +8,6 @@ use crate::model::AccountEvent;
 use crate::store::{KvWrite, Space};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 /// The most a user's profile may take, as JSON.
 pub(super) const MAX_PROFILE_BYTES: usize = 4096;
@@ -146,10 +145,7 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
-pub(super) fn sha256_hex(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(super) use crate::auth::sha256_hex;
 
 pub(super) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(internal)

@@ -91,13 +91,6 @@ pub(crate) fn pkce_challenge(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
-fn sha256_hex(value: &str) -> String {
-    Sha256::digest(value.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The protocol client, shared by every provider.
 pub(crate) struct OAuthClient {
     http: reqwest::Client,
@@ -466,7 +459,7 @@ impl OAuthClient {
             Nonce::Given(None) => claimed.is_none(),
             Nonce::Given(Some(given)) => claimed
                 .as_deref()
-                .is_some_and(|c| c == given || c == sha256_hex(given)),
+                .is_some_and(|c| c == given || c == crate::auth::sha256_hex(given)),
         };
         if !nonce_ok {
             return Err(refused("the ID token's nonce does not match"));
