@@ -308,8 +308,13 @@ pub trait Snapshot: Send + Sync {
 /// Attempts at most this many times before a conflict is returned to the caller.
 const RETRIES: u32 = 64;
 
-/// Runs `attempt` until it does not fail with a conflict (at most 64 times, with a short
-/// growing pause between attempts). `attempt` must start its own transaction each time.
+/// The longest pause between two attempts.
+const MAX_PAUSE: Duration = Duration::from_millis(20);
+
+/// Runs `attempt` until it does not fail with a conflict (at most 64 times). `attempt` must
+/// start its own transaction each time. The pause before each retry is random, up to a bound
+/// that grows with the attempts, so writers that keep losing the same key do not keep meeting
+/// the same winners at the same moments.
 pub async fn retry<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
@@ -321,7 +326,8 @@ where
         match attempt().await {
             Err(e) if e.is_conflict() && tries + 1 < RETRIES => {
                 tries += 1;
-                let pause = Duration::from_micros(50 << tries.min(10));
+                let bound = Duration::from_micros(100 << tries.min(8)).min(MAX_PAUSE);
+                let pause = rand::Rng::gen_range(&mut rand::thread_rng(), bound / 4..=bound);
                 tokio::time::sleep(pause).await;
             }
             other => return other,
