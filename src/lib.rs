@@ -100,9 +100,9 @@ pub use docs::{
 pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
 pub use functions::{
-    invoke_remote, DailyQuota, DailyUsage, FunctionConfig, FunctionInfo, FunctionSecret,
-    FunctionVersion, Functions, FunctionsError, HttpResult, Invocation, LocalRun, LogLine, LogTail,
-    Trigger, UsageReport,
+    invoke_remote, DailyQuota, DailyUsage, FetchConfig, FunctionConfig, FunctionInfo,
+    FunctionSecret, FunctionVersion, Functions, FunctionsError, HttpResult, Invocation, LocalRun,
+    LogLine, LogTail, Trigger, UsageReport,
 };
 pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{

@@ -19,6 +19,7 @@ pub(crate) struct Metrics {
     pub trace_spans: IntCounterVec,
     pub function_fuel: IntCounterVec,
     pub function_cpu: prometheus::CounterVec,
+    pub function_fetch_bytes: IntCounterVec,
     pub function_duration: HistogramVec,
     pub commit_group_size: HistogramVec,
     pub flush_duration: HistogramVec,
@@ -72,6 +73,13 @@ impl Metrics {
             Opts::new(
                 "function_cpu_seconds_total",
                 "CPU time of function runs, by function",
+            ),
+            &["function"],
+        )?;
+        let function_fetch_bytes = IntCounterVec::new(
+            Opts::new(
+                "function_fetch_bytes_total",
+                "Bytes sent and received by functions' fetch requests, by function",
             ),
             &["function"],
         )?;
@@ -132,6 +140,7 @@ impl Metrics {
         registry.register(Box::new(trace_spans.clone()))?;
         registry.register(Box::new(function_fuel.clone()))?;
         registry.register(Box::new(function_cpu.clone()))?;
+        registry.register(Box::new(function_fetch_bytes.clone()))?;
         registry.register(Box::new(function_duration.clone()))?;
         registry.register(Box::new(commit_group_size.clone()))?;
         registry.register(Box::new(flush_duration.clone()))?;
@@ -179,6 +188,7 @@ impl Metrics {
             trace_spans,
             function_fuel,
             function_cpu,
+            function_fetch_bytes,
             function_duration,
             commit_group_size,
             flush_duration,

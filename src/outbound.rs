@@ -1,7 +1,8 @@
 //! Address safety for every request the server sends on a user's behalf (webhook deliveries,
-//! and function `fetch`): only `http` and `https` URLs, and never to a loopback, private,
-//! link-local (cloud metadata), shared, documentation or multicast address unless the host is
-//! allow-listed explicitly. Names are checked after DNS resolution, by the client's own
+//! sign-in providers, and function `fetch`): only `http` and `https` URLs, and never to a
+//! loopback, private, link-local (cloud metadata), shared, documentation or multicast address
+//! unless the host is allow-listed explicitly (named exactly, never by a wildcard). A function's
+//! policy is also exclusive: only the hosts on its list are reached at all. Names are checked after DNS resolution, by the client's own
 //! resolver, so the address checked is the address connected to; IP literals are checked
 //! before the request; both happen again for every redirect that is followed.
 
@@ -15,7 +16,8 @@ use std::time::Duration;
 #[error("{0}")]
 pub(crate) struct Refused(pub(crate) String);
 
-/// A host that may be reached at a private address: a name or an IP literal, and, when given,
+/// An allow-list entry: a name or an IP literal (which may also be reached at a private
+/// address), or a wildcard, `*.example.com` or `*` (public addresses only); and, when given,
 /// the only port allowed with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Allowed {
@@ -23,10 +25,27 @@ struct Allowed {
     port: Option<u16>,
 }
 
-/// Which hosts outbound requests may reach at private addresses.
+impl Allowed {
+    fn is_wildcard(&self) -> bool {
+        self.host.starts_with('*')
+    }
+
+    /// Whether this entry names `host`, exactly or by its wildcard.
+    fn names(&self, host: &str) -> bool {
+        match self.host.strip_prefix('*') {
+            None => self.host == host,
+            Some("") => true,
+            Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+        }
+    }
+}
+
+/// Which hosts outbound requests may reach at private addresses, and, when exclusive, which
+/// hosts they may reach at all.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Policy {
     allowed: Arc<Vec<Allowed>>,
+    exclusive: bool,
 }
 
 /// The host of a URL as allow-lists name it: lower case, IPv6 without brackets.
@@ -39,29 +58,37 @@ fn host_of(url: &reqwest::Url) -> Option<String> {
 }
 
 impl Policy {
-    /// A policy from allow-list entries: `host`, `host:port`, an IP address, or `[v6]:port`.
+    /// A policy from allow-list entries of hosts that may be reached at private addresses:
+    /// `host`, `host:port`, an IP address, or `[v6]:port`. Other hosts are reached at public
+    /// addresses.
     pub(crate) fn new(entries: &[String]) -> Result<Policy, String> {
-        let mut allowed = Vec::new();
-        for entry in entries {
-            let parsed = reqwest::Url::parse(&format!("http://{entry}/"))
-                .ok()
-                .filter(|u| u.path() == "/" && u.username().is_empty());
-            let Some((url, host)) = parsed.and_then(|u| host_of(&u).map(|h| (u, h))) else {
-                return Err(format!("{entry:?} is not a host, host:port or IP address"));
-            };
-            let port = url.port().or_else(|| {
-                // `Url` drops the scheme's default port; keep one the entry wrote.
-                entry.ends_with(":80").then_some(80)
-            });
-            allowed.push(Allowed { host, port });
-        }
+        let allowed = entries
+            .iter()
+            .map(|entry| parse_entry(entry, false))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
             allowed: Arc::new(allowed),
+            exclusive: false,
+        })
+    }
+
+    /// A policy that reaches only the hosts listed: entries as for [`Policy::new`], plus
+    /// `*.example.com` (any name under it) and `*` (any host), both at public addresses only.
+    pub(crate) fn only(entries: &[String]) -> Result<Policy, String> {
+        let allowed = entries
+            .iter()
+            .map(|entry| parse_entry(entry, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            allowed: Arc::new(allowed),
+            exclusive: true,
         })
     }
 
     fn allows_private(&self, host: &str) -> bool {
-        self.allowed.iter().any(|a| a.host == host)
+        self.allowed
+            .iter()
+            .any(|a| !a.is_wildcard() && a.host == host)
     }
 
     /// Checks a URL before it is requested (and each redirect before it is followed): its
@@ -81,7 +108,22 @@ impl Policy {
             return Err(Refused("the URL has no host".into()));
         };
         let port = url.port_or_known_default();
-        let listed: Vec<&Allowed> = self.allowed.iter().filter(|a| a.host == host).collect();
+        if self.exclusive
+            && !self
+                .allowed
+                .iter()
+                .any(|a| a.names(&host) && (a.port.is_none() || a.port == port))
+        {
+            return Err(Refused(format!(
+                "{host}{} is not on the allow-list",
+                port.map(|p| format!(":{p}")).unwrap_or_default()
+            )));
+        }
+        let listed: Vec<&Allowed> = self
+            .allowed
+            .iter()
+            .filter(|a| !a.is_wildcard() && a.host == host)
+            .collect();
         if !listed.is_empty()
             && listed
                 .iter()
@@ -134,6 +176,53 @@ impl Policy {
                 .unwrap_or_default()
         })
     }
+}
+
+/// One allow-list entry; wildcards (`*`, `*.example.com`) only when `wildcards`.
+fn parse_entry(entry: &str, wildcards: bool) -> Result<Allowed, String> {
+    let (star, rest) = match entry.strip_prefix('*') {
+        Some(rest) if wildcards => match rest.strip_prefix('.') {
+            Some(domain) => ("*.", domain),
+            None if rest.is_empty() || rest.starts_with(':') => ("*", rest),
+            None => return Err(format!("{entry:?}: a wildcard is `*` or `*.domain`")),
+        },
+        _ => ("", entry),
+    };
+    let bad = || {
+        let forms = if wildcards {
+            "a host, host:port, IP address, *.domain or *"
+        } else {
+            "a host, host:port or IP address"
+        };
+        format!("{entry:?} is not {forms}")
+    };
+    // `*` alone (with or without a port) names every host; parse a stand-in for its port.
+    let stand_in = if star == "*" {
+        format!("any{rest}")
+    } else {
+        rest.to_string()
+    };
+    if stand_in.contains('*') {
+        return Err(bad());
+    }
+    let url = reqwest::Url::parse(&format!("http://{stand_in}/"))
+        .ok()
+        .filter(|u| u.path() == "/" && u.username().is_empty() && u.query().is_none())
+        .ok_or_else(bad)?;
+    let host = host_of(&url).ok_or_else(bad)?;
+    if star == "*." && host.parse::<IpAddr>().is_ok() {
+        return Err(bad());
+    }
+    let port = url.port().or_else(|| {
+        // `Url` drops the scheme's default port; keep one the entry wrote.
+        entry.ends_with(":80").then_some(80)
+    });
+    let host = match star {
+        "*" => "*".to_string(),
+        "*." => format!("*.{host}"),
+        _ => host,
+    };
+    Ok(Allowed { host, port })
 }
 
 /// An error with its causes, as the log shows it.
@@ -310,5 +399,42 @@ mod tests {
 
         assert!(Policy::new(&["http://x/".into()]).is_err());
         assert!(Policy::new(&["a b".into()]).is_err());
+        assert!(Policy::new(&["*.example.com".into()]).is_err());
+    }
+
+    #[test]
+    fn an_exclusive_list_reaches_only_its_hosts_and_wildcards_stay_public() {
+        let only = Policy::only(&[
+            "api.example.com".into(),
+            "*.cdn.example:443".into(),
+            "127.0.0.1:9000".into(),
+        ])
+        .unwrap();
+        assert!(only.check(&url("https://api.example.com/v1")).is_ok());
+        assert!(only.check(&url("https://other.example.com/")).is_err());
+        assert!(only.check(&url("https://a.b.cdn.example/x")).is_ok());
+        assert!(only.check(&url("http://a.cdn.example/x")).is_err());
+        assert!(only.check(&url("https://cdn.example/x")).is_err());
+        assert!(only.check(&url("http://127.0.0.1:9000/")).is_ok());
+        assert!(only.check(&url("http://127.0.0.1:9001/")).is_err());
+        assert!(only.allows_private("api.example.com"));
+        assert!(!only.allows_private("a.cdn.example"));
+
+        let any = Policy::only(&["*".into()]).unwrap();
+        assert!(any.check(&url("https://example.org/")).is_ok());
+        assert!(any.check(&url("http://127.0.0.1/")).is_err());
+        assert!(any.check(&url("http://169.254.169.254/")).is_err());
+        assert!(!any.allows_private("localhost"));
+        assert!(Policy::only(&["*:8080".into()])
+            .unwrap()
+            .check(&url("https://example.org/"))
+            .is_err());
+        assert!(Policy::only(&[])
+            .unwrap()
+            .check(&url("https://example.org/"))
+            .is_err());
+        for bad in ["*example.com", "*.10.0.0.1", "http://x/", "x/y"] {
+            assert!(Policy::only(&[bad.into()]).is_err(), "{bad} was accepted");
+        }
     }
 }

@@ -67,6 +67,7 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
             cpu_us: 0,
             memory_bytes: 0,
             host_calls: 0,
+            fetch_bytes: 0,
             failure: None,
             error: Some(format!(
                 "the event is at depth {}, over the limit of {}",
@@ -542,6 +543,7 @@ pub(super) fn judge(
         cpu_us: outcome.usage.cpu_us,
         memory_bytes: outcome.usage.memory_bytes,
         host_calls: outcome.usage.host_calls,
+        fetch_bytes: outcome.usage.fetch_bytes,
         failure,
         error,
         logs: outcome.logs,

@@ -1,6 +1,7 @@
 //! The host side of the guest ABI's `call`: document reads and writes with the same semantics,
 //! validation and change events as HTTP, made as the function (admin rights, one depth deeper
-//! than the event it handles), and the function's secrets (`env`). Each call is a span of the
+//! than the event it handles), the function's secrets (`env`), and outbound HTTP (`fetch`,
+//! see [`super::fetch`]). Each call is a span of the
 //! run's trace, and the changes it writes carry that span's context on to the events and
 //! webhook messages they queue.
 
@@ -11,6 +12,7 @@ use crate::error::Error;
 use crate::trace::{self, Kind, TraceContext, Tracer};
 use serde_json::{json, Value};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,12 @@ pub(super) struct DocumentHost {
     pub secrets: super::secrets::SecretReader,
     /// The secret values this run read, kept out of what it logs and returns.
     pub revealed: Mutex<Vec<String>>,
+    /// The function's `fetch` access; none when its config lists no hosts.
+    pub fetch: Option<Arc<super::fetch::Access>>,
+    /// When the invocation's wall time ends: no request outlasts it.
+    pub deadline: Instant,
+    /// Bytes sent and received by `fetch` in this run.
+    pub fetched: AtomicU64,
 }
 
 /// The log bytes one function may write per minute, across all its invocations: what its
@@ -130,9 +138,24 @@ impl DocumentHost {
         Ok(json!({ "value": value }))
     }
 
+    /// `{"op": "fetch", "url", ...}`: refused unless the function's config allows hosts.
+    fn fetch(&self, request: &Value, call: TraceContext) -> Result<Value, Error> {
+        let Some(access) = &self.fetch else {
+            return Err(Error::new(
+                crate::error::ErrorCode::Forbidden,
+                "this function may not fetch: list the hosts it may reach in its config's fetch.allow",
+            ));
+        };
+        let (reply, bytes) = self.on(call, access.fetch(request, self.deadline))?;
+        self.fetched.fetch_add(bytes, Ordering::Relaxed);
+        Ok(reply)
+    }
+
     fn answer(&self, op: &str, request: &Value, call: TraceContext) -> Result<Value, Error> {
-        if op == "env" {
-            return self.env(request, call);
+        match op {
+            "env" => return self.env(request, call),
+            "fetch" => return self.fetch(request, call),
+            _ => {}
         }
         let who = &self.who;
         let docs = &self.docs;
@@ -203,13 +226,27 @@ impl Host for DocumentHost {
         let op = request.get("op").and_then(Value::as_str)?;
         if !matches!(
             op,
-            "get" | "create" | "set" | "update" | "delete" | "query" | "aggregate" | "env"
+            "get"
+                | "create"
+                | "set"
+                | "update"
+                | "delete"
+                | "query"
+                | "aggregate"
+                | "env"
+                | "fetch"
         ) {
             return None;
         }
         // A secret's name is not a collection; the span says which secret, never its value.
+        let fetched_host = (op == "fetch")
+            .then(|| request.get("url").and_then(Value::as_str))
+            .flatten()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_string));
         let collection = match op {
             "env" => request.get("name").and_then(Value::as_str),
+            "fetch" => fetched_host.as_deref(),
             _ => request.get("collection").and_then(Value::as_str),
         };
         let mut span = self.tracer.span(

@@ -136,6 +136,14 @@ impl Functions {
             .inner
             .tracer
             .span(format!("function {name}"), kind, parent);
+        let limits = self.limits(&loaded.record.info.config);
+        let fetch = loaded
+            .record
+            .info
+            .config
+            .fetch
+            .as_ref()
+            .and_then(|config| self.fetch_access(&name, config));
         let host = Arc::new(host::DocumentHost {
             docs: self.inner.docs.clone(),
             who: Principal::Function {
@@ -149,15 +157,18 @@ impl Functions {
             trace: span.context(),
             secrets: self.secret_reader(&name),
             revealed: Default::default(),
+            fetch,
+            deadline: std::time::Instant::now() + limits.timeout,
+            fetched: Default::default(),
         });
         let input = serde_json::to_vec(event).map_err(internal)?;
-        let limits = self.limits(&loaded.record.info.config);
         let mut outcome = self
             .inner
             .runtime
             .invoke(lane, loaded.module.clone(), input, limits, host.clone())
             .await
             .map_err(FunctionsError::Busy)?;
+        outcome.usage.fetch_bytes = host.fetched.load(std::sync::atomic::Ordering::Relaxed);
         // What the run read from its secrets stays out of its record and its answer.
         for line in &mut outcome.logs {
             line.message = host.redact(&line.message);
@@ -204,6 +215,11 @@ impl Functions {
         m.function_cpu
             .with_label_values(&[name.as_str()])
             .inc_by(outcome.usage.cpu_us as f64 / 1e6);
+        if outcome.usage.fetch_bytes > 0 {
+            m.function_fetch_bytes
+                .with_label_values(&[name.as_str()])
+                .inc_by(outcome.usage.fetch_bytes);
+        }
         Ok((outcome, context))
     }
 
@@ -237,6 +253,7 @@ impl Functions {
             cpu_us: outcome.usage.cpu_us,
             memory_bytes: outcome.usage.memory_bytes,
             host_calls: outcome.usage.host_calls,
+            fetch_bytes: outcome.usage.fetch_bytes,
             failure,
             error: error.clone(),
             logs: outcome.logs,

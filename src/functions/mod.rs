@@ -12,6 +12,7 @@
 
 mod dispatch;
 mod error;
+mod fetch;
 mod host;
 mod invoke;
 mod local;
@@ -29,7 +30,8 @@ pub use invoke::HttpResult;
 pub use local::{invoke_remote, LocalRun};
 pub(crate) use records::check_name;
 pub use records::{
-    DailyQuota, DailyUsage, FunctionConfig, FunctionInfo, FunctionVersion, Invocation, Trigger,
+    DailyQuota, DailyUsage, FetchConfig, FunctionConfig, FunctionInfo, FunctionVersion, Invocation,
+    Trigger,
 };
 pub(crate) use registry::stored_modules;
 pub use runtime::LogLine;
@@ -78,6 +80,8 @@ struct Inner {
     tokio: tokio::runtime::Handle,
     /// Each loaded function's log budget (entries go with their function).
     log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
+    /// Each function's `fetch` client, built for its allow-list.
+    fetchers: Mutex<HashMap<String, Arc<fetch::Access>>>,
     /// This process, as named in the leases it holds in a cluster (see `lease`).
     node: String,
     /// Whether this process delivers events (a server) or only queues them (a CLI run).
@@ -178,6 +182,7 @@ impl Functions {
                 dispatch: crate::delivery::Dispatchers::default(),
                 tokio: tokio::runtime::Handle::current(),
                 log_budgets: Mutex::new(HashMap::new()),
+                fetchers: Mutex::new(HashMap::new()),
                 node: ulid::Ulid::new().to_string(),
                 deliver,
                 streams_closed: tokio::sync::watch::Sender::new(false),

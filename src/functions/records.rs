@@ -94,6 +94,27 @@ pub struct FunctionConfig {
     /// Limits per UTC day, after which the function pauses until the next day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_quota: Option<DailyQuota>,
+    /// Outbound HTTP requests (`fetch`): none unless this lists the hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchConfig>,
+}
+
+/// Which hosts a function may request with `fetch`, and how much it may read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    /// `api.example.com`, `api.example.com:8443` (that port only), an IP address,
+    /// `*.example.com` (any name under it) or `*` (any host). Only a host named exactly, not by
+    /// a wildcard, may be reached at a loopback, private or link-local address.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// The largest response body read, in bytes (default 1 MiB, at most 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+    /// How long one request may take, in milliseconds (default 10000); never longer than
+    /// what is left of the invocation's `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A function as the API shows it.
@@ -158,6 +179,9 @@ pub struct DailyUsage {
     pub wall_us: u64,
     pub cpu_us: u64,
     pub host_calls: u64,
+    /// Bytes sent and received by `fetch`.
+    #[serde(default)]
+    pub fetch_bytes: u64,
 }
 
 /// An uploaded module of a function, kept so it can be activated again.
@@ -198,6 +222,9 @@ pub struct Invocation {
     /// Host calls (reads and writes) the run made.
     #[serde(default)]
     pub host_calls: u32,
+    /// Bytes the run sent and received with `fetch`.
+    #[serde(default)]
+    pub fetch_bytes: u64,
     /// For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
@@ -305,6 +332,9 @@ impl Functions {
         }
         if config.max_retries.is_some_and(|r| r > 100) {
             return Err(invalid("max_retries must be 0 to 100", "max_retries"));
+        }
+        if let Some(fetch) = &config.fetch {
+            super::fetch::check(fetch)?;
         }
         Ok(())
     }

@@ -283,6 +283,7 @@ impl Functions {
         if let Ok(mut budgets) = self.inner.log_budgets.lock() {
             budgets.remove(name);
         }
+        self.forget_fetch_access(name);
         removed
     }
 

@@ -118,6 +118,8 @@ pub struct Usage {
     /// The linear memory's size at the end, which is its peak (it only grows), in bytes.
     pub memory_bytes: u64,
     pub host_calls: u32,
+    /// Bytes sent and received by `fetch` (the host fills this in).
+    pub fetch_bytes: u64,
 }
 
 /// The host side of `call`: answers one request (JSON) with a reply (JSON). Runs on the
@@ -676,6 +678,7 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
         cpu_us: cpu.elapsed().as_micros() as u64,
         memory_bytes,
         host_calls: env.calls,
+        fetch_bytes: 0,
     };
     let mut logs = std::mem::take(&mut env.logs);
     if env.logs_dropped > 0 {

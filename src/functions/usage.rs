@@ -9,13 +9,14 @@ use crate::store::{KvWrite, Space};
 use std::time::{Duration, SystemTime};
 
 /// The measures counted per day, in the order of [`DailyUsage`]'s fields.
-const MEASURES: [&str; 6] = [
+const MEASURES: [&str; 7] = [
     "invocations",
     "failures",
     "fuel",
     "wall_us",
     "cpu_us",
     "host_calls",
+    "fetch_bytes",
 ];
 
 /// The most days a usage report covers.
@@ -38,6 +39,7 @@ pub(super) fn count(mut write: KvWrite, name: &str, record: &Invocation) -> KvWr
         record.duration_us,
         record.cpu_us,
         u64::from(record.host_calls),
+        record.fetch_bytes,
     ];
     for (measure, value) in MEASURES.iter().zip(values) {
         if value > 0 {
@@ -121,6 +123,7 @@ impl Functions {
                     "wall_us" => d.wall_us = value,
                     "cpu_us" => d.cpu_us = value,
                     "host_calls" => d.host_calls = value,
+                    "fetch_bytes" => d.fetch_bytes = value,
                     _ => {}
                 }
             }

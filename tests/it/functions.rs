@@ -185,7 +185,7 @@ fn invocations_all(srv: &TestServer, name: &str) -> Vec<Value> {
     all
 }
 
-fn invocations(srv: &TestServer, name: &str) -> Vec<Value> {
+pub(crate) fn invocations(srv: &TestServer, name: &str) -> Vec<Value> {
     srv.get(&format!("/v1/admin/functions/{name}/invocations?limit=100"))
         .expect(200)
         .json["items"]
@@ -215,7 +215,7 @@ pub(crate) fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) ->
     }
 }
 
-fn start() -> TestServer {
+pub(crate) fn start() -> TestServer {
     TestServer::start_with(|c| {
         fast(c);
         c.functions.retry_base_ms = 50;
@@ -1447,7 +1447,7 @@ fn events_committed_before_a_kill_9_are_delivered_after_restart() {
 /// Builds an AssemblyScript example as a user's project builds: in `examples/functions`, whose
 /// `package.json` has the compiler and the `emberbase-functions` package (installed with
 /// `npm ci` on first use), or `None` when npm is not installed (`.ci/run` installs it).
-fn assemblyscript(example: &str) -> Option<Vec<u8>> {
+pub(crate) fn assemblyscript(example: &str) -> Option<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let project = root.join("examples/functions");
     let asc = project.join("node_modules/.bin/asc");

@@ -11,6 +11,7 @@ mod docs;
 mod documents;
 mod embed;
 mod engine;
+mod fetch;
 mod files;
 mod functions;
 mod fuzz;

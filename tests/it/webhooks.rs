@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 /// A request the receiver got.
 #[derive(Debug, Clone)]
 pub(crate) struct Received {
+    /// The request line: `POST /hook HTTP/1.1`.
+    pub(crate) line: String,
     pub(crate) headers: HashMap<String, String>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Received {
@@ -155,10 +157,12 @@ impl Receiver {
     }
 }
 
-fn read_request(stream: &TcpStream) -> Option<Received> {
+/// One HTTP/1.1 request from `stream` (a body only with `Content-Length`).
+pub(crate) fn read_request(stream: &TcpStream) -> Option<Received> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
+    let request_line = line.trim_end().to_string();
     let mut headers = HashMap::new();
     loop {
         line.clear();
@@ -170,10 +174,14 @@ fn read_request(stream: &TcpStream) -> Option<Received> {
         let (name, value) = l.split_once(':')?;
         headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
     }
-    let length: usize = headers.get("content-length")?.parse().ok()?;
+    let length: usize = match headers.get("content-length") {
+        Some(n) => n.parse().ok()?,
+        None => 0,
+    };
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
     Some(Received {
+        line: request_line,
         headers,
         body: String::from_utf8(body).ok()?,
     })

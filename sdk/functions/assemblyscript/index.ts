@@ -89,6 +89,25 @@ export namespace env {
   }
 }
 
+/** Outbound HTTP requests, to the hosts the function's config allows (`fetch.allow`). */
+export namespace http {
+  /** Sends a request; `headers` and `body` are JSON text (`'{"accept":"text/plain"}'`, a
+   *  quoted string) or empty. The reply is `{"status", "headers", "body"}` for any HTTP status;
+   *  a refused host, private address, oversized answer or timeout is `{"error": {"code",
+   *  "message"}}` (`forbidden`, `payload_too_large`, `unavailable`). */
+  export function fetch(method: string, url: string, headers: string = "", body: string = ""): JSONValue {
+    let req = '{"op":"fetch","method":' + quote(method) + ',"url":' + quote(url);
+    if (headers.length > 0) req += ',"headers":' + headers;
+    if (body.length > 0) req += ',"body":' + body;
+    return request(req + "}");
+  }
+
+  /** `GET url`. */
+  export function get(url: string): JSONValue {
+    return fetch("GET", url);
+  }
+}
+
 /** The database, with the same semantics, validation and change events as the HTTP API. Data
  *  arguments are JSON text (build it with `quote` or `JSONValue.toString`). A reply the store
  *  refused is `{"error": {"code", "message"}}`: check `reply.get("error").isNull()`. */

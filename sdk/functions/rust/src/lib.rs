@@ -110,6 +110,64 @@ pub mod env {
     }
 }
 
+/// Outbound HTTP requests, to the hosts the function's config allows (`fetch.allow`).
+pub mod http {
+    use super::{call, json, Error, Value};
+    use std::collections::BTreeMap;
+
+    /// An answer: its status, headers (lower-case names) and body (text, or base64 in
+    /// `body_base64` when it is not UTF-8).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Response {
+        pub status: u16,
+        pub headers: BTreeMap<String, String>,
+        pub body: String,
+        pub body_base64: Option<String>,
+    }
+
+    impl Response {
+        /// The body as JSON.
+        pub fn json(&self) -> Result<Value, Error> {
+            serde_json::from_str(&self.body).map_err(|e| Error {
+                code: "bad_request".into(),
+                message: format!("the body is not JSON: {e}"),
+            })
+        }
+    }
+
+    /// Sends a request. A host off the allow-list, a private address, an oversized answer or
+    /// a timeout is an `Error` (`forbidden`, `payload_too_large`, `unavailable`); any HTTP
+    /// status, 4xx and 5xx included, is a `Response`.
+    pub fn fetch(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<Response, Error> {
+        let headers: BTreeMap<&str, &str> = headers.iter().copied().collect();
+        let reply = call(&json!({"op": "fetch", "method": method, "url": url,
+            "headers": headers, "body": body}))?;
+        Ok(Response {
+            status: reply["status"].as_u64().unwrap_or(0) as u16,
+            headers: reply["headers"]
+                .as_object()
+                .map(|h| {
+                    h.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            body: reply["body"].as_str().unwrap_or_default().to_string(),
+            body_base64: reply["body_base64"].as_str().map(str::to_string),
+        })
+    }
+
+    /// `GET url`.
+    pub fn get(url: &str) -> Result<Response, Error> {
+        fetch("GET", url, &[], None)
+    }
+}
+
 /// The database, with the same semantics, validation and change events as the HTTP API.
 pub mod db {
     use super::{call, json, Error, Value};

@@ -1703,6 +1703,11 @@ export interface components {
              * @description Runs that did not end `ok`.
              */
             failures: number;
+            /**
+             * Format: int64
+             * @description Bytes sent and received by `fetch`.
+             */
+            fetch_bytes?: number;
             /** Format: int64 */
             fuel: number;
             /** Format: int64 */
@@ -1786,6 +1791,26 @@ export interface components {
              */
             total?: number | null;
         };
+        /** @description Which hosts a function may request with `fetch`, and how much it may read. */
+        FetchConfig: {
+            /**
+             * @description `api.example.com`, `api.example.com:8443` (that port only), an IP address,
+             *     `*.example.com` (any name under it) or `*` (any host). Only a host named exactly, not by
+             *     a wildcard, may be reached at a loopback, private or link-local address.
+             */
+            allow?: string[];
+            /**
+             * Format: int64
+             * @description The largest response body read, in bytes (default 1 MiB, at most 16 MiB).
+             */
+            max_response_bytes?: number | null;
+            /**
+             * Format: int64
+             * @description How long one request may take, in milliseconds (default 10000); never longer than
+             *     what is left of the invocation's `timeout_ms`.
+             */
+            timeout_ms?: number | null;
+        };
         /**
          * @description A file's content: any bytes under any `Content-Type` (JSON, text or binary alike), so its
          *     schema constrains nothing.
@@ -1823,6 +1848,7 @@ export interface components {
              */
             concurrency?: number | null;
             daily_quota?: components["schemas"]["DailyQuota"] | null;
+            fetch?: components["schemas"]["FetchConfig"] | null;
             /**
              * Format: int64
              * @description Metering points per invocation (default `functions.fuel`).
@@ -1944,6 +1970,11 @@ export interface components {
             event_id: string;
             /** @description For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`. */
             failure?: string | null;
+            /**
+             * Format: int64
+             * @description Bytes the run sent and received with `fetch`.
+             */
+            fetch_bytes?: number;
             /**
              * Format: int64
              * @description Metering points the run spent.
