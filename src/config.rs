@@ -117,6 +117,8 @@ pub struct FunctionsConfig {
     /// the same document or file always run one after the other. 1 keeps a function's runs
     /// one at a time, which read-then-write code relies on.
     pub concurrency: usize,
+    /// Mails one function may send per hour with `mail.send` (a function may set its own).
+    pub mail_per_hour: u32,
 }
 
 /// Outbound webhooks: how their deliveries are timed, retried and kept.
@@ -213,6 +215,7 @@ impl Default for FunctionsConfig {
             log_bytes_per_minute: 256 * 1024,
             versions_kept: 10,
             concurrency: 1,
+            mail_per_hour: 100,
         }
     }
 }
@@ -622,7 +625,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 52] = [
+        let ranges: [(&str, u64, u64, u64); 53] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -805,6 +808,12 @@ impl Config {
             ),
             ("functions.concurrency", f.concurrency as u64, 1, 256),
             ("functions.versions_kept", f.versions_kept as u64, 1, 1000),
+            (
+                "functions.mail_per_hour",
+                u64::from(f.mail_per_hour),
+                0,
+                100_000,
+            ),
             ("webhooks.timeout_ms", w.timeout_ms, 1, 300_000),
             ("webhooks.retry_base_ms", w.retry_base_ms, 1, 3_600_000),
             ("webhooks.max_attempts", u64::from(w.max_attempts), 1, 100),

@@ -70,6 +70,7 @@ mod error;
 mod files;
 mod functions;
 mod lease;
+mod mail;
 mod metrics;
 mod migrate;
 mod model;

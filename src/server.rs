@@ -4,14 +4,15 @@
 use crate::api::{self, AppState, RouteHook, Services};
 use crate::auth::password::PasswordHasherPool;
 use crate::auth::tokens::TokenIssuer;
-use crate::auth::{self, mail::Mailer, Accounts, Authenticator};
+use crate::auth::{self, Accounts, Authenticator};
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::docs::Documents;
 use crate::engine::postgres::{PostgresEngine, PostgresOptions};
 use crate::engine::Engine;
 use crate::files::Files;
-use crate::functions::Functions;
+use crate::functions::{self, Functions};
+use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 use crate::secrets::Secrets;
@@ -150,17 +151,16 @@ impl ServerBuilder {
         )
         .await
         .map_err(StartError::Other)?;
-        let functions = Functions::start(
-            &data_dir,
-            store.clone(),
+        let services = functions::Services {
+            store: store.clone(),
             docs,
-            &config.functions,
             metrics,
-            Tracer::ids_only(),
-            false,
-        )
-        .await
-        .map_err(StartError::Other)?;
+            tracer: Tracer::ids_only(),
+            mailer: Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?,
+        };
+        let functions = Functions::start(&data_dir, services, &config.functions, false)
+            .await
+            .map_err(StartError::Other)?;
         let result = functions
             .invoke_once(name, module, event)
             .await
@@ -231,17 +231,24 @@ impl ServerBuilder {
         )
         .await
         .map_err(StartError::Other)?;
-        let functions = Functions::start(
-            &data_dir,
-            store.clone(),
-            docs.clone(),
-            &config.functions,
-            metrics.clone(),
-            tracer.clone(),
-            true,
-        )
-        .await
-        .map_err(StartError::Other)?;
+        let mailer = Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?;
+        let services = functions::Services {
+            store: store.clone(),
+            docs: docs.clone(),
+            metrics: metrics.clone(),
+            tracer: tracer.clone(),
+            mailer: mailer.clone(),
+        };
+        let functions = Functions::start(&data_dir, services, &config.functions, true)
+            .await
+            .map_err(StartError::Other)?;
+        tokio::spawn(async move {
+            match mailer.resume().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(mails = n, "delivered mails left queued at the last stop"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the mail outbox"),
+            }
+        });
         let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
         let accounts = Arc::new(open_accounts(&store, &config, &data_dir).await?);

@@ -3,9 +3,9 @@
 use super::error::ErrorBody;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
-use crate::auth::mail::Mail;
 use crate::auth::{accounts::UserPage, EmailCollision, User};
 use crate::error::Error;
+use crate::mail::Mail;
 use actix_web::{delete, get, post, put, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 

@@ -32,12 +32,12 @@ pub use records::{Session, User, UserPage};
 use records::{from_json, to_json, UserRecord};
 
 use super::error::{AuthError, Result};
-use super::mail::Mailer;
 use super::oauth::OAuthClient;
 use super::password::PasswordHasherPool;
 use super::throttle::WindowLimiter;
 use super::tokens::TokenIssuer;
 use crate::config::AuthConfig;
+use crate::mail::Mailer;
 use crate::store::{KvWrite, Space, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;

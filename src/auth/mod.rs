@@ -7,7 +7,6 @@
 
 pub(crate) mod accounts;
 mod error;
-pub(crate) mod mail;
 pub(crate) mod oauth;
 pub(crate) mod password;
 pub(crate) mod throttle;

@@ -28,6 +28,9 @@ pub(super) struct DocumentHost {
     pub secrets: super::secrets::SecretReader,
     /// The secret values this run read, kept out of what it logs and returns.
     pub revealed: Mutex<Vec<String>>,
+    /// Where `mail` sends, and what this function may still send this hour.
+    pub mailer: crate::mail::Mailer,
+    pub mail_budget: Arc<super::mail::MailBudget>,
     /// The function's `fetch` access; none when its config lists no hosts.
     pub fetch: Option<Arc<super::fetch::Access>>,
     /// When the invocation's wall time ends: no request outlasts it.
@@ -151,10 +154,31 @@ impl DocumentHost {
         Ok(reply)
     }
 
+    /// `{"op": "mail", "to", "subject", "text"?, "html"?}` → `{"id", "delivery"}`, once the
+    /// message is in the outbox.
+    fn mail(&self, request: &Value, call: TraceContext) -> Result<Value, Error> {
+        let outgoing = super::mail::outgoing(request, &self.function)?;
+        if !self.mail_budget.take() {
+            return Err(Error::new(
+                crate::error::ErrorCode::RateLimited,
+                format!(
+                    "function {} may send {} mails per hour (mail_per_hour)",
+                    self.function,
+                    self.mail_budget.per_hour()
+                ),
+            ));
+        }
+        let mail = self
+            .on(call, self.mailer.queue(outgoing))
+            .map_err(super::FunctionsError::from)?;
+        Ok(json!({"id": mail.id, "delivery": mail.delivery}))
+    }
+
     fn answer(&self, op: &str, request: &Value, call: TraceContext) -> Result<Value, Error> {
         match op {
             "env" => return self.env(request, call),
             "fetch" => return self.fetch(request, call),
+            "mail" => return self.mail(request, call),
             _ => {}
         }
         let who = &self.who;
@@ -235,6 +259,7 @@ impl Host for DocumentHost {
                 | "aggregate"
                 | "env"
                 | "fetch"
+                | "mail"
         ) {
             return None;
         }

@@ -158,6 +158,16 @@ impl Functions {
             secrets: self.secret_reader(&name),
             revealed: Default::default(),
             fetch,
+            mailer: self.inner.mailer.clone(),
+            mail_budget: self.mail_budget(
+                &name,
+                loaded
+                    .record
+                    .info
+                    .config
+                    .mail_per_hour
+                    .unwrap_or(self.inner.config.mail_per_hour),
+            ),
             deadline: std::time::Instant::now() + limits.timeout,
             fetched: Default::default(),
         });

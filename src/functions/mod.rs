@@ -16,6 +16,7 @@ mod fetch;
 mod host;
 mod invoke;
 mod local;
+mod mail;
 mod records;
 mod registry;
 pub mod runtime;
@@ -82,6 +83,9 @@ struct Inner {
     log_budgets: Mutex<HashMap<String, Arc<host::LogBudget>>>,
     /// Each function's `fetch` client, built for its allow-list.
     fetchers: Mutex<HashMap<String, Arc<fetch::Access>>>,
+    /// Where `mail.send` goes, and what each function may still send this hour.
+    mailer: crate::mail::Mailer,
+    mail_budgets: Mutex<HashMap<String, Arc<mail::MailBudget>>>,
     /// This process, as named in the leases it holds in a cluster (see `lease`).
     node: String,
     /// Whether this process delivers events (a server) or only queues them (a CLI run).
@@ -135,6 +139,16 @@ pub struct Functions {
     inner: Arc<Inner>,
 }
 
+/// The server's services a function runs against.
+pub(crate) struct Services {
+    pub store: Store,
+    pub docs: Documents,
+    pub metrics: Arc<Metrics>,
+    pub tracer: Tracer,
+    /// Where `mail.send` goes.
+    pub mailer: crate::mail::Mailer,
+}
+
 impl Functions {
     /// Opens the function directories, loads every stored function (recompiling artifacts that
     /// are missing, stale or do not match their recorded hash), installs the outbox hook and,
@@ -142,13 +156,17 @@ impl Functions {
     /// runtime.
     pub(crate) async fn start(
         data_dir: &Path,
-        store: Store,
-        docs: Documents,
+        services: Services,
         config: &FunctionsConfig,
-        metrics: Arc<Metrics>,
-        tracer: Tracer,
         deliver: bool,
     ) -> std::result::Result<Functions, String> {
+        let Services {
+            store,
+            docs,
+            metrics,
+            tracer,
+            mailer,
+        } = services;
         let root = data_dir.join("functions");
         // `registry::stored_modules` reads this layout too.
         let modules_dir = root.join("modules");
@@ -183,6 +201,8 @@ impl Functions {
                 tokio: tokio::runtime::Handle::current(),
                 log_budgets: Mutex::new(HashMap::new()),
                 fetchers: Mutex::new(HashMap::new()),
+                mailer,
+                mail_budgets: Mutex::new(HashMap::new()),
                 node: ulid::Ulid::new().to_string(),
                 deliver,
                 streams_closed: tokio::sync::watch::Sender::new(false),

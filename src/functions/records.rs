@@ -94,6 +94,10 @@ pub struct FunctionConfig {
     /// Limits per UTC day, after which the function pauses until the next day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_quota: Option<DailyQuota>,
+    /// Mails the function may send per hour with `mail.send` (default
+    /// `functions.mail_per_hour`); 0 forbids it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_per_hour: Option<u32>,
     /// Outbound HTTP requests (`fetch`): none unless this lists the hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetch: Option<FetchConfig>,
@@ -332,6 +336,12 @@ impl Functions {
         }
         if config.max_retries.is_some_and(|r| r > 100) {
             return Err(invalid("max_retries must be 0 to 100", "max_retries"));
+        }
+        if config.mail_per_hour.is_some_and(|n| n > 100_000) {
+            return Err(invalid(
+                "mail_per_hour must be 0 to 100000",
+                "mail_per_hour",
+            ));
         }
         if let Some(fetch) = &config.fetch {
             super::fetch::check(fetch)?;

@@ -284,6 +284,9 @@ impl Functions {
             budgets.remove(name);
         }
         self.forget_fetch_access(name);
+        if let Ok(mut budgets) = self.inner.mail_budgets.lock() {
+            budgets.remove(name);
+        }
         removed
     }
 

@@ -1009,7 +1009,7 @@ fn admin_create_command_and_default_hashing() {
 }
 
 /// A minimal SMTP server that accepts one message and hands back what it received.
-fn smtp_sink() -> (u16, std::sync::mpsc::Receiver<String>) {
+pub(crate) fn smtp_sink() -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -2,7 +2,7 @@
 //! unless named exactly (also after a redirect), a capped response, a timeout inside the
 //! invocation's time; from a WAT guest and from the AssemblyScript SDK.
 
-use crate::functions::{assemblyscript, call, deploy, eventually, guest, invocations, start};
+use crate::functions::{assemblyscript, call, deploy, eventually, invocations, replying, start};
 use crate::webhooks::read_request;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -83,16 +83,7 @@ impl Upstream {
 fn fetcher(request: Value) -> Vec<u8> {
     let mut request = request;
     request["op"] = json!("fetch");
-    guest(
-        &[&request.to_string(), r#"{"status":200,"body":"#, "}"],
-        "",
-        "(local.set $qn (call $call (call $str_ptr (i32.const 0)) (call $str_len (i32.const 0))))
-         (local.set $q (call $alloc (local.get $qn)))
-         (call $result_read (local.get $q))
-         (call $wrap (i32.const 1) (local.get $q) (local.get $qn) (i32.const 2))
-         (local.set $qn) (local.set $q)
-         (call $pack (local.get $q) (local.get $qn))",
-    )
+    replying(&request)
 }
 
 /// The reply a function that fetches `request` got, with the config's `fetch` section.

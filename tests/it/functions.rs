@@ -1676,6 +1676,20 @@ fn answer_of(request: &str) -> Vec<u8> {
     )
 }
 
+/// Makes one host request and answers an HTTP call with the reply as its body.
+pub(crate) fn replying(request: &Value) -> Vec<u8> {
+    guest(
+        &[&request.to_string(), r#"{"status":200,"body":"#, "}"],
+        "",
+        "(local.set $qn (call $call (call $str_ptr (i32.const 0)) (call $str_len (i32.const 0))))
+         (local.set $q (call $alloc (local.get $qn)))
+         (call $result_read (local.get $q))
+         (call $wrap (i32.const 1) (local.get $q) (local.get $qn) (i32.const 2))
+         (local.set $qn) (local.set $q)
+         (call $pack (local.get $q) (local.get $qn))",
+    )
+}
+
 /// Reads secret `name` with the `env` host operation, logs the reply and answers with it.
 pub(crate) fn env_reader(name: &str) -> Vec<u8> {
     answer_of(&format!(r#"{{"op":"env","name":"{name}"}}"#))

@@ -13,6 +13,7 @@ mod embed;
 mod engine;
 mod fetch;
 mod files;
+mod function_mail;
 mod functions;
 mod fuzz;
 mod hardening;

@@ -89,6 +89,20 @@ export namespace env {
   }
 }
 
+/** Email, through the server's outbox (and SMTP when it has a relay). */
+export namespace mail {
+  /** Sends a message to `to` (an address) with a plain-text body, an HTML body, or both (pass
+   *  "" for the one you leave out). The reply is `{"id", "delivery"}` once the message is
+   *  stored, or `{"error": {"code", "message"}}` (`rate_limited` past the function's
+   *  `mail_per_hour`, default 100). */
+  export function send(to: string, subject: string, text: string, html: string = ""): JSONValue {
+    let req = '{"op":"mail","to":' + quote(to) + ',"subject":' + quote(subject);
+    if (text.length > 0) req += ',"text":' + quote(text);
+    if (html.length > 0) req += ',"html":' + quote(html);
+    return request(req + "}");
+  }
+}
+
 /** Outbound HTTP requests, to the hosts the function's config allows (`fetch.allow`). */
 export namespace http {
   /** Sends a request; `headers` and `body` are JSON text (`'{"accept":"text/plain"}'`, a

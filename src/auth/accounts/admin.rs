@@ -4,9 +4,9 @@
 use super::records::{from_json, new_user, normalize_email, User, UserPage, UserRecord};
 use super::Accounts;
 use crate::auth::error::{invalid, AuthError, Result};
-use crate::auth::mail::Mail;
 use crate::auth::password::check_password;
 use crate::auth::Principal;
+use crate::mail::Mail;
 use crate::store::{KvWrite, Space, StoreError};
 use serde_json::Map;
 
@@ -140,7 +140,7 @@ impl Accounts {
 
     pub async fn outbox(&self, who: &Principal, limit: usize) -> Result<Vec<Mail>> {
         Self::require_admin(who)?;
-        self.mailer.outbox(limit.clamp(1, 1000)).await
+        Ok(self.mailer.outbox(limit.clamp(1, 1000)).await?)
     }
 
     /// Adds a new JWT signing key (admins only); earlier tokens stay valid until they expire.

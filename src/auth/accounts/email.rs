@@ -97,6 +97,7 @@ impl Accounts {
         self.mailer
             .send(&user.email, "Confirm your email", body)
             .await
+            .map_err(AuthError::from)
     }
 
     pub async fn confirm_verification(&self, token: &str) -> Result<User> {
@@ -169,6 +170,7 @@ impl Accounts {
         self.mailer
             .send(&user.email, "Reset your password", body)
             .await
+            .map_err(AuthError::from)
     }
 
     /// Sets a new password with a reset token and revokes every token of the user.

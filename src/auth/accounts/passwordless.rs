@@ -154,7 +154,10 @@ impl Accounts {
             "Your sign-in code for {to} is {code}\n\n{link}\n\nIt works once, for {} minutes. If you did not ask for it, ignore this message.\n",
             ttl.div_ceil(60)
         );
-        self.mailer.send(&to, "Your sign-in code", body).await
+        self.mailer
+            .send(&to, "Your sign-in code", body)
+            .await
+            .map_err(AuthError::from)
     }
 
     /// Signs in with the code (and its address) or the link token from a sign-in mail: the

@@ -110,6 +110,25 @@ pub mod env {
     }
 }
 
+/// Email, through the server's outbox (and SMTP when it has a relay).
+pub mod mail {
+    use super::{call, json, Error};
+
+    /// Sends a message to one or more addresses, with a plain-text body, an HTML body, or both.
+    /// Returns the outbox id once the message is stored; delivery happens after. A function may
+    /// send `mail_per_hour` (default 100) an hour: past that, an `Error` with `rate_limited`.
+    pub fn send(
+        to: &[&str],
+        subject: &str,
+        text: Option<&str>,
+        html: Option<&str>,
+    ) -> Result<String, Error> {
+        let reply = call(&json!({"op": "mail", "to": to, "subject": subject,
+            "text": text, "html": html}))?;
+        Ok(reply["id"].as_str().unwrap_or_default().to_string())
+    }
+}
+
 /// Outbound HTTP requests, to the hosts the function's config allows (`fetch.allow`).
 pub mod http {
     use super::{call, json, Error, Value};

@@ -1856,6 +1856,12 @@ export interface components {
             fuel?: number | null;
             /**
              * Format: int32
+             * @description Mails the function may send per hour with `mail.send` (default
+             *     `functions.mail_per_hour`); 0 forbids it.
+             */
+            mail_per_hour?: number | null;
+            /**
+             * Format: int32
              * @description Host calls per invocation (default `functions.max_host_calls`).
              */
             max_host_calls?: number | null;
@@ -2046,12 +2052,21 @@ export interface components {
         LoginResult: components["schemas"]["Session"] | components["schemas"]["MfaChallenge"];
         /** @description One outgoing message. */
         Mail: {
+            /** @description The plain-text body. */
             body: string;
             created_at: string;
-            /** @description `outbox` (no SMTP configured), `sent`, or `failed: <reason>`. */
+            /**
+             * @description `outbox` (no SMTP configured), `queued` (waiting for SMTP), `sent`, or
+             *     `failed: <reason>`.
+             */
             delivery: string;
+            /** @description The function that sent it; absent for the server's own account mails. */
+            function?: string | null;
+            /** @description The HTML body, when the message has one (sent as an alternative to `body`). */
+            html?: string | null;
             id: string;
             subject: string;
+            /** @description The recipient; several are separated by `, `. */
             to: string;
         };
         MailList: {

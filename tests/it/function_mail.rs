@@ -1,0 +1,158 @@
+//! Functions' `mail` host operation: messages land in the outbox (and go over SMTP in the
+//! background, also after a restart), checked, and limited per function per hour.
+
+use crate::auth::smtp_sink;
+use crate::common::{fast, TestServer};
+use crate::functions::{call, deploy, eventually, replying, start};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::time::Duration;
+
+fn mailer(request: Value) -> Vec<u8> {
+    let mut request = request;
+    request["op"] = json!("mail");
+    replying(&request)
+}
+
+/// The outbox's record of a mail.
+fn outboxed(srv: &TestServer, id: &str) -> Value {
+    let items = srv.get("/v1/admin/outbox?limit=100").expect(200).json["items"].clone();
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn functions_send_mail_through_the_outbox_within_their_hourly_limit() {
+    let srv = start();
+    let message = json!({"to": ["ada@example.com", "bob@example.com"], "subject": "Your order",
+        "text": "It shipped.", "html": "<p>It <b>shipped</b>.</p>"});
+    deploy(
+        &srv,
+        "notify",
+        &mailer(message),
+        json!({"triggers": [{"on": "http"}], "mail_per_hour": 2}),
+    );
+    let first = call(&srv, "notify", None, &json!({})).expect(200).json;
+    assert_eq!(first["delivery"], "outbox", "{first}");
+    let mail = outboxed(&srv, first["id"].as_str().unwrap());
+    assert_eq!(mail["function"], "notify");
+    assert_eq!(mail["to"], "ada@example.com, bob@example.com");
+    assert_eq!(mail["subject"], "Your order");
+    assert_eq!(mail["body"], "It shipped.");
+    assert_eq!(mail["html"], "<p>It <b>shipped</b>.</p>");
+
+    // The third in an hour is refused; nothing more reaches the outbox.
+    call(&srv, "notify", None, &json!({})).expect(200);
+    let third = call(&srv, "notify", None, &json!({})).expect(200).json;
+    assert_eq!(third["error"]["code"], "rate_limited", "{third}");
+    let from_notify = srv.get("/v1/admin/outbox?limit=100").expect(200).json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["function"] == "notify")
+        .count();
+    assert_eq!(from_notify, 2);
+
+    // 0 forbids mail; the server's default applies otherwise; the config is checked.
+    deploy(
+        &srv,
+        "mute",
+        &mailer(json!({"to": "ada@example.com", "subject": "x", "text": "y"})),
+        json!({"triggers": [{"on": "http"}], "mail_per_hour": 0}),
+    );
+    let muted = call(&srv, "mute", None, &json!({})).expect(200).json;
+    assert_eq!(muted["error"]["code"], "rate_limited");
+    srv.put(
+        "/v1/admin/functions/mute/config",
+        &json!({"triggers": [{"on": "http"}], "mail_per_hour": 100_001}),
+    )
+    .expect(400);
+
+    // Bad messages are refused with what is wrong.
+    for (name, message, says) in [
+        (
+            "noaddr",
+            json!({"to": "not an address", "subject": "s", "text": "t"}),
+            "not an email address",
+        ),
+        (
+            "named",
+            json!({"to": "Ada <ada@example.com>", "subject": "s", "text": "t"}),
+            "not an email address",
+        ),
+        (
+            "nobody",
+            json!({"to": "ada@example.com", "subject": "s"}),
+            "text",
+        ),
+        (
+            "twolines",
+            json!({"to": "ada@example.com", "subject": "a\r\nBcc: eve@example.com", "text": "t"}),
+            "one line",
+        ),
+        (
+            "nolist",
+            json!({"to": [], "subject": "s", "text": "t"}),
+            "1 to 50",
+        ),
+    ] {
+        deploy(
+            &srv,
+            name,
+            &mailer(message),
+            json!({"triggers": [{"on": "http"}]}),
+        );
+        let reply = call(&srv, name, None, &json!({})).expect(200).json;
+        assert_eq!(reply["error"]["code"], "bad_request", "{name}: {reply}");
+        let text = reply["error"]["message"].as_str().unwrap();
+        assert!(text.contains(says), "{name}: {text}");
+    }
+}
+
+#[test]
+fn a_queued_mail_goes_over_smtp_in_the_background_and_after_a_restart() {
+    // A relay that takes connections and never answers: the mail stays queued.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_port = stalled.local_addr().unwrap().port();
+    let message = json!({"to": "ada@example.com", "subject": "Welcome", "text": "Hello.",
+        "html": "<p>Hello.</p>"});
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.mail.smtp_url = format!("smtp://127.0.0.1:{stalled_port}");
+    });
+    deploy(
+        &srv,
+        "welcome",
+        &mailer(message),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    let sent = call(&srv, "welcome", None, &json!({})).expect(200).json;
+    assert_eq!(sent["delivery"], "queued", "{sent}");
+    let id = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(outboxed(&srv, &id)["delivery"], "queued");
+    let dir = srv.stop();
+
+    // The next start delivers it to a relay that works, as a text and HTML alternative.
+    let (port, received) = smtp_sink();
+    let srv = TestServer::start_in(dir, |c| {
+        fast(c);
+        c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
+    });
+    let transcript = received.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        transcript.contains("RCPT TO:<ada@example.com>"),
+        "{transcript}"
+    );
+    assert!(transcript.contains("Subject: Welcome"), "{transcript}");
+    assert!(transcript.contains("multipart/alternative"), "{transcript}");
+    assert!(transcript.contains("<p>Hello.</p>"), "{transcript}");
+    eventually("the record says sent", || {
+        (outboxed(&srv, &id)["delivery"] == "sent").then_some(())
+    });
+    drop(stalled);
+}
