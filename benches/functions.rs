@@ -57,7 +57,7 @@ fn compile_and_load(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             let mut left = iters;
             while left > 0 {
-                let rt = Runtime::start(1, 16).expect("runtime");
+                let rt = Runtime::start(1, 0, 16).expect("runtime");
                 for _ in 0..left.min(500) {
                     let started = std::time::Instant::now();
                     let module = rt.load(&artifact).expect("load");
@@ -81,7 +81,7 @@ fn invoke(c: &mut Criterion) {
         .expect("tokio");
     let mut group = c.benchmark_group("instantiate_and_call");
     {
-        let rt = Runtime::start(1, 16).expect("runtime");
+        let rt = Runtime::start(1, 0, 16).expect("runtime");
         let module = rt.load(&artifact).expect("load");
         let host: Arc<dyn Host> = Arc::new(NoHost);
         group.throughput(Throughput::Elements(1));
@@ -99,7 +99,7 @@ fn invoke(c: &mut Criterion) {
         rt.stop();
     }
     for (workers, callers) in [(1usize, 1usize), (2, 8)] {
-        let rt = Runtime::start(workers, 1024).expect("runtime");
+        let rt = Runtime::start(workers, 0, 1024).expect("runtime");
         let module = rt.load(&artifact).expect("load");
         let host: Arc<dyn Host> = Arc::new(NoHost);
         group.throughput(Throughput::Elements(callers as u64));

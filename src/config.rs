@@ -119,6 +119,11 @@ pub struct FunctionsConfig {
     pub concurrency: usize,
     /// Mails one function may send per hour with `mail.send` (a function may set its own).
     pub mail_per_hour: u32,
+    /// Threads that run only before-write hooks, so a write never waits behind other runs.
+    pub hook_workers: usize,
+    /// A before-write hook's wall time and fuel (a function may set its own).
+    pub hook_timeout_ms: u64,
+    pub hook_fuel: u64,
 }
 
 /// Outbound webhooks: how their deliveries are timed, retried and kept.
@@ -216,6 +221,9 @@ impl Default for FunctionsConfig {
             versions_kept: 10,
             concurrency: 1,
             mail_per_hour: 100,
+            hook_workers: 2,
+            hook_timeout_ms: 50,
+            hook_fuel: 50_000_000,
         }
     }
 }
@@ -625,7 +633,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 53] = [
+        let ranges: [(&str, u64, u64, u64); 56] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -814,6 +822,9 @@ impl Config {
                 0,
                 100_000,
             ),
+            ("functions.hook_workers", f.hook_workers as u64, 1, 256),
+            ("functions.hook_timeout_ms", f.hook_timeout_ms, 1, 10_000),
+            ("functions.hook_fuel", f.hook_fuel, 1, 1 << 40),
             ("webhooks.timeout_ms", w.timeout_ms, 1, 300_000),
             ("webhooks.retry_base_ms", w.retry_base_ms, 1, 3_600_000),
             ("webhooks.max_attempts", u64::from(w.max_attempts), 1, 100),

@@ -9,8 +9,10 @@ wrk, against PocketBase's file field. Installs what it needs (wrk via apt, Pocke
 and builds the release binaries. Every load is bounded and sent only to 127.0.0.1.
 
 Functions: compile time of an uploaded module, end-to-end latency from an acknowledged write to
-the trigger's own write being readable, trigger throughput, and naive fib(30) as an Emberbase
-HTTP function (AssemblyScript) against the same code as a PocketBase JS hook.
+the trigger's own write being readable, trigger throughput, what a before-create hook that
+allows everything adds to a create (against a PocketBase JS onRecordCreateRequest hook), and
+naive fib(30) as an Emberbase HTTP function (AssemblyScript) against the same code as a
+PocketBase JS hook.
 
 Webhooks: deliveries per second to a loopback receiver (the bare actix server), at two
 concurrencies.
@@ -157,6 +159,7 @@ def start_pocketbase(tmp):
     hooks = os.path.join(tmp, "pb_hooks")
     os.makedirs(hooks, exist_ok=True)
     shutil.copy(os.path.join(ROOT, "benches/load/functions/pb_fib.pb.js"), os.path.join(hooks, "fib.pb.js"))
+    shutil.copy(os.path.join(ROOT, "benches/load/functions/pb_hook.pb.js"), os.path.join(hooks, "hook.pb.js"))
     pb = shutil.which("pocketbase")
     sh(pb, "superuser", "upsert", "bench@example.com", "benchpassword1", "--dir", data, stdout=subprocess.DEVNULL)
     proc = subprocess.Popen([pb, "serve", "--http", f"127.0.0.1:{PB_PORT}", "--dir", data, "--hooksDir", hooks],
@@ -491,6 +494,22 @@ def trigger_latency(port, auth, writes=300):
     return percentile(lat, 50), percentile(lat, 99)
 
 
+def create_latency(port, path, auth, writes=500):
+    """p50 of creates at `path`, one client with keep-alive, in ms."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = dict(auth, **{"Content-Type": "application/json"})
+    lat = []
+    for i in range(writes):
+        started = time.perf_counter()
+        conn.request("POST", path, json.dumps({"n": i}), headers)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status in (200, 201), (path, resp.status)
+        lat.append((time.perf_counter() - started) * 1000)
+    return percentile(lat, 50)
+
+
 def deploy_mirror(port, auth, wasm):
     base = f"http://127.0.0.1:{port}"
     raw_request("PUT", f"{base}/v1/admin/functions/mirror", wasm, dict(auth, **{"Content-Type": "application/wasm"}))
@@ -540,6 +559,29 @@ def run_function_loads(tmp, eb_auth):
         results[f"events/s, concurrency {concurrency}"] = n / elapsed
         print(f"  trigger throughput, concurrency {concurrency}: {n} events in {elapsed:.2f} s = "
               f"{n / elapsed:.0f} events/s", flush=True)
+
+    # Before-write hooks: what a hook that allows every create adds to a create, one client
+    # at a time, against a collection without one; PocketBase with a JS onRecordCreateRequest.
+    raw_request("PUT", f"{base}/v1/admin/functions/allow", build_guest("allow", tmp),
+                dict(eb_auth, **{"Content-Type": "application/wasm"}))
+    request("PUT", f"{base}/v1/admin/functions/allow/config",
+            {"triggers": [{"on": "before_create", "collection": "hooked_w"}]}, eb_auth)
+    pb = f"http://127.0.0.1:{PB_PORT}"
+    pb_auth = {"Authorization": request("POST", pb + "/api/collections/_superusers/auth-with-password",
+                                        {"identity": "bench@example.com", "password": "benchpassword1"})["token"]}
+    for name in ("plain_w", "hooked_w"):
+        request("POST", pb + "/api/collections", {
+            "name": name, "type": "base", "fields": [{"name": "n", "type": "number"}], "createRule": ""}, pb_auth)
+    create_ms = {}
+    for who, port, path, auth in (("eb", EB_PORT, "/v1/collections/{}/docs", eb_auth),
+                                  ("pb", PB_PORT, "/api/collections/{}/records", pb_auth)):
+        for name in ("plain_w", "hooked_w"):
+            create_ms[(who, name)] = create_latency(port, path.format(name), auth)
+    for who, label in (("eb", "Emberbase, Wasm hook"), ("pb", "PocketBase, JS hook")):
+        plain, hooked = create_ms[(who, "plain_w")], create_ms[(who, "hooked_w")]
+        results[f"hook adds p50 ms ({who})"] = hooked - plain
+        print(f"  create p50 without / with a before-create hook ({label}): {plain:.3f} / {hooked:.3f} ms"
+              f" (adds {(hooked - plain) * 1000:.0f} us)", flush=True)
 
     # fib(30): Emberbase function vs PocketBase JS hook, one request at a time.
     eb_times, pb_times = [], []

@@ -54,7 +54,13 @@ impl Documents {
                 error: Box::new(e),
             })?);
         }
-        let written = self.write(who, write_ops).await?;
+        let written =
+            self.write(who, write_ops)
+                .await
+                .map_err(|(op, error)| DocsError::BatchOp {
+                    op,
+                    error: Box::new(error),
+                })?;
         Ok(written.into_iter().map(|w| w.document).collect())
     }
 

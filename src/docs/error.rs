@@ -61,6 +61,25 @@ pub enum DocsError {
     /// the index to declare.
     #[error("{0}")]
     NeedsIndex(String),
+    /// A before-write hook refused the write, with `status` 400 or 403 and its message.
+    #[error("the {hook} hook of function {function} refused the write: {message}")]
+    HookRefused {
+        function: String,
+        hook: String,
+        status: u16,
+        message: String,
+    },
+    /// A before-write hook failed (a trap, its time or fuel ran out, a result it could not
+    /// read), and so refused the write.
+    #[error("the {hook} hook of function {function} failed, so the write was refused: {reason}")]
+    HookFailed {
+        function: String,
+        hook: String,
+        reason: String,
+    },
+    /// The document kept changing while its before-write hooks ran.
+    #[error("{0}")]
+    HookContention(String),
     /// One op of a batch failed; nothing of the batch was applied.
     #[error("op {op}: {error}")]
     BatchOp { op: usize, error: Box<DocsError> },
@@ -176,8 +195,27 @@ impl From<DocsError> for Error {
             DocsError::Unauthenticated(_) => Error::unauthenticated(message),
             DocsError::Forbidden(_) => Error::forbidden(message),
             DocsError::NotFound { .. } | DocsError::NotConfigured(_) => Error::not_found(message),
-            DocsError::AlreadyExists { .. } | DocsError::Referenced(_) => {
-                Error::new(ErrorCode::Conflict, message)
+            DocsError::AlreadyExists { .. }
+            | DocsError::Referenced(_)
+            | DocsError::HookContention(_) => Error::new(ErrorCode::Conflict, message),
+            DocsError::HookRefused {
+                function,
+                hook,
+                status,
+                message: said,
+            } => {
+                let code = if status == 400 {
+                    ErrorCode::ValidationFailed
+                } else {
+                    ErrorCode::Forbidden
+                };
+                Error::new(code, message).with_details(
+                    serde_json::json!({"function": function, "hook": hook, "message": said}),
+                )
+            }
+            DocsError::HookFailed { function, hook, .. } => {
+                Error::new(ErrorCode::FunctionFailed, message)
+                    .with_details(serde_json::json!({"function": function, "hook": hook}))
             }
             DocsError::VersionMismatch { actual, .. } => {
                 Error::new(ErrorCode::PreconditionFailed, message)

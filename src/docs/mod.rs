@@ -8,6 +8,7 @@ mod batch;
 mod collections;
 mod error;
 mod expand;
+mod hooks;
 mod list;
 mod names;
 mod rules;
@@ -16,6 +17,7 @@ pub use aggregate::{AggregateParams, Aggregates, Group};
 pub use batch::{BatchOp, BatchOpKind};
 pub use error::DocsError;
 pub use expand::ExpandedDocument;
+pub(crate) use hooks::{HookCall, HookKind, Verdict, WriteHooks};
 pub use list::{ListParams, Page};
 pub(crate) use names::{check_collection, check_id, json_depth};
 pub(crate) use rules::{CompiledRules, ReadCheck};
@@ -43,6 +45,8 @@ struct Inner {
     /// Counts of matches for callers who see every document, by (collection, filter), with
     /// the change sequence they were counted at (see [`Documents::count`]).
     counts: std::sync::Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// The before-write hooks every write runs (see `hooks`), once functions are loaded.
+    hooks: RwLock<Option<Arc<dyn WriteHooks>>>,
 }
 
 /// The document service ([`Server::documents`](crate::Server::documents)): create, read,
@@ -104,6 +108,7 @@ impl Documents {
                 default_rules: Arc::new(compiled),
                 rules: RwLock::new(HashMap::new()),
                 counts: std::sync::Mutex::new(HashMap::new()),
+                hooks: RwLock::new(None),
             }),
         })
     }
@@ -142,7 +147,8 @@ impl Documents {
         }
     }
 
-    async fn write(
+    /// Commits `ops` (their hooks already run) as one store write.
+    async fn commit(
         &self,
         who: &Principal,
         ops: Vec<WriteOp>,
@@ -164,7 +170,7 @@ impl Documents {
             Ok(mut results) => results.pop().ok_or_else(|| {
                 DocsError::Storage(StorageError::Corrupt("a write returned no result".into()))
             }),
-            Err(failure) => Err(failure.error.into()),
+            Err((_, error)) => Err(error),
         }
     }
 

@@ -208,7 +208,10 @@ impl Access {
                 "the invocation has no time left for a request",
             ));
         }
-        let timeout = wanted.min(left);
+        // Leave the guest a tenth of what is left (at most 50 ms) to hear the answer and act on
+        // it before the invocation's own deadline.
+        let margin = (left / 10).min(Duration::from_millis(50));
+        let timeout = wanted.min(left - margin);
         let timed_out = || {
             Error::new(
                 ErrorCode::Unavailable,

@@ -28,6 +28,8 @@ pub(super) struct DocumentHost {
     pub secrets: super::secrets::SecretReader,
     /// The secret values this run read, kept out of what it logs and returns.
     pub revealed: Mutex<Vec<String>>,
+    /// Whether this is a before-write hook's run, which may read but not write.
+    pub hook: bool,
     /// Where `mail` sends, and what this function may still send this hour.
     pub mailer: crate::mail::Mailer,
     pub mail_budget: Arc<super::mail::MailBudget>,
@@ -180,6 +182,12 @@ impl DocumentHost {
             "fetch" => return self.fetch(request, call),
             "mail" => return self.mail(request, call),
             _ => {}
+        }
+        if self.hook && matches!(op, "create" | "set" | "update" | "delete") {
+            return Err(Error::new(
+                crate::error::ErrorCode::Forbidden,
+                "a before-write hook may read but not write: return changed data, or write from a trigger once the write is made",
+            ));
         }
         let who = &self.who;
         let docs = &self.docs;

@@ -131,12 +131,20 @@ impl Functions {
         let kind = match lane {
             Lane::Http => Kind::Server,
             Lane::Events => Kind::Consumer,
+            Lane::Hooks => Kind::Internal,
         };
         let mut span = self
             .inner
             .tracer
             .span(format!("function {name}"), kind, parent);
-        let limits = self.limits(&loaded.record.info.config);
+        let config = &loaded.record.info.config;
+        let mut limits = self.limits(config);
+        if lane == Lane::Hooks {
+            let defaults = &self.inner.config;
+            limits.timeout =
+                Duration::from_millis(config.hook_timeout_ms.unwrap_or(defaults.hook_timeout_ms));
+            limits.fuel = config.hook_fuel.unwrap_or(defaults.hook_fuel);
+        }
         let fetch = loaded
             .record
             .info
@@ -158,6 +166,7 @@ impl Functions {
             secrets: self.secret_reader(&name),
             revealed: Default::default(),
             fetch,
+            hook: lane == Lane::Hooks,
             mailer: self.inner.mailer.clone(),
             mail_budget: self.mail_budget(
                 &name,
@@ -274,16 +283,7 @@ impl Functions {
             trace_id: Some(trace.trace_id()),
             span_id: Some(trace.span_id()),
         };
-        let functions = self.clone();
-        let fname = name.to_string();
-        tokio::spawn(async move {
-            let write = functions
-                .record_invocation(KvWrite::default(), &fname, &record)
-                .await;
-            if let Err(e) = functions.inner.store.kv_write(write).await {
-                tracing::warn!(function = %fname, error = %e, "cannot record an invocation");
-            }
-        });
+        self.record_in_background(name, record);
         let result = outcome
             .result
             .map_err(|f| FunctionsError::Failed(format!("function {name} failed: {f}")))?;

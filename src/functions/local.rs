@@ -137,7 +137,7 @@ pub async fn invoke_remote(
     crate::tls::install_default_provider();
     let function = FunctionConfig::default();
     let artifact = checked_artifact(config, &function, &wasm)?;
-    let runtime = Runtime::start(1, 4).map_err(internal)?;
+    let runtime = Runtime::start(1, 0, 4).map_err(internal)?;
     let module = runtime.load(&artifact).map_err(internal)?;
     let host = Arc::new(HttpHost {
         client: reqwest::Client::new(),

@@ -13,6 +13,7 @@
 mod dispatch;
 mod error;
 mod fetch;
+mod hooks;
 mod host;
 mod invoke;
 mod local;
@@ -183,7 +184,7 @@ impl Functions {
             n => n,
         };
         let secrets = Arc::new(secrets::SecretBox::load(&config.secrets_key, data_dir)?);
-        let runtime = Runtime::start(workers, config.queue)?;
+        let runtime = Runtime::start(workers, config.hook_workers, config.queue)?;
         let functions = Functions {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -223,6 +224,10 @@ impl Functions {
             }
         }
         store.set_commit_hook("functions", Some(Arc::new(Outbox(functions.clone()))));
+        functions
+            .inner
+            .docs
+            .set_write_hooks(Arc::new(hooks::Hooks(Arc::downgrade(&functions.inner))));
         if deliver {
             dispatch::start_waker(&functions);
         }

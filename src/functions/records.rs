@@ -19,7 +19,8 @@ pub(super) const MAX_MEMORY_MB: u64 = 4096;
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// `create`, `update`, `delete` or `write` (all three) on a collection or bucket; `http`;
-    /// `schedule`.
+    /// `schedule`; or a before-write hook on a collection: `before_create`, `before_update`,
+    /// `before_delete`.
     pub on: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collection: Option<String>,
@@ -94,6 +95,12 @@ pub struct FunctionConfig {
     /// Limits per UTC day, after which the function pauses until the next day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_quota: Option<DailyQuota>,
+    /// A before-write hook's wall time in milliseconds (default `functions.hook_timeout_ms`,
+    /// 50) and fuel (default `functions.hook_fuel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_fuel: Option<u64>,
     /// Mails the function may send per hour with `mail.send` (default
     /// `functions.mail_per_hour`); 0 forbids it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +295,16 @@ impl Functions {
                         }
                     }
                 }
+                "before_create" | "before_update" | "before_delete" => {
+                    match (&t.collection, &t.bucket) {
+                        (Some(c), None) if check_collection(c).is_ok() => {}
+                        (Some(_), None) => return bad("invalid collection name"),
+                        _ => return bad("a before-write hook takes a `collection`"),
+                    }
+                    if t.cron.is_some() || t.when.is_some() {
+                        return bad("a before-write hook takes no `cron` or `when`");
+                    }
+                }
                 "http" => {
                     if t.collection.is_some() || t.bucket.is_some() || t.cron.is_some() || t.when.is_some() {
                         return bad("an http trigger takes no other field");
@@ -306,7 +323,7 @@ impl Functions {
                 }
                 other => {
                     return bad(&format!(
-                        "unknown trigger {other:?}: use create, update, delete, write, http or schedule"
+                        "unknown trigger {other:?}: use create, update, delete, write, http, schedule, before_create, before_update or before_delete"
                     ))
                 }
             }
@@ -336,6 +353,15 @@ impl Functions {
         }
         if config.max_retries.is_some_and(|r| r > 100) {
             return Err(invalid("max_retries must be 0 to 100", "max_retries"));
+        }
+        if config.hook_timeout_ms == Some(0) || config.hook_timeout_ms.is_some_and(|t| t > 10_000) {
+            return Err(invalid(
+                "hook_timeout_ms must be 1 to 10000",
+                "hook_timeout_ms",
+            ));
+        }
+        if config.hook_fuel == Some(0) {
+            return Err(invalid("hook_fuel must be positive", "hook_fuel"));
         }
         if config.mail_per_hour.is_some_and(|n| n > 100_000) {
             return Err(invalid(

@@ -278,16 +278,19 @@ struct Job {
 /// Which queue an invocation waits in. HTTP calls (which anyone an `http` trigger lets in can
 /// make) and events (triggers and schedules) have separate queues, and workers take from them
 /// in turn, so a flood of calls can neither fill the events' queue nor starve their delivery.
+/// Before-write hooks have workers of their own, so a write never waits behind either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     Http,
     Events,
+    Hooks,
 }
 
-/// The two queues the workers take jobs (`T`) from.
+/// The queues the workers take jobs (`T`) from.
 struct Lanes<T> {
     http: std::collections::VecDeque<T>,
     events: std::collections::VecDeque<T>,
+    hooks: std::collections::VecDeque<T>,
     /// Set by `stop`: workers finish what is queued, then exit.
     stopped: bool,
 }
@@ -297,6 +300,7 @@ impl<T> Lanes<T> {
         Lanes {
             http: Default::default(),
             events: Default::default(),
+            hooks: Default::default(),
             stopped: false,
         }
     }
@@ -305,14 +309,15 @@ impl<T> Lanes<T> {
         match lane {
             Lane::Http => &mut self.http,
             Lane::Events => &mut self.events,
+            Lane::Hooks => &mut self.hooks,
         }
     }
 
-    /// The next job, from the lane after `last` when both have one.
+    /// The next job of a general worker, from the lane after `last` when both have one.
     fn take(&mut self, last: Lane) -> Option<(Lane, T)> {
         let order = match last {
             Lane::Http => [Lane::Events, Lane::Http],
-            Lane::Events => [Lane::Http, Lane::Events],
+            Lane::Events | Lane::Hooks => [Lane::Http, Lane::Events],
         };
         order
             .into_iter()
@@ -320,31 +325,56 @@ impl<T> Lanes<T> {
     }
 }
 
+/// The queues, and a signal for each kind of worker.
+struct Pool {
+    lanes: Mutex<Lanes<Job>>,
+    /// Wakes a general worker (HTTP calls and events).
+    ready: Condvar,
+    /// Wakes a hook worker.
+    hook_ready: Condvar,
+}
+
 /// The runtime: one engine for loading artifacts, a pool of worker threads and a watchdog.
 pub struct Runtime {
     engine: Engine,
-    lanes: Arc<(Mutex<Lanes<Job>>, Condvar)>,
+    pool: Arc<Pool>,
     /// Jobs each lane may hold waiting for a worker.
     queue: usize,
+    hook_workers: usize,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     watchdog: Arc<Watchdog>,
 }
 
 impl Runtime {
-    /// Starts `workers` worker threads, with room for `queue` waiting invocations per lane.
-    pub fn start(workers: usize, queue: usize) -> Result<Arc<Runtime>, String> {
+    /// Starts `workers` worker threads for HTTP calls and events, and `hook_workers` for
+    /// before-write hooks only, with room for `queue` waiting invocations per lane.
+    pub fn start(
+        workers: usize,
+        hook_workers: usize,
+        queue: usize,
+    ) -> Result<Arc<Runtime>, String> {
         let mut engine = Engine::headless();
         engine.set_tunables(CappedTunables::new());
-        let lanes = Arc::new((Mutex::new(Lanes::new()), Condvar::new()));
+        let pool = Arc::new(Pool {
+            lanes: Mutex::new(Lanes::new()),
+            ready: Condvar::new(),
+            hook_ready: Condvar::new(),
+        });
         let watchdog = Watchdog::start()?;
-        let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers.max(1) {
-            let (lanes, engine, watchdog) = (lanes.clone(), engine.clone(), watchdog.clone());
+        let mut handles = Vec::with_capacity(workers + hook_workers);
+        for i in 0..workers.max(1) + hook_workers {
+            let hooks_only = i >= workers.max(1);
+            let (pool, engine, watchdog) = (pool.clone(), engine.clone(), watchdog.clone());
+            let name = if hooks_only {
+                format!("emberbase-hook-{i}")
+            } else {
+                format!("emberbase-fn-{i}")
+            };
             let handle = std::thread::Builder::new()
-                .name(format!("emberbase-fn-{i}"))
+                .name(name)
                 .spawn(move || {
                     let mut last = Lane::Events;
-                    while let Some((lane, job)) = next_job(&lanes, last) {
+                    while let Some((lane, job)) = next_job(&pool, last, hooks_only) {
                         last = lane;
                         let outcome = run(&engine, &watchdog, &job.call);
                         let _ = job.reply.send(outcome);
@@ -355,8 +385,9 @@ impl Runtime {
         }
         Ok(Arc::new(Runtime {
             engine,
-            lanes,
+            pool,
             queue,
+            hook_workers,
             workers: Mutex::new(handles),
             watchdog,
         }))
@@ -392,8 +423,15 @@ impl Runtime {
             },
             reply,
         };
+        if lane == Lane::Hooks && self.hook_workers == 0 {
+            return Err("this runtime runs no before-write hooks".into());
+        }
         {
-            let mut lanes = self.lanes.0.lock().map_err(|_| "the runtime is stopped")?;
+            let mut lanes = self
+                .pool
+                .lanes
+                .lock()
+                .map_err(|_| "the runtime is stopped")?;
             if lanes.stopped {
                 return Err("the runtime is stopped".into());
             }
@@ -403,7 +441,10 @@ impl Runtime {
             }
             waiting.push_back(job);
         }
-        self.lanes.1.notify_one();
+        match lane {
+            Lane::Hooks => self.pool.hook_ready.notify_one(),
+            Lane::Http | Lane::Events => self.pool.ready.notify_one(),
+        }
         rx.await
             .map_err(|_| "the function worker stopped".to_string())
     }
@@ -429,10 +470,11 @@ impl Runtime {
 
     /// Stops the workers after the invocations already queued.
     pub fn stop(&self) {
-        if let Ok(mut lanes) = self.lanes.0.lock() {
+        if let Ok(mut lanes) = self.pool.lanes.lock() {
             lanes.stopped = true;
         }
-        self.lanes.1.notify_all();
+        self.pool.ready.notify_all();
+        self.pool.hook_ready.notify_all();
         let handles = match self.workers.lock() {
             Ok(mut w) => std::mem::take(&mut *w),
             Err(_) => Vec::new(),
@@ -444,18 +486,28 @@ impl Runtime {
     }
 }
 
-/// Waits for the next job; `None` once the runtime is stopped and both lanes are empty.
-fn next_job(lanes: &(Mutex<Lanes<Job>>, Condvar), last: Lane) -> Option<(Lane, Job)> {
-    let (lock, ready) = lanes;
-    let mut guard = lock.lock().ok()?;
+/// Waits for the next job of a general worker (`hooks_only`: of a hook worker); `None` once
+/// the runtime is stopped and its lanes are empty.
+fn next_job(pool: &Pool, last: Lane, hooks_only: bool) -> Option<(Lane, Job)> {
+    let mut guard = pool.lanes.lock().ok()?;
     loop {
-        if let Some(next) = guard.take(last) {
+        let next = if hooks_only {
+            guard.hooks.pop_front().map(|job| (Lane::Hooks, job))
+        } else {
+            guard.take(last)
+        };
+        if let Some(next) = next {
             return Some(next);
         }
         if guard.stopped {
             return None;
         }
-        guard = ready.wait(guard).ok()?;
+        let signal = if hooks_only {
+            &pool.hook_ready
+        } else {
+            &pool.ready
+        };
+        guard = signal.wait(guard).ok()?;
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An HTTP server on loopback for functions to fetch from. `/hello` answers JSON (and records
-/// the request), `/big` 2 MiB with a length, `/stream` 2 MiB without one, `/slow` after 3 s,
+/// the request), `/big` 2 MiB with a length, `/stream` 2 MiB without one, `/slow` after 10 s,
 /// `/redirect?<url>` a 302 to `<url>`.
 struct Upstream {
     port: u16,
@@ -35,7 +35,7 @@ fn answer(mut stream: &TcpStream, path: &str) {
         ),
         "/stream" => format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{big}"),
         "/slow" => {
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs(10));
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".into()
         }
         "/redirect" => format!(
@@ -210,18 +210,22 @@ fn fetch_reaches_only_allowed_hosts_within_its_limits() {
         json!({"allow": [format!("127.0.0.1:{}", up.port)], "timeout_ms": 300}),
     );
     refused(&reply, "unavailable", "within 300 ms");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(8));
     deploy(
         &srv,
         "slowrun",
         &fetcher(json!({"url": up.url("/slow")})),
         json!({"triggers": [{"on": "http"}], "timeout_ms": 500, "fetch": allow_up}),
     );
-    // The request gives up when the invocation's time does, and the run is a timeout.
+    // The request gives up just before the invocation's own time does: the guest hears it
+    // (or, on a loaded machine, the run is stopped as a timeout), long before the host answers.
     let started = Instant::now();
-    let reply = call(&srv, "slowrun", None, &json!({})).expect(502);
-    assert!(reply.text.contains("timed out"), "{}", reply.text);
-    assert!(started.elapsed() < Duration::from_millis(2500));
+    let reply = call(&srv, "slowrun", None, &json!({}));
+    match reply.status {
+        200 => refused(&reply.json, "unavailable", "did not answer within"),
+        _ => assert!(reply.text.contains("timed out"), "{}", reply.text),
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
     srv.get("/v1/health").expect(200);
 
     // Settings are checked when the config is put.

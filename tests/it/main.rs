@@ -17,6 +17,7 @@ mod function_mail;
 mod functions;
 mod fuzz;
 mod hardening;
+mod hooks;
 mod oauth;
 mod operations;
 mod pg;

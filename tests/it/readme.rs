@@ -142,11 +142,23 @@ struct Refusal {
     status: u16,
 }
 
-const REFUSALS: &[Refusal] = &[Refusal {
-    file: "README.md",
-    command: r#"-d {"text": "", "stars": 9}"#,
-    status: 400,
-}];
+const REFUSALS: &[Refusal] = &[
+    Refusal {
+        file: "README.md",
+        command: r#"-d {"text": "", "stars": 9}"#,
+        status: 400,
+    },
+    Refusal {
+        file: "examples/functions/post-guard/README.md",
+        command: r#"-d {"title": " "}"#,
+        status: 400,
+    },
+    Refusal {
+        file: "examples/functions/post-guard/README.md",
+        command: "/collections/posts/docs/hello",
+        status: 403,
+    },
+];
 
 /// Records each response's status (to `$EB_STATUS_LOG`) and retries a `GET` that answers
 /// `404` for up to 10 s. A stream (`-N`) is cut after 2 s, which is how it ends here.

@@ -21,8 +21,31 @@ export class JSONValue {
     return new JSONValue();
   }
 
+  /** A string value. */
+  static string(s: string): JSONValue {
+    const v = new JSONValue();
+    v.kind = Kind.String;
+    v.str = s;
+    return v;
+  }
+
   isNull(): bool {
     return this.kind == Kind.Null;
+  }
+
+  /** Sets the member `key` of an object (replacing one of that name); an object is made of a
+   *  null value first. */
+  set(key: string, value: JSONValue): void {
+    if (this.kind == Kind.Null) this.kind = Kind.Object;
+    if (this.kind != Kind.Object) return;
+    for (let i = 0; i < this.keys.length; i++) {
+      if (this.keys[i] == key) {
+        this.items[i] = value;
+        return;
+      }
+    }
+    this.keys.push(key);
+    this.items.push(value);
   }
 
   /** The member `key` of an object; a null value when absent or not an object. */

@@ -1854,6 +1854,14 @@ export interface components {
              * @description Metering points per invocation (default `functions.fuel`).
              */
             fuel?: number | null;
+            /** Format: int64 */
+            hook_fuel?: number | null;
+            /**
+             * Format: int64
+             * @description A before-write hook's wall time in milliseconds (default `functions.hook_timeout_ms`,
+             *     50) and fuel (default `functions.hook_fuel`).
+             */
+            hook_timeout_ms?: number | null;
             /**
              * Format: int32
              * @description Mails the function may send per hour with `mail.send` (default
@@ -2409,7 +2417,8 @@ export interface components {
             cron?: string | null;
             /**
              * @description `create`, `update`, `delete` or `write` (all three) on a collection or bucket; `http`;
-             *     `schedule`.
+             *     `schedule`; or a before-write hook on a collection: `before_create`, `before_update`,
+             *     `before_delete`.
              */
             on: string;
             /**
