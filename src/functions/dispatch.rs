@@ -501,7 +501,7 @@ pub(super) fn event_trace(event: &Value) -> Option<TraceContext> {
 pub(super) fn judge(
     event: &Value,
     attempt: u32,
-    outcome: Outcome,
+    mut outcome: Outcome,
     at: String,
     version: Option<u32>,
     trace: Option<TraceContext>,
@@ -533,26 +533,16 @@ pub(super) fn judge(
             .to_string()
     };
     let record = Invocation {
-        id: ulid::Ulid::new().to_string(),
         event_id: field("event_id"),
         trigger: field("trigger"),
         status: status.into(),
         attempt,
-        duration_us: outcome.duration.as_micros() as u64,
-        fuel: outcome.usage.fuel,
-        cpu_us: outcome.usage.cpu_us,
-        memory_bytes: outcome.usage.memory_bytes,
-        host_calls: outcome.usage.host_calls,
-        fetch_bytes: outcome.usage.fetch_bytes,
         failure,
         error,
-        logs: outcome.logs,
         at,
         version,
-        replay: false,
         event: Some(event.clone()),
-        trace_id: trace.map(|t| t.trace_id()),
-        span_id: trace.map(|t| t.span_id()),
+        ..Invocation::of_run(&mut outcome, trace)
     };
     (record, failed.is_some())
 }

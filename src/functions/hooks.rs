@@ -8,17 +8,28 @@
 //! - `{"ok": false, "error": "why", "status": 400 | 403}`: it is refused (403 by default).
 //!
 //! A hook that traps, runs out of time or fuel, or answers something else refuses the write
-//! too (fail closed). Every run is recorded in the function's invocation log.
+//! too (fail closed). A run that refuses, fails or logs is recorded in the function's
+//! invocation log; a silent allowing run, the common case, would cost a store write per client
+//! write, so its usage is summed in memory and added to the daily counters once a second.
 
 use super::invoke::outcome_status;
 use super::runtime::Lane;
+use super::usage::{self, Measures};
 use super::{Functions, Inner, Invocation, Loaded};
 use crate::docs::{DocsError, HookCall, HookKind, Verdict, WriteHooks};
 use crate::model::now_rfc3339;
 use crate::store::KvWrite;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How often the usage of silent hook runs goes to the store.
+const USAGE_EVERY: Duration = Duration::from_secs(1);
+
+/// The usage of silent hook runs not yet stored, by function and day.
+pub(super) type PendingUsage = std::sync::Mutex<HashMap<(String, String), Measures>>;
 
 /// The hooks as the document service calls them; weak, since the functions hold the
 /// document service.
@@ -59,7 +70,7 @@ impl Functions {
                 reason,
             })
         };
-        let (outcome, trace) = match self
+        let (mut outcome, trace) = match self
             .run(Lane::Hooks, loaded, event, depth, crate::trace::current())
             .await
         {
@@ -83,29 +94,60 @@ impl Functions {
             _ => error,
         };
         let record = Invocation {
-            id: ulid::Ulid::new().to_string(),
             event_id: ulid::Ulid::new().to_string(),
             trigger: kind.trigger().into(),
             status: status.into(),
-            attempt: 1,
-            duration_us: outcome.duration.as_micros() as u64,
-            fuel: outcome.usage.fuel,
-            cpu_us: outcome.usage.cpu_us,
-            memory_bytes: outcome.usage.memory_bytes,
-            host_calls: outcome.usage.host_calls,
-            fetch_bytes: outcome.usage.fetch_bytes,
             failure: failure.or_else(|| (status == "error").then(|| "result".into())),
             error,
-            logs: outcome.logs,
-            at: now_rfc3339(),
             version: Some(loaded.record.info.version),
-            replay: false,
-            event: None,
-            trace_id: Some(trace.trace_id()),
-            span_id: Some(trace.span_id()),
+            ..Invocation::of_run(&mut outcome, Some(trace))
         };
-        self.record_in_background(name, record);
+        if record.status == "ok" && record.logs.is_empty() {
+            self.count_silent(name, &record);
+        } else {
+            self.record_in_background(name, record);
+        }
         verdict
+    }
+
+    /// Adds a silent run's usage to what the next flush stores.
+    fn count_silent(&self, name: &str, record: &Invocation) {
+        let day = record.at.get(..10).unwrap_or("0000-00-00").to_string();
+        if let Ok(mut pending) = self.inner.hook_usage.lock() {
+            pending
+                .entry((name.to_string(), day))
+                .or_default()
+                .add(&Measures::of(record));
+        }
+    }
+
+    /// Stores the usage of silent hook runs once a second, until the functions are gone.
+    pub(super) fn flush_hook_usage(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.tokio.spawn(async move {
+            let mut ticks = tokio::time::interval(USAGE_EVERY);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let pending = match inner.hook_usage.lock() {
+                    Ok(mut pending) => std::mem::take(&mut *pending),
+                    Err(_) => return,
+                };
+                if pending.is_empty() {
+                    continue;
+                }
+                let write = pending
+                    .iter()
+                    .fold(KvWrite::default(), |write, ((name, day), measures)| {
+                        usage::add(write, name, day, measures)
+                    });
+                if let Err(e) = inner.store.kv_write(write).await {
+                    tracing::warn!(error = %e, "cannot store the usage of before-write hooks");
+                }
+            }
+        });
     }
 
     /// Records an invocation after the run's answer has gone.

@@ -47,6 +47,37 @@ pub(super) fn outcome_status(
     }
 }
 
+impl Invocation {
+    /// The record of a run: what it used and logged, and its trace. The caller sets what the
+    /// run was (`event_id`, `trigger`, `attempt`, `version`, `event`) and how it ended
+    /// (`status`, `failure`, `error`), which start as a first `ok` attempt of nothing. Takes
+    /// the run's log lines.
+    pub(super) fn of_run(outcome: &mut Outcome, trace: Option<TraceContext>) -> Invocation {
+        Invocation {
+            id: ulid::Ulid::new().to_string(),
+            event_id: String::new(),
+            trigger: String::new(),
+            status: "ok".into(),
+            attempt: 1,
+            duration_us: outcome.duration.as_micros() as u64,
+            fuel: outcome.usage.fuel,
+            cpu_us: outcome.usage.cpu_us,
+            memory_bytes: outcome.usage.memory_bytes,
+            host_calls: outcome.usage.host_calls,
+            fetch_bytes: outcome.usage.fetch_bytes,
+            failure: None,
+            error: None,
+            logs: std::mem::take(&mut outcome.logs),
+            at: now_rfc3339(),
+            version: None,
+            replay: false,
+            event: None,
+            trace_id: trace.map(|t| t.trace_id()),
+            span_id: trace.map(|t| t.span_id()),
+        }
+    }
+}
+
 /// The outbox: for each committed change, one pending event per function it triggers, written
 /// in the same batch as the change (or, past the depth limit, a `dropped` record).
 pub(super) struct Outbox(pub(super) Functions);
@@ -256,32 +287,18 @@ impl Functions {
         }
         let event = json!({"v": 1, "trigger": "http", "method": "POST", "body": body,
             "auth": who.auth_value(), "time": now_rfc3339()});
-        let (outcome, trace) = self
+        let (mut outcome, trace) = self
             .run(Lane::Http, &loaded, &event, 1, crate::trace::current())
             .await?;
-        let event_id = ulid::Ulid::new().to_string();
         let (status, failure, error) = outcome_status(&outcome.result);
         let record = Invocation {
-            id: ulid::Ulid::new().to_string(),
-            event_id,
+            event_id: ulid::Ulid::new().to_string(),
             trigger: "http".into(),
             status: status.into(),
-            attempt: 1,
-            duration_us: outcome.duration.as_micros() as u64,
-            fuel: outcome.usage.fuel,
-            cpu_us: outcome.usage.cpu_us,
-            memory_bytes: outcome.usage.memory_bytes,
-            host_calls: outcome.usage.host_calls,
-            fetch_bytes: outcome.usage.fetch_bytes,
             failure,
-            error: error.clone(),
-            logs: outcome.logs,
-            at: now_rfc3339(),
+            error,
             version: Some(loaded.record.info.version),
-            replay: false,
-            event: None,
-            trace_id: Some(trace.trace_id()),
-            span_id: Some(trace.span_id()),
+            ..Invocation::of_run(&mut outcome, Some(trace))
         };
         self.record_in_background(name, record);
         let result = outcome

@@ -267,9 +267,15 @@ fn encode(segment: &str) -> String {
 impl Host for HttpHost {
     fn call(&self, request: &Value) -> Option<Vec<u8>> {
         let op = request.get("op").and_then(Value::as_str)?;
-        if op == "env" {
+        let unavailable = match op {
             // No API gives a secret's value back, by design.
-            let message = "secrets are not read over --url (their values never leave the server); run with --data-dir";
+            "env" => Some("secrets are not read over --url (their values never leave the server); run with --data-dir"),
+            // The allow-list and the mail budget are the server's, and so is the address the
+            // request would come from.
+            "fetch" | "mail" => Some("fetch and mail are not made over --url (the function's config on the server governs them); run with --data-dir"),
+            _ => None,
+        };
+        if let Some(message) = unavailable {
             return serde_json::to_vec(
                 &json!({"error": {"code": "bad_request", "message": message}}),
             )

@@ -87,6 +87,8 @@ struct Inner {
     /// Where `mail.send` goes, and what each function may still send this hour.
     mailer: crate::mail::Mailer,
     mail_budgets: Mutex<HashMap<String, Arc<mail::MailBudget>>>,
+    /// The usage of silent before-write hook runs, until it is stored.
+    hook_usage: hooks::PendingUsage,
     /// This process, as named in the leases it holds in a cluster (see `lease`).
     node: String,
     /// Whether this process delivers events (a server) or only queues them (a CLI run).
@@ -204,6 +206,7 @@ impl Functions {
                 fetchers: Mutex::new(HashMap::new()),
                 mailer,
                 mail_budgets: Mutex::new(HashMap::new()),
+                hook_usage: Default::default(),
                 node: ulid::Ulid::new().to_string(),
                 deliver,
                 streams_closed: tokio::sync::watch::Sender::new(false),
@@ -228,6 +231,7 @@ impl Functions {
             .inner
             .docs
             .set_write_hooks(Arc::new(hooks::Hooks(Arc::downgrade(&functions.inner))));
+        functions.flush_hook_usage();
         if deliver {
             dispatch::start_waker(&functions);
         }

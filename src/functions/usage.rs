@@ -30,18 +30,38 @@ fn day_prefix(name: &str, day: &str) -> Vec<u8> {
 }
 
 /// Adds a run's usage to its function's counters of the run's day.
-pub(super) fn count(mut write: KvWrite, name: &str, record: &Invocation) -> KvWrite {
+pub(super) fn count(write: KvWrite, name: &str, record: &Invocation) -> KvWrite {
     let day = record.at.get(..10).unwrap_or("0000-00-00");
-    let values = [
-        1,
-        u64::from(record.status != "ok"),
-        record.fuel,
-        record.duration_us,
-        record.cpu_us,
-        u64::from(record.host_calls),
-        record.fetch_bytes,
-    ];
-    for (measure, value) in MEASURES.iter().zip(values) {
+    add(write, name, day, &Measures::of(record))
+}
+
+/// Sums of the measures of runs, in the order of [`MEASURES`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Measures([u64; 7]);
+
+impl Measures {
+    pub(super) fn of(record: &Invocation) -> Measures {
+        Measures([
+            1,
+            u64::from(record.status != "ok"),
+            record.fuel,
+            record.duration_us,
+            record.cpu_us,
+            u64::from(record.host_calls),
+            record.fetch_bytes,
+        ])
+    }
+
+    pub(super) fn add(&mut self, other: &Measures) {
+        for (sum, value) in self.0.iter_mut().zip(other.0) {
+            *sum = sum.saturating_add(value);
+        }
+    }
+}
+
+/// Adds `measures` to a function's counters of `day`.
+pub(super) fn add(mut write: KvWrite, name: &str, day: &str, measures: &Measures) -> KvWrite {
+    for (measure, value) in MEASURES.iter().zip(measures.0) {
         if value > 0 {
             let mut key = day_prefix(name, day);
             key.extend_from_slice(measure.as_bytes());

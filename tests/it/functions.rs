@@ -1664,7 +1664,7 @@ fn a_tampered_artifact_is_recompiled_not_loaded() {
 }
 
 /// Makes one host request, logs the reply and answers with it.
-fn answer_of(request: &str) -> Vec<u8> {
+pub(crate) fn answer_of(request: &str) -> Vec<u8> {
     guest(
         &[request],
         "",

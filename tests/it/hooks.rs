@@ -3,22 +3,11 @@
 //! every write path, and run again when a concurrent writer changes the document first.
 
 use crate::common::{signup_token, with_token, TestServer};
-use crate::functions::{assemblyscript, deploy, eventually, guest, invocations, respond, start};
+use crate::functions::{
+    answer_of, assemblyscript, deploy, eventually, guest, invocations, respond, start,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-/// Makes one host request, logs the reply and answers nothing.
-fn logs_reply(request: &str) -> Vec<u8> {
-    guest(
-        &[request],
-        "",
-        "(local.set $qn (call $call (call $str_ptr (i32.const 0)) (call $str_len (i32.const 0))))
-         (local.set $q (call $alloc (local.get $qn)))
-         (call $result_read (local.get $q))
-         (call $log (i32.const 1) (local.get $q) (local.get $qn))
-         (i64.const 0)",
-    )
-}
 
 fn hook(on: &str, collection: &str) -> Value {
     json!({"triggers": [{"on": on, "collection": collection}]})
@@ -73,7 +62,7 @@ fn hooks_allow_refuse_and_reshape_writes_on_every_path() {
     deploy(
         &srv,
         "note-taker",
-        &logs_reply(r#"{"op":"create","collection":"notes","data":{}}"#),
+        &answer_of(r#"{"op":"create","collection":"notes","data":{}}"#),
         json!({"triggers": [{"on": "create", "collection": "inbox"}]}),
     );
     srv.post("/v1/collections/inbox/docs", &json!({}))
@@ -140,6 +129,18 @@ fn hooks_allow_refuse_and_reshape_writes_on_every_path() {
         )
         .expect(200);
     assert_eq!(patched.json["data"], json!({"stamped": true}));
+    // Silent runs that let a write through are counted in the daily usage, not recorded one
+    // by one (that would be a second store write per client write).
+    let runs = eventually("the stamp hook's usage", || {
+        let usage = srv
+            .get("/v1/admin/functions/stamp/usage?days=1")
+            .expect(200)
+            .json;
+        let runs = usage["days"][0]["invocations"].as_u64().unwrap_or(0);
+        (runs >= 2).then_some(runs)
+    });
+    assert_eq!(runs, 2);
+    assert!(invocations(&srv, "stamp").is_empty());
     srv.put(
         "/v1/admin/collections/stamped",
         &json!({"rules": {"create": "auth.id != null && request.data.stamped != true"}}),
@@ -158,7 +159,7 @@ fn hooks_allow_refuse_and_reshape_writes_on_every_path() {
     deploy(
         &srv,
         "sneaky",
-        &logs_reply(r#"{"op":"create","collection":"side","data":{}}"#),
+        &answer_of(r#"{"op":"create","collection":"side","data":{}}"#),
         hook("before_create", "plain"),
     );
     srv.post("/v1/collections/plain/docs", &json!({}))
