@@ -305,14 +305,19 @@ pub trait Snapshot: Send + Sync {
     ) -> Result<Vec<Entry>, EngineError>;
 }
 
-/// Attempts at most this many times before a conflict is returned to the caller.
+/// Attempts at least this many times before a conflict is returned to the caller.
 const RETRIES: u32 = 64;
+
+/// Keeps attempting past [`RETRIES`] until this much time has passed since the first attempt:
+/// under load each attempt is slower, and a writer that keeps losing a hot key to writers that
+/// re-read at once still gets its turn instead of a conflict.
+const RETRY_BUDGET: Duration = Duration::from_secs(10);
 
 /// The longest pause between two attempts.
 const MAX_PAUSE: Duration = Duration::from_millis(20);
 
-/// Runs `attempt` until it does not fail with a conflict (at most 64 times). `attempt` must
-/// start its own transaction each time. The pause before each retry is random, up to a bound
+/// Runs `attempt` until it does not fail with a conflict: at least 64 times, and past that
+/// until ten seconds have passed. `attempt` must start its own transaction each time. The pause before each retry is random, up to a bound
 /// that grows with the attempts, so writers that keep losing the same key do not keep meeting
 /// the same winners at the same moments.
 pub async fn retry<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
@@ -321,10 +326,13 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: IsConflict,
 {
+    let started = std::time::Instant::now();
     let mut tries = 0;
     loop {
         match attempt().await {
-            Err(e) if e.is_conflict() && tries + 1 < RETRIES => {
+            Err(e)
+                if e.is_conflict() && (tries + 1 < RETRIES || started.elapsed() < RETRY_BUDGET) =>
+            {
                 tries += 1;
                 let bound = Duration::from_micros(100 << tries.min(8)).min(MAX_PAUSE);
                 let pause = rand::Rng::gen_range(&mut rand::thread_rng(), bound / 4..=bound);
