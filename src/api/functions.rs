@@ -7,7 +7,8 @@ use super::files::Binary;
 use super::AppState;
 use crate::error::{Error, ErrorCode};
 use crate::functions::{
-    FunctionConfig, FunctionInfo, FunctionSecret, FunctionVersion, Invocation, UsageReport,
+    FunctionConfig, FunctionInfo, FunctionSecret, FunctionVersion, Invocation, Language,
+    UsageReport,
 };
 use actix_web::http::header;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
@@ -25,21 +26,26 @@ pub(super) struct Uploaded {
     version: u32,
 }
 
-/// Upload (or replace) a function's WebAssembly module (guest ABI v1, see docs/functions.md). It is
-/// validated, checked against the ABI and compiled before this returns, and becomes the next
-/// version, active at once; in-flight invocations finish on the old module, which stays kept
-/// for a rollback.
+/// Upload (or replace) a function: a WebAssembly module (guest ABI v1, see docs/functions.md),
+/// or with `Content-Type: text/javascript` an ES module whose default export handles each
+/// event. It is validated and compiled (JavaScript: loaded, its top-level code run) before this
+/// returns, and becomes the next version, active at once; in-flight invocations finish on the
+/// old one, which stays kept for a rollback.
 #[utoipa::path(
     operation_id = "upload_function",
     tag = "functions",
     params(("name" = String, Path, description = "Function name, `[A-Za-z0-9_-]{1,64}`")),
     request_body(
-        description = "The module (any `Content-Type`; `application/wasm` by convention)",
-        content((Binary = "application/wasm"), (Binary = "application/octet-stream"))
+        description = "The module (`application/wasm` by convention; any type but JavaScript's), or JavaScript source (`text/javascript` or `application/javascript`, UTF-8)",
+        content(
+            (Binary = "application/wasm"),
+            (Binary = "application/octet-stream"),
+            (String = "text/javascript")
+        )
     ),
     responses(
         (status = 200, description = "Stored and compiled", body = Uploaded),
-        (status = 400, description = "Not a valid module, or it breaks the ABI; the message says how", body = ErrorBody),
+        (status = 400, description = "Not a valid module, or it breaks the ABI; JavaScript that does not load (the message gives the line and column of a syntax error); the message says how", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 413, description = "Over the module size limit", body = ErrorBody),
     ),
@@ -78,7 +84,22 @@ pub(super) async fn upload(
         }
         wasm.extend_from_slice(&piece);
     }
-    let info = state.functions.upload(&caller.0, &name, wasm).await?;
+    let javascript = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "text/javascript" || v == "application/javascript");
+    let declared = if javascript {
+        Language::JavaScript
+    } else {
+        Language::Wasm
+    };
+    let info = state
+        .functions
+        .upload(&caller.0, &name, wasm, declared)
+        .await?;
     Ok(HttpResponse::Ok().json(Uploaded {
         name: info.name,
         sha256: info.sha256,

@@ -23,6 +23,7 @@ pub(super) fn failure_kind(f: &Failure) -> &'static str {
         Failure::Timeout => "timeout",
         Failure::HostCalls => "host_calls",
         Failure::Instantiate(_) => "instantiate",
+        Failure::Thrown(_) => "thrown",
     }
 }
 

@@ -6,10 +6,10 @@
 
 use super::error::internal;
 use super::invoke::limits_of;
-use super::runtime::{self, Host, Lane, Outcome, Runtime};
+use super::runtime::{Host, Lane, Outcome, Runtime};
 use super::{
     check_name, dispatch, FunctionConfig, FunctionInfo, FunctionRecord, Functions, FunctionsError,
-    Invocation, Loaded, Result,
+    Invocation, Language, Loaded, Result,
 };
 use crate::config::FunctionsConfig;
 use crate::model::now_rfc3339;
@@ -73,7 +73,12 @@ impl Functions {
                 let config = deployed
                     .map(|d| d.record.info.config.clone())
                     .unwrap_or_default();
-                let artifact = checked_artifact(&self.inner.config, &config, &wasm)?;
+                let limits = limits_of(&self.inner.config, &config);
+                let artifact = self
+                    .inner
+                    .runtime
+                    .build(&wasm, limits, self.inner.config.max_table_elements)
+                    .map_err(FunctionsError::InvalidModule)?;
                 let module = self.inner.runtime.load(&artifact).map_err(internal)?;
                 Arc::new(Loaded {
                     record: unstored(name, config, &wasm),
@@ -89,20 +94,6 @@ impl Functions {
     }
 }
 
-/// Compiles a module and checks it against the guest ABI and `config`'s limits, as an upload
-/// does. Returns its artifact.
-fn checked_artifact(
-    defaults: &FunctionsConfig,
-    config: &FunctionConfig,
-    wasm: &[u8],
-) -> Result<Vec<u8>> {
-    let (module, artifact) = runtime::compile(wasm).map_err(FunctionsError::InvalidModule)?;
-    let memory = limits_of(defaults, config).memory_bytes;
-    runtime::check_abi(&module, memory, defaults.max_table_elements)
-        .map_err(FunctionsError::InvalidModule)?;
-    Ok(artifact)
-}
-
 /// The record of a module run without being stored (its `latest_version` 0 says so).
 fn unstored(name: &str, config: FunctionConfig, wasm: &[u8]) -> FunctionRecord {
     let now = now_rfc3339();
@@ -111,6 +102,7 @@ fn unstored(name: &str, config: FunctionConfig, wasm: &[u8]) -> FunctionRecord {
             name: name.to_string(),
             sha256: super::registry::hex(&sha2::Sha256::digest(wasm)),
             size: wasm.len() as u64,
+            language: Language::of(wasm),
             version: 0,
             config,
             created_at: now.clone(),
@@ -136,8 +128,11 @@ pub async fn invoke_remote(
     check_name(name)?;
     crate::tls::install_default_provider();
     let function = FunctionConfig::default();
-    let artifact = checked_artifact(config, &function, &wasm)?;
     let runtime = Runtime::start(1, 0, 4).map_err(internal)?;
+    let limits = limits_of(config, &function);
+    let artifact = runtime
+        .build(&wasm, limits, config.max_table_elements)
+        .map_err(FunctionsError::InvalidModule)?;
     let module = runtime.load(&artifact).map_err(internal)?;
     let host = Arc::new(HttpHost {
         client: reqwest::Client::new(),
@@ -149,7 +144,7 @@ pub async fn invoke_remote(
     let input = serde_json::to_vec(&event).map_err(internal)?;
     let (lane, _) = lane_and_depth(&event);
     let outcome = runtime
-        .invoke(lane, module, input, limits_of(config, &function), host)
+        .invoke(lane, module, input, limits, host)
         .await
         .map_err(FunctionsError::Busy);
     runtime.stop();

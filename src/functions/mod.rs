@@ -16,6 +16,7 @@ mod fetch;
 mod hooks;
 mod host;
 mod invoke;
+mod js;
 mod local;
 mod mail;
 mod records;
@@ -29,6 +30,7 @@ mod usage;
 pub use error::FunctionsError;
 pub(crate) use error::Result;
 pub use invoke::HttpResult;
+pub(crate) use js::Language;
 pub use local::{invoke_remote, LocalRun};
 pub(crate) use records::check_name;
 pub use records::{
@@ -59,7 +61,7 @@ use std::sync::{Arc, Mutex, RwLock};
 /// flight keep the one they started with.
 struct Loaded {
     record: FunctionRecord,
-    module: wasmer::Module,
+    module: runtime::Program,
 }
 
 struct Inner {

@@ -4,7 +4,7 @@
 
 use super::error::invalid;
 use super::runtime::LogLine;
-use super::{dispatch, Functions, FunctionsError, Result};
+use super::{dispatch, Functions, FunctionsError, Language, Result};
 use crate::docs::check_collection;
 use crate::model::{Change, Subject};
 use crate::when::{self, When};
@@ -136,6 +136,9 @@ pub struct FunctionInfo {
     pub sha256: String,
     /// Size of the module in bytes.
     pub size: u64,
+    /// What the source is: `wasm` (a module) or `javascript` (an ES module).
+    #[serde(default)]
+    pub language: Language,
     /// The active version: the upload it runs (1 for the first; each upload adds one).
     #[serde(default = "first_version")]
     pub version: u32,

@@ -5,7 +5,7 @@ use super::error::internal;
 use super::records::Armed;
 use super::{
     check_name, dispatch, runtime, FunctionConfig, FunctionInfo, FunctionRecord, FunctionVersion,
-    Functions, FunctionsError, Loaded, Result,
+    Functions, FunctionsError, Language, Loaded, Result,
 };
 use crate::auth::Principal;
 use crate::model::now_rfc3339;
@@ -23,7 +23,7 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 }
 
 /// A module ready to run: its hash, its artifact's key and hash, and the loaded module.
-type Prepared = (String, String, String, wasmer::Module);
+type Prepared = (String, String, String, runtime::Program);
 
 /// The key of a function's version record.
 fn version_key(name: &str, version: u32) -> Vec<u8> {
@@ -41,6 +41,9 @@ pub(super) fn artifact_key(module_sha: &str) -> String {
     h.update(module_sha.as_bytes());
     h.update(b"\0");
     h.update(runtime::COMPILE_VERSION.as_bytes());
+    // A JavaScript function's artifact is the shipped engine's memory.
+    h.update(b"\0");
+    h.update(super::js::engine_sha256().as_bytes());
     hex(&h.finalize())
 }
 
@@ -121,9 +124,11 @@ impl Functions {
             }
         }
         tracing::info!(function = %record.info.name, "compiling the function's artifact");
-        let wasm = self.module_bytes(&record.info.sha256).await?;
+        let source = self.module_bytes(&record.info.sha256).await?;
+        let (runtime, limits) = (self.inner.runtime.clone(), self.limits(&record.info.config));
+        let max_table_elements = self.inner.config.max_table_elements;
         let (artifact, artifact_sha256) = tokio::task::spawn_blocking(move || {
-            let artifact = runtime::compile(&wasm)?.1;
+            let artifact = runtime.build(&source, limits, max_table_elements)?;
             write_durably(&path, &artifact)
                 .map_err(|e| format!("cannot write the artifact: {e}"))?;
             let sha = hex(&Sha256::digest(&artifact));
@@ -329,7 +334,7 @@ impl Functions {
     /// its artifact (in a cluster, the module also in the shared store). Returns the module's
     /// hash, its artifact's key and hash, and the loaded module.
     async fn prepare_module(&self, config: &FunctionConfig, wasm: Vec<u8>) -> Result<Prepared> {
-        let memory = self.limits(config).memory_bytes;
+        let (runtime, limits) = (self.inner.runtime.clone(), self.limits(config));
         let max_table_elements = self.inner.config.max_table_elements;
         let sha = hex(&Sha256::digest(&wasm));
         let (module_path, key) = (self.module_path(&sha), artifact_key(&sha));
@@ -338,9 +343,8 @@ impl Functions {
         // bytes go before its record.
         let shared_copy = self.inner.store.is_shared().then(|| wasm.clone());
         let artifact = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            let (module, artifact) =
-                runtime::compile(&wasm).map_err(FunctionsError::InvalidModule)?;
-            runtime::check_abi(&module, memory, max_table_elements)
+            let artifact = runtime
+                .build(&wasm, limits, max_table_elements)
                 .map_err(FunctionsError::InvalidModule)?;
             write_durably(&module_path, &wasm).map_err(internal)?;
             write_durably(&artifact_path, &artifact).map_err(internal)?;
@@ -363,12 +367,35 @@ impl Functions {
     /// Uploads (or replaces) a function's module as its next version, and activates it. The
     /// config of an existing function is kept; the oldest versions beyond
     /// `functions.versions_kept` are dropped.
-    pub async fn upload(&self, who: &Principal, name: &str, wasm: Vec<u8>) -> Result<FunctionInfo> {
+    pub async fn upload(
+        &self,
+        who: &Principal,
+        name: &str,
+        wasm: Vec<u8>,
+        declared: Language,
+    ) -> Result<FunctionInfo> {
         Self::require_admin(who)?;
         check_name(name)?;
         let max = self.inner.config.max_module_bytes;
         if wasm.len() > max {
             return Err(FunctionsError::TooLarge { max });
+        }
+        let language = Language::of(&wasm);
+        match (declared, language) {
+            (Language::Wasm, Language::JavaScript) => {
+                let reason = runtime::check_header(&wasm).err().unwrap_or_default();
+                return Err(FunctionsError::InvalidModule(format!(
+                    "{reason}; JavaScript source is uploaded with `Content-Type: text/javascript`"
+                )));
+            }
+            (Language::JavaScript, Language::Wasm) => {
+                return Err(FunctionsError::InvalidModule(
+                    "the body is a WebAssembly module, not JavaScript: upload it with \
+                     `Content-Type: application/wasm`"
+                        .into(),
+                ))
+            }
+            _ => {}
         }
         let previous = self.loaded(name);
         let config = previous
@@ -384,6 +411,7 @@ impl Functions {
                 name: name.to_string(),
                 sha256: sha.clone(),
                 size,
+                language,
                 version,
                 config,
                 created_at: previous

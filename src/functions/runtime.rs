@@ -3,15 +3,18 @@
 //! worker threads, never on the async workers. Every invocation gets a fresh `Store` and
 //! `Instance`, so nothing leaks from one event to the next, with four limits: fuel (metering),
 //! linear memory (the engine's tunables), wall-clock time (a watchdog that interrupts the
-//! store) and host calls (counted by the host functions).
+//! store) and host calls (counted by the host functions). JavaScript runs in the shipped engine
+//! module (`super::js`): a function's artifact is then the engine's memory after its source
+//! loaded, written over each fresh instance's memory before `handle`.
 
 // Public for `emberbase::internals` (the benchmarks); otherwise only the crate reaches it.
 #![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 
+use super::js::{self, Language, Snapshot};
 use super::tunables::{table_bytes, with_limits, CappedTunables, TABLE_ELEMENT_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmer::sys::{CompilerConfig, Cranelift, EngineBuilder, NativeEngineExt};
 use wasmer::wasmparser::Operator;
@@ -84,6 +87,8 @@ pub enum Failure {
     HostCalls,
     /// The module needs more memory than allowed, or failed to instantiate.
     Instantiate(String),
+    /// A JavaScript function threw (or its promise rejected): the message and stack.
+    Thrown(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -94,6 +99,7 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => write!(f, "timed out"),
             Failure::HostCalls => write!(f, "too many host calls"),
             Failure::Instantiate(m) => write!(f, "instantiation failed: {m}"),
+            Failure::Thrown(m) => write!(f, "uncaught exception: {m}"),
         }
     }
 }
@@ -169,7 +175,7 @@ pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
 
 /// Refuses what is not a core WebAssembly module in one sentence, before the validator (whose
 /// message for a bad header prints both headers as multi-line byte arrays).
-fn check_header(bytes: &[u8]) -> Result<(), String> {
+pub(super) fn check_header(bytes: &[u8]) -> Result<(), String> {
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(()),
         Some([0, b'a', b's', b'm', a, b, c, d]) => Err(format!(
@@ -261,9 +267,17 @@ pub fn check_abi(
     Ok(())
 }
 
+/// What an invocation runs: a compiled module, and for a JavaScript function the engine's
+/// memory after the function's source loaded, written over each fresh instance's memory.
+#[derive(Clone)]
+pub struct Program {
+    module: Module,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
 /// One invocation: what to run, on what, within which limits.
 struct Call {
-    module: Module,
+    program: Program,
     input: Vec<u8>,
     limits: Limits,
     host: Arc<dyn Host>,
@@ -343,6 +357,35 @@ pub struct Runtime {
     hook_workers: usize,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     watchdog: Arc<Watchdog>,
+    /// The JavaScript engine, loaded into `engine` when a JavaScript function first needs it.
+    javascript: OnceLock<Result<Module, String>>,
+}
+
+/// The JavaScript engine's artifact, compiled once per process (a few seconds of Cranelift).
+fn engine_artifact() -> Result<&'static [u8], String> {
+    static ARTIFACT: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    ARTIFACT
+        .get_or_init(|| {
+            compile(js::ENGINE)
+                .map(|(_, artifact)| artifact)
+                .map_err(|e| format!("the JavaScript engine does not compile: {e}"))
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+/// The host of a JavaScript module's top-level code, which runs once at upload: the engine
+/// refuses host calls then, and its log lines are not kept.
+struct Loading;
+
+impl Host for Loading {
+    fn call(&self, _: &serde_json::Value) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn log(&self, _: &str, _: &str) -> bool {
+        false
+    }
 }
 
 impl Runtime {
@@ -390,17 +433,99 @@ impl Runtime {
             hook_workers,
             workers: Mutex::new(handles),
             watchdog,
+            javascript: OnceLock::new(),
         }))
     }
 
-    /// Loads an artifact this server compiled (its hash checked by the caller).
-    pub fn load(&self, artifact: &[u8]) -> Result<Module, String> {
+    /// Loads an artifact this server built (its hash checked by the caller): a compiled module,
+    /// or a JavaScript function's snapshot.
+    pub fn load(&self, artifact: &[u8]) -> Result<Program, String> {
+        if Snapshot::is_snapshot(artifact) {
+            return Ok(Program {
+                module: self.javascript()?,
+                snapshot: Some(Snapshot::decode(artifact)?),
+            });
+        }
+        Ok(Program {
+            module: self.deserialize(artifact)?,
+            snapshot: None,
+        })
+    }
+
+    fn deserialize(&self, artifact: &[u8]) -> Result<Module, String> {
         // SAFETY: `Module::deserialize` maps the artifact's machine code as executable. Only
-        // artifacts this server compiled and wrote are passed here, after their SHA-256 was
-        // checked against the hash recorded in the store when they were written.
+        // artifacts this server compiled are passed here: the JavaScript engine's, compiled by
+        // this process, and functions' after their SHA-256 was checked against the hash
+        // recorded in the store when they were written.
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize(&self.engine, artifact.to_vec()) };
         module.map_err(|e| format!("cannot load the artifact: {e}"))
+    }
+
+    /// The JavaScript engine module, compiled and loaded at its first use.
+    fn javascript(&self) -> Result<Module, String> {
+        self.javascript
+            .get_or_init(|| self.deserialize(engine_artifact()?))
+            .clone()
+    }
+
+    /// Builds a function's artifact from its source, as an upload does; blocks (compiling takes
+    /// a while). WebAssembly is compiled with metering and checked against the guest ABI and
+    /// `limits`; JavaScript is loaded into the engine under `limits`, and its snapshot taken.
+    pub fn build(
+        &self,
+        source: &[u8],
+        limits: Limits,
+        max_table_elements: u64,
+    ) -> Result<Vec<u8>, String> {
+        match Language::of(source) {
+            Language::Wasm => {
+                let (module, artifact) = compile(source)?;
+                check_abi(&module, limits.memory_bytes, max_table_elements)?;
+                Ok(artifact)
+            }
+            Language::JavaScript => self.load_javascript(source, limits),
+        }
+    }
+
+    /// Loads JavaScript source into a fresh engine (its top-level code runs, under `limits`,
+    /// without host calls) and returns the snapshot of what that changed in its memory.
+    fn load_javascript(&self, source: &[u8], limits: Limits) -> Result<Vec<u8>, String> {
+        let fail = |reason: String| format!("the JavaScript module does not load: {reason}");
+        std::str::from_utf8(source).map_err(|e| fail(format!("the source is not UTF-8 ({e})")))?;
+        let program = Program {
+            module: self.javascript()?,
+            snapshot: None,
+        };
+        let started = Instant::now();
+        let mut store = Store::new(self.engine.clone());
+        let env = new_env(&mut store, Arc::new(Loading), limits);
+        let armed = self
+            .watchdog
+            .arm(store.interrupter(), started + limits.timeout);
+        let loaded = instantiate(&mut store, &env, &program, limits).and_then(|instance| {
+            let memory = bind(&mut store, &env, &instance)?;
+            let fresh = memory
+                .view(&store)
+                .copy_to_vec()
+                .map_err(|e| e.to_string())?;
+            set_remaining_points(&mut store, &instance, limits.fuel);
+            let report = call_export(&mut store, &instance, "load", source, limits)?;
+            if let Some(report) = report {
+                return Err(js::load_error(&report));
+            }
+            let view = memory.view(&store);
+            let loaded = view.copy_to_vec().map_err(|e| e.to_string())?;
+            Ok(Snapshot::between(&fresh, &loaded, view.size().0))
+        });
+        let timed_out = self.watchdog.disarm(armed);
+        let snapshot = loaded.map_err(|e| match env.as_mut(&mut store).failure.take() {
+            Some(failure) => fail(format!("its top-level code stopped: {failure}")),
+            None if timed_out => fail(format!("its top-level code stopped: {}", Failure::Timeout)),
+            None if e.starts_with("the JavaScript module") => e,
+            None => fail(e),
+        })?;
+        Ok(snapshot.encode())
     }
 
     /// Runs `handle` of `module` with `input`; waits for a worker. Fails at once when the
@@ -408,7 +533,7 @@ impl Runtime {
     pub async fn invoke(
         &self,
         lane: Lane,
-        module: Module,
+        program: Program,
         input: Vec<u8>,
         limits: Limits,
         host: Arc<dyn Host>,
@@ -416,7 +541,7 @@ impl Runtime {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
             call: Call {
-                module,
+                program,
                 input,
                 limits,
                 host,
@@ -454,13 +579,13 @@ impl Runtime {
     #[cfg(feature = "internals")]
     pub fn invoke_blocking(
         &self,
-        module: Module,
+        program: Program,
         input: Vec<u8>,
         limits: Limits,
         host: Arc<dyn Host>,
     ) -> Outcome {
         let call = Call {
-            module,
+            program,
             input,
             limits,
             host,
@@ -655,19 +780,62 @@ fn host_result_read(env: FunctionEnvMut<Env>, dst: i32) -> Result<(), RuntimeErr
     }
 }
 
-/// Runs one invocation on the current (worker) thread.
-fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
-    let started = Instant::now();
-    let cpu = cpu_time::ThreadTime::now();
-    let mut fuel = 0;
-    let mut store = Store::new(engine.clone());
-    let env = FunctionEnv::new(
-        &mut store,
+fn host_throw(mut env: FunctionEnvMut<Env>, ptr: i32, len: i32) -> Result<(), RuntimeError> {
+    let len = len.min(env.data().limits.max_io_bytes as i32);
+    let report = read_guest(&env, ptr, len).unwrap_or_default();
+    env.data_mut().failure = Some(Failure::Thrown(js::thrown(&report)));
+    Err(RuntimeError::user(Box::new(Abort)))
+}
+
+/// WASI's `EBADF`: the JavaScript engine has no files (its libc asks about standard output).
+const WASI_EBADF: i32 = 8;
+
+/// `clock_time_get(id, precision, *time)` of WASI, for the JavaScript engine: the real time for
+/// clock 0, otherwise a monotonic clock.
+fn wasi_clock_time_get(env: FunctionEnvMut<Env>, id: i32, _precision: i64, out: i32) -> i32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let nanos = if id == 0 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    } else {
+        START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+    };
+    write_guest(&env, out, &nanos.to_le_bytes())
+}
+
+/// `random_get(*buf, len)` of WASI.
+fn wasi_random_get(env: FunctionEnvMut<Env>, buf: i32, len: i32) -> i32 {
+    let Ok(len) = usize::try_from(len) else {
+        return WASI_EBADF;
+    };
+    let mut bytes = vec![0; len.min(1 << 16)];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+    write_guest(&env, buf, &bytes)
+}
+
+/// Writes `bytes` at `ptr` of the guest's memory: WASI's 0, or its `EFAULT` (21).
+fn write_guest(env: &FunctionEnvMut<Env>, ptr: i32, bytes: &[u8]) -> i32 {
+    let written = match (&env.data().memory, u32::try_from(ptr)) {
+        (Some(memory), Ok(ptr)) => memory.view(env).write(ptr as u64, bytes).is_ok(),
+        _ => false,
+    };
+    if written {
+        0
+    } else {
+        21
+    }
+}
+
+/// A fresh invocation state.
+fn new_env(store: &mut Store, host: Arc<dyn Host>, limits: Limits) -> FunctionEnv<Env> {
+    FunctionEnv::new(
+        store,
         Env {
             memory: None,
             fuel: None,
-            host: job.host.clone(),
-            limits: job.limits,
+            host,
+            limits,
             calls: 0,
             reply: Vec::new(),
             logs: Vec::new(),
@@ -675,20 +843,98 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
             logs_dropped: 0,
             failure: None,
         },
-    );
+    )
+}
+
+/// Instantiates a program under its memory limit, with every host function: the guest ABI's,
+/// and the few the JavaScript engine also imports (uploaded modules may not import those:
+/// `check_abi`). A JavaScript function's snapshot is then written over the fresh memory.
+fn instantiate(
+    store: &mut Store,
+    env: &FunctionEnv<Env>,
+    program: &Program,
+    limits: Limits,
+) -> Result<Instance, String> {
+    let ebadf1 = |_: i32| WASI_EBADF;
+    let ebadf2 = |_: i32, _: i32| WASI_EBADF;
+    let ebadf4 = |_: i32, _: i32, _: i32, _: i32| WASI_EBADF;
+    let seek = |_: i32, _: i64, _: i32, _: i32| WASI_EBADF;
     let imports = imports! {
         "emberbase" => {
-            "log" => Function::new_typed_with_env(&mut store, &env, host_log),
-            "call" => Function::new_typed_with_env(&mut store, &env, host_call),
-            "result_read" => Function::new_typed_with_env(&mut store, &env, host_result_read),
+            "log" => Function::new_typed_with_env(store, env, host_log),
+            "call" => Function::new_typed_with_env(store, env, host_call),
+            "result_read" => Function::new_typed_with_env(store, env, host_result_read),
+            "throw" => Function::new_typed_with_env(store, env, host_throw),
+        },
+        "wasi_snapshot_preview1" => {
+            "clock_time_get" => Function::new_typed_with_env(store, env, wasi_clock_time_get),
+            "random_get" => Function::new_typed_with_env(store, env, wasi_random_get),
+            "fd_close" => Function::new_typed(store, ebadf1),
+            "fd_fdstat_get" => Function::new_typed(store, ebadf2),
+            "fd_seek" => Function::new_typed(store, seek),
+            "fd_write" => Function::new_typed(store, ebadf4),
         }
     };
+    let instance = with_limits(limits.memory_bytes, &program.module, || {
+        Instance::new(store, &program.module, &imports).map_err(|e| e.to_string())
+    })??;
+    if let Some(snapshot) = &program.snapshot {
+        let memory = bind(store, env, &instance)?;
+        restore(store, &memory, snapshot, limits)?;
+    }
+    Ok(instance)
+}
+
+/// Writes a JavaScript function's snapshot over a fresh engine's memory.
+fn restore(
+    store: &mut Store,
+    memory: &Memory,
+    snapshot: &Snapshot,
+    limits: Limits,
+) -> Result<(), String> {
+    // The memory's maximum is the function's limit (the tunables capped it when it was made).
+    let have = memory.view(store).size().0;
+    if snapshot.pages > have {
+        memory.grow(store, snapshot.pages - have).map_err(|_| {
+            format!(
+                "the JavaScript function's loaded memory ({} KiB) is over its limit of {} MiB",
+                snapshot.pages as u64 * 64,
+                limits.memory_bytes / (1024 * 1024)
+            )
+        })?;
+    }
+    let view = memory.view(store);
+    for (offset, bytes) in &snapshot.runs {
+        view.write(*offset as u64, bytes)
+            .map_err(|_| "the JavaScript snapshot does not fit the engine's memory")?;
+    }
+    Ok(())
+}
+
+/// Gives the host functions the instance's memory and metering globals; returns the memory.
+fn bind(store: &mut Store, env: &FunctionEnv<Env>, instance: &Instance) -> Result<Memory, String> {
+    let memory = instance
+        .exports
+        .get_memory("memory")
+        .map_err(|e| e.to_string())?
+        .clone();
+    env.as_mut(store).memory = Some(memory.clone());
+    let global = |name: &str| instance.exports.get_global(name).ok().cloned();
+    env.as_mut(store).fuel =
+        global("wasmer_metering_remaining_points").zip(global("wasmer_metering_points_exhausted"));
+    Ok(memory)
+}
+
+/// Runs one invocation on the current (worker) thread.
+fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
+    let started = Instant::now();
+    let cpu = cpu_time::ThreadTime::now();
+    let mut fuel = 0;
+    let mut store = Store::new(engine.clone());
+    let env = new_env(&mut store, job.host.clone(), job.limits);
     // The deadline covers the start function too.
     let armed = watchdog.arm(store.interrupter(), started + job.limits.timeout);
-    let instance = with_limits(job.limits.memory_bytes, &job.module, || {
-        Instance::new(&mut store, &job.module, &imports).map_err(|e| e.to_string())
-    })
-    .and_then(|instance| instance);
+    let instance = instantiate(&mut store, &env, &job.program, job.limits);
     let result = match instance {
         Err(e) => {
             let timed_out = watchdog.disarm(armed);
@@ -700,7 +946,8 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
         }
         Ok(instance) => {
             set_remaining_points(&mut store, &instance, job.limits.fuel);
-            let called = call_handle(&mut store, &env, &instance, &job.input, job.limits);
+            let called = bind(&mut store, &env, &instance)
+                .and_then(|_| call_export(&mut store, &instance, "handle", &job.input, job.limits));
             let timed_out = watchdog.disarm(armed);
             fuel = match get_remaining_points(&mut store, &instance) {
                 MeteringPoints::Remaining(left) => job.limits.fuel.saturating_sub(left),
@@ -751,11 +998,12 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
     }
 }
 
-/// Copies the event in through `alloc`, calls `handle`, and copies the result out.
-fn call_handle(
+/// Copies `input` in through `alloc`, calls `export` (`handle`, or the JavaScript engine's
+/// `load`, which have the same shape), and copies its result out.
+fn call_export(
     store: &mut Store,
-    env: &FunctionEnv<Env>,
     instance: &Instance,
+    export: &str,
     input: &[u8],
     limits: Limits,
 ) -> Result<Option<Vec<u8>>, String> {
@@ -764,17 +1012,13 @@ fn call_handle(
         .get_memory("memory")
         .map_err(|e| e.to_string())?
         .clone();
-    env.as_mut(store).memory = Some(memory.clone());
-    let global = |name: &str| instance.exports.get_global(name).ok().cloned();
-    env.as_mut(store).fuel =
-        global("wasmer_metering_remaining_points").zip(global("wasmer_metering_points_exhausted"));
     let alloc = instance
         .exports
         .get_typed_function::<i32, i32>(store, "alloc")
         .map_err(|e| e.to_string())?;
     let handle = instance
         .exports
-        .get_typed_function::<(i32, i32), i64>(store, "handle")
+        .get_typed_function::<(i32, i32), i64>(store, export)
         .map_err(|e| e.to_string())?;
     let len = i32::try_from(input.len()).map_err(|_| "the event is too large")?;
     let ptr = alloc.call(store, len).map_err(|e| e.message())?;

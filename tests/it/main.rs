@@ -18,6 +18,7 @@ mod functions;
 mod fuzz;
 mod hardening;
 mod hooks;
+mod javascript;
 mod oauth;
 mod operations;
 mod pg;

@@ -258,10 +258,11 @@ export interface paths {
         /** One function. */
         get: operations["get"];
         /**
-         * Upload (or replace) a function's WebAssembly module (guest ABI v1, see docs/functions.md). It is
-         *     validated, checked against the ABI and compiled before this returns, and becomes the next
-         *     version, active at once; in-flight invocations finish on the old module, which stays kept
-         *     for a rollback.
+         * Upload (or replace) a function: a WebAssembly module (guest ABI v1, see docs/functions.md),
+         *     or with `Content-Type: text/javascript` an ES module whose default export handles each
+         *     event. It is validated and compiled (JavaScript: loaded, its top-level code run) before this
+         *     returns, and becomes the next version, active at once; in-flight invocations finish on the
+         *     old one, which stays kept for a rollback.
          */
         put: operations["upload_function"];
         post?: never;
@@ -1885,6 +1886,8 @@ export interface components {
         FunctionInfo: {
             config: components["schemas"]["FunctionConfig"];
             created_at: string;
+            /** @description What the source is: `wasm` (a module) or `javascript` (an ES module). */
+            language?: components["schemas"]["Language"];
             name: string;
             /** @description SHA-256 of the module, lower-case hex. */
             sha256: string;
@@ -2034,6 +2037,11 @@ export interface components {
         InvocationList: {
             items: components["schemas"]["Invocation"][];
         };
+        /**
+         * @description What a function's source is: a WebAssembly module, or JavaScript run by the shipped engine.
+         * @enum {string}
+         */
+        Language: "wasm" | "javascript";
         LinkRequest: {
             /** @description Where the browser returns, with `?linked=<provider>` or `?error=`. */
             redirect_url: string;
@@ -3791,11 +3799,12 @@ export interface operations {
             };
             cookie?: never;
         };
-        /** @description The module (any `Content-Type`; `application/wasm` by convention) */
+        /** @description The module (`application/wasm` by convention; any type but JavaScript's), or JavaScript source (`text/javascript` or `application/javascript`, UTF-8) */
         requestBody: {
             content: {
                 "application/octet-stream": components["schemas"]["Binary"];
                 "application/wasm": components["schemas"]["Binary"];
+                "text/javascript": string;
             };
         };
         responses: {
@@ -3808,7 +3817,7 @@ export interface operations {
                     "application/json": components["schemas"]["Uploaded"];
                 };
             };
-            /** @description Not a valid module, or it breaks the ABI; the message says how */
+            /** @description Not a valid module, or it breaks the ABI; JavaScript that does not load (the message gives the line and column of a syntax error); the message says how */
             400: {
                 headers: {
                     [name: string]: unknown;

@@ -1,0 +1,253 @@
+//! JavaScript functions: ES modules uploaded as source, run by the engine the server ships,
+//! under the same limits as any module.
+
+use crate::common::*;
+use crate::functions::{call, eventually, invocations, start};
+use serde_json::{json, Value};
+
+pub(crate) fn upload_js(srv: &TestServer, name: &str, source: &str) -> Resp {
+    let req = srv
+        .admin("PUT", &format!("/v1/admin/functions/{name}"))
+        .set("Content-Type", "text/javascript");
+    send(req, Some(source.as_bytes()))
+}
+
+pub(crate) fn deploy_js(srv: &TestServer, name: &str, source: &str, config: Value) {
+    upload_js(srv, name, source).expect(200);
+    srv.put(&format!("/v1/admin/functions/{name}/config"), &config)
+        .expect(200);
+}
+
+fn http(srv: &TestServer, name: &str, source: &str) {
+    deploy_js(srv, name, source, json!({"triggers": [{"on": "http"}]}));
+}
+
+#[test]
+fn a_trigger_reads_and_writes_through_the_emberbase_global() {
+    let srv = start();
+    deploy_js(
+        &srv,
+        "audit",
+        r#"
+        export default async function handle(event) {
+          const post = await emberbase.db.get("posts", event.id);
+          console.log("saw", event.trigger, post.data.title);
+          await emberbase.db.create("audit", { post: event.id, title: post.data.title, version: post.version });
+          const { items } = await emberbase.db.query("audit", { filter: `data.post == "${event.id}"` });
+          console.warn("audited", items.length);
+        }
+        "#,
+        json!({"triggers": [{"on": "create", "collection": "posts"}]}),
+    );
+    let info = srv.get("/v1/admin/functions/audit").expect(200);
+    assert_eq!(info.json["language"], "javascript");
+    srv.put("/v1/collections/posts/docs/p1", &json!({"title": "Hello"}))
+        .expect(201);
+    let audit = eventually("the audit document", || {
+        let list = srv.get("/v1/collections/audit/docs").expect(200);
+        list.json["items"].as_array()?.first().cloned()
+    });
+    assert_eq!(audit["data"]["post"], "p1");
+    assert_eq!(audit["data"]["title"], "Hello");
+    let record = eventually("the invocation", || {
+        invocations(&srv, "audit")
+            .into_iter()
+            .find(|r| r["status"] == "ok")
+    });
+    let logs: Vec<(String, String)> = record["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap().to_string(),
+                l["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            ("info".to_string(), "saw create Hello".to_string()),
+            ("warn".to_string(), "audited 1".to_string())
+        ]
+    );
+}
+
+#[test]
+fn an_http_function_answers_and_each_event_starts_fresh() {
+    let srv = start();
+    http(
+        &srv,
+        "counter",
+        r#"
+        let calls = 0;
+        const started = Date.now();
+        export default function handle(event) {
+          calls += 1;
+          return {
+            status: 201,
+            body: { calls, echo: event.body, method: event.method, random: Math.random(),
+                    now: Date.now(), loadedAt: started },
+          };
+        }
+        "#,
+    );
+    let first = call(&srv, "counter", None, &json!({"n": 1})).expect(201);
+    let second = call(&srv, "counter", None, &json!({"n": 2})).expect(201);
+    // Module state does not carry over: each event starts from the loaded module.
+    assert_eq!(first.json["calls"], 1);
+    assert_eq!(second.json["calls"], 1);
+    assert_eq!(second.json["echo"], json!({"n": 2}));
+    assert_eq!(first.json["method"], "POST");
+    // Randomness and the clock are the event's own, not the snapshot's.
+    assert_ne!(first.json["random"], second.json["random"]);
+    let now = first.json["now"].as_f64().unwrap();
+    assert!(now >= first.json["loadedAt"].as_f64().unwrap());
+}
+
+#[test]
+fn a_schedule_fires_a_javascript_function() {
+    let srv = start();
+    deploy_js(
+        &srv,
+        "tick",
+        r#"export default async (event) => {
+             await emberbase.db.set("ticks", "last", { cron: event.cron, at: event.scheduled_for });
+           }"#,
+        json!({"triggers": [{"on": "schedule", "cron": "* * * * * *"}]}),
+    );
+    let tick = eventually("a tick", || {
+        let r = srv.get("/v1/collections/ticks/docs/last");
+        (r.status == 200).then_some(r.json)
+    });
+    assert_eq!(tick["data"]["cron"], "* * * * * *");
+}
+
+#[test]
+fn a_thrown_error_fails_the_invocation_with_its_message_and_stack() {
+    let srv = start();
+    http(
+        &srv,
+        "thrower",
+        "function check(n) {\n  if (n > 1) throw new RangeError(`too big: ${n}`);\n}\nexport default async function handle(event) {\n  check(event.body.n);\n  return { ok: true };\n}\n",
+    );
+    let failed = call(&srv, "thrower", None, &json!({"n": 5}));
+    failed.expect_error(502, "function_failed");
+    let record = eventually("the failed invocation", || {
+        invocations(&srv, "thrower")
+            .into_iter()
+            .find(|r| r["status"] == "error")
+    });
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("RangeError: too big: 5"), "{error}");
+    assert!(error.contains("at check (function.js:2"), "{error}");
+    assert!(error.contains("at handle (function.js:5"), "{error}");
+    assert_eq!(record["failure"], "thrown");
+
+    // A store refusal rejects with the API's code, which the function can catch.
+    http(
+        &srv,
+        "catcher",
+        r#"export default async function handle() {
+             try {
+               await emberbase.db.update("nothing", "missing", { a: 1 });
+             } catch (e) {
+               return { status: 200, body: { code: e.code, name: e.name, isError: e instanceof Error } };
+             }
+           }"#,
+    );
+    let caught = call(&srv, "catcher", None, &json!({})).expect(200);
+    assert_eq!(
+        caught.json,
+        json!({"code": "not_found", "name": "EmberbaseError", "isError": true})
+    );
+}
+
+#[test]
+fn source_that_does_not_load_is_refused_with_where() {
+    let srv = start();
+    let refused = upload_js(
+        &srv,
+        "broken",
+        "export default function (event) {\n  return {;\n}\n",
+    )
+    .expect_error(400, "bad_request");
+    let message = refused.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("SyntaxError"), "{message}");
+    assert!(message.contains("line 2"), "{message}");
+    let no_default =
+        upload_js(&srv, "nodefault", "export const x = 1;\n").expect_error(400, "bad_request");
+    assert!(
+        no_default.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("default"),
+        "{}",
+        no_default.text
+    );
+    let top_level_throw = upload_js(&srv, "thrower", "throw new Error('at load');\n")
+        .expect_error(400, "bad_request");
+    assert!(
+        top_level_throw.text.contains("at load"),
+        "{}",
+        top_level_throw.text
+    );
+    // JavaScript sent without its content type is taken for a module, and told so.
+    let untyped = crate::functions::upload(&srv, "untyped", b"export default () => 1;")
+        .expect_error(400, "bad_request");
+    assert!(untyped.text.contains("text/javascript"), "{}", untyped.text);
+    assert_eq!(
+        srv.get("/v1/admin/functions").expect(200).json["items"],
+        json!([])
+    );
+}
+
+#[test]
+fn limits_stop_a_javascript_guest_while_the_server_answers() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.functions.workers = 2;
+    });
+    let cases = [
+        ("spin", "export default function () { for (;;) {} }", json!({}), "fuel"),
+        (
+            "hog",
+            "export default function () { const keep = []; for (;;) keep.push(new Array(100000).fill(1)); }",
+            json!({"memory_mb": 16}),
+            "thrown",
+        ),
+        (
+            "flood",
+            "export default async function () { for (;;) await emberbase.db.get('posts', 'x'); }",
+            json!({}),
+            "host_calls",
+        ),
+    ];
+    for (name, source, limits, failure) in cases {
+        let mut config = json!({"triggers": [{"on": "http"}]});
+        for (k, v) in limits.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        deploy_js(&srv, name, source, config);
+        call(&srv, name, None, &json!({})).expect_error(502, "function_failed");
+        srv.get("/v1/health").expect(200);
+        let record = eventually("the failed invocation", || {
+            invocations(&srv, name).into_iter().next()
+        });
+        assert_eq!(record["failure"], failure, "{name}: {record}");
+    }
+    // A loop with a generous fuel budget is cut by the wall-clock limit instead.
+    deploy_js(
+        &srv,
+        "slow",
+        "export default function () { for (;;) {} }",
+        json!({"triggers": [{"on": "http"}], "timeout_ms": 300, "fuel": 1_000_000_000_000u64}),
+    );
+    call(&srv, "slow", None, &json!({})).expect_error(502, "function_failed");
+    let record = eventually("the timed-out invocation", || {
+        invocations(&srv, "slow").into_iter().next()
+    });
+    assert_eq!(record["status"], "timeout", "{record}");
+    srv.get("/v1/health").expect(200);
+}
