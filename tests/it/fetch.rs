@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 /// An HTTP server on loopback for functions to fetch from. `/hello` answers JSON (and records
 /// the request), `/big` 2 MiB with a length, `/stream` 2 MiB without one, `/slow` after 10 s,
 /// `/redirect?<url>` a 302 to `<url>`.
-struct Upstream {
-    port: u16,
-    got: Arc<Mutex<Vec<crate::webhooks::Received>>>,
+pub(crate) struct Upstream {
+    pub(crate) port: u16,
+    pub(crate) got: Arc<Mutex<Vec<crate::webhooks::Received>>>,
 }
 
 fn answer(mut stream: &TcpStream, path: &str) {
@@ -48,7 +48,7 @@ fn answer(mut stream: &TcpStream, path: &str) {
 }
 
 impl Upstream {
-    fn start() -> Upstream {
+    pub(crate) fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got: Arc<Mutex<Vec<crate::webhooks::Received>>> = Arc::default();
@@ -74,7 +74,7 @@ impl Upstream {
         Upstream { port, got }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 }

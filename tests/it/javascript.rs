@@ -251,3 +251,108 @@ fn limits_stop_a_javascript_guest_while_the_server_answers() {
     assert_eq!(record["status"], "timeout", "{record}");
     srv.get("/v1/health").expect(200);
 }
+
+#[test]
+fn javascript_fetches_reads_secrets_and_sends_mail() {
+    let srv = start();
+    let up = crate::fetch::Upstream::start();
+    deploy_js(
+        &srv,
+        "integrations",
+        r#"
+        export default async function handle(event) {
+          const key = emberbase.env.get("API_KEY");
+          const res = await emberbase.fetch(event.body.url, {
+            method: "POST", headers: { "x-token": key }, body: { q: 1 },
+          });
+          let refused = null;
+          try {
+            await emberbase.fetch("http://169.254.169.254/latest/meta-data");
+          } catch (e) {
+            refused = e.code;
+          }
+          const sent = await emberbase.mail.send({ to: "ada@example.com", subject: "Hi", text: "Hello" });
+          return { status: 200, body: {
+            status: res.status, ok: res.ok, data: await res.json(), header: res.headers["x-upstream"],
+            missing: emberbase.env.get("NOPE"), refused, delivery: sent.delivery, keyLength: key.length,
+          } };
+        }
+        "#,
+        json!({"triggers": [{"on": "http"}], "fetch": {"allow": [format!("127.0.0.1:{}", up.port)]}}),
+    );
+    srv.put(
+        "/v1/admin/functions/integrations/secrets/API_KEY",
+        &json!({"value": "sk_live_abc"}),
+    )
+    .expect(200);
+    let reply = call(
+        &srv,
+        "integrations",
+        None,
+        &json!({"url": up.url("/hello")}),
+    )
+    .expect(200)
+    .json;
+    assert_eq!(
+        reply,
+        json!({"status": 200, "ok": true, "data": {"hi": "there"}, "header": "yes",
+            "missing": null, "refused": "forbidden", "delivery": "outbox", "keyLength": 11})
+    );
+    let got = up.got.lock().unwrap();
+    let request = got.last().unwrap();
+    assert_eq!(request.headers["x-token"], "sk_live_abc");
+    assert_eq!(request.body, r#"{"q":1}"#);
+}
+
+#[test]
+fn a_javascript_hook_reshapes_and_refuses_writes() {
+    let srv = start();
+    deploy_js(
+        &srv,
+        "guard",
+        r#"
+        export default function handle(event) {
+          if (event.trigger === "before_delete") {
+            return event.before.data.locked ? { ok: false, status: 403, error: "locked" } : null;
+          }
+          const title = String(event.data.title ?? "").trim();
+          if (!title) return { ok: false, status: 400, error: "a title is needed" };
+          return { ok: true, data: { ...event.data, title, slug: title.toLowerCase().replace(/[^a-z0-9]+/g, "-") } };
+        }
+        "#,
+        json!({"triggers": [
+            {"on": "before_create", "collection": "posts"},
+            {"on": "before_delete", "collection": "posts"}]}),
+    );
+    let made = srv
+        .put(
+            "/v1/collections/posts/docs/p1",
+            &json!({"title": "  Hello World ", "locked": true}),
+        )
+        .expect(201);
+    assert_eq!(made.json["data"]["slug"], "hello-world");
+    assert_eq!(made.json["data"]["title"], "Hello World");
+    let refused = srv
+        .post("/v1/collections/posts/docs", &json!({"title": " "}))
+        .expect_error(400, "validation_failed");
+    assert_eq!(
+        refused.json["error"]["details"]["message"],
+        "a title is needed"
+    );
+    srv.delete("/v1/collections/posts/docs/p1")
+        .expect_error(403, "forbidden");
+
+    // Host writes from JavaScript go through the same hook, and transforms apply.
+    http(
+        &srv,
+        "writer",
+        r#"export default async function handle() {
+             await emberbase.db.set("posts", "p2", { title: "From JS", likes: 1 });
+             const after = await emberbase.db.update("posts", "p2", {}, { transforms: { likes: { $inc: 2 } } });
+             return { status: 200, body: after.data };
+           }"#,
+    );
+    let written = call(&srv, "writer", None, &json!({})).expect(200);
+    assert_eq!(written.json["slug"], "from-js");
+    assert_eq!(written.json["likes"], 3);
+}

@@ -158,6 +158,11 @@ const REFUSALS: &[Refusal] = &[
         command: "/collections/posts/docs/hello",
         status: 403,
     },
+    Refusal {
+        file: "examples/functions/order-total/README.md",
+        command: r#"-d {"lines": []}"#,
+        status: 400,
+    },
 ];
 
 /// Records each response's status (to `$EB_STATUS_LOG`) and retries a `GET` that answers
@@ -242,10 +247,9 @@ fn workspace(srv: &TestServer) -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&root.join("examples"), &dir.path().join("examples"));
-    copy_tree(
-        &root.join("sdk/functions"),
-        &dir.path().join("sdk/functions"),
-    );
+    for sdk in ["sdk/functions", "sdk/typescript"] {
+        copy_tree(&root.join(sdk), &dir.path().join(sdk));
+    }
     std::fs::create_dir_all(dir.path().join("emberbase_data")).unwrap();
     std::fs::write(dir.path().join("emberbase_data/service_key"), &srv.key).unwrap();
     // The picture the files quickstart uploads: a 1x1 PNG.

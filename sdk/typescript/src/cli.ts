@@ -2,10 +2,16 @@
 // `npx emberbase types`: TypeScript types for every collection of a running server, from the
 // JSON Schemas the server stores (`GET /v1/admin/collections`), so that
 // `eb.collection("posts")` is typed without writing the type by hand.
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { compile } from "json-schema-to-typescript";
 
 const USAGE = `Usage: npx emberbase types [--url URL] [--out FILE]
+       npx emberbase functions bundle ENTRY [--out FILE]
+       npx emberbase functions deploy NAME ENTRY [--config FILE] [--url URL]
+
+Run a command with --help for what it does.`;
+
+const TYPES_USAGE = `Usage: npx emberbase types [--url URL] [--out FILE]
 
 Writes TypeScript types for the collections of an Emberbase server: an interface per collection
 that has a JSON Schema (Record<string, unknown> for the others), and the CollectionTypes map that
@@ -59,31 +65,156 @@ async function generate(collections: CollectionInfo[], source: string): Promise<
   return out.join("\n");
 }
 
-async function main(args: string[]): Promise<number> {
-  if (args[0] !== "types" || args.includes("--help") || args.includes("-h")) {
-    console.log(USAGE);
-    return args[0] === "types" || args.length === 0 ? 0 : 2;
-  }
-  let url = process.env.EB_URL ?? "http://127.0.0.1:7070";
-  let out: string | undefined;
-  for (let i = 1; i < args.length; i += 2) {
+const FUNCTIONS_USAGE = `Usage: npx emberbase functions bundle ENTRY [--out FILE]
+       npx emberbase functions deploy NAME ENTRY [--config FILE] [--url URL]
+
+bundle   bundles a function written in TypeScript or JavaScript (ENTRY and everything it
+         imports, npm packages included) into one ES module for the server's JavaScript
+         engine, with esbuild. Its default export handles each event; types for the event and
+         the emberbase global are in "emberbase/function".
+deploy   bundles ENTRY and uploads it as function NAME (a new version, active at once), then
+         sets its config from FILE (JSON: triggers, limits, fetch.allow, ...) when given.
+
+  --out FILE      where bundle writes [default: standard output]
+  --config FILE   the function's config, as PUT /v1/admin/functions/NAME/config takes it
+  --url URL       the server [default: $EB_URL, else http://127.0.0.1:7070]
+
+deploy reads the server's service key (or an admin's access token) from EB_SERVICE_KEY.`;
+
+/** Options after the positional arguments: `--name value` pairs among `allowed`. */
+function options(args: string[], allowed: string[], usage: string): Record<string, string> | number {
+  const found: Record<string, string> = {};
+  for (let i = 0; i < args.length; i += 2) {
     const value = args[i + 1];
+    if (!allowed.includes(args[i])) {
+      console.error(`emberbase: unknown option ${args[i]}\n\n${usage}`);
+      return 2;
+    }
     if (value === undefined) {
-      console.error(`emberbase: ${args[i]} needs a value\n\n${USAGE}`);
+      console.error(`emberbase: ${args[i]} needs a value\n\n${usage}`);
       return 2;
     }
-    if (args[i] === "--url") url = value;
-    else if (args[i] === "--out") out = value;
-    else {
-      console.error(`emberbase: unknown option ${args[i]}\n\n${USAGE}`);
-      return 2;
-    }
+    found[args[i]] = value;
   }
+  return found;
+}
+
+function serviceKey(): string | undefined {
   const key = process.env.EB_SERVICE_KEY;
-  if (!key) {
-    console.error("emberbase: set EB_SERVICE_KEY to the server's service key (emberbase_data/service_key)");
+  if (!key) console.error("emberbase: set EB_SERVICE_KEY to the server's service key (emberbase_data/service_key)");
+  return key;
+}
+
+/** Sends a request to the server; the parsed answer, or an error message. */
+async function request(
+  url: string,
+  key: string,
+  method: string,
+  path: string,
+  body: string,
+  type: string,
+): Promise<{ status: number; json: { error?: { message?: string } } & Record<string, unknown> } | string> {
+  const base = url.replace(/\/+$/, "");
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${key}`, "Content-Type": type },
+    body,
+  }).catch((e: Error) => e);
+  if (response instanceof Error) return `cannot reach ${base}: ${response.message}`;
+  const json = (await response.json().catch(() => ({}))) as Record<string, unknown>;
+  return { status: response.status, json };
+}
+
+/** ENTRY and its imports as one ES module for the engine. */
+async function bundle(entry: string): Promise<string> {
+  const esbuild = await import("esbuild");
+  const result = await esbuild.build({
+    entryPoints: [entry],
+    bundle: true,
+    write: false,
+    format: "esm",
+    platform: "neutral",
+    target: "es2023",
+    mainFields: ["module", "main"],
+    // Names stay as written, so that stacks in the invocation log name your functions.
+    keepNames: true,
+    legalComments: "none",
+    logLevel: "silent",
+  });
+  return result.outputFiles[0].text;
+}
+
+async function functionsCommand(args: string[]): Promise<number> {
+  const [command, ...rest] = args;
+  if (args.includes("--help") || args.includes("-h") || !command) {
+    console.log(FUNCTIONS_USAGE);
+    return command ? 0 : 2;
+  }
+  if (command === "bundle") {
+    const [entry, ...more] = rest;
+    const opts = options(more, ["--out"], FUNCTIONS_USAGE);
+    if (typeof opts === "number") return opts;
+    if (!entry) {
+      console.error(`emberbase: bundle needs an ENTRY file\n\n${FUNCTIONS_USAGE}`);
+      return 2;
+    }
+    const code = await bundle(entry);
+    if (opts["--out"]) {
+      writeFileSync(opts["--out"], code);
+      console.error(`wrote ${opts["--out"]} (${code.length} bytes)`);
+    } else {
+      process.stdout.write(code);
+    }
+    return 0;
+  }
+  if (command !== "deploy") {
+    console.error(`emberbase: unknown command functions ${command}\n\n${FUNCTIONS_USAGE}`);
     return 2;
   }
+  const [name, entry, ...more] = rest;
+  const opts = options(more, ["--config", "--url"], FUNCTIONS_USAGE);
+  if (typeof opts === "number") return opts;
+  if (!name || !entry) {
+    console.error(`emberbase: deploy needs a NAME and an ENTRY file\n\n${FUNCTIONS_USAGE}`);
+    return 2;
+  }
+  const key = serviceKey();
+  if (!key) return 2;
+  const url = opts["--url"] ?? process.env.EB_URL ?? "http://127.0.0.1:7070";
+  const config = opts["--config"] ? readFileSync(opts["--config"], "utf8") : undefined;
+  const code = await bundle(entry);
+  const path = `/v1/admin/functions/${encodeURIComponent(name)}`;
+  const uploaded = await request(url, key, "PUT", path, code, "text/javascript");
+  if (typeof uploaded === "string" || uploaded.status !== 200) {
+    const why = typeof uploaded === "string" ? uploaded : `${uploaded.status}: ${uploaded.json.error?.message ?? ""}`;
+    console.error(`emberbase: the upload of ${name} failed: ${why}`);
+    return 1;
+  }
+  console.error(`deployed ${name}: version ${uploaded.json.version}, ${code.length} bytes of JavaScript`);
+  if (config !== undefined) {
+    const set = await request(url, key, "PUT", `${path}/config`, config, "application/json");
+    if (typeof set === "string" || set.status !== 200) {
+      const why = typeof set === "string" ? set : `${set.status}: ${set.json.error?.message ?? ""}`;
+      console.error(`emberbase: the config of ${name} was refused: ${why}`);
+      return 1;
+    }
+    console.error(`configured ${name} from ${opts["--config"]}`);
+  }
+  return 0;
+}
+
+async function main(args: string[]): Promise<number> {
+  if (args[0] === "functions") return functionsCommand(args.slice(1));
+  if (args[0] !== "types" || args.includes("--help") || args.includes("-h")) {
+    console.log(args[0] === "types" ? TYPES_USAGE : USAGE);
+    return args[0] === "types" || args.length === 0 ? 0 : 2;
+  }
+  const opts = options(args.slice(1), ["--url", "--out"], TYPES_USAGE);
+  if (typeof opts === "number") return opts;
+  const url = opts["--url"] ?? process.env.EB_URL ?? "http://127.0.0.1:7070";
+  const out = opts["--out"];
+  const key = serviceKey();
+  if (!key) return 2;
   const base = url.replace(/\/+$/, "");
   const response = await fetch(`${base}/v1/admin/collections`, {
     headers: { Authorization: `Bearer ${key}` },

@@ -2,10 +2,10 @@
 # Builds the JavaScript engine that the server ships (engine.wasm, next to this script): QuickJS
 # (quickjs-ng) compiled to WebAssembly with engine.c and prelude.js. Every input is pinned: the
 # QuickJS sources come from the rquickjs-sys crate on crates.io, checked against its SHA-256, and
-# the compiler is Debian 12's clang 14 with wasi-libc (apt-get install clang lld wasi-libc
+# the compiler is Debian 12's clang 14 with wasi-libc (apt-get install clang-14 lld wasi-libc
 # libclang-rt-14-dev-wasm32). The build is reproducible; engine.wasm.sha256 records the output,
-# and the test suite checks the shipped engine against it (and rebuilds and compares when this
-# toolchain is present).
+# the test suite checks the shipped engine against it, and CI (.ci/run) rebuilds and compares
+# when this toolchain is present.
 #
 #   src/functions/js/build.sh            rebuild engine.wasm and engine.wasm.sha256
 #   src/functions/js/build.sh --check    rebuild into a temporary file and compare

@@ -88,7 +88,8 @@
     set: op((collection, id, data, options) =>
       withOptions({ op: "set", collection, id, data }, options, version)),
     update: op((collection, id, data, options) =>
-      withOptions({ op: "update", collection, id, data }, options, version)),
+      withOptions({ op: "update", collection, id, data }, options,
+        { ifVersion: "if_version", transforms: "transforms" })),
     delete: op((collection, id, options) =>
       withOptions({ op: "delete", collection, id }, options, version)),
     query: op((collection, options) =>
