@@ -1,6 +1,9 @@
 //! Function runtime benchmarks: compiling a module with metering, loading a cached artifact,
 //! and one invocation (fresh store + instance, call of a trivial handler) on the calling thread
 //! and through the worker pool, from one and from several concurrent async callers.
+//! JavaScript: loading a source into the engine (an upload's work), and one invocation of a
+//! trivial JavaScript function (a fresh engine instance with the function's snapshot written
+//! over its memory) on the calling thread.
 //! `cargo bench --bench functions --features internals` (the sandbox is not public API).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -134,5 +137,39 @@ fn invoke(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, compile_and_load, invoke);
+/// The smallest JavaScript function that reads its event and answers.
+const JS_TRIVIAL: &str =
+    "export default function handle(event) { return { status: 200, body: { v: event.v } }; }";
+
+fn javascript(c: &mut Criterion) {
+    let rt = Runtime::start(1, 0, 16).expect("runtime");
+    let source = JS_TRIVIAL.as_bytes();
+    let artifact = rt.build(source, limits(), 10_000).expect("load the source");
+    let mut group = c.benchmark_group("javascript");
+    group.bench_function("load_source", |b| {
+        b.iter(|| rt.build(source, limits(), 10_000).expect("load the source"))
+    });
+    let program = rt.load(&artifact).expect("load the snapshot");
+    let host: Arc<dyn Host> = Arc::new(NoHost);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("invoke_trivial_on_the_calling_thread", |b| {
+        b.iter(|| {
+            let outcome = rt.invoke_blocking(
+                program.clone(),
+                b"{\"v\":1}".to_vec(),
+                limits(),
+                host.clone(),
+            );
+            assert!(
+                matches!(outcome.result, Ok(Some(_))),
+                "{:?}",
+                outcome.result
+            );
+        })
+    });
+    group.finish();
+    rt.stop();
+}
+
+criterion_group!(benches, compile_and_load, invoke, javascript);
 criterion_main!(benches);

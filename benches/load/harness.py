@@ -10,9 +10,10 @@ and builds the release binaries. Every load is bounded and sent only to 127.0.0.
 
 Functions: compile time of an uploaded module, end-to-end latency from an acknowledged write to
 the trigger's own write being readable, trigger throughput, what a before-create hook that
-allows everything adds to a create (against a PocketBase JS onRecordCreateRequest hook), and
-naive fib(30) as an Emberbase HTTP function (AssemblyScript) against the same code as a
-PocketBase JS hook.
+allows everything adds to a create (a Wasm and a JavaScript hook, against a PocketBase JS
+onRecordCreateRequest hook), the HTTP round trip of a trivial JavaScript function, and naive
+fib(30) as an Emberbase HTTP function (AssemblyScript, and JavaScript in the shipped engine)
+against the same code as a PocketBase JS hook.
 
 Webhooks: deliveries per second to a loopback receiver (the bare actix server), at two
 concurrencies.
@@ -510,6 +511,14 @@ def create_latency(port, path, auth, writes=500):
     return percentile(lat, 50)
 
 
+def deploy_js(base, auth, name, source, config):
+    """Uploads benches/load/functions/<source> as JavaScript function `name` with `config`."""
+    with open(os.path.join(ROOT, "benches/load/functions", source), "rb") as f:
+        raw_request("PUT", f"{base}/v1/admin/functions/{name}", f.read(),
+                    dict(auth, **{"Content-Type": "text/javascript"}))
+    request("PUT", f"{base}/v1/admin/functions/{name}/config", config, auth)
+
+
 def deploy_mirror(port, auth, wasm):
     base = f"http://127.0.0.1:{port}"
     raw_request("PUT", f"{base}/v1/admin/functions/mirror", wasm, dict(auth, **{"Content-Type": "application/wasm"}))
@@ -562,10 +571,12 @@ def run_function_loads(tmp, eb_auth):
 
     # Before-write hooks: what a hook that allows every create adds to a create, one client
     # at a time, against a collection without one; PocketBase with a JS onRecordCreateRequest.
+    # Emberbase with the same hook as a Wasm (AssemblyScript) and as a JavaScript function.
     raw_request("PUT", f"{base}/v1/admin/functions/allow", build_guest("allow", tmp),
                 dict(eb_auth, **{"Content-Type": "application/wasm"}))
     request("PUT", f"{base}/v1/admin/functions/allow/config",
             {"triggers": [{"on": "before_create", "collection": "hooked_w"}]}, eb_auth)
+    deploy_js(base, eb_auth, "allow_js", "allow.js", {"triggers": [{"on": "before_create", "collection": "hooked_js"}]})
     pb = f"http://127.0.0.1:{PB_PORT}"
     pb_auth = {"Authorization": request("POST", pb + "/api/collections/_superusers/auth-with-password",
                                         {"identity": "bench@example.com", "password": "benchpassword1"})["token"]}
@@ -573,18 +584,35 @@ def run_function_loads(tmp, eb_auth):
         request("POST", pb + "/api/collections", {
             "name": name, "type": "base", "fields": [{"name": "n", "type": "number"}], "createRule": ""}, pb_auth)
     create_ms = {}
-    for who, port, path, auth in (("eb", EB_PORT, "/v1/collections/{}/docs", eb_auth),
-                                  ("pb", PB_PORT, "/api/collections/{}/records", pb_auth)):
-        for name in ("plain_w", "hooked_w"):
+    for who, port, path, auth, names in (
+            ("eb", EB_PORT, "/v1/collections/{}/docs", eb_auth, ("plain_w", "hooked_w", "hooked_js")),
+            ("pb", PB_PORT, "/api/collections/{}/records", pb_auth, ("plain_w", "hooked_w"))):
+        for name in names:
             create_ms[(who, name)] = create_latency(port, path.format(name), auth)
-    for who, label in (("eb", "Emberbase, Wasm hook"), ("pb", "PocketBase, JS hook")):
-        plain, hooked = create_ms[(who, "plain_w")], create_ms[(who, "hooked_w")]
-        results[f"hook adds p50 ms ({who})"] = hooked - plain
+    for who, hooked_name, label in (("eb", "hooked_w", "Emberbase, Wasm hook"),
+                                    ("eb", "hooked_js", "Emberbase, JavaScript hook"),
+                                    ("pb", "hooked_w", "PocketBase, JS hook")):
+        plain, hooked = create_ms[(who, "plain_w")], create_ms[(who, hooked_name)]
+        results[f"hook adds p50 ms ({label})"] = hooked - plain
         print(f"  create p50 without / with a before-create hook ({label}): {plain:.3f} / {hooked:.3f} ms"
               f" (adds {(hooked - plain) * 1000:.0f} us)", flush=True)
 
-    # fib(30): Emberbase function vs PocketBase JS hook, one request at a time.
-    eb_times, pb_times = [], []
+    # A trivial JavaScript HTTP function: the round trip of a fresh engine instance per call.
+    deploy_js(base, eb_auth, "hello_js", "hello.js", {"triggers": [{"on": "http"}]})
+    times = []
+    for _ in range(300):
+        started = time.perf_counter()
+        out = request("POST", base + "/v1/functions/hello_js", {"name": "Ada"})
+        times.append((time.perf_counter() - started) * 1000)
+        assert out["hello"] == "Ada", out
+    results["js http p50 ms"] = percentile(times, 50)
+    print(f"  trivial JavaScript function over HTTP: p50 {results['js http p50 ms']:.2f} ms", flush=True)
+
+    # fib(30): Emberbase function (AssemblyScript, and JavaScript in the shipped engine) vs
+    # PocketBase JS hook, one request at a time.
+    deploy_js(base, eb_auth, "fib_js", "fib.js", {"triggers": [{"on": "http"}], "fuel": 100_000_000_000,
+                                                  "timeout_ms": 30_000})
+    eb_times, js_times, pb_times = [], [], []
     for _ in range(20):
         started = time.perf_counter()
         out = request("POST", base + "/v1/functions/fib", {"n": 30})
@@ -592,12 +620,20 @@ def run_function_loads(tmp, eb_auth):
         assert out["fib"] == 832040, out
     for _ in range(3):
         started = time.perf_counter()
+        out = request("POST", base + "/v1/functions/fib_js", {"n": 30})
+        js_times.append((time.perf_counter() - started) * 1000)
+        assert out["fib"] == 832040, out
+    for _ in range(3):
+        started = time.perf_counter()
         out = request("POST", f"http://127.0.0.1:{PB_PORT}/fib", {})
         pb_times.append((time.perf_counter() - started) * 1000)
         assert out["fib"] == 832040, out
     results["fib eb ms"], results["fib pb ms"] = percentile(eb_times, 50), percentile(pb_times, 50)
+    results["fib js ms"] = percentile(js_times, 50)
     print(f"  fib(30) over HTTP: Emberbase {results['fib eb ms']:.1f} ms, PocketBase JS hook "
           f"{results['fib pb ms']:.1f} ms ({results['fib pb ms'] / results['fib eb ms']:.0f}x)", flush=True)
+    print(f"  fib(30) in JavaScript over HTTP: Emberbase {results['fib js ms']:.1f} ms, PocketBase JS hook "
+          f"{results['fib pb ms']:.1f} ms ({results['fib pb ms'] / results['fib js ms']:.2f}x)", flush=True)
     return results
 
 
