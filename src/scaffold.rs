@@ -11,6 +11,9 @@ pub enum Lang {
     Assemblyscript,
     /// Rust, built with cargo for `wasm32-unknown-unknown` (the `emberbase-function` crate).
     Rust,
+    /// JavaScript, uploaded as it is: the server runs it in the engine it ships. (TypeScript:
+    /// bundle and upload with the TypeScript SDK's `npx emberbase functions deploy`.)
+    Javascript,
 }
 
 /// The AssemblyScript compiler version the SDK is built and tested with.
@@ -51,8 +54,9 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// The commands that build `name` and deploy it as an HTTP function, for its README.
-fn deploy_commands(name: &str, build: &str, wasm: &str) -> String {
+/// The commands that build `name` and deploy `file` (of `content_type`) as an HTTP function,
+/// for its README.
+fn deploy_commands(name: &str, build: &str, file: &str, content_type: &str) -> String {
     format!(
         r#"```sh
 {build}
@@ -60,7 +64,7 @@ fn deploy_commands(name: &str, build: &str, wasm: &str) -> String {
 # (http://127.0.0.1:7070 for `emberbase serve`), EB_SERVICE_KEY its service key
 # (in emberbase_data/service_key).
 curl -sSf -w '\n' -X PUT "$EB_URL/v1/admin/functions/{name}" -H "Authorization: Bearer $EB_SERVICE_KEY" \
-  -H 'Content-Type: application/wasm' --data-binary @{wasm}
+  -H 'Content-Type: {content_type}' --data-binary @{file}
 curl -sSf -w '\n' -X PUT "$EB_URL/v1/admin/functions/{name}/config" -H "Authorization: Bearer $EB_SERVICE_KEY" \
   -H 'Content-Type: application/json' -d '{{"triggers": [{{"on": "http"}}]}}'
 curl -sSf -w '\n' -X POST "$EB_URL/v1/functions/{name}" -H 'Content-Type: application/json' -d '{{"name": "Ada"}}'
@@ -139,6 +143,7 @@ register((event: JSONValue): string | null => {
                     name,
                     "npm install\nnpm run build",
                     &format!("{name}.wasm"),
+                    "application/wasm",
                 ),
             ),
         ),
@@ -205,6 +210,7 @@ function!(|event: Value| -> Option<Value> {
                     "rustup target add wasm32-unknown-unknown   # once\n\
                      cargo build --release --target wasm32-unknown-unknown",
                     &format!("target/wasm32-unknown-unknown/release/{artifact}.wasm"),
+                    "application/wasm",
                 ),
             ),
         ),
@@ -229,6 +235,37 @@ serde_json = "1"
     ]
 }
 
+fn javascript(name: &str) -> Vec<(PathBuf, String)> {
+    vec![
+        (
+            "index.js".into(),
+            r#"// An HTTP function: answers {"name": "Ada"} with a greeting and who called. The global
+// `emberbase` is the host API (db, fetch, env, mail); console lines go to the invocation log.
+export default async function handle(event) {
+  const name = event.body?.name ?? "world";
+  const caller = event.auth?.email ?? "anonymous";
+  console.log(`greeting ${name}`);
+  return { status: 200, body: { greeting: `hello, ${name}`, caller } };
+}
+"#
+            .into(),
+        ),
+        (
+            "README.md".into(),
+            readme(
+                name,
+                "JavaScript",
+                &deploy_commands(
+                    name,
+                    "# No build step: the server runs the source in the JavaScript engine it ships.",
+                    "index.js",
+                    "text/javascript",
+                ),
+            ),
+        ),
+    ]
+}
+
 /// Writes a new function project `name` in `dir`, which must not exist or be empty; returns
 /// the files written and the README's text.
 pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<(Vec<PathBuf>, String), String> {
@@ -241,6 +278,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<(Vec<PathBuf>, Strin
     let files = match lang {
         Lang::Assemblyscript => assemblyscript(name),
         Lang::Rust => rust(name),
+        Lang::Javascript => javascript(name),
     };
     let mut written = Vec::new();
     let mut readme = String::new();

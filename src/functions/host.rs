@@ -151,7 +151,9 @@ impl DocumentHost {
                 "this function may not fetch: list the hosts it may reach in its config's fetch.allow",
             ));
         };
-        let (reply, bytes) = self.on(call, access.fetch(request, self.deadline))?;
+        // A hook's worker is handed to another thread while the request is out.
+        let (reply, bytes) =
+            super::runtime::while_waiting(|| self.on(call, access.fetch(request, self.deadline)))?;
         self.fetched.fetch_add(bytes, Ordering::Relaxed);
         Ok(reply)
     }

@@ -1,5 +1,5 @@
-//! The Wasm sandbox. Modules are compiled with Cranelift and the metering middleware (every
-//! operator costs at least 1 point), serialised as artifacts, and run on a bounded pool of
+//! The Wasm sandbox. Modules are compiled with Cranelift and the fuel middleware (`metering`:
+//! every operator costs at least 1 point), serialised as artifacts, and run on a bounded pool of
 //! worker threads, never on the async workers. Every invocation gets a fresh `Store` and
 //! `Instance`, so nothing leaks from one event to the next, with four limits: fuel (metering),
 //! linear memory (the engine's tunables), wall-clock time (a watchdog that interrupts the
@@ -11,6 +11,7 @@
 #![cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 
 use super::js::{self, Language, Snapshot};
+use super::metering::{self, Fuel};
 use super::tunables::{table_bytes, with_limits, CappedTunables, TABLE_ELEMENT_BYTES};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,15 +23,13 @@ use wasmer::{
     imports, Engine, ExternType, Function, FunctionEnv, FunctionEnvMut, Instance, Memory, Module,
     RuntimeError, Store, Type,
 };
-use wasmer_middlewares::metering::{get_remaining_points, set_remaining_points, MeteringPoints};
-use wasmer_middlewares::Metering;
 
 /// Part of every artifact's key: the wasmer line, our version and the compile settings (bumped
 /// whenever the cost function or settings change), so old artifacts are recompiled.
 pub const COMPILE_VERSION: &str = concat!(
     "wasmer-7.4/emberbase-",
     env!("CARGO_PKG_VERSION"),
-    "/ebfn-2"
+    "/ebfn-3"
 );
 
 /// Metering points every host call costs, on top of the guest's own instructions: a call does
@@ -156,7 +155,7 @@ pub fn compile(bytes: &[u8]) -> Result<(Module, Vec<u8>), String> {
     // One metering middleware instance can compile only one module. The initial points are
     // what the module's start function (run by `Instance::new`) may use; `handle` then gets the
     // function's own fuel.
-    let metering = Arc::new(Metering::new(START_FUEL, cost));
+    let metering = Arc::new(Fuel::new(START_FUEL, cost));
     let mut compiler = Cranelift::default();
     compiler.push_middleware(metering);
     let engine: Engine = EngineBuilder::new(compiler)
@@ -307,6 +306,10 @@ struct Lanes<T> {
     hooks: std::collections::VecDeque<T>,
     /// Set by `stop`: workers finish what is queued, then exit.
     stopped: bool,
+    /// Hook threads alive, and those of them waiting on I/O for their guest (`while_waiting`).
+    /// The others, the hook workers at work or free, are kept at the configured number.
+    hook_threads: usize,
+    hook_waiting: usize,
 }
 
 impl<T> Lanes<T> {
@@ -316,6 +319,8 @@ impl<T> Lanes<T> {
             events: Default::default(),
             hooks: Default::default(),
             stopped: false,
+            hook_threads: 0,
+            hook_waiting: 0,
         }
     }
 
@@ -346,6 +351,90 @@ struct Pool {
     ready: Condvar,
     /// Wakes a hook worker.
     hook_ready: Condvar,
+    /// Hook workers to keep free of waits, and what a thread that replaces one needs.
+    hook_workers: usize,
+    engine: Engine,
+    watchdog: Arc<Watchdog>,
+    /// Threads started to stand in for hook workers that wait (joined at `stop`).
+    stand_ins: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Hook threads that may wait on I/O at once; past that a waiting hook keeps its worker.
+const MAX_WAITING_HOOKS: usize = 64;
+
+thread_local! {
+    /// The pool of the hook worker running on this thread, for `while_waiting`.
+    static HOOK_POOL: std::cell::RefCell<Option<Arc<Pool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `wait`, a blocking wait for I/O on a guest's behalf (an outbound fetch). On a hook
+/// worker, another thread takes the worker's place meanwhile, so that before-write hooks never
+/// queue behind a fetch; the waiting thread finishes its hook and then exits if the workers are
+/// complete without it.
+pub(super) fn while_waiting<T>(wait: impl FnOnce() -> T) -> T {
+    let pool = HOOK_POOL.with(|p| p.borrow().clone());
+    let Some(pool) = pool else {
+        return wait();
+    };
+    let stand_in = match pool.lanes.lock() {
+        Ok(mut lanes) if lanes.hook_waiting < MAX_WAITING_HOOKS => {
+            lanes.hook_waiting += 1;
+            let short = lanes.hook_threads - lanes.hook_waiting < pool.hook_workers;
+            if short {
+                lanes.hook_threads += 1;
+            }
+            Some(short)
+        }
+        _ => None,
+    };
+    if stand_in == Some(true) {
+        match spawn_worker(&pool, "emberbase-hook-stand-in".into(), true) {
+            Ok(handle) => {
+                if let Ok(mut stand_ins) = pool.stand_ins.lock() {
+                    stand_ins.retain(|h| !h.is_finished());
+                    stand_ins.push(handle);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a hook worker to stand in for one that waits");
+                if let Ok(mut lanes) = pool.lanes.lock() {
+                    lanes.hook_threads -= 1;
+                }
+            }
+        }
+    }
+    let out = wait();
+    if stand_in.is_some() {
+        if let Ok(mut lanes) = pool.lanes.lock() {
+            lanes.hook_waiting -= 1;
+        }
+    }
+    out
+}
+
+/// Starts a worker thread: a general one, or (`hooks_only`) a hook worker, counted by the
+/// caller in `hook_threads`.
+fn spawn_worker(
+    pool: &Arc<Pool>,
+    name: String,
+    hooks_only: bool,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let pool = pool.clone();
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if hooks_only {
+                HOOK_POOL.with(|p| *p.borrow_mut() = Some(pool.clone()));
+            }
+            let mut last = Lane::Events;
+            while let Some((lane, job)) = next_job(&pool, last, hooks_only) {
+                last = lane;
+                let outcome = run(&pool.engine, &pool.watchdog, &job.call);
+                let _ = job.reply.send(outcome);
+            }
+        })
+        .map_err(|e| format!("cannot start a function worker: {e}"))?;
+    Ok(handle)
 }
 
 /// The runtime: one engine for loading artifacts, a pool of worker threads and a watchdog.
@@ -398,33 +487,27 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, String> {
         let mut engine = Engine::headless();
         engine.set_tunables(CappedTunables::new());
+        let watchdog = Watchdog::start()?;
+        let mut lanes = Lanes::new();
+        lanes.hook_threads = hook_workers;
         let pool = Arc::new(Pool {
-            lanes: Mutex::new(Lanes::new()),
+            lanes: Mutex::new(lanes),
             ready: Condvar::new(),
             hook_ready: Condvar::new(),
+            hook_workers,
+            engine: engine.clone(),
+            watchdog: watchdog.clone(),
+            stand_ins: Mutex::new(Vec::new()),
         });
-        let watchdog = Watchdog::start()?;
         let mut handles = Vec::with_capacity(workers + hook_workers);
         for i in 0..workers.max(1) + hook_workers {
             let hooks_only = i >= workers.max(1);
-            let (pool, engine, watchdog) = (pool.clone(), engine.clone(), watchdog.clone());
             let name = if hooks_only {
                 format!("emberbase-hook-{i}")
             } else {
                 format!("emberbase-fn-{i}")
             };
-            let handle = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    let mut last = Lane::Events;
-                    while let Some((lane, job)) = next_job(&pool, last, hooks_only) {
-                        last = lane;
-                        let outcome = run(&engine, &watchdog, &job.call);
-                        let _ = job.reply.send(outcome);
-                    }
-                })
-                .map_err(|e| format!("cannot start a function worker: {e}"))?;
-            handles.push(handle);
+            handles.push(spawn_worker(&pool, name, hooks_only)?);
         }
         Ok(Arc::new(Runtime {
             engine,
@@ -509,7 +592,7 @@ impl Runtime {
                 .view(&store)
                 .copy_to_vec()
                 .map_err(|e| e.to_string())?;
-            set_remaining_points(&mut store, &instance, limits.fuel);
+            metering::set(&mut store, &instance, limits.fuel);
             let report = call_export(&mut store, &instance, "load", source, limits)?;
             if let Some(report) = report {
                 return Err(js::load_error(&report));
@@ -600,10 +683,13 @@ impl Runtime {
         }
         self.pool.ready.notify_all();
         self.pool.hook_ready.notify_all();
-        let handles = match self.workers.lock() {
+        let mut handles = match self.workers.lock() {
             Ok(mut w) => std::mem::take(&mut *w),
             Err(_) => Vec::new(),
         };
+        if let Ok(mut stand_ins) = self.pool.stand_ins.lock() {
+            handles.append(&mut stand_ins);
+        }
         for handle in handles {
             let _ = handle.join();
         }
@@ -616,6 +702,11 @@ impl Runtime {
 fn next_job(pool: &Pool, last: Lane, hooks_only: bool) -> Option<(Lane, Job)> {
     let mut guard = pool.lanes.lock().ok()?;
     loop {
+        // A hook thread back from a wait while another stood in for it is one too many.
+        if hooks_only && guard.hook_threads - guard.hook_waiting > pool.hook_workers {
+            guard.hook_threads -= 1;
+            return None;
+        }
         let next = if hooks_only {
             guard.hooks.pop_front().map(|job| (Lane::Hooks, job))
         } else {
@@ -722,8 +813,9 @@ fn charge(env: &mut FunctionEnvMut<Env>, points: u64) -> bool {
         return true;
     };
     let (_, mut store) = env.data_and_store_mut();
+    // Below zero (a path that went past the fuel since the last check) is none left.
     let left = match remaining.get(&mut store) {
-        wasmer::Value::I64(v) => v as u64,
+        wasmer::Value::I64(v) => u64::try_from(v).unwrap_or(0),
         _ => return true,
     };
     if left < points {
@@ -945,20 +1037,18 @@ fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
             })
         }
         Ok(instance) => {
-            set_remaining_points(&mut store, &instance, job.limits.fuel);
+            metering::set(&mut store, &instance, job.limits.fuel);
             let called = bind(&mut store, &env, &instance)
                 .and_then(|_| call_export(&mut store, &instance, "handle", &job.input, job.limits));
             let timed_out = watchdog.disarm(armed);
-            fuel = match get_remaining_points(&mut store, &instance) {
-                MeteringPoints::Remaining(left) => job.limits.fuel.saturating_sub(left),
-                MeteringPoints::Exhausted => job.limits.fuel,
-            };
+            let left = metering::remaining(&mut store, &instance);
+            fuel = left.map_or(job.limits.fuel, |left| job.limits.fuel.saturating_sub(left));
             called.map_err(|trap| {
                 if let Some(failure) = env.as_mut(&mut store).failure.take() {
                     failure
                 } else if timed_out {
                     Failure::Timeout
-                } else if get_remaining_points(&mut store, &instance) == MeteringPoints::Exhausted {
+                } else if left.is_none() {
                     Failure::Fuel
                 } else {
                     Failure::Trap(trap)

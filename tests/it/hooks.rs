@@ -359,3 +359,56 @@ fn the_post_guard_example_checks_titles_adds_slugs_and_keeps_locked_posts() {
     srv.delete(&format!("/v1/collections/posts/docs/{id}"))
         .expect(204);
 }
+
+#[test]
+fn a_hook_waiting_on_a_fetch_does_not_hold_up_other_hooks() {
+    // One hook worker: without the hand-off, the second write would wait for the first's fetch.
+    let srv = TestServer::start_with(|c| {
+        crate::common::fast(c);
+        c.functions.hook_workers = 1;
+    });
+    let up = crate::fetch::Upstream::start();
+    let slow = format!(
+        "export default async function handle() {{\n  await emberbase.fetch({:?}).catch(() => null);\n  return null;\n}}\n",
+        up.url("/slow")
+    );
+    crate::javascript::deploy_js(
+        &srv,
+        "waits",
+        &slow,
+        json!({"triggers": [{"on": "before_create", "collection": "slow"}],
+            "hook_timeout_ms": 10_000, "fetch": {"allow": [format!("127.0.0.1:{}", up.port)]}}),
+    );
+    crate::javascript::deploy_js(
+        &srv,
+        "checks",
+        "export default function handle(event) { return { ok: true, data: { ...event.data, checked: true } }; }",
+        hook("before_create", "fast"),
+    );
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| srv.post("/v1/collections/slow/docs", &json!({"a": 1})));
+        crate::functions::eventually("the hook's fetch to reach the upstream", || {
+            let got = up.got.lock().unwrap();
+            got.iter()
+                .any(|r| r.line.starts_with("GET /slow "))
+                .then_some(())
+        });
+        let fast = srv
+            .post("/v1/collections/fast/docs", &json!({"b": 2}))
+            .expect(201);
+        assert_eq!(fast.json["data"]["checked"], true);
+        assert!(
+            !waiting.is_finished(),
+            "the first write's hook should still be waiting on its fetch"
+        );
+        // The waiting hook ends with its deadline (the upstream answers after 10 s): the write
+        // goes through, or is refused as a hook that ran out of time is.
+        let status = waiting.join().unwrap().status;
+        assert!(status == 201 || status == 502, "{status}");
+    });
+    // Back to one hook worker: more hooked writes are served as before.
+    for n in 0..3 {
+        srv.post("/v1/collections/fast/docs", &json!({"n": n}))
+            .expect(201);
+    }
+}

@@ -108,6 +108,15 @@ fn a_rust_project_made_anywhere_builds_and_deploys() {
 }
 
 #[test]
+fn a_javascript_project_made_anywhere_deploys() {
+    let (_guard, dir) = new_project("greet-js", "javascript");
+    assert!(dir.join("index.js").exists());
+    let srv = TestServer::start();
+    let output = run_readme(&srv, &dir);
+    check_deployed(&srv, "greet-js", &output);
+}
+
+#[test]
 fn a_project_is_not_made_over_existing_files_or_with_a_bad_name() {
     let parent = tempfile::tempdir().unwrap();
     std::fs::write(parent.path().join("keep.txt"), "mine").unwrap();
