@@ -1264,6 +1264,73 @@ impl Watchdog {
 mod tests {
     use super::*;
 
+    struct NoHost;
+
+    impl Host for NoHost {
+        fn call(&self, _: &serde_json::Value) -> Option<Vec<u8>> {
+            None
+        }
+
+        fn log(&self, _: &str, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// Runs `handle` of a module whose `alloc` returns 16, with `fuel`.
+    fn run_handle(body: &str, fuel: u64) -> Outcome {
+        let wasm = wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "alloc") (param i32) (result i32) (i32.const 16))
+                 (func $work (param i32) (result i32) (local.get 0))
+                 (func (export "handle") (param i32 i32) (result i64) {body}))"#
+        ))
+        .expect("wat");
+        let runtime = Runtime::start(1, 0, 4).expect("runtime");
+        let program = runtime
+            .load(&compile(&wasm).expect("compile").1)
+            .expect("load");
+        let limits = Limits {
+            memory_bytes: 1 << 20,
+            timeout: Duration::from_secs(10),
+            fuel,
+            host_calls: 10,
+            max_io_bytes: 1 << 20,
+            max_log_lines: 10,
+            max_log_bytes: 100,
+            max_log_total: 1000,
+        };
+        let call = Call {
+            program,
+            input: b"{}".to_vec(),
+            limits,
+            host: Arc::new(NoHost),
+        };
+        let outcome = run(&runtime.engine, &runtime.watchdog, &call);
+        runtime.stop();
+        outcome
+    }
+
+    #[test]
+    fn fuel_counts_every_operator_and_runs_out_in_a_loop() {
+        // alloc: i32.const, end; handle: i64.const, end.
+        let straight = run_handle("(i64.const 0)", 1_000);
+        assert_eq!(straight.result, Ok(None));
+        assert_eq!(straight.usage.fuel, 4);
+        // alloc 2; handle: i32.const 1, call 10, drop 1, i64.const 1, end 1; the callee 2.
+        let called = run_handle("(drop (call $work (i32.const 1))) (i64.const 0)", 1_000);
+        assert_eq!(called.usage.fuel, 2 + 14 + 2);
+        // An endless loop is stopped at its head once the fuel is spent, and charged all of it.
+        let looped = run_handle("(loop $l (br $l)) (i64.const 0)", 100_000);
+        assert_eq!(looped.result, Err(Failure::Fuel));
+        assert_eq!(looped.usage.fuel, 100_000);
+        // So is a loop of calls, whose callee checks at its entry.
+        let calls = run_handle(
+            "(loop $l (drop (call $work (i32.const 1))) (br $l)) (i64.const 0)",
+            100_000,
+        );
+        assert_eq!(calls.result, Err(Failure::Fuel));
+    }
+
     #[test]
     fn lanes_are_served_in_turn() {
         let mut lanes = Lanes::new();
