@@ -1264,18 +1264,6 @@ impl Watchdog {
 mod tests {
     use super::*;
 
-    struct NoHost;
-
-    impl Host for NoHost {
-        fn call(&self, _: &serde_json::Value) -> Option<Vec<u8>> {
-            None
-        }
-
-        fn log(&self, _: &str, _: &str) -> bool {
-            true
-        }
-    }
-
     /// Runs `handle` of a module whose `alloc` returns 16, with `fuel`.
     fn run_handle(body: &str, fuel: u64) -> Outcome {
         let wasm = wat::parse_str(format!(
@@ -1303,7 +1291,7 @@ mod tests {
             program,
             input: b"{}".to_vec(),
             limits,
-            host: Arc::new(NoHost),
+            host: Arc::new(Loading),
         };
         let outcome = run(&runtime.engine, &runtime.watchdog, &call);
         runtime.stop();

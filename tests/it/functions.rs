@@ -1014,7 +1014,7 @@ fn versions_roll_back_and_a_dead_event_replays_after_a_fix() {
 }
 
 /// `emberbase functions invoke` with `args`, in an empty folder; its exit, stdout and stderr.
-fn invoke_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+pub(crate) fn invoke_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let cwd = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
         .args(["functions", "invoke"])

@@ -356,3 +356,46 @@ fn a_javascript_hook_reshapes_and_refuses_writes() {
     assert_eq!(written.json["slug"], "from-js");
     assert_eq!(written.json["likes"], 3);
 }
+
+#[test]
+fn functions_invoke_runs_a_javascript_file_against_a_server() {
+    let srv = start();
+    let files = tempfile::tempdir().unwrap();
+    let source = files.path().join("counter.js");
+    std::fs::write(
+        &source,
+        r#"export default async function handle(event) {
+             const doc = await emberbase.db.create("seen", { id: event.id });
+             console.log("saw", event.id);
+             return { ok: true, created: doc.id.length > 0 };
+           }"#,
+    )
+    .unwrap();
+    let event = files.path().join("event.json");
+    std::fs::write(
+        &event,
+        json!({"trigger": "create", "collection": "orders", "id": "o1", "before": null,
+            "after": {"id": "o1", "data": {}}})
+        .to_string(),
+    )
+    .unwrap();
+    let url = format!("http://{}", srv.addr);
+    let (ok, stdout, stderr) = crate::functions::invoke_cli(
+        &[
+            "counter",
+            "--event",
+            event.to_str().unwrap(),
+            "--module",
+            source.to_str().unwrap(),
+            "--url",
+            &url,
+        ],
+        &[("EB_SERVICE_KEY", &srv.key)],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stderr.contains("saw o1"), "{stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer, json!({"ok": true, "created": true}));
+    let seen = srv.get("/v1/collections/seen/docs").expect(200);
+    assert_eq!(seen.json["items"][0]["data"]["id"], "o1");
+}
