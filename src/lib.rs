@@ -102,8 +102,8 @@ pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
 pub use functions::{
     invoke_remote, DailyQuota, DailyUsage, FetchConfig, FunctionConfig, FunctionInfo,
-    FunctionSecret, FunctionVersion, Functions, FunctionsError, HttpResult, Invocation, LocalRun,
-    LogLine, LogTail, Trigger, UsageReport,
+    FunctionSecret, FunctionVersion, Functions, FunctionsError, HttpResult, Invocation, Language,
+    LocalRun, LogLine, LogTail, Trigger, UsageReport,
 };
 pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{

@@ -98,7 +98,7 @@ pub(super) async fn upload(
     };
     let info = state
         .functions
-        .upload(&caller.0, &name, wasm, declared)
+        .upload_source(&caller.0, &name, wasm, declared)
         .await?;
     Ok(HttpResponse::Ok().json(Uploaded {
         name: info.name,

@@ -31,7 +31,7 @@ mod usage;
 pub use error::FunctionsError;
 pub(crate) use error::Result;
 pub use invoke::HttpResult;
-pub(crate) use js::Language;
+pub use js::Language;
 pub use local::{invoke_remote, LocalRun};
 pub(crate) use records::check_name;
 pub use records::{
@@ -103,7 +103,8 @@ struct Inner {
 }
 
 /// The function service ([`Server::functions`](crate::Server::functions)): upload a
-/// WebAssembly module, configure its triggers and limits, call it, and read its invocations.
+/// WebAssembly module (or JavaScript, [`upload_javascript`](Self::upload_javascript)),
+/// configure its triggers and limits, call it, and read its invocations.
 /// Every call runs in a fresh sandboxed instance, metered and memory-capped. Cheap to clone.
 ///
 /// ```
@@ -137,6 +138,13 @@ struct Inner {
 /// assert_eq!((answer.status, answer.body), (200, json!({"hello": "world"})));
 /// let missing = functions.call_http(&Principal::Anonymous, "nope", json!({})).await;
 /// assert!(matches!(missing, Err(FunctionsError::NoHttpTrigger(_))));
+///
+/// // The same function in JavaScript, run by the engine the server ships.
+/// let source = b"export default (event) => ({ status: 200, body: { hello: 'world' } });";
+/// let info = functions.upload_javascript(&Principal::Service, "hello", source.to_vec()).await?;
+/// assert_eq!(info.language, emberbase::Language::JavaScript);
+/// let answer = functions.call_http(&Principal::Anonymous, "hello", json!({})).await?;
+/// assert_eq!(answer.body, json!({"hello": "world"}));
 /// # server.shutdown().await;
 /// # Ok(()) }
 /// ```

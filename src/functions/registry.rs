@@ -364,10 +364,28 @@ impl Functions {
         Ok((sha, key, artifact_sha256, module))
     }
 
-    /// Uploads (or replaces) a function's module as its next version, and activates it. The
-    /// config of an existing function is kept; the oldest versions beyond
+    /// Uploads (or replaces) a function's WebAssembly module as its next version, and activates
+    /// it. The config of an existing function is kept; the oldest versions beyond
     /// `functions.versions_kept` are dropped.
-    pub async fn upload(
+    pub async fn upload(&self, who: &Principal, name: &str, wasm: Vec<u8>) -> Result<FunctionInfo> {
+        self.upload_source(who, name, wasm, Language::Wasm).await
+    }
+
+    /// Uploads (or replaces) a function's JavaScript source (an ES module whose default export
+    /// handles each event), as [`upload`](Self::upload) does a module: it is loaded into the
+    /// engine, its top-level code run, before this returns.
+    pub async fn upload_javascript(
+        &self,
+        who: &Principal,
+        name: &str,
+        source: Vec<u8>,
+    ) -> Result<FunctionInfo> {
+        self.upload_source(who, name, source, Language::JavaScript)
+            .await
+    }
+
+    /// Uploads a function's source, declared to be in `declared`.
+    pub(crate) async fn upload_source(
         &self,
         who: &Principal,
         name: &str,
