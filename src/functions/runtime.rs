@@ -379,7 +379,7 @@ pub(super) fn while_waiting<T>(wait: impl FnOnce() -> T) -> T {
     let stand_in = match pool.lanes.lock() {
         Ok(mut lanes) if lanes.hook_waiting < MAX_WAITING_HOOKS => {
             lanes.hook_waiting += 1;
-            let short = lanes.hook_threads - lanes.hook_waiting < pool.hook_workers;
+            let short = lanes.hook_threads.saturating_sub(lanes.hook_waiting) < pool.hook_workers;
             if short {
                 lanes.hook_threads += 1;
             }
@@ -703,7 +703,7 @@ fn next_job(pool: &Pool, last: Lane, hooks_only: bool) -> Option<(Lane, Job)> {
     let mut guard = pool.lanes.lock().ok()?;
     loop {
         // A hook thread back from a wait while another stood in for it is one too many.
-        if hooks_only && guard.hook_threads - guard.hook_waiting > pool.hook_workers {
+        if hooks_only && guard.hook_threads.saturating_sub(guard.hook_waiting) > pool.hook_workers {
             guard.hook_threads -= 1;
             return None;
         }
@@ -896,12 +896,13 @@ fn wasi_clock_time_get(env: FunctionEnvMut<Env>, id: i32, _precision: i64, out: 
     write_guest(&env, out, &nanos.to_le_bytes())
 }
 
-/// `random_get(*buf, len)` of WASI.
+/// `random_get(*buf, len)` of WASI, for up to 64 KiB (the engine asks for 8 bytes per event);
+/// more is WASI's `EINVAL` (28).
 fn wasi_random_get(env: FunctionEnvMut<Env>, buf: i32, len: i32) -> i32 {
-    let Ok(len) = usize::try_from(len) else {
-        return WASI_EBADF;
+    let Some(len) = usize::try_from(len).ok().filter(|n| *n <= 1 << 16) else {
+        return 28;
     };
-    let mut bytes = vec![0; len.min(1 << 16)];
+    let mut bytes = vec![0; len];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
     write_guest(&env, buf, &bytes)
 }
