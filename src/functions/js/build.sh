@@ -31,9 +31,13 @@ crate="$work/quickjs.crate"
 cache="${EB_QUICKJS_CRATE:-}"
 if [ -n "$cache" ] && [ -f "$cache" ]; then
   cp "$cache" "$crate"
-else
-  curl -fsSL --retry 3 -o "$crate" \
-    "https://static.crates.io/crates/$QUICKJS_CRATE/$QUICKJS_CRATE-$QUICKJS_VERSION.crate"
+elif ! command -v curl >/dev/null 2>&1; then
+  echo "cannot build the engine: needs curl to fetch the pinned QuickJS sources (or EB_QUICKJS_CRATE=<the .crate file>)" >&2
+  exit 3
+elif ! curl -fsSL --retry 3 -o "$crate" \
+    "https://static.crates.io/crates/$QUICKJS_CRATE/$QUICKJS_CRATE-$QUICKJS_VERSION.crate"; then
+  echo "cannot build the engine: static.crates.io did not serve $QUICKJS_CRATE $QUICKJS_VERSION" >&2
+  exit 3
 fi
 echo "$QUICKJS_SHA256  $crate" | sha256sum --check --quiet
 tar -xzf "$crate" -C "$work"
