@@ -101,9 +101,11 @@ impl Functions {
         let sidecar = path.with_extension("sha256");
         let recorded =
             (!shared && key == record.artifact_key).then(|| record.artifact_sha256.clone());
-        // Files are read, hashed and written on the blocking pool: a reload can run in a
-        // write's path, on an HTTP worker.
+        // Files are read, hashed and written, and artifacts loaded (the first JavaScript one
+        // compiles the engine), on the blocking pool: a reload can run in a write's path, on an
+        // HTTP worker.
         let (cached_path, cached_sidecar) = (path.clone(), sidecar.clone());
+        let runtime = self.inner.runtime.clone();
         let cached = tokio::task::spawn_blocking(move || {
             let expected = match recorded {
                 Some(sha) => sha,
@@ -111,17 +113,16 @@ impl Functions {
                 None => return None,
             };
             let bytes = std::fs::read(&cached_path).ok()?;
-            (hex(&Sha256::digest(&bytes)) == expected.trim()).then_some(bytes)
+            (hex(&Sha256::digest(&bytes)) == expected.trim()).then(|| runtime.load(&bytes))
         })
         .await
         .map_err(|e| e.to_string())?;
-        if let Some(bytes) = cached {
-            match self.inner.runtime.load(&bytes) {
-                Ok(module) => return Ok(Loaded { record, module }),
-                Err(e) => {
-                    tracing::warn!(function = %record.info.name, error = %e, "the artifact does not load")
-                }
+        match cached {
+            Some(Ok(module)) => return Ok(Loaded { record, module }),
+            Some(Err(e)) => {
+                tracing::warn!(function = %record.info.name, error = %e, "the artifact does not load")
             }
+            None => {}
         }
         tracing::info!(function = %record.info.name, "compiling the function's artifact");
         let source = self.module_bytes(&record.info.sha256).await?;

@@ -399,3 +399,18 @@ fn functions_invoke_runs_a_javascript_file_against_a_server() {
     let seen = srv.get("/v1/collections/seen/docs").expect(200);
     assert_eq!(seen.json["items"][0]["data"]["id"], "o1");
 }
+
+#[test]
+fn a_javascript_function_runs_again_after_a_restart() {
+    let srv = start();
+    http(
+        &srv,
+        "kept",
+        "export default (event) => ({ status: 200, body: { twice: event.body.n * 2 } });",
+    );
+    call(&srv, "kept", None, &json!({"n": 2})).expect(200);
+    // The stored snapshot is loaded at start (the engine compiled for it then).
+    let srv = TestServer::start_in(srv.stop(), fast);
+    let answer = call(&srv, "kept", None, &json!({"n": 21})).expect(200);
+    assert_eq!(answer.json, json!({"twice": 42}));
+}
