@@ -33,6 +33,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub outbound: OutboundConfig,
     pub telemetry: TelemetryConfig,
+    pub backups: BackupsConfig,
 }
 
 /// The deepest JSON nesting `limits.max_json_depth` may allow: serde_json reads at most 128
@@ -124,6 +125,40 @@ pub struct FunctionsConfig {
     /// A before-write hook's wall time and fuel (a function may set its own).
     pub hook_timeout_ms: u64,
     pub hook_fuel: u64,
+}
+
+/// Backups: where archives go, and when they are made without being asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupsConfig {
+    /// A directory for archives. Empty: `<data_dir>/backups` (unless `url` is set).
+    pub dir: String,
+    /// An S3-compatible bucket for archives instead of a directory:
+    /// `s3://bucket[/prefix]?endpoint=https://...&region=...`.
+    pub url: String,
+    /// The bucket's credentials; empty: the usual `AWS_*` environment variables.
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// When to make a backup on its own, as a cron expression in UTC (five fields, or six
+    /// with seconds), for example `"0 3 * * *"`. Empty: only when asked. In a cluster each
+    /// tick makes one backup, on one node.
+    pub schedule: String,
+    /// Scheduled archives kept; older ones are deleted after each scheduled backup. Archives
+    /// made on request are kept until deleted.
+    pub keep: usize,
+}
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        BackupsConfig {
+            dir: String::new(),
+            url: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            schedule: String::new(),
+            keep: 7,
+        }
+    }
 }
 
 /// Outbound webhooks: how their deliveries are timed, retried and kept.
@@ -633,7 +668,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 56] = [
+        let ranges: [(&str, u64, u64, u64); 57] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -836,11 +871,15 @@ impl Config {
                 0,
                 30 * DAY,
             ),
+            ("backups.keep", self.backups.keep as u64, 1, 10_000),
         ];
         for (key, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
                 return invalid(key, &format!("must be from {min} to {max}, not {value}"));
             }
+        }
+        if !self.backups.dir.is_empty() && !self.backups.url.is_empty() {
+            return invalid("backups.url", "set backups.dir or backups.url, not both");
         }
         let t = &self.telemetry;
         if !t.otlp_endpoint.is_empty() {

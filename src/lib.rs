@@ -61,6 +61,7 @@
 
 mod api;
 mod auth;
+mod backup;
 mod changes;
 pub mod config;
 mod delivery;
@@ -91,6 +92,9 @@ pub use auth::{
     Accounts, AuthError, CollidingUser, EmailCollision, LinkedIdentity, LoginResult, MfaAnswer,
     MfaChallenge, OAuthProviderInfo, PasswordlessProof, Principal, RecoveryCodes, Session,
     SignInProvider, TotpEnrollment, User, UserPage,
+};
+pub use backup::{
+    restore, BackupError, BackupInfo, BackupState, Backups, RestoreError, RestoreProgress, Restored,
 };
 pub use changes::Changes;
 pub use config::Config;

@@ -59,6 +59,39 @@ enum Command {
         #[command(subcommand)]
         command: FunctionsCommand,
     },
+    /// Make a backup of a running server and download it: one archive with every document,
+    /// file, account, function, configuration and server key, as one consistent snapshot taken
+    /// while the server keeps serving. The archive also stays where the server keeps backups
+    /// (`[backups]` in the config).
+    ///
+    /// Example: `EB_SERVICE_KEY=$(cat emberbase_data/service_key) emberbase backup --url
+    /// http://127.0.0.1:7070 --out backup.tar.gz`
+    Backup {
+        /// The running server; its service key is read from the `EB_SERVICE_KEY` environment
+        /// variable.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// Where to save the archive [default: its name, in the working directory].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Restore a backup archive into a data directory. The whole archive is checked against
+    /// its checksums before anything is written; the restored directory is built beside the
+    /// target and takes its place only when complete. Stop the server first.
+    ///
+    /// Example: `emberbase restore backup.tar.gz --data-dir ./emberbase_data`
+    Restore {
+        /// The archive (`emberbase backup`, or downloaded from `GET /v1/admin/backups/{name}`).
+        archive: PathBuf,
+        /// The data directory to restore into [default: ./emberbase_data]; it must not exist
+        /// or be empty, unless --force.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Restore over a data directory that holds data: it is moved aside to
+        /// `<DIR>.before-restore-<time>`, never deleted.
+        #[arg(long)]
+        force: bool,
+    },
     /// Copy a single node into a cluster's PostgreSQL database (which must be empty):
     /// documents, indexes, accounts and sessions, rules, buckets and file records, functions
     /// with their modules, and the secrets (service key, token signing keys), so that tokens
@@ -414,14 +447,198 @@ fn admin_create(
     }
 }
 
+/// The service key for `--url`, from `EB_SERVICE_KEY`.
+fn service_key_from_env() -> Result<String, ExitCode> {
+    match std::env::var("EB_SERVICE_KEY") {
+        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_string()),
+        _ => {
+            eprintln!("emberbase: --url needs the server's service key in EB_SERVICE_KEY (for example EB_SERVICE_KEY=$(cat emberbase_data/service_key))");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// A progress bar of bytes, drawn only for a person at a terminal.
+fn bytes_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{bytes}}/{{total_bytes}} ({{bytes_per_sec}}, {{eta}} left)"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The error message of a JSON error answer, or the text itself.
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.to_string())
+}
+
+/// `backup --url`: starts a backup on the server, waits for it, downloads it.
+fn backup(url: &str, out: Option<PathBuf>) -> ExitCode {
+    let key = match service_key_from_env() {
+        Ok(key) => key,
+        Err(code) => return code,
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base = format!("{}/v1/admin/backups", url.trim_end_matches('/'));
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let fail = |e: reqwest::Error| format!("cannot reach {base}: {e}");
+        let started = client
+            .post(&base)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .map_err(fail)?;
+        let status = started.status();
+        let text = started.text().await.map_err(fail)?;
+        if status.as_u16() != 202 {
+            return Err(format!(
+                "the server answered {status}: {}",
+                error_message(&text)
+            ));
+        }
+        let info: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let name = info["name"].as_str().unwrap_or_default().to_string();
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message(format!("writing {name} on the server"));
+        let ready = loop {
+            spinner.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let listed = client
+                .get(&base)
+                .bearer_auth(&key)
+                .send()
+                .await
+                .map_err(fail)?;
+            let list: serde_json::Value =
+                serde_json::from_str(&listed.text().await.map_err(fail)?).unwrap_or_default();
+            let item = list["items"]
+                .as_array()
+                .and_then(|items| items.iter().find(|i| i["name"] == name.as_str()).cloned());
+            match item.as_ref().and_then(|i| i["state"].as_str()) {
+                Some("running") => continue,
+                Some("ready") => break item.unwrap_or_default(),
+                Some(_) => {
+                    let why = item
+                        .as_ref()
+                        .and_then(|i| i["error"].as_str())
+                        .unwrap_or("?");
+                    return Err(format!("backup {name} failed: {why}"));
+                }
+                None => return Err(format!("backup {name} is no longer listed")),
+            }
+        };
+        spinner.finish_and_clear();
+        let path = out.clone().unwrap_or_else(|| PathBuf::from(&name));
+        let partial = path.with_extension("partial");
+        let mut response = client
+            .get(format!("{base}/{name}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .map_err(fail)?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!(
+                "the server answered {status}: {}",
+                error_message(&text)
+            ));
+        }
+        let bar = bytes_bar("downloading");
+        bar.set_length(ready["size"].as_u64().unwrap_or(0));
+        let mut file = std::fs::File::create(&partial)
+            .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        while let Some(chunk) = response.chunk().await.map_err(fail)? {
+            std::io::Write::write_all(&mut file, &chunk)
+                .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+            bar.inc(chunk.len() as u64);
+        }
+        file.sync_all()
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .map_err(|e| format!("cannot save {}: {e}", path.display()))?;
+        bar.finish_and_clear();
+        Ok((name, path, bar.position()))
+    });
+    match result {
+        Ok((name, path, size)) => {
+            println!("backup {name} saved to {} ({size} bytes)", path.display());
+            println!(
+                "restore it with: emberbase restore {} --data-dir DIR",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `restore`: an archive into a data directory.
+fn restore(archive: &std::path::Path, data_dir: Option<PathBuf>, force: bool) -> ExitCode {
+    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("emberbase_data"));
+    let bar = bytes_bar("checking");
+    let phase = std::sync::Mutex::new("checking");
+    let progress = |p: emberbase::RestoreProgress| {
+        let mut shown = phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *shown != p.phase {
+            *shown = p.phase;
+            bar.set_style(bytes_bar(p.phase).style());
+        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    };
+    let result = emberbase::restore(archive, &data_dir, force, &progress);
+    bar.finish_and_clear();
+    match result {
+        Ok(r) => {
+            println!(
+                "restored {} (taken {}) into {}: {} keys, {} files, {} function modules, {} server keys",
+                r.name,
+                r.created_at,
+                data_dir.display(),
+                r.keys,
+                r.files,
+                r.modules,
+                r.secrets
+            );
+            if let Some(aside) = r.replaced {
+                println!(
+                    "the data directory that was there is now {}",
+                    aside.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ (emberbase::RestoreError::NotEmpty(_) | emberbase::RestoreError::InUse(_))) => {
+            eprintln!("emberbase: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `admin create --url`: asks a running server, as its service key.
 fn admin_create_remote(email: &str, url: &str) -> ExitCode {
-    let Some(key) = std::env::var("EB_SERVICE_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-    else {
-        eprintln!("emberbase: --url needs the server's service key in EB_SERVICE_KEY (for example EB_SERVICE_KEY=$(cat emberbase_data/service_key))");
-        return ExitCode::from(2);
+    let key = match service_key_from_env() {
+        Ok(key) => key,
+        Err(code) => return code,
     };
     let (password, runtime) = match password_and_runtime() {
         Ok(both) => both,
@@ -611,6 +828,12 @@ fn main() -> ExitCode {
             }
         },
         Command::MigrateStorage { from, to } => migrate_storage(&from, &to),
+        Command::Backup { url, out } => backup(&url, out),
+        Command::Restore {
+            archive,
+            data_dir,
+            force,
+        } => restore(&archive, data_dir, force),
         Command::Functions {
             command: FunctionsCommand::New { name, lang, dir },
         } => functions_new(&name, lang, dir),

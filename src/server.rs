@@ -5,6 +5,7 @@ use crate::api::{self, AppState, RouteHook, Services};
 use crate::auth::password::PasswordHasherPool;
 use crate::auth::tokens::TokenIssuer;
 use crate::auth::{self, Accounts, Authenticator};
+use crate::backup::Backups;
 use crate::changes::Changes;
 use crate::config::Config;
 use crate::docs::Documents;
@@ -218,6 +219,8 @@ impl ServerBuilder {
                 "removed what an interrupted upload or delete left behind"
             );
         }
+        let backups = Backups::start(&data_dir, store.clone(), files.clone(), &config.backups)
+            .map_err(StartError::Other)?;
         let tracer = Tracer::start(&config.telemetry, metrics.trace_spans.clone())
             .map_err(StartError::Other)?;
         // Before functions, whose first deliveries may write: every change queues its messages.
@@ -284,6 +287,7 @@ impl ServerBuilder {
                 functions: functions.clone(),
                 webhooks: webhooks.clone(),
                 realtime: realtime.clone(),
+                backups: backups.clone(),
                 auth: Arc::new(Authenticator::new(service_key, accounts.clone())),
             },
             metrics,
@@ -312,6 +316,7 @@ impl ServerBuilder {
         tracing::info!(path = %data_dir.display(), "data directory");
         tracing::info!(backend = store.backend(), "storage engine");
         tracing::info!(at = %files.blob_location(), "file bytes");
+        tracing::info!(at = %backups.location(), schedule = %config.backups.schedule, "backups");
         match &key_source {
             Some(place) => tracing::info!(at = %place, "service key (owner-only)"),
             None => tracing::info!("service key from the configuration"),
@@ -331,6 +336,7 @@ impl ServerBuilder {
             realtime,
             accounts,
             changes,
+            backups,
             tracer,
         })
     }
@@ -554,6 +560,7 @@ pub struct Server {
     realtime: Realtime,
     accounts: Arc<Accounts>,
     changes: Changes,
+    backups: Backups,
     tracer: Tracer,
 }
 
@@ -608,6 +615,11 @@ impl Server {
         &self.changes
     }
 
+    /// The backup service: make, list, download and delete backups.
+    pub fn backups(&self) -> &Backups {
+        &self.backups
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to the shutdown
     /// timeout), then commits every queued write and closes the database.
     pub async fn shutdown(self) {
@@ -617,6 +629,7 @@ impl Server {
         self.http.stop(true).await;
         let _ = self.task.await;
         self.webhooks.stop();
+        self.backups.stop();
         let functions = self.functions;
         let _ = tokio::task::spawn_blocking(move || functions.stop()).await;
         self.store.close().await;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod backups;
 mod documents;
 pub(crate) mod error;
 mod extract;
@@ -22,6 +23,7 @@ mod users;
 mod webhooks;
 
 use crate::auth::Authenticator;
+use crate::backup::Backups;
 use crate::config::Config;
 use crate::docs::Documents;
 use crate::error::{Error, ErrorCode};
@@ -44,6 +46,7 @@ use utoipa_swagger_ui::SwaggerUi;
 /// Everything a handler can reach.
 pub(crate) struct AppState {
     pub docs: Documents,
+    pub backups: Backups,
     pub files: Files,
     pub functions: Functions,
     pub webhooks: Webhooks,
@@ -63,6 +66,7 @@ pub(crate) struct Services {
     pub functions: Functions,
     pub webhooks: Webhooks,
     pub realtime: Realtime,
+    pub backups: Backups,
     pub auth: Arc<Authenticator>,
 }
 
@@ -81,10 +85,12 @@ impl AppState {
             functions,
             webhooks,
             realtime,
+            backups,
             auth,
         } = services;
         AppState {
             docs,
+            backups,
             files,
             functions,
             webhooks,
@@ -196,6 +202,7 @@ impl utoipa::Modify for CommonErrors {
         (name = "webhooks", description = "Signed outbound webhooks on document, file and account events, with their delivery log (admins only)"),
         (name = "auth", description = "Accounts, sessions, email verification, password reset"),
         (name = "admin", description = "Users, collection and bucket rules, indexes, outbox (admins only)"),
+        (name = "backups", description = "Online backups of the whole server, made on request or on a schedule (admins only)"),
         (name = "operations", description = "Health, metrics, the API document"),
     )
 )]
@@ -298,7 +305,11 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(users::delete_user)
         .service(users::put_admin)
         .service(users::outbox)
-        .service(users::rotate_key);
+        .service(users::rotate_key)
+        .service(backups::create_backup)
+        .service(backups::list_backups)
+        .service(backups::download_backup)
+        .service(backups::delete_backup);
 }
 
 /// The OpenAPI document of every route.

@@ -292,6 +292,21 @@ fn last_seq_in(db: &sled::Db) -> Result<u64, EngineError> {
     Ok(u64::from_be_bytes(b))
 }
 
+/// Whether a process holds the database at `path` open (sled locks its `db` file).
+pub fn in_use(path: &std::path::Path) -> bool {
+    use fs2::FileExt;
+    match std::fs::File::open(path.join("db")) {
+        Ok(file) => match file.try_lock_exclusive() {
+            Ok(()) => {
+                let _ = FileExt::unlock(&file);
+                false
+            }
+            Err(_) => true,
+        },
+        Err(_) => false,
+    }
+}
+
 impl SledEngine {
     /// Opens (or creates) the database and starts the flusher thread.
     pub fn open(

@@ -36,6 +36,7 @@ pub(super) enum Blobs {
 }
 
 /// `files.url`: `s3://bucket[/prefix]?endpoint=...&region=...`.
+#[derive(Clone)]
 pub(super) struct S3Url {
     bucket: String,
     prefix: String,
@@ -47,11 +48,11 @@ impl S3Url {
     pub(super) fn parse(url: &str) -> Result<S3Url, String> {
         let rest = url
             .strip_prefix("s3://")
-            .ok_or("files.url must start with s3://")?;
+            .ok_or("it must start with s3://")?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
         if bucket.is_empty() {
-            return Err("files.url names no bucket".into());
+            return Err("it names no bucket".into());
         }
         let mut parsed = S3Url {
             bucket: bucket.to_string(),
@@ -65,7 +66,7 @@ impl S3Url {
             match key {
                 "endpoint" => parsed.endpoint = Some(value),
                 "region" => parsed.region = Some(value),
-                other => return Err(format!("files.url: unknown parameter {other:?}")),
+                other => return Err(format!("unknown parameter {other:?}")),
             }
         }
         Ok(parsed)
@@ -79,8 +80,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = s.get(i + 1..i + 3).ok_or("files.url: a bad %-escape")?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| "files.url: a bad %-escape")?);
+                let hex = s.get(i + 1..i + 3).ok_or("a bad %-escape")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| "a bad %-escape")?);
                 i += 3;
             }
             b => {
@@ -89,7 +90,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| "files.url is not UTF-8".to_string())
+    String::from_utf8(out).map_err(|_| "it is not UTF-8".to_string())
 }
 
 fn s3_error(e: object_store::Error) -> std::io::Error {
@@ -101,6 +102,138 @@ fn s3_error(e: object_store::Error) -> std::io::Error {
     }
 }
 
+/// A client of the bucket `url` names: credentials as given, or (when empty) from the usual
+/// `AWS_*` variables.
+fn s3_client(
+    url: &S3Url,
+    access_key_id: &str,
+    secret_access_key: &str,
+) -> Result<Arc<AmazonS3>, String> {
+    crate::tls::install_default_provider();
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
+    if let Some(endpoint) = &url.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    if let Some(region) = &url.region {
+        builder = builder.with_region(region);
+    }
+    if !access_key_id.is_empty() {
+        builder = builder
+            .with_access_key_id(access_key_id)
+            .with_secret_access_key(secret_access_key);
+    }
+    builder.build().map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// Uploads the file at `path` to `key` as a multipart upload, a part at a time.
+async fn upload_file(store: &AmazonS3, key: &ObjectPath, path: &Path) -> std::io::Result<()> {
+    let upload = store.put_multipart(key).await.map_err(s3_error)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+    let opening = path.to_path_buf();
+    let mut file = tokio::task::spawn_blocking(move || std::fs::File::open(opening))
+        .await
+        .map_err(std::io::Error::other)??;
+    let sent = async {
+        loop {
+            writer
+                .wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(s3_error)?;
+            let (back, piece) = tokio::task::spawn_blocking(move || {
+                let mut piece = vec![0; PIECE];
+                let n = file.read(&mut piece)?;
+                piece.truncate(n);
+                Ok::<_, std::io::Error>((file, piece))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            file = back;
+            if piece.is_empty() {
+                return Ok::<_, std::io::Error>(());
+            }
+            writer.put(Bytes::from(piece));
+        }
+    }
+    .await;
+    match sent {
+        Ok(()) => writer.finish().await.map(drop).map_err(s3_error),
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// A prefix of an S3-compatible bucket that holds named objects (backup archives).
+#[derive(Clone)]
+pub(crate) struct ObjectDir {
+    store: Arc<AmazonS3>,
+    url: S3Url,
+}
+
+impl ObjectDir {
+    /// The prefix `url` (`s3://bucket[/prefix]?endpoint=...`) names.
+    pub(crate) fn open(
+        url: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+    ) -> Result<ObjectDir, String> {
+        let url = S3Url::parse(url)?;
+        let store = s3_client(&url, access_key_id, secret_access_key)?;
+        Ok(ObjectDir { store, url })
+    }
+
+    /// `s3://bucket/prefix`, for the log.
+    pub(crate) fn location(&self) -> String {
+        format!("s3://{}/{}", self.url.bucket, self.url.prefix)
+    }
+
+    fn key(&self, name: &str) -> ObjectPath {
+        ObjectPath::from(self.url.prefix.as_str()).join(name)
+    }
+
+    /// Uploads the file at `path` as `name`.
+    pub(crate) async fn put_file(&self, name: &str, path: &Path) -> std::io::Result<()> {
+        upload_file(&self.store, &self.key(name), path).await
+    }
+
+    /// The objects directly under the prefix (not deeper), with their sizes.
+    pub(crate) async fn list(&self) -> std::io::Result<Vec<(String, u64)>> {
+        let prefix = ObjectPath::from(self.url.prefix.as_str());
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(s3_error)?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter_map(|o| Some((o.location.filename()?.to_string(), o.size)))
+            .collect())
+    }
+
+    /// Object `name`'s size and bytes; `NotFound` if there is none.
+    pub(crate) async fn read(&self, name: &str) -> std::io::Result<(u64, BlobReader)> {
+        let key = self.key(name);
+        let meta = self.store.head(&key).await.map_err(s3_error)?;
+        Ok((
+            meta.size,
+            BlobReader(Source::Object(self.store.clone(), key)),
+        ))
+    }
+
+    /// Deletes object `name` (absent already is fine).
+    pub(crate) async fn delete(&self, name: &str) -> std::io::Result<()> {
+        match self.store.delete(&self.key(name)).await {
+            Err(object_store::Error::NotFound { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+}
+
 impl Blobs {
     /// Blobs in a bucket: credentials from the configuration if given, else from the usual
     /// `AWS_*` variables.
@@ -109,25 +242,10 @@ impl Blobs {
         access_key_id: &str,
         secret_access_key: &str,
     ) -> Result<Blobs, String> {
-        crate::tls::install_default_provider();
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
-        if let Some(endpoint) = &url.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_virtual_hosted_style_request(false);
-        }
-        if let Some(region) = &url.region {
-            builder = builder.with_region(region);
-        }
-        if !access_key_id.is_empty() {
-            builder = builder
-                .with_access_key_id(access_key_id)
-                .with_secret_access_key(secret_access_key);
-        }
-        let store = builder.build().map_err(|e| format!("files.url: {e}"))?;
+        let store = s3_client(url, access_key_id, secret_access_key)
+            .map_err(|e| format!("files.url: {e}"))?;
         Ok(Blobs::S3 {
-            store: Arc::new(store),
+            store,
             bucket: url.bucket.clone(),
             prefix: url.prefix.clone(),
         })
@@ -176,46 +294,7 @@ impl Blobs {
                 .map_err(std::io::Error::other)?
             }
             Blobs::S3 { store, .. } => {
-                let upload = store
-                    .put_multipart(&self.key(blob))
-                    .await
-                    .map_err(s3_error)?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-                let opening = tmp.to_path_buf();
-                let mut file = tokio::task::spawn_blocking(move || std::fs::File::open(opening))
-                    .await
-                    .map_err(std::io::Error::other)??;
-                let sent = async {
-                    loop {
-                        writer
-                            .wait_for_capacity(PARTS_IN_FLIGHT)
-                            .await
-                            .map_err(s3_error)?;
-                        let (back, piece) = tokio::task::spawn_blocking(move || {
-                            let mut piece = vec![0; PIECE];
-                            let n = file.read(&mut piece)?;
-                            piece.truncate(n);
-                            Ok::<_, std::io::Error>((file, piece))
-                        })
-                        .await
-                        .map_err(std::io::Error::other)??;
-                        file = back;
-                        if piece.is_empty() {
-                            return Ok::<_, std::io::Error>(());
-                        }
-                        writer.put(Bytes::from(piece));
-                    }
-                }
-                .await;
-                match sent {
-                    Ok(()) => {
-                        writer.finish().await.map_err(s3_error)?;
-                    }
-                    Err(e) => {
-                        let _ = writer.abort().await;
-                        return Err(e);
-                    }
-                }
+                upload_file(store, &self.key(blob), tmp).await?;
                 let tmp = tmp.to_path_buf();
                 tokio::task::spawn_blocking(move || std::fs::remove_file(tmp))
                     .await
@@ -331,6 +410,10 @@ enum Source {
 pub struct BlobReader(Source);
 
 impl BlobReader {
+    pub(crate) fn file(file: std::fs::File) -> BlobReader {
+        BlobReader(Source::File(file))
+    }
+
     /// The bytes `start..start + len` as a stream read a piece at a time, so memory stays flat
     /// whatever the file's size.
     pub fn stream(self, start: u64, len: u64) -> BoxStream<'static, std::io::Result<Bytes>> {

@@ -18,6 +18,7 @@ mod signing;
 mod upload;
 
 pub use blobs::BlobReader;
+pub(crate) use blobs::ObjectDir;
 pub(crate) use buckets::check_bucket;
 pub use error::FilesError;
 pub(crate) use error::Result;
@@ -163,7 +164,7 @@ impl Files {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             Blobs::Local(dir)
         } else {
-            let url = S3Url::parse(&config.url)?;
+            let url = S3Url::parse(&config.url).map_err(|e| format!("files.url: {e}"))?;
             Blobs::s3(&url, &config.access_key_id, &config.secret_access_key)?
         };
         std::fs::create_dir_all(&tmp)
@@ -196,7 +197,7 @@ impl Files {
     /// Removes every temp file, and every blob that no record points at. Runs before the
     /// server accepts requests, so no upload of this node is in flight; in a shared bucket,
     /// another node's may be (its blob is stored before its record), so there only blobs older
-    /// than an hour go.
+    /// than an hour go, and none while a backup holds deletions.
     async fn sweep(&self) -> std::result::Result<Swept, String> {
         let mut swept = Swept::default();
         let tmp = &self.inner.tmp;
@@ -215,6 +216,10 @@ impl Files {
             .await
             .map_err(|e| e.to_string())?;
         let blobs = &self.inner.blobs;
+        // Another node's backup may still read a blob whose record went after its snapshot.
+        if self.inner.store.deletions_held().await {
+            return Ok(swept);
+        }
         let settled = match blobs {
             Blobs::Local(_) => SystemTime::now(),
             Blobs::S3 { .. } => SystemTime::now() - ORPHAN_AGE,
@@ -234,11 +239,21 @@ impl Files {
 
     /// Deletes a blob no record points at any more. A failure only leaves an orphan for the
     /// next startup sweep. (A local blob stays readable by a download that opened it; in a
-    /// bucket, such a download ends early, short of its `Content-Length`.)
+    /// bucket, such a download ends early, short of its `Content-Length`.) While a backup
+    /// reads, the removal waits for it (see `Store::delete_outside`).
     async fn remove_blob(&self, blob: ulid::Ulid) {
-        if let Err(e) = self.inner.blobs.remove(blob).await {
-            tracing::warn!(%blob, error = %e, "could not remove a replaced blob; the next start sweeps it");
-        }
+        let blobs = self.inner.blobs.clone();
+        let work = async move {
+            if let Err(e) = blobs.remove(blob).await {
+                tracing::warn!(%blob, error = %e, "could not remove a replaced blob; the next start sweeps it");
+            }
+        };
+        self.inner.store.delete_outside(Box::pin(work)).await;
+    }
+
+    /// Opens the bytes of `blob` (for a backup, which reads the records itself).
+    pub(crate) async fn open_blob(&self, blob: ulid::Ulid) -> std::io::Result<BlobReader> {
+        self.inner.blobs.open(blob).await
     }
 
     /// The blob storage's backend (`local` or `s3`), and whether it answers within `within`.

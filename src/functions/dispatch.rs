@@ -42,7 +42,7 @@ pub(super) fn function_prefix(name: &str) -> Vec<u8> {
     k
 }
 
-pub(super) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+pub(crate) fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)
         .build()

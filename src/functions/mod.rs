@@ -28,6 +28,7 @@ mod tail;
 mod tunables;
 mod usage;
 
+pub(crate) use dispatch::parse_cron;
 pub use error::FunctionsError;
 pub(crate) use error::Result;
 pub use invoke::HttpResult;

@@ -645,13 +645,17 @@ impl Functions {
             }
             let module = self.module_path(&sha);
             let artifact = artifact_path_of(&self.inner.artifacts_dir, &artifact_key(&sha));
-            // Off the async workers: this runs in an upload's or a delete's request.
-            let _ = tokio::task::spawn_blocking(move || {
-                let _ = std::fs::remove_file(module);
-                let _ = std::fs::remove_file(artifact.with_extension("sha256"));
-                let _ = std::fs::remove_file(artifact);
-            })
-            .await;
+            // Off the async workers: this runs in an upload's or a delete's request. While a
+            // backup reads, the module file waits for it.
+            let work = async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_file(module);
+                    let _ = std::fs::remove_file(artifact.with_extension("sha256"));
+                    let _ = std::fs::remove_file(artifact);
+                })
+                .await;
+            };
+            self.inner.store.delete_outside(Box::pin(work)).await;
         }
         Ok(())
     }

@@ -33,7 +33,7 @@ impl FileRecord {
         out
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Result<FileRecord, StoreError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<FileRecord, StoreError> {
         let corrupt = || StoreError::Corrupt("file record too short".into());
         let flags = *bytes.first().ok_or_else(corrupt)?;
         let blob: [u8; 16] = bytes

@@ -15,6 +15,7 @@ mod error;
 mod feed;
 mod files;
 mod follow;
+mod hold;
 mod indexes;
 mod keys;
 mod kv;
@@ -223,6 +224,8 @@ pub(crate) struct Shared {
     loaded_epoch: tokio::sync::Mutex<Option<Vec<u8>>>,
     /// Held while dereference jobs run (see `relations`).
     dereferencing: tokio::sync::Mutex<()>,
+    /// Deletions of bytes outside the store that wait for a backup (see `hold`).
+    holds: Arc<hold::Holds>,
 }
 
 impl Shared {
@@ -364,6 +367,7 @@ impl Store {
                 epoch: tokio::sync::watch::channel(0).0,
                 loaded_epoch: tokio::sync::Mutex::new(None),
                 dereferencing: tokio::sync::Mutex::new(()),
+                holds: Arc::default(),
             }),
         };
         if store.engine.shared() {
@@ -807,6 +811,11 @@ impl Store {
     /// The sequence of the newest durable change (0 before the first).
     pub(crate) fn last_seq(&self) -> u64 {
         *self.engine.watch().borrow()
+    }
+
+    /// A consistent view of everything stored, as durably committed now (for a backup).
+    pub(crate) async fn snapshot(&self) -> Result<Box<dyn crate::engine::Snapshot>, StoreError> {
+        Ok(self.engine.snapshot().await?)
     }
 
     /// The sequence of the oldest retained change, if any.

@@ -3,6 +3,7 @@
 
 mod aggregates;
 mod auth;
+mod backups;
 mod cluster;
 mod collections;
 mod common;
