@@ -94,7 +94,8 @@ pub use auth::{
     SignInProvider, TotpEnrollment, User, UserPage,
 };
 pub use backup::{
-    restore, BackupError, BackupInfo, BackupState, Backups, RestoreError, RestoreProgress, Restored,
+    restore, restore_cluster, BackupError, BackupInfo, BackupState, Backups, RestoreError,
+    RestoreProgress, Restored,
 };
 pub use changes::Changes;
 pub use config::Config;

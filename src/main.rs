@@ -89,8 +89,16 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// Restore over a data directory that holds data: it is moved aside to
         /// `<DIR>.before-restore-<time>`, never deleted.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         force: bool,
+        /// Restore into a cluster instead: the empty PostgreSQL database of `store.url`, and
+        /// the bucket of `files.url` for file bytes (from the config file and `EMBERBASE_*`
+        /// variables).
+        #[arg(long, conflicts_with = "data_dir")]
+        cluster: bool,
+        /// Config file, with --cluster [default: config/emberbase.toml when it exists].
+        #[arg(long, value_name = "FILE", requires = "cluster")]
+        config: Option<PathBuf>,
     },
     /// Copy a single node into a cluster's PostgreSQL database (which must be empty):
     /// documents, indexes, accounts and sessions, rules, buckets and file records, functions
@@ -587,9 +595,16 @@ fn backup(url: &str, out: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// `restore`: an archive into a data directory.
-fn restore(archive: &std::path::Path, data_dir: Option<PathBuf>, force: bool) -> ExitCode {
-    let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("emberbase_data"));
+/// Where `restore` puts an archive.
+enum RestoreInto {
+    /// A data directory, and whether one that holds data may be moved aside.
+    DataDir(PathBuf, bool),
+    /// The cluster of a configuration (file, or the default one).
+    Cluster(Option<PathBuf>),
+}
+
+/// `restore`: an archive into a data directory or a cluster.
+fn restore(archive: &std::path::Path, into: RestoreInto) -> ExitCode {
     let bar = bytes_bar("checking");
     let phase = std::sync::Mutex::new("checking");
     let progress = |p: emberbase::RestoreProgress| {
@@ -601,19 +616,31 @@ fn restore(archive: &std::path::Path, data_dir: Option<PathBuf>, force: bool) ->
         bar.set_length(p.total);
         bar.set_position(p.done);
     };
-    let result = emberbase::restore(archive, &data_dir, force, &progress);
+    let (result, target) = match into {
+        RestoreInto::DataDir(dir, force) => (
+            emberbase::restore(archive, &dir, force, &progress),
+            dir.display().to_string(),
+        ),
+        RestoreInto::Cluster(config) => {
+            let config = match Config::load(config.as_deref(), &Overrides::default()) {
+                Ok((config, _)) => config,
+                Err(e) => {
+                    eprintln!("emberbase: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            (
+                emberbase::restore_cluster(archive, &config, &progress),
+                "the cluster's database".to_string(),
+            )
+        }
+    };
     bar.finish_and_clear();
     match result {
         Ok(r) => {
             println!(
-                "restored {} (taken {}) into {}: {} keys, {} files, {} function modules, {} server keys",
-                r.name,
-                r.created_at,
-                data_dir.display(),
-                r.keys,
-                r.files,
-                r.modules,
-                r.secrets
+                "restored {} (taken {}) into {target}: {} keys, {} files, {} function modules, {} server keys",
+                r.name, r.created_at, r.keys, r.files, r.modules, r.secrets
             );
             if let Some(aside) = r.replaced {
                 println!(
@@ -621,9 +648,16 @@ fn restore(archive: &std::path::Path, data_dir: Option<PathBuf>, force: bool) ->
                     aside.display()
                 );
             }
+            for note in r.notes {
+                println!("note: {note}");
+            }
             ExitCode::SUCCESS
         }
-        Err(e @ (emberbase::RestoreError::NotEmpty(_) | emberbase::RestoreError::InUse(_))) => {
+        Err(
+            e @ (emberbase::RestoreError::NotEmpty(_)
+            | emberbase::RestoreError::InUse(_)
+            | emberbase::RestoreError::Target(_)),
+        ) => {
             eprintln!("emberbase: {e}");
             ExitCode::from(2)
         }
@@ -833,7 +867,19 @@ fn main() -> ExitCode {
             archive,
             data_dir,
             force,
-        } => restore(&archive, data_dir, force),
+            cluster,
+            config,
+        } => {
+            let into = if cluster {
+                RestoreInto::Cluster(config)
+            } else {
+                RestoreInto::DataDir(
+                    data_dir.unwrap_or_else(|| PathBuf::from("emberbase_data")),
+                    force,
+                )
+            };
+            restore(&archive, into)
+        }
         Command::Functions {
             command: FunctionsCommand::New { name, lang, dir },
         } => functions_new(&name, lang, dir),

@@ -521,12 +521,7 @@ async fn open_data_dir(
 }
 
 async fn open_postgres(store: &crate::config::StoreConfig) -> Result<Arc<dyn Engine>, StartError> {
-    let mut options = PostgresOptions::new(&store.url);
-    options.pool_size = store.pool_size;
-    options.listen = store.notify;
-    options.poll_interval = Duration::from_millis(store.poll_ms);
-    options.ca_file = (!store.ca_file.is_empty()).then(|| PathBuf::from(&store.ca_file));
-    let engine = PostgresEngine::open(options)
+    let engine = PostgresEngine::open(PostgresOptions::from_config(store))
         .await
         .map_err(|e| StartError::Database { source: e.into() })?;
     Ok(Arc::new(engine))

@@ -14,7 +14,7 @@ mod archive;
 mod restore;
 mod target;
 
-pub use restore::{restore, RestoreError, RestoreProgress, Restored};
+pub use restore::{restore, restore_cluster, RestoreError, RestoreProgress, Restored};
 
 use crate::auth::{Denied, Principal};
 use crate::engine::{Direction, KeyRange, Keyspace, Snapshot};

@@ -3,11 +3,19 @@
 //! (`.<name>.restoring-<ULID>`), and read through a second time, checked again as it is written.
 //! Only when it is complete does it take the target's place; a target that held data is moved
 //! aside (`<name>.before-restore-<time>`), never deleted.
+//!
+//! A cluster's stores are restored in place instead (`restore_cluster`): the database must hold
+//! nothing, the keys go in through the engine, server keys and modules as the cluster keeps them
+//! (records), and file bytes to the bucket of `files.url`.
 
 use super::archive::{read_archive, read_records, ArchiveError, Manifest};
 use super::{KEYSPACES, SEALING_KEY, SEALING_KEY_FILE};
+use crate::config::Config;
+use crate::engine::postgres::{PostgresEngine, PostgresOptions};
 use crate::engine::sled::{SledEngine, SledOptions};
-use crate::engine::{Engine, Keyspace};
+use crate::engine::{Direction, Engine, KeyRange, Keyspace};
+use crate::files::ObjectDir;
+use crate::store::Space;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use tokio::runtime::Runtime;
@@ -36,6 +44,8 @@ pub struct Restored {
     pub secrets: u64,
     /// Where the data directory that was there before went.
     pub replaced: Option<PathBuf>,
+    /// What to do next, if anything (for example, which key the functions' secrets need).
+    pub notes: Vec<String>,
 }
 
 /// Why a restore did not happen. Nothing was changed in the target then.
@@ -45,6 +55,10 @@ pub enum RestoreError {
     NotEmpty(PathBuf),
     #[error("a server is using {0}: stop it first")]
     InUse(PathBuf),
+    /// The cluster's database holds data already, or the configuration lacks what the
+    /// archive needs.
+    #[error("{0}")]
+    Target(String),
     #[error("{0} (nothing was changed)")]
     Damaged(String),
     #[error("{0} (nothing was changed)")]
@@ -141,7 +155,7 @@ pub fn restore(
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| RestoreError::Io(format!("{} names no directory", data_dir.display())))?;
     let staging = parent.join(format!(".{dir_name}.restoring-{}", ulid::Ulid::new()));
-    let built = build(archive, &staging, progress);
+    let built = build_data_dir(archive, &staging, progress);
     let built = match built {
         Ok(built) => built,
         Err(e) => {
@@ -179,11 +193,41 @@ pub fn restore(
         modules: manifest.modules,
         secrets: manifest.secrets,
         replaced,
+        notes: Vec::new(),
     })
 }
 
+/// Where a restore writes.
+enum Sink {
+    /// A new data directory.
+    DataDir { dir: PathBuf, engine: SledEngine },
+    /// A cluster's (empty) database, and the bucket of its file bytes.
+    Cluster {
+        engine: PostgresEngine,
+        blobs: Option<ObjectDir>,
+        /// Where a blob waits before it is uploaded.
+        staging: PathBuf,
+    },
+}
+
+impl Sink {
+    fn engine(&self) -> &dyn Engine {
+        match self {
+            Sink::DataDir { engine, .. } => engine,
+            Sink::Cluster { engine, .. } => engine,
+        }
+    }
+}
+
+fn runtime() -> Result<Runtime, RestoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_error("cannot start a runtime"))
+}
+
 /// Builds a data directory at `staging` from the archive (read and checked a second time).
-fn build(
+fn build_data_dir(
     archive: &Path,
     staging: &Path,
     progress: &(dyn Fn(RestoreProgress) + Sync),
@@ -192,10 +236,7 @@ fn build(
         std::fs::create_dir_all(staging.join(sub))
             .map_err(io_error("cannot create the data directory"))?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io_error("cannot start a runtime"))?;
+    let runtime = runtime()?;
     let _entered = runtime.enter();
     let engine = SledEngine::open(
         SledOptions {
@@ -205,18 +246,151 @@ fn build(
         None,
     )
     .map_err(|e| RestoreError::Io(format!("cannot create the database: {e}")))?;
+    let sink = Sink::DataDir {
+        dir: staging.to_path_buf(),
+        engine,
+    };
+    load(&runtime, &sink, archive, progress)
+}
+
+/// Reads the archive into `sink`, then closes its engine.
+fn load(
+    runtime: &Runtime,
+    sink: &Sink,
+    archive: &Path,
+    progress: &(dyn Fn(RestoreProgress) + Sync),
+) -> Result<Manifest, RestoreError> {
     let written = open_counting(archive, "restoring", progress).and_then(|input| {
-        read_archive(input, |path, entry| {
-            write_entry(&runtime, &engine, staging, path, entry)
-        })
-        .map_err(archive_error)
+        read_archive(input, |path, entry| write_entry(runtime, sink, path, entry))
+            .map_err(archive_error)
     });
+    let resumed = match &written {
+        Ok(_) => runtime
+            .block_on(sink.engine().resume_sequence())
+            .map(drop)
+            .map_err(|e| RestoreError::Io(format!("cannot resume the change feed: {e}"))),
+        Err(_) => Ok(()),
+    };
     let closed = runtime
-        .block_on(engine.close())
+        .block_on(sink.engine().close())
         .map_err(|e| RestoreError::Io(format!("cannot close the database: {e}")));
     let manifest = written?;
+    resumed?;
     closed?;
     Ok(manifest)
+}
+
+/// Restores `archive` into the cluster that `config` names (`store.url`, and `files.url` for
+/// file bytes). The database must hold nothing yet; the archive is checked whole first. A
+/// failure part way leaves the database partly loaded: empty it before trying again.
+/// Blocking, like [`restore`].
+pub fn restore_cluster(
+    archive: &Path,
+    config: &Config,
+    progress: &(dyn Fn(RestoreProgress) + Sync),
+) -> Result<Restored, RestoreError> {
+    if config.store.url.is_empty() {
+        return Err(RestoreError::Target(
+            "store.url is not set: a cluster restore needs the cluster's database".into(),
+        ));
+    }
+    let input = open_counting(archive, "checking", progress)?;
+    let mut sealing_key = None;
+    let manifest = read_archive(input, |path, entry| {
+        if path.strip_prefix("secrets/") == Some(SEALING_KEY) {
+            let mut key = String::new();
+            entry.read_to_string(&mut key)?;
+            sealing_key = Some(key.trim().to_string());
+        }
+        Ok(())
+    })
+    .map_err(archive_error)?;
+    let blobs = match config.files.url.as_str() {
+        "" if manifest.files > 0 => {
+            return Err(RestoreError::Target(format!(
+                "the archive holds {} files and files.url is not set: a cluster keeps file \
+                 bytes in a bucket",
+                manifest.files
+            )))
+        }
+        "" => None,
+        url => Some(
+            ObjectDir::open(
+                url,
+                &config.files.access_key_id,
+                &config.files.secret_access_key,
+            )
+            .map_err(|e| RestoreError::Target(format!("files.url: {e}")))?
+            .blobs(),
+        ),
+    };
+    let runtime = runtime()?;
+    let engine = runtime
+        .block_on(PostgresEngine::open(PostgresOptions::from_config(
+            &config.store,
+        )))
+        .map_err(|e| RestoreError::Target(format!("cannot open the database: {e}")))?;
+    let empty = runtime.block_on(async {
+        for (ks, _) in KEYSPACES {
+            if !engine
+                .scan(ks, &KeyRange::all(), Direction::Forward, 1)
+                .await?
+                .is_empty()
+            {
+                return Ok(false);
+            }
+        }
+        Ok::<_, crate::engine::EngineError>(true)
+    });
+    match empty {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = runtime.block_on(engine.close());
+            return Err(RestoreError::Target(
+                "the cluster's database holds data already: restore into an empty one".into(),
+            ));
+        }
+        Err(e) => {
+            let _ = runtime.block_on(engine.close());
+            return Err(RestoreError::Target(format!(
+                "cannot read the database: {e}"
+            )));
+        }
+    }
+    let staging = std::env::temp_dir().join(format!("emberbase-restore-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&staging).map_err(io_error("cannot make a staging folder"))?;
+    let sink = Sink::Cluster {
+        engine,
+        blobs,
+        staging: staging.clone(),
+    };
+    let built = load(&runtime, &sink, archive, progress);
+    let _ = std::fs::remove_dir_all(&staging);
+    let built = built?;
+    if built.entries != manifest.entries {
+        return Err(RestoreError::Damaged(
+            "the archive changed while it was restored (the database is partly loaded)".into(),
+        ));
+    }
+    let mut notes = Vec::new();
+    if sealing_key.is_some_and(|key| key != config.functions.secrets_key.trim()) {
+        notes.push(format!(
+            "functions' secrets are sealed with the key the archive holds, not with \
+             functions.secrets_key: set it on every node to the archive's key \
+             (tar -xzOf {} secrets/{SEALING_KEY})",
+            archive.display()
+        ));
+    }
+    Ok(Restored {
+        name: manifest.name,
+        created_at: manifest.created_at,
+        keys: manifest.keys,
+        files: manifest.files,
+        modules: manifest.modules,
+        secrets: manifest.secrets,
+        replaced: None,
+        notes,
+    })
 }
 
 fn unexpected(path: &str) -> io::Error {
@@ -226,14 +400,8 @@ fn unexpected(path: &str) -> io::Error {
     )
 }
 
-/// Writes one entry of the archive into the data directory at `staging`.
-fn write_entry(
-    runtime: &Runtime,
-    engine: &SledEngine,
-    staging: &Path,
-    path: &str,
-    entry: &mut dyn Read,
-) -> io::Result<()> {
+/// Writes one entry of the archive into `sink`.
+fn write_entry(runtime: &Runtime, sink: &Sink, path: &str, entry: &mut dyn Read) -> io::Result<()> {
     let (kind, name) = path.split_once('/').ok_or_else(|| unexpected(path))?;
     match kind {
         "store" => {
@@ -245,36 +413,77 @@ fn write_entry(
                 .ok_or_else(|| unexpected(path))?;
             let mut batch = Vec::with_capacity(BATCH);
             read_records(entry, |key, value| {
-                batch.push((key, value));
+                batch.push((ks, key, value));
                 if batch.len() == BATCH {
-                    put_all(runtime, engine, ks, std::mem::take(&mut batch))?;
+                    put_all(runtime, sink.engine(), std::mem::take(&mut batch))?;
                 }
                 Ok(())
             })?;
-            put_all(runtime, engine, ks, batch)
+            put_all(runtime, sink.engine(), batch)
         }
         "secrets" => {
-            let file = if name == SEALING_KEY {
-                staging.join(SEALING_KEY_FILE)
-            } else if crate::secrets::ALL.contains(&name) {
-                staging.join(name)
-            } else {
+            let known = name == SEALING_KEY || crate::secrets::ALL.contains(&name);
+            if !known {
                 return Err(unexpected(path));
-            };
+            }
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes)?;
-            crate::auth::write_private(&file, &bytes)
+            match sink {
+                Sink::DataDir { dir, .. } => {
+                    let file = match name {
+                        SEALING_KEY => dir.join(SEALING_KEY_FILE),
+                        name => dir.join(name),
+                    };
+                    crate::auth::write_private(&file, &bytes)
+                }
+                // A cluster's sealing key is configuration (`functions.secrets_key`), never a
+                // record; the result says so.
+                Sink::Cluster { .. } if name == SEALING_KEY => Ok(()),
+                Sink::Cluster { engine, .. } => put_all(
+                    runtime,
+                    engine,
+                    vec![(Keyspace::System, Space::Secrets.key(name.as_bytes()), bytes)],
+                ),
+            }
         }
         "modules" => {
             let sha = name.strip_suffix(".wasm").ok_or_else(|| unexpected(path))?;
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(unexpected(path));
             }
-            copy_to(entry, &staging.join("functions/modules").join(name))
+            match sink {
+                Sink::DataDir { dir, .. } => {
+                    copy_to(entry, &dir.join("functions/modules").join(name))
+                }
+                Sink::Cluster { engine, .. } => {
+                    let mut wasm = Vec::new();
+                    entry.read_to_end(&mut wasm)?;
+                    put_all(
+                        runtime,
+                        engine,
+                        vec![(Keyspace::System, Space::Modules.key(sha.as_bytes()), wasm)],
+                    )
+                }
+            }
         }
         "blobs" => {
-            let blob = ulid::Ulid::from_string(name).map_err(|_| unexpected(path))?;
-            copy_to(entry, &staging.join("files/blobs").join(blob.to_string()))
+            let blob = ulid::Ulid::from_string(name)
+                .map_err(|_| unexpected(path))?
+                .to_string();
+            match sink {
+                Sink::DataDir { dir, .. } => copy_to(entry, &dir.join("files/blobs").join(blob)),
+                Sink::Cluster {
+                    blobs: Some(blobs),
+                    staging,
+                    ..
+                } => {
+                    let file = staging.join(&blob);
+                    copy_to(entry, &file)?;
+                    runtime.block_on(blobs.put_file(&blob, &file))?;
+                    std::fs::remove_file(file)
+                }
+                Sink::Cluster { blobs: None, .. } => Err(unexpected(path)),
+            }
         }
         _ => Err(unexpected(path)),
     }
@@ -288,9 +497,8 @@ fn copy_to(entry: &mut dyn Read, path: &Path) -> io::Result<()> {
 
 fn put_all(
     runtime: &Runtime,
-    engine: &SledEngine,
-    ks: Keyspace,
-    records: Vec<(Vec<u8>, Vec<u8>)>,
+    engine: &dyn Engine,
+    records: Vec<(Keyspace, Vec<u8>, Vec<u8>)>,
 ) -> io::Result<()> {
     if records.is_empty() {
         return Ok(());
@@ -298,7 +506,7 @@ fn put_all(
     runtime
         .block_on(async {
             let mut txn = engine.begin().await?;
-            for (key, value) in records {
+            for (ks, key, value) in records {
                 txn.put(ks, key, value);
             }
             txn.commit(None).await

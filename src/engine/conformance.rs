@@ -40,6 +40,7 @@ pub async fn run(backend: &dyn Backend) {
     expectations(&*engine).await;
     ordered_scans(&*engine).await;
     feed_order(&*engine).await;
+    resumed_sequence(&*engine).await;
     outbox_claims(&*engine).await;
     concurrent_increments(engine.clone()).await;
     counters(engine.clone()).await;
@@ -332,6 +333,29 @@ async fn feed_order(engine: &dyn Engine) {
         "one history entry per change that asked for one"
     );
     assert_eq!(*engine.watch().borrow(), start + 10);
+}
+
+/// Change records loaded with plain puts (as a restore does): the sequence goes on after them.
+async fn resumed_sequence(engine: &dyn Engine) {
+    let start = *engine.watch().borrow();
+    let loaded = start + 100;
+    let mut txn = ok(engine.begin().await, "begin");
+    txn.put(
+        Keyspace::Changes,
+        loaded.to_be_bytes().to_vec(),
+        b"loaded".to_vec(),
+    );
+    ok(txn.commit(None).await, "commit a loaded change");
+    assert_eq!(ok(engine.resume_sequence().await, "resume"), loaded);
+    assert_eq!(*engine.watch().borrow(), loaded);
+    let mut txn = ok(engine.begin().await, "begin");
+    txn.append_change(change(None, b"next"));
+    let next = ok(txn.commit(None).await, "commit").first_seq;
+    assert_eq!(
+        next,
+        Some(loaded + 1),
+        "the next change follows the loaded one"
+    );
 }
 
 /// Two dispatchers claiming the same outbox record: exactly one wins; completion removes it.

@@ -102,6 +102,10 @@ impl Engine for FaultyEngine {
         self.inner.watch()
     }
 
+    async fn resume_sequence(&self) -> Result<u64, EngineError> {
+        self.inner.resume_sequence().await
+    }
+
     async fn close(&self) -> Result<(), EngineError> {
         self.inner.close().await
     }

@@ -237,6 +237,10 @@ pub trait Engine: Send + Sync + 'static {
     /// The sequence of the newest durable change (0 before the first), and its updates.
     fn watch(&self) -> watch::Receiver<u64>;
 
+    /// After change records were loaded with plain `put`s (a restore into an empty store, with
+    /// no other writer): makes the sequence continue after the newest of them, and returns it.
+    async fn resume_sequence(&self) -> Result<u64, EngineError>;
+
     /// Makes everything committed durable and stops; later calls fail with `Closed`.
     async fn close(&self) -> Result<(), EngineError>;
 }

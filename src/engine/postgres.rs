@@ -110,6 +110,17 @@ impl PostgresOptions {
             ca_file: None,
         }
     }
+
+    /// The options `[store]` of the configuration sets.
+    pub fn from_config(store: &crate::config::StoreConfig) -> PostgresOptions {
+        let mut options = PostgresOptions::new(&store.url);
+        options.pool_size = store.pool_size;
+        options.listen = store.notify;
+        options.poll_interval = Duration::from_millis(store.poll_ms);
+        options.ca_file =
+            (!store.ca_file.is_empty()).then(|| std::path::PathBuf::from(&store.ca_file));
+        options
+    }
 }
 
 fn ks_id(ks: Keyspace) -> i16 {
@@ -851,6 +862,35 @@ impl Engine for PostgresEngine {
 
     fn watch(&self) -> watch::Receiver<u64> {
         self.inner.seq.subscribe()
+    }
+
+    async fn resume_sequence(&self) -> Result<u64, EngineError> {
+        let client = self.inner.client().await?;
+        let newest = client
+            .query_opt(
+                "SELECT k FROM eb_kv WHERE ks = $1 ORDER BY k DESC LIMIT 1",
+                &[&ks_id(Keyspace::Changes)],
+            )
+            .await
+            .map_err(db_error)?;
+        let last = match newest {
+            Some(row) => {
+                let key: Vec<u8> = row.try_get(0).map_err(db_error)?;
+                <[u8; 8]>::try_from(key.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| EngineError::Corrupt("a change key is not 8 bytes".into()))?
+            }
+            None => 0,
+        };
+        client
+            .execute(
+                "UPDATE eb_seq SET last = GREATEST(last, $1) WHERE id = 1",
+                &[&(last as i64)],
+            )
+            .await
+            .map_err(db_error)?;
+        self.inner.advance(last);
+        Ok(last)
     }
 
     async fn close(&self) -> Result<(), EngineError> {

@@ -867,6 +867,20 @@ impl Engine for SledEngine {
         self.inner.seq.subscribe()
     }
 
+    async fn resume_sequence(&self) -> Result<u64, EngineError> {
+        let last = self.inner.with_db(last_seq_in)?;
+        {
+            let mut s = lock(&self.inner.commit);
+            s.next_seq = s.next_seq.max(last + 1);
+        }
+        self.inner.seq.send_if_modified(|current| {
+            let moved = last > *current;
+            *current = (*current).max(last);
+            moved
+        });
+        Ok(last)
+    }
+
     async fn close(&self) -> Result<(), EngineError> {
         // The committer applies what is queued and stops; then the flusher flushes it and
         // stops.

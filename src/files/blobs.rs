@@ -186,6 +186,20 @@ impl ObjectDir {
         Ok(ObjectDir { store, url })
     }
 
+    /// The file bytes of a server whose `files.url` is this prefix (the same keys `Blobs`
+    /// uses: `<prefix>/blobs/<ULID>`).
+    pub(crate) fn blobs(&self) -> ObjectDir {
+        let mut url = self.url.clone();
+        url.prefix = match url.prefix.as_str() {
+            "" => "blobs".to_string(),
+            prefix => format!("{prefix}/blobs"),
+        };
+        ObjectDir {
+            store: self.store.clone(),
+            url,
+        }
+    }
+
     /// `s3://bucket/prefix`, for the log.
     pub(crate) fn location(&self) -> String {
         format!("s3://{}/{}", self.url.bucket, self.url.prefix)

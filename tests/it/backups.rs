@@ -512,3 +512,101 @@ fn backups_can_go_to_a_bucket() {
     let listed = srv.get("/v1/admin/backups").expect(200).json;
     assert_eq!(listed["items"], json!([]));
 }
+
+#[test]
+fn a_single_node_backup_restores_into_an_empty_cluster() {
+    let (Some(database), Some(s3)) = (crate::pg::database(), crate::s3::server()) else {
+        return;
+    };
+    if skipped() {
+        return;
+    }
+    let srv = TestServer::start();
+    let ada = signup(&srv, "ada@example.com");
+    srv.post("/v1/collections/things/docs", &json!({"n": 1}))
+        .expect(201);
+    let bytes = vec![5u8; 70_000];
+    put_file(&srv, "/v1/files/docs/a.bin", &bytes);
+    deploy(
+        &srv,
+        "envy",
+        &env_reader("API_KEY"),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    srv.put(
+        "/v1/admin/functions/envy/secrets/API_KEY",
+        &json!({"value": "sk_live_cluster"}),
+    )
+    .expect(200);
+    let (_, archive) = backup(&srv);
+    let sealing_key =
+        std::fs::read_to_string(srv.server().data_dir().join("functions/secrets_key")).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("b.tar.gz");
+    std::fs::write(&path, &archive).unwrap();
+    let files = s3.bucket();
+    // The cluster's nodes share one sealing key: the one the single node's secrets use.
+    let env = [
+        ("EMBERBASE_FUNCTIONS__SECRETS_KEY", sealing_key.trim()),
+        ("EMBERBASE_STORE__URL", database.as_str()),
+        ("EMBERBASE_FILES__URL", files.as_str()),
+        ("EMBERBASE_FILES__ACCESS_KEY_ID", crate::s3::ACCESS_KEY),
+        ("EMBERBASE_FILES__SECRET_ACCESS_KEY", crate::s3::SECRET_KEY),
+    ];
+    let restore_cluster = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
+            .args(["restore", path.to_str().unwrap(), "--cluster"])
+            .envs(env)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = restore_cluster();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("restored backup-"), "{out}");
+    assert!(!out.contains("note:"), "{out}");
+
+    let node = TestServer::start_with(|c| {
+        c.store.url = database.clone();
+        c.files.url = files.clone();
+        c.files.access_key_id = crate::s3::ACCESS_KEY.into();
+        c.files.secret_access_key = crate::s3::SECRET_KEY.into();
+        c.functions.secrets_key = sealing_key.trim().to_string();
+    });
+    let token = login_token(&node, "ada@example.com");
+    assert!(!token.is_empty());
+    // The session from before the move still works: the signing keys came along.
+    with_token(
+        &node,
+        "GET",
+        "/v1/auth/me",
+        ada["access_token"].as_str().unwrap(),
+        None,
+    )
+    .expect(200);
+    let things = node.get("/v1/collections/things/docs").expect(200).json;
+    assert_eq!(things["items"][0]["data"]["n"], 1);
+    assert_eq!(get_bytes(&node, "/v1/files/docs/a.bin"), bytes);
+    let answer = call(&node, "envy", None, &json!({})).expect(200);
+    assert!(answer.text.contains("[secret]"), "{}", answer.text);
+    // New changes follow the restored ones.
+    node.post("/v1/collections/things/docs", &json!({"n": 2}))
+        .expect(201);
+    assert_eq!(
+        node.get("/v1/collections/things/docs").expect(200).json["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // The database is no longer empty: a second restore is refused.
+    let (code, _, err) = restore_cluster();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds data already"), "{err}");
+}
