@@ -304,12 +304,15 @@ impl Backups {
             .await
             .map_err(|e| e.to_string())?;
         let snapshot = inner.store.snapshot().await.map_err(|e| e.to_string())?;
-        let staging = inner.data_dir.join(STAGING);
-        let staged = inner.target.staging_path(&staging, name);
+        let staged = inner
+            .target
+            .staging_path(&inner.data_dir.join(STAGING), name);
         let (this, at, named) = (self.clone(), staged.clone(), name.to_string());
         let handle = Handle::current();
         let written = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&staging)?;
+            if let Some(dir) = at.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             this.write_archive(&handle, &*snapshot, &at, &named)
         })
         .await

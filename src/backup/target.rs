@@ -34,12 +34,11 @@ impl Target {
         data_dir: &Path,
     ) -> Result<Target, String> {
         if config.url.is_empty() {
+            // Made by the first backup: a server that never makes one leaves no folder.
             let dir = match config.dir.as_str() {
                 "" => data_dir.join("backups"),
                 dir => PathBuf::from(dir),
             };
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("backups.dir: cannot create {}: {e}", dir.display()))?;
             return Ok(Target::Dir(dir));
         }
         ObjectDir::open(
@@ -114,7 +113,12 @@ impl Target {
                 let dir = dir.clone();
                 blocking(move || {
                     let mut found = Vec::new();
-                    for entry in std::fs::read_dir(&dir)? {
+                    let entries = match std::fs::read_dir(&dir) {
+                        Ok(entries) => entries,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+                        Err(e) => return Err(e),
+                    };
+                    for entry in entries {
                         let entry = entry?;
                         let size = entry.metadata()?.len();
                         found.push((entry.file_name().to_string_lossy().into_owned(), size));
