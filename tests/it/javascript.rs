@@ -301,6 +301,7 @@ fn javascript_fetches_reads_secrets_and_sends_mail() {
     let got = up.got.lock().unwrap();
     let request = got.last().unwrap();
     assert_eq!(request.headers["x-token"], "sk_live_abc");
+    assert_eq!(request.headers["content-type"], "application/json");
     assert_eq!(request.body, r#"{"q":1}"#);
 }
 

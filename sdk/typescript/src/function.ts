@@ -176,7 +176,7 @@ export interface FetchResponse {
 export interface FetchInit {
   method?: "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS";
   headers?: Record<string, string>;
-  /** Text, or any other value, sent as JSON. */
+  /** Text, or any other value, sent as JSON (with `content-type: application/json` unless the headers set one). */
   body?: unknown;
 }
 

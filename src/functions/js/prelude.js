@@ -106,7 +106,17 @@
       if (init.method !== undefined) body.method = init.method;
       if (init.headers !== undefined) body.headers = init.headers;
       if (init.body !== undefined && init.body !== null) {
-        body.body = typeof init.body === "string" ? init.body : JSON.stringify(init.body);
+        if (typeof init.body === "string") {
+          body.body = init.body;
+        } else {
+          // An object goes as JSON, and says so unless the caller set a content type.
+          body.body = JSON.stringify(init.body);
+          const headers = Object.assign({}, body.headers);
+          if (!Object.keys(headers).some((name) => name.toLowerCase() === "content-type")) {
+            headers["content-type"] = "application/json";
+          }
+          body.headers = headers;
+        }
       }
     }
     return new Response(request(body));
