@@ -243,7 +243,14 @@ fn sigterm_shuts_down_gracefully() {
             })
         })
         .collect();
+    // Some writes in flight, and at least one acknowledged (a loaded machine may take longer
+    // than the pause for the first).
     std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no write was acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
