@@ -48,6 +48,21 @@ pub struct Restored {
     pub notes: Vec<String>,
 }
 
+impl Restored {
+    fn of(manifest: Manifest, replaced: Option<PathBuf>, notes: Vec<String>) -> Restored {
+        Restored {
+            name: manifest.name,
+            created_at: manifest.created_at,
+            keys: manifest.keys,
+            files: manifest.files,
+            modules: manifest.modules,
+            secrets: manifest.secrets,
+            replaced,
+            notes,
+        }
+    }
+}
+
 /// Why a restore did not happen. Nothing was changed in the target then.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -185,16 +200,7 @@ pub fn restore(
     std::fs::File::open(&parent)
         .and_then(|d| d.sync_all())
         .map_err(io_error("cannot sync the data directory's parent"))?;
-    Ok(Restored {
-        name: manifest.name,
-        created_at: manifest.created_at,
-        keys: manifest.keys,
-        files: manifest.files,
-        modules: manifest.modules,
-        secrets: manifest.secrets,
-        replaced,
-        notes: Vec::new(),
-    })
+    Ok(Restored::of(manifest, replaced, Vec::new()))
 }
 
 /// Where a restore writes.
@@ -381,16 +387,7 @@ pub fn restore_cluster(
             archive.display()
         ));
     }
-    Ok(Restored {
-        name: manifest.name,
-        created_at: manifest.created_at,
-        keys: manifest.keys,
-        files: manifest.files,
-        modules: manifest.modules,
-        secrets: manifest.secrets,
-        replaced: None,
-        notes,
-    })
+    Ok(Restored::of(manifest, None, notes))
 }
 
 fn unexpected(path: &str) -> io::Error {

@@ -85,6 +85,21 @@ fn restore(archive: &Path, dir: &Path, force: bool) -> (i32, String, String) {
     cli(&args, &[])
 }
 
+/// Deploys `envy`, an HTTP function that reads its secret `API_KEY`, set to `value`.
+fn deploy_secret_reader(srv: &TestServer, value: &str) {
+    deploy(
+        srv,
+        "envy",
+        &env_reader("API_KEY"),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    srv.put(
+        "/v1/admin/functions/envy/secrets/API_KEY",
+        &json!({"value": value}),
+    )
+    .expect(200);
+}
+
 /// A server started on what the binary restored from `archive`.
 fn restored_from(archive: &[u8]) -> TestServer {
     let work = tempfile::tempdir().unwrap();
@@ -135,17 +150,7 @@ fn a_backup_restores_documents_files_accounts_functions_and_rules() {
     .json;
     let photo: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     put_file(&srv, "/v1/files/photos/trip/day-1.bin", &photo);
-    deploy(
-        &srv,
-        "envy",
-        &env_reader("API_KEY"),
-        json!({"triggers": [{"on": "http"}]}),
-    );
-    srv.put(
-        "/v1/admin/functions/envy/secrets/API_KEY",
-        &json!({"value": "sk_live_backup"}),
-    )
-    .expect(200);
+    deploy_secret_reader(&srv, "sk_live_backup");
 
     // The CLI starts the backup, waits for it and downloads it.
     let work = tempfile::tempdir().unwrap();
@@ -527,17 +532,7 @@ fn a_single_node_backup_restores_into_an_empty_cluster() {
         .expect(201);
     let bytes = vec![5u8; 70_000];
     put_file(&srv, "/v1/files/docs/a.bin", &bytes);
-    deploy(
-        &srv,
-        "envy",
-        &env_reader("API_KEY"),
-        json!({"triggers": [{"on": "http"}]}),
-    );
-    srv.put(
-        "/v1/admin/functions/envy/secrets/API_KEY",
-        &json!({"value": "sk_live_cluster"}),
-    )
-    .expect(200);
+    deploy_secret_reader(&srv, "sk_live_cluster");
     let (_, archive) = backup(&srv);
     let sealing_key =
         std::fs::read_to_string(srv.server().data_dir().join("functions/secrets_key")).unwrap();
