@@ -90,8 +90,8 @@ mod when;
 pub use api::openapi;
 pub use auth::{
     Accounts, AuthError, CollidingUser, EmailCollision, LinkedIdentity, LoginResult, MfaAnswer,
-    MfaChallenge, OAuthProviderInfo, PasswordlessProof, Principal, RecoveryCodes, Session,
-    SignInProvider, TotpEnrollment, User, UserPage,
+    MfaChallenge, OAuthProviderInfo, PasswordlessProof, Principal, ProviderSecrets, RecoveryCodes,
+    Session, SignInProvider, TotpEnrollment, User, UserPage,
 };
 pub use backup::{
     restore, restore_cluster, BackupError, BackupInfo, BackupState, Backups, RestoreError,
@@ -113,7 +113,7 @@ pub use functions::{
 pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{
     Actor, BucketConfig, BucketInfo, BucketRules, Change, ChangeKind, CollectionConfig,
-    CollectionInfo, Document, FileInfo, IndexState, RuleError, Rules, Subject,
+    CollectionInfo, Document, FileInfo, IndexState, RuleError, Rules, SecretComparison, Subject,
 };
 pub use realtime::{
     Applied, ConnectRequest, Realtime, RealtimeError, SubscribeRequest, Subscription,

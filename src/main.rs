@@ -1,5 +1,6 @@
 //! The `emberbase` command: a thin CLI over the library.
 
+mod project;
 mod scaffold;
 
 use clap::{Parser, Subcommand};
@@ -100,6 +101,48 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "cluster")]
         config: Option<PathBuf>,
     },
+    /// Show what `apply` would change to make a server match the project file: each
+    /// collection, bucket, function, webhook and sign-in provider added, changed or removed,
+    /// with a diff, and which changes are destructive. Changes nothing.
+    ///
+    /// Functions' `build` commands run first, so the code compared is the code `apply` would
+    /// upload. Secrets are compared on the server, by a keyed hash; they are never read back.
+    ///
+    /// Examples: `emberbase plan` (the data directory ./emberbase_data, no server running),
+    /// or `EB_SERVICE_KEY=... emberbase plan --url https://api.example.com`
+    Plan {
+        #[command(flatten)]
+        target: project::Target,
+    },
+    /// Make the changes `plan` shows, in order, and stop at the first failure, saying what
+    /// was applied. A second apply finds nothing to do. Destructive changes (removing a
+    /// function, webhook or provider; dropping an index; resetting a collection or bucket the
+    /// file no longer has; removing a secret) are refused unless --allow-delete; then nothing
+    /// is changed.
+    ///
+    /// A new webhook's signing secret is printed once.
+    Apply {
+        #[command(flatten)]
+        target: project::Target,
+        /// Also make destructive changes.
+        #[arg(long)]
+        allow_delete: bool,
+    },
+    /// Write the project file from a server: every configured collection, bucket, function
+    /// (its code goes to functions/), webhook and sign-in provider, collection schemas to
+    /// schemas/, and the file's JSON Schema beside it for editors. Secrets are written as
+    /// `${NAME}` references to environment variables; set them before `plan`.
+    Pull {
+        #[command(flatten)]
+        target: project::Target,
+        /// Replace a project file that exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the JSON Schema of the project file (`emberbase.project.toml`), for editors:
+    /// a `#:schema ./emberbase.project.schema.json` line at the top of the file points Taplo
+    /// and the TOML extensions of VS Code at it.
+    ProjectSchema,
     /// Copy a single node into a cluster's PostgreSQL database (which must be empty):
     /// documents, indexes, accounts and sessions, rules, buckets and file records, functions
     /// with their modules, and the secrets (service key, token signing keys), so that tokens
@@ -862,6 +905,13 @@ fn main() -> ExitCode {
             }
         },
         Command::MigrateStorage { from, to } => migrate_storage(&from, &to),
+        Command::Plan { target } => project::plan(&target),
+        Command::Apply {
+            target,
+            allow_delete,
+        } => project::apply(&target, allow_delete),
+        Command::Pull { target, force } => project::pull(&target, force),
+        Command::ProjectSchema => project::print_schema(),
         Command::Backup { url, out } => backup(&url, out),
         Command::Restore {
             archive,

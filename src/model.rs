@@ -396,6 +396,18 @@ impl BucketInfo {
     }
 }
 
+/// How a value compares with a stored secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretComparison {
+    /// The stored value is this one.
+    Same,
+    /// A different value is stored.
+    Different,
+    /// Nothing is stored under this name.
+    Absent,
+}
+
 /// Now, in seconds since the Unix epoch.
 pub(crate) fn unix_secs() -> u64 {
     std::time::SystemTime::now()

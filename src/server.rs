@@ -288,7 +288,7 @@ impl ServerBuilder {
                 webhooks: webhooks.clone(),
                 realtime: realtime.clone(),
                 backups: backups.clone(),
-                auth: Arc::new(Authenticator::new(service_key, accounts.clone())),
+                auth: Arc::new(Authenticator::new(service_key.clone(), accounts.clone())),
             },
             metrics,
             tracer.clone(),
@@ -326,6 +326,7 @@ impl ServerBuilder {
         Ok(Server {
             addr,
             data_dir,
+            service_key,
             http: handle,
             task,
             store,
@@ -545,6 +546,7 @@ fn store_options(config: &Config, path: PathBuf) -> StoreOptions {
 pub struct Server {
     addr: SocketAddr,
     data_dir: PathBuf,
+    service_key: String,
     http: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     store: Store,
@@ -572,6 +574,12 @@ impl Server {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The service key: the bearer token that acts as an admin over HTTP (what `emberbase
+    /// plan --data-dir` uses to talk to the server it starts).
+    pub fn service_key(&self) -> &str {
+        &self.service_key
     }
 
     /// The in-process document API: the same semantics, rules and change events as HTTP,

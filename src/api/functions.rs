@@ -10,11 +10,13 @@ use crate::functions::{
     FunctionConfig, FunctionInfo, FunctionSecret, FunctionVersion, Invocation, Language,
     UsageReport,
 };
+use crate::model::SecretComparison;
 use actix_web::http::header;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// What an upload answers.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -237,6 +239,50 @@ pub(super) async fn put_secret(
     Ok(HttpResponse::Ok().json(set))
 }
 
+/// Values to compare with a function's stored secrets.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SecretValues {
+    /// Secret name to the value to compare (at most 100).
+    values: BTreeMap<String, String>,
+}
+
+/// Say, for each given value, whether it is the one stored under its name, without showing
+/// any stored value: the server compares a keyed hash of the value with the one it keeps
+/// beside the sealed secret (what `emberbase plan` uses to tell a changed secret).
+#[utoipa::path(
+    operation_id = "compare_function_secrets",
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    request_body = SecretValues,
+    responses(
+        (status = 200, description = "Each name with `same`, `different` or `absent`", body = BTreeMap<String, SecretComparison>),
+        (status = 400, description = "A bad secret name, or more than 100 values", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/functions/{name}/secrets/compare")]
+pub(super) async fn compare_secrets(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: JsonBody<SecretValues>,
+) -> Result<HttpResponse, Error> {
+    if body.0.values.len() > 100 {
+        return Err(Error::validation(
+            "compare at most 100 values at once",
+            "values",
+        ));
+    }
+    let compared = state
+        .functions
+        .compare_secrets(&caller.0, &name, &body.0.values)
+        .await?;
+    Ok(HttpResponse::Ok().json(compared))
+}
+
 /// Remove a secret of a function.
 #[utoipa::path(
     tag = "functions",
@@ -264,6 +310,40 @@ pub(super) async fn delete_secret(
         .delete_secret(&caller.0, &name, &secret)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Download the code the function runs (its active version), as uploaded: the module
+/// (`application/wasm`) or the JavaScript source (`text/javascript`). `ETag` is its SHA-256.
+#[utoipa::path(
+    operation_id = "function_source",
+    tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "The code", content(
+            (Binary = "application/wasm"),
+            (String = "text/javascript")
+        )),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/functions/{name}/source")]
+pub(super) async fn source(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let (info, bytes) = state.functions.source(&caller.0, &name).await?;
+    let content_type = match info.language {
+        Language::JavaScript => "text/javascript; charset=utf-8",
+        Language::Wasm => "application/wasm",
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::ETAG, format!("\"{}\"", info.sha256)))
+        .insert_header(("x-function-version", info.version.to_string()))
+        .body(bytes))
 }
 
 /// Delete a function, its pending events, its invocation log and its secrets.

@@ -5,9 +5,10 @@
 use super::error::ErrorBody;
 use super::extract::{client_ip, Caller, JsonBody};
 use super::AppState;
-use crate::auth::{LoginResult, OAuthProviderInfo, SignInProvider, User};
+use crate::auth::{LoginResult, OAuthProviderInfo, ProviderSecrets, SignInProvider, User};
 use crate::config::OAuthProviderConfig;
 use crate::error::Error;
+use crate::model::SecretComparison;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
@@ -394,6 +395,34 @@ pub(super) async fn put_auth_provider(
         .put_oauth_provider(&caller.0, &name, body.0)
         .await?;
     Ok(HttpResponse::Ok().json(info))
+}
+
+/// Say whether each given secret (`client_secret`, `apple_private_key`) is the one the
+/// provider has, without showing it (what `emberbase plan` uses to tell a changed secret).
+#[utoipa::path(
+    tag = "admin",
+    params(("name" = String, Path, description = "The provider's name")),
+    request_body = ProviderSecrets,
+    responses(
+        (status = 200, description = "Each given field with `same`, `different` or `absent`", body = BTreeMap<String, SecretComparison>),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such provider", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/auth/providers/{name}/compare")]
+pub(super) async fn compare_auth_provider_secrets(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: JsonBody<ProviderSecrets>,
+) -> Result<HttpResponse, Error> {
+    let compared = state
+        .auth
+        .accounts()
+        .compare_oauth_secrets(&caller.0, &name, &body.0)
+        .await?;
+    Ok(HttpResponse::Ok().json(compared))
 }
 
 /// Remove a sign-in provider added through this API. Linked identities stay, and sign in

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
     request_body = WebhookSpec,
     responses(
         (status = 201, description = "Created, with its secret", body = WebhookWithSecret),
-        (status = 400, description = "An invalid or refused URL, source, event or `when`", body = ErrorBody),
+        (status = 400, description = "An invalid or refused URL, source, event, `when` or name", body = ErrorBody),
+        (status = 409, description = "Another webhook has this name", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -84,7 +85,8 @@ pub(super) async fn get_webhook(
     request_body = WebhookSpec,
     responses(
         (status = 200, description = "The webhook", body = WebhookInfo),
-        (status = 400, description = "An invalid or refused URL, source, event or `when`", body = ErrorBody),
+        (status = 400, description = "An invalid or refused URL, source, event, `when` or name", body = ErrorBody),
+        (status = 409, description = "Another webhook has this name", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such webhook", body = ErrorBody),
     ),

@@ -25,7 +25,7 @@ mod sessions;
 
 pub use identity::{CollidingUser, EmailCollision};
 pub use mfa::{LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes, TotpEnrollment};
-pub use oauth::{LinkedIdentity, OAuthProviderInfo, SignInProvider};
+pub use oauth::{LinkedIdentity, OAuthProviderInfo, ProviderSecrets, SignInProvider};
 pub use passwordless::PasswordlessProof;
 pub use records::{Session, User, UserPage};
 

@@ -14,8 +14,8 @@ pub(crate) mod tokens;
 
 pub use accounts::{
     Accounts, CollidingUser, EmailCollision, LinkedIdentity, LoginResult, MfaAnswer, MfaChallenge,
-    OAuthProviderInfo, PasswordlessProof, RecoveryCodes, Session, SignInProvider, TotpEnrollment,
-    User, UserPage,
+    OAuthProviderInfo, PasswordlessProof, ProviderSecrets, RecoveryCodes, Session, SignInProvider,
+    TotpEnrollment, User, UserPage,
 };
 
 use crate::model::Actor;

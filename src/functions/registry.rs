@@ -709,6 +709,14 @@ impl Functions {
             .ok_or_else(|| FunctionsError::NotFound(name.into()))
     }
 
+    /// The active version's code (admins only): the module, or the JavaScript source, as
+    /// uploaded.
+    pub async fn source(&self, who: &Principal, name: &str) -> Result<(FunctionInfo, Vec<u8>)> {
+        let info = self.get(who, name)?;
+        let bytes = self.module_bytes(&info.sha256).await.map_err(internal)?;
+        Ok((info, bytes))
+    }
+
     pub fn list(&self, who: &Principal) -> Result<Vec<FunctionInfo>> {
         Self::require_admin(who)?;
         let mut items: Vec<FunctionInfo> = match self.inner.loaded.read() {

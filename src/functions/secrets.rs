@@ -12,12 +12,15 @@
 
 use super::{check_name, Functions, FunctionsError, Result};
 use crate::auth::Principal;
+use crate::model::SecretComparison;
 use crate::store::{KvWrite, Space, Store};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
+use subtle::ConstantTimeEq;
 
 /// The most secrets one function may have.
 const MAX_SECRETS: usize = 100;
@@ -301,6 +304,43 @@ impl Functions {
             name: name.into(),
             updated_at: record.updated_at,
         })
+    }
+
+    /// Whether each given value is the one stored under its name (admins only), by the keyed
+    /// hash kept beside the sealed value, so nothing is opened and no value is shown: what
+    /// `emberbase plan` says about secrets.
+    pub async fn compare_secrets(
+        &self,
+        who: &Principal,
+        function: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, SecretComparison>> {
+        Self::require_admin(who)?;
+        self.require_function(function)?;
+        let mut out = BTreeMap::new();
+        for (name, value) in values {
+            check_secret_name(name)?;
+            let stored = self
+                .inner
+                .store
+                .kv_get(Space::FunctionSecrets, &secret_key(function, name))
+                .await?;
+            let comparison = match stored {
+                None => SecretComparison::Absent,
+                Some(bytes) => {
+                    let record: SecretRecord = serde_json::from_slice(&bytes)
+                        .map_err(|e| FunctionsError::Internal(e.to_string()))?;
+                    let hash = self.inner.secrets.keyed_hash(value);
+                    if bool::from(hash.as_bytes().ct_eq(record.hash.as_bytes())) {
+                        SecretComparison::Same
+                    } else {
+                        SecretComparison::Different
+                    }
+                }
+            };
+            out.insert(name.clone(), comparison);
+        }
+        Ok(out)
     }
 
     /// Removes a secret of a function (admins only).

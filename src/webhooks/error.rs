@@ -24,6 +24,9 @@ pub enum WebhooksError {
     NotFound(String),
     #[error("message {0} is not kept for this webhook")]
     MessageNotFound(String),
+    /// The change clashes with another webhook (its name is taken).
+    #[error("{0}")]
+    Conflict(String),
     /// A failure of the server itself.
     #[error("{0}")]
     Internal(String),
@@ -77,6 +80,7 @@ impl From<WebhooksError> for Error {
             WebhooksError::Invalid { field, .. } => Error::validation(message, &field),
             WebhooksError::Unauthenticated(_) => Error::unauthenticated(message),
             WebhooksError::Forbidden(_) => Error::forbidden(message),
+            WebhooksError::Conflict(_) => Error::new(crate::error::ErrorCode::Conflict, message),
             WebhooksError::NotFound(_) | WebhooksError::MessageNotFound(_) => {
                 Error::not_found(message)
             }

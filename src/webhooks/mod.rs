@@ -226,6 +226,8 @@ impl Webhooks {
     pub async fn create(&self, who: &Principal, spec: WebhookSpec) -> Result<WebhookWithSecret> {
         Self::require_admin(who)?;
         records::check_spec(&spec, &self.inner.policy)?;
+        let _changing = self.inner.changing.lock().await;
+        self.check_name_free(&spec, None)?;
         let now = now_rfc3339();
         let record = WebhookRecord {
             info: WebhookInfo {
@@ -239,12 +241,30 @@ impl Webhooks {
             previous_secret: None,
             previous_until: None,
         };
-        let _changing = self.inner.changing.lock().await;
         self.put(record.clone(), None).await?;
         Ok(WebhookWithSecret {
             webhook: record.info,
             secret: record.secret,
         })
+    }
+
+    /// Refuses a name another webhook (not `id`) has. Callers hold `changing`, so two
+    /// changes on this node cannot both take a name; in a cluster, nodes changing webhooks at
+    /// the same moment could, and the list would show both.
+    fn check_name_free(&self, spec: &WebhookSpec, id: Option<&str>) -> Result<()> {
+        let Some(name) = &spec.name else {
+            return Ok(());
+        };
+        let taken = self
+            .loaded()
+            .values()
+            .any(|r| r.info.spec.name.as_ref() == Some(name) && Some(r.info.id.as_str()) != id);
+        if taken {
+            return Err(WebhooksError::Conflict(format!(
+                "another webhook is named {name}"
+            )));
+        }
+        Ok(())
     }
 
     /// Every webhook, oldest first.
@@ -284,6 +304,7 @@ impl Webhooks {
         records::check_spec(&spec, &self.inner.policy)?;
         let _changing = self.inner.changing.lock().await;
         let (mut record, bytes) = self.stored(id).await?;
+        self.check_name_free(&spec, Some(id))?;
         record.info.spec = spec;
         record.info.updated_at = now_rfc3339();
         self.put(record.clone(), Some(bytes)).await?;

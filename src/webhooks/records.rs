@@ -21,6 +21,10 @@ const MAX_DESCRIPTION: usize = 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
+    /// A name to know it by (`A-Z a-z 0-9 _ -`, at most 64), unique among webhooks: what a
+    /// project file calls it (`emberbase plan`). Optional; the id always works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Where deliveries are POSTed: an `http` or `https` URL. Hosts that are (or resolve to)
     /// loopback, private or link-local addresses are refused unless allow-listed in
     /// `outbound.allow_private_hosts`.
@@ -203,6 +207,15 @@ const ACCOUNT_EVENTS: [&str; 3] = ["signup", "login", "delete"];
 
 /// Checks a webhook's configuration.
 pub(super) fn check_spec(spec: &WebhookSpec, policy: &Policy) -> Result<()> {
+    if let Some(name) = &spec.name {
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(invalid("name is 1 to 64 of A-Z, a-z, 0-9, _ and -", "name"));
+        }
+    }
     if spec.url.len() > MAX_URL {
         return Err(invalid(format!("url is at most {MAX_URL} bytes"), "url"));
     }

@@ -1,7 +1,7 @@
 //! Backups: an archive made while the server serves, downloaded, checked and restored into a
 //! new data directory by the real binary, and a server started on what it restored.
 
-use crate::common::{cluster_backend, login_token, send, signup, with_token, TestServer};
+use crate::common::{cli, cluster_backend, login_token, send, signup, with_token, TestServer};
 use crate::functions::{call, deploy, env_reader};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -56,20 +56,6 @@ fn download(srv: &TestServer, name: &str) -> Vec<u8> {
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
     bytes
-}
-
-/// Runs the binary with `args`; returns (exit code, stdout, stderr).
-fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn restore(archive: &Path, dir: &Path, force: bool) -> (i32, String, String) {

@@ -754,3 +754,17 @@ pub fn run_for_life(mut command: Command) -> Result<std::process::ChildStdin, St
         .take()
         .ok_or_else(|| "no pipe to the server".to_string())
 }
+
+/// Runs the binary with `args`; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

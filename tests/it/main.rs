@@ -23,6 +23,7 @@ mod javascript;
 mod oauth;
 mod operations;
 mod pg;
+mod project;
 mod queries;
 mod readme;
 mod realtime;

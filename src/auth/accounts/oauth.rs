@@ -26,10 +26,11 @@ use crate::auth::error::{invalid, AuthError, Result};
 use crate::auth::oauth::{Nonce, Provider, ProviderIdentity};
 use crate::auth::{generate_secret, Principal};
 use crate::config::OAuthProviderConfig;
-use crate::model::unix_secs;
+use crate::model::{unix_secs, SecretComparison};
 use crate::store::{KvWrite, Space, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
 /// How long a started sign-in waits for the provider's callback.
@@ -63,7 +64,7 @@ pub struct SignInProvider {
 }
 
 /// A provider as admins see it: its settings without secrets.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OAuthProviderInfo {
     pub name: String,
     /// `config` (the config file; read-only through the API) or `api`.
@@ -76,6 +77,16 @@ pub struct OAuthProviderInfo {
     pub settings: OAuthProviderConfig,
     pub has_client_secret: bool,
     pub has_apple_private_key: bool,
+}
+
+/// A provider's secrets to compare with the ones it has; each is optional.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSecrets {
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub apple_private_key: Option<String>,
 }
 
 /// A sign-in with a provider waiting for its callback.
@@ -326,6 +337,48 @@ impl Accounts {
             ))
             .await?;
         Ok(self.provider_info(name, &config, "api"))
+    }
+
+    /// Whether each given secret of a provider (`client_secret`, `apple_private_key`) is the
+    /// one it has (admins only), compared in constant time and never shown: what `emberbase
+    /// plan` uses to tell a changed secret.
+    pub async fn compare_oauth_secrets(
+        &self,
+        who: &Principal,
+        name: &str,
+        secrets: &ProviderSecrets,
+    ) -> Result<BTreeMap<String, SecretComparison>> {
+        Self::require_admin(who)?;
+        let config = self
+            .all_providers()
+            .await?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, config, _)| config)
+            .ok_or_else(|| AuthError::ProviderNotFound(name.into()))?;
+        let compare = |given: &str, stored: &str| {
+            if stored.is_empty() {
+                SecretComparison::Absent
+            } else if bool::from(given.as_bytes().ct_eq(stored.as_bytes())) {
+                SecretComparison::Same
+            } else {
+                SecretComparison::Different
+            }
+        };
+        let mut out = BTreeMap::new();
+        if let Some(given) = &secrets.client_secret {
+            out.insert(
+                "client_secret".into(),
+                compare(given, &config.client_secret),
+            );
+        }
+        if let Some(given) = &secrets.apple_private_key {
+            out.insert(
+                "apple_private_key".into(),
+                compare(given, &config.apple_private_key),
+            );
+        }
+        Ok(out)
     }
 
     /// Removes a provider added through the admin API. Identities stay linked; they sign in

@@ -86,6 +86,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/auth/providers/{name}/compare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Say whether each given secret (`client_secret`, `apple_private_key`) is the one the
+         *     provider has, without showing it (what `emberbase plan` uses to tell a changed secret).
+         */
+        post: operations["compare_auth_provider_secrets"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/auth/rotate-key": {
         parameters: {
             query?: never;
@@ -409,6 +429,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/functions/{name}/secrets/compare": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Say, for each given value, whether it is the one stored under its name, without showing
+         *     any stored value: the server compares a keyed hash of the value with the one it keeps
+         *     beside the sealed secret (what `emberbase plan` uses to tell a changed secret).
+         */
+        post: operations["compare_function_secrets"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/functions/{name}/secrets/{secret}": {
         parameters: {
             query?: never;
@@ -426,6 +467,26 @@ export interface paths {
         post?: never;
         /** Remove a secret of a function. */
         delete: operations["delete_secret"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/functions/{name}/source": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download the code the function runs (its active version), as uploaded: the module
+         *     (`application/wasm`) or the JavaScript source (`text/javascript`). `ETag` is its SHA-256.
+         */
+        get: operations["function_source"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -2317,6 +2378,11 @@ export interface components {
             /** @description The `token` of the mail's link. */
             token?: string | null;
         };
+        /** @description A provider's secrets to compare with the ones it has; each is optional. */
+        ProviderSecrets: {
+            apple_private_key?: string | null;
+            client_secret?: string | null;
+        };
         /** @description What confirming returns: the recovery codes, shown this once. */
         RecoveryCodes: {
             /** @description Each signs in once in place of a code. */
@@ -2393,10 +2459,22 @@ export interface components {
              */
             nonconforming: number;
         };
+        /**
+         * @description How a value compares with a stored secret.
+         * @enum {string}
+         */
+        SecretComparison: "same" | "different" | "absent";
         /** @description A secret's value. */
         SecretValue: {
             /** @description At most 8 KiB. Sealed before it is stored; never shown again. */
             value: string;
+        };
+        /** @description Values to compare with a function's stored secrets. */
+        SecretValues: {
+            /** @description Secret name to the value to compare (at most 100). */
+            values: {
+                [key: string]: string;
+            };
         };
         /** @description What signup, login and refresh return. */
         Session: {
@@ -2673,6 +2751,11 @@ export interface components {
              * @description Attempts of a message before it is dead (default `webhooks.max_attempts`).
              */
             max_attempts?: number | null;
+            /**
+             * @description A name to know it by (`A-Z a-z 0-9 _ -`, at most 64), unique among webhooks: what a
+             *     project file calls it (`emberbase plan`). Optional; the id always works.
+             */
+            name?: string | null;
             /**
              * @description Where deliveries are POSTed: an `http` or `https` URL. Hosts that are (or resolve to)
              *     loopback, private or link-local addresses are refused unless allow-listed in
@@ -3049,6 +3132,98 @@ export interface operations {
             };
             /** @description The provider is set in the config file */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    compare_auth_provider_secrets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The provider's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProviderSecrets"];
+            };
+        };
+        responses: {
+            /** @description Each given field with `same`, `different` or `absent` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: components["schemas"]["SecretComparison"];
+                    };
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such provider */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4652,6 +4827,98 @@ export interface operations {
             };
         };
     };
+    compare_function_secrets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Function name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecretValues"];
+            };
+        };
+        responses: {
+            /** @description Each name with `same`, `different` or `absent` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: components["schemas"]["SecretComparison"];
+                    };
+                };
+            };
+            /** @description A bad secret name, or more than 100 values */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     put_secret: {
         parameters: {
             query?: never;
@@ -4766,6 +5033,75 @@ export interface operations {
                 content?: never;
             };
             /** @description The function has no such secret */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such function */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    function_source: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Function name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The code */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/wasm": components["schemas"]["Binary"];
+                    "text/javascript": string;
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5746,7 +6082,7 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookWithSecret"];
                 };
             };
-            /** @description An invalid or refused URL, source, event or `when` */
+            /** @description An invalid or refused URL, source, event, `when` or name */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5766,6 +6102,15 @@ export interface operations {
             };
             /** @description Not an admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Another webhook has this name */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5895,7 +6240,7 @@ export interface operations {
                     "application/json": components["schemas"]["WebhookInfo"];
                 };
             };
-            /** @description An invalid or refused URL, source, event or `when` */
+            /** @description An invalid or refused URL, source, event, `when` or name */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5924,6 +6269,15 @@ export interface operations {
             };
             /** @description No such webhook */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Another webhook has this name */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

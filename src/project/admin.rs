@@ -1,0 +1,221 @@
+//! The admin API as `plan`, `apply` and `pull` use it: a server's URL and service key, and
+//! what the server has now (`State`), read through the same endpoints a script would use.
+
+use emberbase::config::OAuthProviderConfig;
+use emberbase::{
+    BucketConfig, BucketInfo, CollectionConfig, CollectionInfo, FunctionInfo, FunctionSecret,
+    OAuthProviderInfo, SecretComparison, WebhookInfo,
+};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A server's admin API, as its service key.
+pub(crate) struct Admin {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+/// An answer that is not a success, or no answer.
+#[derive(Debug)]
+pub(crate) struct ApiError(pub(crate) String);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a server has now, in the terms of the project file.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Collections with a configuration other than the default (one being deleted is left
+    /// out).
+    pub(crate) collections: BTreeMap<String, CollectionConfig>,
+    /// Buckets with a configuration other than the default.
+    pub(crate) buckets: BTreeMap<String, BucketConfig>,
+    pub(crate) functions: BTreeMap<String, (FunctionInfo, Vec<FunctionSecret>)>,
+    pub(crate) webhooks: Vec<WebhookInfo>,
+    pub(crate) providers: BTreeMap<String, OAuthProviderInfo>,
+}
+
+#[derive(Deserialize)]
+struct Items<T> {
+    items: Vec<T>,
+}
+
+impl Admin {
+    pub(crate) fn new(base: &str, key: &str) -> Admin {
+        Admin {
+            client: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Sends a request and reads the answer's body, or says why it failed.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<bytes::Bytes, ApiError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self
+            .client
+            .request(method.clone(), &url)
+            .bearer_auth(&self.key);
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let fail = |e: reqwest::Error| ApiError(format!("cannot reach {url}: {e}"));
+        let response = request.send().await.map_err(fail)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(fail)?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        Err(ApiError(format!(
+            "{method} {path}: the server answered {status}: {message}"
+        )))
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        let body = match body {
+            Some(value) => Some((
+                "application/json",
+                serde_json::to_vec(value).map_err(|e| ApiError(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let bytes = self.send(method, path, body).await?;
+        let bytes = if bytes.is_empty() {
+            bytes::Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError(format!("{path}: an answer that does not parse: {e}")))
+    }
+
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.json(Method::GET, path, None).await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        self.json(Method::PUT, path, Some(body)).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        self.json(Method::POST, path, Some(body)).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> Result<(), ApiError> {
+        self.send(Method::DELETE, path, None).await.map(|_| ())
+    }
+
+    pub(crate) async fn put_bytes(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        bytes: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        self.send(Method::PUT, path, Some((content_type, bytes)))
+            .await
+            .map(|_| ())
+    }
+
+    /// The code a function runs.
+    pub(crate) async fn function_source(&self, name: &str) -> Result<Vec<u8>, ApiError> {
+        let path = format!("/v1/admin/functions/{name}/source");
+        Ok(self.send(Method::GET, &path, None).await?.to_vec())
+    }
+
+    /// Whether each value is the one stored as a function's secret of its name.
+    pub(crate) async fn compare_function_secrets(
+        &self,
+        function: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, SecretComparison>, ApiError> {
+        let path = format!("/v1/admin/functions/{function}/secrets/compare");
+        let answer = self
+            .post(&path, &serde_json::json!({ "values": values }))
+            .await?;
+        serde_json::from_value(answer).map_err(|e| ApiError(format!("{path}: {e}")))
+    }
+
+    /// Whether a provider's secrets are the given ones.
+    pub(crate) async fn compare_provider_secrets(
+        &self,
+        provider: &str,
+        config: &OAuthProviderConfig,
+    ) -> Result<BTreeMap<String, SecretComparison>, ApiError> {
+        let mut body = serde_json::Map::new();
+        for (field, value) in [
+            ("client_secret", &config.client_secret),
+            ("apple_private_key", &config.apple_private_key),
+        ] {
+            if !value.is_empty() {
+                body.insert(field.into(), Value::String(value.clone()));
+            }
+        }
+        if body.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let path = format!("/v1/admin/auth/providers/{provider}/compare");
+        let answer = self.post(&path, &Value::Object(body)).await?;
+        serde_json::from_value(answer).map_err(|e| ApiError(format!("{path}: {e}")))
+    }
+
+    /// Everything a project file describes, as the server has it now.
+    pub(crate) async fn state(&self) -> Result<State, ApiError> {
+        let mut state = State::default();
+        let collections: Items<CollectionInfo> = self.get("/v1/admin/collections").await?;
+        for info in collections.items.into_iter().filter(|c| !c.deleting) {
+            let config = CollectionConfig {
+                rules: info.rules,
+                indexes: info.indexes,
+                schema: info.schema,
+                relations: info.relations,
+            };
+            if config != CollectionConfig::default() {
+                state.collections.insert(info.name, config);
+            }
+        }
+        let buckets: Items<BucketInfo> = self.get("/v1/admin/buckets").await?;
+        for info in buckets.items {
+            let config = BucketConfig {
+                rules: info.rules,
+                max_size: info.max_size,
+                content_types: info.content_types,
+            };
+            if config != BucketConfig::default() {
+                state.buckets.insert(info.name, config);
+            }
+        }
+        let functions: Items<FunctionInfo> = self.get("/v1/admin/functions").await?;
+        for info in functions.items {
+            let secrets = self
+                .get(&format!("/v1/admin/functions/{}/secrets", info.name))
+                .await?;
+            state.functions.insert(info.name.clone(), (info, secrets));
+        }
+        let webhooks: Items<WebhookInfo> = self.get("/v1/admin/webhooks").await?;
+        state.webhooks = webhooks.items;
+        let providers: Vec<OAuthProviderInfo> = self.get("/v1/admin/auth/providers").await?;
+        state.providers = providers.into_iter().map(|p| (p.name.clone(), p)).collect();
+        Ok(state)
+    }
+}
