@@ -63,6 +63,7 @@ mod api;
 mod auth;
 mod backup;
 mod changes;
+mod clock;
 pub mod config;
 mod delivery;
 mod docs;

@@ -139,6 +139,40 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A development server: the project file applied on start and again whenever a file of
+    /// the project changes (functions' `build` commands run and changed code is uploaded), seed
+    /// data loaded into a fresh data directory, and a dev clock for schedules.
+    ///
+    /// The data lives in a temporary directory, removed on exit, unless --data-dir. `POST
+    /// /v1/admin/dev/clock {"advance_secs": 86400}` (or `{"to": "<RFC 3339 time>"}`) moves the
+    /// clock of schedules and of `now()` in rules forward, so a daily function runs at once;
+    /// that endpoint exists only here.
+    ///
+    /// Example: `emberbase dev --seed seed.json`, then edit emberbase.project.toml.
+    Dev {
+        /// The project file.
+        #[arg(
+            long,
+            short = 'f',
+            value_name = "FILE",
+            default_value = "emberbase.project.toml"
+        )]
+        file: PathBuf,
+        /// Keep the data in this directory [default: a temporary one, removed on exit].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Seed data loaded when the data directory is new: `{"collections": {"posts":
+        /// {"p1": {"title": "Hello"}}}, "users": [{"email": "...", "password": "...",
+        /// "admin": true}]}`.
+        #[arg(long, value_name = "FILE")]
+        seed: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:7070]; port 0 picks a free port.
+        #[arg(long, value_name = "HOST:PORT")]
+        bind: Option<String>,
+        /// Config file [default: config/emberbase.toml when it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print the JSON Schema of the project file (`emberbase.project.toml`), for editors:
     /// a `#:schema ./emberbase.project.schema.json` line at the top of the file points Taplo
     /// and the TOML extensions of VS Code at it.
@@ -891,6 +925,66 @@ async fn serve(
     ExitCode::SUCCESS
 }
 
+/// `emberbase dev`.
+async fn dev(
+    file: PathBuf,
+    data_dir: Option<PathBuf>,
+    seed: Option<PathBuf>,
+    bind: Option<String>,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let temporary = data_dir.is_none();
+    let data_dir = data_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("emberbase-dev-{}", ulid::Ulid::new()))
+    });
+    let fresh = std::fs::read_dir(&data_dir).map_or(true, |mut d| d.next().is_none());
+    let overrides = Overrides {
+        bind,
+        data_dir: Some(data_dir.clone()),
+    };
+    let (config, _) = match Config::load(config.as_deref(), &overrides) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let server = match emberbase::ServerBuilder::new(config)
+        .dev_clock(true)
+        .start()
+        .await
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("emberbase: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "emberbase dev: http://{} with the service key {} and data in {}{}",
+        server.local_addr(),
+        server.service_key(),
+        data_dir.display(),
+        if temporary { " (removed on exit)" } else { "" }
+    );
+    let session = project::dev::Dev::new(&server, file);
+    session.apply().await;
+    if let (Some(seed), true) = (seed, fresh) {
+        if let Err(e) = session.seed(&seed).await {
+            eprintln!("emberbase dev: {e}");
+        }
+    }
+    let watcher = tokio::spawn(session.watch());
+    wait_for_signal().await;
+    watcher.abort();
+    server.shutdown().await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -912,6 +1006,16 @@ fn main() -> ExitCode {
         } => project::apply(&target, allow_delete),
         Command::Pull { target, force } => project::pull(&target, force),
         Command::ProjectSchema => project::print_schema(),
+        Command::Dev {
+            file,
+            data_dir,
+            seed,
+            bind,
+            config,
+        } => match runtime() {
+            Ok(rt) => rt.block_on(dev(file, data_dir, seed, bind, config)),
+            Err(code) => code,
+        },
         Command::Backup { url, out } => backup(&url, out),
         Command::Restore {
             archive,

@@ -60,6 +60,7 @@ pub struct ServerBuilder {
     listener: Option<TcpListener>,
     routes: Option<RouteHook>,
     engine: Option<Arc<dyn Engine>>,
+    dev_clock: bool,
 }
 
 impl ServerBuilder {
@@ -69,7 +70,15 @@ impl ServerBuilder {
             listener: None,
             routes: None,
             engine: None,
+            dev_clock: false,
         }
+    }
+
+    /// Serves `POST /v1/admin/dev/clock`, which moves the clock of schedules and of `now()` in
+    /// rules forward (process-wide), for `emberbase dev`. Never for a server that serves users.
+    pub fn dev_clock(mut self, on: bool) -> Self {
+        self.dev_clock = on;
+        self
     }
 
     /// Stores everything in this storage engine instead of the embedded sled database in the
@@ -280,7 +289,7 @@ impl ServerBuilder {
         };
         let shutdown_timeout = config.server.shutdown_timeout_secs;
         let config = Arc::new(config);
-        let state = actix_web::web::Data::new(AppState::new(
+        let mut state = AppState::new(
             Services {
                 docs: docs.clone(),
                 files: files.clone(),
@@ -293,7 +302,9 @@ impl ServerBuilder {
             metrics,
             tracer.clone(),
             config.clone(),
-        ));
+        );
+        state.dev_clock = self.dev_clock;
+        let state = actix_web::web::Data::new(state);
         let hook = self.routes;
         let http = actix_web::HttpServer::new(move || api::app(state.clone(), hook.clone()))
             .workers(workers)

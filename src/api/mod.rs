@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod backups;
+mod dev;
 mod documents;
 pub(crate) mod error;
 mod extract;
@@ -57,6 +58,8 @@ pub(crate) struct AppState {
     pub config: Arc<Config>,
     pub openapi_json: web::Bytes,
     routes: Arc<RouteTable>,
+    /// Whether `POST /v1/admin/dev/clock` exists (`emberbase dev` only).
+    pub dev_clock: bool,
 }
 
 /// The services the handlers call.
@@ -101,6 +104,7 @@ impl AppState {
             config,
             openapi_json: web::Bytes::from(openapi_json),
             routes: Arc::new(RouteTable::from_openapi(&api)),
+            dev_clock: false,
         }
     }
 }
@@ -342,6 +346,7 @@ pub(crate) fn app(
     >,
 > {
     let cors = cors(&state.config.http.cors_origins);
+    let dev_clock = state.dev_clock;
     let mut app = App::new()
         .app_data(state)
         .app_data(
@@ -370,6 +375,9 @@ pub(crate) fn app(
                 .config(utoipa_swagger_ui::Config::from("/v1/openapi.json")),
         )
         .route("/docs", web::get().to(docs_redirect));
+    if dev_clock {
+        app = app.route("/v1/admin/dev/clock", web::post().to(dev::move_clock));
+    }
     if let Some(hook) = hook {
         app = app.configure(|cfg| hook(cfg));
     }

@@ -135,6 +135,14 @@ pub(super) fn outbox_record(functions: &Functions, name: &str, change: &Change) 
     )
 }
 
+impl Functions {
+    /// Wakes every function's dispatcher, so each looks at its schedule again (after the dev
+    /// clock moved).
+    pub(crate) fn wake_schedules(&self) {
+        self.inner.dispatch.notify_all();
+    }
+}
+
 /// Wakes the dispatchers of the functions a committed change concerns. The events are already
 /// in the outbox when the change is broadcast.
 pub(super) fn start_waker(functions: &Functions) {
@@ -244,11 +252,12 @@ impl Queue for Outbox {
             Ok(next) => next,
             Err(e) => {
                 tracing::warn!(function = %self.name, error = %e, "schedule failed");
-                Some(SystemTime::now() + BUSY_PAUSE)
+                Some(crate::clock::now() + BUSY_PAUSE)
             }
         };
+        // Ticks are in the clock's time, which the dev clock may have moved ahead.
         let wait = next_tick.map(|t| {
-            t.duration_since(SystemTime::now())
+            t.duration_since(crate::clock::now())
                 .unwrap_or(Duration::ZERO)
         });
         let config = &loaded.record.info.config;
@@ -424,7 +433,7 @@ async fn fire_schedule(
         let Ok(cron) = parse_cron(expr) else { continue };
         let state_key = [name.as_bytes(), b"\0", expr.as_bytes()].concat();
         let stored = store.kv_get(Space::Schedules, &state_key).await?;
-        let now = time::OffsetDateTime::now_utc();
+        let now = crate::clock::now_utc();
         let last = match stored.as_deref().and_then(|b| std::str::from_utf8(b).ok()) {
             Some(s) => {
                 time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)

@@ -6,6 +6,7 @@
 //! its HTTP API only.
 
 mod admin;
+pub(crate) mod dev;
 mod file;
 mod plan;
 mod pull;

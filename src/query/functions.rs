@@ -103,9 +103,9 @@ pub(crate) fn parse_time(text: &str) -> Option<i128> {
         .map(|t| t.unix_timestamp_nanos())
 }
 
-/// Now, as nanoseconds since the Unix epoch.
+/// Now (by `crate::clock`, which the dev clock moves), as nanoseconds since the Unix epoch.
 fn now() -> i128 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    crate::clock::now_utc().unix_timestamp_nanos()
 }
 
 fn json<'s>(v: Value) -> Val<'s> {

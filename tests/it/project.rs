@@ -2,7 +2,7 @@
 //! data directory), from an empty server to a full project and back.
 
 use crate::common::{cli, cluster_backend, send, TestServer};
-use crate::functions::call;
+use crate::functions::{call, eventually};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -546,4 +546,202 @@ fn secrets_are_compared_code_is_served_and_webhook_names_are_unique() {
     assert_eq!(compared, json!({"client_secret": "different"}));
     srv.post("/v1/admin/auth/providers/nope/compare", &json!({}))
         .expect(404);
+}
+
+/// A running `emberbase dev`: its address, key and output file.
+struct DevServer {
+    child: std::process::Child,
+    url: String,
+    key: String,
+    data: std::path::PathBuf,
+    _out: tempfile::TempDir,
+}
+
+impl DevServer {
+    fn start(project: &Path, seed: &Path) -> DevServer {
+        let out = tempfile::tempdir().unwrap();
+        let log = out.path().join("dev.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))
+            .args(["dev", "--bind", "127.0.0.1:0", "-f"])
+            .arg(project.join("emberbase.project.toml"))
+            .arg("--seed")
+            .arg(seed)
+            .env("EMBERBASE_AUTH__ARGON2_MEMORY_KIB", "1024")
+            .env("EMBERBASE_AUTH__ARGON2_ITERATIONS", "1")
+            .env("EB_TEST_GREETING", "hello")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let line = eventually("the dev server's first line", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .find(|l| l.starts_with("emberbase dev: http://"))
+                .map(str::to_string)
+        });
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = |i: usize| words.get(i).unwrap().to_string();
+        let dev = DevServer {
+            child,
+            url: at(2),
+            key: at(7),
+            data: std::path::PathBuf::from(at(11)),
+            _out: out,
+        };
+        eventually("the project applied and the seed loaded", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("emberbase dev: seeded").then_some(())
+        });
+        dev
+    }
+
+    fn request(&self, method: &str, path: &str, admin: bool) -> ureq::Request {
+        let req = crate::common::agent().request(method, &format!("{}{path}", self.url));
+        if admin {
+            req.set("Authorization", &format!("Bearer {}", self.key))
+        } else {
+            req
+        }
+    }
+
+    /// Stops it the way Ctrl-C does.
+    fn stop(mut self) -> std::path::PathBuf {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}");
+        self.data.clone()
+    }
+}
+
+#[test]
+fn dev_mode_applies_edits_rebuilds_functions_and_moves_the_clock() {
+    let dir = project_dir(
+        r#"
+[collections.notes]
+rules = { read = "true" }
+
+[functions.hello]
+source = "dist/hello.js"
+build = "mkdir -p dist && cp src/hello.js dist/hello.js"
+triggers = [{ on = "http" }]
+secrets = { GREETING = "${EB_TEST_GREETING}" }
+
+[functions.daily]
+source = "daily.js"
+triggers = [{ on = "schedule", cron = "0 3 * * *" }]
+"#,
+    );
+    std::fs::write(
+        dir.path().join("daily.js"),
+        "export default async function handle(event) {\n  await emberbase.db.create(\"ticks\", { at: event.scheduled_for });\n}\n",
+    )
+    .unwrap();
+    let seed = dir.path().join("seed.json");
+    std::fs::write(
+        &seed,
+        json!({"collections": {"notes": {"n1": {"text": "hi"}}},
+               "users": [{"email": "ada@example.com", "password": "correct horse battery staple", "admin": true}]})
+        .to_string(),
+    )
+    .unwrap();
+    let dev = DevServer::start(dir.path(), &seed);
+
+    // The seed is in, and the project's rules apply to it.
+    let note = send(
+        dev.request("GET", "/v1/collections/notes/docs/n1", false),
+        None,
+    )
+    .expect(200);
+    assert_eq!(note.json["data"]["text"], "hi");
+    let login = send(
+        dev.request("POST", "/v1/auth/login", false)
+            .set("Content-Type", "application/json"),
+        Some(br#"{"email": "ada@example.com", "password": "correct horse battery staple"}"#),
+    )
+    .expect(200);
+    assert_eq!(login.json["user"]["role"], "admin");
+    let answer = |expected: u64| {
+        eventually("the function's answer", || {
+            let reply = send(
+                dev.request("POST", "/v1/functions/hello", false)
+                    .set("Content-Type", "application/json"),
+                Some(b"{}"),
+            );
+            (reply.status == 200 && reply.json["v"] == expected).then_some(reply.json)
+        })
+    };
+    assert_eq!(answer(1)["length"], 5);
+
+    // Editing a rule takes effect without a restart.
+    let file = dir.path().join("emberbase.project.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("read = \"true\"", "read = \"auth != null\""),
+    )
+    .unwrap();
+    eventually("the new read rule", || {
+        let status = send(
+            dev.request("GET", "/v1/collections/notes/docs/n1", false),
+            None,
+        )
+        .status;
+        (status == 401 || status == 403).then_some(())
+    });
+
+    // Editing a function's source rebuilds and uploads it.
+    std::fs::write(dir.path().join("src/hello.js"), hello(2)).unwrap();
+    answer(2);
+    let versions = send(dev.request("GET", "/v1/admin/functions/hello", true), None).expect(200);
+    assert_eq!(versions.json["version"], 2);
+
+    // The dev clock fires a daily schedule at once.
+    let moved = send(
+        dev.request("POST", "/v1/admin/dev/clock", true)
+            .set("Content-Type", "application/json"),
+        Some(br#"{"advance_secs": 90000}"#),
+    )
+    .expect(200);
+    assert_eq!(moved.json["ahead_secs"], 90000);
+    let tick = eventually("the daily tick", || {
+        let list = send(dev.request("GET", "/v1/collections/ticks/docs", true), None).expect(200);
+        list.json["items"].as_array()?.first().cloned()
+    });
+    assert!(
+        tick["data"]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T03:00:00.000Z"),
+        "{tick}"
+    );
+    send(
+        dev.request("POST", "/v1/admin/dev/clock", false)
+            .set("Content-Type", "application/json"),
+        Some(br#"{"advance_secs": 1}"#),
+    )
+    .expect(401);
+    send(
+        dev.request("POST", "/v1/admin/dev/clock", true)
+            .set("Content-Type", "application/json"),
+        Some(br#"{"to": "2001-01-01T00:00:00Z"}"#),
+    )
+    .expect(400);
+
+    let data = dev.stop();
+    assert!(
+        !data.exists(),
+        "the temporary data directory is removed on exit"
+    );
+
+    // The clock exists only under `emberbase dev`.
+    let srv = TestServer::start();
+    send(
+        srv.admin("POST", "/v1/admin/dev/clock")
+            .set("Content-Type", "application/json"),
+        Some(br#"{"advance_secs": 90000}"#),
+    )
+    .expect(404);
 }
