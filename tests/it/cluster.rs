@@ -432,6 +432,7 @@ fn the_storage_suites_pass_on_postgres_and_s3() {
         "webhooks::",
         "queries::",
         "storage::",
+        "project::",
     ];
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(suites)
