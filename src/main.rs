@@ -60,7 +60,9 @@ enum Command {
         #[command(subcommand)]
         command: FunctionsCommand,
     },
-    /// Make a backup of a running server and download it: one archive with every document,
+    /// Make a backup of a running server and download it.
+    ///
+    /// One archive with every document,
     /// file, account, function, configuration and server key, as one consistent snapshot taken
     /// while the server keeps serving. The archive also stays where the server keeps backups
     /// (`[backups]` in the config).
@@ -76,8 +78,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Restore a backup archive into a data directory. The whole archive is checked against
-    /// its checksums before anything is written; the restored directory is built beside the
+    /// Restore a backup archive into a data directory or a cluster.
+    ///
+    /// The whole archive is checked against its checksums before anything is written; the restored directory is built beside the
     /// target and takes its place only when complete. Stop the server first.
     ///
     /// Example: `emberbase restore backup.tar.gz --data-dir ./emberbase_data`
@@ -101,9 +104,10 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "cluster")]
         config: Option<PathBuf>,
     },
-    /// Show what `apply` would change to make a server match the project file: each
-    /// collection, bucket, function, webhook and sign-in provider added, changed or removed,
-    /// with a diff, and which changes are destructive. Changes nothing.
+    /// Show what `apply` would change to make a server match the project file.
+    ///
+    /// Each collection, bucket, function, webhook and sign-in provider added, changed or
+    /// removed, with a diff, and which changes are destructive. Changes nothing.
     ///
     /// Functions' `build` commands run first, so the code compared is the code `apply` would
     /// upload. Secrets are compared on the server, by a keyed hash; they are never read back.
@@ -114,8 +118,10 @@ enum Command {
         #[command(flatten)]
         target: project::Target,
     },
-    /// Make the changes `plan` shows, in order, and stop at the first failure, saying what
-    /// was applied. A second apply finds nothing to do. Destructive changes (removing a
+    /// Make the changes `plan` shows, to make a server match the project file.
+    ///
+    /// The changes are made in order; the first failure stops it, saying what was applied
+    /// before. A second apply finds nothing to do. Destructive changes (removing a
     /// function, webhook or provider; dropping an index; resetting a collection or bucket the
     /// file no longer has; removing a secret) are refused unless --allow-delete; then nothing
     /// is changed.
@@ -128,8 +134,10 @@ enum Command {
         #[arg(long)]
         allow_delete: bool,
     },
-    /// Write the project file from a server: every configured collection, bucket, function
-    /// (its code goes to functions/), webhook and sign-in provider, collection schemas to
+    /// Write the project file from what a server has.
+    ///
+    /// Every configured collection, bucket, function (its code goes to functions/), webhook
+    /// and sign-in provider; collection schemas to
     /// schemas/, and the file's JSON Schema beside it for editors. Secrets are written as
     /// `${NAME}` references to environment variables; set them before `plan`.
     Pull {
@@ -139,9 +147,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// A development server: the project file applied on start and again whenever a file of
-    /// the project changes (functions' `build` commands run and changed code is uploaded), seed
-    /// data loaded into a fresh data directory, and a dev clock for schedules.
+    /// A development server that applies the project file as you edit it.
+    ///
+    /// The project file is applied on start and again whenever a file of the project changes
+    /// (functions' `build` commands run and changed code is uploaded); seed data is loaded
+    /// into a fresh data directory; a dev clock moves schedules forward.
     ///
     /// The data lives in a temporary directory, removed on exit, unless --data-dir. `POST
     /// /v1/admin/dev/clock {"advance_secs": 86400}` (or `{"to": "<RFC 3339 time>"}`) moves the
@@ -173,12 +183,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Print the JSON Schema of the project file (`emberbase.project.toml`), for editors:
-    /// a `#:schema ./emberbase.project.schema.json` line at the top of the file points Taplo
-    /// and the TOML extensions of VS Code at it.
+    /// Print the JSON Schema of the project file, for editors.
+    ///
+    /// A `#:schema ./emberbase.project.schema.json` line at the top of
+    /// `emberbase.project.toml` points Taplo and the TOML extensions of VS Code at it.
     ProjectSchema,
-    /// Copy a single node into a cluster's PostgreSQL database (which must be empty):
-    /// documents, indexes, accounts and sessions, rules, buckets and file records, functions
+    /// Copy a single node into a cluster's PostgreSQL database.
+    ///
+    /// The database must be empty. Copied: documents, indexes, accounts and sessions, rules, buckets and file records, functions
     /// with their modules, and the secrets (service key, token signing keys), so that tokens
     /// issued before keep working. Stop the server first.
     ///

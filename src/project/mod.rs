@@ -155,15 +155,18 @@ fn fail(message: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The project, read and built, and a runtime to compare it with the target in.
+fn prepare(target: &Target) -> Result<(file::Project, tokio::runtime::Runtime), ExitCode> {
+    let project = load_and_build(&target.file).map_err(|e| fail(&e, 2))?;
+    let runtime = runtime().map_err(|e| fail(&e, 1))?;
+    Ok((project, runtime))
+}
+
 /// `emberbase plan`: prints what `apply` would change.
 pub(crate) fn plan(target: &Target) -> ExitCode {
-    let project = match load_and_build(&target.file) {
-        Ok(project) => project,
-        Err(e) => return fail(&e, 2),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
+    let (project, runtime) = match prepare(target) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     runtime.block_on(async {
         match plan_for(target, &project).await {
@@ -179,13 +182,9 @@ pub(crate) fn plan(target: &Target) -> ExitCode {
 
 /// `emberbase apply`: makes the plan's changes, in order, stopping at the first failure.
 pub(crate) fn apply(target: &Target, allow_delete: bool) -> ExitCode {
-    let project = match load_and_build(&target.file) {
-        Ok(project) => project,
-        Err(e) => return fail(&e, 2),
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
+    let (project, runtime) = match prepare(target) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let (plan, connection) = match plan_for(target, &project).await {

@@ -51,6 +51,21 @@ fn hello(version: u32) -> String {
     )
 }
 
+/// Uploads the first `hello` through the API, with `hi` as its secret.
+fn upload_hello(srv: &TestServer) {
+    send(
+        srv.admin("PUT", "/v1/admin/functions/hello")
+            .set("Content-Type", "text/javascript"),
+        Some(hello(1).as_bytes()),
+    )
+    .expect(200);
+    srv.put(
+        "/v1/admin/functions/hello/secrets/GREETING",
+        &json!({"value": "hi"}),
+    )
+    .expect(200);
+}
+
 /// A project folder with the file, its schema and the function's source.
 fn project_dir(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -303,20 +318,10 @@ fn pull_writes_a_project_that_plans_no_change() {
         &json!({"content_types": ["application/pdf"]}),
     )
     .expect(200);
-    send(
-        srv.admin("PUT", "/v1/admin/functions/hello")
-            .set("Content-Type", "text/javascript"),
-        Some(hello(1).as_bytes()),
-    )
-    .expect(200);
+    upload_hello(&srv);
     srv.put(
         "/v1/admin/functions/hello/config",
         &json!({"triggers": [{"on": "schedule", "cron": "0 3 * * *"}, {"on": "http"}], "memory_mb": 32}),
-    )
-    .expect(200);
-    srv.put(
-        "/v1/admin/functions/hello/secrets/GREETING",
-        &json!({"value": "hi"}),
     )
     .expect(200);
     // One webhook without a name: the project knows it by its id.
@@ -440,17 +445,7 @@ fn the_example_project_applies() {
 #[test]
 fn secrets_are_compared_code_is_served_and_webhook_names_are_unique() {
     let srv = TestServer::start();
-    send(
-        srv.admin("PUT", "/v1/admin/functions/hello")
-            .set("Content-Type", "text/javascript"),
-        Some(hello(1).as_bytes()),
-    )
-    .expect(200);
-    srv.put(
-        "/v1/admin/functions/hello/secrets/GREETING",
-        &json!({"value": "hi"}),
-    )
-    .expect(200);
+    upload_hello(&srv);
     let compared = srv
         .post(
             "/v1/admin/functions/hello/secrets/compare",
