@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     pub realtime_subscribers: IntGauge,
     pub realtime_events: IntCounterVec,
     pub realtime_queued_bytes: IntGauge,
+    pub backups: IntCounterVec,
+    pub backup_last_success: IntGauge,
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -176,6 +178,19 @@ impl Metrics {
             "Bytes of realtime events queued for subscribers and not yet taken by their streams",
         )?;
         registry.register(Box::new(realtime_queued_bytes.clone()))?;
+        let backups = IntCounterVec::new(
+            Opts::new(
+                "backups_total",
+                "Backups this node finished, by outcome (ready, failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(backups.clone()))?;
+        let backup_last_success = IntGauge::new(
+            "backup_last_success_timestamp_seconds",
+            "When this node last finished a backup, in Unix seconds (0: not since it started)",
+        )?;
+        registry.register(Box::new(backup_last_success.clone()))?;
         Ok(Metrics {
             registry,
             process,
@@ -199,6 +214,8 @@ impl Metrics {
             realtime_subscribers,
             realtime_events,
             realtime_queued_bytes,
+            backups,
+            backup_last_success,
         })
     }
 

@@ -228,8 +228,14 @@ impl ServerBuilder {
                 "removed what an interrupted upload or delete left behind"
             );
         }
-        let backups = Backups::start(&data_dir, store.clone(), files.clone(), &config.backups)
-            .map_err(StartError::Other)?;
+        let backups = Backups::start(
+            &data_dir,
+            store.clone(),
+            files.clone(),
+            &config.backups,
+            metrics.clone(),
+        )
+        .map_err(StartError::Other)?;
         let tracer = Tracer::start(&config.telemetry, metrics.trace_spans.clone())
             .map_err(StartError::Other)?;
         // Before functions, whose first deliveries may write: every change queues its messages.

@@ -162,6 +162,7 @@ struct Inner {
     keep: usize,
     status: Mutex<Status>,
     scheduler: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -177,6 +178,7 @@ impl Backups {
         store: Store,
         files: Files,
         config: &crate::config::BackupsConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> std::result::Result<Backups, String> {
         let schedule = match config.schedule.as_str() {
             "" => None,
@@ -195,6 +197,7 @@ impl Backups {
                 keep: config.keep,
                 status: Mutex::new(Status::default()),
                 scheduler: Mutex::new(None),
+                metrics,
             }),
         };
         if let Some(cron) = schedule {
@@ -274,15 +277,27 @@ impl Backups {
             scheduled: false,
             error: None,
         });
+        let outcome = if made.is_ok() { "ready" } else { "failed" };
+        self.inner
+            .metrics
+            .backups
+            .with_label_values(&[outcome])
+            .inc();
         match &made {
-            Ok(manifest) => tracing::info!(
-                backup = name,
-                keys = manifest.keys,
-                files = manifest.files,
-                took_ms = started.elapsed().as_millis() as u64,
-                at = %self.inner.target.location(),
-                "backup written"
-            ),
+            Ok(manifest) => {
+                self.inner
+                    .metrics
+                    .backup_last_success
+                    .set(crate::model::unix_secs() as i64);
+                tracing::info!(
+                    backup = name,
+                    keys = manifest.keys,
+                    files = manifest.files,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    at = %self.inner.target.location(),
+                    "backup written"
+                )
+            }
             Err(e) => {
                 tracing::error!(backup = name, error = %e, "backup failed");
                 info.state = BackupState::Failed;

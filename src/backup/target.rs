@@ -7,6 +7,9 @@ use futures_util::stream::BoxStream;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// How long a staging file must have been left alone before a start removes it.
+const STALE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 #[derive(Clone)]
 pub(super) enum Target {
     Dir(PathBuf),
@@ -67,8 +70,9 @@ impl Target {
         }
     }
 
-    /// Removes the staging files a backup interrupted by a crash left (at start, before any
-    /// backup runs).
+    /// Removes the staging files a backup interrupted by a crash left (at start). Only files
+    /// untouched for `STALE`: another node sharing the directory may be writing one now, and a
+    /// running backup writes to its file all the time.
     pub(super) fn sweep_staging(&self, staging: &Path) {
         let dirs: Vec<&Path> = match self {
             Target::Dir(dir) => vec![dir, staging],
@@ -79,7 +83,13 @@ impl Target {
                 continue;
             };
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().ends_with(".partial") {
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age >= STALE);
+                if stale && entry.file_name().to_string_lossy().ends_with(".partial") {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -168,5 +178,32 @@ impl Target {
             }
             Target::Bucket(bucket) => bucket.delete(name).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_staging_files_left_alone_for_a_while_are_swept() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, age: std::time::Duration| {
+            let path = dir.path().join(name);
+            let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+            file.set_modified(std::time::SystemTime::now() - age)
+                .unwrap_or_else(|e| panic!("{e}"));
+            path
+        };
+        let crashed = write(".backup-a.tar.gz.partial", STALE * 2);
+        let running = write(".backup-b.tar.gz.partial", std::time::Duration::ZERO);
+        let archive = write("backup-c.tar.gz", STALE * 2);
+        Target::Dir(dir.path().to_path_buf()).sweep_staging(dir.path());
+        assert!(!crashed.exists());
+        assert!(
+            running.exists(),
+            "another node's backup in progress is left alone"
+        );
+        assert!(archive.exists());
     }
 }

@@ -348,6 +348,15 @@ fn a_damaged_archive_is_refused_before_anything_is_touched() {
         .expect(201);
     put_file(&srv, "/v1/files/b/x.bin", &vec![9u8; 100_000]);
     let (_, archive) = backup(&srv);
+    // Operators can alert on backups from the metrics.
+    let metrics = srv.get("/metrics").expect(200).text;
+    assert_eq!(
+        crate::common::metric(&metrics, "emberbase_backups_total{outcome=\"ready\"}"),
+        1.0
+    );
+    assert!(
+        crate::common::metric(&metrics, "emberbase_backup_last_success_timestamp_seconds") > 1e9
+    );
     let work = tempfile::tempdir().unwrap();
     let target = work.path().join("data");
     std::fs::create_dir(&target).unwrap();
