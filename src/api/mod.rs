@@ -302,6 +302,8 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(oauth::put_auth_provider)
         .service(oauth::compare_auth_provider_secrets)
         .service(oauth::delete_auth_provider)
+        .service(users::export_users)
+        .service(users::import_users)
         .service(users::list_users)
         .service(users::get_user)
         .service(users::disable_user)

@@ -3,7 +3,9 @@
 use super::error::ErrorBody;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
-use crate::auth::{accounts::UserPage, EmailCollision, User};
+use crate::auth::{
+    accounts::UserPage, EmailCollision, ImportReport, PortableUser, PortableUserPage, User,
+};
 use crate::error::Error;
 use crate::mail::Mail;
 use actix_web::{delete, get, post, put, web, HttpResponse};
@@ -44,6 +46,73 @@ pub(super) async fn list_users(
         )
         .await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// Accounts with their password hashes, in id order, to move them to another server
+/// (`emberbase export`). Guest accounts are left out.
+#[utoipa::path(
+    tag = "admin",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page", body = PortableUserPage),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/export/users")]
+pub(super) async fn export_users(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Error> {
+    let page = state
+        .auth
+        .accounts()
+        .export_users(
+            &caller.0,
+            query.limit.unwrap_or(100),
+            query.cursor.as_deref(),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// Accounts to make.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserImport {
+    /// At most 1000.
+    users: Vec<PortableUser>,
+}
+
+/// Make accounts as exported (`emberbase import`, or from another system): ids and password
+/// hashes kept, argon2 or bcrypt; a bcrypt hash is replaced by an argon2id one at the
+/// account's next sign-in. An account whose id, address or linked identity is taken, or that
+/// is not valid, is skipped with the reason; no account event is sent for an import.
+#[utoipa::path(
+    tag = "admin",
+    request_body = UserImport,
+    responses(
+        (status = 200, description = "What was made and what was skipped", body = ImportReport),
+        (status = 400, description = "More than 1000 accounts", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/import/users")]
+pub(super) async fn import_users(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody<UserImport>,
+) -> Result<HttpResponse, Error> {
+    let report = state
+        .auth
+        .accounts()
+        .import_users(&caller.0, body.0.users)
+        .await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// One user.

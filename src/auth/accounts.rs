@@ -22,12 +22,14 @@ mod passwordless;
 mod prune;
 mod records;
 mod sessions;
+mod transfer;
 
 pub use identity::{CollidingUser, EmailCollision};
 pub use mfa::{LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes, TotpEnrollment};
 pub use oauth::{LinkedIdentity, OAuthProviderInfo, ProviderSecrets, SignInProvider};
 pub use passwordless::PasswordlessProof;
 pub use records::{Session, User, UserPage};
+pub use transfer::{ImportReport, PortableUser, PortableUserPage, Skipped};
 
 use records::{from_json, to_json, UserRecord};
 

@@ -17,6 +17,7 @@ pub use accounts::{
     OAuthProviderInfo, PasswordlessProof, ProviderSecrets, RecoveryCodes, Session, SignInProvider,
     TotpEnrollment, User, UserPage,
 };
+pub use accounts::{ImportReport, PortableUser, PortableUserPage, Skipped};
 
 use crate::model::Actor;
 use crate::secrets::{Secrets, SERVICE_KEY};

@@ -80,8 +80,12 @@ impl Worker {
         phc_string(&params, &salt, &out)
     }
 
-    /// Verifies against a stored hash, with the parameters it was made with.
+    /// Verifies against a stored hash, with the parameters it was made with: an argon2 PHC
+    /// string, or an imported bcrypt hash.
     fn verify(&mut self, password: &str, stored: &str) -> bool {
+        if is_bcrypt(stored) {
+            return bcrypt::verify(password, stored).unwrap_or(false);
+        }
         let Ok(parsed) = PasswordHash::new(stored) else {
             return false;
         };
@@ -188,6 +192,17 @@ impl PasswordHasherPool {
         let matched = rx.await.map_err(|_| internal("a hashing thread stopped"))?;
         Ok(known && matched)
     }
+}
+
+/// Whether a stored hash is bcrypt's (`$2a$`, `$2b$`, `$2y$`), as other systems keep them.
+pub(crate) fn is_bcrypt(hash: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+}
+
+/// Whether a hash can be stored for an account: an argon2 PHC string or a bcrypt hash.
+pub(crate) fn is_known_hash(hash: &str) -> bool {
+    is_bcrypt(hash)
+        || PasswordHash::new(hash).is_ok_and(|h| Algorithm::try_from(h.algorithm.as_str()).is_ok())
 }
 
 /// The password policy of OWASP ASVS: at least 8 characters, long passphrases welcome, no

@@ -14,6 +14,7 @@ pub(crate) mod rule;
 
 pub(crate) use ast::{Expr, SortKey};
 pub(crate) use eval::{decide, matches, mentions, reads_clock, Scope};
+pub(crate) use functions::parse_time;
 pub(crate) use parse::{parse_expr, parse_path, parse_sort, Dialect, ParseError};
 pub(crate) use rule::{allows, Rule};
 

@@ -34,5 +34,6 @@ mod schemas;
 mod sdk;
 mod storage;
 mod traces;
+mod transfer;
 mod transforms;
 mod webhooks;

@@ -145,7 +145,7 @@ fn check_identity(identity: &ProviderIdentity) -> Result<()> {
 }
 
 /// The index key of an identity.
-fn identity_key(provider: &str, subject: &str) -> Vec<u8> {
+pub(super) fn identity_key(provider: &str, subject: &str) -> Vec<u8> {
     let mut key = provider.as_bytes().to_vec();
     key.push(0);
     key.extend_from_slice(subject.as_bytes());

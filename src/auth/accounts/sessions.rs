@@ -140,10 +140,15 @@ impl Accounts {
             .as_ref()
             .map(|(u, _)| u.password_hash.clone())
             .filter(|h| !h.is_empty());
+        // An imported bcrypt hash is replaced by an argon2id one at the first right password.
+        let upgrade = hash
+            .as_deref()
+            .is_some_and(crate::auth::password::is_bcrypt)
+            .then(|| password.clone());
         let matched = self.hasher.verify(password, hash).await?;
         // A wrong password leaves its attempt counted.
-        let user = match (matched, found) {
-            (true, Some((user, _))) => user,
+        let (user, stored) = match (matched, found) {
+            (true, Some(found)) => found,
             _ => {
                 return Err(AuthError::Unauthenticated(
                     "invalid email or password".into(),
@@ -152,7 +157,28 @@ impl Accounts {
         };
         self.account_failures.clear(&account_key).await;
         self.ip_failures.release(&ip_key).await;
+        if let Some(password) = upgrade {
+            self.upgrade_hash(&user, stored, password).await;
+        }
         self.finish_login(&user).await
+    }
+
+    /// Stores an argon2id hash of the password in place of the account's imported one. A
+    /// failure (the record changed meanwhile) leaves the old hash, which the next sign-in
+    /// upgrades; the sign-in itself goes on.
+    async fn upgrade_hash(&self, user: &UserRecord, stored: Vec<u8>, password: String) {
+        let upgraded = async {
+            let mut record = user.clone();
+            record.password_hash = self.hasher.hash(password).await?;
+            let write = KvWrite::default()
+                .check(Space::Users, user.id.as_bytes(), Some(stored))
+                .put(Space::Users, user.id.as_bytes(), to_json(&record)?);
+            self.store.kv_write(write).await?;
+            Ok::<_, AuthError>(())
+        };
+        if let Err(e) = upgraded.await {
+            tracing::warn!(user = %user.id, error = %e, "could not replace an imported password hash");
+        }
     }
 
     /// The end of a sign-in whose first factor held (a password, a mailed code): refused for a

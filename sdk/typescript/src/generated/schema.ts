@@ -294,6 +294,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/export/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Accounts with their password hashes, in id order, to move them to another server
+         *     (`emberbase export`). Guest accounts are left out.
+         */
+        get: operations["export_users"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/functions": {
         parameters: {
             query?: never;
@@ -547,6 +567,28 @@ export interface paths {
          *     is.
          */
         post: operations["activate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/import/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Make accounts as exported (`emberbase import`, or from another system): ids and password
+         *     hashes kept, argon2 or bcrypt; a bcrypt hash is replaced by an argon2id one at the
+         *     account's next sign-in. An account whose id, address or linked identity is taken, or that
+         *     is not valid, is skipped with the reason; no account event is sent for an import.
+         */
+        post: operations["import_users"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2084,6 +2126,13 @@ export interface components {
             /** @description The nonce given to the SDK, if one was; the token's `nonce` is it or its SHA-256 (hex). */
             nonce?: string | null;
         };
+        /** @description What an import did with each account. */
+        ImportReport: {
+            /** @description Accounts made. */
+            imported: number;
+            /** @description Accounts left out, each with why (an id or address taken, a hash of an unknown kind). */
+            skipped: components["schemas"]["Skipped"][];
+        };
         /** @description An index and whether the planner uses it yet. */
         IndexState: {
             /** @description The index's fields, as declared. */
@@ -2378,6 +2427,39 @@ export interface components {
             /** @description The `token` of the mail's link. */
             token?: string | null;
         };
+        /** @description An account with everything needed to make it again elsewhere, its password hash included. */
+        PortableUser: {
+            /** @description When absent on import: now. */
+            created_at?: string | null;
+            disabled?: boolean;
+            email: string;
+            email_verified?: boolean;
+            /** @description Kept on import, so that documents and files owned by the account stay its own. */
+            id: string;
+            /** @description Provider identities linked to the account. */
+            identities?: components["schemas"]["LinkedIdentity"][];
+            /**
+             * @description An argon2 PHC string (`$argon2id$...`) or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`); empty
+             *     for an account without a password (one that signs in by mailed code or a provider).
+             */
+            password_hash?: string;
+            profile?: {
+                [key: string]: unknown;
+            };
+            /** @description `user` or `admin`. */
+            role?: string;
+            /**
+             * @description The TOTP factor as this server stores it (opaque), so two-factor sign-in survives a
+             *     move between Emberbase servers.
+             */
+            totp?: Record<string, never> | null;
+        };
+        /** @description A page of exported accounts. */
+        PortableUserPage: {
+            items: components["schemas"]["PortableUser"][];
+            /** @description Pass as `cursor` for the next page; absent at the end. */
+            next_cursor?: string | null;
+        };
         /** @description A provider's secrets to compare with the ones it has; each is optional. */
         ProviderSecrets: {
             apple_private_key?: string | null;
@@ -2531,6 +2613,11 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        Skipped: {
+            email: string;
+            id: string;
+            reason: string;
+        };
         /** @description A subscription to add to a connection. */
         SubscriptionBody: {
             /** @description A filter over the envelope, as on a single stream. */
@@ -2634,6 +2721,11 @@ export interface components {
             };
             /** @description `user` or `admin`. */
             role: string;
+        };
+        /** @description Accounts to make. */
+        UserImport: {
+            /** @description At most 1000. */
+            users: components["schemas"]["PortableUser"][];
         };
         /** @description A page of users. */
         UserPage: {
@@ -4163,6 +4255,67 @@ export interface operations {
             };
         };
     };
+    export_users: {
+        parameters: {
+            query?: {
+                /** @description Page size, 1 to 1000 (default 50). */
+                limit?: number;
+                /** @description The `next_cursor` of the previous page. */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PortableUserPage"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list: {
         parameters: {
             query?: never;
@@ -5339,6 +5492,84 @@ export interface operations {
             };
             /** @description No such function or kept version */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    import_users: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UserImport"];
+            };
+        };
+        responses: {
+            /** @description What was made and what was skipped */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportReport"];
+                };
+            };
+            /** @description More than 1000 accounts */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
