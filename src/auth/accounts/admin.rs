@@ -22,6 +22,18 @@ impl Accounts {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<UserPage> {
+        let (records, next_cursor) = self.user_records(who, limit, cursor).await?;
+        let items = records.iter().map(UserRecord::public).collect();
+        Ok(UserPage { items, next_cursor })
+    }
+
+    /// A page of user records in id order (admins only), and the cursor of the next page.
+    pub(super) async fn user_records(
+        &self,
+        who: &Principal,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<UserRecord>, Option<String>)> {
         Self::require_admin(who)?;
         if !(1..=1000).contains(&limit) {
             return Err(AuthError::BadRequest(
@@ -32,17 +44,17 @@ impl Accounts {
             .store
             .kv_scan(Space::Users, cursor.map(str::as_bytes), limit + 1)
             .await?;
-        let mut items: Vec<User> = rows
+        let mut records: Vec<UserRecord> = rows
             .iter()
-            .map(|(_, v)| from_json::<UserRecord>(v).map(|u| u.public()))
+            .map(|(_, v)| from_json::<UserRecord>(v))
             .collect::<Result<_>>()?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|u| u.id.clone())
+        let next_cursor = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|u| u.id.clone())
         } else {
             None
         };
-        Ok(UserPage { items, next_cursor })
+        Ok((records, next_cursor))
     }
 
     pub async fn get_user(&self, who: &Principal, id: &str) -> Result<User> {

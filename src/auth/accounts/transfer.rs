@@ -3,9 +3,9 @@
 //! from other systems come in (a bcrypt hash, as PocketBase and many others keep, is accepted
 //! and replaced by an argon2id one at the account's next sign-in).
 
-use super::records::{from_json, normalize_email, to_json, UserRecord};
+use super::records::{normalize_email, to_json, UserRecord};
 use super::Accounts;
-use crate::auth::error::{invalid, AuthError, Result};
+use crate::auth::error::{invalid, Result};
 use crate::auth::password::is_known_hash;
 use crate::auth::{LinkedIdentity, Principal};
 use crate::store::{KvWrite, Space};
@@ -86,26 +86,11 @@ impl Accounts {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<PortableUserPage> {
-        Self::require_admin(who)?;
-        if !(1..=1000).contains(&limit) {
-            return Err(AuthError::BadRequest(
-                "limit must be between 1 and 1000".into(),
-            ));
-        }
-        let rows = self
-            .store
-            .kv_scan(Space::Users, cursor.map(str::as_bytes), limit + 1)
-            .await?;
-        let more = rows.len() > limit;
-        let mut last = None;
-        let mut items = Vec::new();
-        for (_, bytes) in rows.iter().take(limit) {
-            let user: UserRecord = from_json(bytes)?;
-            last = Some(user.id.clone());
-            if user.is_anonymous() {
-                continue;
-            }
-            items.push(PortableUser {
+        let (records, next_cursor) = self.user_records(who, limit, cursor).await?;
+        let items = records
+            .into_iter()
+            .filter(|user| !user.is_anonymous())
+            .map(|user| PortableUser {
                 totp: user
                     .totp
                     .as_ref()
@@ -119,12 +104,9 @@ impl Accounts {
                 profile: user.profile,
                 password_hash: user.password_hash,
                 identities: user.identities,
-            });
-        }
-        Ok(PortableUserPage {
-            items,
-            next_cursor: if more { last } else { None },
-        })
+            })
+            .collect();
+        Ok(PortableUserPage { items, next_cursor })
     }
 
     /// Makes accounts as given (admins only), ids and password hashes kept. An account whose
