@@ -120,10 +120,7 @@ impl Dev {
     /// Applies the project each time a file under its folder changes. Changes a build makes
     /// are taken in after it, so a build's output does not start another.
     pub(crate) async fn watch(self) {
-        let dir = match self.file.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = super::file::folder_of(&self.file);
         let mut seen = fingerprint(&dir, &self.data_dir);
         loop {
             tokio::time::sleep(POLL).await;

@@ -17,6 +17,14 @@ pub(crate) const DEFAULT_FILE: &str = "emberbase.project.toml";
 /// The JSON Schema `pull` writes beside the project file, for editors.
 pub(crate) const SCHEMA_FILE: &str = "emberbase.project.schema.json";
 
+/// The folder a project file's paths are relative to (where commands run).
+pub(crate) fn folder_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// A project file, read and checked.
 #[derive(Debug, Default)]
 pub(crate) struct Project {
@@ -101,12 +109,12 @@ fn is_secret_field(path: &[&str]) -> bool {
 pub(crate) fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Project, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = folder_of(path);
     let mut root: toml::Table =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     expand_table(&mut root, &mut Vec::new(), env)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(root, dir).map_err(|e| format!("{}: {e}", path.display()))
+    parse(root, &dir).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn parse(mut root: toml::Table, dir: &Path) -> Result<Project, String> {

@@ -99,7 +99,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Reads the project file and runs its functions' build commands.
 fn load_and_build(path: &Path) -> Result<file::Project, String> {
     let project = file::load(path, &|name| std::env::var(name).ok())?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = file::folder_of(path);
     let mut built = BTreeSet::new();
     for (name, function) in &project.functions {
         let Some(command) = &function.build else {
@@ -109,15 +109,10 @@ fn load_and_build(path: &Path) -> Result<file::Project, String> {
             continue;
         }
         eprintln!("building {name}: {command}");
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
         let status = std::process::Command::new("sh")
             .arg("-c")
             .arg(command)
-            .current_dir(dir)
+            .current_dir(&dir)
             .stdout(std::io::stderr())
             .status()
             .map_err(|e| format!("functions.{name}.build: cannot run sh: {e}"))?;

@@ -15,10 +15,7 @@ use std::path::Path;
 /// What `pull` wrote, as lines for the person who ran it.
 pub(crate) async fn pull(admin: &Admin, path: &Path) -> Result<String, String> {
     let state = admin.state().await.map_err(|e| e.to_string())?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
+    let dir = super::file::folder_of(path);
     let mut written = Vec::new();
     let mut variables = Vec::new();
     let mut root = toml::Table::new();
