@@ -32,7 +32,7 @@ pub struct PortableUser {
     pub email_verified: bool,
     #[serde(default)]
     pub disabled: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub profile: Map<String, Value>,
     /// An argon2 PHC string (`$argon2id$...`) or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`); empty
     /// for an account without a password (one that signs in by mailed code or a provider).
@@ -40,9 +40,13 @@ pub struct PortableUser {
     pub password_hash: String,
     /// The TOTP factor as this server stores it (opaque), so two-factor sign-in survives a
     /// move between Emberbase servers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_object"
+    )]
     #[schema(value_type = Option<Object>)]
-    pub totp: Option<Value>,
+    pub totp: Option<Map<String, Value>>,
     /// Provider identities linked to the account.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<LinkedIdentity>,
@@ -50,6 +54,27 @@ pub struct PortableUser {
 
 fn user_role() -> String {
     "user".into()
+}
+
+/// A JSON object, and nothing else (not `null`).
+fn object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Map<String, Value>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(serde::de::Error::custom("expected a JSON object")),
+    }
+}
+
+/// A JSON object or `null`.
+fn optional_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Map<String, Value>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Object(map) => Ok(Some(map)),
+        Value::Null => Ok(None),
+        _ => Err(serde::de::Error::custom("expected a JSON object or null")),
+    }
 }
 
 /// A page of exported accounts.
@@ -94,7 +119,10 @@ impl Accounts {
                 totp: user
                     .totp
                     .as_ref()
-                    .map(|t| serde_json::to_value(t).unwrap_or(Value::Null)),
+                    .and_then(|t| match serde_json::to_value(t) {
+                        Ok(Value::Object(map)) => Some(map),
+                        _ => None,
+                    }),
                 id: user.id,
                 email: user.email,
                 role: user.role,
@@ -155,8 +183,8 @@ impl Accounts {
         }
         super::records::check_profile(&user.profile).map_err(|e| e.to_string())?;
         let totp = match user.totp {
-            Some(value) => Some(
-                serde_json::from_value(value)
+            Some(map) => Some(
+                serde_json::from_value(Value::Object(map))
                     .map_err(|e| format!("totp is not this server's TOTP record: {e}"))?,
             ),
             None => None,
