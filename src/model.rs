@@ -408,6 +408,17 @@ pub enum SecretComparison {
     Absent,
 }
 
+/// Deserialises a JSON object, and nothing else (not `null`): for `deserialize_with` on
+/// object fields whose schema says object.
+pub(crate) fn json_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Map<String, Value>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(serde::de::Error::custom("expected a JSON object")),
+    }
+}
+
 /// Now, in seconds since the Unix epoch.
 pub(crate) fn unix_secs() -> u64 {
     std::time::SystemTime::now()

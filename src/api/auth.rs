@@ -17,14 +17,6 @@ pub(super) struct Credentials {
     pub(super) password: String,
 }
 
-/// A JSON object, and nothing else (`null` included).
-fn json_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Object(map) => Ok(map),
-        _ => Err(serde::de::Error::custom("profile must be a JSON object")),
-    }
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SignupRequest {
@@ -33,7 +25,7 @@ pub(super) struct SignupRequest {
     password: String,
     /// What the app keeps about the user: any JSON object of at most 4 KiB (rules read it as
     /// `auth.profile`).
-    #[serde(default, deserialize_with = "json_object")]
+    #[serde(default, deserialize_with = "crate::model::json_object")]
     #[schema(value_type = HashMap<String, Value>, example = json!({"name": "Ada", "avatar": "https://example.com/ada.png"}))]
     profile: Map<String, Value>,
 }
@@ -43,7 +35,7 @@ pub(super) struct SignupRequest {
 pub(super) struct MeUpdate {
     /// A JSON merge patch (RFC 7386) applied to the profile: keys set to `null` are removed.
     /// The result may take at most 4 KiB as JSON.
-    #[serde(deserialize_with = "json_object")]
+    #[serde(deserialize_with = "crate::model::json_object")]
     #[schema(value_type = HashMap<String, Value>, example = json!({"name": "Ada L.", "avatar": null}))]
     profile: Map<String, Value>,
 }

@@ -32,7 +32,7 @@ pub struct PortableUser {
     pub email_verified: bool,
     #[serde(default)]
     pub disabled: bool,
-    #[serde(default, deserialize_with = "object")]
+    #[serde(default, deserialize_with = "crate::model::json_object")]
     pub profile: Map<String, Value>,
     /// An argon2 PHC string (`$argon2id$...`) or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`); empty
     /// for an account without a password (one that signs in by mailed code or a provider).
@@ -54,16 +54,6 @@ pub struct PortableUser {
 
 fn user_role() -> String {
     "user".into()
-}
-
-/// A JSON object, and nothing else (not `null`).
-fn object<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Map<String, Value>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Object(map) => Ok(map),
-        _ => Err(serde::de::Error::custom("expected a JSON object")),
-    }
 }
 
 /// A JSON object or `null`.
