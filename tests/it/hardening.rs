@@ -718,11 +718,14 @@ fn shipped_defaults_are_private_and_the_startup_log_names_collections_on_them() 
     let Some(again) = Spawned::start_in(first.stop(), &[], Some(1024 * MIB)) else {
         return;
     };
-    let text = again.log_text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("run on the default rules"))
-        .unwrap_or_else(|| panic!("no line about default rules: {text}"));
+    // "listening on" is logged before the rest of the start-up lines, so wait for this one.
+    let line = crate::functions::eventually("the line about default rules", || {
+        again
+            .log_text()
+            .lines()
+            .find(|l| l.contains("run on the default rules"))
+            .map(str::to_string)
+    });
     assert!(line.contains("legacy"), "{line}");
 }
 
