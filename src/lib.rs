@@ -103,7 +103,7 @@ pub use changes::Changes;
 pub use config::Config;
 pub use docs::{
     AggregateParams, Aggregates, BatchOp, BatchOpKind, DocsError, Documents, ExpandedDocument,
-    Group, ListParams, Page,
+    Group, ListParams, Page, MAX_IMPORT_DOCUMENTS,
 };
 pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};
@@ -115,7 +115,8 @@ pub use functions::{
 pub use migrate::{migrate_storage, MigrateError, Migrated};
 pub use model::{
     Actor, BucketConfig, BucketInfo, BucketRules, Change, ChangeKind, CollectionConfig,
-    CollectionInfo, Document, FileInfo, IndexState, RuleError, Rules, SecretComparison, Subject,
+    CollectionInfo, Document, DocumentImportReport, FileInfo, IndexState, PortableDocument,
+    RuleError, Rules, SecretComparison, SkippedDocument, Subject,
 };
 pub use realtime::{
     Applied, ConnectRequest, Realtime, RealtimeError, SubscribeRequest, Subscription,

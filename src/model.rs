@@ -408,6 +408,71 @@ pub enum SecretComparison {
     Absent,
 }
 
+/// A document as `emberbase export` writes it (one JSON Lines record) and an import takes it:
+/// its id, owner, version and times are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortableDocument {
+    pub id: String,
+    #[serde(deserialize_with = "json_object")]
+    #[schema(value_type = Object)]
+    pub data: Map<String, Value>,
+    /// The id of the user who created it; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// At least 1; absent: 1.
+    #[serde(default = "first_version", deserialize_with = "version_number")]
+    #[schema(minimum = 1)]
+    pub version: u64,
+    /// RFC 3339; absent: now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// RFC 3339; absent: `created_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+/// A document version: 1 or more, within the signed 64-bit integers of the API document.
+fn version_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("a version is at least 1")),
+        n if n > i64::MAX as u64 => Err(serde::de::Error::custom("a version is at most 2^63 - 1")),
+        n => Ok(n),
+    }
+}
+
+impl From<Document> for PortableDocument {
+    fn from(doc: Document) -> Self {
+        PortableDocument {
+            id: doc.id,
+            data: doc.data,
+            owner: doc.owner,
+            version: doc.version,
+            created_at: Some(doc.created_at),
+            updated_at: Some(doc.updated_at),
+        }
+    }
+}
+
+/// What an import of documents did with each one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DocumentImportReport {
+    /// Documents made.
+    pub imported: usize,
+    /// Documents left out, each with why (the id exists, the data breaks the schema, ...).
+    pub skipped: Vec<SkippedDocument>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SkippedDocument {
+    pub id: String,
+    pub reason: String,
+}
+
 /// Deserialises a JSON object, and nothing else (not `null`): for `deserialize_with` on
 /// object fields whose schema says object.
 pub(crate) fn json_object<'de, D: serde::Deserializer<'de>>(

@@ -29,14 +29,19 @@ pub(super) struct FileBytes(#[allow(dead_code)] Vec<u8>);
 /// An upload's body may be empty (a zero-byte file), which the derive cannot say of a body
 /// whose schema is not an `Option`.
 pub(super) fn document_empty_uploads(api: &mut utoipa::openapi::OpenApi) {
-    let body = api
-        .paths
-        .paths
-        .get_mut("/v1/files/{bucket}/{path}")
-        .and_then(|item| item.put.as_mut())
-        .and_then(|op| op.request_body.as_mut());
-    if let Some(utoipa::openapi::RefOr::T(body)) = body {
-        body.required = Some(utoipa::openapi::Required::False);
+    for route in [
+        "/v1/files/{bucket}/{path}",
+        "/v1/admin/import/files/{bucket}/{path}",
+    ] {
+        let body = api
+            .paths
+            .paths
+            .get_mut(route)
+            .and_then(|item| item.put.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        if let Some(utoipa::openapi::RefOr::T(body)) = body {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
     }
 }
 
@@ -81,22 +86,29 @@ pub(super) async fn upload(
     req: HttpRequest,
     mut payload: web::Payload,
 ) -> HttpResponse {
-    match receive(&state, &req, &mut payload).await {
+    match receive(&state, &req, &mut payload, None).await {
         Ok(response) => response,
         Err(e) => refuse(e, payload),
     }
 }
 
-async fn receive(
+/// Receives an upload's body; with `import`, a file imported as recorded (see
+/// `transfer::import_file`), under that route.
+pub(super) async fn receive(
     state: &AppState,
     req: &HttpRequest,
     payload: &mut web::Payload,
+    import: Option<crate::store::Recorded>,
 ) -> Result<HttpResponse, Error> {
     let caller = state
         .auth
         .authenticate(super::extract::bearer(req)?)
         .await?;
-    let (bucket, path) = target(req, "/v1/files/")?;
+    let prefix = match import {
+        Some(_) => "/v1/admin/import/files/",
+        None => "/v1/files/",
+    };
+    let (bucket, path) = target(req, prefix)?;
     let declared = match req.headers().get(header::CONTENT_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -113,10 +125,21 @@ async fn receive(
                 .map_err(|_| Error::new(ErrorCode::UnsupportedMediaType, "invalid Content-Type"))?,
         ),
     };
-    let mut incoming = state
-        .files
-        .begin_upload(&caller, &bucket, &path, content_type, declared)
-        .await?;
+    let mut incoming = match import {
+        Some(recorded) => {
+            let files = &state.files;
+            let target = (bucket.as_str(), path.as_str());
+            files
+                .begin_import(&caller, target, content_type, declared, recorded)
+                .await?
+        }
+        None => {
+            let files = &state.files;
+            files
+                .begin_upload(&caller, &bucket, &path, content_type, declared)
+                .await?
+        }
+    };
     while let Some(piece) = payload.next().await {
         let piece = piece.map_err(|e| from_actix(&e.into()))?;
         incoming.write(&piece).await?;
@@ -137,7 +160,7 @@ async fn receive(
 
 /// The error response to an upload, which closes the connection without reading the rest of
 /// the body.
-fn refuse(err: Error, payload: web::Payload) -> HttpResponse {
+pub(super) fn refuse(err: Error, payload: web::Payload) -> HttpResponse {
     super::refusal::close_with(
         actix_web::ResponseError::error_response(&err),
         payload.into_inner(),

@@ -20,6 +20,7 @@ mod realtime;
 mod refusal;
 mod strict_json;
 mod system;
+mod transfer;
 mod users;
 mod webhooks;
 
@@ -304,6 +305,9 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(oauth::delete_auth_provider)
         .service(users::export_users)
         .service(users::import_users)
+        .service(transfer::import_documents)
+        .service(transfer::import_file)
+        .service(transfer::export_buckets)
         .service(users::list_users)
         .service(users::get_user)
         .service(users::disable_user)

@@ -145,7 +145,7 @@ impl From<StoreError> for DocsError {
             StoreError::Engine(e) => DocsError::Storage(e.into()),
             StoreError::Corrupt(detail) => DocsError::Storage(StorageError::Corrupt(detail)),
             // A document write never touches files; seeing this is a store bug.
-            e @ StoreError::FileNotFound { .. } => {
+            e @ (StoreError::FileNotFound { .. } | StoreError::FileExists { .. }) => {
                 DocsError::Storage(StorageError::Corrupt(e.to_string()))
             }
         }

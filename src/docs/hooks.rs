@@ -76,7 +76,7 @@ fn kinds(op: &WriteOp) -> &'static [HookKind] {
         WriteOp::Set { .. } => &[HookKind::Create, HookKind::Update],
         WriteOp::Update { .. } => &[HookKind::Update],
         WriteOp::Delete { .. } => &[HookKind::Delete],
-        WriteOp::Dereference { .. } => &[],
+        WriteOp::Dereference { .. } | WriteOp::Import { .. } => &[],
     }
 }
 
@@ -86,7 +86,8 @@ fn collection_of(op: &WriteOp) -> &str {
         | WriteOp::Set { collection, .. }
         | WriteOp::Update { collection, .. }
         | WriteOp::Delete { collection, .. }
-        | WriteOp::Dereference { collection, .. } => collection,
+        | WriteOp::Dereference { collection, .. }
+        | WriteOp::Import { collection, .. } => collection,
     }
 }
 
@@ -173,7 +174,7 @@ impl Documents {
             WriteOp::Set { id, .. } | WriteOp::Update { id, .. } | WriteOp::Delete { id, .. } => {
                 Some(id.as_str())
             }
-            WriteOp::Dereference { .. } => return Ok((op.clone(), false)),
+            WriteOp::Dereference { .. } | WriteOp::Import { .. } => return Ok((op.clone(), false)),
         };
         let before = match id {
             Some(id) => self.inner.store.get(collection, id).await?,
@@ -276,7 +277,7 @@ impl Documents {
                 };
                 Ok((op, ours))
             }
-            WriteOp::Dereference { .. } => Ok((op.clone(), false)),
+            WriteOp::Dereference { .. } | WriteOp::Import { .. } => Ok((op.clone(), false)),
         }
     }
 

@@ -29,6 +29,9 @@ pub enum FilesError {
     Forbidden(String),
     #[error("file {bucket}/{path} does not exist")]
     NotFound { bucket: String, path: String },
+    /// An import of a file whose path is taken.
+    #[error("file {bucket}/{path} already exists")]
+    Exists { bucket: String, path: String },
     #[error("bucket {0} has no configuration")]
     NotConfigured(String),
     /// A content type that is malformed or that the bucket does not accept.
@@ -65,6 +68,7 @@ impl From<StoreError> for FilesError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::FileNotFound { bucket, path } => FilesError::NotFound { bucket, path },
+            StoreError::FileExists { bucket, path } => FilesError::Exists { bucket, path },
             StoreError::Denied(message) => FilesError::Forbidden(message),
             StoreError::Invalid { message, field } => FilesError::Invalid { message, field },
             StoreError::CasFailed => FilesError::Storage(StorageError::Contended),
@@ -107,6 +111,7 @@ impl From<FilesError> for Error {
             FilesError::Unauthenticated(_) => Error::unauthenticated(message),
             FilesError::Forbidden(_) => Error::forbidden(message),
             FilesError::NotFound { .. } | FilesError::NotConfigured(_) => Error::not_found(message),
+            FilesError::Exists { .. } => Error::new(ErrorCode::Conflict, message),
             FilesError::UnsupportedMediaType(_) => {
                 Error::new(ErrorCode::UnsupportedMediaType, message)
             }

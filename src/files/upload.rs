@@ -3,13 +3,14 @@
 
 use super::buckets::{request_value, rule_allows};
 use super::error::internal;
+use super::error::invalid;
 use super::{
     check_bucket, check_path, io_error, joined, looks_like_markup, safety, Files, FilesError,
     Result,
 };
 use crate::auth::Principal;
 use crate::model::FileInfo;
-use crate::store::{FileOp, FileWrite};
+use crate::store::{FileOp, FileWrite, Recorded};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub struct Upload {
     buf: Vec<u8>,
     head: Vec<u8>,
     size: u64,
+    /// An import: the owner and times to keep (see [`Files::begin_import`]).
+    recorded: Option<Recorded>,
 }
 
 impl Upload {
@@ -127,6 +130,7 @@ impl Upload {
                 sha256,
                 content_type: self.content_type.clone(),
                 markup: looks_like_markup(&self.head),
+                recorded: self.recorded.clone(),
             },
             actor: self.who.actor(),
             depth: self.who.depth(),
@@ -217,7 +221,36 @@ impl Files {
             buf: Vec::with_capacity(WRITE_CHUNK),
             head: Vec::with_capacity(safety::SNIFF_BYTES),
             size: 0,
+            recorded: None,
         })
+    }
+
+    /// Starts an import of `bucket/path` as its source recorded it (admins only): the owner
+    /// and times are kept, the path must be free (`409` otherwise), and no trigger or webhook
+    /// fires for it.
+    pub(crate) async fn begin_import(
+        &self,
+        who: &Principal,
+        target: (&str, &str),
+        content_type: Option<&str>,
+        declared_size: Option<u64>,
+        recorded: Recorded,
+    ) -> Result<Upload> {
+        who.require_admin("import files")?;
+        for (at, field) in [
+            (&recorded.created_at, "created_at"),
+            (&recorded.updated_at, "updated_at"),
+        ] {
+            if crate::query::parse_time(at).is_none() {
+                return Err(invalid(format!("{at:?} is not an RFC 3339 time"), field));
+            }
+        }
+        let (bucket, path) = target;
+        let mut upload = self
+            .begin_upload(who, bucket, path, content_type, declared_size)
+            .await?;
+        upload.recorded = Some(recorded);
+        Ok(upload)
     }
 
     /// Commits an uploaded blob's record, then removes the blob it replaced (or, if the commit

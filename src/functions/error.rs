@@ -68,6 +68,7 @@ impl From<StoreError> for FunctionsError {
             // Function records are system records; a document or file outcome is a store bug.
             e @ (StoreError::NotFound { .. }
             | StoreError::FileNotFound { .. }
+            | StoreError::FileExists { .. }
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
             | StoreError::Denied(_)

@@ -177,12 +177,22 @@ struct Planned {
     /// Documents whose tombstone the write read (and must remove when it re-creates them).
     tombstoned: HashSet<DocKey>,
     results: Vec<Written>,
-    pending: Vec<(ChangeKind, Option<Document>, Option<Document>, DocKey)>,
+    pending: Vec<Pending>,
     states: HashMap<String, Option<Arc<CollectionState>>>,
     /// The write's time: its documents' and its changes'.
     now: String,
     /// Whether a delete recorded a dereference job (see `relations`).
     jobs: bool,
+}
+
+/// A change a planned write will record.
+struct Pending {
+    kind: ChangeKind,
+    before: Option<Document>,
+    after: Option<Document>,
+    key: DocKey,
+    /// Recorded without the commit hooks' records (an import).
+    quiet: bool,
 }
 
 impl Store {
@@ -224,6 +234,7 @@ impl Store {
                     WriteOp::Update { .. } => "update",
                     WriteOp::Delete { .. } => "delete",
                     WriteOp::Dereference { .. } => "dereference",
+                    WriteOp::Import { .. } => "import",
                 };
                 self.shared
                     .metrics
@@ -301,8 +312,8 @@ impl Store {
                     let last = planned
                         .pending
                         .iter()
-                        .filter(|(_, _, _, k)| k == key)
-                        .filter_map(|(_, before, _, _)| before.as_ref().map(|d| d.version))
+                        .filter(|p| &p.key == key)
+                        .filter_map(|p| p.before.as_ref().map(|d| d.version))
                         .max();
                     if let Some(version) = last {
                         txn.put(
@@ -330,10 +341,18 @@ impl Store {
             }
         }
         let hooks = self.shared.hooks();
+        let no_hooks: super::Hooks = Arc::default();
         let mut chained: HashSet<DocKey> = HashSet::new();
         let mut changes = Vec::with_capacity(planned.pending.len());
         let pending = std::mem::take(&mut planned.pending);
-        for (kind, before, after, (collection, id)) in pending {
+        for Pending {
+            kind,
+            before,
+            after,
+            key: (collection, id),
+            quiet,
+        } in pending
+        {
             let key = (collection.clone(), id.clone());
             let has_prev = chained.contains(&key) || {
                 let range = KeyRange::prefix(&keys::history_prefix(&collection, &id));
@@ -358,7 +377,8 @@ impl Store {
                 depth: req.depth,
                 trace: req.trace,
             };
-            let sized = append_change(&mut *txn, change, has_prev, &hooks)
+            let hooks = if quiet { &no_hooks } else { &hooks };
+            let sized = append_change(&mut *txn, change, has_prev, hooks)
                 .map_err(|error| BatchFailure { op: 0, error })?;
             changes.push(sized);
         }
@@ -431,7 +451,8 @@ impl Store {
                 WriteOp::Set { collection, id, .. }
                 | WriteOp::Update { collection, id, .. }
                 | WriteOp::Delete { collection, id, .. }
-                | WriteOp::Dereference { collection, id, .. } => (collection.clone(), id.clone()),
+                | WriteOp::Dereference { collection, id, .. }
+                | WriteOp::Import { collection, id, .. } => (collection.clone(), id.clone()),
             };
             if !planned.states.contains_key(&collection) {
                 let state = self
@@ -545,7 +566,18 @@ impl Store {
                     check(Access::Create, None, Some(&doc)).map_err(fail)?;
                     (ChangeKind::Create, Some(doc))
                 }
-                (WriteOp::Create { .. }, Some(_)) => {
+                (WriteOp::Import { data, recorded, .. }, None) => {
+                    let doc = Document {
+                        owner: recorded.owner.clone(),
+                        version: recorded.version.max(base_version + 1),
+                        created_at: recorded.created_at.clone(),
+                        updated_at: recorded.updated_at.clone(),
+                        ..fresh(data.clone())
+                    };
+                    check(Access::Create, None, Some(&doc)).map_err(fail)?;
+                    (ChangeKind::Create, Some(doc))
+                }
+                (WriteOp::Create { .. } | WriteOp::Import { .. }, Some(_)) => {
                     return Err(fail(StoreError::Conflict { collection, id }))
                 }
                 (
@@ -645,6 +677,9 @@ impl Store {
             }
             if let (Some(doc), Some(state)) = (after.as_mut(), state.as_deref()) {
                 check_schema(&collection, state, doc).map_err(fail)?;
+            }
+            let imported = matches!(op, WriteOp::Import { .. });
+            if let (Some(doc), Some(state), false) = (after.as_ref(), state.as_deref(), imported) {
                 let written = |c: &str, i: &str| {
                     planned
                         .current
@@ -677,7 +712,13 @@ impl Store {
                 document: after.clone(),
                 created: kind == ChangeKind::Create,
             });
-            planned.pending.push((kind, before, after, key));
+            planned.pending.push(Pending {
+                kind,
+                before,
+                after,
+                key,
+                quiet: imported,
+            });
         }
         Ok(planned)
     }
@@ -719,8 +760,20 @@ impl Store {
                 sha256,
                 content_type,
                 markup,
+                recorded,
             } => {
-                let info = FileInfo {
+                if let (Some(_), Some(_)) = (recorded, prev) {
+                    let exists = StoreError::FileExists {
+                        bucket: write.bucket.clone(),
+                        path: write.path.clone(),
+                    };
+                    let refusal = BatchFailure {
+                        op: 0,
+                        error: exists,
+                    };
+                    return refuse(txn, refusal).await.map_err(|f| f.error);
+                }
+                let mut info = FileInfo {
                     bucket: write.bucket.clone(),
                     path: write.path.clone(),
                     size: *size,
@@ -733,6 +786,11 @@ impl Store {
                     created_at: prev.map_or_else(|| now.clone(), |p| p.created_at.clone()),
                     updated_at: now.clone(),
                 };
+                if let Some(recorded) = recorded {
+                    info.owner = recorded.owner.clone();
+                    info.created_at = recorded.created_at.clone();
+                    info.updated_at = recorded.updated_at.clone();
+                }
                 let (access, kind) = match prev {
                     Some(_) => (Access::Update, ChangeKind::Update),
                     None => (Access::Create, ChangeKind::Create),
@@ -787,7 +845,13 @@ impl Store {
             depth: write.depth,
             trace: write.trace,
         };
-        let sized = append_change(&mut *txn, change, false, &self.shared.hooks())?;
+        let hooks = match &write.op {
+            FileOp::Put {
+                recorded: Some(_), ..
+            } => Arc::default(),
+            _ => self.shared.hooks(),
+        };
+        let sized = append_change(&mut *txn, change, false, &hooks)?;
         txn.commit(publisher(self, vec![sized])).await?;
         Ok(FileWritten { before, after })
     }

@@ -10,6 +10,9 @@ pub enum StoreError {
     NotFound { collection: String, id: String },
     #[error("file {bucket}/{path} does not exist")]
     FileNotFound { bucket: String, path: String },
+    /// An import of a file whose path is taken.
+    #[error("file {bucket}/{path} already exists")]
+    FileExists { bucket: String, path: String },
     #[error("document {collection}/{id} already exists")]
     Conflict { collection: String, id: String },
     #[error("document {collection}/{id} is at version {actual}, not {expected}")]

@@ -6,7 +6,7 @@
 
 use super::error::StoreError;
 use super::kv::Space;
-use super::write::Access;
+use super::write::{Access, Recorded};
 use crate::model::{Actor, FileInfo};
 use std::sync::Arc;
 
@@ -60,6 +60,8 @@ pub(crate) enum FileOp {
         sha256: String,
         content_type: String,
         markup: bool,
+        /// An import: the owner and times as recorded, and the path must be free.
+        recorded: Option<Recorded>,
     },
     /// Remove the file's record.
     Delete,

@@ -34,7 +34,7 @@ pub(crate) use kv::{KvWrite, Space};
 pub(crate) use relations::{references, relation_path, RelationDef};
 pub(crate) use scan::{Matched, QueryResult, QuerySpec};
 pub(crate) use schema::Schema;
-pub(crate) use write::{Access, WriteGuard, WriteOp, WriteRequest, Written};
+pub(crate) use write::{Access, Recorded, WriteGuard, WriteOp, WriteRequest, Written};
 
 /// A system record: key (without its space prefix) and value.
 pub(crate) type KvEntry = (Vec<u8>, Vec<u8>);
@@ -467,6 +467,26 @@ impl Store {
             .iter()
             .map(|(_, v)| FileRecord::decode(v))
             .collect()
+    }
+
+    /// The names of the buckets that hold files, in order: one short scan per bucket, which
+    /// skips past the bucket's files.
+    pub(crate) async fn file_buckets(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut range = KeyRange::all();
+        loop {
+            let page = self
+                .engine
+                .scan(Keyspace::Files, &range, Direction::Forward, 1)
+                .await?;
+            let Some((key, _)) = page.first() else {
+                return Ok(names);
+            };
+            let bucket = key.split(|b| *b == 0).next().unwrap_or_default();
+            names.push(String::from_utf8_lossy(bucket).into_owned());
+            let prefix = [bucket, &[0]].concat();
+            range = KeyRange::from(keys::prefix_end(&prefix));
+        }
     }
 
     /// Every blob some file record points at.

@@ -41,6 +41,16 @@ pub(crate) enum WriteOp {
         id: String,
         if_version: Option<u64>,
     },
+    /// Create a document as another system (or an export) recorded it: its owner, version and
+    /// times are kept, and its relations are not checked (a reference may point at a document
+    /// the import brings later). Fails if the id exists. Its change reaches the change feed
+    /// but no commit hook: an import runs no trigger and sends no webhook.
+    Import {
+        collection: String,
+        id: String,
+        data: Map<String, Value>,
+        recorded: Recorded,
+    },
     /// Remove a document's reference to `target/target_id`, which was deleted, from the
     /// relation field at `path` (`set_null`), or delete the document (`cascade`). Nothing
     /// happens if the document is gone, no longer references it, or the target exists again.
@@ -52,6 +62,17 @@ pub(crate) enum WriteOp {
         target_id: String,
         cascade: bool,
     },
+}
+
+/// What an import keeps of a document or file as its source recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub owner: Option<String>,
+    /// A document's version (at least 1; raised past a deleted document's last version, so a
+    /// stale `If-Match` cannot match). Files have none.
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// What an access check is asked about.

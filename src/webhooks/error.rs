@@ -53,6 +53,7 @@ impl From<StoreError> for WebhooksError {
             // Webhook records are system records; a document or file outcome is a store bug.
             e @ (StoreError::NotFound { .. }
             | StoreError::FileNotFound { .. }
+            | StoreError::FileExists { .. }
             | StoreError::Conflict { .. }
             | StoreError::VersionMismatch { .. }
             | StoreError::Denied(_)

@@ -1,7 +1,7 @@
 //! Moving data between servers and in from other systems: accounts with their password
 //! hashes (argon2id from Emberbase, bcrypt from PocketBase and others).
 
-use crate::common::{login_token, send, signup, TestServer};
+use crate::common::{login_token, send, signup, with_token, TestServer};
 use serde_json::{json, Value};
 
 fn login(srv: &TestServer, email: &str, password: &str) -> crate::common::Resp {
@@ -146,4 +146,142 @@ fn a_bcrypt_hash_signs_in_and_is_replaced_by_argon2id() {
         .collect();
     srv.post("/v1/admin/import/users", &json!({"users": many}))
         .expect(400);
+}
+
+#[test]
+fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() {
+    let srv = TestServer::start();
+    srv.put(
+        "/v1/admin/collections/typed",
+        &json!({"schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}),
+    )
+    .expect(200);
+    // A deleted id: its tombstone's version is passed, so a stale If-Match cannot match.
+    let gone = srv
+        .put("/v1/collections/typed/docs/gone", &json!({"n": 0}))
+        .json;
+    assert_eq!(gone["version"], 1, "{gone}");
+    send(srv.admin("DELETE", "/v1/collections/typed/docs/gone"), None).expect(204);
+    let report = srv
+        .post(
+            "/v1/admin/import/collections/typed",
+            &json!({"documents": [
+                {"id": "a", "data": {"n": 1}, "owner": "u1", "version": 5,
+                 "created_at": "2020-01-02T03:04:05.000Z", "updated_at": "2021-01-02T03:04:05.000Z"},
+                {"id": "b", "data": {"n": "not a number"}},
+                {"id": "c", "data": {}, "created_at": "yesterday"},
+                {"id": "a", "data": {"n": 2}},
+                {"id": "gone", "data": {"n": 3}},
+            ]}),
+        )
+        .expect(200)
+        .json;
+    assert_eq!(report["imported"], 2, "{report}");
+    let reasons: Vec<(String, String)> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().into(),
+                s["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, r)| id == "b" && r.contains("schema")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, r)| id == "c" && r.contains("RFC 3339")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, r)| id == "a" && r.contains("already exists")),
+        "{reasons:?}"
+    );
+    let a = srv.get("/v1/collections/typed/docs/a").expect(200).json;
+    assert_eq!(
+        (
+            &a["owner"],
+            &a["version"],
+            &a["created_at"],
+            &a["updated_at"],
+            &a["data"]
+        ),
+        (
+            &json!("u1"),
+            &json!(5),
+            &json!("2020-01-02T03:04:05.000Z"),
+            &json!("2021-01-02T03:04:05.000Z"),
+            &json!({"n": 1})
+        )
+    );
+    assert_eq!(
+        srv.get("/v1/collections/typed/docs/gone").expect(200).json["version"],
+        2
+    );
+
+    // Files: kept as recorded, never over an existing one.
+    let put = |path: &str, token: &str| {
+        let req = srv
+            .anon("PUT", path)
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "text/plain");
+        send(req, Some(b"bytes"))
+    };
+    let path = "/v1/admin/import/files/box/a/b.txt?owner=u1&created_at=2020-01-02T03:04:05.000Z";
+    let info = put(path, &srv.key).expect(201).json;
+    assert_eq!(
+        (
+            &info["owner"],
+            &info["created_at"],
+            &info["updated_at"],
+            &info["size"]
+        ),
+        (
+            &json!("u1"),
+            &json!("2020-01-02T03:04:05.000Z"),
+            &json!("2020-01-02T03:04:05.000Z"),
+            &json!(5)
+        )
+    );
+    put(path, &srv.key).expect_error(409, "conflict");
+    put("/v1/admin/import/files/box/c.txt?created_at=soon", &srv.key).expect(400);
+    put("/v1/admin/import/files/box/d.txt?colour=red", &srv.key).expect(400);
+    let user = signup(&srv, "eve@example.com")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put("/v1/admin/import/files/box/e.txt", &user).expect_error(403, "forbidden");
+    with_token(
+        &srv,
+        "POST",
+        "/v1/admin/import/collections/typed",
+        &user,
+        Some(&json!({"documents": []})),
+    )
+    .expect_error(403, "forbidden");
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": format!("m{i}"), "data": {}}))
+        .collect();
+    srv.post(
+        "/v1/admin/import/collections/typed",
+        &json!({"documents": many}),
+    )
+    .expect(400);
+    srv.post(
+        "/v1/admin/import/collections/typed",
+        &json!({"documents": [{"id": "z", "data": {}, "version": 0}]}),
+    )
+    .expect(400);
+    let buckets = srv.get("/v1/admin/export/buckets").expect(200).json;
+    assert_eq!(buckets["items"], json!(["box"]));
 }

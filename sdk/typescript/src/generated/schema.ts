@@ -294,6 +294,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/export/buckets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The names of the buckets that hold files, configured or not, in order: what `emberbase
+         *     export` walks.
+         */
+        get: operations["export_buckets"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/export/users": {
         parameters: {
             query?: never;
@@ -567,6 +587,50 @@ export interface paths {
          *     is.
          */
         post: operations["activate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/import/collections/{collection}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Make documents as exported (`emberbase import`, or from another system): ids, owners,
+         *     versions and times kept. Written together in one commit, less those that cannot be made
+         *     (an id that exists, data that breaks the collection's schema), which are skipped with the
+         *     reason. References are not checked, so collections can come in any order. Imports run no
+         *     before-write hook, trigger or webhook; realtime subscribers see them as creates.
+         */
+        post: operations["import_documents"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/import/files/{bucket}/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Make a file as exported, with its owner and times: the body is its bytes, as for an
+         *     upload. The path must be free. The bucket's type and size limits apply; its write rule
+         *     does not (admins only). No trigger or webhook fires.
+         */
+        put: operations["import_file"];
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1746,6 +1810,9 @@ export interface components {
         BucketList: {
             items: components["schemas"]["BucketInfo"][];
         };
+        BucketNames: {
+            items: string[];
+        };
         /**
          * @description The three access rules of a bucket, in the filter language with `auth`, `file` and
          *     `request` bound. A missing (`null`) rule allows admins only; `""` allows everyone.
@@ -1909,6 +1976,18 @@ export interface components {
              * @description 1 on creation, +1 on every write.
              */
             version: number;
+        };
+        /** @description Documents to make. */
+        DocumentImport: {
+            /** @description At most 1000, each as `emberbase export` writes it. */
+            documents: components["schemas"]["PortableDocument"][];
+        };
+        /** @description What an import of documents did with each one. */
+        DocumentImportReport: {
+            /** @description Documents made. */
+            imported: number;
+            /** @description Documents left out, each with why (the id exists, the data breaks the schema, ...). */
+            skipped: components["schemas"]["SkippedDocument"][];
         };
         /**
          * @description Accounts whose addresses differ only in case, found when addresses became case-insensitive.
@@ -2427,6 +2506,25 @@ export interface components {
             /** @description The `token` of the mail's link. */
             token?: string | null;
         };
+        /**
+         * @description A document as `emberbase export` writes it (one JSON Lines record) and an import takes it:
+         *     its id, owner, version and times are kept.
+         */
+        PortableDocument: {
+            /** @description RFC 3339; absent: now. */
+            created_at?: string | null;
+            data: Record<string, never>;
+            id: string;
+            /** @description The id of the user who created it; absent: none. */
+            owner?: string | null;
+            /** @description RFC 3339; absent: `created_at`. */
+            updated_at?: string | null;
+            /**
+             * Format: int64
+             * @description At least 1; absent: 1.
+             */
+            version?: number;
+        };
         /** @description An account with everything needed to make it again elsewhere, its password hash included. */
         PortableUser: {
             /** @description When absent on import: now. */
@@ -2615,6 +2713,10 @@ export interface components {
         };
         Skipped: {
             email: string;
+            id: string;
+            reason: string;
+        };
+        SkippedDocument: {
             id: string;
             reason: string;
         };
@@ -4255,6 +4357,62 @@ export interface operations {
             };
         };
     };
+    export_buckets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The bucket names */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BucketNames"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     export_users: {
         parameters: {
             query?: {
@@ -5492,6 +5650,187 @@ export interface operations {
             };
             /** @description No such function or kept version */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    import_documents: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Collection name */
+                collection: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DocumentImport"];
+            };
+        };
+        responses: {
+            /** @description What was made and what was skipped */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DocumentImportReport"];
+                };
+            };
+            /** @description A bad collection name, or more than 1000 documents */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    import_file: {
+        parameters: {
+            query?: {
+                /** @description The id of the user who uploaded it; absent: none. */
+                owner?: string | null;
+                /** @description RFC 3339; absent: now. */
+                created_at?: string | null;
+                /** @description RFC 3339; absent: `created_at`. */
+                updated_at?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description Bucket name, `[A-Za-z0-9_-]{1,64}` */
+                bucket: string;
+                /** @description File path: `/`-separated segments of `[A-Za-z0-9._-]`, at most 1024 bytes */
+                path: string;
+            };
+            cookie?: never;
+        };
+        /** @description The file's bytes; may be empty (a zero-byte file) */
+        requestBody?: {
+            content: {
+                "*/*": components["schemas"]["FileBytes"];
+            };
+        };
+        responses: {
+            /** @description Made */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FileInfo"];
+                };
+            };
+            /** @description Bad bucket, path or time */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path holds a file */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Over the size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A type the bucket does not accept */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,0 +1,94 @@
+//! Documents brought in as another system (or an export) recorded them: `emberbase import`,
+//! and the PocketBase and Firestore importers. Ids, owners, versions and times are kept;
+//! before-write hooks, triggers and webhooks do not run (the data was written already, once,
+//! elsewhere), while the change feed and realtime see each document as created.
+
+use super::{check_collection, check_id, DocsError, Documents, Result};
+use crate::auth::Principal;
+use crate::model::{now_rfc3339, DocumentImportReport, PortableDocument, SkippedDocument};
+use crate::store::{Recorded, WriteOp};
+use serde_json::Value;
+
+/// The most documents one import call takes.
+pub const MAX_IMPORT_DOCUMENTS: usize = 1000;
+
+impl Documents {
+    /// Makes the documents as given, in one write (admins only). A document that cannot be
+    /// made (its id exists, its data breaks the collection's schema or a limit) is skipped with
+    /// the reason, and the others are written without it.
+    pub async fn import(
+        &self,
+        who: &Principal,
+        collection: &str,
+        documents: Vec<PortableDocument>,
+    ) -> Result<DocumentImportReport> {
+        who.require_admin("import documents")?;
+        check_collection(collection)?;
+        if documents.len() > MAX_IMPORT_DOCUMENTS {
+            return Err(super::error::invalid(
+                format!("import at most {MAX_IMPORT_DOCUMENTS} documents at once"),
+                "documents",
+            ));
+        }
+        let mut report = DocumentImportReport::default();
+        let mut ops = Vec::with_capacity(documents.len());
+        for doc in documents {
+            let id = doc.id.clone();
+            match self.import_op(collection, doc) {
+                Ok(op) => ops.push((id, op)),
+                Err(e) => report.skipped.push(SkippedDocument {
+                    id,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        // Each refusal names its op; that one is left out and the rest written again.
+        while !ops.is_empty() {
+            let batch = ops.iter().map(|(_, op)| op.clone()).collect();
+            match self.commit(who, batch).await {
+                Ok(written) => {
+                    report.imported += written.len();
+                    break;
+                }
+                Err(failure) if failure.error.is_engine() => {
+                    return Err(DocsError::from(failure.error))
+                }
+                Err(failure) => {
+                    let at = failure.op.min(ops.len() - 1);
+                    let (id, _) = ops.remove(at);
+                    report.skipped.push(SkippedDocument {
+                        id,
+                        reason: DocsError::from(failure.error).to_string(),
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn import_op(&self, collection: &str, doc: PortableDocument) -> Result<WriteOp> {
+        check_id(&doc.id)?;
+        let data = self.check_data(Value::Object(doc.data), "data")?;
+        let time = |at: Option<String>, field: &str| match at {
+            Some(at) if crate::query::parse_time(&at).is_some() => Ok(Some(at)),
+            Some(at) => Err(super::error::invalid(
+                format!("{field} {at:?} is not an RFC 3339 time"),
+                field,
+            )),
+            None => Ok(None),
+        };
+        let created_at = time(doc.created_at, "created_at")?.unwrap_or_else(now_rfc3339);
+        let updated_at = time(doc.updated_at, "updated_at")?.unwrap_or_else(|| created_at.clone());
+        Ok(WriteOp::Import {
+            collection: collection.to_string(),
+            id: doc.id,
+            data,
+            recorded: Recorded {
+                owner: doc.owner,
+                version: doc.version,
+                created_at,
+                updated_at,
+            },
+        })
+    }
+}
