@@ -2,6 +2,7 @@
 
 mod project;
 mod scaffold;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use emberbase::config::{Config, LogFormat, Overrides, DEFAULT_CONFIG_FILE};
@@ -146,6 +147,44 @@ enum Command {
         /// Replace a project file that exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Write every account, document and file of a server to a folder, to move or keep them.
+    ///
+    /// The folder holds JSON Lines (`users.jsonl` with password hashes,
+    /// `collections/<name>.jsonl`, `files.jsonl`), the files' bytes under `files/`, and
+    /// `manifest.json`, written last. The server keeps serving meanwhile: a write made during
+    /// the export may or may not be in it (a backup is the consistent snapshot). Configuration
+    /// is not data: `emberbase pull` writes it.
+    ///
+    /// Example: `emberbase export --out ./export` (the data directory ./emberbase_data), or
+    /// `EB_SERVICE_KEY=... emberbase export --url https://api.example.com --out ./export`
+    Export {
+        #[command(flatten)]
+        server: project::ServerArgs,
+        /// The folder to write; it must not exist or be empty.
+        #[arg(long, value_name = "FOLDER")]
+        out: PathBuf,
+    },
+    /// Load accounts, documents and files into a server: from an export, a PocketBase data
+    /// directory or a Firestore JSON export.
+    ///
+    /// Ids, owners, versions and times are kept; accounts keep their passwords (a bcrypt hash
+    /// from PocketBase is accepted at the next sign-in and replaced by an argon2id one).
+    /// Imports run no before-write hook, trigger or webhook. Anything that exists already or
+    /// that the server refuses is skipped and listed at the end (then the exit code is 1), so
+    /// running an import again after a failure completes it.
+    ///
+    /// Examples: `emberbase import ./export`, `emberbase import --pocketbase ./pb_data`,
+    /// `emberbase import --firestore firestore.json --url https://api.example.com`
+    Import {
+        #[command(flatten)]
+        from: transfer::ImportFrom,
+        /// With --pocketbase: a relation field (to users) whose value becomes each record's
+        /// and file's owner, so the default rules let that user read it.
+        #[arg(long, value_name = "FIELD", requires = "pocketbase")]
+        owner_field: Option<String>,
+        #[command(flatten)]
+        server: project::ServerArgs,
     },
     /// A development server that applies the project file as you edit it.
     ///
@@ -1018,6 +1057,12 @@ fn main() -> ExitCode {
         } => project::apply(&target, allow_delete),
         Command::Pull { target, force } => project::pull(&target, force),
         Command::ProjectSchema => project::print_schema(),
+        Command::Export { server, out } => transfer::export(&server, &out),
+        Command::Import {
+            from,
+            owner_field,
+            server,
+        } => transfer::import(&server, from, owner_field),
         Command::Dev {
             file,
             data_dir,

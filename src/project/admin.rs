@@ -23,6 +23,13 @@ pub(crate) struct Admin {
 #[derive(Debug)]
 pub(crate) struct ApiError(pub(crate) String);
 
+impl ApiError {
+    /// Whether the server answered (and refused), rather than not answering.
+    pub(crate) fn is_refusal(&self) -> bool {
+        self.0.contains("the server answered")
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -61,8 +68,24 @@ impl Admin {
         &self,
         method: Method,
         path: &str,
-        body: Option<(&'static str, Vec<u8>)>,
+        body: Option<(&str, reqwest::Body)>,
     ) -> Result<bytes::Bytes, ApiError> {
+        let response = self.respond(method.clone(), path, body).await?;
+        let url = format!("{}{path}", self.base);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError(format!("cannot reach {url}: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// Sends a request; the answer if it is a success, or what the server said.
+    async fn respond(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, reqwest::Body)>,
+    ) -> Result<reqwest::Response, ApiError> {
         let url = format!("{}{path}", self.base);
         let mut request = self
             .client
@@ -74,10 +97,10 @@ impl Admin {
         let fail = |e: reqwest::Error| ApiError(format!("cannot reach {url}: {e}"));
         let response = request.send().await.map_err(fail)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(fail)?;
         if status.is_success() {
-            return Ok(bytes);
+            return Ok(response);
         }
+        let bytes = response.bytes().await.map_err(fail)?;
         let message = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
@@ -85,6 +108,38 @@ impl Admin {
         Err(ApiError(format!(
             "{method} {path}: the server answered {status}: {message}"
         )))
+    }
+
+    /// Streams the answer to a GET into `sink`, piece by piece.
+    pub(crate) async fn download(
+        &self,
+        path: &str,
+        sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
+    ) -> Result<(), ApiError> {
+        let mut response = self.respond(Method::GET, path, None).await?;
+        let fail = |e: String| ApiError(format!("GET {path}: {e}"));
+        while let Some(piece) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
+            sink(&piece).map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Sends a file's bytes, streamed from disk, and reads the JSON answer.
+    pub(crate) async fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        file: &std::path::Path,
+    ) -> Result<T, ApiError> {
+        let opened = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| ApiError(format!("cannot read {}: {e}", file.display())))?;
+        let body = reqwest::Body::from(opened);
+        let bytes = self
+            .send(Method::PUT, path, Some((content_type, body)))
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError(format!("{path}: an answer that does not parse: {e}")))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -96,7 +151,9 @@ impl Admin {
         let body = match body {
             Some(value) => Some((
                 "application/json",
-                serde_json::to_vec(value).map_err(|e| ApiError(e.to_string()))?,
+                reqwest::Body::from(
+                    serde_json::to_vec(value).map_err(|e| ApiError(e.to_string()))?,
+                ),
             )),
             None => None,
         };
@@ -132,7 +189,7 @@ impl Admin {
         content_type: &'static str,
         bytes: Vec<u8>,
     ) -> Result<(), ApiError> {
-        self.send(Method::PUT, path, Some((content_type, bytes)))
+        self.send(Method::PUT, path, Some((content_type, bytes.into())))
             .await
             .map(|_| ())
     }

@@ -5,7 +5,7 @@
 //! the file's JSON Schema. This belongs to the binary: it uses the library's public types and
 //! its HTTP API only.
 
-mod admin;
+pub(crate) mod admin;
 pub(crate) mod dev;
 mod file;
 mod plan;
@@ -24,6 +24,13 @@ pub(crate) struct Target {
     /// The project file.
     #[arg(long, short = 'f', value_name = "FILE", default_value = file::DEFAULT_FILE)]
     file: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// A server to work on: a running one, or a data directory.
+#[derive(clap::Args)]
+pub(crate) struct ServerArgs {
     /// A running server (a single node or any node of a cluster); its service key is read
     /// from the `EB_SERVICE_KEY` environment variable.
     #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "config"])]
@@ -38,13 +45,13 @@ pub(crate) struct Target {
 }
 
 /// The admin API of the target, and the server started for a data directory.
-struct Connection {
-    admin: Admin,
+pub(crate) struct Connection {
+    pub(crate) admin: Admin,
     server: Option<emberbase::Server>,
 }
 
 impl Connection {
-    async fn open(target: &Target) -> Result<Connection, String> {
+    pub(crate) async fn open(target: &ServerArgs) -> Result<Connection, String> {
         // reqwest takes its TLS provider from the process, as the library's clients do.
         let _ = rustls::crypto::ring::default_provider().install_default();
         if let Some(url) = &target.url {
@@ -82,14 +89,14 @@ impl Connection {
         })
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         if let Some(server) = self.server {
             server.shutdown().await;
         }
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,7 +137,7 @@ async fn plan_for(
     target: &Target,
     project: &file::Project,
 ) -> Result<(plan::Plan, Connection), String> {
-    let connection = Connection::open(target).await?;
+    let connection = Connection::open(&target.server).await?;
     let made = async {
         let state = connection.admin.state().await.map_err(|e| e.to_string())?;
         plan::make(project, &state, &connection.admin).await
@@ -145,7 +152,7 @@ async fn plan_for(
     }
 }
 
-fn fail(message: &str, code: u8) -> ExitCode {
+pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
     eprintln!("emberbase: {message}");
     ExitCode::from(code)
 }
@@ -258,7 +265,7 @@ pub(crate) fn pull(target: &Target, force: bool) -> ExitCode {
         Err(e) => return fail(&e, 1),
     };
     runtime.block_on(async {
-        let connection = match Connection::open(target).await {
+        let connection = match Connection::open(&target.server).await {
             Ok(c) => c,
             Err(e) => return fail(&e, 1),
         };

