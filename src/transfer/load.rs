@@ -30,8 +30,8 @@ pub(crate) struct Summary {
     collections: BTreeSet<String>,
     files: u64,
     bytes: u64,
-    /// How many items were skipped, and the first reasons.
-    pub(crate) skipped: Vec<String>,
+    /// The first reasons items were skipped for.
+    skipped: Vec<String>,
     skipped_count: u64,
     left_out: Vec<String>,
     took: Duration,
@@ -68,6 +68,11 @@ impl std::fmt::Display for Summary {
 }
 
 impl Summary {
+    /// Whether everything the source handed over was made.
+    pub(crate) fn complete(&self) -> bool {
+        self.skipped_count == 0
+    }
+
     fn skip(&mut self, what: String) {
         self.skipped_count += 1;
         if self.skipped.len() < SHOWN {

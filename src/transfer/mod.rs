@@ -15,6 +15,7 @@ mod load;
 mod pocketbase;
 mod progress;
 
+use crate::project::admin::Admin;
 use crate::project::{fail, runtime, Connection, ServerArgs};
 use emberbase::{PortableDocument, PortableUser};
 use std::path::{Path, PathBuf};
@@ -80,30 +81,34 @@ pub(crate) struct ImportFrom {
     firestore: Option<PathBuf>,
 }
 
+/// Runs `work` on the admin API of the target, then closes it (stopping the server started
+/// for a data directory); failures are printed, with exit code 2 when the target cannot be
+/// reached and 1 otherwise.
+fn on_target<T>(
+    server: &ServerArgs,
+    work: impl AsyncFnOnce(&Admin) -> Result<T, String>,
+) -> Result<T, ExitCode> {
+    let runtime = runtime().map_err(|e| fail(&e, 1))?;
+    runtime.block_on(async {
+        let connection = Connection::open(server).await.map_err(|e| fail(&e, 2))?;
+        let done = work(&connection.admin).await;
+        connection.close().await;
+        done.map_err(|e| fail(&e, 1))
+    })
+}
+
 /// `emberbase export`.
 pub(crate) fn export(server: &ServerArgs, out: &Path) -> ExitCode {
     if let Err(e) = export::check_target(out) {
         return fail(&e, 2);
     }
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
-    };
-    runtime.block_on(async {
-        let connection = match Connection::open(server).await {
-            Ok(c) => c,
-            Err(e) => return fail(&e, 2),
-        };
-        let exported = export::export(&connection.admin, out).await;
-        connection.close().await;
-        match exported {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e, 1),
+    match on_target(server, async |admin| export::export(admin, out).await) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
         }
-    })
+        Err(code) => code,
+    }
 }
 
 /// `emberbase import`; `owner_field`: with --pocketbase, the field whose value becomes each
@@ -113,55 +118,35 @@ pub(crate) fn import(
     from: ImportFrom,
     owner_field: Option<String>,
 ) -> ExitCode {
-    let source: Box<dyn Source> = match from {
+    let opened: Result<Box<dyn Source>, String> = match from {
         ImportFrom {
             pocketbase: Some(dir),
             ..
-        } => match pocketbase::PocketBase::open(&dir, owner_field) {
-            Ok(source) => Box::new(source),
-            Err(e) => return fail(&e, 2),
-        },
+        } => pocketbase::PocketBase::open(&dir, owner_field).map(|s| Box::new(s) as _),
         ImportFrom {
             firestore: Some(file),
             ..
-        } => match firestore::Firestore::open(&file) {
-            Ok(source) => Box::new(source),
-            Err(e) => return fail(&e, 2),
-        },
+        } => firestore::Firestore::open(&file).map(|s| Box::new(s) as _),
         ImportFrom {
             folder: Some(dir), ..
-        } => match folder::Folder::open(&dir) {
-            Ok(source) => Box::new(source),
-            Err(e) => return fail(&e, 2),
-        },
+        } => folder::Folder::open(&dir).map(|s| Box::new(s) as _),
         ImportFrom { .. } => {
-            return fail(
-                "say what to import: a folder, --pocketbase or --firestore",
-                2,
-            )
+            Err("say what to import: a folder, --pocketbase or --firestore".into())
         }
     };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
+    let source = match opened {
+        Ok(source) => source,
+        Err(e) => return fail(&e, 2),
     };
-    runtime.block_on(async {
-        let connection = match Connection::open(server).await {
-            Ok(c) => c,
-            Err(e) => return fail(&e, 2),
-        };
-        let loaded = load::load(&connection.admin, source).await;
-        connection.close().await;
-        match loaded {
-            Ok(summary) => {
-                print!("{summary}");
-                if summary.skipped.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
+    match on_target(server, async |admin| load::load(admin, source).await) {
+        Ok(summary) => {
+            print!("{summary}");
+            if summary.complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
-            Err(e) => fail(&e, 1),
         }
-    })
+        Err(code) => code,
+    }
 }

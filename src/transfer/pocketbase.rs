@@ -78,6 +78,12 @@ fn rfc3339(time: &str) -> Option<String> {
     (!time.is_empty()).then(|| time.replacen(' ', "T", 1))
 }
 
+/// A record's `created` and `updated` times, in RFC 3339.
+fn times_of(record: &Map<String, Value>) -> (Option<String>, Option<String>) {
+    let time = |field: &str| record.get(field).and_then(Value::as_str).and_then(rfc3339);
+    (time("created"), time("updated"))
+}
+
 /// A column's value as PocketBase's API shows the field.
 fn json_value(field: &Field, value: Sql) -> Value {
     let text_json = |text: &str| serde_json::from_str(text).unwrap_or(Value::Null);
@@ -229,14 +235,7 @@ impl PocketBase {
     /// The files a record's file fields name.
     fn files_of(&self, collection: &Collection, record: &Map<String, Value>) -> Vec<SourceFile> {
         let id = record.get("id").and_then(Value::as_str).unwrap_or_default();
-        let created_at = record
-            .get("created")
-            .and_then(Value::as_str)
-            .and_then(rfc3339);
-        let updated_at = record
-            .get("updated")
-            .and_then(Value::as_str)
-            .and_then(rfc3339);
+        let (created_at, updated_at) = times_of(record);
         let folder = self.dir.join("storage").join(&collection.id).join(id);
         collection
             .fields
@@ -338,14 +337,7 @@ impl Source for PocketBase {
                 files.extend(self.files_of(collection, &record));
                 let owner = self.owner_of(&record);
                 let id = take_str(&mut record, "id");
-                let created_at = record
-                    .get("created")
-                    .and_then(Value::as_str)
-                    .and_then(rfc3339);
-                let updated_at = record
-                    .get("updated")
-                    .and_then(Value::as_str)
-                    .and_then(rfc3339);
+                let (created_at, updated_at) = times_of(&record);
                 for autodate in ["created", "updated"] {
                     let is_autodate = collection
                         .fields
