@@ -6,8 +6,9 @@
 use super::{check_collection, check_id, DocsError, Documents, Result};
 use crate::auth::Principal;
 use crate::model::{now_rfc3339, DocumentImportReport, PortableDocument, SkippedDocument};
-use crate::store::{Recorded, WriteOp};
+use crate::store::{Recorded, StoreError, WriteOp};
 use serde_json::Value;
+use std::collections::HashSet;
 
 /// The most documents one import call takes.
 pub const MAX_IMPORT_DOCUMENTS: usize = 1000;
@@ -31,15 +32,34 @@ impl Documents {
             ));
         }
         let mut report = DocumentImportReport::default();
+        let mut skip = |id: String, error: DocsError| {
+            report.skipped.push(SkippedDocument {
+                id,
+                reason: error.to_string(),
+            })
+        };
+        // Ids that exist (or come twice) are left out first, so that importing again does
+        // not write once per document it skips.
+        let ids: Vec<String> = documents.iter().map(|d| d.id.clone()).collect();
+        let stored = match ids.iter().all(|id| check_id(id).is_ok()) {
+            true => self.inner.store.get_many(collection, &ids).await?,
+            false => vec![None; ids.len()],
+        };
+        let mut seen = HashSet::new();
         let mut ops = Vec::with_capacity(documents.len());
-        for doc in documents {
+        for (doc, stored) in documents.into_iter().zip(stored) {
             let id = doc.id.clone();
+            if stored.is_some() || !seen.insert(id.clone()) {
+                let exists = StoreError::Conflict {
+                    collection: collection.to_string(),
+                    id: id.clone(),
+                };
+                skip(id, exists.into());
+                continue;
+            }
             match self.import_op(collection, doc) {
                 Ok(op) => ops.push((id, op)),
-                Err(e) => report.skipped.push(SkippedDocument {
-                    id,
-                    reason: e.to_string(),
-                }),
+                Err(e) => skip(id, e),
             }
         }
         // Each refusal names its op; that one is left out and the rest written again.
@@ -56,10 +76,7 @@ impl Documents {
                 Err(failure) => {
                     let at = failure.op.min(ops.len() - 1);
                     let (id, _) = ops.remove(at);
-                    report.skipped.push(SkippedDocument {
-                        id,
-                        reason: DocsError::from(failure.error).to_string(),
-                    });
+                    skip(id, failure.error.into());
                 }
             }
         }

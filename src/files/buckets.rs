@@ -231,13 +231,13 @@ impl Files {
         Ok(BucketInfo::new(bucket, config))
     }
 
-    /// Every configured bucket (admins only).
     /// The names of the buckets that hold files (admins only), configured or not.
     pub async fn buckets_with_files(&self, who: &Principal) -> Result<Vec<String>> {
         who.require_admin("list buckets")?;
         Ok(self.inner.store.file_buckets().await?)
     }
 
+    /// Every configured bucket (admins only).
     pub async fn buckets(&self, who: &Principal) -> Result<Vec<BucketInfo>> {
         who.require_admin("read bucket configs")?;
         self.inner

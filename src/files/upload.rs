@@ -2,8 +2,7 @@
 //! stored as a blob (see `blobs`), and only then committed as the file's record.
 
 use super::buckets::{request_value, rule_allows};
-use super::error::internal;
-use super::error::invalid;
+use super::error::{internal, invalid};
 use super::{
     check_bucket, check_path, io_error, joined, looks_like_markup, safety, Files, FilesError,
     Result,
