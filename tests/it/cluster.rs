@@ -433,6 +433,7 @@ fn the_storage_suites_pass_on_postgres_and_s3() {
         "queries::",
         "storage::",
         "project::",
+        "transfer::",
     ];
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(suites)
