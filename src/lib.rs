@@ -103,7 +103,8 @@ pub use changes::Changes;
 pub use config::Config;
 pub use docs::{
     AggregateParams, Aggregates, BatchOp, BatchOpKind, DocsError, Documents, ExpandedDocument,
-    Group, ListParams, Page, MAX_IMPORT_DOCUMENTS,
+    ExpressionCheck, ExpressionKind, Group, ListParams, Page, RuleOperation, RuleTrial,
+    RuleTrialInput, MAX_IMPORT_DOCUMENTS,
 };
 pub use error::{Error, ErrorCode, StorageError};
 pub use files::{BlobReader, FilePage, Files, FilesError, OpenFile, SignedUrl, Upload};

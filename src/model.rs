@@ -484,6 +484,17 @@ pub(crate) fn json_object<'de, D: serde::Deserializer<'de>>(
     }
 }
 
+/// Deserialises a JSON object or `null` (`None`), and nothing else.
+pub(crate) fn optional_json_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Map<String, Value>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Object(map) => Ok(Some(map)),
+        Value::Null => Ok(None),
+        _ => Err(serde::de::Error::custom("expected a JSON object or null")),
+    }
+}
+
 /// Now, in seconds since the Unix epoch.
 pub(crate) fn unix_secs() -> u64 {
     std::time::SystemTime::now()

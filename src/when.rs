@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 /// The longest `when`, in bytes.
-const MAX_WHEN: usize = 4096;
+pub(crate) const MAX_WHEN: usize = 4096;
 
 /// Compiles a `when`, or says why it does not compile.
 pub(crate) fn compile(src: &str) -> Result<Expr, String> {

@@ -18,6 +18,7 @@ mod oauth;
 mod passwordless;
 mod realtime;
 mod refusal;
+mod rules;
 mod strict_json;
 mod system;
 mod transfer;
@@ -308,6 +309,8 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(transfer::import_documents)
         .service(transfer::import_file)
         .service(transfer::export_buckets)
+        .service(rules::check_rule)
+        .service(rules::test_rule)
         .service(users::list_users)
         .service(users::get_user)
         .service(users::disable_user)

@@ -13,6 +13,7 @@ mod import;
 mod list;
 mod names;
 mod rules;
+mod trial;
 
 pub use aggregate::{AggregateParams, Aggregates, Group};
 pub use batch::{BatchOp, BatchOpKind};
@@ -23,6 +24,7 @@ pub use import::MAX_IMPORT_DOCUMENTS;
 pub use list::{ListParams, Page};
 pub(crate) use names::{check_collection, check_id, json_depth};
 pub(crate) use rules::{CompiledRules, ReadCheck};
+pub use trial::{ExpressionCheck, ExpressionKind, RuleOperation, RuleTrial, RuleTrialInput};
 
 use crate::auth::Principal;
 use crate::config::LimitsConfig;

@@ -28,6 +28,7 @@ mod queries;
 mod readme;
 mod realtime;
 mod relations;
+mod rules;
 mod s3;
 mod scaffold;
 mod schemas;

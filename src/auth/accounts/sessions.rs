@@ -324,14 +324,18 @@ impl Accounts {
         if user.disabled || user.token_version != claims.tv {
             return Err(invalid());
         }
-        let who = Principal::User {
-            admin: user.role == "admin",
-            anonymous: user.is_anonymous(),
-            id: user.id,
-            email: user.email,
-            profile: user.profile,
-        };
-        Ok((who, claims.exp))
+        Ok((principal(user), claims.exp))
+    }
+
+    /// The user `id` as a request signed in as them would be (admins only), for trying rules
+    /// as that user; disabled or not.
+    pub async fn principal_of(&self, who: &Principal, id: &str) -> Result<Principal> {
+        Self::require_admin(who)?;
+        let (user, _) = self
+            .load_user(id)
+            .await?
+            .ok_or_else(|| AuthError::UserNotFound(id.into()))?;
+        Ok(principal(user))
     }
 
     pub async fn me(&self, who: &Principal) -> Result<User> {
@@ -409,5 +413,16 @@ impl Accounts {
         let (session, write) = self.new_session(&user, KvWrite::default())?;
         self.store.kv_write(write).await?;
         Ok(session)
+    }
+}
+
+/// The caller a user's record makes.
+fn principal(user: UserRecord) -> Principal {
+    Principal::User {
+        admin: user.role == "admin",
+        anonymous: user.is_anonymous(),
+        id: user.id,
+        email: user.email,
+        profile: user.profile,
     }
 }

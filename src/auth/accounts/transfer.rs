@@ -43,7 +43,7 @@ pub struct PortableUser {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_object"
+        deserialize_with = "crate::model::optional_json_object"
     )]
     #[schema(value_type = Option<Object>)]
     pub totp: Option<Map<String, Value>>,
@@ -54,17 +54,6 @@ pub struct PortableUser {
 
 fn user_role() -> String {
     "user".into()
-}
-
-/// A JSON object or `null`.
-fn optional_object<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Map<String, Value>>, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Object(map) => Ok(Some(map)),
-        Value::Null => Ok(None),
-        _ => Err(serde::de::Error::custom("expected a JSON object or null")),
-    }
 }
 
 /// A page of exported accounts.

@@ -676,6 +676,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/rules/check": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Check an expression with the server's own parser and limits: a collection or bucket rule,
+         *     a filter, or a trigger's `when`. A check that finds an error still answers `200`, with
+         *     `valid: false`, the message and the column.
+         */
+        post: operations["check_rule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/rules/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Try a collection rule: what it decides for a user (or an anonymous caller), a stored
+         *     document and the data a write would leave, evaluated as a real request's would be. Admins
+         *     pass every rule; the answer says whether the user is one.
+         */
+        post: operations["test_rule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/users": {
         parameters: {
             query?: never;
@@ -1822,6 +1864,13 @@ export interface components {
             read?: string | null;
             write?: string | null;
         };
+        /** @description An expression to check. */
+        CheckRequest: {
+            /** @description The expression, in the filter language. */
+            expression: string;
+            /** @description What it is checked as. */
+            kind: components["schemas"]["ExpressionKind"];
+        };
         CodeRequest: {
             /** @description The 6-digit code the authenticator app shows now. */
             code: string;
@@ -2042,6 +2091,18 @@ export interface components {
              */
             total?: number | null;
         };
+        /** @description Whether an expression compiles; where and why it does not. */
+        ExpressionCheck: {
+            /** @description 1-based, in characters. */
+            column?: number | null;
+            message?: string | null;
+            valid: boolean;
+        };
+        /**
+         * @description What an expression is checked as.
+         * @enum {string}
+         */
+        ExpressionKind: "collection_rule" | "bucket_rule" | "filter" | "when";
         /** @description Which hosts a function may request with `fetch`, and how much it may read. */
         FetchConfig: {
             /**
@@ -2610,6 +2671,21 @@ export interface components {
             rule: string;
         };
         /**
+         * @description The operation a rule is tried for.
+         * @enum {string}
+         */
+        RuleOperation: "read" | "create" | "update" | "delete";
+        /** @description What a rule decided, and what it saw. */
+        RuleTrial: {
+            /** @description The user is an admin, whom rules never stop (whatever `allowed` says). */
+            admin: boolean;
+            /** @description Whether the rule allows it. */
+            allowed: boolean;
+            /** @description `auth` as the rule saw it: null for an anonymous caller. */
+            auth: Record<string, never>;
+            document?: components["schemas"]["Document"] | null;
+        };
+        /**
          * @description The four access rules of a collection, in the filter language. A missing (`null`) rule
          *     allows admins only; `""` allows everyone.
          */
@@ -2751,6 +2827,22 @@ export interface components {
              *     data (`likes`, `stats.views`).
              */
             transforms?: Record<string, never> | null;
+        };
+        /** @description A rule to try. */
+        TrialRequest: {
+            collection: string;
+            /**
+             * @description For a create or update: the document's data as the write would leave it
+             *     (`request.data`).
+             */
+            data?: Record<string, never> | null;
+            /** @description The stored document the rule sees as `doc` (not for a create). */
+            document_id?: string | null;
+            operation: components["schemas"]["RuleOperation"];
+            /** @description The rule to try; absent: the collection's own rule for the operation (or the default). */
+            rule?: string | null;
+            /** @description The user the rule sees as `auth`; absent: an anonymous caller. */
+            user_id?: string | null;
         };
         /** @description What makes a function run. */
         Trigger: {
@@ -5968,6 +6060,171 @@ export interface operations {
             };
             /** @description Not an admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    check_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CheckRequest"];
+            };
+        };
+        responses: {
+            /** @description Whether it compiles, and where it does not */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExpressionCheck"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    test_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TrialRequest"];
+            };
+        };
+        responses: {
+            /** @description What the rule decided, and what it saw */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleTrial"];
+                };
+            };
+            /** @description A rule that does not compile, or a bad name or id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or invalid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
