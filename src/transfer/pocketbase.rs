@@ -92,7 +92,7 @@ fn json_value(field: &Field, value: Sql) -> Value {
         (_, Sql::Null) => Value::Null,
         ("bool", Sql::Integer(n)) => Value::Bool(n != 0),
         ("bool", Sql::Text(t)) => Value::Bool(t == "true" || t == "1"),
-        ("json", Sql::Text(t)) => text_json(&t),
+        ("json" | "geoPoint", Sql::Text(t)) => text_json(&t),
         (_, Sql::Text(t)) if field.is_multiple() => match text_json(&t) {
             Value::Array(items) => Value::Array(items),
             _ if t.is_empty() => Value::Array(Vec::new()),

@@ -620,7 +620,7 @@ fn a_pocketbase_data_directory_imports_and_its_users_keep_their_passwords() {
                     {"name": "done", "type": "bool"}, {"name": "meta", "type": "json"},
                     {"name": "tags", "type": "select", "values": ["a", "b", "c"], "maxSelect": 3},
                     {"name": "author", "type": "relation", "collectionId": "_pb_users_auth_", "maxSelect": 1},
-                    {"name": "when", "type": "date"},
+                    {"name": "when", "type": "date"}, {"name": "place", "type": "geoPoint"},
                     {"name": "cover", "type": "file", "maxSelect": 1, "maxSize": 1000000},
                     {"name": "created", "type": "autodate", "onCreate": true},
                     {"name": "updated", "type": "autodate", "onCreate": true, "onUpdate": true}]}),
@@ -645,6 +645,7 @@ fn a_pocketbase_data_directory_imports_and_its_users_keep_their_passwords() {
         ("tags", "c"),
         ("author", carol_id.as_str()),
         ("when", "2024-05-01 10:00:00.000Z"),
+        ("place", r#"{"lon": 1.5, "lat": 2.5}"#),
     ] {
         body.extend(
             format!(
@@ -723,6 +724,7 @@ fn a_pocketbase_data_directory_imports_and_its_users_keep_their_passwords() {
         doc["data"],
         json!({"title": "Hello", "n": 42, "done": true, "meta": {"k": [1, 2]},
                "tags": ["a", "c"], "author": carol_id, "when": "2024-05-01 10:00:00.000Z",
+               "place": {"lon": 1.5, "lat": 2.5},
                "cover": cover})
     );
     assert_eq!(doc["owner"], carol_id.as_str());
