@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 /// The most accounts one import request takes (the server's limit).
 const MAX_IMPORT_USERS: usize = 1000;
 
+/// A batch is sent before its JSON passes this size, well under the server's default body
+/// limit (`http.max_body_bytes`, 4 MiB), whatever the items weigh.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// An item's size as JSON.
+fn json_size<T: serde::Serialize>(item: &T) -> usize {
+    serde_json::to_vec(item).map_or(0, |v| v.len())
+}
+
 /// Reasons shown in the summary; the rest are counted.
 const SHOWN: usize = 20;
 
@@ -95,6 +104,8 @@ struct Loader<'a> {
     totals: Totals,
     users: Vec<PortableUser>,
     documents: Option<(String, Vec<PortableDocument>)>,
+    /// The JSON size of the batch being gathered (accounts or documents).
+    batched: usize,
     bars: [Option<ProgressBar>; 3],
     summary: Summary,
 }
@@ -120,6 +131,11 @@ impl Loader<'_> {
         match item {
             Item::User(user) => {
                 self.flush_documents().await?;
+                let size = json_size(&user);
+                if self.batched + size > BATCH_BYTES {
+                    self.flush_users().await?;
+                }
+                self.batched += size;
                 self.users.push(user);
                 if self.users.len() == MAX_IMPORT_USERS {
                     self.flush_users().await?;
@@ -130,13 +146,15 @@ impl Loader<'_> {
                 document,
             } => {
                 self.flush_users().await?;
-                if self
+                let size = json_size(&document);
+                let elsewhere = self
                     .documents
                     .as_ref()
-                    .is_some_and(|(current, _)| *current != collection)
-                {
+                    .is_some_and(|(current, _)| *current != collection);
+                if elsewhere || self.batched + size > BATCH_BYTES {
                     self.flush_documents().await?;
                 }
+                self.batched += size;
                 let (_, batch) = self
                     .documents
                     .get_or_insert_with(|| (collection, Vec::new()));
@@ -164,6 +182,7 @@ impl Loader<'_> {
             return Ok(());
         }
         let bar = self.bar(0);
+        self.batched = 0;
         let users = std::mem::take(&mut self.users);
         let n = users.len() as u64;
         let answer = self
@@ -197,6 +216,7 @@ impl Loader<'_> {
             return Ok(());
         };
         let bar = self.bar(1);
+        self.batched = 0;
         let n = documents.len() as u64;
         let answer = self
             .admin
@@ -289,6 +309,7 @@ pub(crate) async fn load(admin: &Admin, mut source: Box<dyn Source>) -> Result<S
         totals,
         users: Vec::new(),
         documents: None,
+        batched: 0,
         bars: [None, None, None],
         summary: Summary {
             source: describe,

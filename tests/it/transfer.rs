@@ -337,6 +337,35 @@ fn export_then_import_moves_documents_files_and_accounts_as_they_were() {
 }
 
 #[test]
+fn large_documents_move_in_batches_that_stay_under_the_body_limit() {
+    // Six documents of 800 KB: 4.8 MB together, over the 4 MiB body limit of one request.
+    let from = TestServer::start();
+    let text = "x".repeat(800 * 1000);
+    for i in 0..6 {
+        from.put(
+            &format!("/v1/collections/big/docs/d{i}"),
+            &json!({"text": text}),
+        )
+        .expect(201);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    let out = out.to_str().unwrap();
+    let (code, stdout, stderr) = cli_on(&from, &["export", "--out", out]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let to = TestServer::start();
+    let (code, stdout, stderr) = cli_on(&to, &["import", out]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("6 documents in 1 collection"), "{stdout}");
+    assert_eq!(
+        to.get("/v1/collections/big/docs/d5").expect(200).json["data"]["text"]
+            .as_str()
+            .map(str::len),
+        Some(800 * 1000)
+    );
+}
+
+#[test]
 fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() {
     let srv = TestServer::start();
     srv.put(
