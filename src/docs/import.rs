@@ -10,6 +10,9 @@ use crate::store::{Recorded, StoreError, WriteOp};
 use serde_json::Value;
 use std::collections::HashSet;
 
+/// Why an owner an import was given is refused (the value is not repeated: it may be large).
+pub(crate) const BAD_OWNER: &str = "owner is not a user id: use 1 to 128 of A-Z a-z 0-9 _ -";
+
 /// The most documents one import call takes.
 pub const MAX_IMPORT_DOCUMENTS: usize = 1000;
 
@@ -85,6 +88,13 @@ impl Documents {
 
     fn import_op(&self, collection: &str, doc: PortableDocument) -> Result<WriteOp> {
         check_id(&doc.id)?;
+        if doc
+            .owner
+            .as_deref()
+            .is_some_and(|o| !super::valid_document_id(o))
+        {
+            return Err(super::error::invalid(BAD_OWNER, "owner"));
+        }
         let data = self.check_data(Value::Object(doc.data), "data")?;
         let time = |at: Option<String>, field: &str| match at {
             Some(at) if crate::query::parse_time(&at).is_some() => Ok(Some(at)),

@@ -20,9 +20,10 @@ pub use batch::{BatchOp, BatchOpKind};
 pub use error::DocsError;
 pub use expand::ExpandedDocument;
 pub(crate) use hooks::{HookCall, HookKind, Verdict, WriteHooks};
+pub(crate) use import::BAD_OWNER;
 pub use import::MAX_IMPORT_DOCUMENTS;
 pub use list::{ListParams, Page};
-pub(crate) use names::{check_collection, check_id, json_depth};
+pub(crate) use names::{check_collection, check_id, json_depth, valid_document_id};
 pub(crate) use rules::{CompiledRules, ReadCheck};
 pub use trial::{ExpressionCheck, ExpressionKind, RuleOperation, RuleTrial, RuleTrialInput};
 

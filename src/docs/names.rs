@@ -8,8 +8,8 @@ pub(super) fn valid_collection_name(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(is_name_byte)
 }
 
-/// Document ids: `[A-Za-z0-9_-]{1,128}`.
-pub(super) fn valid_document_id(id: &str) -> bool {
+/// Document ids (and the user ids an import records as owners): `[A-Za-z0-9_-]{1,128}`.
+pub(crate) fn valid_document_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(is_name_byte)
 }
 

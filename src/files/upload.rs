@@ -236,6 +236,10 @@ impl Files {
         recorded: Recorded,
     ) -> Result<Upload> {
         who.require_admin("import files")?;
+        let owner = recorded.owner.as_deref();
+        if owner.is_some_and(|o| !crate::docs::valid_document_id(o)) {
+            return Err(invalid(crate::docs::BAD_OWNER, "owner"));
+        }
         for (at, field) in [
             (&recorded.created_at, "created_at"),
             (&recorded.updated_at, "updated_at"),

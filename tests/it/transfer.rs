@@ -389,6 +389,7 @@ fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() 
                 {"id": "c", "data": {}, "created_at": "yesterday"},
                 {"id": "a", "data": {"n": 2}},
                 {"id": "gone", "data": {"n": 3}},
+                {"id": "d", "data": {}, "owner": "x".repeat(200)},
             ]}),
         )
         .expect(200)
@@ -405,7 +406,13 @@ fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() 
             )
         })
         .collect();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(id, r)| id == "d" && r.contains("owner")),
+        "{reasons:?}"
+    );
     assert!(
         reasons
             .iter()
@@ -473,6 +480,11 @@ fn the_import_endpoints_keep_what_was_recorded_and_skip_what_they_cannot_make() 
     put(path, &srv.key).expect_error(409, "conflict");
     put("/v1/admin/import/files/box/c.txt?created_at=soon", &srv.key).expect(400);
     put("/v1/admin/import/files/box/d.txt?colour=red", &srv.key).expect(400);
+    put(
+        "/v1/admin/import/files/box/d.txt?owner=not%20an%20id",
+        &srv.key,
+    )
+    .expect(400);
     let user = signup(&srv, "eve@example.com")["access_token"]
         .as_str()
         .unwrap()
