@@ -507,6 +507,12 @@ pub(crate) fn now_rfc3339() -> String {
     format_time(time::OffsetDateTime::now_utc())
 }
 
+/// Seconds since the Unix epoch as the API's RFC 3339 string.
+pub(crate) fn unix_rfc3339(secs: u64) -> String {
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(secs).map_or_else(|_| String::new(), format_time)
+}
+
 pub(crate) fn format_time(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

@@ -470,6 +470,10 @@ pub(crate) async fn open_accounts(
         .migrate_email_case()
         .await
         .map_err(|e| StartError::Other(format!("cannot migrate the email index: {e}")))?;
+    accounts
+        .index_families()
+        .await
+        .map_err(|e| StartError::Other(format!("cannot index the logins by user: {e}")))?;
     Ok(accounts)
 }
 

@@ -3,9 +3,9 @@
 use super::error::ErrorBody;
 use super::extract::{client_ip, Caller, JsonBody};
 use super::AppState;
-use crate::auth::{LoginResult, Session, User};
+use crate::auth::{LoginResult, Principal, Session, SessionList, User};
 use crate::error::Error;
-use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -183,6 +183,61 @@ pub(super) async fn logout(
 #[get("/v1/auth/me")]
 pub(super) async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, Error> {
     Ok(HttpResponse::Ok().json(state.auth.accounts().me(&caller.0).await?))
+}
+
+/// The signed-in user's live sessions (logins), newest first: when and where each began and
+/// when it was last refreshed.
+#[utoipa::path(
+    tag = "auth",
+    responses(
+        (status = 200, description = "Their sessions", body = SessionList),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/auth/sessions")]
+pub(super) async fn my_sessions(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, Error> {
+    let id = own_id(&caller.0)?;
+    Ok(HttpResponse::Ok().json(state.auth.accounts().list_sessions(&caller.0, id).await?))
+}
+
+/// End one of the signed-in user's sessions (for example a lost phone's).
+#[utoipa::path(
+    tag = "auth",
+    params(("session" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 404, description = "No live session of theirs with this id", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/auth/sessions/{session}")]
+pub(super) async fn end_my_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let id = own_id(&caller.0)?;
+    state
+        .auth
+        .accounts()
+        .revoke_session(&caller.0, id, &path)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The signed-in user's id, or `401` for any other caller.
+fn own_id(who: &Principal) -> Result<&str, Error> {
+    match who {
+        Principal::User { id, .. } => Ok(id),
+        _ => Err(Error::unauthenticated(
+            "sign in as a user to see your sessions",
+        )),
+    }
 }
 
 /// Update the signed-in user's profile with a JSON merge patch.

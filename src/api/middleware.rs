@@ -1,10 +1,12 @@
 //! Request ids and trace context, one log line per request, and request metrics.
 
+use super::extract::client_ip;
 use super::AppState;
+use crate::auth::{self, Device, MAX_USER_AGENT};
 use crate::trace::{self, Kind, TraceContext};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
 use std::time::Instant;
@@ -74,7 +76,23 @@ pub(super) async fn observe(
     };
     let context = trace_span.context();
     let span = tracing::info_span!("request", request_id = %id, trace_id = %context.trace_id());
-    let mut res = trace::scope(context, next.call(req).instrument(span.clone())).await?;
+    // Requests that may sign in record where they come from with the login (its sessions).
+    let device = req.path().starts_with("/v1/auth/").then(|| Device {
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            // `to_str` passed only visible ASCII, so any length is a character boundary.
+            .map(|ua| ua.get(..MAX_USER_AGENT).unwrap_or(ua).to_string()),
+        ip: state
+            .as_ref()
+            .map(|s| client_ip(req.request(), &s.config.http.trusted_proxies)),
+    });
+    let work = next.call(req).instrument(span.clone());
+    let mut res = match device {
+        Some(device) => trace::scope(context, auth::with_device(device, work)).await?,
+        None => trace::scope(context, work).await?,
+    };
     let status = res.status();
     let route = res
         .request()

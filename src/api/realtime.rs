@@ -15,7 +15,8 @@ use std::convert::Infallible;
 #[into_params(parameter_in = Query)]
 pub(super) struct RealtimeQuery {
     /// Comma list of topics: a collection (`posts`, every document in it) or one document
-    /// (`posts/01JDX3...`), e.g. `posts,comments/abc`.
+    /// (`posts/01JDX3...`), e.g. `posts,comments/abc`. Admins may use `*`: every collection's
+    /// changes (not counted against the topic limit).
     subscribe: Option<String>,
     /// A filter over the envelope, as in lists. An update is sent when the document matched it
     /// before or after the change, so a client sees a document leave its filter.
@@ -201,7 +202,7 @@ pub(super) async fn connect(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SubscriptionBody {
-    /// Topics: `posts`, `posts/ID`, comma-separated.
+    /// Topics: `posts`, `posts/ID`, comma-separated; `*` (every collection) for admins.
     subscribe: String,
     /// A filter over the envelope, as on a single stream.
     #[serde(default)]

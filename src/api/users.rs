@@ -4,7 +4,8 @@ use super::error::ErrorBody;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::auth::{
-    accounts::UserPage, EmailCollision, ImportReport, PortableUser, PortableUserPage, User,
+    accounts::UserPage, EmailCollision, ImportReport, PortableUser, PortableUserPage, SessionList,
+    User,
 };
 use crate::error::Error;
 use crate::mail::Mail;
@@ -343,6 +344,87 @@ pub(super) async fn delete_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, Error> {
     state.auth.accounts().delete_user(&caller.0, &path).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A user's live sessions (logins), newest first: when and where each began and when it was
+/// last refreshed.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Their sessions", body = SessionList),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/admin/users/{id}/sessions")]
+pub(super) async fn list_sessions(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let sessions = state
+        .auth
+        .accounts()
+        .list_sessions(&caller.0, &path)
+        .await?;
+    Ok(HttpResponse::Ok().json(sessions))
+}
+
+/// End one session of a user: its refresh token stops working, and access tokens already
+/// issued to it run out within their lifetime.
+#[utoipa::path(
+    tag = "admin",
+    params(
+        ("id" = String, Path, description = "User id"),
+        ("session" = String, Path, description = "Session id"),
+    ),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user, or no live session of theirs with this id", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/admin/users/{id}/sessions/{session}")]
+pub(super) async fn revoke_session(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Error> {
+    let (id, session) = path.into_inner();
+    state
+        .auth
+        .accounts()
+        .revoke_session(&caller.0, &id, &session)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// End every session of a user, and every access token issued to them, at once.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/admin/users/{id}/sessions")]
+pub(super) async fn revoke_sessions(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    state
+        .auth
+        .accounts()
+        .revoke_sessions(&caller.0, &path)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

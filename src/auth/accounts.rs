@@ -16,6 +16,7 @@ mod admin;
 mod email;
 mod guest;
 mod identity;
+mod logins;
 mod mfa;
 mod oauth;
 mod passwordless;
@@ -25,6 +26,7 @@ mod sessions;
 mod transfer;
 
 pub use identity::{CollidingUser, EmailCollision};
+pub use logins::{SessionInfo, SessionList};
 pub use mfa::{LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes, TotpEnrollment};
 pub use oauth::{LinkedIdentity, OAuthProviderInfo, ProviderSecrets, SignInProvider};
 pub use passwordless::PasswordlessProof;

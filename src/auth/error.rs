@@ -24,6 +24,9 @@ pub enum AuthError {
     Forbidden(String),
     #[error("user {0} does not exist")]
     UserNotFound(String),
+    /// No live session (login) of this user has this id.
+    #[error("no session of this user is {0:?}")]
+    SessionNotFound(String),
     #[error("this email is already registered")]
     EmailTaken,
     /// A concurrent change to the same account won; try again.
@@ -103,9 +106,9 @@ impl From<AuthError> for Error {
             AuthError::Invalid { field, .. } => Error::validation(message, &field),
             AuthError::Unauthenticated(_) => Error::unauthenticated(message),
             AuthError::Forbidden(_) => Error::forbidden(message),
-            AuthError::UserNotFound(_) | AuthError::ProviderNotFound(_) => {
-                Error::not_found(message)
-            }
+            AuthError::UserNotFound(_)
+            | AuthError::SessionNotFound(_)
+            | AuthError::ProviderNotFound(_) => Error::not_found(message),
             AuthError::Provider(_) => Error::new(ErrorCode::ProviderFailed, message),
             AuthError::EmailTaken | AuthError::Conflict(_) => {
                 Error::new(ErrorCode::Conflict, message)

@@ -18,6 +18,7 @@ pub use accounts::{
     TotpEnrollment, User, UserPage,
 };
 pub use accounts::{ImportReport, PortableUser, PortableUserPage, Skipped};
+pub use accounts::{SessionInfo, SessionList};
 
 use crate::model::Actor;
 use crate::secrets::{Secrets, SERVICE_KEY};
@@ -26,6 +27,32 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+
+/// Where a request that may sign in comes from: recorded with each login it starts, for the
+/// user's list of sessions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Device {
+    /// The `User-Agent` header, at most [`MAX_USER_AGENT`] bytes of it.
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// The most of a `User-Agent` a login keeps.
+pub(crate) const MAX_USER_AGENT: usize = 256;
+
+tokio::task_local! {
+    static DEVICE: Device;
+}
+
+/// The device of the request the current task serves (empty outside one).
+pub(crate) fn device() -> Device {
+    DEVICE.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Runs `work` as a request from `device`.
+pub(crate) async fn with_device<F: std::future::Future>(device: Device, work: F) -> F::Output {
+    DEVICE.scope(device, work).await
+}
 
 /// Why a caller may not do something; every domain error has both as variants.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -133,7 +133,7 @@ impl Interest {
         let topic_matches = match self.topics.get(collection) {
             Some(Topic::Collection) => true,
             Some(Topic::Documents(ids)) => ids.contains(id),
-            None => false,
+            None => self.topics.contains_key(EVERYTHING),
         };
         topic_matches
             && self.filter.as_ref().is_none_or(|f| {
@@ -327,8 +327,12 @@ impl Realtime {
             Some(src) => Some(self.inner.docs.parse_filter(src)?),
             None => None,
         };
+        if topics.contains_key(EVERYTHING) {
+            who.require_admin("subscribe to `*`, every collection's changes")
+                .map_err(|denied| RealtimeError::Request(denied.into()))?;
+        }
         let auth = who.auth_value();
-        for collection in topics.keys() {
+        for collection in topics.keys().filter(|c| *c != EVERYTHING) {
             if self
                 .inner
                 .docs
@@ -458,12 +462,20 @@ impl Inner {
                 return;
             }
             if let Some((collection, id, before, after)) = document_change(change) {
-                let subscribers = registry.by_collection.get(collection);
-                if let (Some(subscribers), Some(doc)) = (subscribers, after.or(before)) {
+                let named = registry.by_collection.get(collection);
+                let everything = registry.by_collection.get(EVERYTHING);
+                // A stream with both topics is in both maps: it gets the change once.
+                let subscribers = named.into_iter().flat_map(|m| m.values()).chain(
+                    everything
+                        .into_iter()
+                        .flat_map(|m| m.values())
+                        .filter(|sub| named.is_none_or(|m| !m.contains_key(&sub.id))),
+                );
+                if let Some(doc) = after.or(before) {
                     let check = self.docs.read_check(collection);
                     let mut event = None;
                     let mut names = Vec::new();
-                    for sub in subscribers.values() {
+                    for sub in subscribers {
                         if !sub.wants(collection, id, before, after, &mut names)
                             || !check.allows(&sub.who, &sub.auth, doc)
                         {
@@ -615,7 +627,11 @@ fn sse_event(id: Option<u64>, event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("{id}event: {event}\ndata: {data}\n\n"))
 }
 
-/// `posts,posts/ID,...` → topics per collection. A collection topic covers its documents.
+/// The topic of every collection's changes (admins only; see [`Realtime::subscribe`]).
+const EVERYTHING: &str = "*";
+
+/// `posts,posts/ID,...` → topics per collection. A collection topic covers its documents; `*`
+/// covers every collection and does not count against `max`.
 fn parse_topics(src: &str, max: usize) -> Result<HashMap<String, Topic>> {
     let mut topics: HashMap<String, Topic> = HashMap::new();
     let items: Vec<&str> = src
@@ -629,13 +645,16 @@ fn parse_topics(src: &str, max: usize) -> Result<HashMap<String, Topic>> {
                 .into(),
         ));
     }
-    if items.len() > max {
+    if items.iter().filter(|item| **item != EVERYTHING).count() > max {
         return Err(RealtimeError::BadRequest(format!(
             "subscribe takes at most {max} topics"
         )));
     }
     for item in items {
         match item.split_once('/') {
+            None if item == EVERYTHING => {
+                topics.insert(item.to_string(), Topic::Collection);
+            }
             None => {
                 check_collection(item)?;
                 topics.insert(item.to_string(), Topic::Collection);

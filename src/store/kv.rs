@@ -34,6 +34,9 @@ pub(crate) enum Space {
     RefreshTokens,
     /// Login family id → family record.
     Families,
+    /// User id `00` login family id → the family id: a user's logins (see
+    /// `auth::accounts::logins`).
+    UserFamilies,
     /// SHA-256 of a one-time email token → token record.
     EmailTokens,
     /// Message id (a ULID) → outgoing mail.
@@ -95,6 +98,7 @@ impl Space {
             Space::OAuthUsed => b"oauthused:",
             Space::RefreshTokens => b"refresh:",
             Space::Families => b"family:",
+            Space::UserFamilies => b"userfamily:",
             Space::EmailTokens => b"etoken:",
             Space::Outbox => b"outbox:",
             Space::Buckets => b"bucket:",

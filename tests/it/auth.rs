@@ -1856,3 +1856,144 @@ fn anonymous_accounts_are_seen_by_rules_upgrade_in_place_and_expire() {
         .expect(200);
     with_token(&srv, "GET", &path, &t, None).expect(200);
 }
+
+/// Signs in `email` from a device named by its `User-Agent`; returns the session.
+fn login_from(srv: &TestServer, email: &str, agent: &str) -> Value {
+    let body = json!({"email": email, "password": "correct horse battery"});
+    let req = srv
+        .anon("POST", "/v1/auth/login")
+        .set("Content-Type", "application/json")
+        .set("User-Agent", agent);
+    send(req, Some(body.to_string().as_bytes()))
+        .expect(200)
+        .json
+}
+
+#[test]
+fn sessions_are_listed_per_user_and_revoked_one_by_one_or_all_at_once() {
+    let srv = start();
+    let user = signup(&srv, "devices@example.com")["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    signup(&srv, "other@example.com");
+    let phone = login_from(&srv, "devices@example.com", "Phone/1.0");
+    let laptop = login_from(&srv, "devices@example.com", "Laptop/2.0");
+    let token = |s: &Value, k: &str| s[k].as_str().unwrap().to_string();
+    let listed = |path: &str, bearer: Option<&str>| -> Vec<Value> {
+        let resp = match bearer {
+            Some(t) => with_token(&srv, "GET", path, t, None),
+            None => srv.get(path),
+        };
+        resp.expect(200).json["items"].as_array().unwrap().clone()
+    };
+    let admin_path = format!("/v1/admin/users/{user}/sessions");
+
+    // Newest first, with where and when each began; the signup's login is the third.
+    let sessions = listed(&admin_path, None);
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert_eq!(sessions[0]["user_agent"], "Laptop/2.0");
+    assert_eq!(sessions[1]["user_agent"], "Phone/1.0");
+    assert_eq!(sessions[0]["ip"], "127.0.0.1");
+    for s in &sessions {
+        for field in ["id", "created_at", "last_used_at", "expires_at"] {
+            assert!(s[field].is_string(), "{field} in {s}");
+        }
+    }
+    let phone_session = token(&sessions[1], "id");
+    // The user sees the same list; another user sees neither it nor ends its sessions.
+    let own = listed("/v1/auth/sessions", Some(&token(&laptop, "access_token")));
+    assert_eq!(own, sessions);
+    let other = crate::common::login_token(&srv, "other@example.com");
+    with_token(&srv, "GET", &admin_path, &other, None).expect_error(403, "forbidden");
+    with_token(
+        &srv,
+        "DELETE",
+        &format!("/v1/auth/sessions/{phone_session}"),
+        &other,
+        None,
+    )
+    .expect_error(404, "not_found");
+    send(srv.anon("GET", "/v1/auth/sessions"), None).expect(401);
+
+    // A refresh keeps the session and records its use.
+    let refreshed = post_json(
+        &srv,
+        "/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": token(&phone, "refresh_token")}),
+    )
+    .expect(200)
+    .json;
+    assert_eq!(listed(&admin_path, None).len(), 3);
+
+    // Ending the phone's session stops its refresh token; the others keep working.
+    srv.delete(&format!("{admin_path}/{phone_session}"))
+        .expect(204);
+    post_json(
+        &srv,
+        "/v1/auth/refresh",
+        None,
+        &json!({"refresh_token": token(&refreshed, "refresh_token")}),
+    )
+    .expect(401);
+    let left = listed(&admin_path, None);
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|s| s["id"] != phone_session.as_str()));
+    srv.delete(&format!("{admin_path}/{phone_session}"))
+        .expect_error(404, "not_found");
+
+    // A user ends one of their own sessions.
+    let laptop_session = token(&left[0], "id");
+    with_token(
+        &srv,
+        "DELETE",
+        &format!("/v1/auth/sessions/{laptop_session}"),
+        &token(&laptop, "access_token"),
+        None,
+    )
+    .expect(204);
+    assert_eq!(listed(&admin_path, None).len(), 1);
+
+    // Ending all of them stops every access token at once too.
+    let fresh = login_from(&srv, "devices@example.com", "Tablet/3.0");
+    srv.delete(&admin_path).expect(204);
+    assert!(listed(&admin_path, None).is_empty());
+    with_token(
+        &srv,
+        "GET",
+        "/v1/auth/me",
+        &token(&fresh, "access_token"),
+        None,
+    )
+    .expect(401);
+    srv.delete("/v1/admin/users/nobody/sessions")
+        .expect_error(404, "not_found");
+}
+
+#[test]
+fn logins_from_before_sessions_were_listed_are_indexed_at_start() {
+    let srv = start();
+    let user = signup(&srv, "early@example.com")["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/admin/users/{user}/sessions");
+    let before = srv.get(&path).expect(200).json["items"].clone();
+    assert_eq!(before.as_array().unwrap().len(), 1);
+    let family = before[0]["id"].as_str().unwrap().to_string();
+    let dir = srv.stop();
+    // As an earlier version left it: the family, but no per-user index.
+    crate::common::edit_stopped_store(dir.path(), |engine| async move {
+        use emberbase::engine::{Engine, Keyspace};
+        let mut txn = engine.begin().await.unwrap();
+        let mut key = format!("userfamily:{user}").into_bytes();
+        key.push(0);
+        key.extend_from_slice(family.as_bytes());
+        txn.delete(Keyspace::System, key);
+        txn.delete(Keyspace::System, b"accmeta:families-indexed".to_vec());
+        txn.commit(None).await.unwrap();
+    });
+    let srv = TestServer::start_in(dir, fast);
+    assert_eq!(srv.get(&path).expect(200).json["items"], before);
+}

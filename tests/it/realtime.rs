@@ -720,3 +720,66 @@ fn a_connection_resumes_every_subscription_once_after_kill_9() {
         ]
     );
 }
+
+#[test]
+fn the_every_collection_topic_is_for_admins_and_sees_each_change_once() {
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.realtime.max_topics = 2;
+    });
+    share(&srv, "alpha");
+    let user = signup_token(&srv, "curious@example.com");
+    let refused = Sse::open(&srv, "subscribe=*", Some(&user), None)
+        .err()
+        .expect("a user cannot watch every collection");
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(
+        Sse::open(&srv, "subscribe=*", None, None)
+            .err()
+            .map(|r| r.status),
+        Some(401)
+    );
+
+    // `*` is not counted against the topic limit, and a stream with `*` and `alpha` gets an
+    // alpha change once.
+    let (mut tail, _) = Sse::live(&srv, "subscribe=*,alpha,gamma", Some(&srv.key));
+    let (mut conn, _, _) = connect(
+        &srv.url(""),
+        &json!([{"name": "all", "subscribe": "*"}, {"name": "a", "subscribe": "alpha"}]),
+        &srv.key,
+        None,
+    );
+    srv.put("/v1/collections/alpha/docs/a1", &json!({"n": 1}))
+        .expect(201);
+    srv.put("/v1/collections/beta/docs/b1", &json!({"n": 2}))
+        .expect(201);
+    srv.delete("/v1/collections/alpha/docs/a1").expect(204);
+    let events = tail.take(3);
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event.as_str(),
+                e.data["collection"].as_str().unwrap(),
+                e.data["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("create", "alpha", "a1"),
+            ("create", "beta", "b1"),
+            ("delete", "alpha", "a1")
+        ]
+    );
+    assert_eq!(
+        change(&mut conn),
+        ("a1".into(), vec!["a".into(), "all".into()])
+    );
+    assert_eq!(change(&mut conn), ("b1".into(), vec!["all".into()]));
+    assert_eq!(
+        change(&mut conn),
+        ("a1".into(), vec!["a".into(), "all".into()])
+    );
+}

@@ -51,6 +51,7 @@ impl Accounts {
     pub(crate) async fn prune(&self, outbox_kept: usize) -> Result<Pruned> {
         let now = unix_secs();
         let families = self.prune_space(Space::Families, now).await?;
+        self.prune_space(Space::UserFamilies, now).await?;
         let refresh_tokens = self.prune_space(Space::RefreshTokens, now).await?;
         let email_tokens = self.prune_space(Space::EmailTokens, now).await?;
         let mfa_challenges = self.prune_space(Space::MfaChallenges, now).await?;
@@ -91,6 +92,10 @@ impl Accounts {
                     .flatten()
                     .is_some_and(|(user, _)| user.token_version == family.token_version);
                 family.revoked || family.expires_at <= now || !user_ok
+            }
+            // A user's index entry of a family that is gone.
+            Space::UserFamilies => {
+                matches!(self.store.kv_get(Space::Families, bytes).await, Ok(None))
             }
             Space::RefreshTokens => match from_json::<RefreshRecord>(bytes) {
                 Ok(r) => matches!(

@@ -122,6 +122,18 @@ pub(super) struct FamilyRecord {
     /// Unix seconds: the absolute end of the login.
     pub(super) expires_at: u64,
     pub(super) revoked: bool,
+    /// Unix seconds: when the login began (0 for logins recorded before this was).
+    #[serde(default)]
+    pub(super) created_at: u64,
+    /// Unix seconds: the login's last refresh, or its beginning (0 when unknown).
+    #[serde(default)]
+    pub(super) last_used_at: u64,
+    /// The `User-Agent` of the request that signed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) user_agent: Option<String>,
+    /// The address of the client that signed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,13 +22,25 @@ impl Accounts {
         write: KvWrite,
     ) -> Result<(Session, KvWrite)> {
         let family_id = ulid::Ulid::new().to_string();
+        let now = unix_secs();
+        let device = crate::auth::device();
         let family = FamilyRecord {
             user_id: user.id.clone(),
             token_version: user.token_version,
-            expires_at: unix_secs() + self.config.refresh_token_ttl_days * 86_400,
+            expires_at: now + self.config.refresh_token_ttl_days * 86_400,
             revoked: false,
+            created_at: now,
+            last_used_at: now,
+            user_agent: device.user_agent,
+            ip: device.ip,
         };
-        let write = write.put(Space::Families, family_id.as_bytes(), to_json(&family)?);
+        let write = write
+            .put(Space::Families, family_id.as_bytes(), to_json(&family)?)
+            .put(
+                Space::UserFamilies,
+                super::logins::index_key(&user.id, &family_id),
+                family_id.clone().into_bytes(),
+            );
         self.next_refresh_token(user, &family_id, write)
     }
 
@@ -238,6 +250,10 @@ impl Accounts {
             used: true,
             ..record.clone()
         };
+        let family = FamilyRecord {
+            last_used_at: unix_secs(),
+            ..family
+        };
         let write = KvWrite::default()
             .check(Space::RefreshTokens, hash.as_bytes(), Some(record_bytes))
             .check(
@@ -245,7 +261,8 @@ impl Accounts {
                 record.family.as_bytes(),
                 Some(family_bytes),
             )
-            .put(Space::RefreshTokens, hash.as_bytes(), to_json(&used)?);
+            .put(Space::RefreshTokens, hash.as_bytes(), to_json(&used)?)
+            .put(Space::Families, record.family.as_bytes(), to_json(&family)?);
         let (session, write) = self.next_refresh_token(&user, &record.family, write)?;
         match self.store.kv_write(write).await {
             Ok(()) => {
