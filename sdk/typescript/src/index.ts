@@ -8,13 +8,15 @@
  * - `eb.offline`: with `offline: {storage}`, reads answered and writes queued while the server
  *   is out of reach (see `Offline`).
  * - `eb.batch([...])`: several writes, all or nothing.
- * - `eb.api`: the generated client of every endpoint (openapi-fetch), for anything else.
+ * - `eb.api`: the generated client of every endpoint (openapi-fetch), for anything else; run
+ *   its calls through `eb.call` to send the session's token.
+ * - `eb.changes(listener)`: every collection's changes, live (admins).
  *
  * Every failure is an `EmberbaseError` with the HTTP `status` and the API's `code`.
  */
 import type { components, paths } from "./generated/schema.js";
 import { Auth } from "./auth.js";
-import { Collection, type Doc, type DocData, type Transform } from "./collection.js";
+import { Collection, type Doc, type DocData, type SubscribeOptions, type Transform } from "./collection.js";
 import { EmberbaseError } from "./errors.js";
 import { Files } from "./files.js";
 import { Functions } from "./functions.js";
@@ -69,6 +71,11 @@ export interface EmberbaseOptions {
    */
   offline?: OfflineOptions;
 }
+
+/** A change to any collection (`Emberbase.changes`); `reset` when the stream could not resume. */
+export type AnyChangeEvent =
+  | { type: "create" | "update" | "delete"; collection: string; id: string; doc: Doc; seq: number }
+  | { type: "reset"; seq: number };
 
 /** One op of a batch. */
 export type BatchOp =
@@ -166,6 +173,44 @@ export class Emberbase {
       }),
     );
     return (result as { results: (Doc | null)[] }).results;
+  }
+
+  /**
+   * Runs a call of the generated client with the session's token (renewed once if the server
+   * refuses it), and returns its data or throws `EmberbaseError`: for the routes without a
+   * method of their own, such as the admin API.
+   *
+   * ```ts
+   * const { items } = await eb.call((headers) => eb.api.GET("/v1/admin/collections", { headers }));
+   * ```
+   */
+  call<T>(run: (headers: Record<string, string>) => Promise<{ data?: T; error?: unknown; response: Response }>): Promise<T> {
+    return this.transport.call(run);
+  }
+
+  /**
+   * Calls `listener` for every change to every collection, live, until the returned function is
+   * called (admins only: the realtime topic `*`). Shares the client's one realtime connection,
+   * and resumes where it left off after a reconnect.
+   */
+  changes(listener: (event: AnyChangeEvent) => void, options: Omit<SubscribeOptions, "ids"> = {}): () => void {
+    return this.realtime.add(
+      { subscribe: "*", filter: options.filter },
+      {
+        event: (type, data, seq) => {
+          if (type === "reset") listener({ type: "reset", seq });
+          else if (type === "create" || type === "update" || type === "delete") {
+            const { collection, id, doc } = data as { collection: string; id: string; doc: Doc };
+            listener({ type, collection, id, doc, seq });
+          }
+        },
+        ready: () => options.onReady?.(),
+        fatal: (error) => {
+          if (options.onError) options.onError(error);
+          else console.error("emberbase: the subscription to every collection ended:", error);
+        },
+      },
+    );
   }
 
   /** Whether the server answers: `{status: "ok", version}`. */

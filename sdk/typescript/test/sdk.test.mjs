@@ -447,6 +447,42 @@ describe("against one server", () => {
     assert.equal(denied.errors[0].code, "bad_request");
   });
 
+  test("admins: call runs any route with the session, and changes() follows every collection", async () => {
+    const address = email("admin");
+    await admin(server, "POST", "/v1/admin/admins", { email: address, password: PASSWORD });
+    const eb = new Emberbase(server.url);
+    await eb.auth.login(address, PASSWORD);
+    const name = `tail_${counter++}`;
+    await admin(server, "PUT", `/v1/collections/${name}/docs/first`, { n: 1 });
+    const { items } = await eb.call((headers) => eb.api.GET("/v1/admin/collections", { headers }));
+    assert.equal(items.find((c) => c.name === name)?.documents, 1);
+    const refused = await failure(
+      eb.call((headers) => eb.api.GET("/v1/admin/collections/{collection}", { headers, params: { path: { collection: "bad name" } } })),
+    );
+    assert.equal(refused.status, 400);
+
+    const events = [];
+    let ready = false;
+    const stop = eb.changes((e) => events.push(e), { onReady: () => (ready = true) });
+    await eventually("the tail is live", () => ready);
+    await admin(server, "PUT", `/v1/collections/${name}/docs/second`, { n: 2 });
+    await admin(server, "PUT", `/v1/collections/${name}_other/docs/third`, { n: 3 });
+    await eventually("both changes", () => events.length === 2);
+    assert.deepEqual(
+      events.map((e) => `${e.type} ${e.collection}/${e.id} ${e.doc.data.n}`),
+      [`create ${name}/second 2`, `create ${name}_other/third 3`],
+    );
+    stop();
+
+    // Not for users.
+    const user = new Emberbase(server.url);
+    await user.auth.signup(email("nosy"), PASSWORD);
+    const errors = [];
+    user.changes(() => {}, { onError: (e) => errors.push(e) });
+    await eventually("a refusal", () => errors.length === 1);
+    assert.equal(errors[0].status, 403);
+  });
+
   test("errors: network failures and unknown routes are typed", async () => {
     const down = new Emberbase("http://127.0.0.1:9");
     const e = await failure(down.collection("x").list());
