@@ -1,4 +1,5 @@
-//! Records the commit the binary is built from, for `emberbase --version`.
+//! Records the commit the binary is built from, for `emberbase --version`, and rebuilds when the
+//! embedded console changes.
 
 use std::process::Command;
 
@@ -23,4 +24,6 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=.git/packed-refs");
+    // The admin console's build, which `api/console.rs` embeds.
+    println!("cargo:rerun-if-changed=console/dist");
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod backups;
+mod console;
 mod dev;
 mod documents;
 pub(crate) mod error;
@@ -383,6 +384,7 @@ pub(crate) fn app(
         .into_utoipa_app()
         .configure(register)
         .into_app()
+        .configure(console::routes)
         // Swagger UI reads the document served at /v1/openapi.json, so no worker keeps a copy.
         .service(
             SwaggerUi::new("/docs/{_:.*}")

@@ -5,6 +5,7 @@ use emberbase::{Config, Server};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The key of functions' secrets every node of a test cluster shares (32 bytes, base64).
@@ -767,4 +768,27 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `npm ci` in `dir` (a folder of the repository with a `package-lock.json`) unless its
+/// `node_modules` already holds `marker`: once per test run, and one folder at a time, so that
+/// tests sharing a folder (the SDK's, which the console builds from) never install into it at
+/// once.
+pub fn npm_ci(dir: &Path, marker: &str) -> Result<(), String> {
+    static DONE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if done.iter().any(|d| d == dir) || dir.join("node_modules").join(marker).exists() {
+        done.push(dir.to_path_buf());
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .map_err(|e| format!("npm is needed in {} ({e})", dir.display()))?;
+    if !status.success() {
+        return Err(format!("npm ci failed in {}", dir.display()));
+    }
+    done.push(dir.to_path_buf());
+    Ok(())
 }

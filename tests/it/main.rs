@@ -7,6 +7,7 @@ mod backups;
 mod cluster;
 mod collections;
 mod common;
+mod console;
 mod crash;
 mod docs;
 mod documents;

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 
 /// Where the app wants the browser back (never fetched: the test reads the redirect).
 const APP: &str = "http://app.test/signed-in";
@@ -47,30 +46,10 @@ impl Peers {
     }
 }
 
-/// Installs the providers' npm packages, once per test run (the SDK test uses them too).
-pub(crate) fn npm_ci(dir: &Path) -> Result<(), String> {
-    static DONE: Mutex<bool> = Mutex::new(false);
-    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
-    if *done || dir.join("node_modules/oidc-provider").exists() {
-        *done = true;
-        return Ok(());
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .map_err(|e| format!("the OpenID provider tests need npm ({e})"))?;
-    if !status.success() {
-        return Err(format!("npm ci failed in {}", dir.display()));
-    }
-    *done = true;
-    Ok(())
-}
-
 /// Starts the test providers with Emberbase's callback for provider `name` registered.
 fn peers(srv: &TestServer, name: &str) -> Option<Peers> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    let started = npm_ci(&dir).and_then(|()| {
+    let started = npm_ci(&dir, "oidc-provider").and_then(|()| {
         Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)

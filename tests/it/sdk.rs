@@ -23,18 +23,9 @@ fn check(what: &str, out: &std::process::Output) {
 #[test]
 fn typescript_sdk_builds_and_passes_its_tests() {
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/typescript");
-    if !sdk.join("node_modules/.bin/tsc").exists() {
-        match Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&sdk)
-            .status()
-        {
-            Ok(status) => assert!(status.success(), "npm ci failed in {}", sdk.display()),
-            Err(e) => {
-                crate::common::skip(&format!("the TypeScript SDK needs npm ({e})"));
-                return;
-            }
-        }
+    if let Err(e) = crate::common::npm_ci(&sdk, ".bin/tsc") {
+        crate::common::skip(&format!("the TypeScript SDK needs npm: {e}"));
+        return;
     }
     check(
         "npm run check:generated",
@@ -43,7 +34,7 @@ fn typescript_sdk_builds_and_passes_its_tests() {
     check("npm run build", &npm(&sdk, &["run", "build"]));
     // The sign-in provider test starts the providers of tests/oidc (npm packages of their own).
     let oidc = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    if let Err(e) = crate::oauth::npm_ci(&oidc) {
+    if let Err(e) = crate::common::npm_ci(&oidc, "oidc-provider") {
         panic!("{e}");
     }
     let echo = tempfile::NamedTempFile::new().unwrap();

@@ -1,0 +1,88 @@
+// Small pieces every page uses.
+import type { ComponentChildren } from "preact";
+import { useCallback, useEffect, useRef, useState } from "preact/hooks";
+import { problem, type Problem } from "./api";
+import { follow, href } from "./router";
+
+export function Link(props: { to: string; children: ComponentChildren; class?: string; current?: boolean }) {
+  return (
+    <a
+      href={href(props.to)}
+      class={props.class}
+      aria-current={props.current ? "page" : undefined}
+      onClick={(e) => follow(e, props.to)}
+    >
+      {props.children}
+    </a>
+  );
+}
+
+/** A failure as a message in an alert, with a caret under the column of a bad expression. */
+export function ProblemLine(props: { problem: Problem | null; source?: string }) {
+  const { problem: p, source } = props;
+  if (!p) return null;
+  return (
+    <div class="problem" role="alert">
+      <span>{p.message}</span>
+      {p.column !== undefined && source !== undefined && (
+        <pre class="caret" data-column={p.column}>
+          {source}
+          {"\n"}
+          {" ".repeat(Math.max(0, p.column - 1))}^ column {p.column}
+        </pre>
+      )}
+    </div>
+  );
+}
+
+/** Loads with `load` when `deps` change; `reload` runs it again. */
+export function useLoad<T>(load: () => Promise<T>, deps: unknown[]) {
+  const [value, setValue] = useState<T | null>(null);
+  const [error, setError] = useState<Problem | null>(null);
+  const [loading, setLoading] = useState(true);
+  const latest = useRef(0);
+  const reload = useCallback(() => {
+    const mine = ++latest.current;
+    setLoading(true);
+    load().then(
+      (v) => {
+        if (mine !== latest.current) return;
+        setValue(v);
+        setError(null);
+        setLoading(false);
+      },
+      (e) => {
+        if (mine !== latest.current) return;
+        setError(problem(e));
+        setLoading(false);
+      },
+    );
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, deps);
+  useEffect(reload, [reload]);
+  return { value, setValue, error, loading, reload };
+}
+
+/** Runs `f` when `value` has stayed the same for `ms`. */
+export function useDebounced<T>(value: T, ms: number, f: (value: T) => void) {
+  const latest = useRef(f);
+  latest.current = f;
+  useEffect(() => {
+    const timer = setTimeout(() => latest.current(value), ms);
+    return () => clearTimeout(timer);
+  }, [value, ms]);
+}
+
+export function Field(props: { label: string; children: ComponentChildren; hint?: string }) {
+  return (
+    <label class="field">
+      <span class="label">{props.label}</span>
+      {props.children}
+      {props.hint && <span class="hint">{props.hint}</span>}
+    </label>
+  );
+}
+
+export function Empty(props: { children: ComponentChildren }) {
+  return <p class="empty">{props.children}</p>;
+}
