@@ -94,7 +94,9 @@ pub use auth::{
     MfaChallenge, OAuthProviderInfo, PasswordlessProof, Principal, ProviderSecrets, RecoveryCodes,
     Session, SignInProvider, TotpEnrollment, User, UserPage,
 };
-pub use auth::{ImportReport, PortableUser, PortableUserPage, SessionInfo, SessionList, Skipped};
+pub use auth::{
+    ImportReport, NewUser, PortableUser, PortableUserPage, SessionInfo, SessionList, Skipped,
+};
 pub use backup::{
     restore, restore_cluster, BackupError, BackupInfo, BackupState, Backups, RestoreError,
     RestoreProgress, Restored,

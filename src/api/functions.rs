@@ -371,6 +371,8 @@ pub(super) async fn delete(
 pub(super) struct InvocationQuery {
     /// How many, 1 to 1000 (default 50).
     limit: Option<usize>,
+    /// Only records with this status: `ok`, `error`, `timeout`, `dead` or `dropped`.
+    status: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -378,7 +380,7 @@ pub(super) struct InvocationList {
     items: Vec<Invocation>,
 }
 
-/// The latest invocations of a function, newest first.
+/// The latest invocations of a function, newest first; with `status`, the latest with it.
 #[utoipa::path(
     tag = "functions",
     params(("name" = String, Path, description = "Function name"), InvocationQuery),
@@ -398,7 +400,12 @@ pub(super) async fn invocations(
 ) -> Result<HttpResponse, Error> {
     let items = state
         .functions
-        .invocations(&caller.0, &name, query.limit.unwrap_or(50))
+        .invocations(
+            &caller.0,
+            &name,
+            query.limit.unwrap_or(50),
+            query.status.as_deref(),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(InvocationList { items }))
 }

@@ -315,6 +315,7 @@ fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(rules::check_rule)
         .service(rules::test_rule)
         .service(users::list_users)
+        .service(users::create_user)
         .service(users::get_user)
         .service(users::disable_user)
         .service(users::enable_user)

@@ -4,8 +4,8 @@ use super::error::ErrorBody;
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::auth::{
-    accounts::UserPage, EmailCollision, ImportReport, PortableUser, PortableUserPage, SessionList,
-    User,
+    accounts::UserPage, EmailCollision, ImportReport, NewUser, PortableUser, PortableUserPage,
+    SessionList, User,
 };
 use crate::error::Error;
 use crate::mail::Mail;
@@ -21,10 +21,22 @@ pub(super) struct PageQuery {
     cursor: Option<String>,
 }
 
-/// Users in creation order.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct UserQuery {
+    /// Only users whose address starts with this, in any case (`ada`, `ada@exa`); the page is
+    /// then in address order.
+    email: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Users in creation order, or those whose address starts with `email`.
 #[utoipa::path(
     tag = "admin",
-    params(PageQuery),
+    params(UserQuery),
     responses(
         (status = 200, description = "One page", body = UserPage),
         (status = 403, description = "Not an admin", body = ErrorBody),
@@ -35,18 +47,42 @@ pub(super) struct PageQuery {
 pub(super) async fn list_users(
     state: web::Data<AppState>,
     caller: Caller,
-    query: web::Query<PageQuery>,
+    query: web::Query<UserQuery>,
 ) -> Result<HttpResponse, Error> {
-    let page = state
-        .auth
-        .accounts()
-        .list_users(
-            &caller.0,
-            query.limit.unwrap_or(50),
-            query.cursor.as_deref(),
-        )
-        .await?;
+    let accounts = state.auth.accounts();
+    let limit = query.limit.unwrap_or(50);
+    let cursor = query.cursor.as_deref();
+    let page = match query.email.as_deref() {
+        Some(prefix) => {
+            accounts
+                .search_users(&caller.0, prefix, limit, cursor)
+                .await?
+        }
+        None => accounts.list_users(&caller.0, limit, cursor).await?,
+    };
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// Create an account with a password (no session starts; the user signs in themselves).
+#[utoipa::path(
+    tag = "admin",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = User),
+        (status = 400, description = "A bad address, role, profile or password", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 409, description = "The address is taken", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/users")]
+pub(super) async fn create_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: JsonBody<NewUser>,
+) -> Result<HttpResponse, Error> {
+    let user = state.auth.accounts().create_user(&caller.0, body.0).await?;
+    Ok(HttpResponse::Created().json(user))
 }
 
 /// Accounts with their password hashes, in id order, to move them to another server

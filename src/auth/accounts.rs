@@ -30,7 +30,7 @@ pub use logins::{SessionInfo, SessionList};
 pub use mfa::{LoginResult, MfaAnswer, MfaChallenge, RecoveryCodes, TotpEnrollment};
 pub use oauth::{LinkedIdentity, OAuthProviderInfo, ProviderSecrets, SignInProvider};
 pub use passwordless::PasswordlessProof;
-pub use records::{Session, User, UserPage};
+pub use records::{NewUser, Session, User, UserPage};
 pub use transfer::{ImportReport, PortableUser, PortableUserPage, Skipped};
 
 use records::{from_json, to_json, UserRecord};

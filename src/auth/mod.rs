@@ -18,7 +18,7 @@ pub use accounts::{
     TotpEnrollment, User, UserPage,
 };
 pub use accounts::{ImportReport, PortableUser, PortableUserPage, Skipped};
-pub use accounts::{SessionInfo, SessionList};
+pub use accounts::{NewUser, SessionInfo, SessionList};
 
 use crate::model::Actor;
 use crate::secrets::{Secrets, SERVICE_KEY};

@@ -130,6 +130,7 @@ impl Functions {
         who: &Principal,
         name: &str,
         limit: usize,
+        status: Option<&str>,
     ) -> Result<Vec<Invocation>> {
         Self::require_admin(who)?;
         check_name(name)?;
@@ -139,13 +140,37 @@ impl Functions {
         if !(1..=1000).contains(&limit) {
             return Err(FunctionsError::BadRequest("limit must be 1 to 1000".into()));
         }
-        self.inner
-            .store
-            .kv_prefix_last(Space::Invocations, &dispatch::function_prefix(name), limit)
-            .await?
-            .into_iter()
-            .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(internal))
-            .collect()
+        let prefix = dispatch::function_prefix(name);
+        let store = &self.inner.store;
+        let Some(status) = status else {
+            return store
+                .kv_prefix_last(Space::Invocations, &prefix, limit)
+                .await?
+                .into_iter()
+                .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(internal))
+                .collect();
+        };
+        // Newest first, page by page, over at most the records the log keeps of a function
+        // (pruning may lag behind by a page or so).
+        let most = self.inner.config.invocations_kept.saturating_add(1024);
+        let mut found = Vec::new();
+        let mut before: Option<Vec<u8>> = None;
+        let mut examined = 0;
+        while found.len() < limit && examined < most {
+            let page = store
+                .kv_prefix_last_before(Space::Invocations, &prefix, before.as_deref(), 256)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            before = Some(last.clone());
+            examined += page.len();
+            for (_, bytes) in page {
+                let invocation: Invocation = serde_json::from_slice(&bytes).map_err(internal)?;
+                if invocation.status == status && found.len() < limit {
+                    found.push(invocation);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Runs one invocation of `function` with an event, as the function's principal, in a span

@@ -583,6 +583,30 @@ impl Store {
             .await
     }
 
+    /// System records whose key starts with `prefix` and sorts before `before` (every one,
+    /// with `None`), last key first, at most `limit`: a page of a newest-first walk.
+    pub(crate) async fn kv_prefix_last_before(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        let full = space.key(prefix);
+        let range = KeyRange {
+            end: match before {
+                Some(key) => Some(space.key(key)),
+                None => Some(keys::prefix_end(&full)),
+            },
+            start: full,
+        };
+        let entries = self
+            .engine
+            .scan(Keyspace::System, &range, Direction::Reverse, limit)
+            .await?;
+        Ok(strip_prefix(space.prefix().len(), entries))
+    }
+
     async fn kv_prefix_scan(
         &self,
         space: Space,

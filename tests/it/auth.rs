@@ -1997,3 +1997,88 @@ fn logins_from_before_sessions_were_listed_are_indexed_at_start() {
     let srv = TestServer::start_in(dir, fast);
     assert_eq!(srv.get(&path).expect(200).json["items"], before);
 }
+
+#[test]
+fn admins_create_users_and_find_them_by_the_start_of_their_address() {
+    let srv = start();
+    let made = srv
+        .post(
+            "/v1/admin/users",
+            &json!({"email": "Zed@Example.com", "password": "correct horse battery", "role": "admin",
+                    "profile": {"name": "Zed"}, "email_verified": true}),
+        )
+        .expect(201)
+        .json;
+    assert_eq!(made["role"], "admin");
+    assert_eq!(made["email_verified"], true);
+    assert_eq!(made["profile"]["name"], "Zed");
+    // No session started for them; they sign in themselves.
+    assert!(made.get("access_token").is_none());
+    post_json(
+        &srv,
+        "/v1/auth/login",
+        None,
+        &json!({"email": "zed@example.com", "password": "correct horse battery"}),
+    )
+    .expect(200);
+    srv.post(
+        "/v1/admin/users",
+        &json!({"email": "zed@example.com", "password": "correct horse battery"}),
+    )
+    .expect_error(409, "conflict");
+    srv.post(
+        "/v1/admin/users",
+        &json!({"email": "x@example.com", "password": "correct horse battery", "role": "root"}),
+    )
+    .expect(400);
+    srv.post(
+        "/v1/admin/users",
+        &json!({"email": "x@example.com", "password": "short"}),
+    )
+    .expect(400);
+    let user = signup(&srv, "ann-0@example.com")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    with_token(
+        &srv,
+        "POST",
+        "/v1/admin/users",
+        &user,
+        Some(&json!({"email": "y@example.com", "password": "correct horse battery"})),
+    )
+    .expect_error(403, "forbidden");
+
+    for n in 1..3 {
+        srv.post(
+            "/v1/admin/users",
+            &json!({"email": format!("Ann-{n}@example.com"), "password": "correct horse battery"}),
+        )
+        .expect(201);
+    }
+    signup(&srv, "bob@example.com");
+    let emails = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_lowercase())
+            .collect()
+    };
+    let first = srv
+        .get("/v1/admin/users?email=ANN&limit=2")
+        .expect(200)
+        .json;
+    assert_eq!(emails(&first), ["ann-0@example.com", "ann-1@example.com"]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = srv
+        .get(&format!(
+            "/v1/admin/users?email=ann&limit=2&cursor={cursor}"
+        ))
+        .expect(200)
+        .json;
+    assert_eq!(emails(&rest), ["ann-2@example.com"]);
+    assert!(rest["next_cursor"].is_null());
+    let none = srv.get("/v1/admin/users?email=nobody").expect(200).json;
+    assert!(none["items"].as_array().unwrap().is_empty());
+}

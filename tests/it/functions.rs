@@ -757,6 +757,27 @@ fn failed_events_are_retried_with_one_event_id_then_dead_lettered() {
     assert_eq!(records.len(), 3, "one attempt and two retries");
     assert_eq!(records[0]["attempt"], 3);
     assert_eq!(records[0]["error"], "always");
+    // The log filtered by status: the dead letter alone, then the two failed attempts.
+    let only = |status: &str, limit: u32| -> Vec<Value> {
+        srv.get(&format!(
+            "/v1/admin/functions/doomed/invocations?status={status}&limit={limit}"
+        ))
+        .expect(200)
+        .json["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let dead = only("dead", 50);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], records[0]["id"]);
+    let attempts: Vec<u64> = only("error", 50)
+        .iter()
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [2, 1], "newest first");
+    assert_eq!(only("error", 1).len(), 1);
+    assert!(only("ok", 50).is_empty());
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(
         invocations(&srv, "doomed").len(),

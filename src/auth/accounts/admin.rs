@@ -1,7 +1,7 @@
 //! What admins do with accounts: list, read, disable, promote and delete users, bootstrap an
 //! admin, read the mail outbox, rotate the signing key.
 
-use super::records::{from_json, new_user, normalize_email, User, UserPage, UserRecord};
+use super::records::{from_json, new_user, normalize_email, NewUser, User, UserPage, UserRecord};
 use super::Accounts;
 use crate::auth::error::{invalid, AuthError, Result};
 use crate::auth::password::check_password;
@@ -55,6 +55,74 @@ impl Accounts {
             None
         };
         Ok((records, next_cursor))
+    }
+
+    /// Users whose address starts with `prefix` (in any case), in address order, and the cursor
+    /// of the next page (the last address of this one).
+    pub async fn search_users(
+        &self,
+        who: &Principal,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<UserPage> {
+        Self::require_admin(who)?;
+        if !(1..=1000).contains(&limit) {
+            return Err(AuthError::BadRequest(
+                "limit must be between 1 and 1000".into(),
+            ));
+        }
+        let prefix = super::identity::email_key(prefix.trim());
+        let rows = match cursor {
+            // Addresses sort together by prefix: the page goes on after the cursor while they
+            // still start with it.
+            Some(after) => self
+                .store
+                .kv_scan(Space::Emails, Some(after.as_bytes()), limit + 1)
+                .await?
+                .into_iter()
+                .take_while(|(key, _)| key.starts_with(prefix.as_bytes()))
+                .collect(),
+            None => {
+                self.store
+                    .kv_prefix(Space::Emails, prefix.as_bytes(), limit + 1)
+                    .await?
+            }
+        };
+        let more = rows.len() > limit;
+        let mut items = Vec::new();
+        let mut last = None;
+        for (key, id) in rows.into_iter().take(limit) {
+            if let Some((user, _)) = self.load_user(&String::from_utf8_lossy(&id)).await? {
+                items.push(user.public());
+            }
+            last = Some(String::from_utf8_lossy(&key).into_owned());
+        }
+        Ok(UserPage {
+            items,
+            next_cursor: if more { last } else { None },
+        })
+    }
+
+    /// Creates an account with a password, as an admin: its address counts as verified when
+    /// `verified` says so, and no session starts.
+    pub async fn create_user(&self, who: &Principal, new: NewUser) -> Result<User> {
+        Self::require_admin(who)?;
+        let email = normalize_email(&new.email)?;
+        if new.role != "user" && new.role != "admin" {
+            return Err(invalid("role is `user` or `admin`", "role"));
+        }
+        if self.user_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        check_password(&new.password, &email)?;
+        let hash = self.hasher.hash(new.password).await?;
+        let (user, write) = new_user(&email, &new.role, hash, new.email_verified, new.profile)?;
+        match self.store.kv_write(write).await {
+            Ok(()) => Ok(user.public()),
+            Err(StoreError::CasFailed) => Err(AuthError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn get_user(&self, who: &Principal, id: &str) -> Result<User> {

@@ -150,6 +150,29 @@ pub(super) struct EmailTokenRecord {
     pub(super) expires_at: u64,
 }
 
+/// An account an admin creates (`POST /v1/admin/users`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub email: String,
+    /// Checked against the password policy, as at signup.
+    pub password: String,
+    /// `user` (the default) or `admin`.
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// What the app keeps about the user, at most 4 KiB as JSON.
+    #[serde(default, deserialize_with = "crate::model::json_object")]
+    #[schema(value_type = Object)]
+    pub profile: Map<String, Value>,
+    /// Whether the address counts as verified (default false: the user verifies it by mail).
+    #[serde(default)]
+    pub email_verified: bool,
+}
+
+fn default_role() -> String {
+    "user".into()
+}
+
 /// A page of users.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UserPage {

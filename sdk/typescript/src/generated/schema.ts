@@ -400,7 +400,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The latest invocations of a function, newest first. */
+        /** The latest invocations of a function, newest first; with `status`, the latest with it. */
         get: operations["invocations"];
         put?: never;
         post?: never;
@@ -725,10 +725,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Users in creation order. */
+        /** Users in creation order, or those whose address starts with `email`. */
         get: operations["list_users"];
         put?: never;
-        post?: never;
+        /** Create an account with a password (no session starts; the user signs in themselves). */
+        post: operations["create_user"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2508,6 +2509,18 @@ export interface components {
             mfa_required: boolean;
             /** @description For `POST /v1/auth/mfa/verify`, with a code; valid for five minutes, once. */
             mfa_token: string;
+        };
+        /** @description An account an admin creates (`POST /v1/admin/users`). */
+        NewUser: {
+            email: string;
+            /** @description Whether the address counts as verified (default false: the user verifies it by mail). */
+            email_verified?: boolean;
+            /** @description Checked against the password policy, as at signup. */
+            password: string;
+            /** @description What the app keeps about the user, at most 4 KiB as JSON. */
+            profile?: Record<string, never>;
+            /** @description `user` (the default) or `admin`. */
+            role?: string;
         };
         /** @description A stored document that does not conform to its collection's schema. */
         Nonconforming: {
@@ -5032,6 +5045,8 @@ export interface operations {
             query?: {
                 /** @description How many, 1 to 1000 (default 50). */
                 limit?: number | null;
+                /** @description Only records with this status: `ok`, `error`, `timeout`, `dead` or `dropped`. */
+                status?: string | null;
             };
             header?: never;
             path: {
@@ -6343,6 +6358,11 @@ export interface operations {
     list_users: {
         parameters: {
             query?: {
+                /**
+                 * @description Only users whose address starts with this, in any case (`ada`, `ada@exa`); the page is
+                 *     then in address order.
+                 */
+                email?: string;
                 /** @description Page size, 1 to 1000 (default 50). */
                 limit?: number;
                 /** @description The `next_cursor` of the previous page. */
@@ -6383,6 +6403,93 @@ export interface operations {
             };
             /** @description Not an admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_user: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewUser"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            /** @description A bad address, role, profile or password */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A malformed, expired, revoked or forged token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The address is taken */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is over its size limit */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not of the type the route takes */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
