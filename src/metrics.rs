@@ -28,6 +28,8 @@ pub(crate) struct Metrics {
     pub scan_examined: prometheus::IntCounter,
     pub query_held_peak: IntGauge,
     pub realtime_subscribers: IntGauge,
+    /// Bytes the store takes, read when the metrics are.
+    pub store_bytes: IntGauge,
     pub realtime_events: IntCounterVec,
     pub realtime_queued_bytes: IntGauge,
     pub backups: IntCounterVec,
@@ -148,6 +150,11 @@ impl Metrics {
         registry.register(Box::new(flush_duration.clone()))?;
         let realtime_subscribers =
             IntGauge::new("realtime_subscribers", "Open realtime (SSE) streams")?;
+        let store_bytes = IntGauge::new(
+            "store_bytes",
+            "Bytes the document store takes (its files, or its database)",
+        )?;
+        registry.register(Box::new(store_bytes.clone()))?;
         let realtime_events = IntCounterVec::new(
             Opts::new(
                 "realtime_events_total",
@@ -212,6 +219,7 @@ impl Metrics {
             scan_examined,
             query_held_peak,
             realtime_subscribers,
+            store_bytes,
             realtime_events,
             realtime_queued_bytes,
             backups,

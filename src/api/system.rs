@@ -154,6 +154,14 @@ pub(super) async fn metrics(
         let who = state.auth.authenticate(bearer(&req)?).await?;
         who.require_admin("read metrics")?;
     }
+    match state.docs.store().stored_bytes().await {
+        Ok(Some(bytes)) => state
+            .metrics
+            .store_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read how much the store takes"),
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render()))

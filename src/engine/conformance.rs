@@ -45,6 +45,7 @@ pub async fn run(backend: &dyn Backend) {
     concurrent_increments(engine.clone()).await;
     counters(engine.clone()).await;
     snapshots(&*engine).await;
+    stored_bytes(&*engine).await;
     injected_commit_failures(engine.clone()).await;
     if backend.hold_flushes(true) {
         durable_before_visible(backend, engine.clone()).await;
@@ -491,6 +492,20 @@ async fn counters(engine: Arc<dyn Engine>) {
     ok(txn.commit(None).await, "put and add");
     let stored = value(&*engine, Keyspace::Meta, b"adds").await;
     assert_eq!(ok(counter(stored.as_deref()), "counter"), 7);
+}
+
+/// What the store takes is told, and grows with what it holds.
+async fn stored_bytes(engine: &dyn Engine) {
+    let before = ok(engine.stored_bytes().await, "stored bytes").unwrap_or(0);
+    let big = vec![7u8; 256 * 1024];
+    for n in 0..8u8 {
+        put_commit(engine, &[(Keyspace::Documents, &[b's', b'b', n], &big)]).await;
+    }
+    let after = ok(engine.stored_bytes().await, "stored bytes");
+    assert!(
+        after.is_some_and(|after| after > before && after > 0),
+        "{before} bytes, then {after:?}"
+    );
 }
 
 async fn read_counter(txn: &mut dyn Transaction) -> Result<u64, EngineError> {

@@ -70,6 +70,10 @@ impl Engine for FaultyEngine {
         self.inner.backend()
     }
 
+    async fn stored_bytes(&self) -> Result<Option<u64>, EngineError> {
+        self.inner.stored_bytes().await
+    }
+
     async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.read_fault()?;
         self.inner.get(ks, key).await

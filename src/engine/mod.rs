@@ -243,6 +243,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes everything committed durable and stops; later calls fail with `Closed`.
     async fn close(&self) -> Result<(), EngineError>;
+
+    /// How many bytes the store takes where it keeps them (its files on disk, its database),
+    /// when the backend can tell.
+    async fn stored_bytes(&self) -> Result<Option<u64>, EngineError> {
+        Ok(None)
+    }
 }
 
 /// A read-write transaction. Dropping it without committing writes nothing.

@@ -781,6 +781,16 @@ impl Engine for PostgresEngine {
         "postgres"
     }
 
+    async fn stored_bytes(&self) -> Result<Option<u64>, EngineError> {
+        let client = self.inner.client().await?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(db_error)?;
+        let bytes: i64 = row.try_get(0).map_err(db_error)?;
+        Ok(u64::try_from(bytes).ok())
+    }
+
     fn shared(&self) -> bool {
         true
     }

@@ -824,6 +824,11 @@ impl Engine for SledEngine {
         "sled"
     }
 
+    async fn stored_bytes(&self) -> Result<Option<u64>, EngineError> {
+        self.inner
+            .with_db(|db| db.size_on_disk().map(Some).map_err(io))
+    }
+
     async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.inner.durable_get(&full_key(ks, key))
     }

@@ -862,6 +862,11 @@ impl Store {
         Ok(self.engine.snapshot().await?)
     }
 
+    /// How many bytes the store takes, when its backend can tell (see `Engine::stored_bytes`).
+    pub(crate) async fn stored_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.engine.stored_bytes().await?)
+    }
+
     /// The sequence of the oldest retained change, if any.
     pub(crate) async fn first_retained_seq(&self) -> Result<Option<u64>, StoreError> {
         Ok(self

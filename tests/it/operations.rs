@@ -43,6 +43,7 @@ fn metrics_need_an_admin_unless_public() {
             .unwrap()
     };
     assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("emberbase_store_bytes") > 0.0);
     assert!(value("process_open_fds") >= 3.0);
     assert!(value("process_threads") >= 2.0);
     assert!(value("process_cpu_seconds_total") >= 0.0);
