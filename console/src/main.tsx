@@ -8,11 +8,17 @@ import { Field, Link, ProblemLine } from "./ui";
 import { Overview } from "./pages/overview";
 import { Collections, CollectionPage } from "./pages/collections";
 import { Live } from "./pages/live";
+import { Users } from "./pages/users";
+import { Bucket, Buckets } from "./pages/files";
+import { FunctionPage, Functions } from "./pages/functions";
 import "./style.css";
 
 const PAGES = [
   { to: "/", label: "Overview" },
   { to: "/collections", label: "Collections" },
+  { to: "/users", label: "Users" },
+  { to: "/files", label: "Files" },
+  { to: "/functions", label: "Functions" },
   { to: "/live", label: "Live" },
 ];
 
@@ -128,6 +134,11 @@ function Shell(props: { user: User }) {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] === "collections" && parts[1]) page = <CollectionPage name={parts[1]} />;
   else if (parts[0] === "collections") page = <Collections />;
+  else if (parts[0] === "users") page = <Users />;
+  else if (parts[0] === "files" && parts[1]) page = <Bucket name={parts[1]} />;
+  else if (parts[0] === "files") page = <Buckets />;
+  else if (parts[0] === "functions" && parts[1]) page = <FunctionPage name={parts[1]} />;
+  else if (parts[0] === "functions") page = <Functions />;
   else if (parts[0] === "live") page = <Live />;
   else if (parts.length === 0) page = <Overview />;
   else page = <p class="empty">Nothing is here. Pick a page on the left.</p>;

@@ -10,11 +10,12 @@ export interface Sample {
   realtime: number;
   startedAt: number;
   residentBytes: number;
+  storeBytes: number;
 }
 
 /** `name{labels} value` lines → the sums the overview needs. */
 export function parse(text: string, at: number): Sample {
-  const sample: Sample = { at, requests: 0, errors: 0, invocations: 0, failures: 0, realtime: 0, startedAt: 0, residentBytes: 0 };
+  const sample: Sample = { at, requests: 0, errors: 0, invocations: 0, failures: 0, realtime: 0, startedAt: 0, residentBytes: 0, storeBytes: 0 };
   for (const line of text.split("\n")) {
     if (!line || line.startsWith("#")) continue;
     const match = /^([a-z_:]+)(\{([^}]*)\})?\s+(\S+)/.exec(line);
@@ -40,6 +41,9 @@ export function parse(text: string, at: number): Sample {
         break;
       case "process_resident_memory_bytes":
         sample.residentBytes = value;
+        break;
+      case "emberbase_store_bytes":
+        sample.storeBytes = value;
         break;
     }
   }

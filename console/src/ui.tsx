@@ -73,13 +73,16 @@ export function useDebounced<T>(value: T, ms: number, f: (value: T) => void) {
   }, [value, ms]);
 }
 
+/** A labelled control; the hint is outside the label, so that it is not part of its name. */
 export function Field(props: { label: string; children: ComponentChildren; hint?: string }) {
   return (
-    <label class="field">
-      <span class="label">{props.label}</span>
-      {props.children}
+    <div class="field">
+      <label>
+        <span class="label">{props.label}</span>
+        {props.children}
+      </label>
       {props.hint && <span class="hint">{props.hint}</span>}
-    </label>
+    </div>
   );
 }
 

@@ -98,6 +98,7 @@ test("the console is served safely and signs an admin in, across a reload", { sk
   await page.reload();
   await page.getByRole("heading", { name: "Overview" }).waitFor();
   await page.getByTestId("version").filter({ hasText: /\d+\.\d+/ }).waitFor();
+  await page.getByTestId("data-size").filter({ hasText: /MiB/ }).waitFor();
   await shot("overview");
 });
 
@@ -229,6 +230,184 @@ test("the live tail shows a change to any collection as it commits", { skip }, a
   await page.getByRole("button", { name: "Refresh" }).click();
   await page.getByRole("cell", { name: "reader@example.com" }).waitFor();
   await shot("live");
+});
+
+test("users are found, created, disabled, promoted and mailed, and their sessions ended", { skip }, async () => {
+  const reader = await (
+    await fetch(`${server.url}/v1/auth/login`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "User-Agent": "ReaderPhone/1.0" },
+      body: JSON.stringify({ email: "reader@example.com", password: "correct horse battery" }),
+    })
+  ).json();
+  await page.getByRole("link", { name: "Users" }).click();
+  await page.locator('tr[data-user="admin@example.com"]').waitFor();
+  await page.getByLabel("Find by address").fill("READ");
+  await page.getByRole("button", { name: "Find" }).click();
+  await page.locator('tr[data-user="admin@example.com"]').waitFor({ state: "detached" });
+  await page.locator('tr[data-user="reader@example.com"]').getByRole("button").click();
+
+  // Its sessions: the signup's and the phone's; ending the phone's stops its refresh token.
+  const phone = page.locator("ul.sessions li").filter({ hasText: "ReaderPhone/1.0" });
+  await phone.waitFor();
+  assert.equal(await page.locator("ul.sessions li").count(), 2);
+  await shot("users");
+  await phone.getByRole("button", { name: "End" }).click();
+  await phone.waitFor({ state: "detached" });
+  const refreshed = await fetch(`${server.url}/v1/auth/refresh`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ refresh_token: reader.refresh_token }),
+  });
+  assert.equal(refreshed.status, 401);
+
+  const id = reader.user.id;
+  await page.getByRole("button", { name: "Disable" }).click();
+  await page.getByRole("button", { name: "Enable" }).waitFor();
+  assert.equal((await admin(server, "GET", `/v1/admin/users/${id}`)).disabled, true);
+  await page.getByRole("button", { name: "Enable" }).click();
+  await page.getByRole("button", { name: "Make admin" }).click();
+  await page.getByRole("button", { name: "Make user" }).waitFor();
+  const promoted = await admin(server, "GET", `/v1/admin/users/${id}`);
+  assert.equal(promoted.role, "admin");
+  assert.equal(promoted.disabled, false);
+  await page.getByRole("button", { name: "Make user" }).click();
+  await page.getByRole("button", { name: "Make admin" }).waitFor();
+  await page.getByRole("button", { name: "Send password reset" }).click();
+  await page.getByRole("status").filter({ hasText: "password reset mail" }).waitFor();
+  const outbox = await admin(server, "GET", "/v1/admin/outbox");
+  assert.ok(outbox.items.filter((m) => m.to === "reader@example.com").length >= 2);
+
+  // A new account, made here, signs in; then it is deleted.
+  await page.getByRole("button", { name: "New user" }).click();
+  await page.getByLabel("Email").fill("colleague@example.com");
+  await page.getByLabel("Password").fill("another long passphrase");
+  await page.getByRole("button", { name: "Create" }).click();
+  await page.getByRole("heading", { name: "colleague@example.com" }).waitFor();
+  const login = await fetch(`${server.url}/v1/auth/login`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ email: "colleague@example.com", password: "another long passphrase" }),
+  });
+  assert.equal(login.status, 200);
+  const colleague = (await login.json()).user.id;
+  page.once("dialog", (d) => d.accept());
+  await page.getByRole("button", { name: "Delete" }).click();
+  await page.getByRole("heading", { name: "colleague@example.com" }).waitFor({ state: "detached" });
+  assert.equal((await fetch(`${server.url}/v1/admin/users/${colleague}`, { headers: { Authorization: `Bearer ${server.key}` } })).status, 404);
+});
+
+const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
+
+test("files are uploaded with progress, by picker and by drop, previewed safely, signed and deleted", { skip }, async () => {
+  await admin(server, "PUT", "/v1/admin/buckets/photos", { rules: { read: "auth != null", write: "auth != null", delete: null }, max_size: 1048576 });
+  await page.getByRole("link", { name: "Files" }).click();
+  await page.locator('tr[data-bucket="photos"]').getByRole("link", { name: "photos" }).click();
+  await page.getByText("Drop files here").waitFor();
+  await page.locator('.drop input[type="file"]').setInputFiles([
+    { name: "dot.png", mimeType: "image/png", buffer: PNG },
+    { name: "note.html", mimeType: "text/html", buffer: Buffer.from("<b id=bold>bold?</b><script>window.ran = true</script>") },
+  ]);
+  await page.locator('[data-upload="note.html"] .ok').waitFor();
+  const stored = await fetch(`${server.url}/v1/files/photos/dot.png`, { headers: { Authorization: `Bearer ${server.key}` } });
+  assert.deepEqual(Buffer.from(await stored.arrayBuffer()), PNG);
+
+  // Dropped from the desktop.
+  const dropped = await page.evaluateHandle(() => {
+    const data = new DataTransfer();
+    data.items.add(new File(["hello from a drop"], "dropped.txt", { type: "text/plain" }));
+    return data;
+  });
+  await page.dispatchEvent(".drop", "drop", { dataTransfer: dropped });
+  await page.locator('[data-upload="dropped.txt"] .ok').waitFor();
+  await page.locator('tr[data-file="dropped.txt"]').waitFor();
+
+  await page.locator('tr[data-file="dot.png"]').getByRole("button").click();
+  const image = page.getByRole("img", { name: "Preview of dot.png" });
+  await image.waitFor();
+  await page.waitForFunction(() => document.querySelector(".preview-image")?.naturalWidth === 1);
+  await shot("files");
+  await page.getByRole("button", { name: "Copy a signed URL" }).click();
+  const signed = await page.getByLabel(/Signed URL/).inputValue();
+  const bySignature = await fetch(signed.startsWith("http") ? signed : `${server.url}${signed}`);
+  assert.equal(bySignature.status, 200);
+  assert.deepEqual(Buffer.from(await bySignature.arrayBuffer()), PNG);
+
+  // Uploaded markup is shown as text, never rendered or run.
+  await page.locator('tr[data-file="note.html"]').getByRole("button").click();
+  const text = page.getByLabel("Text of note.html");
+  await text.waitFor();
+  assert.match(await text.textContent(), /<b id=bold>bold\?<\/b><script>/);
+  assert.equal(await page.locator("#bold").count(), 0);
+  assert.equal(await page.evaluate(() => window.ran), undefined);
+
+  page.once("dialog", (d) => d.accept());
+  await page.getByRole("button", { name: "Delete" }).click();
+  await page.locator('tr[data-file="note.html"]').waitFor({ state: "detached" });
+  assert.equal((await fetch(`${server.url}/v1/files/photos/note.html`, { headers: { Authorization: `Bearer ${server.key}` } })).status, 404);
+});
+
+/** A JavaScript function: ships parcels, fails on `fail: true` until `fixed`, greets over HTTP. */
+function shipper(fixed) {
+  return Buffer.from(`export default async function handle(event) {
+  if (event.trigger === "http") return { status: 200, body: { hello: event.body.name } };
+  if (event.after.data.fail && !${fixed}) throw new Error("cannot ship " + event.id);
+  console.log("shipping", event.id);
+  await emberbase.db.set("shipped", event.id, { by: ${fixed ? '"v2"' : '"v1"'} });
+}
+`);
+}
+
+test("a function is uploaded, configured, fired by a write, and its dead event run again after a fix", { skip }, async () => {
+  await page.getByRole("link", { name: "Functions" }).click();
+  await page.getByLabel("Name").fill("shipper");
+  await page.getByLabel(/^Module/).setInputFiles({ name: "shipper.js", mimeType: "text/javascript", buffer: shipper(false) });
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  await page.getByRole("heading", { name: /shipper/ }).waitFor();
+  await typeJson('{"triggers": [{"on": "create", "collection": "parcels"}, {"on": "http"}], "max_retries": 0}');
+  await page.getByRole("button", { name: "Save config" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved." }).waitFor();
+  const config = (await admin(server, "GET", "/v1/admin/functions/shipper")).config;
+  assert.equal(config.max_retries, 0);
+  await page.getByText("Live: new runs appear").waitFor();
+
+  // Writes made through the API while the page is open show up in the log.
+  await admin(server, "PUT", "/v1/collections/parcels/docs/p1", { fail: false });
+  await page.locator('[data-status="ok"]').filter({ hasText: "create" }).waitFor();
+  await admin(server, "PUT", "/v1/collections/parcels/docs/p2", { fail: true });
+  const dead = page.locator('[data-status="dead"]');
+  await dead.waitFor();
+  assert.match(await dead.textContent(), /cannot ship p2/);
+  await shot("functions");
+
+  // The fix, as a new version, then the dead event again.
+  await page.getByLabel("New version (.wasm or .js)").setInputFiles({ name: "shipper.js", mimeType: "text/javascript", buffer: shipper(true) });
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  await page.getByText("version 2").waitFor();
+  await page.getByLabel("Status").selectOption("dead");
+  await page.locator('[data-status="ok"]').waitFor({ state: "detached" });
+  await page.locator('[data-status="dead"]').getByRole("button", { name: "Run again" }).click();
+  await page.getByRole("status").filter({ hasText: "ran again: ok" }).waitFor();
+  assert.deepEqual((await admin(server, "GET", "/v1/collections/shipped/docs/p2")).data, { by: "v2" });
+
+  await page.getByLabel("Request body (JSON)").fill('{"name": "Ada"}');
+  await page.getByRole("button", { name: "Call", exact: true }).click();
+  await page.getByTestId("answer").filter({ hasText: '"hello": "Ada"' }).waitFor();
+});
+
+test("the pages are reached with the keyboard alone, with focus visible", { skip }, async () => {
+  await page.goto(`${server.url}/_/`);
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "Skip to content");
+  // The skip link, then the pages in order: Overview, Collections.
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "Collections");
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.equal(outline, "solid", "the focused link shows it");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Collections" }).waitFor();
 });
 
 test("the console works on a phone's width, in the dark theme", { skip }, async () => {

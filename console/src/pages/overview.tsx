@@ -63,8 +63,12 @@ export function Overview() {
           <dd>{uptime}</dd>
         </div>
         <div>
+          <dt>Data</dt>
+          <dd data-testid="data-size">{last?.storeBytes ? mebibytes(last.storeBytes) : "—"}</dd>
+        </div>
+        <div>
           <dt>Memory</dt>
-          <dd>{last ? `${(last.residentBytes / 2 ** 20).toFixed(0)} MiB` : "—"}</dd>
+          <dd>{last ? mebibytes(last.residentBytes) : "—"}</dd>
         </div>
         <div>
           <dt>Realtime streams</dt>
@@ -78,6 +82,10 @@ export function Overview() {
       </div>
     </section>
   );
+}
+
+function mebibytes(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0)} MiB`;
 }
 
 function duration(secs: number): string {
@@ -100,6 +108,7 @@ function Chart(props: { title: string; times: number[]; series: { label: string;
       width: Math.max(240, box.current.clientWidth),
       height: 140,
       legend: { show: true },
+      scales: { x: { time: true } },
       axes: [{ stroke: "currentColor" }, { stroke: "currentColor", size: 48 }],
       series: [{}, ...props.series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2 }))],
     };
