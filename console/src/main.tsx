@@ -112,19 +112,24 @@ function SignIn(props: { notAdmin: boolean }) {
   );
 }
 
+const THEME_KEY = "emberbase.console.theme";
+const systemDark = matchMedia("(prefers-color-scheme: dark)");
+
+/** The theme: the one chosen with the Theme button, else the system's (followed as it changes). */
+function applyTheme() {
+  const chosen = localStorage.getItem(THEME_KEY);
+  document.documentElement.dataset.theme = chosen ?? (systemDark.matches ? "dark" : "light");
+}
+applyTheme();
+systemDark.addEventListener("change", applyTheme);
+
+function toggleTheme() {
+  localStorage.setItem(THEME_KEY, document.documentElement.dataset.theme === "dark" ? "light" : "dark");
+  applyTheme();
+}
+
 function Shell(props: { user: User }) {
   const path = useRoute();
-  const [theme, setTheme] = useState(() => localStorage.getItem("emberbase.console.theme") ?? "");
-  useEffect(() => {
-    if (theme) document.documentElement.dataset.theme = theme;
-    else delete document.documentElement.dataset.theme;
-  }, [theme]);
-  const toggleTheme = () => {
-    const dark = theme ? theme === "dark" : matchMedia("(prefers-color-scheme: dark)").matches;
-    const next = dark ? "light" : "dark";
-    localStorage.setItem("emberbase.console.theme", next);
-    setTheme(next);
-  };
   const signOut = async () => {
     await eb.auth.logout();
     navigate("/");

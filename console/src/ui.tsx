@@ -89,3 +89,42 @@ export function Field(props: { label: string; children: ComponentChildren; hint?
 export function Empty(props: { children: ComponentChildren }) {
   return <p class="empty">{props.children}</p>;
 }
+
+/** A table with a header row, scrolling sideways on narrow screens. */
+export function Grid(props: { columns: string[]; children: ComponentChildren }) {
+  return (
+    <div class="scroll">
+      <table class="grid">
+        <thead>
+          <tr>
+            {props.columns.map((c) => (
+              <th key={c} scope="col">
+                {c}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>{props.children}</tbody>
+      </table>
+    </div>
+  );
+}
+
+/** The cursors of the pages up to the one shown (the first page's is null). */
+export type Cursors = (string | null)[];
+
+/** Previous and Next over cursor pages; `next` is the shown page's `next_cursor`. */
+export function Pager(props: { cursors: Cursors; setCursors: (change: (cursors: Cursors) => Cursors) => void; next: string | null | undefined }) {
+  const { cursors, setCursors, next } = props;
+  return (
+    <nav class="pager" aria-label="Pages">
+      <button type="button" disabled={cursors.length === 1} onClick={() => setCursors((c) => c.slice(0, -1))}>
+        Previous
+      </button>
+      <span>Page {cursors.length}</span>
+      <button type="button" disabled={!next} onClick={() => setCursors((c) => [...c, next ?? null])}>
+        Next
+      </button>
+    </nav>
+  );
+}

@@ -28,7 +28,9 @@ let page;
 const complaints = [];
 
 async function shot(name) {
-  await page.screenshot({ path: join(shots, `console-${name}.png`), fullPage: true });
+  const path = join(shots, `console-${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  console.log(`screenshot: ${path}`);
 }
 
 /** A user's request, for checking what rules let them do. */
@@ -412,7 +414,10 @@ test("the pages are reached with the keyboard alone, with focus visible", { skip
 
 test("the console works on a phone's width, in the dark theme", { skip }, async () => {
   await page.setViewportSize({ width: 390, height: 844 });
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), "light", "the system's, by default");
   await page.getByRole("button", { name: /light and dark/ }).click();
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), "dark");
+  assert.equal(await page.evaluate(() => getComputedStyle(document.body).backgroundColor), "rgb(22, 20, 18)");
   await page.getByRole("link", { name: "Collections" }).click();
   await page.locator('tr[data-collection="orders"]').waitFor();
   const width = await page.evaluate(() => document.documentElement.scrollWidth);

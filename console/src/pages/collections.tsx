@@ -6,7 +6,7 @@ import { useEffect, useMemo, useState } from "preact/hooks";
 import { api, call, eb, problem, when, type Doc, type Problem, type Schemas } from "../api";
 import { navigate } from "../router";
 import { JsonEditor } from "../json-editor";
-import { Empty, Field, Link, ProblemLine, useDebounced, useLoad } from "../ui";
+import { Empty, Field, Link, ProblemLine, useDebounced, useLoad, Grid, Pager, type Cursors } from "../ui";
 
 type Info = Schemas["CollectionInfo"];
 type Rules = Schemas["Rules"];
@@ -26,16 +26,7 @@ export function Collections() {
       <ProblemLine problem={list.error} />
       {list.value && list.value.items.length === 0 && <Empty>No collections yet: write a document, or open one by name below.</Empty>}
       {list.value && list.value.items.length > 0 && (
-        <table class="grid">
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Documents</th>
-              <th scope="col">Rules</th>
-              <th scope="col">Indexes</th>
-            </tr>
-          </thead>
-          <tbody>
+        <Grid columns={["Name", "Documents", "Rules", "Indexes"]}>
             {list.value.items.map((c) => (
               <tr key={c.name} data-collection={c.name}>
                 <td>
@@ -54,8 +45,7 @@ export function Collections() {
                 </td>
               </tr>
             ))}
-          </tbody>
-        </table>
+        </Grid>
       )}
       <form
         class="inline"
@@ -132,7 +122,7 @@ function Documents(props: { name: string; changed: () => void }) {
   const [filter, setFilter] = useState("");
   const [sort, setSort] = useState("");
   /** The cursors of the pages before this one; the last is this page's. */
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  const [cursors, setCursors] = useState<Cursors>([null]);
   const [docs, setDocs] = useState<Doc[]>([]);
   const [next, setNext] = useState<string | null>(null);
   const [total, setTotal] = useState<number | null>(null);
@@ -258,15 +248,7 @@ function Documents(props: { name: string; changed: () => void }) {
             </table>
           </div>
         )}
-        <nav class="pager" aria-label="Pages">
-          <button type="button" disabled={cursors.length === 1} onClick={() => setCursors((c) => c.slice(0, -1))}>
-            Previous
-          </button>
-          <span>Page {cursors.length}</span>
-          <button type="button" disabled={!next} onClick={() => setCursors((c) => [...c, next])}>
-            Next
-          </button>
-        </nav>
+        <Pager cursors={cursors} setCursors={setCursors} next={next} />
       </div>
       {open && (
         <DocumentPanel
@@ -582,17 +564,7 @@ function Indexes(props: { info: Info; saved: () => void }) {
       {states.length === 0 ? (
         <Empty>No indexes: filters and sorts scan the collection.</Empty>
       ) : (
-        <table class="grid">
-          <thead>
-            <tr>
-              <th scope="col">Fields</th>
-              <th scope="col">State</th>
-              <th scope="col">
-                <span class="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
+        <Grid columns={["Fields", "State", "Actions"]}>
             {states.map((s, i) => (
               <tr key={s.fields.join()} data-index={s.fields.join(",")}>
                 <td class="mono">{s.fields.join(", ")}</td>
@@ -606,8 +578,7 @@ function Indexes(props: { info: Info; saved: () => void }) {
                 </td>
               </tr>
             ))}
-          </tbody>
-        </table>
+        </Grid>
       )}
       <form
         class="inline"

@@ -3,7 +3,7 @@
 // uploaded markup rendered); downloads; signed URLs to copy.
 import { useEffect, useState } from "preact/hooks";
 import { api, call, eb, problem, when, type Problem, type Schemas } from "../api";
-import { Empty, Field, Link, ProblemLine, useLoad } from "../ui";
+import { Empty, Field, Link, ProblemLine, useLoad, Grid, Pager, type Cursors } from "../ui";
 
 type FileInfo = Schemas["FileInfo"];
 
@@ -15,16 +15,7 @@ export function Buckets() {
       <ProblemLine problem={list.error} />
       {list.value && list.value.items.length === 0 && <Empty>No buckets yet: configure one in the project file or the admin API.</Empty>}
       {list.value && list.value.items.length > 0 && (
-        <table class="grid">
-          <thead>
-            <tr>
-              <th scope="col">Bucket</th>
-              <th scope="col">Rules</th>
-              <th scope="col">Largest file</th>
-              <th scope="col">Content types</th>
-            </tr>
-          </thead>
-          <tbody>
+        <Grid columns={["Bucket", "Rules", "Largest file", "Content types"]}>
             {list.value.items.map((b) => (
               <tr key={b.name} data-bucket={b.name}>
                 <td>
@@ -43,8 +34,7 @@ export function Buckets() {
                 <td>{b.content_types?.length ? b.content_types.join(", ") : "any"}</td>
               </tr>
             ))}
-          </tbody>
-        </table>
+        </Grid>
       )}
     </section>
   );
@@ -96,7 +86,7 @@ async function upload(bucket: string, path: string, file: File, progress: (loade
 export function Bucket(props: { name: string }) {
   const [prefix, setPrefix] = useState("");
   const [typed, setTyped] = useState("");
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
+  const [cursors, setCursors] = useState<Cursors>([null]);
   const [uploads, setUploads] = useState<Upload[]>([]);
   const [over, setOver] = useState(false);
   const [open, setOpen] = useState<FileInfo | null>(null);
@@ -175,17 +165,7 @@ export function Bucket(props: { name: string }) {
         <div>
           {page.value && page.value.items.length === 0 && <Empty>No files{prefix ? ` under ${prefix}` : ""}.</Empty>}
           {page.value && page.value.items.length > 0 && (
-            <div class="scroll">
-              <table class="grid">
-                <thead>
-                  <tr>
-                    <th scope="col">Path</th>
-                    <th scope="col">Type</th>
-                    <th scope="col">Size</th>
-                    <th scope="col">Updated</th>
-                  </tr>
-                </thead>
-                <tbody>
+            <Grid columns={["Path", "Type", "Size", "Updated"]}>
                   {page.value.items.map((f) => (
                     <tr key={f.path} data-file={f.path} aria-selected={open?.path === f.path}>
                       <td>
@@ -198,19 +178,9 @@ export function Bucket(props: { name: string }) {
                       <td>{when(f.updated_at)}</td>
                     </tr>
                   ))}
-                </tbody>
-              </table>
-            </div>
+            </Grid>
           )}
-          <nav class="pager" aria-label="Pages">
-            <button type="button" disabled={cursors.length === 1} onClick={() => setCursors((c) => c.slice(0, -1))}>
-              Previous
-            </button>
-            <span>Page {cursors.length}</span>
-            <button type="button" disabled={!page.value?.next_cursor} onClick={() => setCursors((c) => [...c, page.value?.next_cursor ?? null])}>
-              Next
-            </button>
-          </nav>
+          <Pager cursors={cursors} setCursors={setCursors} next={page.value?.next_cursor} />
         </div>
         {open && (
           <FilePanel

@@ -5,7 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 import { readEvents } from "emberbase";
 import { api, call, eb, problem, when, type Problem, type Schemas } from "../api";
 import { JsonEditor } from "../json-editor";
-import { Empty, Field, Link, ProblemLine, useLoad } from "../ui";
+import { Empty, Field, Link, ProblemLine, useLoad, Grid } from "../ui";
 import { navigate } from "../router";
 
 type Invocation = Schemas["Invocation"];
@@ -35,17 +35,7 @@ export function Functions() {
       <ProblemLine problem={list.error} />
       {list.value && list.value.items.length === 0 && <Empty>No functions yet.</Empty>}
       {list.value && list.value.items.length > 0 && (
-        <table class="grid">
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Language</th>
-              <th scope="col">Triggers</th>
-              <th scope="col">Version</th>
-              <th scope="col">Updated</th>
-            </tr>
-          </thead>
-          <tbody>
+        <Grid columns={["Name", "Language", "Triggers", "Version", "Updated"]}>
             {list.value.items.map((f) => (
               <tr key={f.name} data-function={f.name}>
                 <td>
@@ -57,8 +47,7 @@ export function Functions() {
                 <td>{when(f.updated_at)}</td>
               </tr>
             ))}
-          </tbody>
-        </table>
+        </Grid>
       )}
       <form class="card" onSubmit={submit} aria-labelledby="deploy-title">
         <h2 id="deploy-title">Upload a function</h2>

@@ -3,7 +3,7 @@
 import { useEffect, useState } from "preact/hooks";
 import type { AnyChangeEvent } from "emberbase";
 import { api, call, eb, problem, when, type Problem } from "../api";
-import { Empty, Link, ProblemLine, useLoad } from "../ui";
+import { Empty, Link, ProblemLine, useLoad, Grid } from "../ui";
 
 /** The most changes the tail keeps on screen. */
 const KEPT = 200;
@@ -63,16 +63,7 @@ export function Live() {
       <ProblemLine problem={outbox.error} />
       {outbox.value && outbox.value.items.length === 0 && <Empty>No mail.</Empty>}
       {outbox.value && outbox.value.items.length > 0 && (
-        <table class="grid">
-          <thead>
-            <tr>
-              <th scope="col">To</th>
-              <th scope="col">Subject</th>
-              <th scope="col">Queued</th>
-              <th scope="col">State</th>
-            </tr>
-          </thead>
-          <tbody>
+        <Grid columns={["To", "Subject", "Queued", "State"]}>
             {outbox.value.items.map((m) => (
               <tr key={m.id}>
                 <td>{m.to}</td>
@@ -81,8 +72,7 @@ export function Live() {
                 <td>{m.delivery ?? ""}</td>
               </tr>
             ))}
-          </tbody>
-        </table>
+        </Grid>
       )}
     </section>
   );

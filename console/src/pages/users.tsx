@@ -2,7 +2,7 @@
 // and end each one's sessions.
 import { useState } from "preact/hooks";
 import { api, call, problem, when, type Problem, type Schemas } from "../api";
-import { Empty, Field, ProblemLine, useLoad } from "../ui";
+import { Empty, Field, ProblemLine, useLoad, Grid } from "../ui";
 
 type User = Schemas["User"];
 
@@ -68,17 +68,7 @@ export function Users() {
           {users.length === 0 && !first.loading ? (
             <Empty>No users{query ? ` with an address starting “${query}”` : " yet"}.</Empty>
           ) : (
-            <div class="scroll">
-              <table class="grid">
-                <thead>
-                  <tr>
-                    <th scope="col">Email</th>
-                    <th scope="col">Role</th>
-                    <th scope="col">State</th>
-                    <th scope="col">Created</th>
-                  </tr>
-                </thead>
-                <tbody>
+            <Grid columns={["Email", "Role", "State", "Created"]}>
                   {users.map((u) => (
                     <tr key={u.id} data-user={u.email ?? u.id} aria-selected={open?.id === u.id}>
                       <td>
@@ -95,9 +85,7 @@ export function Users() {
                       <td>{when(u.created_at)}</td>
                     </tr>
                   ))}
-                </tbody>
-              </table>
-            </div>
+            </Grid>
           )}
           {next && (
             <button type="button" onClick={more}>
@@ -171,7 +159,7 @@ function UserPanel(props: { user: User; changed: (user: User | null) => void; cl
       const changed = await run();
       setNotice(what);
       sessions.reload();
-      if (changed !== undefined) props.changed(changed);
+      props.changed(changed);
     } catch (e) {
       setError(problem(e));
     }
