@@ -366,6 +366,11 @@ test("a function is uploaded, configured, fired by a write, and its dead event r
   await page.getByLabel(/^Module/).setInputFiles({ name: "shipper.js", mimeType: "text/javascript", buffer: shipper(false) });
   await page.getByRole("button", { name: "Upload", exact: true }).click();
   await page.getByRole("heading", { name: /shipper/ }).waitFor();
+  // The server's validation answers a config it cannot take, and nothing changes.
+  await typeJson('{"triggers": [{"on": "sometimes"}]}');
+  await page.getByRole("button", { name: "Save config" }).click();
+  await page.getByRole("alert").filter({ hasText: /sometimes/ }).waitFor();
+  assert.deepEqual((await admin(server, "GET", "/v1/admin/functions/shipper")).config.triggers ?? [], []);
   await typeJson('{"triggers": [{"on": "create", "collection": "parcels"}, {"on": "http"}], "max_retries": 0}');
   await page.getByRole("button", { name: "Save config" }).click();
   await page.getByRole("status").filter({ hasText: "Saved." }).waitFor();
