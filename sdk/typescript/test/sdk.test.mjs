@@ -1,7 +1,6 @@
 // The SDK against a real server: every method, token refresh under concurrency, subscriptions,
 // files, functions and error mapping.
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import {
@@ -15,7 +14,7 @@ import {
   MfaRequiredError,
   serverTime,
 } from "../dist/index.js";
-import { admin, eventually, sleep, startProviders, startServer } from "./server.mjs";
+import { admin, eventually, sleep, startProviders, startServer, totp } from "./server.mjs";
 
 const PASSWORD = "correct horse battery";
 let counter = 0;
@@ -30,19 +29,6 @@ async function failure(promise) {
     return e;
   }
   assert.fail("expected a failure");
-}
-
-/** The TOTP code (RFC 6238: SHA-1, 6 digits, 30 s) of a base32 secret, `steps` from now. */
-function totp(secret, steps = 0) {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = "";
-  for (const c of secret) bits += alphabet.indexOf(c).toString(2).padStart(5, "0");
-  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 30_000) + steps));
-  const mac = createHmac("sha1", key).update(counter).digest();
-  const offset = mac[mac.length - 1] & 15;
-  return String((mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000).padStart(6, "0");
 }
 
 /** A fetch that counts the requests per "METHOD path". */
