@@ -1,4 +1,4 @@
-// examples/todo-web in headless Chromium: sign up, add, complete and delete todos, with a
+// examples/todo-web in headless Chromium (Debian's, driven by playwright-core): sign up, add, complete and delete todos, with a
 // second tab following live. Skipped (and says so) where no Chromium is installed; CI installs
 // one. CHROMIUM names the browser binary.
 import assert from "node:assert/strict";
@@ -7,7 +7,7 @@ import { createServer } from "node:http";
 import { dirname, extname, join, normalize, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import puppeteer from "puppeteer-core";
+import { chromium as driver } from "playwright-core";
 import { admin, startProviders, startServer } from "./server.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
@@ -58,10 +58,8 @@ before(async () => {
   });
   providers = await startProviders();
   await providers?.addGithub(api, [page]);
-  browser = await puppeteer.launch({
+  browser = await driver.launch({
     executablePath: chromium,
-    headless: true,
-    protocolTimeout: 30_000,
     // Both tabs stay fully alive: the test acts in one while it watches the other.
     args: [
       "--no-sandbox",
@@ -80,8 +78,12 @@ after(async () => {
   await api?.stop();
 });
 
+/** One browser profile, whose tabs share storage (the session) as a user's tabs do. */
+let profile;
+
 async function open() {
-  const page = await browser.newPage();
+  profile ??= await browser.newContext();
+  const page = await profile.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/index.html?server=${encodeURIComponent(api.url)}`;
@@ -92,7 +94,7 @@ async function open() {
 
 /** The example in a fresh profile (signed out, its own storage), collecting page errors. */
 async function freshPage() {
-  const context = await browser.createBrowserContext();
+  const context = await browser.newContext();
   const page = await context.newPage();
   page.errors = [];
   page.on("pageerror", (e) => page.errors.push(e.message));
@@ -108,7 +110,7 @@ async function until(page, what, fn, ...args) {
   const timeout = typeof args[args.length - 1] === "number" ? args.pop() : 10_000;
   try {
     // Polled by timer: requestAnimationFrame does not run in a background tab.
-    await page.waitForFunction(fn, { timeout, polling: 50 }, ...args);
+    await page.waitForFunction(fn, args[0], { timeout, polling: 50 });
   } catch (e) {
     const text = await page.$eval("body", (b) => b.innerText).catch(() => "");
     throw new Error(`${what}: ${e.message}\npage: ${text}\nerrors: ${page.errors.join("; ")}`);
@@ -122,8 +124,8 @@ const lacksTodo = (title) => ![...document.querySelectorAll("#todos li span")].s
 test("todo-web: sign up, add, complete, delete, live in a second tab", { skip: !chromium }, async () => {
   const first = await open();
   await until(first, "the sign-up form", () => !document.getElementById("signed-out").hidden);
-  await first.type("#email", `web-${Date.now()}@example.com`);
-  await first.type("#password", "correct horse battery");
+  await first.fill("#email", `web-${Date.now()}@example.com`);
+  await first.fill("#password", "correct horse battery");
   await first.click("#signup");
   await until(first, "signed in", () => !document.getElementById("signed-in").hidden);
   await until(first, "live", () => document.getElementById("status").textContent === "live");
@@ -134,7 +136,7 @@ test("todo-web: sign up, add, complete, delete, live in a second tab", { skip: !
   await until(second, "live, second tab", () => document.getElementById("status").textContent === "live");
 
   await first.bringToFront();
-  await first.type("#title", "buy milk");
+  await first.fill("#title", "buy milk");
   await first.keyboard.press("Enter");
   await until(first, "the new todo", hasTodo, "buy milk");
   await until(second, "the new todo, live", hasTodo, "buy milk");
@@ -144,7 +146,7 @@ test("todo-web: sign up, add, complete, delete, live in a second tab", { skip: !
   assert.deepEqual(await doneTitles(second), ["buy milk"]);
 
   await second.bringToFront();
-  await second.type("#title", "walk the dog");
+  await second.fill("#title", "walk the dog");
   await second.click("#add-form button");
   await until(first, "the second tab's todo", hasTodo, "walk the dog");
   assert.deepEqual(await titles(first), ["buy milk", "walk the dog"]);
@@ -165,7 +167,7 @@ test("todo-web: sign in with a link from the mail, which works once", { skip: !c
   const { context, page, url } = await freshPage();
   await until(page, "the sign-in form", () => !document.getElementById("signed-out").hidden);
   const email = `link-${Date.now()}@example.com`;
-  await page.type("#email", email);
+  await page.fill("#email", email);
   await page.click("#magic-link");
   await until(page, "the mail sent", () => document.getElementById("sent").textContent.includes("Check"));
   await page.screenshot({ path: join(shots, "todo-web-link-sent.png") });
@@ -203,7 +205,7 @@ test("todo-web: sign in with GitHub through the redirect flow", { skip: !chromiu
   await page.screenshot({ path: join(shots, "todo-web-providers.png") });
   // To the provider and back with a one-time code, which the page exchanges with the
   // verifier it kept in session storage.
-  await Promise.all([page.waitForNavigation(), page.click("#providers button")]);
+  await page.click("#providers button");
   await until(page, "signed in with GitHub", () => !document.getElementById("signed-in").hidden);
   assert.equal(await page.$eval("#who", (e) => e.textContent), "octocat@example.com");
   await until(page, "the code gone from the address bar", () => !location.search.includes("code="));
@@ -222,7 +224,7 @@ test("seven live queries in one page share one connection and all receive events
   const page = await open();
   // Seven subscriptions from the SDK in the page, counting the realtime requests it makes.
   await page.evaluate(
-    async (server, names, email) => {
+    async ([server, names, email]) => {
       const { Emberbase } = await import("/sdk/typescript/dist/emberbase.browser.js");
       window.streams = 0;
       const counted = (input, init) => {
@@ -240,9 +242,7 @@ test("seven live queries in one page share one connection and all receive events
         }),
       );
     },
-    api.url,
-    names,
-    `seven-${Date.now()}@example.com`,
+    [api.url, names, `seven-${Date.now()}@example.com`],
   );
   await until(page, "seven subscriptions live", () => window.ready === 7);
   for (const [i, name] of names.entries()) await admin(api, "POST", `/v1/collections/${name}/docs`, { n: i });
@@ -254,7 +254,7 @@ test("seven live queries in one page share one connection and all receive events
 
 test("todo-web offline: cached todos, changes kept across a reload, sent in order, and a conflict shown", { skip: !chromium }, async () => {
   // A fresh profile: its own localStorage, IndexedDB and service worker.
-  const context = await browser.createBrowserContext();
+  const context = await browser.newContext();
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
@@ -262,13 +262,13 @@ test("todo-web offline: cached todos, changes kept across a reload, sent in orde
   const url = `http://127.0.0.1:${web.address().port}/examples/todo-web/index.html?server=${encodeURIComponent(api.url)}`;
   await page.goto(url);
   await until(page, "the sign-up form", () => !document.getElementById("signed-out").hidden);
-  await page.type("#email", `offline-${Date.now()}@example.com`);
-  await page.type("#password", "correct horse battery");
+  await page.fill("#email", `offline-${Date.now()}@example.com`);
+  await page.fill("#password", "correct horse battery");
   await page.click("#signup");
   await until(page, "live", () => document.getElementById("status").textContent === "live");
   await until(page, "the service worker in control", () => navigator.serviceWorker.controller !== null);
   for (const title of ["one", "two"]) {
-    await page.type("#title", title);
+    await page.fill("#title", title);
     await page.keyboard.press("Enter");
     await until(page, `todo ${title}`, hasTodo, title);
   }
@@ -278,17 +278,14 @@ test("todo-web offline: cached todos, changes kept across a reload, sent in orde
     return (await admin(api, "GET", `/v1/collections/todos/docs?filter=${filter}&sort=id`)).items;
   };
 
-  // Offline: the browser's offline mode (DevTools' network emulation, through the protocol
-  // itself: the Debian Chromium predates the call Puppeteer's setOfflineMode makes), and the
-  // page's host gone too, for the service worker's own requests.
-  const cdp = await page.createCDPSession();
-  await cdp.send("Network.enable");
+  // Offline: the browser's offline mode for the profile, and the page's host gone too, for the
+  // service worker's own requests.
   const goOffline = async (offline) => {
     web.offline = offline;
-    await cdp.send("Network.emulateNetworkConditions", { offline, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    await context.setOffline(offline);
   };
   await goOffline(true);
-  await page.type("#title", "three");
+  await page.fill("#title", "three");
   await page.keyboard.press("Enter");
   await until(page, "the todo added offline", hasTodo, "three");
   await page.click("#todos li input[type=checkbox]");
