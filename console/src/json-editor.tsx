@@ -18,7 +18,6 @@ export function JsonEditor(props: { value: string; label: string; onChange: (tex
       view.current?.destroy();
       view.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, []);
   // A new value from outside (a reload) replaces the text.
   useEffect(() => {

@@ -149,7 +149,9 @@ function Documents(props: { name: string; changed: () => void }) {
     };
   }, [collection, filter, sort, cursor]);
 
-  // Live: changes to the collection (within the filter) update the table as they commit.
+  // Live: changes to the collection (within the filter) update the table as they commit. It
+  // subscribes again when the filter changes, after an error clears, and when the table moves
+  // to or from the first page (where new documents are added at the top).
   useEffect(() => {
     if (error) return;
     return collection.subscribe(
@@ -170,7 +172,6 @@ function Documents(props: { name: string; changed: () => void }) {
       },
       { filter: filter || undefined, onError: (e) => setError(problem(e)) },
     );
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [collection, filter, error === null, cursors.length === 1]);
 
   const fields = columns(docs);

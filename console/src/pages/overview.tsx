@@ -120,7 +120,6 @@ function Chart(props: { title: string; times: number[]; series: { label: string;
       plot.current?.destroy();
       plot.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [labels]);
   useEffect(() => {
     plot.current?.setData([props.times, ...props.series.map((s) => s.values)]);
