@@ -11,6 +11,7 @@ import { Live } from "./pages/live";
 import { Users } from "./pages/users";
 import { Bucket, Buckets } from "./pages/files";
 import { FunctionPage, Functions } from "./pages/functions";
+import { WebhookPage, Webhooks } from "./pages/webhooks";
 import "./style.css";
 
 const PAGES = [
@@ -19,6 +20,7 @@ const PAGES = [
   { to: "/users", label: "Users" },
   { to: "/files", label: "Files" },
   { to: "/functions", label: "Functions" },
+  { to: "/webhooks", label: "Webhooks" },
   { to: "/live", label: "Live" },
 ];
 
@@ -144,6 +146,8 @@ function Shell(props: { user: User }) {
   else if (parts[0] === "files") page = <Buckets />;
   else if (parts[0] === "functions" && parts[1]) page = <FunctionPage name={parts[1]} />;
   else if (parts[0] === "functions") page = <Functions />;
+  else if (parts[0] === "webhooks" && parts[1]) page = <WebhookPage id={parts[1]} />;
+  else if (parts[0] === "webhooks") page = <Webhooks />;
   else if (parts[0] === "live") page = <Live />;
   else if (parts.length === 0) page = <Overview />;
   else page = <p class="empty">Nothing is here. Pick a page on the left.</p>;

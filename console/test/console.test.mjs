@@ -4,6 +4,7 @@
 // says SKIPPED (CI installs it).
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
+import { createServer } from "node:http";
 import { dirname, join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -40,7 +41,12 @@ async function asUser(token, method, path) {
 
 before(async () => {
   if (!browserPath) return;
-  server = await startServer({ EMBERBASE_ADMIN__EMAIL: EMAIL, EMBERBASE_ADMIN__PASSWORD: PASSWORD });
+  server = await startServer({
+    EMBERBASE_ADMIN__EMAIL: EMAIL,
+    EMBERBASE_ADMIN__PASSWORD: PASSWORD,
+    // The webhook receiver below is on loopback.
+    EMBERBASE_OUTBOUND__ALLOW_PRIVATE_HOSTS: '["127.0.0.1"]',
+  });
   // Orders: admins only, until the rule test below opens reading to signed-in users.
   await admin(server, "PUT", "/v1/admin/collections/orders", { rules: { read: null, create: null, update: null, delete: null } });
   await admin(server, "POST", "/v1/batch", {
@@ -400,6 +406,56 @@ test("a function is uploaded, configured, fired by a write, and its dead event r
   await page.getByLabel("Request body (JSON)").fill('{"name": "Ada"}');
   await page.getByRole("button", { name: "Call", exact: true }).click();
   await page.getByTestId("answer").filter({ hasText: '"hello": "Ada"' }).waitFor();
+});
+
+test("a webhook is created with its secret shown once, delivers, is redelivered and rotated", { skip }, async () => {
+  const received = [];
+  const receiver = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      received.push({ id: req.headers["webhook-id"], signature: req.headers["webhook-signature"], body: JSON.parse(body) });
+      res.writeHead(200).end("thanks");
+    });
+  });
+  await new Promise((r) => receiver.listen(0, "127.0.0.1", r));
+  try {
+    await page.getByRole("link", { name: "Webhooks" }).click();
+    await page.getByLabel("URL").fill(`http://127.0.0.1:${receiver.address().port}/hook`);
+    await page.getByLabel("Collection", { exact: true }).fill("orders");
+    await page.getByLabel("Events", { exact: true }).fill("create");
+    await page.getByRole("button", { name: "Create" }).click();
+    const secret = page.getByLabel(/Signing secret/);
+    await secret.waitFor();
+    const first = await secret.inputValue();
+    assert.match(first, /^whsec_/);
+
+    await admin(server, "PUT", "/v1/collections/orders/docs/hooked", { n: 100 });
+    await eventually("the delivery", () => received.length === 1);
+    assert.match(received[0].signature, /^v1,/);
+    assert.equal(received[0].body.data.id, "hooked");
+    await page.getByRole("button", { name: "Refresh" }).click();
+    const message = page.locator('tr[data-message][data-status="delivered"]');
+    await message.waitFor();
+    await message.getByRole("button", { name: "Redeliver" }).click();
+    await eventually("the redelivery", () => received.length === 2);
+    assert.equal(received[1].id, received[0].id, "the same message, redelivered");
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await page.locator("tr[data-delivery]").nth(1).waitFor();
+    await shot("webhooks");
+
+    await page.getByRole("button", { name: "Rotate the secret" }).click();
+    await page.getByText(/the previous one also does until/).waitFor();
+    const second = await secret.inputValue();
+    assert.match(second, /^whsec_/);
+    assert.notEqual(second, first);
+    // Shown once: a reload shows no secret.
+    await page.reload();
+    await page.getByRole("heading", { name: /127\.0\.0\.1/ }).waitFor();
+    assert.equal(await page.getByLabel(/Signing secret/).count(), 0);
+  } finally {
+    receiver.close();
+  }
 });
 
 test("the pages are reached with the keyboard alone, with focus visible", { skip }, async () => {
