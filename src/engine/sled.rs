@@ -825,8 +825,13 @@ impl Engine for SledEngine {
     }
 
     async fn stored_bytes(&self) -> Result<Option<u64>, EngineError> {
-        self.inner
-            .with_db(|db| db.size_on_disk().map(Some).map_err(io))
+        // It reads the metadata of every file of the store: not on an async worker.
+        let db = self.inner.with_db(|db| Ok(db.clone()))?;
+        tokio::task::spawn_blocking(move || db.size_on_disk())
+            .await
+            .map_err(|e| EngineError::Io(format!("the size of the store: {e}")))?
+            .map(Some)
+            .map_err(io)
     }
 
     async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {

@@ -130,11 +130,12 @@ impl Interest {
         before: Option<&Document>,
         after: Option<&Document>,
     ) -> bool {
-        let topic_matches = match self.topics.get(collection) {
-            Some(Topic::Collection) => true,
-            Some(Topic::Documents(ids)) => ids.contains(id),
-            None => self.topics.contains_key(EVERYTHING),
-        };
+        let topic_matches = self.topics.contains_key(EVERYTHING)
+            || match self.topics.get(collection) {
+                Some(Topic::Collection) => true,
+                Some(Topic::Documents(ids)) => ids.contains(id),
+                None => false,
+            };
         topic_matches
             && self.filter.as_ref().is_none_or(|f| {
                 before.is_some_and(|d| query::matches(f, d))
