@@ -1,6 +1,6 @@
 //! Identity and tokens, email flows, throttling, admins and access rules, over HTTP.
 
-use crate::common::{fast, send, signup, with_token, Resp, TestServer};
+use crate::common::{fast, send, signup, signup_token, with_token, Resp, TestServer};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -2036,10 +2036,7 @@ fn admins_create_users_and_find_them_by_the_start_of_their_address() {
         &json!({"email": "x@example.com", "password": "short"}),
     )
     .expect(400);
-    let user = signup(&srv, "ann-0@example.com")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let user = signup_token(&srv, "ann-0@example.com");
     with_token(
         &srv,
         "POST",

@@ -1,7 +1,7 @@
 //! Rules and filters checked and tried before they are stored (`/v1/admin/rules/...`), with
 //! the server's own parser and in the scope a real request gives a rule.
 
-use crate::common::{signup, with_token, TestServer};
+use crate::common::{signup, signup_token, with_token, TestServer};
 use serde_json::{json, Value};
 
 fn check(srv: &TestServer, kind: &str, expression: &str) -> Value {
@@ -63,10 +63,7 @@ fn expressions_are_checked_as_what_they_are_with_the_column_of_an_error() {
         &json!({"kind": "sql", "expression": "1"}),
     )
     .expect_error(400, "validation_failed");
-    let user = signup(&srv, "eve@example.com")["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let user = signup_token(&srv, "eve@example.com");
     with_token(
         &srv,
         "POST",
