@@ -317,6 +317,9 @@ test("files are uploaded with progress, by picker and by drop, previewed safely,
     { name: "note.html", mimeType: "text/html", buffer: Buffer.from("<b id=bold>bold?</b><script>window.ran = true</script>") },
   ]);
   await page.locator('[data-upload="note.html"] .ok').waitFor();
+  // The bar filled from the upload's own progress events (the SDK's XMLHttpRequest path).
+  const bar = await page.locator('[data-upload="dot.png"] progress').evaluate((p) => [p.value, p.max]);
+  assert.deepEqual(bar, [PNG.length, PNG.length]);
   const stored = await fetch(`${server.url}/v1/files/photos/dot.png`, { headers: { Authorization: `Bearer ${server.key}` } });
   assert.deepEqual(Buffer.from(await stored.arrayBuffer()), PNG);
 

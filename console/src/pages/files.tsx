@@ -56,33 +56,6 @@ interface Upload {
   done?: boolean;
 }
 
-/** Sends a file with the session's token, reporting progress (fetch cannot report it). */
-async function upload(bucket: string, path: string, file: File, progress: (loaded: number) => void): Promise<void> {
-  const token = await eb.auth.token();
-  const url = `${eb.url}/v1/files/${encodeURIComponent(bucket)}/${path.split("/").map(encodeURIComponent).join("/")}`;
-  await new Promise<void>((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("PUT", url);
-    if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
-    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
-    xhr.upload.onprogress = (e) => progress(e.loaded);
-    xhr.onload = () => {
-      if (xhr.status >= 200 && xhr.status < 300) resolve();
-      else {
-        let message = `${xhr.status}`;
-        try {
-          message = JSON.parse(xhr.responseText).error.message;
-        } catch {
-          // Not the API's error shape: keep the status.
-        }
-        reject(new Error(message));
-      }
-    };
-    xhr.onerror = () => reject(new Error("the server could not be reached"));
-    xhr.send(file);
-  });
-}
-
 export function Bucket(props: { name: string }) {
   const [prefix, setPrefix] = useState("");
   const [typed, setTyped] = useState("");
@@ -99,8 +72,8 @@ export function Bucket(props: { name: string }) {
       setUploads((u) => [mine, ...u.filter((x) => x.path !== path)]);
       const update = (change: Partial<Upload>) => setUploads((u) => u.map((x) => (x.path === path ? { ...x, ...change } : x)));
       try {
-        await upload(props.name, path, file, (loaded) => update({ loaded }));
-        update({ loaded: file.size, done: true });
+        await eb.files.upload(props.name, path, file, { onProgress: (loaded) => update({ loaded }) });
+        update({ done: true });
       } catch (e) {
         update({ error: problem(e).message });
       }

@@ -2,7 +2,6 @@
 // live (the server's per-function SSE stream), filter it by status, run a failed or dead event
 // again, and call an HTTP function with a JSON body.
 import { useEffect, useState } from "preact/hooks";
-import { readEvents } from "emberbase";
 import { api, call, eb, problem, when, type Problem, type Schemas } from "../api";
 import { JsonEditor } from "../json-editor";
 import { Empty, Field, Link, ProblemLine, useLoad, Grid } from "../ui";
@@ -219,38 +218,16 @@ function InvocationLog(props: { name: string }) {
       current = false;
     };
   }, [props.name, status]);
-  // New records arrive through the function's log stream, reconnecting after the last one seen.
+  // New records arrive through the function's log stream (the SDK reconnects after the last).
   useEffect(() => {
-    const abort = new AbortController();
-    let last: string | undefined;
-    const follow = async () => {
-      while (!abort.signal.aborted) {
-        try {
-          const token = await eb.auth.token();
-          const response = await fetch(`${eb.url}/v1/admin/functions/${encodeURIComponent(props.name)}/logs`, {
-            headers: { Authorization: `Bearer ${token}`, ...(last ? { "Last-Event-ID": last } : {}) },
-            signal: abort.signal,
-          });
-          if (!response.ok || !response.body) throw new Error(`the log stream answered ${response.status}`);
-          setLive(true);
-          for await (const event of readEvents(response.body)) {
-            if (event.event !== "invocation") continue;
-            last = event.id ?? last;
-            const record = JSON.parse(event.data) as Invocation;
-            if (!status || record.status === status) {
-              setRecords((r) => [record, ...r.filter((x) => x.id !== record.id)].slice(0, KEPT));
-            }
-          }
-        } catch (e) {
-          if (abort.signal.aborted) return;
-          setError(problem(e));
-        }
-        setLive(false);
-        await new Promise((r) => setTimeout(r, 2000));
-      }
-    };
-    void follow();
-    return () => abort.abort();
+    setLive(false);
+    return eb.functions.follow(
+      props.name,
+      (record) => {
+        if (!status || record.status === status) setRecords((r) => [record, ...r.filter((x) => x.id !== record.id)].slice(0, KEPT));
+      },
+      { onReady: () => setLive(true), onError: (e) => setError(problem(e)) },
+    );
   }, [props.name, status]);
   const replay = async (record: Invocation) => {
     if (!record.event_id) return;

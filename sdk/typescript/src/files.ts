@@ -11,6 +11,11 @@ export type FileBody = Blob | ArrayBuffer | ArrayBufferView | string;
 export interface UploadOptions {
   /** Stored and sent back on download; default: the Blob's type, else `application/octet-stream`. */
   contentType?: string;
+  /**
+   * Called as the bytes leave, with how many have and how many there are (a progress bar). In
+   * browsers the upload then goes through XMLHttpRequest; elsewhere it is called once, at the end.
+   */
+  onProgress?: (sent: number, total: number) => void;
 }
 
 export interface FileListOptions {
@@ -35,12 +40,16 @@ export class Files {
   async upload(bucket: string, path: string, body: FileBody, options: UploadOptions = {}): Promise<FileInfo> {
     const type =
       options.contentType ?? (body instanceof Blob && body.type ? body.type : "application/octet-stream");
-    const response = await this.transport.fetch(this.path(bucket, path), {
-      method: "PUT",
-      headers: { "Content-Type": type },
-      body: body as BodyInit,
-    });
-    return (await response.json()) as FileInfo;
+    const headers = { "Content-Type": type };
+    const progress = options.onProgress;
+    if (progress && typeof XMLHttpRequest !== "undefined") {
+      const text = await this.transport.sendWithProgress("PUT", this.path(bucket, path), headers, body as XMLHttpRequestBodyInit, progress);
+      return JSON.parse(text) as FileInfo;
+    }
+    const response = await this.transport.fetch(this.path(bucket, path), { method: "PUT", headers, body: body as BodyInit });
+    const info = (await response.json()) as FileInfo;
+    progress?.(info.size, info.size);
+    return info;
   }
 
   /** Downloads a file's bytes. */

@@ -63,6 +63,40 @@ export class Transport {
     return response;
   }
 
+  /**
+   * Sends a body through XMLHttpRequest, which reports upload progress (fetch cannot), with the
+   * caller's token and the same renewal; returns a 2xx answer's text.
+   */
+  async sendWithProgress(
+    method: string,
+    path: string,
+    headers: Headers,
+    body: XMLHttpRequestBodyInit,
+    progress: (sent: number, total: number) => void,
+  ): Promise<string> {
+    const attempt = (auth: Headers) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const xhr = new XMLHttpRequest();
+        xhr.open(method, this.url(path));
+        for (const [name, value] of Object.entries({ ...headers, ...auth })) xhr.setRequestHeader(name, value);
+        xhr.upload.onprogress = (e) => progress(e.loaded, e.total);
+        xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
+        xhr.onerror = () => reject(EmberbaseError.network(new Error(`${method} ${path}: the server could not be reached`)));
+        xhr.send(body);
+      });
+    const outcome = await this.withToken(attempt, (o) => o.status);
+    if (outcome.status < 200 || outcome.status >= 300) {
+      let parsed: unknown = outcome.text;
+      try {
+        parsed = JSON.parse(outcome.text);
+      } catch {
+        // Not the API's error shape: keep the text.
+      }
+      throw EmberbaseError.fromBody(outcome.status, parsed);
+    }
+    return outcome.text;
+  }
+
   /** A request that carries no token (sign-up, login, refresh). */
   async anonymous(path: string, init: RequestInit = {}): Promise<Response> {
     return this.fetchImpl(this.url(path), init).catch(rethrowNetwork);

@@ -49,7 +49,7 @@ export type { MfaAnswer } from "./auth.js";
 export { compareBy, compareValues, Filter, FilterError, parseSort, type SortKey } from "./filter.js";
 export { Files } from "./files.js";
 export type { FileBody, FileInfo, FileListOptions, FilePage, UploadOptions } from "./files.js";
-export { Functions } from "./functions.js";
+export { Functions, type Invocation } from "./functions.js";
 export { Offline } from "./offline/index.js";
 export type { Conflict, OfflineOptions, OfflineStatus, Rejection, WriteKind } from "./offline/index.js";
 export { IndexedDbStorage, MemoryStorage, type OfflineStorage } from "./offline/storage.js";

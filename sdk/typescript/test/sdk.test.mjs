@@ -332,8 +332,14 @@ describe("against one server", () => {
     });
     await eb.auth.signup(email("files"), PASSWORD);
     const bytes = new Uint8Array(300_000).map((_, i) => (i * 7) % 251);
-    const info = await eb.files.upload("photos", "trips/day-1.bin", bytes, { contentType: "application/octet-stream" });
+    const progress = [];
+    const info = await eb.files.upload("photos", "trips/day-1.bin", bytes, {
+      contentType: "application/octet-stream",
+      onProgress: (sent, total) => progress.push([sent, total]),
+    });
     assert.equal(info.size, bytes.length);
+    // Node has no XMLHttpRequest: progress is told once, at the end (browsers: as bytes leave).
+    assert.deepEqual(progress, [[bytes.length, bytes.length]]);
     assert.equal(info.path, "trips/day-1.bin");
     const back = new Uint8Array(await (await eb.files.download("photos", "trips/day-1.bin")).arrayBuffer());
     assert.deepEqual(back, bytes);
@@ -379,6 +385,25 @@ describe("against one server", () => {
     assert.equal(authed.auth.email, address);
     const missing = await failure(eb.functions.call("nope", {}));
     assert.equal(missing.status, 404);
+
+    // An admin follows the function's runs as they are recorded.
+    const boss = email("fn-admin");
+    await admin(server, "POST", "/v1/admin/admins", { email: boss, password: PASSWORD });
+    const ops = new Emberbase(server.url);
+    await ops.auth.login(boss, PASSWORD);
+    const runs = [];
+    let live = false;
+    const stop = ops.functions.follow("echo", (run) => runs.push(run), { onReady: () => (live = true) });
+    await eventually("following", () => live);
+    await eb.functions.call("echo", { n: 1 });
+    await eventually("the run", () => runs.length === 1);
+    assert.equal(runs[0].trigger, "http");
+    assert.equal(runs[0].status, "ok");
+    stop();
+    const refused = [];
+    eb.functions.follow("echo", () => {}, { onError: (e) => refused.push(e) });
+    await eventually("a refusal for a user", () => refused.length === 1);
+    assert.equal(refused[0].status, 403);
   });
 
   test("subscribe: events in order, filters, ids, unsubscribe", async () => {
