@@ -127,7 +127,7 @@ struct Browser {
 
 impl Browser {
     fn go(&mut self, start: &str, stop: &str) -> String {
-        let agent = ureq::AgentBuilder::new().redirects(0).build();
+        let agent = by_hand();
         let mut url = start.to_string();
         for _ in 0..20 {
             if url.starts_with(stop) {
@@ -175,8 +175,16 @@ impl Browser {
 
 /// A GET of this server that does not follow its redirect.
 fn get_here(srv: &TestServer, path: &str) -> Resp {
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    send(agent.get(&srv.url(path)), None)
+    send(by_hand().get(&srv.url(path)), None)
+}
+
+/// An HTTP client that leaves redirects to its caller and gives up on a silent peer, so that a
+/// stuck server or provider fails the test with the URL instead of hanging it.
+fn by_hand() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
 }
 
 /// The value of query parameter `name` of `url`.
