@@ -4,7 +4,9 @@
 //! block buffer of `argon2_memory_kib` for every hash. A burst of logins queues up instead of
 //! stalling the async workers, and memory stays at threads x memory cost: letting argon2
 //! allocate 19 MiB per hash on tokio's blocking pool left about 1 GB resident after a minute of
-//! logins, as glibc kept the freed blocks in fragmented per-thread arenas. A login for an
+//! logins, as glibc kept the freed blocks in fragmented per-thread arenas. A thread that has
+//! waited [`IDLE`] for work lets its buffer go, so a server nobody signs in to does not hold
+//! threads x 19 MiB. A login for an
 //! unknown email verifies against a dummy hash (random salt and output, the configured cost),
 //! so it costs the same time as a wrong password.
 
@@ -23,6 +25,8 @@ pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 /// The shortest password accepted, in characters.
 pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
 const SALT_BYTES: usize = 16;
+/// How long a hashing thread waits for work before it frees its block buffer.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 const OUTPUT_BYTES: usize = 32;
 
 enum Job {
@@ -143,8 +147,10 @@ impl PasswordHasherPool {
             std::thread::Builder::new()
                 .name(format!("emberbase-hash-{i}"))
                 .spawn(move || loop {
+                    // The threads take turns at the queue; each that waits `IDLE` there in
+                    // vain frees its buffer and lets the next one wait.
                     let job = match queue.lock() {
-                        Ok(rx) => rx.recv(),
+                        Ok(rx) => rx.recv_timeout(IDLE),
                         Err(_) => return,
                     };
                     match job {
@@ -154,7 +160,13 @@ impl PasswordHasherPool {
                         Ok(Job::Verify(password, stored, reply)) => {
                             let _ = reply.send(worker.verify(&password, &stored));
                         }
-                        Err(_) => return,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            worker.blocks = Vec::new();
+                            // Let a thread parked on the lock take its turn (std's mutex would
+                            // hand it straight back to this one).
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 })
                 .map_err(|e| format!("cannot start a hashing thread: {e}"))?;
