@@ -3,7 +3,8 @@
 
 Starts each server on loopback with a fresh data directory, seeds Emberbase and PocketBase with
 the same 10,000 documents, runs the same wrk loads against each and prints req/s, p50, p99 and
-peak RSS, with ratios. Then files: upload and download of 1 MiB and 50 MiB files with curl (one
+resident memory (idle and after seeding, each once the server has settled for 5 s, and the
+peak), with ratios. Then files: upload and download of 1 MiB and 50 MiB files with curl (one
 stream, MB/s, with the server's RSS sampled during the transfers) and GET of a small file with
 wrk, against PocketBase's file field. Installs what it needs (wrk via apt, PocketBase via pip)
 and builds the release binaries. Every load is bounded and sent only to 127.0.0.1.
@@ -98,6 +99,12 @@ def rss_kb(pid, field):
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
+
+
+def idle_rss_kb(pid):
+    """Resident memory once a server has settled after starting (both get the same 5 s)."""
+    time.sleep(5)
+    return rss_kb(pid, "VmRSS")
     return 0
 
 
@@ -118,7 +125,7 @@ def start_emberbase(tmp, port=EB_PORT, name="eb", extra_env=None):
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_up(base + "/v1/health", proc)
-    idle = rss_kb(proc.pid, "VmRSS")
+    idle = idle_rss_kb(proc.pid)
     key = open(os.path.join(data, "service_key")).read().strip()
     auth = {"Authorization": f"Bearer {key}"}
     # Public rules, as PocketBase's posts below (the shipped defaults are private).
@@ -139,6 +146,7 @@ def start_emberbase(tmp, port=EB_PORT, name="eb", extra_env=None):
     refresh_tokens = [request("POST", base + "/v1/auth/login", {"email": "bench@example.com", "password": "benchpassword1"})
                       ["refresh_token"] for _ in range(AUTH_CHAINS)]
     return proc, idle, {
+        "seeded_rss": idle_rss_kb(proc.pid),
         "auth": auth,
         "user_auth": user_auth,
         "rule_get": (base + "/v1/collections/secure/docs/{id}", secure_ids),
@@ -167,7 +175,7 @@ def start_pocketbase(tmp):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{PB_PORT}"
     wait_up(base + "/api/health", proc)
-    idle = rss_kb(proc.pid, "VmRSS")
+    idle = idle_rss_kb(proc.pid)
     token = request("POST", base + "/api/collections/_superusers/auth-with-password",
                     {"identity": "bench@example.com", "password": "benchpassword1"})["token"]
     auth = {"Authorization": token}
@@ -200,6 +208,7 @@ def start_pocketbase(tmp):
     tokens = [request("POST", base + "/api/collections/users/auth-with-password",
                       {"identity": "bench@example.com", "password": "benchpassword1"})["token"] for _ in range(AUTH_CHAINS)]
     return proc, idle, {
+        "seeded_rss": idle_rss_kb(proc.pid),
         "auth": {},
         "user_auth": user_auth,
         "rule_get": (base + "/api/collections/secure/records/{id}", secure_ids),
@@ -1004,6 +1013,7 @@ def main():
         auth_cost = 100 * (1 - eb_r["GET by id, user token"]["rps"] / eb_r["GET by id"]["rps"])
         print(f"| owner-rule cost on GET | {rule_cost:.0f}% | | | | JWT authentication: {auth_cost:.0f}% |")
         print(f"| idle RSS MB | {eb_idle / 1024:.1f} | | {pb_idle / 1024:.1f} | | |")
+        print(f"| RSS after seeding, settled, MB | {eb_t['seeded_rss'] / 1024:.1f} | | {pb_t['seeded_rss'] / 1024:.1f} | | |")
         print(f"| peak RSS MB | {eb_r['peak_rss_mb']:.1f} | | {pb_r['peak_rss_mb']:.1f} | | bare actix "
               f"{rss_kb(bare.pid, 'VmHWM') / 1024:.1f} |")
     finally:
