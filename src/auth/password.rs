@@ -6,9 +6,8 @@
 //! allocate 19 MiB per hash on tokio's blocking pool left about 1 GB resident after a minute of
 //! logins, as glibc kept the freed blocks in fragmented per-thread arenas. A thread that has
 //! waited [`IDLE`] for work lets its buffer go, so a server nobody signs in to does not hold
-//! threads x 19 MiB. A login for an
-//! unknown email verifies against a dummy hash (random salt and output, the configured cost),
-//! so it costs the same time as a wrong password.
+//! threads x 19 MiB. A login for an unknown email verifies against a dummy hash (random salt
+//! and output, the configured cost), so it costs the same time as a wrong password.
 
 use super::error::{internal, invalid, AuthError};
 use crate::config::AuthConfig;
