@@ -99,13 +99,13 @@ def rss_kb(pid, field):
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
+    return 0
 
 
 def idle_rss_kb(pid):
     """Resident memory once a server has settled after starting (both get the same 5 s)."""
     time.sleep(5)
     return rss_kb(pid, "VmRSS")
-    return 0
 
 
 def seed_documents():
