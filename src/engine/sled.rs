@@ -906,7 +906,14 @@ impl Engine for SledEngine {
                 s.closing = true;
                 inner.wake.notify_all();
             }
-            threads.all(|t| t.join().is_ok()) && ok
+            let joined = threads.all(|t| t.join().is_ok()) && ok;
+            // sled's own threads let go of its files a moment after the last handle: wait for
+            // that, so that the directory opens again as soon as `close` returns.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while in_use(&inner.options.path) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            joined
         })
         .await
         .ok()
