@@ -19,6 +19,7 @@ mod invoke;
 mod js;
 mod local;
 mod mail;
+mod memories;
 mod metering;
 mod records;
 mod registry;

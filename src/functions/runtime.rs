@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use wasmer::sys::{CompilerConfig, Cranelift, EngineBuilder, NativeEngineExt};
 use wasmer::wasmparser::Operator;
 use wasmer::{
-    imports, Engine, ExternType, Function, FunctionEnv, FunctionEnvMut, Instance, Memory, Module,
+    Engine, ExternType, Function, FunctionEnv, FunctionEnvMut, Imports, Instance, Memory, Module,
     RuntimeError, Store, Type,
 };
 
@@ -948,26 +948,40 @@ fn instantiate(
     program: &Program,
     limits: Limits,
 ) -> Result<Instance, String> {
-    let ebadf1 = |_: i32| WASI_EBADF;
-    let ebadf2 = |_: i32, _: i32| WASI_EBADF;
-    let ebadf4 = |_: i32, _: i32, _: i32, _: i32| WASI_EBADF;
-    let seek = |_: i32, _: i64, _: i32, _: i32| WASI_EBADF;
-    let imports = imports! {
-        "emberbase" => {
-            "log" => Function::new_typed_with_env(store, env, host_log),
-            "call" => Function::new_typed_with_env(store, env, host_call),
-            "result_read" => Function::new_typed_with_env(store, env, host_result_read),
-            "throw" => Function::new_typed_with_env(store, env, host_throw),
-        },
-        "wasi_snapshot_preview1" => {
-            "clock_time_get" => Function::new_typed_with_env(store, env, wasi_clock_time_get),
-            "random_get" => Function::new_typed_with_env(store, env, wasi_random_get),
-            "fd_close" => Function::new_typed(store, ebadf1),
-            "fd_fdstat_get" => Function::new_typed(store, ebadf2),
-            "fd_seek" => Function::new_typed(store, seek),
-            "fd_write" => Function::new_typed(store, ebadf4),
-        }
-    };
+    // Only what the module imports: each host function is an allocation in the fresh store.
+    let mut imports = Imports::new();
+    for import in program.module.imports() {
+        let (module, name) = (import.module(), import.name());
+        let function = match (module, name) {
+            ("emberbase", "log") => Function::new_typed_with_env(store, env, host_log),
+            ("emberbase", "call") => Function::new_typed_with_env(store, env, host_call),
+            ("emberbase", "result_read") => {
+                Function::new_typed_with_env(store, env, host_result_read)
+            }
+            ("emberbase", "throw") => Function::new_typed_with_env(store, env, host_throw),
+            ("wasi_snapshot_preview1", "clock_time_get") => {
+                Function::new_typed_with_env(store, env, wasi_clock_time_get)
+            }
+            ("wasi_snapshot_preview1", "random_get") => {
+                Function::new_typed_with_env(store, env, wasi_random_get)
+            }
+            ("wasi_snapshot_preview1", "fd_close") => {
+                Function::new_typed(store, |_: i32| WASI_EBADF)
+            }
+            ("wasi_snapshot_preview1", "fd_fdstat_get") => {
+                Function::new_typed(store, |_: i32, _: i32| WASI_EBADF)
+            }
+            ("wasi_snapshot_preview1", "fd_seek") => {
+                Function::new_typed(store, |_: i32, _: i64, _: i32, _: i32| WASI_EBADF)
+            }
+            ("wasi_snapshot_preview1", "fd_write") => {
+                Function::new_typed(store, |_: i32, _: i32, _: i32, _: i32| WASI_EBADF)
+            }
+            // `Instance::new` names what is missing (uploads are checked against the ABI first).
+            _ => continue,
+        };
+        imports.define(module, name, function);
+    }
     let instance = with_limits(limits.memory_bytes, &program.module, || {
         Instance::new(store, &program.module, &imports).map_err(|e| e.to_string())
     })??;

@@ -9,8 +9,11 @@
 //! maximum is then clamped to what is left, and takes its share, so a module with several
 //! memories cannot multiply the limit either.
 //!
-//! The trait has `unsafe` methods, so this module (and the artifact loader) are the only places
-//! that allow unsafe code; they only delegate.
+//! An instance's own memories come from `memories`, which keeps their address space from one
+//! invocation for the next; imported and shared memories are wasmer's own.
+//!
+//! The trait has `unsafe` methods, so this module, `memories` and the artifact loader are the
+//! only places that allow unsafe code; this one only delegates.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -124,8 +127,12 @@ impl Tunables for CappedTunables {
         let ty = self.reserve(ty)?;
         // SAFETY: forwarded unchanged from the engine, which upholds the contract.
         unsafe {
-            self.base
-                .create_vm_memory(&ty, style, vm_definition_location)
+            match super::memories::create(&ty, style, vm_definition_location) {
+                Some(created) => created,
+                None => self
+                    .base
+                    .create_vm_memory(&ty, style, vm_definition_location),
+            }
         }
     }
 

@@ -682,6 +682,67 @@ fn runaway_functions_are_stopped_and_the_server_keeps_serving() {
     }
 }
 
+/// Instances reuse the address space of earlier ones (`functions/memories.rs`): a fresh
+/// instance must still see only zeros, and nothing past its own size.
+#[test]
+fn each_invocation_gets_zeroed_memory_that_ends_at_its_size() {
+    let srv = start();
+    // Grow to 3 pages (cleared by writing zeros) or 8 (cleared by the kernel), fill every
+    // byte, and answer nothing.
+    for (name, grow) in [("dirty3", 1), ("dirty8", 6)] {
+        let dirty = guest(
+            &[],
+            "",
+            &format!(
+                "(drop (memory.grow (i32.const {grow})))
+                 (memory.fill (i32.const 0) (i32.const 90) (i32.mul (memory.size) (i32.const 65536)))
+                 (i64.const 0)"
+            ),
+        );
+        deploy(&srv, name, &dirty, json!({"triggers": [{"on": "http"}]}));
+    }
+    // Reads bytes of its two pages that neither its data nor its event occupy.
+    let probe = guest(
+        &[
+            r#"{"status":200,"body":"zero"}"#,
+            r#"{"status":200,"body":"dirty"}"#,
+        ],
+        "",
+        "(if (i64.eqz (i64.or (i64.or (i64.load (i32.const 8192)) (i64.load (i32.const 65528)))
+                              (i64.or (i64.load (i32.const 100000)) (i64.load (i32.const 131064)))))
+           (then (return (call $str (i32.const 0)))))
+         (call $str (i32.const 1))",
+    );
+    deploy(&srv, "probe", &probe, json!({"triggers": [{"on": "http"}]}));
+    // Loads from the third page, which its memory of two does not have.
+    let beyond = guest(
+        &[],
+        "",
+        "(drop (i32.load (i32.const 131088))) (i64.const 0)",
+    );
+    deploy(
+        &srv,
+        "beyond",
+        &beyond,
+        json!({"triggers": [{"on": "http"}]}),
+    );
+
+    // One call at a time, so the probe most likely takes the region the dirty run left.
+    for round in 0..3 {
+        for name in ["dirty3", "dirty8"] {
+            call(&srv, name, None, &json!({})).expect(200);
+            let probed = call(&srv, "probe", None, &json!({})).expect(200);
+            assert_eq!(probed.json, json!("zero"), "after {name}, round {round}");
+            call(&srv, name, None, &json!({})).expect(200);
+            call(&srv, "beyond", None, &json!({})).expect_error(502, "function_failed");
+        }
+    }
+    let record = eventually("a record of the load past the memory", || {
+        invocations(&srv, "beyond").first().cloned()
+    });
+    assert_eq!(record["failure"], "trap", "{record}");
+}
+
 #[test]
 fn the_invocation_log_keeps_the_latest_records() {
     let srv = TestServer::start_with(|c| {
