@@ -130,6 +130,10 @@ impl Documents {
                 .await
                 .map_err(|f| (f.op, f.error.into()));
         };
+        // The hooks read the documents as durably stored: a function's own writes first.
+        crate::store::deferred::settle_current()
+            .await
+            .map_err(|e| (0, e.into()))?;
         let mut attempt = 1;
         loop {
             let mut hooked = Vec::with_capacity(ops.len());

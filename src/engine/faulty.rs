@@ -4,8 +4,8 @@
 
 use super::Bytes;
 use super::{
-    ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange, Keyspace, OnDurable,
-    Snapshot, Transaction,
+    Applied, ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange, Keyspace,
+    OnDurable, Snapshot, Transaction,
 };
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -167,6 +167,22 @@ impl Transaction for FaultyTransaction {
         self: Box<Self>,
         on_durable: Option<OnDurable>,
     ) -> Result<Committed, EngineError> {
+        self.fault()?;
+        self.inner.commit(on_durable).await
+    }
+
+    async fn commit_applied(
+        self: Box<Self>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Applied, EngineError> {
+        self.fault()?;
+        self.inner.commit_applied(on_durable).await
+    }
+}
+
+impl FaultyTransaction {
+    /// The failure injected into this commit, if any.
+    fn fault(&self) -> Result<(), EngineError> {
         if self.writes {
             if take(&self.engine.faults.commits) {
                 return Err(EngineError::Io("injected commit failure".into()));
@@ -175,6 +191,6 @@ impl Transaction for FaultyTransaction {
                 return Err(EngineError::Conflict);
             }
         }
-        self.inner.commit(on_durable).await
+        Ok(())
     }
 }

@@ -188,6 +188,15 @@ pub struct Committed {
     pub first_seq: Option<u64>,
 }
 
+/// A commit that is applied but not necessarily durable yet: see
+/// [`Transaction::commit_applied`].
+pub struct Applied {
+    /// As in [`Committed`].
+    pub first_seq: Option<u64>,
+    /// Resolves once the commit is durable, or fails if it was lost, leaving no trace.
+    pub durable: futures_util::future::BoxFuture<'static, Result<(), EngineError>>,
+}
+
 /// An ordered transactional key-value store with named keyspaces and a change feed.
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
@@ -283,6 +292,23 @@ pub trait Transaction: Send {
         self: Box<Self>,
         on_durable: Option<OnDurable>,
     ) -> Result<Committed, EngineError>;
+
+    /// Commits atomically as [`commit`](Transaction::commit) does, but may return once the
+    /// commit is ordered and every later transaction sees it, before it is durable. The
+    /// engine's own reads and its change feed still show it only once it is durable, and
+    /// [`Applied::durable`] says when that is (or that it was lost). For a caller that holds
+    /// back everything resting on the write until then. A backend whose commits are durable
+    /// when applied keeps this default.
+    async fn commit_applied(
+        self: Box<Self>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Applied, EngineError> {
+        let Committed { first_seq } = self.commit(on_durable).await?;
+        Ok(Applied {
+            first_seq,
+            durable: Box::pin(std::future::ready(Ok(()))),
+        })
+    }
 }
 
 /// The value of a counter that [`Transaction::add`] maintains: an 8-byte big-endian signed

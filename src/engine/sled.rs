@@ -26,8 +26,8 @@
 
 use super::overlay::{self, PreImages, Undo};
 use super::{
-    Bytes, ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange, Keyspace,
-    OnDurable, Snapshot, Transaction,
+    Applied, Bytes, ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange,
+    Keyspace, OnDurable, Snapshot, Transaction,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, VecDeque};
@@ -367,6 +367,11 @@ impl SledEngine {
     /// applied but not yet durable.
     pub fn hold_flushes(&self, hold: bool) {
         self.inner.holding.store(hold, Ordering::SeqCst);
+    }
+
+    /// Whether a commit is applied and waiting for its flush.
+    pub fn unflushed(&self) -> bool {
+        lock(&self.inner.commit).applied > self.inner.state.borrow().flushed
     }
 }
 
@@ -998,6 +1003,31 @@ impl Transaction for SledTransaction {
         on_durable: Option<OnDurable>,
     ) -> Result<Committed, EngineError> {
         let inner = self.inner.clone();
+        let (batch, first_seq) = self.hand_over(on_durable).await?;
+        inner.wait_durable(batch).await?;
+        Ok(Committed { first_seq })
+    }
+
+    async fn commit_applied(
+        self: Box<Self>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Applied, EngineError> {
+        let inner = self.inner.clone();
+        let (batch, first_seq) = self.hand_over(on_durable).await?;
+        Ok(Applied {
+            first_seq,
+            durable: Box::pin(async move { inner.wait_durable(batch).await }),
+        })
+    }
+}
+
+impl SledTransaction {
+    /// Hands the transaction to the committer; returns the batch it was applied in and the
+    /// sequence of its first change.
+    async fn hand_over(
+        self: Box<Self>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<(u64, Option<u64>), EngineError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             reads: self.reads,
@@ -1009,10 +1039,8 @@ impl Transaction for SledTransaction {
             on_durable,
             reply,
         };
-        inner.submit(Message::Commit(Box::new(job)))?;
-        let (batch, first_seq) = answer.await.map_err(|_| EngineError::Closed)??;
-        inner.wait_durable(batch).await?;
-        Ok(Committed { first_seq })
+        self.inner.submit(Message::Commit(Box::new(job)))?;
+        answer.await.map_err(|_| EngineError::Closed)?
     }
 }
 

@@ -9,6 +9,7 @@ use super::runtime::Host;
 use crate::auth::Principal;
 use crate::docs::{AggregateParams, DocsError, Documents, ListParams};
 use crate::error::Error;
+use crate::store::deferred::Deferred;
 use crate::trace::{self, Kind, TraceContext, Tracer};
 use serde_json::{json, Value};
 use std::future::Future;
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 
 pub(super) struct DocumentHost {
     pub docs: Documents,
+    /// The run's writes not yet durable (see `store::deferred`).
+    pub deferred: Deferred,
     pub who: Principal,
     pub runtime: tokio::runtime::Handle,
     pub function: String,
@@ -115,6 +118,17 @@ impl DocumentHost {
         self.runtime.block_on(trace::scope(call, work))
     }
 
+    /// As `on`, for a write, which returns before it is durable: the run waits for that later.
+    fn writing<F: Future>(&self, call: TraceContext, work: F) -> F::Output {
+        self.on(call, self.deferred.scope(work))
+    }
+
+    /// Waits until the run's writes so far are durable, before anything could show them.
+    fn settled(&self, call: TraceContext) -> Result<(), Error> {
+        self.on(call, self.deferred.settle())
+            .map_err(|e| super::FunctionsError::from(e).into())
+    }
+
     /// Replaces the secret values this run read with `[secret]`.
     pub(super) fn redact(&self, text: &str) -> String {
         match self.revealed.lock() {
@@ -179,6 +193,9 @@ impl DocumentHost {
     }
 
     fn answer(&self, op: &str, request: &Value, call: TraceContext) -> Result<Value, Error> {
+        if !matches!(op, "env" | "create" | "set" | "update" | "delete") {
+            self.settled(call)?;
+        }
         match op {
             "env" => return self.env(request, call),
             "fetch" => return self.fetch(request, call),
@@ -204,13 +221,13 @@ impl DocumentHost {
                 Err(DocsError::NotFound { .. }) => Ok(Value::Null),
                 Err(e) => Err(e.into()),
             },
-            "create" => to_json(self.on(call, docs.create(who, collection, data()))?),
+            "create" => to_json(self.writing(call, docs.create(who, collection, data()))?),
             "set" => {
                 let (doc, _) =
-                    self.on(call, docs.set(who, collection, id()?, data(), if_version))?;
+                    self.writing(call, docs.set(who, collection, id()?, data(), if_version))?;
                 to_json(doc)
             }
-            "update" => to_json(self.on(
+            "update" => to_json(self.writing(
                 call,
                 docs.update_with(
                     who,
@@ -222,7 +239,7 @@ impl DocumentHost {
                 ),
             )?),
             "delete" => {
-                self.on(call, docs.delete(who, collection, id()?, if_version))?;
+                self.writing(call, docs.delete(who, collection, id()?, if_version))?;
                 Ok(json!({"deleted": true}))
             }
             "query" => {

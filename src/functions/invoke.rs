@@ -10,6 +10,7 @@ use super::{
 use crate::auth::Principal;
 use crate::config::FunctionsConfig;
 use crate::model::{now_rfc3339, Change};
+use crate::store::deferred::Deferred;
 use crate::store::{CommitHook, HookRecord, KvWrite, Space};
 use crate::trace::{Kind, TraceContext};
 use serde_json::{json, Value};
@@ -24,6 +25,7 @@ pub(super) fn failure_kind(f: &Failure) -> &'static str {
         Failure::HostCalls => "host_calls",
         Failure::Instantiate(_) => "instantiate",
         Failure::Thrown(_) => "thrown",
+        Failure::Lost(_) => "lost",
     }
 }
 
@@ -209,8 +211,10 @@ impl Functions {
             .fetch
             .as_ref()
             .and_then(|config| self.fetch_access(&name, config));
+        let deferred = Deferred::default();
         let host = Arc::new(host::DocumentHost {
             docs: self.inner.docs.clone(),
+            deferred: deferred.clone(),
             who: Principal::Function {
                 name: name.clone(),
                 depth,
@@ -244,6 +248,11 @@ impl Functions {
             .invoke(lane, loaded.module.clone(), input, limits, host.clone())
             .await
             .map_err(FunctionsError::Busy)?;
+        // The run's writes are durable before anything shows its outcome; off the worker, so
+        // that runs share flushes.
+        if let Err(e) = deferred.settle().await {
+            outcome.result = Err(Failure::Lost(e.to_string()));
+        }
         outcome.usage.fetch_bytes = host.fetched.load(std::sync::atomic::Ordering::Relaxed);
         // What the run read from its secrets stays out of its record and its answer.
         for line in &mut outcome.logs {
@@ -327,9 +336,11 @@ impl Functions {
             ..Invocation::of_run(&mut outcome, Some(trace))
         };
         self.record_in_background(name, record);
-        let result = outcome
-            .result
-            .map_err(|f| FunctionsError::Failed(format!("function {name} failed: {f}")))?;
+        let result = outcome.result.map_err(|f| match f {
+            // The storage's failure, not the function's: the caller may try again.
+            Failure::Lost(_) => FunctionsError::Storage(crate::error::StorageError::Unavailable),
+            f => FunctionsError::Failed(format!("function {name} failed: {f}")),
+        })?;
         let value = match result {
             None => Value::Null,
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {

@@ -239,7 +239,9 @@ pub struct Invocation {
     /// Bytes the run sent and received with `fetch`.
     #[serde(default)]
     pub fetch_bytes: u64,
-    /// For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`.
+    /// For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate`, `thrown` (a
+    /// JavaScript exception), `lost` (a write of the run was lost to a storage failure) or
+    /// `result`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

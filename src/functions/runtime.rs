@@ -88,6 +88,9 @@ pub enum Failure {
     Instantiate(String),
     /// A JavaScript function threw (or its promise rejected): the message and stack.
     Thrown(String),
+    /// A write the run made was lost before it became durable (a failed flush): the run
+    /// counts for nothing and its event runs again.
+    Lost(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -99,6 +102,7 @@ impl std::fmt::Display for Failure {
             Failure::HostCalls => write!(f, "too many host calls"),
             Failure::Instantiate(m) => write!(f, "instantiation failed: {m}"),
             Failure::Thrown(m) => write!(f, "uncaught exception: {m}"),
+            Failure::Lost(m) => write!(f, "its writes could not be made durable: {m}"),
         }
     }
 }

@@ -196,12 +196,16 @@ struct Pending {
 }
 
 impl Store {
-    /// Applies a write atomically and durably. Resolves once the write is on disk, and once
-    /// what its deletes do to the documents that reference them (`set_null`, `cascade`) is
-    /// done too.
+    /// Applies a write atomically and durably. Resolves once the write is on disk (or, in a
+    /// [`deferred`](super::deferred) scope, applied), and once what its deletes do to the documents that
+    /// reference them (`set_null`, `cascade`) is done too.
     pub(crate) async fn write(&self, request: WriteRequest) -> WriteResult {
         let (written, jobs) = self.write_inner(&request).await?;
         if jobs {
+            // The jobs are read as durably recorded.
+            super::deferred::settle_current()
+                .await
+                .map_err(|error| BatchFailure { op: 0, error })?;
             // The delete is committed whatever happens here: a job that fails now resumes
             // with the next one or at the next start.
             if let Err(e) = self.run_dereference_jobs().await {
@@ -383,7 +387,15 @@ impl Store {
             changes.push(sized);
         }
         let publish = publisher(self, changes);
-        txn.commit(publish).await.map_err(at(0))?;
+        match super::deferred::current() {
+            Some(deferred) => {
+                let applied = txn.commit_applied(publish).await.map_err(at(0))?;
+                deferred.push(applied.durable);
+            }
+            None => {
+                txn.commit(publish).await.map_err(at(0))?;
+            }
+        }
         Ok((planned.results, planned.jobs))
     }
 

@@ -10,6 +10,7 @@
 
 mod collections;
 pub(crate) mod commit;
+pub(crate) mod deferred;
 mod diff;
 mod error;
 mod feed;

@@ -220,27 +220,31 @@ struct Engines {
 }
 
 fn start_on_engines(db: impl Fn(&Path) -> std::path::PathBuf) -> (TestServer, Engines) {
+    start_on_engines_with(db, |_| {})
+}
+
+fn start_on_engines_with(
+    db: impl Fn(&Path) -> std::path::PathBuf,
+    configure: impl FnOnce(&mut emberbase::config::Config),
+) -> (TestServer, Engines) {
     let slot: Arc<Mutex<Option<Engines>>> = Arc::default();
     let taken = slot.clone();
-    let srv = TestServer::start_built(
-        |_| {},
-        move |builder, dir| {
-            let sled = SledEngine::open(
-                SledOptions {
-                    path: db(dir),
-                    cache_bytes: 16 << 20,
-                },
-                None,
-            )
-            .unwrap();
-            let faulty = FaultyEngine::new(Arc::new(sled.clone()));
-            *taken.lock().unwrap() = Some(Engines {
-                sled,
-                faulty: faulty.clone(),
-            });
-            builder.engine(Arc::new(faulty))
-        },
-    );
+    let srv = TestServer::start_built(configure, move |builder, dir| {
+        let sled = SledEngine::open(
+            SledOptions {
+                path: db(dir),
+                cache_bytes: 16 << 20,
+            },
+            None,
+        )
+        .unwrap();
+        let faulty = FaultyEngine::new(Arc::new(sled.clone()));
+        *taken.lock().unwrap() = Some(Engines {
+            sled,
+            faulty: faulty.clone(),
+        });
+        builder.engine(Arc::new(faulty))
+    });
     let engines = slot.lock().unwrap().take().unwrap();
     (srv, engines)
 }
@@ -301,6 +305,74 @@ fn failed_commits_and_flushes_leave_no_trace_and_the_server_recovers() {
     let listed = srv.get("/v1/collections/f/docs?limit=10").expect(200).json;
     let expected: BTreeSet<String> = ["after", "kept", "recovered"].map(String::from).into();
     assert_eq!(ids(&listed), expected);
+}
+
+#[test]
+fn a_function_write_lost_to_a_failed_flush_fails_its_run_and_the_event_runs_again() {
+    let (srv, engines) =
+        start_on_engines_with(|dir| dir.join("db"), |c| c.functions.retry_base_ms = 50);
+    // A loopback server that holds the first request it gets until the test says so.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (asked, first_asked) = std::sync::mpsc::channel();
+    let (go, first_go) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            use std::io::Write;
+            crate::webhooks::read_request(&stream);
+            if n == 0 {
+                asked.send(()).unwrap();
+                first_go.recv().unwrap();
+            }
+            let _ = (&stream)
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    crate::javascript::deploy_js(
+        &srv,
+        "receipt",
+        &format!(
+            r#"export default async function handle(event) {{
+                 await emberbase.fetch("http://127.0.0.1:{port}/");
+                 await emberbase.db.create("receipts", {{ order: event.id }});
+               }}"#
+        ),
+        json!({"triggers": [{"on": "create", "collection": "orders"}],
+            "fetch": {"allow": [format!("127.0.0.1:{port}")]}}),
+    );
+    srv.put("/v1/collections/orders/docs/o1", &json!({"total": 5}))
+        .expect(201);
+    // The run is at its fetch: from here on nothing flushes, so its write is applied and
+    // the run ends while the write waits. Then that flush fails.
+    first_asked
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the function did not fetch");
+    engines.sled.hold_flushes(true);
+    go.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !engines.sled.unflushed() {
+        assert!(
+            Instant::now() < deadline,
+            "the function's write was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engines.sled.fail_next_flushes(1);
+    engines.sled.hold_flushes(false);
+
+    // The run failed (its record may be lost with the flush too) and the event runs again
+    // once the store has recovered, writing the receipt once.
+    crate::functions::eventually("a run after the lost one", || {
+        let runs = crate::functions::invocations(&srv, "receipt");
+        runs.iter().any(|r| r["status"] == "ok").then_some(())
+    });
+    let failed = r#"emberbase_function_invocations_total{function="receipt",status="error"}"#;
+    let metrics = send(srv.admin("GET", "/metrics"), None).expect(200).text;
+    assert!(metric(&metrics, failed) >= 1.0, "the lost run did not fail");
+    let receipts = srv.get("/v1/collections/receipts/docs").expect(200).json;
+    let items = receipts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{receipts}");
+    assert_eq!(items[0]["data"]["order"], "o1");
 }
 
 /// Repeats `attempt` until it answers `done.0`; meanwhile each answer must be the error

@@ -2382,7 +2382,11 @@ export interface components {
             /** @description The event as delivered (trigger and schedule events), kept so it can be replayed. */
             event?: Record<string, never> | null;
             event_id: string;
-            /** @description For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate` or `result`. */
+            /**
+             * @description For failures: `trap`, `fuel`, `timeout`, `host_calls`, `instantiate`, `thrown` (a
+             *     JavaScript exception), `lost` (a write of the run was lost to a storage failure) or
+             *     `result`.
+             */
             failure?: string | null;
             /**
              * Format: int64
