@@ -315,7 +315,9 @@ impl Queue for Outbox {
         self.uncommitted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let functions = self.functions.clone();
-        let loaded = self.loaded.clone();
+        // The version active now, not as of the round's start: one activated while the head
+        // was read runs this event.
+        let loaded = self.functions.loaded(&self.name);
         let name = self.name.clone();
         Box::pin(async move {
             let mut pending = entry.pending;

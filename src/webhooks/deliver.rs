@@ -134,7 +134,9 @@ impl Queue for WebhookQueue {
     }
 
     fn deliver(&self, key: Vec<u8>, entry: Queued) -> BoxFuture<'static, Done> {
-        match &self.record {
+        // The webhook as it is now, not as of the round's start: a secret rotated or a URL
+        // changed while the head was read applies to this attempt.
+        match self.webhooks.loaded().get(&self.id) {
             Some(record) => Box::pin(deliver(self.webhooks.clone(), record.clone(), key, entry)),
             None => Box::pin(std::future::ready(Done {
                 trace: entry
