@@ -600,6 +600,13 @@ pub struct MailConfig {
     pub from: String,
     /// Mails kept in the outbox (`GET /v1/admin/outbox`); older ones are removed.
     pub outbox_kept: usize,
+    /// The delay before a mail's first retry after the relay failed for a reason that may pass
+    /// (busy, unreachable, `4xx`), in milliseconds; each next one is four times longer, up to
+    /// an hour, with jitter.
+    pub retry_base_ms: u64,
+    /// Attempts of a mail before it is marked failed; a relay's permanent refusal (`5xx`)
+    /// ends them at once.
+    pub max_attempts: u32,
 }
 
 impl Default for MailConfig {
@@ -608,6 +615,8 @@ impl Default for MailConfig {
             smtp_url: String::new(),
             from: "Emberbase <noreply@localhost>".into(),
             outbox_kept: 1000,
+            retry_base_ms: 30_000,
+            max_attempts: 8,
         }
     }
 }
@@ -668,7 +677,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 57] = [
+        let ranges: [(&str, u64, u64, u64); 59] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -677,6 +686,13 @@ impl Config {
             ),
             ("auth.prune_interval_secs", a.prune_interval_secs, 1, DAY),
             ("mail.outbox_kept", self.mail.outbox_kept as u64, 1, 1 << 20),
+            ("mail.retry_base_ms", self.mail.retry_base_ms, 1, 3_600_000),
+            (
+                "mail.max_attempts",
+                u64::from(self.mail.max_attempts),
+                1,
+                100,
+            ),
             (
                 "limits.max_document_bytes",
                 self.limits.max_document_bytes as u64,

@@ -26,6 +26,17 @@ pub(crate) const LOOK_AHEAD: usize = 512;
 /// announces (another node's, a redelivery) is at most.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// The longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The retry delay after failed attempt `n` (1-based): `base_ms` times 4^(n-1), at most an
+/// hour, with ±20% jitter.
+pub(crate) fn backoff(base_ms: u64, n: u32) -> Duration {
+    let factor = 4u64.saturating_pow(n.saturating_sub(1).min(20));
+    let delay = Duration::from_millis(base_ms.saturating_mul(factor)).min(MAX_BACKOFF);
+    delay.mul_f64(rand::random::<f64>() * 0.4 + 0.8)
+}
+
 /// Unix milliseconds.
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -397,6 +408,13 @@ mod tests {
             not_before,
             in_flight,
         }
+    }
+
+    #[test]
+    fn retries_back_off_four_times_longer_each_up_to_an_hour() {
+        assert!(backoff(1000, 1) <= Duration::from_millis(1200));
+        assert!(backoff(1000, 3) >= Duration::from_millis(12_800));
+        assert!(backoff(1000, 50) <= MAX_BACKOFF.mul_f64(1.2));
     }
 
     #[test]

@@ -126,7 +126,8 @@ impl ServerBuilder {
         let config = self.config;
         config.validate()?;
         let (data_dir, store, _) = open_data_dir(&config, self.engine).await?;
-        let accounts = open_accounts(&store, &config, &data_dir).await?;
+        let mailer = Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?;
+        let accounts = open_accounts(&store, &config, &data_dir, mailer).await?;
         let result = accounts
             .upsert_admin(email, password)
             .await
@@ -260,16 +261,12 @@ impl ServerBuilder {
         let functions = Functions::start(&data_dir, services, &config.functions, true)
             .await
             .map_err(StartError::Other)?;
-        tokio::spawn(async move {
-            match mailer.resume().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(mails = n, "delivered mails left queued at the last stop"),
-                Err(e) => tracing::warn!(error = %e, "cannot read the mail outbox"),
-            }
-        });
+        if let Err(e) = mailer.start_delivery(ulid::Ulid::new().to_string()).await {
+            tracing::warn!(error = %e, "cannot read the mail outbox");
+        }
         let realtime = Realtime::start(docs.clone(), &config.realtime, metrics.clone())
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let accounts = Arc::new(open_accounts(&store, &config, &data_dir).await?);
+        let accounts = Arc::new(open_accounts(&store, &config, &data_dir, mailer.clone()).await?);
         tokio::spawn(prune_accounts(
             Arc::downgrade(&accounts),
             Duration::from_secs(config.auth.prune_interval_secs),
@@ -355,6 +352,7 @@ impl ServerBuilder {
             accounts,
             changes,
             backups,
+            mailer,
             tracer,
         })
     }
@@ -440,6 +438,7 @@ pub(crate) async fn open_accounts(
     store: &Store,
     config: &Config,
     data_dir: &Path,
+    mailer: Mailer,
 ) -> Result<Accounts, StartError> {
     let hasher = PasswordHasherPool::new(&config.auth).map_err(StartError::Other)?;
     let secrets = Secrets::new(data_dir.to_path_buf(), store);
@@ -455,7 +454,6 @@ pub(crate) async fn open_accounts(
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let mailer = Mailer::new(store.clone(), &config.mail).map_err(StartError::Other)?;
     let outbound = crate::outbound::Policy::new(&config.outbound.allow_private_hosts)
         .map_err(|e| StartError::Other(format!("outbound.allow_private_hosts: {e}")))?;
     let accounts = Accounts::new(
@@ -579,6 +577,7 @@ pub struct Server {
     accounts: Arc<Accounts>,
     changes: Changes,
     backups: Backups,
+    mailer: Mailer,
     tracer: Tracer,
 }
 
@@ -653,6 +652,7 @@ impl Server {
         self.http.stop(true).await;
         let _ = self.task.await;
         self.webhooks.stop();
+        self.mailer.stop();
         self.backups.stop();
         let functions = self.functions;
         let _ = tokio::task::spawn_blocking(move || functions.stop()).await;

@@ -41,6 +41,8 @@ pub(crate) enum Space {
     EmailTokens,
     /// Message id (a ULID) → outgoing mail.
     Outbox,
+    /// Message id → a mail waiting for its next SMTP attempt (the mail queue).
+    MailQueue,
     /// Bucket name → bucket configuration JSON.
     Buckets,
     /// Function name → function record.
@@ -101,6 +103,7 @@ impl Space {
             Space::UserFamilies => b"userfamily:",
             Space::EmailTokens => b"etoken:",
             Space::Outbox => b"outbox:",
+            Space::MailQueue => b"mailq:",
             Space::Buckets => b"bucket:",
             Space::Functions => b"function:",
             Space::Events => b"event:",

@@ -16,15 +16,13 @@ use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 /// Attempts recorded between two prunings of the log.
 const PRUNE_EVERY: usize = 128;
 /// How many records past `webhooks.log_kept` one pruning may remove (at least `PRUNE_EVERY`
 /// times two, as each attempt adds at most an attempt and a message).
 pub(super) const PRUNE_SLACK: usize = 2 * PRUNE_EVERY;
-/// The longest retry delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How much of an answer the log keeps.
 const EXCERPT: usize = 1024;
 
@@ -181,14 +179,6 @@ impl Queue for WebhookQueue {
     }
 }
 
-/// The retry delay after failed attempt `n` (1-based): `retry_base_ms` times 4^(n-1), at most
-/// an hour, with ±20% jitter.
-fn backoff(base_ms: u64, n: u32) -> Duration {
-    let factor = 4u64.saturating_pow(n.saturating_sub(1).min(20));
-    let delay = Duration::from_millis(base_ms.saturating_mul(factor)).min(MAX_BACKOFF);
-    delay.mul_f64(rand::random::<f64>() * 0.4 + 0.8)
-}
-
 /// The write that records finished attempts: each attempt's record, and the message removed
 /// and kept (delivered or dead) or rescheduled; and whether one was rescheduled.
 fn outcome_write(
@@ -240,7 +230,7 @@ fn outcome_write(
         write = write.put(Space::WebhookAttempts, attempt_key, encode(&delivery));
         if status == "failed" {
             rescheduled = true;
-            let delay = backoff(webhooks.inner.config.retry_base_ms, n);
+            let delay = delivery::backoff(webhooks.inner.config.retry_base_ms, n);
             queued.not_before = unix_ms(SystemTime::now() + delay);
             write = write.put(Space::WebhookQueue, done.key, encode(&queued));
         } else {
@@ -424,8 +414,5 @@ mod tests {
             r#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(backoff(1000, 1) <= Duration::from_millis(1200));
-        assert!(backoff(1000, 3) >= Duration::from_millis(12_800));
-        assert!(backoff(1000, 50) <= MAX_BACKOFF.mul_f64(1.2));
     }
 }

@@ -1010,41 +1010,59 @@ fn admin_create_command_and_default_hashing() {
 
 /// A minimal SMTP server that accepts one message and hands back what it received.
 pub(crate) fn smtp_sink() -> (u16, std::sync::mpsc::Receiver<String>) {
+    smtp_relay(Vec::new())
+}
+
+/// A minimal SMTP server: connection `i` answers `MAIL FROM` with `refusals[i]` (a `4xx` or
+/// `5xx` line); an empty one, and connections past the list, accept their message. Hands back the
+/// transcript of each connection, in order.
+pub(crate) fn smtp_relay(refusals: Vec<&'static str>) -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut say = |line: &str| writer.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        say("220 sink ESMTP");
-        let mut transcript = String::new();
-        let mut in_data = false;
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap_or(0) > 0 {
-            transcript.push_str(&line);
-            let command = line.trim_end().to_ascii_uppercase();
-            if in_data {
-                if command == "." {
-                    in_data = false;
-                    say("250 queued");
+        for i in 0.. {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let refusal = refusals.get(i).copied().filter(|r| !r.is_empty());
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut say = |line: &str| {
+                let _ = writer.write_all(format!("{line}\r\n").as_bytes());
+            };
+            say("220 sink ESMTP");
+            let mut transcript = String::new();
+            let mut in_data = false;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                transcript.push_str(&line);
+                let command = line.trim_end().to_ascii_uppercase();
+                if in_data {
+                    if command == "." {
+                        in_data = false;
+                        say("250 queued");
+                    }
+                } else if command.starts_with("EHLO") || command.starts_with("HELO") {
+                    say("250 sink");
+                } else if let Some(refusal) = refusal.filter(|_| command.starts_with("MAIL")) {
+                    say(refusal);
+                } else if command.starts_with("DATA") {
+                    in_data = true;
+                    say("354 go ahead");
+                } else if command.starts_with("QUIT") {
+                    say("221 bye");
+                    break;
+                } else {
+                    say("250 ok");
                 }
-            } else if command.starts_with("EHLO") || command.starts_with("HELO") {
-                say("250 sink");
-            } else if command.starts_with("DATA") {
-                in_data = true;
-                say("354 go ahead");
-            } else if command.starts_with("QUIT") {
-                say("221 bye");
-                break;
-            } else {
-                say("250 ok");
+                line.clear();
             }
-            line.clear();
+            if tx.send(transcript).is_err() {
+                return;
+            }
         }
-        let _ = tx.send(transcript);
     });
     (port, rx)
 }
@@ -1077,16 +1095,17 @@ fn mail_is_delivered_over_smtp_when_configured() {
         "{transcript}"
     );
     assert!(transcript.contains("ebet_"), "{transcript}");
-    // The reset is handled off the request path: its record lands once the relay answered.
+    // The mail is sent in the background: its record says so once the relay answered.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let outbox = loop {
         let outbox = srv.get("/v1/admin/outbox").expect(200).json;
-        if outbox["items"][0].is_object() || std::time::Instant::now() > deadline {
+        if outbox["items"][0]["delivery"] == "sent" || std::time::Instant::now() > deadline {
             break outbox;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert_eq!(outbox["items"][0]["delivery"], "sent", "{outbox}");
+    assert_eq!(outbox["items"][0]["attempts"], 1, "{outbox}");
 }
 
 #[test]

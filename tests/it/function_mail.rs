@@ -1,7 +1,8 @@
 //! Functions' `mail` host operation: messages land in the outbox (and go over SMTP in the
-//! background, also after a restart), checked, and limited per function per hour.
+//! background, also after a restart, tried again while the relay defers them), checked, and
+//! limited per function per hour.
 
-use crate::auth::smtp_sink;
+use crate::auth::{smtp_relay, smtp_sink};
 use crate::common::{fast, TestServer};
 use crate::functions::{call, deploy, eventually, replying, start};
 use serde_json::{json, Value};
@@ -155,4 +156,89 @@ fn a_queued_mail_goes_over_smtp_in_the_background_and_after_a_restart() {
         (outboxed(&srv, &id)["delivery"] == "sent").then_some(())
     });
     drop(stalled);
+}
+
+#[test]
+fn a_deferred_mail_is_tried_again_and_a_refused_one_fails_at_once() {
+    let deferred = "451 4.7.1 greylisted, try again later";
+    // Message 1 is deferred once, then accepted; message 2 is refused; message 3 is deferred
+    // on every attempt.
+    let (port, transcripts) = smtp_relay(vec![
+        deferred,
+        "",
+        "550 5.1.1 no such mailbox",
+        deferred,
+        deferred,
+        deferred,
+    ]);
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
+        c.mail.retry_base_ms = 50;
+        c.mail.max_attempts = 3;
+    });
+    deploy(
+        &srv,
+        "notify",
+        &mailer(json!({"to": "ada@example.com", "subject": "Receipt", "text": "Thanks."})),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    let send = || {
+        let sent = call(&srv, "notify", None, &json!({})).expect(200).json;
+        assert_eq!(sent["delivery"], "queued", "{sent}");
+        sent["id"].as_str().unwrap().to_string()
+    };
+    let first = send();
+    let record = eventually("the deferred mail sent on its second attempt", || {
+        let mail = outboxed(&srv, &first);
+        (mail["delivery"] == "sent").then_some(mail)
+    });
+    assert_eq!(record["attempts"], 2, "{record}");
+    assert!(record.get("last_error").is_none(), "{record}");
+    let relayed = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| transcripts.recv_timeout(Duration::from_secs(20)).unwrap())
+            .collect()
+    };
+    let tried = relayed(2);
+    assert!(!tried[0].contains("DATA"), "{}", tried[0]);
+    assert!(tried[1].contains("Subject: Receipt"), "{}", tried[1]);
+
+    let second = send();
+    let refused = eventually("the refused mail failed", || {
+        let mail = outboxed(&srv, &second);
+        (mail["delivery"] != "queued").then_some(mail)
+    });
+    let delivery = refused["delivery"].as_str().unwrap();
+    assert!(delivery.starts_with("failed: "), "{refused}");
+    assert!(delivery.contains("no such mailbox"), "{refused}");
+    assert_eq!(refused["attempts"], 1, "{refused}");
+
+    let third = send();
+    let waiting = eventually("the deferred mail waiting for its retry", || {
+        let mail = outboxed(&srv, &third);
+        (mail["attempts"] == 1).then_some(mail)
+    });
+    assert_eq!(waiting["delivery"], "queued", "{waiting}");
+    assert!(
+        waiting["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("greylisted"),
+        "{waiting}"
+    );
+    let gave_up = eventually("the deferred mail failed after its last attempt", || {
+        let mail = outboxed(&srv, &third);
+        (mail["delivery"] != "queued").then_some(mail)
+    });
+    assert_eq!(gave_up["attempts"], 3, "{gave_up}");
+    assert!(
+        gave_up["delivery"].as_str().unwrap().contains("greylisted"),
+        "{gave_up}"
+    );
+    // One attempt for the refused mail, three for the deferred one, and none after.
+    relayed(4);
+    assert!(transcripts
+        .recv_timeout(Duration::from_millis(300))
+        .is_err());
 }

@@ -2469,12 +2469,17 @@ export interface components {
         LoginResult: components["schemas"]["Session"] | components["schemas"]["MfaChallenge"];
         /** @description One outgoing message. */
         Mail: {
+            /**
+             * Format: int32
+             * @description SMTP attempts made so far; absent before the first.
+             */
+            attempts?: number;
             /** @description The plain-text body. */
             body: string;
             created_at: string;
             /**
-             * @description `outbox` (no SMTP configured), `queued` (waiting for SMTP), `sent`, or
-             *     `failed: <reason>`.
+             * @description `outbox` (no SMTP configured), `queued` (waiting for SMTP, or for its next attempt after
+             *     a failure that may pass), `sent`, or `failed: <reason>`.
              */
             delivery: string;
             /** @description The function that sent it; absent for the server's own account mails. */
@@ -2482,6 +2487,8 @@ export interface components {
             /** @description The HTML body, when the message has one (sent as an alternative to `body`). */
             html?: string | null;
             id: string;
+            /** @description Why the last attempt failed, while the message waits for its next one. */
+            last_error?: string | null;
             subject: string;
             /** @description The recipient; several are separated by `, `. */
             to: string;
