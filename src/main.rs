@@ -1047,13 +1047,13 @@ async fn dev(
         if temporary { " (removed on exit)" } else { "" }
     );
     let session = project::dev::Dev::new(&server, file);
-    session.apply().await;
+    let applied = session.apply().await;
     if let (Some(seed), true) = (seed, fresh) {
         if let Err(e) = session.seed(&seed).await {
             eprintln!("emberbase dev: {e}");
         }
     }
-    let watcher = tokio::spawn(session.watch());
+    let watcher = tokio::spawn(session.watch(applied));
     wait_for_signal().await;
     watcher.abort();
     server.shutdown().await;

@@ -12,6 +12,9 @@ use std::time::{Duration, SystemTime};
 /// How often the project's files are looked at.
 const POLL: Duration = Duration::from_millis(400);
 
+/// The files of a project as last looked at: each one's size and modification time.
+pub(crate) type Fingerprint = BTreeMap<PathBuf, (u64, SystemTime)>;
+
 /// Folders of a project that are never its sources.
 const IGNORED: [&str; 3] = ["node_modules", "target", "emberbase_data"];
 
@@ -56,14 +59,27 @@ impl Dev {
     }
 
     /// Applies the project (destructive changes too: the file is the truth here), printing
-    /// what changed; a failure is printed and waits for the next change.
-    pub(crate) async fn apply(&self) {
+    /// what changed; a failure is printed and waits for the next change. Returns the project's
+    /// files as they were once its builds had run: what the builds wrote is not a change for
+    /// [`Dev::watch`], and an edit made while the plan was applied still is.
+    pub(crate) async fn apply(&self) -> Fingerprint {
         let file = self.file.clone();
-        let loaded = tokio::task::spawn_blocking(move || super::load_and_build(&file)).await;
-        let project = match loaded {
-            Ok(Ok(project)) => project,
-            Ok(Err(e)) => return eprintln!("emberbase dev: {e}"),
-            Err(e) => return eprintln!("emberbase dev: {e}"),
+        let (dir, data_dir) = (super::file::folder_of(&self.file), self.data_dir.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let project = super::load_and_build(&file);
+            (project, fingerprint(&dir, &data_dir))
+        })
+        .await;
+        let (project, files) = match loaded {
+            Ok((Ok(project), files)) => (project, files),
+            Ok((Err(e), files)) => {
+                eprintln!("emberbase dev: {e}");
+                return files;
+            }
+            Err(e) => {
+                eprintln!("emberbase dev: {e}");
+                return self.files();
+            }
         };
         let plan = match self.admin.state().await {
             Ok(state) => super::plan::make(&project, &state, &self.admin).await,
@@ -78,6 +94,11 @@ impl Dev {
             }
             Err(e) => eprintln!("emberbase dev: {e}"),
         }
+        files
+    }
+
+    fn files(&self) -> Fingerprint {
+        fingerprint(&super::file::folder_of(&self.file), &self.data_dir)
     }
 
     /// Loads seed data: each document with `PUT` (so a second load replaces, never
@@ -117,27 +138,24 @@ impl Dev {
         Ok(())
     }
 
-    /// Applies the project each time a file under its folder changes. Changes a build makes
-    /// are taken in after it, so a build's output does not start another.
-    pub(crate) async fn watch(self) {
-        let dir = super::file::folder_of(&self.file);
-        let mut seen = fingerprint(&dir, &self.data_dir);
+    /// Applies the project each time a file under its folder differs from `seen` (what the
+    /// last [`Dev::apply`] returned). Changes a build makes are taken in after it, so a
+    /// build's output does not start another.
+    pub(crate) async fn watch(self, mut seen: Fingerprint) {
         loop {
             tokio::time::sleep(POLL).await;
-            let now = fingerprint(&dir, &self.data_dir);
-            if now == seen {
+            if self.files() == seen {
                 continue;
             }
             println!("emberbase dev: the project changed; applying it");
-            self.apply().await;
-            seen = fingerprint(&dir, &self.data_dir);
+            seen = self.apply().await;
         }
     }
 }
 
 /// Every file under `dir` (but hidden ones, logs, ignored folders and the data directory)
 /// with its size and modification time.
-fn fingerprint(dir: &Path, data_dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+fn fingerprint(dir: &Path, data_dir: &Path) -> Fingerprint {
     let mut files = BTreeMap::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {

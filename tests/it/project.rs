@@ -599,7 +599,7 @@ impl DevServer {
         }
     }
 
-    /// Stops it the way Ctrl-C does.
+    /// Stops it the way Ctrl-C does (dropped, it is killed).
     fn stop(mut self) -> std::path::PathBuf {
         std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -608,6 +608,17 @@ impl DevServer {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status}");
         self.data.clone()
+    }
+}
+
+/// A test that fails before [`DevServer::stop`] must not leave the server running: it would
+/// hold the test's output open (the cluster suites read it to its end).
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
