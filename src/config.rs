@@ -598,7 +598,8 @@ pub struct MailConfig {
     pub smtp_url: String,
     /// The sender of verification and reset mails.
     pub from: String,
-    /// Mails kept in the outbox (`GET /v1/admin/outbox`); older ones are removed.
+    /// Mails kept in the outbox (`GET /v1/admin/outbox`); older ones are removed, once sent or
+    /// failed.
     pub outbox_kept: usize,
     /// The delay before a mail's first retry after the relay failed for a reason that may pass
     /// (busy, unreachable, `4xx`), in milliseconds; each next one is four times longer, up to

@@ -153,6 +153,11 @@ pub(crate) fn is_address(address: &str) -> bool {
     address.parse::<lettre::Address>().is_ok()
 }
 
+/// Whether a stored outbox record is a message still waiting to be sent over SMTP.
+pub(crate) fn is_queued(record: &[u8]) -> bool {
+    serde_json::from_slice::<Mail>(record).is_ok_and(|mail| mail.delivery == "queued")
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -215,12 +220,17 @@ impl Mailer {
         let store = &self.inner.store;
         let mut adopted = 0;
         for (key, bytes) in store.kv_scan(Space::Outbox, None, usize::MAX).await? {
-            let queued =
-                serde_json::from_slice::<Mail>(&bytes).is_ok_and(|mail| mail.delivery == "queued");
-            if !queued || store.kv_get(Space::MailQueue, &key).await?.is_some() {
+            let Ok(mail) = serde_json::from_slice::<Mail>(&bytes) else {
+                continue;
+            };
+            if mail.delivery != "queued" || store.kv_get(Space::MailQueue, &key).await?.is_some() {
                 continue;
             }
-            let entry = Queued::new(String::from_utf8_lossy(&key).into_owned());
+            // The attempts its record counts go on counting towards `max_attempts`.
+            let entry = Queued {
+                attempts: mail.attempts,
+                ..Queued::new(mail.id)
+            };
             // Unless the message was sent (and its entry removed) since it was read.
             let write = KvWrite::default()
                 .check(Space::Outbox, key.clone(), Some(bytes))

@@ -242,3 +242,99 @@ fn a_deferred_mail_is_tried_again_and_a_refused_one_fails_at_once() {
         .recv_timeout(Duration::from_millis(300))
         .is_err());
 }
+
+#[test]
+fn queued_mails_outlive_pruning_and_those_an_older_version_left_are_sent() {
+    if crate::common::cluster_backend() {
+        return;
+    }
+    let deferred = "451 4.3.0 mailbox busy, try again later";
+    // The refused mail, then the first attempts of the three others; from there on it accepts.
+    let (port, transcripts) = smtp_relay(vec![
+        "550 5.1.1 no such mailbox",
+        deferred,
+        deferred,
+        deferred,
+    ]);
+    let configure = move |c: &mut emberbase::config::Config| {
+        fast(c);
+        c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
+        // A deferred mail waits about an hour for its next attempt: longer than this test.
+        c.mail.retry_base_ms = 3_600_000;
+        c.mail.outbox_kept = 1;
+        c.auth.prune_interval_secs = 1;
+    };
+    let srv = TestServer::start_with(configure);
+    for (name, subject) in [
+        ("refused", "Refused"),
+        ("adopted", "Adopted"),
+        ("waiting", "Waiting"),
+    ] {
+        deploy(
+            &srv,
+            name,
+            &mailer(json!({"to": "ada@example.com", "subject": subject, "text": "Hello."})),
+            json!({"triggers": [{"on": "http"}]}),
+        );
+    }
+    let send = |function: &str, settled: &dyn Fn(&Value) -> bool| -> String {
+        let sent = call(&srv, function, None, &json!({})).expect(200).json;
+        let id = sent["id"].as_str().unwrap().to_string();
+        eventually("the mail's first attempt", || {
+            settled(&outboxed(&srv, &id)).then_some(())
+        });
+        id
+    };
+    let waiting_retry = |mail: &Value| mail["delivery"] == "queued" && mail["attempts"] == 1;
+    let refused = send("refused", &|mail| {
+        mail["delivery"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("failed"))
+    });
+    let adopted = send("adopted", &waiting_retry);
+    let waiting = [
+        send("waiting", &waiting_retry),
+        send("waiting", &waiting_retry),
+    ];
+
+    // Only one mail is kept, but pruning takes only the finished one; the queued ones stay.
+    eventually("the refused mail pruned", || {
+        outboxed(&srv, &refused).is_null().then_some(())
+    });
+    for id in waiting.iter().chain([&adopted]) {
+        assert_eq!(outboxed(&srv, id)["delivery"], "queued");
+    }
+
+    // An earlier version kept no queue: one of its queued mails has only its record.
+    let dir = srv.stop();
+    let entry = format!("mailq:{adopted}");
+    crate::common::edit_stopped_store(dir.path(), |engine| async move {
+        use emberbase::engine::{Engine, Keyspace};
+        assert!(engine
+            .get(Keyspace::System, entry.as_bytes())
+            .await
+            .unwrap()
+            .is_some());
+        let mut txn = engine.begin().await.unwrap();
+        txn.delete(Keyspace::System, entry.into_bytes());
+        txn.commit(None).await.unwrap();
+    });
+    let srv = TestServer::start_in(dir, configure);
+    // It is sent at the start, as its second attempt; the others wait for their retry time.
+    let relayed: Vec<String> = (0..5)
+        .map(|_| transcripts.recv_timeout(Duration::from_secs(20)).unwrap())
+        .collect();
+    assert!(relayed[4].contains("Subject: Adopted"), "{}", relayed[4]);
+    assert!(transcripts
+        .recv_timeout(Duration::from_millis(300))
+        .is_err());
+    // Sent, it is pruned like any finished mail; the waiting ones are still kept.
+    eventually("the adopted mail pruned once sent", || {
+        outboxed(&srv, &adopted).is_null().then_some(())
+    });
+    for id in &waiting {
+        let mail = outboxed(&srv, id);
+        assert_eq!(mail["delivery"], "queued", "{mail}");
+        assert_eq!(mail["attempts"], 1, "{mail}");
+    }
+}

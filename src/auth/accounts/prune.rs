@@ -146,7 +146,9 @@ impl Accounts {
         }
     }
 
-    /// Deletes all but the newest `kept` mails (their ids are ULIDs, so keys sort by age).
+    /// Deletes all but the newest `kept` mails (their ids are ULIDs, so keys sort by age),
+    /// except those still queued for SMTP: their delivery writes their record again when it
+    /// ends, and would bring back one pruned meanwhile.
     async fn prune_outbox(&self, kept: usize) -> Result<usize> {
         let mut after: Option<Vec<u8>> = None;
         let mut total = 0;
@@ -160,21 +162,24 @@ impl Accounts {
             total += page.len();
         }
         let mut excess = total.saturating_sub(kept);
+        let mut after: Option<Vec<u8>> = None;
         let mut removed = 0;
         while excess > 0 {
             let oldest = self
                 .store
-                .kv_scan(Space::Outbox, None, excess.min(PAGE))
+                .kv_scan(Space::Outbox, after.as_deref(), excess.min(PAGE))
                 .await?;
-            if oldest.is_empty() {
+            let Some((last, _)) = oldest.last() else {
                 break;
-            }
-            let n = self.delete_unchanged(Space::Outbox, oldest).await?;
-            if n == 0 {
-                break;
-            }
-            removed += n;
-            excess = excess.saturating_sub(n);
+            };
+            after = Some(last.clone());
+            excess = excess.saturating_sub(oldest.len());
+            let done = oldest
+                .into_iter()
+                .filter(|(_, bytes)| !crate::mail::is_queued(bytes))
+                .collect();
+            // One that changed since it was read is left for the next pass.
+            removed += self.delete_unchanged(Space::Outbox, done).await?;
         }
         Ok(removed)
     }
