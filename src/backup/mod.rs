@@ -497,7 +497,12 @@ impl Backups {
             })
             .collect();
         let status = self.status();
-        all.extend(status.running.iter().cloned());
+        // Published but not yet marked finished: the archive says it is ready.
+        let running = (status.running.iter())
+            .filter(|r| !all.iter().any(|s| s.name == r.name))
+            .cloned()
+            .collect::<Vec<_>>();
+        all.extend(running);
         all.extend(status.failed.iter().cloned());
         drop(status);
         all.sort_by(|a, b| {
