@@ -12,6 +12,7 @@ import { Users } from "./pages/users";
 import { Bucket, Buckets } from "./pages/files";
 import { FunctionPage, Functions } from "./pages/functions";
 import { WebhookPage, Webhooks } from "./pages/webhooks";
+import { Backups } from "./pages/backups";
 import "./style.css";
 
 const PAGES = [
@@ -21,6 +22,7 @@ const PAGES = [
   { to: "/files", label: "Files" },
   { to: "/functions", label: "Functions" },
   { to: "/webhooks", label: "Webhooks" },
+  { to: "/backups", label: "Backups" },
   { to: "/live", label: "Live" },
 ];
 
@@ -148,6 +150,7 @@ function Shell(props: { user: User }) {
   else if (parts[0] === "functions") page = <Functions />;
   else if (parts[0] === "webhooks" && parts[1]) page = <WebhookPage id={parts[1]} />;
   else if (parts[0] === "webhooks") page = <Webhooks />;
+  else if (parts[0] === "backups") page = <Backups />;
   else if (parts[0] === "live") page = <Live />;
   else if (parts.length === 0) page = <Overview />;
   else page = <p class="empty">Nothing is here. Pick a page on the left.</p>;

@@ -465,6 +465,33 @@ test("a webhook is created with its secret shown once, delivers, is redelivered 
   }
 });
 
+test("a backup is made in the background, downloaded whole and deleted", { skip }, async () => {
+  await page.getByRole("link", { name: "Backups" }).click();
+  await page.getByText("No backups yet.").waitFor();
+  await page.getByRole("button", { name: "Back up now" }).click();
+  await page.getByRole("status").filter({ hasText: "Backup started" }).waitFor();
+  // The list follows the backup until it is ready, without a reload.
+  const row = page.locator("tr[data-backup]");
+  await row.locator(".tag", { hasText: "ready" }).waitFor();
+  const [listed] = (await admin(server, "GET", "/v1/admin/backups")).items;
+  assert.equal(listed.state, "ready");
+  assert.equal(await row.getAttribute("data-backup"), listed.name);
+  await shot("backups");
+
+  const [download] = await Promise.all([page.waitForEvent("download"), row.getByRole("button", { name: "Download" }).click()]);
+  assert.equal(download.suggestedFilename(), listed.name);
+  const chunks = [];
+  for await (const chunk of await download.createReadStream()) chunks.push(chunk);
+  const archive = Buffer.concat(chunks);
+  assert.equal(archive.length, listed.size);
+  assert.deepEqual([...archive.subarray(0, 2)], [0x1f, 0x8b], "a gzip archive");
+
+  page.once("dialog", (d) => d.accept());
+  await row.getByRole("button", { name: "Delete" }).click();
+  await page.getByText("No backups yet.").waitFor();
+  assert.deepEqual((await admin(server, "GET", "/v1/admin/backups")).items, []);
+});
+
 test("the pages are reached with the keyboard alone, with focus visible", { skip }, async () => {
   await page.goto(`${server.url}/_/`);
   await page.getByRole("heading", { name: "Overview" }).waitFor();

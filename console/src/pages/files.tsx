@@ -3,7 +3,7 @@
 // uploaded markup rendered); downloads; signed URLs to copy.
 import { useEffect, useState } from "preact/hooks";
 import { api, call, eb, problem, when, type Problem, type Schemas } from "../api";
-import { Empty, Field, Link, ProblemLine, useLoad, Grid, Pager, type Cursors } from "../ui";
+import { bytes, Empty, Field, Link, ProblemLine, save, useLoad, Grid, Pager, type Cursors } from "../ui";
 
 type FileInfo = Schemas["FileInfo"];
 
@@ -38,13 +38,6 @@ export function Buckets() {
       )}
     </section>
   );
-}
-
-function bytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
-  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
-  return `${(n / 1024 ** 3).toFixed(1)} GiB`;
 }
 
 /** An upload under way or done. */
@@ -211,12 +204,7 @@ function FilePanel(props: { file: FileInfo; close: () => void; deleted: () => vo
   }, [file.bucket, file.path, type]);
   const download = async () => {
     try {
-      const blob = await eb.files.download(file.bucket, file.path);
-      const a = document.createElement("a");
-      a.href = URL.createObjectURL(blob);
-      a.download = file.path.split("/").pop() ?? "file";
-      a.click();
-      setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+      save(await eb.files.download(file.bucket, file.path), file.path.split("/").pop() ?? "file");
     } catch (e) {
       setError(problem(e));
     }
