@@ -7,7 +7,8 @@
 //! - the records of every auth collection but `_superusers` become accounts, with their ids
 //!   (so relations to them still hold), addresses, verification, their bcrypt password hash
 //!   (accepted at the next sign-in, then replaced by an argon2id one) and their other fields
-//!   as the profile;
+//!   as the profile, and the sign-ins with a provider PocketBase linked to them
+//!   (`_externalAuths`) as linked identities under PocketBase's provider names;
 //! - each file of a record's file fields becomes the file `<record id>/<file name>` of the
 //!   bucket named after its collection, with the content type PocketBase stored;
 //! - view collections (queries), system collections and rules are not imported: the summary
@@ -15,11 +16,12 @@
 //!   sets theirs.
 
 use super::{Item, Source, SourceFile, Totals};
-use emberbase::{PortableDocument, PortableUser};
+use emberbase::{LinkedIdentity, PortableDocument, PortableUser};
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The auth collection of PocketBase's own admins, which are not app users.
@@ -232,6 +234,38 @@ impl PocketBase {
         Ok(())
     }
 
+    /// The provider identities PocketBase linked to the records of an auth collection, by
+    /// record id. PocketBase keeps no address with them.
+    fn identities(
+        &self,
+        collection: &Collection,
+    ) -> Result<HashMap<String, Vec<LinkedIdentity>>, String> {
+        let fail = |e: rusqlite::Error| format!("_externalAuths of {}: {e}", collection.name);
+        let mut statement = self
+            .db
+            .prepare(
+                "SELECT recordRef, provider, providerId, created FROM _externalAuths \
+                 WHERE collectionRef = ?1 ORDER BY recordRef, provider",
+            )
+            .map_err(fail)?;
+        let mut rows = statement.query([&collection.id]).map_err(fail)?;
+        let mut linked: HashMap<String, Vec<LinkedIdentity>> = HashMap::new();
+        while let Some(row) = rows.next().map_err(fail)? {
+            let created: String = row.get(3).map_err(fail)?;
+            linked
+                .entry(row.get(0).map_err(fail)?)
+                .or_default()
+                .push(LinkedIdentity {
+                    provider: row.get(1).map_err(fail)?,
+                    subject: row.get(2).map_err(fail)?,
+                    email: None,
+                    email_verified: false,
+                    linked_at: rfc3339(&created).unwrap_or(created),
+                });
+        }
+        Ok(linked)
+    }
+
     /// The files a record's file fields name.
     fn files_of(&self, collection: &Collection, record: &Map<String, Value>) -> Vec<SourceFile> {
         let id = record.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -310,9 +344,11 @@ impl Source for PocketBase {
     fn read(&mut self, out: &mut dyn FnMut(Item) -> Result<(), String>) -> Result<(), String> {
         let mut files = Vec::new();
         for collection in self.collections.iter().filter(|c| Self::is_users(c)) {
+            let mut identities = self.identities(collection)?;
             self.records(collection, &mut |mut record| {
                 files.extend(self.files_of(collection, &record));
                 let id = take_str(&mut record, "id");
+                let linked = identities.remove(&id).unwrap_or_default();
                 let email = take_str(&mut record, "email");
                 let password_hash = take_str(&mut record, "password");
                 let verified = record.get("verified") == Some(&Value::Bool(true));
@@ -328,7 +364,7 @@ impl Source for PocketBase {
                     profile: record,
                     password_hash,
                     totp: None,
-                    identities: Vec::new(),
+                    identities: linked,
                 }))
             })?;
         }

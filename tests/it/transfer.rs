@@ -674,6 +674,14 @@ fn a_pocketbase_data_directory_imports_and_its_users_keep_their_passwords() {
                 "passwordConfirm": "pbpassword123", "name": "Carol", "verified": true}),
     );
     let carol_id = carol["id"].as_str().unwrap().to_string();
+    // She also signs in with Google there.
+    let google = pb.call(
+        "POST",
+        "/api/collections/_externalAuths/records",
+        Some(&admin),
+        &json!({"collectionRef": "_pb_users_auth_", "recordRef": carol_id,
+                "provider": "google", "providerId": "108237712345"}),
+    );
     // A record with a file, sent as PocketBase takes files: multipart.
     let boundary = "eb-boundary";
     let mut body = Vec::new();
@@ -747,6 +755,15 @@ fn a_pocketbase_data_directory_imports_and_its_users_keep_their_passwords() {
     assert_eq!(session["user"]["id"], carol_id.as_str());
     assert_eq!(session["user"]["email_verified"], true);
     assert_eq!(session["user"]["profile"]["name"], "Carol");
+    // Her Google sign-in is linked under PocketBase's provider name.
+    let identities = session["user"]["identities"].as_array().unwrap();
+    assert_eq!(identities.len(), 1, "{identities:?}");
+    assert_eq!(identities[0]["provider"], "google");
+    assert_eq!(identities[0]["subject"], "108237712345");
+    assert_eq!(
+        identities[0]["linked_at"],
+        google["created"].as_str().unwrap().replacen(' ', "T", 1)
+    );
     let token = session["access_token"].as_str().unwrap();
 
     // Her post, as PocketBase's API showed it, owned by her through --owner-field.
