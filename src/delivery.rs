@@ -10,7 +10,7 @@
 
 use crate::lease::Lease;
 use crate::model::Change;
-use crate::store::{ChangeReceiver, KvWrite, Store, StoreError};
+use crate::store::{ChangeReceiver, KvEntry, KvWrite, Store, StoreError};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -195,6 +195,13 @@ impl Round {
 
 /// The first entries of a queue with their keys; `None` for an entry that cannot be read.
 pub(crate) type Head<E> = Vec<(Vec<u8>, Option<E>)>;
+
+/// A queue's head from its stored JSON entries.
+pub(crate) fn parse_head<E: serde::de::DeserializeOwned>(rows: Vec<KvEntry>) -> Head<E> {
+    rows.into_iter()
+        .map(|(key, bytes)| (key, serde_json::from_slice(&bytes).ok()))
+        .collect()
+}
 
 /// A durable queue that [`drive`] delivers.
 pub(crate) trait Queue: Send + 'static {

@@ -121,10 +121,7 @@ impl Queue for WebhookQueue {
             .store
             .kv_prefix(Space::WebhookQueue, &prefix(&self.id), LOOK_AHEAD)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(key, bytes)| (key, serde_json::from_slice(&bytes).ok()))
-            .collect())
+        Ok(delivery::parse_head(rows))
     }
 
     fn schedule<'a>(&self, entry: &'a Queued) -> (&'a str, u64) {
