@@ -1,10 +1,11 @@
-// Functions: upload a module or JavaScript source, edit the config, follow the invocation log
-// live (the server's per-function SSE stream), filter it by status, run a failed or dead event
-// again, and call an HTTP function with a JSON body.
+// Functions: upload a module or JavaScript source, activate a kept version again, set its
+// secrets (write-only), edit the config, follow the invocation log live (the server's
+// per-function SSE stream), filter it by status, run a failed or dead event again, and call an
+// HTTP function with a JSON body.
 import { useEffect, useState } from "preact/hooks";
 import { api, call, eb, problem, when, type Problem, type Schemas } from "../api";
 import { JsonEditor } from "../json-editor";
-import { Empty, Field, Link, ProblemLine, useLoad, Grid } from "../ui";
+import { bytes, Empty, Field, Link, ProblemLine, useLoad, Grid } from "../ui";
 import { navigate } from "../router";
 
 type Invocation = Schemas["Invocation"];
@@ -115,10 +116,141 @@ export function FunctionPage(props: { name: string }) {
         {notice && <span role="status">{notice}</span>}
       </form>
       <ProblemLine problem={uploaded} />
+      {info.value && (
+        <Versions
+          name={props.name}
+          active={info.value.version}
+          changed={() => {
+            setNotice("");
+            info.reload();
+          }}
+        />
+      )}
+      <Secrets name={props.name} />
       {info.value && <ConfigEditor name={props.name} config={info.value.config} saved={info.reload} />}
       {http && <Invoke name={props.name} />}
       <InvocationLog name={props.name} />
     </section>
+  );
+}
+
+/** The kept versions, newest first; any can be made the active one again (a rollback). */
+function Versions(props: { name: string; active: number | undefined; changed: () => void }) {
+  const path = { path: { name: props.name } };
+  const list = useLoad(
+    () => call((headers) => api.GET("/v1/admin/functions/{name}/versions", { headers, params: path })),
+    [props.name, props.active],
+  );
+  const [error, setError] = useState<Problem | null>(null);
+  const activate = async (version: number) => {
+    setError(null);
+    try {
+      await call((headers) =>
+        api.POST("/v1/admin/functions/{name}/versions/{version}/activate", { headers, params: { path: { name: props.name, version } } }),
+      );
+      props.changed();
+    } catch (e) {
+      setError(problem(e));
+    }
+  };
+  return (
+    <section class="card" aria-labelledby="versions-title">
+      <h2 id="versions-title">Versions</h2>
+      <p class="hint">Events and calls run the active version; an event records the version it ran on.</p>
+      <ProblemLine problem={error ?? list.error} />
+      {list.value && (
+        <Grid columns={["Version", "Uploaded", "Size", "SHA-256", ""]}>
+          {list.value.items.map((v) => (
+            <tr key={v.version} data-version={v.version}>
+              <td class="num">{v.version}</td>
+              <td>{when(v.created_at)}</td>
+              <td>{bytes(v.size)}</td>
+              <td class="mono" title={v.sha256}>
+                {v.sha256.slice(0, 12)}
+              </td>
+              <td>
+                {v.active ? (
+                  <span class="tag ready">active</span>
+                ) : (
+                  <button type="button" onClick={() => activate(v.version)}>
+                    Activate
+                  </button>
+                )}
+              </td>
+            </tr>
+          ))}
+        </Grid>
+      )}
+    </section>
+  );
+}
+
+/** The function's secrets by name: set or replaced with a value never shown again, or deleted. */
+function Secrets(props: { name: string }) {
+  const path = { path: { name: props.name } };
+  const list = useLoad(() => call((headers) => api.GET("/v1/admin/functions/{name}/secrets", { headers, params: path })), [props.name]);
+  const [name, setName] = useState("");
+  const [value, setValue] = useState("");
+  const [error, setError] = useState<Problem | null>(null);
+  const [notice, setNotice] = useState("");
+  const act = async (what: string, run: () => Promise<unknown>) => {
+    setError(null);
+    setNotice("");
+    try {
+      await run();
+      setNotice(what);
+      list.reload();
+    } catch (e) {
+      setError(problem(e));
+    }
+  };
+  const set = (e: Event) => {
+    e.preventDefault();
+    const secret = name.trim();
+    void act(`${secret} is set: the guest reads it with env.get, and it is never shown again.`, async () => {
+      await call((headers) =>
+        api.PUT("/v1/admin/functions/{name}/secrets/{secret}", { headers, params: { path: { name: props.name, secret } }, body: { value } }),
+      );
+      setName("");
+      setValue("");
+    });
+  };
+  const remove = (secret: string) =>
+    act(`${secret} is deleted.`, () =>
+      call((headers) => api.DELETE("/v1/admin/functions/{name}/secrets/{secret}", { headers, params: { path: { name: props.name, secret } } })),
+    );
+  return (
+    <form class="card" onSubmit={set} aria-labelledby="secrets-title">
+      <h2 id="secrets-title">Secrets</h2>
+      <ProblemLine problem={list.error} />
+      {list.value && list.value.length === 0 && <Empty>No secrets.</Empty>}
+      {list.value && list.value.length > 0 && (
+        <Grid columns={["Name", "Set", ""]}>
+          {list.value.map((s) => (
+            <tr key={s.name} data-secret={s.name}>
+              <td class="mono">{s.name}</td>
+              <td>{when(s.updated_at)}</td>
+              <td>
+                <button type="button" class="danger" onClick={() => remove(s.name)}>
+                  Delete
+                </button>
+              </td>
+            </tr>
+          ))}
+        </Grid>
+      )}
+      <div class="row">
+        <Field label="Secret name" hint="A-Z, 0-9 and _; a name that exists is replaced.">
+          <input name="secret-name" class="mono" value={name} onInput={(e) => setName(e.currentTarget.value)} required />
+        </Field>
+        <Field label="Value">
+          <input name="secret-value" type="password" autocomplete="off" value={value} onInput={(e) => setValue(e.currentTarget.value)} required />
+        </Field>
+      </div>
+      <button type="submit">Set secret</button>
+      <ProblemLine problem={error} />
+      {notice && <p role="status">{notice}</p>}
+    </form>
   );
 }
 
