@@ -130,8 +130,17 @@ impl Target {
                     };
                     for entry in entries {
                         let entry = entry?;
-                        let size = entry.metadata()?.len();
-                        found.push((entry.file_name().to_string_lossy().into_owned(), size));
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        // Only archives: a staging file may be renamed away meanwhile.
+                        if super::created_at(&name).is_none() {
+                            continue;
+                        }
+                        match entry.metadata() {
+                            Ok(meta) => found.push((name, meta.len())),
+                            // Deleted since the directory was read.
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                     Ok(found)
                 })
