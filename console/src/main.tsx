@@ -13,12 +13,14 @@ import { Bucket, Buckets } from "./pages/files";
 import { FunctionPage, Functions } from "./pages/functions";
 import { WebhookPage, Webhooks } from "./pages/webhooks";
 import { Backups } from "./pages/backups";
+import { Providers } from "./pages/providers";
 import "./style.css";
 
 const PAGES = [
   { to: "/", label: "Overview" },
   { to: "/collections", label: "Collections" },
   { to: "/users", label: "Users" },
+  { to: "/sign-in", label: "Sign-in" },
   { to: "/files", label: "Files" },
   { to: "/functions", label: "Functions" },
   { to: "/webhooks", label: "Webhooks" },
@@ -144,6 +146,7 @@ function Shell(props: { user: User }) {
   if (parts[0] === "collections" && parts[1]) page = <CollectionPage name={parts[1]} />;
   else if (parts[0] === "collections") page = <Collections />;
   else if (parts[0] === "users") page = <Users />;
+  else if (parts[0] === "sign-in") page = <Providers />;
   else if (parts[0] === "files" && parts[1]) page = <Bucket name={parts[1]} />;
   else if (parts[0] === "files") page = <Buckets />;
   else if (parts[0] === "functions" && parts[1]) page = <FunctionPage name={parts[1]} />;
