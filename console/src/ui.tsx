@@ -62,6 +62,28 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[]) {
   return { value, setValue, error, loading, reload };
 }
 
+/** A page's actions: `act(what, run)` runs `run`, then shows `what` as `notice` and calls
+ * `after`; a failure shows as `error` instead. `clear` forgets both. */
+export function useAction(after: () => void) {
+  const [error, setError] = useState<Problem | null>(null);
+  const [notice, setNotice] = useState("");
+  const clear = () => {
+    setError(null);
+    setNotice("");
+  };
+  const act = async (what: string, run: () => Promise<unknown>) => {
+    clear();
+    try {
+      await run();
+      setNotice(what);
+      after();
+    } catch (e) {
+      setError(problem(e));
+    }
+  };
+  return { error, notice, act, clear };
+}
+
 /** Runs `f` when `value` has stayed the same for `ms`. */
 export function useDebounced<T>(value: T, ms: number, f: (value: T) => void) {
   const latest = useRef(f);

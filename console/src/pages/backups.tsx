@@ -1,15 +1,14 @@
 // Backups: every archive with its state, size and origin; a new one on demand (the list follows
 // it until it is ready); download and delete.
-import { useEffect, useState } from "preact/hooks";
-import { api, call, problem, when, type Problem, type Schemas } from "../api";
-import { bytes, Empty, Grid, ProblemLine, save, useLoad } from "../ui";
+import { useEffect } from "preact/hooks";
+import { api, call, when, type Schemas } from "../api";
+import { bytes, Empty, Grid, ProblemLine, save, useAction, useLoad } from "../ui";
 
 type Backup = Schemas["BackupInfo"];
 
 export function Backups() {
   const list = useLoad(() => call((headers) => api.GET("/v1/admin/backups", { headers })), []);
-  const [error, setError] = useState<Problem | null>(null);
-  const [notice, setNotice] = useState("");
+  const { error, notice, act } = useAction(list.reload);
   const running = list.value?.items.some((b) => b.state === "running") ?? false;
   // A backup runs in the background: look again each second until none is running.
   useEffect(() => {
@@ -17,17 +16,6 @@ export function Backups() {
     const timer = setTimeout(list.reload, 1000);
     return () => clearTimeout(timer);
   }, [running, list.value]);
-  const act = async (what: string, run: () => Promise<unknown>) => {
-    setError(null);
-    setNotice("");
-    try {
-      await run();
-      setNotice(what);
-      list.reload();
-    } catch (e) {
-      setError(problem(e));
-    }
-  };
   const start = () =>
     act("Backup started; the list follows it until it is ready.", () => call((headers) => api.POST("/v1/admin/backups", { headers })));
   const download = (b: Backup) =>

@@ -5,7 +5,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, call, eb, problem, when, type Problem, type Schemas } from "../api";
 import { JsonEditor } from "../json-editor";
-import { bytes, Empty, Field, Link, ProblemLine, useLoad, Grid } from "../ui";
+import { bytes, Empty, Field, Link, ProblemLine, useAction, useLoad, Grid } from "../ui";
 import { navigate } from "../router";
 
 type Invocation = Schemas["Invocation"];
@@ -191,19 +191,7 @@ function Secrets(props: { name: string }) {
   const list = useLoad(() => call((headers) => api.GET("/v1/admin/functions/{name}/secrets", { headers, params: path })), [props.name]);
   const [name, setName] = useState("");
   const [value, setValue] = useState("");
-  const [error, setError] = useState<Problem | null>(null);
-  const [notice, setNotice] = useState("");
-  const act = async (what: string, run: () => Promise<unknown>) => {
-    setError(null);
-    setNotice("");
-    try {
-      await run();
-      setNotice(what);
-      list.reload();
-    } catch (e) {
-      setError(problem(e));
-    }
-  };
+  const { error, notice, act } = useAction(list.reload);
   const set = (e: Event) => {
     e.preventDefault();
     const secret = name.trim();

@@ -2,8 +2,8 @@
 // API) with the callback to register at the provider; add one, change its settings (secrets are
 // write-only: left empty, the stored ones stay) or remove it.
 import { useState } from "preact/hooks";
-import { api, call, problem, type Problem, type Schemas } from "../api";
-import { Empty, Field, Grid, ProblemLine, useLoad } from "../ui";
+import { api, call, type Schemas } from "../api";
+import { Empty, Field, Grid, ProblemLine, useAction, useLoad } from "../ui";
 
 type Provider = Schemas["OAuthProviderInfo"];
 type Settings = Schemas["OAuthProviderConfig"];
@@ -45,45 +45,31 @@ export function Providers() {
   const [name, setName] = useState("");
   const [settings, setSettings] = useState<Settings>(blank("google"));
   const [redirects, setRedirects] = useState("");
-  const [error, setError] = useState<Problem | null>(null);
-  const [notice, setNotice] = useState("");
+  const { error, notice, act, clear } = useAction(providers.reload);
   const edit = (p: Provider) => {
     setName(p.name);
     setSettings({ ...blank(p.kind), ...p.settings, kind: p.kind, client_secret: "", apple_private_key: "" });
     setRedirects(p.settings.redirect_urls.join(", "));
-    setError(null);
-    setNotice("");
+    clear();
   };
   const set = (field: keyof Settings) => (e: { currentTarget: { value: string } }) =>
     setSettings((s) => ({ ...s, [field]: e.currentTarget.value }));
-  const save = async (e: Event) => {
+  const save = (e: Event) => {
     e.preventDefault();
-    setError(null);
-    setNotice("");
     const provider = name.trim();
-    try {
+    void act(`${provider} is saved: its sign-in works now.`, async () => {
       const body = { ...settings, redirect_urls: list(redirects) };
       await call((headers) => api.PUT("/v1/admin/auth/providers/{name}", { headers, params: { path: { name: provider } }, body }));
-      setNotice(`${provider} is saved: its sign-in works now.`);
       setName("");
       setSettings(blank(settings.kind));
       setRedirects("");
-      providers.reload();
-    } catch (err) {
-      setError(problem(err));
-    }
+    });
   };
-  const remove = async (p: Provider) => {
+  const remove = (p: Provider) => {
     if (!confirm(`Remove ${p.name}? Accounts keep their link to it, unused until it is added again.`)) return;
-    setError(null);
-    setNotice("");
-    try {
-      await call((headers) => api.DELETE("/v1/admin/auth/providers/{name}", { headers, params: { path: { name: p.name } } }));
-      setNotice(`${p.name} is removed.`);
-      providers.reload();
-    } catch (err) {
-      setError(problem(err));
-    }
+    void act(`${p.name} is removed.`, () =>
+      call((headers) => api.DELETE("/v1/admin/auth/providers/{name}", { headers, params: { path: { name: p.name } } })),
+    );
   };
   const kind = settings.kind;
   return (
