@@ -101,7 +101,7 @@ impl Queue for WebhookQueue {
     }
 
     fn prepare(&mut self) -> impl Future<Output = Option<Round>> + Send {
-        self.record = self.webhooks.loaded().get(&self.id).cloned();
+        self.record = self.webhooks.record(&self.id).ok();
         let concurrency = self.record.as_ref().map(|record| {
             let spec = &record.info.spec;
             match spec.enabled {
@@ -131,9 +131,9 @@ impl Queue for WebhookQueue {
     fn deliver(&self, key: Vec<u8>, entry: Queued) -> BoxFuture<'static, Done> {
         // The webhook as it is now, not as of the round's start: a secret rotated or a URL
         // changed while the head was read applies to this attempt.
-        match self.webhooks.loaded().get(&self.id) {
-            Some(record) => Box::pin(deliver(self.webhooks.clone(), record.clone(), key, entry)),
-            None => Box::pin(std::future::ready(Done {
+        match self.webhooks.record(&self.id) {
+            Ok(record) => Box::pin(deliver(self.webhooks.clone(), record, key, entry)),
+            Err(_) => Box::pin(std::future::ready(Done {
                 trace: entry
                     .trace
                     .map_or_else(|| self.webhooks.inner.tracer.root(), |t| t.child()),
