@@ -215,125 +215,141 @@ impl utoipa::Modify for CommonErrors {
 )]
 struct ApiDoc;
 
-/// Registers every documented route.
-fn register(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(system::health)
-        .service(system::openapi_json)
-        .service(system::metrics)
-        .service(documents::create_document)
-        .service(documents::list_documents)
-        .service(documents::aggregate)
-        .service(documents::get_document)
-        .service(documents::set_document)
-        .service(documents::update_document)
-        .service(documents::delete_document)
-        .service(documents::batch)
-        .service(admin::list_collections)
-        .service(admin::delete_collection)
-        .service(admin::nonconforming)
-        .service(admin::get_collection)
-        .service(admin::put_collection)
-        .service(files::upload)
-        .service(files::download)
-        .service(files::head_file)
-        .service(files::delete_file)
-        .service(files::list_files)
-        .service(files::sign)
-        .service(files::list_buckets)
-        .service(files::get_bucket)
-        .service(files::put_bucket)
-        .service(functions::upload)
-        .service(functions::configure)
-        .service(functions::list)
-        .service(functions::get)
-        .service(functions::delete)
-        .service(functions::source)
-        .service(functions::compare_secrets)
-        .service(functions::invocations)
-        .service(functions::logs)
-        .service(functions::usage)
-        .service(functions::versions)
-        .service(functions::activate)
-        .service(functions::list_secrets)
-        .service(functions::put_secret)
-        .service(functions::delete_secret)
-        .service(functions::replay)
-        .service(functions::call)
-        .service(webhooks::create_webhook)
-        .service(webhooks::list_webhooks)
-        .service(webhooks::get_webhook)
-        .service(webhooks::update_webhook)
-        .service(webhooks::delete_webhook)
-        .service(webhooks::rotate_webhook_secret)
-        .service(webhooks::list_webhook_deliveries)
-        .service(webhooks::list_webhook_messages)
-        .service(webhooks::redeliver_webhook_message)
-        .service(realtime::subscribe)
-        .service(realtime::connect)
-        .service(realtime::add_subscription)
-        .service(realtime::remove_subscription)
-        .service(auth::signup)
-        .service(auth::login)
-        .service(auth::refresh)
-        .service(auth::logout)
-        .service(auth::me)
-        .service(auth::my_sessions)
-        .service(auth::end_my_session)
-        .service(auth::update_me)
-        .service(auth::verify_request)
-        .service(auth::verify_confirm)
-        .service(auth::reset_request)
-        .service(auth::reset_confirm)
-        .service(auth::password_change)
-        .service(mfa::totp_enroll)
-        .service(mfa::totp_confirm)
-        .service(mfa::totp_disable)
-        .service(mfa::mfa_verify)
-        .service(mfa::mfa_reset)
-        .service(passwordless::passwordless_request)
-        .service(passwordless::passwordless_verify)
-        .service(guest::anonymous)
-        .service(guest::upgrade)
-        .service(oauth::oauth_providers)
-        .service(oauth::oauth_authorize)
-        .service(oauth::oauth_callback)
-        .service(oauth::oauth_callback_form)
-        .service(oauth::oauth_exchange)
-        .service(oauth::oauth_token)
-        .service(oauth::identity_authorize)
-        .service(oauth::identity_link)
-        .service(oauth::identity_unlink)
-        .service(oauth::list_auth_providers)
-        .service(oauth::put_auth_provider)
-        .service(oauth::compare_auth_provider_secrets)
-        .service(oauth::delete_auth_provider)
-        .service(users::export_users)
-        .service(users::import_users)
-        .service(transfer::import_documents)
-        .service(transfer::import_file)
-        .service(transfer::export_buckets)
-        .service(rules::check_rule)
-        .service(rules::test_rule)
-        .service(users::list_users)
-        .service(users::create_user)
-        .service(users::get_user)
-        .service(users::disable_user)
-        .service(users::enable_user)
-        .service(users::set_role)
-        .service(users::set_email)
-        .service(users::email_collisions)
-        .service(users::delete_user)
-        .service(users::list_sessions)
-        .service(users::revoke_session)
-        .service(users::revoke_sessions)
-        .service(users::put_admin)
-        .service(users::outbox)
-        .service(users::rotate_key)
-        .service(backups::create_backup)
-        .service(backups::list_backups)
-        .service(backups::download_backup)
-        .service(backups::delete_backup);
+/// Declares the documented routes once, as two functions: `register` adds them to a served app
+/// (each HTTP worker builds its own), and `describe` adds them to the app that only produces the
+/// OpenAPI document. Describing a route builds its whole OpenAPI description, so workers skip it.
+macro_rules! routes {
+    ($($handler:path),* $(,)?) => {
+        /// Registers every documented route.
+        fn register(cfg: &mut web::ServiceConfig) {
+            $(cfg.service($handler);)*
+        }
+
+        /// Registers every documented route with its OpenAPI description.
+        fn describe(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+            $(cfg.service($handler);)*
+        }
+    };
 }
+
+routes!(
+    system::health,
+    system::openapi_json,
+    system::metrics,
+    documents::create_document,
+    documents::list_documents,
+    documents::aggregate,
+    documents::get_document,
+    documents::set_document,
+    documents::update_document,
+    documents::delete_document,
+    documents::batch,
+    admin::list_collections,
+    admin::delete_collection,
+    admin::nonconforming,
+    admin::get_collection,
+    admin::put_collection,
+    files::upload,
+    files::download,
+    files::head_file,
+    files::delete_file,
+    files::list_files,
+    files::sign,
+    files::list_buckets,
+    files::get_bucket,
+    files::put_bucket,
+    functions::upload,
+    functions::configure,
+    functions::list,
+    functions::get,
+    functions::delete,
+    functions::source,
+    functions::compare_secrets,
+    functions::invocations,
+    functions::logs,
+    functions::usage,
+    functions::versions,
+    functions::activate,
+    functions::list_secrets,
+    functions::put_secret,
+    functions::delete_secret,
+    functions::replay,
+    functions::call,
+    webhooks::create_webhook,
+    webhooks::list_webhooks,
+    webhooks::get_webhook,
+    webhooks::update_webhook,
+    webhooks::delete_webhook,
+    webhooks::rotate_webhook_secret,
+    webhooks::list_webhook_deliveries,
+    webhooks::list_webhook_messages,
+    webhooks::redeliver_webhook_message,
+    realtime::subscribe,
+    realtime::connect,
+    realtime::add_subscription,
+    realtime::remove_subscription,
+    auth::signup,
+    auth::login,
+    auth::refresh,
+    auth::logout,
+    auth::me,
+    auth::my_sessions,
+    auth::end_my_session,
+    auth::update_me,
+    auth::verify_request,
+    auth::verify_confirm,
+    auth::reset_request,
+    auth::reset_confirm,
+    auth::password_change,
+    mfa::totp_enroll,
+    mfa::totp_confirm,
+    mfa::totp_disable,
+    mfa::mfa_verify,
+    mfa::mfa_reset,
+    passwordless::passwordless_request,
+    passwordless::passwordless_verify,
+    guest::anonymous,
+    guest::upgrade,
+    oauth::oauth_providers,
+    oauth::oauth_authorize,
+    oauth::oauth_callback,
+    oauth::oauth_callback_form,
+    oauth::oauth_exchange,
+    oauth::oauth_token,
+    oauth::identity_authorize,
+    oauth::identity_link,
+    oauth::identity_unlink,
+    oauth::list_auth_providers,
+    oauth::put_auth_provider,
+    oauth::compare_auth_provider_secrets,
+    oauth::delete_auth_provider,
+    users::export_users,
+    users::import_users,
+    transfer::import_documents,
+    transfer::import_file,
+    transfer::export_buckets,
+    rules::check_rule,
+    rules::test_rule,
+    users::list_users,
+    users::create_user,
+    users::get_user,
+    users::disable_user,
+    users::enable_user,
+    users::set_role,
+    users::set_email,
+    users::email_collisions,
+    users::delete_user,
+    users::list_sessions,
+    users::revoke_session,
+    users::revoke_sessions,
+    users::put_admin,
+    users::outbox,
+    users::rotate_key,
+    backups::create_backup,
+    backups::list_backups,
+    backups::download_backup,
+    backups::delete_backup,
+);
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -341,7 +357,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut api) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
-        .configure(register)
+        .configure(describe)
         .split_for_parts();
     CommonErrors.modify(&mut api);
     files::document_empty_uploads(&mut api);
@@ -382,9 +398,7 @@ pub(crate) fn app(
         ))
         .wrap(cors)
         .wrap(actix_web::middleware::from_fn(middleware::observe))
-        .into_utoipa_app()
         .configure(register)
-        .into_app()
         .configure(console::routes)
         // Swagger UI reads the document served at /v1/openapi.json, so no worker keeps a copy.
         .service(
