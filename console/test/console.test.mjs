@@ -339,13 +339,46 @@ test("sign-in providers are added, changed with their secret kept, checked and r
   const offered = await (await fetch(`${server.url}/v1/auth/oauth/providers`)).json();
   assert.deepEqual(offered.map((p) => p.display_name), ["GitHub (work)"]);
 
+  // Moved to a GitHub Enterprise server, with its scopes, under "More settings": saved, and shown
+  // unfolded when the provider is edited again. GitHub has no ID tokens, so no audiences field.
+  await row.getByRole("button", { name: "Edit" }).click();
+  await page.getByText("More settings").click();
+  assert.equal(await page.getByLabel("More ID token audiences").count(), 0);
+  await page.getByLabel("Scopes").fill("read:user user:email");
+  await page.getByLabel("Authorization URL").fill("https://github.example.com/login/oauth/authorize");
+  await page.getByLabel("Token URL").fill("https://github.example.com/login/oauth/access_token");
+  await page.getByLabel("User info URL").fill("https://github.example.com/api/v3/user");
+  await page.getByRole("button", { name: "Save provider" }).click();
+  await page.getByRole("status").filter({ hasText: "github is saved" }).waitFor();
+  await page.getByLabel("Scopes").waitFor({ state: "hidden" });
+  [stored] = await admin(server, "GET", "/v1/admin/auth/providers");
+  assert.deepEqual(stored.settings.scopes, ["read:user", "user:email"]);
+  assert.equal(stored.settings.authorization_url, "https://github.example.com/login/oauth/authorize");
+  assert.equal(stored.settings.token_url, "https://github.example.com/login/oauth/access_token");
+  assert.equal(stored.settings.userinfo_url, "https://github.example.com/api/v3/user");
+  assert.equal(stored.has_client_secret, true);
+  await row.getByRole("button", { name: "Edit" }).click();
+  assert.equal(await page.getByLabel("Scopes").inputValue(), "read:user user:email");
+  assert.equal(await page.getByLabel("Token URL").inputValue(), "https://github.example.com/login/oauth/access_token");
+
   // An OpenID Connect provider whose discovery cannot be read is refused, and nothing is stored.
   await page.getByLabel("Provider name").fill("corp");
   await page.getByLabel("Kind").selectOption("oidc");
   await page.getByLabel("Client id").fill("corp-console");
   await page.getByLabel("Client secret").fill("corp-secret");
   await page.getByLabel("Issuer").fill("http://127.0.0.1:9/");
+  // The audiences of the apps' own sign-in SDKs go with it; GitHub's endpoints, still in the
+  // form from the edit above, do not (the server refuses them for OpenID Connect).
+  await page.getByLabel("More ID token audiences").fill("ios-client, android-client");
+  // GitHub's scopes, also left in the form, would be refused: OpenID Connect needs `openid`.
+  await page.getByLabel("Scopes").fill("");
+  const sent = page.waitForRequest((r) => r.method() === "PUT" && r.url().endsWith("/v1/admin/auth/providers/corp"));
   await page.getByRole("button", { name: "Save provider" }).click();
+  const body = JSON.parse((await sent).postData());
+  assert.deepEqual(body.audiences, ["ios-client", "android-client"]);
+  assert.equal(body.authorization_url, "");
+  assert.equal(body.token_url, "");
+  assert.equal(body.userinfo_url, "");
   const refused = page.getByRole("alert");
   await refused.waitFor();
   assert.match(await refused.textContent(), /127\.0\.0\.1:9/);

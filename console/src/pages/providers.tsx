@@ -1,6 +1,7 @@
 // Sign-in providers: every provider (from the config file, read-only here, or added through the
 // API) with the callback to register at the provider; add one, change its settings (secrets are
-// write-only: left empty, the stored ones stay) or remove it.
+// write-only: left empty, the stored ones stay; scopes, ID token audiences and endpoints under
+// "More settings") or remove it.
 import { useState } from "preact/hooks";
 import { api, call, type Schemas } from "../api";
 import { Empty, Field, Grid, ProblemLine, useAction, useLoad } from "../ui";
@@ -9,6 +10,12 @@ type Provider = Schemas["OAuthProviderInfo"];
 type Settings = Schemas["OAuthProviderConfig"];
 
 const KINDS = ["google", "apple", "microsoft", "gitlab", "github", "discord", "oidc"];
+/** The kinds without ID tokens, whose OAuth2 endpoints are set here instead of discovered. */
+const OAUTH2_ONLY = ["github", "discord"];
+
+/** The settings that are lists, as the form holds them: text, entries separated by commas or spaces. */
+type Lists = { redirect_urls: string; scopes: string; audiences: string };
+const NO_LISTS: Lists = { redirect_urls: "", scopes: "", audiences: "" };
 
 /** Settings as a new provider starts: every field empty, as the server's defaults. */
 function blank(kind: string): Settings {
@@ -44,25 +51,47 @@ export function Providers() {
   const providers = useLoad(() => call((headers) => api.GET("/v1/admin/auth/providers", { headers })), []);
   const [name, setName] = useState("");
   const [settings, setSettings] = useState<Settings>(blank("google"));
-  const [redirects, setRedirects] = useState("");
+  const [lists, setLists] = useState<Lists>(NO_LISTS);
+  const [more, setMore] = useState(false);
   const { error, notice, act, clear } = useAction(providers.reload);
   const edit = (p: Provider) => {
     setName(p.name);
     setSettings({ ...blank(p.kind), ...p.settings, kind: p.kind, client_secret: "", apple_private_key: "" });
-    setRedirects(p.settings.redirect_urls.join(", "));
+    setLists({
+      redirect_urls: p.settings.redirect_urls.join(", "),
+      scopes: p.settings.scopes.join(" "),
+      audiences: p.settings.audiences.join(", "),
+    });
+    const s = p.settings;
+    const custom = [s.callback_url, s.authorization_url, s.token_url, s.userinfo_url, p.kind === "gitlab" ? s.issuer : ""];
+    setMore(s.scopes.length > 0 || s.audiences.length > 0 || custom.some(Boolean));
     clear();
   };
   const set = (field: keyof Settings) => (e: { currentTarget: { value: string } }) =>
     setSettings((s) => ({ ...s, [field]: e.currentTarget.value }));
+  const setList = (field: keyof Lists) => (e: { currentTarget: { value: string } }) =>
+    setLists((l) => ({ ...l, [field]: e.currentTarget.value }));
   const save = (e: Event) => {
     e.preventDefault();
     const provider = name.trim();
     void act(`${provider} is saved: its sign-in works now.`, async () => {
-      const body = { ...settings, redirect_urls: list(redirects) };
+      // Only what the kind takes: what was typed for another kind chosen first is left out.
+      const k = settings.kind;
+      const oauth2 = OAUTH2_ONLY.includes(k);
+      const body = {
+        ...settings,
+        redirect_urls: list(lists.redirect_urls),
+        scopes: list(lists.scopes),
+        audiences: oauth2 ? [] : list(lists.audiences),
+        ...(oauth2 ? {} : { authorization_url: "", token_url: "", userinfo_url: "" }),
+        ...(k === "microsoft" ? {} : { tenant: "" }),
+        ...(k === "apple" ? {} : { apple_team_id: "", apple_key_id: "", apple_private_key: "" }),
+      };
       await call((headers) => api.PUT("/v1/admin/auth/providers/{name}", { headers, params: { path: { name: provider } }, body }));
       setName("");
       setSettings(blank(settings.kind));
-      setRedirects("");
+      setLists(NO_LISTS);
+      setMore(false);
     });
   };
   const remove = (p: Provider) => {
@@ -164,8 +193,42 @@ export function Providers() {
           </div>
         )}
         <Field label="Redirect URLs" hint="Where a sign-in may end in your app, separated by commas. Empty: auth.redirect_urls.">
-          <input name="provider-redirects" value={redirects} onInput={(e) => setRedirects(e.currentTarget.value)} />
+          <input name="provider-redirects" value={lists.redirect_urls} onInput={setList("redirect_urls")} />
         </Field>
+        <details open={more} onToggle={(e) => setMore(e.currentTarget.open)}>
+          <summary>More settings</summary>
+          <div class="row">
+            <Field label="Scopes" hint="Separated by spaces. Empty: the kind's (openid email profile for OpenID Connect).">
+              <input name="provider-scopes" class="mono" value={lists.scopes} onInput={setList("scopes")} />
+            </Field>
+            {!OAUTH2_ONLY.includes(kind) && (
+              <Field label="More ID token audiences" hint="Client ids of your apps' own sign-in SDKs, separated by commas: ID tokens they exchange are accepted.">
+                <input name="provider-audiences" class="mono" value={lists.audiences} onInput={setList("audiences")} />
+              </Field>
+            )}
+          </div>
+          {kind === "gitlab" && (
+            <Field label="Issuer" hint="A self-managed GitLab's address. Empty: https://gitlab.com.">
+              <input name="provider-issuer" type="url" value={settings.issuer} onInput={set("issuer")} />
+            </Field>
+          )}
+          <Field label="Callback URL" hint="As registered with the provider. Empty: this server's public URL, then /v1/auth/oauth/{name}/callback.">
+            <input name="provider-callback" type="url" class="mono" value={settings.callback_url} onInput={set("callback_url")} />
+          </Field>
+          {OAUTH2_ONLY.includes(kind) && (
+            <div class="row">
+              <Field label="Authorization URL" hint="For GitHub Enterprise and the like. Empty: the kind's.">
+                <input name="provider-authorization-url" type="url" class="mono" value={settings.authorization_url} onInput={set("authorization_url")} />
+              </Field>
+              <Field label="Token URL" hint="Empty: the kind's.">
+                <input name="provider-token-url" type="url" class="mono" value={settings.token_url} onInput={set("token_url")} />
+              </Field>
+              <Field label="User info URL" hint="Empty: the kind's.">
+                <input name="provider-userinfo-url" type="url" class="mono" value={settings.userinfo_url} onInput={set("userinfo_url")} />
+              </Field>
+            </div>
+          )}
+        </details>
         <ProblemLine problem={error} />
         <button type="submit" class="primary">
           Save provider
