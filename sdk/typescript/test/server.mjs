@@ -61,13 +61,20 @@ export async function startServer(env = {}, { bind = "127.0.0.1:0", dataDir } = 
 
 /** A request with the service key, for test setup. */
 export async function admin(server, method, path, body) {
-  const response = await fetch(`${server.url}${path}`, {
-    method,
-    headers: {
-      Authorization: `Bearer ${server.key}`,
-      ...(body instanceof Uint8Array ? { "Content-Type": "application/wasm" } : { "Content-Type": "application/json" }),
-    },
-    body: body === undefined ? undefined : body instanceof Uint8Array ? body : JSON.stringify(body),
+  const send = () =>
+    fetch(`${server.url}${path}`, {
+      method,
+      headers: {
+        Authorization: `Bearer ${server.key}`,
+        ...(body instanceof Uint8Array ? { "Content-Type": "application/wasm" } : { "Content-Type": "application/json" }),
+      },
+      body: body === undefined ? undefined : body instanceof Uint8Array ? body : JSON.stringify(body),
+    });
+  // A test that blocks the event loop (spawnSync of the CLI) can outlast the server's keep-alive,
+  // and fetch then reuses a connection the server has just closed: sent again on a new one.
+  const response = await send().catch((e) => {
+    if (["UND_ERR_SOCKET", "ECONNRESET"].includes(e?.cause?.code)) return send();
+    throw e;
   });
   const text = await response.text();
   if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
