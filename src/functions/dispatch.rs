@@ -498,8 +498,6 @@ async fn fire_schedule(
     Ok(next_due)
 }
 
-/// The invocation record of a run of `event` (kept in it), and whether the run failed: a
-/// trap, a limit, a result that is not JSON, or `{"ok": false}`.
 /// The trace context of the change that queued an event (absent for schedule ticks and for
 /// events queued before traces were recorded).
 pub(super) fn event_trace(event: &Value) -> Option<TraceContext> {
@@ -509,6 +507,8 @@ pub(super) fn event_trace(event: &Value) -> Option<TraceContext> {
         .and_then(TraceContext::parse)
 }
 
+/// The invocation record of a run of `event` (kept in it), and whether the run failed: a
+/// trap, a limit, a result that is not JSON, or `{"ok": false}`.
 pub(super) fn judge(
     event: &Value,
     attempt: u32,
