@@ -55,14 +55,14 @@ export function Providers() {
   const [more, setMore] = useState(false);
   const { error, notice, act, clear } = useAction(providers.reload);
   const edit = (p: Provider) => {
-    setName(p.name);
-    setSettings({ ...blank(p.kind), ...p.settings, kind: p.kind, client_secret: "", apple_private_key: "" });
-    setLists({
-      redirect_urls: p.settings.redirect_urls.join(", "),
-      scopes: p.settings.scopes.join(" "),
-      audiences: p.settings.audiences.join(", "),
-    });
     const s = p.settings;
+    setName(p.name);
+    setSettings({ ...blank(p.kind), ...s, kind: p.kind, client_secret: "", apple_private_key: "" });
+    setLists({
+      redirect_urls: s.redirect_urls.join(", "),
+      scopes: s.scopes.join(" "),
+      audiences: s.audiences.join(", "),
+    });
     const custom = [s.callback_url, s.authorization_url, s.token_url, s.userinfo_url, p.kind === "gitlab" ? s.issuer : ""];
     setMore(s.scopes.length > 0 || s.audiences.length > 0 || custom.some(Boolean));
     clear();
@@ -71,25 +71,25 @@ export function Providers() {
     setSettings((s) => ({ ...s, [field]: e.currentTarget.value }));
   const setList = (field: keyof Lists) => (e: { currentTarget: { value: string } }) =>
     setLists((l) => ({ ...l, [field]: e.currentTarget.value }));
+  const kind = settings.kind;
+  const oauth2 = OAUTH2_ONLY.includes(kind);
   const save = (e: Event) => {
     e.preventDefault();
     const provider = name.trim();
     void act(`${provider} is saved: its sign-in works now.`, async () => {
       // Only what the kind takes: what was typed for another kind chosen first is left out.
-      const k = settings.kind;
-      const oauth2 = OAUTH2_ONLY.includes(k);
       const body = {
         ...settings,
         redirect_urls: list(lists.redirect_urls),
         scopes: list(lists.scopes),
         audiences: oauth2 ? [] : list(lists.audiences),
         ...(oauth2 ? {} : { authorization_url: "", token_url: "", userinfo_url: "" }),
-        ...(k === "microsoft" ? {} : { tenant: "" }),
-        ...(k === "apple" ? {} : { apple_team_id: "", apple_key_id: "", apple_private_key: "" }),
+        ...(kind === "microsoft" ? {} : { tenant: "" }),
+        ...(kind === "apple" ? {} : { apple_team_id: "", apple_key_id: "", apple_private_key: "" }),
       };
       await call((headers) => api.PUT("/v1/admin/auth/providers/{name}", { headers, params: { path: { name: provider } }, body }));
       setName("");
-      setSettings(blank(settings.kind));
+      setSettings(blank(kind));
       setLists(NO_LISTS);
       setMore(false);
     });
@@ -100,7 +100,6 @@ export function Providers() {
       call((headers) => api.DELETE("/v1/admin/auth/providers/{name}", { headers, params: { path: { name: p.name } } })),
     );
   };
-  const kind = settings.kind;
   return (
     <section aria-labelledby="signin-providers-title">
       <h1 id="signin-providers-title">Sign-in providers</h1>
@@ -201,7 +200,7 @@ export function Providers() {
             <Field label="Scopes" hint="Separated by spaces. Empty: the kind's (openid email profile for OpenID Connect).">
               <input name="provider-scopes" class="mono" value={lists.scopes} onInput={setList("scopes")} />
             </Field>
-            {!OAUTH2_ONLY.includes(kind) && (
+            {!oauth2 && (
               <Field label="More ID token audiences" hint="Client ids of your apps' own sign-in SDKs, separated by commas: ID tokens they exchange are accepted.">
                 <input name="provider-audiences" class="mono" value={lists.audiences} onInput={setList("audiences")} />
               </Field>
@@ -215,7 +214,7 @@ export function Providers() {
           <Field label="Callback URL" hint="As registered with the provider. Empty: this server's public URL, then /v1/auth/oauth/{name}/callback.">
             <input name="provider-callback" type="url" class="mono" value={settings.callback_url} onInput={set("callback_url")} />
           </Field>
-          {OAUTH2_ONLY.includes(kind) && (
+          {oauth2 && (
             <div class="row">
               <Field label="Authorization URL" hint="For GitHub Enterprise and the like. Empty: the kind's.">
                 <input name="provider-authorization-url" type="url" class="mono" value={settings.authorization_url} onInput={set("authorization_url")} />
