@@ -142,6 +142,7 @@ impl Dispatchers {
 }
 
 /// An entry of a queue's head, as the scheduler sees it.
+#[derive(Clone, Copy)]
 pub(crate) struct Candidate<'a> {
     pub(crate) order: &'a str,
     pub(crate) not_before: u64,
@@ -151,16 +152,20 @@ pub(crate) struct Candidate<'a> {
 /// Which of the head's entries (in commit order) to deliver now: at most `slots`, each the
 /// first of its ordering key that is not in flight and due; a key whose first entry waits (in
 /// flight, or for its retry) holds back its later ones, and no other. Returns their indexes,
-/// and when the first held-back retry is due (Unix milliseconds).
-pub(crate) fn pick(
-    candidates: &[Candidate<'_>],
+/// and when the first held-back retry seen is due (Unix milliseconds).
+///
+/// The candidates are built as they are looked at, and the look stops at the entry that fills
+/// the last slot: a delivery that ends brings another look, which finds a retry further on.
+/// So a busy queue costs each look the entries up to its last pick, not its whole head.
+pub(crate) fn pick<'a>(
+    candidates: impl IntoIterator<Item = Candidate<'a>>,
     now: u64,
     slots: usize,
 ) -> (Vec<usize>, Option<u64>) {
     let mut seen: HashSet<&str> = HashSet::new();
     let mut picked = Vec::new();
     let mut due: Option<u64> = None;
-    for (i, c) in candidates.iter().enumerate() {
+    for (i, c) in candidates.into_iter().enumerate() {
         if !seen.insert(c.order) || c.in_flight {
             continue;
         }
@@ -168,6 +173,9 @@ pub(crate) fn pick(
             due = Some(due.map_or(c.not_before, |d| d.min(c.not_before)));
         } else if picked.len() < slots {
             picked.push(i);
+            if picked.len() == slots {
+                break;
+            }
         }
     }
     (picked, due)
@@ -303,21 +311,18 @@ pub(crate) async fn drive<Q: Queue>(mut queue: Q, store: Store, node: String, no
                         }
                     }
                 }
-                let candidates: Vec<Candidate<'_>> = head
-                    .iter()
-                    .map(|(key, entry)| {
-                        let (order, not_before) = queue.schedule(entry);
-                        Candidate {
-                            order,
-                            not_before,
-                            in_flight: taken.contains(key),
-                        }
-                    })
-                    .collect();
+                let candidates = head.iter().map(|(key, entry)| {
+                    let (order, not_before) = queue.schedule(entry);
+                    Candidate {
+                        order,
+                        not_before,
+                        in_flight: taken.contains(key),
+                    }
+                });
                 let now = unix_ms(SystemTime::now());
                 let slots = concurrency - in_flight.len();
                 let slots = round.budget.map_or(slots, |budget| budget.min(slots));
-                let (picked, due) = pick(&candidates, now, slots);
+                let (picked, due) = pick(candidates, now, slots);
                 if let Some(due) = due {
                     wait = wait.min(Duration::from_millis(due.saturating_sub(now)));
                 }
@@ -436,10 +441,14 @@ mod tests {
             c("d", 0, false),
             c("e", 0, false),
         ];
+        let pick = |now, slots| pick(queue.iter().copied(), now, slots);
         // a's second, b's second (b in flight), c's second (c's first waits) stay back.
-        assert_eq!(pick(&queue, 100, 10), (vec![0, 6, 7], Some(500)));
-        assert_eq!(pick(&queue, 100, 2), (vec![0, 6], Some(500)));
-        assert_eq!(pick(&queue, 600, 10), (vec![0, 4, 6, 7], None));
-        assert_eq!(pick(&queue, 600, 0), (vec![], None));
+        assert_eq!(pick(100, 10), (vec![0, 6, 7], Some(500)));
+        assert_eq!(pick(600, 10), (vec![0, 4, 6, 7], None));
+        assert_eq!(pick(600, 0), (vec![], None));
+        // The look stops at the last slot filled: a retry after it is found by a later look.
+        assert_eq!(pick(100, 2), (vec![0, 6], Some(500)));
+        assert_eq!(pick(100, 1), (vec![0], None));
+        assert_eq!(pick(600, 2), (vec![0, 4], None));
     }
 }
