@@ -608,6 +608,10 @@ pub struct MailConfig {
     /// Attempts of a mail before it is marked failed; a relay's permanent refusal (`5xx`)
     /// ends them at once.
     pub max_attempts: u32,
+    /// How long one attempt may take, from the connection to the relay's last answer, in
+    /// milliseconds. A relay that stalls past it counts as one that may answer later: the
+    /// attempt fails, frees its sending slot and is retried.
+    pub timeout_ms: u64,
 }
 
 impl Default for MailConfig {
@@ -618,6 +622,7 @@ impl Default for MailConfig {
             outbox_kept: 1000,
             retry_base_ms: 30_000,
             max_attempts: 8,
+            timeout_ms: 30_000,
         }
     }
 }
@@ -678,7 +683,7 @@ impl Config {
         const DAY: u64 = 86_400;
         let (a, f, rt, st) = (&self.auth, &self.functions, &self.realtime, &self.store);
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 59] = [
+        let ranges: [(&str, u64, u64, u64); 60] = [
             (
                 "store.change_buffer_bytes",
                 st.change_buffer_bytes as u64,
@@ -688,6 +693,7 @@ impl Config {
             ("auth.prune_interval_secs", a.prune_interval_secs, 1, DAY),
             ("mail.outbox_kept", self.mail.outbox_kept as u64, 1, 1 << 20),
             ("mail.retry_base_ms", self.mail.retry_base_ms, 1, 3_600_000),
+            ("mail.timeout_ms", self.mail.timeout_ms, 1, 3_600_000),
             (
                 "mail.max_attempts",
                 u64::from(self.mail.max_attempts),

@@ -21,7 +21,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// The mail queue's name, for its dispatcher and its lease in a cluster.
 const QUEUE: &str = "mail:outbox";
@@ -118,6 +118,8 @@ struct Inner {
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     retry_base_ms: u64,
     max_attempts: u32,
+    /// The longest one attempt may take.
+    timeout: Duration,
     dispatch: Dispatchers,
 }
 
@@ -175,6 +177,7 @@ impl Mailer {
                 smtp,
                 retry_base_ms: config.retry_base_ms,
                 max_attempts: config.max_attempts,
+                timeout: Duration::from_millis(config.timeout_ms),
                 dispatch: Dispatchers::default(),
             }),
         })
@@ -407,13 +410,18 @@ impl Mailer {
             )),
         }
         .map_err(|e| permanent("message", &e))?;
-        smtp.send(message).await.map(|_| ()).map_err(|e| {
-            if e.is_permanent() {
-                Failure::Permanent(e.to_string())
-            } else {
-                Failure::Transient(e.to_string())
-            }
-        })
+        // lettre bounds only the connection: a relay that accepts it and never answers would
+        // hold this sending slot for good.
+        let timeout = self.inner.timeout;
+        match tokio::time::timeout(timeout, smtp.send(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.is_permanent() => Err(Failure::Permanent(e.to_string())),
+            Ok(Err(e)) => Err(Failure::Transient(e.to_string())),
+            Err(_) => Err(Failure::Transient(format!(
+                "the relay did not finish within {} ms (mail.timeout_ms)",
+                timeout.as_millis()
+            ))),
+        }
     }
 
     /// The newest messages first, at most `limit`.

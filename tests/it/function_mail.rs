@@ -159,6 +159,50 @@ fn a_queued_mail_goes_over_smtp_in_the_background_and_after_a_restart() {
 }
 
 #[test]
+fn a_relay_that_never_answers_fails_each_attempt_at_the_timeout_and_frees_its_slot() {
+    // Connections complete in the kernel's backlog and nothing ever answers, not even the
+    // greeting: without a bound on the whole attempt, four such sends held every slot for good.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    let srv = TestServer::start_with(|c| {
+        fast(c);
+        c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
+        c.mail.timeout_ms = 300;
+        c.mail.retry_base_ms = 50;
+        c.mail.max_attempts = 2;
+    });
+    deploy(
+        &srv,
+        "notify",
+        &mailer(json!({"to": "ada@example.com", "subject": "Receipt", "text": "Thanks."})),
+        json!({"triggers": [{"on": "http"}]}),
+    );
+    // More messages than the four sending slots: each is tried twice, and fails.
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            let sent = call(&srv, "notify", None, &json!({})).expect(200).json;
+            assert_eq!(sent["delivery"], "queued", "{sent}");
+            sent["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for id in &ids {
+        let failed = eventually("the stalled mail failed after its attempts", || {
+            let mail = outboxed(&srv, id);
+            (mail["delivery"] != "queued").then_some(mail)
+        });
+        assert_eq!(failed["attempts"], 2, "{failed}");
+        assert!(
+            failed["delivery"]
+                .as_str()
+                .unwrap()
+                .contains("did not finish within 300 ms (mail.timeout_ms)"),
+            "{failed}"
+        );
+    }
+    drop(stalled);
+}
+
+#[test]
 fn a_deferred_mail_is_tried_again_and_a_refused_one_fails_at_once() {
     let deferred = "451 4.7.1 greylisted, try again later";
     // Message 1 is deferred once, then accepted; message 2 is refused; message 3 is deferred
