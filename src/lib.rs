@@ -81,6 +81,7 @@ mod query;
 mod realtime;
 mod secrets;
 mod server;
+mod signing;
 mod store;
 mod tls;
 mod trace;

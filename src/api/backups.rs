@@ -1,13 +1,15 @@
-//! `/v1/admin/backups`: make a backup of the whole server, list, download and delete them.
+//! `/v1/admin/backups`: make a backup of the whole server, list, download (also through a
+//! short-lived link) and delete them.
 
 use super::error::ErrorBody;
 use super::extract::Caller;
+use super::files::{SignedQuery, SignedUrlBody};
 use super::AppState;
 use crate::backup::BackupInfo;
 use crate::error::Error;
 use actix_web::body::SizedStream;
 use actix_web::http::header;
-use actix_web::{delete, get, post, web, HttpResponse};
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 /// Start a backup: a consistent snapshot of every document, file, account, function and
@@ -56,25 +58,37 @@ pub(super) async fn list_backups(
 }
 
 /// Download a ready archive (`application/gzip`: a tar with a `manifest.json` of checksums).
-/// Restore it with `emberbase restore ARCHIVE --data-dir DIR`.
+/// Restore it with `emberbase restore ARCHIVE --data-dir DIR`. With `expires` and `signature`
+/// from `POST /v1/admin/backups/{name}/link`, no token is needed.
 #[utoipa::path(
     tag = "backups",
-    params(("name" = String, Path, description = "The archive's name")),
+    params(("name" = String, Path, description = "The archive's name"), SignedQuery),
     responses(
         (status = 200, description = "The archive", content_type = "application/gzip", body = Vec<u8>),
         (status = 401, description = "No credentials", body = ErrorBody),
-        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 403, description = "Not an admin, or the link is invalid or has expired", body = ErrorBody),
         (status = 404, description = "No such archive (or not ready yet)", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security((), ("bearer" = []))
 )]
 #[get("/v1/admin/backups/{name}")]
 pub(super) async fn download_backup(
     state: web::Data<AppState>,
     caller: Caller,
     name: web::Path<String>,
+    query: web::Query<SignedQuery>,
 ) -> Result<HttpResponse, Error> {
-    let (size, body) = state.backups.open(&caller.0, &name).await?;
+    let (size, body) = match (&query.expires, &query.signature) {
+        (None, None) => state.backups.open(&caller.0, &name).await?,
+        (Some(expires), Some(signature)) => {
+            state.backups.open_signed(&name, expires, signature).await?
+        }
+        _ => {
+            return Err(Error::forbidden(
+                "the download link is invalid or has expired",
+            ))
+        }
+    };
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/gzip"))
         .insert_header((
@@ -83,6 +97,30 @@ pub(super) async fn download_backup(
         ))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(SizedStream::new(size, body)))
+}
+
+/// Get a link that downloads a ready archive without a token for five minutes: a browser given
+/// it saves the archive to disk as it arrives (the admin console's Download does this).
+#[utoipa::path(
+    tag = "backups",
+    params(("name" = String, Path, description = "The archive's name")),
+    responses(
+        (status = 200, description = "The link", body = SignedUrlBody),
+        (status = 401, description = "No credentials", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such archive (or not ready yet)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/admin/backups/{name}/link")]
+pub(super) async fn link_backup(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Error> {
+    let signed = state.backups.link(&caller.0, &name).await?;
+    Ok(HttpResponse::Ok().json(SignedUrlBody::absolute(&req, signed)))
 }
 
 /// Delete an archive.

@@ -5,7 +5,7 @@ use super::error::{from_actix, ErrorBody};
 use super::extract::{Caller, JsonBody};
 use super::AppState;
 use crate::error::{Error, ErrorCode};
-use crate::files::{FilePage, OpenFile};
+use crate::files::{FilePage, OpenFile, SignedUrl};
 use crate::model::{BucketConfig, BucketInfo, FileInfo};
 use actix_web::body::{BodySize, MessageBody, SizedStream};
 use actix_web::http::header::{self, HeaderValue};
@@ -190,9 +190,9 @@ impl MessageBody for HeadBody {
 #[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct SignedQuery {
     /// Unix seconds after which the signed URL stops working.
-    expires: Option<String>,
-    /// The server's signature of the bucket, path and expiry.
-    signature: Option<String>,
+    pub(super) expires: Option<String>,
+    /// The server's signature of what the URL serves and its expiry.
+    pub(super) signature: Option<String>,
 }
 
 /// Opens the file of a GET or HEAD: by signed URL when the query has a signature, otherwise
@@ -471,9 +471,25 @@ pub(super) struct SignRequest {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct SignedUrlBody {
-    /// An absolute URL that serves the file without a token.
+    /// An absolute URL that serves the file (or archive) without a token.
     url: String,
     expires_at: String,
+}
+
+impl SignedUrlBody {
+    /// The signed URL on the address the request came to.
+    pub(super) fn absolute(req: &HttpRequest, signed: SignedUrl) -> SignedUrlBody {
+        let conn = req.connection_info();
+        SignedUrlBody {
+            url: format!(
+                "{}://{}{}",
+                conn.scheme(),
+                conn.host(),
+                signed.path_and_query
+            ),
+            expires_at: signed.expires_at,
+        }
+    }
 }
 
 /// Get a URL that serves a file without a token until it expires. The caller needs read
@@ -506,16 +522,7 @@ pub(super) async fn sign(
         .files
         .sign(&caller.0, &bucket, &path, expires_in)
         .await?;
-    let conn = req.connection_info();
-    Ok(HttpResponse::Ok().json(SignedUrlBody {
-        url: format!(
-            "{}://{}{}",
-            conn.scheme(),
-            conn.host(),
-            signed.path_and_query
-        ),
-        expires_at: signed.expires_at,
-    }))
+    Ok(HttpResponse::Ok().json(SignedUrlBody::absolute(&req, signed)))
 }
 
 /// Set a bucket's access rules, size limit and allowed types.

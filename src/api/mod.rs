@@ -348,6 +348,7 @@ routes!(
     backups::create_backup,
     backups::list_backups,
     backups::download_backup,
+    backups::link_backup,
     backups::delete_backup,
 );
 

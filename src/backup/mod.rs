@@ -19,7 +19,8 @@ pub use restore::{restore, restore_cluster, RestoreError, RestoreProgress, Resto
 use crate::auth::{Denied, Principal};
 use crate::engine::{Direction, KeyRange, Keyspace, Snapshot};
 use crate::error::Error;
-use crate::files::Files;
+use crate::files::{Files, SignedUrl};
+use crate::signing::Signed;
 use crate::store::{FileRecord, Space, Store};
 use archive::{ArchiveWriter, Manifest, StorePiece};
 use futures_util::stream::{BoxStream, StreamExt};
@@ -57,6 +58,8 @@ const STAGING: &str = "tmp";
 const PAGE: usize = 1000;
 /// Failed backups remembered for the list.
 const FAILURES_KEPT: usize = 10;
+/// How long a download link of an archive works, in seconds.
+const LINK_SECS: u64 = 300;
 
 /// Where a backup is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -521,6 +524,43 @@ impl Backups {
         name: &str,
     ) -> Result<(u64, BoxStream<'static, io::Result<bytes::Bytes>>)> {
         who.require_admin("download backups")?;
+        self.open_archive(name).await
+    }
+
+    /// A link that downloads a ready archive without a token for five minutes, so that a
+    /// browser saves it to disk as it arrives rather than holding it in memory. Admins only.
+    pub async fn link(&self, who: &Principal, name: &str) -> Result<SignedUrl> {
+        who.require_admin("download backups")?;
+        self.require_ready(name).await?;
+        let signature = (self.inner.files.signer())
+            .sign(&Signed::Backup { name }, LINK_SECS)
+            .map_err(internal)?;
+        Ok(SignedUrl {
+            path_and_query: format!("/v1/admin/backups/{name}?{}", signature.query),
+            expires_at: signature.expires_at,
+        })
+    }
+
+    /// Opens an archive through a download link ([`Backups::link`]): no token, only a valid,
+    /// unexpired signature.
+    pub async fn open_signed(
+        &self,
+        name: &str,
+        expires: &str,
+        signature: &str,
+    ) -> Result<(u64, BoxStream<'static, io::Result<bytes::Bytes>>)> {
+        if !(self.inner.files.signer()).verify(&Signed::Backup { name }, expires, signature) {
+            return Err(BackupError::Forbidden(
+                "the download link is invalid or has expired".into(),
+            ));
+        }
+        self.open_archive(name).await
+    }
+
+    async fn open_archive(
+        &self,
+        name: &str,
+    ) -> Result<(u64, BoxStream<'static, io::Result<bytes::Bytes>>)> {
         if created_at(name).is_none() {
             return Err(BackupError::NotFound(name.to_string()));
         }
@@ -536,6 +576,12 @@ impl Backups {
     /// Deletes a ready archive.
     pub async fn delete(&self, who: &Principal, name: &str) -> Result<()> {
         who.require_admin("delete backups")?;
+        self.require_ready(name).await?;
+        self.inner.target.delete(name).await.map_err(internal)
+    }
+
+    /// Fails with `NotFound` unless `name` is a ready archive of the target.
+    async fn require_ready(&self, name: &str) -> Result<()> {
         let known = self
             .inner
             .target
@@ -547,7 +593,7 @@ impl Backups {
         if !known {
             return Err(BackupError::NotFound(name.to_string()));
         }
-        self.inner.target.delete(name).await.map_err(internal)
+        Ok(())
     }
 
     /// Deletes the oldest scheduled archives beyond `backups.keep`.

@@ -14,7 +14,6 @@ mod blobs;
 mod buckets;
 mod error;
 mod safety;
-mod signing;
 mod upload;
 
 pub use blobs::BlobReader;
@@ -32,6 +31,7 @@ use crate::auth::Principal;
 use crate::config::FilesConfig;
 use crate::model::{BucketConfig, BucketRules, FileInfo};
 use crate::query::Rule;
+use crate::signing::{Signed, UrlSigner};
 use crate::store::{FileOp, FileWrite, Store};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -61,7 +61,7 @@ struct Inner {
     default_policy: Arc<BucketPolicy>,
     /// Compiled policies, with the stored configuration bytes they were compiled from.
     policies: RwLock<PolicyCache>,
-    signer: signing::UrlSigner,
+    signer: UrlSigner,
 }
 
 /// The file service ([`Server::files`](crate::Server::files)): streamed uploads into buckets,
@@ -169,7 +169,7 @@ impl Files {
         };
         std::fs::create_dir_all(&tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let signer = signing::UrlSigner::load_or_create(secrets)
+        let signer = UrlSigner::load_or_create(secrets)
             .await
             .map_err(|e| format!("cannot read or create the URL signing key: {e}"))?;
         let default_policy =
@@ -289,6 +289,11 @@ impl Files {
         .await
     }
 
+    /// The key that signs URLs, which backup download links share.
+    pub(crate) fn signer(&self) -> &UrlSigner {
+        &self.inner.signer
+    }
+
     /// Opens `bucket/path` through a signed URL: no token and no rule, only a valid, unexpired
     /// signature.
     pub async fn open_signed(
@@ -300,12 +305,14 @@ impl Files {
     ) -> Result<OpenFile> {
         check_bucket(bucket)?;
         check_path(path)?;
-        let invalid = || FilesError::Forbidden("the signed URL is invalid or has expired".into());
-        let expires: u64 = expires.parse().map_err(|_| invalid())?;
-        if !self.inner.signer.verify(bucket, path, expires, signature)
-            || expires < crate::model::unix_secs()
+        if !self
+            .inner
+            .signer
+            .verify(&Signed::File { bucket, path }, expires, signature)
         {
-            return Err(invalid());
+            return Err(FilesError::Forbidden(
+                "the signed URL is invalid or has expired".into(),
+            ));
         }
         self.open_checked(bucket, path, |_| Ok(())).await
     }
@@ -366,16 +373,14 @@ impl Files {
         if record.is_none() {
             return Err(not_found(bucket, path));
         }
-        let expires = crate::model::unix_secs().saturating_add(expires_in);
-        let signature = self.inner.signer.sign(bucket, path, expires);
-        let expires_at = time::OffsetDateTime::from_unix_timestamp(expires as i64)
-            .map(crate::model::format_time)
-            .map_err(|e| internal(format!("expiry out of range: {e}")))?;
+        let signature = self
+            .inner
+            .signer
+            .sign(&Signed::File { bucket, path }, expires_in)
+            .map_err(internal)?;
         Ok(SignedUrl {
-            path_and_query: format!(
-                "/v1/files/{bucket}/{path}?expires={expires}&signature={signature}"
-            ),
-            expires_at,
+            path_and_query: format!("/v1/files/{bucket}/{path}?{}", signature.query),
+            expires_at: signature.expires_at,
         })
     }
 

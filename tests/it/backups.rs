@@ -1,7 +1,9 @@
 //! Backups: an archive made while the server serves, downloaded, checked and restored into a
 //! new data directory by the real binary, and a server started on what it restored.
 
-use crate::common::{cli, cluster_backend, login_token, send, signup, with_token, TestServer};
+use crate::common::{
+    agent, cli, cluster_backend, login_token, send, signup, signup_token, with_token, TestServer,
+};
 use crate::functions::{call, deploy, env_reader};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -498,6 +500,101 @@ fn scheduled_backups_keep_the_newest_and_leave_requested_ones() {
     )
     .expect_error(403, "forbidden");
     send(srv.anon("GET", "/v1/admin/backups"), None).expect_error(401, "unauthenticated");
+}
+
+/// The bytes of a GET without a token.
+fn fetch_anonymously(srv: &TestServer, url: &str) -> Result<Vec<u8>, (u16, Value)> {
+    match agent().get(url).call() {
+        Ok(resp) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+            Ok(bytes)
+        }
+        Err(ureq::Error::Status(code, resp)) => Err((code, resp.into_json().unwrap())),
+        Err(e) => panic!("GET {url} on {}: {e}", srv.url("")),
+    }
+}
+
+#[test]
+fn a_download_link_serves_the_archive_without_a_token_and_only_that_archive() {
+    let srv = TestServer::start();
+    srv.post("/v1/collections/things/docs", &json!({"n": 7}))
+        .expect(201);
+    let (name, archive) = backup(&srv);
+    let link = srv
+        .post(&format!("/v1/admin/backups/{name}/link"), &json!({}))
+        .expect(200)
+        .json;
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&srv.url(&format!("/v1/admin/backups/{name}?expires="))),
+        "{link}"
+    );
+    assert!(
+        link["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{link}"
+    );
+    assert_eq!(fetch_anonymously(&srv, url).unwrap(), archive);
+
+    // Only admins get links; a changed name, expiry or signature opens nothing.
+    let token = signup_token(&srv, "ada@example.com");
+    with_token(
+        &srv,
+        "POST",
+        &format!("/v1/admin/backups/{name}/link"),
+        &token,
+        Some(&json!({})),
+    )
+    .expect_error(403, "forbidden");
+    srv.post(
+        "/v1/admin/backups/manual-20200101T000000Z.tar.gz/link",
+        &json!({}),
+    )
+    .expect_error(404, "not_found");
+    let query = url.split_once('?').unwrap().1;
+    let expires: u64 = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("expires="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let signature = query.split_once("&signature=").unwrap().1;
+    for forged in [
+        url.replace(
+            &format!("expires={expires}"),
+            &format!("expires={}", expires + 3600),
+        ),
+        url.replace(signature, &signature.chars().rev().collect::<String>()),
+        url.replace(&name, "manual-20200101T000000Z.tar.gz"),
+        url.replace(&format!("&signature={signature}"), ""),
+    ] {
+        let (code, body) = fetch_anonymously(&srv, &forged).unwrap_err();
+        assert_eq!(
+            (code, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{forged}: {body}"
+        );
+    }
+    // Nor does a file's signature, with the same key.
+    put_file(&srv, "/v1/files/docs/a.txt", b"hello");
+    let file = srv.post("/v1/sign/docs/a.txt", &json!({})).expect(200).json;
+    let file_query = file["url"]
+        .as_str()
+        .unwrap()
+        .split_once('?')
+        .unwrap()
+        .1
+        .to_string();
+    let (code, _) = fetch_anonymously(
+        &srv,
+        &srv.url(&format!("/v1/admin/backups/{name}?{file_query}")),
+    )
+    .unwrap_err();
+    assert_eq!(code, 403);
+    // Without a link, the archive still needs an admin.
+    let (code, _) =
+        fetch_anonymously(&srv, &srv.url(&format!("/v1/admin/backups/{name}"))).unwrap_err();
+    assert_eq!(code, 401);
 }
 
 #[test]

@@ -1,8 +1,9 @@
 // Backups: every archive with its state, size and origin; a new one on demand (the list follows
-// it until it is ready); download and delete.
+// it until it is ready); download (through a short-lived link, so the browser streams it to
+// disk) and delete.
 import { useEffect } from "preact/hooks";
 import { api, call, when, type Schemas } from "../api";
-import { bytes, Empty, Grid, ProblemLine, save, useAction, useLoad } from "../ui";
+import { bytes, Empty, Grid, ProblemLine, useAction, useLoad } from "../ui";
 
 type Backup = Schemas["BackupInfo"];
 
@@ -18,12 +19,14 @@ export function Backups() {
   }, [running, list.value]);
   const start = () =>
     act("Backup started; the list follows it until it is ready.", () => call((headers) => api.POST("/v1/admin/backups", { headers })));
+  // An archive can be larger than a tab's memory: the browser fetches it through a short-lived
+  // link and saves it to disk as it arrives.
   const download = (b: Backup) =>
-    act(`Downloaded ${b.name}.`, async () => {
-      const blob = await call<Blob>((headers) =>
-        api.GET("/v1/admin/backups/{name}", { headers, params: { path: { name: b.name } }, parseAs: "blob" }),
+    act(`Downloading ${b.name}; your browser saves it.`, async () => {
+      const link = await call((headers) =>
+        api.POST("/v1/admin/backups/{name}/link", { headers, params: { path: { name: b.name } } }),
       );
-      save(blob, b.name);
+      location.assign(link.url);
     });
   const remove = (b: Backup) => {
     if (!confirm(`Delete ${b.name}? It cannot be restored afterwards.`)) return;

@@ -157,13 +157,34 @@ export interface paths {
         };
         /**
          * Download a ready archive (`application/gzip`: a tar with a `manifest.json` of checksums).
-         *     Restore it with `emberbase restore ARCHIVE --data-dir DIR`.
+         *     Restore it with `emberbase restore ARCHIVE --data-dir DIR`. With `expires` and `signature`
+         *     from `POST /v1/admin/backups/{name}/link`, no token is needed.
          */
         get: operations["download_backup"];
         put?: never;
         post?: never;
         /** Delete an archive. */
         delete: operations["delete_backup"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/backups/{name}/link": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Get a link that downloads a ready archive without a token for five minutes: a browser given
+         *     it saves the archive to disk as it arrives (the admin console's Download does this).
+         */
+        post: operations["link_backup"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -2889,7 +2910,7 @@ export interface components {
         };
         SignedUrlBody: {
             expires_at: string;
-            /** @description An absolute URL that serves the file without a token. */
+            /** @description An absolute URL that serves the file (or archive) without a token. */
             url: string;
         };
         SignupRequest: {
@@ -3828,7 +3849,12 @@ export interface operations {
     };
     download_backup: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Unix seconds after which the signed URL stops working. */
+                expires?: string | null;
+                /** @description The server's signature of what the URL serves and its expiry. */
+                signature?: string | null;
+            };
             header?: never;
             path: {
                 /** @description The archive's name */
@@ -3865,7 +3891,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not an admin, or the link is invalid or has expired */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3941,6 +3967,74 @@ export interface operations {
                 };
             };
             /** @description No such archive */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Storage is unavailable (a full disk or an I/O error): nothing was written; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    link_backup: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The archive's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The link */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedUrlBody"];
+                };
+            };
+            /** @description A malformed request: a path segment, query parameter, header or body the route does not accept */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such archive (or not ready yet) */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -10589,7 +10683,7 @@ export interface operations {
             query?: {
                 /** @description Unix seconds after which the signed URL stops working. */
                 expires?: string | null;
-                /** @description The server's signature of the bucket, path and expiry. */
+                /** @description The server's signature of what the URL serves and its expiry. */
                 signature?: string | null;
             };
             header?: {
@@ -10861,7 +10955,7 @@ export interface operations {
             query?: {
                 /** @description Unix seconds after which the signed URL stops working. */
                 expires?: string | null;
-                /** @description The server's signature of the bucket, path and expiry. */
+                /** @description The server's signature of what the URL serves and its expiry. */
                 signature?: string | null;
             };
             header?: never;
