@@ -158,18 +158,13 @@ fn a_queued_mail_goes_over_smtp_in_the_background_and_after_a_restart() {
     drop(stalled);
 }
 
-#[test]
-fn a_relay_that_never_answers_fails_each_attempt_at_the_timeout_and_frees_its_slot() {
-    // Connections complete in the kernel's backlog and nothing ever answers, not even the
-    // greeting: without a bound on the whole attempt, four such sends held every slot for good.
-    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = stalled.local_addr().unwrap().port();
+/// A server whose mail goes to the relay on `port` (with the rest of `[mail]` from `mail`), and
+/// its HTTP function `notify`, which sends one receipt per call.
+fn notifier(port: u16, mail: impl FnOnce(&mut emberbase::config::MailConfig)) -> TestServer {
     let srv = TestServer::start_with(|c| {
         fast(c);
         c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
-        c.mail.timeout_ms = 300;
-        c.mail.retry_base_ms = 50;
-        c.mail.max_attempts = 2;
+        mail(&mut c.mail);
     });
     deploy(
         &srv,
@@ -177,14 +172,29 @@ fn a_relay_that_never_answers_fails_each_attempt_at_the_timeout_and_frees_its_sl
         &mailer(json!({"to": "ada@example.com", "subject": "Receipt", "text": "Thanks."})),
         json!({"triggers": [{"on": "http"}]}),
     );
+    srv
+}
+
+/// Calls `notify`; returns the id of the mail it queued.
+fn send_receipt(srv: &TestServer) -> String {
+    let sent = call(srv, "notify", None, &json!({})).expect(200).json;
+    assert_eq!(sent["delivery"], "queued", "{sent}");
+    sent["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_relay_that_never_answers_fails_each_attempt_at_the_timeout_and_frees_its_slot() {
+    // Connections complete in the kernel's backlog and nothing ever answers, not even the
+    // greeting: without a bound on the whole attempt, four such sends held every slot for good.
+    let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    let srv = notifier(port, |mail| {
+        mail.timeout_ms = 300;
+        mail.retry_base_ms = 50;
+        mail.max_attempts = 2;
+    });
     // More messages than the four sending slots: each is tried twice, and fails.
-    let ids: Vec<String> = (0..6)
-        .map(|_| {
-            let sent = call(&srv, "notify", None, &json!({})).expect(200).json;
-            assert_eq!(sent["delivery"], "queued", "{sent}");
-            sent["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let ids: Vec<String> = (0..6).map(|_| send_receipt(&srv)).collect();
     for id in &ids {
         let failed = eventually("the stalled mail failed after its attempts", || {
             let mail = outboxed(&srv, id);
@@ -215,23 +225,11 @@ fn a_deferred_mail_is_tried_again_and_a_refused_one_fails_at_once() {
         deferred,
         deferred,
     ]);
-    let srv = TestServer::start_with(|c| {
-        fast(c);
-        c.mail.smtp_url = format!("smtp://127.0.0.1:{port}");
-        c.mail.retry_base_ms = 50;
-        c.mail.max_attempts = 3;
+    let srv = notifier(port, |mail| {
+        mail.retry_base_ms = 50;
+        mail.max_attempts = 3;
     });
-    deploy(
-        &srv,
-        "notify",
-        &mailer(json!({"to": "ada@example.com", "subject": "Receipt", "text": "Thanks."})),
-        json!({"triggers": [{"on": "http"}]}),
-    );
-    let send = || {
-        let sent = call(&srv, "notify", None, &json!({})).expect(200).json;
-        assert_eq!(sent["delivery"], "queued", "{sent}");
-        sent["id"].as_str().unwrap().to_string()
-    };
+    let send = || send_receipt(&srv);
     let first = send();
     let record = eventually("the deferred mail sent on its second attempt", || {
         let mail = outboxed(&srv, &first);
