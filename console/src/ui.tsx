@@ -158,11 +158,11 @@ export function bytes(n: number): string {
   return `${(n / 1024 ** 3).toFixed(1)} GiB`;
 }
 
-/** Hands a downloaded body to the browser as a file called `name`. */
-export function save(blob: Blob, name: string) {
+/** Has the browser save what `url` (this origin's) serves as a file called `name`: it streams
+ * the body to disk, so its size is not bounded by the page's memory. */
+export function save(url: string, name: string) {
   const a = document.createElement("a");
-  a.href = URL.createObjectURL(blob);
+  a.href = url;
   a.download = name;
   a.click();
-  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }

@@ -393,7 +393,7 @@ test("sign-in providers are added, changed with their secret kept, checked and r
 
 const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
 
-test("files are uploaded with progress, by picker and by drop, previewed safely, signed and deleted", { skip }, async () => {
+test("files are uploaded with progress, by picker and by drop, previewed safely, downloaded, signed and deleted", { skip }, async () => {
   await admin(server, "PUT", "/v1/admin/buckets/photos", { rules: { read: "auth != null", write: "auth != null", delete: null }, max_size: 1048576 });
   await page.getByRole("link", { name: "Files" }).click();
   await page.locator('tr[data-bucket="photos"]').getByRole("link", { name: "photos" }).click();
@@ -429,6 +429,13 @@ test("files are uploaded with progress, by picker and by drop, previewed safely,
   const bySignature = await fetch(signed.startsWith("http") ? signed : `${server.url}${signed}`);
   assert.equal(bySignature.status, 200);
   assert.deepEqual(Buffer.from(await bySignature.arrayBuffer()), PNG);
+  // Download hands the browser a signed URL, which it streams to disk (not a blob in the page).
+  const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Download" }).click()]);
+  assert.equal(download.suggestedFilename(), "dot.png");
+  assert.match(download.url(), /\/v1\/files\/photos\/dot\.png\?expires=\d+&signature=/);
+  const chunks = [];
+  for await (const chunk of await download.createReadStream()) chunks.push(chunk);
+  assert.deepEqual(Buffer.concat(chunks), PNG);
 
   // Uploaded markup is shown as text, never rendered or run.
   await page.locator('tr[data-file="note.html"]').getByRole("button").click();

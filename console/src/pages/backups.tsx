@@ -3,7 +3,7 @@
 // disk) and delete.
 import { useEffect } from "preact/hooks";
 import { api, call, when, type Schemas } from "../api";
-import { bytes, Empty, Grid, ProblemLine, useAction, useLoad } from "../ui";
+import { bytes, Empty, Grid, ProblemLine, save, useAction, useLoad } from "../ui";
 
 type Backup = Schemas["BackupInfo"];
 
@@ -26,7 +26,7 @@ export function Backups() {
       const link = await call((headers) =>
         api.POST("/v1/admin/backups/{name}/link", { headers, params: { path: { name: b.name } } }),
       );
-      location.assign(link.url);
+      save(link.url, b.name);
     });
   const remove = (b: Backup) => {
     if (!confirm(`Delete ${b.name}? It cannot be restored afterwards.`)) return;
