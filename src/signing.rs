@@ -62,18 +62,13 @@ impl UrlSigner {
     }
 
     /// Signs `what` for `expires_in` seconds from now.
-    pub(crate) fn sign(&self, what: &Signed<'_>, expires_in: u64) -> Result<Signature, String> {
+    pub(crate) fn sign(&self, what: &Signed<'_>, expires_in: u64) -> Signature {
         let expires = crate::model::unix_secs().saturating_add(expires_in);
         let signature = URL_SAFE_NO_PAD.encode(self.mac(what, expires).finalize().into_bytes());
-        let expires_at = i64::try_from(expires)
-            .ok()
-            .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
-            .map(crate::model::format_time)
-            .ok_or_else(|| format!("the expiry {expires} is out of range"))?;
-        Ok(Signature {
+        Signature {
             query: format!("expires={expires}&signature={signature}"),
-            expires_at,
-        })
+            expires_at: crate::model::unix_rfc3339(expires),
+        }
     }
 
     /// Whether `signature` is this server's signature of `what` until `expires` (compared in

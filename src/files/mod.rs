@@ -373,11 +373,7 @@ impl Files {
         if record.is_none() {
             return Err(not_found(bucket, path));
         }
-        let signature = self
-            .inner
-            .signer
-            .sign(&Signed::File { bucket, path }, expires_in)
-            .map_err(internal)?;
+        let signature = (self.inner.signer).sign(&Signed::File { bucket, path }, expires_in);
         Ok(SignedUrl {
             path_and_query: format!("/v1/files/{bucket}/{path}?{}", signature.query),
             expires_at: signature.expires_at,
