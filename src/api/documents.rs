@@ -95,7 +95,7 @@ pub(super) async fn get_document(
     Ok(HttpResponse::Ok()
         .insert_header(etag(raw.version()))
         .content_type("application/json")
-        .body(web::Bytes::copy_from_slice(raw.json())))
+        .body(raw.into_json()))
 }
 
 /// Create or replace a document.

@@ -137,7 +137,7 @@ pub(super) async fn observe(
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&context.to_string()) {
+    if let Ok(value) = HeaderValue::from_bytes(&context.encode()) {
         res.headers_mut().insert(TRACERESPONSE, value);
     }
     Ok(res)

@@ -232,18 +232,20 @@ macro_rules! routes {
     };
 }
 
+// actix tries the routes in this order, running one regex per dynamic pattern until one
+// matches, so the most requested come first: a GET by id used to run four before its own.
 routes!(
+    documents::get_document,
+    documents::list_documents,
+    documents::create_document,
+    documents::update_document,
+    documents::set_document,
+    documents::delete_document,
+    documents::aggregate,
+    documents::batch,
     system::health,
     system::openapi_json,
     system::metrics,
-    documents::create_document,
-    documents::list_documents,
-    documents::aggregate,
-    documents::get_document,
-    documents::set_document,
-    documents::update_document,
-    documents::delete_document,
-    documents::batch,
     admin::list_collections,
     admin::delete_collection,
     admin::nonconforming,

@@ -21,30 +21,25 @@ use crate::model::Document;
 use crate::query::{ast::Path, order, Scope};
 use serde_json::Value;
 
-pub(super) fn doc_prefix(collection: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(collection.len() + 1);
-    k.extend_from_slice(collection.as_bytes());
+/// `name 00 rest`, allocated once (a document read builds one per request).
+fn joined(name: &str, rest: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1 + rest.len());
+    k.extend_from_slice(name.as_bytes());
     k.push(0);
+    k.extend_from_slice(rest.as_bytes());
     k
+}
+
+pub(super) fn doc_prefix(collection: &str) -> Vec<u8> {
+    joined(collection, "")
 }
 
 pub(super) fn doc_key(collection: &str, id: &str) -> Vec<u8> {
-    let mut k = doc_prefix(collection);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-pub(super) fn file_prefix(bucket: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(bucket.len() + 1);
-    k.extend_from_slice(bucket.as_bytes());
-    k.push(0);
-    k
+    joined(collection, id)
 }
 
 pub(super) fn file_key(bucket: &str, path: &str) -> Vec<u8> {
-    let mut k = file_prefix(bucket);
-    k.extend_from_slice(path.as_bytes());
-    k
+    joined(bucket, path)
 }
 
 /// An index's signature: its field paths joined by `,`.

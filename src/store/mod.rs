@@ -301,6 +301,11 @@ impl RawDocument {
         self.0.get(8..).unwrap_or(&[])
     }
 
+    /// The envelope JSON, sharing the stored bytes (no copy).
+    pub(crate) fn into_json(self) -> Bytes {
+        self.0.slice(self.0.len().min(8)..)
+    }
+
     /// The document, parsed.
     pub(crate) fn decode(&self) -> Result<Document, StoreError> {
         decode_doc(&self.0)

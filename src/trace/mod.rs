@@ -29,14 +29,22 @@ pub struct TraceContext {
 
 const SAMPLED: u8 = 1;
 
-fn hex(bytes: &[u8]) -> String {
+/// The length of a version-00 `traceparent`: `00-` + 32 + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
+
+/// Writes `bytes` as lower-case hex into the front of `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
-    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    out.into_iter().map(char::from).collect()
 }
 
 /// Lower-case hex only, as the specification requires.
@@ -59,7 +67,8 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
 
 fn random_nonzero<const N: usize>() -> [u8; N] {
     loop {
-        let bytes: [u8; N] = std::array::from_fn(|_| rand::random::<u8>());
+        let mut bytes = [0u8; N];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[..]);
         if bytes.iter().any(|b| *b != 0) {
             return bytes;
         }
@@ -121,17 +130,22 @@ impl TraceContext {
     pub fn sampled(&self) -> bool {
         self.flags & SAMPLED != 0
     }
+
+    /// The `traceparent` text as ASCII bytes, without allocating (every response carries it).
+    pub(crate) fn encode(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&self.trace_id, &mut out[3..35]);
+        hex_into(&self.span_id, &mut out[36..52]);
+        hex_into(&[self.flags], &mut out[53..55]);
+        out
+    }
 }
 
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        let text = self.encode();
+        // Hex digits and dashes only.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
