@@ -417,6 +417,9 @@ impl Webhooks {
                     |q: &Queued| status.is_none_or(|s| q.message.status == s),
                 )
                 .await?;
+            // The two reads are not one snapshot: a message delivered between them was read
+            // pending from the queue and again as kept. Its kept record is the newer state.
+            found.retain(|m| !kept.iter().any(|k| k.message.id == m.id));
             found.extend(kept.into_iter().map(|q| q.message));
         }
         Ok(found)
