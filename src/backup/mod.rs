@@ -532,7 +532,11 @@ impl Backups {
     pub async fn link(&self, who: &Principal, name: &str) -> Result<SignedUrl> {
         who.require_admin("download backups")?;
         self.require_ready(name).await?;
-        let signature = (self.inner.files.signer()).sign(&Signed::Backup { name }, LINK_SECS);
+        let signature = self
+            .inner
+            .files
+            .signer()
+            .sign(&Signed::Backup { name }, LINK_SECS);
         Ok(SignedUrl {
             path_and_query: format!("/v1/admin/backups/{name}?{}", signature.query),
             expires_at: signature.expires_at,

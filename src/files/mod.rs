@@ -373,7 +373,10 @@ impl Files {
         if record.is_none() {
             return Err(not_found(bucket, path));
         }
-        let signature = (self.inner.signer).sign(&Signed::File { bucket, path }, expires_in);
+        let signature = self
+            .inner
+            .signer
+            .sign(&Signed::File { bucket, path }, expires_in);
         Ok(SignedUrl {
             path_and_query: format!("/v1/files/{bucket}/{path}?{}", signature.query),
             expires_at: signature.expires_at,

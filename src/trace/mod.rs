@@ -41,10 +41,9 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0; bytes.len() * 2];
-    hex_into(bytes, &mut out);
-    out.into_iter().map(char::from).collect()
+/// ASCII bytes as a `String`, in one allocation.
+fn ascii(bytes: &[u8]) -> String {
+    bytes.iter().copied().map(char::from).collect()
 }
 
 /// Lower-case hex only, as the specification requires.
@@ -118,12 +117,12 @@ impl TraceContext {
 
     /// The trace id, 32 lower-case hex digits.
     pub fn trace_id(&self) -> String {
-        hex(&self.trace_id)
+        ascii(&self.encode()[3..35])
     }
 
     /// The span id, 16 lower-case hex digits.
     pub fn span_id(&self) -> String {
-        hex(&self.span_id)
+        ascii(&self.encode()[36..52])
     }
 
     /// Whether the trace's spans are recorded (and exported, when an exporter is configured).
