@@ -452,7 +452,20 @@ fn scheduled_backups_keep_the_newest_and_leave_requested_ones() {
         c.backups.schedule = "* * * * * *".into();
         c.backups.keep = 2;
     });
-    let (manual, _) = backup(&srv);
+    // The schedule may have a backup running already: one runs at a time, and the refusal
+    // names it, so wait for that one and ask again.
+    let manual = loop {
+        let resp = srv.post("/v1/admin/backups", &json!({}));
+        if resp.status == 202 {
+            break resp.json["name"].as_str().unwrap().to_string();
+        }
+        let running = resp.expect_error(409, "conflict").json["error"]["details"]["running"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        wait_ready(&srv, &running);
+    };
+    assert_eq!(wait_ready(&srv, &manual)["state"], "ready");
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < 4 {
