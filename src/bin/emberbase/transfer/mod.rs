@@ -15,8 +15,9 @@ mod load;
 mod pocketbase;
 mod progress;
 
+use crate::common::{fail, runtime};
 use crate::project::admin::Admin;
-use crate::project::{fail, runtime, Connection, ServerArgs};
+use crate::project::{Connection, ServerArgs};
 use emberbase::{PortableDocument, PortableUser};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,7 +89,7 @@ fn on_target<T>(
     server: &ServerArgs,
     work: impl AsyncFnOnce(&Admin) -> Result<T, String>,
 ) -> Result<T, ExitCode> {
-    let runtime = runtime().map_err(|e| fail(&e, 1))?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let connection = Connection::open(server).await.map_err(|e| fail(&e, 2))?;
         let done = work(&connection.admin).await;

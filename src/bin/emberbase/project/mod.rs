@@ -12,6 +12,7 @@ mod plan;
 mod pull;
 mod schema;
 
+use crate::common::{fail, install_tls, runtime, service_key};
 use admin::Admin;
 use emberbase::config::{Config, Overrides};
 use std::collections::BTreeSet;
@@ -52,15 +53,10 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub(crate) async fn open(target: &ServerArgs) -> Result<Connection, String> {
-        // reqwest takes its TLS provider from the process, as the library's clients do.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls();
         if let Some(url) = &target.url {
-            let key = std::env::var("EB_SERVICE_KEY")
-                .ok()
-                .filter(|k| !k.trim().is_empty())
-                .ok_or("--url needs the server's service key in EB_SERVICE_KEY (for example EB_SERVICE_KEY=$(cat emberbase_data/service_key))")?;
             return Ok(Connection {
-                admin: Admin::new(url, key.trim()),
+                admin: Admin::new(url, &service_key()?),
                 server: None,
             });
         }
@@ -94,13 +90,6 @@ impl Connection {
             server.shutdown().await;
         }
     }
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 /// Reads the project file and runs its functions' build commands.
@@ -152,15 +141,10 @@ async fn plan_for(
     }
 }
 
-pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
-    eprintln!("emberbase: {message}");
-    ExitCode::from(code)
-}
-
 /// The project, read and built, and a runtime to compare it with the target in.
 fn prepare(target: &Target) -> Result<(file::Project, tokio::runtime::Runtime), ExitCode> {
     let project = load_and_build(&target.file).map_err(|e| fail(&e, 2))?;
-    let runtime = runtime().map_err(|e| fail(&e, 1))?;
+    let runtime = runtime()?;
     Ok((project, runtime))
 }
 
@@ -262,7 +246,7 @@ pub(crate) fn pull(target: &Target, force: bool) -> ExitCode {
     }
     let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&e, 1),
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let connection = match Connection::open(&target.server).await {

@@ -36,6 +36,12 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// `value` as a request body.
+fn json_body(value: &Value) -> Result<(&'static str, reqwest::Body), ApiError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| ApiError(e.to_string()))?;
+    Ok(("application/json", bytes.into()))
+}
+
 /// What a server has now, in the terms of the project file.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -148,15 +154,7 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, ApiError> {
-        let body = match body {
-            Some(value) => Some((
-                "application/json",
-                reqwest::Body::from(
-                    serde_json::to_vec(value).map_err(|e| ApiError(e.to_string()))?,
-                ),
-            )),
-            None => None,
-        };
+        let body = body.map(json_body).transpose()?;
         let bytes = self.send(method, path, body).await?;
         let bytes = if bytes.is_empty() {
             bytes::Bytes::from_static(b"null")
@@ -177,6 +175,25 @@ impl Admin {
 
     pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
         self.json(Method::POST, path, Some(body)).await
+    }
+
+    /// POSTs `body`; the JSON answer, and whether it was `201 Created` (not another success).
+    pub(crate) async fn post_created(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(Value, bool), ApiError> {
+        let response = self
+            .respond(Method::POST, path, Some(json_body(body)?))
+            .await?;
+        let created = response.status() == reqwest::StatusCode::CREATED;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError(format!("cannot reach {}{path}: {e}", self.base)))?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError(format!("{path}: an answer that does not parse: {e}")))?;
+        Ok((value, created))
     }
 
     pub(crate) async fn delete(&self, path: &str) -> Result<(), ApiError> {

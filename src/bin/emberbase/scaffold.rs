@@ -22,23 +22,23 @@ const ASSEMBLYSCRIPT: &str = "0.28.20";
 const AS_SDK: &[(&str, &str)] = &[
     (
         "package.json",
-        include_str!("../sdk/functions/assemblyscript/package.json"),
+        include_str!("../../../sdk/functions/assemblyscript/package.json"),
     ),
     (
         "index.ts",
-        include_str!("../sdk/functions/assemblyscript/index.ts"),
+        include_str!("../../../sdk/functions/assemblyscript/index.ts"),
     ),
     (
         "json.ts",
-        include_str!("../sdk/functions/assemblyscript/json.ts"),
+        include_str!("../../../sdk/functions/assemblyscript/json.ts"),
     ),
     (
         "README.md",
-        include_str!("../sdk/functions/assemblyscript/README.md"),
+        include_str!("../../../sdk/functions/assemblyscript/README.md"),
     ),
 ];
 
-const RUST_SDK: &str = include_str!("../sdk/functions/rust/src/lib.rs");
+const RUST_SDK: &str = include_str!("../../../sdk/functions/rust/src/lib.rs");
 
 /// Refuses what cannot name both a function and a package.
 fn check_name(name: &str) -> Result<(), String> {
