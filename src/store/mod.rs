@@ -320,6 +320,26 @@ fn strip_prefix(len: usize, entries: Vec<(Bytes, Bytes)>) -> Vec<KvEntry> {
         .collect()
 }
 
+/// See [`Store::kv_snapshot`].
+pub(crate) struct KvSnapshot(Box<dyn crate::engine::Snapshot>);
+
+impl KvSnapshot {
+    /// System records whose key starts with `prefix`, last key first, at most `limit`.
+    pub(crate) async fn prefix_last(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KvEntry>, StoreError> {
+        let range = KeyRange::prefix(&space.key(prefix));
+        let entries = self
+            .0
+            .scan(Keyspace::System, &range, Direction::Reverse, limit)
+            .await?;
+        Ok(strip_prefix(space.prefix().len(), entries))
+    }
+}
+
 impl Store {
     /// Opens (or creates) the embedded sled database, and starts the store's background work
     /// (pruning, index builds left unfinished).
@@ -866,6 +886,13 @@ impl Store {
     /// A consistent view of everything stored, as durably committed now (for a backup).
     pub(crate) async fn snapshot(&self) -> Result<Box<dyn crate::engine::Snapshot>, StoreError> {
         Ok(self.engine.snapshot().await?)
+    }
+
+    /// A consistent view of the system records, for reads that must agree with each other
+    /// whatever commits between them (a record moved from one space to another is seen in
+    /// exactly one).
+    pub(crate) async fn kv_snapshot(&self) -> Result<KvSnapshot, StoreError> {
+        Ok(KvSnapshot(self.engine.snapshot().await?))
     }
 
     /// How many bytes the store takes, when its backend can tell (see `Engine::stored_bytes`).

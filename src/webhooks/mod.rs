@@ -380,10 +380,14 @@ impl Webhooks {
         check_limit(limit)?;
         check_status(status, &["delivered", "failed", "dead"])?;
         self.record(id)?;
-        self.newest(Space::WebhookAttempts, id, limit, |d: &WebhookDelivery| {
+        let rows = self
+            .inner
+            .store
+            .kv_prefix_last(Space::WebhookAttempts, &prefix(id), self.scan_limit(limit))
+            .await?;
+        Ok(decoded(rows, limit, |d: &WebhookDelivery| {
             status.is_none_or(|s| d.status == s)
-        })
-        .await
+        }))
     }
 
     /// A webhook's messages, newest first: `pending` ones from its queue, or `delivered` and
@@ -399,52 +403,36 @@ impl Webhooks {
         check_limit(limit)?;
         check_status(status, &["pending", "delivered", "dead"])?;
         self.record(id)?;
-        let mut found = Vec::new();
+        // One snapshot for both spaces: a delivery moves a message from the queue to the kept
+        // ones, and a redelivery back, and two separate reads could show it twice or not at all.
+        let snapshot = self.inner.store.kv_snapshot().await?;
+        let scan = self.scan_limit(limit);
+        let mut found: Vec<WebhookMessage> = Vec::new();
         if status.is_none_or(|s| s == "pending") {
-            found = self
-                .newest(Space::WebhookQueue, id, limit, |_: &Queued| true)
-                .await?
+            let rows = snapshot
+                .prefix_last(Space::WebhookQueue, &prefix(id), scan)
+                .await?;
+            found = decoded(rows, limit, |_: &Queued| true)
                 .into_iter()
                 .map(|q| q.message)
                 .collect();
         }
         if status != Some("pending") && found.len() < limit {
-            let kept = self
-                .newest(
-                    Space::WebhookMessages,
-                    id,
-                    limit - found.len(),
-                    |q: &Queued| status.is_none_or(|s| q.message.status == s),
-                )
+            let rows = snapshot
+                .prefix_last(Space::WebhookMessages, &prefix(id), scan)
                 .await?;
-            // The two reads are not one snapshot: a message delivered between them was read
-            // pending from the queue and again as kept. Its kept record is the newer state.
-            found.retain(|m| !kept.iter().any(|k| k.message.id == m.id));
+            let kept = decoded(rows, limit - found.len(), |q: &Queued| {
+                status.is_none_or(|s| q.message.status == s)
+            });
             found.extend(kept.into_iter().map(|q| q.message));
         }
         Ok(found)
     }
 
-    /// The newest records of a webhook in a space that `keep` keeps, at most `limit`.
-    async fn newest<T: serde::de::DeserializeOwned>(
-        &self,
-        space: Space,
-        id: &str,
-        limit: usize,
-        keep: impl Fn(&T) -> bool,
-    ) -> Result<Vec<T>> {
-        let kept = self.inner.config.log_kept;
-        let rows = self
-            .inner
-            .store
-            .kv_prefix_last(space, &prefix(id), kept.max(limit) + deliver::PRUNE_SLACK)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(_, bytes)| serde_json::from_slice::<T>(&bytes).ok())
-            .filter(|r| keep(r))
-            .take(limit)
-            .collect())
+    /// How many records a listing of `limit` reads: pruning leaves up to `log_kept` and some
+    /// slack, of which `keep` may pass only some.
+    fn scan_limit(&self, limit: usize) -> usize {
+        self.inner.config.log_kept.max(limit) + deliver::PRUNE_SLACK
     }
 
     /// Queues a kept message again, with its id and body, for a fresh series of attempts.
@@ -476,6 +464,19 @@ impl Webhooks {
         self.inner.dispatch.notify(id);
         Ok(queued.message)
     }
+}
+
+/// The records of `rows` that `keep` keeps, at most `limit`.
+fn decoded<T: serde::de::DeserializeOwned>(
+    rows: Vec<crate::store::KvEntry>,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    rows.into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice::<T>(&bytes).ok())
+        .filter(|r| keep(r))
+        .take(limit)
+        .collect()
 }
 
 fn check_limit(limit: usize) -> Result<()> {

@@ -512,6 +512,60 @@ fn failed_deliveries_are_retried_then_dead_lettered_and_redelivered_with_their_i
 }
 
 #[test]
+fn a_listing_shows_every_message_once_while_deliveries_move_them() {
+    let srv = start();
+    let receiver = Receiver::start();
+    receiver.usually(Reply::Status(204));
+    let (id, _) = create(&srv, json!({"url": receiver.url(), "collection": "moves"}));
+    for n in 0..10 {
+        srv.post("/v1/collections/moves/docs", &json!({"n": n}))
+            .expect(201);
+    }
+    let ids: std::collections::BTreeSet<String> = eventually("ten delivered", || {
+        let kept = log(&srv, &id, "messages", "status=delivered");
+        (kept.len() == 10).then(|| {
+            kept.iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+    });
+    // Redeliveries move messages from the kept ones to the queue, and deliveries back, while
+    // the messages are listed: each listing shows each message exactly once.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let moved = std::thread::scope(|scope| {
+        let mover = scope.spawn(|| {
+            let mut moved = 0;
+            while !stop.load(Ordering::SeqCst) {
+                for message in &ids {
+                    let path = format!("/v1/admin/webhooks/{id}/messages/{message}/redeliver");
+                    match srv.admin("POST", &path).send_json(json!({})) {
+                        Ok(_) => moved += 1,
+                        // Queued again and not yet delivered: not kept, so not redelivered.
+                        Err(ureq::Error::Status(404, _)) => {}
+                        Err(e) => panic!("redeliver {message}: {e}"),
+                    }
+                }
+            }
+            moved
+        });
+        for _ in 0..150 {
+            let mut listed: Vec<String> = log(&srv, &id, "messages", "")
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect();
+            listed.sort();
+            if listed != ids.iter().cloned().collect::<Vec<_>>() {
+                stop.store(true, Ordering::SeqCst);
+                panic!("listed {listed:?}, not each of {ids:?} once");
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        mover.join().unwrap()
+    });
+    assert!(moved > 0, "nothing was moved while listing");
+}
+
+#[test]
 fn a_rotated_secret_and_its_predecessor_both_sign_during_the_grace() {
     let Some(python) = verifier() else { return };
     let srv = start();
