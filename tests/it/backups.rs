@@ -447,6 +447,55 @@ fn a_damaged_archive_is_refused_before_anything_is_touched() {
 }
 
 #[test]
+fn the_cli_waits_for_a_running_backup_and_then_makes_its_own() {
+    let srv = TestServer::start();
+    // Bytes that do not compress, so that a backup runs long enough for the CLI to find it.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..4 << 20)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    put_file(&srv, "/v1/files/bulk/noise.bin", &noise);
+    let started = Instant::now();
+    let first = srv.post("/v1/admin/backups", &json!({})).expect(202).json;
+    let first = first["name"].as_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("mine.tar.gz");
+    let (code, out, err) = cli(
+        &[
+            "backup",
+            "--url",
+            &srv.url(""),
+            "--out",
+            archive.to_str().unwrap(),
+        ],
+        &[("EB_SERVICE_KEY", srv_key(&srv).as_str())],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("backup {first} is running on the server; waiting")),
+        "{err} (the first backup took {:?})",
+        started.elapsed()
+    );
+    let items = srv.get("/v1/admin/backups").expect(200).json["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(items.iter().all(|i| i["state"] == "ready"), "{items:?}");
+    let mine = items.iter().find(|i| i["name"] != first).unwrap();
+    assert!(out.contains(mine["name"].as_str().unwrap()), "{out}");
+    assert_eq!(
+        mine["size"].as_u64().unwrap(),
+        std::fs::metadata(&archive).unwrap().len()
+    );
+}
+
+#[test]
 fn scheduled_backups_keep_the_newest_and_leave_requested_ones() {
     let srv = TestServer::start_with(|c| {
         c.backups.schedule = "* * * * * *".into();

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+const BACKUPS: &str = "/v1/admin/backups";
+
 /// `backup --url`: starts a backup on the server, waits for it, downloads it to `out` (or a
 /// file named like the backup).
 pub(crate) fn backup(url: &str, out: Option<PathBuf>) -> ExitCode {
@@ -42,34 +44,55 @@ pub(crate) fn backup(url: &str, out: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// Starts a backup and waits until the server has written it; its name and size.
+/// Starts a backup and waits until the server has written it; its name and size. One backup
+/// runs at a time: when another is running (a scheduled one, say), it waits for that first.
 async fn made(admin: &Admin) -> Result<(String, u64), String> {
-    const BACKUPS: &str = "/v1/admin/backups";
-    let started = admin
-        .post(BACKUPS, &serde_json::json!({}))
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = started["name"].as_str().unwrap_or_default().to_string();
     let spinner = indicatif::ProgressBar::new_spinner();
+    let name = loop {
+        let refusal = match admin.post(BACKUPS, &serde_json::json!({})).await {
+            Ok(started) => break started["name"].as_str().unwrap_or_default().to_string(),
+            Err(e) => e,
+        };
+        let Some(running) = refusal
+            .refused_as("conflict")
+            .and_then(|error| error["details"]["running"].as_str())
+        else {
+            return Err(refusal.message);
+        };
+        spinner.suspend(|| {
+            eprintln!("backup {running} is running on the server; waiting for it to finish first")
+        });
+        settled(admin, running, &spinner).await?;
+    };
     spinner.set_message(format!("writing {name} on the server"));
+    let item = settled(admin, &name, &spinner).await?;
+    spinner.finish_and_clear();
+    match item {
+        Some(item) if item["state"] == "ready" => Ok((name, item["size"].as_u64().unwrap_or(0))),
+        Some(item) => {
+            let why = item["error"].as_str().unwrap_or("?");
+            Err(format!("backup {name} failed: {why}"))
+        }
+        None => Err(format!("backup {name} is no longer listed")),
+    }
+}
+
+/// Waits until backup `name` no longer runs; its entry in the list then (`None`: not listed).
+async fn settled(
+    admin: &Admin,
+    name: &str,
+    spinner: &indicatif::ProgressBar,
+) -> Result<Option<Value>, String> {
     loop {
         spinner.tick();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let list: Value = admin.get(BACKUPS).await.map_err(|e| e.to_string())?;
+        let mut list: Value = admin.get(BACKUPS).await.map_err(|e| e.to_string())?;
         let item = list["items"]
-            .as_array()
-            .and_then(|items| items.iter().find(|i| i["name"] == name.as_str()));
-        match item.map(|i| (i["state"].as_str(), i)) {
-            Some((Some("running"), _)) => continue,
-            Some((Some("ready"), item)) => {
-                spinner.finish_and_clear();
-                return Ok((name, item["size"].as_u64().unwrap_or(0)));
-            }
-            Some((_, item)) => {
-                let why = item["error"].as_str().unwrap_or("?");
-                return Err(format!("backup {name} failed: {why}"));
-            }
-            None => return Err(format!("backup {name} is no longer listed")),
+            .as_array_mut()
+            .and_then(|items| items.iter_mut().find(|i| i["name"] == name))
+            .map(Value::take);
+        if item.as_ref().is_none_or(|i| i["state"] != "running") {
+            return Ok(item);
         }
     }
 }

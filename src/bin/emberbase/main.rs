@@ -70,7 +70,8 @@ enum Command {
     /// One archive with every document,
     /// file, account, function, configuration and server key, as one consistent snapshot taken
     /// while the server keeps serving. The archive also stays where the server keeps backups
-    /// (`[backups]` in the config).
+    /// (`[backups]` in the config). A server writes one backup at a time: when another is
+    /// running (a scheduled one), this waits for it, then makes its own.
     ///
     /// Example: `EB_SERVICE_KEY=$(cat emberbase_data/service_key) emberbase backup --url
     /// http://127.0.0.1:7070 --out backup.tar.gz`

@@ -9,7 +9,7 @@ use emberbase::{
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// A server's admin API, as its service key.
@@ -21,24 +21,41 @@ pub(crate) struct Admin {
 
 /// An answer that is not a success, or no answer.
 #[derive(Debug)]
-pub(crate) struct ApiError(pub(crate) String);
+pub(crate) struct ApiError {
+    pub(crate) message: String,
+    /// The error the server answered with (`{"code", "message", "details"}`), when it
+    /// answered at all.
+    refusal: Option<Value>,
+}
 
 impl ApiError {
+    fn new(message: String) -> ApiError {
+        ApiError {
+            message,
+            refusal: None,
+        }
+    }
+
     /// Whether the server answered (and refused), rather than not answering.
     pub(crate) fn is_refusal(&self) -> bool {
-        self.0.contains("the server answered")
+        self.refusal.is_some()
+    }
+
+    /// The error the server answered with, when its code is `code`.
+    pub(crate) fn refused_as(&self, code: &str) -> Option<&Value> {
+        self.refusal.as_ref().filter(|error| error["code"] == code)
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 /// `value` as a request body.
 fn json_body(value: &Value) -> Result<(&'static str, reqwest::Body), ApiError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| ApiError(e.to_string()))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| ApiError::new(e.to_string()))?;
     Ok(("application/json", bytes.into()))
 }
 
@@ -81,7 +98,7 @@ impl Admin {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ApiError(format!("cannot reach {url}: {e}")))?;
+            .map_err(|e| ApiError::new(format!("cannot reach {url}: {e}")))?;
         Ok(bytes)
     }
 
@@ -100,20 +117,23 @@ impl Admin {
         if let Some((content_type, bytes)) = body {
             request = request.header("content-type", content_type).body(bytes);
         }
-        let fail = |e: reqwest::Error| ApiError(format!("cannot reach {url}: {e}"));
+        let fail = |e: reqwest::Error| ApiError::new(format!("cannot reach {url}: {e}"));
         let response = request.send().await.map_err(fail)?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
         let bytes = response.bytes().await.map_err(fail)?;
-        let message = serde_json::from_slice::<Value>(&bytes)
+        let error = serde_json::from_slice::<Value>(&bytes)
             .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        Err(ApiError(format!(
-            "{method} {path}: the server answered {status}: {message}"
-        )))
+            .map(|mut v| v["error"].take())
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({"message": String::from_utf8_lossy(&bytes)}));
+        let message = error["message"].as_str().unwrap_or_default();
+        Err(ApiError {
+            message: format!("{method} {path}: the server answered {status}: {message}"),
+            refusal: Some(error),
+        })
     }
 
     /// Streams the answer to a GET into `sink`, piece by piece.
@@ -123,7 +143,7 @@ impl Admin {
         sink: &mut (dyn FnMut(&[u8]) -> std::io::Result<()> + Send),
     ) -> Result<(), ApiError> {
         let mut response = self.respond(Method::GET, path, None).await?;
-        let fail = |e: String| ApiError(format!("GET {path}: {e}"));
+        let fail = |e: String| ApiError::new(format!("GET {path}: {e}"));
         while let Some(piece) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
             sink(&piece).map_err(|e| fail(e.to_string()))?;
         }
@@ -139,13 +159,13 @@ impl Admin {
     ) -> Result<T, ApiError> {
         let opened = tokio::fs::File::open(file)
             .await
-            .map_err(|e| ApiError(format!("cannot read {}: {e}", file.display())))?;
+            .map_err(|e| ApiError::new(format!("cannot read {}: {e}", file.display())))?;
         let body = reqwest::Body::from(opened);
         let bytes = self
             .send(Method::PUT, path, Some((content_type, body)))
             .await?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError(format!("{path}: an answer that does not parse: {e}")))
+            .map_err(|e| ApiError::new(format!("{path}: an answer that does not parse: {e}")))
     }
 
     async fn json<T: DeserializeOwned>(
@@ -162,7 +182,7 @@ impl Admin {
             bytes
         };
         serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError(format!("{path}: an answer that does not parse: {e}")))
+            .map_err(|e| ApiError::new(format!("{path}: an answer that does not parse: {e}")))
     }
 
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
@@ -190,9 +210,9 @@ impl Admin {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ApiError(format!("cannot reach {}{path}: {e}", self.base)))?;
+            .map_err(|e| ApiError::new(format!("cannot reach {}{path}: {e}", self.base)))?;
         let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError(format!("{path}: an answer that does not parse: {e}")))?;
+            .map_err(|e| ApiError::new(format!("{path}: an answer that does not parse: {e}")))?;
         Ok((value, created))
     }
 
@@ -227,7 +247,7 @@ impl Admin {
         let answer = self
             .post(&path, &serde_json::json!({ "values": values }))
             .await?;
-        serde_json::from_value(answer).map_err(|e| ApiError(format!("{path}: {e}")))
+        serde_json::from_value(answer).map_err(|e| ApiError::new(format!("{path}: {e}")))
     }
 
     /// Whether a provider's secrets are the given ones.
@@ -250,7 +270,7 @@ impl Admin {
         }
         let path = format!("/v1/admin/auth/providers/{provider}/compare");
         let answer = self.post(&path, &Value::Object(body)).await?;
-        serde_json::from_value(answer).map_err(|e| ApiError(format!("{path}: {e}")))
+        serde_json::from_value(answer).map_err(|e| ApiError::new(format!("{path}: {e}")))
     }
 
     /// Everything a project file describes, as the server has it now.

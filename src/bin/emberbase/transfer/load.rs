@@ -93,9 +93,9 @@ impl Summary {
 /// A refusal skips what was refused; anything else (no answer) stops the import.
 fn refused(e: ApiError) -> Result<String, String> {
     if e.is_refusal() {
-        Ok(e.0)
+        Ok(e.message)
     } else {
-        Err(e.0)
+        Err(e.message)
     }
 }
 
