@@ -60,6 +60,20 @@ fn download(srv: &TestServer, name: &str) -> Vec<u8> {
     bytes
 }
 
+/// `emberbase backup --url` against `srv`, saving to `archive`.
+fn backup_with_cli(srv: &TestServer, archive: &Path) -> (i32, String, String) {
+    cli(
+        &[
+            "backup",
+            "--url",
+            &srv.url(""),
+            "--out",
+            archive.to_str().unwrap(),
+        ],
+        &[("EB_SERVICE_KEY", srv_key(srv).as_str())],
+    )
+}
+
 fn restore(archive: &Path, dir: &Path, force: bool) -> (i32, String, String) {
     let mut args = vec![
         "restore",
@@ -143,16 +157,7 @@ fn a_backup_restores_documents_files_accounts_functions_and_rules() {
     // The CLI starts the backup, waits for it and downloads it.
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join("site.tar.gz");
-    let (code, out, err) = cli(
-        &[
-            "backup",
-            "--url",
-            &srv.url(""),
-            "--out",
-            archive.to_str().unwrap(),
-        ],
-        &[("EB_SERVICE_KEY", srv_key(&srv).as_str())],
-    );
+    let (code, out, err) = backup_with_cli(&srv, &archive);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("saved to"), "{out}");
     // Written after the backup: not in it.
@@ -465,16 +470,7 @@ fn the_cli_waits_for_a_running_backup_and_then_makes_its_own() {
     let first = first["name"].as_str().unwrap();
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join("mine.tar.gz");
-    let (code, out, err) = cli(
-        &[
-            "backup",
-            "--url",
-            &srv.url(""),
-            "--out",
-            archive.to_str().unwrap(),
-        ],
-        &[("EB_SERVICE_KEY", srv_key(&srv).as_str())],
-    );
+    let (code, out, err) = backup_with_cli(&srv, &archive);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         err.contains(&format!("backup {first} is running on the server; waiting")),
