@@ -14,6 +14,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// With `--features mimalloc`: faster allocation for more resident memory (README: "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The version and the commit it was built from (`build.rs`; `unknown` outside a git checkout).
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
