@@ -29,7 +29,11 @@ pub(super) fn scan<E>(
         let fetch = fetch_for(want, pending(&cursor));
         let rows = read(&cursor, direction, fetch)?;
         let (entries, rest) = merge_page(&cursor, direction, want, fetch, rows, &pre_images);
-        out.extend(entries);
+        if out.is_empty() {
+            out = entries;
+        } else {
+            out.extend(entries);
+        }
         match rest {
             Some(rest) => cursor = rest,
             None => break,
@@ -70,16 +74,24 @@ pub(super) fn merge_page(
         },
         _ => cursor.clone(),
     };
-    let mut merged: BTreeMap<Bytes, Bytes> = rows.into_iter().collect();
-    for (key, value) in pre_images(&covered) {
-        match value {
-            Some(value) => merged.insert(Bytes::from(key), value),
-            None => merged.remove(key.as_slice()),
-        };
-    }
-    let entries = match direction {
-        Direction::Forward => merged.into_iter().take(want).collect(),
-        Direction::Reverse => merged.into_iter().rev().take(want).collect(),
+    let images = pre_images(&covered);
+    let entries = if images.is_empty() {
+        // Nothing to correct (the usual case): the rows are already in the scan's order.
+        let mut rows = rows;
+        rows.truncate(want);
+        rows
+    } else {
+        let mut merged: BTreeMap<Bytes, Bytes> = rows.into_iter().collect();
+        for (key, value) in images {
+            match value {
+                Some(value) => merged.insert(Bytes::from(key), value),
+                None => merged.remove(key.as_slice()),
+            };
+        }
+        match direction {
+            Direction::Forward => merged.into_iter().take(want).collect(),
+            Direction::Reverse => merged.into_iter().rev().take(want).collect(),
+        }
     };
     if exhausted {
         return (entries, None);

@@ -108,14 +108,29 @@ fn read_live(
         Some(end) => db.range(range.start.clone()..end.clone()),
         None => db.range(range.start.clone()..),
     };
-    let convert = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
-        entry.map(|(k, v)| (bytes(k), bytes(v))).map_err(io)
-    };
     match direction {
-        Direction::Forward => iter.take(limit).map(convert).collect(),
-        Direction::Reverse => iter.rev().take(limit).map(convert).collect(),
+        Direction::Forward => collect_entries(iter.take(limit), limit),
+        Direction::Reverse => collect_entries(iter.rev().take(limit), limit),
     }
 }
+
+/// The entries of a sled iterator that yields at most `limit`, in a vector sized up front:
+/// growing it step by step made glibc consolidate its free lists on most list requests.
+fn collect_entries(
+    entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    limit: usize,
+) -> Result<Vec<Entry>, EngineError> {
+    let mut out = Vec::with_capacity(limit.min(PREALLOCATED_ENTRIES));
+    for entry in entries {
+        let (k, v) = entry.map_err(io)?;
+        out.push((bytes(k), bytes(v)));
+    }
+    Ok(out)
+}
+
+/// The most entries [`read_live`] reserves room for before reading (a page of a list asks for
+/// a few dozen; a full scan reads in chunks of a few hundred).
+const PREALLOCATED_ENTRIES: usize = 1024;
 
 fn strip(entries: Vec<Entry>) -> Vec<Entry> {
     entries

@@ -242,7 +242,7 @@ pub(crate) fn suggest_index(filter: Option<&Expr>, sort: &[SortKey]) -> Vec<Path
 }
 
 /// Chooses the access path for a query. `indexes` lists the fields of each declared index.
-pub(crate) fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[Vec<Path>]) -> Plan {
+pub(crate) fn plan(filter: Option<&Expr>, sort: &[SortKey], indexes: &[&[Path]]) -> Plan {
     let constraints = Constraints::collect(filter);
     let effective = effective_sort(sort);
 
@@ -388,7 +388,8 @@ mod tests {
             .iter()
             .map(|fields| fields.iter().map(|f| parse_path(f).unwrap()).collect())
             .collect();
-        let p = plan(filter.as_ref(), &sort, &indexes);
+        let fields: Vec<&[Path]> = indexes.iter().map(Vec::as_slice).collect();
+        let p = plan(filter.as_ref(), &sort, &fields);
         let mut out = match &p.access {
             Access::Primary { range } => {
                 format!("primary{}", if range.is_some() { " range" } else { "" })

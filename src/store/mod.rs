@@ -45,6 +45,7 @@ use crate::engine::{Bytes, Direction, Engine, KeyRange, Keyspace};
 use crate::metrics::Metrics;
 use crate::model::{AccountEvent, Change, CollectionConfig, Document, OnDelete};
 use crate::query::{self, ast::Path};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +99,8 @@ pub(crate) struct CollectionState {
     /// Why a stored schema does not compile (writes are refused until it is fixed).
     pub schema_error: Option<String>,
     pub relations: Vec<RelationDef>,
+    /// The built-in owner index, built once for the planner.
+    owner: IndexDef,
 }
 
 impl CollectionState {
@@ -144,6 +147,7 @@ impl CollectionState {
             schema,
             schema_error,
             relations,
+            owner: owner_index(name),
         })
     }
 }
@@ -751,22 +755,25 @@ impl Store {
     /// The indexes the planner may use for a collection: the declared ones that are built,
     /// then the owner index once every document has its entry. Plans refer to indexes by their
     /// position in this list.
-    pub(crate) fn plannable(
+    pub(crate) fn plannable<'a>(
         &self,
         collection: &str,
-        state: Option<&CollectionState>,
-    ) -> Vec<IndexDef> {
-        let mut indexes: Vec<IndexDef> = state
+        state: Option<&'a CollectionState>,
+    ) -> Vec<Cow<'a, IndexDef>> {
+        let mut indexes: Vec<Cow<'a, IndexDef>> = state
             .map(|s| {
                 s.indexes
                     .iter()
                     .filter(|i| i.ready && !i.reverse)
-                    .cloned()
+                    .map(Cow::Borrowed)
                     .collect()
             })
             .unwrap_or_default();
         if self.shared.owner_ready.load(Ordering::SeqCst) {
-            indexes.push(owner_index(collection));
+            indexes.push(match state {
+                Some(state) => Cow::Borrowed(&state.owner),
+                None => Cow::Owned(owner_index(collection)),
+            });
         }
         indexes
     }
@@ -779,11 +786,8 @@ impl Store {
         sort: &[crate::query::SortKey],
     ) -> crate::query::plan::Plan {
         let state = self.collection(collection);
-        let fields: Vec<Vec<Path>> = self
-            .plannable(collection, state.as_deref())
-            .into_iter()
-            .map(|i| i.fields)
-            .collect();
+        let ready = self.plannable(collection, state.as_deref());
+        let fields: Vec<&[Path]> = ready.iter().map(|i| i.fields.as_slice()).collect();
         crate::query::plan::plan(filter, sort, &fields)
     }
 

@@ -11,6 +11,7 @@ use crate::query::matches;
 use crate::query::order;
 use crate::query::plan::{self, compare_positions, effective_sort, sort_values, Access, Range};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -177,7 +178,7 @@ struct Reach {
 /// The range `plan` reads, or `None` when it is empty.
 fn reach(
     collection: &str,
-    ready: &[super::IndexDef],
+    ready: &[Cow<'_, super::IndexDef>],
     plan: &plan::Plan,
 ) -> Result<Option<Reach>, StoreError> {
     let (ks, base, range, fixed) = match &plan.access {
@@ -260,16 +261,13 @@ async fn step(
         .engine
         .get_many(Keyspace::Documents, &doc_keys)
         .await?;
-    let met = entries
-        .iter()
-        .zip(documents)
-        .filter_map(|((_, value), bytes)| {
-            let bytes = bytes?;
-            let (_, version) = keys::parse_index_value(value);
-            let current = version.is_some_and(|v| RawDocument::stored_version(&bytes) == v);
-            Some(Met { bytes, current })
-        })
-        .collect();
+    let mut met = Vec::with_capacity(entries.len());
+    for ((_, value), bytes) in entries.iter().zip(documents) {
+        let Some(bytes) = bytes else { continue };
+        let (_, version) = keys::parse_index_value(value);
+        let current = version.is_some_and(|v| RawDocument::stored_version(&bytes) == v);
+        met.push(Met { bytes, current });
+    }
     Ok((met, exhausted))
 }
 
@@ -280,7 +278,7 @@ pub(super) async fn run(
     spec: &QuerySpec<'_>,
 ) -> Result<QueryResult, StoreError> {
     let ready = store.plannable(collection, state);
-    let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
+    let fields: Vec<_> = ready.iter().map(|i| i.fields.as_slice()).collect();
     let plan = plan::plan(spec.filter, spec.sort, &fields);
     let effective = effective_sort(spec.sort);
     let empty = || QueryResult {
@@ -347,14 +345,12 @@ pub(super) async fn run(
     let narrowed = !matches!(plan.access, Access::Primary { range: None });
     let budget = store.shared.options.max_scan_documents;
     let mut cursor = KeyRange::new(lo, hi);
-    // An ordered scan usually stops after its page: read that much first, then more.
-    let mut chunk = if plan.ordered {
-        (spec.limit + 1).min(CHUNK)
-    } else {
-        CHUNK
-    };
+    // An ordered scan usually stops after its page (and one more, to tell whether there is
+    // a next page): read that much first, then more.
+    let page = (spec.limit + 1).min(CHUNK);
+    let mut chunk = if plan.ordered { page } else { CHUNK };
     let mut examined = 0u64;
-    let mut found: Vec<Found> = Vec::new();
+    let mut found: Vec<Found> = Vec::with_capacity(if plan.ordered { page } else { 0 });
     let mut heap: BinaryHeap<Candidate<'_>> = BinaryHeap::new();
     let mut held = 0;
     'scan: loop {
@@ -446,7 +442,7 @@ pub(crate) async fn visit(
     each: &mut (dyn FnMut(Matched<'_>) + Send),
 ) -> Result<(), StoreError> {
     let ready = store.plannable(collection, state);
-    let fields: Vec<_> = ready.iter().map(|i| i.fields.clone()).collect();
+    let fields: Vec<_> = ready.iter().map(|i| i.fields.as_slice()).collect();
     let plan = plan::plan(filter, &[], &fields);
     let Some(reach) = reach(collection, &ready, &plan)? else {
         return Ok(());
