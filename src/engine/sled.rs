@@ -69,9 +69,15 @@ fn tag(ks: Keyspace) -> u8 {
 
 fn full_key(ks: Keyspace, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(tag(ks));
-    k.extend_from_slice(key);
+    write_full_key(ks, key, &mut k);
     k
+}
+
+/// Writes the full key of `key` into `out`, replacing what it held.
+fn write_full_key(ks: Keyspace, key: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(tag(ks));
+    out.extend_from_slice(key);
 }
 
 /// A keyspace range as a range of full keys.
@@ -856,6 +862,21 @@ impl Engine for SledEngine {
 
     async fn get(&self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.inner.durable_get(&full_key(ks, key))
+    }
+
+    async fn get_many(
+        &self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Bytes>>, EngineError> {
+        // One key buffer and no future per read: a list page reads a document per entry.
+        let mut values = Vec::with_capacity(keys.len());
+        let mut full = Vec::new();
+        for key in keys {
+            write_full_key(ks, key, &mut full);
+            values.push(self.inner.durable_get(&full)?);
+        }
+        Ok(values)
     }
 
     async fn scan(
