@@ -476,17 +476,9 @@ impl RouteTable {
         };
         let mut router = matchit::Router::new();
         for (pattern, item) in &api.paths.paths {
-            let methods = [
-                (&item.get, Method::GET),
-                (&item.put, Method::PUT),
-                (&item.post, Method::POST),
-                (&item.delete, Method::DELETE),
-                (&item.patch, Method::PATCH),
-                (&item.head, Method::HEAD),
-            ]
-            .into_iter()
-            .filter_map(|(op, m)| op.as_ref().map(|op| (m, query_names(op))))
-            .collect();
+            let methods = operations(item)
+                .map(|(m, op)| (m, query_names(op)))
+                .collect();
             // A file path spans segments; the document names it `{path}`.
             let route = pattern.replace("{path}", "{*path}");
             if let Err(e) = router.insert(route, methods) {
@@ -509,6 +501,22 @@ impl RouteTable {
             .find(|(m, _)| m == method)
             .map(|(_, names)| names.as_slice())
     }
+}
+
+/// The documented operations of a path, with their methods.
+fn operations(
+    item: &utoipa::openapi::PathItem,
+) -> impl Iterator<Item = (Method, &utoipa::openapi::path::Operation)> {
+    [
+        (&item.get, Method::GET),
+        (&item.put, Method::PUT),
+        (&item.post, Method::POST),
+        (&item.delete, Method::DELETE),
+        (&item.patch, Method::PATCH),
+        (&item.head, Method::HEAD),
+    ]
+    .into_iter()
+    .filter_map(|(op, m)| op.as_ref().map(|op| (m, op)))
 }
 
 /// Refuses a request with a query parameter its endpoint does not take (`?count=true` on a
@@ -584,17 +592,7 @@ mod tests {
                     .map(|(method, _)| method.clone())
                     .collect::<Vec<_>>()
             });
-            let documented = [
-                (&item.get, Method::GET),
-                (&item.put, Method::PUT),
-                (&item.post, Method::POST),
-                (&item.delete, Method::DELETE),
-                (&item.patch, Method::PATCH),
-                (&item.head, Method::HEAD),
-            ]
-            .into_iter()
-            .filter_map(|(op, m)| op.as_ref().map(|_| m))
-            .collect::<Vec<_>>();
+            let documented = operations(item).map(|(m, _)| m).collect::<Vec<_>>();
             assert_eq!(methods, Some(documented), "{pattern} as {path}");
         }
         let list = table.query_names(&Method::GET, "/v1/collections/posts/docs");
