@@ -99,7 +99,7 @@ pub(crate) struct CollectionState {
     /// Why a stored schema does not compile (writes are refused until it is fixed).
     pub schema_error: Option<String>,
     pub relations: Vec<RelationDef>,
-    /// The built-in owner index, built once for the planner.
+    /// The built-in owner index, built once (the planner borrows it).
     owner: IndexDef,
 }
 
@@ -171,9 +171,15 @@ fn owner_index(collection: &str) -> IndexDef {
 /// Every index a write to `collection` maintains: the declared ones (built or not) and the
 /// built-in owner index.
 fn maintained_indexes(collection: &str, state: Option<&CollectionState>) -> Vec<IndexDef> {
-    let mut indexes: Vec<IndexDef> = state.map(|s| s.indexes.clone()).unwrap_or_default();
-    indexes.push(owner_index(collection));
-    indexes
+    match state {
+        Some(state) => state
+            .indexes
+            .iter()
+            .chain([&state.owner])
+            .cloned()
+            .collect(),
+        None => vec![owner_index(collection)],
+    }
 }
 
 /// A record a commit hook wants committed with a change.
