@@ -756,6 +756,34 @@ pub fn run_for_life(mut command: Command) -> Result<std::process::ChildStdin, St
         .ok_or_else(|| "no pipe to the server".to_string())
 }
 
+/// `N` distinct loopback ports for a service a test starts on fixed ports (PostgreSQL,
+/// SeaweedFS), free when chosen and below the kernel's ephemeral range. A port taken from that
+/// range (`bind` to port 0) can be handed to a client socket of the busy test process before the
+/// service binds it, or between a stop and a restart; ports below it only collide with another
+/// service that chose the same one, which its start then reports.
+pub fn service_ports<const N: usize>() -> [u16; N] {
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u16 = 10000;
+    let span = u64::from(ephemeral_low.saturating_sub(LOWEST).max(1000));
+    let random = RandomState::new();
+    let mut ports = [0; N];
+    let mut chosen = 0;
+    let mut draw = 0u64;
+    while chosen < N {
+        let port = LOWEST + (random.hash_one(draw) % span) as u16;
+        draw += 1;
+        if !ports.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports[chosen] = port;
+            chosen += 1;
+        }
+    }
+    ports
+}
+
 /// Runs the binary with `args`; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberbase"))

@@ -1,8 +1,8 @@
 //! A real PostgreSQL for the tests: Debian's server binaries, one cluster per test process in a
-//! temporary directory on a free loopback port, and a fresh database per test. The cluster
-//! stops, and its directory goes, when the test process exits (its shell reads the process's
-//! end from a pipe). As root, the server runs as the `postgres` user through `runuser`, since
-//! `initdb` and `postgres` refuse to run as root.
+//! temporary directory on a free loopback port below the ephemeral range, and a fresh database
+//! per test. The cluster stops, and its directory goes, when the test process exits (its shell
+//! reads the process's end from a pipe). As root, the server runs as the `postgres` user through
+//! `runuser`, since `initdb` and `postgres` refuse to run as root.
 
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -46,17 +46,6 @@ fn as_owner(program: &Path) -> Command {
         c
     } else {
         Command::new(program)
-    }
-}
-
-/// A free loopback port below 55535.
-fn free_port() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 55535 {
-            return port;
-        }
     }
 }
 
@@ -119,7 +108,7 @@ impl Cluster {
                 String::from_utf8_lossy(&init.stderr)
             ));
         }
-        let port = free_port();
+        let [port] = crate::common::service_ports();
         let ssl = if tls {
             format!(
                 "-c ssl=on -c ssl_cert_file='{0}/server.pem' -c ssl_key_file='{0}/server.key'",

