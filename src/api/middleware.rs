@@ -94,15 +94,24 @@ pub(super) async fn observe(
         None => trace::scope(context, work).await?,
     };
     let status = res.status();
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_string());
+    // A documented route is named by the document's pattern, from the route table; another
+    // (the console, `/metrics`, an embedding program's) by actix, which matches the path again.
+    let documented = state
+        .as_ref()
+        .and_then(|s| s.routes.pattern(res.request().path()));
+    let route = match documented {
+        Some(pattern) => std::borrow::Cow::Borrowed(pattern),
+        None => std::borrow::Cow::Owned(
+            res.request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_string()),
+        ),
+    };
     let elapsed = started.elapsed();
     if trace_span.recording() {
         trace_span.rename(format!("{method_label} {route}"));
         trace_span.set("http.request.method", method_label);
-        trace_span.set("http.route", route.clone());
+        trace_span.set("http.route", route.to_string());
         trace_span.set("url.path", res.request().path());
         trace_span.set("http.response.status_code", u32::from(status.as_u16()));
         trace_span.set("emberbase.request_id", id.clone());
@@ -111,16 +120,16 @@ pub(super) async fn observe(
         }
     }
     drop(trace_span);
-    if let Some(state) = state {
+    if let Some(state) = &state {
         state
             .metrics
             .http_requests
-            .with_label_values(&[route.as_str(), method_label, status.as_str()])
+            .with_label_values(&[&*route, method_label, status.as_str()])
             .inc();
         state
             .metrics
             .http_duration
-            .with_label_values(&[route.as_str()])
+            .with_label_values(&[&*route])
             .observe(elapsed.as_secs_f64());
     }
     if let Some((method, path)) = logged {

@@ -29,8 +29,17 @@ fn metrics_need_an_admin_unless_public() {
         None,
     )
     .expect_error(401, "unauthenticated");
+    srv.get("/v1/files/pictures/2026/cat.png").expect(404);
     let text = srv.get("/metrics").expect(200).text;
-    assert!(text.contains("emberbase_http_requests_total{method=\"POST\",route=\"/v1/collections/{collection}/docs\",status=\"201\"} 1"), "{text}");
+    // Routes are named by their documented patterns; others (like this one) by actix's.
+    for series in [
+        "{method=\"POST\",route=\"/v1/collections/{collection}/docs\",status=\"201\"} 1",
+        "{method=\"GET\",route=\"/v1/files/{bucket}/{path}\",status=\"404\"} 1",
+        "{method=\"GET\",route=\"/metrics\",status=\"401\"} 2",
+    ] {
+        let line = format!("emberbase_http_requests_total{series}");
+        assert!(text.contains(&line), "no {line}: {text}");
+    }
     assert!(text.contains("emberbase_http_request_duration_seconds_bucket"));
     assert!(text.contains("emberbase_store_ops_total{op=\"create\"} 1"));
     assert!(text.contains("emberbase_store_commit_group_size_count"));
