@@ -175,9 +175,20 @@ impl KvWrite {
         self
     }
 
-    /// Adds `delta` to the counter at `key` (read it with `engine::counter`).
+    /// Adds `delta` to the counter at `key` (read it with `engine::counter`). Adds to one
+    /// counter are summed here (the usage of a batch of function runs), so the commit reads and
+    /// writes each counter once.
     pub(crate) fn add(mut self, space: Space, key: impl Into<Vec<u8>>, delta: i64) -> Self {
-        self.adds.push((space, key.into(), delta));
+        let key = key.into();
+        let same = self
+            .adds
+            .iter_mut()
+            .find(|(s, k, _)| *s == space && *k == key);
+        match same.and_then(|(_, _, sum)| Some((sum.checked_add(delta)?, sum))) {
+            Some((total, sum)) => *sum = total,
+            // An overflow is left to the commit, which refuses it as it would have.
+            None => self.adds.push((space, key, delta)),
+        }
         self
     }
 
@@ -193,5 +204,27 @@ impl KvWrite {
         let cached =
             |space: &Space| matches!(space, Space::Functions | Space::Secrets | Space::Webhooks);
         self.puts.iter().any(|(s, _, _)| cached(s)) || self.deletes.iter().any(|(s, _)| cached(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_to_one_counter_are_summed_until_they_would_overflow() {
+        let write = KvWrite::default()
+            .add(Space::FunctionUsage, b"f\0fuel".to_vec(), 5)
+            .add(Space::FunctionUsage, b"f\0runs".to_vec(), 1)
+            .add(Space::FunctionUsage, b"f\0fuel".to_vec(), 7)
+            .add(Space::FunctionUsage, b"f\0runs".to_vec(), i64::MAX);
+        assert_eq!(
+            write.adds,
+            vec![
+                (Space::FunctionUsage, b"f\0fuel".to_vec(), 12),
+                (Space::FunctionUsage, b"f\0runs".to_vec(), 1),
+                (Space::FunctionUsage, b"f\0runs".to_vec(), i64::MAX),
+            ]
+        );
     }
 }
