@@ -47,7 +47,9 @@ pub(crate) fn backup(url: &str, out: Option<PathBuf>) -> ExitCode {
 /// Starts a backup and waits until the server has written it; its name and size. One backup
 /// runs at a time: when another is running (a scheduled one, say), it waits for that first.
 async fn made(admin: &Admin) -> Result<(String, u64), String> {
-    let spinner = indicatif::ProgressBar::new_spinner();
+    // Cleared however this ends, so an error is not printed after a stale frame.
+    let spinner =
+        indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
     let name = loop {
         let refusal = match admin.post(BACKUPS, &serde_json::json!({})).await {
             Ok(started) => break started["name"].as_str().unwrap_or_default().to_string(),
