@@ -71,7 +71,7 @@ impl Invocation {
             failure: None,
             error: None,
             logs: std::mem::take(&mut outcome.logs),
-            at: now_rfc3339(),
+            at: crate::model::format_time(outcome.ended),
             version: None,
             replay: false,
             event: None,

@@ -247,6 +247,8 @@ pub struct Invocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub logs: Vec<LogLine>,
+    /// When the run ended (`at` minus `duration_us` is when it started); for an event that
+    /// did not run, when that was decided.
     pub at: String,
     /// The version that ran (absent for an event that did not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]

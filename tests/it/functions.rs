@@ -875,7 +875,8 @@ fn trigger_events_run_in_parallel_across_documents_and_in_order_within_each() {
     let srv = TestServer::start_with(|c| {
         fast(c);
         c.functions.retry_base_ms = 50;
-        c.functions.workers = 2;
+        // More workers than the function's concurrency, so that its cap is what limits it.
+        c.functions.workers = 6;
         c.functions.invocations_kept = 1000;
     });
     deploy(
@@ -953,7 +954,9 @@ fn trigger_events_run_in_parallel_across_documents_and_in_order_within_each() {
         "the failing document held the others back"
     );
     assert_eq!(records.iter().filter(|r| r["status"] == "dead").count(), 1);
-    // Runs overlapped: at least two at once (the two workers), never more than the concurrency.
+    // Runs overlapped: at least two at once, never more than the concurrency. A record's `at`
+    // is its end truncated to the millisecond, so each run is taken to start a millisecond
+    // after `at` minus its duration: two runs that seem to overlap then truly did.
     let mut edges: Vec<(i64, i32)> = Vec::new();
     for r in &records {
         let end = time::OffsetDateTime::parse(
@@ -962,7 +965,7 @@ fn trigger_events_run_in_parallel_across_documents_and_in_order_within_each() {
         )
         .unwrap();
         let end_us = (end.unix_timestamp_nanos() / 1000) as i64;
-        let start_us = end_us - r["duration_us"].as_i64().unwrap();
+        let start_us = end_us - r["duration_us"].as_i64().unwrap() + 1000;
         edges.push((start_us, 1));
         edges.push((end_us, -1));
     }

@@ -109,6 +109,9 @@ pub struct Outcome {
     pub result: Result<Option<Vec<u8>>, Failure>,
     pub logs: Vec<LogLine>,
     pub duration: Duration,
+    /// The wall-clock time the run ended, read on its worker thread (the dispatcher may get
+    /// to the outcome later on a busy machine).
+    pub ended: time::OffsetDateTime,
     pub usage: Usage,
 }
 

@@ -179,6 +179,7 @@ pub(super) fn run(engine: &Engine, watchdog: &Watchdog, job: &Call) -> Outcome {
         result,
         logs,
         duration: started.elapsed(),
+        ended: time::OffsetDateTime::now_utc(),
         usage,
     }
 }

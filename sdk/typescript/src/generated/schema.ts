@@ -2386,6 +2386,10 @@ export interface components {
         };
         /** @description One run of a function (or an event that was not delivered). */
         Invocation: {
+            /**
+             * @description When the run ended (`at` minus `duration_us` is when it started); for an event that
+             *     did not run, when that was decided.
+             */
             at: string;
             /** Format: int32 */
             attempt: number;
