@@ -5,9 +5,11 @@
 //! stored state, then writes the documents with their index entries, appends one change record
 //! per op with its history entry and outbox records, and commits. If anything it read changed
 //! before it commits, the engine refuses the commit and the write runs again from the start, so
-//! a decision is never made on a copy that another write has since replaced. A write that is
-//! refused (`403`, `404`, `409`, `412`) still commits its reads, so it is answered only once
-//! everything it looked at is durable.
+//! a decision is never made on a copy that another write has since replaced. A first attempt
+//! skips two reads whose outcome it knows but still has the commit check (see `Attempt`): a
+//! create's generated id being free and, on a shared store, the configuration epoch. A write
+//! that is refused (`403`, `404`, `409`, `412`) still commits its reads, so it is answered only
+//! once everything it looked at is durable.
 //!
 //! A deleted document leaves a tombstone with its last version, so that creating the same id
 //! again continues the version sequence and a stale `If-Match` cannot match the new document.
@@ -185,6 +187,26 @@ struct Planned {
     jobs: bool,
 }
 
+/// Which try of a write this is. A first attempt reads less: a document id the node just
+/// generated is only expected to be absent (it cannot be stored yet, unless a client guessed
+/// it), and on a shared store the configuration epoch is only expected (see
+/// `Store::expect_epoch`). The commit checks both with its other reads, so the write stays
+/// serializable; a conflict makes it run `Again`, reading everything, which answers a guessed
+/// id with `409` rather than conflicting forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    First,
+    Again,
+}
+
+/// How a planned write reads: which attempt it is, and whether the cached configurations
+/// stand for the stored ones.
+#[derive(Clone, Copy)]
+struct Reads {
+    attempt: Attempt,
+    cached_configs: bool,
+}
+
 /// A change a planned write will record.
 struct Pending {
     kind: ChangeKind,
@@ -229,7 +251,13 @@ impl Store {
                 _ => None,
             })
             .collect();
-        let result = retry(|| self.try_write(request, &generated)).await;
+        // A first attempt trusts what a conflict would reveal anyway (see `Attempt`).
+        let mut attempt = Attempt::First;
+        let result = retry(|| {
+            let this = std::mem::replace(&mut attempt, Attempt::Again);
+            self.try_write(request, &generated, this)
+        })
+        .await;
         if result.is_ok() {
             for op in &request.ops {
                 let name = match op {
@@ -261,6 +289,7 @@ impl Store {
         &self,
         req: &WriteRequest,
         generated: &[Option<String>],
+        attempt: Attempt,
     ) -> Result<(Vec<Written>, bool), BatchFailure> {
         let at = |op: usize| {
             move |error: EngineError| BatchFailure {
@@ -269,10 +298,17 @@ impl Store {
             }
         };
         let mut txn = self.engine.begin().await.map_err(at(0))?;
-        self.fence(&mut *txn)
-            .await
-            .map_err(|error| BatchFailure { op: 0, error })?;
-        let mut planned = match self.plan_write(&mut *txn, req, generated).await {
+        let cached_configs = attempt == Attempt::First && self.expect_epoch(&mut *txn).await;
+        if !cached_configs {
+            self.fence(&mut *txn)
+                .await
+                .map_err(|error| BatchFailure { op: 0, error })?;
+        }
+        let reads = Reads {
+            attempt,
+            cached_configs,
+        };
+        let mut planned = match self.plan_write(&mut *txn, req, generated, reads).await {
             Ok(planned) => planned,
             Err(failure) if failure.error.is_engine() => return Err(failure),
             Err(refusal) => return refuse(txn, refusal).await,
@@ -358,14 +394,17 @@ impl Store {
         } in pending
         {
             let key = (collection.clone(), id.clone());
-            let has_prev = chained.contains(&key) || {
-                let range = KeyRange::prefix(&keys::history_prefix(&collection, &id));
-                let found = txn
-                    .scan(Keyspace::History, &range, Direction::Forward, 1)
-                    .await
-                    .map_err(at(0))?;
-                !found.is_empty()
-            };
+            // Only a change with a `before` can refer to the previous one, so a create looks
+            // for none.
+            let has_prev = before.is_some()
+                && (chained.contains(&key) || {
+                    let range = KeyRange::prefix(&keys::history_prefix(&collection, &id));
+                    let found = txn
+                        .scan(Keyspace::History, &range, Direction::Forward, 1)
+                        .await
+                        .map_err(at(0))?;
+                    !found.is_empty()
+                });
             chained.insert(key);
             let change = Change {
                 seq: 0,
@@ -433,6 +472,7 @@ impl Store {
         txn: &mut dyn Transaction,
         req: &WriteRequest,
         generated: &[Option<String>],
+        reads: Reads,
     ) -> Result<Planned, BatchFailure> {
         let now = now_rfc3339();
         let owner = owner_of(&req.actor);
@@ -467,21 +507,31 @@ impl Store {
                 | WriteOp::Import { collection, id, .. } => (collection.clone(), id.clone()),
             };
             if !planned.states.contains_key(&collection) {
-                let state = self
-                    .read_state(txn, &collection, &cached)
-                    .await
-                    .map_err(fail)?;
+                let state = if reads.cached_configs {
+                    cached.get(&collection).map(|(_, state)| state.clone())
+                } else {
+                    self.read_state(txn, &collection, &cached)
+                        .await
+                        .map_err(fail)?
+                };
                 planned.states.insert(collection.clone(), state);
             }
             let key = (collection.clone(), id.clone());
             if !planned.current.contains_key(&key) {
-                let stored = match txn
-                    .get(Keyspace::Documents, &keys::doc_key(&collection, &id))
-                    .await
-                    .map_err(|e| fail(e.into()))?
-                {
-                    Some(bytes) => Some(super::decode_doc(&bytes).map_err(fail)?),
-                    None => None,
+                let doc_key = keys::doc_key(&collection, &id);
+                let fresh_id = generated.get(i).is_some_and(Option::is_some);
+                let stored = if fresh_id && reads.attempt == Attempt::First {
+                    txn.expect(Keyspace::Documents, doc_key, None);
+                    None
+                } else {
+                    match txn
+                        .get(Keyspace::Documents, &doc_key)
+                        .await
+                        .map_err(|e| fail(e.into()))?
+                    {
+                        Some(bytes) => Some(super::decode_doc(&bytes).map_err(fail)?),
+                        None => None,
+                    }
                 };
                 planned.original.insert(key.clone(), stored.clone());
                 planned.current.insert(key.clone(), stored);
@@ -921,5 +971,63 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::error::StoreError;
+    use super::super::write::{WriteOp, WriteRequest};
+    use crate::docs::open_for_test;
+    use serde_json::json;
+    use std::time::{Duration, SystemTime};
+
+    fn create(id: Option<String>, n: i64) -> WriteRequest {
+        let serde_json::Value::Object(data) = json!({ "n": n }) else {
+            unreachable!()
+        };
+        WriteRequest {
+            ops: vec![WriteOp::Create {
+                collection: "c".into(),
+                id,
+                data,
+            }],
+            actor: None,
+            depth: 0,
+            trace: None,
+            guard: None,
+        }
+    }
+
+    /// Ids generated within one millisecond are consecutive, so a client can take the one the
+    /// node generates next. The create that then gets it only expected it to be free on its
+    /// first attempt: the conflict makes it run again reading the document, and it answers
+    /// `409` (rather than conflicting until its retries run out), leaving the client's
+    /// document as it was.
+    #[tokio::test]
+    async fn a_create_whose_generated_id_was_taken_answers_409() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs = open_for_test(dir.path()).await;
+        let store = docs.store();
+        // The generator's last id is in the future, so the next ones follow it one by one.
+        let last = {
+            let mut ids = store.shared.ids.lock().unwrap();
+            let later = SystemTime::now() + Duration::from_secs(3600);
+            ids.generate_from_datetime(later).unwrap()
+        };
+        let taken = last.increment().unwrap().to_string();
+        store.write(create(Some(taken.clone()), 1)).await.unwrap();
+
+        let refused = store.write(create(None, 2)).await.unwrap_err();
+        assert!(
+            matches!(&refused.error, StoreError::Conflict { id, .. } if *id == taken),
+            "{:?}",
+            refused.error
+        );
+        let kept = store.get("c", &taken).await.unwrap().unwrap();
+        assert_eq!(kept.data["n"], 1);
+        // The next generated id is free again.
+        let written = store.write(create(None, 3)).await.unwrap();
+        assert!(written[0].created);
     }
 }

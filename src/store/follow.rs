@@ -5,10 +5,12 @@
 //! the commits of a single node publish their own), and reloads the collections'
 //! configuration when the epoch changes.
 //!
-//! The timer only bounds how stale a node's caches are for reads. Writes are fenced: each
-//! reads the epoch in its transaction, and a node that has not loaded that epoch reloads
-//! before it decides, so no write is checked against rules, or misses a trigger, that another
-//! node already replaced; a configuration change committed meanwhile makes it run again.
+//! The timer only bounds how stale a node's caches are for reads. Writes are fenced: a
+//! document write's first attempt expects the epoch this node loaded (the commit checks it,
+//! without a read before), and any other try reads the epoch in its transaction and, if this
+//! node has not loaded it, reloads before it decides. So no write is checked against rules,
+//! or misses a trigger, that another node already replaced; a configuration change committed
+//! meanwhile makes it run again.
 
 use super::{keys, records, Store, StoreError};
 use crate::engine::{Keyspace, Transaction};
@@ -107,6 +109,21 @@ impl Store {
             return Ok(());
         }
         self.reload().await
+    }
+
+    /// The fence of a write's first attempt on a shared store: rather than read the epoch (a
+    /// round trip), the transaction expects the loaded one, which the commit checks with the
+    /// group's other reads. Whether it did so: then the configurations cached at that epoch
+    /// stand for the stored ones (every configuration change moves the epoch, and the cache
+    /// is loaded after the epoch is read), and a change since fails the commit with a
+    /// conflict, after which the write runs again with [`fence`](Store::fence).
+    pub(super) async fn expect_epoch(&self, txn: &mut dyn Transaction) -> bool {
+        if !self.engine.shared() {
+            return false;
+        }
+        let loaded = self.shared.loaded_epoch.lock().await.clone();
+        txn.expect(Keyspace::Meta, keys::EPOCH_KEY.to_vec(), loaded);
+        true
     }
 
     /// Reloads every collection's configuration and the commit hooks' (index builds stay with

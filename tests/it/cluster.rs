@@ -140,8 +140,9 @@ fn tokens_keys_and_configuration_reach_every_node() {
     a.post("/v1/auth/refresh", &refresh).expect(401);
     assert!(renewed.json["access_token"].is_string());
 
-    // Rules set on A govern writes on B at once (a write reads its collection's rules in its
-    // transaction), and reads on B as soon as B reloads them.
+    // Rules set on A govern writes on B at once (a write's commit checks the configuration
+    // epoch, and a write that B decided under the old rules runs again under the new ones),
+    // and reads on B as soon as B reloads them.
     a.put(
         "/v1/admin/collections/posts",
         &json!({"rules": {"read": "auth != null && doc.owner == auth.id", "create": "false"}}),
