@@ -504,25 +504,62 @@ async fn commit_group(inner: &Inner, jobs: Vec<Job>) {
     }
 }
 
+/// The statements of a group commit, prepared once per connection (deadpool caches them).
+const LOCK_SEQ: &str = "SELECT last FROM eb_seq WHERE id = 1 FOR UPDATE";
+const READ_KEYS: &str =
+    "SELECT ks, k, v FROM eb_kv WHERE (ks, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))";
+const PUT_KEYS: &str =
+    "INSERT INTO eb_kv (ks, k, v) SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[]) \
+     ON CONFLICT (ks, k) DO UPDATE SET v = excluded.v";
+const DELETE_KEYS: &str =
+    "DELETE FROM eb_kv WHERE (ks, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))";
+const ADVANCE_SEQ: &str = "UPDATE eb_seq SET last = $1 WHERE id = 1";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
 /// Validates and writes a group in one PostgreSQL transaction; returns the new `eb_seq`.
+///
+/// Round trips are what a group costs, and every transaction waiting meanwhile waits for them:
+/// the statements are prepared once per connection, and those that do not need an answer
+/// before the next are sent together (PostgreSQL runs a pipeline in order, so the reads still
+/// run after the lock is taken). Besides `BEGIN` and `COMMIT`, a group takes two round trips:
+/// the lock with every read, then every write.
 async fn write_group(inner: &Inner, group: &mut [Decided]) -> Result<u64, EngineError> {
     let mut client = inner.client().await?;
     let txn = client.transaction().await.map_err(db_error)?;
-    let row = txn
-        .query_one("SELECT last FROM eb_seq WHERE id = 1 FOR UPDATE", &[])
-        .await
-        .map_err(db_error)?;
-    let last: i64 = row.try_get(0).map_err(db_error)?;
-    let mut next_seq = last as u64 + 1;
+    let prepare = |sql: &'static str| {
+        let txn = &txn;
+        async move { txn.prepare_cached(sql).await.map_err(db_error) }
+    };
+    let (lock_seq, read_keys, put_keys, delete_keys, advance_seq, notify) = futures_util::try_join!(
+        prepare(LOCK_SEQ),
+        prepare(READ_KEYS),
+        prepare(PUT_KEYS),
+        prepare(DELETE_KEYS),
+        prepare(ADVANCE_SEQ),
+        prepare(NOTIFY),
+    )?;
 
-    // The current value of every key the group read or expects, in one query.
+    // The current value of every key the group read or expects.
     let mut wanted: Vec<&FullKey> = Vec::new();
     for d in group.iter() {
         wanted.extend(d.job.reads.iter().map(|(k, _)| k));
         wanted.extend(d.job.expects.iter().map(|(k, _)| k));
         wanted.extend(d.job.adds.iter().map(|(k, _)| k));
     }
-    let stored = read_keys(&txn, &wanted).await?;
+    let wanted_ks: Vec<i16> = wanted.iter().map(|(ks, _)| *ks).collect();
+    let wanted_k: Vec<&[u8]> = wanted.iter().map(|(_, k)| k.as_slice()).collect();
+    let lock = async {
+        let row = txn.query_one(&lock_seq, &[]).await.map_err(db_error)?;
+        row.try_get::<_, i64>(0).map_err(db_error)
+    };
+    let stored = async {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        txn.query(&read_keys, &[&wanted_ks, &wanted_k])
+            .await
+            .map_err(db_error)
+    };
     // The live rows each scan's check needs, read before any group write is known.
     let scans = try_join_all(group.iter().flat_map(|d| {
         d.job.scans.iter().map(|scan| {
@@ -543,8 +580,10 @@ async fn write_group(inner: &Inner, group: &mut [Decided]) -> Result<u64, Engine
                 rows.await.map(|rows| (fetch, rows))
             }
         })
-    }))
-    .await?;
+    }));
+    let (last, stored, scans) = futures_util::try_join!(lock, stored, scans)?;
+    let stored = stored_values(stored)?;
+    let mut next_seq = last as u64 + 1;
     let mut scans = scans.into_iter();
 
     let mut writes = GroupWrites::new();
@@ -644,59 +683,50 @@ async fn write_group(inner: &Inner, group: &mut [Decided]) -> Result<u64, Engine
             }
         }
     }
-    if !put_k.is_empty() {
-        txn.execute(
-            "INSERT INTO eb_kv (ks, k, v) SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[]) \
-             ON CONFLICT (ks, k) DO UPDATE SET v = excluded.v",
-            &[&put_ks, &put_k, &put_v],
-        )
-        .await
-        .map_err(db_error)?;
-    }
-    if !del_k.is_empty() {
-        txn.execute(
-            "DELETE FROM eb_kv WHERE (ks, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))",
-            &[&del_ks, &del_k],
-        )
-        .await
-        .map_err(db_error)?;
-    }
     let new_last = next_seq - 1;
-    if new_last as i64 != last {
-        let stored_last = new_last as i64;
-        txn.execute("UPDATE eb_seq SET last = $1 WHERE id = 1", &[&stored_last])
-            .await
-            .map_err(db_error)?;
-        let payload = new_last.to_string();
-        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-            .await
-            .map_err(db_error)?;
-    }
+    let stored_last = new_last as i64;
+    let payload = new_last.to_string();
+    let advanced = new_last as i64 != last;
+    let put = async {
+        if !put_k.is_empty() {
+            txn.execute(&put_keys, &[&put_ks, &put_k, &put_v])
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    };
+    let delete = async {
+        if !del_k.is_empty() {
+            txn.execute(&delete_keys, &[&del_ks, &del_k])
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    };
+    let advance = async {
+        if advanced {
+            txn.execute(&advance_seq, &[&stored_last])
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    };
+    // Delivered when the transaction commits.
+    let announce = async {
+        if advanced {
+            txn.execute(&notify, &[&CHANNEL, &payload])
+                .await
+                .map_err(db_error)?;
+        }
+        Ok::<_, EngineError>(())
+    };
+    futures_util::try_join!(put, delete, advance, announce)?;
     txn.commit().await.map_err(db_error)?;
     Ok(new_last)
 }
 
-fn range_has(range: &KeyRange, key: &[u8]) -> bool {
-    key >= range.start.as_slice() && range.end.as_deref().is_none_or(|end| key < end)
-}
-
-/// The stored values of `keys` (absent keys are left out).
-async fn read_keys(
-    txn: &deadpool_postgres::Transaction<'_>,
-    keys: &[&FullKey],
-) -> Result<BTreeMap<FullKey, Bytes>, EngineError> {
-    if keys.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let ks: Vec<i16> = keys.iter().map(|(ks, _)| *ks).collect();
-    let k: Vec<&[u8]> = keys.iter().map(|(_, k)| k.as_slice()).collect();
-    let rows = txn
-        .query(
-            "SELECT ks, k, v FROM eb_kv WHERE (ks, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))",
-            &[&ks, &k],
-        )
-        .await
-        .map_err(db_error)?;
+/// The values of the rows `READ_KEYS` returned, by key.
+fn stored_values(rows: Vec<Row>) -> Result<BTreeMap<FullKey, Bytes>, EngineError> {
     let mut out = BTreeMap::new();
     for row in rows {
         let ks: i16 = row.try_get(0).map_err(db_error)?;
@@ -705,6 +735,10 @@ async fn read_keys(
         out.insert((ks, k), Bytes::from(v));
     }
     Ok(out)
+}
+
+fn range_has(range: &KeyRange, key: &[u8]) -> bool {
+    key >= range.start.as_slice() && range.end.as_deref().is_none_or(|end| key < end)
 }
 
 /// Reads `eb_seq` every `interval`: the fallback that delivers what notifications miss.
