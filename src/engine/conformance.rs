@@ -9,8 +9,8 @@
 
 use super::faulty::FaultyEngine;
 use super::{
-    counter, retry, ChangeAppend, Direction, Engine, EngineError, KeyRange, Keyspace, Stamped,
-    Transaction,
+    counter, retry, ChangeAppend, Direction, Engine, EngineError, KeyRange, Keyspace, RangeScan,
+    Stamped, Transaction,
 };
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +37,7 @@ pub async fn run(backend: &dyn Backend) {
     let engine = backend.open().await;
     atomic_commit(&*engine).await;
     conflicts(&*engine).await;
+    scan_conflicts(&*engine).await;
     expectations(&*engine).await;
     ordered_scans(&*engine).await;
     feed_order(&*engine).await;
@@ -203,6 +204,80 @@ async fn conflicts(engine: &dyn Engine) {
     c.put(Keyspace::Meta, b"c".to_vec(), b"1".to_vec());
     put_commit(engine, &[(Keyspace::Meta, b"unrelated", b"x")]).await;
     ok(c.commit(None).await, "commit without a conflict");
+}
+
+/// Several scans at once read what each would alone, and each is checked at the commit:
+/// bounded or open-ended, in either direction, a key that changes what it saw conflicts.
+async fn scan_conflicts(engine: &dyn Engine) {
+    // Past every other key of the keyspace, so the open-ended scans see only these.
+    let key = |name: &str| format!("z/{name}").into_bytes();
+    let names = ["1", "2", "3", "4", "5"];
+    let mut txn = ok(engine.begin().await, "begin");
+    for name in names {
+        txn.put(Keyspace::Files, key(name), name.as_bytes().to_vec());
+    }
+    ok(txn.commit(None).await, "commit");
+    let scan = |range: KeyRange, direction, limit| RangeScan {
+        range,
+        direction,
+        limit,
+    };
+    // Each scan, and a key that changes what it sees.
+    let cases = [
+        (scan(KeyRange::prefix(b"z/"), Direction::Forward, 2), "15"),
+        (scan(KeyRange::prefix(b"z/"), Direction::Reverse, 2), "45"),
+        (scan(KeyRange::from(key("3")), Direction::Forward, 10), "9"),
+        (scan(KeyRange::from(key("")), Direction::Reverse, 1), "6"),
+    ];
+    let mut scans: Vec<RangeScan> = cases.iter().map(|(scan, _)| scan.clone()).collect();
+    scans.push(scan(
+        KeyRange::new(key("4"), key("2")),
+        Direction::Forward,
+        5,
+    ));
+    scans.push(scan(KeyRange::prefix(b"z/"), Direction::Forward, 0));
+    let mut txn = ok(engine.begin().await, "begin");
+    let many = ok(txn.scan_many(Keyspace::Files, &scans).await, "scan_many");
+    assert_eq!(many.len(), scans.len(), "one answer per scan");
+    for (scan, found) in scans.iter().zip(&many) {
+        let alone = ok(
+            engine
+                .scan(Keyspace::Files, &scan.range, scan.direction, scan.limit)
+                .await,
+            "scan",
+        );
+        assert_eq!(found, &alone, "{scan:?} read at once as alone");
+    }
+    assert_eq!(many[0].len(), 2);
+    assert!(many[4].is_empty() && many[5].is_empty());
+    txn.put(Keyspace::Meta, b"scans".to_vec(), b"1".to_vec());
+    ok(txn.commit(None).await, "scans nobody changed commit");
+
+    for (scan, added) in cases {
+        let mut txn = ok(engine.begin().await, "begin");
+        let seen = ok(
+            txn.scan_many(Keyspace::Files, std::slice::from_ref(&scan))
+                .await,
+            "scan_many",
+        );
+        assert!(!seen[0].is_empty());
+        txn.put(Keyspace::Meta, b"scans".to_vec(), b"2".to_vec());
+        put_commit(engine, &[(Keyspace::Files, &key(added), b"new")]).await;
+        assert_eq!(
+            txn.commit(None).await,
+            Err(EngineError::Conflict),
+            "{scan:?} gained {added}"
+        );
+        let mut undo = ok(engine.begin().await, "begin");
+        undo.delete(Keyspace::Files, key(added));
+        ok(undo.commit(None).await, "commit");
+    }
+    let mut undo = ok(engine.begin().await, "begin");
+    for name in names {
+        undo.delete(Keyspace::Files, key(name));
+    }
+    undo.delete(Keyspace::Meta, b"scans".to_vec());
+    ok(undo.commit(None).await, "commit");
 }
 
 /// `expect` holds the commit to a stored value, or to absence.

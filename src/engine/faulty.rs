@@ -5,7 +5,7 @@
 use super::Bytes;
 use super::{
     Applied, ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange, Keyspace,
-    OnDurable, Snapshot, Transaction,
+    OnDurable, RangeScan, Snapshot, Transaction,
 };
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -137,6 +137,15 @@ impl Transaction for FaultyTransaction {
     ) -> Result<Vec<Entry>, EngineError> {
         self.engine.read_fault()?;
         self.inner.scan(ks, range, direction, limit).await
+    }
+
+    async fn scan_many(
+        &mut self,
+        ks: Keyspace,
+        scans: &[RangeScan],
+    ) -> Result<Vec<Vec<Entry>>, EngineError> {
+        self.engine.read_fault()?;
+        self.inner.scan_many(ks, scans).await
     }
 
     fn put(&mut self, ks: Keyspace, key: Vec<u8>, value: Vec<u8>) {

@@ -124,6 +124,14 @@ pub fn successor(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// One range of [`Transaction::scan_many`]: what [`Transaction::scan`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeScan {
+    pub range: KeyRange,
+    pub direction: Direction,
+    pub limit: usize,
+}
+
 /// The order a scan yields keys in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -272,6 +280,24 @@ pub trait Transaction: Send {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Entry>, EngineError>;
+
+    /// Several scans of `ks`, each as [`scan`](Transaction::scan) returns it, in their order,
+    /// and checked at the commit as each of them is. A backend that pays a round trip per read
+    /// makes them at once.
+    async fn scan_many(
+        &mut self,
+        ks: Keyspace,
+        scans: &[RangeScan],
+    ) -> Result<Vec<Vec<Entry>>, EngineError> {
+        let mut found = Vec::with_capacity(scans.len());
+        for scan in scans {
+            found.push(
+                self.scan(ks, &scan.range, scan.direction, scan.limit)
+                    .await?,
+            );
+        }
+        Ok(found)
+    }
 
     fn put(&mut self, ks: Keyspace, key: Vec<u8>, value: Vec<u8>);
 

@@ -31,14 +31,15 @@
 use super::overlay::{self, in_range};
 use super::{
     Bytes, ChangeAppend, Committed, Direction, Engine, EngineError, Entry, KeyRange, Keyspace,
-    OnDurable, Snapshot, Transaction,
+    OnDurable, RangeScan, Snapshot, Transaction,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Timeouts,
 };
 use futures_util::future::try_join_all;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -268,6 +269,129 @@ async fn scan_untimed(
         None => client.query(&statement, &[&ks, &range.start, &limit]).await,
     };
     entries(rows.map_err(db_error)?)
+}
+
+/// One scan of [`scan_ranges`].
+struct Ranged<'a> {
+    ks: i16,
+    range: &'a KeyRange,
+    direction: Direction,
+    limit: usize,
+}
+
+/// The kinds of scan, one statement each in [`scan_ranges`]: bounded or open-ended, in either
+/// direction.
+const SCAN_KINDS: [(bool, Direction); 4] = [
+    (true, Direction::Forward),
+    (true, Direction::Reverse),
+    (false, Direction::Forward),
+    (false, Direction::Reverse),
+];
+
+/// The SQL of every scan of one kind at once: each element of the arrays is one scan, and each
+/// entry comes back with the scan's position in them.
+fn scan_many_sql(bounded: bool, direction: Direction) -> &'static str {
+    match (bounded, direction) {
+        (true, Direction::Forward) => {
+            "SELECT r.i, e.k, e.v \
+             FROM unnest($1::int2[], $2::bytea[], $3::bytea[], $4::int8[]) \
+                 WITH ORDINALITY AS r(ks, lo, hi, n, i) \
+             CROSS JOIN LATERAL (SELECT k, v FROM eb_kv \
+                 WHERE ks = r.ks AND k >= r.lo AND k < r.hi ORDER BY k LIMIT r.n) e"
+        }
+        (true, Direction::Reverse) => {
+            "SELECT r.i, e.k, e.v \
+             FROM unnest($1::int2[], $2::bytea[], $3::bytea[], $4::int8[]) \
+                 WITH ORDINALITY AS r(ks, lo, hi, n, i) \
+             CROSS JOIN LATERAL (SELECT k, v FROM eb_kv \
+                 WHERE ks = r.ks AND k >= r.lo AND k < r.hi ORDER BY k DESC LIMIT r.n) e"
+        }
+        (false, Direction::Forward) => {
+            "SELECT r.i, e.k, e.v \
+             FROM unnest($1::int2[], $2::bytea[], $3::int8[]) WITH ORDINALITY AS r(ks, lo, n, i) \
+             CROSS JOIN LATERAL (SELECT k, v FROM eb_kv \
+                 WHERE ks = r.ks AND k >= r.lo ORDER BY k LIMIT r.n) e"
+        }
+        (false, Direction::Reverse) => {
+            "SELECT r.i, e.k, e.v \
+             FROM unnest($1::int2[], $2::bytea[], $3::int8[]) WITH ORDINALITY AS r(ks, lo, n, i) \
+             CROSS JOIN LATERAL (SELECT k, v FROM eb_kv \
+                 WHERE ks = r.ks AND k >= r.lo ORDER BY k DESC LIMIT r.n) e"
+        }
+    }
+}
+
+/// The entries of each of `scans`, in their order, as [`scan_untimed`] reads one: a statement
+/// per kind of scan among them (at most four), sent together.
+async fn scan_ranges(
+    client: &impl GenericClient,
+    scans: &[Ranged<'_>],
+) -> Result<Vec<Vec<Entry>>, EngineError> {
+    // The positions in `scans` of each kind's scans.
+    let mut kinds: [Vec<usize>; 4] = Default::default();
+    for (at, scan) in scans.iter().enumerate() {
+        if scan.range.is_empty() || scan.limit == 0 {
+            continue;
+        }
+        let bounded = scan.range.end.is_some();
+        if let Some(kind) = SCAN_KINDS
+            .iter()
+            .position(|&kind| kind == (bounded, scan.direction))
+        {
+            kinds[kind].push(at);
+        }
+    }
+    let queries = SCAN_KINDS
+        .iter()
+        .zip(&kinds)
+        .filter(|(_, members)| !members.is_empty())
+        .map(|(&(bounded, direction), members)| async move {
+            let statement = client
+                .prepare_cached(scan_many_sql(bounded, direction))
+                .await
+                .map_err(db_error)?;
+            let of = |at: &usize| &scans[*at];
+            let ks: Vec<i16> = members.iter().map(|at| of(at).ks).collect();
+            let lo: Vec<&[u8]> = members
+                .iter()
+                .map(|at| of(at).range.start.as_slice())
+                .collect();
+            let n: Vec<i64> = members
+                .iter()
+                .map(|at| i64::try_from(of(at).limit).unwrap_or(i64::MAX))
+                .collect();
+            let rows = if bounded {
+                let hi: Vec<&[u8]> = members
+                    .iter()
+                    .map(|at| of(at).range.end.as_deref().unwrap_or_default())
+                    .collect();
+                client.query(&statement, &[&ks, &lo, &hi, &n]).await
+            } else {
+                client.query(&statement, &[&ks, &lo, &n]).await
+            };
+            Ok::<_, EngineError>((members, rows.map_err(db_error)?))
+        });
+    let mut found = vec![Vec::new(); scans.len()];
+    for (members, rows) in try_join_all(queries).await? {
+        for row in rows {
+            let i: i64 = row.try_get(0).map_err(db_error)?;
+            let k: Vec<u8> = row.try_get(1).map_err(db_error)?;
+            let v: Vec<u8> = row.try_get(2).map_err(db_error)?;
+            let at = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| members.get(i))
+                .ok_or_else(|| EngineError::Io(format!("a scan came back as number {i}")))?;
+            found[*at].push((Bytes::from(k), Bytes::from(v)));
+        }
+    }
+    // A statement's rows need not come in each scan's order.
+    for (entries, scan) in found.iter_mut().zip(scans) {
+        match scan.direction {
+            Direction::Forward => entries.sort_by(|a, b| a.0.cmp(&b.0)),
+            Direction::Reverse => entries.sort_by(|a, b| b.0.cmp(&a.0)),
+        }
+    }
+    Ok(found)
 }
 
 async fn get_on(
@@ -560,31 +684,29 @@ async fn write_group(inner: &Inner, group: &mut [Decided]) -> Result<u64, Engine
             .await
             .map_err(db_error)
     };
-    // The live rows each scan's check needs, read before any group write is known.
-    let scans = try_join_all(group.iter().flat_map(|d| {
-        d.job.scans.iter().map(|scan| {
-            let pending: usize = group
-                .iter()
-                .map(|d| {
-                    d.job
-                        .writes
-                        .keys()
-                        .filter(|(ks, k)| *ks == scan.ks && range_has(&scan.range, k))
-                        .count()
-                })
-                .sum();
-            let fetch = overlay::fetch_for(scan.limit, pending);
-            let txn = &txn;
-            async move {
-                let rows = scan_on(txn, scan.ks, &scan.range, scan.direction, fetch);
-                rows.await.map(|rows| (fetch, rows))
-            }
+    // The live rows each scan's check needs, read before any group write is known: enough
+    // that the group's writes, laid over them, still show each scan's whole page.
+    let written: BTreeSet<(i16, &[u8])> = group
+        .iter()
+        .flat_map(|d| d.job.writes.keys())
+        .map(|(ks, k)| (*ks, k.as_slice()))
+        .collect();
+    let checks: Vec<Ranged> = group
+        .iter()
+        .flat_map(|d| &d.job.scans)
+        .map(|scan| Ranged {
+            ks: scan.ks,
+            range: &scan.range,
+            direction: scan.direction,
+            limit: overlay::fetch_for(scan.limit, written_in(&written, scan.ks, &scan.range)),
         })
-    }));
+        .collect();
+    let scans = scan_ranges(&txn, &checks);
     let (last, stored, scans) = futures_util::try_join!(lock, stored, scans)?;
     let stored = stored_values(stored)?;
     let mut next_seq = last as u64 + 1;
-    let mut scans = scans.into_iter();
+    let fetched: Vec<usize> = checks.iter().map(|check| check.limit).collect();
+    let mut scans = fetched.into_iter().zip(scans);
 
     let mut writes = GroupWrites::new();
     for d in group.iter_mut() {
@@ -737,8 +859,19 @@ fn stored_values(rows: Vec<Row>) -> Result<BTreeMap<FullKey, Bytes>, EngineError
     Ok(out)
 }
 
-fn range_has(range: &KeyRange, key: &[u8]) -> bool {
-    key >= range.start.as_slice() && range.end.as_deref().is_none_or(|end| key < end)
+/// How many of a group's written keys fall in a scanned range.
+fn written_in(written: &BTreeSet<(i16, &[u8])>, ks: i16, range: &KeyRange) -> usize {
+    if range.is_empty() {
+        return 0;
+    }
+    let end = match (&range.end, ks.checked_add(1)) {
+        (Some(end), _) => Bound::Excluded((ks, end.as_slice())),
+        (None, Some(next)) => Bound::Excluded((next, &[][..])),
+        (None, None) => Bound::Unbounded,
+    };
+    written
+        .range((Bound::Included((ks, range.start.as_slice())), end))
+        .count()
 }
 
 /// Reads `eb_seq` every `interval`: the fallback that delivers what notifications miss.
@@ -1005,6 +1138,35 @@ impl Transaction for PostgresTransaction {
             seen: seen.clone(),
         });
         Ok(seen)
+    }
+
+    async fn scan_many(
+        &mut self,
+        ks: Keyspace,
+        scans: &[RangeScan],
+    ) -> Result<Vec<Vec<Entry>>, EngineError> {
+        let ks = ks_id(ks);
+        let ranged: Vec<Ranged> = scans
+            .iter()
+            .map(|scan| Ranged {
+                ks,
+                range: &scan.range,
+                direction: scan.direction,
+                limit: scan.limit,
+            })
+            .collect();
+        let client = self.inner.client().await?;
+        let found = timed(scan_ranges(&client, &ranged)).await?;
+        for (scan, seen) in scans.iter().zip(&found) {
+            self.scans.push(ScanRead {
+                ks,
+                range: scan.range.clone(),
+                direction: scan.direction,
+                limit: scan.limit,
+                seen: seen.clone(),
+            });
+        }
+        Ok(found)
     }
 
     fn put(&mut self, ks: Keyspace, key: Vec<u8>, value: Vec<u8>) {
