@@ -4,7 +4,7 @@
 
 use super::commit::decode_tombstone;
 use super::{keys, records, Store, StoreError};
-use crate::engine::{retry, Direction, KeyRange, Keyspace, Transaction};
+use crate::engine::{retry, Bytes, Direction, KeyRange, Keyspace, RangeScan, Transaction};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -51,28 +51,29 @@ async fn prune_changes(store: &Store) -> Result<usize, StoreError> {
     let entries = txn
         .scan(Keyspace::Changes, &range, Direction::Forward, PER_ROUND)
         .await?;
-    // Records this round rewrote (with a whole `before`), which its reads do not show.
-    let mut rewritten: HashMap<u64, records::StoredChange> = HashMap::new();
-    let mut removed = 0;
+    // The records that go: the oldest, up to the first one kept.
+    let mut doomed = Vec::new();
     for (key, bytes) in entries {
         let seq = keys::seq_of(&key);
-        let stored = match rewritten.remove(&seq) {
-            Some(stored) => Ok(stored),
-            None => records::decode(seq, &bytes),
-        };
-        match stored {
-            Ok(stored) => {
-                if seq >= keep_from_seq && stored.time >= cutoff {
-                    break;
-                }
-                unchain(&mut *txn, &stored, &mut rewritten).await?;
-            }
+        match records::decode(seq, &bytes) {
+            Ok(stored) if seq >= keep_from_seq && stored.time >= cutoff => break,
+            Ok(stored) => doomed.push((key, Some(stored))),
             Err(e) => {
-                tracing::warn!(seq, error = %e, "pruning a change record that does not decode")
+                tracing::warn!(seq, error = %e, "pruning a change record that does not decode");
+                doomed.push((key, None));
             }
         }
+    }
+    let nexts = next_history(&mut *txn, &doomed).await?;
+    // Records this round rewrote (with a whole `before`), which its reads do not show.
+    let mut rewritten: HashMap<u64, records::StoredChange> = HashMap::new();
+    let removed = doomed.len();
+    for ((key, stored), next) in doomed.into_iter().zip(nexts) {
+        if let Some(stored) = stored {
+            let stored = rewritten.remove(&stored.seq).unwrap_or(stored);
+            unchain(&mut *txn, &stored, next, &mut rewritten).await?;
+        }
         txn.delete(Keyspace::Changes, key.to_vec());
-        removed += 1;
     }
     if removed > 0 {
         txn.commit(None).await?;
@@ -81,12 +82,45 @@ async fn prune_changes(store: &Store) -> Result<usize, StoreError> {
     Ok(removed)
 }
 
+/// For each record about to be pruned that is a document's, the sequence of that document's
+/// next change, if any: looked up for all of them at once.
+async fn next_history(
+    txn: &mut dyn Transaction,
+    doomed: &[(Bytes, Option<records::StoredChange>)],
+) -> Result<Vec<Option<u64>>, StoreError> {
+    let mut asked = Vec::new();
+    let mut scans = Vec::new();
+    for (at, (_, stored)) in doomed.iter().enumerate() {
+        let Some(stored) = stored else {
+            continue;
+        };
+        let Some((collection, id)) = stored.document() else {
+            continue;
+        };
+        let prefix = keys::history_prefix(collection, id);
+        let after = keys::successor(&keys::history_key(collection, id, stored.seq));
+        asked.push(at);
+        scans.push(RangeScan {
+            range: KeyRange::new(after, keys::prefix_end(&prefix)),
+            direction: Direction::Forward,
+            limit: 1,
+        });
+    }
+    let found = txn.scan_many(Keyspace::History, &scans).await?;
+    let mut nexts = vec![None; doomed.len()];
+    for (at, entries) in asked.into_iter().zip(found) {
+        nexts[at] = entries.first().map(|(key, _)| keys::seq_of(key));
+    }
+    Ok(nexts)
+}
+
 /// Before a document's oldest retained change is pruned, stores the `before` of the document's
-/// next change whole if it referred to the pruned one, and drops the pruned change's history
-/// entry.
+/// next change (`next`, its sequence) whole if it referred to the pruned one, and drops the
+/// pruned change's history entry.
 async fn unchain(
     txn: &mut dyn Transaction,
     oldest: &records::StoredChange,
+    next: Option<u64>,
     rewritten: &mut HashMap<u64, records::StoredChange>,
 ) -> Result<(), StoreError> {
     let Some((collection, id)) = oldest.document() else {
@@ -96,17 +130,9 @@ async fn unchain(
         Keyspace::History,
         keys::history_key(collection, id, oldest.seq),
     );
-    let prefix = keys::history_prefix(collection, id);
-    let after = keys::successor(&keys::history_key(collection, id, oldest.seq));
-    let range = KeyRange::new(after, keys::prefix_end(&prefix));
-    let Some((entry, _)) = txn
-        .scan(Keyspace::History, &range, Direction::Forward, 1)
-        .await?
-        .pop()
-    else {
+    let Some(next_seq) = next else {
         return Ok(());
     };
-    let next_seq = keys::seq_of(&entry);
     // A record this round rewrote already has its `before` whole.
     if rewritten.contains_key(&next_seq) {
         return Ok(());

@@ -200,8 +200,10 @@ fn tiny_patches_of_a_large_document_are_bounded_in_memory_and_on_disk() {
 
 #[test]
 fn change_records_reproduce_exact_envelopes_across_pruning() {
-    // A short retention, so pruning carries documents' states past the records it drops.
-    let srv = TestServer::start_with(|c| c.store.change_retention_count = 7);
+    // A short retention, so pruning carries documents' states past the records it drops: the
+    // oldest record kept is an update, whose `before` pruning must store whole.
+    const KEPT: usize = 5;
+    let srv = TestServer::start_with(|c| c.store.change_retention_count = KEPT);
     let mut expected: Vec<(Option<Value>, Option<Value>)> = Vec::new();
     let bodies = [
         json!({"a": 1, "nested": {"x": [1, 2], "y": null}}),
@@ -236,17 +238,17 @@ fn change_records_reproduce_exact_envelopes_across_pruning() {
             current = Some(again);
         }
     }
-    // Wait for the writer's pruning round (once a second) to leave the last seven.
+    // Wait for the writer's pruning round (once a second) to leave the last `KEPT`.
     let feed = srv.server().changes().clone();
     let total = expected.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.block_on(feed.first_retained_seq()).unwrap().unwrap() < head + total - 7 {
+    while srv.block_on(feed.first_retained_seq()).unwrap().unwrap() < head + total - KEPT as u64 {
         assert!(Instant::now() < deadline, "the feed was not pruned");
         std::thread::sleep(Duration::from_millis(50));
     }
     let changes = srv.block_on(feed.after(0, 100)).unwrap();
-    assert_eq!(changes.len(), 7);
-    for (change, (before, after)) in changes.iter().zip(&expected[expected.len() - 7..]) {
+    assert_eq!(changes.len(), KEPT);
+    for (change, (before, after)) in changes.iter().zip(&expected[expected.len() - KEPT..]) {
         let emberbase::Subject::Document {
             before: b,
             after: a,
