@@ -37,6 +37,7 @@ pub async fn run(backend: &dyn Backend) {
     let engine = backend.open().await;
     atomic_commit(&*engine).await;
     conflicts(&*engine).await;
+    get_many_conflicts(&*engine).await;
     scan_conflicts(&*engine).await;
     expectations(&*engine).await;
     ordered_scans(&*engine).await;
@@ -204,6 +205,50 @@ async fn conflicts(engine: &dyn Engine) {
     c.put(Keyspace::Meta, b"c".to_vec(), b"1".to_vec());
     put_commit(engine, &[(Keyspace::Meta, b"unrelated", b"x")]).await;
     ok(c.commit(None).await, "commit without a conflict");
+}
+
+/// Several keys read at once read what each would alone, and each is checked at the commit:
+/// a present key that changes, or an absent one that appears, conflicts.
+async fn get_many_conflicts(engine: &dyn Engine) {
+    put_commit(
+        engine,
+        &[(Keyspace::Meta, b"m1", b"1"), (Keyspace::Meta, b"m2", b"2")],
+    )
+    .await;
+    let keys = [b"m1".to_vec(), b"m-absent".to_vec(), b"m2".to_vec()];
+    async fn read(txn: &mut dyn Transaction, keys: &[Vec<u8>]) -> Vec<Option<Vec<u8>>> {
+        let values = ok(txn.get_many(Keyspace::Meta, keys).await, "get_many");
+        values.into_iter().map(|v| v.map(|b| b.to_vec())).collect()
+    }
+    let mut txn = ok(engine.begin().await, "begin");
+    assert_eq!(
+        read(&mut *txn, &keys).await,
+        [Some(b"1".to_vec()), None, Some(b"2".to_vec())]
+    );
+    txn.put(Keyspace::Meta, b"m1".to_vec(), b"read".to_vec());
+    ok(txn.commit(None).await, "reads nobody changed commit");
+
+    for (key, value) in [(&b"m2"[..], &b"changed"[..]), (b"m-absent", b"appeared")] {
+        let mut txn = ok(engine.begin().await, "begin");
+        read(&mut *txn, &keys).await;
+        txn.put(Keyspace::Meta, b"m1".to_vec(), b"lost".to_vec());
+        put_commit(engine, &[(Keyspace::Meta, key, value)]).await;
+        assert_eq!(
+            txn.commit(None).await,
+            Err(EngineError::Conflict),
+            "{} changed",
+            String::from_utf8_lossy(key)
+        );
+    }
+    assert_eq!(
+        value(engine, Keyspace::Meta, b"m1").await.as_deref(),
+        Some(&b"read"[..])
+    );
+    let mut undo = ok(engine.begin().await, "begin");
+    for key in keys {
+        undo.delete(Keyspace::Meta, key);
+    }
+    ok(undo.commit(None).await, "commit");
 }
 
 /// Several scans at once read what each would alone, and each is checked at the commit:

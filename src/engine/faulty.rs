@@ -128,6 +128,15 @@ impl Transaction for FaultyTransaction {
         self.inner.get(ks, key).await
     }
 
+    async fn get_many(
+        &mut self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Bytes>>, EngineError> {
+        self.engine.read_fault()?;
+        self.inner.get_many(ks, keys).await
+    }
+
     async fn scan(
         &mut self,
         ks: Keyspace,

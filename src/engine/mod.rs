@@ -273,6 +273,21 @@ pub trait Engine: Send + Sync + 'static {
 pub trait Transaction: Send {
     async fn get(&mut self, ks: Keyspace, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
 
+    /// The values of several keys of `ks`, in their order (`None` for an absent one), each
+    /// checked at the commit as a [`get`](Transaction::get) is. A backend that pays a round
+    /// trip per read reads them at once.
+    async fn get_many(
+        &mut self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Bytes>>, EngineError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(ks, key).await?);
+        }
+        Ok(values)
+    }
+
     async fn scan(
         &mut self,
         ks: Keyspace,

@@ -402,6 +402,31 @@ async fn get_on(
     timed(get_untimed(client, ks, key)).await
 }
 
+/// The values of `keys` in their order (`None` for an absent one), in one statement.
+async fn get_many_on(
+    client: &impl GenericClient,
+    ks: i16,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Option<Bytes>>, EngineError> {
+    let read = async {
+        let statement = client
+            .prepare_cached("SELECT k, v FROM eb_kv WHERE ks = $1 AND k = ANY($2::bytea[])")
+            .await
+            .map_err(db_error)?;
+        let wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let rows = client
+            .query(&statement, &[&ks, &wanted])
+            .await
+            .map_err(db_error)?;
+        let found: std::collections::HashMap<Bytes, Bytes> = entries(rows)?.into_iter().collect();
+        Ok(keys
+            .iter()
+            .map(|k| found.get(k.as_slice()).cloned())
+            .collect())
+    };
+    timed(read).await
+}
+
 async fn get_untimed(
     client: &impl GenericClient,
     ks: i16,
@@ -976,24 +1001,7 @@ impl Engine for PostgresEngine {
             return Ok(Vec::new());
         }
         let client = self.inner.client().await?;
-        let read = async {
-            let statement = client
-                .prepare_cached("SELECT k, v FROM eb_kv WHERE ks = $1 AND k = ANY($2::bytea[])")
-                .await
-                .map_err(db_error)?;
-            let wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let rows = client
-                .query(&statement, &[&ks_id(ks), &wanted])
-                .await
-                .map_err(db_error)?;
-            let found: std::collections::HashMap<Bytes, Bytes> =
-                entries(rows)?.into_iter().collect();
-            Ok(keys
-                .iter()
-                .map(|k| found.get(k.as_slice()).cloned())
-                .collect())
-        };
-        timed(read).await
+        get_many_on(&client, ks_id(ks), keys).await
     }
 
     async fn scan(
@@ -1119,6 +1127,22 @@ impl Transaction for PostgresTransaction {
         let value = get_on(&client, ks_id(ks), key).await?;
         self.reads.push(((ks_id(ks), key.to_vec()), value.clone()));
         Ok(value)
+    }
+
+    async fn get_many(
+        &mut self,
+        ks: Keyspace,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Bytes>>, EngineError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.inner.client().await?;
+        let values = get_many_on(&client, ks_id(ks), keys).await?;
+        for (key, value) in keys.iter().zip(&values) {
+            self.reads.push(((ks_id(ks), key.clone()), value.clone()));
+        }
+        Ok(values)
     }
 
     async fn scan(

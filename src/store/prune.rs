@@ -71,7 +71,7 @@ async fn prune_changes(store: &Store) -> Result<usize, StoreError> {
     for ((key, stored), next) in doomed.into_iter().zip(nexts) {
         if let Some(stored) = stored {
             let stored = rewritten.remove(&stored.seq).unwrap_or(stored);
-            unchain(&mut *txn, &stored, next, &mut rewritten).await?;
+            unchain(&mut *txn, &stored, next, &mut rewritten)?;
         }
         txn.delete(Keyspace::Changes, key.to_vec());
     }
@@ -82,12 +82,19 @@ async fn prune_changes(store: &Store) -> Result<usize, StoreError> {
     Ok(removed)
 }
 
-/// For each record about to be pruned that is a document's, the sequence of that document's
-/// next change, if any: looked up for all of them at once.
+/// The next change of a pruned change's document.
+struct NextChange {
+    seq: u64,
+    /// Its stored record, as read before the round's writes.
+    record: Option<Bytes>,
+}
+
+/// For each record about to be pruned that is a document's, that document's next change, if
+/// any: looked up for all of them at once, then read at once.
 async fn next_history(
     txn: &mut dyn Transaction,
     doomed: &[(Bytes, Option<records::StoredChange>)],
-) -> Result<Vec<Option<u64>>, StoreError> {
+) -> Result<Vec<Option<NextChange>>, StoreError> {
     let mut asked = Vec::new();
     let mut scans = Vec::new();
     for (at, (_, stored)) in doomed.iter().enumerate() {
@@ -107,20 +114,31 @@ async fn next_history(
         });
     }
     let found = txn.scan_many(Keyspace::History, &scans).await?;
-    let mut nexts = vec![None; doomed.len()];
-    for (at, entries) in asked.into_iter().zip(found) {
-        nexts[at] = entries.first().map(|(key, _)| keys::seq_of(key));
+    // Where each next change is, and its sequence.
+    let seqs: Vec<(usize, u64)> = asked
+        .into_iter()
+        .zip(found)
+        .filter_map(|(at, entries)| Some((at, keys::seq_of(&entries.first()?.0))))
+        .collect();
+    let change_keys: Vec<Vec<u8>> = seqs
+        .iter()
+        .map(|(_, seq)| keys::change_key(*seq).to_vec())
+        .collect();
+    let records = txn.get_many(Keyspace::Changes, &change_keys).await?;
+    let mut nexts: Vec<Option<NextChange>> = doomed.iter().map(|_| None).collect();
+    for ((at, seq), record) in seqs.into_iter().zip(records) {
+        nexts[at] = Some(NextChange { seq, record });
     }
     Ok(nexts)
 }
 
 /// Before a document's oldest retained change is pruned, stores the `before` of the document's
-/// next change (`next`, its sequence) whole if it referred to the pruned one, and drops the
-/// pruned change's history entry.
-async fn unchain(
+/// next change (`next`) whole if it referred to the pruned one, and drops the pruned change's
+/// history entry.
+fn unchain(
     txn: &mut dyn Transaction,
     oldest: &records::StoredChange,
-    next: Option<u64>,
+    next: Option<NextChange>,
     rewritten: &mut HashMap<u64, records::StoredChange>,
 ) -> Result<(), StoreError> {
     let Some((collection, id)) = oldest.document() else {
@@ -130,20 +148,18 @@ async fn unchain(
         Keyspace::History,
         keys::history_key(collection, id, oldest.seq),
     );
-    let Some(next_seq) = next else {
+    let Some(NextChange {
+        seq: next_seq,
+        record: Some(bytes),
+    }) = next
+    else {
         return Ok(());
     };
     // A record this round rewrote already has its `before` whole.
     if rewritten.contains_key(&next_seq) {
         return Ok(());
     }
-    let next = match txn
-        .get(Keyspace::Changes, &keys::change_key(next_seq))
-        .await?
-    {
-        Some(bytes) => records::decode(next_seq, &bytes)?,
-        None => return Ok(()),
-    };
+    let next = records::decode(next_seq, &bytes)?;
     if !next.before_is_prev() {
         return Ok(());
     }

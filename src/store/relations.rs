@@ -211,13 +211,26 @@ pub(super) async fn check_references(
         let had = before
             .and_then(|b| references(b, &relation.path).ok())
             .unwrap_or_default();
-        for id in now.iter().filter(|id| !had.contains(id)) {
-            let exists = match written(&relation.target, id) {
+        // Each newly referenced id, and what this write itself says of it.
+        let added: Vec<(&String, Option<bool>)> = now
+            .iter()
+            .filter(|id| !had.contains(id))
+            .map(|id| (id, written(&relation.target, id)))
+            .collect();
+        // The rest is read, all at once.
+        let unknown: Vec<Vec<u8>> = added
+            .iter()
+            .filter(|(_, known)| known.is_none())
+            .map(|(id, _)| keys::doc_key(&relation.target, id))
+            .collect();
+        let mut stored = txn
+            .get_many(Keyspace::Documents, &unknown)
+            .await?
+            .into_iter();
+        for (id, known) in added {
+            let exists = match known {
                 Some(exists) => exists,
-                None => txn
-                    .get(Keyspace::Documents, &keys::doc_key(&relation.target, id))
-                    .await?
-                    .is_some(),
+                None => stored.next().flatten().is_some(),
             };
             if !exists {
                 return Err(invalid(format!(

@@ -197,6 +197,16 @@ fn references_must_name_existing_documents() {
     }
     let many: Vec<String> = (0..101).map(|i| format!("p{i}")).collect();
     put(&srv, "likes", "l", json!({"who": many})).expect_error(400, "validation_failed");
+    // The ids of a list are read together; the one missing among them is named.
+    put(&srv, "people", "bob", json!({})).expect(201);
+    let resp = put(&srv, "likes", "l", json!({"who": ["ada", "ghost", "bob"]}))
+        .expect_error(400, "validation_failed");
+    assert!(
+        resp.text.contains("there is no document people/ghost"),
+        "{}",
+        resp.text
+    );
+    put(&srv, "likes", "l", json!({"who": ["ada", "bob"]})).expect(201);
     put(&srv, "posts", "p", json!({"author": null})).expect(201);
     // A batch may create the target and the reference together.
     srv.post(
