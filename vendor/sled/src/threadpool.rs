@@ -68,7 +68,9 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // Emberbase patch: one job needs one thread. Upstream's `notify_all` woke all seven
+        // idle I/O threads for every buffer written, and six went back to sleep.
+        self.cv.notify_one();
 
         len
     }
