@@ -92,8 +92,10 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write buf");
     f.write_all(&data)?;
     // Emberbase patch: the blob, and its name in the blobs directory, are durable before
-    // the log message that points at it can be; upstream synced neither.
+    // the log message that points at it can be; upstream synced neither. (A directory can
+    // be opened and synced only on Unix.)
     f.sync_all()?;
+    #[cfg(unix)]
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
