@@ -17,10 +17,8 @@
 //! batch is applied; the flusher drops those pre-images only after the flush returns, then
 //! runs the commits' `on_durable` callbacks in commit order, then wakes the committers.
 //! Because the pre-images hide part of a batch as well as a whole one, batches are applied
-//! with the vendored sled's `apply_batch_unisolated`, which shuts readers out only while it
-//! pins the log, not while it applies the writes, and flushed with `flush_unisolated`, which
-//! does not take sled's lock at all (so a read never waits behind a batch that waits for a
-//! flush).
+//! with the vendored sled's `apply_batch_unisolated`, which does not shut readers out (and so
+//! does not make every read wait behind a batch that waits for a flush).
 //!
 //! **Failures.** sled keeps an I/O error sticky until the database is reopened, and a failed
 //! flush leaves its batches applied in memory. So when a flush fails, every commit waiting on
@@ -695,7 +693,7 @@ impl Inner {
                 {
                     Err(EngineError::Io("injected flush failure".into()))
                 } else {
-                    self.with_db(|db| db.flush_unisolated().map(drop).map_err(io))
+                    self.with_db(|db| db.flush().map(drop).map_err(io))
                 };
                 let took = started.elapsed();
                 match result {
@@ -817,7 +815,7 @@ impl Inner {
             }
             if differs {
                 db.apply_batch_unisolated(batch).map_err(io)?;
-                db.flush_unisolated().map_err(io)?;
+                db.flush().map_err(io)?;
             }
             s.next_seq = last_seq_in(&db)? + 1;
         }

@@ -381,37 +381,16 @@ impl Tree {
 
     /// Emberbase patch: `apply_batch` without shutting readers out. The batch is still one
     /// unit for crash recovery (one log peg), but a concurrent reader may see some of its
-    /// writes and not others, as it would see a run of `insert` calls. `apply_batch` holds
-    /// the process-wide concurrency control lock exclusively while the whole batch is
-    /// applied, so a read waits for the whole batch (and, behind a waiting batch, for a whole
-    /// `flush` to reach the disk). For a caller that hides unflushed writes from its readers
-    /// itself, as Emberbase's engine does with the pre-images of every key a batch writes,
-    /// that wait buys nothing.
-    ///
-    /// The lock is still held exclusively while the batch pins the log, so that the I/O
-    /// buffer holding the batch's manifest holds nothing else: that buffer cannot reach the
-    /// disk before the batch ends, and a write of another thread in it (a read that helps a
-    /// split, say) would be unreadable until then, a cycle if the batch itself had to read it
-    /// back after an eviction. Pinning takes microseconds; applying the writes does not, and
-    /// runs under the shared lock, as `insert` does. Pair it with `flush_unisolated`.
+    /// writes and not others, as it would see a run of `insert` calls. `apply_batch` takes
+    /// the process-wide concurrency control lock exclusively, which from then on makes every
+    /// read take it too, so that a read waits for a whole batch to be applied and (behind
+    /// that waiting batch) for a whole `flush` to reach the disk. For a caller that hides
+    /// unflushed writes from its readers itself, as Emberbase's engine does with the
+    /// pre-images of every key a batch writes, that wait buys nothing.
     pub fn apply_batch_unisolated(&self, batch: Batch) -> Result<()> {
-        let mut guard = pin();
-        let peg = {
-            let _cc = concurrency_control::write();
-            self.context.pin_log(&guard)?
-        };
         let _cc = concurrency_control::read();
-        self.apply_pinned(batch, peg, &mut guard)
-    }
-
-    /// Emberbase patch: `flush` without the concurrency control lock. `flush` takes it shared,
-    /// and holds it until its `fdatasync` returns, so once `apply_batch_unisolated` takes it
-    /// exclusively to pin the log, the pin (and every read queued behind the pin) would wait
-    /// for the disk. A flush reserves no log space; it only seals the current I/O buffer and
-    /// waits for the buffers up to the highest reservation to be written, which a batch being
-    /// applied meanwhile delays but never blocks for good.
-    pub fn flush_unisolated(&self) -> Result<usize> {
-        self.context.pagecache.log.flush_unisolated()
+        let mut guard = pin();
+        self.apply_batch_inner(batch, &mut guard)
     }
 
     pub(crate) fn apply_batch_inner(
@@ -420,16 +399,6 @@ impl Tree {
         guard: &mut Guard,
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
-        self.apply_pinned(batch, peg, guard)
-    }
-
-    /// Applies a batch's writes under a log peg already taken, then seals it.
-    fn apply_pinned(
-        &self,
-        batch: Batch,
-        peg: RecoveryGuard<'_>,
-        guard: &mut Guard,
-    ) -> Result<()> {
         trace!("applying batch {:?}", batch);
         for (k, v_opt) in batch.writes {
             loop {

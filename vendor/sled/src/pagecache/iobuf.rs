@@ -994,14 +994,6 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     let _cc = concurrency_control::read();
-    flush_unisolated(iobufs)
-}
-
-/// Emberbase patch: `flush` without the concurrency control lock (see
-/// `Tree::flush_unisolated`).
-pub(in crate::pagecache) fn flush_unisolated(
-    iobufs: &Arc<IoBufs>,
-) -> Result<usize> {
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
     make_stable(iobufs, max_reserved_lsn)
 }
