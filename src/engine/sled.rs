@@ -11,14 +11,11 @@
 //! transactions per batch and per fsync). Neither thread is an async worker, so a commit never
 //! blocks one; a caller only awaits its answer.
 //!
-//! **Durable before visible.** sled shows a batch to readers while it is being applied, before
+//! **Durable before visible.** sled shows a batch to readers as soon as it is applied, before
 //! the flush makes it durable. The engine's reads therefore correct what sled returns with the
-//! pre-images of keys written by batches not yet flushed (see `overlay`), recorded before the
-//! batch is applied; the flusher drops those pre-images only after the flush returns, then
-//! runs the commits' `on_durable` callbacks in commit order, then wakes the committers.
-//! Because the pre-images hide part of a batch as well as a whole one, batches are applied
-//! with the vendored sled's `apply_batch_unisolated`, which does not shut readers out (and so
-//! does not make every read wait behind a batch that waits for a flush).
+//! pre-images of keys written by batches not yet flushed (see `overlay`); the flusher drops
+//! those pre-images only after the flush returns, then runs the commits' `on_durable`
+//! callbacks in commit order, then wakes the committers.
 //!
 //! **Failures.** sled keeps an I/O error sticky until the database is reopened, and a failed
 //! flush leaves its batches applied in memory. So when a flush fails, every commit waiting on
@@ -626,8 +623,7 @@ impl Inner {
     }
 
     /// Records the pre-images of a batch (for the durable view and live snapshots), then
-    /// applies it, while readers go on (they see its keys through the pre-images); a batch
-    /// sled refuses leaves the pre-images as they were.
+    /// applies it; a batch sled refuses leaves the pre-images as they were.
     fn apply(
         &self,
         db: &sled::Db,
@@ -650,7 +646,7 @@ impl Inner {
             self.pending_len.store(pending.len(), Ordering::SeqCst);
             undo
         };
-        db.apply_batch_unisolated(batch).map_err(|e| {
+        db.apply_batch(batch).map_err(|e| {
             let mut pending = write(&self.pending);
             for u in undo {
                 pending.undo(u);
@@ -814,7 +810,7 @@ impl Inner {
                 }
             }
             if differs {
-                db.apply_batch_unisolated(batch).map_err(io)?;
+                db.apply_batch(batch).map_err(io)?;
                 db.flush().map_err(io)?;
             }
             s.next_seq = last_seq_in(&db)? + 1;

@@ -379,20 +379,6 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
-    /// Emberbase patch: `apply_batch` without shutting readers out. The batch is still one
-    /// unit for crash recovery (one log peg), but a concurrent reader may see some of its
-    /// writes and not others, as it would see a run of `insert` calls. `apply_batch` takes
-    /// the process-wide concurrency control lock exclusively, which from then on makes every
-    /// read take it too, so that a read waits for a whole batch to be applied and (behind
-    /// that waiting batch) for a whole `flush` to reach the disk. For a caller that hides
-    /// unflushed writes from its readers itself, as Emberbase's engine does with the
-    /// pre-images of every key a batch writes, that wait buys nothing.
-    pub fn apply_batch_unisolated(&self, batch: Batch) -> Result<()> {
-        let _cc = concurrency_control::read();
-        let mut guard = pin();
-        self.apply_batch_inner(batch, &mut guard)
-    }
-
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,
