@@ -47,6 +47,7 @@ pub async fn run(backend: &dyn Backend) {
     concurrent_increments(engine.clone()).await;
     counters(engine.clone()).await;
     snapshots(&*engine).await;
+    snapshots_under_concurrent_commits(engine.clone()).await;
     stored_bytes(&*engine).await;
     injected_commit_failures(engine.clone()).await;
     if backend.hold_flushes(true) {
@@ -690,6 +691,77 @@ async fn snapshots(engine: &dyn Engine) {
         "scan",
     );
     assert_eq!(live.len(), 2, "the engine itself shows the new state");
+}
+
+/// A snapshot taken while large commits are being applied shows each of them whole or not at
+/// all, whichever part of it the backend has applied when the snapshot reads.
+async fn snapshots_under_concurrent_commits(engine: Arc<dyn Engine>) {
+    // Enough keys, and large enough values, to span many of a tree's nodes.
+    const KEYS: usize = 96;
+    const COMMITS: usize = 60;
+    let prefix = b"whole\0";
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let engine = engine.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            for round in 1..=COMMITS {
+                let mut txn = ok(engine.begin().await, "begin");
+                for k in 0..KEYS {
+                    let key = [&prefix[..], format!("{k:03}").as_bytes()].concat();
+                    txn.put(
+                        Keyspace::Documents,
+                        key,
+                        format!("{round:0>512}").into_bytes(),
+                    );
+                }
+                ok(txn.commit(None).await, "commit");
+            }
+            writing.store(false, Ordering::SeqCst);
+        })
+    };
+    let mut readers = Vec::new();
+    for direction in [Direction::Forward, Direction::Reverse] {
+        let engine = engine.clone();
+        let writing = writing.clone();
+        readers.push(tokio::spawn(async move {
+            let mut looked = 0usize;
+            while writing.load(Ordering::SeqCst) || looked == 0 {
+                let snapshot = ok(engine.snapshot().await, "snapshot");
+                let seen = ok(
+                    snapshot
+                        .scan(
+                            Keyspace::Documents,
+                            &KeyRange::prefix(prefix),
+                            direction,
+                            KEYS + 1,
+                        )
+                        .await,
+                    "snapshot scan",
+                );
+                // Which commits the keys come from (the value is the commit's number).
+                let values: std::collections::BTreeSet<String> = seen
+                    .iter()
+                    .map(|(_, v)| {
+                        String::from_utf8_lossy(v)
+                            .trim_start_matches('0')
+                            .to_string()
+                    })
+                    .collect();
+                assert!(
+                    seen.is_empty() || (seen.len() == KEYS && values.len() == 1),
+                    "a snapshot shows part of a commit: {} keys, from commits {values:?}",
+                    seen.len()
+                );
+                looked += 1;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    writer.await.unwrap_or_else(|e| panic!("writer task: {e}"));
+    for reader in readers {
+        reader.await.unwrap_or_else(|e| panic!("reader task: {e}"));
+    }
 }
 
 /// A commit that fails writes nothing and appends no change; later commits succeed.
