@@ -11,11 +11,17 @@
 //! transactions per batch and per fsync). Neither thread is an async worker, so a commit never
 //! blocks one; a caller only awaits its answer.
 //!
-//! **Durable before visible.** sled shows a batch to readers as soon as it is applied, before
+//! **Durable before visible.** sled shows a batch to readers while it is being applied, before
 //! the flush makes it durable. The engine's reads therefore correct what sled returns with the
-//! pre-images of keys written by batches not yet flushed (see `overlay`); the flusher drops
-//! those pre-images only after the flush returns, then runs the commits' `on_durable`
-//! callbacks in commit order, then wakes the committers.
+//! pre-images of keys written by batches not yet flushed (see `overlay`), recorded before the
+//! batch is applied; the flusher drops those pre-images only after the flush returns, then
+//! runs the commits' `on_durable` callbacks in commit order, then wakes the committers.
+//! Because the pre-images hide part of a batch as well as a whole one, batches are applied
+//! with the vendored sled's `apply_batch_unisolated`, which shuts readers out only while it
+//! pins the log, not while it applies the writes, and flushed with `flush_unisolated`, which
+//! does not take sled's lock at all (so a read never waits behind a batch that waits for a
+//! flush) and reads its target between two batches (one inside a batch could wait for ever:
+//! see the test at the end).
 //!
 //! **Failures.** sled keeps an I/O error sticky until the database is reopened, and a failed
 //! flush leaves its batches applied in memory. So when a flush fails, every commit waiting on
@@ -623,7 +629,8 @@ impl Inner {
     }
 
     /// Records the pre-images of a batch (for the durable view and live snapshots), then
-    /// applies it; a batch sled refuses leaves the pre-images as they were.
+    /// applies it, while readers go on (they see its keys through the pre-images); a batch
+    /// sled refuses leaves the pre-images as they were.
     fn apply(
         &self,
         db: &sled::Db,
@@ -646,7 +653,7 @@ impl Inner {
             self.pending_len.store(pending.len(), Ordering::SeqCst);
             undo
         };
-        db.apply_batch(batch).map_err(|e| {
+        db.apply_batch_unisolated(batch).map_err(|e| {
             let mut pending = write(&self.pending);
             for u in undo {
                 pending.undo(u);
@@ -689,7 +696,7 @@ impl Inner {
                 {
                     Err(EngineError::Io("injected flush failure".into()))
                 } else {
-                    self.with_db(|db| db.flush().map(drop).map_err(io))
+                    self.with_db(|db| db.flush_unisolated().map(drop).map_err(io))
                 };
                 let took = started.elapsed();
                 match result {
@@ -810,8 +817,8 @@ impl Inner {
                 }
             }
             if differs {
-                db.apply_batch(batch).map_err(io)?;
-                db.flush().map_err(io)?;
+                db.apply_batch_unisolated(batch).map_err(io)?;
+                db.flush_unisolated().map_err(io)?;
             }
             s.next_seq = last_seq_in(&db)? + 1;
         }
@@ -1120,5 +1127,93 @@ impl Snapshot for SledSnapshot {
             },
         )?;
         Ok(strip(entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    /// The pattern of the committer and the flusher, on sled alone: three writers apply batches
+    /// of 20 to 220 keys one at a time with `apply_batch_unisolated`, and each waits for a
+    /// flush that began after its batch, so that nothing but the flusher can finish a flush. A
+    /// flush whose target fell inside a batch being applied waited until some later write
+    /// sealed the batch's last log buffer: here, for ever. Before sled's batch gate
+    /// (`vendor/sled/EMBERBASE.md`) this stalled within a few hundred to a few thousand
+    /// batches on tmpfs, where flushes are fast enough to overlap batches often.
+    #[test]
+    fn flushes_finish_while_batches_are_applied() {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        // (batches applied, batches flushed)
+        let state = Arc::new((Mutex::new((0u64, 0u64)), Condvar::new()));
+        let flusher = {
+            let (db, state) = (db.clone(), state.clone());
+            std::thread::spawn(move || loop {
+                let (lock, changed) = &*state;
+                let target = {
+                    let mut s = lock.lock().unwrap();
+                    while s.0 == s.1 && s.0 != u64::MAX {
+                        s = changed.wait(s).unwrap();
+                    }
+                    s.0
+                };
+                if target == u64::MAX {
+                    return;
+                }
+                db.flush_unisolated().unwrap();
+                lock.lock().unwrap().1 = target;
+                changed.notify_all();
+            })
+        };
+        let writers: Vec<_> = (0..3u64)
+            .map(|writer| {
+                let (db, state) = (db.clone(), state.clone());
+                std::thread::spawn(move || {
+                    let (lock, changed) = &*state;
+                    for round in 0..3_000u64 {
+                        let mut batch = sled::Batch::default();
+                        for k in 0..20 + (round * 7 + writer * 13) % 200 {
+                            let key = format!("w{writer}k{:05}", (round * 31 + k) % 5_000);
+                            batch.insert(key.as_bytes(), vec![b'x'; 300 + (k as usize % 400)]);
+                        }
+                        let mut s = lock.lock().unwrap();
+                        db.apply_batch_unisolated(batch).unwrap();
+                        s.0 += 1;
+                        let batch = s.0;
+                        changed.notify_all();
+                        while s.1 < batch {
+                            let (next, waited) =
+                                changed.wait_timeout(s, Duration::from_secs(20)).unwrap();
+                            s = next;
+                            assert!(
+                                !waited.timed_out() || s.1 >= batch,
+                                "batch {batch} was not flushed after 20 s: a flush waits for \
+                                 a later write"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let (lock, changed) = &*state;
+        lock.lock().unwrap().0 = u64::MAX;
+        changed.notify_all();
+        flusher.join().unwrap();
     }
 }

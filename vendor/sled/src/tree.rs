@@ -379,12 +379,62 @@ impl Tree {
         self.apply_batch_inner(batch, &mut guard)
     }
 
+    /// Emberbase patch: `apply_batch` without shutting readers out. The batch is still one
+    /// unit for crash recovery (one log peg), but a concurrent reader may see some of its
+    /// writes and not others, as it would see a run of `insert` calls. `apply_batch` holds
+    /// the process-wide concurrency control lock exclusively while the whole batch is
+    /// applied, so a read waits for the whole batch (and, behind a waiting batch, for a whole
+    /// `flush` to reach the disk). For a caller that hides unflushed writes from its readers
+    /// itself, as Emberbase's engine does with the pre-images of every key a batch writes,
+    /// that wait buys nothing.
+    ///
+    /// The lock is still held exclusively while the batch pins the log, so that the I/O
+    /// buffer holding the batch's manifest holds nothing else: that buffer cannot reach the
+    /// disk before the batch ends, and a write of another thread in it (a read that helps a
+    /// split, say) would be unreadable until then, a cycle if the batch itself had to read it
+    /// back after an eviction. Pinning takes microseconds; applying the writes does not, and
+    /// runs under the shared lock, as `insert` does. Batches applied this way go one at a
+    /// time: the log's batch gate is held from before the pin until the batch is sealed. Pair
+    /// it with `flush_unisolated`, never with `flush`, whose target could fall inside a batch.
+    pub fn apply_batch_unisolated(&self, batch: Batch) -> Result<()> {
+        let mut guard = pin();
+        let _applying = self.context.pagecache.log.iobufs.batch_gate.lock();
+        let peg = {
+            let _cc = concurrency_control::write();
+            self.context.pin_log(&guard)?
+        };
+        let _cc = concurrency_control::read();
+        self.apply_pinned(batch, peg, &mut guard)
+    }
+
+    /// Emberbase patch: `flush` without the concurrency control lock. `flush` takes it shared,
+    /// and holds it until its `fdatasync` returns, so once `apply_batch_unisolated` takes it
+    /// exclusively to pin the log, the pin (and every read queued behind the pin) would wait
+    /// for the disk. A flush reserves no log space; it only seals the current I/O buffer and
+    /// waits for the buffers up to the highest reservation to be written. It reads that
+    /// reservation between two batches (it waits for one being applied, microseconds to
+    /// milliseconds): a target inside a batch is stable only with the whole batch, whose last
+    /// writes no flush seals, so such a flush waited until a later write came.
+    pub fn flush_unisolated(&self) -> Result<usize> {
+        self.context.pagecache.log.flush_unisolated()
+    }
+
     pub(crate) fn apply_batch_inner(
         &self,
         batch: Batch,
         guard: &mut Guard,
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
+        self.apply_pinned(batch, peg, guard)
+    }
+
+    /// Applies a batch's writes under a log peg already taken, then seals it.
+    fn apply_pinned(
+        &self,
+        batch: Batch,
+        peg: RecoveryGuard<'_>,
+        guard: &mut Guard,
+    ) -> Result<()> {
         trace!("applying batch {:?}", batch);
         for (k, v_opt) in batch.writes {
             loop {

@@ -310,6 +310,10 @@ pub(crate) struct IoBufs {
     // to stable storage due to interesting thread interleavings.
     pub stable_lsn: AtomicLsn,
     pub max_reserved_lsn: AtomicLsn,
+    // Emberbase patch: held by `Tree::apply_batch_unisolated` from before it pins the log
+    // until its batch is sealed, and by `flush_unisolated` while it reads the LSN it will
+    // wait for, so that LSN never falls inside a batch still being applied.
+    pub batch_gate: Mutex<()>,
     pub max_header_stable_lsn: Arc<AtomicLsn>,
     pub segment_accountant: Mutex<SegmentAccountant>,
     pub segment_cleaner: SegmentCleaner,
@@ -413,6 +417,7 @@ impl IoBufs {
 
             stable_lsn: AtomicLsn::new(stable),
             max_reserved_lsn: AtomicLsn::new(stable),
+            batch_gate: Mutex::new(()),
             max_header_stable_lsn: Arc::new(AtomicLsn::new(next_lsn)),
             segment_accountant: Mutex::new(segment_accountant),
             segment_cleaner,
@@ -995,6 +1000,23 @@ pub(in crate::pagecache) fn make_stable_inner(
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     let _cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
+    make_stable(iobufs, max_reserved_lsn)
+}
+
+/// Emberbase patch: `flush` without the concurrency control lock (see
+/// `Tree::flush_unisolated`). It waits for the highest LSN reserved when no batch of
+/// `apply_batch_unisolated` is being applied. An LSN inside such a batch would only be stable
+/// once the whole batch is (`StabilityIntervals::mark_fsync`), and the batch's last writes
+/// can sit past that LSN in the current buffer, which `make_stable_inner` does not seal (its
+/// LSN is higher than the one waited for): the flush would wait until some later write
+/// sealed that buffer, for ever if none came.
+pub(in crate::pagecache) fn flush_unisolated(
+    iobufs: &Arc<IoBufs>,
+) -> Result<usize> {
+    let max_reserved_lsn = {
+        let _between_batches = iobufs.batch_gate.lock();
+        iobufs.max_reserved_lsn.load(Acquire)
+    };
     make_stable(iobufs, max_reserved_lsn)
 }
 

@@ -37,6 +37,12 @@ impl Log {
         iobuf::flush(&self.iobufs)
     }
 
+    /// Emberbase patch: `flush` without the concurrency control lock (see
+    /// `Tree::flush_unisolated`).
+    pub fn flush_unisolated(&self) -> Result<usize> {
+        iobuf::flush_unisolated(&self.iobufs)
+    }
+
     /// Return an iterator over the log, starting with
     /// a specified offset.
     pub fn iter_from(&self, lsn: Lsn) -> super::LogIter {
