@@ -106,6 +106,29 @@ impl Node {
         }
     }
 
+    /// Emberbase patch: this node with `link` applied, as a new node. A `Set` on a leaf
+    /// copies the leaf's vectors with room for one more entry: a clone has no spare capacity,
+    /// so inserting a new key into it reallocated (and copied) both vectors again.
+    pub(crate) fn applied(&self, link: &Link) -> Node {
+        let mut node = match (&self.data, link) {
+            (Data::Leaf(leaf), Link::Set(..)) => Node {
+                prefix_len: self.prefix_len,
+                next: self.next,
+                merging_child: self.merging_child,
+                merging: self.merging,
+                lo: self.lo.clone(),
+                hi: self.hi.clone(),
+                data: Data::Leaf(Leaf {
+                    keys: with_room(&leaf.keys),
+                    values: with_room(&leaf.values),
+                }),
+            },
+            _ => self.clone(),
+        };
+        node.apply(link);
+        node
+    }
+
     pub(crate) fn set_leaf(&mut self, key: IVec, val: IVec) {
         if !self.hi.is_empty() {
             assert!(*key < self.hi[self.prefix_len as usize..]);
@@ -642,6 +665,13 @@ impl Node {
 
         (pos, index.pointers[pos])
     }
+}
+
+/// Emberbase patch: a copy of `items` with room for one more.
+fn with_room(items: &[IVec]) -> Vec<IVec> {
+    let mut copy = Vec::with_capacity(items.len() + 1);
+    copy.extend_from_slice(items);
+    copy
 }
 
 #[derive(Clone, Debug, PartialEq)]
