@@ -47,9 +47,13 @@ impl Peers {
 }
 
 /// Starts the test providers with Emberbase's callback for provider `name` registered.
+///
+/// A provider that has not listened after a minute is killed and started again, once: on
+/// 2026-12-05 one start of node hung before printing anything, using no CPU, and held the
+/// whole suite for 25 minutes.
 fn peers(srv: &TestServer, name: &str) -> Option<Peers> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    let started = npm_ci(&dir, "oidc-provider").and_then(|()| {
+    let spawn = || {
         Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)
@@ -62,33 +66,49 @@ fn peers(srv: &TestServer, name: &str) -> Option<Peers> {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("the OpenID provider tests need node ({e})"))
-    });
-    let mut child = match started {
-        Ok(child) => child,
-        Err(reason) => {
-            assert!(std::env::var_os("CI").is_none(), "CI needs node: {reason}");
-            skip(&reason);
-            return None;
-        }
     };
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the provider exits before it listens")
-            .unwrap();
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            break v["url"].as_str().unwrap().to_string();
+    if let Err(reason) = npm_ci(&dir, "oidc-provider") {
+        assert!(std::env::var_os("CI").is_none(), "CI needs node: {reason}");
+        skip(&reason);
+        return None;
+    }
+    for attempt in 1..=2 {
+        let mut child = match spawn() {
+            Ok(child) => child,
+            Err(reason) => {
+                assert!(std::env::var_os("CI").is_none(), "CI needs node: {reason}");
+                skip(&reason);
+                return None;
+            }
+        };
+        let stdout = child.stdout.take().unwrap();
+        let (listening, url) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let url = lines.by_ref().map_while(Result::ok).find_map(|line| {
+                let v = serde_json::from_str::<Value>(&line).ok()?;
+                v["url"].as_str().map(str::to_string)
+            });
+            let listens = url.is_some();
+            let _ = listening.send(url);
+            // What it prints later goes to the test's output (a closed pipe would kill it).
+            if listens {
+                lines
+                    .map_while(Result::ok)
+                    .for_each(|l| eprintln!("provider: {l}"));
+            }
+        });
+        match url.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Some(url)) => return Some(Peers { child, url }),
+            Ok(None) => panic!("the provider exits before it listens"),
+            Err(_) => {
+                eprintln!("the OpenID provider did not listen within 60 s (attempt {attempt})");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
-    };
-    // What it prints later goes to the test's output (a closed pipe would kill it).
-    std::thread::spawn(move || {
-        lines
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("provider: {l}"))
-    });
-    Some(Peers { child, url })
+    }
+    panic!("the OpenID provider did not listen within 60 s, twice");
 }
 
 /// A server that may reach loopback providers.
