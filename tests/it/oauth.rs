@@ -67,17 +67,19 @@ fn peers(srv: &TestServer, name: &str) -> Option<Peers> {
             .spawn()
             .map_err(|e| format!("the OpenID provider tests need node ({e})"))
     };
-    if let Err(reason) = npm_ci(&dir, "oidc-provider") {
+    let unavailable = |reason: String| {
         assert!(std::env::var_os("CI").is_none(), "CI needs node: {reason}");
         skip(&reason);
+    };
+    if let Err(reason) = npm_ci(&dir, "oidc-provider") {
+        unavailable(reason);
         return None;
     }
     for attempt in 1..=2 {
         let mut child = match spawn() {
             Ok(child) => child,
             Err(reason) => {
-                assert!(std::env::var_os("CI").is_none(), "CI needs node: {reason}");
-                skip(&reason);
+                unavailable(reason);
                 return None;
             }
         };
