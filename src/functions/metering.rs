@@ -1,14 +1,24 @@
 //! Fuel: a wasmer middleware that meters every operator a guest executes, cheaper than
 //! `wasmer_middlewares::Metering` for the same guarantee.
 //!
-//! Both add each basic block's cost (the sum of its operators' costs) to a counter where the
-//! block ends. `Metering` also compares the counter with the cost at every block end and traps
-//! there; here a block end only subtracts, and the comparison happens where execution can come
-//! back again: at each function's entry and at each loop's head. Between two such points a run
-//! executes only an acyclic path of one function, so it can go past its fuel by at most that
-//! path's cost before it traps; in exchange the hot path of a block end is a load, a subtract
-//! and a store instead of two loads, a compare, a branch, a load, a subtract and a store. The
-//! counter is signed: below zero is out of fuel.
+//! Both take each basic block's cost (the sum of its operators' costs) from a counter.
+//! `Metering` does it where the block ends and also compares the counter with the cost there
+//! and traps; here the comparison happens only where execution can come back again: at each
+//! function's entry and at each loop's head. Between two such points a run executes only an
+//! acyclic path of one function, so it can go past its fuel by at most that path's cost before
+//! it traps. The counter is signed: below zero is out of fuel.
+//!
+//! The counter lives in the instance's context, so every subtraction is a load and a store of
+//! one memory word, and each depends on the one before: that chain, not the arithmetic, is
+//! what metering costs (a naive `fib(30)` over HTTP took 6.4 ms unmetered and 9.7 ms when each
+//! block paid at its end and a call ended a block; ARCHITECTURE.md has the figures). So a
+//! block here is paid for at its *start*: its operators are held back until its end is seen,
+//! and then emitted after the subtraction of their cost. A block that follows a branch or a
+//! function's entry check then subtracts from the value the compiler still has in a register,
+//! and only a call's return needs a fresh load. Calls do not end a block (the callee checks at
+//! its entry what the caller has paid so far, including the call), and the operators that
+//! only delimit code (`block`, `loop`, `else`, `end`, `nop`) cost nothing, so a function's
+//! fall-through return subtracts nothing.
 //!
 //! The counter and the exhausted flag are exported as the globals `wasmer_metering_remaining_points`
 //! and `wasmer_metering_points_exhausted`, as `Metering` names them, and read with [`remaining`].
@@ -60,6 +70,7 @@ impl ModuleMiddleware for Fuel {
             cost: self.cost,
             globals,
             accumulated: 0,
+            block: Vec::new(),
             entered: false,
         })
     }
@@ -91,16 +102,18 @@ impl ModuleMiddleware for Fuel {
     }
 }
 
-struct FunctionFuel {
+struct FunctionFuel<'a> {
     cost: fn(&Operator) -> u64,
     globals: Option<(GlobalIndex, GlobalIndex)>,
     /// The cost of the block so far.
     accumulated: u64,
+    /// The block's operators, held back until its end so that its cost is paid at its start.
+    block: Vec<Operator<'a>>,
     /// Whether the entry check was emitted.
     entered: bool,
 }
 
-impl std::fmt::Debug for FunctionFuel {
+impl std::fmt::Debug for FunctionFuel<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FunctionFuel")
             .field("accumulated", &self.accumulated)
@@ -119,12 +132,9 @@ fn ends_block(op: &Operator) -> bool {
             | Operator::Br { .. }
             | Operator::BrTable { .. }
             | Operator::BrIf { .. }
-            | Operator::Call { .. }
-            | Operator::CallIndirect { .. }
             | Operator::Return
             | Operator::ReturnCall { .. }
             | Operator::ReturnCallIndirect { .. }
-            | Operator::CallRef { .. }
             | Operator::ReturnCallRef { .. }
             | Operator::BrOnNull { .. }
             | Operator::BrOnNonNull { .. }
@@ -138,7 +148,7 @@ fn ends_block(op: &Operator) -> bool {
     )
 }
 
-impl<'a> FunctionMiddleware<'a> for FunctionFuel {
+impl<'a> FunctionMiddleware<'a> for FunctionFuel<'a> {
     fn feed(
         &mut self,
         operator: Operator<'a>,
@@ -168,11 +178,13 @@ impl<'a> FunctionMiddleware<'a> for FunctionFuel {
             self.entered = true;
             state.extend(&check);
         }
-        // The operator's cost counts before it runs, so that a call is paid for before the
-        // callee starts.
         self.accumulated += (self.cost)(&operator);
+        if !ends_block(&operator) {
+            self.block.push(operator);
+            return Ok(());
+        }
         let is_loop = matches!(operator, Operator::Loop { .. });
-        if ends_block(&operator) && self.accumulated > 0 {
+        if self.accumulated > 0 {
             state.extend(&[
                 Operator::GlobalGet {
                     global_index: remaining,
@@ -187,6 +199,7 @@ impl<'a> FunctionMiddleware<'a> for FunctionFuel {
             ]);
             self.accumulated = 0;
         }
+        state.extend(self.block.drain(..));
         state.push_operator(operator);
         if is_loop {
             state.extend(&check);

@@ -12,9 +12,16 @@ use wasmer::{Engine, ExternType, Module, Type};
 /// Metering points for a module's start function (its global initialisers and top-level code).
 const START_FUEL: u64 = 100_000_000;
 
-/// The cost of one operator: at least 1 for every operator, so even `loop br 0` runs out.
+/// The cost of one operator: 1 for every operator that does work, so even `loop br 0` runs
+/// out, and nothing for those that only delimit code (every iteration of a loop still pays for
+/// the branch that repeats it).
 fn cost(op: &Operator) -> u64 {
     match op {
+        Operator::Block { .. }
+        | Operator::Loop { .. }
+        | Operator::Else
+        | Operator::End
+        | Operator::Nop => 0,
         Operator::Call { .. } | Operator::CallIndirect { .. } => 10,
         Operator::MemoryGrow { .. } | Operator::MemoryFill { .. } | Operator::MemoryCopy { .. } => {
             100

@@ -42,7 +42,7 @@ use watchdog::Watchdog;
 pub const COMPILE_VERSION: &str = concat!(
     "wasmer-7.4/emberbase-",
     env!("CARGO_PKG_VERSION"),
-    "/ebfn-3"
+    "/ebfn-4"
 );
 
 /// What one invocation may use.

@@ -277,13 +277,25 @@ mod tests {
 
     #[test]
     fn fuel_counts_every_operator_and_runs_out_in_a_loop() {
-        // alloc: i32.const, end; handle: i64.const, end.
+        // alloc: i32.const; handle: i64.const (an `end` costs nothing).
         let straight = run_handle("(i64.const 0)", 1_000);
         assert_eq!(straight.result, Ok(None));
-        assert_eq!(straight.usage.fuel, 4);
-        // alloc 2; handle: i32.const 1, call 10, drop 1, i64.const 1, end 1; the callee 2.
+        assert_eq!(straight.usage.fuel, 2);
+        // alloc 1; handle: i32.const 1, call 10, drop 1, i64.const 1; the callee's local.get 1.
         let called = run_handle("(drop (call $work (i32.const 1))) (i64.const 0)", 1_000);
-        assert_eq!(called.usage.fuel, 2 + 14 + 2);
+        assert_eq!(called.usage.fuel, 1 + 13 + 1);
+        // Both arms of an `if` pay for what they run, the branch taken and the operators
+        // before it once.
+        let branched = run_handle(
+            "(if (result i64) (i32.const 1) (then (i64.const 1)) (else (i64.const 2) (drop) (i64.const 3)))",
+            1_000,
+        );
+        assert_eq!(branched.usage.fuel, 1 + 2 + 1);
+        let branched = run_handle(
+            "(if (result i64) (i32.const 0) (then (i64.const 1)) (else (i64.const 2) (drop) (i64.const 3)))",
+            1_000,
+        );
+        assert_eq!(branched.usage.fuel, 1 + 2 + 3);
         // An endless loop is stopped at its head once the fuel is spent, and charged all of it.
         let looped = run_handle("(loop $l (br $l)) (i64.const 0)", 100_000);
         assert_eq!(looped.result, Err(Failure::Fuel));
