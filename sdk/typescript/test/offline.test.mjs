@@ -3,7 +3,7 @@
 // when the server is back, conflicts handed to onConflict, and realtime resuming from the
 // position kept in the file.
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -20,11 +20,13 @@ const RULES = {
 };
 
 let server;
+const dirs = [];
 before(async () => {
   server = await startServer();
 });
 after(async () => {
   await server?.stop();
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 });
 
 /** A client whose network can be cut (`client.down = true`) without stopping the server. */
@@ -42,7 +44,9 @@ let n = 0;
 async function setup() {
   const name = `offline${Date.now()}_${n++}`;
   await admin(server, "PUT", `/v1/admin/collections/${name}`, { rules: RULES });
-  const file = join(mkdtempSync(join(tmpdir(), "emberbase-offline-")), "cache.log");
+  const dir = mkdtempSync(join(tmpdir(), "emberbase-offline-"));
+  dirs.push(dir);
+  const file = join(dir, "cache.log");
   const tokens = new MemoryStore();
   return { name, file, tokens };
 }
