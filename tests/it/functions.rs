@@ -1540,6 +1540,12 @@ fn events_committed_before_a_kill_9_are_delivered_after_restart() {
 /// `package.json` has the compiler and the `emberbase-functions` package (installed with
 /// `npm ci` on first use), or `None` when npm is not installed (`.ci/run` installs it).
 pub(crate) fn assemblyscript(example: &str) -> Option<Vec<u8>> {
+    assemblyscript_source(&format!("{example}/index.ts"))
+}
+
+/// Builds an AssemblyScript source (a path from `examples/functions`) as [`assemblyscript`]
+/// builds an example.
+fn assemblyscript_source(source: &str) -> Option<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let project = root.join("examples/functions");
     let asc = project.join("node_modules/.bin/asc");
@@ -1558,14 +1564,41 @@ pub(crate) fn assemblyscript(example: &str) -> Option<Vec<u8>> {
     }
     let out = tempfile::NamedTempFile::new().unwrap();
     let status = std::process::Command::new(&asc)
-        .arg(format!("{example}/index.ts"))
-        .args(["--config", "asconfig.json", "-o"])
+        .arg(source)
+        .args(["--config", "asconfig.json", "--path", "node_modules", "-o"])
         .arg(out.path())
         .current_dir(&project)
         .status()
         .unwrap();
-    assert!(status.success(), "asc failed on {example}");
+    assert!(status.success(), "asc failed on {source}");
     Some(std::fs::read(out.path()).unwrap())
+}
+
+#[test]
+fn the_assemblyscript_sdk_parses_and_writes_json_as_serde_does() {
+    let Some(guest) = assemblyscript_source("../../tests/guests/json_roundtrip.ts") else {
+        return;
+    };
+    let srv = start();
+    deploy(&srv, "json", &guest, json!({"triggers": [{"on": "http"}]}));
+    let s = "a\"b\\c\nd\u{e9}\u{1} tab\t\u{1F600}/";
+    let body = json!({
+        "s": s,
+        "k\"ey": "v",
+        "n": [-12, 0, 3.5, 1000, -0.25, 123456789012345u64, 9007199254740991u64, -7, 1.5e-7],
+        "nested": {"a": [true, false, null, {}, []], "empty": "", "\u{2028}": "x"},
+    });
+    let resp = call(&srv, "json", None, &body).expect(200);
+    assert_eq!(resp.json["echo"], body);
+    assert_eq!(resp.json["quoted"], s);
+    assert_eq!(resp.json["built"], json!([{"x": "1"}, {"y": s}, null]));
+    // The server hands the body over as serde_json writes it: 1e3 arrives as 1000.0, which
+    // takes the parser's path for fractions, and comes back as the integer it is.
+    let req = srv
+        .anon("POST", "/v1/functions/json")
+        .set("Content-Type", "application/json");
+    let resp = send(req, Some(br#"{"n":[1e3,-2E2,0.5e1,-0]}"#)).expect(200);
+    assert_eq!(resp.json["echo"]["n"], json!([1000, -200, 5, 0]));
 }
 
 #[test]
