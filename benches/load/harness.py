@@ -585,7 +585,7 @@ def run_function_loads(tmp, eb_auth):
               f"{n / elapsed:.0f} events/s", flush=True)
 
     # Before-write hooks: what a hook that allows every create adds to a create, one client
-    # at a time, against a collection without one (creates in the collections in turn);
+    # at a time, against a collection without one (creates in each, in a shuffled order);
     # PocketBase with a JS onRecordCreateRequest.
     # Emberbase with the same hook as a Wasm (AssemblyScript) and as a JavaScript function.
     raw_request("PUT", f"{base}/v1/admin/functions/allow", build_guest("allow", tmp),

@@ -1,7 +1,7 @@
 // Test guest (tests/it/functions.rs): an HTTP function that parses its request body with the
 // AssemblyScript SDK's JSON parser and answers it serialised again, with one string of it quoted
 // on its own, and two objects built with `set`, so that the parser's and quote's fast paths, and
-// the empty members values share, are checked against serde_json.
+// the empty member arrays that scalars share, are checked against serde_json.
 import { register, quote, JSONValue } from "emberbase-functions";
 export { alloc, handle } from "emberbase-functions";
 
